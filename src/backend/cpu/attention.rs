@@ -1,0 +1,168 @@
+//! MLA attention over the paged latent cache, in its two forms, on the host.
+
+use super::matmul::{axpy, dot, matmul_nt};
+use crate::backend::{AttentionBatch, MlaDims};
+use crate::error::{Error, Result};
+use rayon::prelude::*;
+
+/// Per layer, `[num_blocks, block_size, width]` floats. Fresh blocks hold NaN so that a read of
+/// a slot nobody wrote poisons the result instead of passing silently.
+pub struct CpuLatentCache {
+    pub num_blocks: usize,
+    pub block_size: usize,
+    pub width: usize,
+    pub layers: Vec<Vec<f32>>,
+}
+
+impl CpuLatentCache {
+    pub fn new(layers: usize, num_blocks: usize, block_size: usize, width: usize) -> Self {
+        CpuLatentCache {
+            num_blocks,
+            block_size,
+            width,
+            layers: (0..layers).map(|_| vec![f32::NAN; num_blocks * block_size * width]).collect(),
+        }
+    }
+
+    pub fn slots(&self) -> usize {
+        self.num_blocks * self.block_size
+    }
+
+    /// The cached row of the token at `position` of a sequence with `block_table`.
+    fn row<'a>(&self, layer: &'a [f32], block_table: &[u32], position: usize) -> &'a [f32] {
+        let slot = block_table[position / self.block_size] as usize * self.block_size + position % self.block_size;
+        &layer[slot * self.width..(slot + 1) * self.width]
+    }
+
+    /// Checks that every block a step reads exists, before any kernel-like loop indexes it.
+    pub fn check_batch(&self, batch: &AttentionBatch) -> Result<()> {
+        if batch.block_size != self.block_size {
+            return Err(Error::InvalidInput(format!(
+                "attention batch uses block size {}, the cache has {}",
+                batch.block_size, self.block_size
+            )));
+        }
+        for seq in &batch.seqs {
+            let needed = seq.context_len.div_ceil(self.block_size);
+            if seq.block_table.len() < needed || seq.query_len > seq.context_len {
+                return Err(Error::InvalidInput(format!(
+                    "sequence of {} tokens has {} blocks, needs {needed}",
+                    seq.context_len,
+                    seq.block_table.len()
+                )));
+            }
+            if let Some(b) = seq.block_table[..needed].iter().find(|&&b| b as usize >= self.num_blocks) {
+                return Err(Error::InvalidInput(format!("block {b} is outside the cache ({} blocks)", self.num_blocks)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One query row's job: which sequence, its position, and its output row.
+fn query_rows(batch: &AttentionBatch) -> Vec<(usize, usize)> {
+    batch
+        .seqs
+        .iter()
+        .enumerate()
+        .flat_map(|(s, seq)| (seq.context_len - seq.query_len..seq.context_len).map(move |p| (s, p)))
+        .collect()
+}
+
+/// Softmax-weighted sum over `len` keys: `scores` are overwritten with probabilities.
+fn softmax_in_place(scores: &mut [f32]) {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    scores.iter_mut().for_each(|s| *s /= sum);
+}
+
+pub fn materialised(
+    q: &[f32],
+    cache: &CpuLatentCache,
+    layer: usize,
+    batch: &AttentionBatch,
+    kv_b: &[f32],
+    dims: &MlaDims,
+) -> Result<Vec<f32>> {
+    cache.check_batch(batch)?;
+    let layer_data = &cache.layers[layer];
+    let (n, r, dq, dn, dv) = (dims.heads, dims.kv_lora_rank, dims.qk_head(), dims.qk_nope, dims.v_head);
+    let kv_width = n * (dn + dv);
+    // Expand each sequence's whole context once: K_nope and V per head from the latent.
+    let expanded: Vec<(Vec<f32>, Vec<f32>)> = batch
+        .seqs
+        .iter()
+        .map(|seq| {
+            let mut latent = Vec::with_capacity(seq.context_len * r);
+            let mut k_pe = Vec::with_capacity(seq.context_len * dims.qk_rope);
+            for p in 0..seq.context_len {
+                let row = cache.row(layer_data, &seq.block_table, p);
+                latent.extend_from_slice(&row[..r]);
+                k_pe.extend_from_slice(&row[r..]);
+            }
+            (matmul_nt(&latent, kv_b, seq.context_len, r, kv_width), k_pe)
+        })
+        .collect();
+    let rows = query_rows(batch);
+    let mut out = vec![0.0f32; rows.len() * n * dv];
+    out.par_chunks_mut(dv)
+        .enumerate()
+        .for_each(|(job, o)| {
+            let (t, h) = (job / n, job % n);
+            let (s, pos) = rows[t];
+            let (kv, k_pe) = &expanded[s];
+            let qh = &q[(t * n + h) * dq..(t * n + h + 1) * dq];
+            let mut scores: Vec<f32> = (0..=pos)
+                .map(|j| {
+                    let k_nope = &kv[j * kv_width + h * (dn + dv)..][..dn];
+                    let kp = &k_pe[j * dims.qk_rope..(j + 1) * dims.qk_rope];
+                    dims.softmax_scale * (dot(&qh[..dn], k_nope) + dot(&qh[dn..], kp))
+                })
+                .collect();
+            softmax_in_place(&mut scores);
+            for (j, p) in scores.iter().enumerate() {
+                axpy(o, *p, &kv[j * kv_width + h * (dn + dv) + dn..][..dv]);
+            }
+        });
+    Ok(out)
+}
+
+pub fn absorbed(
+    q_lat: &[f32],
+    q: &[f32],
+    cache: &CpuLatentCache,
+    layer: usize,
+    batch: &AttentionBatch,
+    dims: &MlaDims,
+) -> Result<Vec<f32>> {
+    cache.check_batch(batch)?;
+    let layer_data = &cache.layers[layer];
+    let (n, r, dq, dn) = (dims.heads, dims.kv_lora_rank, dims.qk_head(), dims.qk_nope);
+    let rows = query_rows(batch);
+    let mut out = vec![0.0f32; rows.len() * n * r];
+    out.par_chunks_mut(r)
+        .enumerate()
+        .for_each(|(job, o)| {
+            let (t, h) = (job / n, job % n);
+            let (s, pos) = rows[t];
+            let table = &batch.seqs[s].block_table;
+            let ql = &q_lat[(t * n + h) * r..(t * n + h + 1) * r];
+            let q_pe = &q[(t * n + h) * dq + dn..(t * n + h + 1) * dq];
+            // One shared 576-wide key per token; its first r_kv values are also the value.
+            let mut scores: Vec<f32> = (0..=pos)
+                .map(|j| {
+                    let row = cache.row(layer_data, table, j);
+                    dims.softmax_scale * (dot(ql, &row[..r]) + dot(q_pe, &row[r..]))
+                })
+                .collect();
+            softmax_in_place(&mut scores);
+            for (j, p) in scores.iter().enumerate() {
+                axpy(o, *p, &cache.row(layer_data, table, j)[..r]);
+            }
+        });
+    Ok(out)
+}

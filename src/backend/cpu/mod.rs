@@ -1,0 +1,288 @@
+//! The reference backend: f32 on the host, multi-threaded with rayon.
+
+mod attention;
+pub mod matmul;
+
+pub use attention::CpuLatentCache;
+
+use super::{AttentionBatch, Backend, MlaDims, MlpWeights, MoeWeights};
+use crate::config::MoeConfig;
+use crate::error::{Error, Result};
+use crate::model::moe::route;
+use crate::model::rope::Rope;
+use crate::weights::HostTensor;
+use matmul::{axpy, matmul_nt};
+use rayon::prelude::*;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CpuBackend;
+
+/// `heads` row-major `[out, input]` matrices back to back.
+pub struct CpuHeadWeight {
+    pub heads: usize,
+    pub out: usize,
+    pub input: usize,
+    pub data: Vec<f32>,
+}
+
+fn op_err(op: &'static str, message: String) -> Error {
+    Error::Op { op, message }
+}
+
+/// `(rows, cols)` of a 2-D tensor.
+fn dims2(op: &'static str, t: &HostTensor) -> Result<(usize, usize)> {
+    match t.shape[..] {
+        [r, c] => Ok((r, c)),
+        _ => Err(op_err(op, format!("expected a 2-D tensor, found shape {:?}", t.shape))),
+    }
+}
+
+fn rms_norm_row(x: &mut [f32], w: &[f32], eps: f32) {
+    let mean_sq = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let inv = 1.0 / (mean_sq + eps).sqrt();
+    for (v, w) in x.iter_mut().zip(w) {
+        *v = *v * inv * w;
+    }
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+impl Backend for CpuBackend {
+    type Tensor = HostTensor;
+    type Weight = HostTensor;
+    type HeadWeight = CpuHeadWeight;
+    type LatentCache = CpuLatentCache;
+
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn upload_weight(&self, host: HostTensor) -> Result<HostTensor> {
+        Ok(host)
+    }
+
+    fn upload_head_weight(&self, heads: usize, out: usize, input: usize, data: Vec<f32>) -> Result<CpuHeadWeight> {
+        if data.len() != heads * out * input {
+            return Err(op_err("upload_head_weight", format!("{} values for {heads}×{out}×{input}", data.len())));
+        }
+        Ok(CpuHeadWeight { heads, out, input, data })
+    }
+
+    fn to_host(&self, x: &HostTensor) -> Result<HostTensor> {
+        Ok(x.clone())
+    }
+
+    fn embedding(&self, table: &HostTensor, ids: &[u32]) -> Result<HostTensor> {
+        let (vocab, hidden) = dims2("embedding", table)?;
+        let mut data = Vec::with_capacity(ids.len() * hidden);
+        for &id in ids {
+            let id = id as usize;
+            if id >= vocab {
+                return Err(Error::InvalidInput(format!("token id {id} is outside the vocabulary (size {vocab})")));
+            }
+            data.extend_from_slice(&table.data[id * hidden..(id + 1) * hidden]);
+        }
+        Ok(HostTensor::new(vec![ids.len(), hidden], data))
+    }
+
+    fn matmul(&self, x: &HostTensor, w: &HostTensor) -> Result<HostTensor> {
+        let (m, k) = dims2("matmul", x)?;
+        let (n, kw) = dims2("matmul", w)?;
+        if k != kw {
+            return Err(op_err("matmul", format!("x is [{m}, {k}] but w is [{n}, {kw}]")));
+        }
+        Ok(HostTensor::new(vec![m, n], matmul_nt(&x.data, &w.data, m, k, n)))
+    }
+
+    fn head_matmul(&self, x: &HostTensor, head_stride: usize, offset: usize, w: &CpuHeadWeight) -> Result<HostTensor> {
+        let (m, cols) = dims2("head_matmul", x)?;
+        if cols != w.heads * head_stride || offset + w.input > head_stride {
+            return Err(op_err(
+                "head_matmul",
+                format!("x has {cols} columns; {} heads of stride {head_stride} reading [{offset}, {})", w.heads, offset + w.input),
+            ));
+        }
+        let (n_out, k) = (w.out, w.input);
+        let mut y = vec![0.0f32; m * w.heads * n_out];
+        y.par_chunks_mut(n_out).enumerate().for_each(|(job, out)| {
+            let (t, h) = (job / w.heads, job % w.heads);
+            let xh = &x.data[t * cols + h * head_stride + offset..][..k];
+            let wh = &w.data[h * n_out * k..(h + 1) * n_out * k];
+            for (o, wrow) in out.iter_mut().zip(wh.chunks_exact(k)) {
+                *o = matmul::dot(xh, wrow);
+            }
+        });
+        Ok(HostTensor::new(vec![m, w.heads * n_out], y))
+    }
+
+    fn rms_norm(&self, x: &HostTensor, weight: &HostTensor, eps: f32) -> Result<HostTensor> {
+        let (_, cols) = dims2("rms_norm", x)?;
+        if weight.data.len() != cols {
+            return Err(op_err("rms_norm", format!("{cols} columns but a weight of {}", weight.data.len())));
+        }
+        let mut y = x.clone();
+        y.data.par_chunks_mut(cols).for_each(|row| rms_norm_row(row, &weight.data, eps));
+        Ok(y)
+    }
+
+    fn add_assign(&self, x: &mut HostTensor, y: &HostTensor) -> Result<()> {
+        if x.shape != y.shape {
+            return Err(op_err("add_assign", format!("{:?} += {:?}", x.shape, y.shape)));
+        }
+        x.data.iter_mut().zip(&y.data).for_each(|(a, b)| *a += b);
+        Ok(())
+    }
+
+    fn select_rows(&self, x: &HostTensor, rows: &[usize]) -> Result<HostTensor> {
+        let (m, cols) = dims2("select_rows", x)?;
+        let mut data = Vec::with_capacity(rows.len() * cols);
+        for &r in rows {
+            if r >= m {
+                return Err(op_err("select_rows", format!("row {r} of {m}")));
+            }
+            data.extend_from_slice(&x.data[r * cols..(r + 1) * cols]);
+        }
+        Ok(HostTensor::new(vec![rows.len(), cols], data))
+    }
+
+    fn rope(&self, x: &mut HostTensor, positions: &[u32], rope: &Rope, head_stride: usize, offset: usize) -> Result<()> {
+        let (m, cols) = dims2("rope", x)?;
+        let d = rope.dim();
+        if positions.len() != m || cols % head_stride != 0 || offset + d > head_stride {
+            return Err(op_err(
+                "rope",
+                format!("[{m}, {cols}] with {} positions, head stride {head_stride}, rope at [{offset}, {})", positions.len(), offset + d),
+            ));
+        }
+        x.data.par_chunks_mut(cols).zip(positions).for_each(|(row, &p)| {
+            let (cos, sin) = rope.cos_sin(p as usize);
+            for head in row.chunks_exact_mut(head_stride) {
+                rope.rotate(&mut head[offset..offset + d], &cos, &sin);
+            }
+        });
+        Ok(())
+    }
+
+    fn latent_epilogue(&self, ckv: &mut HostTensor, norm: &HostTensor, eps: f32, positions: &[u32], rope: &Rope) -> Result<()> {
+        let (m, cols) = dims2("latent_epilogue", ckv)?;
+        let r = norm.data.len();
+        if r + rope.dim() != cols || positions.len() != m {
+            return Err(op_err(
+                "latent_epilogue",
+                format!("[{m}, {cols}] is not latent {r} + rope {} for {} positions", rope.dim(), positions.len()),
+            ));
+        }
+        ckv.data.par_chunks_mut(cols).zip(positions).for_each(|(row, &p)| {
+            let (latent, k_pe) = row.split_at_mut(r);
+            rms_norm_row(latent, &norm.data, eps);
+            let (cos, sin) = rope.cos_sin(p as usize);
+            rope.rotate(k_pe, &cos, &sin);
+        });
+        Ok(())
+    }
+
+    fn alloc_latent_cache(&self, layers: usize, num_blocks: usize, block_size: usize, width: usize) -> Result<CpuLatentCache> {
+        let bytes = layers as u128 * num_blocks as u128 * block_size as u128 * width as u128 * 4;
+        let ram = crate::engine::memory::available_host_bytes();
+        if ram.is_some_and(|ram| bytes > ram as u128) {
+            return Err(Error::InvalidInput(format!(
+                "a latent cache of {num_blocks} blocks × {block_size} tokens needs {bytes} bytes, more than the {} bytes of free memory",
+                ram.unwrap_or(0)
+            )));
+        }
+        Ok(CpuLatentCache::new(layers, num_blocks, block_size, width))
+    }
+
+    fn write_latent_cache(&self, cache: &mut CpuLatentCache, layer: usize, latent: &HostTensor, slots: &[u32]) -> Result<()> {
+        let (m, cols) = dims2("write_latent_cache", latent)?;
+        if cols != cache.width || slots.len() != m || layer >= cache.layers.len() {
+            return Err(op_err(
+                "write_latent_cache",
+                format!("[{m}, {cols}] rows for {} slots of width {} in layer {layer}", slots.len(), cache.width),
+            ));
+        }
+        let capacity = cache.slots();
+        let data = &mut cache.layers[layer];
+        for (row, &slot) in latent.data.chunks_exact(cols).zip(slots) {
+            let slot = slot as usize;
+            if slot >= capacity {
+                return Err(op_err("write_latent_cache", format!("slot {slot} of {capacity}")));
+            }
+            data[slot * cols..(slot + 1) * cols].copy_from_slice(row);
+        }
+        Ok(())
+    }
+
+    fn mla_attention_materialised(
+        &self,
+        q: &HostTensor,
+        cache: &CpuLatentCache,
+        layer: usize,
+        batch: &AttentionBatch,
+        kv_b: &HostTensor,
+        dims: &MlaDims,
+    ) -> Result<HostTensor> {
+        let t = batch.num_query_tokens();
+        check_shape("mla_attention_materialised", q, &[t, dims.heads * dims.qk_head()])?;
+        check_shape("mla_attention_materialised", kv_b, &[dims.heads * (dims.qk_nope + dims.v_head), dims.kv_lora_rank])?;
+        let out = attention::materialised(&q.data, cache, layer, batch, &kv_b.data, dims)?;
+        Ok(HostTensor::new(vec![t, dims.heads * dims.v_head], out))
+    }
+
+    fn mla_attention_absorbed(
+        &self,
+        q_lat: &HostTensor,
+        q: &HostTensor,
+        cache: &CpuLatentCache,
+        layer: usize,
+        batch: &AttentionBatch,
+        dims: &MlaDims,
+    ) -> Result<HostTensor> {
+        let t = batch.num_query_tokens();
+        check_shape("mla_attention_absorbed", q, &[t, dims.heads * dims.qk_head()])?;
+        check_shape("mla_attention_absorbed", q_lat, &[t, dims.heads * dims.kv_lora_rank])?;
+        let out = attention::absorbed(&q_lat.data, &q.data, cache, layer, batch, dims)?;
+        Ok(HostTensor::new(vec![t, dims.heads * dims.kv_lora_rank], out))
+    }
+
+    fn mlp(&self, x: &HostTensor, w: &MlpWeights<Self>) -> Result<HostTensor> {
+        let mut gate = self.matmul(x, &w.gate)?;
+        let up = self.matmul(x, &w.up)?;
+        gate.data.iter_mut().zip(&up.data).for_each(|(g, u)| *g = silu(*g) * u);
+        self.matmul(&gate, &w.down)
+    }
+
+    fn moe(&self, x: &HostTensor, w: &MoeWeights<Self>, config: &MoeConfig) -> Result<HostTensor> {
+        let (m, hidden) = dims2("moe", x)?;
+        let logits = self.matmul(x, &w.router)?;
+        let e = logits.shape[1];
+        // Tokens grouped per expert, so each expert runs one matmul over all its tokens.
+        let mut assigned: Vec<Vec<(usize, f32)>> = vec![Vec::new(); e];
+        for (t, row) in logits.data.chunks_exact(e).enumerate() {
+            for r in route(row, w.score_bias.as_deref(), config) {
+                assigned[r.expert].push((t, r.weight));
+            }
+        }
+        let mut out = match &w.shared {
+            Some(shared) => self.mlp(x, shared)?,
+            None => HostTensor::new(vec![m, hidden], vec![0.0; m * hidden]),
+        };
+        for (expert, tokens) in assigned.iter().enumerate().filter(|(_, t)| !t.is_empty()) {
+            let rows: Vec<usize> = tokens.iter().map(|(t, _)| *t).collect();
+            let y = self.mlp(&self.select_rows(x, &rows)?, &w.experts[expert])?;
+            for ((t, weight), y_row) in tokens.iter().zip(y.data.chunks_exact(hidden)) {
+                axpy(&mut out.data[t * hidden..(t + 1) * hidden], *weight, y_row);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn check_shape(op: &'static str, t: &HostTensor, expected: &[usize]) -> Result<()> {
+    if t.shape != expected {
+        return Err(op_err(op, format!("expected shape {expected:?}, found {:?}", t.shape)));
+    }
+    Ok(())
+}

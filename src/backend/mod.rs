@@ -1,0 +1,144 @@
+//! The backend interface: the coarse ops the model is written against.
+//!
+//! The model code calls only these, so the CPU backend (the reference) and the CUDA backend run
+//! the same forward pass. Activations are 2-D `[rows, cols]`, rows being tokens.
+
+pub mod cpu;
+
+use crate::config::MoeConfig;
+use crate::error::Result;
+use crate::model::rope::Rope;
+use crate::weights::HostTensor;
+
+/// Widths of one MLA layer, as the attention ops need them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MlaDims {
+    pub heads: usize,
+    pub qk_nope: usize,
+    pub qk_rope: usize,
+    pub v_head: usize,
+    pub kv_lora_rank: usize,
+    pub softmax_scale: f32,
+}
+
+impl MlaDims {
+    pub fn qk_head(&self) -> usize {
+        self.qk_nope + self.qk_rope
+    }
+
+    /// Values per token in the latent cache: `kv_lora_rank` latent + `qk_rope` roped key.
+    pub fn latent_width(&self) -> usize {
+        self.kv_lora_rank + self.qk_rope
+    }
+}
+
+/// The new tokens of one sequence in a step, and where its cached context lives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeqChunk {
+    /// Cache blocks of the sequence in order: token `p` sits in block `block_table[p / block_size]`.
+    pub block_table: Vec<u32>,
+    /// Tokens in the cache after this step's tokens are written.
+    pub context_len: usize,
+    /// New tokens of this step: the last `query_len` positions of the context.
+    pub query_len: usize,
+}
+
+/// Every sequence of a step; query rows are laid out sequence after sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionBatch {
+    pub block_size: usize,
+    pub seqs: Vec<SeqChunk>,
+}
+
+impl AttentionBatch {
+    pub fn num_query_tokens(&self) -> usize {
+        self.seqs.iter().map(|s| s.query_len).sum()
+    }
+}
+
+/// A SwiGLU MLP: `down(silu(gate(x)) ⊙ up(x))`.
+pub struct MlpWeights<B: Backend + ?Sized> {
+    pub gate: B::Weight,
+    pub up: B::Weight,
+    pub down: B::Weight,
+}
+
+/// Router, routed experts and shared experts of one MoE layer.
+pub struct MoeWeights<B: Backend + ?Sized> {
+    /// `[n_routed_experts, hidden]`.
+    pub router: B::Weight,
+    /// V3's `e_score_correction_bias`, kept on the host with the routing math.
+    pub score_bias: Option<Vec<f32>>,
+    pub experts: Vec<MlpWeights<B>>,
+    pub shared: Option<MlpWeights<B>>,
+}
+
+pub trait Backend {
+    /// Activations, `[rows, cols]`, f32 semantics.
+    type Tensor;
+    /// A weight matrix `[out, in]` (or a vector), resident on the device.
+    type Weight;
+    /// Per-head matrices `[heads][out, in]`.
+    type HeadWeight;
+    /// The paged latent KV cache of every layer.
+    type LatentCache;
+
+    fn name(&self) -> String;
+
+    fn upload_weight(&self, host: HostTensor) -> Result<Self::Weight>;
+    /// `data` holds `heads` row-major `[out, in]` matrices back to back.
+    fn upload_head_weight(&self, heads: usize, out: usize, input: usize, data: Vec<f32>) -> Result<Self::HeadWeight>;
+    fn to_host(&self, x: &Self::Tensor) -> Result<HostTensor>;
+
+    /// Rows of `table` `[vocab, hidden]` for each id.
+    fn embedding(&self, table: &Self::Weight, ids: &[u32]) -> Result<Self::Tensor>;
+    /// `x·wᵀ`: `[m, k] × [n, k] → [m, n]`.
+    fn matmul(&self, x: &Self::Tensor, w: &Self::Weight) -> Result<Self::Tensor>;
+    /// Per head `h`: columns `[offset, offset + in)` of head block `h` (of width `head_stride`)
+    /// times `w[h]ᵀ` → `[rows, heads·out]`.
+    fn head_matmul(&self, x: &Self::Tensor, head_stride: usize, offset: usize, w: &Self::HeadWeight) -> Result<Self::Tensor>;
+    fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Weight, eps: f32) -> Result<Self::Tensor>;
+    fn add_assign(&self, x: &mut Self::Tensor, y: &Self::Tensor) -> Result<()>;
+    /// The given rows of `x`, in order.
+    fn select_rows(&self, x: &Self::Tensor, rows: &[usize]) -> Result<Self::Tensor>;
+
+    /// Rotates columns `[offset, offset + rope.dim())` of every head block (width `head_stride`)
+    /// of row `i` by `positions[i]`.
+    fn rope(&self, x: &mut Self::Tensor, positions: &[u32], rope: &Rope, head_stride: usize, offset: usize) -> Result<()>;
+    /// The latent compression epilogue on `kv_a_proj` output `[T, r_kv + d_rope]`: RMSNorm the
+    /// first `r_kv` columns with `norm`, rope the last `d_rope` by position.
+    fn latent_epilogue(&self, ckv: &mut Self::Tensor, norm: &Self::Weight, eps: f32, positions: &[u32], rope: &Rope) -> Result<()>;
+
+    fn alloc_latent_cache(&self, layers: usize, num_blocks: usize, block_size: usize, width: usize) -> Result<Self::LatentCache>;
+    /// Stores row `i` of `latent` (`[T, width]`) at cache slot `slots[i]` of `layer`.
+    fn write_latent_cache(&self, cache: &mut Self::LatentCache, layer: usize, latent: &Self::Tensor, slots: &[u32]) -> Result<()>;
+
+    /// MLA in materialised form: expand each context latent to per-head K/V with `kv_b`
+    /// (`[heads·(qk_nope + v_head), r_kv]`) and run causal attention. `q` is `[T, heads·qk_head]`
+    /// with its RoPE part already rotated. Returns `[T, heads·v_head]`.
+    fn mla_attention_materialised(
+        &self,
+        q: &Self::Tensor,
+        cache: &Self::LatentCache,
+        layer: usize,
+        batch: &AttentionBatch,
+        kv_b: &Self::Weight,
+        dims: &MlaDims,
+    ) -> Result<Self::Tensor>;
+
+    /// MLA in absorbed form over the latent cache: `q_lat` `[T, heads·r_kv]` is `q_nope·W_UK`,
+    /// the RoPE part comes from `q` (`[T, heads·qk_head]`). Returns the latent output
+    /// `[T, heads·r_kv]`, to be multiplied by `W_UV`.
+    fn mla_attention_absorbed(
+        &self,
+        q_lat: &Self::Tensor,
+        q: &Self::Tensor,
+        cache: &Self::LatentCache,
+        layer: usize,
+        batch: &AttentionBatch,
+        dims: &MlaDims,
+    ) -> Result<Self::Tensor>;
+
+    fn mlp(&self, x: &Self::Tensor, w: &MlpWeights<Self>) -> Result<Self::Tensor>;
+    fn moe(&self, x: &Self::Tensor, w: &MoeWeights<Self>, config: &MoeConfig) -> Result<Self::Tensor>;
+}

@@ -1,0 +1,89 @@
+//! `mla info`: what a model is and what its KV cache costs, from config and checkpoint headers.
+
+use super::loading::load_config;
+use crate::config::{RopeScaling, TopkMethod};
+use crate::error::Result;
+use crate::model::params::{count_params, kv_values_per_token_per_layer};
+use crate::weights::Checkpoint;
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// Hugging Face model folder.
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+
+    /// Bytes per cached value for the KV cache figures (2 for bf16/f16, 4 for f32).
+    #[arg(long, default_value_t = 2, value_name = "BYTES")]
+    pub cache_dtype_bytes: u64,
+}
+
+/// `12345678` → `12.35 M`.
+fn human(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.2} B", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.2} M", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.2} K", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}
+
+pub fn run(args: InfoArgs) -> Result<()> {
+    let c = load_config(&args.model)?;
+    let checkpoint = Checkpoint::open(&args.model)?;
+    let layers = c.num_hidden_layers;
+    let moe_layers = (0..layers).filter(|&l| c.is_moe_layer(l)).count();
+    println!("model:        {} ({})", args.model.display(), c.architecture.name());
+    println!("layers:       {layers} ({} dense, {moe_layers} MoE)", layers - moe_layers);
+    println!(
+        "attention:    MLA, {} heads; q_lora_rank {}, kv_lora_rank {}; head dims: nope {}, rope {}, v {}",
+        c.num_attention_heads,
+        c.q_lora_rank.map_or("none".to_string(), |r| r.to_string()),
+        c.kv_lora_rank,
+        c.qk_nope_head_dim,
+        c.qk_rope_head_dim,
+        c.v_head_dim
+    );
+    println!("hidden:       {} (dense MLP {}), vocab {}", c.hidden_size, c.intermediate_size, c.vocab_size);
+    if let Some(m) = &c.moe {
+        let method = match m.topk_method {
+            TopkMethod::Greedy => "greedy".to_string(),
+            TopkMethod::GroupLimitedGreedy => format!("group_limited_greedy ({} of {} groups)", m.topk_group, m.n_group),
+            TopkMethod::NoauxTc => format!("noaux_tc ({} of {} groups)", m.topk_group, m.n_group),
+        };
+        println!(
+            "experts:      {} routed ({} per token) + {} shared, intermediate {}; {:?} scores, {method}",
+            m.n_routed_experts, m.num_experts_per_tok, m.n_shared_experts, m.moe_intermediate_size, m.scoring_func
+        );
+    }
+    let rope = match &c.rope.scaling {
+        RopeScaling::None => "plain".to_string(),
+        RopeScaling::Linear { factor } => format!("linear ×{factor}"),
+        RopeScaling::Yarn(y) => format!("yarn ×{} from {} positions", y.factor, y.original_max_position_embeddings),
+    };
+    println!(
+        "rope:         theta {}, {rope}, {} pairs; max positions {}",
+        c.rope.theta,
+        if c.rope.interleaved { "interleaved" } else { "half-split" },
+        c.max_position_embeddings
+    );
+    let p = count_params(&c);
+    println!(
+        "parameters:   {} total; {} activated per token ({} without the input embedding)",
+        human(p.total),
+        human(p.activated),
+        human(p.activated - p.embedding)
+    );
+    let in_files: u64 = checkpoint.tensor_sizes().map(|(_, n)| n as u64).sum();
+    println!("checkpoint:   {} parameters in {}", human(in_files), checkpoint.dtypes().join(", "));
+    let (mla, mha) = kv_values_per_token_per_layer(&c);
+    let bytes = |values: u64| values * layers as u64 * args.cache_dtype_bytes;
+    println!(
+        "KV cache:     MLA latent {mla} values/token/layer = {} bytes/token; MHA (2·heads·v_head) {mha} values = {} bytes/token; MLA is {:.1}× smaller",
+        bytes(mla),
+        bytes(mha),
+        mha as f64 / mla as f64
+    );
+    Ok(())
+}

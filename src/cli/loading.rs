@@ -1,0 +1,91 @@
+//! What every model-running subcommand shares: where the model is and which device runs it.
+
+use crate::backend::cpu::CpuBackend;
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::kv::DEFAULT_BLOCK_SIZE;
+use crate::model::deepseek::DeepSeek;
+use crate::model::AttentionForm;
+use crate::weights::Checkpoint;
+use clap::Args;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    Cuda(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceSpec::Cuda)
+                .ok_or_else(|| format!("unknown device \"{s}\" (expected cpu, cuda or cuda:N)")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Hugging Face model folder: config.json, model.safetensors (or shards with
+    /// model.safetensors.index.json), tokenizer.json.
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+
+    /// Where to run: cpu, or cuda[:N] once the CUDA backend is built.
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    pub device: DeviceSpec,
+
+    /// MLA form: auto (materialised for prefill, absorbed for decode), materialised or absorbed.
+    #[arg(long, value_enum, default_value_t = AttentionForm::Auto)]
+    pub attention: AttentionForm,
+
+    /// Tokens per block of the paged latent KV cache.
+    #[arg(long, default_value_t = DEFAULT_BLOCK_SIZE, value_name = "TOKENS")]
+    pub block_size: usize,
+}
+
+/// The config of a model folder, with a clear error when the folder or file is missing.
+pub fn load_config(dir: &Path) -> Result<ModelConfig> {
+    if !dir.is_dir() {
+        return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "model folder not found")));
+    }
+    let path = dir.join("config.json");
+    if !path.is_file() {
+        return Err(Error::io(&path, std::io::Error::new(std::io::ErrorKind::NotFound, "file not found")));
+    }
+    ModelConfig::from_file(&path)
+}
+
+pub struct LoadedModel {
+    pub backend: CpuBackend,
+    pub model: DeepSeek<CpuBackend>,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> Result<LoadedModel> {
+        let config = load_config(&self.model)?;
+        let backend = match self.device {
+            DeviceSpec::Cpu => CpuBackend,
+            DeviceSpec::Cuda(_) => {
+                return Err(Error::Device(
+                    "this build has no CUDA backend yet; run with --device cpu".into(),
+                ))
+            }
+        };
+        if self.block_size == 0 {
+            return Err(Error::InvalidInput("--block-size must be at least 1".into()));
+        }
+        let checkpoint = Checkpoint::open(&self.model)?;
+        let model = DeepSeek::load(config, &checkpoint, &backend)?;
+        Ok(LoadedModel { backend, model })
+    }
+}

@@ -1,0 +1,55 @@
+//! The `mla` command line: argument definitions here, one file per subcommand.
+
+mod generate;
+mod info;
+mod loading;
+mod logits;
+
+use crate::error::Result;
+use clap::{Parser, Subcommand};
+
+pub use loading::{DeviceSpec, ModelArgs};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mla",
+    version,
+    about = "Inference runtime for Multi-head Latent Attention (DeepSeek-V2/V3) models",
+    long_about = "Inference runtime for Multi-head Latent Attention (DeepSeek-V2/V3) models.\n\n\
+        Loads Hugging Face checkpoint folders (config.json, safetensors, tokenizer.json) and runs \
+        them through a paged latent KV cache: prefill in the materialised form, decode in the \
+        absorbed form."
+)]
+pub struct Cli {
+    /// Worker threads for the CPU backend (default: one per core).
+    #[arg(long, global = true, value_name = "N")]
+    pub threads: Option<usize>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate text from a prompt, streaming it to stdout.
+    Generate(generate::GenerateArgs),
+    /// Write the logits of every input token to a JSON file.
+    Logits(logits::LogitsArgs),
+    /// Describe a model: architecture, parameters, KV cache size per token.
+    Info(info::InfoArgs),
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    if let Some(threads) = cli.threads {
+        if threads == 0 {
+            return Err(crate::Error::InvalidInput("--threads must be at least 1".into()));
+        }
+        // Only fails if a pool already exists, which cannot happen before the first command.
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+    }
+    match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::Logits(args) => logits::run(args),
+        Command::Info(args) => info::run(args),
+    }
+}

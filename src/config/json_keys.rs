@@ -1,0 +1,121 @@
+//! Typed access to the keys of a config.json object, with errors that name the file and key.
+
+use crate::error::{Error, Result};
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+
+pub struct Keys<'a> {
+    pub path: PathBuf,
+    pub map: &'a Map<String, Value>,
+    /// Prefix for nested objects so errors read `rope_scaling.factor`.
+    pub prefix: String,
+}
+
+impl<'a> Keys<'a> {
+    pub fn new(path: &Path, map: &'a Map<String, Value>, prefix: &str) -> Self {
+        Keys {
+            path: path.to_path_buf(),
+            map,
+            prefix: prefix.to_string(),
+        }
+    }
+
+    fn name(&self, key: &str) -> String {
+        format!("{}{}", self.prefix, key)
+    }
+
+    pub fn err(&self, key: &str, message: impl Into<String>) -> Error {
+        Error::config(&self.path, &self.name(key), message)
+    }
+
+    /// The value of `key`, treating JSON null as absent.
+    pub fn get(&self, key: &str) -> Option<&'a Value> {
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(|n| Some(n as usize))
+                .ok_or_else(|| self.err(key, format!("expected a non-negative integer, found {v}"))),
+        }
+    }
+
+    pub fn usize(&self, key: &str) -> Result<usize> {
+        self.opt_usize(key)?
+            .ok_or_else(|| self.err(key, "missing (required)"))
+    }
+
+    pub fn usize_or(&self, key: &str, default: usize) -> Result<usize> {
+        Ok(self.opt_usize(key)?.unwrap_or(default))
+    }
+
+    /// A dimension that must be at least 1.
+    pub fn dim(&self, key: &str) -> Result<usize> {
+        let v = self.usize(key)?;
+        if v == 0 {
+            return Err(self.err(key, "must be at least 1, found 0"));
+        }
+        Ok(v)
+    }
+
+    pub fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| self.err(key, format!("expected a number, found {v}"))),
+        }
+    }
+
+    pub fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
+        Ok(self.opt_f64(key)?.unwrap_or(default))
+    }
+
+    pub fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| self.err(key, format!("expected true or false, found {v}"))),
+        }
+    }
+
+    pub fn opt_str(&self, key: &str) -> Result<Option<&'a str>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| self.err(key, format!("expected a string, found {v}"))),
+        }
+    }
+
+    /// A token id or a list of token ids (`eos_token_id` may be either).
+    pub fn token_ids(&self, key: &str) -> Result<Vec<u32>> {
+        let bad = |v: &Value| self.err(key, format!("expected a token id or a list of ids, found {v}"));
+        match self.get(key) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_u64().map(|n| n as u32).ok_or_else(|| bad(v)))
+                .collect(),
+            Some(v) => v.as_u64().map(|n| vec![n as u32]).ok_or_else(|| bad(v)),
+        }
+    }
+
+    pub fn object(&self, key: &str) -> Result<Option<Keys<'a>>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Object(map)) => Ok(Some(Keys {
+                path: self.path.clone(),
+                map,
+                prefix: format!("{}{}.", self.prefix, key),
+            })),
+            Some(v) => Err(self.err(key, format!("expected an object, found {v}"))),
+        }
+    }
+}

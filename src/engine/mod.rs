@@ -1,0 +1,5 @@
+//! Running requests: a single-sequence session over the paged cache, and sampling.
+
+pub mod memory;
+pub mod sampler;
+pub mod session;

@@ -1,0 +1,15 @@
+//! mla-rt: an inference runtime for Multi-head Latent Attention (DeepSeek-V2/V3) models.
+//!
+//! transformers is the oracle for the CPU backend; the CPU backend is the oracle for the GPU.
+
+pub mod backend;
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod kv;
+pub mod model;
+pub mod tokenizer;
+pub mod weights;
+
+pub use error::{Error, Result};

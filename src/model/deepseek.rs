@@ -1,0 +1,289 @@
+//! DeepSeek-V2 / V3: MLA attention over the paged latent cache, dense MLP or MoE per layer.
+
+use super::rope::Rope;
+use super::{AttentionForm, LogitRows, Step};
+use crate::backend::{Backend, MlaDims, MlpWeights, MoeWeights};
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::weights::{Checkpoint, HostTensor};
+
+enum QueryProjection<B: Backend> {
+    Full(B::Weight),
+    LowRank { down: B::Weight, norm: B::Weight, up: B::Weight },
+}
+
+struct Attention<B: Backend> {
+    q: QueryProjection<B>,
+    kv_a: B::Weight,
+    kv_a_norm: B::Weight,
+    kv_b: B::Weight,
+    /// `W_UK_hᵀ` per head, `[kv_lora_rank, qk_nope]`: turns `q_nope` into a latent query.
+    w_uk: B::HeadWeight,
+    /// `W_UV_h` per head, `[v_head, kv_lora_rank]`: turns the latent output into values.
+    w_uv: B::HeadWeight,
+    o: B::Weight,
+}
+
+enum FeedForward<B: Backend> {
+    Dense(MlpWeights<B>),
+    Moe(MoeWeights<B>),
+}
+
+struct Layer<B: Backend> {
+    input_norm: B::Weight,
+    attention: Attention<B>,
+    post_attention_norm: B::Weight,
+    ffn: FeedForward<B>,
+}
+
+pub struct DeepSeek<B: Backend> {
+    pub config: ModelConfig,
+    pub dims: MlaDims,
+    pub rope: Rope,
+    embed: B::Weight,
+    layers: Vec<Layer<B>>,
+    norm: B::Weight,
+    /// `None` when the embedding is tied.
+    lm_head: Option<B::Weight>,
+}
+
+/// Reads tensors by name with the shapes the config implies.
+struct Loader<'a, B: Backend> {
+    checkpoint: &'a Checkpoint,
+    backend: &'a B,
+}
+
+impl<B: Backend> Loader<'_, B> {
+    fn host(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
+        self.checkpoint.load(name, shape)
+    }
+
+    fn weight(&self, name: &str, shape: &[usize]) -> Result<B::Weight> {
+        self.backend.upload_weight(self.host(name, shape)?)
+    }
+
+    fn mlp(&self, prefix: &str, hidden: usize, intermediate: usize) -> Result<MlpWeights<B>> {
+        Ok(MlpWeights {
+            gate: self.weight(&format!("{prefix}.gate_proj.weight"), &[intermediate, hidden])?,
+            up: self.weight(&format!("{prefix}.up_proj.weight"), &[intermediate, hidden])?,
+            down: self.weight(&format!("{prefix}.down_proj.weight"), &[hidden, intermediate])?,
+        })
+    }
+
+    /// Routed experts in the published per-expert layout or transformers 5's fused layout.
+    fn experts(&self, prefix: &str, count: usize, hidden: usize, inter: usize) -> Result<Vec<MlpWeights<B>>> {
+        let fused = format!("{prefix}.gate_up_proj");
+        if !self.checkpoint.contains(&fused) {
+            return (0..count).map(|e| self.mlp(&format!("{prefix}.{e}"), hidden, inter)).collect();
+        }
+        let gate_up = self.host(&fused, &[count, 2 * inter, hidden])?;
+        let down = self.host(&format!("{prefix}.down_proj"), &[count, hidden, inter])?;
+        let matrix = inter * hidden;
+        (0..count)
+            .map(|e| {
+                let block = &gate_up.data[e * 2 * matrix..(e + 1) * 2 * matrix];
+                Ok(MlpWeights {
+                    gate: self.backend.upload_weight(HostTensor::new(vec![inter, hidden], block[..matrix].to_vec()))?,
+                    up: self.backend.upload_weight(HostTensor::new(vec![inter, hidden], block[matrix..].to_vec()))?,
+                    down: self.backend.upload_weight(HostTensor::new(
+                        vec![hidden, inter],
+                        down.data[e * matrix..(e + 1) * matrix].to_vec(),
+                    ))?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Splits `kv_b_proj` `[heads·(nope + v), r_kv]` into the per-head absorption weights:
+/// `W_UK_hᵀ` `[r_kv, nope]` and `W_UV_h` `[v, r_kv]`.
+pub fn absorption_weights(kv_b: &[f32], dims: &MlaDims) -> (Vec<f32>, Vec<f32>) {
+    let (r, dn, dv) = (dims.kv_lora_rank, dims.qk_nope, dims.v_head);
+    let mut w_uk_t = Vec::with_capacity(dims.heads * r * dn);
+    let mut w_uv = Vec::with_capacity(dims.heads * dv * r);
+    for h in 0..dims.heads {
+        let head = &kv_b[h * (dn + dv) * r..(h + 1) * (dn + dv) * r];
+        for c in 0..r {
+            w_uk_t.extend((0..dn).map(|i| head[i * r + c]));
+        }
+        w_uv.extend_from_slice(&head[dn * r..]);
+    }
+    (w_uk_t, w_uv)
+}
+
+impl<B: Backend> DeepSeek<B> {
+    pub fn load(config: ModelConfig, checkpoint: &Checkpoint, backend: &B) -> Result<Self> {
+        let c = &config;
+        let dims = MlaDims {
+            heads: c.num_attention_heads,
+            qk_nope: c.qk_nope_head_dim,
+            qk_rope: c.qk_rope_head_dim,
+            v_head: c.v_head_dim,
+            kv_lora_rank: c.kv_lora_rank,
+            softmax_scale: c.softmax_scale(),
+        };
+        let ld = Loader { checkpoint, backend };
+        let (h, n) = (c.hidden_size, c.num_attention_heads);
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for l in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            let q = match c.q_lora_rank {
+                None => QueryProjection::Full(ld.weight(&format!("{p}.self_attn.q_proj.weight"), &[n * dims.qk_head(), h])?),
+                Some(rq) => QueryProjection::LowRank {
+                    down: ld.weight(&format!("{p}.self_attn.q_a_proj.weight"), &[rq, h])?,
+                    norm: ld.weight(&format!("{p}.self_attn.q_a_layernorm.weight"), &[rq])?,
+                    up: ld.weight(&format!("{p}.self_attn.q_b_proj.weight"), &[n * dims.qk_head(), rq])?,
+                },
+            };
+            let kv_b = ld.host(&format!("{p}.self_attn.kv_b_proj.weight"), &[n * (dims.qk_nope + dims.v_head), dims.kv_lora_rank])?;
+            let (w_uk_t, w_uv) = absorption_weights(&kv_b.data, &dims);
+            let attention = Attention {
+                q,
+                kv_a: ld.weight(&format!("{p}.self_attn.kv_a_proj_with_mqa.weight"), &[dims.latent_width(), h])?,
+                kv_a_norm: ld.weight(&format!("{p}.self_attn.kv_a_layernorm.weight"), &[dims.kv_lora_rank])?,
+                w_uk: backend.upload_head_weight(n, dims.kv_lora_rank, dims.qk_nope, w_uk_t)?,
+                w_uv: backend.upload_head_weight(n, dims.v_head, dims.kv_lora_rank, w_uv)?,
+                kv_b: backend.upload_weight(kv_b)?,
+                o: ld.weight(&format!("{p}.self_attn.o_proj.weight"), &[h, n * dims.v_head])?,
+            };
+            let ffn = match (&c.moe, c.is_moe_layer(l)) {
+                (Some(moe), true) => {
+                    let e = moe.n_routed_experts;
+                    let bias_name = format!("{p}.mlp.gate.e_score_correction_bias");
+                    let score_bias = if checkpoint.contains(&bias_name) || moe.scoring_func == crate::config::ScoringFunc::Sigmoid {
+                        Some(ld.host(&bias_name, &[e])?.data)
+                    } else {
+                        None
+                    };
+                    FeedForward::Moe(MoeWeights {
+                        router: ld.weight(&format!("{p}.mlp.gate.weight"), &[e, h])?,
+                        score_bias,
+                        experts: ld.experts(&format!("{p}.mlp.experts"), e, h, moe.moe_intermediate_size)?,
+                        shared: match moe.n_shared_experts {
+                            0 => None,
+                            s => Some(ld.mlp(&format!("{p}.mlp.shared_experts"), h, moe.moe_intermediate_size * s)?),
+                        },
+                    })
+                }
+                _ => FeedForward::Dense(ld.mlp(&format!("{p}.mlp"), h, c.intermediate_size)?),
+            };
+            layers.push(Layer {
+                input_norm: ld.weight(&format!("{p}.input_layernorm.weight"), &[h])?,
+                attention,
+                post_attention_norm: ld.weight(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                ffn,
+            });
+        }
+        let lm_head = if c.tie_word_embeddings {
+            None
+        } else {
+            Some(ld.weight("lm_head.weight", &[c.vocab_size, h])?)
+        };
+        Ok(DeepSeek {
+            rope: Rope::new(&c.rope, c.qk_rope_head_dim),
+            embed: ld.weight("model.embed_tokens.weight", &[c.vocab_size, h])?,
+            norm: ld.weight("model.norm.weight", &[h])?,
+            lm_head,
+            layers,
+            dims,
+            config,
+        })
+    }
+
+    /// Runs one step: writes the new tokens' latents into `cache` and returns logits
+    /// `[rows, vocab]` for the rows `logit_rows` asks for.
+    pub fn forward(
+        &self,
+        backend: &B,
+        cache: &mut B::LatentCache,
+        step: &Step,
+        form: AttentionForm,
+        logit_rows: LogitRows,
+    ) -> Result<B::Tensor> {
+        let t = step.token_ids.len();
+        if step.positions.len() != t || step.slots.len() != t || step.batch.num_query_tokens() != t {
+            return Err(Error::Op {
+                op: "forward",
+                message: format!(
+                    "{t} tokens, {} positions, {} slots, {} query rows",
+                    step.positions.len(),
+                    step.slots.len(),
+                    step.batch.num_query_tokens()
+                ),
+            });
+        }
+        if let Some(&p) = step.positions.iter().find(|&&p| p as usize >= self.config.max_position_embeddings) {
+            return Err(Error::InvalidInput(format!(
+                "position {p} is beyond max_position_embeddings ({})",
+                self.config.max_position_embeddings
+            )));
+        }
+        let eps = self.config.rms_norm_eps as f32;
+        let absorbed = match form {
+            AttentionForm::Auto => step.batch.seqs.iter().all(|s| s.query_len == 1),
+            AttentionForm::Absorbed => true,
+            AttentionForm::Materialised => false,
+        };
+        let mut x = backend.embedding(&self.embed, &step.token_ids)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h = backend.rms_norm(&x, &layer.input_norm, eps)?;
+            let attn = self.attention(backend, &layer.attention, &h, cache, l, step, absorbed)?;
+            backend.add_assign(&mut x, &attn)?;
+            let h = backend.rms_norm(&x, &layer.post_attention_norm, eps)?;
+            let y = match &layer.ffn {
+                FeedForward::Dense(mlp) => backend.mlp(&h, mlp)?,
+                FeedForward::Moe(moe) => backend.moe(&h, moe, self.config.moe.as_ref().expect("MoE layer has a MoE config"))?,
+            };
+            backend.add_assign(&mut x, &y)?;
+        }
+        if logit_rows == LogitRows::LastPerSequence {
+            let mut end = 0;
+            let rows: Vec<usize> = step
+                .batch
+                .seqs
+                .iter()
+                .map(|s| {
+                    end += s.query_len;
+                    end - 1
+                })
+                .collect();
+            x = backend.select_rows(&x, &rows)?;
+        }
+        let x = backend.rms_norm(&x, &self.norm, eps)?;
+        backend.matmul(&x, self.lm_head.as_ref().unwrap_or(&self.embed))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        backend: &B,
+        w: &Attention<B>,
+        h: &B::Tensor,
+        cache: &mut B::LatentCache,
+        layer: usize,
+        step: &Step,
+        absorbed: bool,
+    ) -> Result<B::Tensor> {
+        let eps = self.config.rms_norm_eps as f32;
+        let d = &self.dims;
+        let mut q = match &w.q {
+            QueryProjection::Full(proj) => backend.matmul(h, proj)?,
+            QueryProjection::LowRank { down, norm, up } => {
+                let q_a = backend.rms_norm(&backend.matmul(h, down)?, norm, eps)?;
+                backend.matmul(&q_a, up)?
+            }
+        };
+        backend.rope(&mut q, &step.positions, &self.rope, d.qk_head(), d.qk_nope)?;
+        let mut latent = backend.matmul(h, &w.kv_a)?;
+        backend.latent_epilogue(&mut latent, &w.kv_a_norm, eps, &step.positions, &self.rope)?;
+        backend.write_latent_cache(cache, layer, &latent, &step.slots)?;
+        let out = if absorbed {
+            let q_lat = backend.head_matmul(&q, d.qk_head(), 0, &w.w_uk)?;
+            let o_lat = backend.mla_attention_absorbed(&q_lat, &q, cache, layer, &step.batch, d)?;
+            backend.head_matmul(&o_lat, d.kv_lora_rank, 0, &w.w_uv)?
+        } else {
+            backend.mla_attention_materialised(&q, cache, layer, &step.batch, &w.kv_b, d)?
+        };
+        backend.matmul(&out, &w.o)
+    }
+}

@@ -1,0 +1,217 @@
+//! Memory-mapped safetensors checkpoints (single file or sharded through
+//! `model.safetensors.index.json`), read into f32 host tensors.
+
+use crate::error::{read_json, Error, Result};
+use half::{bf16, f16};
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype, TensorInfo};
+use safetensors::SafeTensors;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// A dense row-major f32 tensor on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl HostTensor {
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        HostTensor { shape, data }
+    }
+}
+
+struct Shard {
+    path: PathBuf,
+    mmap: Mmap,
+    /// Where the tensor data starts: 8 length bytes plus the JSON header.
+    data_start: usize,
+}
+
+struct Entry {
+    shard: usize,
+    info: TensorInfo,
+}
+
+/// All tensors of a checkpoint folder, by name.
+pub struct Checkpoint {
+    dir: PathBuf,
+    shards: Vec<Shard>,
+    tensors: HashMap<String, Entry>,
+}
+
+#[derive(serde::Deserialize)]
+struct ShardIndex {
+    weight_map: BTreeMap<String, String>,
+}
+
+impl Checkpoint {
+    /// Opens `model.safetensors`, or the shards listed in `model.safetensors.index.json`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let index_path = dir.join("model.safetensors.index.json");
+        let single = dir.join("model.safetensors");
+        let files: Vec<(PathBuf, Option<Vec<String>>)> = if index_path.is_file() {
+            let index: ShardIndex = read_json(&index_path)?;
+            let mut by_file: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for (tensor, file) in index.weight_map {
+                by_file.entry(file).or_default().push(tensor);
+            }
+            if by_file.is_empty() {
+                return Err(Error::checkpoint(&index_path, "weight_map lists no tensors"));
+            }
+            by_file
+                .into_iter()
+                .map(|(file, names)| (dir.join(file), Some(names)))
+                .collect()
+        } else if single.is_file() {
+            vec![(single, None)]
+        } else {
+            return Err(Error::checkpoint(
+                dir,
+                "no weights found (expected model.safetensors or model.safetensors.index.json)",
+            ));
+        };
+
+        let mut checkpoint = Checkpoint {
+            dir: dir.to_path_buf(),
+            shards: Vec::new(),
+            tensors: HashMap::new(),
+        };
+        for (path, expected_names) in files {
+            let shard_id = checkpoint.shards.len();
+            let shard = open_shard(&path)?;
+            let (_, metadata) = SafeTensors::read_metadata(&shard.mmap)
+                .map_err(|e| Error::checkpoint(&path, format!("not a valid safetensors file: {e}")))?;
+            let data_len = shard.mmap.len() - shard.data_start;
+            for (name, info) in metadata.tensors() {
+                let (begin, end) = info.data_offsets;
+                if end > data_len || begin > end {
+                    return Err(Error::checkpoint(
+                        &path,
+                        format!("tensor {name} lies past the end of the file (truncated?)"),
+                    ));
+                }
+                checkpoint.tensors.insert(
+                    name,
+                    Entry {
+                        shard: shard_id,
+                        info: info.clone(),
+                    },
+                );
+            }
+            if let Some(names) = expected_names {
+                if let Some(missing) = names.iter().find(|n| !checkpoint.tensors.contains_key(*n)) {
+                    return Err(Error::checkpoint(
+                        &path,
+                        format!("the index lists tensor {missing} in this file, but it is not there"),
+                    ));
+                }
+            }
+            checkpoint.shards.push(shard);
+        }
+        Ok(checkpoint)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.tensors.get(name).map(|e| e.info.shape.as_slice())
+    }
+
+    /// Names and element counts of every tensor, for parameter counting.
+    pub fn tensor_sizes(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.tensors
+            .iter()
+            .map(|(n, e)| (n.as_str(), e.info.shape.iter().product()))
+    }
+
+    /// Dtype names present in the checkpoint, e.g. `["BF16"]`.
+    pub fn dtypes(&self) -> Vec<String> {
+        let mut d: Vec<String> = self.tensors.values().map(|e| format!("{:?}", e.info.dtype)).collect();
+        d.sort();
+        d.dedup();
+        d
+    }
+
+    /// Reads tensor `name` as f32, checking it has exactly `shape`.
+    pub fn load(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
+        let entry = self.tensors.get(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_string(),
+            dir: self.dir.clone(),
+        })?;
+        if entry.info.shape != shape {
+            return Err(Error::ShapeMismatch {
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                found: entry.info.shape.clone(),
+            });
+        }
+        let shard = &self.shards[entry.shard];
+        let (begin, end) = entry.info.data_offsets;
+        let bytes = &shard.mmap[shard.data_start + begin..shard.data_start + end];
+        let count: usize = shape.iter().product();
+        let width = match entry.info.dtype {
+            Dtype::F32 => 4,
+            Dtype::BF16 | Dtype::F16 => 2,
+            other => {
+                return Err(Error::UnsupportedDtype {
+                    dtype: format!("{other:?}"),
+                    tensor: name.to_string(),
+                })
+            }
+        };
+        if bytes.len() != count * width {
+            return Err(Error::checkpoint(
+                &shard.path,
+                format!("tensor {name} holds {} bytes, its shape {shape:?} needs {}", bytes.len(), count * width),
+            ));
+        }
+        let data = match entry.info.dtype {
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            _ => bytes
+                .chunks_exact(2)
+                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+        };
+        Ok(HostTensor::new(shape.to_vec(), data))
+    }
+}
+
+fn open_shard(path: &Path) -> Result<Shard> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: the file is opened read-only and the map is never written; a checkpoint that another
+    // process truncates while we run is outside what a reader of weights can defend against.
+    let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    if mmap.len() < 8 {
+        return Err(Error::checkpoint(path, "file is shorter than a safetensors header (truncated?)"));
+    }
+    let header_len = u64::from_le_bytes(mmap[..8].try_into().expect("8 bytes")) as usize;
+    let data_start = header_len
+        .checked_add(8)
+        .filter(|&s| s <= mmap.len())
+        .ok_or_else(|| Error::checkpoint(path, "safetensors header runs past the end of the file (truncated?)"))?;
+    Ok(Shard {
+        path: path.to_path_buf(),
+        mmap,
+        data_start,
+    })
+}
+
+#[cfg(test)]
+mod tests;
