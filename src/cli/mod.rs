@@ -3,7 +3,7 @@
 mod generate;
 mod info;
 mod loading;
-mod logits;
+pub mod logits;
 
 use crate::error::Result;
 use clap::{Parser, Subcommand};

@@ -1,0 +1,108 @@
+//! The two MLA forms, prefill vs decode, block sizes and checkpoint layouts must all give the
+//! same logits on random tiny models.
+
+mod common;
+
+use common::{fuse_experts, random_weights, rel_l2, tiny_config, write_model};
+use mla_rt::backend::cpu::CpuBackend;
+use mla_rt::cli::logits::compute_logits;
+use mla_rt::config::ModelConfig;
+use mla_rt::engine::session::Session;
+use mla_rt::model::deepseek::DeepSeek;
+use mla_rt::model::AttentionForm;
+use mla_rt::weights::Checkpoint;
+use serde_json::{json, Value};
+use std::path::Path;
+
+fn load(dir: &Path) -> DeepSeek<CpuBackend> {
+    let config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+    DeepSeek::load(config, &Checkpoint::open(dir).unwrap(), &CpuBackend).unwrap()
+}
+
+fn logits(model: &DeepSeek<CpuBackend>, tokens: &[u32], prefill: usize, block_size: usize, form: AttentionForm) -> Vec<f32> {
+    let mut session = Session::new(model, &CpuBackend, tokens.len(), block_size, form).unwrap();
+    compute_logits(&mut session, &CpuBackend, tokens, prefill).unwrap()
+}
+
+fn tokens(n: usize, vocab: u32) -> Vec<u32> {
+    (0..n as u32).map(|i| (i * 37 + 11) % vocab).collect()
+}
+
+fn assert_close(got: &[f32], reference: &[f32], vocab: usize, what: &str) {
+    for (p, (g, r)) in got.chunks(vocab).zip(reference.chunks(vocab)).enumerate() {
+        let r: Vec<f64> = r.iter().map(|&v| v as f64).collect();
+        let err = rel_l2(g, &r);
+        assert!(err <= 1e-5, "{what}: position {p} differs by {err:e} (relative L2)");
+    }
+}
+
+fn configs() -> Vec<(&'static str, Value)> {
+    vec![
+        ("v2 yarn, q full rank", tiny_config("deepseek_v2", json!({}))),
+        (
+            "v2 q low-rank, grouped routing",
+            tiny_config("deepseek_v2", json!({"q_lora_rank": 16, "topk_method": "group_limited_greedy", "norm_topk_prob": true, "rope_scaling": null})),
+        ),
+        ("v3 interleaved", tiny_config("deepseek_v3", json!({"q_lora_rank": 16}))),
+        ("v3 half-split", tiny_config("deepseek_v3", json!({"rope_interleave": false}))),
+    ]
+}
+
+#[test]
+fn absorbed_form_equals_materialised_form() {
+    for (name, config) in configs() {
+        let dir = write_model(&config, &random_weights(&config, 1));
+        let model = load(dir.path());
+        let ids = tokens(40, 97);
+        let materialised = logits(&model, &ids, ids.len(), 16, AttentionForm::Materialised);
+        assert!(materialised.iter().all(|v| v.is_finite()), "{name}: non-finite logits");
+        let absorbed = logits(&model, &ids, ids.len(), 16, AttentionForm::Absorbed);
+        assert_close(&absorbed, &materialised, 97, name);
+    }
+}
+
+#[test]
+fn decode_through_the_paged_cache_equals_one_prefill_at_any_block_size() {
+    for (name, config) in configs() {
+        let dir = write_model(&config, &random_weights(&config, 2));
+        let model = load(dir.path());
+        let ids = tokens(37, 97);
+        let reference = logits(&model, &ids, ids.len(), 64, AttentionForm::Materialised);
+        for (prefill, block_size) in [(1, 1), (5, 3), (17, 16), (36, 64)] {
+            let got = logits(&model, &ids, prefill, block_size, AttentionForm::Auto);
+            assert_close(&got, &reference, 97, &format!("{name}, prefill {prefill}, block size {block_size}"));
+        }
+    }
+}
+
+#[test]
+fn fused_expert_layout_equals_per_expert_layout() {
+    let config = tiny_config("deepseek_v3", json!({}));
+    let weights = random_weights(&config, 3);
+    let per_expert = load(write_model(&config, &weights).path());
+    let mut fused = weights.clone();
+    fuse_experts(&mut fused, &config);
+    assert!(fused.contains_key("model.layers.1.mlp.experts.gate_up_proj"));
+    let fused = load(write_model(&config, &fused).path());
+    let ids = tokens(12, 97);
+    let a = logits(&per_expert, &ids, 12, 64, AttentionForm::Auto);
+    let b = logits(&fused, &ids, 12, 64, AttentionForm::Auto);
+    assert_eq!(a, b);
+}
+
+#[test]
+fn tied_embeddings_reuse_the_embedding_table_as_lm_head() {
+    let config = tiny_config("deepseek_v2", json!({"tie_word_embeddings": true}));
+    let mut weights = random_weights(&config, 4);
+    assert!(!weights.contains_key("lm_head.weight"));
+    let tied = load(write_model(&config, &weights).path());
+    let embed = weights["model.embed_tokens.weight"].clone();
+    weights.insert("lm_head.weight".into(), embed);
+    let untied_config = tiny_config("deepseek_v2", json!({"tie_word_embeddings": false}));
+    let untied = load(write_model(&untied_config, &weights).path());
+    let ids = tokens(9, 97);
+    assert_eq!(
+        logits(&tied, &ids, 9, 64, AttentionForm::Auto),
+        logits(&untied, &ids, 9, 64, AttentionForm::Auto)
+    );
+}
