@@ -339,7 +339,8 @@ fn parse_moe(keys: &Keys, v3: bool) -> Result<Option<MoeConfig>> {
     let Some(n_routed_experts) = keys.opt_usize("n_routed_experts")?.filter(|&e| e > 0) else {
         return Ok(None);
     };
-    let topk_method = match keys.opt_str("topk_method")?.unwrap_or(if v3 { "noaux_tc" } else { "greedy" }) {
+    let topk_name = keys.opt_str("topk_method")?.unwrap_or(if v3 { "noaux_tc" } else { "greedy" });
+    let topk_method = match topk_name {
         "greedy" => TopkMethod::Greedy,
         "group_limited_greedy" => TopkMethod::GroupLimitedGreedy,
         "noaux_tc" => TopkMethod::NoauxTc,
@@ -350,7 +351,8 @@ fn parse_moe(keys: &Keys, v3: bool) -> Result<Option<MoeConfig>> {
             ))
         }
     };
-    let scoring_func = match keys.opt_str("scoring_func")?.unwrap_or(if v3 { "sigmoid" } else { "softmax" }) {
+    let scoring_name = keys.opt_str("scoring_func")?.unwrap_or(if v3 { "sigmoid" } else { "softmax" });
+    let scoring_func = match scoring_name {
         "softmax" => ScoringFunc::Softmax,
         "sigmoid" => ScoringFunc::Sigmoid,
         other => {
@@ -361,7 +363,7 @@ fn parse_moe(keys: &Keys, v3: bool) -> Result<Option<MoeConfig>> {
     if (topk_method == TopkMethod::NoauxTc) != (scoring_func == ScoringFunc::Sigmoid) {
         return Err(keys.err(
             "topk_method",
-            format!("{topk_method:?} cannot be combined with scoring_func {scoring_func:?}"),
+            format!("\"{topk_name}\" cannot be combined with scoring_func \"{scoring_name}\""),
         ));
     }
     Ok(Some(MoeConfig {

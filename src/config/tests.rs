@@ -1,0 +1,129 @@
+use super::*;
+use serde_json::json;
+use std::path::Path;
+
+fn v2_lite() -> Value {
+    json!({
+        "model_type": "deepseek_v2", "vocab_size": 102400, "hidden_size": 2048,
+        "intermediate_size": 10944, "moe_intermediate_size": 1408, "num_hidden_layers": 27,
+        "num_attention_heads": 16, "q_lora_rank": null, "kv_lora_rank": 512,
+        "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128,
+        "n_routed_experts": 64, "n_shared_experts": 2, "num_experts_per_tok": 6,
+        "first_k_dense_replace": 1, "moe_layer_freq": 1, "routed_scaling_factor": 1.0,
+        "topk_method": "greedy", "n_group": 1, "topk_group": 1, "norm_topk_prob": false,
+        "scoring_func": "softmax", "max_position_embeddings": 163840, "rms_norm_eps": 1e-6,
+        "rope_theta": 10000,
+        "rope_scaling": {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
+                         "beta_fast": 32, "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707},
+        "tie_word_embeddings": false, "bos_token_id": 100000, "eos_token_id": 100001,
+        "torch_dtype": "bfloat16"
+    })
+}
+
+fn parse(v: &Value) -> Result<ModelConfig> {
+    ModelConfig::from_value(Path::new("config.json"), v)
+}
+
+fn with(mut v: Value, key: &str, value: Value) -> Value {
+    v.as_object_mut().unwrap().insert(key.to_string(), value);
+    v
+}
+
+#[test]
+fn published_v2_lite_parses() {
+    let c = parse(&v2_lite()).unwrap();
+    assert_eq!(c.architecture, Architecture::DeepseekV2);
+    assert_eq!(c.latent_cache_width(), 576);
+    assert_eq!(c.qk_head_dim(), 192);
+    assert!(!c.is_moe_layer(0) && c.is_moe_layer(1) && c.is_moe_layer(26));
+    let RopeScaling::Yarn(y) = &c.rope.scaling else { panic!("expected yarn") };
+    assert_eq!((y.factor, y.original_max_position_embeddings), (40.0, 4096));
+    assert!(c.rope.interleaved);
+    // scale = 192^-0.5 · (0.1·0.707·ln 40 + 1)²
+    let m = 0.1 * 0.707 * 40f64.ln() + 1.0;
+    assert!((c.softmax_scale() as f64 - m * m / 192f64.sqrt()).abs() < 1e-7);
+    assert_eq!(c.eos_token_ids, vec![100001]);
+}
+
+#[test]
+fn transformers5_rope_parameters_equal_published_rope_scaling() {
+    let published = parse(&v2_lite()).unwrap();
+    let mut v5 = v2_lite();
+    let map = v5.as_object_mut().unwrap();
+    map.remove("rope_scaling");
+    map.remove("rope_theta");
+    map.insert(
+        "rope_parameters".into(),
+        json!({"rope_type": "yarn", "rope_theta": 10000.0, "factor": 40.0,
+               "original_max_position_embeddings": 4096, "beta_fast": 32.0, "beta_slow": 1.0,
+               "mscale": 0.707, "mscale_all_dim": 0.707}),
+    );
+    assert_eq!(parse(&v5).unwrap(), published);
+}
+
+#[test]
+fn v3_defaults_and_half_split_pairs() {
+    let mut v = with(v2_lite(), "model_type", json!("deepseek_v3"));
+    for key in ["topk_method", "scoring_func", "n_group", "topk_group", "norm_topk_prob"] {
+        v.as_object_mut().unwrap().remove(key);
+    }
+    let v = with(with(v, "n_group", json!(8)), "topk_group", json!(4));
+    let c = parse(&with(v, "rope_interleave", json!(false))).unwrap();
+    let moe = c.moe.unwrap();
+    assert_eq!(moe.topk_method, TopkMethod::NoauxTc);
+    assert_eq!(moe.scoring_func, ScoringFunc::Sigmoid);
+    assert!(moe.norm_topk_prob);
+    assert!(!c.rope.interleaved);
+}
+
+#[test]
+fn eos_may_be_a_list() {
+    let c = parse(&with(v2_lite(), "eos_token_id", json!([100001, 7]))).unwrap();
+    assert_eq!(c.eos_token_ids, vec![100001, 7]);
+}
+
+/// Each broken config must be rejected with a message naming the key and the value.
+#[test]
+fn inconsistent_configs_name_key_and_value() {
+    let cases: Vec<(Value, &str, &str)> = vec![
+        (with(v2_lite(), "model_type", json!("llama4")), "model_type", "llama4"),
+        (with(v2_lite(), "qk_rope_head_dim", json!(63)), "qk_rope_head_dim", "63"),
+        (with(v2_lite(), "hidden_size", json!(0)), "hidden_size", "0"),
+        (with(v2_lite(), "hidden_size", json!("big")), "hidden_size", "big"),
+        (with(v2_lite(), "num_experts_per_tok", json!(65)), "num_experts_per_tok", "65"),
+        (
+            with(with(v2_lite(), "topk_method", json!("group_limited_greedy")), "n_group", json!(5)),
+            "n_group",
+            "5",
+        ),
+        (
+            with(with(with(v2_lite(), "topk_method", json!("group_limited_greedy")), "n_group", json!(8)), "topk_group", json!(9)),
+            "topk_group",
+            "9",
+        ),
+        (with(v2_lite(), "topk_method", json!("best")), "topk_method", "best"),
+        (with(v2_lite(), "scoring_func", json!("sigmoid")), "topk_method", "sigmoid"),
+        (with(v2_lite(), "hidden_act", json!("gelu")), "hidden_act", "gelu"),
+        (with(v2_lite(), "eos_token_id", json!(200000)), "eos_token_id", "200000"),
+        (with(v2_lite(), "q_lora_rank", json!(0)), "q_lora_rank", "0"),
+        (
+            with(v2_lite(), "rope_scaling", json!({"type": "dynamic-ntk", "factor": 2})),
+            "rope_scaling.type",
+            "dynamic-ntk",
+        ),
+        (
+            with(v2_lite(), "rope_scaling", json!({"type": "yarn", "factor": -1})),
+            "rope_scaling.factor",
+            "-1",
+        ),
+    ];
+    for (config, key, value) in cases {
+        let err = parse(&config).expect_err(key).to_string();
+        assert!(err.contains(&format!("`{key}`")) && err.contains(value), "{key}: {err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+    }
+    let mut missing = v2_lite();
+    missing.as_object_mut().unwrap().remove("kv_lora_rank");
+    let err = parse(&missing).unwrap_err().to_string();
+    assert!(err.contains("`kv_lora_rank`") && err.contains("missing"), "{err}");
+}

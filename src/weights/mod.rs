@@ -84,7 +84,7 @@ impl Checkpoint {
             let shard_id = checkpoint.shards.len();
             let shard = open_shard(&path)?;
             let (_, metadata) = SafeTensors::read_metadata(&shard.mmap)
-                .map_err(|e| Error::checkpoint(&path, format!("not a valid safetensors file: {e}")))?;
+                .map_err(|e| Error::checkpoint(&path, format!("not a valid safetensors file (truncated or corrupt): {e}")))?;
             let data_len = shard.mmap.len() - shard.data_start;
             for (name, info) in metadata.tensors() {
                 let (begin, end) = info.data_offsets;
