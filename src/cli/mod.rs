@@ -1,6 +1,6 @@
 //! The `mla` command line: argument definitions here, one file per subcommand.
 
-mod generate;
+pub mod generate;
 mod info;
 mod loading;
 pub mod logits;

@@ -57,11 +57,9 @@ pub fn route(logits: &[f32], bias: Option<&[f32]>, moe: &MoeConfig) -> Vec<Route
         }
     };
     let mut weights: Vec<f32> = chosen.iter().map(|&i| scores[i]).collect();
-    let normalise = match moe.topk_method {
-        TopkMethod::NoauxTc => moe.norm_topk_prob,
-        _ => moe.norm_topk_prob && chosen.len() > 1,
-    };
-    if normalise {
+    // transformers' DeepSeek-V2 router never normalises (it ignores norm_topk_prob, which is
+    // false in every published V2 checkpoint); V3 normalises when asked.
+    if moe.topk_method == TopkMethod::NoauxTc && moe.norm_topk_prob {
         let sum: f32 = weights.iter().sum::<f32>() + 1e-20;
         weights.iter_mut().for_each(|w| *w /= sum);
     }
@@ -139,13 +137,25 @@ mod tests {
     }
 
     #[test]
-    fn norm_and_scaling() {
-        let mut moe = config(TopkMethod::Greedy, ScoringFunc::Softmax);
+    fn v3_normalises_and_scales() {
+        let mut moe = config(TopkMethod::NoauxTc, ScoringFunc::Sigmoid);
         moe.norm_topk_prob = true;
         moe.routed_scaling_factor = 2.5;
         let routes = route(&[0.1, 2.0, -1.0, 0.5, 1.5, 0.0, -0.3, 0.2], None, &moe);
         let sum: f32 = routes.iter().map(|r| r.weight).sum();
         assert!((sum - 2.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn v2_scales_but_never_normalises() {
+        let mut moe = config(TopkMethod::Greedy, ScoringFunc::Softmax);
+        moe.norm_topk_prob = true;
+        moe.routed_scaling_factor = 2.5;
+        let logits = [0.1, 2.0, -1.0, 0.5, 1.5, 0.0, -0.3, 0.2];
+        let routes = route(&logits, None, &moe);
+        let p = softmax(&logits);
+        assert!((routes[0].weight - 2.5 * p[1]).abs() < 1e-6);
+        assert!((routes[1].weight - 2.5 * p[4]).abs() < 1e-6);
     }
 
     #[test]

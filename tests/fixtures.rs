@@ -1,0 +1,111 @@
+//! The CPU engine against transformers: float64 reference logits made by
+//! `scripts/make_fixtures.py` for tiny random DeepSeek-V2/V3 checkpoints (see each fixture's
+//! `expected.json` description for the branches it covers).
+
+mod common;
+
+use common::{fixtures_dir, rel_l2};
+use mla_rt::backend::cpu::CpuBackend;
+use mla_rt::cli::generate::generate_ids;
+use mla_rt::cli::logits::compute_logits;
+use mla_rt::config::ModelConfig;
+use mla_rt::engine::sampler::{Sampler, SamplingParams};
+use mla_rt::engine::session::Session;
+use mla_rt::model::deepseek::DeepSeek;
+use mla_rt::model::AttentionForm;
+use mla_rt::tokenizer::TextTokenizer;
+use mla_rt::weights::Checkpoint;
+use std::path::{Path, PathBuf};
+
+/// The tolerance of the project for f32 against a float64 reference.
+const TOLERANCE: f64 = 1e-4;
+
+#[derive(serde::Deserialize)]
+struct Expected {
+    token_ids: Vec<u32>,
+    logits: Vec<Vec<f64>>,
+    prompt: String,
+    prompt_ids: Vec<u32>,
+    greedy_ids: Vec<u32>,
+}
+
+fn fixtures() -> Vec<(PathBuf, Expected)> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(fixtures_dir())
+        .expect("tests/fixtures exists (run from the crate root)")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("expected.json").is_file())
+        .collect();
+    dirs.sort();
+    assert!(dirs.len() >= 4, "expected at least 4 fixtures, found {dirs:?}");
+    dirs.into_iter()
+        .map(|d| {
+            let expected = serde_json::from_str(&std::fs::read_to_string(d.join("expected.json")).unwrap()).unwrap();
+            (d, expected)
+        })
+        .collect()
+}
+
+fn load(dir: &Path) -> DeepSeek<CpuBackend> {
+    let config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+    DeepSeek::load(config, &Checkpoint::open(dir).unwrap(), &CpuBackend).unwrap()
+}
+
+fn check(dir: &Path, expected: &Expected, prefill: usize, form: AttentionForm, block_size: usize) {
+    let model = load(dir);
+    let vocab = model.config.vocab_size;
+    let ids = &expected.token_ids;
+    let mut session = Session::new(&model, &CpuBackend, ids.len(), block_size, form).unwrap();
+    let logits = compute_logits(&mut session, &CpuBackend, ids, prefill).unwrap();
+    assert_eq!(logits.len(), ids.len() * vocab);
+    let mut worst = 0.0f64;
+    for (p, (got, want)) in logits.chunks(vocab).zip(&expected.logits).enumerate() {
+        let err = rel_l2(got, want);
+        assert!(
+            err <= TOLERANCE,
+            "{}: prefill {prefill}, {form:?}: position {p} has relative L2 error {err:e}",
+            dir.display()
+        );
+        worst = worst.max(err);
+    }
+    eprintln!("{}: prefill {prefill} {form:?} block {block_size}: worst relative L2 {worst:.2e}", dir.display());
+}
+
+#[test]
+fn prefill_matches_transformers() {
+    for (dir, expected) in fixtures() {
+        check(&dir, &expected, expected.token_ids.len(), AttentionForm::Auto, 64);
+    }
+}
+
+#[test]
+fn absorbed_prefill_matches_transformers() {
+    for (dir, expected) in fixtures() {
+        check(&dir, &expected, expected.token_ids.len(), AttentionForm::Absorbed, 16);
+    }
+}
+
+#[test]
+fn token_by_token_decode_matches_transformers() {
+    for (dir, expected) in fixtures() {
+        // BOS alone, then every token through the cache and the absorbed form; small blocks so
+        // the sequence spans several pages.
+        check(&dir, &expected, 1, AttentionForm::Auto, 4);
+        check(&dir, &expected, expected.token_ids.len() / 2, AttentionForm::Auto, 64);
+    }
+}
+
+#[test]
+fn tokenizer_and_greedy_generation_match_transformers() {
+    for (dir, expected) in fixtures() {
+        let model = load(&dir);
+        let tokenizer = TextTokenizer::load(&dir, &model.config).unwrap();
+        let prompt = tokenizer.encode(&expected.prompt).unwrap();
+        assert_eq!(prompt[0], model.config.bos_token_id.unwrap(), "{}: BOS first", dir.display());
+        assert_eq!(prompt[1..], expected.prompt_ids[..], "{}: tokenization", dir.display());
+        let max_new = expected.greedy_ids.len();
+        let mut session = Session::new(&model, &CpuBackend, prompt.len() + max_new, 64, AttentionForm::Auto).unwrap();
+        let mut sampler = Sampler::new(SamplingParams::default()).unwrap();
+        let generation = generate_ids(&mut session, &CpuBackend, &prompt, max_new, &mut sampler, |_| false, |_| Ok(())).unwrap();
+        assert_eq!(generation.tokens, expected.greedy_ids, "{}: greedy ids", dir.display());
+    }
+}
