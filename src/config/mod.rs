@@ -53,6 +53,9 @@ pub struct RopeConfig {
     pub scaling: RopeScaling,
     /// Rotate `(x[2i], x[2i+1])` pairs (true) or `(x[i], x[i+d/2])` pairs (false).
     pub interleaved: bool,
+    /// `get_m(factor, mscale_all_dim)` when a scaled RoPE sets `mscale_all_dim`: the softmax
+    /// scale is multiplied by its square.
+    pub softmax_mscale: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,14 +251,8 @@ impl ModelConfig {
 
     /// The attention softmax scale: `d_qk^-0.5`, times `m²` under YaRN with `mscale_all_dim`.
     pub fn softmax_scale(&self) -> f32 {
-        let mut scale = (self.qk_head_dim() as f64).powf(-0.5);
-        if let RopeScaling::Yarn(y) = &self.rope.scaling {
-            if let Some(all) = y.mscale_all_dim.filter(|m| *m != 0.0) {
-                let m = yarn_get_mscale(y.factor, all);
-                scale *= m * m;
-            }
-        }
-        scale as f32
+        let m = self.rope.softmax_mscale.unwrap_or(1.0);
+        ((self.qk_head_dim() as f64).powf(-0.5) * m * m) as f32
     }
 }
 
@@ -276,6 +273,7 @@ fn parse_rope(keys: &Keys, v3: bool, max_position_embeddings: usize) -> Result<R
     };
     let mut theta = keys.opt_f64("rope_theta")?;
     let mut scaling = RopeScaling::None;
+    let mut softmax_mscale = None;
     if let Some(p) = &params {
         if let Some(t) = p.opt_f64("rope_theta")? {
             theta = Some(t);
@@ -291,11 +289,15 @@ fn parse_rope(keys: &Keys, v3: bool, max_position_embeddings: usize) -> Result<R
                 factor: positive(p, "factor", p.opt_f64("factor")?)?,
             },
             "yarn" => {
-                let factor = positive(p, "factor", p.opt_f64("factor")?)?;
                 let original = p.usize_or("original_max_position_embeddings", max_position_embeddings)?;
                 if original == 0 {
                     return Err(p.err("original_max_position_embeddings", "must be at least 1, found 0"));
                 }
+                // transformers infers a missing factor from the context extension.
+                let implied = p
+                    .get("original_max_position_embeddings")
+                    .map(|_| max_position_embeddings as f64 / original as f64);
+                let factor = positive(p, "factor", p.opt_f64("factor")?.or(implied))?;
                 RopeScaling::Yarn(YarnParams {
                     factor,
                     original_max_position_embeddings: original,
@@ -314,6 +316,15 @@ fn parse_rope(keys: &Keys, v3: bool, max_position_embeddings: usize) -> Result<R
                 ))
             }
         };
+        // DeepSeek's attention applies mscale_all_dim for any scaled RoPE, not only YaRN.
+        let factor = match &scaling {
+            RopeScaling::None => None,
+            RopeScaling::Linear { factor } => Some(*factor),
+            RopeScaling::Yarn(y) => Some(y.factor),
+        };
+        if let (Some(factor), Some(all)) = (factor, p.opt_f64("mscale_all_dim")?.filter(|m| *m != 0.0)) {
+            softmax_mscale = Some(yarn_get_mscale(factor, all));
+        }
     }
     let theta = theta.unwrap_or(10000.0);
     if !(theta > 1.0) {
@@ -324,6 +335,7 @@ fn parse_rope(keys: &Keys, v3: bool, max_position_embeddings: usize) -> Result<R
         scaling,
         // DeepSeek-V2 always rotates interleaved pairs; V3 makes it a key.
         interleaved: if v3 { keys.bool_or("rope_interleave", true)? } else { true },
+        softmax_mscale,
     })
 }
 

@@ -77,6 +77,23 @@ fn v3_defaults_and_half_split_pairs() {
 }
 
 #[test]
+fn yarn_factor_defaults_to_the_context_extension_and_linear_keeps_mscale() {
+    let c = parse(&with(
+        v2_lite(),
+        "rope_scaling",
+        json!({"type": "yarn", "original_max_position_embeddings": 4096, "mscale_all_dim": 1.0}),
+    ))
+    .unwrap();
+    let RopeScaling::Yarn(y) = &c.rope.scaling else { panic!("expected yarn") };
+    assert_eq!(y.factor, 40.0);
+    let c = parse(&with(v2_lite(), "rope_scaling", json!({"type": "linear", "factor": 4.0, "mscale_all_dim": 1.0}))).unwrap();
+    let m = 0.1 * 4f64.ln() + 1.0;
+    assert!((c.softmax_scale() as f64 - m * m / 192f64.sqrt()).abs() < 1e-7);
+    let plain = parse(&with(v2_lite(), "rope_scaling", Value::Null)).unwrap();
+    assert!((plain.softmax_scale() as f64 - 1.0 / 192f64.sqrt()).abs() < 1e-8);
+}
+
+#[test]
 fn eos_may_be_a_list() {
     let c = parse(&with(v2_lite(), "eos_token_id", json!([100001, 7]))).unwrap();
     assert_eq!(c.eos_token_ids, vec![100001, 7]);

@@ -7,6 +7,10 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::weights::{Checkpoint, HostTensor};
 
+/// The q and kv latent RMSNorms use RMSNorm's default eps in DeepSeek's code and in
+/// transformers, not `rms_norm_eps`.
+const LATENT_NORM_EPS: f32 = 1e-6;
+
 enum QueryProjection<B: Backend> {
     Full(B::Weight),
     LowRank { down: B::Weight, norm: B::Weight, up: B::Weight },
@@ -264,18 +268,17 @@ impl<B: Backend> DeepSeek<B> {
         step: &Step,
         absorbed: bool,
     ) -> Result<B::Tensor> {
-        let eps = self.config.rms_norm_eps as f32;
         let d = &self.dims;
         let mut q = match &w.q {
             QueryProjection::Full(proj) => backend.matmul(h, proj)?,
             QueryProjection::LowRank { down, norm, up } => {
-                let q_a = backend.rms_norm(&backend.matmul(h, down)?, norm, eps)?;
+                let q_a = backend.rms_norm(&backend.matmul(h, down)?, norm, LATENT_NORM_EPS)?;
                 backend.matmul(&q_a, up)?
             }
         };
         backend.rope(&mut q, &step.positions, &self.rope, d.qk_head(), d.qk_nope)?;
         let mut latent = backend.matmul(h, &w.kv_a)?;
-        backend.latent_epilogue(&mut latent, &w.kv_a_norm, eps, &step.positions, &self.rope)?;
+        backend.latent_epilogue(&mut latent, &w.kv_a_norm, LATENT_NORM_EPS, &step.positions, &self.rope)?;
         backend.write_latent_cache(cache, layer, &latent, &step.slots)?;
         let out = if absorbed {
             let q_lat = backend.head_matmul(&q, d.qk_head(), 0, &w.w_uk)?;

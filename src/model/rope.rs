@@ -115,13 +115,14 @@ mod tests {
                 truncate: true,
             }),
             interleaved: true,
+            softmax_mscale: None,
         }
     }
 
     #[test]
     fn plain_frequencies_follow_theta() {
         let rope = Rope::new(
-            &RopeConfig { theta: 10000.0, scaling: RopeScaling::None, interleaved: true },
+            &RopeConfig { theta: 10000.0, scaling: RopeScaling::None, interleaved: true, softmax_mscale: None },
             64,
         );
         assert_eq!(rope.inv_freq.len(), 32);
@@ -160,7 +161,7 @@ mod tests {
 
     #[test]
     fn rotation_preserves_norm_and_layouts_agree_on_dot_products() {
-        let base = RopeConfig { theta: 10000.0, scaling: RopeScaling::None, interleaved: true };
+        let base = RopeConfig { theta: 10000.0, scaling: RopeScaling::None, interleaved: true, softmax_mscale: None };
         let inter = Rope::new(&base, 8);
         let split = Rope::new(&RopeConfig { interleaved: false, ..base }, 8);
         let q: Vec<f32> = (0..8).map(|i| (i as f32 * 0.37).sin()).collect();

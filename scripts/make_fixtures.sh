@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Regenerate tests/fixtures/ (tiny random DeepSeek-V2/V3 checkpoints + float64 reference logits).
+#
+# Creates (once) a Python venv outside the repository, installs the pinned requirements into it,
+# then runs scripts/make_fixtures.py. Idempotent: re-running reuses the venv and rewrites the
+# fixtures deterministically (byte-identical output for the same pinned versions).
+#
+#   MLA_FIXTURE_VENV   venv location (default: $HOME/.cache/mla-rt/fixture-venv)
+#   MLA_FIXTURE_PYTHON interpreter used to create the venv (default: python3)
+set -euo pipefail
+
+script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo_root="$(cd "$script_dir/.." && pwd)"
+cd "$repo_root"
+
+venv="${MLA_FIXTURE_VENV:-$HOME/.cache/mla-rt/fixture-venv}"
+req="$script_dir/fixture-requirements.txt"
+stamp="$venv/.mla-rt-requirements"
+
+if [ ! -x "$venv/bin/python" ]; then
+    echo "creating venv at $venv" >&2
+    mkdir -p "$(dirname "$venv")"
+    "${MLA_FIXTURE_PYTHON:-python3}" -m venv "$venv"
+fi
+
+# (Re)install only when the pinned requirements changed since the last successful install.
+if ! cmp -s "$req" "$stamp" 2>/dev/null; then
+    echo "installing $req into $venv" >&2
+    "$venv/bin/python" -m pip install --disable-pip-version-check --quiet --upgrade pip
+    "$venv/bin/python" -m pip install --disable-pip-version-check -r "$req"
+    cp "$req" "$stamp"
+fi
+
+exec "$venv/bin/python" "$script_dir/make_fixtures.py" "$@"
