@@ -19,7 +19,10 @@ impl TextTokenizer {
     pub fn load(dir: &Path, config: &ModelConfig) -> Result<Self> {
         let path = dir.join("tokenizer.json");
         if !path.is_file() {
-            return Err(Error::Tokenizer { path, message: "file not found".into() });
+            return Err(Error::Tokenizer {
+                path,
+                message: "file not found".into(),
+            });
         }
         let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::Tokenizer {
             path: path.clone(),
@@ -39,25 +42,44 @@ impl TextTokenizer {
             };
             inner.token_to_id(token)
         };
-        let add_bos = tok_config.get("add_bos_token").and_then(Value::as_bool).unwrap_or(true);
-        let bos = if add_bos { config.bos_token_id.or_else(|| token_id("bos_token")) } else { None };
+        let add_bos = tok_config
+            .get("add_bos_token")
+            .and_then(Value::as_bool)
+            .unwrap_or(true);
+        let bos = if add_bos {
+            config.bos_token_id.or_else(|| token_id("bos_token"))
+        } else {
+            None
+        };
         let mut eos = config.eos_token_ids.clone();
         if let Some(id) = token_id("eos_token") {
             if !eos.contains(&id) {
                 eos.push(id);
             }
         }
-        Ok(TextTokenizer { inner, path, bos, eos })
+        Ok(TextTokenizer {
+            inner,
+            path,
+            bos,
+            eos,
+        })
     }
 
     fn err(&self, e: impl std::fmt::Display) -> Error {
-        Error::Tokenizer { path: self.path.clone(), message: e.to_string() }
+        Error::Tokenizer {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
     }
 
     /// Token ids of `text`, with BOS first when the model expects it.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let encoding = self.inner.encode(text, false).map_err(|e| self.err(e))?;
-        Ok(self.bos.into_iter().chain(encoding.get_ids().iter().copied()).collect())
+        Ok(self
+            .bos
+            .into_iter()
+            .chain(encoding.get_ids().iter().copied())
+            .collect())
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
@@ -69,7 +91,12 @@ impl TextTokenizer {
     }
 
     pub fn stream(&self) -> TokenStream<'_> {
-        TokenStream { tokenizer: self, ids: Vec::new(), prefix: 0, read: 0 }
+        TokenStream {
+            tokenizer: self,
+            ids: Vec::new(),
+            prefix: 0,
+            read: 0,
+        }
     }
 }
 
@@ -91,7 +118,10 @@ impl TokenStream<'_> {
         self.ids.push(id);
         let before = self.tokenizer.decode(&self.ids[self.prefix..self.read])?;
         let now = self.tokenizer.decode(&self.ids[self.prefix..])?;
-        if now.len() > before.len() && !now.ends_with('\u{FFFD}') && now.is_char_boundary(before.len()) {
+        if now.len() > before.len()
+            && !now.ends_with('\u{FFFD}')
+            && now.is_char_boundary(before.len())
+        {
             self.prefix = self.read;
             self.read = self.ids.len();
             Ok(Some(now[before.len()..].to_string()))

@@ -19,7 +19,13 @@ fn load(dir: &Path) -> DeepSeek<CpuBackend> {
     DeepSeek::load(config, &Checkpoint::open(dir).unwrap(), &CpuBackend).unwrap()
 }
 
-fn logits(model: &DeepSeek<CpuBackend>, tokens: &[u32], prefill: usize, block_size: usize, form: AttentionForm) -> Vec<f32> {
+fn logits(
+    model: &DeepSeek<CpuBackend>,
+    tokens: &[u32],
+    prefill: usize,
+    block_size: usize,
+    form: AttentionForm,
+) -> Vec<f32> {
     let mut session = Session::new(model, &CpuBackend, tokens.len(), block_size, form).unwrap();
     compute_logits(&mut session, &CpuBackend, tokens, prefill).unwrap()
 }
@@ -32,19 +38,34 @@ fn assert_close(got: &[f32], reference: &[f32], vocab: usize, what: &str) {
     for (p, (g, r)) in got.chunks(vocab).zip(reference.chunks(vocab)).enumerate() {
         let r: Vec<f64> = r.iter().map(|&v| v as f64).collect();
         let err = rel_l2(g, &r);
-        assert!(err <= 1e-5, "{what}: position {p} differs by {err:e} (relative L2)");
+        assert!(
+            err <= 1e-5,
+            "{what}: position {p} differs by {err:e} (relative L2)"
+        );
     }
 }
 
 fn configs() -> Vec<(&'static str, Value)> {
     vec![
-        ("v2 yarn, q full rank", tiny_config("deepseek_v2", json!({}))),
+        (
+            "v2 yarn, q full rank",
+            tiny_config("deepseek_v2", json!({})),
+        ),
         (
             "v2 q low-rank, grouped routing",
-            tiny_config("deepseek_v2", json!({"q_lora_rank": 16, "topk_method": "group_limited_greedy", "norm_topk_prob": true, "rope_scaling": null})),
+            tiny_config(
+                "deepseek_v2",
+                json!({"q_lora_rank": 16, "topk_method": "group_limited_greedy", "norm_topk_prob": true, "rope_scaling": null}),
+            ),
         ),
-        ("v3 interleaved", tiny_config("deepseek_v3", json!({"q_lora_rank": 16}))),
-        ("v3 half-split", tiny_config("deepseek_v3", json!({"rope_interleave": false}))),
+        (
+            "v3 interleaved",
+            tiny_config("deepseek_v3", json!({"q_lora_rank": 16})),
+        ),
+        (
+            "v3 half-split",
+            tiny_config("deepseek_v3", json!({"rope_interleave": false})),
+        ),
     ]
 }
 
@@ -55,7 +76,10 @@ fn absorbed_form_equals_materialised_form() {
         let model = load(dir.path());
         let ids = tokens(40, 97);
         let materialised = logits(&model, &ids, ids.len(), 16, AttentionForm::Materialised);
-        assert!(materialised.iter().all(|v| v.is_finite()), "{name}: non-finite logits");
+        assert!(
+            materialised.iter().all(|v| v.is_finite()),
+            "{name}: non-finite logits"
+        );
         let absorbed = logits(&model, &ids, ids.len(), 16, AttentionForm::Absorbed);
         assert_close(&absorbed, &materialised, 97, name);
     }
@@ -70,7 +94,12 @@ fn decode_through_the_paged_cache_equals_one_prefill_at_any_block_size() {
         let reference = logits(&model, &ids, ids.len(), 64, AttentionForm::Materialised);
         for (prefill, block_size) in [(1, 1), (5, 3), (17, 16), (36, 64)] {
             let got = logits(&model, &ids, prefill, block_size, AttentionForm::Auto);
-            assert_close(&got, &reference, 97, &format!("{name}, prefill {prefill}, block size {block_size}"));
+            assert_close(
+                &got,
+                &reference,
+                97,
+                &format!("{name}, prefill {prefill}, block size {block_size}"),
+            );
         }
     }
 }
@@ -105,4 +134,74 @@ fn tied_embeddings_reuse_the_embedding_table_as_lm_head() {
         logits(&tied, &ids, 9, 64, AttentionForm::Auto),
         logits(&untied, &ids, 9, 64, AttentionForm::Auto)
     );
+}
+
+/// Pages in any order: attention through a shuffled block table equals attention through a
+/// contiguous one, and unwritten (NaN) pages are never read.
+#[test]
+fn attention_reads_only_the_pages_of_its_block_table() {
+    use mla_rt::backend::{AttentionBatch, Backend, MlaDims, SeqChunk};
+    use mla_rt::weights::HostTensor;
+    let dims = MlaDims {
+        heads: 3,
+        qk_nope: 8,
+        qk_rope: 4,
+        v_head: 6,
+        kv_lora_rank: 16,
+        softmax_scale: 0.3,
+    };
+    let (len, block_size, width) = (23, 4, dims.latent_width());
+    let mut rng = common::Rng::new(11);
+    let latent = HostTensor::new(vec![len, width], rng.normals(len * width, 1.0));
+    let q = HostTensor::new(
+        vec![len, dims.heads * dims.qk_head()],
+        rng.normals(len * dims.heads * dims.qk_head(), 1.0),
+    );
+    let kv_b = HostTensor::new(
+        vec![dims.heads * (dims.qk_nope + dims.v_head), dims.kv_lora_rank],
+        rng.normals(3 * 14 * 16, 0.3),
+    );
+    let w_uk = CpuBackend
+        .upload_head_weight(
+            3,
+            16,
+            8,
+            mla_rt::model::deepseek::absorption_weights(&kv_b.data, &dims).0,
+        )
+        .unwrap();
+    let run = |table: Vec<u32>, num_blocks: usize| {
+        let mut cache = CpuBackend
+            .alloc_latent_cache(1, num_blocks, block_size, width)
+            .unwrap();
+        let slots: Vec<u32> = (0..len)
+            .map(|p| table[p / block_size] * block_size as u32 + (p % block_size) as u32)
+            .collect();
+        CpuBackend
+            .write_latent_cache(&mut cache, 0, &latent, &slots)
+            .unwrap();
+        let batch = AttentionBatch {
+            block_size,
+            seqs: vec![SeqChunk {
+                block_table: table,
+                context_len: len,
+                query_len: len,
+            }],
+        };
+        let m = CpuBackend
+            .mla_attention_materialised(&q, &cache, 0, &batch, &kv_b, &dims)
+            .unwrap();
+        let q_lat = CpuBackend
+            .head_matmul(&q, dims.qk_head(), 0, &w_uk)
+            .unwrap();
+        let a = CpuBackend
+            .mla_attention_absorbed(&q_lat, &q, &cache, 0, &batch, &dims)
+            .unwrap();
+        (m.data, a.data)
+    };
+    let (m_contiguous, a_contiguous) = run((0..6).collect(), 6);
+    // 6 pages scattered over 13, the other 7 left as NaN.
+    let (m_shuffled, a_shuffled) = run(vec![12, 3, 7, 0, 9, 5], 13);
+    assert!(m_shuffled.iter().chain(&a_shuffled).all(|v| v.is_finite()));
+    assert_eq!(m_contiguous, m_shuffled);
+    assert_eq!(a_contiguous, a_shuffled);
 }

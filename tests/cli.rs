@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn mla(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mla")).args(args).output().expect("run mla")
+    Command::new(env!("CARGO_BIN_EXE_mla"))
+        .args(args)
+        .output()
+        .expect("run mla")
 }
 
 fn fixture(name: &str) -> PathBuf {
@@ -17,17 +20,28 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn expected(name: &str) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("expected.json")).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("expected.json")).unwrap())
+        .unwrap()
 }
 
 /// Runs `mla` expecting failure; returns its one-line message.
 fn fails(args: &[&str]) -> String {
     let out = mla(args);
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success(), "{args:?} should fail; stderr: {stderr}");
-    assert!(!stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"), "{args:?} panicked: {stderr}");
+    assert!(
+        !out.status.success(),
+        "{args:?} should fail; stderr: {stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "{args:?} panicked: {stderr}"
+    );
     let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "{args:?}: expected one line, got {stderr:?}");
+    assert_eq!(
+        lines.len(),
+        1,
+        "{args:?}: expected one line, got {stderr:?}"
+    );
     assert!(lines[0].starts_with("error: "), "{args:?}: {stderr}");
     lines[0].to_string()
 }
@@ -39,22 +53,49 @@ fn ids_arg(ids: &[u64]) -> String {
 #[test]
 fn logits_command_writes_reference_logits() {
     let exp = expected("v2-lite");
-    let ids: Vec<u64> = exp["token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    let ids: Vec<u64> = exp["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
     let out_dir = tempfile::tempdir().unwrap();
     let out_file = out_dir.path().join("logits.json");
     let model = fixture("v2-lite");
     let status = mla(&[
-        "logits", "--model", model.to_str().unwrap(), "--token-ids", &ids_arg(&ids), "--prefill", "7",
-        "--output", out_file.to_str().unwrap(),
+        "logits",
+        "--model",
+        model.to_str().unwrap(),
+        "--token-ids",
+        &ids_arg(&ids),
+        "--prefill",
+        "7",
+        "--output",
+        out_file.to_str().unwrap(),
     ]);
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
-    let written: Value = serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
     assert_eq!(written["token_ids"], exp["token_ids"]);
     let rows = written["logits"].as_array().unwrap();
     assert_eq!(rows.len(), ids.len());
     for (row, want) in rows.iter().zip(exp["logits"].as_array().unwrap()) {
-        let got: Vec<f32> = row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
-        let want: Vec<f64> = want.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let got: Vec<f32> = row
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let want: Vec<f64> = want
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
         assert!(rel_l2(&got, &want) <= 1e-4);
     }
 }
@@ -65,16 +106,36 @@ fn generate_streams_the_greedy_continuation() {
         let exp = expected(name);
         let model = fixture(name);
         let n = exp["greedy_ids"].as_array().unwrap().len().to_string();
-        let out = mla(&["generate", "--model", model.to_str().unwrap(), "--prompt", exp["prompt"].as_str().unwrap(), "--max-new-tokens", &n]);
+        let out = mla(&[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            exp["prompt"].as_str().unwrap(),
+            "--max-new-tokens",
+            &n,
+        ]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{stderr}");
-        assert!(stderr.contains("prefill:") && stderr.contains("tokens/s"), "{stderr}");
+        assert!(
+            stderr.contains("prefill:") && stderr.contains("tokens/s"),
+            "{stderr}"
+        );
         // The same text the tokenizer decodes from transformers' greedy ids.
         let config = mla_rt::config::ModelConfig::from_file(&model.join("config.json")).unwrap();
         let tokenizer = mla_rt::tokenizer::TextTokenizer::load(&model, &config).unwrap();
-        let ids: Vec<u32> = exp["greedy_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let ids: Vec<u32> = exp["greedy_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
         let text = tokenizer.decode(&ids).unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{text}\n"), "{name}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{text}\n"),
+            "{name}"
+        );
     }
 }
 
@@ -83,10 +144,27 @@ fn generate_with_sampling_is_reproducible_per_seed() {
     let model = fixture("v3-halfsplit");
     let run = |seed: &str| {
         let out = mla(&[
-            "generate", "--model", model.to_str().unwrap(), "--prompt", "The sea", "--max-new-tokens", "12",
-            "--temperature", "0.9", "--top-k", "40", "--top-p", "0.95", "--seed", seed,
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "The sea",
+            "--max-new-tokens",
+            "12",
+            "--temperature",
+            "0.9",
+            "--top-k",
+            "40",
+            "--top-p",
+            "0.95",
+            "--seed",
+            seed,
         ]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         out.stdout
     };
     assert_eq!(run("5"), run("5"));
@@ -98,11 +176,21 @@ fn info_reports_architecture_params_and_cache_ratio() {
     let out = mla(&["info", "--model", model.to_str().unwrap()]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for needle in ["deepseek_v2", "layers:       3 (1 dense, 2 MoE)", "parameters:", "activated", "KV cache:", "smaller"] {
+    for needle in [
+        "deepseek_v2",
+        "layers:       3 (1 dense, 2 MoE)",
+        "parameters:",
+        "activated",
+        "KV cache:",
+        "smaller",
+    ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
     // Latent 24 + 8 = 32 values against 2·4·16 = 128 for MHA: 4.0× smaller.
-    assert!(text.contains("MLA latent 32 values") && text.contains("4.0×"), "{text}");
+    assert!(
+        text.contains("MLA latent 32 values") && text.contains("4.0×"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -112,7 +200,11 @@ fn info_param_count_matches_the_checkpoint() {
         let config = mla_rt::config::ModelConfig::from_file(&dir.join("config.json")).unwrap();
         let checkpoint = mla_rt::weights::Checkpoint::open(&dir).unwrap();
         let in_files: u64 = checkpoint.tensor_sizes().map(|(_, n)| n as u64).sum();
-        assert_eq!(mla_rt::model::params::count_params(&config).total, in_files, "{name}");
+        assert_eq!(
+            mla_rt::model::params::count_params(&config).total,
+            in_files,
+            "{name}"
+        );
     }
 }
 
@@ -145,19 +237,31 @@ fn s(p: &Path) -> &str {
 #[test]
 fn bad_model_folders_fail_with_one_line() {
     let err = fails(&["info", "--model", "/nonexistent/model"]);
-    assert!(err.contains("/nonexistent/model") && err.contains("not found"), "{err}");
+    assert!(
+        err.contains("/nonexistent/model") && err.contains("not found"),
+        "{err}"
+    );
 
     let dir = broken_copy("v2-lite");
     std::fs::remove_file(dir.path().join("config.json")).unwrap();
     assert!(fails(&["info", "--model", s(dir.path())]).contains("config.json"));
 
     let dir = broken_copy("v2-lite");
-    std::fs::write(dir.path().join("config.json"), "{\"model_type\": \"deepseek_v2\",").unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        "{\"model_type\": \"deepseek_v2\",",
+    )
+    .unwrap();
     let err = fails(&["info", "--model", s(dir.path())]);
-    assert!(err.contains("config.json") && err.contains("malformed JSON"), "{err}");
+    assert!(
+        err.contains("config.json") && err.contains("malformed JSON"),
+        "{err}"
+    );
 
     let dir = broken_copy("v2-lite");
-    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap()).unwrap();
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
+            .unwrap();
     config["model_type"] = json!("mamba");
     std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
     let err = fails(&["info", "--model", s(dir.path())]);
@@ -169,14 +273,32 @@ fn bad_model_folders_fail_with_one_line() {
 
     let dir = broken_copy("v2-lite");
     let weights = std::fs::read(dir.path().join("model.safetensors")).unwrap();
-    std::fs::write(dir.path().join("model.safetensors"), &weights[..weights.len() / 2]).unwrap();
-    let err = fails(&["logits", "--model", s(dir.path()), "--token-ids", "1,2", "--output", "/tmp/never.json"]);
-    assert!(err.contains("model.safetensors") && err.contains("truncated"), "{err}");
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        &weights[..weights.len() / 2],
+    )
+    .unwrap();
+    let err = fails(&[
+        "logits",
+        "--model",
+        s(dir.path()),
+        "--token-ids",
+        "1,2",
+        "--output",
+        "/tmp/never.json",
+    ]);
+    assert!(
+        err.contains("model.safetensors") && err.contains("truncated"),
+        "{err}"
+    );
 
     let dir = broken_copy("v2-lite");
     std::fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
     let err = fails(&["generate", "--model", s(dir.path()), "--prompt", "hi"]);
-    assert!(err.contains("tokenizer.json") && err.contains("not found"), "{err}");
+    assert!(
+        err.contains("tokenizer.json") && err.contains("not found"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -185,14 +307,36 @@ fn bad_tensors_name_the_tensor() {
     let mut weights = random_weights(&config, 9);
     weights.remove("model.layers.1.self_attn.kv_b_proj.weight");
     let dir = write_model(&config, &weights);
-    let err = fails(&["logits", "--model", s(dir.path()), "--token-ids", "1", "--output", "/tmp/never.json"]);
-    assert!(err.contains("model.layers.1.self_attn.kv_b_proj.weight") && err.contains("missing"), "{err}");
+    let err = fails(&[
+        "logits",
+        "--model",
+        s(dir.path()),
+        "--token-ids",
+        "1",
+        "--output",
+        "/tmp/never.json",
+    ]);
+    assert!(
+        err.contains("model.layers.1.self_attn.kv_b_proj.weight") && err.contains("missing"),
+        "{err}"
+    );
 
     let mut weights = random_weights(&config, 9);
     weights.insert("model.norm.weight".into(), (vec![31], vec![1.0; 31]));
     let dir = write_model(&config, &weights);
-    let err = fails(&["logits", "--model", s(dir.path()), "--token-ids", "1", "--output", "/tmp/never.json"]);
-    assert!(err.contains("model.norm.weight has shape [31], expected [32]"), "{err}");
+    let err = fails(&[
+        "logits",
+        "--model",
+        s(dir.path()),
+        "--token-ids",
+        "1",
+        "--output",
+        "/tmp/never.json",
+    ]);
+    assert!(
+        err.contains("model.norm.weight has shape [31], expected [32]"),
+        "{err}"
+    );
 
     // An FP8 tensor where the model needs a float one.
     let weights = random_weights(&config, 9);
@@ -201,19 +345,42 @@ fn bad_tensors_name_the_tensor() {
         if name == "model.layers.0.self_attn.o_proj.weight" {
             bytes.push((name.clone(), shape.clone(), vec![0u8; data.len()]));
         } else {
-            bytes.push((name.clone(), shape.clone(), data.iter().flat_map(|v| v.to_le_bytes()).collect()));
+            bytes.push((
+                name.clone(),
+                shape.clone(),
+                data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ));
         }
     }
     let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
         .iter()
         .map(|(n, shape, b)| {
-            let dtype = if b.len() == shape.iter().product::<usize>() { safetensors::Dtype::F8_E4M3 } else { safetensors::Dtype::F32 };
-            (n.clone(), safetensors::tensor::TensorView::new(dtype, shape.clone(), b).unwrap())
+            let dtype = if b.len() == shape.iter().product::<usize>() {
+                safetensors::Dtype::F8_E4M3
+            } else {
+                safetensors::Dtype::F32
+            };
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(dtype, shape.clone(), b).unwrap(),
+            )
         })
         .collect();
     let dir = write_model(&config, &weights);
-    std::fs::write(dir.path().join("model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
-    let err = fails(&["logits", "--model", s(dir.path()), "--token-ids", "1", "--output", "/tmp/never.json"]);
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
+    let err = fails(&[
+        "logits",
+        "--model",
+        s(dir.path()),
+        "--token-ids",
+        "1",
+        "--output",
+        "/tmp/never.json",
+    ]);
     assert_eq!(err, "error: unsupported dtype F8_E4M3 in tensor model.layers.0.self_attn.o_proj.weight (supported: F32, BF16, F16)");
     let _ = safetensors_bytes;
 }
@@ -232,9 +399,20 @@ fn bad_requests_fail_with_one_line_and_write_nothing() {
     assert!(err.contains("max_position_embeddings"), "{err}");
     let err = fails(&[&base[..], &["--token-ids", "1,2", "--prefill", "3"]].concat());
     assert!(err.contains("--prefill"), "{err}");
-    let err = fails(&["logits", "--model", s(&model), "--token-ids", "1", "--output", "/nonexistent/dir/out.json"]);
+    let err = fails(&[
+        "logits",
+        "--model",
+        s(&model),
+        "--token-ids",
+        "1",
+        "--output",
+        "/nonexistent/dir/out.json",
+    ]);
     assert!(err.contains("/nonexistent/dir"), "{err}");
-    assert!(std::fs::read_dir(out_dir.path()).unwrap().next().is_none(), "nothing may be left behind");
+    assert!(
+        std::fs::read_dir(out_dir.path()).unwrap().next().is_none(),
+        "nothing may be left behind"
+    );
 
     let gen = ["generate", "--model", s(&model)];
     let err = fails(&[&gen[..], &["--prompt", "hi", "--top-p", "1.5"]].concat());
@@ -242,7 +420,10 @@ fn bad_requests_fail_with_one_line_and_write_nothing() {
     let err = fails(&[&gen[..], &["--prompt", "hi", "--top-p", "0"]].concat());
     assert!(err.contains("--top-p"), "{err}");
     let err = fails(&[&gen[..], &["--prompt", &"the sea and the ship ".repeat(40)]].concat());
-    assert!(err.contains("--prompt") && err.contains("max_position_embeddings"), "{err}");
+    assert!(
+        err.contains("--prompt") && err.contains("max_position_embeddings"),
+        "{err}"
+    );
     let err = fails(&[&gen[..], &["--prompt", "hi", "--device", "cuda"]].concat());
     assert!(err.contains("--device cpu"), "{err}");
 }

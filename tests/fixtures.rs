@@ -36,10 +36,15 @@ fn fixtures() -> Vec<(PathBuf, Expected)> {
         .filter(|p| p.join("expected.json").is_file())
         .collect();
     dirs.sort();
-    assert!(dirs.len() >= 4, "expected at least 4 fixtures, found {dirs:?}");
+    assert!(
+        dirs.len() >= 4,
+        "expected at least 4 fixtures, found {dirs:?}"
+    );
     dirs.into_iter()
         .map(|d| {
-            let expected = serde_json::from_str(&std::fs::read_to_string(d.join("expected.json")).unwrap()).unwrap();
+            let expected =
+                serde_json::from_str(&std::fs::read_to_string(d.join("expected.json")).unwrap())
+                    .unwrap();
             (d, expected)
         })
         .collect()
@@ -67,20 +72,35 @@ fn check(dir: &Path, expected: &Expected, prefill: usize, form: AttentionForm, b
         );
         worst = worst.max(err);
     }
-    eprintln!("{}: prefill {prefill} {form:?} block {block_size}: worst relative L2 {worst:.2e}", dir.display());
+    eprintln!(
+        "{}: prefill {prefill} {form:?} block {block_size}: worst relative L2 {worst:.2e}",
+        dir.display()
+    );
 }
 
 #[test]
 fn prefill_matches_transformers() {
     for (dir, expected) in fixtures() {
-        check(&dir, &expected, expected.token_ids.len(), AttentionForm::Auto, 64);
+        check(
+            &dir,
+            &expected,
+            expected.token_ids.len(),
+            AttentionForm::Auto,
+            64,
+        );
     }
 }
 
 #[test]
 fn absorbed_prefill_matches_transformers() {
     for (dir, expected) in fixtures() {
-        check(&dir, &expected, expected.token_ids.len(), AttentionForm::Absorbed, 16);
+        check(
+            &dir,
+            &expected,
+            expected.token_ids.len(),
+            AttentionForm::Absorbed,
+            16,
+        );
     }
 }
 
@@ -90,7 +110,13 @@ fn token_by_token_decode_matches_transformers() {
         // BOS alone, then every token through the cache and the absorbed form; small blocks so
         // the sequence spans several pages.
         check(&dir, &expected, 1, AttentionForm::Auto, 4);
-        check(&dir, &expected, expected.token_ids.len() / 2, AttentionForm::Auto, 64);
+        check(
+            &dir,
+            &expected,
+            expected.token_ids.len() / 2,
+            AttentionForm::Auto,
+            64,
+        );
     }
 }
 
@@ -100,12 +126,43 @@ fn tokenizer_and_greedy_generation_match_transformers() {
         let model = load(&dir);
         let tokenizer = TextTokenizer::load(&dir, &model.config).unwrap();
         let prompt = tokenizer.encode(&expected.prompt).unwrap();
-        assert_eq!(prompt[0], model.config.bos_token_id.unwrap(), "{}: BOS first", dir.display());
-        assert_eq!(prompt[1..], expected.prompt_ids[..], "{}: tokenization", dir.display());
+        assert_eq!(
+            prompt[0],
+            model.config.bos_token_id.unwrap(),
+            "{}: BOS first",
+            dir.display()
+        );
+        assert_eq!(
+            prompt[1..],
+            expected.prompt_ids[..],
+            "{}: tokenization",
+            dir.display()
+        );
         let max_new = expected.greedy_ids.len();
-        let mut session = Session::new(&model, &CpuBackend, prompt.len() + max_new, 64, AttentionForm::Auto).unwrap();
+        let mut session = Session::new(
+            &model,
+            &CpuBackend,
+            prompt.len() + max_new,
+            64,
+            AttentionForm::Auto,
+        )
+        .unwrap();
         let mut sampler = Sampler::new(SamplingParams::default()).unwrap();
-        let generation = generate_ids(&mut session, &CpuBackend, &prompt, max_new, &mut sampler, |_| false, |_| Ok(())).unwrap();
-        assert_eq!(generation.tokens, expected.greedy_ids, "{}: greedy ids", dir.display());
+        let generation = generate_ids(
+            &mut session,
+            &CpuBackend,
+            &prompt,
+            max_new,
+            &mut sampler,
+            |_| false,
+            |_| Ok(()),
+        )
+        .unwrap();
+        assert_eq!(
+            generation.tokens,
+            expected.greedy_ids,
+            "{}: greedy ids",
+            dir.display()
+        );
     }
 }

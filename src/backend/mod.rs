@@ -87,7 +87,13 @@ pub trait Backend {
 
     fn upload_weight(&self, host: HostTensor) -> Result<Self::Weight>;
     /// `data` holds `heads` row-major `[out, in]` matrices back to back.
-    fn upload_head_weight(&self, heads: usize, out: usize, input: usize, data: Vec<f32>) -> Result<Self::HeadWeight>;
+    fn upload_head_weight(
+        &self,
+        heads: usize,
+        out: usize,
+        input: usize,
+        data: Vec<f32>,
+    ) -> Result<Self::HeadWeight>;
     fn to_host(&self, x: &Self::Tensor) -> Result<HostTensor>;
 
     /// Rows of `table` `[vocab, hidden]` for each id.
@@ -96,7 +102,13 @@ pub trait Backend {
     fn matmul(&self, x: &Self::Tensor, w: &Self::Weight) -> Result<Self::Tensor>;
     /// Per head `h`: columns `[offset, offset + in)` of head block `h` (of width `head_stride`)
     /// times `w[h]ᵀ` → `[rows, heads·out]`.
-    fn head_matmul(&self, x: &Self::Tensor, head_stride: usize, offset: usize, w: &Self::HeadWeight) -> Result<Self::Tensor>;
+    fn head_matmul(
+        &self,
+        x: &Self::Tensor,
+        head_stride: usize,
+        offset: usize,
+        w: &Self::HeadWeight,
+    ) -> Result<Self::Tensor>;
     fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Weight, eps: f32) -> Result<Self::Tensor>;
     fn add_assign(&self, x: &mut Self::Tensor, y: &Self::Tensor) -> Result<()>;
     /// The given rows of `x`, in order.
@@ -104,14 +116,40 @@ pub trait Backend {
 
     /// Rotates columns `[offset, offset + rope.dim())` of every head block (width `head_stride`)
     /// of row `i` by `positions[i]`.
-    fn rope(&self, x: &mut Self::Tensor, positions: &[u32], rope: &Rope, head_stride: usize, offset: usize) -> Result<()>;
+    fn rope(
+        &self,
+        x: &mut Self::Tensor,
+        positions: &[u32],
+        rope: &Rope,
+        head_stride: usize,
+        offset: usize,
+    ) -> Result<()>;
     /// The latent compression epilogue on `kv_a_proj` output `[T, r_kv + d_rope]`: RMSNorm the
     /// first `r_kv` columns with `norm`, rope the last `d_rope` by position.
-    fn latent_epilogue(&self, ckv: &mut Self::Tensor, norm: &Self::Weight, eps: f32, positions: &[u32], rope: &Rope) -> Result<()>;
+    fn latent_epilogue(
+        &self,
+        ckv: &mut Self::Tensor,
+        norm: &Self::Weight,
+        eps: f32,
+        positions: &[u32],
+        rope: &Rope,
+    ) -> Result<()>;
 
-    fn alloc_latent_cache(&self, layers: usize, num_blocks: usize, block_size: usize, width: usize) -> Result<Self::LatentCache>;
+    fn alloc_latent_cache(
+        &self,
+        layers: usize,
+        num_blocks: usize,
+        block_size: usize,
+        width: usize,
+    ) -> Result<Self::LatentCache>;
     /// Stores row `i` of `latent` (`[T, width]`) at cache slot `slots[i]` of `layer`.
-    fn write_latent_cache(&self, cache: &mut Self::LatentCache, layer: usize, latent: &Self::Tensor, slots: &[u32]) -> Result<()>;
+    fn write_latent_cache(
+        &self,
+        cache: &mut Self::LatentCache,
+        layer: usize,
+        latent: &Self::Tensor,
+        slots: &[u32],
+    ) -> Result<()>;
 
     /// MLA in materialised form: expand each context latent to per-head K/V with `kv_b`
     /// (`[heads·(qk_nope + v_head), r_kv]`) and run causal attention. `q` is `[T, heads·qk_head]`
@@ -140,5 +178,10 @@ pub trait Backend {
     ) -> Result<Self::Tensor>;
 
     fn mlp(&self, x: &Self::Tensor, w: &MlpWeights<Self>) -> Result<Self::Tensor>;
-    fn moe(&self, x: &Self::Tensor, w: &MoeWeights<Self>, config: &MoeConfig) -> Result<Self::Tensor>;
+    fn moe(
+        &self,
+        x: &Self::Tensor,
+        w: &MoeWeights<Self>,
+        config: &MoeConfig,
+    ) -> Result<Self::Tensor>;
 }

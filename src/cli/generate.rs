@@ -63,7 +63,12 @@ pub fn generate_ids<B: Backend>(
     let mut logits = backend.to_host(&session.feed(prompt, LogitRows::LastPerSequence)?)?;
     let prefill_secs = start.elapsed().as_secs_f64();
     let start = Instant::now();
-    let mut generation = Generation { tokens: Vec::new(), prefill_secs, decode_secs: 0.0, hit_eos: false };
+    let mut generation = Generation {
+        tokens: Vec::new(),
+        prefill_secs,
+        decode_secs: 0.0,
+        hit_eos: false,
+    };
     while generation.tokens.len() < max_new {
         let next = sampler.sample(&logits.data);
         generation.tokens.push(next);
@@ -94,7 +99,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let tokenizer = TextTokenizer::load(&args.model.model, config)?;
     let prompt = tokenizer.encode(&args.prompt)?;
     if prompt.is_empty() {
-        return Err(Error::InvalidInput("--prompt: the prompt encodes to no tokens".into()));
+        return Err(Error::InvalidInput(
+            "--prompt: the prompt encodes to no tokens".into(),
+        ));
     }
     let max_pos = config.max_position_embeddings;
     if prompt.len() > max_pos {
@@ -125,7 +132,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         |t| tokenizer.is_eos(t),
         |t| {
             if let Some(text) = stream.push(t)? {
-                out.write_all(text.as_bytes()).and_then(|_| out.flush()).map_err(write_err)?;
+                out.write_all(text.as_bytes())
+                    .and_then(|_| out.flush())
+                    .map_err(write_err)?;
             }
             Ok(())
         },
@@ -133,7 +142,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if let Some(text) = stream.finish()? {
         out.write_all(text.as_bytes()).map_err(write_err)?;
     }
-    out.write_all(b"\n").and_then(|_| out.flush()).map_err(write_err)?;
+    out.write_all(b"\n")
+        .and_then(|_| out.flush())
+        .map_err(write_err)?;
     let decoded = generation.tokens.len().saturating_sub(1);
     eprintln!(
         "prefill: {} tokens in {:.3} s ({:.1} tokens/s); decode: {} tokens in {:.3} s ({:.1} tokens/s){}",

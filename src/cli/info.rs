@@ -34,8 +34,15 @@ pub fn run(args: InfoArgs) -> Result<()> {
     let checkpoint = Checkpoint::open(&args.model)?;
     let layers = c.num_hidden_layers;
     let moe_layers = (0..layers).filter(|&l| c.is_moe_layer(l)).count();
-    println!("model:        {} ({})", args.model.display(), c.architecture.name());
-    println!("layers:       {layers} ({} dense, {moe_layers} MoE)", layers - moe_layers);
+    println!(
+        "model:        {} ({})",
+        args.model.display(),
+        c.architecture.name()
+    );
+    println!(
+        "layers:       {layers} ({} dense, {moe_layers} MoE)",
+        layers - moe_layers
+    );
     println!(
         "attention:    MLA, {} heads; q_lora_rank {}, kv_lora_rank {}; head dims: nope {}, rope {}, v {}",
         c.num_attention_heads,
@@ -45,11 +52,17 @@ pub fn run(args: InfoArgs) -> Result<()> {
         c.qk_rope_head_dim,
         c.v_head_dim
     );
-    println!("hidden:       {} (dense MLP {}), vocab {}", c.hidden_size, c.intermediate_size, c.vocab_size);
+    println!(
+        "hidden:       {} (dense MLP {}), vocab {}",
+        c.hidden_size, c.intermediate_size, c.vocab_size
+    );
     if let Some(m) = &c.moe {
         let method = match m.topk_method {
             TopkMethod::Greedy => "greedy".to_string(),
-            TopkMethod::GroupLimitedGreedy => format!("group_limited_greedy ({} of {} groups)", m.topk_group, m.n_group),
+            TopkMethod::GroupLimitedGreedy => format!(
+                "group_limited_greedy ({} of {} groups)",
+                m.topk_group, m.n_group
+            ),
             TopkMethod::NoauxTc => format!("noaux_tc ({} of {} groups)", m.topk_group, m.n_group),
         };
         println!(
@@ -60,12 +73,19 @@ pub fn run(args: InfoArgs) -> Result<()> {
     let rope = match &c.rope.scaling {
         RopeScaling::None => "plain".to_string(),
         RopeScaling::Linear { factor } => format!("linear ×{factor}"),
-        RopeScaling::Yarn(y) => format!("yarn ×{} from {} positions", y.factor, y.original_max_position_embeddings),
+        RopeScaling::Yarn(y) => format!(
+            "yarn ×{} from {} positions",
+            y.factor, y.original_max_position_embeddings
+        ),
     };
     println!(
         "rope:         theta {}, {rope}, {} pairs; max positions {}",
         c.rope.theta,
-        if c.rope.interleaved { "interleaved" } else { "half-split" },
+        if c.rope.interleaved {
+            "interleaved"
+        } else {
+            "half-split"
+        },
         c.max_position_embeddings
     );
     let p = count_params(&c);
@@ -76,7 +96,11 @@ pub fn run(args: InfoArgs) -> Result<()> {
         human(p.activated - p.embedding)
     );
     let in_files: u64 = checkpoint.tensor_sizes().map(|(_, n)| n as u64).sum();
-    println!("checkpoint:   {} parameters in {}", human(in_files), checkpoint.dtypes().join(", "));
+    println!(
+        "checkpoint:   {} parameters in {}",
+        human(in_files),
+        checkpoint.dtypes().join(", ")
+    );
     let (mla, mha) = kv_values_per_token_per_layer(&c);
     let bytes = |values: u64| values * layers as u64 * args.cache_dtype_bytes;
     println!(

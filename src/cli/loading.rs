@@ -56,11 +56,17 @@ pub struct ModelArgs {
 /// The config of a model folder, with a clear error when the folder or file is missing.
 pub fn load_config(dir: &Path) -> Result<ModelConfig> {
     if !dir.is_dir() {
-        return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "model folder not found")));
+        return Err(Error::io(
+            dir,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "model folder not found"),
+        ));
     }
     let path = dir.join("config.json");
     if !path.is_file() {
-        return Err(Error::io(&path, std::io::Error::new(std::io::ErrorKind::NotFound, "file not found")));
+        return Err(Error::io(
+            &path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
+        ));
     }
     ModelConfig::from_file(&path)
 }
@@ -82,7 +88,9 @@ impl ModelArgs {
             }
         };
         if self.block_size == 0 {
-            return Err(Error::InvalidInput("--block-size must be at least 1".into()));
+            return Err(Error::InvalidInput(
+                "--block-size must be at least 1".into(),
+            ));
         }
         let checkpoint = Checkpoint::open(&self.model)?;
         let model = DeepSeek::load(config, &checkpoint, &backend)?;

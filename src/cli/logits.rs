@@ -40,7 +40,9 @@ pub fn compute_logits<B: Backend>(
     token_ids: &[u32],
     prefill: usize,
 ) -> Result<Vec<f32>> {
-    let mut logits = backend.to_host(&session.feed(&token_ids[..prefill], LogitRows::All)?)?.data;
+    let mut logits = backend
+        .to_host(&session.feed(&token_ids[..prefill], LogitRows::All)?)?
+        .data;
     for &t in &token_ids[prefill..] {
         logits.extend(backend.to_host(&session.feed(&[t], LogitRows::All)?)?.data);
     }
@@ -51,11 +53,17 @@ pub fn run(args: LogitsArgs) -> Result<()> {
     let n = args.token_ids.len();
     let prefill = args.prefill.unwrap_or(n);
     if prefill == 0 || prefill > n {
-        return Err(Error::InvalidInput(format!("--prefill must be between 1 and the {n} token ids, found {prefill}")));
+        return Err(Error::InvalidInput(format!(
+            "--prefill must be between 1 and the {n} token ids, found {prefill}"
+        )));
     }
     let loaded = args.model.load()?;
     let config = &loaded.model.config;
-    if let Some(bad) = args.token_ids.iter().find(|&&t| t as usize >= config.vocab_size) {
+    if let Some(bad) = args
+        .token_ids
+        .iter()
+        .find(|&&t| t as usize >= config.vocab_size)
+    {
         return Err(Error::InvalidInput(format!(
             "--token-ids: id {bad} is outside the vocabulary (vocab_size {})",
             config.vocab_size
@@ -67,15 +75,28 @@ pub fn run(args: LogitsArgs) -> Result<()> {
             config.max_position_embeddings
         )));
     }
-    let mut session = Session::new(&loaded.model, &loaded.backend, n, args.model.block_size, args.model.attention)?;
+    let mut session = Session::new(
+        &loaded.model,
+        &loaded.backend,
+        n,
+        args.model.block_size,
+        args.model.attention,
+    )?;
     let logits = compute_logits(&mut session, &loaded.backend, &args.token_ids, prefill)?;
     let file = LogitsFile {
         token_ids: &args.token_ids,
         logits: logits.chunks(config.vocab_size).collect(),
     };
-    let json = serde_json::to_string(&file).map_err(|source| Error::Json { path: args.output.clone(), source })?;
+    let json = serde_json::to_string(&file).map_err(|source| Error::Json {
+        path: args.output.clone(),
+        source,
+    })?;
     write_atomically(&args.output, json.as_bytes())?;
-    eprintln!("wrote {n} × {} logits to {}", config.vocab_size, args.output.display());
+    eprintln!(
+        "wrote {n} × {} logits to {}",
+        config.vocab_size,
+        args.output.display()
+    );
     Ok(())
 }
 

@@ -42,10 +42,14 @@ pub enum Command {
 pub fn run(cli: Cli) -> Result<()> {
     if let Some(threads) = cli.threads {
         if threads == 0 {
-            return Err(crate::Error::InvalidInput("--threads must be at least 1".into()));
+            return Err(crate::Error::InvalidInput(
+                "--threads must be at least 1".into(),
+            ));
         }
         // Only fails if a pool already exists, which cannot happen before the first command.
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global();
     }
     match cli.command {
         Command::Generate(args) => generate::run(args),

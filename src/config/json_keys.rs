@@ -36,10 +36,9 @@ impl<'a> Keys<'a> {
     pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(|n| Some(n as usize))
-                .ok_or_else(|| self.err(key, format!("expected a non-negative integer, found {v}"))),
+            Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
+                self.err(key, format!("expected a non-negative integer, found {v}"))
+            }),
         }
     }
 
@@ -96,7 +95,12 @@ impl<'a> Keys<'a> {
 
     /// A token id or a list of token ids (`eos_token_id` may be either).
     pub fn token_ids(&self, key: &str) -> Result<Vec<u32>> {
-        let bad = |v: &Value| self.err(key, format!("expected a token id or a list of ids, found {v}"));
+        let bad = |v: &Value| {
+            self.err(
+                key,
+                format!("expected a token id or a list of ids, found {v}"),
+            )
+        };
         match self.get(key) {
             None => Ok(Vec::new()),
             Some(Value::Array(items)) => items

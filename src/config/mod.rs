@@ -30,7 +30,9 @@ impl Architecture {
 pub enum RopeScaling {
     None,
     /// Position interpolation: every frequency divided by `factor`.
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     Yarn(YarnParams),
 }
 
@@ -118,9 +120,9 @@ impl ModelConfig {
     }
 
     pub fn from_value(path: &Path, value: &Value) -> Result<Self> {
-        let map = value.as_object().ok_or_else(|| {
-            crate::Error::config(path, "(top level)", "expected a JSON object")
-        })?;
+        let map = value
+            .as_object()
+            .ok_or_else(|| crate::Error::config(path, "(top level)", "expected a JSON object"))?;
         let keys = Keys::new(path, map, "");
         let architecture = match keys.opt_str("model_type")? {
             Some("deepseek_v2") => Architecture::DeepseekV2,
@@ -137,14 +139,18 @@ impl ModelConfig {
 
         let hidden_act = keys.opt_str("hidden_act")?.unwrap_or("silu");
         if hidden_act != "silu" {
-            return Err(keys.err("hidden_act", format!("unsupported activation \"{hidden_act}\" (only silu)")));
+            return Err(keys.err(
+                "hidden_act",
+                format!("unsupported activation \"{hidden_act}\" (only silu)"),
+            ));
         }
 
         let q_lora_rank = keys.opt_usize("q_lora_rank")?;
         if q_lora_rank == Some(0) {
             return Err(keys.err("q_lora_rank", "must be null or at least 1, found 0"));
         }
-        let max_position_embeddings = keys.usize_or("max_position_embeddings", if v3 { 4096 } else { 2048 })?;
+        let max_position_embeddings =
+            keys.usize_or("max_position_embeddings", if v3 { 4096 } else { 2048 })?;
         let config = ModelConfig {
             architecture,
             vocab_size: keys.dim("vocab_size")?,
@@ -177,11 +183,17 @@ impl ModelConfig {
         if self.qk_rope_head_dim % 2 != 0 {
             return Err(keys.err(
                 "qk_rope_head_dim",
-                format!("must be even (RoPE rotates pairs), found {}", self.qk_rope_head_dim),
+                format!(
+                    "must be even (RoPE rotates pairs), found {}",
+                    self.qk_rope_head_dim
+                ),
             ));
         }
-        if !(self.rms_norm_eps > 0.0) {
-            return Err(keys.err("rms_norm_eps", format!("must be positive, found {}", self.rms_norm_eps)));
+        if self.rms_norm_eps <= 0.0 {
+            return Err(keys.err(
+                "rms_norm_eps",
+                format!("must be positive, found {}", self.rms_norm_eps),
+            ));
         }
         for (key, id) in self
             .bos_token_id
@@ -190,7 +202,13 @@ impl ModelConfig {
             .chain(self.eos_token_ids.iter().map(|id| ("eos_token_id", id)))
         {
             if *id as usize >= self.vocab_size {
-                return Err(keys.err(key, format!("token id {id} is outside the vocabulary (vocab_size {})", self.vocab_size)));
+                return Err(keys.err(
+                    key,
+                    format!(
+                        "token id {id} is outside the vocabulary (vocab_size {})",
+                        self.vocab_size
+                    ),
+                ));
             }
         }
         if let Some(moe) = &self.moe {
@@ -198,7 +216,10 @@ impl ModelConfig {
             if moe.num_experts_per_tok == 0 || moe.num_experts_per_tok > e {
                 return Err(keys.err(
                     "num_experts_per_tok",
-                    format!("must be between 1 and n_routed_experts ({e}), found {}", moe.num_experts_per_tok),
+                    format!(
+                        "must be between 1 and n_routed_experts ({e}), found {}",
+                        moe.num_experts_per_tok
+                    ),
                 ));
             }
             if moe.moe_layer_freq == 0 {
@@ -214,7 +235,10 @@ impl ModelConfig {
                 if moe.topk_group == 0 || moe.topk_group > moe.n_group {
                     return Err(keys.err(
                         "topk_group",
-                        format!("must be between 1 and n_group ({}), found {}", moe.n_group, moe.topk_group),
+                        format!(
+                            "must be between 1 and n_group ({}), found {}",
+                            moe.n_group, moe.topk_group
+                        ),
                     ));
                 }
                 let reachable = moe.topk_group * (e / moe.n_group);
@@ -281,7 +305,11 @@ fn parse_rope(keys: &Keys, v3: bool, max_position_embeddings: usize) -> Result<R
         // Either spelling of the type key is accepted in either object.
         let kind = match p.opt_str(type_key)? {
             Some(k) => Some(k),
-            None => p.opt_str(if type_key == "type" { "rope_type" } else { "type" })?,
+            None => p.opt_str(if type_key == "type" {
+                "rope_type"
+            } else {
+                "type"
+            })?,
         };
         scaling = match kind.unwrap_or("default") {
             "default" => RopeScaling::None,
@@ -289,9 +317,13 @@ fn parse_rope(keys: &Keys, v3: bool, max_position_embeddings: usize) -> Result<R
                 factor: positive(p, "factor", p.opt_f64("factor")?)?,
             },
             "yarn" => {
-                let original = p.usize_or("original_max_position_embeddings", max_position_embeddings)?;
+                let original =
+                    p.usize_or("original_max_position_embeddings", max_position_embeddings)?;
                 if original == 0 {
-                    return Err(p.err("original_max_position_embeddings", "must be at least 1, found 0"));
+                    return Err(p.err(
+                        "original_max_position_embeddings",
+                        "must be at least 1, found 0",
+                    ));
                 }
                 // transformers infers a missing factor from the context extension.
                 let implied = p
@@ -322,19 +354,28 @@ fn parse_rope(keys: &Keys, v3: bool, max_position_embeddings: usize) -> Result<R
             RopeScaling::Linear { factor } => Some(*factor),
             RopeScaling::Yarn(y) => Some(y.factor),
         };
-        if let (Some(factor), Some(all)) = (factor, p.opt_f64("mscale_all_dim")?.filter(|m| *m != 0.0)) {
+        if let (Some(factor), Some(all)) =
+            (factor, p.opt_f64("mscale_all_dim")?.filter(|m| *m != 0.0))
+        {
             softmax_mscale = Some(yarn_get_mscale(factor, all));
         }
     }
     let theta = theta.unwrap_or(10000.0);
-    if !(theta > 1.0) {
-        return Err(keys.err("rope_theta", format!("must be greater than 1, found {theta}")));
+    if theta <= 1.0 {
+        return Err(keys.err(
+            "rope_theta",
+            format!("must be greater than 1, found {theta}"),
+        ));
     }
     Ok(RopeConfig {
         theta,
         scaling,
         // DeepSeek-V2 always rotates interleaved pairs; V3 makes it a key.
-        interleaved: if v3 { keys.bool_or("rope_interleave", true)? } else { true },
+        interleaved: if v3 {
+            keys.bool_or("rope_interleave", true)?
+        } else {
+            true
+        },
         softmax_mscale,
     })
 }
@@ -351,7 +392,9 @@ fn parse_moe(keys: &Keys, v3: bool) -> Result<Option<MoeConfig>> {
     let Some(n_routed_experts) = keys.opt_usize("n_routed_experts")?.filter(|&e| e > 0) else {
         return Ok(None);
     };
-    let topk_name = keys.opt_str("topk_method")?.unwrap_or(if v3 { "noaux_tc" } else { "greedy" });
+    let topk_name = keys
+        .opt_str("topk_method")?
+        .unwrap_or(if v3 { "noaux_tc" } else { "greedy" });
     let topk_method = match topk_name {
         "greedy" => TopkMethod::Greedy,
         "group_limited_greedy" => TopkMethod::GroupLimitedGreedy,
@@ -363,12 +406,17 @@ fn parse_moe(keys: &Keys, v3: bool) -> Result<Option<MoeConfig>> {
             ))
         }
     };
-    let scoring_name = keys.opt_str("scoring_func")?.unwrap_or(if v3 { "sigmoid" } else { "softmax" });
+    let scoring_name =
+        keys.opt_str("scoring_func")?
+            .unwrap_or(if v3 { "sigmoid" } else { "softmax" });
     let scoring_func = match scoring_name {
         "softmax" => ScoringFunc::Softmax,
         "sigmoid" => ScoringFunc::Sigmoid,
         other => {
-            return Err(keys.err("scoring_func", format!("unknown scoring_func \"{other}\" (supported: softmax, sigmoid)")))
+            return Err(keys.err(
+                "scoring_func",
+                format!("unknown scoring_func \"{other}\" (supported: softmax, sigmoid)"),
+            ))
         }
     };
     // The spec pairs noaux_tc with sigmoid scores (V3) and the greedy methods with softmax (V2).

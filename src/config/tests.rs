@@ -36,7 +36,9 @@ fn published_v2_lite_parses() {
     assert_eq!(c.latent_cache_width(), 576);
     assert_eq!(c.qk_head_dim(), 192);
     assert!(!c.is_moe_layer(0) && c.is_moe_layer(1) && c.is_moe_layer(26));
-    let RopeScaling::Yarn(y) = &c.rope.scaling else { panic!("expected yarn") };
+    let RopeScaling::Yarn(y) = &c.rope.scaling else {
+        panic!("expected yarn")
+    };
     assert_eq!((y.factor, y.original_max_position_embeddings), (40.0, 4096));
     assert!(c.rope.interleaved);
     // scale = 192^-0.5 · (0.1·0.707·ln 40 + 1)²
@@ -64,7 +66,13 @@ fn transformers5_rope_parameters_equal_published_rope_scaling() {
 #[test]
 fn v3_defaults_and_half_split_pairs() {
     let mut v = with(v2_lite(), "model_type", json!("deepseek_v3"));
-    for key in ["topk_method", "scoring_func", "n_group", "topk_group", "norm_topk_prob"] {
+    for key in [
+        "topk_method",
+        "scoring_func",
+        "n_group",
+        "topk_group",
+        "norm_topk_prob",
+    ] {
         v.as_object_mut().unwrap().remove(key);
     }
     let v = with(with(v, "n_group", json!(8)), "topk_group", json!(4));
@@ -84,9 +92,16 @@ fn yarn_factor_defaults_to_the_context_extension_and_linear_keeps_mscale() {
         json!({"type": "yarn", "original_max_position_embeddings": 4096, "mscale_all_dim": 1.0}),
     ))
     .unwrap();
-    let RopeScaling::Yarn(y) = &c.rope.scaling else { panic!("expected yarn") };
+    let RopeScaling::Yarn(y) = &c.rope.scaling else {
+        panic!("expected yarn")
+    };
     assert_eq!(y.factor, 40.0);
-    let c = parse(&with(v2_lite(), "rope_scaling", json!({"type": "linear", "factor": 4.0, "mscale_all_dim": 1.0}))).unwrap();
+    let c = parse(&with(
+        v2_lite(),
+        "rope_scaling",
+        json!({"type": "linear", "factor": 4.0, "mscale_all_dim": 1.0}),
+    ))
+    .unwrap();
     let m = 0.1 * 4f64.ln() + 1.0;
     assert!((c.softmax_scale() as f64 - m * m / 192f64.sqrt()).abs() < 1e-7);
     let plain = parse(&with(v2_lite(), "rope_scaling", Value::Null)).unwrap();
@@ -103,44 +118,102 @@ fn eos_may_be_a_list() {
 #[test]
 fn inconsistent_configs_name_key_and_value() {
     let cases: Vec<(Value, &str, &str)> = vec![
-        (with(v2_lite(), "model_type", json!("llama4")), "model_type", "llama4"),
-        (with(v2_lite(), "qk_rope_head_dim", json!(63)), "qk_rope_head_dim", "63"),
-        (with(v2_lite(), "hidden_size", json!(0)), "hidden_size", "0"),
-        (with(v2_lite(), "hidden_size", json!("big")), "hidden_size", "big"),
-        (with(v2_lite(), "num_experts_per_tok", json!(65)), "num_experts_per_tok", "65"),
         (
-            with(with(v2_lite(), "topk_method", json!("group_limited_greedy")), "n_group", json!(5)),
+            with(v2_lite(), "model_type", json!("llama4")),
+            "model_type",
+            "llama4",
+        ),
+        (
+            with(v2_lite(), "qk_rope_head_dim", json!(63)),
+            "qk_rope_head_dim",
+            "63",
+        ),
+        (with(v2_lite(), "hidden_size", json!(0)), "hidden_size", "0"),
+        (
+            with(v2_lite(), "hidden_size", json!("big")),
+            "hidden_size",
+            "big",
+        ),
+        (
+            with(v2_lite(), "num_experts_per_tok", json!(65)),
+            "num_experts_per_tok",
+            "65",
+        ),
+        (
+            with(
+                with(v2_lite(), "topk_method", json!("group_limited_greedy")),
+                "n_group",
+                json!(5),
+            ),
             "n_group",
             "5",
         ),
         (
-            with(with(with(v2_lite(), "topk_method", json!("group_limited_greedy")), "n_group", json!(8)), "topk_group", json!(9)),
+            with(
+                with(
+                    with(v2_lite(), "topk_method", json!("group_limited_greedy")),
+                    "n_group",
+                    json!(8),
+                ),
+                "topk_group",
+                json!(9),
+            ),
             "topk_group",
             "9",
         ),
-        (with(v2_lite(), "topk_method", json!("best")), "topk_method", "best"),
-        (with(v2_lite(), "scoring_func", json!("sigmoid")), "topk_method", "sigmoid"),
-        (with(v2_lite(), "hidden_act", json!("gelu")), "hidden_act", "gelu"),
-        (with(v2_lite(), "eos_token_id", json!(200000)), "eos_token_id", "200000"),
+        (
+            with(v2_lite(), "topk_method", json!("best")),
+            "topk_method",
+            "best",
+        ),
+        (
+            with(v2_lite(), "scoring_func", json!("sigmoid")),
+            "topk_method",
+            "sigmoid",
+        ),
+        (
+            with(v2_lite(), "hidden_act", json!("gelu")),
+            "hidden_act",
+            "gelu",
+        ),
+        (
+            with(v2_lite(), "eos_token_id", json!(200000)),
+            "eos_token_id",
+            "200000",
+        ),
         (with(v2_lite(), "q_lora_rank", json!(0)), "q_lora_rank", "0"),
         (
-            with(v2_lite(), "rope_scaling", json!({"type": "dynamic-ntk", "factor": 2})),
+            with(
+                v2_lite(),
+                "rope_scaling",
+                json!({"type": "dynamic-ntk", "factor": 2}),
+            ),
             "rope_scaling.type",
             "dynamic-ntk",
         ),
         (
-            with(v2_lite(), "rope_scaling", json!({"type": "yarn", "factor": -1})),
+            with(
+                v2_lite(),
+                "rope_scaling",
+                json!({"type": "yarn", "factor": -1}),
+            ),
             "rope_scaling.factor",
             "-1",
         ),
     ];
     for (config, key, value) in cases {
         let err = parse(&config).expect_err(key).to_string();
-        assert!(err.contains(&format!("`{key}`")) && err.contains(value), "{key}: {err}");
+        assert!(
+            err.contains(&format!("`{key}`")) && err.contains(value),
+            "{key}: {err}"
+        );
         assert!(!err.contains('\n'), "one line: {err}");
     }
     let mut missing = v2_lite();
     missing.as_object_mut().unwrap().remove("kv_lora_rank");
     let err = parse(&missing).unwrap_err().to_string();
-    assert!(err.contains("`kv_lora_rank`") && err.contains("missing"), "{err}");
+    assert!(
+        err.contains("`kv_lora_rank`") && err.contains("missing"),
+        "{err}"
+    );
 }

@@ -15,17 +15,28 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+        }
     }
 }
 
 impl SamplingParams {
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return Err(Error::InvalidInput(format!("--temperature must be 0 or positive, found {}", self.temperature)));
+            return Err(Error::InvalidInput(format!(
+                "--temperature must be 0 or positive, found {}",
+                self.temperature
+            )));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(Error::InvalidInput(format!("--top-p must be in (0, 1], found {}", self.top_p)));
+            return Err(Error::InvalidInput(format!(
+                "--top-p must be in (0, 1], found {}",
+                self.top_p
+            )));
         }
         Ok(())
     }
@@ -59,14 +70,21 @@ pub struct Sampler {
 impl Sampler {
     pub fn new(params: SamplingParams) -> Result<Self> {
         params.validate()?;
-        Ok(Sampler { params, rng: SplitMix64(params.seed) })
+        Ok(Sampler {
+            params,
+            rng: SplitMix64(params.seed),
+        })
     }
 
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         if self.params.temperature == 0.0 {
             return argmax(logits);
         }
-        let mut candidates: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+        let mut candidates: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, l))
+            .collect();
         candidates.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         if self.params.top_k > 0 {
             candidates.truncate(self.params.top_k);
@@ -123,7 +141,12 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy_at_any_temperature() {
-        let mut s = Sampler::new(SamplingParams { temperature: 5.0, top_k: 1, ..Default::default() }).unwrap();
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 5.0,
+            top_k: 1,
+            ..Default::default()
+        })
+        .unwrap();
         for _ in 0..20 {
             assert_eq!(s.sample(&[0.1, 3.0, 2.0, -1.0]), 1);
         }
@@ -132,21 +155,40 @@ mod tests {
     #[test]
     fn top_p_cuts_the_tail_and_seed_is_reproducible() {
         let logits = [2.0, 1.9, -6.0, -7.0];
-        let params = SamplingParams { temperature: 1.0, top_p: 0.9, seed: 7, ..Default::default() };
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_p: 0.9,
+            seed: 7,
+            ..Default::default()
+        };
         let mut a = Sampler::new(params).unwrap();
         let mut b = Sampler::new(params).unwrap();
         let draws: Vec<u32> = (0..200).map(|_| a.sample(&logits)).collect();
-        assert!(draws.iter().all(|&t| t < 2), "tokens 2 and 3 are outside the top-p set");
+        assert!(
+            draws.iter().all(|&t| t < 2),
+            "tokens 2 and 3 are outside the top-p set"
+        );
         assert!(draws.contains(&0) && draws.contains(&1));
-        assert_eq!(draws, (0..200).map(|_| b.sample(&logits)).collect::<Vec<_>>());
+        assert_eq!(
+            draws,
+            (0..200).map(|_| b.sample(&logits)).collect::<Vec<_>>()
+        );
     }
 
     #[test]
     fn invalid_parameters_are_rejected() {
         for p in [0.0, -0.5, 1.5, f32::NAN] {
-            let err = Sampler::new(SamplingParams { top_p: p, ..Default::default() }).unwrap_err();
+            let err = Sampler::new(SamplingParams {
+                top_p: p,
+                ..Default::default()
+            })
+            .unwrap_err();
             assert!(err.to_string().contains("--top-p"), "{err}");
         }
-        assert!(Sampler::new(SamplingParams { temperature: -1.0, ..Default::default() }).is_err());
+        assert!(Sampler::new(SamplingParams {
+            temperature: -1.0,
+            ..Default::default()
+        })
+        .is_err());
     }
 }

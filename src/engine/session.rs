@@ -18,13 +18,24 @@ pub struct Session<'m, B: Backend> {
 
 impl<'m, B: Backend> Session<'m, B> {
     /// A session with cache room for `max_tokens` tokens.
-    pub fn new(model: &'m DeepSeek<B>, backend: &'m B, max_tokens: usize, block_size: usize, form: AttentionForm) -> Result<Self> {
+    pub fn new(
+        model: &'m DeepSeek<B>,
+        backend: &'m B,
+        max_tokens: usize,
+        block_size: usize,
+        form: AttentionForm,
+    ) -> Result<Self> {
         if block_size == 0 {
             return Err(Error::InvalidInput("block size must be at least 1".into()));
         }
         let num_blocks = max_tokens.max(1).div_ceil(block_size);
         let c = &model.config;
-        let cache = backend.alloc_latent_cache(c.num_hidden_layers, num_blocks, block_size, c.latent_cache_width())?;
+        let cache = backend.alloc_latent_cache(
+            c.num_hidden_layers,
+            num_blocks,
+            block_size,
+            c.latent_cache_width(),
+        )?;
         Ok(Session {
             model,
             backend,
@@ -56,7 +67,9 @@ impl<'m, B: Backend> Session<'m, B> {
         }
         let vocab = self.model.config.vocab_size;
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(Error::InvalidInput(format!("token id {bad} is outside the vocabulary (size {vocab})")));
+            return Err(Error::InvalidInput(format!(
+                "token id {bad} is outside the vocabulary (size {vocab})"
+            )));
         }
         let max_pos = self.model.config.max_position_embeddings;
         if self.seq.len + tokens.len() > max_pos {
@@ -81,7 +94,10 @@ impl<'m, B: Backend> Session<'m, B> {
                 }],
             },
         };
-        match self.model.forward(self.backend, &mut self.cache, &step, self.form, rows) {
+        match self
+            .model
+            .forward(self.backend, &mut self.cache, &step, self.form, rows)
+        {
             Ok(logits) => {
                 self.seq = reserved;
                 Ok(logits)

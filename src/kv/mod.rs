@@ -50,8 +50,15 @@ pub struct SequenceBlocks {
 impl SequenceBlocks {
     /// Grows the block table so `new_tokens` more tokens fit; returns their cache slots.
     /// On failure nothing is allocated.
-    pub fn reserve(&mut self, new_tokens: usize, block_size: usize, allocator: &mut BlockAllocator) -> Result<Vec<u32>> {
-        let needed = (self.len + new_tokens).div_ceil(block_size).saturating_sub(self.block_table.len());
+    pub fn reserve(
+        &mut self,
+        new_tokens: usize,
+        block_size: usize,
+        allocator: &mut BlockAllocator,
+    ) -> Result<Vec<u32>> {
+        let needed = (self.len + new_tokens)
+            .div_ceil(block_size)
+            .saturating_sub(self.block_table.len());
         if needed > allocator.num_free() {
             return Err(Error::CacheFull {
                 needed,
@@ -59,7 +66,8 @@ impl SequenceBlocks {
             });
         }
         for _ in 0..needed {
-            self.block_table.push(allocator.allocate().expect("free count checked above"));
+            self.block_table
+                .push(allocator.allocate().expect("free count checked above"));
         }
         let slots = (self.len..self.len + new_tokens)
             .map(|p| self.block_table[p / block_size] * block_size as u32 + (p % block_size) as u32)

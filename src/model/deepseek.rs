@@ -13,7 +13,11 @@ const LATENT_NORM_EPS: f32 = 1e-6;
 
 enum QueryProjection<B: Backend> {
     Full(B::Weight),
-    LowRank { down: B::Weight, norm: B::Weight, up: B::Weight },
+    LowRank {
+        down: B::Weight,
+        norm: B::Weight,
+        up: B::Weight,
+    },
 }
 
 struct Attention<B: Backend> {
@@ -68,17 +72,31 @@ impl<B: Backend> Loader<'_, B> {
 
     fn mlp(&self, prefix: &str, hidden: usize, intermediate: usize) -> Result<MlpWeights<B>> {
         Ok(MlpWeights {
-            gate: self.weight(&format!("{prefix}.gate_proj.weight"), &[intermediate, hidden])?,
+            gate: self.weight(
+                &format!("{prefix}.gate_proj.weight"),
+                &[intermediate, hidden],
+            )?,
             up: self.weight(&format!("{prefix}.up_proj.weight"), &[intermediate, hidden])?,
-            down: self.weight(&format!("{prefix}.down_proj.weight"), &[hidden, intermediate])?,
+            down: self.weight(
+                &format!("{prefix}.down_proj.weight"),
+                &[hidden, intermediate],
+            )?,
         })
     }
 
     /// Routed experts in the published per-expert layout or transformers 5's fused layout.
-    fn experts(&self, prefix: &str, count: usize, hidden: usize, inter: usize) -> Result<Vec<MlpWeights<B>>> {
+    fn experts(
+        &self,
+        prefix: &str,
+        count: usize,
+        hidden: usize,
+        inter: usize,
+    ) -> Result<Vec<MlpWeights<B>>> {
         let fused = format!("{prefix}.gate_up_proj");
         if !self.checkpoint.contains(&fused) {
-            return (0..count).map(|e| self.mlp(&format!("{prefix}.{e}"), hidden, inter)).collect();
+            return (0..count)
+                .map(|e| self.mlp(&format!("{prefix}.{e}"), hidden, inter))
+                .collect();
         }
         let gate_up = self.host(&fused, &[count, 2 * inter, hidden])?;
         let down = self.host(&format!("{prefix}.down_proj"), &[count, hidden, inter])?;
@@ -87,8 +105,14 @@ impl<B: Backend> Loader<'_, B> {
             .map(|e| {
                 let block = &gate_up.data[e * 2 * matrix..(e + 1) * 2 * matrix];
                 Ok(MlpWeights {
-                    gate: self.backend.upload_weight(HostTensor::new(vec![inter, hidden], block[..matrix].to_vec()))?,
-                    up: self.backend.upload_weight(HostTensor::new(vec![inter, hidden], block[matrix..].to_vec()))?,
+                    gate: self.backend.upload_weight(HostTensor::new(
+                        vec![inter, hidden],
+                        block[..matrix].to_vec(),
+                    ))?,
+                    up: self.backend.upload_weight(HostTensor::new(
+                        vec![inter, hidden],
+                        block[matrix..].to_vec(),
+                    ))?,
                     down: self.backend.upload_weight(HostTensor::new(
                         vec![hidden, inter],
                         down.data[e * matrix..(e + 1) * matrix].to_vec(),
@@ -126,35 +150,58 @@ impl<B: Backend> DeepSeek<B> {
             kv_lora_rank: c.kv_lora_rank,
             softmax_scale: c.softmax_scale(),
         };
-        let ld = Loader { checkpoint, backend };
+        let ld = Loader {
+            checkpoint,
+            backend,
+        };
         let (h, n) = (c.hidden_size, c.num_attention_heads);
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for l in 0..c.num_hidden_layers {
             let p = format!("model.layers.{l}");
             let q = match c.q_lora_rank {
-                None => QueryProjection::Full(ld.weight(&format!("{p}.self_attn.q_proj.weight"), &[n * dims.qk_head(), h])?),
+                None => QueryProjection::Full(ld.weight(
+                    &format!("{p}.self_attn.q_proj.weight"),
+                    &[n * dims.qk_head(), h],
+                )?),
                 Some(rq) => QueryProjection::LowRank {
                     down: ld.weight(&format!("{p}.self_attn.q_a_proj.weight"), &[rq, h])?,
                     norm: ld.weight(&format!("{p}.self_attn.q_a_layernorm.weight"), &[rq])?,
-                    up: ld.weight(&format!("{p}.self_attn.q_b_proj.weight"), &[n * dims.qk_head(), rq])?,
+                    up: ld.weight(
+                        &format!("{p}.self_attn.q_b_proj.weight"),
+                        &[n * dims.qk_head(), rq],
+                    )?,
                 },
             };
-            let kv_b = ld.host(&format!("{p}.self_attn.kv_b_proj.weight"), &[n * (dims.qk_nope + dims.v_head), dims.kv_lora_rank])?;
+            let kv_b = ld.host(
+                &format!("{p}.self_attn.kv_b_proj.weight"),
+                &[n * (dims.qk_nope + dims.v_head), dims.kv_lora_rank],
+            )?;
             let (w_uk_t, w_uv) = absorption_weights(&kv_b.data, &dims);
             let attention = Attention {
                 q,
-                kv_a: ld.weight(&format!("{p}.self_attn.kv_a_proj_with_mqa.weight"), &[dims.latent_width(), h])?,
-                kv_a_norm: ld.weight(&format!("{p}.self_attn.kv_a_layernorm.weight"), &[dims.kv_lora_rank])?,
+                kv_a: ld.weight(
+                    &format!("{p}.self_attn.kv_a_proj_with_mqa.weight"),
+                    &[dims.latent_width(), h],
+                )?,
+                kv_a_norm: ld.weight(
+                    &format!("{p}.self_attn.kv_a_layernorm.weight"),
+                    &[dims.kv_lora_rank],
+                )?,
                 w_uk: backend.upload_head_weight(n, dims.kv_lora_rank, dims.qk_nope, w_uk_t)?,
                 w_uv: backend.upload_head_weight(n, dims.v_head, dims.kv_lora_rank, w_uv)?,
                 kv_b: backend.upload_weight(kv_b)?,
-                o: ld.weight(&format!("{p}.self_attn.o_proj.weight"), &[h, n * dims.v_head])?,
+                o: ld.weight(
+                    &format!("{p}.self_attn.o_proj.weight"),
+                    &[h, n * dims.v_head],
+                )?,
             };
             let ffn = match (&c.moe, c.is_moe_layer(l)) {
                 (Some(moe), true) => {
                     let e = moe.n_routed_experts;
                     let bias_name = format!("{p}.mlp.gate.e_score_correction_bias");
-                    let score_bias = if checkpoint.contains(&bias_name) || moe.scoring_func == crate::config::ScoringFunc::Sigmoid {
+                    let score_bias = if checkpoint.contains(&bias_name)
+                        || moe.scoring_func == crate::config::ScoringFunc::Sigmoid
+                    {
                         Some(ld.host(&bias_name, &[e])?.data)
                     } else {
                         None
@@ -162,10 +209,19 @@ impl<B: Backend> DeepSeek<B> {
                     FeedForward::Moe(MoeWeights {
                         router: ld.weight(&format!("{p}.mlp.gate.weight"), &[e, h])?,
                         score_bias,
-                        experts: ld.experts(&format!("{p}.mlp.experts"), e, h, moe.moe_intermediate_size)?,
+                        experts: ld.experts(
+                            &format!("{p}.mlp.experts"),
+                            e,
+                            h,
+                            moe.moe_intermediate_size,
+                        )?,
                         shared: match moe.n_shared_experts {
                             0 => None,
-                            s => Some(ld.mlp(&format!("{p}.mlp.shared_experts"), h, moe.moe_intermediate_size * s)?),
+                            s => Some(ld.mlp(
+                                &format!("{p}.mlp.shared_experts"),
+                                h,
+                                moe.moe_intermediate_size * s,
+                            )?),
                         },
                     })
                 }
@@ -174,7 +230,8 @@ impl<B: Backend> DeepSeek<B> {
             layers.push(Layer {
                 input_norm: ld.weight(&format!("{p}.input_layernorm.weight"), &[h])?,
                 attention,
-                post_attention_norm: ld.weight(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                post_attention_norm: ld
+                    .weight(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
                 ffn,
             });
         }
@@ -205,7 +262,8 @@ impl<B: Backend> DeepSeek<B> {
         logit_rows: LogitRows,
     ) -> Result<B::Tensor> {
         let t = step.token_ids.len();
-        if step.positions.len() != t || step.slots.len() != t || step.batch.num_query_tokens() != t {
+        if step.positions.len() != t || step.slots.len() != t || step.batch.num_query_tokens() != t
+        {
             return Err(Error::Op {
                 op: "forward",
                 message: format!(
@@ -216,7 +274,11 @@ impl<B: Backend> DeepSeek<B> {
                 ),
             });
         }
-        if let Some(&p) = step.positions.iter().find(|&&p| p as usize >= self.config.max_position_embeddings) {
+        if let Some(&p) = step
+            .positions
+            .iter()
+            .find(|&&p| p as usize >= self.config.max_position_embeddings)
+        {
             return Err(Error::InvalidInput(format!(
                 "position {p} is beyond max_position_embeddings ({})",
                 self.config.max_position_embeddings
@@ -236,7 +298,14 @@ impl<B: Backend> DeepSeek<B> {
             let h = backend.rms_norm(&x, &layer.post_attention_norm, eps)?;
             let y = match &layer.ffn {
                 FeedForward::Dense(mlp) => backend.mlp(&h, mlp)?,
-                FeedForward::Moe(moe) => backend.moe(&h, moe, self.config.moe.as_ref().expect("MoE layer has a MoE config"))?,
+                FeedForward::Moe(moe) => backend.moe(
+                    &h,
+                    moe,
+                    self.config
+                        .moe
+                        .as_ref()
+                        .expect("MoE layer has a MoE config"),
+                )?,
             };
             backend.add_assign(&mut x, &y)?;
         }
@@ -278,7 +347,13 @@ impl<B: Backend> DeepSeek<B> {
         };
         backend.rope(&mut q, &step.positions, &self.rope, d.qk_head(), d.qk_nope)?;
         let mut latent = backend.matmul(h, &w.kv_a)?;
-        backend.latent_epilogue(&mut latent, &w.kv_a_norm, LATENT_NORM_EPS, &step.positions, &self.rope)?;
+        backend.latent_epilogue(
+            &mut latent,
+            &w.kv_a_norm,
+            LATENT_NORM_EPS,
+            &step.positions,
+            &self.rope,
+        )?;
         backend.write_latent_cache(cache, layer, &latent, &step.slots)?;
         let out = if absorbed {
             let q_lat = backend.head_matmul(&q, d.qk_head(), 0, &w.w_uk)?;

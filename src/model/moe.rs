@@ -33,7 +33,13 @@ pub fn route(logits: &[f32], bias: Option<&[f32]>, moe: &MoeConfig) -> Vec<Route
             let masked: Vec<f32> = scores
                 .iter()
                 .enumerate()
-                .map(|(i, &s)| if kept.contains(&(i / group_size)) { s } else { 0.0 })
+                .map(|(i, &s)| {
+                    if kept.contains(&(i / group_size)) {
+                        s
+                    } else {
+                        0.0
+                    }
+                })
                 .collect();
             top_k(&masked, moe.num_experts_per_tok)
         }
@@ -51,7 +57,13 @@ pub fn route(logits: &[f32], bias: Option<&[f32]>, moe: &MoeConfig) -> Vec<Route
             let masked: Vec<f32> = choice
                 .iter()
                 .enumerate()
-                .map(|(i, &s)| if kept.contains(&(i / group_size)) { s } else { f32::NEG_INFINITY })
+                .map(|(i, &s)| {
+                    if kept.contains(&(i / group_size)) {
+                        s
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
                 .collect();
             top_k(&masked, moe.num_experts_per_tok)
         }
@@ -67,7 +79,10 @@ pub fn route(logits: &[f32], bias: Option<&[f32]>, moe: &MoeConfig) -> Vec<Route
     chosen
         .into_iter()
         .zip(weights)
-        .map(|(expert, w)| Route { expert, weight: w * scale })
+        .map(|(expert, w)| Route {
+            expert,
+            weight: w * scale,
+        })
         .collect()
 }
 

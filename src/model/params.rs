@@ -40,7 +40,12 @@ pub fn count_params(c: &ModelConfig) -> ParamCounts {
             Some(moe) if c.is_moe_layer(layer) => {
                 let e = moe.n_routed_experts as u64;
                 let expert = 3 * h * moe.moe_intermediate_size as u64;
-                let router = e * h + if moe.scoring_func == ScoringFunc::Sigmoid { e } else { 0 };
+                let router = e * h
+                    + if moe.scoring_func == ScoringFunc::Sigmoid {
+                        e
+                    } else {
+                        0
+                    };
                 let shared = expert * moe.n_shared_experts as u64;
                 total += router + shared + e * expert;
                 activated += router + shared + moe.num_experts_per_tok as u64 * expert;
@@ -55,11 +60,18 @@ pub fn count_params(c: &ModelConfig) -> ParamCounts {
     let head = if c.tie_word_embeddings { 0 } else { embedding };
     total += embedding + head + h;
     activated += embedding + head + h;
-    ParamCounts { total, activated, embedding }
+    ParamCounts {
+        total,
+        activated,
+        embedding,
+    }
 }
 
 /// Values cached per token and layer by MLA (the latent plus the roped key) and by an MHA
 /// model with the same heads (`2·heads·v_head_dim`: a K and a V of head width per head).
 pub fn kv_values_per_token_per_layer(c: &ModelConfig) -> (u64, u64) {
-    (c.latent_cache_width() as u64, 2 * (c.num_attention_heads * c.v_head_dim) as u64)
+    (
+        c.latent_cache_width() as u64,
+        2 * (c.num_attention_heads * c.v_head_dim) as u64,
+    )
 }

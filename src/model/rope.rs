@@ -57,7 +57,11 @@ impl Rope {
         let half = self.inv_freq.len();
         debug_assert_eq!(x.len(), 2 * half);
         for i in 0..half {
-            let (a, b) = if self.interleaved { (2 * i, 2 * i + 1) } else { (i, i + half) };
+            let (a, b) = if self.interleaved {
+                (2 * i, 2 * i + 1)
+            } else {
+                (i, i + half)
+            };
             let (xa, xb) = (x[a], x[b]);
             x[a] = xa * cos[i] - xb * sin[i];
             x[b] = xb * cos[i] + xa * sin[i];
@@ -68,7 +72,9 @@ impl Rope {
 /// YaRN: interpolate low frequencies by `factor`, keep high ones, ramp in between.
 fn yarn_frequencies(y: &YarnParams, base: &[f64], dim: usize, theta: f64) -> (Vec<f64>, f64) {
     let correction_dim = |rotations: f64| {
-        dim as f64 * (y.original_max_position_embeddings as f64 / (rotations * 2.0 * std::f64::consts::PI)).ln()
+        dim as f64
+            * (y.original_max_position_embeddings as f64 / (rotations * 2.0 * std::f64::consts::PI))
+                .ln()
             / (2.0 * theta.ln())
     };
     let (mut low, mut high) = (correction_dim(y.beta_fast), correction_dim(y.beta_slow));
@@ -88,12 +94,14 @@ fn yarn_frequencies(y: &YarnParams, base: &[f64], dim: usize, theta: f64) -> (Ve
             (f / y.factor) * (1.0 - extrapolation) + f * extrapolation
         })
         .collect();
-    let attention_factor = y.attention_factor.unwrap_or_else(|| match (y.mscale, y.mscale_all_dim) {
-        (Some(m), Some(all)) if m != 0.0 && all != 0.0 => {
-            yarn_get_mscale(y.factor, m) / yarn_get_mscale(y.factor, all)
-        }
-        _ => yarn_get_mscale(y.factor, 1.0),
-    });
+    let attention_factor =
+        y.attention_factor
+            .unwrap_or_else(|| match (y.mscale, y.mscale_all_dim) {
+                (Some(m), Some(all)) if m != 0.0 && all != 0.0 => {
+                    yarn_get_mscale(y.factor, m) / yarn_get_mscale(y.factor, all)
+                }
+                _ => yarn_get_mscale(y.factor, 1.0),
+            });
     (inv_freq, attention_factor)
 }
 
@@ -122,7 +130,12 @@ mod tests {
     #[test]
     fn plain_frequencies_follow_theta() {
         let rope = Rope::new(
-            &RopeConfig { theta: 10000.0, scaling: RopeScaling::None, interleaved: true, softmax_mscale: None },
+            &RopeConfig {
+                theta: 10000.0,
+                scaling: RopeScaling::None,
+                interleaved: true,
+                softmax_mscale: None,
+            },
             64,
         );
         assert_eq!(rope.inv_freq.len(), 32);
@@ -134,14 +147,26 @@ mod tests {
     #[test]
     fn yarn_keeps_high_and_interpolates_low_frequencies() {
         // V2-Lite: d_rope 64, theta 10000, original 4096, factor 40 → ramp from pair 10 to 23.
-        let plain = Rope::new(&RopeConfig { scaling: RopeScaling::None, ..yarn(None, None) }, 64);
+        let plain = Rope::new(
+            &RopeConfig {
+                scaling: RopeScaling::None,
+                ..yarn(None, None)
+            },
+            64,
+        );
         let rope = Rope::new(&yarn(Some(0.707), Some(0.707)), 64);
         for i in 0..=10 {
-            assert_eq!(rope.inv_freq[i], plain.inv_freq[i], "pair {i} must be extrapolated");
+            assert_eq!(
+                rope.inv_freq[i], plain.inv_freq[i],
+                "pair {i} must be extrapolated"
+            );
         }
         for i in 23..32 {
             let expected = plain.inv_freq[i] / 40.0;
-            assert!((rope.inv_freq[i] - expected).abs() <= expected * 1e-6, "pair {i} must be interpolated");
+            assert!(
+                (rope.inv_freq[i] - expected).abs() <= expected * 1e-6,
+                "pair {i} must be interpolated"
+            );
         }
         let mid = rope.inv_freq[16] / plain.inv_freq[16];
         assert!(mid > 1.0 / 40.0 && mid < 1.0);
@@ -161,13 +186,29 @@ mod tests {
 
     #[test]
     fn rotation_preserves_norm_and_layouts_agree_on_dot_products() {
-        let base = RopeConfig { theta: 10000.0, scaling: RopeScaling::None, interleaved: true, softmax_mscale: None };
+        let base = RopeConfig {
+            theta: 10000.0,
+            scaling: RopeScaling::None,
+            interleaved: true,
+            softmax_mscale: None,
+        };
         let inter = Rope::new(&base, 8);
-        let split = Rope::new(&RopeConfig { interleaved: false, ..base }, 8);
+        let split = Rope::new(
+            &RopeConfig {
+                interleaved: false,
+                ..base
+            },
+            8,
+        );
         let q: Vec<f32> = (0..8).map(|i| (i as f32 * 0.37).sin()).collect();
         let k: Vec<f32> = (0..8).map(|i| (i as f32 * 0.91).cos()).collect();
         // The same pairs in the two layouts: interleaved (2i, 2i+1) ↔ half-split (i, i+4).
-        let to_split = |x: &[f32]| -> Vec<f32> { (0..4).map(|i| x[2 * i]).chain((0..4).map(|i| x[2 * i + 1])).collect() };
+        let to_split = |x: &[f32]| -> Vec<f32> {
+            (0..4)
+                .map(|i| x[2 * i])
+                .chain((0..4).map(|i| x[2 * i + 1]))
+                .collect()
+        };
         let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
         let (cq, sq) = inter.cos_sin(7);
         let (ck, sk) = inter.cos_sin(3);

@@ -60,7 +60,10 @@ impl Checkpoint {
                 by_file.entry(file).or_default().push(tensor);
             }
             if by_file.is_empty() {
-                return Err(Error::checkpoint(&index_path, "weight_map lists no tensors"));
+                return Err(Error::checkpoint(
+                    &index_path,
+                    "weight_map lists no tensors",
+                ));
             }
             by_file
                 .into_iter()
@@ -83,8 +86,12 @@ impl Checkpoint {
         for (path, expected_names) in files {
             let shard_id = checkpoint.shards.len();
             let shard = open_shard(&path)?;
-            let (_, metadata) = SafeTensors::read_metadata(&shard.mmap)
-                .map_err(|e| Error::checkpoint(&path, format!("not a valid safetensors file (truncated or corrupt): {e}")))?;
+            let (_, metadata) = SafeTensors::read_metadata(&shard.mmap).map_err(|e| {
+                Error::checkpoint(
+                    &path,
+                    format!("not a valid safetensors file (truncated or corrupt): {e}"),
+                )
+            })?;
             let data_len = shard.mmap.len() - shard.data_start;
             for (name, info) in metadata.tensors() {
                 let (begin, end) = info.data_offsets;
@@ -106,7 +113,9 @@ impl Checkpoint {
                 if let Some(missing) = names.iter().find(|n| !checkpoint.tensors.contains_key(*n)) {
                     return Err(Error::checkpoint(
                         &path,
-                        format!("the index lists tensor {missing} in this file, but it is not there"),
+                        format!(
+                            "the index lists tensor {missing} in this file, but it is not there"
+                        ),
                     ));
                 }
             }
@@ -136,7 +145,11 @@ impl Checkpoint {
 
     /// Dtype names present in the checkpoint, e.g. `["BF16"]`.
     pub fn dtypes(&self) -> Vec<String> {
-        let mut d: Vec<String> = self.tensors.values().map(|e| format!("{:?}", e.info.dtype)).collect();
+        let mut d: Vec<String> = self
+            .tensors
+            .values()
+            .map(|e| format!("{:?}", e.info.dtype))
+            .collect();
         d.sort();
         d.dedup();
         d
@@ -172,7 +185,11 @@ impl Checkpoint {
         if bytes.len() != count * width {
             return Err(Error::checkpoint(
                 &shard.path,
-                format!("tensor {name} holds {} bytes, its shape {shape:?} needs {}", bytes.len(), count * width),
+                format!(
+                    "tensor {name} holds {} bytes, its shape {shape:?} needs {}",
+                    bytes.len(),
+                    count * width
+                ),
             ));
         }
         let data = match entry.info.dtype {
@@ -199,13 +216,21 @@ fn open_shard(path: &Path) -> Result<Shard> {
     // process truncates while we run is outside what a reader of weights can defend against.
     let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
     if mmap.len() < 8 {
-        return Err(Error::checkpoint(path, "file is shorter than a safetensors header (truncated?)"));
+        return Err(Error::checkpoint(
+            path,
+            "file is shorter than a safetensors header (truncated?)",
+        ));
     }
     let header_len = u64::from_le_bytes(mmap[..8].try_into().expect("8 bytes")) as usize;
     let data_start = header_len
         .checked_add(8)
         .filter(|&s| s <= mmap.len())
-        .ok_or_else(|| Error::checkpoint(path, "safetensors header runs past the end of the file (truncated?)"))?;
+        .ok_or_else(|| {
+            Error::checkpoint(
+                path,
+                "safetensors header runs past the end of the file (truncated?)",
+            )
+        })?;
     Ok(Shard {
         path: path.to_path_buf(),
         mmap,

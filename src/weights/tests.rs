@@ -17,8 +17,14 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 fn reads_f32_bf16_f16_as_f32() {
     let dir = tempfile::tempdir().unwrap();
     let values = [1.5f32, -2.0, 0.25, 3.0];
-    let bf: Vec<u8> = values.iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes()).collect();
-    let hf: Vec<u8> = values.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect();
+    let bf: Vec<u8> = values
+        .iter()
+        .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+        .collect();
+    let hf: Vec<u8> = values
+        .iter()
+        .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+        .collect();
     write(
         dir.path(),
         "model.safetensors",
@@ -37,8 +43,16 @@ fn reads_f32_bf16_f16_as_f32() {
 #[test]
 fn sharded_checkpoints_follow_the_index() {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "part-1.safetensors", &[("x", Dtype::F32, vec![1], f32_bytes(&[1.0]))]);
-    write(dir.path(), "part-2.safetensors", &[("y", Dtype::F32, vec![2], f32_bytes(&[2.0, 3.0]))]);
+    write(
+        dir.path(),
+        "part-1.safetensors",
+        &[("x", Dtype::F32, vec![1], f32_bytes(&[1.0]))],
+    );
+    write(
+        dir.path(),
+        "part-2.safetensors",
+        &[("y", Dtype::F32, vec![2], f32_bytes(&[2.0, 3.0]))],
+    );
     std::fs::write(
         dir.path().join("model.safetensors.index.json"),
         r#"{"metadata": {}, "weight_map": {"x": "part-1.safetensors", "y": "part-2.safetensors"}}"#,
@@ -66,19 +80,32 @@ fn errors_name_the_tensor_and_file() {
     let missing = ck.load("nope", &[1]).unwrap_err().to_string();
     assert!(missing.starts_with("tensor nope is missing"), "{missing}");
     let dtype = ck.load("scales", &[4]).unwrap_err().to_string();
-    assert!(dtype.starts_with("unsupported dtype F8_E4M3 in tensor scales"), "{dtype}");
+    assert!(
+        dtype.starts_with("unsupported dtype F8_E4M3 in tensor scales"),
+        "{dtype}"
+    );
 }
 
 #[test]
 fn truncated_files_are_rejected_when_opened() {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "model.safetensors", &[("w", Dtype::F32, vec![64], f32_bytes(&[1.0; 64]))]);
+    write(
+        dir.path(),
+        "model.safetensors",
+        &[("w", Dtype::F32, vec![64], f32_bytes(&[1.0; 64]))],
+    );
     let path = dir.path().join("model.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     for keep in [4, 20, bytes.len() - 8] {
         std::fs::write(&path, &bytes[..keep]).unwrap();
-        let err = Checkpoint::open(dir.path()).err().expect("truncated file must fail").to_string();
-        assert!(err.contains("model.safetensors") && err.contains("truncated"), "{keep}: {err}");
+        let err = Checkpoint::open(dir.path())
+            .err()
+            .expect("truncated file must fail")
+            .to_string();
+        assert!(
+            err.contains("model.safetensors") && err.contains("truncated"),
+            "{keep}: {err}"
+        );
     }
 }
 

@@ -88,7 +88,11 @@ fn u(config: &Value, key: &str) -> usize {
 pub fn random_weights(config: &Value, seed: u64) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
     let mut rng = Rng::new(seed);
     let mut w = BTreeMap::new();
-    let (h, n, v) = (u(config, "hidden_size"), u(config, "num_attention_heads"), u(config, "vocab_size"));
+    let (h, n, v) = (
+        u(config, "hidden_size"),
+        u(config, "num_attention_heads"),
+        u(config, "vocab_size"),
+    );
     let (dn, dr, dv, r) = (
         u(config, "qk_nope_head_dim"),
         u(config, "qk_rope_head_dim"),
@@ -96,12 +100,27 @@ pub fn random_weights(config: &Value, seed: u64) -> BTreeMap<String, (Vec<usize>
         u(config, "kv_lora_rank"),
     );
     let linear = |w: &mut BTreeMap<_, _>, rng: &mut Rng, name: String, out: usize, inp: usize| {
-        w.insert(name, (vec![out, inp], rng.normals(out * inp, 1.0 / (inp as f32).sqrt())));
+        w.insert(
+            name,
+            (
+                vec![out, inp],
+                rng.normals(out * inp, 1.0 / (inp as f32).sqrt()),
+            ),
+        );
     };
     let norm = |w: &mut BTreeMap<_, _>, rng: &mut Rng, name: String, len: usize| {
-        w.insert(name, (vec![len], (0..len).map(|_| 1.0 + 0.1 * rng.normal()).collect()));
+        w.insert(
+            name,
+            (
+                vec![len],
+                (0..len).map(|_| 1.0 + 0.1 * rng.normal()).collect(),
+            ),
+        );
     };
-    w.insert("model.embed_tokens.weight".into(), (vec![v, h], rng.normals(v * h, 1.0)));
+    w.insert(
+        "model.embed_tokens.weight".into(),
+        (vec![v, h], rng.normals(v * h, 1.0)),
+    );
     norm(&mut w, &mut rng, "model.norm.weight".into(), h);
     if config["tie_word_embeddings"] != json!(true) {
         linear(&mut w, &mut rng, "lm_head.weight".into(), v, h);
@@ -110,20 +129,71 @@ pub fn random_weights(config: &Value, seed: u64) -> BTreeMap<String, (Vec<usize>
     for l in 0..u(config, "num_hidden_layers") {
         let p = format!("model.layers.{l}");
         norm(&mut w, &mut rng, format!("{p}.input_layernorm.weight"), h);
-        norm(&mut w, &mut rng, format!("{p}.post_attention_layernorm.weight"), h);
+        norm(
+            &mut w,
+            &mut rng,
+            format!("{p}.post_attention_layernorm.weight"),
+            h,
+        );
         match config["q_lora_rank"].as_u64() {
-            None => linear(&mut w, &mut rng, format!("{p}.self_attn.q_proj.weight"), n * (dn + dr), h),
+            None => linear(
+                &mut w,
+                &mut rng,
+                format!("{p}.self_attn.q_proj.weight"),
+                n * (dn + dr),
+                h,
+            ),
             Some(rq) => {
                 let rq = rq as usize;
-                linear(&mut w, &mut rng, format!("{p}.self_attn.q_a_proj.weight"), rq, h);
-                norm(&mut w, &mut rng, format!("{p}.self_attn.q_a_layernorm.weight"), rq);
-                linear(&mut w, &mut rng, format!("{p}.self_attn.q_b_proj.weight"), n * (dn + dr), rq);
+                linear(
+                    &mut w,
+                    &mut rng,
+                    format!("{p}.self_attn.q_a_proj.weight"),
+                    rq,
+                    h,
+                );
+                norm(
+                    &mut w,
+                    &mut rng,
+                    format!("{p}.self_attn.q_a_layernorm.weight"),
+                    rq,
+                );
+                linear(
+                    &mut w,
+                    &mut rng,
+                    format!("{p}.self_attn.q_b_proj.weight"),
+                    n * (dn + dr),
+                    rq,
+                );
             }
         }
-        linear(&mut w, &mut rng, format!("{p}.self_attn.kv_a_proj_with_mqa.weight"), r + dr, h);
-        norm(&mut w, &mut rng, format!("{p}.self_attn.kv_a_layernorm.weight"), r);
-        linear(&mut w, &mut rng, format!("{p}.self_attn.kv_b_proj.weight"), n * (dn + dv), r);
-        linear(&mut w, &mut rng, format!("{p}.self_attn.o_proj.weight"), h, n * dv);
+        linear(
+            &mut w,
+            &mut rng,
+            format!("{p}.self_attn.kv_a_proj_with_mqa.weight"),
+            r + dr,
+            h,
+        );
+        norm(
+            &mut w,
+            &mut rng,
+            format!("{p}.self_attn.kv_a_layernorm.weight"),
+            r,
+        );
+        linear(
+            &mut w,
+            &mut rng,
+            format!("{p}.self_attn.kv_b_proj.weight"),
+            n * (dn + dv),
+            r,
+        );
+        linear(
+            &mut w,
+            &mut rng,
+            format!("{p}.self_attn.o_proj.weight"),
+            h,
+            n * dv,
+        );
         let mlp = |w: &mut BTreeMap<_, _>, rng: &mut Rng, prefix: String, inter: usize| {
             linear(w, rng, format!("{prefix}.gate_proj.weight"), inter, h);
             linear(w, rng, format!("{prefix}.up_proj.weight"), inter, h);
@@ -133,17 +203,30 @@ pub fn random_weights(config: &Value, seed: u64) -> BTreeMap<String, (Vec<usize>
             let im = u(config, "moe_intermediate_size");
             linear(&mut w, &mut rng, format!("{p}.mlp.gate.weight"), experts, h);
             if config["model_type"] == json!("deepseek_v3") {
-                w.insert(format!("{p}.mlp.gate.e_score_correction_bias"), (vec![experts], rng.normals(experts, 0.1)));
+                w.insert(
+                    format!("{p}.mlp.gate.e_score_correction_bias"),
+                    (vec![experts], rng.normals(experts, 0.1)),
+                );
             }
             for e in 0..experts {
                 mlp(&mut w, &mut rng, format!("{p}.mlp.experts.{e}"), im);
             }
             let shared = u(config, "n_shared_experts");
             if shared > 0 {
-                mlp(&mut w, &mut rng, format!("{p}.mlp.shared_experts"), im * shared);
+                mlp(
+                    &mut w,
+                    &mut rng,
+                    format!("{p}.mlp.shared_experts"),
+                    im * shared,
+                );
             }
         } else {
-            mlp(&mut w, &mut rng, format!("{p}.mlp"), u(config, "intermediate_size"));
+            mlp(
+                &mut w,
+                &mut rng,
+                format!("{p}.mlp"),
+                u(config, "intermediate_size"),
+            );
         }
     }
     w
@@ -160,16 +243,26 @@ pub fn fuse_experts(weights: &mut BTreeMap<String, (Vec<usize>, Vec<f32>)>, conf
         let (mut gate_up, mut down) = (Vec::new(), Vec::new());
         let (mut inter, mut hidden) = (0, 0);
         for e in 0..experts {
-            let (gs, g) = weights.remove(&format!("{p}.{e}.gate_proj.weight")).unwrap();
+            let (gs, g) = weights
+                .remove(&format!("{p}.{e}.gate_proj.weight"))
+                .unwrap();
             let (_, up) = weights.remove(&format!("{p}.{e}.up_proj.weight")).unwrap();
-            let (_, d) = weights.remove(&format!("{p}.{e}.down_proj.weight")).unwrap();
+            let (_, d) = weights
+                .remove(&format!("{p}.{e}.down_proj.weight"))
+                .unwrap();
             (inter, hidden) = (gs[0], gs[1]);
             gate_up.extend(g);
             gate_up.extend(up);
             down.extend(d);
         }
-        weights.insert(format!("{p}.gate_up_proj"), (vec![experts, 2 * inter, hidden], gate_up));
-        weights.insert(format!("{p}.down_proj"), (vec![experts, hidden, inter], down));
+        weights.insert(
+            format!("{p}.gate_up_proj"),
+            (vec![experts, 2 * inter, hidden], gate_up),
+        );
+        weights.insert(
+            format!("{p}.down_proj"),
+            (vec![experts, hidden, inter], down),
+        );
     }
 }
 
@@ -177,20 +270,42 @@ pub fn fuse_experts(weights: &mut BTreeMap<String, (Vec<usize>, Vec<f32>)>, conf
 pub fn safetensors_bytes(weights: &BTreeMap<String, (Vec<usize>, Vec<f32>)>) -> Vec<u8> {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = weights
         .iter()
-        .map(|(n, (s, d))| (n.clone(), s.clone(), d.iter().flat_map(|v| v.to_le_bytes()).collect()))
+        .map(|(n, (s, d))| {
+            (
+                n.clone(),
+                s.clone(),
+                d.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )
+        })
         .collect();
     let views: Vec<(String, TensorView)> = bytes
         .iter()
-        .map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).unwrap()))
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
     safetensors::serialize(views, None).unwrap()
 }
 
 /// Writes `config.json` and `model.safetensors` into a fresh temporary folder.
-pub fn write_model(config: &Value, weights: &BTreeMap<String, (Vec<usize>, Vec<f32>)>) -> tempfile::TempDir {
+pub fn write_model(
+    config: &Value,
+    weights: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("config.json"), serde_json::to_string_pretty(config).unwrap()).unwrap();
-    std::fs::write(dir.path().join("model.safetensors"), safetensors_bytes(weights)).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        serde_json::to_string_pretty(config).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        safetensors_bytes(weights),
+    )
+    .unwrap();
     dir
 }
 
@@ -201,7 +316,11 @@ pub fn rel_l2(a: &[f32], b: &[f64]) -> f64 {
     let den: f64 = b.iter().map(|y| y * y).sum();
     let err = (num / den).sqrt();
     // NaN never passes: make it compare as infinitely wrong.
-    if err.is_nan() { f64::INFINITY } else { err }
+    if err.is_nan() {
+        f64::INFINITY
+    } else {
+        err
+    }
 }
 
 pub fn fixtures_dir() -> PathBuf {

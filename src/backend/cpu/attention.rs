@@ -20,7 +20,9 @@ impl CpuLatentCache {
             num_blocks,
             block_size,
             width,
-            layers: (0..layers).map(|_| vec![f32::NAN; num_blocks * block_size * width]).collect(),
+            layers: (0..layers)
+                .map(|_| vec![f32::NAN; num_blocks * block_size * width])
+                .collect(),
         }
     }
 
@@ -30,7 +32,8 @@ impl CpuLatentCache {
 
     /// The cached row of the token at `position` of a sequence with `block_table`.
     fn row<'a>(&self, layer: &'a [f32], block_table: &[u32], position: usize) -> &'a [f32] {
-        let slot = block_table[position / self.block_size] as usize * self.block_size + position % self.block_size;
+        let slot = block_table[position / self.block_size] as usize * self.block_size
+            + position % self.block_size;
         &layer[slot * self.width..(slot + 1) * self.width]
     }
 
@@ -51,8 +54,14 @@ impl CpuLatentCache {
                     seq.block_table.len()
                 )));
             }
-            if let Some(b) = seq.block_table[..needed].iter().find(|&&b| b as usize >= self.num_blocks) {
-                return Err(Error::InvalidInput(format!("block {b} is outside the cache ({} blocks)", self.num_blocks)));
+            if let Some(b) = seq.block_table[..needed]
+                .iter()
+                .find(|&&b| b as usize >= self.num_blocks)
+            {
+                return Err(Error::InvalidInput(format!(
+                    "block {b} is outside the cache ({} blocks)",
+                    self.num_blocks
+                )));
             }
         }
         Ok(())
@@ -65,7 +74,9 @@ fn query_rows(batch: &AttentionBatch) -> Vec<(usize, usize)> {
         .seqs
         .iter()
         .enumerate()
-        .flat_map(|(s, seq)| (seq.context_len - seq.query_len..seq.context_len).map(move |p| (s, p)))
+        .flat_map(|(s, seq)| {
+            (seq.context_len - seq.query_len..seq.context_len).map(move |p| (s, p))
+        })
         .collect()
 }
 
@@ -90,7 +101,13 @@ pub fn materialised(
 ) -> Result<Vec<f32>> {
     cache.check_batch(batch)?;
     let layer_data = &cache.layers[layer];
-    let (n, r, dq, dn, dv) = (dims.heads, dims.kv_lora_rank, dims.qk_head(), dims.qk_nope, dims.v_head);
+    let (n, r, dq, dn, dv) = (
+        dims.heads,
+        dims.kv_lora_rank,
+        dims.qk_head(),
+        dims.qk_nope,
+        dims.v_head,
+    );
     let kv_width = n * (dn + dv);
     // Expand each sequence's whole context once: K_nope and V per head from the latent.
     let expanded: Vec<(Vec<f32>, Vec<f32>)> = batch
@@ -109,25 +126,23 @@ pub fn materialised(
         .collect();
     let rows = query_rows(batch);
     let mut out = vec![0.0f32; rows.len() * n * dv];
-    out.par_chunks_mut(dv)
-        .enumerate()
-        .for_each(|(job, o)| {
-            let (t, h) = (job / n, job % n);
-            let (s, pos) = rows[t];
-            let (kv, k_pe) = &expanded[s];
-            let qh = &q[(t * n + h) * dq..(t * n + h + 1) * dq];
-            let mut scores: Vec<f32> = (0..=pos)
-                .map(|j| {
-                    let k_nope = &kv[j * kv_width + h * (dn + dv)..][..dn];
-                    let kp = &k_pe[j * dims.qk_rope..(j + 1) * dims.qk_rope];
-                    dims.softmax_scale * (dot(&qh[..dn], k_nope) + dot(&qh[dn..], kp))
-                })
-                .collect();
-            softmax_in_place(&mut scores);
-            for (j, p) in scores.iter().enumerate() {
-                axpy(o, *p, &kv[j * kv_width + h * (dn + dv) + dn..][..dv]);
-            }
-        });
+    out.par_chunks_mut(dv).enumerate().for_each(|(job, o)| {
+        let (t, h) = (job / n, job % n);
+        let (s, pos) = rows[t];
+        let (kv, k_pe) = &expanded[s];
+        let qh = &q[(t * n + h) * dq..(t * n + h + 1) * dq];
+        let mut scores: Vec<f32> = (0..=pos)
+            .map(|j| {
+                let k_nope = &kv[j * kv_width + h * (dn + dv)..][..dn];
+                let kp = &k_pe[j * dims.qk_rope..(j + 1) * dims.qk_rope];
+                dims.softmax_scale * (dot(&qh[..dn], k_nope) + dot(&qh[dn..], kp))
+            })
+            .collect();
+        softmax_in_place(&mut scores);
+        for (j, p) in scores.iter().enumerate() {
+            axpy(o, *p, &kv[j * kv_width + h * (dn + dv) + dn..][..dv]);
+        }
+    });
     Ok(out)
 }
 
@@ -144,25 +159,23 @@ pub fn absorbed(
     let (n, r, dq, dn) = (dims.heads, dims.kv_lora_rank, dims.qk_head(), dims.qk_nope);
     let rows = query_rows(batch);
     let mut out = vec![0.0f32; rows.len() * n * r];
-    out.par_chunks_mut(r)
-        .enumerate()
-        .for_each(|(job, o)| {
-            let (t, h) = (job / n, job % n);
-            let (s, pos) = rows[t];
-            let table = &batch.seqs[s].block_table;
-            let ql = &q_lat[(t * n + h) * r..(t * n + h + 1) * r];
-            let q_pe = &q[(t * n + h) * dq + dn..(t * n + h + 1) * dq];
-            // One shared 576-wide key per token; its first r_kv values are also the value.
-            let mut scores: Vec<f32> = (0..=pos)
-                .map(|j| {
-                    let row = cache.row(layer_data, table, j);
-                    dims.softmax_scale * (dot(ql, &row[..r]) + dot(q_pe, &row[r..]))
-                })
-                .collect();
-            softmax_in_place(&mut scores);
-            for (j, p) in scores.iter().enumerate() {
-                axpy(o, *p, &cache.row(layer_data, table, j)[..r]);
-            }
-        });
+    out.par_chunks_mut(r).enumerate().for_each(|(job, o)| {
+        let (t, h) = (job / n, job % n);
+        let (s, pos) = rows[t];
+        let table = &batch.seqs[s].block_table;
+        let ql = &q_lat[(t * n + h) * r..(t * n + h + 1) * r];
+        let q_pe = &q[(t * n + h) * dq + dn..(t * n + h + 1) * dq];
+        // One shared 576-wide key per token; its first r_kv values are also the value.
+        let mut scores: Vec<f32> = (0..=pos)
+            .map(|j| {
+                let row = cache.row(layer_data, table, j);
+                dims.softmax_scale * (dot(ql, &row[..r]) + dot(q_pe, &row[r..]))
+            })
+            .collect();
+        softmax_in_place(&mut scores);
+        for (j, p) in scores.iter().enumerate() {
+            axpy(o, *p, &cache.row(layer_data, table, j)[..r]);
+        }
+    });
     Ok(out)
 }

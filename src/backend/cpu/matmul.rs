@@ -66,13 +66,20 @@ mod tests {
     #[test]
     fn matches_naive_product_on_odd_sizes() {
         for &(m, k, n) in &[(1, 1, 1), (3, 17, 70), (5, 8, 33), (2, 100, 1)] {
-            let x: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
-            let w: Vec<f32> = (0..n * k).map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0).collect();
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0)
+                .collect();
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0)
+                .collect();
             let y = matmul_nt(&x, &w, m, k, n);
             for i in 0..m {
                 for j in 0..n {
                     let expected: f32 = (0..k).map(|l| x[i * k + l] * w[j * k + l]).sum();
-                    assert!((y[i * n + j] - expected).abs() < 1e-4, "({i},{j}) of {m}x{k}x{n}");
+                    assert!(
+                        (y[i * n + j] - expected).abs() < 1e-4,
+                        "({i},{j}) of {m}x{k}x{n}"
+                    );
                 }
             }
         }

@@ -33,7 +33,10 @@ fn op_err(op: &'static str, message: String) -> Error {
 fn dims2(op: &'static str, t: &HostTensor) -> Result<(usize, usize)> {
     match t.shape[..] {
         [r, c] => Ok((r, c)),
-        _ => Err(op_err(op, format!("expected a 2-D tensor, found shape {:?}", t.shape))),
+        _ => Err(op_err(
+            op,
+            format!("expected a 2-D tensor, found shape {:?}", t.shape),
+        )),
     }
 }
 
@@ -63,11 +66,25 @@ impl Backend for CpuBackend {
         Ok(host)
     }
 
-    fn upload_head_weight(&self, heads: usize, out: usize, input: usize, data: Vec<f32>) -> Result<CpuHeadWeight> {
+    fn upload_head_weight(
+        &self,
+        heads: usize,
+        out: usize,
+        input: usize,
+        data: Vec<f32>,
+    ) -> Result<CpuHeadWeight> {
         if data.len() != heads * out * input {
-            return Err(op_err("upload_head_weight", format!("{} values for {heads}×{out}×{input}", data.len())));
+            return Err(op_err(
+                "upload_head_weight",
+                format!("{} values for {heads}×{out}×{input}", data.len()),
+            ));
         }
-        Ok(CpuHeadWeight { heads, out, input, data })
+        Ok(CpuHeadWeight {
+            heads,
+            out,
+            input,
+            data,
+        })
     }
 
     fn to_host(&self, x: &HostTensor) -> Result<HostTensor> {
@@ -80,7 +97,9 @@ impl Backend for CpuBackend {
         for &id in ids {
             let id = id as usize;
             if id >= vocab {
-                return Err(Error::InvalidInput(format!("token id {id} is outside the vocabulary (size {vocab})")));
+                return Err(Error::InvalidInput(format!(
+                    "token id {id} is outside the vocabulary (size {vocab})"
+                )));
             }
             data.extend_from_slice(&table.data[id * hidden..(id + 1) * hidden]);
         }
@@ -91,17 +110,33 @@ impl Backend for CpuBackend {
         let (m, k) = dims2("matmul", x)?;
         let (n, kw) = dims2("matmul", w)?;
         if k != kw {
-            return Err(op_err("matmul", format!("x is [{m}, {k}] but w is [{n}, {kw}]")));
+            return Err(op_err(
+                "matmul",
+                format!("x is [{m}, {k}] but w is [{n}, {kw}]"),
+            ));
         }
-        Ok(HostTensor::new(vec![m, n], matmul_nt(&x.data, &w.data, m, k, n)))
+        Ok(HostTensor::new(
+            vec![m, n],
+            matmul_nt(&x.data, &w.data, m, k, n),
+        ))
     }
 
-    fn head_matmul(&self, x: &HostTensor, head_stride: usize, offset: usize, w: &CpuHeadWeight) -> Result<HostTensor> {
+    fn head_matmul(
+        &self,
+        x: &HostTensor,
+        head_stride: usize,
+        offset: usize,
+        w: &CpuHeadWeight,
+    ) -> Result<HostTensor> {
         let (m, cols) = dims2("head_matmul", x)?;
         if cols != w.heads * head_stride || offset + w.input > head_stride {
             return Err(op_err(
                 "head_matmul",
-                format!("x has {cols} columns; {} heads of stride {head_stride} reading [{offset}, {})", w.heads, offset + w.input),
+                format!(
+                    "x has {cols} columns; {} heads of stride {head_stride} reading [{offset}, {})",
+                    w.heads,
+                    offset + w.input
+                ),
             ));
         }
         let (n_out, k) = (w.out, w.input);
@@ -120,16 +155,24 @@ impl Backend for CpuBackend {
     fn rms_norm(&self, x: &HostTensor, weight: &HostTensor, eps: f32) -> Result<HostTensor> {
         let (_, cols) = dims2("rms_norm", x)?;
         if weight.data.len() != cols {
-            return Err(op_err("rms_norm", format!("{cols} columns but a weight of {}", weight.data.len())));
+            return Err(op_err(
+                "rms_norm",
+                format!("{cols} columns but a weight of {}", weight.data.len()),
+            ));
         }
         let mut y = x.clone();
-        y.data.par_chunks_mut(cols).for_each(|row| rms_norm_row(row, &weight.data, eps));
+        y.data
+            .par_chunks_mut(cols)
+            .for_each(|row| rms_norm_row(row, &weight.data, eps));
         Ok(y)
     }
 
     fn add_assign(&self, x: &mut HostTensor, y: &HostTensor) -> Result<()> {
         if x.shape != y.shape {
-            return Err(op_err("add_assign", format!("{:?} += {:?}", x.shape, y.shape)));
+            return Err(op_err(
+                "add_assign",
+                format!("{:?} += {:?}", x.shape, y.shape),
+            ));
         }
         x.data.iter_mut().zip(&y.data).for_each(|(a, b)| *a += b);
         Ok(())
@@ -147,7 +190,14 @@ impl Backend for CpuBackend {
         Ok(HostTensor::new(vec![rows.len(), cols], data))
     }
 
-    fn rope(&self, x: &mut HostTensor, positions: &[u32], rope: &Rope, head_stride: usize, offset: usize) -> Result<()> {
+    fn rope(
+        &self,
+        x: &mut HostTensor,
+        positions: &[u32],
+        rope: &Rope,
+        head_stride: usize,
+        offset: usize,
+    ) -> Result<()> {
         let (m, cols) = dims2("rope", x)?;
         let d = rope.dim();
         if positions.len() != m || cols % head_stride != 0 || offset + d > head_stride {
@@ -156,34 +206,57 @@ impl Backend for CpuBackend {
                 format!("[{m}, {cols}] with {} positions, head stride {head_stride}, rope at [{offset}, {})", positions.len(), offset + d),
             ));
         }
-        x.data.par_chunks_mut(cols).zip(positions).for_each(|(row, &p)| {
-            let (cos, sin) = rope.cos_sin(p as usize);
-            for head in row.chunks_exact_mut(head_stride) {
-                rope.rotate(&mut head[offset..offset + d], &cos, &sin);
-            }
-        });
+        x.data
+            .par_chunks_mut(cols)
+            .zip(positions)
+            .for_each(|(row, &p)| {
+                let (cos, sin) = rope.cos_sin(p as usize);
+                for head in row.chunks_exact_mut(head_stride) {
+                    rope.rotate(&mut head[offset..offset + d], &cos, &sin);
+                }
+            });
         Ok(())
     }
 
-    fn latent_epilogue(&self, ckv: &mut HostTensor, norm: &HostTensor, eps: f32, positions: &[u32], rope: &Rope) -> Result<()> {
+    fn latent_epilogue(
+        &self,
+        ckv: &mut HostTensor,
+        norm: &HostTensor,
+        eps: f32,
+        positions: &[u32],
+        rope: &Rope,
+    ) -> Result<()> {
         let (m, cols) = dims2("latent_epilogue", ckv)?;
         let r = norm.data.len();
         if r + rope.dim() != cols || positions.len() != m {
             return Err(op_err(
                 "latent_epilogue",
-                format!("[{m}, {cols}] is not latent {r} + rope {} for {} positions", rope.dim(), positions.len()),
+                format!(
+                    "[{m}, {cols}] is not latent {r} + rope {} for {} positions",
+                    rope.dim(),
+                    positions.len()
+                ),
             ));
         }
-        ckv.data.par_chunks_mut(cols).zip(positions).for_each(|(row, &p)| {
-            let (latent, k_pe) = row.split_at_mut(r);
-            rms_norm_row(latent, &norm.data, eps);
-            let (cos, sin) = rope.cos_sin(p as usize);
-            rope.rotate(k_pe, &cos, &sin);
-        });
+        ckv.data
+            .par_chunks_mut(cols)
+            .zip(positions)
+            .for_each(|(row, &p)| {
+                let (latent, k_pe) = row.split_at_mut(r);
+                rms_norm_row(latent, &norm.data, eps);
+                let (cos, sin) = rope.cos_sin(p as usize);
+                rope.rotate(k_pe, &cos, &sin);
+            });
         Ok(())
     }
 
-    fn alloc_latent_cache(&self, layers: usize, num_blocks: usize, block_size: usize, width: usize) -> Result<CpuLatentCache> {
+    fn alloc_latent_cache(
+        &self,
+        layers: usize,
+        num_blocks: usize,
+        block_size: usize,
+        width: usize,
+    ) -> Result<CpuLatentCache> {
         let bytes = layers as u128 * num_blocks as u128 * block_size as u128 * width as u128 * 4;
         let ram = crate::engine::memory::available_host_bytes();
         if ram.is_some_and(|ram| bytes > ram as u128) {
@@ -195,12 +268,22 @@ impl Backend for CpuBackend {
         Ok(CpuLatentCache::new(layers, num_blocks, block_size, width))
     }
 
-    fn write_latent_cache(&self, cache: &mut CpuLatentCache, layer: usize, latent: &HostTensor, slots: &[u32]) -> Result<()> {
+    fn write_latent_cache(
+        &self,
+        cache: &mut CpuLatentCache,
+        layer: usize,
+        latent: &HostTensor,
+        slots: &[u32],
+    ) -> Result<()> {
         let (m, cols) = dims2("write_latent_cache", latent)?;
         if cols != cache.width || slots.len() != m || layer >= cache.layers.len() {
             return Err(op_err(
                 "write_latent_cache",
-                format!("[{m}, {cols}] rows for {} slots of width {} in layer {layer}", slots.len(), cache.width),
+                format!(
+                    "[{m}, {cols}] rows for {} slots of width {} in layer {layer}",
+                    slots.len(),
+                    cache.width
+                ),
             ));
         }
         let capacity = cache.slots();
@@ -208,7 +291,10 @@ impl Backend for CpuBackend {
         for (row, &slot) in latent.data.chunks_exact(cols).zip(slots) {
             let slot = slot as usize;
             if slot >= capacity {
-                return Err(op_err("write_latent_cache", format!("slot {slot} of {capacity}")));
+                return Err(op_err(
+                    "write_latent_cache",
+                    format!("slot {slot} of {capacity}"),
+                ));
             }
             data[slot * cols..(slot + 1) * cols].copy_from_slice(row);
         }
@@ -225,8 +311,16 @@ impl Backend for CpuBackend {
         dims: &MlaDims,
     ) -> Result<HostTensor> {
         let t = batch.num_query_tokens();
-        check_shape("mla_attention_materialised", q, &[t, dims.heads * dims.qk_head()])?;
-        check_shape("mla_attention_materialised", kv_b, &[dims.heads * (dims.qk_nope + dims.v_head), dims.kv_lora_rank])?;
+        check_shape(
+            "mla_attention_materialised",
+            q,
+            &[t, dims.heads * dims.qk_head()],
+        )?;
+        check_shape(
+            "mla_attention_materialised",
+            kv_b,
+            &[dims.heads * (dims.qk_nope + dims.v_head), dims.kv_lora_rank],
+        )?;
         let out = attention::materialised(&q.data, cache, layer, batch, &kv_b.data, dims)?;
         Ok(HostTensor::new(vec![t, dims.heads * dims.v_head], out))
     }
@@ -241,16 +335,30 @@ impl Backend for CpuBackend {
         dims: &MlaDims,
     ) -> Result<HostTensor> {
         let t = batch.num_query_tokens();
-        check_shape("mla_attention_absorbed", q, &[t, dims.heads * dims.qk_head()])?;
-        check_shape("mla_attention_absorbed", q_lat, &[t, dims.heads * dims.kv_lora_rank])?;
+        check_shape(
+            "mla_attention_absorbed",
+            q,
+            &[t, dims.heads * dims.qk_head()],
+        )?;
+        check_shape(
+            "mla_attention_absorbed",
+            q_lat,
+            &[t, dims.heads * dims.kv_lora_rank],
+        )?;
         let out = attention::absorbed(&q_lat.data, &q.data, cache, layer, batch, dims)?;
-        Ok(HostTensor::new(vec![t, dims.heads * dims.kv_lora_rank], out))
+        Ok(HostTensor::new(
+            vec![t, dims.heads * dims.kv_lora_rank],
+            out,
+        ))
     }
 
     fn mlp(&self, x: &HostTensor, w: &MlpWeights<Self>) -> Result<HostTensor> {
         let mut gate = self.matmul(x, &w.gate)?;
         let up = self.matmul(x, &w.up)?;
-        gate.data.iter_mut().zip(&up.data).for_each(|(g, u)| *g = silu(*g) * u);
+        gate.data
+            .iter_mut()
+            .zip(&up.data)
+            .for_each(|(g, u)| *g = silu(*g) * u);
         self.matmul(&gate, &w.down)
     }
 
@@ -282,7 +390,10 @@ impl Backend for CpuBackend {
 
 fn check_shape(op: &'static str, t: &HostTensor, expected: &[usize]) -> Result<()> {
     if t.shape != expected {
-        return Err(op_err(op, format!("expected shape {expected:?}, found {:?}", t.shape)));
+        return Err(op_err(
+            op,
+            format!("expected shape {expected:?}, found {:?}", t.shape),
+        ));
     }
     Ok(())
 }
