@@ -19,52 +19,29 @@ pub fn route(logits: &[f32], bias: Option<&[f32]>, moe: &MoeConfig) -> Vec<Route
         ScoringFunc::Softmax => softmax(logits),
         ScoringFunc::Sigmoid => logits.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
     };
+    let group_size = e / moe.n_group.max(1);
     let chosen: Vec<usize> = match moe.topk_method {
         TopkMethod::Greedy => top_k(&scores, moe.num_experts_per_tok),
+        // transformers zeroes the scores of dropped groups (softmax scores are positive, so a
+        // zero is never chosen over a kept expert).
         TopkMethod::GroupLimitedGreedy => {
-            let group_size = e / moe.n_group;
-            let group_scores: Vec<f32> = scores
-                .chunks(group_size)
-                .map(|g| g.iter().copied().fold(f32::NEG_INFINITY, f32::max))
-                .collect();
-            let kept = top_k(&group_scores, moe.topk_group);
-            // transformers zeroes the scores of dropped groups (softmax scores are positive,
-            // so a zero is never chosen over a kept expert).
-            let masked: Vec<f32> = scores
-                .iter()
-                .enumerate()
-                .map(|(i, &s)| {
-                    if kept.contains(&(i / group_size)) {
-                        s
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
+            let masked = keep_best_groups(&scores, group_size, moe.topk_group, 0.0, |g| {
+                g.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+            });
             top_k(&masked, moe.num_experts_per_tok)
         }
         TopkMethod::NoauxTc => {
-            let group_size = e / moe.n_group;
             let choice: Vec<f32> = match bias {
                 Some(b) => scores.iter().zip(b).map(|(s, b)| s + b).collect(),
                 None => scores.clone(),
             };
-            let group_scores: Vec<f32> = choice
-                .chunks(group_size)
-                .map(|g| top_k(g, 2.min(g.len())).iter().map(|&i| g[i]).sum())
-                .collect();
-            let kept = top_k(&group_scores, moe.topk_group);
-            let masked: Vec<f32> = choice
-                .iter()
-                .enumerate()
-                .map(|(i, &s)| {
-                    if kept.contains(&(i / group_size)) {
-                        s
-                    } else {
-                        f32::NEG_INFINITY
-                    }
-                })
-                .collect();
+            let masked = keep_best_groups(
+                &choice,
+                group_size,
+                moe.topk_group,
+                f32::NEG_INFINITY,
+                |g| top_k(g, 2.min(g.len())).iter().map(|&i| g[i]).sum(),
+            );
             top_k(&masked, moe.num_experts_per_tok)
         }
     };
@@ -82,6 +59,30 @@ pub fn route(logits: &[f32], bias: Option<&[f32]>, moe: &MoeConfig) -> Vec<Route
         .map(|(expert, w)| Route {
             expert,
             weight: w * scale,
+        })
+        .collect()
+}
+
+/// `scores` with every expert outside the `keep` best groups (ranked by `group_score`)
+/// replaced by `dropped`.
+fn keep_best_groups(
+    scores: &[f32],
+    group_size: usize,
+    keep: usize,
+    dropped: f32,
+    group_score: impl Fn(&[f32]) -> f32,
+) -> Vec<f32> {
+    let group_scores: Vec<f32> = scores.chunks(group_size).map(group_score).collect();
+    let kept = top_k(&group_scores, keep);
+    scores
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| {
+            if kept.contains(&(i / group_size)) {
+                s
+            } else {
+                dropped
+            }
         })
         .collect()
 }

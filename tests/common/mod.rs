@@ -2,25 +2,22 @@
 //! comparison metric of the project (relative L2 per position).
 #![allow(dead_code)]
 
+use mla_rt::engine::sampler::SplitMix64;
 use safetensors::tensor::{Dtype, TensorView};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// Deterministic pseudo-random numbers (SplitMix64 → Box-Muller normals).
-pub struct Rng(u64);
+/// Deterministic pseudo-random numbers: the sampler's SplitMix64, Box-Muller normals.
+pub struct Rng(SplitMix64);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Rng(seed)
+        Rng(SplitMix64(seed))
     }
 
     fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     pub fn uniform(&mut self) -> f32 {
