@@ -427,3 +427,41 @@ fn bad_requests_fail_with_one_line_and_write_nothing() {
     let err = fails(&[&gen[..], &["--prompt", "hi", "--device", "cuda"]].concat());
     assert!(err.contains("--device cpu"), "{err}");
 }
+
+#[test]
+fn generate_stops_at_eos() {
+    let exp = expected("v2-grouped");
+    let greedy: Vec<u32> = exp["greedy_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    // Make the third greedy token the model's EOS: generation must print the first two only.
+    let dir = broken_copy("v2-grouped");
+    let path = dir.path().join("config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["eos_token_id"] = json!(greedy[2]);
+    std::fs::write(&path, config.to_string()).unwrap();
+    let out = mla(&[
+        "generate",
+        "--model",
+        s(dir.path()),
+        "--prompt",
+        exp["prompt"].as_str().unwrap(),
+        "--max-new-tokens",
+        "8",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("stopped at EOS") && stderr.contains("decode: 2 tokens"),
+        "{stderr}"
+    );
+    let model_config = mla_rt::config::ModelConfig::from_file(&path).unwrap();
+    let tokenizer = mla_rt::tokenizer::TextTokenizer::load(dir.path(), &model_config).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}\n", tokenizer.decode(&greedy[..2]).unwrap())
+    );
+}
