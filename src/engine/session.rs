@@ -2,7 +2,7 @@
 
 use crate::backend::{AttentionBatch, Backend, SeqChunk};
 use crate::error::{Error, Result};
-use crate::kv::{BlockAllocator, SequenceBlocks};
+use crate::kv::{slot, BlockManager, SeqBlocks};
 use crate::model::deepseek::DeepSeek;
 use crate::model::{AttentionForm, LogitRows, Step};
 
@@ -10,8 +10,9 @@ pub struct Session<'m, B: Backend> {
     model: &'m DeepSeek<B>,
     backend: &'m B,
     cache: B::LatentCache,
-    allocator: BlockAllocator,
-    seq: SequenceBlocks,
+    blocks: BlockManager,
+    seq: SeqBlocks,
+    len: usize,
     block_size: usize,
     form: AttentionForm,
 }
@@ -40,8 +41,9 @@ impl<'m, B: Backend> Session<'m, B> {
             model,
             backend,
             cache,
-            allocator: BlockAllocator::new(num_blocks),
-            seq: SequenceBlocks::default(),
+            blocks: BlockManager::new(num_blocks, block_size, false),
+            seq: SeqBlocks::default(),
+            len: 0,
             block_size,
             form,
         })
@@ -49,15 +51,15 @@ impl<'m, B: Backend> Session<'m, B> {
 
     /// Tokens stored so far.
     pub fn len(&self) -> usize {
-        self.seq.len
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.seq.len == 0
+        self.len == 0
     }
 
     pub fn block_table(&self) -> &[u32] {
-        &self.seq.block_table
+        &self.seq.table
     }
 
     /// Appends `tokens` in one forward step and returns their logits (`rows` chooses which).
@@ -72,24 +74,28 @@ impl<'m, B: Backend> Session<'m, B> {
             )));
         }
         let max_pos = self.model.config.max_position_embeddings;
-        if self.seq.len + tokens.len() > max_pos {
+        if self.len + tokens.len() > max_pos {
             return Err(Error::InvalidInput(format!(
                 "{} tokens exceed max_position_embeddings ({max_pos})",
-                self.seq.len + tokens.len()
+                self.len + tokens.len()
             )));
         }
-        let start = self.seq.len;
+        let start = self.len;
+        let end = start + tokens.len();
         let mut reserved = self.seq.clone();
-        let slots = reserved.reserve(tokens.len(), self.block_size, &mut self.allocator)?;
+        // One sequence that is never forked: no copy-on-write can come back.
+        self.blocks.reserve(&mut reserved, start, end)?;
         let step = Step {
             token_ids: tokens.to_vec(),
-            positions: (start as u32..(start + tokens.len()) as u32).collect(),
-            slots,
+            positions: (start as u32..end as u32).collect(),
+            slots: (start..end)
+                .map(|p| slot(&reserved.table, p, self.block_size))
+                .collect(),
             batch: AttentionBatch {
                 block_size: self.block_size,
                 seqs: vec![SeqChunk {
-                    block_table: reserved.block_table.clone(),
-                    context_len: reserved.len,
+                    block_table: reserved.table.clone(),
+                    context_len: end,
                     query_len: tokens.len(),
                 }],
             },
@@ -100,13 +106,16 @@ impl<'m, B: Backend> Session<'m, B> {
         {
             Ok(logits) => {
                 self.seq = reserved;
+                self.len = end;
                 Ok(logits)
             }
             Err(e) => {
                 // Give back the blocks this step took; the tokens are not part of the sequence.
-                for &b in &reserved.block_table[self.seq.block_table.len()..] {
-                    self.allocator.free(b);
-                }
+                let mut added = SeqBlocks {
+                    table: reserved.table.split_off(self.seq.table.len()),
+                    hashes: Vec::new(),
+                };
+                self.blocks.free(&mut added);
                 Err(e)
             }
         }
