@@ -47,7 +47,7 @@ impl Shadow {
 
 fn check(m: &BlockManager, seqs: &[Seq], shadow: &Shadow) -> Result<(), TestCaseError> {
     m.check_invariants().map_err(TestCaseError::fail)?;
-    let mut refs = vec![0u32; NUM_BLOCKS];
+    let mut refs = [0u32; NUM_BLOCKS];
     for s in seqs {
         prop_assert_eq!(s.blocks.table.len(), s.tokens.len().div_ceil(BLOCK_SIZE));
         for &b in &s.blocks.table {

@@ -142,6 +142,8 @@ pub trait Backend {
         block_size: usize,
         width: usize,
     ) -> Result<Self::LatentCache>;
+    /// Copies whole cache blocks `(from, to)` in every layer (copy-on-write of shared blocks).
+    fn copy_blocks(&self, cache: &mut Self::LatentCache, pairs: &[(u32, u32)]) -> Result<()>;
     /// Stores row `i` of `latent` (`[T, width]`) at cache slot `slots[i]` of `layer`.
     fn write_latent_cache(
         &self,

@@ -1,5 +1,9 @@
-//! Running requests: a single-sequence session over the paged cache, and sampling.
+//! Running requests: the batching engine (scheduler + block pool + model), a single-sequence
+//! session for logits, and sampling.
 
+pub mod batch_engine;
 pub mod memory;
+pub mod request;
 pub mod sampler;
+pub mod scheduler;
 pub mod session;

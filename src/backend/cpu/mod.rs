@@ -268,6 +268,25 @@ impl Backend for CpuBackend {
         Ok(CpuLatentCache::new(layers, num_blocks, block_size, width))
     }
 
+    fn copy_blocks(&self, cache: &mut CpuLatentCache, pairs: &[(u32, u32)]) -> Result<()> {
+        let block = cache.block_size * cache.width;
+        for &(from, to) in pairs {
+            if from as usize >= cache.num_blocks || to as usize >= cache.num_blocks {
+                return Err(op_err(
+                    "copy_blocks",
+                    format!("block {from} → {to} of {}", cache.num_blocks),
+                ));
+            }
+            for layer in &mut cache.layers {
+                layer.copy_within(
+                    from as usize * block..(from as usize + 1) * block,
+                    to as usize * block,
+                );
+            }
+        }
+        Ok(())
+    }
+
     fn write_latent_cache(
         &self,
         cache: &mut CpuLatentCache,

@@ -1,0 +1,307 @@
+//! The engine: requests in, a scheduler and a block pool deciding each step, one batched
+//! forward pass per step over the paged latent cache, sampled tokens out.
+
+use super::request::{FinishReason, Request, RequestOutput};
+use super::sampler::Sampler;
+use super::scheduler::{Scheduler, SchedulerConfig, Sequence};
+use crate::backend::{AttentionBatch, Backend, SeqChunk};
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::kv::{slot, BlockManager, PrefixCacheStats};
+use crate::model::deepseek::DeepSeek;
+use crate::model::{AttentionForm, LogitRows, Step};
+use crate::tokenizer::TextTokenizer;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EngineConfig {
+    pub block_size: usize,
+    pub num_blocks: usize,
+    pub prefix_caching: bool,
+    pub scheduler: SchedulerConfig,
+    pub attention: AttentionForm,
+}
+
+/// Where step time goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EngineStats {
+    pub steps: usize,
+    /// Time inside the model's forward pass (kernels, on a GPU).
+    pub forward_secs: f64,
+    /// Whole steps: scheduling, batch building, forward, sampling, bookkeeping.
+    pub step_secs: f64,
+    pub max_batch_seqs: usize,
+}
+
+impl EngineStats {
+    /// Share of step time spent outside the forward pass.
+    pub fn overhead_fraction(&self) -> f64 {
+        if self.step_secs == 0.0 {
+            0.0
+        } else {
+            (self.step_secs - self.forward_secs) / self.step_secs
+        }
+    }
+}
+
+/// What one step produced.
+#[derive(Debug, Default)]
+pub struct StepOutput {
+    /// `(request index, token)` for every token sampled this step.
+    pub new_tokens: Vec<(usize, u32)>,
+    pub finished: Vec<RequestOutput>,
+}
+
+pub struct Engine<'m, B: Backend> {
+    model: &'m DeepSeek<B>,
+    backend: &'m B,
+    tokenizer: Option<&'m TextTokenizer>,
+    cache: B::LatentCache,
+    blocks: BlockManager,
+    scheduler: Scheduler,
+    config: EngineConfig,
+    next_index: usize,
+    pub stats: EngineStats,
+}
+
+impl<'m, B: Backend> Engine<'m, B> {
+    pub fn new(
+        model: &'m DeepSeek<B>,
+        backend: &'m B,
+        tokenizer: Option<&'m TextTokenizer>,
+        config: EngineConfig,
+    ) -> Result<Self> {
+        if config.block_size == 0 || config.num_blocks == 0 {
+            return Err(Error::InvalidInput(
+                "the KV cache needs at least one block of at least one token".into(),
+            ));
+        }
+        if config.scheduler.max_num_seqs == 0 || config.scheduler.max_batched_tokens == 0 {
+            return Err(Error::InvalidInput(
+                "--max-num-seqs and --max-batched-tokens must be at least 1".into(),
+            ));
+        }
+        let c = &model.config;
+        let cache = backend.alloc_latent_cache(
+            c.num_hidden_layers,
+            config.num_blocks,
+            config.block_size,
+            c.latent_cache_width(),
+        )?;
+        Ok(Engine {
+            model,
+            backend,
+            tokenizer,
+            cache,
+            blocks: BlockManager::new(config.num_blocks, config.block_size, config.prefix_caching),
+            scheduler: Scheduler::new(config.scheduler),
+            config,
+            next_index: 0,
+            stats: EngineStats::default(),
+        })
+    }
+
+    pub fn prefix_cache_stats(&self) -> PrefixCacheStats {
+        self.blocks.stats
+    }
+
+    pub fn preemptions(&self) -> usize {
+        self.scheduler.total_preemptions
+    }
+
+    pub fn has_unfinished(&self) -> bool {
+        self.scheduler.has_unfinished()
+    }
+
+    /// Queues a request; returns its index (the order outputs can be sorted back into).
+    pub fn add_request(&mut self, request: Request) -> Result<usize> {
+        let c = &self.model.config;
+        let id = &request.id;
+        if request.prompt.is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "request {id}: the prompt has no tokens"
+            )));
+        }
+        if let Some(bad) = request.prompt.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(Error::InvalidInput(format!(
+                "request {id}: token id {bad} is outside the vocabulary (vocab_size {})",
+                c.vocab_size
+            )));
+        }
+        let max_pos = c.max_position_embeddings;
+        if request.prompt.len() > max_pos {
+            return Err(Error::InvalidInput(format!(
+                "request {id}: {} prompt tokens exceed max_position_embeddings ({max_pos})",
+                request.prompt.len()
+            )));
+        }
+        if request.max_tokens == 0 {
+            return Err(Error::InvalidInput(format!(
+                "request {id}: max_tokens must be at least 1"
+            )));
+        }
+        // The last sampled token is never fed back, so it takes no cache slot.
+        let longest = (request.prompt.len() + request.max_tokens - 1).min(max_pos);
+        let needed = longest.div_ceil(self.config.block_size);
+        if needed > self.config.num_blocks {
+            return Err(Error::InvalidInput(format!(
+                "request {id}: up to {longest} tokens need {needed} cache blocks, the cache has {}",
+                self.config.num_blocks
+            )));
+        }
+        let sampler = Sampler::new(request.sampling)
+            .map_err(|e| Error::InvalidInput(format!("request {id}: {e}")))?;
+        let index = self.next_index;
+        self.next_index += 1;
+        self.scheduler.add(Sequence::new(index, request, sampler));
+        Ok(index)
+    }
+
+    /// Runs one scheduled step.
+    pub fn step(&mut self) -> Result<StepOutput> {
+        let start = Instant::now();
+        let plan = self.scheduler.schedule(&mut self.blocks);
+        let mut output = StepOutput::default();
+        if plan.scheduled.is_empty() {
+            if self.scheduler.has_unfinished() && plan.preempted == 0 {
+                return Err(Error::CacheFull {
+                    needed: 1,
+                    free: self.blocks.num_free(),
+                });
+            }
+            return Ok(output);
+        }
+        self.backend.copy_blocks(&mut self.cache, &plan.copies)?;
+        let bs = self.config.block_size;
+        let mut step = Step {
+            token_ids: Vec::new(),
+            positions: Vec::new(),
+            slots: Vec::new(),
+            batch: AttentionBatch {
+                block_size: bs,
+                seqs: Vec::with_capacity(plan.scheduled.len()),
+            },
+        };
+        for s in &plan.scheduled {
+            let seq = &self.scheduler.running[s.running_index];
+            let range = seq.computed..seq.computed + s.num_tokens;
+            step.token_ids.extend_from_slice(&seq.tokens[range.clone()]);
+            step.positions.extend(range.clone().map(|p| p as u32));
+            step.slots
+                .extend(range.clone().map(|p| slot(&seq.blocks.table, p, bs)));
+            step.batch.seqs.push(SeqChunk {
+                block_table: seq.blocks.table.clone(),
+                context_len: range.end,
+                query_len: s.num_tokens,
+            });
+        }
+        let forward_start = Instant::now();
+        let logits = self.model.forward(
+            self.backend,
+            &mut self.cache,
+            &step,
+            self.config.attention,
+            LogitRows::LastPerSequence,
+        )?;
+        let logits = self.backend.to_host(&logits)?;
+        self.stats.forward_secs += forward_start.elapsed().as_secs_f64();
+
+        let vocab = self.model.config.vocab_size;
+        let now = Instant::now();
+        let mut done = Vec::new();
+        for (s, row) in plan.scheduled.iter().zip(logits.data.chunks_exact(vocab)) {
+            let seq = &mut self.scheduler.running[s.running_index];
+            seq.computed += s.num_tokens;
+            self.blocks
+                .commit_full_blocks(&mut seq.blocks, &seq.tokens, seq.computed);
+            if seq.computed < seq.tokens.len() {
+                continue; // a prefill chunk with more of the prompt to come
+            }
+            let token = seq.sampler.sample(row);
+            seq.tokens.push(token);
+            seq.token_times.push(now);
+            output.new_tokens.push((seq.index, token));
+            if let Some(reason) = finish_reason(seq, &self.model.config, self.tokenizer) {
+                done.push((s.running_index, reason));
+            }
+        }
+        done.sort_by_key(|&(i, _)| std::cmp::Reverse(i));
+        for (i, reason) in done {
+            let mut seq = self.scheduler.running.remove(i);
+            self.blocks.free(&mut seq.blocks);
+            output.finished.push(self.output(seq, reason)?);
+        }
+        self.stats.steps += 1;
+        self.stats.max_batch_seqs = self.stats.max_batch_seqs.max(plan.scheduled.len());
+        self.stats.step_secs += start.elapsed().as_secs_f64();
+        Ok(output)
+    }
+
+    fn output(&self, seq: Sequence, finish_reason: FinishReason) -> Result<RequestOutput> {
+        let mut text = match self.tokenizer {
+            Some(t) => t.decode(seq.generated())?,
+            None => String::new(),
+        };
+        if let Some(cut) = seq
+            .request
+            .stop
+            .iter()
+            .filter_map(|s| text.find(s.as_str()))
+            .min()
+        {
+            text.truncate(cut);
+        }
+        Ok(RequestOutput {
+            index: seq.index,
+            prompt_tokens: seq.request.prompt.len(),
+            cached_prompt_tokens: seq.cached_prompt_tokens.unwrap_or(0),
+            output_tokens: seq.generated().to_vec(),
+            text,
+            finish_reason,
+            arrival: seq.arrival,
+            token_times: seq.token_times,
+            finished: Instant::now(),
+            preemptions: seq.preemptions,
+            id: seq.request.id,
+        })
+    }
+
+    /// Steps until every request is done; outputs in the order the requests were added.
+    pub fn run_to_completion(
+        &mut self,
+        mut on_step: impl FnMut(&StepOutput),
+    ) -> Result<Vec<RequestOutput>> {
+        let mut outputs = Vec::new();
+        while self.has_unfinished() {
+            let mut out = self.step()?;
+            on_step(&out);
+            outputs.append(&mut out.finished);
+        }
+        outputs.sort_by_key(|o| o.index);
+        Ok(outputs)
+    }
+}
+
+/// Why `seq` is done after its newest token, if it is.
+fn finish_reason(
+    seq: &Sequence,
+    config: &ModelConfig,
+    tokenizer: Option<&TextTokenizer>,
+) -> Option<FinishReason> {
+    let last = *seq.tokens.last()?;
+    let eos = !seq.request.ignore_eos
+        && (config.eos_token_ids.contains(&last) || tokenizer.is_some_and(|t| t.is_eos(last)));
+    if eos {
+        return Some(FinishReason::Stop);
+    }
+    if !seq.request.stop.is_empty() {
+        if let Some(text) = tokenizer.and_then(|t| t.decode(seq.generated()).ok()) {
+            if seq.request.stop.iter().any(|s| text.contains(s.as_str())) {
+                return Some(FinishReason::Stop);
+            }
+        }
+    }
+    let generated = seq.tokens.len() - seq.request.prompt.len();
+    (generated >= seq.request.max_tokens || seq.tokens.len() > config.max_position_embeddings)
+        .then_some(FinishReason::Length)
+}

@@ -1,0 +1,232 @@
+//! The batching engine on the CPU backend: every request's output in a crowded batch (chunked
+//! prefill, preemption under a tiny cache, prefix caching) equals its output when run alone.
+
+mod common;
+
+use common::{fixtures_dir, Rng};
+use mla_rt::backend::cpu::CpuBackend;
+use mla_rt::config::ModelConfig;
+use mla_rt::engine::batch_engine::{Engine, EngineConfig};
+use mla_rt::engine::request::{FinishReason, Request, RequestOutput};
+use mla_rt::engine::sampler::SamplingParams;
+use mla_rt::engine::scheduler::SchedulerConfig;
+use mla_rt::model::deepseek::DeepSeek;
+use mla_rt::model::AttentionForm;
+use mla_rt::tokenizer::TextTokenizer;
+use mla_rt::weights::Checkpoint;
+
+fn load(name: &str) -> (DeepSeek<CpuBackend>, TextTokenizer) {
+    let dir = fixtures_dir().join(name);
+    let config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+    let tokenizer = TextTokenizer::load(&dir, &config).unwrap();
+    (
+        DeepSeek::load(config, &Checkpoint::open(&dir).unwrap(), &CpuBackend).unwrap(),
+        tokenizer,
+    )
+}
+
+fn config(
+    num_blocks: usize,
+    block_size: usize,
+    max_num_seqs: usize,
+    max_batched_tokens: usize,
+    prefix_caching: bool,
+) -> EngineConfig {
+    EngineConfig {
+        block_size,
+        num_blocks,
+        prefix_caching,
+        scheduler: SchedulerConfig {
+            max_num_seqs,
+            max_batched_tokens,
+        },
+        // One form for every step, so that a token's numbers do not depend on how its sequence
+        // was batched, chunked or recomputed: the outputs must then be identical, not just close.
+        attention: AttentionForm::Absorbed,
+    }
+}
+
+fn run(
+    model: &DeepSeek<CpuBackend>,
+    tok: &TextTokenizer,
+    config: EngineConfig,
+    requests: &[Request],
+) -> (Vec<RequestOutput>, usize, f64) {
+    let mut engine = Engine::new(model, &CpuBackend, Some(tok), config).unwrap();
+    for r in requests {
+        engine.add_request(r.clone()).unwrap();
+    }
+    let outputs = engine.run_to_completion(|_| {}).unwrap();
+    (
+        outputs,
+        engine.preemptions(),
+        engine.prefix_cache_stats().hit_rate(),
+    )
+}
+
+fn random_requests(n: usize, seed: u64, shared_prefix: &[u32]) -> Vec<Request> {
+    let mut rng = Rng::new(seed);
+    (0..n)
+        .map(|i| {
+            let len = 1 + (rng.uniform() * 40.0) as usize;
+            let mut prompt = shared_prefix.to_vec();
+            prompt.extend((0..len).map(|_| 2 + (rng.uniform() * 340.0) as u32));
+            let sampled = i % 3 == 0;
+            Request {
+                id: format!("r{i}"),
+                prompt,
+                sampling: SamplingParams {
+                    temperature: if sampled { 0.8 } else { 0.0 },
+                    top_k: 50,
+                    top_p: 0.95,
+                    seed: i as u64,
+                },
+                max_tokens: 1 + (rng.uniform() * 24.0) as usize,
+                stop: Vec::new(),
+                ignore_eos: false,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn batched_outputs_equal_outputs_alone_under_preemption() {
+    let (model, tok) = load("v2-lite");
+    let requests = random_requests(50, 1, &[]);
+    let alone: Vec<RequestOutput> = requests
+        .iter()
+        .map(|r| {
+            run(
+                &model,
+                &tok,
+                config(64, 4, 1, 512, false),
+                std::slice::from_ref(r),
+            )
+            .0
+            .remove(0)
+        })
+        .collect();
+    // 24 blocks of 4 tokens for 50 requests of up to 63 tokens; 32 tokens per step.
+    let (batched, preemptions, _) = run(&model, &tok, config(24, 4, 16, 32, false), &requests);
+    assert!(preemptions > 0, "the cache was meant to be too small");
+    assert_eq!(batched.len(), requests.len());
+    for (a, b) in alone.iter().zip(&batched) {
+        assert_eq!(a.id, b.id);
+        assert_eq!(
+            a.output_tokens, b.output_tokens,
+            "request {} differs in a batch",
+            a.id
+        );
+        assert_eq!(a.finish_reason, b.finish_reason);
+        assert_eq!(a.text, b.text);
+    }
+    eprintln!("50 requests, {preemptions} preemptions, all outputs identical to running alone");
+}
+
+#[test]
+fn prefix_caching_reuses_blocks_and_changes_nothing() {
+    let (model, tok) = load("v3");
+    let prefix: Vec<u32> = (0..24).map(|i| 2 + (i * 7) % 300).collect();
+    let requests = random_requests(20, 2, &prefix);
+    let (without, _, rate) = run(&model, &tok, config(128, 4, 8, 64, false), &requests);
+    assert_eq!(rate, 0.0);
+    let (with, _, rate) = run(&model, &tok, config(128, 4, 8, 64, true), &requests);
+    for (a, b) in without.iter().zip(&with) {
+        assert_eq!(a.output_tokens, b.output_tokens, "request {}", a.id);
+    }
+    assert!(
+        with.iter().skip(8).all(|o| o.cached_prompt_tokens >= 24),
+        "later requests reuse the shared prefix"
+    );
+    assert!(rate > 0.2, "prefix cache hit rate {rate}");
+    eprintln!("prefix cache hit rate {:.1}%", rate * 100.0);
+}
+
+#[test]
+fn stop_conditions() {
+    let (model, tok) = load("v2-grouped");
+    let exp: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures_dir().join("v2-grouped/expected.json")).unwrap(),
+    )
+    .unwrap();
+    let prompt = tok.encode(exp["prompt"].as_str().unwrap()).unwrap();
+    let greedy: Vec<u32> = exp["greedy_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let base = Request {
+        id: "a".into(),
+        prompt,
+        sampling: SamplingParams::default(),
+        max_tokens: 8,
+        stop: Vec::new(),
+        ignore_eos: false,
+    };
+    let (out, _, _) = run(
+        &model,
+        &tok,
+        config(64, 4, 4, 64, false),
+        std::slice::from_ref(&base),
+    );
+    assert_eq!(
+        out[0].output_tokens, greedy,
+        "matches transformers' greedy ids"
+    );
+    assert_eq!(out[0].finish_reason, FinishReason::Length);
+    assert_eq!(out[0].text, tok.decode(&greedy).unwrap());
+    assert_eq!(out[0].token_times.len(), 8);
+
+    // A stop string taken from the middle of the greedy text ends generation there.
+    let full = tok.decode(&greedy).unwrap();
+    let stop = full[full.len() / 2..].chars().take(2).collect::<String>();
+    let request = Request {
+        stop: vec![stop.clone()],
+        ..base.clone()
+    };
+    let (out, _, _) = run(&model, &tok, config(64, 4, 4, 64, false), &[request]);
+    assert_eq!(out[0].finish_reason, FinishReason::Stop);
+    assert!(
+        !out[0].text.contains(&stop) && full.starts_with(&out[0].text),
+        "{:?} / {stop:?}",
+        out[0].text
+    );
+    assert!(out[0].output_tokens.len() < 8);
+}
+
+#[test]
+fn requests_that_cannot_fit_are_refused_up_front() {
+    let (model, tok) = load("v2-lite");
+    let mut engine =
+        Engine::new(&model, &CpuBackend, Some(&tok), config(4, 4, 4, 64, false)).unwrap();
+    let request = Request {
+        id: "big".into(),
+        prompt: vec![5; 20],
+        sampling: SamplingParams::default(),
+        max_tokens: 4,
+        stop: Vec::new(),
+        ignore_eos: false,
+    };
+    let err = engine.add_request(request.clone()).unwrap_err().to_string();
+    assert!(
+        err.contains("request big") && err.contains("cache blocks"),
+        "{err}"
+    );
+    let err = engine
+        .add_request(Request {
+            prompt: vec![400],
+            ..request.clone()
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("400") && err.contains("vocab"), "{err}");
+    let err = engine
+        .add_request(Request {
+            prompt: vec![5; 129],
+            ..request
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max_position_embeddings"), "{err}");
+}
