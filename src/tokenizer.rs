@@ -74,9 +74,19 @@ impl TextTokenizer {
 
     /// Token ids of `text`, with BOS first when the model expects it.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_with_bos(text, true)
+    }
+
+    /// Token ids of a rendered chat prompt: templates that write the BOS text themselves
+    /// must not get a second one.
+    pub fn encode_chat(&self, text: &str, bos_text: &str) -> Result<Vec<u32>> {
+        self.encode_with_bos(text, bos_text.is_empty() || !text.starts_with(bos_text))
+    }
+
+    fn encode_with_bos(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
         let encoding = self.inner.encode(text, false).map_err(|e| self.err(e))?;
-        Ok(self
-            .bos
+        let bos = if add_bos { self.bos } else { None };
+        Ok(bos
             .into_iter()
             .chain(encoding.get_ids().iter().copied())
             .collect())

@@ -455,7 +455,7 @@ fn generate_stops_at_eos() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("stopped at EOS") && stderr.contains("decode: 2 tokens"),
+        stderr.contains("finish: stop") && stderr.contains("decode: 2 tokens"),
         "{stderr}"
     );
     let model_config = mla_rt::config::ModelConfig::from_file(&path).unwrap();

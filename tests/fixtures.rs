@@ -6,10 +6,12 @@ mod common;
 
 use common::{fixtures_dir, rel_l2};
 use mla_rt::backend::cpu::CpuBackend;
-use mla_rt::cli::generate::generate_ids;
 use mla_rt::cli::logits::compute_logits;
 use mla_rt::config::ModelConfig;
-use mla_rt::engine::sampler::{Sampler, SamplingParams};
+use mla_rt::engine::batch_engine::{Engine, EngineConfig};
+use mla_rt::engine::request::Request;
+use mla_rt::engine::sampler::SamplingParams;
+use mla_rt::engine::scheduler::SchedulerConfig;
 use mla_rt::engine::session::Session;
 use mla_rt::model::deepseek::DeepSeek;
 use mla_rt::model::AttentionForm;
@@ -139,27 +141,26 @@ fn tokenizer_and_greedy_generation_match_transformers() {
             dir.display()
         );
         let max_new = expected.greedy_ids.len();
-        let mut session = Session::new(
-            &model,
-            &CpuBackend,
-            prompt.len() + max_new,
-            64,
-            AttentionForm::Auto,
-        )
-        .unwrap();
-        let mut sampler = Sampler::new(SamplingParams::default()).unwrap();
-        let generation = generate_ids(
-            &mut session,
-            &CpuBackend,
-            &prompt,
-            max_new,
-            &mut sampler,
-            |_| false,
-            |_| Ok(()),
-        )
-        .unwrap();
+        let config = EngineConfig {
+            block_size: 4,
+            num_blocks: 16,
+            prefix_caching: false,
+            scheduler: SchedulerConfig::default(),
+            attention: AttentionForm::Auto,
+        };
+        let mut engine = Engine::new(&model, &CpuBackend, Some(&tokenizer), config).unwrap();
+        let request = Request {
+            id: "greedy".into(),
+            prompt,
+            sampling: SamplingParams::default(),
+            max_tokens: max_new,
+            stop: Vec::new(),
+            ignore_eos: true,
+        };
+        engine.add_request(request).unwrap();
+        let output = engine.run_to_completion(|_| {}).unwrap().remove(0);
         assert_eq!(
-            generation.tokens,
+            output.output_tokens,
             expected.greedy_ids,
             "{}: greedy ids",
             dir.display()

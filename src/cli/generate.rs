@@ -1,14 +1,19 @@
-//! `mla generate`: tokenize a prompt, prefill, then decode token by token, streaming text.
+//! `mla generate`: one prompt streamed to stdout, or a JSONL file of requests run as one
+//! continuously batched workload.
 
-use super::loading::ModelArgs;
-use crate::backend::Backend;
-use crate::engine::sampler::{Sampler, SamplingParams};
-use crate::engine::session::Session;
+use super::batch;
+use super::engine_args::EngineArgs;
+use super::loading::{LoadedModel, ModelArgs};
+use crate::chat::{ChatTemplate, Message};
+use crate::engine::batch_engine::{Engine, EngineConfig};
+use crate::engine::request::Request;
+use crate::engine::sampler::SamplingParams;
+use crate::engine::scheduler::SchedulerConfig;
 use crate::error::{Error, Result};
-use crate::model::LogitRows;
 use crate::tokenizer::TextTokenizer;
 use clap::Args;
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(Debug, Args)]
@@ -16,11 +21,40 @@ pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
 
-    /// The prompt text (BOS is prepended when the tokenizer config asks for it).
-    #[arg(long, value_name = "TEXT")]
-    pub prompt: String,
+    /// The prompt text, streamed back as it is generated (BOS is prepended when the tokenizer
+    /// config asks for it).
+    #[arg(
+        long,
+        value_name = "TEXT",
+        required_unless_present = "prompts",
+        conflicts_with = "prompts"
+    )]
+    pub prompt: Option<String>,
 
-    /// Stop after this many generated tokens (EOS stops earlier).
+    /// Batch mode: a JSONL file, one request per line: {"id", "prompt"} or {"id", "messages"},
+    /// optionally with "max_tokens", "temperature", "top_k", "top_p", "seed", "stop", "ignore_eos".
+    #[arg(long, value_name = "FILE.jsonl", requires = "output")]
+    pub prompts: Option<PathBuf>,
+
+    /// Batch mode: where to write one JSON result per request, in input order.
+    #[arg(long, value_name = "OUT.jsonl", requires = "prompts")]
+    pub output: Option<PathBuf>,
+
+    /// Apply the model's chat template (tokenizer_config.json) to the prompt(s), as a user turn.
+    #[arg(long)]
+    pub chat: bool,
+
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// Sampling defaults (per-request values in a JSONL file override them).
+#[derive(Debug, Clone, Args)]
+pub struct SamplingArgs {
+    /// Stop after this many generated tokens (EOS and stop strings stop earlier).
     #[arg(long, default_value_t = 128, value_name = "N")]
     pub max_new_tokens: usize,
 
@@ -39,125 +73,183 @@ pub struct GenerateArgs {
     /// Random seed for sampling.
     #[arg(long, default_value_t = 0, value_name = "S")]
     pub seed: u64,
+
+    /// Stop when the generated text contains this string (repeatable); the text ends before it.
+    #[arg(long, value_name = "TEXT")]
+    pub stop: Vec<String>,
 }
 
-/// Ids and timings of one generation.
-pub struct Generation {
-    pub tokens: Vec<u32>,
-    pub prefill_secs: f64,
-    pub decode_secs: f64,
-    pub hit_eos: bool,
-}
-
-/// Generates up to `max_new` tokens after `prompt`, handing each new id to `on_token`.
-pub fn generate_ids<B: Backend>(
-    session: &mut Session<'_, B>,
-    backend: &B,
-    prompt: &[u32],
-    max_new: usize,
-    sampler: &mut Sampler,
-    is_eos: impl Fn(u32) -> bool,
-    mut on_token: impl FnMut(u32) -> Result<()>,
-) -> Result<Generation> {
-    let start = Instant::now();
-    let mut logits = backend.to_host(&session.feed(prompt, LogitRows::LastPerSequence)?)?;
-    let prefill_secs = start.elapsed().as_secs_f64();
-    let start = Instant::now();
-    let mut generation = Generation {
-        tokens: Vec::new(),
-        prefill_secs,
-        decode_secs: 0.0,
-        hit_eos: false,
-    };
-    while generation.tokens.len() < max_new {
-        let next = sampler.sample(&logits.data);
-        generation.tokens.push(next);
-        if is_eos(next) {
-            generation.hit_eos = true;
-            break;
+impl SamplingArgs {
+    pub fn params(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
         }
-        on_token(next)?;
-        if generation.tokens.len() == max_new {
-            break;
-        }
-        logits = backend.to_host(&session.feed(&[next], LogitRows::LastPerSequence)?)?;
     }
-    generation.decode_secs = start.elapsed().as_secs_f64();
-    Ok(generation)
+}
+
+/// Prompt token ids for a plain prompt or a chat, checked against the context length.
+pub fn prompt_ids(
+    tokenizer: &TextTokenizer,
+    template: Option<&ChatTemplate>,
+    prompt: PromptInput,
+    max_pos: usize,
+    what: &str,
+) -> Result<Vec<u32>> {
+    let ids = match (prompt, template) {
+        (PromptInput::Text(text), None) => tokenizer.encode(&text)?,
+        (PromptInput::Text(text), Some(t)) => tokenizer.encode_chat(
+            &t.render(&[Message {
+                role: "user".into(),
+                content: text,
+            }])?,
+            t.bos_token(),
+        )?,
+        (PromptInput::Messages(messages), Some(t)) => {
+            tokenizer.encode_chat(&t.render(&messages)?, t.bos_token())?
+        }
+        (PromptInput::Messages(_), None) => {
+            return Err(Error::InvalidInput(format!(
+                "{what}: \"messages\" need the model's chat template"
+            )))
+        }
+    };
+    if ids.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "{what}: the prompt encodes to no tokens"
+        )));
+    }
+    if ids.len() > max_pos {
+        return Err(Error::InvalidInput(format!(
+            "{what}: {} tokens exceed max_position_embeddings ({max_pos})",
+            ids.len()
+        )));
+    }
+    Ok(ids)
+}
+
+pub enum PromptInput {
+    Text(String),
+    Messages(Vec<Message>),
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
-    let sampling = SamplingParams {
-        temperature: args.temperature,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        seed: args.seed,
-    };
-    let mut sampler = Sampler::new(sampling)?;
+    args.sampling.params().validate()?;
     let loaded = args.model.load()?;
+    let tokenizer = TextTokenizer::load(&args.model.model, &loaded.model.config)?;
+    let template = if args.chat {
+        Some(ChatTemplate::load(&args.model.model)?)
+    } else {
+        None
+    };
+    match (&args.prompts, &args.output) {
+        (Some(prompts), Some(output)) => batch::run(
+            &args,
+            &loaded,
+            &tokenizer,
+            template.as_ref(),
+            prompts,
+            output,
+        ),
+        _ => stream_one(&args, &loaded, &tokenizer, template.as_ref()),
+    }
+}
+
+fn stream_one(
+    args: &GenerateArgs,
+    loaded: &LoadedModel,
+    tokenizer: &TextTokenizer,
+    template: Option<&ChatTemplate>,
+) -> Result<()> {
     let config = &loaded.model.config;
-    let tokenizer = TextTokenizer::load(&args.model.model, config)?;
-    let prompt = tokenizer.encode(&args.prompt)?;
-    if prompt.is_empty() {
-        return Err(Error::InvalidInput(
-            "--prompt: the prompt encodes to no tokens".into(),
-        ));
-    }
-    let max_pos = config.max_position_embeddings;
-    if prompt.len() > max_pos {
-        return Err(Error::InvalidInput(format!(
-            "--prompt: {} tokens exceed max_position_embeddings ({max_pos})",
-            prompt.len()
-        )));
-    }
-    // The last sampled token is never fed back, so it needs no cache room.
-    let max_new = args.max_new_tokens.min(max_pos + 1 - prompt.len());
-    let mut session = Session::new(
+    let text = args.prompt.clone().unwrap_or_default();
+    let prompt = prompt_ids(
+        tokenizer,
+        template,
+        PromptInput::Text(text),
+        config.max_position_embeddings,
+        "--prompt",
+    )?;
+    let max_tokens = args
+        .sampling
+        .max_new_tokens
+        .min(config.max_position_embeddings + 1 - prompt.len());
+    let prompt_len = prompt.len();
+    let request = Request {
+        id: "prompt".into(),
+        prompt,
+        sampling: args.sampling.params(),
+        max_tokens,
+        stop: args.sampling.stop.clone(),
+        ignore_eos: false,
+    };
+    let block_size = args.model.block_size;
+    let engine_config = EngineConfig {
+        block_size,
+        num_blocks: (prompt_len + max_tokens - 1).div_ceil(block_size.max(1)),
+        prefix_caching: false,
+        scheduler: SchedulerConfig {
+            max_num_seqs: 1,
+            max_batched_tokens: args.engine.max_batched_tokens,
+        },
+        attention: args.model.attention,
+    };
+    let mut engine = Engine::new(
         &loaded.model,
         &loaded.backend,
-        prompt.len() + max_new.saturating_sub(1),
-        args.model.block_size,
-        args.model.attention,
+        Some(tokenizer),
+        engine_config,
     )?;
+    engine.add_request(request)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let write_err = |e| Error::io("<stdout>", e);
     let mut stream = tokenizer.stream();
-    let generation = generate_ids(
-        &mut session,
-        &loaded.backend,
-        &prompt,
-        max_new,
-        &mut sampler,
-        |t| tokenizer.is_eos(t),
-        |t| {
-            if let Some(text) = stream.push(t)? {
-                out.write_all(text.as_bytes())
+    let start = Instant::now();
+    let mut result = None;
+    while engine.has_unfinished() {
+        let step = engine.step()?;
+        for &(_, token) in &step.new_tokens {
+            if tokenizer.is_eos(token) {
+                continue;
+            }
+            // With stop strings, text is held back until the request ends (it may be cut).
+            if let Some(piece) = stream
+                .push(token)?
+                .filter(|_| args.sampling.stop.is_empty())
+            {
+                out.write_all(piece.as_bytes())
                     .and_then(|_| out.flush())
                     .map_err(write_err)?;
             }
-            Ok(())
-        },
-    )?;
-    if let Some(text) = stream.finish()? {
-        out.write_all(text.as_bytes()).map_err(write_err)?;
+        }
+        result = step.finished.into_iter().next().or(result);
     }
-    out.write_all(b"\n")
+    let result =
+        result.ok_or_else(|| Error::InvalidInput("the request produced no output".into()))?;
+    let tail = if args.sampling.stop.is_empty() {
+        stream.finish()?.unwrap_or_default()
+    } else {
+        result.text.clone()
+    };
+    out.write_all(tail.as_bytes())
+        .and_then(|_| out.write_all(b"\n"))
         .and_then(|_| out.flush())
         .map_err(write_err)?;
-    let decoded = generation.tokens.len().saturating_sub(1);
+    let prefill_secs = result.ttft();
+    let total = start.elapsed().as_secs_f64();
+    let decoded = result.output_tokens.len().saturating_sub(1);
+    let decode_secs = (total - prefill_secs).max(1e-9);
     eprintln!(
-        "prefill: {} tokens in {:.3} s ({:.1} tokens/s); decode: {} tokens in {:.3} s ({:.1} tokens/s){}",
-        prompt.len(),
-        generation.prefill_secs,
-        prompt.len() as f64 / generation.prefill_secs.max(1e-9),
-        decoded,
-        generation.decode_secs,
-        decoded as f64 / generation.decode_secs.max(1e-9),
-        match (generation.hit_eos, max_new < args.max_new_tokens) {
-            (true, _) => "; stopped at EOS",
-            (false, true) => "; stopped at max_position_embeddings",
-            _ => "",
+        "prefill: {prompt_len} tokens in {prefill_secs:.3} s ({:.1} tokens/s); decode: {decoded} tokens in {decode_secs:.3} s ({:.1} tokens/s); finish: {}",
+        prompt_len as f64 / prefill_secs.max(1e-9),
+        decoded as f64 / decode_secs,
+        match result.finish_reason {
+            crate::engine::request::FinishReason::Stop => "stop (EOS or stop string)",
+            crate::engine::request::FinishReason::Length if max_tokens < args.sampling.max_new_tokens => "length (max_position_embeddings)",
+            crate::engine::request::FinishReason::Length => "length (--max-new-tokens)",
         }
     );
     Ok(())

@@ -1,5 +1,7 @@
 //! The `mla` command line: argument definitions here, one file per subcommand.
 
+mod batch;
+mod engine_args;
 pub mod generate;
 mod info;
 mod loading;

@@ -1,4 +1,7 @@
-//! How much host memory is there to size caches from.
+//! Sizing the paged latent cache from a memory budget.
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
 
 /// `MemAvailable` from `/proc/meminfo`, in bytes; `None` where the file is absent.
 pub fn available_host_bytes() -> Option<u64> {
@@ -6,4 +9,125 @@ pub fn available_host_bytes() -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// Parses `12345`, `512MiB`, `2GiB`, `1.5GB`, `800M` into bytes.
+pub fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("\"{text}\" is not a size (examples: 4GiB, 512MB, 1000000)"))?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => {
+            return Err(format!(
+                "unknown size unit \"{other}\" in \"{text}\" (B, KB, MB, GB, KiB, MiB, GiB)"
+            ))
+        }
+    };
+    if !(value.is_finite() && value > 0.0) {
+        return Err(format!("\"{text}\" must be a positive size"));
+    }
+    Ok((value * scale) as u64)
+}
+
+/// How big the cache is and what it holds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KvCachePlan {
+    pub num_blocks: usize,
+    pub block_size: usize,
+    pub bytes: u64,
+    /// Tokens an MHA cache (K and V of every head) of the same bytes would hold.
+    pub mha_tokens: u64,
+}
+
+impl KvCachePlan {
+    /// Blocks that fit `budget` bytes at `bytes_per_value`, but no more than `max_useful`.
+    pub fn new(
+        config: &ModelConfig,
+        block_size: usize,
+        bytes_per_value: u64,
+        budget: u64,
+        max_useful: usize,
+    ) -> Result<Self> {
+        let layers = config.num_hidden_layers as u64;
+        let block_bytes =
+            config.latent_cache_width() as u64 * block_size as u64 * layers * bytes_per_value;
+        let num_blocks = ((budget / block_bytes) as usize).min(max_useful);
+        if num_blocks == 0 {
+            return Err(Error::InvalidInput(format!(
+                "a KV cache budget of {budget} bytes does not hold one block ({block_bytes} bytes); raise --kv-cache-memory"
+            )));
+        }
+        let bytes = num_blocks as u64 * block_bytes;
+        let mha_token_bytes =
+            2 * (config.num_attention_heads * config.v_head_dim) as u64 * layers * bytes_per_value;
+        Ok(KvCachePlan {
+            num_blocks,
+            block_size,
+            bytes,
+            mha_tokens: bytes / mha_token_bytes,
+        })
+    }
+
+    pub fn tokens(&self) -> u64 {
+        (self.num_blocks * self.block_size) as u64
+    }
+
+    /// `KV cache: 12,800 blocks × 64 tokens = 819,200 tokens (9.4 GiB); an MHA cache of this model would hold 91,022`.
+    pub fn summary(&self) -> String {
+        format!(
+            "KV cache: {} blocks × {} tokens = {} tokens ({:.2} GiB); an MHA cache of this model would hold {}",
+            thousands(self.num_blocks as u64),
+            self.block_size,
+            thousands(self.tokens()),
+            self.bytes as f64 / (1u64 << 30) as f64,
+            thousands(self.mha_tokens)
+        )
+    }
+}
+
+/// `1234567` → `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_bytes("1000").unwrap(), 1000);
+        assert_eq!(parse_bytes("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_bytes("1.5 GB").unwrap(), 1_500_000_000);
+        assert_eq!(parse_bytes("512MiB").unwrap(), 512 << 20);
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("5 parsecs").unwrap_err().contains("parsecs"));
+        assert!(parse_bytes("0").is_err());
+    }
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(819200), "819,200");
+        assert_eq!(thousands(1234567), "1,234,567");
+    }
 }

@@ -1,0 +1,259 @@
+//! Batch mode of `mla generate`: JSONL requests in, JSONL results out (input order), a progress
+//! bar, and the throughput and latency summary `vllm bench throughput` users read.
+
+use super::generate::{prompt_ids, GenerateArgs, PromptInput};
+use super::loading::LoadedModel;
+use super::logits::write_atomically;
+use crate::chat::{ChatTemplate, Message};
+use crate::engine::batch_engine::Engine;
+use crate::engine::request::{Request, RequestOutput};
+use crate::engine::sampler::SamplingParams;
+use crate::error::{Error, Result};
+use crate::tokenizer::TextTokenizer;
+use serde_json::Value;
+use std::path::Path;
+use std::time::Instant;
+
+/// One line of the input file.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputLine {
+    id: Value,
+    prompt: Option<String>,
+    messages: Option<Vec<Message>>,
+    max_tokens: Option<usize>,
+    temperature: Option<f32>,
+    top_k: Option<usize>,
+    top_p: Option<f32>,
+    seed: Option<u64>,
+    stop: Option<StopField>,
+    ignore_eos: Option<bool>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+enum StopField {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(serde::Serialize)]
+struct OutputLine<'a> {
+    id: &'a Value,
+    text: &'a str,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    cached_prompt_tokens: usize,
+    finish_reason: crate::engine::request::FinishReason,
+    preemptions: usize,
+    ttft_s: f64,
+    mean_itl_s: f64,
+    latency_s: f64,
+}
+
+fn read_requests(
+    path: &Path,
+    args: &GenerateArgs,
+    tokenizer: &TextTokenizer,
+    template: Option<&ChatTemplate>,
+    max_pos: usize,
+) -> Result<(Vec<Value>, Vec<Request>)> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let (mut ids, mut requests) = (Vec::new(), Vec::new());
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let at = format!("{}:{}", path.display(), n + 1);
+        let input: InputLine =
+            serde_json::from_str(line).map_err(|e| Error::InvalidInput(format!("{at}: {e}")))?;
+        let prompt = match (input.prompt, input.messages) {
+            (Some(p), None) => PromptInput::Text(p),
+            (None, Some(m)) => PromptInput::Messages(m),
+            _ => {
+                return Err(Error::InvalidInput(format!(
+                    "{at}: give exactly one of \"prompt\" and \"messages\""
+                )))
+            }
+        };
+        let defaults = args.sampling.params();
+        let sampling = SamplingParams {
+            temperature: input.temperature.unwrap_or(defaults.temperature),
+            top_k: input.top_k.unwrap_or(defaults.top_k),
+            top_p: input.top_p.unwrap_or(defaults.top_p),
+            seed: input.seed.unwrap_or(defaults.seed),
+        };
+        sampling
+            .validate()
+            .map_err(|e| Error::InvalidInput(format!("{at}: {e}")))?;
+        let prompt = prompt_ids(tokenizer, template, prompt, max_pos, &at)?;
+        let max_tokens = input
+            .max_tokens
+            .unwrap_or(args.sampling.max_new_tokens)
+            .min(max_pos + 1 - prompt.len());
+        if max_tokens == 0 {
+            return Err(Error::InvalidInput(format!(
+                "{at}: max_tokens must be at least 1"
+            )));
+        }
+        requests.push(Request {
+            id: input.id.to_string(),
+            prompt,
+            sampling,
+            max_tokens,
+            stop: match input.stop {
+                None => args.sampling.stop.clone(),
+                Some(StopField::One(s)) => vec![s],
+                Some(StopField::Many(v)) => v,
+            },
+            ignore_eos: input.ignore_eos.unwrap_or(false),
+        });
+        ids.push(input.id);
+    }
+    if requests.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "{}: no requests in the file",
+            path.display()
+        )));
+    }
+    Ok((ids, requests))
+}
+
+pub fn run(
+    args: &GenerateArgs,
+    loaded: &LoadedModel,
+    tokenizer: &TextTokenizer,
+    template: Option<&ChatTemplate>,
+    prompts: &Path,
+    output: &Path,
+) -> Result<()> {
+    let config = &loaded.model.config;
+    let (ids, requests) = read_requests(
+        prompts,
+        args,
+        tokenizer,
+        template,
+        config.max_position_embeddings,
+    )?;
+    let longest = requests
+        .iter()
+        .map(|r| r.prompt.len() + r.max_tokens - 1)
+        .max()
+        .unwrap_or(1);
+    let (engine_config, plan) =
+        args.engine
+            .engine_config(config, args.model.block_size, args.model.attention, longest)?;
+    eprintln!("{}", plan.summary());
+    let mut engine = Engine::new(
+        &loaded.model,
+        &loaded.backend,
+        Some(tokenizer),
+        engine_config,
+    )?;
+    let total = requests.len();
+    for request in requests {
+        engine.add_request(request)?;
+    }
+    let progress = indicatif::ProgressBar::new(total as u64);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} requests [{elapsed_precise}] {msg}",
+        )
+        .expect("static progress template"),
+    );
+    let start = Instant::now();
+    let mut generated = 0usize;
+    let outputs = engine.run_to_completion(|step| {
+        generated += step.new_tokens.len();
+        progress.inc(step.finished.len() as u64);
+        progress.set_message(format!(
+            "{:.1} output tokens/s",
+            generated as f64 / start.elapsed().as_secs_f64()
+        ));
+    })?;
+    progress.finish_and_clear();
+    let elapsed = start.elapsed().as_secs_f64();
+
+    let mut lines = String::new();
+    for (id, o) in ids.iter().zip(&outputs) {
+        let itl = o.inter_token_latencies();
+        let line = OutputLine {
+            id,
+            text: &o.text,
+            prompt_tokens: o.prompt_tokens,
+            completion_tokens: o.output_tokens.len(),
+            cached_prompt_tokens: o.cached_prompt_tokens,
+            finish_reason: o.finish_reason,
+            preemptions: o.preemptions,
+            ttft_s: o.ttft(),
+            mean_itl_s: if itl.is_empty() {
+                0.0
+            } else {
+                itl.iter().sum::<f64>() / itl.len() as f64
+            },
+            latency_s: o.latency(),
+        };
+        lines.push_str(&serde_json::to_string(&line).map_err(|source| Error::Json {
+            path: output.to_path_buf(),
+            source,
+        })?);
+        lines.push('\n');
+    }
+    write_atomically(output, lines.as_bytes())?;
+    eprint!("{}", summary(&outputs, elapsed, &engine));
+    eprintln!("wrote {} results to {}", outputs.len(), output.display());
+    Ok(())
+}
+
+/// Mean, median and 99th percentile of `values`.
+fn stats(mut values: Vec<f64>) -> (f64, f64, f64) {
+    if values.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    values.sort_by(f64::total_cmp);
+    let pick = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+    (
+        values.iter().sum::<f64>() / values.len() as f64,
+        pick(0.5),
+        pick(0.99),
+    )
+}
+
+fn summary<B: crate::backend::Backend>(
+    outputs: &[RequestOutput],
+    elapsed: f64,
+    engine: &Engine<'_, B>,
+) -> String {
+    let prompt: usize = outputs.iter().map(|o| o.prompt_tokens).sum();
+    let generated: usize = outputs.iter().map(|o| o.output_tokens.len()).sum();
+    let (ttft_mean, ttft_median, ttft_p99) = stats(outputs.iter().map(|o| o.ttft()).collect());
+    let (itl_mean, itl_median, itl_p99) = stats(
+        outputs
+            .iter()
+            .flat_map(|o| o.inter_token_latencies())
+            .collect(),
+    );
+    let s = engine.stats;
+    format!(
+        "Throughput: {:.2} requests/s, {:.1} output tokens/s, {:.1} total tokens/s ({} requests, {prompt} prompt + {generated} output tokens in {elapsed:.2} s)\n\
+         TTFT (ms): mean {:.1}, median {:.1}, p99 {:.1}\n\
+         ITL (ms): mean {:.1}, median {:.1}, p99 {:.1}\n\
+         Engine: {} steps, up to {} sequences per step, {} preemptions, prefix cache hit rate {:.1}%, time outside the forward pass {:.1}% of step time\n",
+        outputs.len() as f64 / elapsed,
+        generated as f64 / elapsed,
+        (prompt + generated) as f64 / elapsed,
+        outputs.len(),
+        ttft_mean * 1e3,
+        ttft_median * 1e3,
+        ttft_p99 * 1e3,
+        itl_mean * 1e3,
+        itl_median * 1e3,
+        itl_p99 * 1e3,
+        s.steps,
+        s.max_batch_seqs,
+        engine.preemptions(),
+        engine.prefix_cache_stats().hit_rate() * 100.0,
+        s.overhead_fraction() * 100.0,
+    )
+}
