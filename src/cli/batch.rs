@@ -55,7 +55,7 @@ fn read_requests(
     path: &Path,
     args: &GenerateArgs,
     tokenizer: &TextTokenizer,
-    template: Option<&ChatTemplate>,
+    mut template: Option<ChatTemplate>,
     max_pos: usize,
 ) -> Result<(Vec<Value>, Vec<Request>)> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
@@ -87,7 +87,19 @@ fn read_requests(
         sampling
             .validate()
             .map_err(|e| Error::InvalidInput(format!("{at}: {e}")))?;
-        let prompt = prompt_ids(tokenizer, template, prompt, max_pos, &at)?;
+        // "messages" lines use the chat template with or without --chat.
+        if matches!(prompt, PromptInput::Messages(_)) && template.is_none() {
+            template = Some(
+                ChatTemplate::load(&args.model.model)
+                    .map_err(|e| Error::InvalidInput(format!("{at}: \"messages\": {e}")))?,
+            );
+        }
+        let chat = if args.chat || matches!(prompt, PromptInput::Messages(_)) {
+            template.as_ref()
+        } else {
+            None
+        };
+        let prompt = prompt_ids(tokenizer, chat, prompt, max_pos, &at)?;
         let max_tokens = input
             .max_tokens
             .unwrap_or(args.sampling.max_new_tokens)
@@ -124,7 +136,7 @@ pub fn run(
     args: &GenerateArgs,
     loaded: &LoadedModel,
     tokenizer: &TextTokenizer,
-    template: Option<&ChatTemplate>,
+    template: Option<ChatTemplate>,
     prompts: &Path,
     output: &Path,
 ) -> Result<()> {

@@ -145,14 +145,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         None
     };
     match (&args.prompts, &args.output) {
-        (Some(prompts), Some(output)) => batch::run(
-            &args,
-            &loaded,
-            &tokenizer,
-            template.as_ref(),
-            prompts,
-            output,
-        ),
+        (Some(prompts), Some(output)) => {
+            batch::run(&args, &loaded, &tokenizer, template, prompts, output)
+        }
         _ => stream_one(&args, &loaded, &tokenizer, template.as_ref()),
     }
 }

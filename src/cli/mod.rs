@@ -33,7 +33,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Generate text from a prompt, streaming it to stdout.
+    /// Generate text: one prompt streamed to stdout, or a JSONL file of requests batched together.
     Generate(generate::GenerateArgs),
     /// Write the logits of every input token to a JSON file.
     Logits(logits::LogitsArgs),
