@@ -4,49 +4,18 @@
 //!
 //! `cargo bench --bench cpu_decode`
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+mod support;
 
 use mla_rt::backend::cpu::matmul::{dot, matmul_nt};
 use mla_rt::backend::cpu::CpuBackend;
-use mla_rt::config::ModelConfig;
 use mla_rt::engine::session::Session;
-use mla_rt::model::deepseek::DeepSeek;
-use mla_rt::model::params::count_params;
 use mla_rt::model::{AttentionForm, LogitRows};
-use mla_rt::weights::Checkpoint;
 use rayon::prelude::*;
-use serde_json::json;
 use std::time::Instant;
-
-fn best_of<T>(reps: usize, mut f: impl FnMut() -> T) -> f64 {
-    (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            std::hint::black_box(f());
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
-}
+use support::best_of;
 
 fn main() {
-    let config = common::tiny_config(
-        "deepseek_v2",
-        json!({"vocab_size": 8192, "hidden_size": 1024, "intermediate_size": 2816,
-               "moe_intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 16,
-               "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128,
-               "n_routed_experts": 16, "num_experts_per_tok": 4, "n_shared_experts": 2,
-               "max_position_embeddings": 4096}),
-    );
-    let dir = common::write_model(&config, &common::random_weights(&config, 1));
-    let model_config = ModelConfig::from_file(&dir.path().join("config.json")).unwrap();
-    let params = count_params(&model_config);
-    let model = DeepSeek::load(
-        model_config,
-        &Checkpoint::open(dir.path()).unwrap(),
-        &CpuBackend,
-    )
-    .unwrap();
+    let support::BenchModel { model, params, .. } = support::v2_lite_shaped(4);
     let threads = rayon::current_num_threads();
 
     // Ceiling 1: read bandwidth over a buffer far larger than any cache, with the same
