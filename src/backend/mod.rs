@@ -7,7 +7,7 @@ pub mod cpu;
 
 use crate::config::MoeConfig;
 use crate::error::Result;
-use crate::model::rope::Rope;
+use crate::model::rope::RopeTable;
 use crate::weights::HostTensor;
 
 /// Widths of one MLA layer, as the attention ops need them.
@@ -114,25 +114,24 @@ pub trait Backend {
     /// The given rows of `x`, in order.
     fn select_rows(&self, x: &Self::Tensor, rows: &[usize]) -> Result<Self::Tensor>;
 
-    /// Rotates columns `[offset, offset + rope.dim())` of every head block (width `head_stride`)
-    /// of row `i` by `positions[i]`.
+    /// Rotates, in each of the first `heads` head blocks (width `head_stride`) of row `i`, the
+    /// `2·table.half` columns from `offset` with row `i` of `table`.
     fn rope(
         &self,
         x: &mut Self::Tensor,
-        positions: &[u32],
-        rope: &Rope,
+        table: &RopeTable,
+        heads: usize,
         head_stride: usize,
         offset: usize,
     ) -> Result<()>;
     /// The latent compression epilogue on `kv_a_proj` output `[T, r_kv + d_rope]`: RMSNorm the
-    /// first `r_kv` columns with `norm`, rope the last `d_rope` by position.
+    /// first `r_kv` columns with `norm`, rope the last `d_rope` with `table`.
     fn latent_epilogue(
         &self,
         ckv: &mut Self::Tensor,
         norm: &Self::Weight,
         eps: f32,
-        positions: &[u32],
-        rope: &Rope,
+        table: &RopeTable,
     ) -> Result<()>;
 
     fn alloc_latent_cache(

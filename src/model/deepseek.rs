@@ -1,6 +1,6 @@
 //! DeepSeek-V2 / V3: MLA attention over the paged latent cache, dense MLP or MoE per layer.
 
-use super::rope::Rope;
+use super::rope::{Rope, RopeTable};
 use super::{AttentionForm, LogitRows, Step};
 use crate::backend::{Backend, MlaDims, MlpWeights, MoeWeights};
 use crate::config::ModelConfig;
@@ -290,10 +290,20 @@ impl<B: Backend> DeepSeek<B> {
             AttentionForm::Absorbed => true,
             AttentionForm::Materialised => false,
         };
+        let rope = self.rope.table(&step.positions);
         let mut x = backend.embedding(&self.embed, &step.token_ids)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let h = backend.rms_norm(&x, &layer.input_norm, eps)?;
-            let attn = self.attention(backend, &layer.attention, &h, cache, l, step, absorbed)?;
+            let attn = self.attention(
+                backend,
+                &layer.attention,
+                &h,
+                cache,
+                l,
+                step,
+                &rope,
+                absorbed,
+            )?;
             backend.add_assign(&mut x, &attn)?;
             let h = backend.rms_norm(&x, &layer.post_attention_norm, eps)?;
             let y = match &layer.ffn {
@@ -335,6 +345,7 @@ impl<B: Backend> DeepSeek<B> {
         cache: &mut B::LatentCache,
         layer: usize,
         step: &Step,
+        rope: &RopeTable,
         absorbed: bool,
     ) -> Result<B::Tensor> {
         let d = &self.dims;
@@ -345,15 +356,9 @@ impl<B: Backend> DeepSeek<B> {
                 backend.matmul(&q_a, up)?
             }
         };
-        backend.rope(&mut q, &step.positions, &self.rope, d.qk_head(), d.qk_nope)?;
+        backend.rope(&mut q, rope, d.heads, d.qk_head(), d.qk_nope)?;
         let mut latent = backend.matmul(h, &w.kv_a)?;
-        backend.latent_epilogue(
-            &mut latent,
-            &w.kv_a_norm,
-            LATENT_NORM_EPS,
-            &step.positions,
-            &self.rope,
-        )?;
+        backend.latent_epilogue(&mut latent, &w.kv_a_norm, LATENT_NORM_EPS, rope)?;
         backend.write_latent_cache(cache, layer, &latent, &step.slots)?;
         let out = if absorbed {
             let q_lat = backend.head_matmul(&q, d.qk_head(), 0, &w.w_uk)?;

@@ -54,21 +54,66 @@ impl Rope {
 
     /// Rotates `x` (length `dim`) in place with precomputed `cos`/`sin` of one position.
     pub fn rotate(&self, x: &mut [f32], cos: &[f32], sin: &[f32]) {
+        rotate(x, cos, sin, self.interleaved);
+    }
+
+    /// cos/sin of every row of a step, `positions[i]` being row `i`'s position.
+    pub fn table(&self, positions: &[u32]) -> RopeTable {
         let half = self.inv_freq.len();
-        debug_assert_eq!(x.len(), 2 * half);
-        for i in 0..half {
-            let (a, b) = if self.interleaved {
-                (2 * i, 2 * i + 1)
-            } else {
-                (i, i + half)
-            };
-            let (xa, xb) = (x[a], x[b]);
-            x[a] = xa * cos[i] - xb * sin[i];
-            x[b] = xb * cos[i] + xa * sin[i];
+        let mut table = RopeTable {
+            half,
+            interleaved: self.interleaved,
+            cos: Vec::with_capacity(positions.len() * half),
+            sin: Vec::with_capacity(positions.len() * half),
+        };
+        for &p in positions {
+            let (c, s) = self.cos_sin(p as usize);
+            table.cos.extend(c);
+            table.sin.extend(s);
         }
+        table
     }
 }
 
+/// cos and sin per row and rotated pair for one forward step: built once on the host, used by
+/// every layer (and uploaded as is by device backends).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeTable {
+    /// Rotated pairs per head: the rotated width is `2·half`.
+    pub half: usize,
+    pub interleaved: bool,
+    /// `[rows, half]`.
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+}
+
+impl RopeTable {
+    pub fn rows(&self) -> usize {
+        self.cos.len() / self.half.max(1)
+    }
+
+    pub fn row(&self, i: usize) -> (&[f32], &[f32]) {
+        let r = i * self.half..(i + 1) * self.half;
+        (&self.cos[r.clone()], &self.sin[r])
+    }
+}
+
+/// Rotates the pairs of `x` (length `2·cos.len()`): `(x[2i], x[2i+1])` when interleaved,
+/// `(x[i], x[i + half])` otherwise.
+pub fn rotate(x: &mut [f32], cos: &[f32], sin: &[f32], interleaved: bool) {
+    let half = cos.len();
+    debug_assert_eq!(x.len(), 2 * half);
+    for i in 0..half {
+        let (a, b) = if interleaved {
+            (2 * i, 2 * i + 1)
+        } else {
+            (i, i + half)
+        };
+        let (xa, xb) = (x[a], x[b]);
+        x[a] = xa * cos[i] - xb * sin[i];
+        x[b] = xb * cos[i] + xa * sin[i];
+    }
+}
 /// YaRN: interpolate low frequencies by `factor`, keep high ones, ramp in between.
 fn yarn_frequencies(y: &YarnParams, base: &[f64], dim: usize, theta: f64) -> (Vec<f64>, f64) {
     let correction_dim = |rotations: f64| {

@@ -9,7 +9,7 @@ use super::{AttentionBatch, Backend, MlaDims, MlpWeights, MoeWeights};
 use crate::config::MoeConfig;
 use crate::error::{Error, Result};
 use crate::model::moe::route;
-use crate::model::rope::Rope;
+use crate::model::rope::{rotate, RopeTable};
 use crate::weights::HostTensor;
 use matmul::{axpy, matmul_nt};
 use rayon::prelude::*;
@@ -193,26 +193,30 @@ impl Backend for CpuBackend {
     fn rope(
         &self,
         x: &mut HostTensor,
-        positions: &[u32],
-        rope: &Rope,
+        table: &RopeTable,
+        heads: usize,
         head_stride: usize,
         offset: usize,
     ) -> Result<()> {
         let (m, cols) = dims2("rope", x)?;
-        let d = rope.dim();
-        if positions.len() != m || cols % head_stride != 0 || offset + d > head_stride {
+        let d = 2 * table.half;
+        if table.rows() != m || heads * head_stride > cols || offset + d > head_stride {
             return Err(op_err(
                 "rope",
-                format!("[{m}, {cols}] with {} positions, head stride {head_stride}, rope at [{offset}, {})", positions.len(), offset + d),
+                format!(
+                    "[{m}, {cols}] with {} table rows, {heads} heads of stride {head_stride}, rope at [{offset}, {})",
+                    table.rows(),
+                    offset + d
+                ),
             ));
         }
         x.data
             .par_chunks_mut(cols)
-            .zip(positions)
-            .for_each(|(row, &p)| {
-                let (cos, sin) = rope.cos_sin(p as usize);
-                for head in row.chunks_exact_mut(head_stride) {
-                    rope.rotate(&mut head[offset..offset + d], &cos, &sin);
+            .enumerate()
+            .for_each(|(i, row)| {
+                let (cos, sin) = table.row(i);
+                for head in row[..heads * head_stride].chunks_exact_mut(head_stride) {
+                    rotate(&mut head[offset..offset + d], cos, sin, table.interleaved);
                 }
             });
         Ok(())
@@ -223,29 +227,28 @@ impl Backend for CpuBackend {
         ckv: &mut HostTensor,
         norm: &HostTensor,
         eps: f32,
-        positions: &[u32],
-        rope: &Rope,
+        table: &RopeTable,
     ) -> Result<()> {
         let (m, cols) = dims2("latent_epilogue", ckv)?;
         let r = norm.data.len();
-        if r + rope.dim() != cols || positions.len() != m {
+        if r + 2 * table.half != cols || table.rows() != m {
             return Err(op_err(
                 "latent_epilogue",
                 format!(
-                    "[{m}, {cols}] is not latent {r} + rope {} for {} positions",
-                    rope.dim(),
-                    positions.len()
+                    "[{m}, {cols}] is not latent {r} + rope {} for {} rows",
+                    2 * table.half,
+                    table.rows()
                 ),
             ));
         }
         ckv.data
             .par_chunks_mut(cols)
-            .zip(positions)
-            .for_each(|(row, &p)| {
+            .enumerate()
+            .for_each(|(i, row)| {
                 let (latent, k_pe) = row.split_at_mut(r);
                 rms_norm_row(latent, &norm.data, eps);
-                let (cos, sin) = rope.cos_sin(p as usize);
-                rope.rotate(k_pe, &cos, &sin);
+                let (cos, sin) = table.row(i);
+                rotate(k_pe, cos, sin, table.interleaved);
             });
         Ok(())
     }
