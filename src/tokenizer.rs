@@ -47,11 +47,11 @@ impl TextTokenizer {
             .and_then(Value::as_bool)
             .unwrap_or(true);
         let bos = if add_bos {
-            config.bos_token_id.or_else(|| token_id("bos_token"))
+            config.bos_token_id().or_else(|| token_id("bos_token"))
         } else {
             None
         };
-        let mut eos = config.eos_token_ids.clone();
+        let mut eos = config.eos_token_ids().to_vec();
         if let Some(id) = token_id("eos_token") {
             if !eos.contains(&id) {
                 eos.push(id);

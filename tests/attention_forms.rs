@@ -8,19 +8,19 @@ use mla_rt::backend::cpu::CpuBackend;
 use mla_rt::cli::logits::compute_logits;
 use mla_rt::config::ModelConfig;
 use mla_rt::engine::session::Session;
-use mla_rt::model::deepseek::DeepSeek;
 use mla_rt::model::AttentionForm;
+use mla_rt::model::Model;
 use mla_rt::weights::Checkpoint;
 use serde_json::{json, Value};
 use std::path::Path;
 
-fn load(dir: &Path) -> DeepSeek<CpuBackend> {
+fn load(dir: &Path) -> Model<CpuBackend> {
     let config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
-    DeepSeek::load(config, &Checkpoint::open(dir).unwrap(), &CpuBackend).unwrap()
+    Model::load(config, &Checkpoint::open(dir).unwrap(), &CpuBackend).unwrap()
 }
 
 fn logits(
-    model: &DeepSeek<CpuBackend>,
+    model: &Model<CpuBackend>,
     tokens: &[u32],
     prefill: usize,
     block_size: usize,
@@ -171,13 +171,13 @@ fn attention_reads_only_the_pages_of_its_block_table() {
         .unwrap();
     let run = |table: Vec<u32>, num_blocks: usize| {
         let mut cache = CpuBackend
-            .alloc_latent_cache(1, num_blocks, block_size, width)
+            .alloc_kv_cache(1, num_blocks, block_size, width)
             .unwrap();
         let slots: Vec<u32> = (0..len)
             .map(|p| table[p / block_size] * block_size as u32 + (p % block_size) as u32)
             .collect();
         CpuBackend
-            .write_latent_cache(&mut cache, 0, &latent, &slots)
+            .write_kv_cache(&mut cache, 0, &latent, 0, &slots)
             .unwrap();
         let batch = AttentionBatch {
             block_size,

@@ -10,17 +10,17 @@ use mla_rt::engine::batch_engine::{Engine, EngineConfig};
 use mla_rt::engine::request::{FinishReason, Request, RequestOutput};
 use mla_rt::engine::sampler::SamplingParams;
 use mla_rt::engine::scheduler::SchedulerConfig;
-use mla_rt::model::deepseek::DeepSeek;
 use mla_rt::model::AttentionForm;
+use mla_rt::model::Model;
 use mla_rt::tokenizer::TextTokenizer;
 use mla_rt::weights::Checkpoint;
 
-fn load(name: &str) -> (DeepSeek<CpuBackend>, TextTokenizer) {
+fn load(name: &str) -> (Model<CpuBackend>, TextTokenizer) {
     let dir = fixtures_dir().join(name);
     let config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
     let tokenizer = TextTokenizer::load(&dir, &config).unwrap();
     (
-        DeepSeek::load(config, &Checkpoint::open(&dir).unwrap(), &CpuBackend).unwrap(),
+        Model::load(config, &Checkpoint::open(&dir).unwrap(), &CpuBackend).unwrap(),
         tokenizer,
     )
 }
@@ -47,7 +47,7 @@ fn config(
 }
 
 fn run(
-    model: &DeepSeek<CpuBackend>,
+    model: &Model<CpuBackend>,
     tok: &TextTokenizer,
     config: EngineConfig,
     requests: &[Request],

@@ -13,8 +13,8 @@ use mla_rt::engine::request::Request;
 use mla_rt::engine::sampler::SamplingParams;
 use mla_rt::engine::scheduler::SchedulerConfig;
 use mla_rt::engine::session::Session;
-use mla_rt::model::deepseek::DeepSeek;
 use mla_rt::model::AttentionForm;
+use mla_rt::model::Model;
 use mla_rt::tokenizer::TextTokenizer;
 use mla_rt::weights::Checkpoint;
 use std::path::{Path, PathBuf};
@@ -52,14 +52,14 @@ fn fixtures() -> Vec<(PathBuf, Expected)> {
         .collect()
 }
 
-fn load(dir: &Path) -> DeepSeek<CpuBackend> {
+fn load(dir: &Path) -> Model<CpuBackend> {
     let config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
-    DeepSeek::load(config, &Checkpoint::open(dir).unwrap(), &CpuBackend).unwrap()
+    Model::load(config, &Checkpoint::open(dir).unwrap(), &CpuBackend).unwrap()
 }
 
 fn check(dir: &Path, expected: &Expected, prefill: usize, form: AttentionForm, block_size: usize) {
     let model = load(dir);
-    let vocab = model.config.vocab_size;
+    let vocab = model.config.vocab_size();
     let ids = &expected.token_ids;
     let mut session = Session::new(&model, &CpuBackend, ids.len(), block_size, form).unwrap();
     let logits = compute_logits(&mut session, &CpuBackend, ids, prefill).unwrap();
@@ -130,7 +130,7 @@ fn tokenizer_and_greedy_generation_match_transformers() {
         let prompt = tokenizer.encode(&expected.prompt).unwrap();
         assert_eq!(
             prompt[0],
-            model.config.bos_token_id.unwrap(),
+            model.config.bos_token_id().unwrap(),
             "{}: BOS first",
             dir.display()
         );

@@ -8,8 +8,8 @@ pub mod common;
 
 use mla_rt::backend::cpu::CpuBackend;
 use mla_rt::config::ModelConfig;
-use mla_rt::model::deepseek::DeepSeek;
 use mla_rt::model::params::{count_params, ParamCounts};
+use mla_rt::model::Model;
 use mla_rt::weights::Checkpoint;
 use serde_json::json;
 use std::time::Instant;
@@ -17,7 +17,7 @@ use std::time::Instant;
 pub struct BenchModel {
     /// Keeps the checkpoint folder alive.
     pub dir: tempfile::TempDir,
-    pub model: DeepSeek<CpuBackend>,
+    pub model: Model<CpuBackend>,
     pub params: ParamCounts,
 }
 
@@ -33,7 +33,7 @@ pub fn v2_lite_shaped(layers: usize) -> BenchModel {
     let dir = common::write_model(&config, &common::random_weights(&config, 1));
     let model_config = ModelConfig::from_file(&dir.path().join("config.json")).unwrap();
     let params = count_params(&model_config);
-    let model = DeepSeek::load(
+    let model = Model::load(
         model_config,
         &Checkpoint::open(dir.path()).unwrap(),
         &CpuBackend,

@@ -32,6 +32,17 @@ impl MlaDims {
     }
 }
 
+/// Widths of one multi-head (or grouped-query) attention layer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MhaDims {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub softmax_scale: f32,
+    /// Attend to at most this many of the most recent tokens, the query's own included.
+    pub sliding_window: Option<usize>,
+}
+
 /// The new tokens of one sequence in a step, and where its cached context lives.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeqChunk {
@@ -61,6 +72,8 @@ pub struct MlpWeights<B: Backend + ?Sized> {
     pub gate: B::Weight,
     pub up: B::Weight,
     pub down: B::Weight,
+    /// Biases of gate, up and down (Llama's `mlp_bias`; none in DeepSeek).
+    pub biases: Option<[B::Weight; 3]>,
 }
 
 /// Router, routed experts and shared experts of one MoE layer.
@@ -81,7 +94,7 @@ pub trait Backend {
     /// Per-head matrices `[heads][out, in]`.
     type HeadWeight;
     /// The paged latent KV cache of every layer.
-    type LatentCache;
+    type KvCache;
 
     fn name(&self) -> String;
 
@@ -110,6 +123,8 @@ pub trait Backend {
         w: &Self::HeadWeight,
     ) -> Result<Self::Tensor>;
     fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Weight, eps: f32) -> Result<Self::Tensor>;
+    /// Adds `bias` (one value per column) to every row.
+    fn add_bias(&self, x: &mut Self::Tensor, bias: &Self::Weight) -> Result<()>;
     fn add_assign(&self, x: &mut Self::Tensor, y: &Self::Tensor) -> Result<()>;
     /// The given rows of `x`, in order.
     fn select_rows(&self, x: &Self::Tensor, rows: &[usize]) -> Result<Self::Tensor>;
@@ -134,23 +149,37 @@ pub trait Backend {
         table: &RopeTable,
     ) -> Result<()>;
 
-    fn alloc_latent_cache(
+    fn alloc_kv_cache(
         &self,
         layers: usize,
         num_blocks: usize,
         block_size: usize,
         width: usize,
-    ) -> Result<Self::LatentCache>;
+    ) -> Result<Self::KvCache>;
     /// Copies whole cache blocks `(from, to)` in every layer (copy-on-write of shared blocks).
-    fn copy_blocks(&self, cache: &mut Self::LatentCache, pairs: &[(u32, u32)]) -> Result<()>;
-    /// Stores row `i` of `latent` (`[T, width]`) at cache slot `slots[i]` of `layer`.
-    fn write_latent_cache(
+    fn copy_blocks(&self, cache: &mut Self::KvCache, pairs: &[(u32, u32)]) -> Result<()>;
+    /// Stores columns `[offset, offset + cache width)` of row `i` of `x` at cache slot
+    /// `slots[i]` of `layer`.
+    fn write_kv_cache(
         &self,
-        cache: &mut Self::LatentCache,
+        cache: &mut Self::KvCache,
         layer: usize,
-        latent: &Self::Tensor,
+        x: &Self::Tensor,
+        offset: usize,
         slots: &[u32],
     ) -> Result<()>;
+
+    /// Standard causal attention (MHA, GQA, MQA) over a paged cache whose rows are
+    /// `[K of every KV head | V of every KV head]`. `q` holds the query heads in its first
+    /// `heads·head_dim` columns (it may be a fused qkv tensor). Returns `[T, heads·head_dim]`.
+    fn mha_attention(
+        &self,
+        q: &Self::Tensor,
+        cache: &Self::KvCache,
+        layer: usize,
+        batch: &AttentionBatch,
+        dims: &MhaDims,
+    ) -> Result<Self::Tensor>;
 
     /// MLA in materialised form: expand each context latent to per-head K/V with `kv_b`
     /// (`[heads·(qk_nope + v_head), r_kv]`) and run causal attention. `q` is `[T, heads·qk_head]`
@@ -158,7 +187,7 @@ pub trait Backend {
     fn mla_attention_materialised(
         &self,
         q: &Self::Tensor,
-        cache: &Self::LatentCache,
+        cache: &Self::KvCache,
         layer: usize,
         batch: &AttentionBatch,
         kv_b: &Self::Weight,
@@ -172,7 +201,7 @@ pub trait Backend {
         &self,
         q_lat: &Self::Tensor,
         q: &Self::Tensor,
-        cache: &Self::LatentCache,
+        cache: &Self::KvCache,
         layer: usize,
         batch: &AttentionBatch,
         dims: &MlaDims,

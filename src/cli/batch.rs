@@ -146,7 +146,7 @@ pub fn run(
         args,
         tokenizer,
         template,
-        config.max_position_embeddings,
+        config.max_position_embeddings(),
     )?;
     let longest = requests
         .iter()

@@ -164,13 +164,13 @@ fn stream_one(
         tokenizer,
         template,
         PromptInput::Text(text),
-        config.max_position_embeddings,
+        config.max_position_embeddings(),
         "--prompt",
     )?;
     let max_tokens = args
         .sampling
         .max_new_tokens
-        .min(config.max_position_embeddings + 1 - prompt.len());
+        .min(config.max_position_embeddings() + 1 - prompt.len());
     let prompt_len = prompt.len();
     let request = Request {
         id: "prompt".into(),

@@ -1,7 +1,9 @@
 //! `mla info`: what a model is and what its KV cache costs, from config and checkpoint headers.
 
 use super::loading::load_config;
-use crate::config::{RopeScaling, TopkMethod};
+use crate::config::{
+    DeepSeekConfig, LlamaConfig, ModelConfig, RopeConfig, RopeScaling, TopkMethod,
+};
 use crate::error::Result;
 use crate::model::params::{count_params, kv_values_per_token_per_layer};
 use crate::weights::Checkpoint;
@@ -29,16 +31,9 @@ fn human(n: u64) -> String {
     }
 }
 
-pub fn run(args: InfoArgs) -> Result<()> {
-    let c = load_config(&args.model)?;
-    let checkpoint = Checkpoint::open(&args.model)?;
+fn describe_deepseek(c: &DeepSeekConfig) {
     let layers = c.num_hidden_layers;
     let moe_layers = (0..layers).filter(|&l| c.is_moe_layer(l)).count();
-    println!(
-        "model:        {} ({})",
-        args.model.display(),
-        c.architecture.name()
-    );
     println!(
         "layers:       {layers} ({} dense, {moe_layers} MoE)",
         layers - moe_layers
@@ -70,24 +65,79 @@ pub fn run(args: InfoArgs) -> Result<()> {
             m.n_routed_experts, m.num_experts_per_tok, m.n_shared_experts, m.moe_intermediate_size, m.scoring_func
         );
     }
-    let rope = match &c.rope.scaling {
+    describe_rope(&c.rope, c.max_position_embeddings);
+}
+
+fn describe_llama(c: &LlamaConfig) {
+    println!("layers:       {} (dense)", c.num_hidden_layers);
+    let kind = match c.num_key_value_heads {
+        1 => "MQA".to_string(),
+        kv if kv == c.num_attention_heads => "MHA".to_string(),
+        kv => format!(
+            "GQA ({} query heads per KV head)",
+            c.num_attention_heads / kv
+        ),
+    };
+    println!(
+        "attention:    {kind}, {} heads, {} KV heads, head dim {}{}",
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim,
+        match c.sliding_windows.iter().flatten().next() {
+            Some(w) => format!(
+                "; sliding window {w} on {} layers",
+                c.sliding_windows.iter().flatten().count()
+            ),
+            None => String::new(),
+        }
+    );
+    println!(
+        "hidden:       {} (MLP {}), vocab {}",
+        c.hidden_size, c.intermediate_size, c.vocab_size
+    );
+    describe_rope(&c.rope, c.max_position_embeddings);
+}
+
+fn describe_rope(rope: &RopeConfig, max_positions: usize) {
+    let scaling = match &rope.scaling {
         RopeScaling::None => "plain".to_string(),
         RopeScaling::Linear { factor } => format!("linear ×{factor}"),
+        RopeScaling::Dynamic { factor, .. } => format!("dynamic NTK ×{factor}"),
+        RopeScaling::Llama3 {
+            factor,
+            original_max_position_embeddings,
+            ..
+        } => {
+            format!("llama3 ×{factor} from {original_max_position_embeddings} positions")
+        }
         RopeScaling::Yarn(y) => format!(
             "yarn ×{} from {} positions",
             y.factor, y.original_max_position_embeddings
         ),
     };
     println!(
-        "rope:         theta {}, {rope}, {} pairs; max positions {}",
-        c.rope.theta,
-        if c.rope.interleaved {
+        "rope:         theta {}, {scaling}, {} pairs; max positions {max_positions}",
+        rope.theta,
+        if rope.interleaved {
             "interleaved"
         } else {
             "half-split"
         },
-        c.max_position_embeddings
     );
+}
+
+pub fn run(args: InfoArgs) -> Result<()> {
+    let c = load_config(&args.model)?;
+    let checkpoint = Checkpoint::open(&args.model)?;
+    println!(
+        "model:        {} ({})",
+        args.model.display(),
+        c.architecture().name()
+    );
+    match &c {
+        ModelConfig::DeepSeek(d) => describe_deepseek(d),
+        ModelConfig::Llama(l) => describe_llama(l),
+    }
     let p = count_params(&c);
     println!(
         "parameters:   {} total; {} activated per token ({} without the input embedding)",
@@ -101,13 +151,18 @@ pub fn run(args: InfoArgs) -> Result<()> {
         human(in_files),
         checkpoint.dtypes().join(", ")
     );
-    let (mla, mha) = kv_values_per_token_per_layer(&c);
-    let bytes = |values: u64| values * layers as u64 * args.cache_dtype_bytes;
+    let (cached, mha) = kv_values_per_token_per_layer(&c);
+    let layers = c.num_hidden_layers() as u64;
+    let bytes = |values: u64| values * layers * args.cache_dtype_bytes;
+    let what = match c {
+        ModelConfig::DeepSeek(_) => "MLA latent",
+        ModelConfig::Llama(_) => "K/V of the KV heads",
+    };
     println!(
-        "KV cache:     MLA latent {mla} values/token/layer = {} bytes/token; MHA (2·heads·v_head) {mha} values = {} bytes/token; MLA is {:.1}× smaller",
-        bytes(mla),
+        "KV cache:     {what} {cached} values/token/layer = {} bytes/token; MHA (2·heads·head dim) {mha} values = {} bytes/token; {:.1}× smaller",
+        bytes(cached),
         bytes(mha),
-        mha as f64 / mla as f64
+        mha as f64 / cached as f64
     );
     Ok(())
 }

@@ -4,8 +4,8 @@ use crate::backend::cpu::CpuBackend;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::kv::DEFAULT_BLOCK_SIZE;
-use crate::model::deepseek::DeepSeek;
 use crate::model::AttentionForm;
+use crate::model::Model;
 use crate::weights::Checkpoint;
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -73,7 +73,7 @@ pub fn load_config(dir: &Path) -> Result<ModelConfig> {
 
 pub struct LoadedModel {
     pub backend: CpuBackend,
-    pub model: DeepSeek<CpuBackend>,
+    pub model: Model<CpuBackend>,
 }
 
 impl ModelArgs {
@@ -93,7 +93,7 @@ impl ModelArgs {
             ));
         }
         let checkpoint = Checkpoint::open(&self.model)?;
-        let model = DeepSeek::load(config, &checkpoint, &backend)?;
+        let model = Model::load(config, &checkpoint, &backend)?;
         Ok(LoadedModel { backend, model })
     }
 }

@@ -62,17 +62,17 @@ pub fn run(args: LogitsArgs) -> Result<()> {
     if let Some(bad) = args
         .token_ids
         .iter()
-        .find(|&&t| t as usize >= config.vocab_size)
+        .find(|&&t| t as usize >= config.vocab_size())
     {
         return Err(Error::InvalidInput(format!(
             "--token-ids: id {bad} is outside the vocabulary (vocab_size {})",
-            config.vocab_size
+            config.vocab_size()
         )));
     }
-    if n > config.max_position_embeddings {
+    if n > config.max_position_embeddings() {
         return Err(Error::InvalidInput(format!(
             "--token-ids: {n} tokens exceed max_position_embeddings ({})",
-            config.max_position_embeddings
+            config.max_position_embeddings()
         )));
     }
     let mut session = Session::new(
@@ -85,7 +85,7 @@ pub fn run(args: LogitsArgs) -> Result<()> {
     let logits = compute_logits(&mut session, &loaded.backend, &args.token_ids, prefill)?;
     let file = LogitsFile {
         token_ids: &args.token_ids,
-        logits: logits.chunks(config.vocab_size).collect(),
+        logits: logits.chunks(config.vocab_size()).collect(),
     };
     let json = serde_json::to_string(&file).map_err(|source| Error::Json {
         path: args.output.clone(),
@@ -94,7 +94,7 @@ pub fn run(args: LogitsArgs) -> Result<()> {
     write_atomically(&args.output, json.as_bytes())?;
     eprintln!(
         "wrote {n} × {} logits to {}",
-        config.vocab_size,
+        config.vocab_size(),
         args.output.display()
     );
     Ok(())

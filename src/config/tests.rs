@@ -20,8 +20,9 @@ fn v2_lite() -> Value {
     })
 }
 
-fn parse(v: &Value) -> Result<ModelConfig> {
+fn parse(v: &Value) -> Result<DeepSeekConfig> {
     ModelConfig::from_value(Path::new("config.json"), v)
+        .map(|c| c.deepseek().expect("a DeepSeek config").clone())
 }
 
 fn with(mut v: Value, key: &str, value: Value) -> Value {

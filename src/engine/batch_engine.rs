@@ -8,7 +8,7 @@ use crate::backend::{AttentionBatch, Backend, SeqChunk};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::kv::{slot, BlockManager, PrefixCacheStats};
-use crate::model::deepseek::DeepSeek;
+use crate::model::Model;
 use crate::model::{AttentionForm, LogitRows, Step};
 use crate::tokenizer::TextTokenizer;
 use std::time::Instant;
@@ -53,10 +53,10 @@ pub struct StepOutput {
 }
 
 pub struct Engine<'m, B: Backend> {
-    model: &'m DeepSeek<B>,
+    model: &'m Model<B>,
     backend: &'m B,
     tokenizer: Option<&'m TextTokenizer>,
-    cache: B::LatentCache,
+    cache: B::KvCache,
     blocks: BlockManager,
     scheduler: Scheduler,
     config: EngineConfig,
@@ -66,7 +66,7 @@ pub struct Engine<'m, B: Backend> {
 
 impl<'m, B: Backend> Engine<'m, B> {
     pub fn new(
-        model: &'m DeepSeek<B>,
+        model: &'m Model<B>,
         backend: &'m B,
         tokenizer: Option<&'m TextTokenizer>,
         config: EngineConfig,
@@ -82,11 +82,11 @@ impl<'m, B: Backend> Engine<'m, B> {
             ));
         }
         let c = &model.config;
-        let cache = backend.alloc_latent_cache(
-            c.num_hidden_layers,
+        let cache = backend.alloc_kv_cache(
+            c.num_hidden_layers(),
             config.num_blocks,
             config.block_size,
-            c.latent_cache_width(),
+            c.cache_width(),
         )?;
         Ok(Engine {
             model,
@@ -122,13 +122,17 @@ impl<'m, B: Backend> Engine<'m, B> {
                 "request {id}: the prompt has no tokens"
             )));
         }
-        if let Some(bad) = request.prompt.iter().find(|&&t| t as usize >= c.vocab_size) {
+        if let Some(bad) = request
+            .prompt
+            .iter()
+            .find(|&&t| t as usize >= c.vocab_size())
+        {
             return Err(Error::InvalidInput(format!(
                 "request {id}: token id {bad} is outside the vocabulary (vocab_size {})",
-                c.vocab_size
+                c.vocab_size()
             )));
         }
-        let max_pos = c.max_position_embeddings;
+        let max_pos = c.max_position_embeddings();
         if request.prompt.len() > max_pos {
             return Err(Error::InvalidInput(format!(
                 "request {id}: {} prompt tokens exceed max_position_embeddings ({max_pos})",
@@ -206,7 +210,7 @@ impl<'m, B: Backend> Engine<'m, B> {
         let logits = self.backend.to_host(&logits)?;
         self.stats.forward_secs += forward_start.elapsed().as_secs_f64();
 
-        let vocab = self.model.config.vocab_size;
+        let vocab = self.model.config.vocab_size();
         let now = Instant::now();
         let mut done = Vec::new();
         for (s, row) in plan.scheduled.iter().zip(logits.data.chunks_exact(vocab)) {
@@ -290,7 +294,7 @@ fn finish_reason(
 ) -> Option<FinishReason> {
     let last = *seq.tokens.last()?;
     let eos = !seq.request.ignore_eos
-        && (config.eos_token_ids.contains(&last) || tokenizer.is_some_and(|t| t.is_eos(last)));
+        && (config.eos_token_ids().contains(&last) || tokenizer.is_some_and(|t| t.is_eos(last)));
     if eos {
         return Some(FinishReason::Stop);
     }
@@ -302,6 +306,6 @@ fn finish_reason(
         }
     }
     let generated = seq.tokens.len() - seq.request.prompt.len();
-    (generated >= seq.request.max_tokens || seq.tokens.len() > config.max_position_embeddings)
+    (generated >= seq.request.max_tokens || seq.tokens.len() > config.max_position_embeddings())
         .then_some(FinishReason::Length)
 }

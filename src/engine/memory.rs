@@ -2,6 +2,7 @@
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::model::params::kv_values_per_token_per_layer;
 
 /// `MemAvailable` from `/proc/meminfo`, in bytes; `None` where the file is absent.
 pub fn available_host_bytes() -> Option<u64> {
@@ -46,7 +47,7 @@ pub struct KvCachePlan {
     pub num_blocks: usize,
     pub block_size: usize,
     pub bytes: u64,
-    /// Tokens an MHA cache (K and V of every head) of the same bytes would hold.
+    /// Tokens an MHA cache (K and V of every query head) of the same bytes would hold.
     pub mha_tokens: u64,
 }
 
@@ -59,9 +60,9 @@ impl KvCachePlan {
         budget: u64,
         max_useful: usize,
     ) -> Result<Self> {
-        let layers = config.num_hidden_layers as u64;
-        let block_bytes =
-            config.latent_cache_width() as u64 * block_size as u64 * layers * bytes_per_value;
+        let layers = config.num_hidden_layers() as u64;
+        let (cached, mha) = kv_values_per_token_per_layer(config);
+        let block_bytes = cached * block_size as u64 * layers * bytes_per_value;
         let num_blocks = ((budget / block_bytes) as usize).min(max_useful);
         if num_blocks == 0 {
             return Err(Error::InvalidInput(format!(
@@ -69,13 +70,11 @@ impl KvCachePlan {
             )));
         }
         let bytes = num_blocks as u64 * block_bytes;
-        let mha_token_bytes =
-            2 * (config.num_attention_heads * config.v_head_dim) as u64 * layers * bytes_per_value;
         Ok(KvCachePlan {
             num_blocks,
             block_size,
             bytes,
-            mha_tokens: bytes / mha_token_bytes,
+            mha_tokens: bytes / (mha * layers * bytes_per_value),
         })
     }
 

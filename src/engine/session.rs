@@ -3,13 +3,13 @@
 use crate::backend::{AttentionBatch, Backend, SeqChunk};
 use crate::error::{Error, Result};
 use crate::kv::{slot, BlockManager, SeqBlocks};
-use crate::model::deepseek::DeepSeek;
+use crate::model::Model;
 use crate::model::{AttentionForm, LogitRows, Step};
 
 pub struct Session<'m, B: Backend> {
-    model: &'m DeepSeek<B>,
+    model: &'m Model<B>,
     backend: &'m B,
-    cache: B::LatentCache,
+    cache: B::KvCache,
     blocks: BlockManager,
     seq: SeqBlocks,
     len: usize,
@@ -20,7 +20,7 @@ pub struct Session<'m, B: Backend> {
 impl<'m, B: Backend> Session<'m, B> {
     /// A session with cache room for `max_tokens` tokens.
     pub fn new(
-        model: &'m DeepSeek<B>,
+        model: &'m Model<B>,
         backend: &'m B,
         max_tokens: usize,
         block_size: usize,
@@ -31,11 +31,11 @@ impl<'m, B: Backend> Session<'m, B> {
         }
         let num_blocks = max_tokens.max(1).div_ceil(block_size);
         let c = &model.config;
-        let cache = backend.alloc_latent_cache(
-            c.num_hidden_layers,
+        let cache = backend.alloc_kv_cache(
+            c.num_hidden_layers(),
             num_blocks,
             block_size,
-            c.latent_cache_width(),
+            c.cache_width(),
         )?;
         Ok(Session {
             model,
@@ -67,13 +67,13 @@ impl<'m, B: Backend> Session<'m, B> {
         if tokens.is_empty() {
             return Err(Error::InvalidInput("no tokens to run".into()));
         }
-        let vocab = self.model.config.vocab_size;
+        let vocab = self.model.config.vocab_size();
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
             return Err(Error::InvalidInput(format!(
                 "token id {bad} is outside the vocabulary (size {vocab})"
             )));
         }
-        let max_pos = self.model.config.max_position_embeddings;
+        let max_pos = self.model.config.max_position_embeddings();
         if self.len + tokens.len() > max_pos {
             return Err(Error::InvalidInput(format!(
                 "{} tokens exceed max_position_embeddings ({max_pos})",

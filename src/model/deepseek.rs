@@ -1,11 +1,12 @@
 //! DeepSeek-V2 / V3: MLA attention over the paged latent cache, dense MLP or MoE per layer.
 
+use super::loader::Loader;
 use super::rope::{Rope, RopeTable};
 use super::{AttentionForm, LogitRows, Step};
 use crate::backend::{Backend, MlaDims, MlpWeights, MoeWeights};
-use crate::config::ModelConfig;
-use crate::error::{Error, Result};
-use crate::weights::{Checkpoint, HostTensor};
+use crate::config::DeepSeekConfig;
+use crate::error::Result;
+use crate::weights::Checkpoint;
 
 /// The q and kv latent RMSNorms use RMSNorm's default eps in DeepSeek's code and in
 /// transformers, not `rms_norm_eps`.
@@ -45,7 +46,7 @@ struct Layer<B: Backend> {
 }
 
 pub struct DeepSeek<B: Backend> {
-    pub config: ModelConfig,
+    pub config: DeepSeekConfig,
     pub dims: MlaDims,
     pub rope: Rope,
     embed: B::Weight,
@@ -53,74 +54,6 @@ pub struct DeepSeek<B: Backend> {
     norm: B::Weight,
     /// `None` when the embedding is tied.
     lm_head: Option<B::Weight>,
-}
-
-/// Reads tensors by name with the shapes the config implies.
-struct Loader<'a, B: Backend> {
-    checkpoint: &'a Checkpoint,
-    backend: &'a B,
-}
-
-impl<B: Backend> Loader<'_, B> {
-    fn host(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
-        self.checkpoint.load(name, shape)
-    }
-
-    fn weight(&self, name: &str, shape: &[usize]) -> Result<B::Weight> {
-        self.backend.upload_weight(self.host(name, shape)?)
-    }
-
-    fn mlp(&self, prefix: &str, hidden: usize, intermediate: usize) -> Result<MlpWeights<B>> {
-        Ok(MlpWeights {
-            gate: self.weight(
-                &format!("{prefix}.gate_proj.weight"),
-                &[intermediate, hidden],
-            )?,
-            up: self.weight(&format!("{prefix}.up_proj.weight"), &[intermediate, hidden])?,
-            down: self.weight(
-                &format!("{prefix}.down_proj.weight"),
-                &[hidden, intermediate],
-            )?,
-        })
-    }
-
-    /// Routed experts in the published per-expert layout or transformers 5's fused layout.
-    fn experts(
-        &self,
-        prefix: &str,
-        count: usize,
-        hidden: usize,
-        inter: usize,
-    ) -> Result<Vec<MlpWeights<B>>> {
-        let fused = format!("{prefix}.gate_up_proj");
-        if !self.checkpoint.contains(&fused) {
-            return (0..count)
-                .map(|e| self.mlp(&format!("{prefix}.{e}"), hidden, inter))
-                .collect();
-        }
-        let gate_up = self.host(&fused, &[count, 2 * inter, hidden])?;
-        let down = self.host(&format!("{prefix}.down_proj"), &[count, hidden, inter])?;
-        let matrix = inter * hidden;
-        (0..count)
-            .map(|e| {
-                let block = &gate_up.data[e * 2 * matrix..(e + 1) * 2 * matrix];
-                Ok(MlpWeights {
-                    gate: self.backend.upload_weight(HostTensor::new(
-                        vec![inter, hidden],
-                        block[..matrix].to_vec(),
-                    ))?,
-                    up: self.backend.upload_weight(HostTensor::new(
-                        vec![inter, hidden],
-                        block[matrix..].to_vec(),
-                    ))?,
-                    down: self.backend.upload_weight(HostTensor::new(
-                        vec![hidden, inter],
-                        down.data[e * matrix..(e + 1) * matrix].to_vec(),
-                    ))?,
-                })
-            })
-            .collect()
-    }
 }
 
 /// Splits `kv_b_proj` `[heads·(nope + v), r_kv]` into the per-head absorption weights:
@@ -140,7 +73,7 @@ pub fn absorption_weights(kv_b: &[f32], dims: &MlaDims) -> (Vec<f32>, Vec<f32>) 
 }
 
 impl<B: Backend> DeepSeek<B> {
-    pub fn load(config: ModelConfig, checkpoint: &Checkpoint, backend: &B) -> Result<Self> {
+    pub fn load(config: DeepSeekConfig, checkpoint: &Checkpoint, backend: &B) -> Result<Self> {
         let c = &config;
         let dims = MlaDims {
             heads: c.num_attention_heads,
@@ -256,41 +189,18 @@ impl<B: Backend> DeepSeek<B> {
     pub fn forward(
         &self,
         backend: &B,
-        cache: &mut B::LatentCache,
+        cache: &mut B::KvCache,
         step: &Step,
         form: AttentionForm,
         logit_rows: LogitRows,
     ) -> Result<B::Tensor> {
-        let t = step.token_ids.len();
-        if step.positions.len() != t || step.slots.len() != t || step.batch.num_query_tokens() != t
-        {
-            return Err(Error::Op {
-                op: "forward",
-                message: format!(
-                    "{t} tokens, {} positions, {} slots, {} query rows",
-                    step.positions.len(),
-                    step.slots.len(),
-                    step.batch.num_query_tokens()
-                ),
-            });
-        }
-        if let Some(&p) = step
-            .positions
-            .iter()
-            .find(|&&p| p as usize >= self.config.max_position_embeddings)
-        {
-            return Err(Error::InvalidInput(format!(
-                "position {p} is beyond max_position_embeddings ({})",
-                self.config.max_position_embeddings
-            )));
-        }
         let eps = self.config.rms_norm_eps as f32;
         let absorbed = match form {
             AttentionForm::Auto => step.batch.seqs.iter().all(|s| s.query_len == 1),
             AttentionForm::Absorbed => true,
             AttentionForm::Materialised => false,
         };
-        let rope = self.rope.table(&step.positions);
+        let rope = self.rope.table(&step.positions, &step.row_seq_lens());
         let mut x = backend.embedding(&self.embed, &step.token_ids)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let h = backend.rms_norm(&x, &layer.input_norm, eps)?;
@@ -320,17 +230,7 @@ impl<B: Backend> DeepSeek<B> {
             backend.add_assign(&mut x, &y)?;
         }
         if logit_rows == LogitRows::LastPerSequence {
-            let mut end = 0;
-            let rows: Vec<usize> = step
-                .batch
-                .seqs
-                .iter()
-                .map(|s| {
-                    end += s.query_len;
-                    end - 1
-                })
-                .collect();
-            x = backend.select_rows(&x, &rows)?;
+            x = backend.select_rows(&x, &step.last_rows())?;
         }
         let x = backend.rms_norm(&x, &self.norm, eps)?;
         backend.matmul(&x, self.lm_head.as_ref().unwrap_or(&self.embed))
@@ -342,7 +242,7 @@ impl<B: Backend> DeepSeek<B> {
         backend: &B,
         w: &Attention<B>,
         h: &B::Tensor,
-        cache: &mut B::LatentCache,
+        cache: &mut B::KvCache,
         layer: usize,
         step: &Step,
         rope: &RopeTable,
@@ -359,7 +259,7 @@ impl<B: Backend> DeepSeek<B> {
         backend.rope(&mut q, rope, d.heads, d.qk_head(), d.qk_nope)?;
         let mut latent = backend.matmul(h, &w.kv_a)?;
         backend.latent_epilogue(&mut latent, &w.kv_a_norm, LATENT_NORM_EPS, rope)?;
-        backend.write_latent_cache(cache, layer, &latent, &step.slots)?;
+        backend.write_kv_cache(cache, layer, &latent, 0, &step.slots)?;
         let out = if absorbed {
             let q_lat = backend.head_matmul(&q, d.qk_head(), 0, &w.w_uk)?;
             let o_lat = backend.mla_attention_absorbed(&q_lat, &q, cache, layer, &step.batch, d)?;

@@ -1,6 +1,6 @@
 //! Parameter and KV-cache accounting derived from the config alone.
 
-use crate::config::{ModelConfig, ScoringFunc};
+use crate::config::{DeepSeekConfig, LlamaConfig, ModelConfig, ScoringFunc};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ParamCounts {
@@ -12,7 +12,14 @@ pub struct ParamCounts {
     pub embedding: u64,
 }
 
-pub fn count_params(c: &ModelConfig) -> ParamCounts {
+pub fn count_params(config: &ModelConfig) -> ParamCounts {
+    match config {
+        ModelConfig::DeepSeek(c) => count_deepseek(c),
+        ModelConfig::Llama(c) => count_llama(c),
+    }
+}
+
+fn count_deepseek(c: &DeepSeekConfig) -> ParamCounts {
     let (h, n) = (c.hidden_size as u64, c.num_attention_heads as u64);
     let (dqk, dn, dv, r, dr) = (
         c.qk_head_dim() as u64,
@@ -67,11 +74,39 @@ pub fn count_params(c: &ModelConfig) -> ParamCounts {
     }
 }
 
-/// Values cached per token and layer by MLA (the latent plus the roped key) and by an MHA
-/// model with the same heads (`2·heads·v_head_dim`: a K and a V of head width per head).
-pub fn kv_values_per_token_per_layer(c: &ModelConfig) -> (u64, u64) {
-    (
-        c.latent_cache_width() as u64,
-        2 * (c.num_attention_heads * c.v_head_dim) as u64,
-    )
+fn count_llama(c: &LlamaConfig) -> ParamCounts {
+    let (h, hd) = (c.hidden_size as u64, c.head_dim as u64);
+    let (q, kv) = (
+        c.num_attention_heads as u64 * hd,
+        c.num_key_value_heads as u64 * hd,
+    );
+    let inter = c.intermediate_size as u64;
+    let bias = |on: bool, n: u64| if on { n } else { 0 };
+    let attention = h * (q + 2 * kv) + q * h + bias(c.qkv_bias, q + 2 * kv) + bias(c.o_bias, h);
+    let mlp = 3 * h * inter + bias(c.mlp_bias, 2 * inter + h);
+    let layers = c.num_hidden_layers as u64 * (attention + mlp + 2 * h);
+    let embedding = c.vocab_size as u64 * h;
+    let head = if c.tie_word_embeddings { 0 } else { embedding };
+    let total = layers + embedding + head + h;
+    ParamCounts {
+        total,
+        activated: total,
+        embedding,
+    }
+}
+
+/// Values cached per token and layer, and what a plain MHA cache of the same heads would hold
+/// (`2·heads·head width`): MLA's latent against `2·heads·v_head_dim`; GQA's K/V of the KV heads
+/// against K/V of every query head.
+pub fn kv_values_per_token_per_layer(config: &ModelConfig) -> (u64, u64) {
+    match config {
+        ModelConfig::DeepSeek(c) => (
+            c.latent_cache_width() as u64,
+            2 * (c.num_attention_heads * c.v_head_dim) as u64,
+        ),
+        ModelConfig::Llama(c) => (
+            c.kv_width() as u64,
+            2 * (c.num_attention_heads * c.head_dim) as u64,
+        ),
+    }
 }

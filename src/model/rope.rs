@@ -13,23 +13,45 @@ pub struct Rope {
     /// Multiplies cos and sin (YaRN's attention factor; 1 otherwise).
     pub attention_factor: f32,
     pub interleaved: bool,
+    /// Dynamic NTK scaling: `(factor, original length, theta)`; frequencies then depend on how
+    /// long the sequence is.
+    pub dynamic: Option<(f64, usize, f64)>,
 }
 
 impl Rope {
     pub fn new(config: &RopeConfig, dim: usize) -> Self {
-        let half = dim / 2;
-        let base: Vec<f64> = (0..half)
-            .map(|i| config.theta.powf(-((2 * i) as f64) / dim as f64))
-            .collect();
+        let base = plain_frequencies(config.theta, dim);
         let (inv_freq, attention_factor) = match &config.scaling {
-            RopeScaling::None => (base, 1.0),
+            RopeScaling::None | RopeScaling::Dynamic { .. } => (base, 1.0),
             RopeScaling::Linear { factor } => (base.iter().map(|f| f / factor).collect(), 1.0),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => (
+                llama3_frequencies(
+                    &base,
+                    *factor,
+                    *low_freq_factor,
+                    *high_freq_factor,
+                    *original_max_position_embeddings,
+                ),
+                1.0,
+            ),
             RopeScaling::Yarn(y) => yarn_frequencies(y, &base, dim, config.theta),
         };
         Rope {
             inv_freq: inv_freq.into_iter().map(|f| f as f32).collect(),
             attention_factor: attention_factor as f32,
             interleaved: config.interleaved,
+            dynamic: match config.scaling {
+                RopeScaling::Dynamic {
+                    factor,
+                    original_max_position_embeddings,
+                } => Some((factor, original_max_position_embeddings, config.theta)),
+                _ => None,
+            },
         }
     }
 
@@ -57,8 +79,9 @@ impl Rope {
         rotate(x, cos, sin, self.interleaved);
     }
 
-    /// cos/sin of every row of a step, `positions[i]` being row `i`'s position.
-    pub fn table(&self, positions: &[u32]) -> RopeTable {
+    /// cos/sin of every row of a step: row `i` is at `positions[i]` of a sequence that is
+    /// `seq_lens[i]` tokens long after the step (only dynamic NTK scaling looks at that).
+    pub fn table(&self, positions: &[u32], seq_lens: &[usize]) -> RopeTable {
         let half = self.inv_freq.len();
         let mut table = RopeTable {
             half,
@@ -66,13 +89,74 @@ impl Rope {
             cos: Vec::with_capacity(positions.len() * half),
             sin: Vec::with_capacity(positions.len() * half),
         };
-        for &p in positions {
-            let (c, s) = self.cos_sin(p as usize);
+        let mut scaled: Option<(usize, Rope)> = None;
+        for (&p, &len) in positions.iter().zip(seq_lens) {
+            let rope = match self.dynamic {
+                Some((factor, original, theta)) if len > original => {
+                    if scaled.as_ref().is_none_or(|(l, _)| *l != len) {
+                        // theta grows so the longest wavelength still spans the sequence.
+                        let d = self.dim() as f64;
+                        let theta = theta
+                            * ((factor * len as f64 / original as f64) - (factor - 1.0))
+                                .powf(d / (d - 2.0));
+                        let inv_freq = plain_frequencies(theta, self.dim())
+                            .into_iter()
+                            .map(|f| f as f32)
+                            .collect();
+                        scaled = Some((
+                            len,
+                            Rope {
+                                inv_freq,
+                                dynamic: None,
+                                ..self.clone()
+                            },
+                        ));
+                    }
+                    &scaled.as_ref().expect("just set").1
+                }
+                _ => self,
+            };
+            let (c, s) = rope.cos_sin(p as usize);
             table.cos.extend(c);
             table.sin.extend(s);
         }
         table
     }
+}
+
+/// `theta^(-2i/dim)` for every pair `i`.
+fn plain_frequencies(theta: f64, dim: usize) -> Vec<f64> {
+    (0..dim / 2)
+        .map(|i| theta.powf(-((2 * i) as f64) / dim as f64))
+        .collect()
+}
+
+/// Llama 3: wavelengths longer than `original / low_freq_factor` are interpolated by `factor`,
+/// shorter than `original / high_freq_factor` kept, and the band between blended smoothly.
+fn llama3_frequencies(
+    base: &[f64],
+    factor: f64,
+    low_freq_factor: f64,
+    high_freq_factor: f64,
+    original: usize,
+) -> Vec<f64> {
+    let original = original as f64;
+    let (low_freq_wavelen, high_freq_wavelen) =
+        (original / low_freq_factor, original / high_freq_factor);
+    base.iter()
+        .map(|&f| {
+            let wavelen = 2.0 * std::f64::consts::PI / f;
+            if wavelen > low_freq_wavelen {
+                f / factor
+            } else if wavelen < high_freq_wavelen {
+                f
+            } else {
+                let smooth =
+                    (original / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                (1.0 - smooth) * f / factor + smooth * f
+            }
+        })
+        .collect()
 }
 
 /// cos and sin per row and rotated pair for one forward step: built once on the host, used by

@@ -1,22 +1,22 @@
 //! MLA attention over the paged latent cache, in its two forms, on the host.
 
 use super::matmul::{axpy, dot, matmul_nt};
-use crate::backend::{AttentionBatch, MlaDims};
+use crate::backend::{AttentionBatch, MhaDims, MlaDims};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 
 /// Per layer, `[num_blocks, block_size, width]` floats. Fresh blocks hold NaN so that a read of
 /// a slot nobody wrote poisons the result instead of passing silently.
-pub struct CpuLatentCache {
+pub struct CpuKvCache {
     pub num_blocks: usize,
     pub block_size: usize,
     pub width: usize,
     pub layers: Vec<Vec<f32>>,
 }
 
-impl CpuLatentCache {
+impl CpuKvCache {
     pub fn new(layers: usize, num_blocks: usize, block_size: usize, width: usize) -> Self {
-        CpuLatentCache {
+        CpuKvCache {
             num_blocks,
             block_size,
             width,
@@ -93,7 +93,7 @@ fn softmax_in_place(scores: &mut [f32]) {
 
 pub fn materialised(
     q: &[f32],
-    cache: &CpuLatentCache,
+    cache: &CpuKvCache,
     layer: usize,
     batch: &AttentionBatch,
     kv_b: &[f32],
@@ -149,7 +149,7 @@ pub fn materialised(
 pub fn absorbed(
     q_lat: &[f32],
     q: &[f32],
-    cache: &CpuLatentCache,
+    cache: &CpuKvCache,
     layer: usize,
     batch: &AttentionBatch,
     dims: &MlaDims,
@@ -175,6 +175,47 @@ pub fn absorbed(
         softmax_in_place(&mut scores);
         for (j, p) in scores.iter().enumerate() {
             axpy(o, *p, &cache.row(layer_data, table, j)[..r]);
+        }
+    });
+    Ok(out)
+}
+
+/// Causal attention over `[K | V]` cache rows; query head `h` reads KV head
+/// `h / (heads / kv_heads)`. `q` rows are `q_stride` wide with the query heads first.
+pub fn mha(
+    q: &[f32],
+    q_stride: usize,
+    cache: &CpuKvCache,
+    layer: usize,
+    batch: &AttentionBatch,
+    dims: &MhaDims,
+) -> Result<Vec<f32>> {
+    cache.check_batch(batch)?;
+    let layer_data = &cache.layers[layer];
+    let (n, d) = (dims.heads, dims.head_dim);
+    let group = n / dims.kv_heads;
+    let v_offset = dims.kv_heads * d;
+    let rows = query_rows(batch);
+    let mut out = vec![0.0f32; rows.len() * n * d];
+    out.par_chunks_mut(d).enumerate().for_each(|(job, o)| {
+        let (t, h) = (job / n, job % n);
+        let (s, pos) = rows[t];
+        let table = &batch.seqs[s].block_table;
+        let qh = &q[t * q_stride + h * d..t * q_stride + (h + 1) * d];
+        let k = (h / group) * d;
+        let first = dims
+            .sliding_window
+            .map_or(0, |w| (pos + 1).saturating_sub(w));
+        let mut scores: Vec<f32> = (first..=pos)
+            .map(|j| dims.softmax_scale * dot(qh, &cache.row(layer_data, table, j)[k..k + d]))
+            .collect();
+        softmax_in_place(&mut scores);
+        for (j, p) in (first..=pos).zip(&scores) {
+            axpy(
+                o,
+                *p,
+                &cache.row(layer_data, table, j)[v_offset + k..v_offset + k + d],
+            );
         }
     });
     Ok(out)

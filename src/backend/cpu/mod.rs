@@ -3,9 +3,9 @@
 mod attention;
 pub mod matmul;
 
-pub use attention::CpuLatentCache;
+pub use attention::CpuKvCache;
 
-use super::{AttentionBatch, Backend, MlaDims, MlpWeights, MoeWeights};
+use super::{AttentionBatch, Backend, MhaDims, MlaDims, MlpWeights, MoeWeights};
 use crate::config::MoeConfig;
 use crate::error::{Error, Result};
 use crate::model::moe::route;
@@ -56,7 +56,7 @@ impl Backend for CpuBackend {
     type Tensor = HostTensor;
     type Weight = HostTensor;
     type HeadWeight = CpuHeadWeight;
-    type LatentCache = CpuLatentCache;
+    type KvCache = CpuKvCache;
 
     fn name(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
@@ -167,6 +167,20 @@ impl Backend for CpuBackend {
         Ok(y)
     }
 
+    fn add_bias(&self, x: &mut HostTensor, bias: &HostTensor) -> Result<()> {
+        let (_, cols) = dims2("add_bias", x)?;
+        if bias.data.len() != cols {
+            return Err(op_err(
+                "add_bias",
+                format!("{cols} columns but {} biases", bias.data.len()),
+            ));
+        }
+        for row in x.data.chunks_exact_mut(cols) {
+            row.iter_mut().zip(&bias.data).for_each(|(v, b)| *v += b);
+        }
+        Ok(())
+    }
+
     fn add_assign(&self, x: &mut HostTensor, y: &HostTensor) -> Result<()> {
         if x.shape != y.shape {
             return Err(op_err(
@@ -253,13 +267,13 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn alloc_latent_cache(
+    fn alloc_kv_cache(
         &self,
         layers: usize,
         num_blocks: usize,
         block_size: usize,
         width: usize,
-    ) -> Result<CpuLatentCache> {
+    ) -> Result<CpuKvCache> {
         let bytes = layers as u128 * num_blocks as u128 * block_size as u128 * width as u128 * 4;
         let ram = crate::engine::memory::available_host_bytes();
         if ram.is_some_and(|ram| bytes > ram as u128) {
@@ -268,10 +282,10 @@ impl Backend for CpuBackend {
                 ram.unwrap_or(0)
             )));
         }
-        Ok(CpuLatentCache::new(layers, num_blocks, block_size, width))
+        Ok(CpuKvCache::new(layers, num_blocks, block_size, width))
     }
 
-    fn copy_blocks(&self, cache: &mut CpuLatentCache, pairs: &[(u32, u32)]) -> Result<()> {
+    fn copy_blocks(&self, cache: &mut CpuKvCache, pairs: &[(u32, u32)]) -> Result<()> {
         let block = cache.block_size * cache.width;
         for &(from, to) in pairs {
             if from as usize >= cache.num_blocks || to as usize >= cache.num_blocks {
@@ -290,43 +304,73 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn write_latent_cache(
+    fn write_kv_cache(
         &self,
-        cache: &mut CpuLatentCache,
+        cache: &mut CpuKvCache,
         layer: usize,
-        latent: &HostTensor,
+        x: &HostTensor,
+        offset: usize,
         slots: &[u32],
     ) -> Result<()> {
-        let (m, cols) = dims2("write_latent_cache", latent)?;
-        if cols != cache.width || slots.len() != m || layer >= cache.layers.len() {
+        let (m, cols) = dims2("write_kv_cache", x)?;
+        let width = cache.width;
+        if offset + width > cols || slots.len() != m || layer >= cache.layers.len() {
             return Err(op_err(
-                "write_latent_cache",
+                "write_kv_cache",
                 format!(
-                    "[{m}, {cols}] rows for {} slots of width {} in layer {layer}",
-                    slots.len(),
-                    cache.width
+                    "columns [{offset}, {}) of [{m}, {cols}] for {} slots in layer {layer}",
+                    offset + width,
+                    slots.len()
                 ),
             ));
         }
         let capacity = cache.slots();
         let data = &mut cache.layers[layer];
-        for (row, &slot) in latent.data.chunks_exact(cols).zip(slots) {
+        for (row, &slot) in x.data.chunks_exact(cols).zip(slots) {
             let slot = slot as usize;
             if slot >= capacity {
                 return Err(op_err(
-                    "write_latent_cache",
+                    "write_kv_cache",
                     format!("slot {slot} of {capacity}"),
                 ));
             }
-            data[slot * cols..(slot + 1) * cols].copy_from_slice(row);
+            data[slot * width..(slot + 1) * width].copy_from_slice(&row[offset..offset + width]);
         }
         Ok(())
+    }
+
+    fn mha_attention(
+        &self,
+        q: &HostTensor,
+        cache: &CpuKvCache,
+        layer: usize,
+        batch: &AttentionBatch,
+        dims: &MhaDims,
+    ) -> Result<HostTensor> {
+        let (t, cols) = dims2("mha_attention", q)?;
+        let ok = t == batch.num_query_tokens()
+            && cols >= dims.heads * dims.head_dim
+            && dims.kv_heads > 0
+            && dims.heads % dims.kv_heads == 0
+            && cache.width == 2 * dims.kv_heads * dims.head_dim;
+        if !ok {
+            return Err(op_err(
+                "mha_attention",
+                format!(
+                    "q [{t}, {cols}], {} query rows, {dims:?}, cache width {}",
+                    batch.num_query_tokens(),
+                    cache.width
+                ),
+            ));
+        }
+        let out = attention::mha(&q.data, cols, cache, layer, batch, dims)?;
+        Ok(HostTensor::new(vec![t, dims.heads * dims.head_dim], out))
     }
 
     fn mla_attention_materialised(
         &self,
         q: &HostTensor,
-        cache: &CpuLatentCache,
+        cache: &CpuKvCache,
         layer: usize,
         batch: &AttentionBatch,
         kv_b: &HostTensor,
@@ -351,7 +395,7 @@ impl Backend for CpuBackend {
         &self,
         q_lat: &HostTensor,
         q: &HostTensor,
-        cache: &CpuLatentCache,
+        cache: &CpuKvCache,
         layer: usize,
         batch: &AttentionBatch,
         dims: &MlaDims,
@@ -376,12 +420,20 @@ impl Backend for CpuBackend {
 
     fn mlp(&self, x: &HostTensor, w: &MlpWeights<Self>) -> Result<HostTensor> {
         let mut gate = self.matmul(x, &w.gate)?;
-        let up = self.matmul(x, &w.up)?;
+        let mut up = self.matmul(x, &w.up)?;
+        if let Some([g, u, _]) = &w.biases {
+            self.add_bias(&mut gate, g)?;
+            self.add_bias(&mut up, u)?;
+        }
         gate.data
             .iter_mut()
             .zip(&up.data)
             .for_each(|(g, u)| *g = silu(*g) * u);
-        self.matmul(&gate, &w.down)
+        let mut down = self.matmul(&gate, &w.down)?;
+        if let Some([_, _, d]) = &w.biases {
+            self.add_bias(&mut down, d)?;
+        }
+        Ok(down)
     }
 
     fn moe(&self, x: &HostTensor, w: &MoeWeights<Self>, config: &MoeConfig) -> Result<HostTensor> {
