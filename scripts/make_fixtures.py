@@ -19,6 +19,12 @@ flip between f32 and f64:
   * greedy generation: top-1 minus top-2 logit >= MARGIN at every generated step.
 A seed that fails is replaced by the next one (deterministically); the seed used is recorded.
 
+Every expected.json also records (scripts/fixture_eval.py) "decode_logits": the logits when
+token_ids are fed one token at a time through transformers' DynamicCache (rounded to 12
+significant digits), and "perplexity": a sliding-window perplexity of a fixed English passage
+(the exact recipe is stored in it as "recipe"). scripts/make_llama_fixtures.py (also run by
+make_fixtures.sh) writes the Llama-family fixtures with the same expected.json keys.
+
 After writing a folder it is reloaded with AutoModelForCausalLM.from_pretrained (float64) and
 its logits must match the in-memory reference, which proves transformers accepts the layout and
 config style we wrote.
@@ -50,6 +56,12 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
+from fixture_eval import (  # noqa: E402
+    LLAMA_FIXTURE_NAMES,
+    decode_logits,
+    perplexity_entry,
+    round_rows,
+)
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     DeepseekV2Config,
@@ -432,6 +444,8 @@ def reinit_(model, seed: int) -> None:
                 continue  # same tensor as model.embed_tokens.weight
             if name.endswith("embed_tokens.weight"):
                 v = normal(p.shape, 1.0)
+            elif name.endswith(".bias"):  # Linear biases (Llama-family fixtures only)
+                v = normal(p.shape, 0.2)
             elif p.ndim == 1:  # every RMSNorm weight
                 assert "norm" in name, name
                 v = normal(p.shape, 0.1, 1.0)
@@ -698,9 +712,9 @@ def fmt_expected(obj: dict) -> str:
     items = list(obj.items())
     for i, (k, v) in enumerate(items):
         comma = "," if i + 1 < len(items) else ""
-        if k == "logits":
+        if k in ("logits", "decode_logits"):
             rows = [json.dumps(row, separators=(",", ":")) for row in v]
-            lines.append(f'  "logits": [')
+            lines.append(f'  {json.dumps(k)}: [')
             lines += [f"    {r}{',' if j + 1 < len(rows) else ''}" for j, r in enumerate(rows)]
             lines.append(f"  ]{comma}")
         else:
@@ -754,6 +768,15 @@ def make_fixture(fx, tok: Tokenizer, out_root: Path, tokenizer_json: str, tokeni
     hf_g = hf_generate(model, bp, GREEDY_NEW_TOKENS)
     assert hf_g == greedy_ids, (hf_g, greedy_ids)
 
+    dec = decode_logits(model, token_ids)
+    dec_diff = float((dec - logits).abs().max())
+    tap = RouterTap(model)
+    ppl = perplexity_entry(model, tok, bos_id, routing_margin=lambda: min_routing_margin(model, tap))
+    tap.remove()
+    print(f"  {fx['name']}: decode vs prefill max|diff| {dec_diff:.3g}; perplexity {ppl['ppl']:.6g} "
+          f"over {ppl['tokens_evaluated']} tokens (min routing margin {ppl['min_routing_margin']:.3g})",
+          file=sys.stderr)
+
     folder = out_root / fx["name"]
     if folder.exists():
         shutil.rmtree(folder)
@@ -782,6 +805,8 @@ def make_fixture(fx, tok: Tokenizer, out_root: Path, tokenizer_json: str, tokeni
         "greedy_stops_at_eos": False,
         "min_routing_margin": m_route,
         "min_greedy_margin": m_greedy,
+        "perplexity": ppl,
+        "decode_logits": round_rows(dec),
         "logits": logits.tolist(),
     }
     (folder / "expected.json").write_text(fmt_expected(expected))
@@ -817,8 +842,9 @@ def main() -> None:
 
     out_root = Path(args.out)
     out_root.mkdir(parents=True, exist_ok=True)
-    wanted = set(args.only or [f["name"] for f in FIXTURES])
-    unknown = wanted - {f["name"] for f in FIXTURES}
+    # make_fixtures.sh passes the same --only list to make_llama_fixtures.py.
+    wanted = set(args.only or [f["name"] for f in FIXTURES] + list(LLAMA_FIXTURE_NAMES))
+    unknown = wanted - {f["name"] for f in FIXTURES} - set(LLAMA_FIXTURE_NAMES)
     if unknown:
         raise SystemExit(f"unknown fixture(s): {sorted(unknown)}")
     results = [make_fixture(fx, tok, out_root, tokenizer_json, tokenizer_config)

@@ -195,7 +195,13 @@ fn info_reports_architecture_params_and_cache_ratio() {
 
 #[test]
 fn info_param_count_matches_the_checkpoint() {
-    for name in ["v2-lite", "v2-grouped", "v3", "v3-halfsplit"] {
+    let mut names: Vec<String> = std::fs::read_dir(fixtures_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    names.sort();
+    assert!(names.len() >= 8, "{names:?}");
+    for name in &names {
         let dir = fixture(name);
         let config = mla_rt::config::ModelConfig::from_file(&dir.join("config.json")).unwrap();
         let checkpoint = mla_rt::weights::Checkpoint::open(&dir).unwrap();
@@ -464,4 +470,81 @@ fn generate_stops_at_eos() {
         String::from_utf8_lossy(&out.stdout),
         format!("{}\n", tokenizer.decode(&greedy[..2]).unwrap())
     );
+}
+
+#[test]
+fn info_describes_grouped_query_attention() {
+    let out = mla(&["info", "--model", fixture("llama-gqa").to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "(llama)",
+        "GQA (2 query heads per KV head)",
+        "head dim 16",
+        "llama3 ×8",
+        "2.0× smaller",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn perplexity_command_matches_transformers() {
+    for name in ["v2-lite", "llama-gqa"] {
+        let exp = expected(name);
+        let reference = &exp["perplexity"];
+        let work = tempfile::tempdir().unwrap();
+        let text = work.path().join("text.txt");
+        std::fs::write(&text, reference["text"].as_str().unwrap()).unwrap();
+        let (context, stride) = (
+            reference["context"].to_string(),
+            reference["stride"].to_string(),
+        );
+        let model = fixture(name);
+        let out = mla(&[
+            "perplexity",
+            "--model",
+            s(&model),
+            "--file",
+            s(&text),
+            "--context",
+            &context,
+            "--stride",
+            &stride,
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let value = |label: &str| -> f64 {
+            let line = stdout
+                .lines()
+                .find(|l| l.starts_with(label))
+                .unwrap_or_else(|| panic!("no {label} in {stdout}"));
+            line.split_whitespace().last().unwrap().parse().unwrap()
+        };
+        assert_eq!(
+            value("tokens evaluated:") as u64,
+            reference["tokens_evaluated"].as_u64().unwrap()
+        );
+        let ppl = reference["ppl"].as_f64().unwrap();
+        assert!(
+            (value("perplexity:") - ppl).abs() / ppl < 1e-4,
+            "{name}: {stdout} vs {ppl}"
+        );
+    }
+    let err = fails(&[
+        "perplexity",
+        "--model",
+        fixture("v2-lite").to_str().unwrap(),
+        "--file",
+        "/nonexistent.txt",
+    ]);
+    assert!(err.contains("/nonexistent.txt"), "{err}");
 }

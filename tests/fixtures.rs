@@ -25,10 +25,23 @@ const TOLERANCE: f64 = 1e-4;
 #[derive(serde::Deserialize)]
 struct Expected {
     token_ids: Vec<u32>,
+    /// One causal forward over all of `token_ids`.
     logits: Vec<Vec<f64>>,
+    /// transformers' own incremental path: one token at a time through its KV cache.
+    decode_logits: Vec<Vec<f64>>,
     prompt: String,
     prompt_ids: Vec<u32>,
     greedy_ids: Vec<u32>,
+    perplexity: PerplexityReference,
+}
+
+#[derive(serde::Deserialize)]
+struct PerplexityReference {
+    ids: Vec<u32>,
+    context: usize,
+    stride: usize,
+    tokens_evaluated: usize,
+    nll: f64,
 }
 
 fn fixtures() -> Vec<(PathBuf, Expected)> {
@@ -57,7 +70,14 @@ fn load(dir: &Path) -> Model<CpuBackend> {
     Model::load(config, &Checkpoint::open(dir).unwrap(), &CpuBackend).unwrap()
 }
 
-fn check(dir: &Path, expected: &Expected, prefill: usize, form: AttentionForm, block_size: usize) {
+fn check(
+    dir: &Path,
+    expected: &Expected,
+    reference: &[Vec<f64>],
+    prefill: usize,
+    form: AttentionForm,
+    block_size: usize,
+) {
     let model = load(dir);
     let vocab = model.config.vocab_size();
     let ids = &expected.token_ids;
@@ -65,7 +85,7 @@ fn check(dir: &Path, expected: &Expected, prefill: usize, form: AttentionForm, b
     let logits = compute_logits(&mut session, &CpuBackend, ids, prefill).unwrap();
     assert_eq!(logits.len(), ids.len() * vocab);
     let mut worst = 0.0f64;
-    for (p, (got, want)) in logits.chunks(vocab).zip(&expected.logits).enumerate() {
+    for (p, (got, want)) in logits.chunks(vocab).zip(reference).enumerate() {
         let err = rel_l2(got, want);
         assert!(
             err <= TOLERANCE,
@@ -86,6 +106,7 @@ fn prefill_matches_transformers() {
         check(
             &dir,
             &expected,
+            &expected.logits,
             expected.token_ids.len(),
             AttentionForm::Auto,
             64,
@@ -99,6 +120,7 @@ fn absorbed_prefill_matches_transformers() {
         check(
             &dir,
             &expected,
+            &expected.logits,
             expected.token_ids.len(),
             AttentionForm::Absorbed,
             16,
@@ -109,13 +131,22 @@ fn absorbed_prefill_matches_transformers() {
 #[test]
 fn token_by_token_decode_matches_transformers() {
     for (dir, expected) in fixtures() {
-        // BOS alone, then every token through the cache and the absorbed form; small blocks so
-        // the sequence spans several pages.
-        check(&dir, &expected, 1, AttentionForm::Auto, 4);
+        // BOS alone, then every token through the cache (the absorbed form for MLA); small
+        // blocks so the sequence spans several pages.
         check(
             &dir,
             &expected,
-            expected.token_ids.len() / 2,
+            &expected.decode_logits,
+            1,
+            AttentionForm::Auto,
+            4,
+        );
+        let half = expected.token_ids.len() / 2;
+        check(
+            &dir,
+            &expected,
+            &expected.decode_logits,
+            half,
             AttentionForm::Auto,
             64,
         );
@@ -164,6 +195,44 @@ fn tokenizer_and_greedy_generation_match_transformers() {
             expected.greedy_ids,
             "{}: greedy ids",
             dir.display()
+        );
+    }
+}
+
+#[test]
+fn sliding_window_perplexity_matches_transformers() {
+    for (dir, expected) in fixtures() {
+        let model = load(&dir);
+        let reference = &expected.perplexity;
+        let result = mla_rt::engine::perplexity::sliding_window(
+            &model,
+            &CpuBackend,
+            &reference.ids,
+            reference.context,
+            reference.stride,
+            16,
+            AttentionForm::Auto,
+            |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(
+            result.tokens_evaluated,
+            reference.tokens_evaluated,
+            "{}",
+            dir.display()
+        );
+        let err = (result.mean_nll() - reference.nll).abs() / reference.nll;
+        assert!(
+            err <= 1e-4,
+            "{}: mean NLL {} vs transformers {} (relative {err:e})",
+            dir.display(),
+            result.mean_nll(),
+            reference.nll
+        );
+        eprintln!(
+            "{}: perplexity {:.4}, mean NLL relative error {err:.1e}",
+            dir.display(),
+            result.ppl()
         );
     }
 }

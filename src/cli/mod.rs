@@ -6,6 +6,7 @@ pub mod generate;
 mod info;
 mod loading;
 pub mod logits;
+mod perplexity;
 
 use crate::error::Result;
 use clap::{Parser, Subcommand};
@@ -39,6 +40,8 @@ pub enum Command {
     Logits(logits::LogitsArgs),
     /// Describe a model: architecture, parameters, KV cache size per token.
     Info(info::InfoArgs),
+    /// Sliding-window perplexity of a model on a text file.
+    Perplexity(perplexity::PerplexityArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -57,5 +60,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate::run(args),
         Command::Logits(args) => logits::run(args),
         Command::Info(args) => info::run(args),
+        Command::Perplexity(args) => perplexity::run(args),
     }
 }

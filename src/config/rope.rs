@@ -122,9 +122,11 @@ pub(super) fn parse_rope(
                 high_freq_factor: p.f64_or("high_freq_factor", 4.0)?,
                 original_max_position_embeddings: p.usize_or("original_max_position_embeddings", 8192)?,
             },
+            // transformers measures growth from max_position_embeddings, whatever the key says,
+            // so within the model's positions dynamic NTK leaves RoPE unscaled.
             "dynamic" => RopeScaling::Dynamic {
                 factor: positive(p, "factor", p.opt_f64("factor")?)?,
-                original_max_position_embeddings: p.usize_or("original_max_position_embeddings", max_position_embeddings)?,
+                original_max_position_embeddings: max_position_embeddings,
             },
             other => {
                 return Err(p.err(

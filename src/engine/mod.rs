@@ -3,6 +3,7 @@
 
 pub mod batch_engine;
 pub mod memory;
+pub mod perplexity;
 pub mod request;
 pub mod sampler;
 pub mod scheduler;

@@ -257,6 +257,81 @@ mod tests {
     }
 
     #[test]
+    fn dynamic_ntk_only_scales_sequences_past_the_original_length() {
+        let config = RopeConfig {
+            theta: 10000.0,
+            scaling: RopeScaling::Dynamic {
+                factor: 2.0,
+                original_max_position_embeddings: 16,
+            },
+            interleaved: false,
+            softmax_mscale: None,
+        };
+        let dynamic = Rope::new(&config, 8);
+        let plain = Rope::new(
+            &RopeConfig {
+                scaling: RopeScaling::None,
+                ..config
+            },
+            8,
+        );
+        assert_eq!(
+            dynamic.table(&[3, 15], &[16, 16]),
+            plain.table(&[3, 15], &[16, 16])
+        );
+        // 32 tokens: theta' = theta·(2·32/16 − 1)^(8/6).
+        let theta = 10000.0 * 3f64.powf(8.0 / 6.0);
+        let scaled = Rope::new(
+            &RopeConfig {
+                theta,
+                scaling: RopeScaling::None,
+                ..config
+            },
+            8,
+        );
+        let got = dynamic.table(&[3, 31], &[32, 32]);
+        let want = scaled.table(&[3, 31], &[32, 32]);
+        for (a, b) in got
+            .cos
+            .iter()
+            .zip(&want.cos)
+            .chain(got.sin.iter().zip(&want.sin))
+        {
+            assert!((a - b).abs() < 1e-6);
+        }
+        assert_ne!(got, plain.table(&[3, 31], &[32, 32]));
+    }
+
+    #[test]
+    fn llama3_keeps_short_wavelengths_and_divides_long_ones() {
+        let config = RopeConfig {
+            theta: 10000.0,
+            scaling: RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 32,
+            },
+            interleaved: false,
+            softmax_mscale: None,
+        };
+        let rope = Rope::new(&config, 16);
+        let plain = Rope::new(
+            &RopeConfig {
+                scaling: RopeScaling::None,
+                ..config
+            },
+            16,
+        );
+        // Wavelength 2π < 32/4: kept. Pair 1 (wavelength ≈ 19.9) is blended. Pairs ≥ 2: ÷ 8.
+        assert_eq!(rope.inv_freq[0], plain.inv_freq[0]);
+        assert!(rope.inv_freq[1] < plain.inv_freq[1] && rope.inv_freq[1] > plain.inv_freq[1] / 8.0);
+        for i in 2..8 {
+            assert!((rope.inv_freq[i] - plain.inv_freq[i] / 8.0).abs() <= plain.inv_freq[i] * 1e-6);
+        }
+    }
+
+    #[test]
     fn plain_frequencies_follow_theta() {
         let rope = Rope::new(
             &RopeConfig {

@@ -1,0 +1,943 @@
+#!/usr/bin/env python3
+"""Train the two small demo models shipped under models/: an MLA model (DeepSeek-V2 architecture,
+models/demo-mla/) and its MHA twin (Llama architecture, models/demo-mha/), on the same
+public-domain English corpus, tokenizer, data order, optimizer, schedule, steps and seed.
+
+Usage (through the wrapper, which creates/reuses the pinned venv of scripts/make_fixtures.sh):
+
+    scripts/train_demo.sh                     # corpus -> tokenizer -> train both -> write models/
+    scripts/train_demo.sh --only mla          # (re)train one model (the tokenizer is rebuilt
+                                              #  deterministically, so the other stays valid)
+    scripts/train_demo.sh --bench 20          # time 20 steps of each model, write nothing
+    scripts/train_demo.sh --steps 200 --out /tmp/demo   # a quick smoke run elsewhere
+
+Corpus: Jane Austen's six completed novels (public-domain texts, 1811-1818), taken from the
+Debian package r-cran-janeaustenr (CRAN package janeaustenr by Julia Silge, MIT licence). The
+script fetches the .deb with `apt-get download` (no installation, so no R is needed) into a cache
+folder ($MLA_DEMO_CACHE, default $HOME/.cache/mla-rt/demo-corpus), unpacks it with `dpkg-deb -x`
+and reads the texts out of R's lazy-load database (data/Rdata.rdb/.rdx) with the small R
+unserializer below. Only the novels' text is used: title pages, chapter/volume headings and the
+modern editorial note after Northanger Abbey are dropped, and `_italic_` markers are removed.
+
+Documents are paragraphs. The last 5% of each novel's paragraphs are the validation split; the
+rest is the training split (the tokenizer is trained on it only). Each paragraph is encoded as
+<|bos|> text <|eos|>; the streams are concatenated; training windows of CONTEXT tokens start at a
+paragraph's <|bos|> (so position 0 is always BOS, as in `mla generate`), drawn with a seeded
+generator: both models see exactly the same batches.
+
+Everything is deterministic (fixed seeds, one CPU thread, torch deterministic algorithms). Run it
+with one core: OMP_NUM_THREADS=1 (set below if unset).
+"""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+os.environ.setdefault("RAYON_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import argparse  # noqa: E402
+import glob  # noqa: E402
+import gzip  # noqa: E402
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import struct  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import zlib  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM,
+    DeepseekV2Config,
+    DeepseekV2ForCausalLM,
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+torch.set_num_threads(1)
+torch.use_deterministic_algorithms(True)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# --------------------------------------------------------------------------------------------
+# Settings
+# --------------------------------------------------------------------------------------------
+
+SEED = 20240611
+DEB_PACKAGE = "r-cran-janeaustenr"
+DEB_VERSION = "1.0.0-1"  # Debian 12 (bookworm); any other version is used with a warning
+# sha256 of the cleaned corpus (all paragraphs joined by "\n\n") from DEB_VERSION: a different
+# value means the text changed and the models would not be reproduced exactly.
+CORPUS_SHA256 = None  # filled in below after the first run (printed by the script)
+
+BOS, EOS = "<|bos|>", "<|eos|>"
+VOCAB_SIZE = 3072  # including the two special tokens
+VAL_FRACTION = 0.05
+CONTEXT = 256
+MAX_POS = 512
+
+# Shared model shape.
+HIDDEN = 256
+LAYERS = 6
+HEADS = 4
+RMS_EPS = 1e-6
+ROPE_THETA = 10000.0
+MOE_INTERMEDIATE = 160
+EXPERTS, EXPERTS_PER_TOK, SHARED_EXPERTS = 8, 2, 1
+FIRST_K_DENSE = 2
+# Dense MLP width: equal to the width a token activates in an MoE layer
+# ((EXPERTS_PER_TOK + SHARED_EXPERTS) * MOE_INTERMEDIATE = 480), so the MHA twin (dense everywhere,
+# one intermediate_size for all layers) matches the MLA model's per-token FFN compute in every layer.
+INTERMEDIATE = (EXPERTS_PER_TOK + SHARED_EXPERTS) * MOE_INTERMEDIATE
+MHA_HEAD_DIM = 32  # = MLA v_head_dim = qk_nope_head_dim: q/k/v/o widths 128 (MLA q/k 192, v 128)
+
+MLA_SHAPE = dict(
+    q_lora_rank=None,
+    kv_lora_rank=64,
+    qk_nope_head_dim=32,
+    qk_rope_head_dim=16,
+    v_head_dim=32,
+)
+
+# Optimisation (identical for both models).
+BATCH = 8
+STEPS = 2400
+PEAK_LR = 2e-3
+MIN_LR_RATIO = 0.1
+WARMUP = 100
+WEIGHT_DECAY = 0.1
+BETAS = (0.9, 0.95)
+GRAD_CLIP = 1.0
+AUX_LOSS_ALPHA = 0.01  # Switch-style load-balancing loss on the MLA model's routers
+EVAL_EVERY = 300
+
+REF_POSITIONS = 8
+REF_TOKENS = (36, 44)  # length range (without BOS) of the reference sentence
+ROUTING_MARGIN = 1e-3
+SAMPLE_PROMPTS = ["The", "Once upon a time"]
+SAMPLE_TOKENS = 40
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Corpus: Debian r-cran-janeaustenr, read without R
+# --------------------------------------------------------------------------------------------
+
+
+class RUnserializer:
+    """Just enough of R's XDR serialization format (R Internals, 'Serialization Formats') to
+    read character vectors and the lazy-load index."""
+
+    def __init__(self, data: bytes):
+        self.b, self.p, self.refs = data, 0, []
+
+    def int(self):
+        v = struct.unpack_from(">i", self.b, self.p)[0]
+        self.p += 4
+        return v
+
+    def raw(self, n):
+        v = self.b[self.p:self.p + n]
+        self.p += n
+        return v
+
+    def read(self):
+        assert self.raw(2) == b"X\n", "not an XDR R serialization"
+        version = self.int()
+        self.int()
+        self.int()
+        if version == 3:
+            self.raw(self.int())  # native encoding
+        return self.item()
+
+    def item(self):
+        flags = self.int()
+        t, has_attr, has_tag = flags & 0xFF, flags & (1 << 9), flags & (1 << 10)
+        if t == 254:  # NILVALUE
+            return None
+        if t in (241, 242, 250, 251, 252, 253):  # special environments / markers
+            return ("special", t)
+        if t == 255:  # REFSXP
+            idx = flags >> 8 or self.int()
+            return self.refs[idx - 1]
+        if t == 1:  # SYMSXP
+            sym = ("sym", self.item())
+            self.refs.append(sym)
+            return sym
+        if t in (2, 3, 5, 6, 17, 239, 240):  # pairlist-like
+            attr = self.item() if has_attr else None
+            tag = self.item() if has_tag else None
+            return ("pair", tag, self.item(), self.item(), attr)
+        if t == 9:  # CHARSXP
+            n = self.int()
+            return None if n == -1 else self.raw(n).decode("utf-8")
+        if t in (10, 13, 14, 16, 19, 20):
+            n = self.int()
+            if n == -1:
+                n = (self.int() << 32) + self.int()
+            if t in (10, 13):
+                v = list(struct.unpack_from(f">{n}i", self.b, self.p))
+                self.p += 4 * n
+            elif t == 14:
+                v = list(struct.unpack_from(f">{n}d", self.b, self.p))
+                self.p += 8 * n
+            else:
+                v = [self.item() for _ in range(n)]
+            attr = self.item() if has_attr else None
+            return ("vec", t, v, attr)
+        raise ValueError(f"unsupported R SEXP type {t}")
+
+
+def _names(attr):
+    """The 'names' attribute of a pairlist of attributes."""
+    while attr is not None:
+        _, tag, car, cdr, _ = attr
+        if tag == ("sym", "names"):
+            return car[2]
+        attr = cdr
+    return None
+
+
+def read_lazy_load_db(stem: Path) -> dict:
+    """{name: R object} for every variable in an R lazy-load database (stem.rdx / stem.rdb)."""
+    index = RUnserializer(gzip.decompress(stem.with_suffix(".rdx").read_bytes())).read()
+    fields = dict(zip(_names(index[3]), index[2]))
+    variables = fields["variables"]
+    compressed = fields["compressed"][2][0]
+    blob = stem.with_suffix(".rdb").read_bytes()
+    out = {}
+    for name, (_, _, (off, length), _) in zip(_names(variables[3]), variables[2]):
+        rec = blob[off:off + length]
+        if compressed in (True, 1):
+            data = zlib.decompress(rec[4:])
+        else:  # compression types 2/3 (bzip2/xz) carry a type byte after the length
+            kind, payload = rec[4:5], rec[5:]
+            import bz2
+            import lzma
+            data = {b"Z": zlib.decompress, b"2": bz2.decompress, b"X": lzma.decompress,
+                    b"0": lambda x: x}[kind](payload)
+        assert len(data) == struct.unpack(">i", rec[:4])[0]
+        out[name] = RUnserializer(data).read()
+    return out
+
+
+def fetch_corpus_package(cache: Path) -> dict:
+    """Download (once) and unpack the Debian package; returns provenance information."""
+    cache.mkdir(parents=True, exist_ok=True)
+    debs = sorted(glob.glob(str(cache / f"{DEB_PACKAGE}_*.deb")))
+    if not debs:
+        log(f"downloading Debian package {DEB_PACKAGE} into {cache}")
+        attempts = [[f"{DEB_PACKAGE}={DEB_VERSION}"], [DEB_PACKAGE]]
+        for i, spec in enumerate(attempts + attempts):
+            if i == len(attempts):  # nothing worked: refresh the package lists and retry
+                subprocess.run(["apt-get", "update", "-qq"], check=False)
+            r = subprocess.run(["apt-get", "download", *spec], cwd=cache, capture_output=True, text=True)
+            if r.returncode == 0:
+                break
+            log(f"  apt-get download {spec[0]} failed: {r.stderr.strip()[-300:]}")
+        else:
+            raise SystemExit(f"could not download {DEB_PACKAGE} with apt-get (Debian's package registry)")
+        debs = sorted(glob.glob(str(cache / f"{DEB_PACKAGE}_*.deb")))
+    deb = Path(debs[-1])
+    version = subprocess.run(["dpkg-deb", "-f", str(deb), "Version"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    if version != DEB_VERSION:
+        log(f"WARNING: {DEB_PACKAGE} version {version} != {DEB_VERSION}: the corpus may differ")
+    unpacked = cache / f"{DEB_PACKAGE}_{version}"
+    if not (unpacked / "usr").exists():
+        tmp = cache / "unpack.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp)], check=True)
+        tmp.rename(unpacked)
+    pkgdir = unpacked / "usr/lib/R/site-library/janeaustenr"
+    desc = (pkgdir / "DESCRIPTION").read_text()
+    upstream = re.search(r"^Version:\s*(\S+)", desc, re.M).group(1)
+    copyright_file = unpacked / "usr/share/doc" / DEB_PACKAGE / "copyright"
+    lic = re.search(r"^License:\s*(\S+)", copyright_file.read_text(), re.M).group(1)
+    return {
+        "deb": deb.name,
+        "deb_sha256": hashlib.sha256(deb.read_bytes()).hexdigest(),
+        "debian_version": version,
+        "upstream": f"janeaustenr {upstream} (CRAN, Julia Silge)",
+        "package_licence": lic,
+        "data": pkgdir / "data" / "Rdata",
+    }
+
+
+BOOKS = [  # R object name, title (publication order)
+    ("sensesensibility", "Sense and Sensibility"),
+    ("prideprejudice", "Pride and Prejudice"),
+    ("mansfieldpark", "Mansfield Park"),
+    ("emma", "Emma"),
+    ("northangerabbey", "Northanger Abbey"),
+    ("persuasion", "Persuasion"),
+]
+HEADING = re.compile(r"^(chapter|volume)\b", re.I)
+END = re.compile(r"^(the end|finis)$", re.I)
+
+
+def clean_book(lines) -> list:
+    paras, cur = [], []
+    for line in lines + [""]:
+        line = (line or "").strip()
+        if line:
+            cur.append(line)
+        elif cur:
+            paras.append(" ".join(cur))
+            cur = []
+    start = next(i for i, p in enumerate(paras) if HEADING.match(p))
+    end = next((i for i, p in enumerate(paras) if END.match(p)), len(paras))
+    out = []
+    for p in paras[start:end]:
+        if HEADING.match(p) or p.upper() == p:
+            continue
+        p = p.replace("_", "")
+        p = re.sub(r"\s+", " ", p).strip()
+        if p:
+            out.append(p)
+    return out
+
+
+def load_corpus(cache: Path):
+    info = fetch_corpus_package(cache)
+    objs = read_lazy_load_db(info["data"])
+    books = []
+    for key, title in BOOKS:
+        _, t, lines, _ = objs[key]
+        assert t == 16, (key, t)
+        books.append((title, clean_book(lines)))
+    text = "\n\n".join(p for _, ps in books for p in ps)
+    info["corpus_sha256"] = hashlib.sha256(text.encode()).hexdigest()
+    info["corpus_chars"] = len(text)
+    info["corpus_words"] = len(text.split())
+    info["paragraphs"] = sum(len(ps) for _, ps in books)
+    if CORPUS_SHA256 and info["corpus_sha256"] != CORPUS_SHA256:
+        log(f"WARNING: corpus sha256 {info['corpus_sha256']} != expected {CORPUS_SHA256}")
+    return books, info
+
+
+def split_books(books):
+    train, val = [], []
+    for _, ps in books:
+        n_val = max(1, round(len(ps) * VAL_FRACTION))
+        train += ps[:-n_val]
+        val += ps[-n_val:]
+    return train, val
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenizer and token streams
+# --------------------------------------------------------------------------------------------
+
+
+def build_tokenizer(train_paras) -> Tokenizer:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        min_frequency=2,
+        special_tokens=[BOS, EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(train_paras, trainer=trainer)
+    assert tok.token_to_id(BOS) == 0 and tok.token_to_id(EOS) == 1
+    return tok
+
+
+def encode_stream(tok, paras):
+    ids = []
+    for enc in tok.encode_batch(paras):
+        ids += [0] + enc.ids + [1]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def batch_starts(stream: torch.Tensor, steps: int) -> torch.Tensor:
+    """[steps, BATCH] window starts: positions of <|bos|> with a full window after them."""
+    bos = torch.nonzero(stream[: len(stream) - CONTEXT] == 0).flatten()
+    g = torch.Generator().manual_seed(SEED)
+    return bos[torch.randint(len(bos), (steps, BATCH), generator=g)]
+
+
+def val_windows(stream: torch.Tensor):
+    return [stream[i:i + CONTEXT] for i in range(0, len(stream) - 1, CONTEXT) if len(stream) - i >= 2]
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------
+
+
+def rope_parameters():
+    return {"rope_type": "default", "rope_theta": ROPE_THETA}
+
+
+def mla_config(attn="sdpa"):
+    return DeepseekV2Config(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=HEADS,  # must equal num_attention_heads (MLA has no KV groups)
+        intermediate_size=INTERMEDIATE,
+        moe_intermediate_size=MOE_INTERMEDIATE,
+        n_routed_experts=EXPERTS,
+        num_experts_per_tok=EXPERTS_PER_TOK,
+        n_shared_experts=SHARED_EXPERTS,
+        first_k_dense_replace=FIRST_K_DENSE,
+        topk_method="greedy",
+        n_group=1,
+        topk_group=1,
+        norm_topk_prob=False,
+        routed_scaling_factor=1.0,
+        max_position_embeddings=MAX_POS,
+        rms_norm_eps=RMS_EPS,
+        hidden_act="silu",
+        attention_bias=False,
+        tie_word_embeddings=False,
+        rope_parameters=rope_parameters(),
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=None,
+        attn_implementation=attn,
+        experts_implementation="eager",
+        **MLA_SHAPE,
+    )
+
+
+def mha_config(attn="sdpa"):
+    return LlamaConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=HEADS,
+        head_dim=MHA_HEAD_DIM,
+        intermediate_size=INTERMEDIATE,
+        max_position_embeddings=MAX_POS,
+        rms_norm_eps=RMS_EPS,
+        hidden_act="silu",
+        attention_bias=False,
+        mlp_bias=False,
+        tie_word_embeddings=False,
+        rope_parameters=rope_parameters(),
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=None,
+        attn_implementation=attn,
+    )
+
+
+def published_mla_config() -> dict:
+    """config.json in the style of the published deepseek-ai checkpoints (rope_scaling /
+    rope_theta at top level, torch_dtype)."""
+    out = {
+        "architectures": ["DeepseekV2ForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "aux_loss_alpha": AUX_LOSS_ALPHA,
+        "bos_token_id": 0,
+        "eos_token_id": 1,
+        "ep_size": 1,
+        "first_k_dense_replace": FIRST_K_DENSE,
+        "hidden_act": "silu",
+        "hidden_size": HIDDEN,
+        "initializer_range": 0.02,
+        "intermediate_size": INTERMEDIATE,
+        "kv_lora_rank": MLA_SHAPE["kv_lora_rank"],
+        "max_position_embeddings": MAX_POS,
+        "model_type": "deepseek_v2",
+        "moe_intermediate_size": MOE_INTERMEDIATE,
+        "moe_layer_freq": 1,
+        "n_group": 1,
+        "n_routed_experts": EXPERTS,
+        "n_shared_experts": SHARED_EXPERTS,
+        "norm_topk_prob": False,
+        "num_attention_heads": HEADS,
+        "num_experts_per_tok": EXPERTS_PER_TOK,
+        "num_hidden_layers": LAYERS,
+        "num_key_value_heads": HEADS,
+        "pretraining_tp": 1,
+        "q_lora_rank": MLA_SHAPE["q_lora_rank"],
+        "qk_nope_head_dim": MLA_SHAPE["qk_nope_head_dim"],
+        "qk_rope_head_dim": MLA_SHAPE["qk_rope_head_dim"],
+        "rms_norm_eps": RMS_EPS,
+        "rope_scaling": None,
+        "rope_theta": ROPE_THETA,
+        "routed_scaling_factor": 1.0,
+        "scoring_func": "softmax",
+        "seq_aux": True,
+        "tie_word_embeddings": False,
+        "topk_group": 1,
+        "topk_method": "greedy",
+        "torch_dtype": "bfloat16",
+        "use_cache": True,
+        "v_head_dim": MLA_SHAPE["v_head_dim"],
+        "vocab_size": VOCAB_SIZE,
+    }
+    return dict(sorted(out.items()))
+
+
+class RouterAux:
+    """Switch-Transformer load-balancing loss over the MLA model's routers (forward hooks):
+    E * sum_e f_e * P_e, f_e = fraction of token slots routed to e, P_e = mean router prob.
+    Also accumulates the expert loads for the model card."""
+
+    def __init__(self, model):
+        self.terms, self.loads = [], {}
+        self.handles = [m.register_forward_hook(self._hook(n)) for n, m in model.named_modules()
+                        if n.endswith("mlp.gate") and hasattr(m, "top_k")]
+
+    def _hook(self, name):
+        def fn(mod, inputs, output):
+            logits, _, idx = output
+            probs = logits.softmax(-1)
+            counts = torch.bincount(idx.flatten(), minlength=mod.num_experts).to(probs.dtype)
+            f = counts / counts.sum()
+            self.terms.append(mod.num_experts * (f * probs.mean(0)).sum())
+            self.loads[name] = self.loads.get(name, 0) + counts.detach()
+        return fn
+
+    def pop(self):
+        t, self.terms = self.terms, []
+        return torch.stack(t).sum() if t else torch.zeros(())
+
+
+def lr_at(step: int, steps: int) -> float:
+    if step < WARMUP:
+        return PEAK_LR * (step + 1) / WARMUP
+    prog = (step - WARMUP) / max(1, steps - WARMUP)
+    return PEAK_LR * (MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * prog)))
+
+
+@torch.no_grad()
+def eval_loss(model, windows) -> float:
+    model.eval()
+    nll, n = 0.0, 0
+    for w in windows:
+        out = model(input_ids=w[None], labels=w[None], use_cache=False)
+        nll += float(out.loss) * (len(w) - 1)
+        n += len(w) - 1
+    model.train()
+    return nll / n
+
+
+def make_optimizer(model):
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=PEAK_LR, betas=BETAS, eps=1e-8,
+    )
+
+
+def train(kind: str, train_stream, val_wins, steps: int, bench: int = 0):
+    torch.manual_seed(SEED)
+    model = DeepseekV2ForCausalLM(mla_config()) if kind == "mla" else LlamaForCausalLM(mha_config())
+    model.train()
+    aux = RouterAux(model) if kind == "mla" else None
+    opt = make_optimizer(model)
+    starts = batch_starts(train_stream, steps)
+    offs = torch.arange(CONTEXT)
+    hist, t0, run_loss, run_n = [], time.time(), 0.0, 0
+    n_steps = bench or steps
+    for step in range(n_steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps)
+        x = train_stream[starts[step][:, None] + offs]
+        loss = model(input_ids=x, labels=x, use_cache=False).loss
+        total = loss + AUX_LOSS_ALPHA * aux.pop() if aux else loss
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        run_loss += float(loss.detach())
+        run_n += 1
+        if bench:
+            if step == 1:
+                t1 = time.time()
+            continue
+        if (step + 1) % EVAL_EVERY == 0 or step + 1 == steps:
+            vl = eval_loss(model, val_wins)
+            el = time.time() - t0
+            hist.append({"step": step + 1, "train_loss": run_loss / run_n, "val_loss": vl, "elapsed_s": el})
+            log(f"  [{kind}] step {step + 1}/{steps}  lr {lr_at(step, steps):.2e}  train {run_loss / run_n:.4f}"
+                f"  val {vl:.4f} (ppl {math.exp(vl):.1f})  {el:.0f}s")
+            run_loss, run_n = 0.0, 0
+    if bench:
+        dt = (time.time() - t1) / (n_steps - 2)
+        log(f"  [{kind}] {dt:.3f} s/step ({BATCH * CONTEXT / dt:.0f} tokens/s); {steps} steps would take "
+            f"{dt * steps / 60:.1f} min")
+        return None
+    loads = None
+    if aux:
+        loads = {k: (v / v.sum()).tolist() for k, v in sorted(aux.loads.items())}
+        for h in aux.handles:
+            h.remove()
+    return model, {"history": hist, "train_seconds": time.time() - t0, "expert_load": loads}
+
+
+# --------------------------------------------------------------------------------------------
+# Writing and checking
+# --------------------------------------------------------------------------------------------
+
+
+def bf16_state(model, kind: str) -> dict:
+    """Weights in bf16, MLA experts in the published per-expert layout."""
+    out = {}
+    for name, t in model.state_dict().items():
+        t = t.detach().to(torch.bfloat16)
+        if name.endswith("mlp.experts.gate_up_proj"):
+            prefix = name[: -len("gate_up_proj")]
+            for e in range(t.shape[0]):
+                out[f"{prefix}{e}.gate_proj.weight"] = t[e, :MOE_INTERMEDIATE].contiguous().clone()
+                out[f"{prefix}{e}.up_proj.weight"] = t[e, MOE_INTERMEDIATE:].contiguous().clone()
+        elif name.endswith("mlp.experts.down_proj"):
+            prefix = name[: -len("down_proj")]
+            for e in range(t.shape[0]):
+                out[f"{prefix}{e}.down_proj.weight"] = t[e].contiguous().clone()
+        else:
+            out[name] = t.contiguous().clone()
+    return out
+
+
+def transformers_config_json(model) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        model.config.save_pretrained(tmp)
+        cfg = json.loads((Path(tmp) / "config.json").read_text())
+    cfg.pop("attn_implementation", None)
+    cfg["dtype"] = "bfloat16"
+    return cfg
+
+
+def load(folder: Path, dtype):
+    model, info = AutoModelForCausalLM.from_pretrained(
+        str(folder), dtype=dtype, attn_implementation="eager", experts_implementation="eager",
+        output_loading_info=True)
+    bad = {k: v for k, v in info.items() if v}
+    if bad:
+        raise AssertionError(f"{folder}: loading info not clean: {bad}")
+    return model.eval()
+
+
+class RoutingMargins:
+    def __init__(self, model):
+        self.m = []
+        self.handles = [m.register_forward_hook(self._hook) for n, m in model.named_modules()
+                        if n.endswith("mlp.gate") and hasattr(m, "top_k")]
+
+    def _hook(self, mod, inputs, output):
+        x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).to(torch.float64).numpy()
+        g = x @ mod.weight.detach().to(torch.float64).numpy().T
+        s = np.exp(g - g.max(-1, keepdims=True))
+        s = np.sort(s / s.sum(-1, keepdims=True), -1)[:, ::-1]
+        self.m.append(float((s[:, mod.top_k - 1] - s[:, mod.top_k]).min()))
+
+    def pop(self):
+        v, self.m = (min(self.m) if self.m else float("inf")), []
+        return v
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def sentences(paras):
+    for p in paras:
+        for s in re.split(r"(?<=[.!?])\s+(?=[A-Z\"])", p):
+            yield s.strip()
+
+
+@torch.no_grad()
+def choose_reference(tok, val_paras, mla64):
+    """First validation sentence of REF_TOKENS length whose routing margins (MLA model, float64)
+    are all >= ROUTING_MARGIN, so f32 engines route it the same way."""
+    tap = RoutingMargins(mla64) if mla64 is not None else None
+    best = (-1.0, None)
+    for s in sentences(val_paras):
+        ids = tok.encode(s).ids
+        if not (REF_TOKENS[0] <= len(ids) <= REF_TOKENS[1]) or not s[0].isupper():
+            continue
+        if tap is None:
+            return s
+        mla64(input_ids=torch.tensor([[0] + ids]), use_cache=False)
+        m = tap.pop()
+        if m >= ROUTING_MARGIN:
+            tap.remove()
+            return s
+        best = max(best, (m, s))
+    log(f"WARNING: no reference sentence has routing margins >= {ROUTING_MARGIN}; using the best ({best[0]:.3g})")
+    tap.remove()
+    return best[1]
+
+
+def fmt_reference(obj: dict) -> str:
+    lines = ["{"]
+    items = list(obj.items())
+    for i, (k, v) in enumerate(items):
+        comma = "," if i + 1 < len(items) else ""
+        if k == "logits":
+            rows = ["[" + ",".join(repr(float(f"{x:.12g}")) for x in row) + "]" for row in v]
+            lines.append('  "logits": [')
+            lines += [f"    {r}{',' if j + 1 < len(rows) else ''}" for j, r in enumerate(rows)]
+            lines.append(f"  ]{comma}")
+        else:
+            lines.append(f"  {json.dumps(k)}: {json.dumps(v)}{comma}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+@torch.no_grad()
+def greedy_uncached(model, ids, n):
+    seq, margins = list(ids), []
+    for _ in range(n):
+        last = model(input_ids=torch.tensor([seq]), use_cache=False).logits[0, -1].to(torch.float64)
+        top2 = torch.topk(last, 2).values
+        margins.append(float(top2[0] - top2[1]))
+        seq.append(int(torch.argmax(last)))
+    return seq[len(ids):], min(margins)
+
+
+@torch.no_grad()
+def hf_generate(model, ids, n):
+    cfg = GenerationConfig(max_new_tokens=n, do_sample=False, num_beams=1, eos_token_id=None,
+                           pad_token_id=None, bos_token_id=None)
+    model.generation_config.eos_token_id = None
+    out = model.generate(torch.tensor([ids]), generation_config=cfg)
+    return [int(t) for t in out[0, len(ids):]]
+
+
+def param_counts(model, kind):
+    total = sum(p.numel() for p in model.parameters())
+    emb = model.model.embed_tokens.weight.numel() + model.lm_head.weight.numel()
+    active = total
+    if kind == "mla":
+        n_moe = LAYERS - FIRST_K_DENSE
+        per_expert = 3 * HIDDEN * MOE_INTERMEDIATE
+        active = total - n_moe * (EXPERTS - EXPERTS_PER_TOK) * per_expert
+    return {"total": total, "embeddings_and_lm_head": emb, "non_embedding": total - emb,
+            "active_per_token": active}
+
+
+def write_model(kind, model, tok, corpus, stats, steps, val_wins, val_paras, out_root, ref_text):
+    folder = out_root / f"demo-{kind}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    cfg = published_mla_config() if kind == "mla" else transformers_config_json(model)
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    save_file(bf16_state(model, kind), str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "tokenizer.json").write_text(tok.to_str(pretty=True) + "\n")
+    tcfg = {"bos_token": BOS, "eos_token": EOS, "add_bos_token": True,
+            "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": MAX_POS}
+    (folder / "tokenizer_config.json").write_text(json.dumps(tcfg, indent=2) + "\n")
+    counts = param_counts(model, kind)
+    del model
+
+    # Validation metrics with transformers on the saved (bf16) weights, computed in float32.
+    m32 = load(folder, torch.float32)
+    val_loss = eval_loss(m32, val_wins)
+    hf_tok = PreTrainedTokenizerFast.from_pretrained(str(folder))
+    samples = []
+    for prompt in SAMPLE_PROMPTS:
+        ids = [0] + hf_tok(prompt, add_special_tokens=False)["input_ids"]
+        assert ids[1:] == tok.encode(prompt).ids
+        new = hf_generate(m32, ids, SAMPLE_TOKENS)
+        samples.append({"prompt": prompt, "prompt_ids": ids, "new_ids": new,
+                        "text": prompt + hf_tok.decode(new, skip_special_tokens=False)})
+    del m32
+
+    # Reference logits: the saved bf16 weights in float64, eager attention.
+    m64 = load(folder, torch.float64)
+    if ref_text is None:
+        ref_text = choose_reference(tok, val_paras, m64 if kind == "mla" else None)
+    ids = [0] + tok.encode(ref_text).ids
+    tap = RoutingMargins(m64) if kind == "mla" else None
+    logits = m64(input_ids=torch.tensor([ids]), use_cache=False).logits[0].to(torch.float64)
+    margin = tap.pop() if tap else None
+    greedy = []
+    for s in samples:
+        new, gm = greedy_uncached(m64, s["prompt_ids"], SAMPLE_TOKENS)
+        rmargin = None
+        if tap:
+            tap.pop()
+            m64(input_ids=torch.tensor([s["prompt_ids"] + new[:-1]]), use_cache=False)
+            rmargin = tap.pop()
+        greedy.append({"prompt": s["prompt"], "prompt_ids": s["prompt_ids"], "greedy_ids": new,
+                       "min_top2_logit_margin": gm, "min_routing_margin": rmargin,
+                       "same_as_float32_generate": new == s["new_ids"]})
+    if tap:
+        tap.remove()
+    ref = {
+        "model": f"demo-{kind}",
+        "generator": f"scripts/train_demo.py (torch {torch.__version__}, transformers {transformers.__version__}): "
+                     "saved bf16 weights converted to float64, eager attention",
+        "text": ref_text,
+        "token_ids": ids,
+        "positions": REF_POSITIONS,
+        "min_routing_margin": margin,
+        "greedy": greedy,
+        "logits": logits[:REF_POSITIONS].tolist(),
+    }
+    (folder / "reference.json").write_text(fmt_reference(ref))
+
+    size = (folder / "model.safetensors").stat().st_size
+    result = {"kind": kind, "folder": str(folder), "params": counts, "safetensors_bytes": size,
+              "val_loss": val_loss, "val_ppl": math.exp(val_loss), "samples": samples,
+              "steps": steps, "train_tokens": steps * BATCH * CONTEXT, "ref_text": ref_text,
+              "greedy_check": greedy, **stats}
+    (folder / "README.md").write_text(model_card(kind, result, corpus))
+    return result
+
+
+def model_card(kind, r, corpus) -> str:
+    p = r["params"]
+    if kind == "mla":
+        arch = (
+            f"`DeepseekV2ForCausalLM` (model_type deepseek_v2), Multi-head Latent Attention: hidden {HIDDEN}, "
+            f"{LAYERS} layers, {HEADS} heads, q_lora_rank null, kv_lora_rank {MLA_SHAPE['kv_lora_rank']}, "
+            f"qk_nope_head_dim {MLA_SHAPE['qk_nope_head_dim']}, qk_rope_head_dim {MLA_SHAPE['qk_rope_head_dim']}, "
+            f"v_head_dim {MLA_SHAPE['v_head_dim']}; plain RoPE (theta {ROPE_THETA:g}, interleaved pairs); "
+            f"layers 0-{FIRST_K_DENSE - 1} dense SwiGLU MLP (intermediate {INTERMEDIATE}), layers "
+            f"{FIRST_K_DENSE}-{LAYERS - 1} MoE: {EXPERTS} routed experts (intermediate {MOE_INTERMEDIATE}), "
+            f"{EXPERTS_PER_TOK} per token, softmax scores, greedy top-k, weights not renormalised, "
+            f"routed_scaling_factor 1.0, {SHARED_EXPERTS} shared expert. Untied lm_head. "
+            f"KV cache per token per layer: {MLA_SHAPE['kv_lora_rank'] + MLA_SHAPE['qk_rope_head_dim']} values. "
+            f"Trained with a Switch-style load-balancing loss (alpha {AUX_LOSS_ALPHA}).")
+        twin = "MHA twin: `models/demo-mha/` (same tokenizer, data, order, steps, optimizer, schedule, seed)."
+    else:
+        arch = (
+            f"`LlamaForCausalLM` (model_type llama), standard multi-head attention: hidden {HIDDEN}, "
+            f"{LAYERS} layers, {HEADS} heads, num_key_value_heads {HEADS}, head_dim {MHA_HEAD_DIM}; plain RoPE "
+            f"(theta {ROPE_THETA:g}); every layer a dense SwiGLU MLP with intermediate {INTERMEDIATE} "
+            f"(= the MLA twin's dense layers, and = the width an MLA MoE layer activates per token: "
+            f"({EXPERTS_PER_TOK} routed + {SHARED_EXPERTS} shared) x {MOE_INTERMEDIATE}). Untied lm_head. "
+            f"KV cache per token per layer: {2 * HEADS * MHA_HEAD_DIM} values.")
+        twin = "MLA twin: `models/demo-mla/` (same tokenizer, data, order, steps, optimizer, schedule, seed)."
+    hist = "\n".join(f"| {h['step']} | {h['train_loss']:.4f} | {h['val_loss']:.4f} | {h['elapsed_s']:.0f} |"
+                     for h in r["history"])
+    samples = "\n".join(f"- greedy, {SAMPLE_TOKENS} tokens after \"{s['prompt']}\":\n\n  > {s['text']}\n"
+                        for s in r["samples"])
+    return f"""# demo-{kind}
+
+A small demo language model for mla-rt, trained from scratch on CPU by `scripts/train_demo.py`
+(`scripts/train_demo.sh`). It writes readable (if dreamy) Austen-style English; it is a demo and a
+test model, not a useful assistant. {twin}
+
+## Data
+- Corpus: Jane Austen's six completed novels (Sense and Sensibility, Pride and Prejudice, Mansfield
+  Park, Emma, Northanger Abbey, Persuasion; 1811-1818). The texts are in the **public domain**.
+- Source: Debian package `{DEB_PACKAGE}` {corpus['debian_version']} ({corpus['upstream']}; package
+  licence {corpus['package_licence']}), fetched with `apt-get download` and read without R.
+- Cleaned text: {corpus['corpus_chars']:,} characters, {corpus['corpus_words']:,} words,
+  {corpus['paragraphs']:,} paragraphs (sha256 {corpus['corpus_sha256'][:16]}...). Validation split:
+  the last {VAL_FRACTION:.0%} of each novel's paragraphs.
+- Tokenizer: byte-level BPE, {VOCAB_SIZE} tokens (`<|bos|>` 0, `<|eos|>` 1), trained on the
+  training split. Each paragraph is a document: `<|bos|> text <|eos|>`.
+
+## Architecture
+{arch}
+
+Parameters: {p['total']:,} total ({p['non_embedding']:,} without embeddings and lm_head; {p['active_per_token']:,}
+active per token). Weights: `model.safetensors`, bfloat16, {r['safetensors_bytes'] / 1e6:.1f} MB.
+Context: trained on {CONTEXT}-token windows; max_position_embeddings {MAX_POS}.
+
+## Training
+AdamW (betas {BETAS}, weight decay {WEIGHT_DECAY}, no decay on norms/embeddings), peak LR {PEAK_LR:g},
+{WARMUP} warm-up steps then cosine to {MIN_LR_RATIO:g} x peak, grad clip {GRAD_CLIP}, batch {BATCH} x {CONTEXT}
+tokens, {r['steps']} steps = {r['train_tokens']:,} tokens, seed {SEED}, float32, one CPU thread:
+{r['train_seconds'] / 60:.1f} minutes (torch {torch.__version__}, transformers {transformers.__version__}).
+
+| step | train loss | val loss | elapsed s |
+|---|---|---|---|
+{hist}
+
+**Final validation loss {r['val_loss']:.4f} nats/token, perplexity {r['val_ppl']:.2f}** (transformers,
+the saved bf16 weights run in float32, {CONTEXT}-token windows over the whole validation split).
+
+## Samples
+{samples}
+## Files
+config.json, model.safetensors, tokenizer.json, tokenizer_config.json, and reference.json: float64
+transformers logits (saved bf16 weights converted to float64, eager attention) for the first
+{REF_POSITIONS} positions of a validation sentence, plus float64 greedy continuations of the
+sample prompts, for runtime tests.
+"""
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=str(REPO_ROOT / "models"))
+    ap.add_argument("--cache", default=os.environ.get("MLA_DEMO_CACHE",
+                                                      str(Path.home() / ".cache/mla-rt/demo-corpus")))
+    ap.add_argument("--steps", type=int, default=STEPS)
+    ap.add_argument("--only", choices=["mla", "mha"], nargs="*")
+    ap.add_argument("--bench", type=int, default=0, help="time this many steps per model and exit")
+    args = ap.parse_args()
+
+    books, corpus = load_corpus(Path(args.cache))
+    train_paras, val_paras = split_books(books)
+    log(f"corpus: {corpus['deb']} ({corpus['debian_version']}), {corpus['corpus_chars']:,} chars, "
+        f"{corpus['paragraphs']} paragraphs ({len(train_paras)} train / {len(val_paras)} val), "
+        f"sha256 {corpus['corpus_sha256']}")
+    tok = build_tokenizer(train_paras)
+    assert build_tokenizer(train_paras).to_str() == tok.to_str(), "tokenizer training not deterministic"
+    train_stream, val_stream = encode_stream(tok, train_paras), encode_stream(tok, val_paras)
+    val_wins = val_windows(val_stream)
+    corpus["train_tokens"], corpus["val_tokens"] = len(train_stream), len(val_stream)
+    log(f"tokenizer: {tok.get_vocab_size()} tokens; train {len(train_stream):,} tokens, "
+        f"val {len(val_stream):,} tokens ({len(val_wins)} windows)")
+
+    kinds = args.only or ["mla", "mha"]
+    if args.bench:
+        for kind in kinds:
+            train(kind, train_stream, val_wins, args.steps, bench=args.bench)
+        return
+
+    out_root = Path(args.out)
+    out_root.mkdir(parents=True, exist_ok=True)
+    results = []
+    ref_text = None
+    if "mla" not in kinds:  # reuse the reference sentence chosen by the MLA model
+        ref_file = out_root / "demo-mla" / "reference.json"
+        if ref_file.exists():
+            ref_text = json.loads(ref_file.read_text())["text"]
+    for kind in kinds:
+        log(f"training {kind}: {args.steps} steps")
+        model, stats = train(kind, train_stream, val_wins, args.steps)
+        r = write_model(kind, model, tok, corpus, stats, args.steps, val_wins, val_paras, out_root, ref_text)
+        ref_text = r["ref_text"]
+        results.append(r)
+        log(f"{kind}: {r['params']['total']:,} params, {r['safetensors_bytes']:,} bytes, "
+            f"{r['train_seconds'] / 60:.1f} min, val loss {r['val_loss']:.4f} (ppl {r['val_ppl']:.2f})")
+        for s in r["samples"]:
+            log(f"  {s['prompt']!r} -> {s['text']!r}")
+        for g in r["greedy_check"]:
+            log(f"  float64 greedy {g['prompt']!r}: top2 margin {g['min_top2_logit_margin']:.3g}, routing margin "
+                f"{g['min_routing_margin']}, same as float32 generate: {g['same_as_float32_generate']}")
+    summary = [{k: r[k] for k in ("kind", "params", "safetensors_bytes", "val_loss", "val_ppl", "steps",
+                                  "train_tokens", "train_seconds", "expert_load")} | {"samples": [s["text"] for s in r["samples"]]}
+               for r in results]
+    print(json.dumps({"corpus": {k: v for k, v in corpus.items() if k != "data"}, "models": summary}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+//! `mla perplexity`: sliding-window perplexity of a model on a text file.
+
+use super::loading::ModelArgs;
+use crate::engine::perplexity::sliding_window;
+use crate::error::{Error, Result};
+use crate::tokenizer::TextTokenizer;
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct PerplexityArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// The text to score (UTF-8). BOS is prepended as the tokenizer config says.
+    #[arg(long, value_name = "TEXT_FILE")]
+    pub file: PathBuf,
+
+    /// Tokens per window (default: max_position_embeddings, at most 1024).
+    #[arg(long, value_name = "N")]
+    pub context: Option<usize>,
+
+    /// Tokens between window starts; each window scores only tokens no earlier window reached
+    /// (default: half the context).
+    #[arg(long, value_name = "S")]
+    pub stride: Option<usize>,
+}
+
+pub fn run(args: PerplexityArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&args.file).map_err(|e| Error::io(&args.file, e))?;
+    let loaded = args.model.load()?;
+    let tokenizer = TextTokenizer::load(&args.model.model, &loaded.model.config)?;
+    let ids = tokenizer.encode(&text)?;
+    let context = args
+        .context
+        .unwrap_or(loaded.model.config.max_position_embeddings().min(1024));
+    let stride = args.stride.unwrap_or(context / 2).max(1);
+    let progress = indicatif::ProgressBar::new(ids.len() as u64);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} tokens [{elapsed_precise}] {msg}",
+        )
+        .expect("static progress template"),
+    );
+    let result = sliding_window(
+        &loaded.model,
+        &loaded.backend,
+        &ids,
+        context,
+        stride,
+        args.model.block_size,
+        args.model.attention,
+        |done, so_far| {
+            progress.set_position(done as u64);
+            progress.set_message(format!("PPL so far {:.4}", so_far.ppl()));
+        },
+    )?;
+    progress.finish_and_clear();
+    println!("tokens evaluated: {}", result.tokens_evaluated);
+    println!("mean NLL:         {:.6}", result.mean_nll());
+    println!("perplexity:       {:.4}", result.ppl());
+    eprintln!("({} tokens, context {context}, stride {stride})", ids.len());
+    Ok(())
+}
