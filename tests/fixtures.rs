@@ -208,10 +208,11 @@ fn sliding_window_perplexity_matches_transformers() {
             &model,
             &CpuBackend,
             &reference.ids,
-            reference.context,
-            reference.stride,
-            16,
-            AttentionForm::Auto,
+            mla_rt::engine::perplexity::Windows {
+                context: reference.context,
+                stride: reference.stride,
+            },
+            (16, AttentionForm::Auto),
             |_, _| {},
         )
         .unwrap();

@@ -1,7 +1,7 @@
 //! `mla perplexity`: sliding-window perplexity of a model on a text file.
 
 use super::loading::ModelArgs;
-use crate::engine::perplexity::sliding_window;
+use crate::engine::perplexity::{sliding_window, Windows};
 use crate::error::{Error, Result};
 use crate::tokenizer::TextTokenizer;
 use clap::Args;
@@ -46,10 +46,8 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
         &loaded.model,
         &loaded.backend,
         &ids,
-        context,
-        stride,
-        args.model.block_size,
-        args.model.attention,
+        Windows { context, stride },
+        (args.model.block_size, args.model.attention),
         |done, so_far| {
             progress.set_position(done as u64);
             progress.set_message(format!("PPL so far {:.4}", so_far.ppl()));

@@ -33,14 +33,19 @@ fn nll(logits: &[f32], target: u32) -> f64 {
 }
 
 /// Scores `ids` window by window; `on_window(done_tokens, so_far)` reports progress.
+/// Window length and spacing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Windows {
+    pub context: usize,
+    pub stride: usize,
+}
+
 pub fn sliding_window<B: Backend>(
     model: &Model<B>,
     backend: &B,
     ids: &[u32],
-    context: usize,
-    stride: usize,
-    block_size: usize,
-    form: AttentionForm,
+    Windows { context, stride }: Windows,
+    (block_size, form): (usize, AttentionForm),
     mut on_window: impl FnMut(usize, &Perplexity),
 ) -> Result<Perplexity> {
     if context < 2 || stride == 0 || stride > context {
@@ -70,9 +75,10 @@ pub fn sliding_window<B: Backend>(
         let mut session = Session::new(model, backend, end - begin, block_size, form)?;
         let logits = backend.to_host(&session.feed(&ids[begin..end], LogitRows::All)?)?;
         // Target j is predicted by the row of the token before it.
-        for j in prev_end.max(begin + 1)..end {
+        let first = prev_end.max(begin + 1);
+        for (j, &target) in ids.iter().enumerate().take(end).skip(first) {
             let row = j - 1 - begin;
-            result.nll_sum += nll(&logits.data[row * vocab..(row + 1) * vocab], ids[j]);
+            result.nll_sum += nll(&logits.data[row * vocab..(row + 1) * vocab], target);
             result.tokens_evaluated += 1;
         }
         prev_end = end;
