@@ -431,7 +431,7 @@ fn bad_requests_fail_with_one_line_and_write_nothing() {
         "{err}"
     );
     let err = fails(&[&gen[..], &["--prompt", "hi", "--device", "cuda"]].concat());
-    assert!(err.contains("--device cpu"), "{err}");
+    assert!(err.starts_with("error: device: "), "{err}");
 }
 
 #[test]

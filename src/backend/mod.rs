@@ -4,6 +4,7 @@
 //! the same forward pass. Activations are 2-D `[rows, cols]`, rows being tokens.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::config::MoeConfig;
 use crate::error::Result;

@@ -81,10 +81,13 @@ impl ModelArgs {
         let config = load_config(&self.model)?;
         let backend = match self.device {
             DeviceSpec::Cpu => CpuBackend,
-            DeviceSpec::Cuda(_) => {
-                return Err(Error::Device(
-                    "this build has no CUDA backend yet; run with --device cpu".into(),
-                ))
+            DeviceSpec::Cuda(ordinal) => {
+                // Say exactly what is missing (kernels, driver, device) before saying what is.
+                let device = crate::backend::cuda::CudaDevice::open(ordinal)?;
+                return Err(Error::Device(format!(
+                    "{} is ready and its kernels load, but the GPU forward pass is not built yet; run with --device cpu",
+                    device.info.name
+                )));
             }
         };
         if self.block_size == 0 {

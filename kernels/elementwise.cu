@@ -1,0 +1,127 @@
+// Row-wise and element-wise ops of the forward pass: embedding gather, RMSNorm, residual and
+// bias adds, SiLU-and-mul, RoPE from a host-built cos/sin table, the MLA latent epilogue, and
+// paged cache writes and block copies. f32 or bf16 storage, f32 arithmetic.
+// mla: no-spills
+#include "common.cuh"
+
+template <typename T>
+__device__ void embedding(T* out, const T* table, const uint32_t* ids, int hidden) {
+    const int row = blockIdx.x;
+    const T* src = table + (size_t)ids[row] * hidden;
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) out[(size_t)row * hidden + i] = src[i];
+}
+
+template <typename T>
+__device__ void rms_norm_row(T* out, const T* x, const T* w, int cols, float eps) {
+    float sq = 0.0f;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+        const float v = to_f32(x[i]);
+        sq += v * v;
+    }
+    const float inv = rsqrtf(block_sum(sq) / cols + eps);
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) out[i] = from_f32<T>(to_f32(x[i]) * inv * to_f32(w[i]));
+}
+
+// One block per row.
+template <typename T>
+__device__ void rms_norm(T* out, const T* x, const T* w, int cols, float eps) {
+    const size_t row = blockIdx.x;
+    rms_norm_row(out + row * cols, x + row * cols, w, cols, eps);
+}
+
+template <typename T>
+__device__ void add_assign(T* x, const T* y, long long n) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+        x[i] = from_f32<T>(to_f32(x[i]) + to_f32(y[i]));
+}
+
+template <typename T>
+__device__ void add_bias(T* x, const T* bias, long long n, int cols) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+        x[i] = from_f32<T>(to_f32(x[i]) + to_f32(bias[i % cols]));
+}
+
+template <typename T>
+__device__ void silu_mul(T* gate, const T* up, long long n) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        const float g = to_f32(gate[i]);
+        gate[i] = from_f32<T>(g / (1.0f + expf(-g)) * to_f32(up[i]));
+    }
+}
+
+// Rotates `2·half` values of `x` with one row of the table.
+template <typename T>
+__device__ __forceinline__ void rotate(T* x, const float* cos, const float* sin, int half, int interleaved, int pair) {
+    const int a = interleaved ? 2 * pair : pair;
+    const int b = interleaved ? 2 * pair + 1 : pair + half;
+    const float xa = to_f32(x[a]), xb = to_f32(x[b]);
+    x[a] = from_f32<T>(xa * cos[pair] - xb * sin[pair]);
+    x[b] = from_f32<T>(xb * cos[pair] + xa * sin[pair]);
+}
+
+// One block per row; threads over (head, pair).
+template <typename T>
+__device__ void rope(T* x, const float* cos, const float* sin, int cols, int heads, int head_stride, int offset, int half, int interleaved) {
+    const size_t row = blockIdx.x;
+    for (int j = threadIdx.x; j < heads * half; j += blockDim.x) {
+        const int head = j / half, pair = j % half;
+        rotate(x + row * cols + (size_t)head * head_stride + offset, cos + row * half, sin + row * half, half, interleaved, pair);
+    }
+}
+
+// kv_a_proj output rows [latent r | k_pe 2·half]: RMSNorm the latent, rotate k_pe.
+template <typename T>
+__device__ void latent_epilogue(T* ckv, const T* norm, const float* cos, const float* sin, int r, int half, float eps, int interleaved) {
+    const size_t row = blockIdx.x;
+    T* x = ckv + row * (r + 2 * half);
+    rms_norm_row(x, x, norm, r, eps);
+    for (int pair = threadIdx.x; pair < half; pair += blockDim.x)
+        rotate(x + r, cos + row * half, sin + row * half, half, interleaved, pair);
+}
+
+// Row i's columns [offset, offset + width) go to cache slot slots[i]. One block per row.
+template <typename T>
+__device__ void write_kv_cache(T* cache, const T* x, const uint32_t* slots, int cols, int offset, int width) {
+    const size_t row = blockIdx.x;
+    T* dst = cache + (size_t)slots[row] * width;
+    for (int i = threadIdx.x; i < width; i += blockDim.x) dst[i] = x[row * cols + offset + i];
+}
+
+// One block per (pair, layer) of a cache laid out [layers][blocks][block elements].
+template <typename T>
+__device__ void copy_blocks(T* cache, const uint32_t* pairs, long long block_elems, long long layer_elems) {
+    T* layer = cache + blockIdx.y * layer_elems;
+    const uint32_t from = pairs[2 * blockIdx.x], to = pairs[2 * blockIdx.x + 1];
+    for (long long i = threadIdx.x; i < block_elems; i += blockDim.x)
+        layer[to * block_elems + i] = layer[from * block_elems + i];
+}
+
+#define ENTRY_POINTS(NAME, T)                                                                           \
+    extern "C" __global__ void embedding_##NAME(T* out, const T* table, const uint32_t* ids, int hidden) { \
+        embedding(out, table, ids, hidden);                                                             \
+    }                                                                                                   \
+    extern "C" __global__ void rms_norm_##NAME(T* out, const T* x, const T* w, int cols, float eps) {   \
+        rms_norm(out, x, w, cols, eps);                                                                 \
+    }                                                                                                   \
+    extern "C" __global__ void add_assign_##NAME(T* x, const T* y, long long n) { add_assign(x, y, n); } \
+    extern "C" __global__ void add_bias_##NAME(T* x, const T* b, long long n, int cols) { add_bias(x, b, n, cols); } \
+    extern "C" __global__ void silu_mul_##NAME(T* gate, const T* up, long long n) { silu_mul(gate, up, n); } \
+    extern "C" __global__ void rope_##NAME(T* x, const float* cos, const float* sin, int cols, int heads,  \
+                                           int head_stride, int offset, int half, int interleaved) {    \
+        rope(x, cos, sin, cols, heads, head_stride, offset, half, interleaved);                         \
+    }                                                                                                   \
+    extern "C" __global__ void latent_epilogue_##NAME(T* ckv, const T* norm, const float* cos,          \
+                                                      const float* sin, int r, int half, float eps,     \
+                                                      int interleaved) {                                \
+        latent_epilogue(ckv, norm, cos, sin, r, half, eps, interleaved);                                \
+    }                                                                                                   \
+    extern "C" __global__ void write_kv_cache_##NAME(T* cache, const T* x, const uint32_t* slots,       \
+                                                     int cols, int offset, int width) {                 \
+        write_kv_cache(cache, x, slots, cols, offset, width);                                           \
+    }                                                                                                   \
+    extern "C" __global__ void copy_blocks_##NAME(T* cache, const uint32_t* pairs, long long block_elems, \
+                                                  long long layer_elems) {                              \
+        copy_blocks(cache, pairs, block_elems, layer_elems);                                            \
+    }
+
+MLA_FOR_EACH_DTYPE(ENTRY_POINTS)

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The GPU check: every test (ignored GPU tests included) plus the benchmarks, as one command.
+#
+#   scripts/gpu-check.sh prepare   # here (Rust toolchain + nvcc): build the release binary and
+#                                  # the GPU test binaries (tests/gpu_*.rs), stripped, into
+#                                  # device-bin/ (gitignored; small enough to carry)
+#   scripts/gpu-check.sh run       # on the GPU machine, from the repo root, with device-bin/
+#                                  # carried over: runs them and prints a summary table
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=device-bin
+
+case "${1:-}" in
+prepare)
+  nvcc="$(scripts/cuda-toolchain.sh)"
+  export NVCC="$nvcc" MLA_REQUIRE_CUDA=1
+  rm -rf "$out" && mkdir -p "$out/tests"
+  cargo build --release --quiet
+  cp target/release/mla "$out/"
+  # GPU test executables (the CPU tests run here), found from cargo's JSON messages.
+  cargo test --release --no-run --message-format=json 2>/dev/null |
+    python3 -c '
+import json, sys, shutil, os
+for line in sys.stdin:
+    m = json.loads(line)
+    name = m.get("target", {}).get("name", "")
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and name.startswith("gpu_"):
+        shutil.copy(m["executable"], os.path.join(sys.argv[1], "tests", name))
+' "$out"
+  strip "$out/mla" "$out"/tests/*
+  du -sh "$out"/mla "$out"/tests/* | sed 's/^/prepared: /'
+  ;;
+run)
+  [[ -x "$out/mla" ]] || { echo "no $out/mla: run 'scripts/gpu-check.sh prepare' first and carry $out" >&2; exit 2; }
+  # cuBLAS and friends from the CUDA toolkit or pip wheels, wherever this machine has them.
+  for dir in /usr/local/cuda/lib64 $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null); do
+    for lib in "$dir"/nvidia/*/lib "$dir"; do
+      [[ -d "$lib" ]] && LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$lib"
+    done
+  done
+  export LD_LIBRARY_PATH
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+  status=0
+  printf '| test binary | passed | failed | ignored |\n|---|---|---|---|\n' > "$out/summary.md"
+  for t in "$out"/tests/*; do
+    log="$out/$(basename "$t").log"
+    if ! MLA_BIN="$out/mla" "$t" --include-ignored > "$log" 2>&1; then status=1; fi
+    line=$(grep -E '^test result' "$log" | tail -1)
+    passed=$(sed -E 's/.* ([0-9]+) passed.*/\1/' <<< "$line")
+    failed=$(sed -E 's/.* ([0-9]+) failed.*/\1/' <<< "$line")
+    ignored=$(sed -E 's/.* ([0-9]+) ignored.*/\1/' <<< "$line")
+    printf '| %s | %s | %s | %s |\n' "$(basename "$t")" "${passed:-?}" "${failed:-?}" "${ignored:-?}" >> "$out/summary.md"
+    grep -E '^(test .* FAILED|---- .* stdout ----)' "$log" | head -20 || true
+  done
+  cat "$out/summary.md"
+  exit $status
+  ;;
+*)
+  echo "usage: scripts/gpu-check.sh prepare|run" >&2
+  exit 2
+  ;;
+esac

@@ -1,0 +1,431 @@
+//! Rust side of `kernels/elementwise.cu`: device tensors, transfers, and one checked launch per
+//! kernel. Shapes are validated on the host before anything is launched.
+
+use super::{driver_err, CudaDevice};
+use crate::error::{Error, Result};
+use crate::model::rope::RopeTable;
+use crate::weights::HostTensor;
+use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
+
+/// Element types the kernels are instantiated for; arithmetic is always f32.
+pub trait GpuFloat:
+    DeviceRepr + ValidAsZeroBits + Copy + Default + Send + Sync + Unpin + 'static
+{
+    /// Suffix of the `extern "C"` kernel names.
+    const SUFFIX: &'static str;
+    fn from_f32(v: f32) -> Self;
+    fn to_f32(self) -> f32;
+}
+
+impl GpuFloat for f32 {
+    const SUFFIX: &'static str = "f32";
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl GpuFloat for half::bf16 {
+    const SUFFIX: &'static str = "bf16";
+    fn from_f32(v: f32) -> Self {
+        half::bf16::from_f32(v)
+    }
+    fn to_f32(self) -> f32 {
+        half::bf16::to_f32(self)
+    }
+}
+
+/// A row-major `[rows, cols]` tensor in device memory.
+pub struct GpuTensor<T> {
+    pub data: CudaSlice<T>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+const THREADS: u32 = 256;
+
+fn rows_config(rows: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn grid_stride_config(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(THREADS as usize).clamp(1, 4096) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn shape_err(op: &'static str, message: String) -> Error {
+    Error::Op { op, message }
+}
+
+impl CudaDevice {
+    pub fn upload<T: GpuFloat>(&self, host: &HostTensor) -> Result<GpuTensor<T>> {
+        let (rows, cols) = match host.shape[..] {
+            [n] => (1, n),
+            [r, c] => (r, c),
+            _ => {
+                return Err(shape_err(
+                    "upload",
+                    format!("expected 1-D or 2-D, found {:?}", host.shape),
+                ))
+            }
+        };
+        let values: Vec<T> = host.data.iter().map(|&v| T::from_f32(v)).collect();
+        let data = self
+            .stream
+            .clone_htod(&values)
+            .map_err(driver_err("copying to the device"))?;
+        Ok(GpuTensor { data, rows, cols })
+    }
+
+    pub fn upload_u32(&self, values: &[u32]) -> Result<CudaSlice<u32>> {
+        self.stream
+            .clone_htod(values)
+            .map_err(driver_err("copying to the device"))
+    }
+
+    pub fn upload_f32(&self, values: &[f32]) -> Result<CudaSlice<f32>> {
+        self.stream
+            .clone_htod(values)
+            .map_err(driver_err("copying to the device"))
+    }
+
+    pub fn download<T: GpuFloat>(&self, x: &GpuTensor<T>) -> Result<HostTensor> {
+        let values = self
+            .stream
+            .clone_dtoh(&x.data)
+            .map_err(driver_err("copying from the device"))?;
+        Ok(HostTensor::new(
+            vec![x.rows, x.cols],
+            values.into_iter().map(T::to_f32).collect(),
+        ))
+    }
+
+    /// A tensor full of NaN, so that any element a kernel fails to write shows.
+    pub fn poisoned<T: GpuFloat>(&self, rows: usize, cols: usize) -> Result<GpuTensor<T>> {
+        self.upload(&HostTensor::new(
+            vec![rows, cols],
+            vec![f32::NAN; rows * cols],
+        ))
+    }
+
+    fn launch_err(name: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
+        move |e| Error::Device(format!("kernel {name}: {e}"))
+    }
+
+    /// Rows of `table` for each id (ids are checked against the vocabulary first).
+    pub fn embedding<T: GpuFloat>(
+        &self,
+        out: &mut GpuTensor<T>,
+        table: &GpuTensor<T>,
+        ids: &[u32],
+    ) -> Result<()> {
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= table.rows) {
+            return Err(Error::InvalidInput(format!(
+                "token id {bad} is outside the vocabulary (size {})",
+                table.rows
+            )));
+        }
+        if out.rows != ids.len() || out.cols != table.cols {
+            return Err(shape_err(
+                "embedding",
+                format!(
+                    "out [{}, {}] for {} ids of width {}",
+                    out.rows,
+                    out.cols,
+                    ids.len(),
+                    table.cols
+                ),
+            ));
+        }
+        let ids = self.upload_u32(ids)?;
+        let hidden = table.cols as i32;
+        let name = format!("embedding_{}", T::SUFFIX);
+        let f = self.function("elementwise", &name)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut out.data).arg(&table.data).arg(&ids).arg(&hidden);
+        // SAFETY: the arguments match the kernel's `extern "C"` signature in elementwise.cu in
+        // order and type, and the shape checks above bound every index it computes.
+        unsafe { b.launch(rows_config(out.rows)) }.map_err(Self::launch_err(&name))?;
+        Ok(())
+    }
+
+    pub fn rms_norm<T: GpuFloat>(
+        &self,
+        out: &mut GpuTensor<T>,
+        x: &GpuTensor<T>,
+        weight: &GpuTensor<T>,
+        eps: f32,
+    ) -> Result<()> {
+        if out.rows != x.rows || out.cols != x.cols || weight.rows * weight.cols != x.cols {
+            return Err(shape_err(
+                "rms_norm",
+                format!(
+                    "[{}, {}] with a weight of {}",
+                    x.rows,
+                    x.cols,
+                    weight.rows * weight.cols
+                ),
+            ));
+        }
+        let cols = x.cols as i32;
+        let name = format!("rms_norm_{}", T::SUFFIX);
+        let f = self.function("elementwise", &name)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut out.data)
+            .arg(&x.data)
+            .arg(&weight.data)
+            .arg(&cols)
+            .arg(&eps);
+        // SAFETY: the arguments match the kernel's `extern "C"` signature in elementwise.cu in
+        // order and type, and the shape checks above bound every index it computes.
+        unsafe { b.launch(rows_config(x.rows)) }.map_err(Self::launch_err(&name))?;
+        Ok(())
+    }
+
+    pub fn add_assign<T: GpuFloat>(&self, x: &mut GpuTensor<T>, y: &GpuTensor<T>) -> Result<()> {
+        if x.rows != y.rows || x.cols != y.cols {
+            return Err(shape_err(
+                "add_assign",
+                format!("[{}, {}] += [{}, {}]", x.rows, x.cols, y.rows, y.cols),
+            ));
+        }
+        let n = (x.rows * x.cols) as i64;
+        let name = format!("add_assign_{}", T::SUFFIX);
+        let f = self.function("elementwise", &name)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut x.data).arg(&y.data).arg(&n);
+        // SAFETY: the arguments match the kernel's `extern "C"` signature in elementwise.cu in
+        // order and type, and the shape checks above bound every index it computes.
+        unsafe { b.launch(grid_stride_config(n as usize)) }.map_err(Self::launch_err(&name))?;
+        Ok(())
+    }
+
+    pub fn add_bias<T: GpuFloat>(&self, x: &mut GpuTensor<T>, bias: &GpuTensor<T>) -> Result<()> {
+        if bias.rows * bias.cols != x.cols {
+            return Err(shape_err(
+                "add_bias",
+                format!("{} columns but {} biases", x.cols, bias.rows * bias.cols),
+            ));
+        }
+        let (n, cols) = ((x.rows * x.cols) as i64, x.cols as i32);
+        let name = format!("add_bias_{}", T::SUFFIX);
+        let f = self.function("elementwise", &name)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut x.data).arg(&bias.data).arg(&n).arg(&cols);
+        // SAFETY: the arguments match the kernel's `extern "C"` signature in elementwise.cu in
+        // order and type, and the shape checks above bound every index it computes.
+        unsafe { b.launch(grid_stride_config(n as usize)) }.map_err(Self::launch_err(&name))?;
+        Ok(())
+    }
+
+    /// `gate = silu(gate) ⊙ up`.
+    pub fn silu_mul<T: GpuFloat>(&self, gate: &mut GpuTensor<T>, up: &GpuTensor<T>) -> Result<()> {
+        if gate.rows != up.rows || gate.cols != up.cols {
+            return Err(shape_err(
+                "silu_mul",
+                format!(
+                    "[{}, {}] and [{}, {}]",
+                    gate.rows, gate.cols, up.rows, up.cols
+                ),
+            ));
+        }
+        let n = (gate.rows * gate.cols) as i64;
+        let name = format!("silu_mul_{}", T::SUFFIX);
+        let f = self.function("elementwise", &name)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut gate.data).arg(&up.data).arg(&n);
+        // SAFETY: the arguments match the kernel's `extern "C"` signature in elementwise.cu in
+        // order and type, and the shape checks above bound every index it computes.
+        unsafe { b.launch(grid_stride_config(n as usize)) }.map_err(Self::launch_err(&name))?;
+        Ok(())
+    }
+
+    /// Uploads a step's cos/sin table.
+    pub fn rope_table(&self, table: &RopeTable) -> Result<(CudaSlice<f32>, CudaSlice<f32>)> {
+        Ok((self.upload_f32(&table.cos)?, self.upload_f32(&table.sin)?))
+    }
+
+    /// Rotates the first `heads` head blocks of every row, as [`crate::backend::Backend::rope`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope<T: GpuFloat>(
+        &self,
+        x: &mut GpuTensor<T>,
+        table: &RopeTable,
+        cos_sin: &(CudaSlice<f32>, CudaSlice<f32>),
+        heads: usize,
+        head_stride: usize,
+        offset: usize,
+    ) -> Result<()> {
+        if table.rows() != x.rows
+            || heads * head_stride > x.cols
+            || offset + 2 * table.half > head_stride
+        {
+            return Err(shape_err(
+                "rope",
+                format!(
+                    "[{}, {}], {} table rows, {heads} heads of stride {head_stride}",
+                    x.rows,
+                    x.cols,
+                    table.rows()
+                ),
+            ));
+        }
+        let (cols, heads, stride, offset, half, inter) = (
+            x.cols as i32,
+            heads as i32,
+            head_stride as i32,
+            offset as i32,
+            table.half as i32,
+            table.interleaved as i32,
+        );
+        let name = format!("rope_{}", T::SUFFIX);
+        let f = self.function("elementwise", &name)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut x.data)
+            .arg(&cos_sin.0)
+            .arg(&cos_sin.1)
+            .arg(&cols)
+            .arg(&heads)
+            .arg(&stride)
+            .arg(&offset)
+            .arg(&half)
+            .arg(&inter);
+        // SAFETY: the arguments match the kernel's `extern "C"` signature in elementwise.cu in
+        // order and type, and the shape checks above bound every index it computes.
+        unsafe { b.launch(rows_config(x.rows)) }.map_err(Self::launch_err(&name))?;
+        Ok(())
+    }
+
+    /// RMSNorm of the latent and rotation of k_pe, as [`crate::backend::Backend::latent_epilogue`].
+    pub fn latent_epilogue<T: GpuFloat>(
+        &self,
+        ckv: &mut GpuTensor<T>,
+        norm: &GpuTensor<T>,
+        eps: f32,
+        table: &RopeTable,
+        cos_sin: &(CudaSlice<f32>, CudaSlice<f32>),
+    ) -> Result<()> {
+        let r = norm.rows * norm.cols;
+        if r + 2 * table.half != ckv.cols || table.rows() != ckv.rows {
+            return Err(shape_err(
+                "latent_epilogue",
+                format!(
+                    "[{}, {}] is not latent {r} + rope {}",
+                    ckv.rows,
+                    ckv.cols,
+                    2 * table.half
+                ),
+            ));
+        }
+        let (r, half, inter) = (r as i32, table.half as i32, table.interleaved as i32);
+        let name = format!("latent_epilogue_{}", T::SUFFIX);
+        let f = self.function("elementwise", &name)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut ckv.data)
+            .arg(&norm.data)
+            .arg(&cos_sin.0)
+            .arg(&cos_sin.1)
+            .arg(&r)
+            .arg(&half)
+            .arg(&eps)
+            .arg(&inter);
+        // SAFETY: the arguments match the kernel's `extern "C"` signature in elementwise.cu in
+        // order and type, and the shape checks above bound every index it computes.
+        unsafe { b.launch(rows_config(ckv.rows)) }.map_err(Self::launch_err(&name))?;
+        Ok(())
+    }
+
+    /// Columns `[offset, offset + width)` of row `i` of `x` into slot `slots[i]` of a cache
+    /// layer of `width`-wide slots.
+    pub fn write_kv_cache<T: GpuFloat>(
+        &self,
+        layer: &mut CudaSlice<T>,
+        width: usize,
+        x: &GpuTensor<T>,
+        offset: usize,
+        slots: &[u32],
+    ) -> Result<()> {
+        let capacity = layer.len() / width.max(1);
+        if slots.len() != x.rows || offset + width > x.cols {
+            return Err(shape_err(
+                "write_kv_cache",
+                format!(
+                    "[{}, {}] from column {offset}, width {width}, {} slots",
+                    x.rows,
+                    x.cols,
+                    slots.len()
+                ),
+            ));
+        }
+        if let Some(&bad) = slots.iter().find(|&&s| s as usize >= capacity) {
+            return Err(shape_err(
+                "write_kv_cache",
+                format!("slot {bad} of {capacity}"),
+            ));
+        }
+        let slots = self.upload_u32(slots)?;
+        let (cols, offset, width) = (x.cols as i32, offset as i32, width as i32);
+        let name = format!("write_kv_cache_{}", T::SUFFIX);
+        let f = self.function("elementwise", &name)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(layer)
+            .arg(&x.data)
+            .arg(&slots)
+            .arg(&cols)
+            .arg(&offset)
+            .arg(&width);
+        // SAFETY: the arguments match the kernel's `extern "C"` signature in elementwise.cu in
+        // order and type, and the shape checks above bound every index it computes.
+        unsafe { b.launch(rows_config(x.rows)) }.map_err(Self::launch_err(&name))?;
+        Ok(())
+    }
+
+    /// Copies cache blocks `(from, to)` in every layer of a `[layers][blocks][block_elems]` cache.
+    pub fn copy_blocks<T: GpuFloat>(
+        &self,
+        cache: &mut CudaSlice<T>,
+        layers: usize,
+        block_elems: usize,
+        pairs: &[(u32, u32)],
+    ) -> Result<()> {
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        let blocks = cache.len() / (layers * block_elems).max(1);
+        if let Some(&(a, b)) = pairs
+            .iter()
+            .find(|&&(a, b)| a as usize >= blocks || b as usize >= blocks)
+        {
+            return Err(shape_err(
+                "copy_blocks",
+                format!("block {a} → {b} of {blocks}"),
+            ));
+        }
+        let flat: Vec<u32> = pairs.iter().flat_map(|&(a, b)| [a, b]).collect();
+        let flat = self.upload_u32(&flat)?;
+        let (block_elems, layer_elems) = (block_elems as i64, (blocks * block_elems) as i64);
+        let cfg = LaunchConfig {
+            grid_dim: (pairs.len() as u32, layers as u32, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let name = format!("copy_blocks_{}", T::SUFFIX);
+        let f = self.function("elementwise", &name)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(cache).arg(&flat).arg(&block_elems).arg(&layer_elems);
+        // SAFETY: the arguments match the kernel's `extern "C"` signature in elementwise.cu in
+        // order and type, and the shape checks above bound every index it computes.
+        unsafe { b.launch(cfg) }.map_err(Self::launch_err(&name))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,108 @@
+//! The CUDA device: driver context, one stream, and the kernel modules build.rs embedded.
+//!
+//! Everything that can fail on a machine without a GPU (no kernels in this build, no driver
+//! library, no device) is checked here first and reported as one sentence, before cudarc gets
+//! a chance to panic.
+
+mod elementwise;
+
+pub use elementwise::{GpuFloat, GpuTensor};
+
+use crate::error::{Error, Result};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DriverError};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The fatbins compiled from `kernels/*.cu`.
+pub mod kernels {
+    include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub ordinal: usize,
+    pub name: String,
+    pub compute_capability: (i32, i32),
+    pub total_memory: usize,
+}
+
+pub struct CudaDevice {
+    pub info: DeviceInfo,
+    pub stream: Arc<CudaStream>,
+    modules: HashMap<&'static str, Arc<CudaModule>>,
+}
+
+pub(crate) fn driver_err(what: &str) -> impl Fn(DriverError) -> Error + '_ {
+    move |e| Error::Device(format!("{what}: {e}"))
+}
+
+impl CudaDevice {
+    /// Opens GPU `ordinal` and loads every kernel module.
+    pub fn open(ordinal: usize) -> Result<Self> {
+        if kernels::MODULES.is_empty() {
+            return Err(Error::Device(
+                "this build has no CUDA kernels (nvcc was not found when it was compiled): run \
+                 scripts/cuda-toolchain.sh, then cargo build again"
+                    .into(),
+            ));
+        }
+        // SAFETY: only asks the dynamic loader whether libcuda can be opened; no CUDA call is made.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(Error::Device(
+                "the NVIDIA driver library (libcuda.so) was not found on this machine".into(),
+            ));
+        }
+        let count = CudaContext::device_count().map_err(driver_err("counting CUDA devices"))?;
+        if ordinal >= count.max(0) as usize {
+            return Err(Error::Device(format!(
+                "cuda:{ordinal} was requested but this machine has {count} CUDA device(s)"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(driver_err("creating the CUDA context"))?;
+        let info = DeviceInfo {
+            ordinal,
+            name: ctx.name().map_err(driver_err("reading the device name"))?,
+            compute_capability: ctx
+                .compute_capability()
+                .map_err(driver_err("reading the compute capability"))?,
+            total_memory: ctx
+                .total_mem()
+                .map_err(driver_err("reading the device memory size"))?,
+        };
+        if info.compute_capability.0 < 8 {
+            return Err(Error::Device(format!(
+                "{} has compute capability {}.{}; the kernels need 8.0 or newer",
+                info.name, info.compute_capability.0, info.compute_capability.1
+            )));
+        }
+        let stream = ctx.new_stream().map_err(driver_err("creating a stream"))?;
+        let mut modules = HashMap::new();
+        for (name, fatbin) in kernels::MODULES {
+            let module = ctx
+                .load_module(cudarc::nvrtc::Ptx::from_binary(fatbin.to_vec()))
+                .map_err(|e| Error::Device(format!("loading kernel module {name}: {e}")))?;
+            modules.insert(*name, module);
+        }
+        Ok(CudaDevice {
+            info,
+            stream,
+            modules,
+        })
+    }
+
+    /// Kernel `name` of module `module`.
+    pub fn function(&self, module: &str, name: &str) -> Result<CudaFunction> {
+        let m = self
+            .modules
+            .get(module)
+            .ok_or_else(|| Error::Device(format!("kernel module {module} is not in this build")))?;
+        m.load_function(name)
+            .map_err(|e| Error::Device(format!("kernel {module}::{name}: {e}")))
+    }
+
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(driver_err("synchronizing the stream"))
+    }
+}
