@@ -56,6 +56,7 @@ fn read_requests(
     args: &GenerateArgs,
     tokenizer: &TextTokenizer,
     mut template: Option<ChatTemplate>,
+    model_dir: &Path,
     max_pos: usize,
 ) -> Result<(Vec<Value>, Vec<Request>)> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
@@ -90,7 +91,7 @@ fn read_requests(
         // "messages" lines use the chat template with or without --chat.
         if matches!(prompt, PromptInput::Messages(_)) && template.is_none() {
             template = Some(
-                ChatTemplate::load(&args.model.model)
+                ChatTemplate::load(model_dir)
                     .map_err(|e| Error::InvalidInput(format!("{at}: \"messages\": {e}")))?,
             );
         }
@@ -146,6 +147,7 @@ pub fn run(
         args,
         tokenizer,
         template,
+        &loaded.dir,
         config.max_position_embeddings(),
     )?;
     let longest = requests

@@ -138,9 +138,9 @@ pub enum PromptInput {
 pub fn run(args: GenerateArgs) -> Result<()> {
     args.sampling.params().validate()?;
     let loaded = args.model.load()?;
-    let tokenizer = TextTokenizer::load(&args.model.model, &loaded.model.config)?;
+    let tokenizer = TextTokenizer::load(&loaded.dir, &loaded.model.config)?;
     let template = if args.chat {
-        Some(ChatTemplate::load(&args.model.model)?)
+        Some(ChatTemplate::load(&loaded.dir)?)
     } else {
         None
     };

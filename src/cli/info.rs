@@ -1,6 +1,6 @@
 //! `mla info`: what a model is and what its KV cache costs, from config and checkpoint headers.
 
-use super::loading::load_config;
+use super::loading::{load_config, model_dir};
 use crate::config::{
     DeepSeekConfig, LlamaConfig, ModelConfig, RopeConfig, RopeScaling, TopkMethod,
 };
@@ -12,9 +12,9 @@ use std::path::PathBuf;
 
 #[derive(Debug, Args)]
 pub struct InfoArgs {
-    /// Hugging Face model folder.
+    /// Hugging Face model folder (default: the shipped MLA demo model, models/demo-mla).
     #[arg(long, value_name = "DIR")]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
 
     /// Bytes per cached value for the KV cache figures (2 for bf16/f16, 4 for f32).
     #[arg(long, default_value_t = 2, value_name = "BYTES")]
@@ -127,11 +127,12 @@ fn describe_rope(rope: &RopeConfig, max_positions: usize) {
 }
 
 pub fn run(args: InfoArgs) -> Result<()> {
-    let c = load_config(&args.model)?;
-    let checkpoint = Checkpoint::open(&args.model)?;
+    let dir = model_dir(args.model.as_deref())?;
+    let c = load_config(&dir)?;
+    let checkpoint = Checkpoint::open(&dir)?;
     println!(
         "model:        {} ({})",
-        args.model.display(),
+        dir.display(),
         c.architecture().name()
     );
     match &c {

@@ -36,9 +36,10 @@ impl FromStr for DeviceSpec {
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
     /// Hugging Face model folder: config.json, model.safetensors (or shards with
-    /// model.safetensors.index.json), tokenizer.json.
+    /// model.safetensors.index.json), tokenizer.json. Default: the shipped MLA demo model
+    /// (models/demo-mla).
     #[arg(long, value_name = "DIR")]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
 
     /// Where to run: cpu, or cuda[:N] once the CUDA backend is built.
     #[arg(long, default_value = "cpu", value_name = "DEVICE")]
@@ -51,6 +52,31 @@ pub struct ModelArgs {
     /// Tokens per block of the paged latent KV cache.
     #[arg(long, default_value_t = DEFAULT_BLOCK_SIZE, value_name = "TOKENS")]
     pub block_size: usize,
+}
+
+/// Where the demo model lives inside the repository.
+const DEMO_MODEL: &str = "models/demo-mla";
+
+/// `explicit`, or the shipped demo model: looked for in the current folder, next to the binary
+/// (and the folders above it, which covers `target/release/mla`), then in the source tree.
+pub fn model_dir(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(dir) = explicit {
+        return Ok(dir.to_path_buf());
+    }
+    let mut roots: Vec<PathBuf> = vec![PathBuf::from(".")];
+    if let Ok(exe) = std::env::current_exe() {
+        roots.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
+    }
+    roots.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    roots
+        .into_iter()
+        .map(|root| root.join(DEMO_MODEL))
+        .find(|dir| dir.join("config.json").is_file())
+        .ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "no --model given and the demo model ({DEMO_MODEL}) was not found in the current folder, next to the binary or in the source tree; pass --model DIR"
+            ))
+        })
 }
 
 /// The config of a model folder, with a clear error when the folder or file is missing.
@@ -72,13 +98,16 @@ pub fn load_config(dir: &Path) -> Result<ModelConfig> {
 }
 
 pub struct LoadedModel {
+    /// The model folder it came from.
+    pub dir: PathBuf,
     pub backend: CpuBackend,
     pub model: Model<CpuBackend>,
 }
 
 impl ModelArgs {
     pub fn load(&self) -> Result<LoadedModel> {
-        let config = load_config(&self.model)?;
+        let dir = model_dir(self.model.as_deref())?;
+        let config = load_config(&dir)?;
         let backend = match self.device {
             DeviceSpec::Cpu => CpuBackend,
             DeviceSpec::Cuda(ordinal) => {
@@ -95,8 +124,12 @@ impl ModelArgs {
                 "--block-size must be at least 1".into(),
             ));
         }
-        let checkpoint = Checkpoint::open(&self.model)?;
+        let checkpoint = Checkpoint::open(&dir)?;
         let model = Model::load(config, &checkpoint, &backend)?;
-        Ok(LoadedModel { backend, model })
+        Ok(LoadedModel {
+            dir,
+            backend,
+            model,
+        })
     }
 }

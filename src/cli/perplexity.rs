@@ -29,7 +29,7 @@ pub struct PerplexityArgs {
 pub fn run(args: PerplexityArgs) -> Result<()> {
     let text = std::fs::read_to_string(&args.file).map_err(|e| Error::io(&args.file, e))?;
     let loaded = args.model.load()?;
-    let tokenizer = TextTokenizer::load(&args.model.model, &loaded.model.config)?;
+    let tokenizer = TextTokenizer::load(&loaded.dir, &loaded.model.config)?;
     let ids = tokenizer.encode(&text)?;
     let context = args
         .context
