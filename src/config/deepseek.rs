@@ -128,22 +128,7 @@ impl DeepSeekConfig {
                 format!("must be positive, found {}", self.rms_norm_eps),
             ));
         }
-        for (key, id) in self
-            .bos_token_id
-            .iter()
-            .map(|id| ("bos_token_id", id))
-            .chain(self.eos_token_ids.iter().map(|id| ("eos_token_id", id)))
-        {
-            if *id as usize >= self.vocab_size {
-                return Err(keys.err(
-                    key,
-                    format!(
-                        "token id {id} is outside the vocabulary (vocab_size {})",
-                        self.vocab_size
-                    ),
-                ));
-            }
-        }
+        keys.check_special_tokens(self.bos_token_id, &self.eos_token_ids, self.vocab_size)?;
         if let Some(moe) = &self.moe {
             let e = moe.n_routed_experts;
             if moe.num_experts_per_tok == 0 || moe.num_experts_per_tok > e {

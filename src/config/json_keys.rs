@@ -122,4 +122,26 @@ impl<'a> Keys<'a> {
             Some(v) => Err(self.err(key, format!("expected an object, found {v}"))),
         }
     }
+
+    /// BOS and EOS ids must name tokens of the vocabulary.
+    pub fn check_special_tokens(
+        &self,
+        bos: Option<u32>,
+        eos: &[u32],
+        vocab_size: usize,
+    ) -> Result<()> {
+        let ids = bos
+            .iter()
+            .map(|id| ("bos_token_id", id))
+            .chain(eos.iter().map(|id| ("eos_token_id", id)));
+        for (key, id) in ids {
+            if *id as usize >= vocab_size {
+                return Err(self.err(
+                    key,
+                    format!("token id {id} is outside the vocabulary (vocab_size {vocab_size})"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }

@@ -96,22 +96,11 @@ impl LlamaConfig {
                 None => keys.opt_str("torch_dtype")?.map(str::to_string),
             },
         };
-        for (key, id) in config
-            .bos_token_id
-            .iter()
-            .map(|id| ("bos_token_id", id))
-            .chain(config.eos_token_ids.iter().map(|id| ("eos_token_id", id)))
-        {
-            if *id as usize >= config.vocab_size {
-                return Err(keys.err(
-                    key,
-                    format!(
-                        "token id {id} is outside the vocabulary (vocab_size {})",
-                        config.vocab_size
-                    ),
-                ));
-            }
-        }
+        keys.check_special_tokens(
+            config.bos_token_id,
+            &config.eos_token_ids,
+            config.vocab_size,
+        )?;
         Ok(config)
     }
 

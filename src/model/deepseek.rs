@@ -2,7 +2,7 @@
 
 use super::loader::Loader;
 use super::rope::{Rope, RopeTable};
-use super::{AttentionForm, LogitRows, Step};
+use super::{logits_head, AttentionForm, LogitRows, Step};
 use crate::backend::{Backend, MlaDims, MlpWeights, MoeWeights};
 use crate::config::DeepSeekConfig;
 use crate::error::Result;
@@ -229,11 +229,8 @@ impl<B: Backend> DeepSeek<B> {
             };
             backend.add_assign(&mut x, &y)?;
         }
-        if logit_rows == LogitRows::LastPerSequence {
-            x = backend.select_rows(&x, &step.last_rows())?;
-        }
-        let x = backend.rms_norm(&x, &self.norm, eps)?;
-        backend.matmul(&x, self.lm_head.as_ref().unwrap_or(&self.embed))
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        logits_head(backend, x, step, logit_rows, (&self.norm, eps), head)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -3,7 +3,7 @@
 
 use super::loader::Loader;
 use super::rope::{Rope, RopeTable};
-use super::{LogitRows, Step};
+use super::{logits_head, LogitRows, Step};
 use crate::backend::{Backend, MhaDims, MlpWeights};
 use crate::config::LlamaConfig;
 use crate::error::Result;
@@ -135,12 +135,8 @@ impl<B: Backend> Llama<B> {
             let h = backend.rms_norm(&x, &layer.post_attention_norm, eps)?;
             backend.add_assign(&mut x, &backend.mlp(&h, &layer.mlp)?)?;
         }
-        let x = match logit_rows {
-            LogitRows::All => x,
-            LogitRows::LastPerSequence => backend.select_rows(&x, &step.last_rows())?,
-        };
-        let x = backend.rms_norm(&x, &self.norm, eps)?;
-        backend.matmul(&x, self.lm_head.as_ref().unwrap_or(&self.embed))
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        logits_head(backend, x, step, logit_rows, (&self.norm, eps), head)
     }
 
     #[allow(clippy::too_many_arguments)]

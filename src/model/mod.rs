@@ -68,6 +68,23 @@ impl Step {
     }
 }
 
+/// The end of every forward pass: keep the rows that need logits, final RMSNorm, lm_head (the
+/// embedding table when tied).
+pub(crate) fn logits_head<B: Backend>(
+    backend: &B,
+    x: B::Tensor,
+    step: &Step,
+    logit_rows: LogitRows,
+    (norm, eps): (&B::Weight, f32),
+    lm_head: &B::Weight,
+) -> Result<B::Tensor> {
+    let x = match logit_rows {
+        LogitRows::All => x,
+        LogitRows::LastPerSequence => backend.select_rows(&x, &step.last_rows())?,
+    };
+    backend.matmul(&backend.rms_norm(&x, norm, eps)?, lm_head)
+}
+
 enum Architecture<B: Backend> {
     DeepSeek(DeepSeek<B>),
     Llama(Llama<B>),
