@@ -3,6 +3,7 @@
 //! transformers is the oracle for the CPU backend; the CPU backend is the oracle for the GPU.
 
 pub mod backend;
+pub mod bench;
 pub mod chat;
 pub mod cli;
 pub mod config;

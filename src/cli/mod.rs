@@ -1,6 +1,7 @@
 //! The `mla` command line: argument definitions here, one file per subcommand.
 
 mod batch;
+mod bench;
 mod engine_args;
 pub mod generate;
 mod info;
@@ -42,6 +43,8 @@ pub enum Command {
     Info(info::InfoArgs),
     /// Sliding-window perplexity of a model on a text file.
     Perplexity(perplexity::PerplexityArgs),
+    /// Prefill and decode throughput of random-weight presets (llama-bench style).
+    Bench(bench::BenchArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -61,5 +64,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Logits(args) => logits::run(args),
         Command::Info(args) => info::run(args),
         Command::Perplexity(args) => perplexity::run(args),
+        Command::Bench(args) => bench::run_bench(args),
     }
 }

@@ -59,6 +59,16 @@ pub struct DeepSeekConfig {
     pub eos_token_ids: Vec<u32>,
     /// `torch_dtype` / `dtype` as written in the file, for display only.
     pub dtype: Option<String>,
+    /// Benchmark presets only, never read from a file: plain attention instead of MLA, as in
+    /// the DeepSeek-V2 paper's comparison (same model otherwise).
+    pub mha_replacement: Option<MhaReplacement>,
+}
+
+/// Multi-head (or grouped-query) attention standing in for MLA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MhaReplacement {
+    pub kv_heads: usize,
+    pub head_dim: usize,
 }
 
 impl DeepSeekConfig {
@@ -107,6 +117,7 @@ impl DeepSeekConfig {
                 Some(d) => Some(d.to_string()),
                 None => keys.opt_str("torch_dtype")?.map(str::to_string),
             },
+            mha_replacement: None,
         };
         config.validate(keys)?;
         Ok(config)
@@ -182,6 +193,15 @@ impl DeepSeekConfig {
     /// Values stored per token and layer in the latent cache: the latent plus the roped key.
     pub fn latent_cache_width(&self) -> usize {
         self.kv_lora_rank + self.qk_rope_head_dim
+    }
+
+    /// Values the paged cache stores per token and layer: the MLA latent, or K and V of every
+    /// KV head under an MHA replacement.
+    pub fn cache_width(&self) -> usize {
+        match self.mha_replacement {
+            Some(m) => 2 * m.kv_heads * m.head_dim,
+            None => self.latent_cache_width(),
+        }
     }
 
     /// Whether layer `layer` uses the routed-expert MLP.

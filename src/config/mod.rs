@@ -9,7 +9,7 @@ mod json_keys;
 mod llama;
 mod rope;
 
-pub use deepseek::{DeepSeekConfig, MoeConfig, ScoringFunc, TopkMethod};
+pub use deepseek::{DeepSeekConfig, MhaReplacement, MoeConfig, ScoringFunc, TopkMethod};
 pub use llama::LlamaConfig;
 pub use rope::{yarn_get_mscale, RopeConfig, RopeScaling, YarnParams};
 
@@ -131,7 +131,7 @@ impl ModelConfig {
     /// K and V of every KV head.
     pub fn cache_width(&self) -> usize {
         match self {
-            ModelConfig::DeepSeek(c) => c.latent_cache_width(),
+            ModelConfig::DeepSeek(c) => c.cache_width(),
             ModelConfig::Llama(c) => c.kv_width(),
         }
     }

@@ -1,12 +1,13 @@
 //! DeepSeek-V2 / V3: MLA attention over the paged latent cache, dense MLP or MoE per layer.
 
+use super::llama::MhaAttention;
 use super::loader::Loader;
 use super::rope::{Rope, RopeTable};
 use super::{logits_head, AttentionForm, LogitRows, Step};
-use crate::backend::{Backend, MlaDims, MlpWeights, MoeWeights};
+use crate::backend::{Backend, MhaDims, MlaDims, MlpWeights, MoeWeights};
 use crate::config::DeepSeekConfig;
 use crate::error::Result;
-use crate::weights::Checkpoint;
+use crate::weights::TensorSource;
 
 /// The q and kv latent RMSNorms use RMSNorm's default eps in DeepSeek's code and in
 /// transformers, not `rms_norm_eps`.
@@ -38,9 +39,15 @@ enum FeedForward<B: Backend> {
     Moe(MoeWeights<B>),
 }
 
+/// MLA, or (in benchmark presets) plain attention in its place.
+enum LayerAttention<B: Backend> {
+    Mla(Attention<B>),
+    Mha(MhaAttention<B>),
+}
+
 struct Layer<B: Backend> {
     input_norm: B::Weight,
-    attention: Attention<B>,
+    attention: LayerAttention<B>,
     post_attention_norm: B::Weight,
     ffn: FeedForward<B>,
 }
@@ -49,6 +56,8 @@ pub struct DeepSeek<B: Backend> {
     pub config: DeepSeekConfig,
     pub dims: MlaDims,
     pub rope: Rope,
+    /// RoPE over the whole head under an MHA replacement.
+    mha_rope: Option<Rope>,
     embed: B::Weight,
     layers: Vec<Layer<B>>,
     norm: B::Weight,
@@ -73,7 +82,7 @@ pub fn absorption_weights(kv_b: &[f32], dims: &MlaDims) -> (Vec<f32>, Vec<f32>) 
 }
 
 impl<B: Backend> DeepSeek<B> {
-    pub fn load(config: DeepSeekConfig, checkpoint: &Checkpoint, backend: &B) -> Result<Self> {
+    pub fn load(config: DeepSeekConfig, checkpoint: &dyn TensorSource, backend: &B) -> Result<Self> {
         let c = &config;
         let dims = MlaDims {
             heads: c.num_attention_heads,
@@ -91,42 +100,56 @@ impl<B: Backend> DeepSeek<B> {
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for l in 0..c.num_hidden_layers {
             let p = format!("model.layers.{l}");
-            let q = match c.q_lora_rank {
-                None => QueryProjection::Full(ld.weight(
-                    &format!("{p}.self_attn.q_proj.weight"),
-                    &[n * dims.qk_head(), h],
-                )?),
-                Some(rq) => QueryProjection::LowRank {
-                    down: ld.weight(&format!("{p}.self_attn.q_a_proj.weight"), &[rq, h])?,
-                    norm: ld.weight(&format!("{p}.self_attn.q_a_layernorm.weight"), &[rq])?,
-                    up: ld.weight(
-                        &format!("{p}.self_attn.q_b_proj.weight"),
-                        &[n * dims.qk_head(), rq],
+            let attention = match c.mha_replacement {
+                Some(m) => {
+                    let dims = MhaDims {
+                        heads: n,
+                        kv_heads: m.kv_heads,
+                        head_dim: m.head_dim,
+                        softmax_scale: (m.head_dim as f32).powf(-0.5),
+                        sliding_window: None,
+                    };
+                    LayerAttention::Mha(MhaAttention::load(&ld, &format!("{p}.self_attn"), h, dims, (false, false))?)
+                }
+                None => {
+                let q = match c.q_lora_rank {
+                    None => QueryProjection::Full(ld.weight(
+                        &format!("{p}.self_attn.q_proj.weight"),
+                        &[n * dims.qk_head(), h],
+                    )?),
+                    Some(rq) => QueryProjection::LowRank {
+                        down: ld.weight(&format!("{p}.self_attn.q_a_proj.weight"), &[rq, h])?,
+                        norm: ld.weight(&format!("{p}.self_attn.q_a_layernorm.weight"), &[rq])?,
+                        up: ld.weight(
+                            &format!("{p}.self_attn.q_b_proj.weight"),
+                            &[n * dims.qk_head(), rq],
+                        )?,
+                    },
+                };
+                let kv_b = ld.host(
+                    &format!("{p}.self_attn.kv_b_proj.weight"),
+                    &[n * (dims.qk_nope + dims.v_head), dims.kv_lora_rank],
+                )?;
+                let (w_uk_t, w_uv) = absorption_weights(&kv_b.data, &dims);
+                LayerAttention::Mla(Attention {
+                    q,
+                    kv_a: ld.weight(
+                        &format!("{p}.self_attn.kv_a_proj_with_mqa.weight"),
+                        &[dims.latent_width(), h],
                     )?,
-                },
-            };
-            let kv_b = ld.host(
-                &format!("{p}.self_attn.kv_b_proj.weight"),
-                &[n * (dims.qk_nope + dims.v_head), dims.kv_lora_rank],
-            )?;
-            let (w_uk_t, w_uv) = absorption_weights(&kv_b.data, &dims);
-            let attention = Attention {
-                q,
-                kv_a: ld.weight(
-                    &format!("{p}.self_attn.kv_a_proj_with_mqa.weight"),
-                    &[dims.latent_width(), h],
-                )?,
-                kv_a_norm: ld.weight(
-                    &format!("{p}.self_attn.kv_a_layernorm.weight"),
-                    &[dims.kv_lora_rank],
-                )?,
-                w_uk: backend.upload_head_weight(n, dims.kv_lora_rank, dims.qk_nope, w_uk_t)?,
-                w_uv: backend.upload_head_weight(n, dims.v_head, dims.kv_lora_rank, w_uv)?,
-                kv_b: backend.upload_weight(kv_b)?,
-                o: ld.weight(
-                    &format!("{p}.self_attn.o_proj.weight"),
-                    &[h, n * dims.v_head],
-                )?,
+                    kv_a_norm: ld.weight(
+                        &format!("{p}.self_attn.kv_a_layernorm.weight"),
+                        &[dims.kv_lora_rank],
+                    )?,
+                    w_uk: backend.upload_head_weight(n, dims.kv_lora_rank, dims.qk_nope, w_uk_t)?,
+                    w_uv: backend.upload_head_weight(n, dims.v_head, dims.kv_lora_rank, w_uv)?,
+                    kv_b: backend.upload_weight(kv_b)?,
+                    o: ld.weight(
+                        &format!("{p}.self_attn.o_proj.weight"),
+                        &[h, n * dims.v_head],
+                    )?,
+                })
+                }
             };
             let ffn = match (&c.moe, c.is_moe_layer(l)) {
                 (Some(moe), true) => {
@@ -175,6 +198,7 @@ impl<B: Backend> DeepSeek<B> {
         };
         Ok(DeepSeek {
             rope: Rope::new(&c.rope, c.qk_rope_head_dim),
+            mha_rope: c.mha_replacement.map(|m| Rope::new(&c.rope, m.head_dim)),
             embed: ld.weight("model.embed_tokens.weight", &[c.vocab_size, h])?,
             norm: ld.weight("model.norm.weight", &[h])?,
             lm_head,
@@ -200,20 +224,14 @@ impl<B: Backend> DeepSeek<B> {
             AttentionForm::Absorbed => true,
             AttentionForm::Materialised => false,
         };
-        let rope = self.rope.table(&step.positions, &step.row_seq_lens());
+        let rope = self.mha_rope.as_ref().unwrap_or(&self.rope).table(&step.positions, &step.row_seq_lens());
         let mut x = backend.embedding(&self.embed, &step.token_ids)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let h = backend.rms_norm(&x, &layer.input_norm, eps)?;
-            let attn = self.attention(
-                backend,
-                &layer.attention,
-                &h,
-                cache,
-                l,
-                step,
-                &rope,
-                absorbed,
-            )?;
+            let attn = match &layer.attention {
+                LayerAttention::Mla(w) => self.attention(backend, w, &h, cache, l, step, &rope, absorbed)?,
+                LayerAttention::Mha(w) => w.forward(backend, &h, cache, l, step, &rope)?,
+            };
             backend.add_assign(&mut x, &attn)?;
             let h = backend.rms_norm(&x, &layer.post_attention_norm, eps)?;
             let y = match &layer.ffn {

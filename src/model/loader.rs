@@ -3,11 +3,11 @@
 
 use crate::backend::{Backend, MlpWeights};
 use crate::error::Result;
-use crate::weights::{Checkpoint, HostTensor};
+use crate::weights::{HostTensor, TensorSource};
 
 /// Reads tensors by name with the shapes the config implies.
 pub struct Loader<'a, B: Backend> {
-    pub checkpoint: &'a Checkpoint,
+    pub checkpoint: &'a dyn TensorSource,
     pub backend: &'a B,
 }
 

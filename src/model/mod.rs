@@ -10,7 +10,7 @@ pub mod rope;
 use crate::backend::{AttentionBatch, Backend};
 use crate::config::ModelConfig;
 use crate::error::Result;
-use crate::weights::Checkpoint;
+use crate::weights::TensorSource;
 use deepseek::DeepSeek;
 use llama::Llama;
 
@@ -97,7 +97,7 @@ pub struct Model<B: Backend> {
 }
 
 impl<B: Backend> Model<B> {
-    pub fn load(config: ModelConfig, checkpoint: &Checkpoint, backend: &B) -> Result<Self> {
+    pub fn load(config: ModelConfig, checkpoint: &dyn TensorSource, backend: &B) -> Result<Self> {
         let arch = match &config {
             ModelConfig::DeepSeek(c) => {
                 Architecture::DeepSeek(DeepSeek::load(c.clone(), checkpoint, backend)?)

@@ -35,7 +35,13 @@ fn count_deepseek(c: &DeepSeekConfig) -> ParamCounts {
             rq * h + rq + n * dqk * rq
         }
     };
-    let attention = q + (r + dr) * h + r + n * (dn + dv) * r + h * n * dv;
+    let attention = match c.mha_replacement {
+        Some(m) => {
+            let (q, kv) = (n * m.head_dim as u64, m.kv_heads as u64 * m.head_dim as u64);
+            h * (q + 2 * kv) + q * h
+        }
+        None => q + (r + dr) * h + r + n * (dn + dv) * r + h * n * dv,
+    };
     let norms = 2 * h;
     let dense_mlp = 3 * h * c.intermediate_size as u64;
     let (mut total, mut activated) = (0u64, 0u64);
@@ -101,7 +107,7 @@ fn count_llama(c: &LlamaConfig) -> ParamCounts {
 pub fn kv_values_per_token_per_layer(config: &ModelConfig) -> (u64, u64) {
     match config {
         ModelConfig::DeepSeek(c) => (
-            c.latent_cache_width() as u64,
+            c.cache_width() as u64,
             2 * (c.num_attention_heads * c.v_head_dim) as u64,
         ),
         ModelConfig::Llama(c) => (

@@ -10,6 +10,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+pub mod random;
+pub use random::RandomWeights;
+
 /// A dense row-major f32 tensor on the host.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostTensor {
@@ -34,6 +37,23 @@ struct Shard {
 struct Entry {
     shard: usize,
     info: TensorInfo,
+}
+
+/// Where a model's named tensors come from: a checkpoint, or generated weights.
+pub trait TensorSource {
+    /// Tensor `name` as f32, which must have exactly `shape`.
+    fn load(&self, name: &str, shape: &[usize]) -> Result<HostTensor>;
+    fn contains(&self, name: &str) -> bool;
+}
+
+impl TensorSource for Checkpoint {
+    fn load(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
+        Checkpoint::load(self, name, shape)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        Checkpoint::contains(self, name)
+    }
 }
 
 /// All tensors of a checkpoint folder, by name.

@@ -1,0 +1,130 @@
+//! `mla bench`: llama-bench-style prefill and decode throughput of random-weight presets, with
+//! KV cache bytes per token and the largest batch that fits a memory budget at each depth.
+
+pub mod presets;
+pub mod report;
+
+use crate::backend::{AttentionBatch, Backend, SeqChunk};
+use crate::error::Result;
+use crate::kv::{slot, BlockManager, SeqBlocks};
+use crate::model::{AttentionForm, LogitRows, Model, Step};
+use std::time::Instant;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchConfig {
+    pub batches: Vec<usize>,
+    pub prompt: usize,
+    pub gen: usize,
+    pub depths: Vec<usize>,
+    pub reps: usize,
+    pub block_size: usize,
+    /// Bytes the KV cache may take, for the max-batch column.
+    pub memory_budget: u64,
+    /// Bytes per cached value on this backend.
+    pub cache_value_bytes: u64,
+}
+
+/// One measured configuration.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BenchRow {
+    pub model: String,
+    /// `pp512` (prefill of 512 tokens per sequence) or `tg128` (128 decode steps).
+    pub test: String,
+    pub batch: usize,
+    /// Tokens already in each sequence's cache before the test.
+    pub depth: usize,
+    pub tokens_per_s: f64,
+    pub std: f64,
+    pub kv_bytes_per_token: u64,
+    /// Sequences of depth + prompt + gen tokens whose caches fit the memory budget.
+    pub max_batch: u64,
+}
+
+fn mean_std(samples: &[f64]) -> (f64, f64) {
+    let n = samples.len() as f64;
+    let mean = samples.iter().sum::<f64>() / n;
+    let var = samples.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (mean, var.sqrt())
+}
+
+/// A step feeding `len` tokens at positions `start..start + len` to each of `seqs`.
+fn step(seqs: &[SeqBlocks], start: usize, len: usize, block_size: usize, vocab: usize) -> Step {
+    let mut s = Step {
+        token_ids: Vec::new(),
+        positions: Vec::new(),
+        slots: Vec::new(),
+        batch: AttentionBatch { block_size, seqs: Vec::new() },
+    };
+    for (i, seq) in seqs.iter().enumerate() {
+        for p in start..start + len {
+            s.token_ids.push(((p * 31 + i * 17 + 7) % vocab) as u32);
+            s.positions.push(p as u32);
+            s.slots.push(slot(&seq.table, p, block_size));
+        }
+        s.batch.seqs.push(SeqChunk { block_table: seq.table.clone(), context_len: start + len, query_len: len });
+    }
+    s
+}
+
+/// Measures `model` at every batch and depth of `config`.
+pub fn run<B: Backend>(name: &str, model: &Model<B>, backend: &B, config: &BenchConfig, mut progress: impl FnMut(&BenchRow)) -> Result<Vec<BenchRow>> {
+    let c = &model.config;
+    let bs = config.block_size;
+    let kv_bytes_per_token = (c.cache_width() * c.num_hidden_layers()) as u64 * config.cache_value_bytes;
+    let vocab = c.vocab_size();
+    let mut rows = Vec::new();
+    for &depth in &config.depths {
+        let total = depth + config.prompt + config.gen;
+        let max_batch = config.memory_budget / (total as u64 * kv_bytes_per_token).max(1);
+        for &batch in &config.batches {
+            let per_seq = total.div_ceil(bs);
+            let mut blocks = BlockManager::new(batch * per_seq, bs, false);
+            let mut cache = backend.alloc_kv_cache(c.num_hidden_layers(), batch * per_seq, bs, c.cache_width())?;
+            let mut seqs = vec![SeqBlocks::default(); batch];
+            for seq in &mut seqs {
+                blocks.reserve(seq, 0, total)?;
+            }
+            // The context the tests run on top of, one sequence at a time (not timed).
+            if depth > 0 {
+                for seq in &seqs {
+                    let s = step(std::slice::from_ref(seq), 0, depth, bs, vocab);
+                    model.forward(backend, &mut cache, &s, AttentionForm::Auto, LogitRows::LastPerSequence)?;
+                }
+            }
+            // Repeating a step rewrites the same slots with the same values, so reps need no reset.
+            let prefill = step(&seqs, depth, config.prompt, bs, vocab);
+            let mut pp = Vec::new();
+            let mut tg = Vec::new();
+            for _ in 0..config.reps.max(1) {
+                let t = Instant::now();
+                backend.to_host(&model.forward(backend, &mut cache, &prefill, AttentionForm::Auto, LogitRows::LastPerSequence)?)?;
+                pp.push((batch * config.prompt) as f64 / t.elapsed().as_secs_f64());
+                let t = Instant::now();
+                for i in 0..config.gen {
+                    let s = step(&seqs, depth + config.prompt + i, 1, bs, vocab);
+                    backend.to_host(&model.forward(backend, &mut cache, &s, AttentionForm::Auto, LogitRows::LastPerSequence)?)?;
+                }
+                tg.push((batch * config.gen) as f64 / t.elapsed().as_secs_f64());
+            }
+            for (test, samples) in [(format!("pp{}", config.prompt), pp), (format!("tg{}", config.gen), tg)] {
+                if samples.iter().any(|s| !s.is_finite()) {
+                    continue; // a zero-length test
+                }
+                let (mean, std) = mean_std(&samples);
+                let row = BenchRow {
+                    model: name.to_string(),
+                    test,
+                    batch,
+                    depth,
+                    tokens_per_s: mean,
+                    std,
+                    kv_bytes_per_token,
+                    max_batch,
+                };
+                progress(&row);
+                rows.push(row);
+            }
+        }
+    }
+    Ok(rows)
+}

@@ -1,0 +1,89 @@
+//! Bench tables: markdown, JSON or CSV, and MLA-vs-MHA ratios side by side.
+
+use super::BenchRow;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Md,
+    Json,
+    Csv,
+}
+
+/// The first model's figures against each other model's, for the same test, batch and depth.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Comparison {
+    pub test: String,
+    pub batch: usize,
+    pub depth: usize,
+    pub baseline: String,
+    pub other: String,
+    /// baseline tokens/s ÷ other tokens/s.
+    pub speed_ratio: f64,
+    /// other KV bytes per token ÷ baseline's.
+    pub kv_ratio: f64,
+    /// baseline max batch ÷ other's.
+    pub max_batch_ratio: f64,
+}
+
+pub fn compare(rows: &[BenchRow]) -> Vec<Comparison> {
+    let Some(baseline) = rows.first().map(|r| r.model.clone()) else { return Vec::new() };
+    let mut out = Vec::new();
+    for b in rows.iter().filter(|r| r.model == baseline) {
+        for o in rows.iter().filter(|r| r.model != baseline && r.test == b.test && r.batch == b.batch && r.depth == b.depth) {
+            out.push(Comparison {
+                test: b.test.clone(),
+                batch: b.batch,
+                depth: b.depth,
+                baseline: baseline.clone(),
+                other: o.model.clone(),
+                speed_ratio: b.tokens_per_s / o.tokens_per_s,
+                kv_ratio: o.kv_bytes_per_token as f64 / b.kv_bytes_per_token as f64,
+                max_batch_ratio: b.max_batch as f64 / o.max_batch.max(1) as f64,
+            });
+        }
+    }
+    out
+}
+
+fn test_label(r: &BenchRow) -> String {
+    if r.depth == 0 { r.test.clone() } else { format!("{} @ d{}", r.test, r.depth) }
+}
+
+pub fn render(rows: &[BenchRow], comparisons: Option<&[Comparison]>, format: Format) -> String {
+    match format {
+        Format::Json => serde_json::json!({"rows": rows, "compare": comparisons}).to_string() + "\n",
+        Format::Csv => {
+            let mut s = String::from("model,test,batch,depth,tokens_per_s,std,kv_bytes_per_token,max_batch\n");
+            for r in rows {
+                s += &format!("{},{},{},{},{:.3},{:.3},{},{}\n", r.model, r.test, r.batch, r.depth, r.tokens_per_s, r.std, r.kv_bytes_per_token, r.max_batch);
+            }
+            s
+        }
+        Format::Md => {
+            let mut s = String::from("| model | test | batch | t/s | KV bytes/token | max batch |\n|---|---|---:|---:|---:|---:|\n");
+            for r in rows {
+                s += &format!(
+                    "| {} | {} | {} | {:.2} ± {:.2} | {} | {} |\n",
+                    r.model,
+                    test_label(r),
+                    r.batch,
+                    r.tokens_per_s,
+                    r.std,
+                    r.kv_bytes_per_token,
+                    r.max_batch
+                );
+            }
+            if let Some(cmp) = comparisons.filter(|c| !c.is_empty()) {
+                s += "\n| test | batch | models | speed ratio | KV bytes ratio | max batch ratio |\n|---|---:|---|---:|---:|---:|\n";
+                for c in cmp {
+                    let label = if c.depth == 0 { c.test.clone() } else { format!("{} @ d{}", c.test, c.depth) };
+                    s += &format!(
+                        "| {label} | {} | {} vs {} | {:.2}× | {:.2}× | {:.2}× |\n",
+                        c.batch, c.baseline, c.other, c.speed_ratio, c.kv_ratio, c.max_batch_ratio
+                    );
+                }
+            }
+            s
+        }
+    }
+}

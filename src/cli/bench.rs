@@ -1,0 +1,119 @@
+//! `mla bench`: llama-bench-style throughput of random-weight presets.
+
+use super::loading::DeviceSpec;
+use crate::backend::cpu::CpuBackend;
+use crate::bench::presets::{preset_config, PRESETS};
+use crate::bench::report::{compare, render, Format};
+use crate::bench::{run, BenchConfig};
+use crate::engine::memory::{available_host_bytes, parse_bytes};
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::weights::RandomWeights;
+use clap::Args;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Comma-separated presets (random weights, published dimensions).
+    #[arg(long, value_delimiter = ',', required = true, value_name = "NAMES",
+          help = format!("Comma-separated presets with random weights: {}", PRESETS.join(", ")))]
+    pub preset: Vec<String>,
+
+    /// Keep only the first N layers of every preset.
+    #[arg(long, value_name = "N")]
+    pub layers: Option<usize>,
+
+    /// Sequences per test (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1", value_name = "B")]
+    pub batch: Vec<usize>,
+
+    /// Prompt tokens per sequence for the prefill test (pp).
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    pub prompt: usize,
+
+    /// Decode steps for the generation test (tg).
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    pub gen: usize,
+
+    /// Tokens already in each sequence's cache when the tests start (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "0", value_name = "D")]
+    pub depth: Vec<usize>,
+
+    /// Repetitions of each test (mean ± standard deviation).
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub reps: usize,
+
+    /// KV cache memory for the max-batch column, e.g. 60GiB (default: 0.9 of the memory left
+    /// after the weights).
+    #[arg(long, value_parser = parse_bytes, value_name = "BYTES")]
+    pub kv_cache_memory: Option<u64>,
+
+    /// Tokens per cache block.
+    #[arg(long, default_value_t = 64, value_name = "TOKENS")]
+    pub block_size: usize,
+
+    /// Print the first preset's ratios against each other preset.
+    #[arg(long)]
+    pub compare: bool,
+
+    #[arg(long, value_enum, default_value_t = Format::Md)]
+    pub format: Format,
+
+    /// Where to run: cpu, or cuda[:N] once the CUDA backend is built.
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    pub device: DeviceSpec,
+
+    /// Seed of the random weights.
+    #[arg(long, default_value_t = 0, value_name = "S")]
+    pub seed: u64,
+}
+
+pub fn run_bench(args: BenchArgs) -> Result<()> {
+    if let DeviceSpec::Cuda(ordinal) = args.device {
+        let device = crate::backend::cuda::CudaDevice::open(ordinal)?;
+        return Err(Error::Device(format!(
+            "{} is ready, but the GPU forward pass is not built yet; run mla bench with --device cpu",
+            device.info.name
+        )));
+    }
+    if args.block_size == 0 || args.batch.contains(&0) || args.prompt + args.gen == 0 {
+        return Err(Error::InvalidInput("--block-size, --batch and --prompt + --gen must be positive".into()));
+    }
+    let configs = args
+        .preset
+        .iter()
+        .map(|name| Ok((name.clone(), preset_config(name, args.layers)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let backend = CpuBackend;
+    let mut rows = Vec::new();
+    for (name, config) in configs {
+        let longest = args.depth.iter().max().copied().unwrap_or(0) + args.prompt + args.gen;
+        if longest > config.max_position_embeddings() {
+            return Err(Error::InvalidInput(format!(
+                "{name}: depth + prompt + gen = {longest} exceeds max_position_embeddings ({})",
+                config.max_position_embeddings()
+            )));
+        }
+        eprintln!("{name}: generating random weights (seed {})", args.seed);
+        let model = Model::load(config, &RandomWeights { seed: args.seed }, &backend)?;
+        let budget = match args.kv_cache_memory {
+            Some(b) => b,
+            None => (available_host_bytes().unwrap_or(0) as f64 * 0.9) as u64,
+        };
+        let bench = BenchConfig {
+            batches: args.batch.clone(),
+            prompt: args.prompt,
+            gen: args.gen,
+            depths: args.depth.clone(),
+            reps: args.reps,
+            block_size: args.block_size,
+            memory_budget: budget,
+            cache_value_bytes: 4,
+        };
+        rows.extend(run(&name, &model, &backend, &bench, |r| {
+            eprintln!("{name}: {} batch {} depth {}: {:.2} tokens/s", r.test, r.batch, r.depth, r.tokens_per_s)
+        })?);
+    }
+    let comparisons = args.compare.then(|| compare(&rows));
+    print!("{}", render(&rows, comparisons.as_deref(), args.format));
+    Ok(())
+}
