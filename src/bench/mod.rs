@@ -53,7 +53,10 @@ fn step(seqs: &[SeqBlocks], start: usize, len: usize, block_size: usize, vocab: 
         token_ids: Vec::new(),
         positions: Vec::new(),
         slots: Vec::new(),
-        batch: AttentionBatch { block_size, seqs: Vec::new() },
+        batch: AttentionBatch {
+            block_size,
+            seqs: Vec::new(),
+        },
     };
     for (i, seq) in seqs.iter().enumerate() {
         for p in start..start + len {
@@ -61,16 +64,27 @@ fn step(seqs: &[SeqBlocks], start: usize, len: usize, block_size: usize, vocab: 
             s.positions.push(p as u32);
             s.slots.push(slot(&seq.table, p, block_size));
         }
-        s.batch.seqs.push(SeqChunk { block_table: seq.table.clone(), context_len: start + len, query_len: len });
+        s.batch.seqs.push(SeqChunk {
+            block_table: seq.table.clone(),
+            context_len: start + len,
+            query_len: len,
+        });
     }
     s
 }
 
 /// Measures `model` at every batch and depth of `config`.
-pub fn run<B: Backend>(name: &str, model: &Model<B>, backend: &B, config: &BenchConfig, mut progress: impl FnMut(&BenchRow)) -> Result<Vec<BenchRow>> {
+pub fn run<B: Backend>(
+    name: &str,
+    model: &Model<B>,
+    backend: &B,
+    config: &BenchConfig,
+    mut progress: impl FnMut(&BenchRow),
+) -> Result<Vec<BenchRow>> {
     let c = &model.config;
     let bs = config.block_size;
-    let kv_bytes_per_token = (c.cache_width() * c.num_hidden_layers()) as u64 * config.cache_value_bytes;
+    let kv_bytes_per_token =
+        (c.cache_width() * c.num_hidden_layers()) as u64 * config.cache_value_bytes;
     let vocab = c.vocab_size();
     let mut rows = Vec::new();
     for &depth in &config.depths {
@@ -79,7 +93,12 @@ pub fn run<B: Backend>(name: &str, model: &Model<B>, backend: &B, config: &Bench
         for &batch in &config.batches {
             let per_seq = total.div_ceil(bs);
             let mut blocks = BlockManager::new(batch * per_seq, bs, false);
-            let mut cache = backend.alloc_kv_cache(c.num_hidden_layers(), batch * per_seq, bs, c.cache_width())?;
+            let mut cache = backend.alloc_kv_cache(
+                c.num_hidden_layers(),
+                batch * per_seq,
+                bs,
+                c.cache_width(),
+            )?;
             let mut seqs = vec![SeqBlocks::default(); batch];
             for seq in &mut seqs {
                 blocks.reserve(seq, 0, total)?;
@@ -88,7 +107,13 @@ pub fn run<B: Backend>(name: &str, model: &Model<B>, backend: &B, config: &Bench
             if depth > 0 {
                 for seq in &seqs {
                     let s = step(std::slice::from_ref(seq), 0, depth, bs, vocab);
-                    model.forward(backend, &mut cache, &s, AttentionForm::Auto, LogitRows::LastPerSequence)?;
+                    model.forward(
+                        backend,
+                        &mut cache,
+                        &s,
+                        AttentionForm::Auto,
+                        LogitRows::LastPerSequence,
+                    )?;
                 }
             }
             // Repeating a step rewrites the same slots with the same values, so reps need no reset.
@@ -97,16 +122,31 @@ pub fn run<B: Backend>(name: &str, model: &Model<B>, backend: &B, config: &Bench
             let mut tg = Vec::new();
             for _ in 0..config.reps.max(1) {
                 let t = Instant::now();
-                backend.to_host(&model.forward(backend, &mut cache, &prefill, AttentionForm::Auto, LogitRows::LastPerSequence)?)?;
+                backend.to_host(&model.forward(
+                    backend,
+                    &mut cache,
+                    &prefill,
+                    AttentionForm::Auto,
+                    LogitRows::LastPerSequence,
+                )?)?;
                 pp.push((batch * config.prompt) as f64 / t.elapsed().as_secs_f64());
                 let t = Instant::now();
                 for i in 0..config.gen {
                     let s = step(&seqs, depth + config.prompt + i, 1, bs, vocab);
-                    backend.to_host(&model.forward(backend, &mut cache, &s, AttentionForm::Auto, LogitRows::LastPerSequence)?)?;
+                    backend.to_host(&model.forward(
+                        backend,
+                        &mut cache,
+                        &s,
+                        AttentionForm::Auto,
+                        LogitRows::LastPerSequence,
+                    )?)?;
                 }
                 tg.push((batch * config.gen) as f64 / t.elapsed().as_secs_f64());
             }
-            for (test, samples) in [(format!("pp{}", config.prompt), pp), (format!("tg{}", config.gen), tg)] {
+            for (test, samples) in [
+                (format!("pp{}", config.prompt), pp),
+                (format!("tg{}", config.gen), tg),
+            ] {
                 if samples.iter().any(|s| !s.is_finite()) {
                     continue; // a zero-length test
                 }

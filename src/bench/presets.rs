@@ -36,8 +36,20 @@ fn preset_json(name: &str) -> Option<(Value, Option<MhaReplacement>)> {
     Some(match name {
         "deepseek-v2-lite" => (deepseek_v2_lite(), None),
         // The DeepSeek-V2 paper's comparison: the same model with MHA (16 heads × 128 for K and V).
-        "deepseek-v2-lite-mha" => (deepseek_v2_lite(), Some(MhaReplacement { kv_heads: 16, head_dim: 128 })),
-        "deepseek-v2-lite-gqa4" => (deepseek_v2_lite(), Some(MhaReplacement { kv_heads: 4, head_dim: 128 })),
+        "deepseek-v2-lite-mha" => (
+            deepseek_v2_lite(),
+            Some(MhaReplacement {
+                kv_heads: 16,
+                head_dim: 128,
+            }),
+        ),
+        "deepseek-v2-lite-gqa4" => (
+            deepseek_v2_lite(),
+            Some(MhaReplacement {
+                kv_heads: 4,
+                head_dim: 128,
+            }),
+        ),
         "llama2-7b" => (
             json!({
                 "model_type": "llama", "vocab_size": 32000, "hidden_size": 4096,
@@ -83,7 +95,10 @@ fn preset_json(name: &str) -> Option<(Value, Option<MhaReplacement>)> {
 /// The config of preset `name`, optionally cut to its first `layers` layers.
 pub fn preset_config(name: &str, layers: Option<usize>) -> Result<ModelConfig> {
     let (mut json, mha) = preset_json(name).ok_or_else(|| {
-        Error::InvalidInput(format!("unknown preset \"{name}\" (available: {})", PRESETS.join(", ")))
+        Error::InvalidInput(format!(
+            "unknown preset \"{name}\" (available: {})",
+            PRESETS.join(", ")
+        ))
     })?;
     if let Some(layers) = layers {
         if layers == 0 {

@@ -26,10 +26,14 @@ pub struct Comparison {
 }
 
 pub fn compare(rows: &[BenchRow]) -> Vec<Comparison> {
-    let Some(baseline) = rows.first().map(|r| r.model.clone()) else { return Vec::new() };
+    let Some(baseline) = rows.first().map(|r| r.model.clone()) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     for b in rows.iter().filter(|r| r.model == baseline) {
-        for o in rows.iter().filter(|r| r.model != baseline && r.test == b.test && r.batch == b.batch && r.depth == b.depth) {
+        for o in rows.iter().filter(|r| {
+            r.model != baseline && r.test == b.test && r.batch == b.batch && r.depth == b.depth
+        }) {
             out.push(Comparison {
                 test: b.test.clone(),
                 batch: b.batch,
@@ -46,16 +50,34 @@ pub fn compare(rows: &[BenchRow]) -> Vec<Comparison> {
 }
 
 fn test_label(r: &BenchRow) -> String {
-    if r.depth == 0 { r.test.clone() } else { format!("{} @ d{}", r.test, r.depth) }
+    if r.depth == 0 {
+        r.test.clone()
+    } else {
+        format!("{} @ d{}", r.test, r.depth)
+    }
 }
 
 pub fn render(rows: &[BenchRow], comparisons: Option<&[Comparison]>, format: Format) -> String {
     match format {
-        Format::Json => serde_json::json!({"rows": rows, "compare": comparisons}).to_string() + "\n",
+        Format::Json => {
+            serde_json::json!({"rows": rows, "compare": comparisons}).to_string() + "\n"
+        }
         Format::Csv => {
-            let mut s = String::from("model,test,batch,depth,tokens_per_s,std,kv_bytes_per_token,max_batch\n");
+            let mut s = String::from(
+                "model,test,batch,depth,tokens_per_s,std,kv_bytes_per_token,max_batch\n",
+            );
             for r in rows {
-                s += &format!("{},{},{},{},{:.3},{:.3},{},{}\n", r.model, r.test, r.batch, r.depth, r.tokens_per_s, r.std, r.kv_bytes_per_token, r.max_batch);
+                s += &format!(
+                    "{},{},{},{},{:.3},{:.3},{},{}\n",
+                    r.model,
+                    r.test,
+                    r.batch,
+                    r.depth,
+                    r.tokens_per_s,
+                    r.std,
+                    r.kv_bytes_per_token,
+                    r.max_batch
+                );
             }
             s
         }
@@ -76,7 +98,11 @@ pub fn render(rows: &[BenchRow], comparisons: Option<&[Comparison]>, format: For
             if let Some(cmp) = comparisons.filter(|c| !c.is_empty()) {
                 s += "\n| test | batch | models | speed ratio | KV bytes ratio | max batch ratio |\n|---|---:|---|---:|---:|---:|\n";
                 for c in cmp {
-                    let label = if c.depth == 0 { c.test.clone() } else { format!("{} @ d{}", c.test, c.depth) };
+                    let label = if c.depth == 0 {
+                        c.test.clone()
+                    } else {
+                        format!("{} @ d{}", c.test, c.depth)
+                    };
                     s += &format!(
                         "| {label} | {} | {} vs {} | {:.2}× | {:.2}× | {:.2}× |\n",
                         c.batch, c.baseline, c.other, c.speed_ratio, c.kv_ratio, c.max_batch_ratio

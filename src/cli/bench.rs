@@ -76,7 +76,9 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
         )));
     }
     if args.block_size == 0 || args.batch.contains(&0) || args.prompt + args.gen == 0 {
-        return Err(Error::InvalidInput("--block-size, --batch and --prompt + --gen must be positive".into()));
+        return Err(Error::InvalidInput(
+            "--block-size, --batch and --prompt + --gen must be positive".into(),
+        ));
     }
     let configs = args
         .preset
@@ -110,7 +112,10 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
             cache_value_bytes: 4,
         };
         rows.extend(run(&name, &model, &backend, &bench, |r| {
-            eprintln!("{name}: {} batch {} depth {}: {:.2} tokens/s", r.test, r.batch, r.depth, r.tokens_per_s)
+            eprintln!(
+                "{name}: {} batch {} depth {}: {:.2} tokens/s",
+                r.test, r.batch, r.depth, r.tokens_per_s
+            )
         })?);
     }
     let comparisons = args.compare.then(|| compare(&rows));

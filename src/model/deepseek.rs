@@ -82,7 +82,11 @@ pub fn absorption_weights(kv_b: &[f32], dims: &MlaDims) -> (Vec<f32>, Vec<f32>) 
 }
 
 impl<B: Backend> DeepSeek<B> {
-    pub fn load(config: DeepSeekConfig, checkpoint: &dyn TensorSource, backend: &B) -> Result<Self> {
+    pub fn load(
+        config: DeepSeekConfig,
+        checkpoint: &dyn TensorSource,
+        backend: &B,
+    ) -> Result<Self> {
         let c = &config;
         let dims = MlaDims {
             heads: c.num_attention_heads,
@@ -109,46 +113,63 @@ impl<B: Backend> DeepSeek<B> {
                         softmax_scale: (m.head_dim as f32).powf(-0.5),
                         sliding_window: None,
                     };
-                    LayerAttention::Mha(MhaAttention::load(&ld, &format!("{p}.self_attn"), h, dims, (false, false))?)
+                    LayerAttention::Mha(MhaAttention::load(
+                        &ld,
+                        &format!("{p}.self_attn"),
+                        h,
+                        dims,
+                        (false, false),
+                    )?)
                 }
                 None => {
-                let q = match c.q_lora_rank {
-                    None => QueryProjection::Full(ld.weight(
-                        &format!("{p}.self_attn.q_proj.weight"),
-                        &[n * dims.qk_head(), h],
-                    )?),
-                    Some(rq) => QueryProjection::LowRank {
-                        down: ld.weight(&format!("{p}.self_attn.q_a_proj.weight"), &[rq, h])?,
-                        norm: ld.weight(&format!("{p}.self_attn.q_a_layernorm.weight"), &[rq])?,
-                        up: ld.weight(
-                            &format!("{p}.self_attn.q_b_proj.weight"),
-                            &[n * dims.qk_head(), rq],
+                    let q = match c.q_lora_rank {
+                        None => QueryProjection::Full(ld.weight(
+                            &format!("{p}.self_attn.q_proj.weight"),
+                            &[n * dims.qk_head(), h],
+                        )?),
+                        Some(rq) => QueryProjection::LowRank {
+                            down: ld.weight(&format!("{p}.self_attn.q_a_proj.weight"), &[rq, h])?,
+                            norm: ld
+                                .weight(&format!("{p}.self_attn.q_a_layernorm.weight"), &[rq])?,
+                            up: ld.weight(
+                                &format!("{p}.self_attn.q_b_proj.weight"),
+                                &[n * dims.qk_head(), rq],
+                            )?,
+                        },
+                    };
+                    let kv_b = ld.host(
+                        &format!("{p}.self_attn.kv_b_proj.weight"),
+                        &[n * (dims.qk_nope + dims.v_head), dims.kv_lora_rank],
+                    )?;
+                    let (w_uk_t, w_uv) = absorption_weights(&kv_b.data, &dims);
+                    LayerAttention::Mla(Attention {
+                        q,
+                        kv_a: ld.weight(
+                            &format!("{p}.self_attn.kv_a_proj_with_mqa.weight"),
+                            &[dims.latent_width(), h],
                         )?,
-                    },
-                };
-                let kv_b = ld.host(
-                    &format!("{p}.self_attn.kv_b_proj.weight"),
-                    &[n * (dims.qk_nope + dims.v_head), dims.kv_lora_rank],
-                )?;
-                let (w_uk_t, w_uv) = absorption_weights(&kv_b.data, &dims);
-                LayerAttention::Mla(Attention {
-                    q,
-                    kv_a: ld.weight(
-                        &format!("{p}.self_attn.kv_a_proj_with_mqa.weight"),
-                        &[dims.latent_width(), h],
-                    )?,
-                    kv_a_norm: ld.weight(
-                        &format!("{p}.self_attn.kv_a_layernorm.weight"),
-                        &[dims.kv_lora_rank],
-                    )?,
-                    w_uk: backend.upload_head_weight(n, dims.kv_lora_rank, dims.qk_nope, w_uk_t)?,
-                    w_uv: backend.upload_head_weight(n, dims.v_head, dims.kv_lora_rank, w_uv)?,
-                    kv_b: backend.upload_weight(kv_b)?,
-                    o: ld.weight(
-                        &format!("{p}.self_attn.o_proj.weight"),
-                        &[h, n * dims.v_head],
-                    )?,
-                })
+                        kv_a_norm: ld.weight(
+                            &format!("{p}.self_attn.kv_a_layernorm.weight"),
+                            &[dims.kv_lora_rank],
+                        )?,
+                        w_uk: backend.upload_head_weight(
+                            n,
+                            dims.kv_lora_rank,
+                            dims.qk_nope,
+                            w_uk_t,
+                        )?,
+                        w_uv: backend.upload_head_weight(
+                            n,
+                            dims.v_head,
+                            dims.kv_lora_rank,
+                            w_uv,
+                        )?,
+                        kv_b: backend.upload_weight(kv_b)?,
+                        o: ld.weight(
+                            &format!("{p}.self_attn.o_proj.weight"),
+                            &[h, n * dims.v_head],
+                        )?,
+                    })
                 }
             };
             let ffn = match (&c.moe, c.is_moe_layer(l)) {
@@ -224,12 +245,18 @@ impl<B: Backend> DeepSeek<B> {
             AttentionForm::Absorbed => true,
             AttentionForm::Materialised => false,
         };
-        let rope = self.mha_rope.as_ref().unwrap_or(&self.rope).table(&step.positions, &step.row_seq_lens());
+        let rope = self
+            .mha_rope
+            .as_ref()
+            .unwrap_or(&self.rope)
+            .table(&step.positions, &step.row_seq_lens());
         let mut x = backend.embedding(&self.embed, &step.token_ids)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let h = backend.rms_norm(&x, &layer.input_norm, eps)?;
             let attn = match &layer.attention {
-                LayerAttention::Mla(w) => self.attention(backend, w, &h, cache, l, step, &rope, absorbed)?,
+                LayerAttention::Mla(w) => {
+                    self.attention(backend, w, &h, cache, l, step, &rope, absorbed)?
+                }
                 LayerAttention::Mha(w) => w.forward(backend, &h, cache, l, step, &rope)?,
             };
             backend.add_assign(&mut x, &attn)?;

@@ -30,25 +30,52 @@ fn stack(parts: Vec<HostTensor>) -> HostTensor {
 
 impl<B: Backend> MhaAttention<B> {
     /// Loads `{prefix}.{q,k,v,o}_proj` (and their biases when asked).
-    pub fn load(ld: &Loader<'_, B>, prefix: &str, hidden: usize, dims: MhaDims, (qkv_bias, o_bias): (bool, bool)) -> Result<Self> {
+    pub fn load(
+        ld: &Loader<'_, B>,
+        prefix: &str,
+        hidden: usize,
+        dims: MhaDims,
+        (qkv_bias, o_bias): (bool, bool),
+    ) -> Result<Self> {
         let (q_rows, kv_rows) = (dims.heads * dims.head_dim, dims.kv_heads * dims.head_dim);
-        let proj = |name: &str, rows: usize| ld.host(&format!("{prefix}.{name}.weight"), &[rows, hidden]);
-        let qkv = stack(vec![proj("q_proj", q_rows)?, proj("k_proj", kv_rows)?, proj("v_proj", kv_rows)?]);
+        let proj =
+            |name: &str, rows: usize| ld.host(&format!("{prefix}.{name}.weight"), &[rows, hidden]);
+        let qkv = stack(vec![
+            proj("q_proj", q_rows)?,
+            proj("k_proj", kv_rows)?,
+            proj("v_proj", kv_rows)?,
+        ]);
         let bias = |name: &str, rows: usize| ld.host(&format!("{prefix}.{name}.bias"), &[rows]);
         Ok(MhaAttention {
             qkv: ld.backend.upload_weight(qkv)?,
             qkv_bias: if qkv_bias {
-                Some(ld.backend.upload_weight(stack(vec![bias("q_proj", q_rows)?, bias("k_proj", kv_rows)?, bias("v_proj", kv_rows)?]))?)
+                Some(ld.backend.upload_weight(stack(vec![
+                    bias("q_proj", q_rows)?,
+                    bias("k_proj", kv_rows)?,
+                    bias("v_proj", kv_rows)?,
+                ]))?)
             } else {
                 None
             },
             o: ld.weight(&format!("{prefix}.o_proj.weight"), &[hidden, q_rows])?,
-            o_bias: if o_bias { Some(ld.weight(&format!("{prefix}.o_proj.bias"), &[hidden])?) } else { None },
+            o_bias: if o_bias {
+                Some(ld.weight(&format!("{prefix}.o_proj.bias"), &[hidden])?)
+            } else {
+                None
+            },
             dims,
         })
     }
 
-    pub fn forward(&self, backend: &B, h: &B::Tensor, cache: &mut B::KvCache, layer: usize, step: &Step, rope: &RopeTable) -> Result<B::Tensor> {
+    pub fn forward(
+        &self,
+        backend: &B,
+        h: &B::Tensor,
+        cache: &mut B::KvCache,
+        layer: usize,
+        step: &Step,
+        rope: &RopeTable,
+    ) -> Result<B::Tensor> {
         let d = &self.dims;
         let mut qkv = backend.matmul(h, &self.qkv)?;
         if let Some(bias) = &self.qkv_bias {
@@ -85,7 +112,10 @@ pub struct Llama<B: Backend> {
 impl<B: Backend> Llama<B> {
     pub fn load(config: LlamaConfig, checkpoint: &dyn TensorSource, backend: &B) -> Result<Self> {
         let c = &config;
-        let ld = Loader { checkpoint, backend };
+        let ld = Loader {
+            checkpoint,
+            backend,
+        };
         let h = c.hidden_size;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for l in 0..c.num_hidden_layers {
@@ -99,13 +129,25 @@ impl<B: Backend> Llama<B> {
             };
             let mut mlp = ld.mlp(&format!("{p}.mlp"), h, c.intermediate_size)?;
             if c.mlp_bias {
-                let bias = |name: &str, len: usize| ld.weight(&format!("{p}.mlp.{name}.bias"), &[len]);
-                mlp.biases = Some([bias("gate_proj", c.intermediate_size)?, bias("up_proj", c.intermediate_size)?, bias("down_proj", h)?]);
+                let bias =
+                    |name: &str, len: usize| ld.weight(&format!("{p}.mlp.{name}.bias"), &[len]);
+                mlp.biases = Some([
+                    bias("gate_proj", c.intermediate_size)?,
+                    bias("up_proj", c.intermediate_size)?,
+                    bias("down_proj", h)?,
+                ]);
             }
             layers.push(Layer {
                 input_norm: ld.weight(&format!("{p}.input_layernorm.weight"), &[h])?,
-                attention: MhaAttention::load(&ld, &format!("{p}.self_attn"), h, dims, (c.qkv_bias, c.o_bias))?,
-                post_attention_norm: ld.weight(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                attention: MhaAttention::load(
+                    &ld,
+                    &format!("{p}.self_attn"),
+                    h,
+                    dims,
+                    (c.qkv_bias, c.o_bias),
+                )?,
+                post_attention_norm: ld
+                    .weight(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
                 mlp,
             });
         }
@@ -113,20 +155,32 @@ impl<B: Backend> Llama<B> {
             rope: Rope::new(&c.rope, c.head_dim),
             embed: ld.weight("model.embed_tokens.weight", &[c.vocab_size, h])?,
             norm: ld.weight("model.norm.weight", &[h])?,
-            lm_head: if c.tie_word_embeddings { None } else { Some(ld.weight("lm_head.weight", &[c.vocab_size, h])?) },
+            lm_head: if c.tie_word_embeddings {
+                None
+            } else {
+                Some(ld.weight("lm_head.weight", &[c.vocab_size, h])?)
+            },
             layers,
             config,
         })
     }
 
     /// One step: writes the new tokens' K and V into `cache`, returns logits for `logit_rows`.
-    pub fn forward(&self, backend: &B, cache: &mut B::KvCache, step: &Step, logit_rows: LogitRows) -> Result<B::Tensor> {
+    pub fn forward(
+        &self,
+        backend: &B,
+        cache: &mut B::KvCache,
+        step: &Step,
+        logit_rows: LogitRows,
+    ) -> Result<B::Tensor> {
         let eps = self.config.rms_norm_eps as f32;
         let rope = self.rope.table(&step.positions, &step.row_seq_lens());
         let mut x = backend.embedding(&self.embed, &step.token_ids)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let h = backend.rms_norm(&x, &layer.input_norm, eps)?;
-            let attn = layer.attention.forward(backend, &h, cache, l, step, &rope)?;
+            let attn = layer
+                .attention
+                .forward(backend, &h, cache, l, step, &rope)?;
             backend.add_assign(&mut x, &attn)?;
             let h = backend.rms_norm(&x, &layer.post_attention_norm, eps)?;
             backend.add_assign(&mut x, &backend.mlp(&h, &layer.mlp)?)?;

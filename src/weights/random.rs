@@ -31,14 +31,17 @@ impl TensorSource for RandomWeights {
                 (self.seed, name).hash(&mut h);
                 let base = h.finish();
                 let mut data = vec![0.0f32; count];
-                data.par_chunks_mut(CHUNK).enumerate().for_each(|(i, chunk)| {
-                    let mut rng = SplitMix64(base ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-                    // Sum of four uniforms: close enough to normal for benchmarks, and fast.
-                    for v in chunk {
-                        let s: f64 = (0..4).map(|_| rng.next_f64()).sum::<f64>() - 2.0;
-                        *v = (s * 3f64.sqrt()) as f32 * std;
-                    }
-                });
+                data.par_chunks_mut(CHUNK)
+                    .enumerate()
+                    .for_each(|(i, chunk)| {
+                        let mut rng =
+                            SplitMix64(base ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                        // Sum of four uniforms: close enough to normal for benchmarks, and fast.
+                        for v in chunk {
+                            let s: f64 = (0..4).map(|_| rng.next_f64()).sum::<f64>() - 2.0;
+                            *v = (s * 3f64.sqrt()) as f32 * std;
+                        }
+                    });
                 data
             }
         };

@@ -1,0 +1,92 @@
+//! `mla bench` on the CPU with presets cut to one layer: the structure of its output, not speed.
+
+use serde_json::Value;
+use std::process::Command;
+
+fn mla(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_mla"))
+        .args(args)
+        .output()
+        .expect("run mla")
+}
+
+#[test]
+fn bench_reports_throughput_cache_size_and_mla_vs_gqa_ratios() {
+    let out = mla(&[
+        "bench",
+        "--preset",
+        "deepseek-v2-lite,deepseek-v2-lite-gqa4",
+        "--layers",
+        "1",
+        "--batch",
+        "1,2",
+        "--prompt",
+        "4",
+        "--gen",
+        "2",
+        "--reps",
+        "2",
+        "--kv-cache-memory",
+        "1GiB",
+        "--compare",
+        "--format",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2 * 2 * 2, "2 presets × 2 batches × (pp, tg)");
+    for row in rows {
+        assert!(row["tokens_per_s"].as_f64().unwrap() > 0.0);
+        assert!(row["std"].as_f64().unwrap() >= 0.0);
+        let (kv, max_batch) = (
+            row["kv_bytes_per_token"].as_u64().unwrap(),
+            row["max_batch"].as_u64().unwrap(),
+        );
+        // One layer, f32 on the CPU: MLA caches 512 + 64 values, GQA-4 caches 2·4·128.
+        let expected_kv = if row["model"] == "deepseek-v2-lite" {
+            576 * 4
+        } else {
+            2 * 4 * 128 * 4
+        };
+        assert_eq!(kv, expected_kv, "{row}");
+        assert_eq!(max_batch, (1u64 << 30) / (6 * kv), "{row}");
+    }
+    let tests: Vec<&str> = rows.iter().map(|r| r["test"].as_str().unwrap()).collect();
+    assert!(tests.contains(&"pp4") && tests.contains(&"tg2"));
+    let compare = report["compare"].as_array().unwrap();
+    assert_eq!(compare.len(), 4);
+    for c in compare {
+        assert_eq!(c["baseline"], "deepseek-v2-lite");
+        assert!(
+            (c["kv_ratio"].as_f64().unwrap() - 4096.0 / 2304.0).abs() < 1e-9,
+            "{c}"
+        );
+        assert!(
+            (c["max_batch_ratio"].as_f64().unwrap() - 4096.0 / 2304.0).abs() < 1e-3,
+            "{c}"
+        );
+    }
+}
+
+#[test]
+fn bench_refuses_unknown_presets_and_impossible_depths() {
+    let out = mla(&["bench", "--preset", "gpt-5"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.lines().count() == 1
+            && err.contains("unknown preset \"gpt-5\""),
+        "{err}"
+    );
+    let out = mla(&["bench", "--preset", "llama2-7b", "--depth", "5000"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("max_position_embeddings"),
+        "{err}"
+    );
+}
