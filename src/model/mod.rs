@@ -86,8 +86,8 @@ pub(crate) fn logits_head<B: Backend>(
 }
 
 enum Architecture<B: Backend> {
-    DeepSeek(DeepSeek<B>),
-    Llama(Llama<B>),
+    DeepSeek(Box<DeepSeek<B>>),
+    Llama(Box<Llama<B>>),
 }
 
 /// A loaded model of any supported architecture.
@@ -100,10 +100,10 @@ impl<B: Backend> Model<B> {
     pub fn load(config: ModelConfig, checkpoint: &dyn TensorSource, backend: &B) -> Result<Self> {
         let arch = match &config {
             ModelConfig::DeepSeek(c) => {
-                Architecture::DeepSeek(DeepSeek::load(c.clone(), checkpoint, backend)?)
+                Architecture::DeepSeek(Box::new(DeepSeek::load(c.clone(), checkpoint, backend)?))
             }
             ModelConfig::Llama(c) => {
-                Architecture::Llama(Llama::load(c.clone(), checkpoint, backend)?)
+                Architecture::Llama(Box::new(Llama::load(c.clone(), checkpoint, backend)?))
             }
         };
         Ok(Model { config, arch })
