@@ -11,6 +11,7 @@ pub mod engine;
 pub mod error;
 pub mod kv;
 pub mod model;
+pub mod profile;
 pub mod tokenizer;
 pub mod weights;
 

@@ -55,6 +55,14 @@ fn bench_reports_throughput_cache_size_and_mla_vs_gqa_ratios() {
         };
         assert_eq!(kv, expected_kv, "{row}");
         assert_eq!(max_batch, (1u64 << 30) / (6 * kv), "{row}");
+        let shares =
+            ["attention_share", "ffn_share", "other_share"].map(|k| row[k].as_f64().unwrap());
+        assert!(shares.iter().all(|s| (0.0..=1.0).contains(s)), "{row}");
+        assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{row}");
+        assert!(
+            shares[0] > 0.0 && shares[1] > 0.0,
+            "attention and the MLP both take time: {row}"
+        );
     }
     let tests: Vec<&str> = rows.iter().map(|r| r["test"].as_str().unwrap()).collect();
     assert!(tests.contains(&"pp4") && tests.contains(&"tg2"));

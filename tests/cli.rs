@@ -548,3 +548,29 @@ fn perplexity_command_matches_transformers() {
     ]);
     assert!(err.contains("/nonexistent.txt"), "{err}");
 }
+
+#[test]
+fn generate_profile_prints_a_per_op_table() {
+    let model = fixture("v3");
+    let out = mla(&[
+        "generate",
+        "--model",
+        s(&model),
+        "--prompt",
+        "The sea",
+        "--max-new-tokens",
+        "4",
+        "--profile",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for op in [
+        "| attention | 12 |",
+        "| moe | 8 |",
+        "| mlp | 4 |",
+        "| lm_head | 4 |",
+        "| other",
+    ] {
+        assert!(stderr.contains(op), "missing {op:?} in:\n{stderr}");
+    }
+}

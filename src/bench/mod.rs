@@ -38,6 +38,21 @@ pub struct BenchRow {
     pub kv_bytes_per_token: u64,
     /// Sequences of depth + prompt + gen tokens whose caches fit the memory budget.
     pub max_batch: u64,
+    /// Shares of the test's time in attention, in MoE and dense MLPs, and in everything else.
+    pub attention_share: f64,
+    pub ffn_share: f64,
+    pub other_share: f64,
+}
+
+/// `(attention, ffn, other)` shares of `total` seconds from a profile.
+fn split(
+    profile: &std::collections::BTreeMap<&'static str, crate::profile::OpTime>,
+    total: f64,
+) -> (f64, f64, f64) {
+    let get = |k: &str| profile.get(k).map_or(0.0, |t| t.secs);
+    let attention = get("attention") / total;
+    let ffn = (get("mlp") + get("moe")) / total;
+    (attention, ffn, (1.0 - attention - ffn).max(0.0))
 }
 
 fn mean_std(samples: &[f64]) -> (f64, f64) {
@@ -118,34 +133,42 @@ pub fn run<B: Backend>(
             }
             // Repeating a step rewrites the same slots with the same values, so reps need no reset.
             let prefill = step(&seqs, depth, config.prompt, bs, vocab);
-            let mut pp = Vec::new();
-            let mut tg = Vec::new();
-            for _ in 0..config.reps.max(1) {
-                let t = Instant::now();
+            let forward = |cache: &mut B::KvCache, s: &Step| -> Result<()> {
                 backend.to_host(&model.forward(
                     backend,
-                    &mut cache,
-                    &prefill,
+                    cache,
+                    s,
                     AttentionForm::Auto,
                     LogitRows::LastPerSequence,
                 )?)?;
+                Ok(())
+            };
+            let (mut pp, mut tg) = (Vec::new(), Vec::new());
+            let (mut pp_secs, mut tg_secs) = (0.0, 0.0);
+            crate::profile::enable();
+            for _ in 0..config.reps.max(1) {
+                let t = Instant::now();
+                forward(&mut cache, &prefill)?;
+                pp_secs += t.elapsed().as_secs_f64();
                 pp.push((batch * config.prompt) as f64 / t.elapsed().as_secs_f64());
+            }
+            let pp_split = split(&crate::profile::take(), pp_secs);
+            crate::profile::enable();
+            for _ in 0..config.reps.max(1) {
                 let t = Instant::now();
                 for i in 0..config.gen {
-                    let s = step(&seqs, depth + config.prompt + i, 1, bs, vocab);
-                    backend.to_host(&model.forward(
-                        backend,
+                    forward(
                         &mut cache,
-                        &s,
-                        AttentionForm::Auto,
-                        LogitRows::LastPerSequence,
-                    )?)?;
+                        &step(&seqs, depth + config.prompt + i, 1, bs, vocab),
+                    )?;
                 }
+                tg_secs += t.elapsed().as_secs_f64();
                 tg.push((batch * config.gen) as f64 / t.elapsed().as_secs_f64());
             }
-            for (test, samples) in [
-                (format!("pp{}", config.prompt), pp),
-                (format!("tg{}", config.gen), tg),
+            let tg_split = split(&crate::profile::take(), tg_secs);
+            for (test, samples, (attention_share, ffn_share, other_share)) in [
+                (format!("pp{}", config.prompt), pp, pp_split),
+                (format!("tg{}", config.gen), tg, tg_split),
             ] {
                 if samples.iter().any(|s| !s.is_finite()) {
                     continue; // a zero-length test
@@ -160,6 +183,9 @@ pub fn run<B: Backend>(
                     std,
                     kv_bytes_per_token,
                     max_batch,
+                    attention_share,
+                    ffn_share,
+                    other_share,
                 };
                 progress(&row);
                 rows.push(row);

@@ -64,11 +64,11 @@ pub fn render(rows: &[BenchRow], comparisons: Option<&[Comparison]>, format: For
         }
         Format::Csv => {
             let mut s = String::from(
-                "model,test,batch,depth,tokens_per_s,std,kv_bytes_per_token,max_batch\n",
+                "model,test,batch,depth,tokens_per_s,std,kv_bytes_per_token,max_batch,attention_share,ffn_share,other_share\n",
             );
             for r in rows {
                 s += &format!(
-                    "{},{},{},{},{:.3},{:.3},{},{}\n",
+                    "{},{},{},{},{:.3},{:.3},{},{},{:.4},{:.4},{:.4}\n",
                     r.model,
                     r.test,
                     r.batch,
@@ -76,23 +76,31 @@ pub fn render(rows: &[BenchRow], comparisons: Option<&[Comparison]>, format: For
                     r.tokens_per_s,
                     r.std,
                     r.kv_bytes_per_token,
-                    r.max_batch
+                    r.max_batch,
+                    r.attention_share,
+                    r.ffn_share,
+                    r.other_share
                 );
             }
             s
         }
         Format::Md => {
-            let mut s = String::from("| model | test | batch | t/s | KV bytes/token | max batch |\n|---|---|---:|---:|---:|---:|\n");
+            let mut s = String::from(
+                "| model | test | batch | t/s | KV bytes/token | max batch | attention / MoE+MLP / other |\n|---|---|---:|---:|---:|---:|---|\n",
+            );
             for r in rows {
                 s += &format!(
-                    "| {} | {} | {} | {:.2} ± {:.2} | {} | {} |\n",
+                    "| {} | {} | {} | {:.2} ± {:.2} | {} | {} | {:.0}% / {:.0}% / {:.0}% |\n",
                     r.model,
                     test_label(r),
                     r.batch,
                     r.tokens_per_s,
                     r.std,
                     r.kv_bytes_per_token,
-                    r.max_batch
+                    r.max_batch,
+                    r.attention_share * 100.0,
+                    r.ffn_share * 100.0,
+                    r.other_share * 100.0
                 );
             }
             if let Some(cmp) = comparisons.filter(|c| !c.is_empty()) {

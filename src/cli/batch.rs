@@ -217,6 +217,12 @@ pub fn run(
     write_atomically(output, lines.as_bytes())?;
     eprint!("{}", summary(&outputs, elapsed, &engine));
     eprintln!("wrote {} results to {}", outputs.len(), output.display());
+    if args.profile {
+        eprint!(
+            "{}",
+            super::generate::profile_table(&crate::profile::take(), engine.stats.step_secs)
+        );
+    }
     Ok(())
 }
 

@@ -49,6 +49,35 @@ pub struct GenerateArgs {
 
     #[command(flatten)]
     pub engine: EngineArgs,
+
+    /// Print a per-op time table at the end (calls, total ms, share of step time).
+    #[arg(long)]
+    pub profile: bool,
+}
+
+/// The per-op table `--profile` prints, against `step_secs` of engine steps.
+pub fn profile_table(
+    profile: &std::collections::BTreeMap<&'static str, crate::profile::OpTime>,
+    step_secs: f64,
+) -> String {
+    let mut s = String::from("| op | calls | total ms | % of step time |\n|---|---:|---:|---:|\n");
+    let mut accounted = 0.0;
+    for (name, t) in profile {
+        accounted += t.secs;
+        s += &format!(
+            "| {name} | {} | {:.2} | {:.1}% |\n",
+            t.calls,
+            t.secs * 1e3,
+            t.secs / step_secs.max(1e-12) * 100.0
+        );
+    }
+    let other = (step_secs - accounted).max(0.0);
+    s += &format!(
+        "| other (norms, embedding, scheduling, sampling) | | {:.2} | {:.1}% |\n",
+        other * 1e3,
+        other / step_secs.max(1e-12) * 100.0
+    );
+    s
 }
 
 /// Sampling defaults (per-request values in a JSONL file override them).
@@ -137,6 +166,9 @@ pub enum PromptInput {
 
 pub fn run(args: GenerateArgs) -> Result<()> {
     args.sampling.params().validate()?;
+    if args.profile {
+        crate::profile::enable();
+    }
     let loaded = args.model.load()?;
     let tokenizer = TextTokenizer::load(&loaded.dir, &loaded.model.config)?;
     let template = if args.chat {
@@ -247,5 +279,11 @@ fn stream_one(
             crate::engine::request::FinishReason::Length => "length (--max-new-tokens)",
         }
     );
+    if args.profile {
+        eprint!(
+            "{}",
+            profile_table(&crate::profile::take(), engine.stats.step_secs)
+        );
+    }
     Ok(())
 }

@@ -261,6 +261,10 @@ impl<B: Backend> DeepSeek<B> {
             };
             backend.add_assign(&mut x, &attn)?;
             let h = backend.rms_norm(&x, &layer.post_attention_norm, eps)?;
+            let span = crate::profile::span(match layer.ffn {
+                FeedForward::Dense(_) => "mlp",
+                FeedForward::Moe(_) => "moe",
+            });
             let y = match &layer.ffn {
                 FeedForward::Dense(mlp) => backend.mlp(&h, mlp)?,
                 FeedForward::Moe(moe) => backend.moe(
@@ -272,6 +276,7 @@ impl<B: Backend> DeepSeek<B> {
                         .expect("MoE layer has a MoE config"),
                 )?,
             };
+            drop(span);
             backend.add_assign(&mut x, &y)?;
         }
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
@@ -290,6 +295,7 @@ impl<B: Backend> DeepSeek<B> {
         rope: &RopeTable,
         absorbed: bool,
     ) -> Result<B::Tensor> {
+        let _span = crate::profile::span("attention");
         let d = &self.dims;
         let mut q = match &w.q {
             QueryProjection::Full(proj) => backend.matmul(h, proj)?,

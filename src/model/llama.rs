@@ -76,6 +76,7 @@ impl<B: Backend> MhaAttention<B> {
         step: &Step,
         rope: &RopeTable,
     ) -> Result<B::Tensor> {
+        let _span = crate::profile::span("attention");
         let d = &self.dims;
         let mut qkv = backend.matmul(h, &self.qkv)?;
         if let Some(bias) = &self.qkv_bias {
@@ -183,7 +184,11 @@ impl<B: Backend> Llama<B> {
                 .forward(backend, &h, cache, l, step, &rope)?;
             backend.add_assign(&mut x, &attn)?;
             let h = backend.rms_norm(&x, &layer.post_attention_norm, eps)?;
-            backend.add_assign(&mut x, &backend.mlp(&h, &layer.mlp)?)?;
+            let y = {
+                let _span = crate::profile::span("mlp");
+                backend.mlp(&h, &layer.mlp)?
+            };
+            backend.add_assign(&mut x, &y)?;
         }
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         logits_head(backend, x, step, logit_rows, (&self.norm, eps), head)

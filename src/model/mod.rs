@@ -82,6 +82,7 @@ pub(crate) fn logits_head<B: Backend>(
         LogitRows::All => x,
         LogitRows::LastPerSequence => backend.select_rows(&x, &step.last_rows())?,
     };
+    let _span = crate::profile::span("lm_head");
     backend.matmul(&backend.rms_norm(&x, norm, eps)?, lm_head)
 }
 
