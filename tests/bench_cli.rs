@@ -12,8 +12,12 @@ fn mla(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn bench_reports_throughput_cache_size_and_mla_vs_gqa_ratios() {
+    let work = tempfile::tempdir().unwrap();
+    let plot = work.path().join("bench.svg");
     let out = mla(&[
         "bench",
+        "--plot",
+        plot.to_str().unwrap(),
         "--preset",
         "deepseek-v2-lite,deepseek-v2-lite-gqa4",
         "--layers",
@@ -66,6 +70,14 @@ fn bench_reports_throughput_cache_size_and_mla_vs_gqa_ratios() {
     }
     let tests: Vec<&str> = rows.iter().map(|r| r["test"].as_str().unwrap()).collect();
     assert!(tests.contains(&"pp4") && tests.contains(&"tg2"));
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert_eq!(
+        svg.matches("<polyline").count(),
+        2,
+        "one decode line per preset"
+    );
+    assert!(svg.contains("deepseek-v2-lite-gqa4") && svg.contains("max batch"));
     let compare = report["compare"].as_array().unwrap();
     assert_eq!(compare.len(), 4);
     for c in compare {

@@ -58,6 +58,10 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = Format::Md)]
     pub format: Format,
 
+    /// Also draw decode tokens/s against depth and the max-batch bars into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<std::path::PathBuf>,
+
     /// Where to run: cpu, or cuda[:N] once the CUDA backend is built.
     #[arg(long, default_value = "cpu", value_name = "DEVICE")]
     pub device: DeviceSpec,
@@ -117,6 +121,10 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
                 r.test, r.batch, r.depth, r.tokens_per_s
             )
         })?);
+    }
+    if let Some(path) = &args.plot {
+        super::logits::write_atomically(path, crate::bench::plot::svg(&rows).as_bytes())?;
+        eprintln!("plot written to {}", path.display());
     }
     let comparisons = args.compare.then(|| compare(&rows));
     print!("{}", render(&rows, comparisons.as_deref(), args.format));
