@@ -83,7 +83,7 @@ DEB_PACKAGE = "r-cran-janeaustenr"
 DEB_VERSION = "1.0.0-1"  # Debian 12 (bookworm); any other version is used with a warning
 # sha256 of the cleaned corpus (all paragraphs joined by "\n\n") from DEB_VERSION: a different
 # value means the text changed and the models would not be reproduced exactly.
-CORPUS_SHA256 = None  # filled in below after the first run (printed by the script)
+CORPUS_SHA256 = "6ca617397148ff01983e7112530c4d5c01213acda25a36dfb3a5362deb4880d2"
 
 BOS, EOS = "<|bos|>", "<|eos|>"
 VOCAB_SIZE = 3072  # including the two special tokens
@@ -116,7 +116,7 @@ MLA_SHAPE = dict(
 
 # Optimisation (identical for both models).
 BATCH = 8
-STEPS = 2400
+STEPS = 2200
 PEAK_LR = 2e-3
 MIN_LR_RATIO = 0.1
 WARMUP = 100
@@ -625,8 +625,9 @@ def transformers_config_json(model) -> dict:
         model.config.save_pretrained(tmp)
         cfg = json.loads((Path(tmp) / "config.json").read_text())
     cfg.pop("attn_implementation", None)
+    cfg["architectures"] = [type(model).__name__]
     cfg["dtype"] = "bfloat16"
-    return cfg
+    return dict(sorted(cfg.items()))
 
 
 def load(folder: Path, dtype):
@@ -661,10 +662,20 @@ class RoutingMargins:
             h.remove()
 
 
+ABBREVIATIONS = ("Mr.", "Mrs.", "Dr.", "St.", "Col.", "Capt.", "Messrs.")
+
+
 def sentences(paras):
+    """Sentences of the paragraphs (split after . ! ? before a capital or a quote, but not after
+    Mr., Mrs., ...)."""
     for p in paras:
-        for s in re.split(r"(?<=[.!?])\s+(?=[A-Z\"])", p):
-            yield s.strip()
+        out = []
+        for piece in re.split(r"(?<=[.!?])\s+(?=[A-Z\"])", p):
+            if out and out[-1].endswith(ABBREVIATIONS):
+                out[-1] += " " + piece
+            else:
+                out.append(piece)
+        yield from (x.strip() for x in out)
 
 
 @torch.no_grad()
@@ -738,23 +749,10 @@ def param_counts(model, kind):
             "active_per_token": active}
 
 
-def write_model(kind, model, tok, corpus, stats, steps, val_wins, val_paras, out_root, ref_text):
-    folder = out_root / f"demo-{kind}"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    cfg = published_mla_config() if kind == "mla" else transformers_config_json(model)
-    (folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    save_file(bf16_state(model, kind), str(folder / "model.safetensors"), metadata={"format": "pt"})
-    (folder / "tokenizer.json").write_text(tok.to_str(pretty=True) + "\n")
-    tcfg = {"bos_token": BOS, "eos_token": EOS, "add_bos_token": True,
-            "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": MAX_POS}
-    (folder / "tokenizer_config.json").write_text(json.dumps(tcfg, indent=2) + "\n")
-    counts = param_counts(model, kind)
-    del model
-
-    # Validation metrics with transformers on the saved (bf16) weights, computed in float32.
+def float32_samples(folder: Path, tok):
+    """Greedy continuations of SAMPLE_PROMPTS: transformers generate (KV cache), the saved bf16
+    weights run in float32, prompt tokenized by the saved tokenizer files."""
     m32 = load(folder, torch.float32)
-    val_loss = eval_loss(m32, val_wins)
     hf_tok = PreTrainedTokenizerFast.from_pretrained(str(folder))
     samples = []
     for prompt in SAMPLE_PROMPTS:
@@ -763,9 +761,13 @@ def write_model(kind, model, tok, corpus, stats, steps, val_wins, val_paras, out
         new = hf_generate(m32, ids, SAMPLE_TOKENS)
         samples.append({"prompt": prompt, "prompt_ids": ids, "new_ids": new,
                         "text": prompt + hf_tok.decode(new, skip_special_tokens=False)})
-    del m32
+    return samples
 
-    # Reference logits: the saved bf16 weights in float64, eager attention.
+
+@torch.no_grad()
+def write_reference(folder: Path, kind, tok, val_paras, ref_text, samples):
+    """reference.json: float64 logits (saved bf16 weights in float64, eager attention) of the first
+    REF_POSITIONS positions of a validation sentence, and float64 greedy continuations."""
     m64 = load(folder, torch.float64)
     if ref_text is None:
         ref_text = choose_reference(tok, val_paras, m64 if kind == "mla" else None)
@@ -798,6 +800,30 @@ def write_model(kind, model, tok, corpus, stats, steps, val_wins, val_paras, out
         "logits": logits[:REF_POSITIONS].tolist(),
     }
     (folder / "reference.json").write_text(fmt_reference(ref))
+    return ref_text, greedy
+
+
+def write_model(kind, model, tok, corpus, stats, steps, val_wins, val_paras, out_root, ref_text):
+    folder = out_root / f"demo-{kind}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    cfg = published_mla_config() if kind == "mla" else transformers_config_json(model)
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    save_file(bf16_state(model, kind), str(folder / "model.safetensors"), metadata={"format": "pt"})
+    os.chmod(folder / "model.safetensors", 0o644)  # safetensors creates it 0600
+    (folder / "tokenizer.json").write_text(tok.to_str(pretty=True) + "\n")
+    tcfg = {"bos_token": BOS, "eos_token": EOS, "add_bos_token": True,
+            "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": MAX_POS}
+    (folder / "tokenizer_config.json").write_text(json.dumps(tcfg, indent=2) + "\n")
+    counts = param_counts(model, kind)
+    del model
+
+    # Validation metrics with transformers on the saved (bf16) weights, computed in float32.
+    m32 = load(folder, torch.float32)
+    val_loss = eval_loss(m32, val_wins)
+    del m32
+    samples = float32_samples(folder, tok)
+    ref_text, greedy = write_reference(folder, kind, tok, val_paras, ref_text, samples)
 
     size = (folder / "model.safetensors").stat().st_size
     result = {"kind": kind, "folder": str(folder), "params": counts, "safetensors_bytes": size,
@@ -891,6 +917,8 @@ def main():
     ap.add_argument("--steps", type=int, default=STEPS)
     ap.add_argument("--only", choices=["mla", "mha"], nargs="*")
     ap.add_argument("--bench", type=int, default=0, help="time this many steps per model and exit")
+    ap.add_argument("--references-only", action="store_true",
+                    help="rewrite reference.json of the models already in --out (no training)")
     args = ap.parse_args()
 
     books, corpus = load_corpus(Path(args.cache))
@@ -914,6 +942,20 @@ def main():
 
     out_root = Path(args.out)
     out_root.mkdir(parents=True, exist_ok=True)
+    if args.references_only:
+        ref_text = None
+        for kind in ["mla", "mha"]:  # the MLA model picks the sentence, the twin reuses it
+            if kind not in kinds:
+                continue
+            folder = out_root / f"demo-{kind}"
+            if ref_text is None and kind == "mha" and (out_root / "demo-mla" / "reference.json").exists():
+                ref_text = json.loads((out_root / "demo-mla" / "reference.json").read_text())["text"]
+            ref_text, greedy = write_reference(folder, kind, tok, val_paras, ref_text, float32_samples(folder, tok))
+            log(f"{folder}/reference.json: {ref_text!r}")
+            for g in greedy:
+                log(f"  float64 greedy {g['prompt']!r}: top2 margin {g['min_top2_logit_margin']:.3g}, routing "
+                    f"margin {g['min_routing_margin']}, same as float32 generate: {g['same_as_float32_generate']}")
+        return
     results = []
     ref_text = None
     if "mla" not in kinds:  # reuse the reference sentence chosen by the MLA model
