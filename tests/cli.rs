@@ -423,6 +423,8 @@ fn bad_requests_fail_with_one_line_and_write_nothing() {
     let gen = ["generate", "--model", s(&model)];
     let err = fails(&[&gen[..], &["--prompt", "hi", "--top-p", "1.5"]].concat());
     assert!(err.contains("--top-p") && err.contains("1.5"), "{err}");
+    let err = fails(&[&gen[..], &["--prompt", "hi", "--max-new-tokens", "0"]].concat());
+    assert!(err.contains("--max-new-tokens"), "{err}");
     let err = fails(&[&gen[..], &["--prompt", "hi", "--top-p", "0"]].concat());
     assert!(err.contains("--top-p"), "{err}");
     let err = fails(&[&gen[..], &["--prompt", &"the sea and the ship ".repeat(40)]].concat());

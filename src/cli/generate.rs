@@ -166,6 +166,11 @@ pub enum PromptInput {
 
 pub fn run(args: GenerateArgs) -> Result<()> {
     args.sampling.params().validate()?;
+    if args.sampling.max_new_tokens == 0 {
+        return Err(Error::InvalidInput(
+            "--max-new-tokens must be at least 1".into(),
+        ));
+    }
     if args.profile {
         crate::profile::enable();
     }
