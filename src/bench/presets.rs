@@ -15,7 +15,8 @@ pub const PRESETS: &[&str] = &[
     "deepseek-v3-L4",
 ];
 
-fn deepseek_v2_lite() -> Value {
+/// DeepSeek-V2-Lite's published config.json (the keys that shape the model).
+pub fn deepseek_v2_lite() -> Value {
     json!({
         "model_type": "deepseek_v2", "vocab_size": 102400, "hidden_size": 2048,
         "intermediate_size": 10944, "moe_intermediate_size": 1408, "num_hidden_layers": 27,

@@ -75,13 +75,7 @@ impl DeepSeekConfig {
     pub(super) fn from_keys(keys: &Keys, architecture: Architecture) -> Result<Self> {
         let v3 = architecture == Architecture::DeepseekV3;
 
-        let hidden_act = keys.opt_str("hidden_act")?.unwrap_or("silu");
-        if hidden_act != "silu" {
-            return Err(keys.err(
-                "hidden_act",
-                format!("unsupported activation \"{hidden_act}\" (only silu)"),
-            ));
-        }
+        keys.require_silu()?;
 
         let q_lora_rank = keys.opt_usize("q_lora_rank")?;
         if q_lora_rank == Some(0) {

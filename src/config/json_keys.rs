@@ -144,4 +144,15 @@ impl<'a> Keys<'a> {
         }
         Ok(())
     }
+
+    /// Every supported architecture uses SwiGLU: `hidden_act` must be absent or `silu`.
+    pub fn require_silu(&self) -> Result<()> {
+        match self.opt_str("hidden_act")? {
+            None | Some("silu") => Ok(()),
+            Some(other) => Err(self.err(
+                "hidden_act",
+                format!("unsupported activation \"{other}\" (only silu)"),
+            )),
+        }
+    }
 }

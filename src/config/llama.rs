@@ -34,13 +34,7 @@ pub struct LlamaConfig {
 
 impl LlamaConfig {
     pub(super) fn from_keys(keys: &Keys, architecture: Architecture) -> Result<Self> {
-        let hidden_act = keys.opt_str("hidden_act")?.unwrap_or("silu");
-        if hidden_act != "silu" {
-            return Err(keys.err(
-                "hidden_act",
-                format!("unsupported activation \"{hidden_act}\" (only silu)"),
-            ));
-        }
+        keys.require_silu()?;
         let hidden_size = keys.dim("hidden_size")?;
         let num_attention_heads = keys.dim("num_attention_heads")?;
         let num_key_value_heads = keys.usize_or("num_key_value_heads", num_attention_heads)?;
