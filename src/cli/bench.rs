@@ -99,6 +99,7 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
                 config.max_position_embeddings()
             )));
         }
+        crate::engine::memory::check_weights_fit_host(&config, &name)?;
         eprintln!("{name}: generating random weights (seed {})", args.seed);
         let model = Model::load(config, &RandomWeights { seed: args.seed }, &backend)?;
         let budget = match args.kv_cache_memory {

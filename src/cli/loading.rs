@@ -125,6 +125,7 @@ impl ModelArgs {
             ));
         }
         let checkpoint = Checkpoint::open(&dir)?;
+        crate::engine::memory::check_weights_fit_host(&config, &dir.display().to_string())?;
         let model = Model::load(config, &checkpoint, &backend)?;
         Ok(LoadedModel {
             dir,

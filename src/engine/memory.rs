@@ -12,6 +12,20 @@ pub fn available_host_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Refuses, before loading anything, a model whose f32 weights would not fit in the host memory
+/// that is free (the CPU backend keeps every weight as f32).
+pub fn check_weights_fit_host(config: &ModelConfig, what: &str) -> Result<()> {
+    let bytes = crate::model::params::count_params(config).total * 4;
+    match available_host_bytes() {
+        Some(free) if bytes > free => Err(Error::InvalidInput(format!(
+            "{what}: {:.1} GiB of f32 weights do not fit in the {:.1} GiB of free memory (try fewer layers, or a GPU)",
+            bytes as f64 / (1u64 << 30) as f64,
+            free as f64 / (1u64 << 30) as f64
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Parses `12345`, `512MiB`, `2GiB`, `1.5GB`, `800M` into bytes.
 pub fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
     let t = text.trim();
