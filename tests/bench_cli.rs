@@ -103,14 +103,6 @@ fn bench_refuses_unknown_presets_and_impossible_depths() {
             && err.contains("unknown preset \"gpt-5\""),
         "{err}"
     );
-    // DeepSeek-V3's first four layers are 11.6 B parameters: 43 GiB as f32, more than this
-    // machine (or CI) has.
-    let out = mla(&["bench", "--preset", "deepseek-v3-L4"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.lines().count() == 1 && err.contains("do not fit in the"),
-        "{err}"
-    );
     let out = mla(&["bench", "--preset", "llama2-7b", "--depth", "5000"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

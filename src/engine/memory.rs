@@ -15,8 +15,12 @@ pub fn available_host_bytes() -> Option<u64> {
 /// Refuses, before loading anything, a model whose f32 weights would not fit in the host memory
 /// that is free (the CPU backend keeps every weight as f32).
 pub fn check_weights_fit_host(config: &ModelConfig, what: &str) -> Result<()> {
+    check_weights_fit(config, what, available_host_bytes())
+}
+
+fn check_weights_fit(config: &ModelConfig, what: &str, free: Option<u64>) -> Result<()> {
     let bytes = crate::model::params::count_params(config).total * 4;
-    match available_host_bytes() {
+    match free {
         Some(free) if bytes > free => Err(Error::InvalidInput(format!(
             "{what}: {:.1} GiB of f32 weights do not fit in the {:.1} GiB of free memory (try fewer layers, or a GPU)",
             bytes as f64 / (1u64 << 30) as f64,
@@ -135,6 +139,20 @@ mod tests {
         assert!(parse_bytes("lots").is_err());
         assert!(parse_bytes("5 parsecs").unwrap_err().contains("parsecs"));
         assert!(parse_bytes("0").is_err());
+    }
+
+    #[test]
+    fn models_too_big_for_free_memory_are_refused() {
+        let v3 = crate::bench::presets::preset_config("deepseek-v3-L4", None).unwrap();
+        let err = check_weights_fit(&v3, "deepseek-v3-L4", Some(16 << 30))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("deepseek-v3-L4: 56.3 GiB of f32 weights do not fit in the 16.0 GiB"),
+            "{err}"
+        );
+        check_weights_fit(&v3, "v3", Some(64 << 30)).unwrap();
+        check_weights_fit(&v3, "v3", None).unwrap();
     }
 
     #[test]
