@@ -10,6 +10,7 @@ Usage (through the wrapper, which creates/reuses the pinned venv of scripts/make
                                               #  deterministically, so the other stays valid)
     scripts/train_demo.sh --bench 20          # time 20 steps of each model, write nothing
     scripts/train_demo.sh --steps 200 --out /tmp/demo   # a quick smoke run elsewhere
+    scripts/train_demo.sh --references-only   # rewrite models/demo-*/reference.json only
 
 Corpus: Jane Austen's six completed novels (public-domain texts, 1811-1818), taken from the
 Debian package r-cran-janeaustenr (CRAN package janeaustenr by Julia Silge, MIT licence). The
@@ -128,7 +129,7 @@ EVAL_EVERY = 300
 
 REF_POSITIONS = 8
 REF_TOKENS = (36, 44)  # length range (without BOS) of the reference sentence
-ROUTING_MARGIN = 1e-3
+ROUTING_MARGIN = 1e-3  # router-logit gap at the top-k boundary
 SAMPLE_PROMPTS = ["The", "Once upon a time"]
 SAMPLE_TOKENS = 40
 
@@ -641,6 +642,9 @@ def load(folder: Path, dtype):
 
 
 class RoutingMargins:
+    """Smallest routing margin (router-logit gap at the top-k boundary) over all MoE layers and
+    tokens of the forward passes since the last pop()."""
+
     def __init__(self, model):
         self.m = []
         self.handles = [m.register_forward_hook(self._hook) for n, m in model.named_modules()
@@ -648,10 +652,10 @@ class RoutingMargins:
 
     def _hook(self, mod, inputs, output):
         x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).to(torch.float64).numpy()
-        g = x @ mod.weight.detach().to(torch.float64).numpy().T
-        s = np.exp(g - g.max(-1, keepdims=True))
-        s = np.sort(s / s.sum(-1, keepdims=True), -1)[:, ::-1]
-        self.m.append(float((s[:, mod.top_k - 1] - s[:, mod.top_k]).min()))
+        # Softmax is monotonic, so the chosen set depends on the order of the router logits: the
+        # margin is the gap between the k-th and (k+1)-th largest logit (float64).
+        g = np.sort(x @ mod.weight.detach().to(torch.float64).numpy().T, -1)[:, ::-1]
+        self.m.append(float((g[:, mod.top_k - 1] - g[:, mod.top_k]).min()))
 
     def pop(self):
         v, self.m = (min(self.m) if self.m else float("inf")), []
@@ -919,10 +923,17 @@ def main():
     ap.add_argument("--bench", type=int, default=0, help="time this many steps per model and exit")
     ap.add_argument("--references-only", action="store_true",
                     help="rewrite reference.json of the models already in --out (no training)")
+    ap.add_argument("--write-validation", metavar="FILE",
+                    help="write the validation split as plain text (paragraphs separated by blank "
+                         "lines; the README's `mla perplexity` figures use it) and exit")
     args = ap.parse_args()
 
     books, corpus = load_corpus(Path(args.cache))
     train_paras, val_paras = split_books(books)
+    if args.write_validation:
+        Path(args.write_validation).write_text("\n\n".join(val_paras))
+        log(f"wrote {len(val_paras)} validation paragraphs to {args.write_validation}")
+        return
     log(f"corpus: {corpus['deb']} ({corpus['debian_version']}), {corpus['corpus_chars']:,} chars, "
         f"{corpus['paragraphs']} paragraphs ({len(train_paras)} train / {len(val_paras)} val), "
         f"sha256 {corpus['corpus_sha256']}")

@@ -1,4 +1,5 @@
-//! The shipped demo model (models/demo-mla) against transformers, and the
+//! The shipped demo models (models/demo-mla and its MHA twin models/demo-mha) against
+//! transformers, and the
 //! out-of-the-box `mla generate` that uses the MLA one by default.
 
 mod common;
@@ -33,7 +34,7 @@ struct Reference {
     greedy: Vec<Greedy>,
 }
 
-const MODELS: [&str; 1] = ["demo-mla"];
+const MODELS: [&str; 2] = ["demo-mla", "demo-mha"];
 
 fn check(name: &str) {
     let dir = Path::new("models").join(name);
@@ -97,6 +98,11 @@ fn check(name: &str) {
 #[test]
 fn demo_mla_matches_transformers() {
     check(MODELS[0]);
+}
+
+#[test]
+fn demo_mha_matches_transformers() {
+    check(MODELS[1]);
 }
 
 #[test]
