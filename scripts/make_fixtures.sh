@@ -15,23 +15,8 @@ script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo_root="$(cd "$script_dir/.." && pwd)"
 cd "$repo_root"
 
-venv="${MLA_FIXTURE_VENV:-$HOME/.cache/mla-rt/fixture-venv}"
-req="$script_dir/fixture-requirements.txt"
-stamp="$venv/.mla-rt-requirements"
-
-if [ ! -x "$venv/bin/python" ]; then
-    echo "creating venv at $venv" >&2
-    mkdir -p "$(dirname "$venv")"
-    "${MLA_FIXTURE_PYTHON:-python3}" -m venv "$venv"
-fi
-
-# (Re)install only when the pinned requirements changed since the last successful install.
-if ! cmp -s "$req" "$stamp" 2>/dev/null; then
-    echo "installing $req into $venv" >&2
-    "$venv/bin/python" -m pip install --disable-pip-version-check --quiet --upgrade pip
-    "$venv/bin/python" -m pip install --disable-pip-version-check -r "$req"
-    cp "$req" "$stamp"
-fi
+# shellcheck source=scripts/python-env.sh
+source "$script_dir/python-env.sh"
 
 # DeepSeek fixtures, then the Llama-family ones (both accept the same --out / --only arguments).
 "$venv/bin/python" "$script_dir/make_fixtures.py" "$@"
