@@ -147,7 +147,8 @@ fn batch_generation_writes_results_in_order_with_a_summary() {
     assert!(alone.status.success());
     assert_eq!(
         String::from_utf8_lossy(&alone.stdout).trim_end_matches('\n'),
-        results[1]["text"].as_str().unwrap()
+        format!("{shared}the ship {}", results[1]["text"].as_str().unwrap()),
+        "the echoed prompt, then the same text as in the batch"
     );
 }
 

@@ -131,10 +131,11 @@ fn generate_streams_the_greedy_continuation() {
             .map(|v| v.as_u64().unwrap() as u32)
             .collect();
         let text = tokenizer.decode(&ids).unwrap();
+        let prompt = exp["prompt"].as_str().unwrap();
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
-            format!("{text}\n"),
-            "{name}"
+            format!("{prompt}{text}\n"),
+            "{name}: the prompt, then the continuation"
         );
     }
 }
@@ -470,7 +471,11 @@ fn generate_stops_at_eos() {
     let tokenizer = mla_rt::tokenizer::TextTokenizer::load(dir.path(), &model_config).unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        format!("{}\n", tokenizer.decode(&greedy[..2]).unwrap())
+        format!(
+            "{}{}\n",
+            exp["prompt"].as_str().unwrap(),
+            tokenizer.decode(&greedy[..2]).unwrap()
+        )
     );
 }
 

@@ -238,6 +238,13 @@ fn stream_one(
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let write_err = |e| Error::io("<stdout>", e);
+    // Echo the prompt, as llama.cpp does, so the continuation reads on from it (a chat
+    // prompt is the template's business, not the user's text).
+    if template.is_none() {
+        out.write_all(args.prompt.as_deref().unwrap_or_default().as_bytes())
+            .and_then(|_| out.flush())
+            .map_err(write_err)?;
+    }
     let mut stream = tokenizer.stream();
     let start = Instant::now();
     let mut result = None;
