@@ -32,16 +32,8 @@ config style we wrote.
 Usage: make_fixtures.py [--out DIR] [--only NAME ...]
 """
 
-import os
 
-# Deterministic and modest on CPU: one thread everywhere. Must be set before importing torch /
-# tokenizers.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("MKL_NUM_THREADS", "1")
-os.environ.setdefault("RAYON_NUM_THREADS", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import cpu_env  # noqa: F401  (one thread, no hub: before torch and tokenizers)
 
 import argparse  # noqa: E402
 import json  # noqa: E402

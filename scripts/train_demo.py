@@ -32,12 +32,7 @@ with one core: OMP_NUM_THREADS=1 (set below if unset).
 
 import os
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("MKL_NUM_THREADS", "1")
-os.environ.setdefault("RAYON_NUM_THREADS", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import cpu_env  # noqa: F401  (one thread, no hub: before torch and tokenizers)
 
 import argparse  # noqa: E402
 import json  # noqa: E402
