@@ -125,3 +125,39 @@ __device__ void copy_blocks(T* cache, const uint32_t* pairs, long long block_ele
     }
 
 MLA_FOR_EACH_DTYPE(ENTRY_POINTS)
+
+// Row gathers and scatters (select_rows, cache rows of a context, MoE permutation) and fills.
+template <typename T>
+__device__ void gather_rows(T* out, const T* src, const uint32_t* rows, int src_cols, int cols) {
+    const size_t row = blockIdx.x;
+    const T* from = src + (size_t)rows[row] * src_cols;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) out[row * cols + i] = from[i];
+}
+
+// out[rows[i]] += weights[i] · y[i]; rows are distinct within one launch.
+template <typename T>
+__device__ void scatter_add_rows(T* out, const T* y, const uint32_t* rows, const float* weights, int cols) {
+    const size_t row = blockIdx.x;
+    T* to = out + (size_t)rows[row] * cols;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x)
+        to[i] = from_f32<T>(to_f32(to[i]) + weights[row] * to_f32(y[row * cols + i]));
+}
+
+template <typename T>
+__device__ void fill(T* x, long long n, float value) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+        x[i] = from_f32<T>(value);
+}
+
+#define GATHER_ENTRY_POINTS(NAME, T)                                                                  \
+    extern "C" __global__ void gather_rows_##NAME(T* out, const T* src, const uint32_t* rows,         \
+                                                  int src_cols, int cols) {                           \
+        gather_rows(out, src, rows, src_cols, cols);                                                  \
+    }                                                                                                 \
+    extern "C" __global__ void scatter_add_rows_##NAME(T* out, const T* y, const uint32_t* rows,      \
+                                                       const float* weights, int cols) {              \
+        scatter_add_rows(out, y, rows, weights, cols);                                                \
+    }                                                                                                 \
+    extern "C" __global__ void fill_##NAME(T* x, long long n, float value) { fill(x, n, value); }
+
+MLA_FOR_EACH_DTYPE(GATHER_ENTRY_POINTS)

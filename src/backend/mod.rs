@@ -66,6 +66,36 @@ impl AttentionBatch {
     pub fn num_query_tokens(&self) -> usize {
         self.seqs.iter().map(|s| s.query_len).sum()
     }
+
+    /// Checks that the batch uses a cache's block size and that every block it reads exists,
+    /// before any kernel (or kernel-like loop) indexes one.
+    pub fn check_blocks(&self, num_blocks: usize, block_size: usize) -> Result<()> {
+        if self.block_size != block_size {
+            return Err(crate::error::Error::InvalidInput(format!(
+                "attention batch uses block size {}, the cache has {block_size}",
+                self.block_size
+            )));
+        }
+        for seq in &self.seqs {
+            let needed = seq.context_len.div_ceil(block_size);
+            if seq.block_table.len() < needed || seq.query_len > seq.context_len {
+                return Err(crate::error::Error::InvalidInput(format!(
+                    "sequence of {} tokens has {} blocks, needs {needed}",
+                    seq.context_len,
+                    seq.block_table.len()
+                )));
+            }
+            if let Some(b) = seq.block_table[..needed]
+                .iter()
+                .find(|&&b| b as usize >= num_blocks)
+            {
+                return Err(crate::error::Error::InvalidInput(format!(
+                    "block {b} is outside the cache ({num_blocks} blocks)"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A SwiGLU MLP: `down(silu(gate(x)) ⊙ up(x))`.
@@ -98,6 +128,14 @@ pub trait Backend {
     type KvCache;
 
     fn name(&self) -> String;
+    /// Bytes free for a KV cache right now: host memory for the CPU, device memory for a GPU
+    /// (`None` where it cannot be read).
+    fn free_memory(&self) -> Option<u64>;
+    /// Bytes of one cached value (4 for f32, 2 for bf16).
+    fn cache_value_bytes(&self) -> u64;
+    /// What waits for queued device work to finish, for timing ops (`None`: ops are
+    /// synchronous, as on the CPU).
+    fn sync_fn(&self) -> Option<crate::profile::SyncFn>;
 
     fn upload_weight(&self, host: HostTensor) -> Result<Self::Weight>;
     /// `data` holds `heads` row-major `[out, in]` matrices back to back.

@@ -90,6 +90,17 @@ fn step(seqs: &[SeqBlocks], start: usize, len: usize, block_size: usize, vocab: 
 }
 
 /// Measures `model` at every batch and depth of `config`.
+/// Runs `f` with per-op timing on and returns its (attention, MoE+MLP, other) shares.
+fn profiled<B: Backend>(backend: &B, f: impl FnOnce() -> Result<()>) -> Result<(f64, f64, f64)> {
+    crate::profile::enable(backend.sync_fn());
+    let t = Instant::now();
+    let result = f();
+    let secs = t.elapsed().as_secs_f64();
+    let ops = crate::profile::take();
+    result?;
+    Ok(split(&ops, secs))
+}
+
 pub fn run<B: Backend>(
     name: &str,
     model: &Model<B>,
@@ -144,29 +155,27 @@ pub fn run<B: Backend>(
                 )?)?;
                 Ok(())
             };
+            let decode = |cache: &mut B::KvCache| -> Result<()> {
+                for i in 0..config.gen {
+                    forward(cache, &step(&seqs, depth + config.prompt + i, 1, bs, vocab))?;
+                }
+                Ok(())
+            };
             let (mut pp, mut tg) = (Vec::new(), Vec::new());
-            let (mut pp_secs, mut tg_secs) = (0.0, 0.0);
-            crate::profile::enable();
             for _ in 0..config.reps.max(1) {
                 let t = Instant::now();
                 forward(&mut cache, &prefill)?;
-                pp_secs += t.elapsed().as_secs_f64();
                 pp.push((batch * config.prompt) as f64 / t.elapsed().as_secs_f64());
             }
-            let pp_split = split(&crate::profile::take(), pp_secs);
-            crate::profile::enable();
             for _ in 0..config.reps.max(1) {
                 let t = Instant::now();
-                for i in 0..config.gen {
-                    forward(
-                        &mut cache,
-                        &step(&seqs, depth + config.prompt + i, 1, bs, vocab),
-                    )?;
-                }
-                tg_secs += t.elapsed().as_secs_f64();
+                decode(&mut cache)?;
                 tg.push((batch * config.gen) as f64 / t.elapsed().as_secs_f64());
             }
-            let tg_split = split(&crate::profile::take(), tg_secs);
+            // The split comes from one more run of each with per-op timers, which on a GPU
+            // wait for the device around every op: that would slow the timed runs down.
+            let pp_split = profiled(backend, || forward(&mut cache, &prefill))?;
+            let tg_split = profiled(backend, || decode(&mut cache))?;
             for (test, samples, (attention_share, ffn_share, other_share)) in [
                 (format!("pp{}", config.prompt), pp, pp_split),
                 (format!("tg{}", config.gen), tg, tg_split),

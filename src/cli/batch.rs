@@ -4,6 +4,7 @@
 use super::generate::{prompt_ids, GenerateArgs, PromptInput};
 use super::loading::LoadedModel;
 use super::logits::write_atomically;
+use crate::backend::Backend;
 use crate::chat::{ChatTemplate, Message};
 use crate::engine::batch_engine::Engine;
 use crate::engine::request::{Request, RequestOutput};
@@ -133,9 +134,9 @@ fn read_requests(
     Ok((ids, requests))
 }
 
-pub fn run(
+pub fn run<B: Backend>(
     args: &GenerateArgs,
-    loaded: &LoadedModel,
+    loaded: &LoadedModel<B>,
     tokenizer: &TextTokenizer,
     template: Option<ChatTemplate>,
     prompts: &Path,
@@ -155,9 +156,13 @@ pub fn run(
         .map(|r| r.prompt.len() + r.max_tokens - 1)
         .max()
         .unwrap_or(1);
-    let (engine_config, plan) =
-        args.engine
-            .engine_config(config, args.model.block_size, args.model.attention, longest)?;
+    let (engine_config, plan) = args.engine.engine_config(
+        &loaded.backend,
+        config,
+        args.model.block_size,
+        args.model.attention,
+        longest,
+    )?;
     eprintln!("{}", plan.summary());
     let mut engine = Engine::new(
         &loaded.model,

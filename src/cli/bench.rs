@@ -1,11 +1,13 @@
 //! `mla bench`: llama-bench-style throughput of random-weight presets.
 
-use super::loading::DeviceSpec;
+use super::loading::{DType, DeviceSpec};
 use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::CudaBackend;
+use crate::backend::Backend;
 use crate::bench::presets::{preset_config, PRESETS};
 use crate::bench::report::{compare, render, Format};
 use crate::bench::{run, BenchConfig};
-use crate::engine::memory::{available_host_bytes, parse_bytes};
+use crate::engine::memory::parse_bytes;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::weights::RandomWeights;
@@ -62,9 +64,14 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<std::path::PathBuf>,
 
-    /// Where to run: cpu, or cuda[:N] once the CUDA backend is built.
+    /// Where to run: cpu, or cuda[:N].
     #[arg(long, default_value = "cpu", value_name = "DEVICE")]
     pub device: DeviceSpec,
+
+    /// Activation, weight and KV cache type on the GPU (auto: bf16, as the published
+    /// checkpoints). The CPU always computes in f32.
+    #[arg(long, value_enum, default_value_t = DType::Auto)]
+    pub dtype: DType,
 
     /// Seed of the random weights.
     #[arg(long, default_value_t = 0, value_name = "S")]
@@ -72,24 +79,29 @@ pub struct BenchArgs {
 }
 
 pub fn run_bench(args: BenchArgs) -> Result<()> {
-    if let DeviceSpec::Cuda(ordinal) = args.device {
-        let device = crate::backend::cuda::CudaDevice::open(ordinal)?;
-        return Err(Error::Device(format!(
-            "{} is ready, but the GPU forward pass is not built yet; run mla bench with --device cpu",
-            device.info.name
-        )));
-    }
     if args.block_size == 0 || args.batch.contains(&0) || args.prompt + args.gen == 0 {
         return Err(Error::InvalidInput(
             "--block-size, --batch and --prompt + --gen must be positive".into(),
         ));
     }
+    match (args.device, args.dtype) {
+        (DeviceSpec::Cpu, _) => bench_on(&args, CpuBackend),
+        (DeviceSpec::Cuda(ordinal), DType::F32) => {
+            bench_on(&args, CudaBackend::<f32>::open(ordinal)?)
+        }
+        // Presets stand for bf16 checkpoints, so `auto` is bf16.
+        (DeviceSpec::Cuda(ordinal), _) => {
+            bench_on(&args, CudaBackend::<half::bf16>::open(ordinal)?)
+        }
+    }
+}
+
+fn bench_on<B: Backend>(args: &BenchArgs, backend: B) -> Result<()> {
     let configs = args
         .preset
         .iter()
         .map(|name| Ok((name.clone(), preset_config(name, args.layers)?)))
         .collect::<Result<Vec<_>>>()?;
-    let backend = CpuBackend;
     let mut rows = Vec::new();
     for (name, config) in configs {
         let longest = args.depth.iter().max().copied().unwrap_or(0) + args.prompt + args.gen;
@@ -99,12 +111,14 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
                 config.max_position_embeddings()
             )));
         }
-        crate::engine::memory::check_weights_fit_host(&config, &name)?;
+        if args.device == DeviceSpec::Cpu {
+            crate::engine::memory::check_weights_fit_host(&config, &name)?;
+        }
         eprintln!("{name}: generating random weights (seed {})", args.seed);
         let model = Model::load(config, &RandomWeights { seed: args.seed }, &backend)?;
         let budget = match args.kv_cache_memory {
             Some(b) => b,
-            None => (available_host_bytes().unwrap_or(0) as f64 * 0.9) as u64,
+            None => (backend.free_memory().unwrap_or(0) as f64 * 0.9) as u64,
         };
         let bench = BenchConfig {
             batches: args.batch.clone(),
@@ -114,7 +128,7 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
             reps: args.reps,
             block_size: args.block_size,
             memory_budget: budget,
-            cache_value_bytes: 4,
+            cache_value_bytes: backend.cache_value_bytes(),
         };
         rows.extend(run(&name, &model, &backend, &bench, |r| {
             eprintln!(

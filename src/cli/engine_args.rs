@@ -1,15 +1,13 @@
 //! Flags that shape the batching engine: budgets, cache size, prefix caching.
 
+use crate::backend::Backend;
 use crate::config::ModelConfig;
 use crate::engine::batch_engine::EngineConfig;
-use crate::engine::memory::{available_host_bytes, parse_bytes, KvCachePlan};
+use crate::engine::memory::{parse_bytes, KvCachePlan};
 use crate::engine::scheduler::SchedulerConfig;
 use crate::error::{Error, Result};
 use crate::model::AttentionForm;
 use clap::Args;
-
-/// Bytes per cached value on the CPU backend (f32).
-const CPU_CACHE_VALUE_BYTES: u64 = 4;
 
 #[derive(Debug, Clone, Args)]
 pub struct EngineArgs {
@@ -38,8 +36,9 @@ pub struct EngineArgs {
 
 impl EngineArgs {
     /// The engine configuration for a batch whose longest sequence has `longest_tokens` tokens.
-    pub fn engine_config(
+    pub fn engine_config<B: Backend>(
         &self,
+        backend: &B,
         config: &ModelConfig,
         block_size: usize,
         attention: AttentionForm,
@@ -59,7 +58,7 @@ impl EngineArgs {
         let budget = match self.kv_cache_memory {
             Some(bytes) => bytes,
             None => {
-                let free = available_host_bytes().ok_or_else(|| {
+                let free = backend.free_memory().ok_or_else(|| {
                     Error::InvalidInput(
                         "cannot read the available memory; give --kv-cache-memory".into(),
                     )
@@ -72,7 +71,13 @@ impl EngineArgs {
             .max_num_seqs
             .saturating_mul(longest_tokens.div_ceil(block_size))
             .max(1);
-        let plan = KvCachePlan::new(config, block_size, CPU_CACHE_VALUE_BYTES, budget, useful)?;
+        let plan = KvCachePlan::new(
+            config,
+            block_size,
+            backend.cache_value_bytes(),
+            budget,
+            useful,
+        )?;
         let engine = EngineConfig {
             block_size,
             num_blocks: plan.num_blocks,

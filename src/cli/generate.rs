@@ -3,7 +3,8 @@
 
 use super::batch;
 use super::engine_args::EngineArgs;
-use super::loading::{LoadedModel, ModelArgs};
+use super::loading::{LoadedModel, ModelArgs, ModelTask};
+use crate::backend::Backend;
 use crate::chat::{ChatTemplate, Message};
 use crate::engine::batch_engine::{Engine, EngineConfig};
 use crate::engine::request::Request;
@@ -171,27 +172,37 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             "--max-new-tokens must be at least 1".into(),
         ));
     }
-    if args.profile {
-        crate::profile::enable();
-    }
-    let loaded = args.model.load()?;
-    let tokenizer = TextTokenizer::load(&loaded.dir, &loaded.model.config)?;
-    let template = if args.chat {
-        Some(ChatTemplate::load(&loaded.dir)?)
-    } else {
-        None
-    };
-    match (&args.prompts, &args.output) {
-        (Some(prompts), Some(output)) => {
-            batch::run(&args, &loaded, &tokenizer, template, prompts, output)
+    args.model.run(GenerateTask(&args))
+}
+
+struct GenerateTask<'a>(&'a GenerateArgs);
+
+impl ModelTask for GenerateTask<'_> {
+    type Output = ();
+
+    fn run<B: Backend>(self, loaded: LoadedModel<B>) -> Result<()> {
+        let args = self.0;
+        if args.profile {
+            crate::profile::enable(loaded.backend.sync_fn());
         }
-        _ => stream_one(&args, &loaded, &tokenizer, template.as_ref()),
+        let tokenizer = TextTokenizer::load(&loaded.dir, &loaded.model.config)?;
+        let template = if args.chat {
+            Some(ChatTemplate::load(&loaded.dir)?)
+        } else {
+            None
+        };
+        match (&args.prompts, &args.output) {
+            (Some(prompts), Some(output)) => {
+                batch::run(args, &loaded, &tokenizer, template, prompts, output)
+            }
+            _ => stream_one(args, &loaded, &tokenizer, template.as_ref()),
+        }
     }
 }
 
-fn stream_one(
+fn stream_one<B: Backend>(
     args: &GenerateArgs,
-    loaded: &LoadedModel,
+    loaded: &LoadedModel<B>,
     tokenizer: &TextTokenizer,
     template: Option<&ChatTemplate>,
 ) -> Result<()> {

@@ -1,6 +1,8 @@
 //! What every model-running subcommand shares: where the model is and which device runs it.
 
 use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::CudaBackend;
+use crate::backend::Backend;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::kv::DEFAULT_BLOCK_SIZE;
@@ -41,9 +43,14 @@ pub struct ModelArgs {
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
 
-    /// Where to run: cpu, or cuda[:N] once the CUDA backend is built.
+    /// Where to run: cpu, or cuda[:N] (GPU N; needs kernels compiled in and the NVIDIA driver).
     #[arg(long, default_value = "cpu", value_name = "DEVICE")]
     pub device: DeviceSpec,
+
+    /// Activation and weight type on the GPU: auto (the checkpoint's: bf16 for bf16/f16
+    /// checkpoints), f32 or bf16. The CPU always computes in f32.
+    #[arg(long, value_enum, default_value_t = DType::Auto)]
+    pub dtype: DType,
 
     /// MLA form: auto (materialised for prefill, absorbed for decode), materialised or absorbed.
     #[arg(long, value_enum, default_value_t = AttentionForm::Auto)]
@@ -97,40 +104,88 @@ pub fn load_config(dir: &Path) -> Result<ModelConfig> {
     ModelConfig::from_file(&path)
 }
 
-pub struct LoadedModel {
+/// Element type of activations (and weights) on the GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DType {
+    /// bf16 when the checkpoint holds bf16 or f16 tensors, f32 otherwise (vLLM's `auto`).
+    Auto,
+    F32,
+    Bf16,
+}
+
+impl DType {
+    fn resolve(self, checkpoint: &Checkpoint) -> DType {
+        match self {
+            DType::Auto
+                if checkpoint
+                    .dtypes()
+                    .iter()
+                    .any(|d| d == "BF16" || d == "F16") =>
+            {
+                DType::Bf16
+            }
+            DType::Auto => DType::F32,
+            other => other,
+        }
+    }
+}
+
+pub struct LoadedModel<B: Backend> {
     /// The model folder it came from.
     pub dir: PathBuf,
-    pub backend: CpuBackend,
-    pub model: Model<CpuBackend>,
+    pub backend: B,
+    pub model: Model<B>,
+}
+
+/// The body of a subcommand, written once for every backend `--device` can pick.
+pub trait ModelTask {
+    type Output;
+    fn run<B: Backend>(self, loaded: LoadedModel<B>) -> Result<Self::Output>;
 }
 
 impl ModelArgs {
-    pub fn load(&self) -> Result<LoadedModel> {
+    /// Loads the model onto the device `--device` names and runs `task` with it.
+    pub fn run<T: ModelTask>(&self, task: T) -> Result<T::Output> {
         let dir = model_dir(self.model.as_deref())?;
         let config = load_config(&dir)?;
-        let backend = match self.device {
-            DeviceSpec::Cpu => CpuBackend,
-            DeviceSpec::Cuda(ordinal) => {
-                // Say exactly what is missing (kernels, driver, device) before saying what is.
-                let device = crate::backend::cuda::CudaDevice::open(ordinal)?;
-                return Err(Error::Device(format!(
-                    "{} is ready and its kernels load, but the GPU forward pass is not built yet; run with --device cpu",
-                    device.info.name
-                )));
-            }
-        };
         if self.block_size == 0 {
             return Err(Error::InvalidInput(
                 "--block-size must be at least 1".into(),
             ));
         }
-        let checkpoint = Checkpoint::open(&dir)?;
-        crate::engine::memory::check_weights_fit_host(&config, &dir.display().to_string())?;
-        let model = Model::load(config, &checkpoint, &backend)?;
-        Ok(LoadedModel {
-            dir,
-            backend,
-            model,
-        })
+        match self.device {
+            DeviceSpec::Cpu => {
+                let checkpoint = Checkpoint::open(&dir)?;
+                crate::engine::memory::check_weights_fit_host(&config, &dir.display().to_string())?;
+                task.run(load_on(dir, config, &checkpoint, CpuBackend)?)
+            }
+            DeviceSpec::Cuda(ordinal) => {
+                let checkpoint = Checkpoint::open(&dir)?;
+                match self.dtype.resolve(&checkpoint) {
+                    DType::Bf16 => {
+                        let backend = CudaBackend::<half::bf16>::open(ordinal)?;
+                        task.run(load_on(dir, config, &checkpoint, backend)?)
+                    }
+                    _ => {
+                        let backend = CudaBackend::<f32>::open(ordinal)?;
+                        task.run(load_on(dir, config, &checkpoint, backend)?)
+                    }
+                }
+            }
+        }
     }
+}
+
+fn load_on<B: Backend>(
+    dir: PathBuf,
+    config: ModelConfig,
+    checkpoint: &Checkpoint,
+    backend: B,
+) -> Result<LoadedModel<B>> {
+    let model = Model::load(config, checkpoint, &backend)?;
+    Ok(LoadedModel {
+        dir,
+        backend,
+        model,
+    })
 }

@@ -1,6 +1,6 @@
 //! `mla logits`: logits of every input token, prefill then token-by-token decode.
 
-use super::loading::ModelArgs;
+use super::loading::{LoadedModel, ModelArgs, ModelTask};
 use crate::backend::Backend;
 use crate::engine::session::Session;
 use crate::error::{Error, Result};
@@ -57,47 +57,61 @@ pub fn run(args: LogitsArgs) -> Result<()> {
             "--prefill must be between 1 and the {n} token ids, found {prefill}"
         )));
     }
-    let loaded = args.model.load()?;
-    let config = &loaded.model.config;
-    if let Some(bad) = args
-        .token_ids
-        .iter()
-        .find(|&&t| t as usize >= config.vocab_size())
-    {
-        return Err(Error::InvalidInput(format!(
-            "--token-ids: id {bad} is outside the vocabulary (vocab_size {})",
-            config.vocab_size()
-        )));
+    args.model.run(LogitsTask(&args))
+}
+
+struct LogitsTask<'a>(&'a LogitsArgs);
+
+impl ModelTask for LogitsTask<'_> {
+    type Output = ();
+
+    fn run<B: Backend>(self, loaded: LoadedModel<B>) -> Result<()> {
+        let args = self.0;
+        let (n, prefill) = (
+            args.token_ids.len(),
+            args.prefill.unwrap_or(args.token_ids.len()),
+        );
+        let config = &loaded.model.config;
+        if let Some(bad) = args
+            .token_ids
+            .iter()
+            .find(|&&t| t as usize >= config.vocab_size())
+        {
+            return Err(Error::InvalidInput(format!(
+                "--token-ids: id {bad} is outside the vocabulary (vocab_size {})",
+                config.vocab_size()
+            )));
+        }
+        if n > config.max_position_embeddings() {
+            return Err(Error::InvalidInput(format!(
+                "--token-ids: {n} tokens exceed max_position_embeddings ({})",
+                config.max_position_embeddings()
+            )));
+        }
+        let mut session = Session::new(
+            &loaded.model,
+            &loaded.backend,
+            n,
+            args.model.block_size,
+            args.model.attention,
+        )?;
+        let logits = compute_logits(&mut session, &loaded.backend, &args.token_ids, prefill)?;
+        let file = LogitsFile {
+            token_ids: &args.token_ids,
+            logits: logits.chunks(config.vocab_size()).collect(),
+        };
+        let json = serde_json::to_string(&file).map_err(|source| Error::Json {
+            path: args.output.clone(),
+            source,
+        })?;
+        write_atomically(&args.output, json.as_bytes())?;
+        eprintln!(
+            "wrote {n} × {} logits to {}",
+            config.vocab_size(),
+            args.output.display()
+        );
+        Ok(())
     }
-    if n > config.max_position_embeddings() {
-        return Err(Error::InvalidInput(format!(
-            "--token-ids: {n} tokens exceed max_position_embeddings ({})",
-            config.max_position_embeddings()
-        )));
-    }
-    let mut session = Session::new(
-        &loaded.model,
-        &loaded.backend,
-        n,
-        args.model.block_size,
-        args.model.attention,
-    )?;
-    let logits = compute_logits(&mut session, &loaded.backend, &args.token_ids, prefill)?;
-    let file = LogitsFile {
-        token_ids: &args.token_ids,
-        logits: logits.chunks(config.vocab_size()).collect(),
-    };
-    let json = serde_json::to_string(&file).map_err(|source| Error::Json {
-        path: args.output.clone(),
-        source,
-    })?;
-    write_atomically(&args.output, json.as_bytes())?;
-    eprintln!(
-        "wrote {n} × {} logits to {}",
-        config.vocab_size(),
-        args.output.display()
-    );
-    Ok(())
 }
 
 /// Writes through a temporary file in the same folder and renames it, so a failure never

@@ -1,6 +1,7 @@
 //! `mla perplexity`: sliding-window perplexity of a model on a text file.
 
-use super::loading::ModelArgs;
+use super::loading::{LoadedModel, ModelArgs, ModelTask};
+use crate::backend::Backend;
 use crate::engine::perplexity::{sliding_window, Windows};
 use crate::error::{Error, Result};
 use crate::tokenizer::TextTokenizer;
@@ -28,35 +29,48 @@ pub struct PerplexityArgs {
 
 pub fn run(args: PerplexityArgs) -> Result<()> {
     let text = std::fs::read_to_string(&args.file).map_err(|e| Error::io(&args.file, e))?;
-    let loaded = args.model.load()?;
-    let tokenizer = TextTokenizer::load(&loaded.dir, &loaded.model.config)?;
-    let ids = tokenizer.encode(&text)?;
-    let context = args
-        .context
-        .unwrap_or(loaded.model.config.max_position_embeddings().min(1024));
-    let stride = args.stride.unwrap_or(context / 2).max(1);
-    let progress = indicatif::ProgressBar::new(ids.len() as u64);
-    progress.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} tokens [{elapsed_precise}] {msg}",
-        )
-        .expect("static progress template"),
-    );
-    let result = sliding_window(
-        &loaded.model,
-        &loaded.backend,
-        &ids,
-        Windows { context, stride },
-        (args.model.block_size, args.model.attention),
-        |done, so_far| {
-            progress.set_position(done as u64);
-            progress.set_message(format!("PPL so far {:.4}", so_far.ppl()));
-        },
-    )?;
-    progress.finish_and_clear();
-    println!("tokens evaluated: {}", result.tokens_evaluated);
-    println!("mean NLL:         {:.6}", result.mean_nll());
-    println!("perplexity:       {:.4}", result.ppl());
-    eprintln!("({} tokens, context {context}, stride {stride})", ids.len());
-    Ok(())
+    args.model.run(PerplexityTask { args: &args, text })
+}
+
+struct PerplexityTask<'a> {
+    args: &'a PerplexityArgs,
+    text: String,
+}
+
+impl ModelTask for PerplexityTask<'_> {
+    type Output = ();
+
+    fn run<B: Backend>(self, loaded: LoadedModel<B>) -> Result<()> {
+        let (args, text) = (self.args, self.text);
+        let tokenizer = TextTokenizer::load(&loaded.dir, &loaded.model.config)?;
+        let ids = tokenizer.encode(&text)?;
+        let context = args
+            .context
+            .unwrap_or(loaded.model.config.max_position_embeddings().min(1024));
+        let stride = args.stride.unwrap_or(context / 2).max(1);
+        let progress = indicatif::ProgressBar::new(ids.len() as u64);
+        progress.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} tokens [{elapsed_precise}] {msg}",
+            )
+            .expect("static progress template"),
+        );
+        let result = sliding_window(
+            &loaded.model,
+            &loaded.backend,
+            &ids,
+            Windows { context, stride },
+            (args.model.block_size, args.model.attention),
+            |done, so_far| {
+                progress.set_position(done as u64);
+                progress.set_message(format!("PPL so far {:.4}", so_far.ppl()));
+            },
+        )?;
+        progress.finish_and_clear();
+        println!("tokens evaluated: {}", result.tokens_evaluated);
+        println!("mean NLL:         {:.6}", result.mean_nll());
+        println!("perplexity:       {:.4}", result.ppl());
+        eprintln!("({} tokens, context {context}, stride {stride})", ids.len());
+        Ok(())
+    }
 }

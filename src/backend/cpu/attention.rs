@@ -2,7 +2,7 @@
 
 use super::matmul::{axpy, dot, matmul_nt};
 use crate::backend::{AttentionBatch, MhaDims, MlaDims};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use rayon::prelude::*;
 
 /// Per layer, `[num_blocks, block_size, width]` floats. Fresh blocks hold NaN so that a read of
@@ -37,34 +37,8 @@ impl CpuKvCache {
         &layer[slot * self.width..(slot + 1) * self.width]
     }
 
-    /// Checks that every block a step reads exists, before any kernel-like loop indexes it.
     pub fn check_batch(&self, batch: &AttentionBatch) -> Result<()> {
-        if batch.block_size != self.block_size {
-            return Err(Error::InvalidInput(format!(
-                "attention batch uses block size {}, the cache has {}",
-                batch.block_size, self.block_size
-            )));
-        }
-        for seq in &batch.seqs {
-            let needed = seq.context_len.div_ceil(self.block_size);
-            if seq.block_table.len() < needed || seq.query_len > seq.context_len {
-                return Err(Error::InvalidInput(format!(
-                    "sequence of {} tokens has {} blocks, needs {needed}",
-                    seq.context_len,
-                    seq.block_table.len()
-                )));
-            }
-            if let Some(b) = seq.block_table[..needed]
-                .iter()
-                .find(|&&b| b as usize >= self.num_blocks)
-            {
-                return Err(Error::InvalidInput(format!(
-                    "block {b} is outside the cache ({} blocks)",
-                    self.num_blocks
-                )));
-            }
-        }
-        Ok(())
+        batch.check_blocks(self.num_blocks, self.block_size)
     }
 }
 

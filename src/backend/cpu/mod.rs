@@ -62,6 +62,18 @@ impl Backend for CpuBackend {
         format!("cpu ({} threads)", rayon::current_num_threads())
     }
 
+    fn free_memory(&self) -> Option<u64> {
+        crate::engine::memory::available_host_bytes()
+    }
+
+    fn cache_value_bytes(&self) -> u64 {
+        4
+    }
+
+    fn sync_fn(&self) -> Option<crate::profile::SyncFn> {
+        None
+    }
+
     fn upload_weight(&self, host: HostTensor) -> Result<HostTensor> {
         Ok(host)
     }

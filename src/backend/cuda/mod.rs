@@ -4,8 +4,13 @@
 //! library, no device) is checked here first and reported as one sentence, before cudarc gets
 //! a chance to panic.
 
+mod attention;
+mod backend;
+mod blas;
 mod elementwise;
+mod rows;
 
+pub use backend::{CudaBackend, CudaHeadWeight, CudaKvCache};
 pub use elementwise::{GpuFloat, GpuTensor};
 
 use crate::error::{Error, Result};
@@ -98,6 +103,11 @@ impl CudaDevice {
             .ok_or_else(|| Error::Device(format!("kernel module {module} is not in this build")))?;
         m.load_function(name)
             .map_err(|e| Error::Device(format!("kernel {module}::{name}: {e}")))
+    }
+
+    /// Bytes of device memory free right now.
+    pub fn free_memory(&self) -> std::result::Result<usize, DriverError> {
+        self.stream.context().mem_get_info().map(|(free, _)| free)
     }
 
     pub fn synchronize(&self) -> Result<()> {

@@ -1,0 +1,89 @@
+// Paged causal attention, straightforward and exact: one warp per (query row, head) with an
+// online softmax over the row's context. One kernel serves MHA/GQA, MLA absorbed (keys and
+// values are the latent cache rows) and MLA materialised (keys and values expanded by kv_b):
+// a score is the dot product of two query segments with two key segments, which may live in
+// different buffers, so no kernel has to concatenate them first. The tuned MLA kernels replace
+// this for decode; this one stays as their GPU-side reference.
+// mla: no-spills
+#include "common.cuh"
+
+#define WARPS_PER_BLOCK 4
+// Widest value vector (MLA absorbed: kv_lora_rank) and widest query, checked on the host.
+#define MAX_VALUE_PER_LANE 16
+#define MAX_QUERY 1024
+
+// Where one key segment lives: row `slot` of a buffer of `width`-wide rows, from column
+// `offset + kv_head * head_stride`.
+struct KeySegment {
+    int width, offset, head_stride, len;
+};
+
+template <typename T>
+__device__ void paged_attention(
+    T* out, int out_stride,
+    const T* q1, int q1_stride, int q1_head_stride,
+    const T* q2, int q2_stride, int q2_head_stride,
+    const T* k1, KeySegment s1, const T* k2, KeySegment s2,
+    const T* v, int v_width, int v_offset, int v_head_stride, int dv,
+    int heads, int group,
+    const uint32_t* block_tables, const uint32_t* table_start, int block_size,
+    const uint32_t* row_seq, const uint32_t* row_pos, int window, float scale) {
+    __shared__ float query[WARPS_PER_BLOCK][MAX_QUERY];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const size_t row = blockIdx.x;
+    const int head = blockIdx.y * WARPS_PER_BLOCK + warp;
+    if (head >= heads) return;  // whole warps leave; nothing below synchronises the block
+    float* q = query[warp];
+    for (int i = lane; i < s1.len; i += 32) q[i] = to_f32(q1[row * q1_stride + head * q1_head_stride + i]) * scale;
+    for (int i = lane; i < s2.len; i += 32) q[s1.len + i] = to_f32(q2[row * q2_stride + head * q2_head_stride + i]) * scale;
+    __syncwarp();
+
+    const uint32_t* table = block_tables + table_start[row_seq[row]];
+    const int pos = row_pos[row];
+    const int kv_head = head / group;
+    const int first = window > 0 ? max(0, pos + 1 - window) : 0;
+    float running_max = -INFINITY, denom = 0.0f, acc[MAX_VALUE_PER_LANE];
+#pragma unroll
+    for (int i = 0; i < MAX_VALUE_PER_LANE; i++) acc[i] = 0.0f;
+
+    for (int p = first; p <= pos; p++) {
+        const size_t slot = (size_t)table[p / block_size] * block_size + p % block_size;
+        const T* key1 = k1 + slot * s1.width + s1.offset + kv_head * s1.head_stride;
+        const T* key2 = k2 + slot * s2.width + s2.offset + kv_head * s2.head_stride;
+        float score = 0.0f;
+        for (int i = lane; i < s1.len; i += 32) score += q[i] * to_f32(key1[i]);
+        for (int i = lane; i < s2.len; i += 32) score += q[s1.len + i] * to_f32(key2[i]);
+        score = warp_sum(score);
+        const float new_max = fmaxf(running_max, score);
+        const float rescale = expf(running_max - new_max);
+        const float weight = expf(score - new_max);
+        denom = denom * rescale + weight;
+        const T* value = v + slot * v_width + v_offset + kv_head * v_head_stride;
+#pragma unroll
+        for (int i = 0; i < MAX_VALUE_PER_LANE; i++) {
+            const int c = lane + 32 * i;
+            if (c < dv) acc[i] = acc[i] * rescale + weight * to_f32(value[c]);
+        }
+        running_max = new_max;
+    }
+    T* o = out + row * out_stride + head * dv;
+#pragma unroll
+    for (int i = 0; i < MAX_VALUE_PER_LANE; i++) {
+        const int c = lane + 32 * i;
+        if (c < dv) o[c] = from_f32<T>(acc[i] / denom);
+    }
+}
+
+#define ENTRY_POINTS(NAME, T)                                                                          \
+    extern "C" __global__ void paged_attention_##NAME(                                                 \
+        T* out, int out_stride, const T* q1, int q1_stride, int q1_head_stride, const T* q2,           \
+        int q2_stride, int q2_head_stride, const T* k1, KeySegment s1, const T* k2, KeySegment s2,      \
+        const T* v, int v_width, int v_offset, int v_head_stride, int dv, int heads, int group,        \
+        const uint32_t* block_tables, const uint32_t* table_start, int block_size,                     \
+        const uint32_t* row_seq, const uint32_t* row_pos, int window, float scale) {                   \
+        paged_attention(out, out_stride, q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, \
+                        k1, s1, k2, s2, v, v_width, v_offset, v_head_stride, dv, heads, group,         \
+                        block_tables, table_start, block_size, row_seq, row_pos, window, scale);       \
+    }
+
+MLA_FOR_EACH_DTYPE(ENTRY_POINTS)

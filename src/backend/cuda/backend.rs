@@ -1,0 +1,589 @@
+//! The CUDA implementation of [`Backend`]: the model code of the CPU reference, run on one GPU
+//! with activations and weights in one element type `T` (f32 or bf16; arithmetic in f32).
+
+use super::attention::{AttentionOperands, Operand};
+use super::blas::{Blas, Layout};
+use super::{CudaDevice, GpuFloat, GpuTensor};
+use crate::backend::{AttentionBatch, Backend, MhaDims, MlaDims, MlpWeights, MoeWeights};
+use crate::config::MoeConfig;
+use crate::error::{Error, Result};
+use crate::model::moe::route;
+use crate::model::rope::RopeTable;
+use crate::weights::HostTensor;
+use cudarc::cublas::{CudaBlas, Gemm};
+use cudarc::driver::CudaSlice;
+use std::marker::PhantomData;
+
+pub struct CudaBackend<T> {
+    pub device: CudaDevice,
+    blas: Blas,
+    /// Fill every output with NaN before its kernel runs, so that an element a kernel forgets
+    /// to write shows up in the tests instead of passing with stale memory.
+    poison_outputs: bool,
+    _element: PhantomData<T>,
+}
+
+/// `heads` row-major `[out, input]` matrices back to back.
+pub struct CudaHeadWeight<T> {
+    pub heads: usize,
+    pub out: usize,
+    pub input: usize,
+    pub data: CudaSlice<T>,
+}
+
+/// Every layer's paged cache in one allocation: `[layers][num_blocks][block_size][width]`.
+pub struct CudaKvCache<T> {
+    pub layers: usize,
+    pub num_blocks: usize,
+    pub block_size: usize,
+    pub width: usize,
+    pub data: CudaSlice<T>,
+}
+
+impl<T> CudaKvCache<T> {
+    fn layer_slots(&self) -> usize {
+        self.num_blocks * self.block_size
+    }
+
+    fn check_layer(&self, layer: usize) -> Result<()> {
+        if layer >= self.layers {
+            return Err(Error::Op {
+                op: "kv_cache",
+                message: format!("layer {layer} of {}", self.layers),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn op_err(op: &'static str, message: String) -> Error {
+    Error::Op { op, message }
+}
+
+fn rows_layout<T>(x: &GpuTensor<T>) -> Layout {
+    Layout {
+        rows: x.rows,
+        cols: x.cols,
+        ld: x.cols,
+    }
+}
+
+impl<T: GpuFloat> CudaBackend<T>
+where
+    CudaBlas: Gemm<T>,
+{
+    /// Opens GPU `ordinal` with its kernels and cuBLAS.
+    pub fn open(ordinal: usize) -> Result<Self> {
+        let device = CudaDevice::open(ordinal)?;
+        let blas = Blas::new(device.stream.clone())?;
+        Ok(CudaBackend {
+            device,
+            blas,
+            poison_outputs: false,
+            _element: PhantomData,
+        })
+    }
+
+    /// Poisons every op output with NaN before it is written (for tests).
+    pub fn with_poisoned_outputs(mut self) -> Self {
+        self.poison_outputs = true;
+        self
+    }
+
+    fn output(&self, rows: usize, cols: usize) -> Result<GpuTensor<T>> {
+        self.device
+            .tensor(rows, cols, self.poison_outputs.then_some(f32::NAN))
+    }
+
+    /// `x · wᵀ` for an `x` given as a buffer and its layout.
+    fn matmul_layout(
+        &self,
+        x: &cudarc::driver::CudaView<'_, T>,
+        x_layout: Layout,
+        w: &GpuTensor<T>,
+    ) -> Result<GpuTensor<T>> {
+        let mut out = self.output(x_layout.rows, w.rows)?;
+        if x_layout.rows > 0 && w.rows > 0 {
+            self.blas
+                .matmul_nt(x, x_layout, &w.data, rows_layout(w), &mut out.data, w.rows)?;
+        }
+        Ok(out)
+    }
+}
+
+impl<T: GpuFloat> Backend for CudaBackend<T>
+where
+    CudaBlas: Gemm<T>,
+{
+    type Tensor = GpuTensor<T>;
+    type Weight = GpuTensor<T>;
+    type HeadWeight = CudaHeadWeight<T>;
+    type KvCache = CudaKvCache<T>;
+
+    fn name(&self) -> String {
+        format!(
+            "cuda:{} ({}, {})",
+            self.device.info.ordinal,
+            self.device.info.name,
+            T::SUFFIX
+        )
+    }
+
+    fn free_memory(&self) -> Option<u64> {
+        self.device.free_memory().ok().map(|b| b as u64)
+    }
+
+    fn cache_value_bytes(&self) -> u64 {
+        std::mem::size_of::<T>() as u64
+    }
+
+    fn sync_fn(&self) -> Option<crate::profile::SyncFn> {
+        let stream = self.device.stream.clone();
+        // A failed wait shows up again at the next checked call, which reports it.
+        Some(Box::new(move || {
+            let _ = stream.synchronize();
+        }))
+    }
+
+    fn upload_weight(&self, host: HostTensor) -> Result<GpuTensor<T>> {
+        self.device.upload(&host)
+    }
+
+    fn upload_head_weight(
+        &self,
+        heads: usize,
+        out: usize,
+        input: usize,
+        data: Vec<f32>,
+    ) -> Result<CudaHeadWeight<T>> {
+        if data.len() != heads * out * input {
+            return Err(op_err(
+                "upload_head_weight",
+                format!("{} values for {heads}×{out}×{input}", data.len()),
+            ));
+        }
+        let t = self
+            .device
+            .upload::<T>(&HostTensor::new(vec![heads * out, input], data))?;
+        Ok(CudaHeadWeight {
+            heads,
+            out,
+            input,
+            data: t.data,
+        })
+    }
+
+    fn to_host(&self, x: &GpuTensor<T>) -> Result<HostTensor> {
+        self.device.download(x)
+    }
+
+    fn embedding(&self, table: &GpuTensor<T>, ids: &[u32]) -> Result<GpuTensor<T>> {
+        let mut out = self.output(ids.len(), table.cols)?;
+        if !ids.is_empty() {
+            self.device.embedding(&mut out, table, ids)?;
+        }
+        Ok(out)
+    }
+
+    fn matmul(&self, x: &GpuTensor<T>, w: &GpuTensor<T>) -> Result<GpuTensor<T>> {
+        if x.cols != w.cols {
+            return Err(op_err(
+                "matmul",
+                format!(
+                    "x is [{}, {}] but w is [{}, {}]",
+                    x.rows, x.cols, w.rows, w.cols
+                ),
+            ));
+        }
+        self.matmul_layout(&x.data.slice(..), rows_layout(x), w)
+    }
+
+    fn head_matmul(
+        &self,
+        x: &GpuTensor<T>,
+        head_stride: usize,
+        offset: usize,
+        w: &CudaHeadWeight<T>,
+    ) -> Result<GpuTensor<T>> {
+        if x.cols != w.heads * head_stride || offset + w.input > head_stride {
+            return Err(op_err(
+                "head_matmul",
+                format!(
+                    "x has {} columns; {} heads of stride {head_stride} reading [{offset}, {})",
+                    x.cols,
+                    w.heads,
+                    offset + w.input
+                ),
+            ));
+        }
+        let ld_out = w.heads * w.out;
+        let mut out = self.output(x.rows, ld_out)?;
+        if x.rows == 0 {
+            return Ok(out);
+        }
+        let x_view = x.data.slice(offset..);
+        let x_layout = Layout {
+            rows: x.rows,
+            cols: w.input,
+            ld: x.cols,
+        };
+        let w_layout = Layout {
+            rows: w.out,
+            cols: w.input,
+            ld: w.input,
+        };
+        self.blas.batched_matmul_nt(
+            w.heads,
+            &x_view,
+            x_layout,
+            head_stride,
+            &w.data,
+            w_layout,
+            &mut out.data,
+            ld_out,
+            w.out,
+        )?;
+        Ok(out)
+    }
+
+    fn rms_norm(&self, x: &GpuTensor<T>, weight: &GpuTensor<T>, eps: f32) -> Result<GpuTensor<T>> {
+        let mut out = self.output(x.rows, x.cols)?;
+        if x.rows > 0 {
+            self.device.rms_norm(&mut out, x, weight, eps)?;
+        }
+        Ok(out)
+    }
+
+    fn add_bias(&self, x: &mut GpuTensor<T>, bias: &GpuTensor<T>) -> Result<()> {
+        self.device.add_bias(x, bias)
+    }
+
+    fn add_assign(&self, x: &mut GpuTensor<T>, y: &GpuTensor<T>) -> Result<()> {
+        self.device.add_assign(x, y)
+    }
+
+    fn select_rows(&self, x: &GpuTensor<T>, rows: &[usize]) -> Result<GpuTensor<T>> {
+        let mut out = self.output(rows.len(), x.cols)?;
+        let rows: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        if rows.iter().any(|&r| r as usize >= x.rows) {
+            return Err(op_err(
+                "select_rows",
+                format!("rows {rows:?} of {}", x.rows),
+            ));
+        }
+        let src = x.data.slice(..x.rows * x.cols);
+        self.device.gather_rows(&mut out, &src, x.cols, &rows)?;
+        Ok(out)
+    }
+
+    fn rope(
+        &self,
+        x: &mut GpuTensor<T>,
+        table: &RopeTable,
+        heads: usize,
+        head_stride: usize,
+        offset: usize,
+    ) -> Result<()> {
+        if x.rows == 0 {
+            return Ok(());
+        }
+        let cos_sin = self.device.rope_table(table)?;
+        self.device
+            .rope(x, table, &cos_sin, heads, head_stride, offset)
+    }
+
+    fn latent_epilogue(
+        &self,
+        ckv: &mut GpuTensor<T>,
+        norm: &GpuTensor<T>,
+        eps: f32,
+        table: &RopeTable,
+    ) -> Result<()> {
+        if ckv.rows == 0 {
+            return Ok(());
+        }
+        let cos_sin = self.device.rope_table(table)?;
+        self.device.latent_epilogue(ckv, norm, eps, table, &cos_sin)
+    }
+
+    fn alloc_kv_cache(
+        &self,
+        layers: usize,
+        num_blocks: usize,
+        block_size: usize,
+        width: usize,
+    ) -> Result<CudaKvCache<T>> {
+        let len = layers * num_blocks * block_size * width;
+        let bytes = len * std::mem::size_of::<T>();
+        let free = self
+            .device
+            .free_memory()
+            .map_err(|e| Error::Device(format!("reading free device memory: {e}")))?;
+        if bytes > free {
+            return Err(Error::InvalidInput(format!(
+                "a KV cache of {num_blocks} blocks × {block_size} tokens × {layers} layers needs {bytes} bytes, more than the {free} bytes free on {}",
+                self.device.info.name
+            )));
+        }
+        // Fresh slots hold NaN so that attention reading a slot nobody wrote shows.
+        let t = self.device.tensor::<T>(1, len, Some(f32::NAN))?;
+        Ok(CudaKvCache {
+            layers,
+            num_blocks,
+            block_size,
+            width,
+            data: t.data,
+        })
+    }
+
+    fn copy_blocks(&self, cache: &mut CudaKvCache<T>, pairs: &[(u32, u32)]) -> Result<()> {
+        let block_elems = cache.block_size * cache.width;
+        self.device
+            .copy_blocks(&mut cache.data, cache.layers, block_elems, pairs)
+    }
+
+    fn write_kv_cache(
+        &self,
+        cache: &mut CudaKvCache<T>,
+        layer: usize,
+        x: &GpuTensor<T>,
+        offset: usize,
+        slots: &[u32],
+    ) -> Result<()> {
+        cache.check_layer(layer)?;
+        let per_layer = cache.layer_slots();
+        if let Some(&bad) = slots.iter().find(|&&s| s as usize >= per_layer) {
+            return Err(op_err(
+                "write_kv_cache",
+                format!("slot {bad} of {per_layer}"),
+            ));
+        }
+        if x.rows == 0 {
+            return Ok(());
+        }
+        // The whole cache is one buffer: shift the slots into this layer's part.
+        let base = (layer * per_layer) as u32;
+        let global: Vec<u32> = slots.iter().map(|&s| base + s).collect();
+        self.device
+            .write_kv_cache(&mut cache.data, cache.width, x, offset, &global)
+    }
+
+    fn mha_attention(
+        &self,
+        q: &GpuTensor<T>,
+        cache: &CudaKvCache<T>,
+        layer: usize,
+        batch: &AttentionBatch,
+        dims: &MhaDims,
+    ) -> Result<GpuTensor<T>> {
+        cache.check_layer(layer)?;
+        let (d, kvh) = (dims.head_dim, dims.kv_heads);
+        if kvh == 0 || dims.heads % kvh != 0 || cache.width != 2 * kvh * d {
+            return Err(op_err(
+                "mha_attention",
+                format!("{dims:?} with cache width {}", cache.width),
+            ));
+        }
+        let plan = self
+            .device
+            .paged_plan(batch, cache.num_blocks, cache.block_size)?;
+        let kv = layer_view(cache, layer);
+        let operand = |data, width, offset, head_stride, len| Operand {
+            data,
+            width,
+            offset,
+            head_stride,
+            len,
+        };
+        let q_view = q.data.slice(..);
+        let operands = AttentionOperands {
+            q1: operand(q_view.slice(..), q.cols, 0, d, d),
+            q2: operand(q_view, q.cols, 0, 0, 0),
+            k1: operand(kv.slice(..), cache.width, 0, d, d),
+            k2: operand(kv.slice(..), cache.width, 0, 0, 0),
+            v: operand(kv, cache.width, kvh * d, d, d),
+            heads: dims.heads,
+            group: dims.heads / kvh,
+            window: dims.sliding_window.unwrap_or(0),
+            scale: dims.softmax_scale,
+        };
+        let mut out = self.output(plan.rows(), dims.heads * d)?;
+        self.device.paged_attention(&mut out, &plan, &operands)?;
+        Ok(out)
+    }
+
+    fn mla_attention_materialised(
+        &self,
+        q: &GpuTensor<T>,
+        cache: &CudaKvCache<T>,
+        layer: usize,
+        batch: &AttentionBatch,
+        kv_b: &GpuTensor<T>,
+        dims: &MlaDims,
+    ) -> Result<GpuTensor<T>> {
+        cache.check_layer(layer)?;
+        let (n, r, dn, dv, dr) = (
+            dims.heads,
+            dims.kv_lora_rank,
+            dims.qk_nope,
+            dims.v_head,
+            dims.qk_rope,
+        );
+        if cache.width != r + dr || kv_b.rows != n * (dn + dv) || kv_b.cols != r {
+            return Err(op_err(
+                "mla_attention_materialised",
+                format!(
+                    "{dims:?} with cache width {} and kv_b [{}, {}]",
+                    cache.width, kv_b.rows, kv_b.cols
+                ),
+            ));
+        }
+        // Every sequence's context, gathered from its pages, then expanded to K_nope and V.
+        let (plan, slots) =
+            self.device
+                .contiguous_plan(batch, cache.num_blocks, cache.block_size)?;
+        let mut context = self.output(slots.len(), cache.width)?;
+        self.device
+            .gather_rows(&mut context, &layer_view(cache, layer), cache.width, &slots)?;
+        let latent = Layout {
+            rows: context.rows,
+            cols: r,
+            ld: cache.width,
+        };
+        let expanded = self.matmul_layout(&context.data.slice(..), latent, kv_b)?;
+        let q_view = q.data.slice(..);
+        let kv_view = expanded.data.slice(..);
+        let operand = |data, width, offset, head_stride, len| Operand {
+            data,
+            width,
+            offset,
+            head_stride,
+            len,
+        };
+        let (dq, kv_width) = (dims.qk_head(), n * (dn + dv));
+        let operands = AttentionOperands {
+            q1: operand(q_view.slice(..), n * dq, 0, dq, dn),
+            q2: operand(q_view, n * dq, dn, dq, dr),
+            k1: operand(kv_view.slice(..), kv_width, 0, dn + dv, dn),
+            k2: operand(context.data.slice(..), cache.width, r, 0, dr),
+            v: operand(kv_view, kv_width, dn, dn + dv, dv),
+            heads: n,
+            group: 1,
+            window: 0,
+            scale: dims.softmax_scale,
+        };
+        let mut out = self.output(plan.rows(), n * dv)?;
+        self.device.paged_attention(&mut out, &plan, &operands)?;
+        Ok(out)
+    }
+
+    fn mla_attention_absorbed(
+        &self,
+        q_lat: &GpuTensor<T>,
+        q: &GpuTensor<T>,
+        cache: &CudaKvCache<T>,
+        layer: usize,
+        batch: &AttentionBatch,
+        dims: &MlaDims,
+    ) -> Result<GpuTensor<T>> {
+        cache.check_layer(layer)?;
+        let (n, r, dn, dr) = (dims.heads, dims.kv_lora_rank, dims.qk_nope, dims.qk_rope);
+        let dq = dims.qk_head();
+        if cache.width != r + dr || q_lat.cols != n * r || q.cols != n * dq {
+            return Err(op_err(
+                "mla_attention_absorbed",
+                format!(
+                    "{dims:?} with cache width {}, q_lat {} and q {} columns",
+                    cache.width, q_lat.cols, q.cols
+                ),
+            ));
+        }
+        let plan = self
+            .device
+            .paged_plan(batch, cache.num_blocks, cache.block_size)?;
+        let kv = layer_view(cache, layer);
+        let operand = |data, width, offset, head_stride, len| Operand {
+            data,
+            width,
+            offset,
+            head_stride,
+            len,
+        };
+        // One shared key per token (all heads read KV head 0): the latent, whose first r
+        // values are also the value, then the roped k_pe.
+        let operands = AttentionOperands {
+            q1: operand(q_lat.data.slice(..), n * r, 0, r, r),
+            q2: operand(q.data.slice(..), n * dq, dn, dq, dr),
+            k1: operand(kv.slice(..), cache.width, 0, 0, r),
+            k2: operand(kv.slice(..), cache.width, r, 0, dr),
+            v: operand(kv, cache.width, 0, 0, r),
+            heads: n,
+            group: n,
+            window: 0,
+            scale: dims.softmax_scale,
+        };
+        let mut out = self.output(plan.rows(), n * r)?;
+        self.device.paged_attention(&mut out, &plan, &operands)?;
+        Ok(out)
+    }
+
+    fn mlp(&self, x: &GpuTensor<T>, w: &MlpWeights<Self>) -> Result<GpuTensor<T>> {
+        let mut gate = self.matmul(x, &w.gate)?;
+        let mut up = self.matmul(x, &w.up)?;
+        if let Some([g, u, _]) = &w.biases {
+            self.add_bias(&mut gate, g)?;
+            self.add_bias(&mut up, u)?;
+        }
+        if gate.rows > 0 {
+            self.device.silu_mul(&mut gate, &up)?;
+        }
+        let mut down = self.matmul(&gate, &w.down)?;
+        if let Some([_, _, d]) = &w.biases {
+            self.add_bias(&mut down, d)?;
+        }
+        Ok(down)
+    }
+
+    fn moe(
+        &self,
+        x: &GpuTensor<T>,
+        w: &MoeWeights<Self>,
+        config: &MoeConfig,
+    ) -> Result<GpuTensor<T>> {
+        // Routing runs on the host with the CPU engine's code (the router logits are
+        // [tokens, experts], small); the experts' GEMMs, the token permutation and the
+        // weighted combine run on the GPU.
+        let logits = self.to_host(&self.matmul(x, &w.router)?)?;
+        let e = w.router.rows;
+        let mut assigned: Vec<(Vec<u32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); e];
+        for (t, row) in logits.data.chunks_exact(e.max(1)).enumerate() {
+            for choice in route(row, w.score_bias.as_deref(), config) {
+                assigned[choice.expert].0.push(t as u32);
+                assigned[choice.expert].1.push(choice.weight);
+            }
+        }
+        let mut out = match &w.shared {
+            Some(shared) => self.mlp(x, shared)?,
+            None => self.device.tensor(x.rows, x.cols, Some(0.0))?,
+        };
+        let rows_of_x = x.data.slice(..x.rows * x.cols);
+        for (expert, (tokens, weights)) in assigned.iter().enumerate() {
+            if tokens.is_empty() {
+                continue;
+            }
+            let mut picked = self.output(tokens.len(), x.cols)?;
+            self.device
+                .gather_rows(&mut picked, &rows_of_x, x.cols, tokens)?;
+            let y = self.mlp(&picked, &w.experts[expert])?;
+            self.device
+                .scatter_add_rows(&mut out, &y, tokens, weights)?;
+        }
+        Ok(out)
+    }
+}
+
+/// Layer `layer` of the cache as one `[num_blocks · block_size, width]` buffer.
+fn layer_view<T>(cache: &CudaKvCache<T>, layer: usize) -> cudarc::driver::CudaView<'_, T> {
+    let len = cache.layer_slots() * cache.width;
+    cache.data.slice(layer * len..(layer + 1) * len)
+}

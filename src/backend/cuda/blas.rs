@@ -1,0 +1,187 @@
+//! cuBLAS GEMMs for the projections, in the layout the model uses: row-major activations
+//! `[rows, k]` times row-major weights `[n, k]` transposed. cuBLAS is column-major, so each call
+//! computes the transposed product `(x·wᵀ)ᵀ = w·xᵀ`, which lands row-major in memory as `x·wᵀ`.
+//! bf16 runs through `cublasGemmEx` with f32 accumulation; f32 uses plain SGEMM (no TF32), so
+//! the f32 path stays within 1e-4 of the CPU reference.
+
+use super::GpuFloat;
+use crate::error::{Error, Result};
+use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, StridedBatchedConfig};
+use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, DeviceSlice};
+use std::sync::Arc;
+
+pub struct Blas {
+    handle: CudaBlas,
+}
+
+/// A row-major matrix operand: `rows × cols` values with `ld` between row starts.
+#[derive(Debug, Clone, Copy)]
+pub struct Layout {
+    pub rows: usize,
+    pub cols: usize,
+    pub ld: usize,
+}
+
+fn int(what: &str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::Op {
+        op: "matmul",
+        message: format!("{what} = {v} is beyond cuBLAS's 32-bit sizes"),
+    })
+}
+
+impl Blas {
+    pub fn new(stream: Arc<CudaStream>) -> Result<Self> {
+        // SAFETY: only asks the dynamic loader whether libcublas can be opened.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(Error::Device(
+                "cuBLAS (libcublas.so) was not found: add the CUDA toolkit's lib64 folder or the \
+                 pip nvidia-cublas wheel's lib folder to LD_LIBRARY_PATH"
+                    .into(),
+            ));
+        }
+        let handle = CudaBlas::new(stream)
+            .map_err(|e| Error::Device(format!("creating the cuBLAS handle: {e}")))?;
+        Ok(Blas { handle })
+    }
+
+    /// `out[x.rows, w.rows] = x · wᵀ` (`x.cols == w.cols`); `out` rows are `ld_out` apart.
+    pub fn matmul_nt<T: GpuFloat, X, W, O>(
+        &self,
+        x: &X,
+        x_layout: Layout,
+        w: &W,
+        w_layout: Layout,
+        out: &mut O,
+        ld_out: usize,
+    ) -> Result<()>
+    where
+        CudaBlas: Gemm<T>,
+        X: DevicePtr<T>,
+        W: DevicePtr<T>,
+        O: DevicePtrMut<T>,
+    {
+        check_operands(x, x_layout, w, w_layout, out, ld_out)?;
+        let cfg = gemm_config::<T>(x_layout, w_layout, ld_out)?;
+        // SAFETY: check_operands bounds every element cuBLAS reads or writes by the lengths of
+        // the three buffers, and all three live on the handle's stream.
+        unsafe { self.handle.gemm(cfg, w, x, out) }
+            .map_err(|e| Error::Device(format!("cuBLAS GEMM {x_layout:?} × {w_layout:?}ᵀ: {e}")))
+    }
+
+    /// For each of `batch` heads: `out_h = x_h · w_hᵀ`, where `x_h` starts `x_stride` values after
+    /// `x_{h-1}`, `w_h` is the `h`-th of `batch` back-to-back matrices and `out_h` starts
+    /// `out_stride` values after `out_{h-1}`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn batched_matmul_nt<T: GpuFloat, X, W, O>(
+        &self,
+        batch: usize,
+        x: &X,
+        x_layout: Layout,
+        x_stride: usize,
+        w: &W,
+        w_layout: Layout,
+        out: &mut O,
+        ld_out: usize,
+        out_stride: usize,
+    ) -> Result<()>
+    where
+        CudaBlas: Gemm<T>,
+        X: DevicePtr<T>,
+        W: DevicePtr<T>,
+        O: DevicePtrMut<T>,
+    {
+        check_operands(x, x_layout, w, w_layout, out, ld_out)?;
+        let last = batch.saturating_sub(1);
+        let fits = last * x_stride + span(x_layout) <= x.len()
+            && batch * w_layout.rows * w_layout.cols <= w.len()
+            && last * out_stride + span(out_layout(x_layout, w_layout, ld_out)) <= out.len();
+        if !fits {
+            return Err(Error::Op {
+                op: "head_matmul",
+                message: format!(
+                    "{batch} heads of {x_layout:?} (stride {x_stride}) × {w_layout:?}ᵀ overrun their buffers"
+                ),
+            });
+        }
+        let cfg = StridedBatchedConfig {
+            gemm: gemm_config::<T>(x_layout, w_layout, ld_out)?,
+            batch_size: int("heads", batch)?,
+            stride_a: (w_layout.rows * w_layout.cols) as i64,
+            stride_b: x_stride as i64,
+            stride_c: out_stride as i64,
+        };
+        // SAFETY: the checks above bound every element of every batch entry by the lengths of
+        // the three buffers, and all three live on the handle's stream.
+        unsafe { self.handle.gemm_strided_batched(cfg, w, x, out) }.map_err(|e| {
+            Error::Device(format!(
+                "cuBLAS batched GEMM {batch} × {x_layout:?} × {w_layout:?}ᵀ: {e}"
+            ))
+        })
+    }
+}
+
+/// Values from the first to one past the last element of a row-major operand.
+fn span(l: Layout) -> usize {
+    if l.rows == 0 {
+        0
+    } else {
+        (l.rows - 1) * l.ld + l.cols
+    }
+}
+
+fn out_layout(x: Layout, w: Layout, ld_out: usize) -> Layout {
+    Layout {
+        rows: x.rows,
+        cols: w.rows,
+        ld: ld_out,
+    }
+}
+
+fn check_operands<T, X: DeviceSlice<T>, W: DeviceSlice<T>, O: DeviceSlice<T>>(
+    x: &X,
+    x_layout: Layout,
+    w: &W,
+    w_layout: Layout,
+    out: &O,
+    ld_out: usize,
+) -> Result<()> {
+    let out_l = out_layout(x_layout, w_layout, ld_out);
+    let ok = x_layout.cols == w_layout.cols
+        && x_layout.ld >= x_layout.cols
+        && w_layout.ld == w_layout.cols
+        && ld_out >= w_layout.rows
+        && span(x_layout) <= x.len()
+        && span(w_layout) <= w.len()
+        && span(out_l) <= out.len();
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Op {
+            op: "matmul",
+            message: format!(
+                "x {x_layout:?} ({} values) × w {w_layout:?}ᵀ ({} values) → out ld {ld_out} ({} values)",
+                x.len(),
+                w.len(),
+                out.len()
+            ),
+        })
+    }
+}
+
+/// Column-major view: `outᵀ [n, m] = w [n, k] · xᵀ [k, m]`, with `w` read transposed from its
+/// row-major storage and `x` read as the column-major `[k, m]` it already is.
+fn gemm_config<T: GpuFloat>(x: Layout, w: Layout, ld_out: usize) -> Result<GemmConfig<T>> {
+    Ok(GemmConfig {
+        transa: CUBLAS_OP_T,
+        transb: CUBLAS_OP_N,
+        m: int("n", w.rows)?,
+        n: int("m", x.rows)?,
+        k: int("k", x.cols)?,
+        alpha: T::from_f32(1.0),
+        lda: int("k", w.ld)?,
+        ldb: int("ld", x.ld)?,
+        beta: T::from_f32(0.0),
+        ldc: int("ld", ld_out)?,
+    })
+}

@@ -1,0 +1,164 @@
+//! Rust side of the row kernels in `kernels/elementwise.cu`: gathers (select_rows, a context's
+//! cache rows, MoE token permutation), the weighted scatter-add of MoE outputs, and fills.
+
+use super::{CudaDevice, GpuFloat, GpuTensor};
+use crate::error::{Error, Result};
+use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+
+const THREADS: u32 = 256;
+
+fn op_err(op: &'static str, message: String) -> Error {
+    Error::Op { op, message }
+}
+
+impl CudaDevice {
+    /// Row `i` of `out` = the first `out.cols` values of row `rows[i]` of `src`, whose rows are
+    /// `src_cols` wide and which holds `src_rows` of them.
+    pub fn gather_rows<T: GpuFloat>(
+        &self,
+        out: &mut GpuTensor<T>,
+        src: &CudaView<'_, T>,
+        src_cols: usize,
+        rows: &[u32],
+    ) -> Result<()> {
+        let src_rows = src.len() / src_cols.max(1);
+        if out.rows != rows.len() || out.cols > src_cols {
+            return Err(op_err(
+                "gather_rows",
+                format!(
+                    "{} rows of width {} into [{}, {}]",
+                    rows.len(),
+                    src_cols,
+                    out.rows,
+                    out.cols
+                ),
+            ));
+        }
+        if let Some(bad) = rows.iter().find(|&&r| r as usize >= src_rows) {
+            return Err(op_err("gather_rows", format!("row {bad} of {src_rows}")));
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let idx = self.upload_u32(rows)?;
+        let (src_cols, cols) = (src_cols as i32, out.cols as i32);
+        let name = format!("gather_rows_{}", T::SUFFIX);
+        let f = self.function("elementwise", &name)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut out.data)
+            .arg(src)
+            .arg(&idx)
+            .arg(&src_cols)
+            .arg(&cols);
+        // SAFETY: the arguments match gather_rows in elementwise.cu in order and type; every
+        // index is checked against `src` and `out` above.
+        unsafe { b.launch(row_config(rows.len())) }
+            .map_err(|e| Error::Device(format!("kernel {name}: {e}")))?;
+        Ok(())
+    }
+
+    /// `out[rows[i]] += weights[i] · y[i]` for distinct `rows`.
+    pub fn scatter_add_rows<T: GpuFloat>(
+        &self,
+        out: &mut GpuTensor<T>,
+        y: &GpuTensor<T>,
+        rows: &[u32],
+        weights: &[f32],
+    ) -> Result<()> {
+        if y.rows != rows.len() || weights.len() != rows.len() || y.cols != out.cols {
+            return Err(op_err(
+                "scatter_add_rows",
+                format!(
+                    "[{}, {}] into [{}, {}] with {} rows and {} weights",
+                    y.rows,
+                    y.cols,
+                    out.rows,
+                    out.cols,
+                    rows.len(),
+                    weights.len()
+                ),
+            ));
+        }
+        let mut seen = vec![false; out.rows];
+        for &r in rows {
+            let slot = seen
+                .get_mut(r as usize)
+                .ok_or_else(|| op_err("scatter_add_rows", format!("row {r} of {}", out.rows)))?;
+            if std::mem::replace(slot, true) {
+                return Err(op_err("scatter_add_rows", format!("row {r} twice")));
+            }
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let idx = self.upload_u32(rows)?;
+        let weights = self.upload_f32(weights)?;
+        let cols = out.cols as i32;
+        let name = format!("scatter_add_rows_{}", T::SUFFIX);
+        let f = self.function("elementwise", &name)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut out.data)
+            .arg(&y.data)
+            .arg(&idx)
+            .arg(&weights)
+            .arg(&cols);
+        // SAFETY: the arguments match scatter_add_rows in elementwise.cu in order and type;
+        // rows are checked in range and distinct above, so no two threads write one element.
+        unsafe { b.launch(row_config(rows.len())) }
+            .map_err(|e| Error::Device(format!("kernel {name}: {e}")))?;
+        Ok(())
+    }
+
+    /// Sets every element of `x` to `value`.
+    pub fn fill<T: GpuFloat>(&self, x: &mut CudaSlice<T>, value: f32) -> Result<()> {
+        let n = x.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let name = format!("fill_{}", T::SUFFIX);
+        let f = self.function("elementwise", &name)?;
+        let count = n as i64;
+        let cfg = LaunchConfig {
+            grid_dim: (n.div_ceil(THREADS as usize).clamp(1, 65_536) as u32, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(x).arg(&count).arg(&value);
+        // SAFETY: the arguments match fill in elementwise.cu; it writes indices below `n`.
+        unsafe { b.launch(cfg) }.map_err(|e| Error::Device(format!("kernel {name}: {e}")))?;
+        Ok(())
+    }
+
+    /// A `[rows, cols]` tensor whose contents are set by `value` (NaN to catch unwritten
+    /// elements) or left as allocated (`None`), for outputs every element of which a kernel
+    /// writes.
+    pub fn tensor<T: GpuFloat>(
+        &self,
+        rows: usize,
+        cols: usize,
+        value: Option<f32>,
+    ) -> Result<GpuTensor<T>> {
+        let len = (rows * cols).max(1);
+        // SAFETY: the memory is either filled right below or is an output whose every element
+        // the next kernel writes before anything reads it.
+        let mut data = unsafe { self.stream.alloc::<T>(len) }.map_err(|e| {
+            Error::Device(format!(
+                "allocating a [{rows}, {cols}] tensor on {}: {e}",
+                self.info.name
+            ))
+        })?;
+        if let Some(v) = value {
+            self.fill(&mut data, v)?;
+        }
+        Ok(GpuTensor { data, rows, cols })
+    }
+}
+
+fn row_config(rows: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
