@@ -1,0 +1,219 @@
+//! The CUDA backend's attention ops against the CPU backend's on random paged caches: batches
+//! of sequences of different lengths (not multiples of the block size), shuffled block tables,
+//! unused slots left NaN (a stray read shows), 1–4 query tokens per sequence plus a prefill
+//! chunk, 1/16/128 heads, f32 (≤ 1e-4 relative L2) and bf16 (≤ 1e-2).
+//! Needs an NVIDIA GPU: ignored elsewhere.
+
+mod common;
+
+use common::Rng;
+use mla_rt::backend::cpu::CpuBackend;
+use mla_rt::backend::cuda::{CudaBackend, GpuFloat};
+use mla_rt::backend::{AttentionBatch, Backend, MhaDims, MlaDims, SeqChunk};
+use mla_rt::weights::HostTensor;
+
+const BLOCK: usize = 16;
+
+fn random(rng: &mut Rng, rows: usize, cols: usize) -> HostTensor {
+    HostTensor::new(vec![rows, cols], rng.normals(rows * cols, 1.0))
+}
+
+/// Rounds through the storage type, so that the CPU sees the values the GPU stores.
+fn stored<T: GpuFloat>(t: HostTensor) -> HostTensor {
+    let data = t.data.iter().map(|&v| T::from_f32(v).to_f32()).collect();
+    HostTensor::new(t.shape, data)
+}
+
+/// Sequences `(context, query)` with block tables drawn from a shuffled pool of blocks.
+fn batch(rng: &mut Rng, shapes: &[(usize, usize)]) -> (AttentionBatch, usize) {
+    let needed: usize = shapes.iter().map(|(c, _)| c.div_ceil(BLOCK)).sum();
+    let num_blocks = needed + 5; // spare blocks stay NaN
+    let mut pool: Vec<u32> = (0..num_blocks as u32).collect();
+    for i in (1..pool.len()).rev() {
+        let j = (rng.uniform() * (i + 1) as f32) as usize % (i + 1);
+        pool.swap(i, j);
+    }
+    let mut next = pool.into_iter();
+    let seqs = shapes
+        .iter()
+        .map(|&(context_len, query_len)| SeqChunk {
+            block_table: next.by_ref().take(context_len.div_ceil(BLOCK)).collect(),
+            context_len,
+            query_len,
+        })
+        .collect();
+    (
+        AttentionBatch {
+            block_size: BLOCK,
+            seqs,
+        },
+        num_blocks,
+    )
+}
+
+/// The same random rows written into a CPU and a GPU cache for every cached position.
+fn caches<T: GpuFloat>(
+    rng: &mut Rng,
+    gpu: &CudaBackend<T>,
+    batch: &AttentionBatch,
+    num_blocks: usize,
+    width: usize,
+) -> (
+    <CpuBackend as Backend>::KvCache,
+    <CudaBackend<T> as Backend>::KvCache,
+)
+where
+    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
+{
+    let mut cpu_cache = CpuBackend
+        .alloc_kv_cache(1, num_blocks, BLOCK, width)
+        .unwrap();
+    let mut gpu_cache = gpu.alloc_kv_cache(1, num_blocks, BLOCK, width).unwrap();
+    for seq in &batch.seqs {
+        let rows = stored::<T>(random(rng, seq.context_len, width));
+        let slots: Vec<u32> = (0..seq.context_len)
+            .map(|p| seq.block_table[p / BLOCK] * BLOCK as u32 + (p % BLOCK) as u32)
+            .collect();
+        CpuBackend
+            .write_kv_cache(&mut cpu_cache, 0, &rows, 0, &slots)
+            .unwrap();
+        let rows_gpu = gpu.upload_weight(rows).unwrap();
+        gpu.write_kv_cache(&mut gpu_cache, 0, &rows_gpu, 0, &slots)
+            .unwrap();
+    }
+    (cpu_cache, gpu_cache)
+}
+
+fn check(what: &str, got: &HostTensor, want: &HostTensor, tolerance: f64) {
+    assert_eq!(got.shape, want.shape, "{what}");
+    let want64: Vec<f64> = want.data.iter().map(|&v| v as f64).collect();
+    let err = common::rel_l2(&got.data, &want64);
+    assert!(
+        err <= tolerance,
+        "{what}: relative L2 {err:.3e} > {tolerance:e}"
+    );
+    eprintln!("{what}: relative L2 {err:.2e}");
+}
+
+const SHAPES: &[(usize, usize)] = &[(1, 1), (17, 4), (64, 2), (100, 30), (33, 1), (250, 3)];
+
+fn mla<T: GpuFloat>(tolerance: f64)
+where
+    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
+{
+    let gpu = CudaBackend::<T>::open(0)
+        .expect("an NVIDIA GPU with kernels in this build")
+        .with_poisoned_outputs();
+    let mut rng = Rng::new(11);
+    for heads in [1, 16, 128] {
+        let dims = MlaDims {
+            heads,
+            qk_nope: 128,
+            qk_rope: 64,
+            v_head: 128,
+            kv_lora_rank: 512,
+            softmax_scale: 0.07,
+        };
+        let shapes = if heads == 128 { &SHAPES[..3] } else { SHAPES };
+        let (batch, num_blocks) = batch(&mut rng, shapes);
+        let (cpu_cache, gpu_cache) =
+            caches(&mut rng, &gpu, &batch, num_blocks, dims.latent_width());
+        let t = batch.num_query_tokens();
+        let q = stored::<T>(random(&mut rng, t, heads * dims.qk_head()));
+        let q_lat = stored::<T>(random(&mut rng, t, heads * dims.kv_lora_rank));
+        let kv_b = stored::<T>(HostTensor::new(
+            vec![heads * (dims.qk_nope + dims.v_head), dims.kv_lora_rank],
+            rng.normals(heads * 256 * 512, 0.05),
+        ));
+        let (gq, gq_lat) = (
+            gpu.upload_weight(q.clone()).unwrap(),
+            gpu.upload_weight(q_lat.clone()).unwrap(),
+        );
+        let want = CpuBackend
+            .mla_attention_absorbed(&q_lat, &q, &cpu_cache, 0, &batch, &dims)
+            .unwrap();
+        let got = gpu
+            .mla_attention_absorbed(&gq_lat, &gq, &gpu_cache, 0, &batch, &dims)
+            .unwrap();
+        let what = format!("{} absorbed, {heads} heads", T::SUFFIX);
+        check(&what, &gpu.to_host(&got).unwrap(), &want, tolerance);
+
+        let want = CpuBackend
+            .mla_attention_materialised(&q, &cpu_cache, 0, &batch, &kv_b, &dims)
+            .unwrap();
+        let g_kv_b = gpu.upload_weight(kv_b).unwrap();
+        let got = gpu
+            .mla_attention_materialised(&gq, &gpu_cache, 0, &batch, &g_kv_b, &dims)
+            .unwrap();
+        let what = format!("{} materialised, {heads} heads", T::SUFFIX);
+        check(&what, &gpu.to_host(&got).unwrap(), &want, tolerance);
+    }
+}
+
+fn mha<T: GpuFloat>(tolerance: f64)
+where
+    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
+{
+    let gpu = CudaBackend::<T>::open(0)
+        .expect("an NVIDIA GPU with kernels in this build")
+        .with_poisoned_outputs();
+    let mut rng = Rng::new(12);
+    for (heads, kv_heads, head_dim, window) in [
+        (16, 16, 128, None),
+        (16, 4, 64, None),
+        (8, 1, 96, Some(20)),
+        (1, 1, 32, None),
+    ] {
+        let dims = MhaDims {
+            heads,
+            kv_heads,
+            head_dim,
+            softmax_scale: 1.0 / (head_dim as f32).sqrt(),
+            sliding_window: window,
+        };
+        let (batch, num_blocks) = batch(&mut rng, SHAPES);
+        let width = 2 * kv_heads * head_dim;
+        let (cpu_cache, gpu_cache) = caches(&mut rng, &gpu, &batch, num_blocks, width);
+        // A fused qkv tensor: the query heads come first, K and V columns follow.
+        let q = stored::<T>(random(
+            &mut rng,
+            batch.num_query_tokens(),
+            heads * head_dim + width,
+        ));
+        let want = CpuBackend
+            .mha_attention(&q, &cpu_cache, 0, &batch, &dims)
+            .unwrap();
+        let got = gpu
+            .mha_attention(&gpu.upload_weight(q).unwrap(), &gpu_cache, 0, &batch, &dims)
+            .unwrap();
+        let what = format!(
+            "{} MHA {heads}/{kv_heads} heads × {head_dim}, window {window:?}",
+            T::SUFFIX
+        );
+        check(&what, &gpu.to_host(&got).unwrap(), &want, tolerance);
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn mla_attention_f32() {
+    mla::<f32>(1e-4);
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn mla_attention_bf16() {
+    mla::<half::bf16>(1e-2);
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn mha_attention_f32() {
+    mha::<f32>(1e-4);
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn mha_attention_bf16() {
+    mha::<half::bf16>(1e-2);
+}

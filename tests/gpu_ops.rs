@@ -1,0 +1,104 @@
+//! The CUDA backend's GEMM and row ops against the CPU backend on random inputs of odd sizes,
+//! outputs poisoned with NaN first. Needs an NVIDIA GPU: ignored elsewhere.
+
+mod common;
+
+use common::Rng;
+use mla_rt::backend::cpu::CpuBackend;
+use mla_rt::backend::cuda::{CudaBackend, GpuFloat};
+use mla_rt::backend::Backend;
+use mla_rt::weights::HostTensor;
+
+fn random<T: GpuFloat>(rng: &mut Rng, rows: usize, cols: usize) -> HostTensor {
+    let data = rng
+        .normals(rows * cols, 1.0)
+        .into_iter()
+        .map(|v| T::from_f32(v).to_f32())
+        .collect();
+    HostTensor::new(vec![rows, cols], data)
+}
+
+fn check(what: &str, got: &HostTensor, want: &HostTensor, tolerance: f64) {
+    assert_eq!(got.shape, want.shape, "{what}");
+    let want64: Vec<f64> = want.data.iter().map(|&v| v as f64).collect();
+    let err = common::rel_l2(&got.data, &want64);
+    assert!(
+        err <= tolerance,
+        "{what}: relative L2 {err:.3e} > {tolerance:e}"
+    );
+}
+
+fn ops<T: GpuFloat>(tolerance: f64)
+where
+    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
+{
+    let gpu = CudaBackend::<T>::open(0)
+        .expect("an NVIDIA GPU with kernels in this build")
+        .with_poisoned_outputs();
+    let mut rng = Rng::new(5);
+    let s = T::SUFFIX;
+    for (m, k, n) in [(1, 333, 129), (37, 333, 129), (300, 64, 1000)] {
+        let (x, w) = (random::<T>(&mut rng, m, k), random::<T>(&mut rng, n, k));
+        let want = CpuBackend.matmul(&x, &w).unwrap();
+        let got = gpu
+            .matmul(
+                &gpu.upload_weight(x).unwrap(),
+                &gpu.upload_weight(w).unwrap(),
+            )
+            .unwrap();
+        check(
+            &format!("{s} matmul {m}×{k}×{n}"),
+            &gpu.to_host(&got).unwrap(),
+            &want,
+            tolerance,
+        );
+    }
+    // Three heads of stride 200, reading columns [72, 200) of each into 50 outputs.
+    let (heads, stride, offset, input, out) = (3, 200, 72, 128, 50);
+    let x = random::<T>(&mut rng, 7, heads * stride);
+    let w = random::<T>(&mut rng, heads * out, input);
+    let want = CpuBackend
+        .head_matmul(
+            &x,
+            stride,
+            offset,
+            &CpuBackend
+                .upload_head_weight(heads, out, input, w.data.clone())
+                .unwrap(),
+        )
+        .unwrap();
+    let gw = gpu.upload_head_weight(heads, out, input, w.data).unwrap();
+    let got = gpu
+        .head_matmul(&gpu.upload_weight(x.clone()).unwrap(), stride, offset, &gw)
+        .unwrap();
+    check(
+        &format!("{s} head_matmul"),
+        &gpu.to_host(&got).unwrap(),
+        &want,
+        tolerance,
+    );
+
+    let rows = [5, 0, 5, 6, 2];
+    let want = CpuBackend.select_rows(&x, &rows).unwrap();
+    let got = gpu
+        .select_rows(&gpu.upload_weight(x).unwrap(), &rows)
+        .unwrap();
+    check(
+        &format!("{s} select_rows"),
+        &gpu.to_host(&got).unwrap(),
+        &want,
+        0.0,
+    );
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn gemm_and_row_ops_f32() {
+    ops::<f32>(1e-5);
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn gemm_and_row_ops_bf16() {
+    ops::<half::bf16>(1e-2);
+}
