@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check: every test (ignored GPU tests included) plus the benchmarks, as one command.
 #
-#   scripts/gpu-check.sh prepare   # here (Rust toolchain + nvcc): build the release binary and
+#   scripts/gpu-check.sh prepare   # (alias: bundle) here (Rust toolchain + nvcc): build the release binary and
 #                                  # the GPU test binaries (tests/gpu_*.rs), stripped, into
 #                                  # device-bin/ (gitignored; small enough to carry)
 #   scripts/gpu-check.sh run       # on the GPU machine, from the repo root, with device-bin/
@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 out=device-bin
 
 case "${1:-}" in
-prepare)
+prepare|bundle)
   nvcc="$(scripts/cuda-toolchain.sh)"
   export NVCC="$nvcc" MLA_REQUIRE_CUDA=1
   rm -rf "$out" && mkdir -p "$out/tests"
@@ -52,6 +52,27 @@ run)
     printf '| %s | %s | %s | %s |\n' "$(basename "$t")" "${passed:-?}" "${failed:-?}" "${ignored:-?}" >> "$out/summary.md"
     grep -E '^(test .* FAILED|---- .* stdout ----)' "$log" | head -20 || true
   done
+  # The CLI end to end: greedy text on the GPU (f32) must equal the CPU's, for both demo models.
+  for model in models/demo-mla models/demo-mha; do
+    args=(generate --model "$model" --prompt "It is a truth universally acknowledged" --max-new-tokens 48)
+    cpu=$("$out/mla" "${args[@]}" --device cpu 2>/dev/null || echo "cpu failed")
+    t0=$(date +%s.%N)
+    gpu=$("$out/mla" "${args[@]}" --device cuda --dtype f32 2> "$out/generate.log" || { cat "$out/generate.log"; echo "gpu failed"; })
+    secs=$(python3 -c "import time; print(f'{time.time() - $t0:.1f}')")
+    if [[ "$cpu" == "$gpu" ]]; then verdict=same; else verdict=DIFFERENT; status=1; fi
+    printf '| generate %s cuda f32 vs cpu | %s | | (%s s) |\n' "$model" "$verdict" "$secs" >> "$out/summary.md"
+    [[ $verdict == same ]] || printf 'cpu: %s\ngpu: %s\n' "$cpu" "$gpu"
+  done
+  # MLA against MHA on the first layers of DeepSeek-V2-Lite (random weights, bf16).
+  if timeout 240 "$out/mla" bench --device cuda --preset deepseek-v2-lite,deepseek-v2-lite-mha \
+      --layers 4 --batch 1,32 --prompt 512 --gen 32 --depth 0,4096 --reps 2 --compare \
+      > "$out/bench.md" 2> "$out/bench.log"; then
+    bench=ok
+  else
+    bench=FAILED; status=1; tail -5 "$out/bench.log"
+  fi
+  printf '| mla bench (V2-Lite vs MHA, 4 layers) | %s | | |\n' "$bench" >> "$out/summary.md"
+  cat "$out/bench.md"
   cat "$out/summary.md"
   exit $status
   ;;

@@ -1,10 +1,11 @@
 //! `mla info`: what a model is and what its KV cache costs, from config and checkpoint headers.
 
-use super::loading::{load_config, model_dir};
+use super::loading::{load_config, model_dir, DeviceSpec};
+use crate::backend::cuda::CudaDevice;
 use crate::config::{
     DeepSeekConfig, LlamaConfig, ModelConfig, RopeConfig, RopeScaling, TopkMethod,
 };
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::params::{count_params, kv_values_per_token_per_layer};
 use crate::weights::Checkpoint;
 use clap::Args;
@@ -19,6 +20,11 @@ pub struct InfoArgs {
     /// Bytes per cached value for the KV cache figures (2 for bf16/f16, 4 for f32).
     #[arg(long, default_value_t = 2, value_name = "BYTES")]
     pub cache_dtype_bytes: u64,
+
+    /// Also describe this device and how many cached tokens fit in its free memory after the
+    /// weights (cpu, or cuda[:N]).
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<DeviceSpec>,
 }
 
 /// `12345678` → `12.35 M`.
@@ -165,5 +171,28 @@ pub fn run(args: InfoArgs) -> Result<()> {
         bytes(mha),
         mha as f64 / cached as f64
     );
+    if let Some(DeviceSpec::Cuda(ordinal)) = args.device {
+        let device = CudaDevice::open(ordinal)?;
+        let free = device
+            .free_memory()
+            .map_err(|e| Error::Device(format!("reading free device memory: {e}")))?
+            as u64;
+        let weights = p.total * args.cache_dtype_bytes;
+        let left = free.saturating_sub(weights);
+        let per_token = bytes(cached).max(1);
+        println!(
+            "device:       cuda:{ordinal} {} (compute {}.{}), {:.1} GiB, {:.1} GiB free; after {:.1} GiB of weights, {} tokens of KV cache fit ({} with an MHA cache)",
+            device.info.name,
+            device.info.compute_capability.0,
+            device.info.compute_capability.1,
+            device.info.total_memory as f64 / GIB,
+            free as f64 / GIB,
+            weights as f64 / GIB,
+            left / per_token,
+            left / bytes(mha).max(1)
+        );
+    }
     Ok(())
 }
+
+const GIB: f64 = (1u64 << 30) as f64;
