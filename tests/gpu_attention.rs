@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::Rng;
+use common::{assert_close, Rng};
 use mla_rt::backend::cpu::CpuBackend;
 use mla_rt::backend::cuda::{CudaBackend, GpuFloat};
 use mla_rt::backend::{AttentionBatch, Backend, MhaDims, MlaDims, SeqChunk};
@@ -84,17 +84,6 @@ where
     (cpu_cache, gpu_cache)
 }
 
-fn check(what: &str, got: &HostTensor, want: &HostTensor, tolerance: f64) {
-    assert_eq!(got.shape, want.shape, "{what}");
-    let want64: Vec<f64> = want.data.iter().map(|&v| v as f64).collect();
-    let err = common::rel_l2(&got.data, &want64);
-    assert!(
-        err <= tolerance,
-        "{what}: relative L2 {err:.3e} > {tolerance:e}"
-    );
-    eprintln!("{what}: relative L2 {err:.2e}");
-}
-
 const SHAPES: &[(usize, usize)] = &[(1, 1), (17, 4), (64, 2), (100, 30), (33, 1), (250, 3)];
 
 fn mla<T: GpuFloat>(tolerance: f64)
@@ -136,7 +125,7 @@ where
             .mla_attention_absorbed(&gq_lat, &gq, &gpu_cache, 0, &batch, &dims)
             .unwrap();
         let what = format!("{} absorbed, {heads} heads", T::SUFFIX);
-        check(&what, &gpu.to_host(&got).unwrap(), &want, tolerance);
+        assert_close(&what, &gpu.to_host(&got).unwrap(), &want, tolerance);
 
         let want = CpuBackend
             .mla_attention_materialised(&q, &cpu_cache, 0, &batch, &kv_b, &dims)
@@ -146,7 +135,7 @@ where
             .mla_attention_materialised(&gq, &gpu_cache, 0, &batch, &g_kv_b, &dims)
             .unwrap();
         let what = format!("{} materialised, {heads} heads", T::SUFFIX);
-        check(&what, &gpu.to_host(&got).unwrap(), &want, tolerance);
+        assert_close(&what, &gpu.to_host(&got).unwrap(), &want, tolerance);
     }
 }
 
@@ -190,7 +179,7 @@ where
             "{} MHA {heads}/{kv_heads} heads × {head_dim}, window {window:?}",
             T::SUFFIX
         );
-        check(&what, &gpu.to_host(&got).unwrap(), &want, tolerance);
+        assert_close(&what, &gpu.to_host(&got).unwrap(), &want, tolerance);
     }
 }
 

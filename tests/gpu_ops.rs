@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::Rng;
+use common::{assert_close, Rng};
 use mla_rt::backend::cpu::CpuBackend;
 use mla_rt::backend::cuda::{CudaBackend, GpuFloat};
 use mla_rt::backend::Backend;
@@ -16,16 +16,6 @@ fn random<T: GpuFloat>(rng: &mut Rng, rows: usize, cols: usize) -> HostTensor {
         .map(|v| T::from_f32(v).to_f32())
         .collect();
     HostTensor::new(vec![rows, cols], data)
-}
-
-fn check(what: &str, got: &HostTensor, want: &HostTensor, tolerance: f64) {
-    assert_eq!(got.shape, want.shape, "{what}");
-    let want64: Vec<f64> = want.data.iter().map(|&v| v as f64).collect();
-    let err = common::rel_l2(&got.data, &want64);
-    assert!(
-        err <= tolerance,
-        "{what}: relative L2 {err:.3e} > {tolerance:e}"
-    );
 }
 
 fn ops<T: GpuFloat>(tolerance: f64)
@@ -46,7 +36,7 @@ where
                 &gpu.upload_weight(w).unwrap(),
             )
             .unwrap();
-        check(
+        assert_close(
             &format!("{s} matmul {m}×{k}×{n}"),
             &gpu.to_host(&got).unwrap(),
             &want,
@@ -71,7 +61,7 @@ where
     let got = gpu
         .head_matmul(&gpu.upload_weight(x.clone()).unwrap(), stride, offset, &gw)
         .unwrap();
-    check(
+    assert_close(
         &format!("{s} head_matmul"),
         &gpu.to_host(&got).unwrap(),
         &want,
@@ -83,7 +73,7 @@ where
     let got = gpu
         .select_rows(&gpu.upload_weight(x).unwrap(), &rows)
         .unwrap();
-    check(
+    assert_close(
         &format!("{s} select_rows"),
         &gpu.to_host(&got).unwrap(),
         &want,

@@ -320,6 +320,23 @@ pub fn rel_l2(a: &[f32], b: &[f64]) -> f64 {
     }
 }
 
+/// Asserts that `got` is within `tolerance` relative L2 of `want` (NaN never passes).
+pub fn assert_close(
+    what: &str,
+    got: &mla_rt::weights::HostTensor,
+    want: &mla_rt::weights::HostTensor,
+    tolerance: f64,
+) {
+    assert_eq!(got.shape, want.shape, "{what}");
+    let want64: Vec<f64> = want.data.iter().map(|&v| v as f64).collect();
+    let err = rel_l2(&got.data, &want64);
+    assert!(
+        err <= tolerance,
+        "{what}: relative L2 {err:.3e} > {tolerance:e}"
+    );
+    eprintln!("{what}: relative L2 {err:.2e}");
+}
+
 pub fn fixtures_dir() -> PathBuf {
     // Relative to the working directory (the crate root under cargo test), so test binaries
     // copied elsewhere find the fixtures of the tree they run in.

@@ -57,7 +57,23 @@ pub struct Operand<'a, T> {
     pub len: usize,
 }
 
-impl<T> Operand<'_, T> {
+impl<'a, T> Operand<'a, T> {
+    pub fn new(
+        data: CudaView<'a, T>,
+        width: usize,
+        offset: usize,
+        head_stride: usize,
+        len: usize,
+    ) -> Self {
+        Operand {
+            data,
+            width,
+            offset,
+            head_stride,
+            len,
+        }
+    }
+
     /// Rows of `data` and whether `heads` head parts fit in a row.
     fn check(&self, what: &str, rows: usize, heads: usize) -> Result<()> {
         let last = self.offset + heads.saturating_sub(1) * self.head_stride + self.len;

@@ -388,20 +388,13 @@ where
             .device
             .paged_plan(batch, cache.num_blocks, cache.block_size)?;
         let kv = layer_view(cache, layer);
-        let operand = |data, width, offset, head_stride, len| Operand {
-            data,
-            width,
-            offset,
-            head_stride,
-            len,
-        };
         let q_view = q.data.slice(..);
         let operands = AttentionOperands {
-            q1: operand(q_view.slice(..), q.cols, 0, d, d),
-            q2: operand(q_view, q.cols, 0, 0, 0),
-            k1: operand(kv.slice(..), cache.width, 0, d, d),
-            k2: operand(kv.slice(..), cache.width, 0, 0, 0),
-            v: operand(kv, cache.width, kvh * d, d, d),
+            q1: Operand::new(q_view.slice(..), q.cols, 0, d, d),
+            q2: Operand::new(q_view, q.cols, 0, 0, 0),
+            k1: Operand::new(kv.slice(..), cache.width, 0, d, d),
+            k2: Operand::new(kv.slice(..), cache.width, 0, 0, 0),
+            v: Operand::new(kv, cache.width, kvh * d, d, d),
             heads: dims.heads,
             group: dims.heads / kvh,
             window: dims.sliding_window.unwrap_or(0),
@@ -453,20 +446,13 @@ where
         let expanded = self.matmul_layout(&context.data.slice(..), latent, kv_b)?;
         let q_view = q.data.slice(..);
         let kv_view = expanded.data.slice(..);
-        let operand = |data, width, offset, head_stride, len| Operand {
-            data,
-            width,
-            offset,
-            head_stride,
-            len,
-        };
         let (dq, kv_width) = (dims.qk_head(), n * (dn + dv));
         let operands = AttentionOperands {
-            q1: operand(q_view.slice(..), n * dq, 0, dq, dn),
-            q2: operand(q_view, n * dq, dn, dq, dr),
-            k1: operand(kv_view.slice(..), kv_width, 0, dn + dv, dn),
-            k2: operand(context.data.slice(..), cache.width, r, 0, dr),
-            v: operand(kv_view, kv_width, dn, dn + dv, dv),
+            q1: Operand::new(q_view.slice(..), n * dq, 0, dq, dn),
+            q2: Operand::new(q_view, n * dq, dn, dq, dr),
+            k1: Operand::new(kv_view.slice(..), kv_width, 0, dn + dv, dn),
+            k2: Operand::new(context.data.slice(..), cache.width, r, 0, dr),
+            v: Operand::new(kv_view, kv_width, dn, dn + dv, dv),
             heads: n,
             group: 1,
             window: 0,
@@ -502,21 +488,14 @@ where
             .device
             .paged_plan(batch, cache.num_blocks, cache.block_size)?;
         let kv = layer_view(cache, layer);
-        let operand = |data, width, offset, head_stride, len| Operand {
-            data,
-            width,
-            offset,
-            head_stride,
-            len,
-        };
         // One shared key per token (all heads read KV head 0): the latent, whose first r
         // values are also the value, then the roped k_pe.
         let operands = AttentionOperands {
-            q1: operand(q_lat.data.slice(..), n * r, 0, r, r),
-            q2: operand(q.data.slice(..), n * dq, dn, dq, dr),
-            k1: operand(kv.slice(..), cache.width, 0, 0, r),
-            k2: operand(kv.slice(..), cache.width, r, 0, dr),
-            v: operand(kv, cache.width, 0, 0, r),
+            q1: Operand::new(q_lat.data.slice(..), n * r, 0, r, r),
+            q2: Operand::new(q.data.slice(..), n * dq, dn, dq, dr),
+            k1: Operand::new(kv.slice(..), cache.width, 0, 0, r),
+            k2: Operand::new(kv.slice(..), cache.width, r, 0, dr),
+            v: Operand::new(kv, cache.width, 0, 0, r),
             heads: n,
             group: n,
             window: 0,
