@@ -161,3 +161,40 @@ __device__ void fill(T* x, long long n, float value) {
     extern "C" __global__ void fill_##NAME(T* x, long long n, float value) { fill(x, n, value); }
 
 MLA_FOR_EACH_DTYPE(GATHER_ENTRY_POINTS)
+
+// Greedy sampling: index of each row's largest value, ties to the lowest index (NaN never wins).
+// One block per row.
+__device__ __forceinline__ void better(float& v, int& i, float ov, int oi) {
+    if (ov > v || (ov == v && oi < i)) { v = ov; i = oi; }
+}
+
+template <typename T>
+__device__ void argmax_rows(const T* x, uint32_t* out, int cols) {
+    __shared__ float best_value[32];
+    __shared__ int best_index[32];
+    const T* row = x + (size_t)blockIdx.x * cols;
+    float v = -INFINITY;
+    int i = 0x7fffffff;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) better(v, i, to_f32(row[c]), c);
+    for (int offset = 16; offset > 0; offset >>= 1)
+        better(v, i, __shfl_xor_sync(0xffffffffu, v, offset), __shfl_xor_sync(0xffffffffu, i, offset));
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) { best_value[warp] = v; best_index[warp] = i; }
+    __syncthreads();
+    if (warp == 0) {
+        const int warps = blockDim.x >> 5;
+        v = lane < warps ? best_value[lane] : -INFINITY;
+        i = lane < warps ? best_index[lane] : 0x7fffffff;
+        for (int offset = 16; offset > 0; offset >>= 1)
+            better(v, i, __shfl_xor_sync(0xffffffffu, v, offset), __shfl_xor_sync(0xffffffffu, i, offset));
+        // A row of NaN or -inf only: the first column, as the host's argmax.
+        if (lane == 0) out[blockIdx.x] = i == 0x7fffffff ? 0 : i;
+    }
+}
+
+#define ARGMAX_ENTRY_POINTS(NAME, T)                                                                 \
+    extern "C" __global__ void argmax_rows_##NAME(const T* x, uint32_t* out, int cols) {             \
+        argmax_rows(x, out, cols);                                                                   \
+    }
+
+MLA_FOR_EACH_DTYPE(ARGMAX_ENTRY_POINTS)

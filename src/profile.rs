@@ -2,9 +2,14 @@
 //! times add up per thread. A GPU backend's ops return before they finish, so profiling takes
 //! the backend's "wait for the device" and calls it at both ends of every span.
 //! Off by default, when a span costs one thread-local check.
+//!
+//! The same spans, plus [`range`]s around each forward pass and layer, become NVTX ranges named
+//! by their nesting (`decode/layer.07/attention`) once [`enable_nvtx`] found the NVTX library,
+//! so that an `nsys profile -t cuda,nvtx` timeline reads at a glance.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -19,6 +24,47 @@ pub type SyncFn = Box<dyn Fn()>;
 thread_local! {
     static PROFILE: RefCell<Option<BTreeMap<&'static str, OpTime>>> = const { RefCell::new(None) };
     static SYNC: RefCell<Option<SyncFn>> = const { RefCell::new(None) };
+    /// Names of the NVTX ranges open on this thread, outermost first.
+    static NVTX_PATH: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+static NVTX: AtomicBool = AtomicBool::new(false);
+
+/// Emits NVTX ranges from now on if the NVTX library (libnvToolsExt) loads; says whether it did.
+pub fn enable_nvtx() -> bool {
+    // SAFETY: only asks the dynamic loader whether libnvToolsExt can be opened.
+    let present = unsafe { cudarc::nvtx::sys::is_culib_present() };
+    NVTX.store(present, Ordering::Relaxed);
+    present
+}
+
+/// An NVTX range, open until dropped; nothing (one atomic load) while NVTX is off.
+pub struct Range {
+    range: Option<cudarc::nvtx::Range>,
+}
+
+/// Opens an NVTX range named `name()` inside the ranges already open on this thread.
+pub fn range(name: impl FnOnce() -> String) -> Range {
+    if !NVTX.load(Ordering::Relaxed) {
+        return Range { range: None };
+    }
+    let path = NVTX_PATH.with(|p| {
+        let mut p = p.borrow_mut();
+        p.push(name());
+        p.join("/")
+    });
+    Range {
+        range: Some(cudarc::nvtx::scoped_range(path)),
+    }
+}
+
+impl Drop for Range {
+    fn drop(&mut self) {
+        if let Some(range) = self.range.take() {
+            drop(range);
+            NVTX_PATH.with(|p| p.borrow_mut().pop());
+        }
+    }
 }
 
 /// Starts (or restarts) collecting on this thread; `sync` (if any) runs at both ends of spans.
@@ -45,6 +91,8 @@ fn sync() {
 pub struct Span {
     name: &'static str,
     start: Option<Instant>,
+    // Closed after the timing in `drop`, as fields drop after it.
+    _range: Range,
 }
 
 pub fn span(name: &'static str) -> Span {
@@ -55,6 +103,7 @@ pub fn span(name: &'static str) -> Span {
     Span {
         name,
         start: on.then(Instant::now),
+        _range: range(|| name.to_string()),
     }
 }
 

@@ -68,6 +68,17 @@ where
         tolerance,
     );
 
+    // Greedy sampling on the device: vocabulary-sized rows, one with a tie for the largest value.
+    let mut logits = random::<T>(&mut rng, 4, 102_400);
+    logits.data[2 * 102_400 + 7] = 50.0;
+    logits.data[2 * 102_400 + 99_999] = 50.0;
+    let want = CpuBackend.argmax_rows(&logits).unwrap();
+    let got = gpu
+        .argmax_rows(&gpu.upload_weight(logits).unwrap())
+        .unwrap();
+    assert_eq!(got, want, "{s} argmax_rows");
+    assert_eq!(got[2], 7, "{s} argmax_rows: ties go to the lowest index");
+
     let rows = [5, 0, 5, 6, 2];
     let want = CpuBackend.select_rows(&x, &rows).unwrap();
     let got = gpu

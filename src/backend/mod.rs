@@ -147,6 +147,9 @@ pub trait Backend {
         data: Vec<f32>,
     ) -> Result<Self::HeadWeight>;
     fn to_host(&self, x: &Self::Tensor) -> Result<HostTensor>;
+    /// Index of the largest value of each row (ties: the lowest index), as greedy sampling
+    /// picks it.
+    fn argmax_rows(&self, x: &Self::Tensor) -> Result<Vec<u32>>;
 
     /// Rows of `table` `[vocab, hidden]` for each id.
     fn embedding(&self, table: &Self::Weight, ids: &[u32]) -> Result<Self::Tensor>;

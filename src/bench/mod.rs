@@ -145,8 +145,9 @@ pub fn run<B: Backend>(
             }
             // Repeating a step rewrites the same slots with the same values, so reps need no reset.
             let prefill = step(&seqs, depth, config.prompt, bs, vocab);
+            // Each step ends as greedy decoding does: the argmax of each sequence's logits.
             let forward = |cache: &mut B::KvCache, s: &Step| -> Result<()> {
-                backend.to_host(&model.forward(
+                backend.argmax_rows(&model.forward(
                     backend,
                     cache,
                     s,

@@ -207,13 +207,22 @@ impl<'m, B: Backend> Engine<'m, B> {
             self.config.attention,
             LogitRows::LastPerSequence,
         )?;
-        let logits = self.backend.to_host(&logits)?;
+        // All greedy: one id per row comes back instead of a row of logits.
+        let all_greedy = plan
+            .scheduled
+            .iter()
+            .all(|s| self.scheduler.running[s.running_index].sampler.is_greedy());
+        let choice = if all_greedy {
+            Choice::Greedy(self.backend.argmax_rows(&logits)?)
+        } else {
+            Choice::Logits(self.backend.to_host(&logits)?.data)
+        };
         self.stats.forward_secs += forward_start.elapsed().as_secs_f64();
 
         let vocab = self.model.config.vocab_size();
         let now = Instant::now();
         let mut done = Vec::new();
-        for (s, row) in plan.scheduled.iter().zip(logits.data.chunks_exact(vocab)) {
+        for (i, s) in plan.scheduled.iter().enumerate() {
             let seq = &mut self.scheduler.running[s.running_index];
             seq.computed += s.num_tokens;
             self.blocks
@@ -221,7 +230,10 @@ impl<'m, B: Backend> Engine<'m, B> {
             if seq.computed < seq.tokens.len() {
                 continue; // a prefill chunk with more of the prompt to come
             }
-            let token = seq.sampler.sample(row);
+            let token = match &choice {
+                Choice::Greedy(ids) => ids[i],
+                Choice::Logits(all) => seq.sampler.sample(&all[i * vocab..(i + 1) * vocab]),
+            };
             seq.tokens.push(token);
             seq.token_times.push(now);
             output.new_tokens.push((seq.index, token));
@@ -308,4 +320,10 @@ fn finish_reason(
     let generated = seq.tokens.len() - seq.request.prompt.len();
     (generated >= seq.request.max_tokens || seq.tokens.len() > config.max_position_embeddings())
         .then_some(FinishReason::Length)
+}
+
+/// What a step brings back from the device to choose each sequence's next token.
+enum Choice {
+    Greedy(Vec<u32>),
+    Logits(Vec<f32>),
 }

@@ -76,6 +76,12 @@ impl Sampler {
         })
     }
 
+    /// Greedy decoding: the choice is the argmax and draws no random number, so it can be made
+    /// where the logits are (on the GPU) without changing any later draw.
+    pub fn is_greedy(&self) -> bool {
+        self.params.temperature == 0.0
+    }
+
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         if self.params.temperature == 0.0 {
             return argmax(logits);

@@ -178,6 +178,7 @@ impl<B: Backend> Llama<B> {
         let rope = self.rope.table(&step.positions, &step.row_seq_lens());
         let mut x = backend.embedding(&self.embed, &step.token_ids)?;
         for (l, layer) in self.layers.iter().enumerate() {
+            let _range = crate::profile::range(|| format!("layer.{l:02}"));
             let h = backend.rms_norm(&x, &layer.input_norm, eps)?;
             let attn = layer
                 .attention

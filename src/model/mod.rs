@@ -129,6 +129,10 @@ impl<B: Backend> Model<B> {
         logit_rows: LogitRows,
     ) -> Result<B::Tensor> {
         check_step(&self.config, step)?;
+        let _range = crate::profile::range(|| {
+            let decode = step.batch.seqs.iter().all(|s| s.query_len == 1);
+            if decode { "decode" } else { "prefill" }.to_string()
+        });
         match &self.arch {
             Architecture::DeepSeek(m) => m.forward(backend, cache, step, form, logit_rows),
             Architecture::Llama(m) => m.forward(backend, cache, step, logit_rows),

@@ -103,6 +103,14 @@ impl Backend for CpuBackend {
         Ok(x.clone())
     }
 
+    fn argmax_rows(&self, x: &HostTensor) -> Result<Vec<u32>> {
+        let (_, cols) = dims2("argmax_rows", x)?;
+        Ok(x.data
+            .chunks_exact(cols.max(1))
+            .map(crate::engine::sampler::argmax)
+            .collect())
+    }
+
     fn embedding(&self, table: &HostTensor, ids: &[u32]) -> Result<HostTensor> {
         let (vocab, hidden) = dims2("embedding", table)?;
         let mut data = Vec::with_capacity(ids.len() * hidden);

@@ -76,6 +76,8 @@ where
     pub fn open(ordinal: usize) -> Result<Self> {
         let device = CudaDevice::open(ordinal)?;
         let blas = Blas::new(device.stream.clone())?;
+        // Ranges cost next to nothing unless a tool such as nsys is attached.
+        crate::profile::enable_nvtx();
         Ok(CudaBackend {
             device,
             blas,
@@ -175,6 +177,10 @@ where
 
     fn to_host(&self, x: &GpuTensor<T>) -> Result<HostTensor> {
         self.device.download(x)
+    }
+
+    fn argmax_rows(&self, x: &GpuTensor<T>) -> Result<Vec<u32>> {
+        self.device.argmax_rows(x)
     }
 
     fn embedding(&self, table: &GpuTensor<T>, ids: &[u32]) -> Result<GpuTensor<T>> {

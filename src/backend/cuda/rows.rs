@@ -109,6 +109,26 @@ impl CudaDevice {
         Ok(())
     }
 
+    /// Index of the largest value of each row, ties to the lowest index.
+    pub fn argmax_rows<T: GpuFloat>(&self, x: &GpuTensor<T>) -> Result<Vec<u32>> {
+        if x.rows == 0 || x.cols == 0 {
+            return Ok(vec![0; x.rows]);
+        }
+        let mut ids = self.upload_u32(&vec![u32::MAX; x.rows])?;
+        let cols = x.cols as i32;
+        let name = format!("argmax_rows_{}", T::SUFFIX);
+        let f = self.function("elementwise", &name)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&x.data).arg(&mut ids).arg(&cols);
+        // SAFETY: the arguments match argmax_rows in elementwise.cu in order and type; block
+        // `r` reads row `r` of `x` and writes `ids[r]`, both in bounds.
+        unsafe { b.launch(row_config(x.rows)) }
+            .map_err(|e| Error::Device(format!("kernel {name}: {e}")))?;
+        self.stream
+            .clone_dtoh(&ids)
+            .map_err(|e| Error::Device(format!("copying argmax ids from the device: {e}")))
+    }
+
     /// Sets every element of `x` to `value`.
     pub fn fill<T: GpuFloat>(&self, x: &mut CudaSlice<T>, value: f32) -> Result<()> {
         let n = x.len();
