@@ -63,6 +63,10 @@ run)
     printf '| generate %s cuda f32 vs cpu | %s | | (%s s) |\n' "$model" "$verdict" "$secs" >> "$out/summary.md"
     [[ $verdict == same ]] || printf 'cpu: %s\ngpu: %s\n' "$cpu" "$gpu"
   done
+  # Elementwise and row kernels against a device-to-device copy (bf16).
+  if "$out/mla" bench kernels > "$out/kernels.md" 2>&1; then kernels=ok; else kernels=FAILED; status=1; fi
+  cat "$out/kernels.md"
+  printf '| mla bench kernels | %s | | |\n' "$kernels" >> "$out/summary.md"
   # MLA against MHA on the first layers of DeepSeek-V2-Lite (random weights, bf16).
   if timeout 240 "$out/mla" bench --device cuda --preset deepseek-v2-lite,deepseek-v2-lite-mha \
       --layers 4 --batch 1,32 --prompt 512 --gen 32 --depth 0,4096 --reps 2 --compare \

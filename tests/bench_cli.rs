@@ -110,3 +110,18 @@ fn bench_refuses_unknown_presets_and_impossible_depths() {
         "{err}"
     );
 }
+
+#[test]
+fn bench_kernels_is_a_gpu_benchmark_and_says_so() {
+    let out = mla(&["bench", "kernels", "--device", "cpu"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--device cuda"), "{err}");
+    // Without a GPU (or without kernels in the build) it fails with one line, not a panic.
+    let out = mla(&["bench", "kernels"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.starts_with("error: "), "{err}");
+    }
+}

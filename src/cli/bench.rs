@@ -14,7 +14,11 @@ use crate::weights::RandomWeights;
 use clap::Args;
 
 #[derive(Debug, Args)]
+#[command(subcommand_negates_reqs = true)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    pub suite: Option<BenchSuite>,
+
     /// Comma-separated presets (random weights, published dimensions).
     #[arg(long, value_delimiter = ',', required = true, value_name = "NAMES",
           help = format!("Comma-separated presets with random weights: {}", PRESETS.join(", ")))]
@@ -78,7 +82,46 @@ pub struct BenchArgs {
     pub seed: u64,
 }
 
+/// Benchmarks of single kernels rather than whole models.
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchSuite {
+    /// Bandwidth of every elementwise and row kernel on tens of MB, against a device-to-device
+    /// copy measured in the same run (GPU only).
+    Kernels(KernelBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KernelBenchArgs {
+    /// The GPU: cuda or cuda:N.
+    #[arg(long, default_value = "cuda", value_name = "DEVICE")]
+    pub device: DeviceSpec,
+
+    /// Element type of the tensors: auto (bf16), f32 or bf16.
+    #[arg(long, value_enum, default_value_t = DType::Auto)]
+    pub dtype: DType,
+}
+
+fn bench_kernels(args: &KernelBenchArgs) -> Result<()> {
+    let DeviceSpec::Cuda(ordinal) = args.device else {
+        return Err(Error::InvalidInput(
+            "mla bench kernels measures GPU kernels: give --device cuda[:N]".into(),
+        ));
+    };
+    let table = if args.dtype == DType::F32 {
+        let gpu = CudaBackend::<f32>::open(ordinal)?;
+        crate::bench::kernels::render(&gpu.name(), &crate::bench::kernels::run(&gpu)?)
+    } else {
+        let gpu = CudaBackend::<half::bf16>::open(ordinal)?;
+        crate::bench::kernels::render(&gpu.name(), &crate::bench::kernels::run(&gpu)?)
+    };
+    print!("{table}");
+    Ok(())
+}
+
 pub fn run_bench(args: BenchArgs) -> Result<()> {
+    if let Some(BenchSuite::Kernels(k)) = &args.suite {
+        return bench_kernels(k);
+    }
     if args.block_size == 0 || args.batch.contains(&0) || args.prompt + args.gen == 0 {
         return Err(Error::InvalidInput(
             "--block-size, --batch and --prompt + --gen must be positive".into(),
