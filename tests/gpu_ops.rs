@@ -103,3 +103,110 @@ fn gemm_and_row_ops_f32() {
 fn gemm_and_row_ops_bf16() {
     ops::<half::bf16>(1e-2);
 }
+
+/// V2-Lite, V2 and V3 routing on the device against the host's `route` on the same logits.
+fn routing<T: GpuFloat>()
+where
+    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
+{
+    use mla_rt::config::{MoeConfig, ScoringFunc, TopkMethod};
+    use mla_rt::model::moe::route;
+    let gpu = CudaBackend::<T>::open(0).expect("an NVIDIA GPU with kernels in this build");
+    let mut rng = Rng::new(9);
+    let moe = |experts, k, method, groups, keep, scoring, norm, scale| MoeConfig {
+        n_routed_experts: experts,
+        n_shared_experts: 1,
+        num_experts_per_tok: k,
+        moe_intermediate_size: 8,
+        first_k_dense_replace: 0,
+        moe_layer_freq: 1,
+        routed_scaling_factor: scale,
+        topk_method: method,
+        n_group: groups,
+        topk_group: keep,
+        norm_topk_prob: norm,
+        scoring_func: scoring,
+    };
+    let cases = [
+        moe(
+            64,
+            6,
+            TopkMethod::Greedy,
+            1,
+            1,
+            ScoringFunc::Softmax,
+            false,
+            1.0,
+        ),
+        moe(
+            160,
+            6,
+            TopkMethod::GroupLimitedGreedy,
+            8,
+            3,
+            ScoringFunc::Softmax,
+            false,
+            16.0,
+        ),
+        moe(
+            256,
+            8,
+            TopkMethod::NoauxTc,
+            8,
+            4,
+            ScoringFunc::Sigmoid,
+            true,
+            2.5,
+        ),
+        moe(
+            256,
+            8,
+            TopkMethod::NoauxTc,
+            8,
+            4,
+            ScoringFunc::Sigmoid,
+            false,
+            1.0,
+        ),
+    ];
+    for (i, config) in cases.iter().enumerate() {
+        let e = config.n_routed_experts;
+        let logits = random::<T>(&mut rng, 37, e);
+        let bias = (config.topk_method == TopkMethod::NoauxTc).then(|| rng.normals(e, 0.1));
+        let got = gpu
+            .device
+            .moe_route(
+                &gpu.upload_weight(logits.clone()).unwrap(),
+                bias.as_deref(),
+                config,
+            )
+            .unwrap();
+        for (t, row) in logits.data.chunks_exact(e).enumerate() {
+            let want = route(row, bias.as_deref(), config);
+            let ids =
+                |r: &[mla_rt::model::moe::Route]| r.iter().map(|r| r.expert).collect::<Vec<_>>();
+            assert_eq!(ids(&got[t]), ids(&want), "{} case {i} token {t}", T::SUFFIX);
+            for (g, w) in got[t].iter().zip(&want) {
+                assert!(
+                    (g.weight - w.weight).abs() <= 1e-5 * w.weight.abs().max(1.0),
+                    "{} case {i} token {t}: weight {} vs {}",
+                    T::SUFFIX,
+                    g.weight,
+                    w.weight
+                );
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn moe_routing_matches_the_host_f32() {
+    routing::<f32>();
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn moe_routing_matches_the_host_bf16() {
+    routing::<half::bf16>();
+}

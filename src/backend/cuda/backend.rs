@@ -7,7 +7,6 @@ use super::{CudaDevice, GpuFloat, GpuTensor};
 use crate::backend::{AttentionBatch, Backend, MhaDims, MlaDims, MlpWeights, MoeWeights};
 use crate::config::MoeConfig;
 use crate::error::{Error, Result};
-use crate::model::moe::route;
 use crate::model::rope::RopeTable;
 use crate::weights::HostTensor;
 use cudarc::cublas::{CudaBlas, Gemm};
@@ -535,14 +534,15 @@ where
         w: &MoeWeights<Self>,
         config: &MoeConfig,
     ) -> Result<GpuTensor<T>> {
-        // Routing runs on the host with the CPU engine's code (the router logits are
-        // [tokens, experts], small); the experts' GEMMs, the token permutation and the
-        // weighted combine run on the GPU.
-        let logits = self.to_host(&self.matmul(x, &w.router)?)?;
-        let e = w.router.rows;
-        let mut assigned: Vec<(Vec<u32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); e];
-        for (t, row) in logits.data.chunks_exact(e.max(1)).enumerate() {
-            for choice in route(row, w.score_bias.as_deref(), config) {
+        // Routing on the device; only each token's k expert ids and weights come back, to
+        // size the per-expert GEMMs.
+        let logits = self.matmul(x, &w.router)?;
+        let routes = self
+            .device
+            .moe_route(&logits, w.score_bias.as_deref(), config)?;
+        let mut assigned: Vec<(Vec<u32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); w.router.rows];
+        for (t, token_routes) in routes.iter().enumerate() {
+            for choice in token_routes {
                 assigned[choice.expert].0.push(t as u32);
                 assigned[choice.expert].1.push(choice.weight);
             }

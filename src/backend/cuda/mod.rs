@@ -8,6 +8,7 @@ mod attention;
 mod backend;
 mod blas;
 mod elementwise;
+mod moe;
 mod rows;
 
 pub use backend::{CudaBackend, CudaHeadWeight, CudaKvCache};
