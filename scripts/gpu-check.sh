@@ -67,6 +67,11 @@ run)
   if "$out/mla" bench kernels > "$out/kernels.md" 2>&1; then kernels=ok; else kernels=FAILED; status=1; fi
   cat "$out/kernels.md"
   printf '| mla bench kernels | %s | | |\n' "$kernels" >> "$out/summary.md"
+  # The absorbed decode kernel on V2-Lite and V3 shapes, with the naive path where it fits.
+  if timeout 120 "$out/mla" bench attention --batch 1,32,128 --context 1024,4096,16384 --reps 5 \
+      > "$out/attention.md" 2> "$out/attention.log"; then attn=ok; else attn=FAILED; status=1; tail -5 "$out/attention.log"; fi
+  cat "$out/attention.md"
+  printf '| mla bench attention | %s | | |\n' "$attn" >> "$out/summary.md"
   # MLA against MHA on the first layers of DeepSeek-V2-Lite (random weights, bf16).
   if timeout 240 "$out/mla" bench --device cuda --preset deepseek-v2-lite,deepseek-v2-lite-mha \
       --layers 4 --batch 1,32 --prompt 512 --gen 32 --depth 0,4096 --reps 2 --compare \

@@ -117,11 +117,17 @@ fn bench_kernels_is_a_gpu_benchmark_and_says_so() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--device cuda"), "{err}");
-    // Without a GPU (or without kernels in the build) it fails with one line, not a panic.
-    let out = mla(&["bench", "kernels"]);
+    let out = mla(&["bench", "attention", "--device", "cpu"]);
+    assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        assert_eq!(err.trim().lines().count(), 1, "{err}");
-        assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains("--device cuda"), "{err}");
+    // Without a GPU (or without kernels in the build) they fail with one line, not a panic.
+    for suite in ["kernels", "attention"] {
+        let out = mla(&["bench", suite]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            assert_eq!(err.trim().lines().count(), 1, "{err}");
+            assert!(err.starts_with("error: "), "{err}");
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! `mla bench`: llama-bench-style prefill and decode throughput of random-weight presets, with
 //! KV cache bytes per token and the largest batch that fits a memory budget at each depth.
 
+pub mod attention;
 pub mod kernels;
 pub mod plot;
 pub mod presets;

@@ -88,6 +88,80 @@ pub enum BenchSuite {
     /// Bandwidth of every elementwise and row kernel on tens of MB, against a device-to-device
     /// copy measured in the same run (GPU only).
     Kernels(KernelBenchArgs),
+    /// The absorbed MLA decode kernel on DeepSeek-V2-Lite (16 heads) and V3 (128 heads) shapes:
+    /// time, GB/s and TFLOPS against a device-to-device copy, and the naive path's time (GPU
+    /// only, bf16).
+    Attention(AttentionBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AttentionBenchArgs {
+    /// The GPU: cuda or cuda:N.
+    #[arg(long, default_value = "cuda", value_name = "DEVICE")]
+    pub device: DeviceSpec,
+
+    /// Query heads (16: DeepSeek-V2-Lite, 128: V3).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "16,128",
+        value_name = "H"
+    )]
+    pub heads: Vec<usize>,
+
+    /// Sequences per step.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,32,128",
+        value_name = "B"
+    )]
+    pub batch: Vec<usize>,
+
+    /// Cached tokens per sequence.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1024,4096,16384,32768",
+        value_name = "N"
+    )]
+    pub context: Vec<usize>,
+
+    /// Timed calls per shape (after one warm-up).
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub reps: usize,
+}
+
+fn bench_attention(args: &AttentionBenchArgs) -> Result<()> {
+    let DeviceSpec::Cuda(ordinal) = args.device else {
+        return Err(Error::InvalidInput(
+            "mla bench attention measures GPU kernels: give --device cuda[:N]".into(),
+        ));
+    };
+    if args.heads.contains(&0) || args.batch.contains(&0) || args.context.contains(&0) {
+        return Err(Error::InvalidInput(
+            "--heads, --batch and --context must be positive".into(),
+        ));
+    }
+    let gpu = CudaBackend::<half::bf16>::open(ordinal)?;
+    let (copy, rows) = crate::bench::attention::run(
+        &gpu,
+        &args.heads,
+        &args.batch,
+        &args.context,
+        args.reps,
+        |r| {
+            eprintln!(
+                "h={} batch {} context {}: {:.1} µs",
+                r.heads, r.batch, r.context, r.micros
+            )
+        },
+    )?;
+    print!(
+        "{}",
+        crate::bench::attention::render(&gpu.name(), copy, &rows)
+    );
+    Ok(())
 }
 
 #[derive(Debug, Args)]
@@ -119,8 +193,10 @@ fn bench_kernels(args: &KernelBenchArgs) -> Result<()> {
 }
 
 pub fn run_bench(args: BenchArgs) -> Result<()> {
-    if let Some(BenchSuite::Kernels(k)) = &args.suite {
-        return bench_kernels(k);
+    match &args.suite {
+        Some(BenchSuite::Kernels(k)) => return bench_kernels(k),
+        Some(BenchSuite::Attention(a)) => return bench_attention(a),
+        None => {}
     }
     if args.block_size == 0 || args.batch.contains(&0) || args.prompt + args.gen == 0 {
         return Err(Error::InvalidInput(

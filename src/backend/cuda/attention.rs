@@ -46,6 +46,11 @@ impl AttentionPlan {
     pub fn rows(&self) -> usize {
         self.rows
     }
+
+    /// The flattened block tables and where each sequence's table starts.
+    pub fn tables(&self) -> (&CudaSlice<u32>, &CudaSlice<u32>) {
+        (&self.block_tables, &self.table_start)
+    }
 }
 
 /// One operand of the kernel: a buffer, its row width and where the current head's part starts.

@@ -493,6 +493,13 @@ where
             .device
             .paged_plan(batch, cache.num_blocks, cache.block_size)?;
         let kv = layer_view(cache, layer);
+        if self.device.mla_decode_supports::<T>(dims) {
+            // Tensor cores, 16 heads per CTA, split-KV; the LSE is not needed here.
+            let mut out = self.output(plan.rows(), n * r)?;
+            self.device
+                .mla_decode(&mut out, q_lat, q, &kv, plan.tables(), batch, dims)?;
+            return Ok(out);
+        }
         // One shared key per token (all heads read KV head 0): the latent, whose first r
         // values are also the value, then the roped k_pe.
         let operands = AttentionOperands {

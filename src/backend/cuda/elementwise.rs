@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::model::rope::RopeTable;
 use crate::weights::HostTensor;
 use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
+use rayon::prelude::*;
 
 /// Element types the kernels are instantiated for; arithmetic is always f32.
 pub trait GpuFloat:
@@ -79,7 +80,8 @@ impl CudaDevice {
                 ))
             }
         };
-        let values: Vec<T> = host.data.iter().map(|&v| T::from_f32(v)).collect();
+        // Converting billions of weights is the slow part of loading: spread it over the cores.
+        let values: Vec<T> = host.data.par_iter().map(|&v| T::from_f32(v)).collect();
         let data = self
             .stream
             .clone_htod(&values)

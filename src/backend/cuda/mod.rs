@@ -8,6 +8,7 @@ mod attention;
 mod backend;
 mod blas;
 mod elementwise;
+pub mod mla_decode;
 mod moe;
 mod rows;
 
@@ -15,6 +16,9 @@ pub use backend::{CudaBackend, CudaHeadWeight, CudaKvCache};
 pub use elementwise::{GpuFloat, GpuTensor};
 
 use crate::error::{Error, Result};
+use cudarc::driver::sys::CUdevice_attribute::{
+    CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DriverError};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,6 +34,9 @@ pub struct DeviceInfo {
     pub name: String,
     pub compute_capability: (i32, i32),
     pub total_memory: usize,
+    pub multiprocessors: usize,
+    /// Most dynamic shared memory one block may opt in to, in bytes.
+    pub max_shared_per_block: usize,
 }
 
 pub struct CudaDevice {
@@ -74,6 +81,14 @@ impl CudaDevice {
             total_memory: ctx
                 .total_mem()
                 .map_err(driver_err("reading the device memory size"))?,
+            multiprocessors: ctx
+                .attribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+                .map_err(driver_err("reading the multiprocessor count"))?
+                as usize,
+            max_shared_per_block: ctx
+                .attribute(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+                .map_err(driver_err("reading the shared memory limit"))?
+                as usize,
         };
         if info.compute_capability.0 < 8 {
             return Err(Error::Device(format!(

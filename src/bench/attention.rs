@@ -1,0 +1,159 @@
+//! `mla bench attention`: the absorbed MLA decode kernel on DeepSeek shapes (one query token per
+//! sequence, bf16), its achieved bandwidth and TFLOPS against a device-to-device copy measured
+//! in the same run, and the naive path (latent → K/V with cuBLAS, then standard attention) on
+//! the shapes where its K/V fit.
+
+use crate::backend::cuda::{CudaBackend, CudaDevice};
+use crate::backend::{AttentionBatch, Backend, MlaDims, SeqChunk};
+use crate::error::{Error, Result};
+use crate::weights::HostTensor;
+use half::bf16;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionRow {
+    pub heads: usize,
+    pub batch: usize,
+    pub context: usize,
+    pub micros: f64,
+    pub gb_per_s: f64,
+    pub tflops: f64,
+    /// Achieved GB/s over the copy's.
+    pub of_copy: f64,
+    /// Time of the naive path, where its expanded K/V fit.
+    pub naive_micros: Option<f64>,
+}
+
+const BLOCK: usize = 64;
+/// Largest expanded K/V the naive path may allocate.
+const NAIVE_LIMIT_BYTES: usize = 8 << 30;
+
+fn time_ms(device: &CudaDevice, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    let err = |e: cudarc::driver::DriverError| Error::Device(format!("timing attention: {e}"));
+    f()?;
+    let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+    let start = device.stream.record_event(flags).map_err(err)?;
+    for _ in 0..reps {
+        f()?;
+    }
+    let end = device.stream.record_event(flags).map_err(err)?;
+    Ok(start.elapsed_ms(&end).map_err(err)? as f64 / reps.max(1) as f64)
+}
+
+/// GB/s of a device-to-device copy of 1 GiB (read + write).
+fn copy_gb_per_s(gpu: &CudaBackend<bf16>) -> Result<f64> {
+    let n = 1 << 29;
+    let src = gpu.device.tensor::<bf16>(1, n, Some(0.0))?;
+    let mut dst = gpu.device.tensor::<bf16>(1, n, None)?;
+    let ms = time_ms(&gpu.device, 10, || {
+        gpu.device
+            .stream
+            .memcpy_dtod(&src.data, &mut dst.data)
+            .map_err(|e| Error::Device(format!("device-to-device copy: {e}")))
+    })?;
+    Ok(2.0 * (n * 2) as f64 / (ms * 1e6))
+}
+
+fn random(rows: usize, cols: usize, seed: u64) -> HostTensor {
+    let mut state = seed;
+    let data = (0..rows * cols)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect();
+    HostTensor::new(vec![rows, cols], data)
+}
+
+pub fn run(
+    gpu: &CudaBackend<bf16>,
+    heads: &[usize],
+    batches: &[usize],
+    contexts: &[usize],
+    reps: usize,
+    mut progress: impl FnMut(&AttentionRow),
+) -> Result<(f64, Vec<AttentionRow>)> {
+    let copy = copy_gb_per_s(gpu)?;
+    let mut rows = Vec::new();
+    for &h in heads {
+        let dims = MlaDims {
+            heads: h,
+            qk_nope: 128,
+            qk_rope: 64,
+            v_head: 128,
+            kv_lora_rank: 512,
+            softmax_scale: 192f32.powf(-0.5),
+        };
+        for &batch in batches {
+            for &context in contexts {
+                let per_seq = context.div_ceil(BLOCK);
+                let mut cache = gpu.alloc_kv_cache(1, batch * per_seq, BLOCK, 576)?;
+                gpu.device.fill(&mut cache.data, 0.01)?;
+                let attention = AttentionBatch {
+                    block_size: BLOCK,
+                    seqs: (0..batch)
+                        .map(|s| SeqChunk {
+                            block_table: (0..per_seq).map(|b| (s * per_seq + b) as u32).collect(),
+                            context_len: context,
+                            query_len: 1,
+                        })
+                        .collect(),
+                };
+                let q_lat = gpu.upload_weight(random(batch, h * 512, 1))?;
+                let q = gpu.upload_weight(random(batch, h * 192, 2))?;
+                let ms = time_ms(&gpu.device, reps, || {
+                    gpu.mla_attention_absorbed(&q_lat, &q, &cache, 0, &attention, &dims)
+                        .map(|_| ())
+                })?;
+                let tokens = batch * context;
+                let bytes = tokens * 576 * 2 + batch * h * (576 + 512) * 2;
+                let flops = 2.0 * h as f64 * tokens as f64 * (576.0 + 512.0);
+                let naive_bytes = tokens * h * 256 * 2;
+                let naive_micros = if naive_bytes <= NAIVE_LIMIT_BYTES {
+                    let kv_b = gpu.upload_weight(random(h * 256, 512, 3))?;
+                    let ms = time_ms(&gpu.device, reps.min(3), || {
+                        gpu.mla_attention_materialised(&q, &cache, 0, &attention, &kv_b, &dims)
+                            .map(|_| ())
+                    })?;
+                    Some(ms * 1e3)
+                } else {
+                    None
+                };
+                let gb_per_s = bytes as f64 / (ms * 1e6);
+                let row = AttentionRow {
+                    heads: h,
+                    batch,
+                    context,
+                    micros: ms * 1e3,
+                    gb_per_s,
+                    tflops: flops / (ms * 1e9),
+                    of_copy: gb_per_s / copy,
+                    naive_micros,
+                };
+                progress(&row);
+                rows.push(row);
+            }
+        }
+    }
+    Ok((copy, rows))
+}
+
+pub fn render(device: &str, copy: f64, rows: &[AttentionRow]) -> String {
+    let mut s = format!(
+        "absorbed MLA decode on {device} (bf16, 1 query token, 64-token pages); copy: {copy:.0} GB/s\n\n\
+         | heads | batch | context | µs | GB/s | of copy | TFLOPS | naive µs | speed-up |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    );
+    for r in rows {
+        let (naive, speedup) = match r.naive_micros {
+            Some(n) => (format!("{n:.0}"), format!("{:.1}×", n / r.micros)),
+            None => ("—".into(), "—".into()),
+        };
+        s += &format!(
+            "| {} | {} | {} | {:.1} | {:.0} | {:.2} | {:.1} | {naive} | {speedup} |\n",
+            r.heads, r.batch, r.context, r.micros, r.gb_per_s, r.of_copy, r.tflops
+        );
+    }
+    s
+}
