@@ -1,8 +1,8 @@
 //! The CUDA implementation of [`Backend`]: the model code of the CPU reference, run on one GPU
 //! with activations and weights in one element type `T` (f32 or bf16; arithmetic in f32).
 
-use super::attention::{AttentionOperands, Operand};
 use super::blas::{Blas, Layout};
+use super::layout::{absorbed_layout, materialised_layout, mha_layout, HostPlan, Source};
 use super::{CudaDevice, GpuFloat, GpuTensor};
 use crate::backend::{AttentionBatch, Backend, MhaDims, MlaDims, MlpWeights, MoeWeights};
 use crate::config::MoeConfig;
@@ -389,24 +389,18 @@ where
                 format!("{dims:?} with cache width {}", cache.width),
             ));
         }
-        let plan = self
-            .device
-            .paged_plan(batch, cache.num_blocks, cache.block_size)?;
-        let kv = layer_view(cache, layer);
-        let q_view = q.data.slice(..);
-        let operands = AttentionOperands {
-            q1: Operand::new(q_view.slice(..), q.cols, 0, d, d),
-            q2: Operand::new(q_view, q.cols, 0, 0, 0),
-            k1: Operand::new(kv.slice(..), cache.width, 0, d, d),
-            k2: Operand::new(kv.slice(..), cache.width, 0, 0, 0),
-            v: Operand::new(kv, cache.width, kvh * d, d, d),
-            heads: dims.heads,
-            group: dims.heads / kvh,
-            window: dims.sliding_window.unwrap_or(0),
-            scale: dims.softmax_scale,
-        };
+        let plan = self.device.upload_plan(&HostPlan::paged(
+            batch,
+            cache.num_blocks,
+            cache.block_size,
+        )?)?;
+        let layout = mha_layout(dims, q.cols, cache.width);
         let mut out = self.output(plan.rows(), dims.heads * d)?;
-        self.device.paged_attention(&mut out, &plan, &operands)?;
+        self.device
+            .paged_attention(&mut out, &plan, &layout, |source| match source {
+                Source::Q => q.data.slice(..),
+                _ => layer_view(cache, layer),
+            })?;
         Ok(out)
     }
 
@@ -437,9 +431,8 @@ where
             ));
         }
         // Every sequence's context, gathered from its pages, then expanded to K_nope and V.
-        let (plan, slots) =
-            self.device
-                .contiguous_plan(batch, cache.num_blocks, cache.block_size)?;
+        let (host_plan, slots) = HostPlan::contiguous(batch, cache.num_blocks, cache.block_size)?;
+        let plan = self.device.upload_plan(&host_plan)?;
         let mut context = self.output(slots.len(), cache.width)?;
         self.device
             .gather_rows(&mut context, &layer_view(cache, layer), cache.width, &slots)?;
@@ -449,22 +442,18 @@ where
             ld: cache.width,
         };
         let expanded = self.matmul_layout(&context.data.slice(..), latent, kv_b)?;
-        let q_view = q.data.slice(..);
-        let kv_view = expanded.data.slice(..);
-        let (dq, kv_width) = (dims.qk_head(), n * (dn + dv));
-        let operands = AttentionOperands {
-            q1: Operand::new(q_view.slice(..), n * dq, 0, dq, dn),
-            q2: Operand::new(q_view, n * dq, dn, dq, dr),
-            k1: Operand::new(kv_view.slice(..), kv_width, 0, dn + dv, dn),
-            k2: Operand::new(context.data.slice(..), cache.width, r, 0, dr),
-            v: Operand::new(kv_view, kv_width, dn, dn + dv, dv),
-            heads: n,
-            group: 1,
-            window: 0,
-            scale: dims.softmax_scale,
-        };
         let mut out = self.output(plan.rows(), n * dv)?;
-        self.device.paged_attention(&mut out, &plan, &operands)?;
+        self.device
+            .paged_attention(
+                &mut out,
+                &plan,
+                &materialised_layout(dims),
+                |source| match source {
+                    Source::Context => context.data.slice(..),
+                    Source::Expanded => expanded.data.slice(..),
+                    _ => q.data.slice(..),
+                },
+            )?;
         Ok(out)
     }
 
@@ -478,7 +467,7 @@ where
         dims: &MlaDims,
     ) -> Result<GpuTensor<T>> {
         cache.check_layer(layer)?;
-        let (n, r, dn, dr) = (dims.heads, dims.kv_lora_rank, dims.qk_nope, dims.qk_rope);
+        let (n, r, dr) = (dims.heads, dims.kv_lora_rank, dims.qk_rope);
         let dq = dims.qk_head();
         if cache.width != r + dr || q_lat.cols != n * r || q.cols != n * dq {
             return Err(op_err(
@@ -489,32 +478,30 @@ where
                 ),
             ));
         }
-        let plan = self
-            .device
-            .paged_plan(batch, cache.num_blocks, cache.block_size)?;
+        let plan = self.device.upload_plan(&HostPlan::paged(
+            batch,
+            cache.num_blocks,
+            cache.block_size,
+        )?)?;
         let kv = layer_view(cache, layer);
+        let mut out = self.output(plan.rows(), n * r)?;
         if self.device.mla_decode_supports::<T>(dims) {
             // Tensor cores, 16 heads per CTA, split-KV; the LSE is not needed here.
-            let mut out = self.output(plan.rows(), n * r)?;
             self.device
                 .mla_decode(&mut out, q_lat, q, &kv, plan.tables(), batch, dims)?;
-            return Ok(out);
+        } else {
+            self.device
+                .paged_attention(
+                    &mut out,
+                    &plan,
+                    &absorbed_layout(dims),
+                    |source| match source {
+                        Source::QLat => q_lat.data.slice(..),
+                        Source::Q => q.data.slice(..),
+                        _ => kv.slice(..),
+                    },
+                )?;
         }
-        // One shared key per token (all heads read KV head 0): the latent, whose first r
-        // values are also the value, then the roped k_pe.
-        let operands = AttentionOperands {
-            q1: Operand::new(q_lat.data.slice(..), n * r, 0, r, r),
-            q2: Operand::new(q.data.slice(..), n * dq, dn, dq, dr),
-            k1: Operand::new(kv.slice(..), cache.width, 0, 0, r),
-            k2: Operand::new(kv.slice(..), cache.width, r, 0, dr),
-            v: Operand::new(kv, cache.width, 0, 0, r),
-            heads: n,
-            group: n,
-            window: 0,
-            scale: dims.softmax_scale,
-        };
-        let mut out = self.output(plan.rows(), n * r)?;
-        self.device.paged_attention(&mut out, &plan, &operands)?;
         Ok(out)
     }
 

@@ -185,3 +185,108 @@ fn gemm_config<T: GpuFloat>(x: Layout, w: Layout, ld_out: usize) -> Result<GemmC
         ldc: int("ld", ld_out)?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// cuBLAS's column-major GEMM, as its documentation defines it, on host slices.
+    fn colmajor_gemm(cfg: &GemmConfig<f32>, a: &[f32], b: &[f32], c: &mut [f32]) {
+        let (m, n, k) = (cfg.m as usize, cfg.n as usize, cfg.k as usize);
+        let (lda, ldb, ldc) = (cfg.lda as usize, cfg.ldb as usize, cfg.ldc as usize);
+        let op = |t, x: &[f32], ld: usize, row: usize, col: usize| {
+            if t == CUBLAS_OP_T {
+                x[col + row * ld]
+            } else {
+                x[row + col * ld]
+            }
+        };
+        for j in 0..n {
+            for i in 0..m {
+                let dot: f32 = (0..k)
+                    .map(|l| op(cfg.transa, a, lda, i, l) * op(cfg.transb, b, ldb, l, j))
+                    .sum();
+                c[i + j * ldc] = cfg.alpha * dot + cfg.beta * c[i + j * ldc];
+            }
+        }
+    }
+
+    fn values(n: usize, seed: f32) -> Vec<f32> {
+        (0..n).map(|i| (i as f32 * 0.37 + seed).sin()).collect()
+    }
+
+    #[test]
+    fn the_column_major_call_computes_x_times_w_transposed() {
+        // x: 5 rows of 7 values inside rows of 10 (a strided view); w: [3, 7].
+        let (m, k, n, ld) = (5, 7, 3, 10);
+        let (x, w) = (values(m * ld, 0.1), values(n * k, 0.7));
+        let cfg = gemm_config::<f32>(
+            Layout {
+                rows: m,
+                cols: k,
+                ld,
+            },
+            Layout {
+                rows: n,
+                cols: k,
+                ld: k,
+            },
+            n + 2,
+        )
+        .unwrap();
+        // The call passes w as A and x as B (see `matmul_nt`).
+        let mut out = vec![0.0; m * (n + 2)];
+        colmajor_gemm(&cfg, &w, &x, &mut out);
+        for i in 0..m {
+            for j in 0..n {
+                let want: f32 = (0..k).map(|l| x[i * ld + l] * w[j * k + l]).sum();
+                assert!((out[i * (n + 2) + j] - want).abs() < 1e-5, "({i}, {j})");
+            }
+        }
+    }
+
+    #[test]
+    fn the_batched_call_multiplies_each_head_by_its_own_matrix() {
+        // 3 heads of stride 9 in rows of 27; each head reads columns [2, 8) into 4 outputs.
+        let (heads, stride, offset, input, outs, rows) = (3, 9, 2, 6, 4, 5);
+        let x = values(rows * heads * stride, 0.3);
+        let w = values(heads * outs * input, 1.1);
+        let cfg = gemm_config::<f32>(
+            Layout {
+                rows,
+                cols: input,
+                ld: heads * stride,
+            },
+            Layout {
+                rows: outs,
+                cols: input,
+                ld: input,
+            },
+            heads * outs,
+        )
+        .unwrap();
+        let mut out = vec![0.0; rows * heads * outs];
+        for h in 0..heads {
+            // What gemm_strided_batched does for entry h: offsets by the three strides.
+            let a = &w[h * outs * input..];
+            let b = &x[offset + h * stride..];
+            let mut c = out[h * outs..].to_vec();
+            colmajor_gemm(&cfg, a, b, &mut c);
+            out[h * outs..].copy_from_slice(&c);
+        }
+        for t in 0..rows {
+            for h in 0..heads {
+                for o in 0..outs {
+                    let want: f32 = (0..input)
+                        .map(|i| {
+                            x[t * heads * stride + h * stride + offset + i]
+                                * w[(h * outs + o) * input + i]
+                        })
+                        .sum();
+                    let got = out[t * heads * outs + h * outs + o];
+                    assert!((got - want).abs() < 1e-5, "row {t} head {h} out {o}");
+                }
+            }
+        }
+    }
+}

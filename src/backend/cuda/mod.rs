@@ -8,6 +8,7 @@ mod attention;
 mod backend;
 mod blas;
 mod elementwise;
+pub mod layout;
 pub mod mla_decode;
 mod moe;
 mod rows;

@@ -1,0 +1,409 @@
+//! What the paged attention kernel reads, as plain host data: the step plan (block tables, each
+//! query row's sequence and position) and, for each attention form, where its query, key and
+//! value segments sit in which buffer. Kept free of device types so that [`emulate`] — the
+//! kernel's indexing in Rust — can check every form against the CPU backend on any machine.
+
+use crate::backend::{AttentionBatch, MhaDims, MlaDims};
+use crate::error::Result;
+
+/// The buffer a segment reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The query tensor `[T, heads·…]`.
+    Q,
+    /// MLA's absorbed query `q_nope·W_UK`, `[T, heads·r]`.
+    QLat,
+    /// One layer of the paged cache, `[slots, width]`.
+    Cache,
+    /// Materialised MLA: the gathered context latents, `[Σ context, r + d_rope]`.
+    Context,
+    /// Materialised MLA: K_nope and V of every head, `[Σ context, heads·(nope + v)]`.
+    Expanded,
+}
+
+/// Row `i` of a segment starts at `i·width + offset + head·head_stride` of its buffer, where
+/// `head` is the query head (queries) or the KV head (keys, values), and holds `len` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    pub source: Source,
+    pub width: usize,
+    pub offset: usize,
+    pub head_stride: usize,
+    pub len: usize,
+}
+
+/// A score is `q1·k1 + q2·k2`; query head `h` reads KV head `h / group`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionLayout {
+    pub q1: Segment,
+    pub q2: Segment,
+    pub k1: Segment,
+    pub k2: Segment,
+    pub v: Segment,
+    pub heads: usize,
+    pub group: usize,
+    /// Attend to at most this many of the most recent tokens (0: all).
+    pub window: usize,
+    pub scale: f32,
+}
+
+const fn seg(
+    source: Source,
+    width: usize,
+    offset: usize,
+    head_stride: usize,
+    len: usize,
+) -> Segment {
+    Segment {
+        source,
+        width,
+        offset,
+        head_stride,
+        len,
+    }
+}
+
+/// MHA/GQA over `[K of every KV head | V of every KV head]` cache rows; `q_cols` wide queries
+/// (possibly a fused qkv tensor) with the query heads first.
+pub fn mha_layout(dims: &MhaDims, q_cols: usize, cache_width: usize) -> AttentionLayout {
+    let (d, kvh) = (dims.head_dim, dims.kv_heads);
+    AttentionLayout {
+        q1: seg(Source::Q, q_cols, 0, d, d),
+        q2: seg(Source::Q, q_cols, 0, 0, 0),
+        k1: seg(Source::Cache, cache_width, 0, d, d),
+        k2: seg(Source::Cache, cache_width, 0, 0, 0),
+        v: seg(Source::Cache, cache_width, kvh * d, d, d),
+        heads: dims.heads,
+        group: dims.heads / kvh.max(1),
+        window: dims.sliding_window.unwrap_or(0),
+        scale: dims.softmax_scale,
+    }
+}
+
+/// Absorbed MLA: one shared key per token (every head reads KV head 0), the latent — whose
+/// first r values are also the value — then the roped k_pe.
+pub fn absorbed_layout(dims: &MlaDims) -> AttentionLayout {
+    let (n, r, dr, dq) = (dims.heads, dims.kv_lora_rank, dims.qk_rope, dims.qk_head());
+    let w = dims.latent_width();
+    AttentionLayout {
+        q1: seg(Source::QLat, n * r, 0, r, r),
+        q2: seg(Source::Q, n * dq, dims.qk_nope, dq, dr),
+        k1: seg(Source::Cache, w, 0, 0, r),
+        k2: seg(Source::Cache, w, r, 0, dr),
+        v: seg(Source::Cache, w, 0, 0, r),
+        heads: n,
+        group: n,
+        window: 0,
+        scale: dims.softmax_scale,
+    }
+}
+
+/// Materialised MLA: K_nope and V per head from the expanded context, k_pe from the gathered
+/// latents.
+pub fn materialised_layout(dims: &MlaDims) -> AttentionLayout {
+    let (n, r, dn, dv, dr, dq) = (
+        dims.heads,
+        dims.kv_lora_rank,
+        dims.qk_nope,
+        dims.v_head,
+        dims.qk_rope,
+        dims.qk_head(),
+    );
+    let kv_width = n * (dn + dv);
+    AttentionLayout {
+        q1: seg(Source::Q, n * dq, 0, dq, dn),
+        q2: seg(Source::Q, n * dq, dn, dq, dr),
+        k1: seg(Source::Expanded, kv_width, 0, dn + dv, dn),
+        k2: seg(Source::Context, dims.latent_width(), r, 0, dr),
+        v: seg(Source::Expanded, kv_width, dn, dn + dv, dv),
+        heads: n,
+        group: 1,
+        window: 0,
+        scale: dims.softmax_scale,
+    }
+}
+
+/// A step as the kernel reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPlan {
+    /// Every sequence's table, back to back (plus one 0 so the buffer is never empty).
+    pub block_tables: Vec<u32>,
+    pub table_start: Vec<u32>,
+    /// Per query row: its sequence and its position.
+    pub row_seq: Vec<u32>,
+    pub row_pos: Vec<u32>,
+    pub block_size: usize,
+    /// One past the highest buffer row any query row reads.
+    pub rows_read: usize,
+}
+
+impl HostPlan {
+    pub fn rows(&self) -> usize {
+        self.row_seq.len()
+    }
+
+    fn new(
+        batch: &AttentionBatch,
+        tables: &[Vec<u32>],
+        block_size: usize,
+        rows_read: usize,
+    ) -> Self {
+        let mut table_start = Vec::with_capacity(tables.len() + 1);
+        let mut block_tables = Vec::new();
+        for t in tables {
+            table_start.push(block_tables.len() as u32);
+            block_tables.extend_from_slice(t);
+        }
+        block_tables.push(0);
+        table_start.push(0);
+        let (mut row_seq, mut row_pos) = (Vec::new(), Vec::new());
+        for (s, seq) in batch.seqs.iter().enumerate() {
+            for p in seq.context_len - seq.query_len..seq.context_len {
+                row_seq.push(s as u32);
+                row_pos.push(p as u32);
+            }
+        }
+        HostPlan {
+            block_tables,
+            table_start,
+            row_seq,
+            row_pos,
+            block_size,
+            rows_read,
+        }
+    }
+
+    /// Keys read through the paged cache's block tables.
+    pub fn paged(batch: &AttentionBatch, num_blocks: usize, block_size: usize) -> Result<Self> {
+        batch.check_blocks(num_blocks, block_size)?;
+        let tables: Vec<Vec<u32>> = batch
+            .seqs
+            .iter()
+            .map(|s| s.block_table[..s.context_len.div_ceil(block_size)].to_vec())
+            .collect();
+        let rows_read = tables.iter().flatten().max().map_or(0, |&b| b as usize + 1) * block_size;
+        Ok(Self::new(batch, &tables, block_size, rows_read))
+    }
+
+    /// Keys gathered sequence after sequence into one buffer (row `p` of sequence `s` at
+    /// `start_s + p`), with the cache slot each gathered row comes from.
+    pub fn contiguous(
+        batch: &AttentionBatch,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> Result<(Self, Vec<u32>)> {
+        batch.check_blocks(num_blocks, block_size)?;
+        let mut tables = Vec::with_capacity(batch.seqs.len());
+        let mut slots = Vec::new();
+        for seq in &batch.seqs {
+            let start = slots.len() as u32;
+            tables.push((start..start + seq.context_len as u32).collect());
+            slots.extend((0..seq.context_len).map(|p| {
+                seq.block_table[p / block_size] * block_size as u32 + (p % block_size) as u32
+            }));
+        }
+        let rows = slots.len();
+        Ok((Self::new(batch, &tables, 1, rows), slots))
+    }
+}
+
+/// The paged attention kernel's arithmetic, index for index, on host buffers: output
+/// `[rows, heads·v.len]`. For tests.
+pub fn emulate<'a>(
+    plan: &HostPlan,
+    layout: &AttentionLayout,
+    buffer: impl Fn(Source) -> &'a [f32],
+) -> Vec<f32> {
+    let l = layout;
+    let dv = l.v.len;
+    let mut out = vec![f32::NAN; plan.rows() * l.heads * dv];
+    let at = |s: &Segment, row: usize, head: usize, i: usize| {
+        buffer(s.source)[row * s.width + s.offset + head * s.head_stride + i]
+    };
+    for row in 0..plan.rows() {
+        let table = &plan.block_tables[plan.table_start[plan.row_seq[row] as usize] as usize..];
+        let pos = plan.row_pos[row] as usize;
+        let first = if l.window > 0 {
+            (pos + 1).saturating_sub(l.window)
+        } else {
+            0
+        };
+        for head in 0..l.heads {
+            let kv_head = head / l.group;
+            let (mut max, mut denom) = (f32::NEG_INFINITY, 0.0f32);
+            let mut acc = vec![0.0f32; dv];
+            for p in first..=pos {
+                let slot =
+                    table[p / plan.block_size] as usize * plan.block_size + p % plan.block_size;
+                let mut score = 0.0;
+                for i in 0..l.q1.len {
+                    score += at(&l.q1, row, head, i) * l.scale * at(&l.k1, slot, kv_head, i);
+                }
+                for i in 0..l.q2.len {
+                    score += at(&l.q2, row, head, i) * l.scale * at(&l.k2, slot, kv_head, i);
+                }
+                let new_max = max.max(score);
+                let rescale = (max - new_max).exp();
+                let weight = (score - new_max).exp();
+                denom = denom * rescale + weight;
+                for (c, a) in acc.iter_mut().enumerate() {
+                    *a = *a * rescale + weight * at(&l.v, slot, kv_head, c);
+                }
+                max = new_max;
+            }
+            let o = &mut out[(row * l.heads + head) * dv..][..dv];
+            o.iter_mut().zip(&acc).for_each(|(o, a)| *o = a / denom);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+    use crate::backend::{Backend, SeqChunk};
+    use crate::engine::sampler::SplitMix64;
+    use crate::weights::HostTensor;
+
+    const BLOCK: usize = 4;
+
+    fn random(rng: &mut SplitMix64, rows: usize, cols: usize) -> HostTensor {
+        let data = (0..rows * cols)
+            .map(|_| rng.next_f64() as f32 - 0.5)
+            .collect();
+        HostTensor::new(vec![rows, cols], data)
+    }
+
+    /// Sequences of various lengths on blocks handed out in a scrambled order, with spare
+    /// blocks left NaN; the same rows written into the CPU cache.
+    fn setup(
+        rng: &mut SplitMix64,
+        width: usize,
+    ) -> (AttentionBatch, crate::backend::cpu::CpuKvCache) {
+        let shapes: [(usize, usize); 5] = [(1, 1), (9, 3), (4, 4), (13, 1), (6, 2)];
+        let num_blocks: usize = shapes.iter().map(|(c, _)| c.div_ceil(BLOCK)).sum::<usize>() + 3;
+        let order: Vec<u32> = (0..num_blocks as u32)
+            .map(|b| (b * 7 + 3) % num_blocks as u32)
+            .collect();
+        let mut next = order.into_iter();
+        let batch = AttentionBatch {
+            block_size: BLOCK,
+            seqs: shapes
+                .iter()
+                .map(|&(context_len, query_len)| SeqChunk {
+                    block_table: next.by_ref().take(context_len.div_ceil(BLOCK)).collect(),
+                    context_len,
+                    query_len,
+                })
+                .collect(),
+        };
+        let mut cache = CpuBackend
+            .alloc_kv_cache(1, num_blocks, BLOCK, width)
+            .unwrap();
+        for seq in &batch.seqs {
+            let rows = random(rng, seq.context_len, width);
+            let slots: Vec<u32> = (0..seq.context_len)
+                .map(|p| seq.block_table[p / BLOCK] * BLOCK as u32 + (p % BLOCK) as u32)
+                .collect();
+            CpuBackend
+                .write_kv_cache(&mut cache, 0, &rows, 0, &slots)
+                .unwrap();
+        }
+        (batch, cache)
+    }
+
+    fn assert_close(got: &[f32], want: &[f32]) {
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                "element {i}: {g} vs {w}"
+            );
+        }
+    }
+
+    #[test]
+    fn mha_layouts_read_what_the_cpu_backend_reads() {
+        let mut rng = SplitMix64(1);
+        for (heads, kv_heads, d, window) in [(4, 4, 8, None), (6, 2, 8, None), (4, 1, 16, Some(3))]
+        {
+            let dims = MhaDims {
+                heads,
+                kv_heads,
+                head_dim: d,
+                softmax_scale: 0.3,
+                sliding_window: window,
+            };
+            let width = 2 * kv_heads * d;
+            let (batch, cache) = setup(&mut rng, width);
+            // A fused qkv row: the query heads, then K and V columns the attention ignores.
+            let q = random(&mut rng, batch.num_query_tokens(), heads * d + width);
+            let want = CpuBackend
+                .mha_attention(&q, &cache, 0, &batch, &dims)
+                .unwrap();
+            let plan = HostPlan::paged(&batch, cache.num_blocks, BLOCK).unwrap();
+            let got = emulate(&plan, &mha_layout(&dims, q.shape[1], width), |s| match s {
+                Source::Q => &q.data,
+                _ => &cache.layers[0],
+            });
+            assert_close(&got, &want.data);
+        }
+    }
+
+    #[test]
+    fn mla_layouts_read_what_the_cpu_backend_reads() {
+        let mut rng = SplitMix64(2);
+        let dims = MlaDims {
+            heads: 3,
+            qk_nope: 8,
+            qk_rope: 4,
+            v_head: 6,
+            kv_lora_rank: 16,
+            softmax_scale: 0.25,
+        };
+        let (batch, cache) = setup(&mut rng, dims.latent_width());
+        let t = batch.num_query_tokens();
+        let q = random(&mut rng, t, dims.heads * dims.qk_head());
+        let q_lat = random(&mut rng, t, dims.heads * dims.kv_lora_rank);
+        let kv_b = random(
+            &mut rng,
+            dims.heads * (dims.qk_nope + dims.v_head),
+            dims.kv_lora_rank,
+        );
+
+        let want = CpuBackend
+            .mla_attention_absorbed(&q_lat, &q, &cache, 0, &batch, &dims)
+            .unwrap();
+        let plan = HostPlan::paged(&batch, cache.num_blocks, BLOCK).unwrap();
+        let got = emulate(&plan, &absorbed_layout(&dims), |s| match s {
+            Source::QLat => &q_lat.data,
+            Source::Q => &q.data,
+            _ => &cache.layers[0],
+        });
+        assert_close(&got, &want.data);
+
+        // Materialised: gather the context rows, expand them with kv_b as the GPU does.
+        let want = CpuBackend
+            .mla_attention_materialised(&q, &cache, 0, &batch, &kv_b, &dims)
+            .unwrap();
+        let (plan, slots) = HostPlan::contiguous(&batch, cache.num_blocks, BLOCK).unwrap();
+        let w = dims.latent_width();
+        let context: Vec<f32> = slots
+            .iter()
+            .flat_map(|&s| cache.layers[0][s as usize * w..(s as usize + 1) * w].to_vec())
+            .collect();
+        let latent: Vec<f32> = context
+            .chunks_exact(w)
+            .flat_map(|row| row[..dims.kv_lora_rank].to_vec())
+            .collect();
+        let latent = HostTensor::new(vec![slots.len(), dims.kv_lora_rank], latent);
+        let expanded = CpuBackend.matmul(&latent, &kv_b).unwrap();
+        let got = emulate(&plan, &materialised_layout(&dims), |s| match s {
+            Source::Context => &context,
+            Source::Expanded => &expanded.data,
+            _ => &q.data,
+        });
+        assert_close(&got, &want.data);
+    }
+}
