@@ -1,5 +1,6 @@
-// Paged causal attention, straightforward and exact: one warp per (query row, head) with an
-// online softmax over the row's context. One kernel serves MHA/GQA, MLA absorbed (keys and
+// Paged causal attention, straightforward and exact: one warp per (query row, head, KV split)
+// with an online softmax over its part of the row's context, then a combine of the splits by
+// their log-sum-exp (flash-decoding), so that a few long sequences still fill the GPU. One kernel serves MHA/GQA, MLA absorbed (keys and
 // values are the latent cache rows) and MLA materialised (keys and values expanded by kv_b):
 // a score is the dot product of two query segments with two key segments, which may live in
 // different buffers, so no kernel has to concatenate them first. The tuned MLA kernels replace
@@ -18,19 +19,20 @@ struct KeySegment {
     int width, offset, head_stride, len;
 };
 
+// Writes, per (split, row, head), the split's normalised output and its LSE (natural log).
 template <typename T>
 __device__ void paged_attention(
-    T* out, int out_stride,
+    float* partial_o, float* partial_lse,
     const T* q1, int q1_stride, int q1_head_stride,
     const T* q2, int q2_stride, int q2_head_stride,
     const T* k1, KeySegment s1, const T* k2, KeySegment s2,
     const T* v, int v_width, int v_offset, int v_head_stride, int dv,
     int heads, int group,
     const uint32_t* block_tables, const uint32_t* table_start, int block_size,
-    const uint32_t* row_seq, const uint32_t* row_pos, int window, float scale) {
+    const uint32_t* row_seq, const uint32_t* row_pos, int window, float scale, int split_len) {
     __shared__ float query[WARPS_PER_BLOCK][MAX_QUERY];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const size_t row = blockIdx.x;
+    const size_t row = blockIdx.x, rows = gridDim.x, split = blockIdx.z;
     const int head = blockIdx.y * WARPS_PER_BLOCK + warp;
     if (head >= heads) return;  // whole warps leave; nothing below synchronises the block
     float* q = query[warp];
@@ -41,12 +43,13 @@ __device__ void paged_attention(
     const uint32_t* table = block_tables + table_start[row_seq[row]];
     const int pos = row_pos[row];
     const int kv_head = head / group;
-    const int first = window > 0 ? max(0, pos + 1 - window) : 0;
+    const int first = max(window > 0 ? max(0, pos + 1 - window) : 0, (int)split * split_len);
+    const int last = min(pos, ((int)split + 1) * split_len - 1);
     float running_max = -INFINITY, denom = 0.0f, acc[MAX_VALUE_PER_LANE];
 #pragma unroll
     for (int i = 0; i < MAX_VALUE_PER_LANE; i++) acc[i] = 0.0f;
 
-    for (int p = first; p <= pos; p++) {
+    for (int p = first; p <= last; p++) {
         const size_t slot = (size_t)table[p / block_size] * block_size + p % block_size;
         const T* key1 = k1 + slot * s1.width + s1.offset + kv_head * s1.head_stride;
         const T* key2 = k2 + slot * s2.width + s2.offset + kv_head * s2.head_stride;
@@ -66,24 +69,55 @@ __device__ void paged_attention(
         }
         running_max = new_max;
     }
-    T* o = out + row * out_stride + head * dv;
+    const size_t job = (split * rows + row) * heads + head;
+    float* o = partial_o + job * dv;
 #pragma unroll
     for (int i = 0; i < MAX_VALUE_PER_LANE; i++) {
         const int c = lane + 32 * i;
-        if (c < dv) o[c] = from_f32<T>(acc[i] / denom);
+        if (c < dv) o[c] = denom > 0.0f ? acc[i] / denom : 0.0f;
+    }
+    if (lane == 0) partial_lse[job] = denom > 0.0f ? running_max + logf(denom) : -INFINITY;
+}
+
+// out[row, head·dv + c] = Σ_split e^(lse_split − lse) · partial_split, lse = log Σ e^lse_split.
+// One warp per (row, head).
+template <typename T>
+__device__ void combine_splits(T* out, const float* partial_o, const float* partial_lse, int jobs, int splits, int dv) {
+    const int job = blockIdx.x * WARPS_PER_BLOCK + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (job >= jobs) return;
+    float m = -INFINITY;
+    for (int s = 0; s < splits; s++) m = fmaxf(m, partial_lse[(size_t)s * jobs + job]);
+    float sum = 0.0f;
+    for (int s = 0; s < splits; s++) {
+        const float lse = partial_lse[(size_t)s * jobs + job];
+        sum += lse == -INFINITY ? 0.0f : expf(lse - m);
+    }
+    for (int c = lane; c < dv; c += 32) {
+        float v = 0.0f;
+        for (int s = 0; s < splits; s++) {
+            const float lse = partial_lse[(size_t)s * jobs + job];
+            if (lse != -INFINITY) v += expf(lse - m) * partial_o[((size_t)s * jobs + job) * dv + c];
+        }
+        out[(size_t)job * dv + c] = from_f32<T>(v / sum);
     }
 }
 
 #define ENTRY_POINTS(NAME, T)                                                                          \
     extern "C" __global__ void paged_attention_##NAME(                                                 \
-        T* out, int out_stride, const T* q1, int q1_stride, int q1_head_stride, const T* q2,           \
-        int q2_stride, int q2_head_stride, const T* k1, KeySegment s1, const T* k2, KeySegment s2,      \
-        const T* v, int v_width, int v_offset, int v_head_stride, int dv, int heads, int group,        \
-        const uint32_t* block_tables, const uint32_t* table_start, int block_size,                     \
-        const uint32_t* row_seq, const uint32_t* row_pos, int window, float scale) {                   \
-        paged_attention(out, out_stride, q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, \
-                        k1, s1, k2, s2, v, v_width, v_offset, v_head_stride, dv, heads, group,         \
-                        block_tables, table_start, block_size, row_seq, row_pos, window, scale);       \
+        float* partial_o, float* partial_lse, const T* q1, int q1_stride, int q1_head_stride,           \
+        const T* q2, int q2_stride, int q2_head_stride, const T* k1, KeySegment s1, const T* k2,        \
+        KeySegment s2, const T* v, int v_width, int v_offset, int v_head_stride, int dv, int heads,     \
+        int group, const uint32_t* block_tables, const uint32_t* table_start, int block_size,          \
+        const uint32_t* row_seq, const uint32_t* row_pos, int window, float scale, int split_len) {    \
+        paged_attention(partial_o, partial_lse, q1, q1_stride, q1_head_stride, q2, q2_stride,          \
+                        q2_head_stride, k1, s1, k2, s2, v, v_width, v_offset, v_head_stride, dv,      \
+                        heads, group, block_tables, table_start, block_size, row_seq, row_pos,         \
+                        window, scale, split_len);                                                     \
+    }                                                                                                  \
+    extern "C" __global__ void combine_splits_##NAME(T* out, const float* partial_o,                   \
+                                                     const float* partial_lse, int jobs, int splits,   \
+                                                     int dv) {                                         \
+        combine_splits(out, partial_o, partial_lse, jobs, splits, dv);                                 \
     }
 
 MLA_FOR_EACH_DTYPE(ENTRY_POINTS)

@@ -1,7 +1,7 @@
 //! Rust side of `kernels/attention.cu`: a step plan on the device and the checked launch of the
 //! paged attention kernel for any [`AttentionLayout`].
 
-use super::layout::{AttentionLayout, HostPlan, Segment, Source};
+use super::layout::{split_len, AttentionLayout, HostPlan, Segment, Source};
 use super::{CudaDevice, GpuFloat, GpuTensor};
 use crate::error::{Error, Result};
 use cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
@@ -11,6 +11,8 @@ const WARPS_PER_BLOCK: usize = 4;
 /// Limits of the kernel's per-warp buffers (`MAX_VALUE_PER_LANE · 32`, `MAX_QUERY`).
 const MAX_VALUE: usize = 16 * 32;
 const MAX_QUERY: usize = 1024;
+/// Resident warps per multiprocessor the splits aim for.
+const WARPS_PER_SM: usize = 64;
 
 /// Where a key segment lives in its buffer; mirrors `struct KeySegment` in attention.cu.
 #[repr(C)]
@@ -38,6 +40,10 @@ impl From<&Segment> for KeySegment {
 
 /// A [`HostPlan`] in device memory.
 pub struct AttentionPlan {
+    /// Tokens per KV split.
+    split_len: usize,
+    /// Splits of the longest row's context.
+    splits: usize,
     block_tables: CudaSlice<u32>,
     table_start: CudaSlice<u32>,
     row_seq: CudaSlice<u32>,
@@ -83,8 +89,18 @@ fn non_empty(v: &[u32]) -> Vec<u32> {
 }
 
 impl CudaDevice {
-    pub fn upload_plan(&self, plan: &HostPlan) -> Result<AttentionPlan> {
+    /// The plan on the device, with KV splits for `heads` query heads sized to fill this GPU.
+    pub fn upload_plan(&self, plan: &HostPlan, heads: usize) -> Result<AttentionPlan> {
+        let split_len = split_len(plan, heads, WARPS_PER_SM * self.info.multiprocessors);
+        let longest = plan
+            .row_pos
+            .iter()
+            .map(|&p| p as usize + 1)
+            .max()
+            .unwrap_or(1);
         Ok(AttentionPlan {
+            split_len,
+            splits: longest.div_ceil(split_len),
             block_tables: self.upload_u32(&plan.block_tables)?,
             table_start: self.upload_u32(&plan.table_start)?,
             row_seq: self.upload_u32(&non_empty(&plan.row_seq))?,
@@ -139,7 +155,7 @@ impl CudaDevice {
             return Ok(());
         }
         let i = |v: usize| v as i32;
-        let (out_stride, dv, heads, group) = (i(out.cols), i(l.v.len), i(l.heads), i(l.group));
+        let (dv, heads, group) = (i(l.v.len), i(l.heads), i(l.group));
         let (q1_stride, q1_head, q2_stride, q2_head) = (
             i(l.q1.width),
             i(l.q1.head_stride),
@@ -151,11 +167,15 @@ impl CudaDevice {
         let (block_size, window) = (i(plan.block_size), i(l.window));
         // The kernel adds the query offsets itself through the pointer; keys add theirs.
         let (q1, q2) = (q1.slice(l.q1.offset..), q2.slice(l.q2.offset..));
+        let jobs = plan.rows * l.heads;
+        let mut partial_o = self.tensor::<f32>(plan.splits * jobs, l.v.len, None)?.data;
+        let mut partial_lse = self.tensor::<f32>(plan.splits, jobs, None)?.data;
+        let split_len = i(plan.split_len);
         let name = format!("paged_attention_{}", T::SUFFIX);
         let f = self.function("attention", &name)?;
         let mut b = self.stream.launch_builder(&f);
-        b.arg(&mut out.data)
-            .arg(&out_stride)
+        b.arg(&mut partial_o)
+            .arg(&mut partial_lse)
             .arg(&q1)
             .arg(&q1_stride)
             .arg(&q1_head)
@@ -179,19 +199,41 @@ impl CudaDevice {
             .arg(&plan.row_seq)
             .arg(&plan.row_pos)
             .arg(&window)
-            .arg(&l.scale);
+            .arg(&l.scale)
+            .arg(&split_len);
         let cfg = LaunchConfig {
             grid_dim: (
                 plan.rows as u32,
                 l.heads.div_ceil(WARPS_PER_BLOCK) as u32,
-                1,
+                plan.splits as u32,
             ),
             block_dim: (32 * WARPS_PER_BLOCK as u32, 1, 1),
             shared_mem_bytes: 0,
         };
         // SAFETY: the arguments match paged_attention in attention.cu in order and type; the
-        // checks above bound every query, key and value element it reads by its buffer, and the
-        // plan's tables only name rows below `rows_read`.
+        // checks above bound every query, key and value element it reads by its buffer, the
+        // plan's tables only name rows below `rows_read`, and the partial buffers hold one
+        // entry per (split, row, head).
+        unsafe { b.launch(cfg) }.map_err(|e| Error::Device(format!("kernel {name}: {e}")))?;
+
+        let (jobs_i, splits_i) = (i(jobs), i(plan.splits));
+        let name = format!("combine_splits_{}", T::SUFFIX);
+        let f = self.function("attention", &name)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut out.data)
+            .arg(&partial_o)
+            .arg(&partial_lse)
+            .arg(&jobs_i)
+            .arg(&splits_i)
+            .arg(&dv);
+        let cfg = LaunchConfig {
+            grid_dim: (jobs.div_ceil(WARPS_PER_BLOCK) as u32, 1, 1),
+            block_dim: (32 * WARPS_PER_BLOCK as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the arguments match combine_splits in attention.cu; warp `j` reads entry `j`
+        // of every split and writes row `j` (of `dv` values) of `out`, which holds rows·heads of
+        // them (checked above).
         unsafe { b.launch(cfg) }.map_err(|e| Error::Device(format!("kernel {name}: {e}")))?;
         Ok(())
     }

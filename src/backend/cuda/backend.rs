@@ -389,11 +389,10 @@ where
                 format!("{dims:?} with cache width {}", cache.width),
             ));
         }
-        let plan = self.device.upload_plan(&HostPlan::paged(
-            batch,
-            cache.num_blocks,
-            cache.block_size,
-        )?)?;
+        let plan = self.device.upload_plan(
+            &HostPlan::paged(batch, cache.num_blocks, cache.block_size)?,
+            dims.heads,
+        )?;
         let layout = mha_layout(dims, q.cols, cache.width);
         let mut out = self.output(plan.rows(), dims.heads * d)?;
         self.device
@@ -432,7 +431,7 @@ where
         }
         // Every sequence's context, gathered from its pages, then expanded to K_nope and V.
         let (host_plan, slots) = HostPlan::contiguous(batch, cache.num_blocks, cache.block_size)?;
-        let plan = self.device.upload_plan(&host_plan)?;
+        let plan = self.device.upload_plan(&host_plan, n)?;
         let mut context = self.output(slots.len(), cache.width)?;
         self.device
             .gather_rows(&mut context, &layer_view(cache, layer), cache.width, &slots)?;
@@ -478,11 +477,10 @@ where
                 ),
             ));
         }
-        let plan = self.device.upload_plan(&HostPlan::paged(
-            batch,
-            cache.num_blocks,
-            cache.block_size,
-        )?)?;
+        let plan = self.device.upload_plan(
+            &HostPlan::paged(batch, cache.num_blocks, cache.block_size)?,
+            n,
+        )?;
         let kv = layer_view(cache, layer);
         let mut out = self.output(plan.rows(), n * r)?;
         if self.device.mla_decode_supports::<T>(dims) {

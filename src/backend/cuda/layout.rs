@@ -207,15 +207,42 @@ impl HostPlan {
     }
 }
 
-/// The paged attention kernel's arithmetic, index for index, on host buffers: output
+/// Tokens per KV split, so that about `target_warps` warps (one per row, head and split) run:
+/// a few long sequences are cut into many splits, a big batch into none.
+pub fn split_len(plan: &HostPlan, heads: usize, target_warps: usize) -> usize {
+    let longest = plan
+        .row_pos
+        .iter()
+        .map(|&p| p as usize + 1)
+        .max()
+        .unwrap_or(1);
+    let jobs = (plan.rows() * heads).max(1);
+    let splits = target_warps
+        .div_ceil(jobs)
+        .clamp(1, longest.div_ceil(MIN_SPLIT_LEN));
+    longest.div_ceil(splits)
+}
+
+/// Shortest split worth a warp of its own.
+const MIN_SPLIT_LEN: usize = 64;
+
+/// The paged attention kernel and its split combine, index for index, on host buffers: output
 /// `[rows, heads·v.len]`. For tests.
 pub fn emulate<'a>(
     plan: &HostPlan,
     layout: &AttentionLayout,
+    split_len: usize,
     buffer: impl Fn(Source) -> &'a [f32],
 ) -> Vec<f32> {
     let l = layout;
     let dv = l.v.len;
+    let longest = plan
+        .row_pos
+        .iter()
+        .map(|&p| p as usize + 1)
+        .max()
+        .unwrap_or(1);
+    let splits = longest.div_ceil(split_len);
     let mut out = vec![f32::NAN; plan.rows() * l.heads * dv];
     let at = |s: &Segment, row: usize, head: usize, i: usize| {
         buffer(s.source)[row * s.width + s.offset + head * s.head_stride + i]
@@ -223,36 +250,72 @@ pub fn emulate<'a>(
     for row in 0..plan.rows() {
         let table = &plan.block_tables[plan.table_start[plan.row_seq[row] as usize] as usize..];
         let pos = plan.row_pos[row] as usize;
-        let first = if l.window > 0 {
+        let window_first = if l.window > 0 {
             (pos + 1).saturating_sub(l.window)
         } else {
             0
         };
         for head in 0..l.heads {
             let kv_head = head / l.group;
-            let (mut max, mut denom) = (f32::NEG_INFINITY, 0.0f32);
-            let mut acc = vec![0.0f32; dv];
-            for p in first..=pos {
-                let slot =
-                    table[p / plan.block_size] as usize * plan.block_size + p % plan.block_size;
-                let mut score = 0.0;
-                for i in 0..l.q1.len {
-                    score += at(&l.q1, row, head, i) * l.scale * at(&l.k1, slot, kv_head, i);
-                }
-                for i in 0..l.q2.len {
-                    score += at(&l.q2, row, head, i) * l.scale * at(&l.k2, slot, kv_head, i);
-                }
-                let new_max = max.max(score);
-                let rescale = (max - new_max).exp();
-                let weight = (score - new_max).exp();
-                denom = denom * rescale + weight;
-                for (c, a) in acc.iter_mut().enumerate() {
-                    *a = *a * rescale + weight * at(&l.v, slot, kv_head, c);
-                }
-                max = new_max;
-            }
+            // (normalised output, LSE) of every split, as the kernel writes them.
+            let partials: Vec<(Vec<f32>, f32)> = (0..splits)
+                .map(|split| {
+                    let first = window_first.max(split * split_len);
+                    let last = pos.min((split + 1) * split_len - 1);
+                    let (mut max, mut denom) = (f32::NEG_INFINITY, 0.0f32);
+                    let mut acc = vec![0.0f32; dv];
+                    for p in first..=last {
+                        let slot = table[p / plan.block_size] as usize * plan.block_size
+                            + p % plan.block_size;
+                        let mut score = 0.0;
+                        for i in 0..l.q1.len {
+                            score +=
+                                at(&l.q1, row, head, i) * l.scale * at(&l.k1, slot, kv_head, i);
+                        }
+                        for i in 0..l.q2.len {
+                            score +=
+                                at(&l.q2, row, head, i) * l.scale * at(&l.k2, slot, kv_head, i);
+                        }
+                        let new_max = max.max(score);
+                        let rescale = (max - new_max).exp();
+                        let weight = (score - new_max).exp();
+                        denom = denom * rescale + weight;
+                        for (c, a) in acc.iter_mut().enumerate() {
+                            *a = *a * rescale + weight * at(&l.v, slot, kv_head, c);
+                        }
+                        max = new_max;
+                    }
+                    if denom > 0.0 {
+                        (acc.iter().map(|a| a / denom).collect(), max + denom.ln())
+                    } else {
+                        (vec![0.0; dv], f32::NEG_INFINITY)
+                    }
+                })
+                .collect();
+            let m = partials
+                .iter()
+                .map(|p| p.1)
+                .fold(f32::NEG_INFINITY, f32::max);
+            let weights: Vec<f32> = partials
+                .iter()
+                .map(|p| {
+                    if p.1 == f32::NEG_INFINITY {
+                        0.0
+                    } else {
+                        (p.1 - m).exp()
+                    }
+                })
+                .collect();
+            let sum: f32 = weights.iter().sum();
             let o = &mut out[(row * l.heads + head) * dv..][..dv];
-            o.iter_mut().zip(&acc).for_each(|(o, a)| *o = a / denom);
+            for (c, o) in o.iter_mut().enumerate() {
+                *o = partials
+                    .iter()
+                    .zip(&weights)
+                    .map(|(p, w)| w * p.0[c])
+                    .sum::<f32>()
+                    / sum;
+            }
         }
     }
     out
@@ -324,6 +387,29 @@ mod tests {
     }
 
     #[test]
+    fn splits_fill_the_gpu_without_going_below_the_minimum() {
+        let batch = |n: usize, len: usize| AttentionBatch {
+            block_size: 64,
+            seqs: (0..n)
+                .map(|_| SeqChunk {
+                    block_table: (0..len.div_ceil(64) as u32).collect(),
+                    context_len: len,
+                    query_len: 1,
+                })
+                .collect(),
+        };
+        let plan = |n, len| HostPlan::paged(&batch(n, len), 100_000, 64).unwrap();
+        // One long sequence, 16 heads, 8448 warps wanted: cut into 64-token splits at most.
+        assert_eq!(split_len(&plan(1, 32_768), 16, 8448), 64);
+        // A big batch fills the GPU by itself: no split.
+        assert_eq!(split_len(&plan(1024, 4096), 16, 8448), 4096);
+        // In between: about the target.
+        let len = split_len(&plan(8, 16_384), 16, 8448);
+        let warps = 8 * 16 * 16_384usize.div_ceil(len);
+        assert!((8448..=2 * 8448).contains(&warps), "{len} → {warps}");
+    }
+
+    #[test]
     fn mha_layouts_read_what_the_cpu_backend_reads() {
         let mut rng = SplitMix64(1);
         for (heads, kv_heads, d, window) in [(4, 4, 8, None), (6, 2, 8, None), (4, 1, 16, Some(3))]
@@ -343,11 +429,18 @@ mod tests {
                 .mha_attention(&q, &cache, 0, &batch, &dims)
                 .unwrap();
             let plan = HostPlan::paged(&batch, cache.num_blocks, BLOCK).unwrap();
-            let got = emulate(&plan, &mha_layout(&dims, q.shape[1], width), |s| match s {
-                Source::Q => &q.data,
-                _ => &cache.layers[0],
-            });
-            assert_close(&got, &want.data);
+            for split in [1, 3, 64] {
+                let got = emulate(
+                    &plan,
+                    &mha_layout(&dims, q.shape[1], width),
+                    split,
+                    |s| match s {
+                        Source::Q => &q.data,
+                        _ => &cache.layers[0],
+                    },
+                );
+                assert_close(&got, &want.data);
+            }
         }
     }
 
@@ -376,7 +469,7 @@ mod tests {
             .mla_attention_absorbed(&q_lat, &q, &cache, 0, &batch, &dims)
             .unwrap();
         let plan = HostPlan::paged(&batch, cache.num_blocks, BLOCK).unwrap();
-        let got = emulate(&plan, &absorbed_layout(&dims), |s| match s {
+        let got = emulate(&plan, &absorbed_layout(&dims), 5, |s| match s {
             Source::QLat => &q_lat.data,
             Source::Q => &q.data,
             _ => &cache.layers[0],
@@ -399,7 +492,7 @@ mod tests {
             .collect();
         let latent = HostTensor::new(vec![slots.len(), dims.kv_lora_rank], latent);
         let expanded = CpuBackend.matmul(&latent, &kv_b).unwrap();
-        let got = emulate(&plan, &materialised_layout(&dims), |s| match s {
+        let got = emulate(&plan, &materialised_layout(&dims), 2, |s| match s {
             Source::Context => &context,
             Source::Expanded => &expanded.data,
             _ => &q.data,
