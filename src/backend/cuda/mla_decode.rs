@@ -247,6 +247,177 @@ mod tests {
         }
     }
 
+    /// mla_decode_bf16 and mla_combine_bf16 step by step on host f32 buffers: the schedule, the
+    /// row → (token, head) mapping, the tile loop with its masks, base-2 softmax and the LSE
+    /// merge. `cache` is one layer, `[slots, r + d_rope]`.
+    fn emulate(
+        batch: &AttentionBatch,
+        dims: &MlaDims,
+        q_lat: &[f32],
+        q: &[f32],
+        cache: &[f32],
+        target_ctas: usize,
+    ) -> Vec<f32> {
+        let (heads, r, d) = (dims.heads, dims.kv_lora_rank, dims.latent_width());
+        let (items, groups) = schedule(batch, heads, target_ctas);
+        let positions: Vec<usize> = batch
+            .seqs
+            .iter()
+            .flat_map(|s| s.context_len - s.query_len..s.context_len)
+            .collect();
+        let scale_log2 = dims.softmax_scale * std::f32::consts::LOG2_E;
+        let mut partial_o = vec![0.0f32; items.len() * ROWS * r];
+        let mut partial_lse = vec![f32::NEG_INFINITY; items.len() * ROWS];
+        for (x, item) in items.iter().enumerate() {
+            let table = &batch.seqs[item.seq as usize].block_table;
+            for i in 0..item.row_count as usize {
+                let pair = item.row_begin as usize + i;
+                let (t, h) = (pair / heads, pair % heads);
+                let query: Vec<f32> = (0..d)
+                    .map(|c| {
+                        if c < r {
+                            q_lat[(t * heads + h) * r + c]
+                        } else {
+                            q[(t * heads + h) * dims.qk_head() + dims.qk_nope + c - r]
+                        }
+                    })
+                    .collect();
+                let (mut m, mut l) = (f32::NEG_INFINITY, 0.0f32);
+                let mut o = vec![0.0f32; r];
+                for tile in (item.kv_begin as usize..item.kv_end as usize).step_by(KV_TILE) {
+                    let keys: Vec<usize> = (tile..tile + KV_TILE)
+                        .filter(|&p| p < item.kv_end as usize && p <= positions[t])
+                        .collect();
+                    let rows: Vec<&[f32]> = keys
+                        .iter()
+                        .map(|&p| {
+                            let slot = table[p / batch.block_size] as usize * batch.block_size
+                                + p % batch.block_size;
+                            &cache[slot * d..(slot + 1) * d]
+                        })
+                        .collect();
+                    let s: Vec<f32> = rows
+                        .iter()
+                        .map(|k| k.iter().zip(&query).map(|(a, b)| a * b).sum::<f32>() * scale_log2)
+                        .collect();
+                    let m_new = s.iter().copied().fold(m, f32::max);
+                    let (alpha, p): (f32, Vec<f32>) = if m_new == f32::NEG_INFINITY {
+                        (1.0, vec![0.0; s.len()])
+                    } else {
+                        (
+                            (m - m_new).exp2(),
+                            s.iter().map(|v| (v - m_new).exp2()).collect(),
+                        )
+                    };
+                    l = l * alpha + p.iter().sum::<f32>();
+                    for (c, o) in o.iter_mut().enumerate() {
+                        *o = *o * alpha + p.iter().zip(&rows).map(|(p, k)| p * k[c]).sum::<f32>();
+                    }
+                    m = m_new;
+                }
+                let at = x * ROWS + i;
+                for c in 0..r {
+                    partial_o[at * r + c] = if l > 0.0 { o[c] / l } else { 0.0 };
+                }
+                partial_lse[at] = if l > 0.0 {
+                    m + l.log2()
+                } else {
+                    f32::NEG_INFINITY
+                };
+            }
+        }
+        let mut out = vec![f32::NAN; positions.len() * heads * r];
+        for g in &groups {
+            for i in 0..g.row_count as usize {
+                let splits: Vec<usize> = (g.item_first..g.item_first + g.items)
+                    .map(|x| x as usize * ROWS + i)
+                    .collect();
+                let m = splits
+                    .iter()
+                    .map(|&a| partial_lse[a])
+                    .fold(f32::NEG_INFINITY, f32::max);
+                let w: Vec<f32> = splits
+                    .iter()
+                    .map(|&a| (partial_lse[a] - m).exp2())
+                    .collect();
+                let sum: f32 = w.iter().sum();
+                let row = g.row_begin as usize + i;
+                for c in 0..r {
+                    out[row * r + c] = splits
+                        .iter()
+                        .zip(&w)
+                        .map(|(&a, w)| w * partial_o[a * r + c])
+                        .sum::<f32>()
+                        / sum;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_split_kv_algorithm_matches_the_cpu_backend() {
+        use crate::backend::cpu::CpuBackend;
+        use crate::backend::Backend;
+        use crate::engine::sampler::SplitMix64;
+        use crate::weights::HostTensor;
+        let mut rng = SplitMix64(3);
+        let mut random =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.next_f64() as f32 - 0.5).collect() };
+        let dims = MlaDims {
+            heads: 5,
+            qk_nope: 8,
+            qk_rope: 16,
+            v_head: 8,
+            kv_lora_rank: 32,
+            softmax_scale: 0.3,
+        };
+        let b = AttentionBatch {
+            block_size: 16,
+            seqs: [(1usize, 1usize), (150, 1), (40, 4), (300, 2)]
+                .iter()
+                .scan(0u32, |next, &(context_len, query_len)| {
+                    let blocks = context_len.div_ceil(16) as u32;
+                    // Blocks in reverse order: a shuffled table.
+                    let table = (*next..*next + blocks).rev().collect();
+                    *next += blocks;
+                    Some(SeqChunk {
+                        block_table: table,
+                        context_len,
+                        query_len,
+                    })
+                })
+                .collect(),
+        };
+        let blocks: usize = b.seqs.iter().map(|s| s.block_table.len()).sum();
+        let d = dims.latent_width();
+        let mut cache = CpuBackend.alloc_kv_cache(1, blocks, 16, d).unwrap();
+        for seq in &b.seqs {
+            let rows = HostTensor::new(vec![seq.context_len, d], random(seq.context_len * d));
+            let slots: Vec<u32> = (0..seq.context_len)
+                .map(|p| seq.block_table[p / 16] * 16 + (p % 16) as u32)
+                .collect();
+            CpuBackend
+                .write_kv_cache(&mut cache, 0, &rows, 0, &slots)
+                .unwrap();
+        }
+        let t = b.num_query_tokens();
+        let q_lat = HostTensor::new(vec![t, 5 * 32], random(t * 5 * 32));
+        let q = HostTensor::new(vec![t, 5 * 24], random(t * 5 * 24));
+        let want = CpuBackend
+            .mla_attention_absorbed(&q_lat, &q, &cache, 0, &b, &dims)
+            .unwrap();
+        for target in [1, 10, 264] {
+            let got = emulate(&b, &dims, &q_lat.data, &q.data, &cache.layers[0], target);
+            for (i, (g, w)) in got.iter().zip(&want.data).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-5,
+                    "target {target}, element {i}: {g} vs {w}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn every_row_sees_every_visible_token_exactly_once() {
         let b = batch(&[(1, 1), (5000, 1), (130, 4), (64, 64), (20_000, 2)]);
