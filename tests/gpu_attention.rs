@@ -1,7 +1,8 @@
 //! The CUDA backend's attention ops against the CPU backend's on random paged caches: batches
 //! of sequences of different lengths (not multiples of the block size), shuffled block tables,
 //! unused slots left NaN (a stray read shows), 1–4 query tokens per sequence plus a prefill
-//! chunk, 1/16/128 heads, f32 (≤ 1e-4 relative L2) and bf16 (≤ 1e-2).
+//! chunk, 1/16/128 heads, decode batches of 64 sequences of up to 8192 tokens; f32 (≤ 1e-4
+//! relative L2) and bf16 (≤ 1e-2).
 //! Needs an NVIDIA GPU: ignored elsewhere.
 
 mod common;
@@ -137,6 +138,70 @@ where
         let what = format!("{} materialised, {heads} heads", T::SUFFIX);
         assert_close(&what, &gpu.to_host(&got).unwrap(), &want, tolerance);
     }
+}
+
+/// Decode-sized batches: 64 sequences of 1..8192 cached tokens (16 heads) and 8 of them with
+/// 128 heads, 1–4 query tokens each, through the absorbed form (the tensor-core kernel in bf16).
+fn mla_decode_batches<T: GpuFloat>(tolerance: f64)
+where
+    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
+{
+    let gpu = CudaBackend::<T>::open(0)
+        .expect("an NVIDIA GPU with kernels in this build")
+        .with_poisoned_outputs();
+    let mut rng = Rng::new(13);
+    for (heads, sequences) in [(16, 64), (128, 8)] {
+        let dims = MlaDims {
+            heads,
+            qk_nope: 128,
+            qk_rope: 64,
+            v_head: 128,
+            kv_lora_rank: 512,
+            softmax_scale: 0.07,
+        };
+        let shapes: Vec<(usize, usize)> = (0..sequences)
+            .map(|i| {
+                let context = 1 + (i * 2654435761usize) % 8192;
+                (context, (1 + i % 4).min(context))
+            })
+            .collect();
+        let (batch, num_blocks) = batch(&mut rng, &shapes);
+        let (cpu_cache, gpu_cache) =
+            caches(&mut rng, &gpu, &batch, num_blocks, dims.latent_width());
+        let t = batch.num_query_tokens();
+        let q = stored::<T>(random(&mut rng, t, heads * dims.qk_head()));
+        let q_lat = stored::<T>(random(&mut rng, t, heads * dims.kv_lora_rank));
+        let want = CpuBackend
+            .mla_attention_absorbed(&q_lat, &q, &cpu_cache, 0, &batch, &dims)
+            .unwrap();
+        let got = gpu
+            .mla_attention_absorbed(
+                &gpu.upload_weight(q_lat).unwrap(),
+                &gpu.upload_weight(q).unwrap(),
+                &gpu_cache,
+                0,
+                &batch,
+                &dims,
+            )
+            .unwrap();
+        let what = format!(
+            "{} absorbed decode, {heads} heads × {sequences} sequences",
+            T::SUFFIX
+        );
+        assert_close(&what, &gpu.to_host(&got).unwrap(), &want, tolerance);
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn mla_decode_batches_f32() {
+    mla_decode_batches::<f32>(1e-4);
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn mla_decode_batches_bf16() {
+    mla_decode_batches::<half::bf16>(1e-2);
 }
 
 fn mha<T: GpuFloat>(tolerance: f64)
