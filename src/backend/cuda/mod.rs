@@ -50,6 +50,36 @@ pub(crate) fn driver_err(what: &str) -> impl Fn(DriverError) -> Error + '_ {
     move |e| Error::Device(format!("{what}: {e}"))
 }
 
+/// Stream-ordered allocations (`cuMemAllocAsync`) come from the device's default memory pool,
+/// which by default hands freed memory back to the driver at every synchronisation; keeping it
+/// makes the pool the caching allocator the per-op temporaries need.
+fn keep_freed_memory_cached(ctx: &CudaContext) -> Result<()> {
+    use cudarc::driver::sys;
+    let pools = ctx
+        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED)
+        .map_err(driver_err("asking for memory pool support"))?;
+    if pools != 1 {
+        return Ok(()); // plain cuMemAlloc then, which cudarc falls back to
+    }
+    let mut pool = std::mem::MaybeUninit::<sys::CUmemoryPool>::uninit();
+    let mut threshold = u64::MAX;
+    // SAFETY: the pointers are valid for the calls' duration; the device handle comes from a
+    // live context and the pool pointer is only read after the call reports success.
+    unsafe {
+        sys::cuDeviceGetDefaultMemPool(pool.as_mut_ptr(), ctx.cu_device())
+            .result()
+            .map_err(driver_err("reading the device's memory pool"))?;
+        sys::cuMemPoolSetAttribute(
+            pool.assume_init(),
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            &mut threshold as *mut u64 as *mut std::ffi::c_void,
+        )
+        .result()
+        .map_err(driver_err("setting the memory pool's release threshold"))?;
+    }
+    Ok(())
+}
+
 impl CudaDevice {
     /// Opens GPU `ordinal` and loads every kernel module.
     pub fn open(ordinal: usize) -> Result<Self> {
@@ -97,6 +127,7 @@ impl CudaDevice {
                 info.name, info.compute_capability.0, info.compute_capability.1
             )));
         }
+        keep_freed_memory_cached(&ctx)?;
         let stream = ctx.new_stream().map_err(driver_err("creating a stream"))?;
         let mut modules = HashMap::new();
         for (name, fatbin) in kernels::MODULES {
