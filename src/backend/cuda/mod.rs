@@ -127,6 +127,10 @@ impl CudaDevice {
                 info.name, info.compute_capability.0, info.compute_capability.1
             )));
         }
+        // SAFETY: every allocation, copy, kernel and cuBLAS call of the runtime goes to the one
+        // stream created below, so stream order alone keeps uses and frees apart; cudarc's
+        // per-use cross-stream events would only add host overhead to every launch.
+        unsafe { ctx.disable_event_tracking() };
         keep_freed_memory_cached(&ctx)?;
         let stream = ctx.new_stream().map_err(driver_err("creating a stream"))?;
         let mut modules = HashMap::new();
