@@ -1,7 +1,7 @@
 //! `mla bench attention`: the absorbed MLA decode kernel on DeepSeek shapes (one query token per
 //! sequence, bf16), its achieved bandwidth and TFLOPS against a device-to-device copy measured
-//! in the same run, and the naive path (latent → K/V with cuBLAS, then standard attention) on
-//! the shapes where its K/V fit.
+//! in the same run, and the materialised path (latents → per-head K/V with cuBLAS, then
+//! attention over them) on the shapes where its K/V fit.
 
 use crate::backend::cuda::{CudaBackend, CudaDevice};
 use crate::backend::{AttentionBatch, Backend, MlaDims, SeqChunk};
@@ -19,13 +19,13 @@ pub struct AttentionRow {
     pub tflops: f64,
     /// Achieved GB/s over the copy's.
     pub of_copy: f64,
-    /// Time of the naive path, where its expanded K/V fit.
-    pub naive_micros: Option<f64>,
+    /// Time of the materialised path, where its expanded K/V fit.
+    pub materialised_micros: Option<f64>,
 }
 
 const BLOCK: usize = 64;
-/// Largest expanded K/V the naive path may allocate.
-const NAIVE_LIMIT_BYTES: usize = 8 << 30;
+/// Largest expanded K/V the materialised path may allocate.
+const MATERIALISED_LIMIT_BYTES: usize = 8 << 30;
 
 fn time_ms(device: &CudaDevice, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     let err = |e: cudarc::driver::DriverError| Error::Device(format!("timing attention: {e}"));
@@ -109,8 +109,8 @@ pub fn run(
                 let tokens = batch * context;
                 let bytes = tokens * 576 * 2 + batch * h * (576 + 512) * 2;
                 let flops = 2.0 * h as f64 * tokens as f64 * (576.0 + 512.0);
-                let naive_bytes = tokens * h * 256 * 2;
-                let naive_micros = if naive_bytes <= NAIVE_LIMIT_BYTES {
+                let materialised_bytes = tokens * h * 256 * 2;
+                let materialised_micros = if materialised_bytes <= MATERIALISED_LIMIT_BYTES {
                     let kv_b = gpu.upload_weight(random(h * 256, 512, 3))?;
                     let ms = time_ms(&gpu.device, reps.min(3), || {
                         gpu.mla_attention_materialised(&q, &cache, 0, &attention, &kv_b, &dims)
@@ -129,7 +129,7 @@ pub fn run(
                     gb_per_s,
                     tflops: flops / (ms * 1e9),
                     of_copy: gb_per_s / copy,
-                    naive_micros,
+                    materialised_micros,
                 };
                 progress(&row);
                 rows.push(row);
@@ -142,16 +142,16 @@ pub fn run(
 pub fn render(device: &str, copy: f64, rows: &[AttentionRow]) -> String {
     let mut s = format!(
         "absorbed MLA decode on {device} (bf16, 1 query token, 64-token pages); copy: {copy:.0} GB/s\n\n\
-         | heads | batch | context | µs | GB/s | of copy | TFLOPS | naive µs | speed-up |\n\
+         | heads | batch | context | µs | GB/s | of copy | TFLOPS | materialised µs | speed-up |\n\
          |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     for r in rows {
-        let (naive, speedup) = match r.naive_micros {
+        let (materialised, speedup) = match r.materialised_micros {
             Some(n) => (format!("{n:.0}"), format!("{:.1}×", n / r.micros)),
             None => ("—".into(), "—".into()),
         };
         s += &format!(
-            "| {} | {} | {} | {:.1} | {:.0} | {:.2} | {:.1} | {naive} | {speedup} |\n",
+            "| {} | {} | {} | {:.1} | {:.0} | {:.2} | {:.1} | {materialised} | {speedup} |\n",
             r.heads, r.batch, r.context, r.micros, r.gb_per_s, r.of_copy, r.tflops
         );
     }

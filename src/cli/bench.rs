@@ -89,7 +89,7 @@ pub enum BenchSuite {
     /// copy measured in the same run (GPU only).
     Kernels(KernelBenchArgs),
     /// The absorbed MLA decode kernel on DeepSeek-V2-Lite (16 heads) and V3 (128 heads) shapes:
-    /// time, GB/s and TFLOPS against a device-to-device copy, and the naive path's time (GPU
+    /// time, GB/s and TFLOPS against a device-to-device copy, and the materialised path's time (GPU
     /// only, bf16).
     Attention(AttentionBenchArgs),
 }

@@ -80,7 +80,7 @@ fn check_segment(what: &str, s: &Segment, len: usize, rows: usize, heads: usize)
 }
 
 /// A plan's host vectors, never empty (the kernel gets valid pointers even for an empty step).
-fn non_empty(v: &[u32]) -> Vec<u32> {
+pub(super) fn non_empty(v: &[u32]) -> Vec<u32> {
     if v.is_empty() {
         vec![0]
     } else {

@@ -1,8 +1,11 @@
 //! The CUDA implementation of [`Backend`]: the model code of the CPU reference, run on one GPU
 //! with activations and weights in one element type `T` (f32 or bf16; arithmetic in f32).
 
+use super::attention_tc;
 use super::blas::{Blas, Layout};
-use super::layout::{absorbed_layout, materialised_layout, mha_layout, HostPlan, Source};
+use super::layout::{
+    absorbed_layout, materialised_layout, mha_layout, AttentionLayout, HostPlan, Source,
+};
 use super::{CudaDevice, GpuFloat, GpuTensor};
 use crate::backend::{AttentionBatch, Backend, MhaDims, MlaDims, MlpWeights, MoeWeights};
 use crate::config::MoeConfig;
@@ -94,6 +97,28 @@ where
     fn output(&self, rows: usize, cols: usize) -> Result<GpuTensor<T>> {
         self.device
             .tensor(rows, cols, self.poison_outputs.then_some(f32::NAN))
+    }
+
+    /// Attention with `layout`: on tensor cores where the kernel serves it (bf16), else with
+    /// the exact warp-per-head kernel.
+    fn attend<'a>(
+        &self,
+        out: &mut GpuTensor<T>,
+        plan: &HostPlan,
+        batch: &AttentionBatch,
+        layout: &AttentionLayout,
+        buffer: impl Fn(Source) -> cudarc::driver::CudaView<'a, T>,
+    ) -> Result<()> {
+        let device_plan = self.device.upload_plan(plan, layout.heads)?;
+        let max_shared = self.device.info.max_shared_per_block;
+        if T::SUFFIX == "bf16" && attention_tc::supports(layout, max_shared) {
+            self.device
+                .attention_tc(out, plan, device_plan.tables(), batch, layout, &buffer)?;
+        } else {
+            self.device
+                .paged_attention(out, &device_plan, layout, &buffer)?;
+        }
+        Ok(())
     }
 
     /// `x · wᵀ` for an `x` given as a buffer and its layout.
@@ -389,17 +414,13 @@ where
                 format!("{dims:?} with cache width {}", cache.width),
             ));
         }
-        let plan = self.device.upload_plan(
-            &HostPlan::paged(batch, cache.num_blocks, cache.block_size)?,
-            dims.heads,
-        )?;
+        let plan = HostPlan::paged(batch, cache.num_blocks, cache.block_size)?;
         let layout = mha_layout(dims, q.cols, cache.width);
         let mut out = self.output(plan.rows(), dims.heads * d)?;
-        self.device
-            .paged_attention(&mut out, &plan, &layout, |source| match source {
-                Source::Q => q.data.slice(..),
-                _ => layer_view(cache, layer),
-            })?;
+        self.attend(&mut out, &plan, batch, &layout, |source| match source {
+            Source::Q => q.data.slice(..),
+            _ => layer_view(cache, layer),
+        })?;
         Ok(out)
     }
 
@@ -430,8 +451,7 @@ where
             ));
         }
         // Every sequence's context, gathered from its pages, then expanded to K_nope and V.
-        let (host_plan, slots) = HostPlan::contiguous(batch, cache.num_blocks, cache.block_size)?;
-        let plan = self.device.upload_plan(&host_plan, n)?;
+        let (plan, slots) = HostPlan::contiguous(batch, cache.num_blocks, cache.block_size)?;
         let mut context = self.output(slots.len(), cache.width)?;
         self.device
             .gather_rows(&mut context, &layer_view(cache, layer), cache.width, &slots)?;
@@ -442,17 +462,12 @@ where
         };
         let expanded = self.matmul_layout(&context.data.slice(..), latent, kv_b)?;
         let mut out = self.output(plan.rows(), n * dv)?;
-        self.device
-            .paged_attention(
-                &mut out,
-                &plan,
-                &materialised_layout(dims),
-                |source| match source {
-                    Source::Context => context.data.slice(..),
-                    Source::Expanded => expanded.data.slice(..),
-                    _ => q.data.slice(..),
-                },
-            )?;
+        let layout = materialised_layout(dims);
+        self.attend(&mut out, &plan, batch, &layout, |source| match source {
+            Source::Context => context.data.slice(..),
+            Source::Expanded => expanded.data.slice(..),
+            _ => q.data.slice(..),
+        })?;
         Ok(out)
     }
 
@@ -477,29 +492,14 @@ where
                 ),
             ));
         }
-        let plan = self.device.upload_plan(
-            &HostPlan::paged(batch, cache.num_blocks, cache.block_size)?,
-            n,
-        )?;
-        let kv = layer_view(cache, layer);
+        let plan = HostPlan::paged(batch, cache.num_blocks, cache.block_size)?;
         let mut out = self.output(plan.rows(), n * r)?;
-        if self.device.mla_decode_supports::<T>(dims) {
-            // Tensor cores, 16 heads per CTA, split-KV; the LSE is not needed here.
-            self.device
-                .mla_decode(&mut out, q_lat, q, &kv, plan.tables(), batch, dims)?;
-        } else {
-            self.device
-                .paged_attention(
-                    &mut out,
-                    &plan,
-                    &absorbed_layout(dims),
-                    |source| match source {
-                        Source::QLat => q_lat.data.slice(..),
-                        Source::Q => q.data.slice(..),
-                        _ => kv.slice(..),
-                    },
-                )?;
-        }
+        let layout = absorbed_layout(dims);
+        self.attend(&mut out, &plan, batch, &layout, |source| match source {
+            Source::QLat => q_lat.data.slice(..),
+            Source::Q => q.data.slice(..),
+            _ => layer_view(cache, layer),
+        })?;
         Ok(out)
     }
 

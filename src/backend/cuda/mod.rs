@@ -5,11 +5,11 @@
 //! a chance to panic.
 
 mod attention;
+pub mod attention_tc;
 mod backend;
 mod blas;
 mod elementwise;
 pub mod layout;
-pub mod mla_decode;
 mod moe;
 mod rows;
 

@@ -1,0 +1,220 @@
+// Paged attention on tensor cores (WMMA: bf16 in, f32 accumulate), sm_80+, for every form the
+// model uses in bf16: MLA absorbed decode (576-wide latent keys, the latent's first 512 values
+// as values), MLA materialised prefill (192-wide keys from two buffers, 128-wide values), and
+// MHA/GQA. FlashMLA's shape in a first, portable form:
+//  - a CTA serves one work item: up to 16 query rows that share a sequence and a KV head — the
+//    heads of a token for MLA (so each latent row read from HBM serves 16 heads), the query
+//    heads of a GQA group, or consecutive tokens of one head in prefill — over one split of the
+//    rows' visible cached tokens;
+//  - S = Q·Kᵀ, online softmax in base 2 and O += P·V, tile by tile of KV_TILE tokens through
+//    shared memory;
+//  - each item writes its normalised output and log-sum-exp; attention_tc_combine merges the
+//    splits of a row (flash-decoding).
+// The host (src/backend/cuda/attention_tc.rs) builds the items: every row group's visible
+// tokens cut into splits of one common length, so that the grid fills the GPU.
+// mla: no-spills
+#include "common.cuh"
+#include <mma.h>
+using namespace nvcuda;
+
+#define ROWS 16
+#define KV_TILE 32
+#define WARPS 4
+#define LOG2E 1.4426950408889634f
+#define NO_ROW 0xffffffffu
+
+struct KeySegment {
+    int width, offset, head_stride, len;
+};
+
+// One CTA's job; mirrors `TcItem` in attention_tc.rs. rows[i] = token · heads + head.
+struct TcItem {
+    uint32_t seq, kv_head, kv_begin, kv_end;
+    uint32_t rows[ROWS];
+};
+
+// The splits of one row group, for the combine; mirrors `TcGroup`.
+struct TcGroup {
+    uint32_t item_first, items;
+    uint32_t rows[ROWS];
+};
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    return v;
+}
+
+// Copies `len` values (a multiple of 8, 16-byte aligned on both sides) with 16-byte loads.
+__device__ __forceinline__ void copy_row(bf16* dst, const bf16* src, int len, int lane, int lanes) {
+    for (int v = lane; v < len / 8; v += lanes) reinterpret_cast<uint4*>(dst)[v] = reinterpret_cast<const uint4*>(src)[v];
+}
+
+// Shared memory, in order (each part a multiple of 32 bytes, as WMMA needs):
+//   q [ROWS][dq] bf16 | k [KV_TILE][dq] bf16 | v [KV_TILE][dv] bf16 (unless v_in_k) |
+//   s [2][ROWS][KV_TILE] f32 | p [ROWS][KV_TILE] bf16 | o [ROWS][dv] f32 | m, l, alpha, pos [ROWS]
+extern "C" __global__ void __launch_bounds__(WARPS * 32, 1)
+attention_tc_bf16(const bf16* q1, int q1_stride, int q1_head_stride, const bf16* q2, int q2_stride,
+                  int q2_head_stride, const bf16* k1, KeySegment s1, const bf16* k2, KeySegment s2,
+                  const bf16* v, KeySegment sv, int v_in_k, const TcItem* items,
+                  const uint32_t* block_tables, const uint32_t* table_start, int block_size,
+                  const uint32_t* token_pos, int heads, float scale, int window, float* partial_o,
+                  float* partial_lse) {
+    extern __shared__ __align__(128) unsigned char smem[];
+    const int dq = s1.len + s2.len, dv = sv.len;
+    bf16* q_s = reinterpret_cast<bf16*>(smem);
+    bf16* k_s = q_s + ROWS * dq;
+    bf16* v_s = k_s + KV_TILE * dq;
+    float* s_s = reinterpret_cast<float*>(v_s + (v_in_k ? 0 : KV_TILE * dv));
+    bf16* p_s = reinterpret_cast<bf16*>(s_s + 2 * ROWS * KV_TILE);
+    float* o_s = reinterpret_cast<float*>(p_s + ROWS * KV_TILE);
+    float* m_s = o_s + ROWS * dv;
+    float* l_s = m_s + ROWS;
+    float* alpha_s = l_s + ROWS;
+    int* pos_s = reinterpret_cast<int*>(alpha_s + ROWS);
+    const bf16* values = v_in_k ? k_s : v_s;
+    const int v_ld = v_in_k ? dq : dv;
+
+    const TcItem& item = items[blockIdx.x];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const uint32_t* table = block_tables + table_start[item.seq];
+
+    // Query rows (zero where a group has fewer than ROWS rows), positions, running state.
+    for (int idx = threadIdx.x; idx < ROWS * dq; idx += blockDim.x) {
+        const int i = idx / dq, c = idx % dq;
+        const uint32_t pair = item.rows[i];
+        float x = 0.0f;
+        if (pair != NO_ROW) {
+            const size_t t = pair / heads, h = pair % heads;
+            x = c < s1.len ? to_f32(q1[t * q1_stride + h * q1_head_stride + c])
+                           : to_f32(q2[t * q2_stride + h * q2_head_stride + (c - s1.len)]);
+        }
+        q_s[idx] = from_f32<bf16>(x);
+    }
+    for (int idx = threadIdx.x; idx < ROWS * dv; idx += blockDim.x) o_s[idx] = 0.0f;
+    if (threadIdx.x < ROWS) {
+        const int i = threadIdx.x;
+        m_s[i] = -INFINITY;
+        l_s[i] = 0.0f;
+        pos_s[i] = item.rows[i] == NO_ROW ? -1 : (int)token_pos[item.rows[i] / heads];
+    }
+    const float scale_log2 = scale * LOG2E;
+    const int k_steps = dq / 16, half_steps = (k_steps + 1) / 2;
+
+    for (int tile = item.kv_begin; tile < (int)item.kv_end; tile += KV_TILE) {
+        __syncthreads();  // the previous tile's k/v/p are no longer read
+        // Warp w loads keys w, w + WARPS, ...; its lanes split each row into 16-byte pieces.
+        for (int j = warp; j < KV_TILE; j += WARPS) {
+            const int p = tile + j;
+            bf16* k_row = k_s + j * dq;
+            bf16* v_row = v_s + j * dv;
+            if (p < (int)item.kv_end) {
+                const size_t slot = (size_t)table[p / block_size] * block_size + p % block_size;
+                copy_row(k_row, k1 + slot * s1.width + s1.offset + item.kv_head * s1.head_stride, s1.len, lane, 32);
+                copy_row(k_row + s1.len, k2 + slot * s2.width + s2.offset + item.kv_head * s2.head_stride, s2.len, lane, 32);
+                if (!v_in_k) copy_row(v_row, v + slot * sv.width + sv.offset + item.kv_head * sv.head_stride, dv, lane, 32);
+            } else {
+                for (int c = lane; c < dq; c += 32) k_row[c] = from_f32<bf16>(0.0f);
+                if (!v_in_k) for (int c = lane; c < dv; c += 32) v_row[c] = from_f32<bf16>(0.0f);
+            }
+        }
+        __syncthreads();
+
+        // S: warp w computes the 16×16 tile (w & 1) over half (w >> 1) of the key width.
+        {
+            const int n0 = (warp & 1) * 16, half = warp >> 1;
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+            wmma::fill_fragment(acc, 0.0f);
+            for (int ks = half * half_steps; ks < min(k_steps, (half + 1) * half_steps); ks++) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a;
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> b;
+                wmma::load_matrix_sync(a, q_s + ks * 16, dq);
+                wmma::load_matrix_sync(b, k_s + n0 * dq + ks * 16, dq);
+                wmma::mma_sync(acc, a, b, acc);
+            }
+            wmma::store_matrix_sync(s_s + half * ROWS * KV_TILE + n0, acc, KV_TILE, wmma::mem_row_major);
+        }
+        __syncthreads();
+
+        // Online softmax: warp w owns rows 4w..4w+3, lane = key within the tile.
+        for (int i = warp * (ROWS / WARPS); i < (warp + 1) * (ROWS / WARPS); i++) {
+            const int p = tile + lane, pos = pos_s[i];
+            const bool valid = p < (int)item.kv_end && p <= pos && (window <= 0 || p > pos - window);
+            const float s = valid ? (s_s[i * KV_TILE + lane] + s_s[ROWS * KV_TILE + i * KV_TILE + lane]) * scale_log2
+                                  : -INFINITY;
+            const float m_old = m_s[i];
+            const float m_new = fmaxf(m_old, warp_max(s));
+            const float prob = m_new == -INFINITY ? 0.0f : exp2f(s - m_new);
+            const float alpha = m_new == -INFINITY ? 1.0f : exp2f(m_old - m_new);
+            const float row_sum = warp_sum(prob);
+            p_s[i * KV_TILE + lane] = from_f32<bf16>(prob);
+            if (lane == 0) {
+                m_s[i] = m_new;
+                l_s[i] = l_s[i] * alpha + row_sum;
+                alpha_s[i] = alpha;
+            }
+        }
+        __syncthreads();
+        for (int idx = threadIdx.x; idx < ROWS * dv; idx += blockDim.x) o_s[idx] *= alpha_s[idx / dv];
+        __syncthreads();
+
+        // O += P·V: warp w owns output column tiles w, w + 4, ...
+        for (int c0 = warp * 16; c0 < dv; c0 += WARPS * 16) {
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+            wmma::load_matrix_sync(acc, o_s + c0, dv, wmma::mem_row_major);
+            for (int ks = 0; ks < KV_TILE / 16; ks++) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a;
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> b;
+                wmma::load_matrix_sync(a, p_s + ks * 16, KV_TILE);
+                wmma::load_matrix_sync(b, values + ks * 16 * v_ld + c0, v_ld);
+                wmma::mma_sync(acc, a, b, acc);
+            }
+            wmma::store_matrix_sync(o_s + c0, acc, dv, wmma::mem_row_major);
+        }
+    }
+    __syncthreads();
+
+    // This split's output (divided by its own sum) and its LSE in base 2.
+    float* out = partial_o + (size_t)blockIdx.x * ROWS * dv;
+    for (int idx = threadIdx.x; idx < ROWS * dv; idx += blockDim.x) {
+        const float l = l_s[idx / dv];
+        out[idx] = l > 0.0f ? o_s[idx] / l : 0.0f;
+    }
+    if (threadIdx.x < ROWS) {
+        const int i = threadIdx.x;
+        partial_lse[blockIdx.x * ROWS + i] = l_s[i] > 0.0f ? m_s[i] + log2f(l_s[i]) : -INFINITY;
+    }
+}
+
+// Merges the splits of each row group: weights 2^(lse_j − lse), lse = log2 Σ 2^lse_j. Writes the
+// output rows (`out` row `pair` holds dv values) and each row's LSE (natural log, scaled scores).
+extern "C" __global__ void __launch_bounds__(128)
+attention_tc_combine_bf16(const float* partial_o, const float* partial_lse, const TcGroup* groups,
+                          bf16* out, float* lse_out, int dv) {
+    __shared__ float lse_max[ROWS], inv_sum[ROWS];
+    const TcGroup& g = groups[blockIdx.x];
+    if (threadIdx.x < ROWS) {
+        const int i = threadIdx.x;
+        float m = -INFINITY;
+        for (uint32_t j = 0; j < g.items; j++) m = fmaxf(m, partial_lse[(g.item_first + j) * ROWS + i]);
+        float s = 0.0f;
+        for (uint32_t j = 0; j < g.items; j++) {
+            const float lse = partial_lse[(g.item_first + j) * ROWS + i];
+            s += lse == -INFINITY ? 0.0f : exp2f(lse - m);
+        }
+        lse_max[i] = m;
+        inv_sum[i] = s > 0.0f ? 1.0f / s : 0.0f;
+        if (g.rows[i] != NO_ROW) lse_out[g.rows[i]] = (m + log2f(s)) * 0.6931471805599453f;
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < ROWS * dv; idx += blockDim.x) {
+        const int i = idx / dv, c = idx % dv;
+        if (g.rows[i] == NO_ROW) continue;
+        float x = 0.0f;
+        for (uint32_t j = 0; j < g.items; j++) {
+            const size_t item = g.item_first + j;
+            const float lse = partial_lse[item * ROWS + i];
+            if (lse != -INFINITY) x += exp2f(lse - lse_max[i]) * partial_o[(item * ROWS + i) * dv + c];
+        }
+        out[(size_t)g.rows[i] * dv + c] = from_f32<bf16>(x * inv_sum[i]);
+    }
+}
