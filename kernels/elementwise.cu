@@ -29,6 +29,25 @@ __device__ void rms_norm(T* out, const T* x, const T* w, int cols, float eps) {
     rms_norm_row(out + row * cols, x + row * cols, w, cols, eps);
 }
 
+// x += y, then out = RMSNorm(x): one pass for the residual add and the norm after it. One block
+// per row; each thread rereads only the elements it wrote.
+template <typename T>
+__device__ void add_rms_norm(T* x, const T* y, T* out, const T* w, int cols, float eps) {
+    const size_t row = blockIdx.x;
+    T* xr = x + row * cols;
+    const T* yr = y + row * cols;
+    float sq = 0.0f;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+        const T sum = from_f32<T>(to_f32(xr[i]) + to_f32(yr[i]));
+        xr[i] = sum;
+        const float v = to_f32(sum);
+        sq += v * v;
+    }
+    const float inv = rsqrtf(block_sum(sq) / cols + eps);
+    for (int i = threadIdx.x; i < cols; i += blockDim.x)
+        out[row * cols + i] = from_f32<T>(to_f32(xr[i]) * inv * to_f32(w[i]));
+}
+
 template <typename T>
 __device__ void add_assign(T* x, const T* y, long long n) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
@@ -102,6 +121,10 @@ __device__ void copy_blocks(T* cache, const uint32_t* pairs, long long block_ele
     }                                                                                                   \
     extern "C" __global__ void rms_norm_##NAME(T* out, const T* x, const T* w, int cols, float eps) {   \
         rms_norm(out, x, w, cols, eps);                                                                 \
+    }                                                                                                   \
+    extern "C" __global__ void add_rms_norm_##NAME(T* x, const T* y, T* out, const T* w, int cols,       \
+                                                   float eps) {                                         \
+        add_rms_norm(x, y, out, w, cols, eps);                                                          \
     }                                                                                                   \
     extern "C" __global__ void add_assign_##NAME(T* x, const T* y, long long n) { add_assign(x, y, n); } \
     extern "C" __global__ void add_bias_##NAME(T* x, const T* b, long long n, int cols) { add_bias(x, b, n, cols); } \
@@ -192,9 +215,54 @@ __device__ void argmax_rows(const T* x, uint32_t* out, int cols) {
     }
 }
 
+// The k largest (value, column) pairs of each row, largest first, ties to the lower column: k
+// rounds of a block-wide argmax, round r over the elements that come after round r − 1's pick
+// in that order (so nothing needs marking). One block per row.
+template <typename T>
+__device__ void top_k_rows(const T* x, int cols, int k, float* values, uint32_t* ids) {
+    __shared__ float best_value[32], prev_value;
+    __shared__ int best_index[32], prev_index;
+    const T* row = x + (size_t)blockIdx.x * cols;
+    if (threadIdx.x == 0) { prev_value = INFINITY; prev_index = -1; }
+    __syncthreads();
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int round = 0; round < k; round++) {
+        const float pv = prev_value;
+        const int pi = prev_index;
+        float v = -INFINITY;
+        int i = 0x7fffffff;
+        for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+            const float value = to_f32(row[c]);
+            if (value < pv || (value == pv && c > pi)) better(v, i, value, c);
+        }
+        for (int offset = 16; offset > 0; offset >>= 1)
+            better(v, i, __shfl_xor_sync(0xffffffffu, v, offset), __shfl_xor_sync(0xffffffffu, i, offset));
+        if (lane == 0) { best_value[warp] = v; best_index[warp] = i; }
+        __syncthreads();
+        if (warp == 0) {
+            const int warps = blockDim.x >> 5;
+            v = lane < warps ? best_value[lane] : -INFINITY;
+            i = lane < warps ? best_index[lane] : 0x7fffffff;
+            for (int offset = 16; offset > 0; offset >>= 1)
+                better(v, i, __shfl_xor_sync(0xffffffffu, v, offset), __shfl_xor_sync(0xffffffffu, i, offset));
+            if (lane == 0) {
+                values[(size_t)blockIdx.x * k + round] = v;
+                ids[(size_t)blockIdx.x * k + round] = i == 0x7fffffff ? 0 : i;
+                prev_value = v;
+                prev_index = i;
+            }
+        }
+        __syncthreads();
+    }
+}
+
 #define ARGMAX_ENTRY_POINTS(NAME, T)                                                                 \
     extern "C" __global__ void argmax_rows_##NAME(const T* x, uint32_t* out, int cols) {             \
         argmax_rows(x, out, cols);                                                                   \
+    }                                                                                                \
+    extern "C" __global__ void top_k_rows_##NAME(const T* x, int cols, int k, float* values,         \
+                                                 uint32_t* ids) {                                    \
+        top_k_rows(x, cols, k, values, ids);                                                         \
     }
 
 MLA_FOR_EACH_DTYPE(ARGMAX_ENTRY_POINTS)

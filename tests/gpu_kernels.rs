@@ -99,6 +99,32 @@ fn row_ops<T: GpuFloat>(dev: &CudaDevice) {
     );
     assert!(err <= tolerance::<T>(), "silu_mul {}: {err:e}", T::SUFFIX);
 
+    // The fused residual add + RMSNorm: both the updated residual and the norm.
+    let mut gres = dev.upload::<T>(&x).unwrap();
+    let mut gnorm = dev.poisoned::<T>(rows, cols).unwrap();
+    dev.add_rms_norm(
+        &mut gres,
+        &dev.upload::<T>(&y).unwrap(),
+        &mut gnorm,
+        &gw,
+        1e-6,
+    )
+    .unwrap();
+    let mut res = x.clone();
+    let want = CpuBackend.add_rms_norm(&mut res, &y, &w, 1e-6).unwrap();
+    let err = rel_err(&dev.download(&gres).unwrap(), &res);
+    assert!(
+        err <= tolerance::<T>(),
+        "add_rms_norm residual {}: {err:e}",
+        T::SUFFIX
+    );
+    let err = rel_err(&dev.download(&gnorm).unwrap(), &want);
+    assert!(
+        err <= tolerance::<T>(),
+        "add_rms_norm {}: {err:e}",
+        T::SUFFIX
+    );
+
     // Embedding gather into a poisoned output; an id past the vocabulary is refused.
     let ids: Vec<u32> = (0..13).map(|i| (i * 7 % rows) as u32).collect();
     let mut emb = dev.poisoned::<T>(ids.len(), cols).unwrap();

@@ -78,6 +78,16 @@ where
         .unwrap();
     assert_eq!(got, want, "{s} argmax_rows");
     assert_eq!(got[2], 7, "{s} argmax_rows: ties go to the lowest index");
+    // Top-k candidates for sampling, in the host's order (ties to the lower id).
+    let mut logits = random::<T>(&mut rng, 3, 50_000);
+    logits.data[11] = 9.0;
+    logits.data[40_000] = 9.0;
+    let want = CpuBackend.top_k_rows(&logits, 40).unwrap();
+    let got = gpu
+        .top_k_rows(&gpu.upload_weight(logits).unwrap(), 40)
+        .unwrap();
+    assert_eq!(got, want, "{s} top_k_rows");
+    assert_eq!((got[0][0].0, got[0][1].0), (11, 40_000));
 
     let rows = [5, 0, 5, 6, 2];
     let want = CpuBackend.select_rows(&x, &rows).unwrap();

@@ -150,6 +150,17 @@ pub trait Backend {
     /// Index of the largest value of each row (ties: the lowest index), as greedy sampling
     /// picks it.
     fn argmax_rows(&self, x: &Self::Tensor) -> Result<Vec<u32>>;
+    /// The `k` largest `(column, value)` of each row, largest first, ties by the lower column:
+    /// what top-k sampling needs, without bringing whole rows of logits back.
+    fn top_k_rows(&self, x: &Self::Tensor, k: usize) -> Result<Vec<Vec<(u32, f32)>>> {
+        let host = self.to_host(x)?;
+        let cols = host.shape.last().copied().unwrap_or(0).max(1);
+        Ok(host
+            .data
+            .chunks_exact(cols)
+            .map(|row| crate::engine::sampler::sorted_candidates(row, k))
+            .collect())
+    }
 
     /// Rows of `table` `[vocab, hidden]` for each id.
     fn embedding(&self, table: &Self::Weight, ids: &[u32]) -> Result<Self::Tensor>;
@@ -168,6 +179,18 @@ pub trait Backend {
     /// Adds `bias` (one value per column) to every row.
     fn add_bias(&self, x: &mut Self::Tensor, bias: &Self::Weight) -> Result<()>;
     fn add_assign(&self, x: &mut Self::Tensor, y: &Self::Tensor) -> Result<()>;
+    /// `x += y`, then the RMSNorm of the new `x`: a residual add and the norm after it, which a
+    /// backend may fuse into one pass over the rows.
+    fn add_rms_norm(
+        &self,
+        x: &mut Self::Tensor,
+        y: &Self::Tensor,
+        weight: &Self::Weight,
+        eps: f32,
+    ) -> Result<Self::Tensor> {
+        self.add_assign(x, y)?;
+        self.rms_norm(x, weight, eps)
+    }
     /// The given rows of `x`, in order.
     fn select_rows(&self, x: &Self::Tensor, rows: &[usize]) -> Result<Self::Tensor>;
 

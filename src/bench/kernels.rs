@@ -75,6 +75,8 @@ where
     let ms = time_ms(dev, || dev.rms_norm(&mut out, &x, &w, 1e-6))?;
     rows.push(("rms_norm".into(), 2 * n * e, ms));
     let mut acc = random(ROWS, COLS, 4)?;
+    let ms = time_ms(dev, || dev.add_rms_norm(&mut acc, &y, &mut out, &w, 1e-6))?;
+    rows.push(("add_rms_norm (fused)".into(), 4 * n * e, ms));
     let ms = time_ms(dev, || dev.add_assign(&mut acc, &y))?;
     rows.push(("add_assign (residual)".into(), 3 * n * e, ms));
     let ms = time_ms(dev, || dev.add_bias(&mut acc, &w))?;

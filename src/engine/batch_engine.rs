@@ -212,10 +212,17 @@ impl<'m, B: Backend> Engine<'m, B> {
             .scheduled
             .iter()
             .all(|s| self.scheduler.running[s.running_index].sampler.is_greedy());
-        let choice = if all_greedy {
-            Choice::Greedy(self.backend.argmax_rows(&logits)?)
-        } else {
-            Choice::Logits(self.backend.to_host(&logits)?.data)
+        // Top-k sampling needs only each row's best k; top-p alone needs whole rows.
+        let candidates = plan.scheduled.iter().try_fold(0, |k, s| {
+            let needed = self.scheduler.running[s.running_index]
+                .sampler
+                .candidates_needed()?;
+            Some(k.max(needed))
+        });
+        let choice = match candidates {
+            _ if all_greedy => Choice::Greedy(self.backend.argmax_rows(&logits)?),
+            Some(k) => Choice::Candidates(self.backend.top_k_rows(&logits, k)?),
+            None => Choice::Logits(self.backend.to_host(&logits)?.data),
         };
         self.stats.forward_secs += forward_start.elapsed().as_secs_f64();
 
@@ -232,6 +239,7 @@ impl<'m, B: Backend> Engine<'m, B> {
             }
             let token = match &choice {
                 Choice::Greedy(ids) => ids[i],
+                Choice::Candidates(rows) => seq.sampler.sample_sorted(&rows[i]),
                 Choice::Logits(all) => seq.sampler.sample(&all[i * vocab..(i + 1) * vocab]),
             };
             seq.tokens.push(token);
@@ -325,5 +333,7 @@ fn finish_reason(
 /// What a step brings back from the device to choose each sequence's next token.
 enum Choice {
     Greedy(Vec<u32>),
+    /// Each row's best `(id, logit)`, sorted.
+    Candidates(Vec<Vec<(u32, f32)>>),
     Logits(Vec<f32>),
 }

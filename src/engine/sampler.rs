@@ -82,19 +82,33 @@ impl Sampler {
         self.params.temperature == 0.0
     }
 
+    /// Candidates a step must bring back for this sampler: `Some(k)` when its top-k list is
+    /// enough (greedy: 1), `None` when it needs the whole row.
+    pub fn candidates_needed(&self) -> Option<usize> {
+        match (self.is_greedy(), self.params.top_k) {
+            (true, _) => Some(1),
+            (false, 0) => None,
+            (false, k) => Some(k),
+        }
+    }
+
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        if self.params.temperature == 0.0 {
+        if self.is_greedy() {
             return argmax(logits);
         }
-        let mut candidates: Vec<(u32, f32)> = logits
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| (i as u32, l))
-            .collect();
-        candidates.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if self.params.top_k > 0 {
-            candidates.truncate(self.params.top_k);
+        self.sample_sorted(&sorted_candidates(logits, self.params.top_k))
+    }
+
+    /// Samples from `(id, logit)` candidates sorted by logit, largest first, ties by lower id:
+    /// the row's best `top_k` or more (its whole sorted row when `top_k` is 0).
+    pub fn sample_sorted(&mut self, sorted: &[(u32, f32)]) -> u32 {
+        if self.is_greedy() {
+            return sorted[0].0;
         }
+        let candidates = match self.params.top_k {
+            0 => sorted,
+            k => &sorted[..k.min(sorted.len())],
+        };
         let max = candidates[0].1;
         let weights: Vec<f64> = candidates
             .iter()
@@ -124,7 +138,21 @@ impl Sampler {
     }
 }
 
-/// Index of the largest logit; the first one on ties. NaN never wins.
+/// The `k` largest `(id, logit)` of a row (all of them for `k` = 0), largest first, ties by lower
+/// id.
+pub fn sorted_candidates(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut candidates: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as u32, l))
+        .collect();
+    candidates.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    if k > 0 {
+        candidates.truncate(k);
+    }
+    candidates
+}
+
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &l) in logits.iter().enumerate() {
@@ -178,6 +206,45 @@ mod tests {
         assert_eq!(
             draws,
             (0..200).map(|_| b.sample(&logits)).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_top_k_list_from_the_device_samples_exactly_like_the_whole_row() {
+        let logits: Vec<f32> = (0..500)
+            .map(|i| ((i * 37 % 101) as f32 * 0.05).sin() * 3.0)
+            .collect();
+        for (top_k, top_p, temperature) in
+            [(5, 1.0, 0.7), (40, 0.8, 1.3), (1, 1.0, 2.0), (64, 0.5, 0.0)]
+        {
+            let params = SamplingParams {
+                temperature,
+                top_k,
+                top_p,
+                seed: 11,
+            };
+            let (mut whole, mut listed) =
+                (Sampler::new(params).unwrap(), Sampler::new(params).unwrap());
+            let needed = listed.candidates_needed().unwrap();
+            // A step brings back the largest k any sequence needs: more than this one's.
+            let list = sorted_candidates(&logits, needed + 3);
+            for _ in 0..100 {
+                assert_eq!(
+                    listed.sample_sorted(&list),
+                    whole.sample(&logits),
+                    "{params:?}"
+                );
+            }
+        }
+        let whole_row = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            whole_row.candidates_needed(),
+            None,
+            "top-p alone needs the whole row"
         );
     }
 

@@ -260,8 +260,7 @@ impl<B: Backend> DeepSeek<B> {
                 }
                 LayerAttention::Mha(w) => w.forward(backend, &h, cache, l, step, &rope)?,
             };
-            backend.add_assign(&mut x, &attn)?;
-            let h = backend.rms_norm(&x, &layer.post_attention_norm, eps)?;
+            let h = backend.add_rms_norm(&mut x, &attn, &layer.post_attention_norm, eps)?;
             let span = crate::profile::span(match layer.ffn {
                 FeedForward::Dense(_) => "mlp",
                 FeedForward::Moe(_) => "moe",

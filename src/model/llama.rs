@@ -183,8 +183,7 @@ impl<B: Backend> Llama<B> {
             let attn = layer
                 .attention
                 .forward(backend, &h, cache, l, step, &rope)?;
-            backend.add_assign(&mut x, &attn)?;
-            let h = backend.rms_norm(&x, &layer.post_attention_norm, eps)?;
+            let h = backend.add_rms_norm(&mut x, &attn, &layer.post_attention_norm, eps)?;
             let y = {
                 let _span = crate::profile::span("mlp");
                 backend.mlp(&h, &layer.mlp)?

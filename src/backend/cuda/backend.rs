@@ -16,6 +16,9 @@ use cudarc::cublas::{CudaBlas, Gemm};
 use cudarc::driver::CudaSlice;
 use std::marker::PhantomData;
 
+/// Largest k the device's top-k kernel takes (one pass over the row per candidate).
+const MAX_DEVICE_TOP_K: usize = 64;
+
 pub struct CudaBackend<T> {
     pub device: CudaDevice,
     blas: Blas,
@@ -207,6 +210,19 @@ where
         self.device.argmax_rows(x)
     }
 
+    fn top_k_rows(&self, x: &GpuTensor<T>, k: usize) -> Result<Vec<Vec<(u32, f32)>>> {
+        // k rounds over the row: worth it for the small k sampling uses.
+        if (1..=MAX_DEVICE_TOP_K).contains(&k) && k <= x.cols {
+            return self.device.top_k_rows(x, k);
+        }
+        let host = self.to_host(x)?;
+        Ok(host
+            .data
+            .chunks_exact(x.cols.max(1))
+            .map(|row| crate::engine::sampler::sorted_candidates(row, k))
+            .collect())
+    }
+
     fn embedding(&self, table: &GpuTensor<T>, ids: &[u32]) -> Result<GpuTensor<T>> {
         let mut out = self.output(ids.len(), table.cols)?;
         if !ids.is_empty() {
@@ -290,6 +306,18 @@ where
 
     fn add_assign(&self, x: &mut GpuTensor<T>, y: &GpuTensor<T>) -> Result<()> {
         self.device.add_assign(x, y)
+    }
+
+    fn add_rms_norm(
+        &self,
+        x: &mut GpuTensor<T>,
+        y: &GpuTensor<T>,
+        weight: &GpuTensor<T>,
+        eps: f32,
+    ) -> Result<GpuTensor<T>> {
+        let mut out = self.output(x.rows, x.cols)?;
+        self.device.add_rms_norm(x, y, &mut out, weight, eps)?;
+        Ok(out)
     }
 
     fn select_rows(&self, x: &GpuTensor<T>, rows: &[usize]) -> Result<GpuTensor<T>> {

@@ -194,6 +194,50 @@ impl CudaDevice {
         Ok(())
     }
 
+    /// `x += y`, then `out = RMSNorm(x)` in one pass.
+    pub fn add_rms_norm<T: GpuFloat>(
+        &self,
+        x: &mut GpuTensor<T>,
+        y: &GpuTensor<T>,
+        out: &mut GpuTensor<T>,
+        weight: &GpuTensor<T>,
+        eps: f32,
+    ) -> Result<()> {
+        let same = |t: &GpuTensor<T>| t.rows == x.rows && t.cols == x.cols;
+        if !same(y) || !same(out) || weight.rows * weight.cols != x.cols {
+            return Err(shape_err(
+                "add_rms_norm",
+                format!(
+                    "[{}, {}] += [{}, {}] into [{}, {}] with a weight of {}",
+                    x.rows,
+                    x.cols,
+                    y.rows,
+                    y.cols,
+                    out.rows,
+                    out.cols,
+                    weight.rows * weight.cols
+                ),
+            ));
+        }
+        if x.rows == 0 {
+            return Ok(());
+        }
+        let cols = x.cols as i32;
+        let name = format!("add_rms_norm_{}", T::SUFFIX);
+        let f = self.function("elementwise", &name)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut x.data)
+            .arg(&y.data)
+            .arg(&mut out.data)
+            .arg(&weight.data)
+            .arg(&cols)
+            .arg(&eps);
+        // SAFETY: the arguments match add_rms_norm in elementwise.cu in order and type; the
+        // shape checks above make every row of x, y and out `cols` wide.
+        unsafe { b.launch(rows_config(x.rows)) }.map_err(Self::launch_err(&name))?;
+        Ok(())
+    }
+
     pub fn add_assign<T: GpuFloat>(&self, x: &mut GpuTensor<T>, y: &GpuTensor<T>) -> Result<()> {
         if x.rows != y.rows || x.cols != y.cols {
             return Err(shape_err(

@@ -129,6 +129,50 @@ impl CudaDevice {
             .map_err(|e| Error::Device(format!("copying argmax ids from the device: {e}")))
     }
 
+    /// The `k` largest `(column, value)` of each row, largest first, ties to the lower column.
+    pub fn top_k_rows<T: GpuFloat>(
+        &self,
+        x: &GpuTensor<T>,
+        k: usize,
+    ) -> Result<Vec<Vec<(u32, f32)>>> {
+        if k == 0 || k > x.cols {
+            return Err(op_err(
+                "top_k_rows",
+                format!("top {k} of rows of {}", x.cols),
+            ));
+        }
+        if x.rows == 0 {
+            return Ok(Vec::new());
+        }
+        let mut values = self.upload_f32(&vec![f32::NAN; x.rows * k])?;
+        let mut ids = self.upload_u32(&vec![u32::MAX; x.rows * k])?;
+        let (cols, k_i) = (x.cols as i32, k as i32);
+        let name = format!("top_k_rows_{}", T::SUFFIX);
+        let f = self.function("elementwise", &name)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&x.data)
+            .arg(&cols)
+            .arg(&k_i)
+            .arg(&mut values)
+            .arg(&mut ids);
+        let cfg = LaunchConfig {
+            grid_dim: (x.rows as u32, 1, 1),
+            block_dim: (1024, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the arguments match top_k_rows in elementwise.cu in order and type; block `r`
+        // reads row `r` of `x` and writes entries [r·k, (r + 1)·k) of `values` and `ids`.
+        unsafe { b.launch(cfg) }.map_err(|e| Error::Device(format!("kernel {name}: {e}")))?;
+        let err = |e| Error::Device(format!("copying top-k candidates from the device: {e}"));
+        let values = self.stream.clone_dtoh(&values).map_err(err)?;
+        let ids = self.stream.clone_dtoh(&ids).map_err(err)?;
+        Ok(ids
+            .chunks_exact(k)
+            .zip(values.chunks_exact(k))
+            .map(|(ids, values)| ids.iter().copied().zip(values.iter().copied()).collect())
+            .collect())
+    }
+
     /// Sets every element of `x` to `value`.
     pub fn fill<T: GpuFloat>(&self, x: &mut CudaSlice<T>, value: f32) -> Result<()> {
         let n = x.len();
