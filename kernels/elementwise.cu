@@ -266,3 +266,35 @@ __device__ void top_k_rows(const T* x, int cols, int k, float* values, uint32_t*
     }
 
 MLA_FOR_EACH_DTYPE(ARGMAX_ENTRY_POINTS)
+
+// Benchmark weights generated in place, value for value what the host's RandomWeights makes:
+// value j = (u1 + u2 + u3 + u4 - 2)·√3·std, the uniforms being draws 4m+1..4m+4 of SplitMix64
+// seeded with base ^ (c · golden), j = c·chunk + m. f64 as on the host, so the bits agree.
+__device__ __forceinline__ unsigned long long splitmix_mix(unsigned long long z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+template <typename T>
+__device__ void random_normal(T* x, long long n, unsigned long long base, float std, long long chunk) {
+    const unsigned long long golden = 0x9E3779B97F4A7C15ull;
+    for (long long j = blockIdx.x * (long long)blockDim.x + threadIdx.x; j < n; j += (long long)gridDim.x * blockDim.x) {
+        const unsigned long long c = j / chunk, m = j % chunk;
+        const unsigned long long state = base ^ (c * golden);
+        double sum = 0.0;
+        for (int r = 1; r <= 4; r++) {
+            const unsigned long long u = splitmix_mix(state + (4 * m + r) * golden);
+            sum += (double)(u >> 11) / 9007199254740992.0;
+        }
+        x[j] = from_f32<T>((float)((sum - 2.0) * sqrt(3.0)) * std);
+    }
+}
+
+#define RANDOM_ENTRY_POINTS(NAME, T)                                                                 \
+    extern "C" __global__ void random_normal_##NAME(T* x, long long n, unsigned long long base,      \
+                                                    float std, long long chunk) {                    \
+        random_normal(x, n, base, std, chunk);                                                       \
+    }
+
+MLA_FOR_EACH_DTYPE(RANDOM_ENTRY_POINTS)

@@ -220,3 +220,27 @@ fn moe_routing_matches_the_host_f32() {
 fn moe_routing_matches_the_host_bf16() {
     routing::<half::bf16>();
 }
+
+/// Benchmark weights generated on the device equal the host's, bit for bit (f32).
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn generated_weights_match_the_host() {
+    use mla_rt::weights::{RandomWeights, TensorSource};
+    let gpu = CudaBackend::<f32>::open(0).expect("an NVIDIA GPU with kernels in this build");
+    let source = RandomWeights { seed: 3 };
+    for (name, shape) in [
+        (
+            "model.layers.0.mlp.experts.3.up_proj.weight",
+            vec![1408, 2048],
+        ),
+        ("model.embed_tokens.weight", vec![1000, 333]),
+        ("model.layers.0.input_layernorm.weight", vec![2048]),
+        ("model.layers.0.self_attn.q_proj.bias", vec![77]),
+    ] {
+        let fill = source.random_fill(name, &shape).unwrap();
+        let got = gpu.generate_weight(&shape, &fill).unwrap().unwrap();
+        let want = source.load(name, &shape).unwrap();
+        let got = gpu.to_host(&got).unwrap();
+        assert_eq!(got.data, want.data, "{name}");
+    }
+}

@@ -138,6 +138,15 @@ pub trait Backend {
     fn sync_fn(&self) -> Option<crate::profile::SyncFn>;
 
     fn upload_weight(&self, host: HostTensor) -> Result<Self::Weight>;
+    /// A generated weight made where it lives, or `None` when this backend takes it from the
+    /// host ([`crate::weights::TensorSource::load`]) instead.
+    fn generate_weight(
+        &self,
+        _shape: &[usize],
+        _fill: &crate::weights::random::RandomFill,
+    ) -> Result<Option<Self::Weight>> {
+        Ok(None)
+    }
     /// `data` holds `heads` row-major `[out, in]` matrices back to back.
     fn upload_head_weight(
         &self,

@@ -17,6 +17,11 @@ impl<B: Backend> Loader<'_, B> {
     }
 
     pub fn weight(&self, name: &str, shape: &[usize]) -> Result<B::Weight> {
+        if let Some(fill) = self.checkpoint.random_fill(name, shape) {
+            if let Some(w) = self.backend.generate_weight(shape, &fill)? {
+                return Ok(w);
+            }
+        }
         self.backend.upload_weight(self.host(name, shape)?)
     }
 

@@ -44,6 +44,11 @@ pub trait TensorSource {
     /// Tensor `name` as f32, which must have exactly `shape`.
     fn load(&self, name: &str, shape: &[usize]) -> Result<HostTensor>;
     fn contains(&self, name: &str) -> bool;
+    /// For generated weights: how tensor `name` is filled, so that a backend can generate it
+    /// in place instead of receiving it from the host.
+    fn random_fill(&self, _name: &str, _shape: &[usize]) -> Option<random::RandomFill> {
+        None
+    }
 }
 
 impl TensorSource for Checkpoint {

@@ -178,6 +178,19 @@ where
         self.device.upload(&host)
     }
 
+    fn generate_weight(
+        &self,
+        shape: &[usize],
+        fill: &crate::weights::random::RandomFill,
+    ) -> Result<Option<GpuTensor<T>>> {
+        let (rows, cols) = match *shape {
+            [n] => (1, n),
+            [r, c] => (r, c),
+            _ => return Ok(None),
+        };
+        self.device.random_tensor(rows, cols, fill).map(Some)
+    }
+
     fn upload_head_weight(
         &self,
         heads: usize,

@@ -173,6 +173,43 @@ impl CudaDevice {
             .collect())
     }
 
+    /// A `[rows, cols]` tensor of generated weights, equal to what the host generates.
+    pub fn random_tensor<T: GpuFloat>(
+        &self,
+        rows: usize,
+        cols: usize,
+        fill: &crate::weights::random::RandomFill,
+    ) -> Result<GpuTensor<T>> {
+        use crate::weights::random::{RandomFill, CHUNK};
+        let (base, std) = match *fill {
+            RandomFill::Constant(v) => return self.tensor(rows, cols, Some(v)),
+            RandomFill::Normal { base, std } => (base, std),
+        };
+        let mut t = self.tensor::<T>(rows, cols, None)?;
+        let n = rows * cols;
+        if n == 0 {
+            return Ok(t);
+        }
+        let (count, chunk) = (n as i64, CHUNK as i64);
+        let name = format!("random_normal_{}", T::SUFFIX);
+        let f = self.function("elementwise", &name)?;
+        let cfg = LaunchConfig {
+            grid_dim: (n.div_ceil(THREADS as usize).clamp(1, 65_536) as u32, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut t.data)
+            .arg(&count)
+            .arg(&base)
+            .arg(&std)
+            .arg(&chunk);
+        // SAFETY: the arguments match random_normal in elementwise.cu; it writes indices below n,
+        // the tensor's length.
+        unsafe { b.launch(cfg) }.map_err(|e| Error::Device(format!("kernel {name}: {e}")))?;
+        Ok(t)
+    }
+
     /// Sets every element of `x` to `value`.
     pub fn fill<T: GpuFloat>(&self, x: &mut CudaSlice<T>, value: f32) -> Result<()> {
         let n = x.len();
