@@ -131,3 +131,43 @@ fn bench_kernels_is_a_gpu_benchmark_and_says_so() {
         }
     }
 }
+
+#[test]
+fn batch_max_runs_each_model_at_its_largest_batch_and_compares_those() {
+    // One layer of V2-Lite: 2,304 bytes/token for MLA against 16,384 for its MHA twin; a budget
+    // of 300 KB and 4 + 2 tokens at depth 8 (14 tokens) fits 9 MLA sequences and 1 MHA one.
+    let out = mla(&[
+        "bench",
+        "--preset",
+        "deepseek-v2-lite,deepseek-v2-lite-mha",
+        "--layers",
+        "1",
+        "--batch",
+        "max",
+        "--depth",
+        "8",
+        "--prompt",
+        "4",
+        "--gen",
+        "2",
+        "--reps",
+        "1",
+        "--kv-cache-memory",
+        "300KB",
+        "--compare",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("| 9 (max) |") && text.contains("| 1 (max) |"),
+        "{text}"
+    );
+    assert!(text.contains("max (9 vs 1)"), "{text}");
+    let out = mla(&["bench", "--preset", "llama2-7b", "--batch", "0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("max"), "{err}");
+}

@@ -13,9 +13,32 @@ use crate::kv::{slot, BlockManager, SeqBlocks};
 use crate::model::{AttentionForm, LogitRows, Model, Step};
 use std::time::Instant;
 
+/// Sequences per test: a number, or the largest batch whose caches fit the memory budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchSize {
+    Fixed(usize),
+    Max,
+}
+
+impl std::str::FromStr for BatchSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "max" => Ok(BatchSize::Max),
+            _ => s
+                .parse()
+                .ok()
+                .filter(|&n| n > 0)
+                .map(BatchSize::Fixed)
+                .ok_or_else(|| format!("\"{s}\" is not a batch size (a positive number or max)")),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct BenchConfig {
-    pub batches: Vec<usize>,
+    pub batches: Vec<BatchSize>,
     pub prompt: usize,
     pub gen: usize,
     pub depths: Vec<usize>,
@@ -34,6 +57,8 @@ pub struct BenchRow {
     /// `pp512` (prefill of 512 tokens per sequence) or `tg128` (128 decode steps).
     pub test: String,
     pub batch: usize,
+    /// Whether `batch` is the largest that fits the memory budget (`--batch max`).
+    pub at_max: bool,
     /// Tokens already in each sequence's cache before the test.
     pub depth: usize,
     pub tokens_per_s: f64,
@@ -119,7 +144,14 @@ pub fn run<B: Backend>(
     for &depth in &config.depths {
         let total = depth + config.prompt + config.gen;
         let max_batch = config.memory_budget / (total as u64 * kv_bytes_per_token).max(1);
-        for &batch in &config.batches {
+        for &size in &config.batches {
+            let batch = match size {
+                BatchSize::Fixed(n) => n,
+                BatchSize::Max => max_batch as usize,
+            };
+            if batch == 0 {
+                continue; // not even one sequence fits the budget at this depth
+            }
             let per_seq = total.div_ceil(bs);
             let mut blocks = BlockManager::new(batch * per_seq, bs, false);
             let mut cache = backend.alloc_kv_cache(
@@ -132,18 +164,25 @@ pub fn run<B: Backend>(
             for seq in &mut seqs {
                 blocks.reserve(seq, 0, total)?;
             }
-            // The context the tests run on top of, one sequence at a time (not timed).
+            // The context the tests run on top of (not timed): prefilled for the first sequence
+            // and copied into every other sequence's own blocks — the tests' cost does not
+            // depend on which tokens the context holds.
             if depth > 0 {
-                for seq in &seqs {
-                    let s = step(std::slice::from_ref(seq), 0, depth, bs, vocab);
-                    model.forward(
-                        backend,
-                        &mut cache,
-                        &s,
-                        AttentionForm::Auto,
-                        LogitRows::LastPerSequence,
-                    )?;
-                }
+                let s = step(&seqs[..1], 0, depth, bs, vocab);
+                model.forward(
+                    backend,
+                    &mut cache,
+                    &s,
+                    AttentionForm::Auto,
+                    LogitRows::LastPerSequence,
+                )?;
+                let pairs: Vec<(u32, u32)> = seqs[1..]
+                    .iter()
+                    .flat_map(|seq| {
+                        (0..depth.div_ceil(bs)).map(|b| (seqs[0].table[b], seq.table[b]))
+                    })
+                    .collect();
+                backend.copy_blocks(&mut cache, &pairs)?;
             }
             // Repeating a step rewrites the same slots with the same values, so reps need no reset.
             let prefill = step(&seqs, depth, config.prompt, bs, vocab);
@@ -191,6 +230,7 @@ pub fn run<B: Backend>(
                     model: name.to_string(),
                     test,
                     batch,
+                    at_max: size == BatchSize::Max,
                     depth,
                     tokens_per_s: mean,
                     std,

@@ -13,7 +13,8 @@ pub enum Format {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Comparison {
     pub test: String,
-    pub batch: usize,
+    /// The batch, or `max (B vs B')` when each model ran its largest batch.
+    pub batch: String,
     pub depth: usize,
     pub baseline: String,
     pub other: String,
@@ -32,11 +33,22 @@ pub fn compare(rows: &[BenchRow]) -> Vec<Comparison> {
     let mut out = Vec::new();
     for b in rows.iter().filter(|r| r.model == baseline) {
         for o in rows.iter().filter(|r| {
-            r.model != baseline && r.test == b.test && r.batch == b.batch && r.depth == b.depth
+            r.model != baseline
+                && r.test == b.test
+                && r.depth == b.depth
+                && if b.at_max {
+                    r.at_max
+                } else {
+                    !r.at_max && r.batch == b.batch
+                }
         }) {
             out.push(Comparison {
                 test: b.test.clone(),
-                batch: b.batch,
+                batch: if b.at_max {
+                    format!("max ({} vs {})", b.batch, o.batch)
+                } else {
+                    b.batch.to_string()
+                },
                 depth: b.depth,
                 baseline: baseline.clone(),
                 other: o.model.clone(),
@@ -93,7 +105,11 @@ pub fn render(rows: &[BenchRow], comparisons: Option<&[Comparison]>, format: For
                     "| {} | {} | {} | {:.2} ± {:.2} | {} | {} | {:.0}% / {:.0}% / {:.0}% |\n",
                     r.model,
                     test_label(r),
-                    r.batch,
+                    if r.at_max {
+                        format!("{} (max)", r.batch)
+                    } else {
+                        r.batch.to_string()
+                    },
                     r.tokens_per_s,
                     r.std,
                     r.kv_bytes_per_token,

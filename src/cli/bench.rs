@@ -6,7 +6,7 @@ use crate::backend::cuda::CudaBackend;
 use crate::backend::Backend;
 use crate::bench::presets::{preset_config, PRESETS};
 use crate::bench::report::{compare, render, Format};
-use crate::bench::{run, BenchConfig};
+use crate::bench::{run, BatchSize, BenchConfig};
 use crate::engine::memory::parse_bytes;
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -28,9 +28,10 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N")]
     pub layers: Option<usize>,
 
-    /// Sequences per test (comma-separated).
+    /// Sequences per test (comma-separated); `max`: the largest batch whose caches fit the
+    /// memory budget at each depth (each model its own).
     #[arg(long, value_delimiter = ',', default_value = "1", value_name = "B")]
-    pub batch: Vec<usize>,
+    pub batch: Vec<BatchSize>,
 
     /// Prompt tokens per sequence for the prefill test (pp).
     #[arg(long, default_value_t = 512, value_name = "N")]
@@ -198,9 +199,9 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
         Some(BenchSuite::Attention(a)) => return bench_attention(a),
         None => {}
     }
-    if args.block_size == 0 || args.batch.contains(&0) || args.prompt + args.gen == 0 {
+    if args.block_size == 0 || args.prompt + args.gen == 0 {
         return Err(Error::InvalidInput(
-            "--block-size, --batch and --prompt + --gen must be positive".into(),
+            "--block-size and --prompt + --gen must be positive".into(),
         ));
     }
     match (args.device, args.dtype) {

@@ -108,7 +108,11 @@ mod tests {
         };
         let all = w.load(name, &shape).unwrap();
         for j in [0, 1, 2, CHUNK - 1, CHUNK, CHUNK + 7, 2 * CHUNK + 5, 159_999] {
-            assert_eq!(all.data[j].to_bits(), value_at(base, std, j).to_bits(), "value {j}");
+            assert_eq!(
+                all.data[j].to_bits(),
+                value_at(base, std, j).to_bits(),
+                "value {j}"
+            );
         }
         assert_eq!(w.fill("model.norm.weight", &[8]), RandomFill::Constant(1.0));
     }
