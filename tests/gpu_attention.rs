@@ -137,6 +137,17 @@ where
             .unwrap();
         let what = format!("{} materialised, {heads} heads", T::SUFFIX);
         assert_close(&what, &gpu.to_host(&got).unwrap(), &want, tolerance);
+        // The same with every sequence expanded on its own (the grouping of big batches).
+        gpu.set_materialised_bytes(1);
+        let got = gpu
+            .mla_attention_materialised(&gq, &gpu_cache, 0, &batch, &g_kv_b, &dims)
+            .unwrap();
+        gpu.set_materialised_bytes(usize::MAX);
+        let what = format!(
+            "{} materialised one sequence at a time, {heads} heads",
+            T::SUFFIX
+        );
+        assert_close(&what, &gpu.to_host(&got).unwrap(), &want, tolerance);
     }
 }
 

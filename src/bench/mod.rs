@@ -203,28 +203,30 @@ pub fn run<B: Backend>(
                 }
                 Ok(())
             };
-            let (mut pp, mut tg) = (Vec::new(), Vec::new());
-            for _ in 0..config.reps.max(1) {
-                let t = Instant::now();
-                forward(&mut cache, &prefill)?;
-                pp.push((batch * config.prompt) as f64 / t.elapsed().as_secs_f64());
-            }
-            for _ in 0..config.reps.max(1) {
-                let t = Instant::now();
-                decode(&mut cache)?;
-                tg.push((batch * config.gen) as f64 / t.elapsed().as_secs_f64());
-            }
-            // The split comes from one more run of each with per-op timers, which on a GPU
+            // The split comes from one more run of each test with per-op timers, which on a GPU
             // wait for the device around every op: that would slow the timed runs down.
-            let pp_split = profiled(backend, || forward(&mut cache, &prefill))?;
-            let tg_split = profiled(backend, || decode(&mut cache))?;
-            for (test, samples, (attention_share, ffn_share, other_share)) in [
-                (format!("pp{}", config.prompt), pp, pp_split),
-                (format!("tg{}", config.gen), tg, tg_split),
-            ] {
-                if samples.iter().any(|s| !s.is_finite()) {
-                    continue; // a zero-length test
+            let mut tests = Vec::new();
+            if config.prompt > 0 {
+                let mut pp = Vec::new();
+                for _ in 0..config.reps.max(1) {
+                    let t = Instant::now();
+                    forward(&mut cache, &prefill)?;
+                    pp.push((batch * config.prompt) as f64 / t.elapsed().as_secs_f64());
                 }
+                let split = profiled(backend, || forward(&mut cache, &prefill))?;
+                tests.push((format!("pp{}", config.prompt), pp, split));
+            }
+            if config.gen > 0 {
+                let mut tg = Vec::new();
+                for _ in 0..config.reps.max(1) {
+                    let t = Instant::now();
+                    decode(&mut cache)?;
+                    tg.push((batch * config.gen) as f64 / t.elapsed().as_secs_f64());
+                }
+                let split = profiled(backend, || decode(&mut cache))?;
+                tests.push((format!("tg{}", config.gen), tg, split));
+            }
+            for (test, samples, (attention_share, ffn_share, other_share)) in tests {
                 let (mean, std) = mean_std(&samples);
                 let row = BenchRow {
                     model: name.to_string(),

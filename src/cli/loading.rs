@@ -52,7 +52,8 @@ pub struct ModelArgs {
     #[arg(long, value_enum, default_value_t = DType::Auto)]
     pub dtype: DType,
 
-    /// MLA form: auto (materialised for prefill, absorbed for decode), materialised or absorbed.
+    /// MLA form: auto (per step the one with fewer multiply-adds: absorbed for decode and short
+    /// chunks over long contexts, materialised for prefill), materialised or absorbed.
     #[arg(long, value_enum, default_value_t = AttentionForm::Auto)]
     pub attention: AttentionForm,
 

@@ -67,6 +67,29 @@ pub struct DeepSeek<B: Backend> {
 
 /// Splits `kv_b_proj` `[heads·(nope + v), r_kv]` into the per-head absorption weights:
 /// `W_UK_hᵀ` `[r_kv, nope]` and `W_UV_h` `[v, r_kv]`.
+/// Multiply-adds per head of the step's attention in each form: materialised expands every
+/// context latent to K_nope and V and attends with `nope + rope` keys and `v` values; absorbed
+/// folds `W_UK`/`W_UV` into each query row and attends with `r + rope` keys and `r` values.
+/// Absorbed wins for decode and for short chunks over long contexts (about q < 170 for
+/// DeepSeek's dims), materialised for prefill.
+pub fn absorbed_is_cheaper(dims: &MlaDims, batch: &crate::backend::AttentionBatch) -> bool {
+    let (r, dn, dr, dv) = (
+        dims.kv_lora_rank as f64,
+        dims.qk_nope as f64,
+        dims.qk_rope as f64,
+        dims.v_head as f64,
+    );
+    let (mut absorbed, mut materialised) = (0.0, 0.0);
+    for s in &batch.seqs {
+        let (q, ctx) = (s.query_len as f64, s.context_len as f64);
+        // Causal: the chunk's rows see the prefix and part of the chunk.
+        let attended = q * (ctx - q) + q * (q + 1.0) / 2.0;
+        materialised += ctx * r * (dn + dv) + attended * (dn + dr + dv);
+        absorbed += q * r * (dn + dv) + attended * (r + dr + r);
+    }
+    absorbed <= materialised
+}
+
 pub fn absorption_weights(kv_b: &[f32], dims: &MlaDims) -> (Vec<f32>, Vec<f32>) {
     let (r, dn, dv) = (dims.kv_lora_rank, dims.qk_nope, dims.v_head);
     let mut w_uk_t = Vec::with_capacity(dims.heads * r * dn);
@@ -241,7 +264,7 @@ impl<B: Backend> DeepSeek<B> {
     ) -> Result<B::Tensor> {
         let eps = self.config.rms_norm_eps as f32;
         let absorbed = match form {
-            AttentionForm::Auto => step.batch.seqs.iter().all(|s| s.query_len == 1),
+            AttentionForm::Auto => absorbed_is_cheaper(&self.dims, &step.batch),
             AttentionForm::Absorbed => true,
             AttentionForm::Materialised => false,
         };
@@ -316,5 +339,44 @@ impl<B: Backend> DeepSeek<B> {
             backend.mla_attention_materialised(&q, cache, layer, &step.batch, &w.kv_b, d)?
         };
         backend.matmul(&out, &w.o)
+    }
+}
+
+#[cfg(test)]
+mod form_tests {
+    use super::*;
+    use crate::backend::{AttentionBatch, SeqChunk};
+
+    fn batch(chunks: &[(usize, usize)]) -> AttentionBatch {
+        AttentionBatch {
+            block_size: 64,
+            seqs: chunks
+                .iter()
+                .map(|&(context_len, query_len)| SeqChunk {
+                    block_table: Vec::new(),
+                    context_len,
+                    query_len,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn auto_absorbs_decode_and_short_chunks_and_materialises_prefill() {
+        let dims = MlaDims {
+            heads: 16,
+            qk_nope: 128,
+            qk_rope: 64,
+            v_head: 128,
+            kv_lora_rank: 512,
+            softmax_scale: 0.1,
+        };
+        assert!(absorbed_is_cheaper(&dims, &batch(&[(5000, 1), (20, 1)])));
+        assert!(absorbed_is_cheaper(&dims, &batch(&[(8000, 64)])));
+        assert!(!absorbed_is_cheaper(&dims, &batch(&[(512, 512)])));
+        assert!(!absorbed_is_cheaper(&dims, &batch(&[(4096, 2048)])));
+        // A lone first token: its own latent is the whole context either way.
+        assert!(!absorbed_is_cheaper(&dims, &batch(&[(1, 1)])));
+        assert!(absorbed_is_cheaper(&dims, &batch(&[(2, 1)])));
     }
 }

@@ -17,7 +17,8 @@ use llama::Llama;
 /// Which MLA form a forward pass uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum AttentionForm {
-    /// Materialised K/V for multi-token chunks (prefill), absorbed for single tokens (decode).
+    /// Per step, the form with fewer multiply-adds: absorbed for decode and short chunks over
+    /// long contexts, materialised for prefill.
     #[default]
     Auto,
     /// Expand K and V from the latent with kv_b_proj and run standard attention.

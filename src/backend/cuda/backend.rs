@@ -16,6 +16,9 @@ use cudarc::cublas::{CudaBlas, Gemm};
 use cudarc::driver::CudaSlice;
 use std::marker::PhantomData;
 
+/// Default bound on the context the materialised form expands at once.
+const MATERIALISED_BYTES: usize = 2 << 30;
+
 /// Largest k the device's top-k kernel takes (one pass over the row per candidate).
 const MAX_DEVICE_TOP_K: usize = 64;
 
@@ -25,6 +28,8 @@ pub struct CudaBackend<T> {
     /// Fill every output with NaN before its kernel runs, so that an element a kernel forgets
     /// to write shows up in the tests instead of passing with stale memory.
     poison_outputs: bool,
+    /// Most bytes of gathered and expanded context the materialised form holds at once.
+    materialised_bytes: std::cell::Cell<usize>,
     _element: PhantomData<T>,
 }
 
@@ -87,6 +92,7 @@ where
             device,
             blas,
             poison_outputs: false,
+            materialised_bytes: std::cell::Cell::new(MATERIALISED_BYTES),
             _element: PhantomData,
         })
     }
@@ -95,6 +101,12 @@ where
     pub fn with_poisoned_outputs(mut self) -> Self {
         self.poison_outputs = true;
         self
+    }
+
+    /// Bounds the context the materialised form expands at once (tests use a tiny bound to
+    /// exercise the grouping).
+    pub fn set_materialised_bytes(&self, bytes: usize) {
+        self.materialised_bytes.set(bytes);
     }
 
     fn output(&self, rows: usize, cols: usize) -> Result<GpuTensor<T>> {
@@ -122,6 +134,37 @@ where
                 .paged_attention(out, &device_plan, layout, &buffer)?;
         }
         Ok(())
+    }
+
+    /// Materialised MLA for one group of sequences whose query rows are `q` (from its first
+    /// row): every context gathered from its pages and expanded to K_nope and V with cuBLAS.
+    fn materialise_group(
+        &self,
+        q: cudarc::driver::CudaView<'_, T>,
+        cache: &CudaKvCache<T>,
+        layer: usize,
+        batch: &AttentionBatch,
+        kv_b: &GpuTensor<T>,
+        dims: &MlaDims,
+    ) -> Result<GpuTensor<T>> {
+        let (plan, slots) = HostPlan::contiguous(batch, cache.num_blocks, cache.block_size)?;
+        let mut context = self.output(slots.len(), cache.width)?;
+        self.device
+            .gather_rows(&mut context, &layer_view(cache, layer), cache.width, &slots)?;
+        let latent = Layout {
+            rows: context.rows,
+            cols: dims.kv_lora_rank,
+            ld: cache.width,
+        };
+        let expanded = self.matmul_layout(&context.data.slice(..), latent, kv_b)?;
+        let mut out = self.output(plan.rows(), dims.heads * dims.v_head)?;
+        let layout = materialised_layout(dims);
+        self.attend(&mut out, &plan, batch, &layout, |source| match source {
+            Source::Context => context.data.slice(..),
+            Source::Expanded => expanded.data.slice(..),
+            _ => q.slice(..),
+        })?;
+        Ok(out)
     }
 
     /// `x · wᵀ` for an `x` given as a buffer and its layout.
@@ -491,24 +534,49 @@ where
                 ),
             ));
         }
-        // Every sequence's context, gathered from its pages, then expanded to K_nope and V.
-        let (plan, slots) = HostPlan::contiguous(batch, cache.num_blocks, cache.block_size)?;
-        let mut context = self.output(slots.len(), cache.width)?;
-        self.device
-            .gather_rows(&mut context, &layer_view(cache, layer), cache.width, &slots)?;
-        let latent = Layout {
-            rows: context.rows,
-            cols: r,
-            ld: cache.width,
-        };
-        let expanded = self.matmul_layout(&context.data.slice(..), latent, kv_b)?;
-        let mut out = self.output(plan.rows(), n * dv)?;
-        let layout = materialised_layout(dims);
-        self.attend(&mut out, &plan, batch, &layout, |source| match source {
-            Source::Context => context.data.slice(..),
-            Source::Expanded => expanded.data.slice(..),
-            _ => q.data.slice(..),
-        })?;
+        let t = batch.num_query_tokens();
+        if q.rows != t || q.cols != n * dims.qk_head() {
+            return Err(op_err(
+                "mla_attention_materialised",
+                format!("q [{}, {}] for {t} rows of {dims:?}", q.rows, q.cols),
+            ));
+        }
+        // Sequences in groups whose expanded K/V stay within a bound, so that a big batch over
+        // long contexts does not need every context expanded at once.
+        let per_token = (n * (dn + dv) + cache.width) * std::mem::size_of::<T>();
+        let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
+        let mut bytes = 0;
+        for (i, seq) in batch.seqs.iter().enumerate() {
+            let need = seq.context_len * per_token;
+            match groups.last_mut() {
+                Some(g) if bytes + need <= self.materialised_bytes.get() => g.end = i + 1,
+                _ => {
+                    groups.push(i..i + 1);
+                    bytes = 0;
+                }
+            }
+            bytes += need;
+        }
+        if groups.len() <= 1 {
+            return self.materialise_group(q.data.slice(..), cache, layer, batch, kv_b, dims);
+        }
+        let mut out = self.output(t, n * dv)?;
+        let mut row = 0;
+        for g in groups {
+            let part = AttentionBatch {
+                block_size: batch.block_size,
+                seqs: batch.seqs[g].to_vec(),
+            };
+            let rows = part.num_query_tokens();
+            let q_part = q.data.slice(row * q.cols..(row + rows) * q.cols);
+            let y = self.materialise_group(q_part, cache, layer, &part, kv_b, dims)?;
+            let mut dst = out.data.slice_mut(row * n * dv..(row + rows) * n * dv);
+            self.device
+                .stream
+                .memcpy_dtod(&y.data.slice(..rows * n * dv), &mut dst)
+                .map_err(|e| Error::Device(format!("copying attention rows: {e}")))?;
+            row += rows;
+        }
         Ok(out)
     }
 
