@@ -191,28 +191,32 @@ __device__ __forceinline__ void better(float& v, int& i, float ov, int oi) {
     if (ov > v || (ov == v && oi < i)) { v = ov; i = oi; }
 }
 
+// The best (value, index) over the block; every thread gets it. blockDim.x a multiple of 32.
+__device__ __forceinline__ void block_best(float& v, int& i) {
+    __shared__ float value[32];
+    __shared__ int index[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int offset = 16; offset > 0; offset >>= 1)
+        better(v, i, __shfl_xor_sync(0xffffffffu, v, offset), __shfl_xor_sync(0xffffffffu, i, offset));
+    __syncthreads();  // `value`/`index` may still be read by a previous call
+    if (lane == 0) { value[warp] = v; index[warp] = i; }
+    __syncthreads();
+    const int warps = blockDim.x >> 5;
+    v = lane < warps ? value[lane] : -INFINITY;
+    i = lane < warps ? index[lane] : 0x7fffffff;
+    for (int offset = 16; offset > 0; offset >>= 1)
+        better(v, i, __shfl_xor_sync(0xffffffffu, v, offset), __shfl_xor_sync(0xffffffffu, i, offset));
+}
+
 template <typename T>
 __device__ void argmax_rows(const T* x, uint32_t* out, int cols) {
-    __shared__ float best_value[32];
-    __shared__ int best_index[32];
     const T* row = x + (size_t)blockIdx.x * cols;
     float v = -INFINITY;
     int i = 0x7fffffff;
     for (int c = threadIdx.x; c < cols; c += blockDim.x) better(v, i, to_f32(row[c]), c);
-    for (int offset = 16; offset > 0; offset >>= 1)
-        better(v, i, __shfl_xor_sync(0xffffffffu, v, offset), __shfl_xor_sync(0xffffffffu, i, offset));
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) { best_value[warp] = v; best_index[warp] = i; }
-    __syncthreads();
-    if (warp == 0) {
-        const int warps = blockDim.x >> 5;
-        v = lane < warps ? best_value[lane] : -INFINITY;
-        i = lane < warps ? best_index[lane] : 0x7fffffff;
-        for (int offset = 16; offset > 0; offset >>= 1)
-            better(v, i, __shfl_xor_sync(0xffffffffu, v, offset), __shfl_xor_sync(0xffffffffu, i, offset));
-        // A row of NaN or -inf only: the first column, as the host's argmax.
-        if (lane == 0) out[blockIdx.x] = i == 0x7fffffff ? 0 : i;
-    }
+    block_best(v, i);
+    // A row of NaN or -inf only: the first column, as the host's argmax.
+    if (threadIdx.x == 0) out[blockIdx.x] = i == 0x7fffffff ? 0 : i;
 }
 
 // The k largest (value, column) pairs of each row, largest first, ties to the lower column: k
@@ -220,39 +224,23 @@ __device__ void argmax_rows(const T* x, uint32_t* out, int cols) {
 // in that order (so nothing needs marking). One block per row.
 template <typename T>
 __device__ void top_k_rows(const T* x, int cols, int k, float* values, uint32_t* ids) {
-    __shared__ float best_value[32], prev_value;
-    __shared__ int best_index[32], prev_index;
     const T* row = x + (size_t)blockIdx.x * cols;
-    if (threadIdx.x == 0) { prev_value = INFINITY; prev_index = -1; }
-    __syncthreads();
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    float prev_value = INFINITY;
+    int prev_index = -1;
     for (int round = 0; round < k; round++) {
-        const float pv = prev_value;
-        const int pi = prev_index;
         float v = -INFINITY;
         int i = 0x7fffffff;
         for (int c = threadIdx.x; c < cols; c += blockDim.x) {
             const float value = to_f32(row[c]);
-            if (value < pv || (value == pv && c > pi)) better(v, i, value, c);
+            if (value < prev_value || (value == prev_value && c > prev_index)) better(v, i, value, c);
         }
-        for (int offset = 16; offset > 0; offset >>= 1)
-            better(v, i, __shfl_xor_sync(0xffffffffu, v, offset), __shfl_xor_sync(0xffffffffu, i, offset));
-        if (lane == 0) { best_value[warp] = v; best_index[warp] = i; }
-        __syncthreads();
-        if (warp == 0) {
-            const int warps = blockDim.x >> 5;
-            v = lane < warps ? best_value[lane] : -INFINITY;
-            i = lane < warps ? best_index[lane] : 0x7fffffff;
-            for (int offset = 16; offset > 0; offset >>= 1)
-                better(v, i, __shfl_xor_sync(0xffffffffu, v, offset), __shfl_xor_sync(0xffffffffu, i, offset));
-            if (lane == 0) {
-                values[(size_t)blockIdx.x * k + round] = v;
-                ids[(size_t)blockIdx.x * k + round] = i == 0x7fffffff ? 0 : i;
-                prev_value = v;
-                prev_index = i;
-            }
+        block_best(v, i);
+        if (threadIdx.x == 0) {
+            values[(size_t)blockIdx.x * k + round] = v;
+            ids[(size_t)blockIdx.x * k + round] = i == 0x7fffffff ? 0 : i;
         }
-        __syncthreads();
+        prev_value = v;
+        prev_index = i;
     }
 }
 

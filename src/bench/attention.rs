@@ -3,10 +3,10 @@
 //! in the same run, and the materialised path (latents → per-head K/V with cuBLAS, then
 //! attention over them) on the shapes where its K/V fit.
 
-use crate::backend::cuda::{CudaBackend, CudaDevice};
+use super::kernels::{time_ms, uniform};
+use crate::backend::cuda::CudaBackend;
 use crate::backend::{AttentionBatch, Backend, MlaDims, SeqChunk};
 use crate::error::{Error, Result};
-use crate::weights::HostTensor;
 use half::bf16;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -27,18 +27,6 @@ const BLOCK: usize = 64;
 /// Largest expanded K/V the materialised path may allocate.
 const MATERIALISED_LIMIT_BYTES: usize = 8 << 30;
 
-fn time_ms(device: &CudaDevice, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    let err = |e: cudarc::driver::DriverError| Error::Device(format!("timing attention: {e}"));
-    f()?;
-    let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-    let start = device.stream.record_event(flags).map_err(err)?;
-    for _ in 0..reps {
-        f()?;
-    }
-    let end = device.stream.record_event(flags).map_err(err)?;
-    Ok(start.elapsed_ms(&end).map_err(err)? as f64 / reps.max(1) as f64)
-}
-
 /// GB/s of a device-to-device copy of 1 GiB (read + write).
 fn copy_gb_per_s(gpu: &CudaBackend<bf16>) -> Result<f64> {
     let n = 1 << 29;
@@ -51,19 +39,6 @@ fn copy_gb_per_s(gpu: &CudaBackend<bf16>) -> Result<f64> {
             .map_err(|e| Error::Device(format!("device-to-device copy: {e}")))
     })?;
     Ok(2.0 * (n * 2) as f64 / (ms * 1e6))
-}
-
-fn random(rows: usize, cols: usize, seed: u64) -> HostTensor {
-    let mut state = seed;
-    let data = (0..rows * cols)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        })
-        .collect();
-    HostTensor::new(vec![rows, cols], data)
 }
 
 pub fn run(
@@ -100,8 +75,8 @@ pub fn run(
                         })
                         .collect(),
                 };
-                let q_lat = gpu.upload_weight(random(batch, h * 512, 1))?;
-                let q = gpu.upload_weight(random(batch, h * 192, 2))?;
+                let q_lat = gpu.upload_weight(uniform(batch, h * 512, 1))?;
+                let q = gpu.upload_weight(uniform(batch, h * 192, 2))?;
                 let ms = time_ms(&gpu.device, reps, || {
                     gpu.mla_attention_absorbed(&q_lat, &q, &cache, 0, &attention, &dims)
                         .map(|_| ())
@@ -111,7 +86,7 @@ pub fn run(
                 let flops = 2.0 * h as f64 * tokens as f64 * (576.0 + 512.0);
                 let materialised_bytes = tokens * h * 256 * 2;
                 let materialised_micros = if materialised_bytes <= MATERIALISED_LIMIT_BYTES {
-                    let kv_b = gpu.upload_weight(random(h * 256, 512, 3))?;
+                    let kv_b = gpu.upload_weight(uniform(h * 256, 512, 3))?;
                     let ms = time_ms(&gpu.device, reps.min(3), || {
                         gpu.mla_attention_materialised(&q, &cache, 0, &attention, &kv_b, &dims)
                             .map(|_| ())

@@ -26,17 +26,35 @@ const ROWS: usize = 16_384;
 const COLS: usize = 2048;
 const REPS: usize = 20;
 
-/// GPU milliseconds per call of `f`, from events around `REPS` calls after one warm-up call.
-fn time_ms(device: &CudaDevice, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    let err = |e: cudarc::driver::DriverError| Error::Device(format!("timing a kernel: {e}"));
+/// GPU milliseconds per call of `f`, from CUDA events around `reps` calls after one warm-up.
+pub(crate) fn time_ms(
+    device: &CudaDevice,
+    reps: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<f64> {
+    let err = |e: cudarc::driver::DriverError| Error::Device(format!("timing on the GPU: {e}"));
     f()?;
     let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
     let start = device.stream.record_event(flags).map_err(err)?;
-    for _ in 0..REPS {
+    for _ in 0..reps {
         f()?;
     }
     let end = device.stream.record_event(flags).map_err(err)?;
-    Ok(start.elapsed_ms(&end).map_err(err)? as f64 / REPS as f64)
+    Ok(start.elapsed_ms(&end).map_err(err)? as f64 / reps.max(1) as f64)
+}
+
+/// Uniform values in [−0.5, 0.5) from a fixed-seed LCG: benchmark inputs only.
+pub(crate) fn uniform(rows: usize, cols: usize, seed: u64) -> HostTensor {
+    let mut state = seed;
+    let data = (0..rows * cols)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect();
+    HostTensor::new(vec![rows, cols], data)
 }
 
 pub fn run<T: GpuFloat>(gpu: &CudaBackend<T>) -> Result<Vec<KernelRow>>
@@ -47,16 +65,7 @@ where
     let e = std::mem::size_of::<T>() as u64;
     let n = (ROWS * COLS) as u64;
     let random = |rows: usize, cols: usize, seed: u64| -> Result<GpuTensor<T>> {
-        let mut state = seed;
-        let data = (0..rows * cols)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect();
-        dev.upload(&HostTensor::new(vec![rows, cols], data))
+        dev.upload(&uniform(rows, cols, seed))
     };
     let x = random(ROWS, COLS, 1)?;
     let y = random(ROWS, COLS, 2)?;
@@ -64,7 +73,7 @@ where
     let mut rows: Vec<(String, u64, f64)> = Vec::new();
 
     let mut copy = dev.tensor::<T>(ROWS, COLS, None)?;
-    let copy_ms = time_ms(dev, || {
+    let copy_ms = time_ms(dev, REPS, || {
         dev.stream
             .memcpy_dtod(&x.data, &mut copy.data)
             .map_err(|e| Error::Device(format!("device-to-device copy: {e}")))
@@ -72,33 +81,37 @@ where
     rows.push(("copy (cuMemcpyDtoD)".into(), 2 * n * e, copy_ms));
 
     let mut out = dev.tensor::<T>(ROWS, COLS, None)?;
-    let ms = time_ms(dev, || dev.rms_norm(&mut out, &x, &w, 1e-6))?;
+    let ms = time_ms(dev, REPS, || dev.rms_norm(&mut out, &x, &w, 1e-6))?;
     rows.push(("rms_norm".into(), 2 * n * e, ms));
     let mut acc = random(ROWS, COLS, 4)?;
-    let ms = time_ms(dev, || dev.add_rms_norm(&mut acc, &y, &mut out, &w, 1e-6))?;
+    let ms = time_ms(dev, REPS, || {
+        dev.add_rms_norm(&mut acc, &y, &mut out, &w, 1e-6)
+    })?;
     rows.push(("add_rms_norm (fused)".into(), 4 * n * e, ms));
-    let ms = time_ms(dev, || dev.add_assign(&mut acc, &y))?;
+    let ms = time_ms(dev, REPS, || dev.add_assign(&mut acc, &y))?;
     rows.push(("add_assign (residual)".into(), 3 * n * e, ms));
-    let ms = time_ms(dev, || dev.add_bias(&mut acc, &w))?;
+    let ms = time_ms(dev, REPS, || dev.add_bias(&mut acc, &w))?;
     rows.push(("add_bias".into(), 2 * n * e, ms));
-    let ms = time_ms(dev, || dev.silu_mul(&mut acc, &y))?;
+    let ms = time_ms(dev, REPS, || dev.silu_mul(&mut acc, &y))?;
     rows.push(("silu_mul".into(), 3 * n * e, ms));
-    let ms = time_ms(dev, || dev.fill(&mut acc.data, 0.0))?;
+    let ms = time_ms(dev, REPS, || dev.fill(&mut acc.data, 0.0))?;
     rows.push(("fill".into(), n * e, ms));
 
     // A vocabulary-sized table: the gather reads one row per token.
     let table = random(32_768, COLS, 5)?;
     let ids: Vec<u32> = (0..ROWS as u32).map(|i| (i * 7919) % 32_768).collect();
-    let ms = time_ms(dev, || dev.embedding(&mut out, &table, &ids))?;
+    let ms = time_ms(dev, REPS, || dev.embedding(&mut out, &table, &ids))?;
     rows.push(("embedding".into(), 2 * n * e, ms));
     let order: Vec<u32> = (0..ROWS as u32).rev().collect();
     let src = x.data.slice(..);
-    let ms = time_ms(dev, || dev.gather_rows(&mut out, &src, COLS, &order))?;
+    let ms = time_ms(dev, REPS, || dev.gather_rows(&mut out, &src, COLS, &order))?;
     rows.push(("gather_rows (select / MoE permute)".into(), 2 * n * e, ms));
     let ones = vec![0.5f32; ROWS];
-    let ms = time_ms(dev, || dev.scatter_add_rows(&mut acc, &y, &order, &ones))?;
+    let ms = time_ms(dev, REPS, || {
+        dev.scatter_add_rows(&mut acc, &y, &order, &ones)
+    })?;
     rows.push(("scatter_add_rows (MoE combine)".into(), 3 * n * e, ms));
-    let ms = time_ms(dev, || dev.argmax_rows(&x).map(|_| ()))?;
+    let ms = time_ms(dev, REPS, || dev.argmax_rows(&x).map(|_| ()))?;
     rows.push(("argmax_rows".into(), n * e, ms));
 
     // MLA shapes: q of 16 heads × 192 with RoPE on the last 64 of each head; kv_a output
@@ -117,7 +130,7 @@ where
     let table_host = rope.table(&positions, &vec![4096; tokens]);
     let cos_sin = dev.rope_table(&table_host)?;
     let mut q = random(tokens, 16 * 192, 6)?;
-    let ms = time_ms(dev, || {
+    let ms = time_ms(dev, REPS, || {
         dev.rope(&mut q, &table_host, &cos_sin, 16, 192, 128)
     })?;
     rows.push((
@@ -127,13 +140,15 @@ where
     ));
     let mut ckv = random(tokens, 576, 7)?;
     let norm = random(1, 512, 8)?;
-    let ms = time_ms(dev, || {
+    let ms = time_ms(dev, REPS, || {
         dev.latent_epilogue(&mut ckv, &norm, 1e-6, &table_host, &cos_sin)
     })?;
     rows.push(("latent_epilogue".into(), (2 * tokens * 576) as u64 * e, ms));
     let mut cache = gpu.alloc_kv_cache(1, tokens / 64, 64, 576)?;
     let slots: Vec<u32> = (0..tokens as u32).rev().collect();
-    let ms = time_ms(dev, || gpu.write_kv_cache(&mut cache, 0, &ckv, 0, &slots))?;
+    let ms = time_ms(dev, REPS, || {
+        gpu.write_kv_cache(&mut cache, 0, &ckv, 0, &slots)
+    })?;
     rows.push(("write_kv_cache".into(), (2 * tokens * 576) as u64 * e, ms));
 
     let copy_gbs = 2.0 * (n * e) as f64 / (copy_ms * 1e6);

@@ -97,9 +97,8 @@ pub enum BenchSuite {
 
 #[derive(Debug, Args)]
 pub struct AttentionBenchArgs {
-    /// The GPU: cuda or cuda:N.
-    #[arg(long, default_value = "cuda", value_name = "DEVICE")]
-    pub device: DeviceSpec,
+    #[command(flatten)]
+    pub gpu: GpuArg,
 
     /// Query heads (16: DeepSeek-V2-Lite, 128: V3).
     #[arg(
@@ -134,11 +133,7 @@ pub struct AttentionBenchArgs {
 }
 
 fn bench_attention(args: &AttentionBenchArgs) -> Result<()> {
-    let DeviceSpec::Cuda(ordinal) = args.device else {
-        return Err(Error::InvalidInput(
-            "mla bench attention measures GPU kernels: give --device cuda[:N]".into(),
-        ));
-    };
+    let ordinal = args.gpu.ordinal("attention")?;
     if args.heads.contains(&0) || args.batch.contains(&0) || args.context.contains(&0) {
         return Err(Error::InvalidInput(
             "--heads, --batch and --context must be positive".into(),
@@ -165,11 +160,29 @@ fn bench_attention(args: &AttentionBenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// The GPU a kernel benchmark runs on.
 #[derive(Debug, Args)]
-pub struct KernelBenchArgs {
+pub struct GpuArg {
     /// The GPU: cuda or cuda:N.
     #[arg(long, default_value = "cuda", value_name = "DEVICE")]
     pub device: DeviceSpec,
+}
+
+impl GpuArg {
+    fn ordinal(&self, suite: &str) -> Result<usize> {
+        match self.device {
+            DeviceSpec::Cuda(ordinal) => Ok(ordinal),
+            DeviceSpec::Cpu => Err(Error::InvalidInput(format!(
+                "mla bench {suite} measures GPU kernels: give --device cuda[:N]"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct KernelBenchArgs {
+    #[command(flatten)]
+    pub gpu: GpuArg,
 
     /// Element type of the tensors: auto (bf16), f32 or bf16.
     #[arg(long, value_enum, default_value_t = DType::Auto)]
@@ -177,11 +190,7 @@ pub struct KernelBenchArgs {
 }
 
 fn bench_kernels(args: &KernelBenchArgs) -> Result<()> {
-    let DeviceSpec::Cuda(ordinal) = args.device else {
-        return Err(Error::InvalidInput(
-            "mla bench kernels measures GPU kernels: give --device cuda[:N]".into(),
-        ));
-    };
+    let ordinal = args.gpu.ordinal("kernels")?;
     let table = if args.dtype == DType::F32 {
         let gpu = CudaBackend::<f32>::open(ordinal)?;
         crate::bench::kernels::render(&gpu.name(), &crate::bench::kernels::run(&gpu)?)

@@ -17,7 +17,7 @@ const WARPS_PER_SM: usize = 64;
 /// Where a key segment lives in its buffer; mirrors `struct KeySegment` in attention.cu.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
-struct KeySegment {
+pub(super) struct KeySegment {
     width: i32,
     offset: i32,
     head_stride: i32,
@@ -92,12 +92,7 @@ impl CudaDevice {
     /// The plan on the device, with KV splits for `heads` query heads sized to fill this GPU.
     pub fn upload_plan(&self, plan: &HostPlan, heads: usize) -> Result<AttentionPlan> {
         let split_len = split_len(plan, heads, WARPS_PER_SM * self.info.multiprocessors);
-        let longest = plan
-            .row_pos
-            .iter()
-            .map(|&p| p as usize + 1)
-            .max()
-            .unwrap_or(1);
+        let longest = plan.longest();
         Ok(AttentionPlan {
             split_len,
             splits: longest.div_ceil(split_len),

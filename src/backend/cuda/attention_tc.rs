@@ -2,6 +2,7 @@
 //! split-KV schedule (pure host code, tested on any machine), and the launches of the kernel
 //! and its combine.
 
+use super::attention::{non_empty, KeySegment};
 use super::layout::{AttentionLayout, HostPlan, Segment, Source};
 use super::{CudaDevice, GpuFloat, GpuTensor};
 use crate::backend::AttentionBatch;
@@ -41,30 +42,6 @@ pub struct TcGroup {
 unsafe impl DeviceRepr for TcItem {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for TcGroup {}
-
-/// Where a segment's kernel-side description comes from.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-struct KeySegment {
-    width: i32,
-    offset: i32,
-    head_stride: i32,
-    len: i32,
-}
-
-// SAFETY: a #[repr(C)] struct of four i32, as the kernel's `KeySegment`.
-unsafe impl DeviceRepr for KeySegment {}
-
-impl From<&Segment> for KeySegment {
-    fn from(s: &Segment) -> Self {
-        KeySegment {
-            width: s.width as i32,
-            offset: s.offset as i32,
-            head_stride: s.head_stride as i32,
-            len: s.len as i32,
-        }
-    }
-}
 
 /// Whether the values are the first `v.len` columns of the key tile (MLA absorbed).
 fn values_in_keys(l: &AttentionLayout) -> bool {
@@ -238,7 +215,7 @@ impl CudaDevice {
         let err = |what: &'static str| move |e| Error::Device(format!("attention_tc {what}: {e}"));
         let items_dev = self.stream.clone_htod(&items).map_err(err("schedule"))?;
         let groups_dev = self.stream.clone_htod(&groups).map_err(err("schedule"))?;
-        let positions = self.upload_u32(&super::attention::non_empty(&plan.row_pos))?;
+        let positions = self.upload_u32(&non_empty(&plan.row_pos))?;
         let mut partial_o = self.tensor::<f32>(items.len() * ROWS, l.v.len, None)?.data;
         let mut partial_lse = self.tensor::<f32>(items.len(), ROWS, None)?.data;
 
@@ -324,9 +301,10 @@ impl CudaDevice {
 
 #[cfg(test)]
 mod tests {
+    use super::super::layout::test_support::{assert_close, paged, random};
     use super::super::layout::{absorbed_layout, materialised_layout, mha_layout};
     use super::*;
-    use crate::backend::cpu::{CpuBackend, CpuKvCache};
+    use crate::backend::cpu::CpuBackend;
     use crate::backend::{Backend, MhaDims, MlaDims, SeqChunk};
     use crate::engine::sampler::SplitMix64;
     use crate::weights::HostTensor;
@@ -446,56 +424,7 @@ mod tests {
     }
 
     const BLOCK: usize = 16;
-
-    fn random(rng: &mut SplitMix64, rows: usize, cols: usize) -> HostTensor {
-        let data = (0..rows * cols)
-            .map(|_| rng.next_f64() as f32 - 0.5)
-            .collect();
-        HostTensor::new(vec![rows, cols], data)
-    }
-
-    /// Sequences on block tables in reverse order (a shuffled table), with random cached rows.
-    fn setup(rng: &mut SplitMix64, width: usize) -> (AttentionBatch, CpuKvCache) {
-        let shapes: [(usize, usize); 5] = [(1, 1), (150, 1), (40, 4), (300, 2), (70, 20)];
-        let mut next = 0u32;
-        let seqs: Vec<SeqChunk> = shapes
-            .iter()
-            .map(|&(context_len, query_len)| {
-                let blocks = context_len.div_ceil(BLOCK) as u32;
-                let table = (next..next + blocks).rev().collect();
-                next += blocks;
-                SeqChunk {
-                    block_table: table,
-                    context_len,
-                    query_len,
-                }
-            })
-            .collect();
-        let batch = AttentionBatch {
-            block_size: BLOCK,
-            seqs,
-        };
-        let mut cache = CpuBackend
-            .alloc_kv_cache(1, next as usize + 2, BLOCK, width)
-            .unwrap();
-        for seq in &batch.seqs {
-            let rows = random(rng, seq.context_len, width);
-            let slots: Vec<u32> = (0..seq.context_len)
-                .map(|p| seq.block_table[p / BLOCK] * BLOCK as u32 + (p % BLOCK) as u32)
-                .collect();
-            CpuBackend
-                .write_kv_cache(&mut cache, 0, &rows, 0, &slots)
-                .unwrap();
-        }
-        (batch, cache)
-    }
-
-    fn assert_close(got: &[f32], want: &[f32], what: &str) {
-        assert_eq!(got.len(), want.len(), "{what}");
-        for (i, (g, w)) in got.iter().zip(want).enumerate() {
-            assert!((g - w).abs() <= 2e-5, "{what}, element {i}: {g} vs {w}");
-        }
-    }
+    const SHAPES: &[(usize, usize)] = &[(1, 1), (150, 1), (40, 4), (300, 2), (70, 20)];
 
     #[test]
     fn the_tensor_core_algorithm_matches_the_cpu_backend_in_every_form() {
@@ -508,7 +437,7 @@ mod tests {
             kv_lora_rank: 32,
             softmax_scale: 0.3,
         };
-        let (batch, cache) = setup(&mut rng, dims.latent_width());
+        let (batch, cache) = paged(&mut rng, SHAPES, BLOCK, dims.latent_width());
         let t = batch.num_query_tokens();
         let q = random(&mut rng, t, dims.heads * dims.qk_head());
         let q_lat = random(&mut rng, t, dims.heads * dims.kv_lora_rank);
@@ -525,7 +454,12 @@ mod tests {
                 Source::Q => &q.data,
                 _ => &cache.layers[0],
             });
-            assert_close(&got, &want.data, &format!("absorbed, target {target}"));
+            assert_close(
+                &got,
+                &want.data,
+                2e-5,
+                &format!("absorbed, target {target}"),
+            );
         }
 
         let (plan, slots) = HostPlan::contiguous(&batch, cache.num_blocks, BLOCK).unwrap();
@@ -550,7 +484,7 @@ mod tests {
             Source::Expanded => &expanded.data,
             _ => &q.data,
         });
-        assert_close(&got, &want.data, "materialised");
+        assert_close(&got, &want.data, 2e-5, "materialised");
 
         for (heads, kv_heads, d, window) in
             [(4, 4, 16, None), (8, 2, 32, None), (6, 1, 16, Some(37))]
@@ -563,7 +497,7 @@ mod tests {
                 sliding_window: window,
             };
             let width = 2 * kv_heads * d;
-            let (batch, cache) = setup(&mut rng, width);
+            let (batch, cache) = paged(&mut rng, SHAPES, BLOCK, width);
             let q = random(&mut rng, batch.num_query_tokens(), heads * d + width);
             let plan = HostPlan::paged(&batch, cache.num_blocks, BLOCK).unwrap();
             let l = mha_layout(&dims, q.shape[1], width);
@@ -575,11 +509,8 @@ mod tests {
                 Source::Q => &q.data,
                 _ => &cache.layers[0],
             });
-            assert_close(
-                &got,
-                &want.data,
-                &format!("MHA {heads}/{kv_heads} × {d}, window {window:?}"),
-            );
+            let what = format!("MHA {heads}/{kv_heads} × {d}, window {window:?}");
+            assert_close(&got, &want.data, 2e-5, &what);
         }
     }
 

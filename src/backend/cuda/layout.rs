@@ -142,6 +142,15 @@ impl HostPlan {
         self.row_seq.len()
     }
 
+    /// Tokens the longest row sees (its position + 1).
+    pub fn longest(&self) -> usize {
+        self.row_pos
+            .iter()
+            .map(|&p| p as usize + 1)
+            .max()
+            .unwrap_or(1)
+    }
+
     fn new(
         batch: &AttentionBatch,
         tables: &[Vec<u32>],
@@ -210,12 +219,7 @@ impl HostPlan {
 /// Tokens per KV split, so that about `target_warps` warps (one per row, head and split) run:
 /// a few long sequences are cut into many splits, a big batch into none.
 pub fn split_len(plan: &HostPlan, heads: usize, target_warps: usize) -> usize {
-    let longest = plan
-        .row_pos
-        .iter()
-        .map(|&p| p as usize + 1)
-        .max()
-        .unwrap_or(1);
+    let longest = plan.longest();
     let jobs = (plan.rows() * heads).max(1);
     let splits = target_warps
         .div_ceil(jobs)
@@ -236,12 +240,7 @@ pub fn emulate<'a>(
 ) -> Vec<f32> {
     let l = layout;
     let dv = l.v.len;
-    let longest = plan
-        .row_pos
-        .iter()
-        .map(|&p| p as usize + 1)
-        .max()
-        .unwrap_or(1);
+    let longest = plan.longest();
     let splits = longest.div_ceil(split_len);
     let mut out = vec![f32::NAN; plan.rows() * l.heads * dv];
     let at = |s: &Segment, row: usize, head: usize, i: usize| {
@@ -321,53 +320,56 @@ pub fn emulate<'a>(
     out
 }
 
+/// Shared by the tests of the attention kernels' host halves.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::backend::cpu::CpuBackend;
-    use crate::backend::{Backend, SeqChunk};
+pub(super) mod test_support {
+    use crate::backend::cpu::{CpuBackend, CpuKvCache};
+    use crate::backend::{AttentionBatch, Backend, SeqChunk};
     use crate::engine::sampler::SplitMix64;
     use crate::weights::HostTensor;
 
-    const BLOCK: usize = 4;
-
-    fn random(rng: &mut SplitMix64, rows: usize, cols: usize) -> HostTensor {
+    pub fn random(rng: &mut SplitMix64, rows: usize, cols: usize) -> HostTensor {
         let data = (0..rows * cols)
             .map(|_| rng.next_f64() as f32 - 0.5)
             .collect();
         HostTensor::new(vec![rows, cols], data)
     }
 
-    /// Sequences of various lengths on blocks handed out in a scrambled order, with spare
-    /// blocks left NaN; the same rows written into the CPU cache.
-    fn setup(
+    /// Sequences `(context, query)` on blocks handed out in a scrambled order (a permutation of
+    /// the pool, three blocks spare and left NaN), random rows cached for every position.
+    pub fn paged(
         rng: &mut SplitMix64,
+        shapes: &[(usize, usize)],
+        block: usize,
         width: usize,
-    ) -> (AttentionBatch, crate::backend::cpu::CpuKvCache) {
-        let shapes: [(usize, usize); 5] = [(1, 1), (9, 3), (4, 4), (13, 1), (6, 2)];
-        let num_blocks: usize = shapes.iter().map(|(c, _)| c.div_ceil(BLOCK)).sum::<usize>() + 3;
-        let order: Vec<u32> = (0..num_blocks as u32)
-            .map(|b| (b * 7 + 3) % num_blocks as u32)
-            .collect();
-        let mut next = order.into_iter();
+    ) -> (AttentionBatch, CpuKvCache) {
+        let num_blocks = shapes.iter().map(|(c, _)| c.div_ceil(block)).sum::<usize>() + 3;
+        let gcd = |mut a: usize, mut b: usize| {
+            while b != 0 {
+                (a, b) = (b, a % b);
+            }
+            a
+        };
+        let stride = (7..).find(|&k| gcd(k, num_blocks) == 1).expect("a stride");
+        let mut order = (0..num_blocks).map(|b| ((b * stride + 3) % num_blocks) as u32);
         let batch = AttentionBatch {
-            block_size: BLOCK,
+            block_size: block,
             seqs: shapes
                 .iter()
                 .map(|&(context_len, query_len)| SeqChunk {
-                    block_table: next.by_ref().take(context_len.div_ceil(BLOCK)).collect(),
+                    block_table: order.by_ref().take(context_len.div_ceil(block)).collect(),
                     context_len,
                     query_len,
                 })
                 .collect(),
         };
         let mut cache = CpuBackend
-            .alloc_kv_cache(1, num_blocks, BLOCK, width)
+            .alloc_kv_cache(1, num_blocks, block, width)
             .unwrap();
         for seq in &batch.seqs {
             let rows = random(rng, seq.context_len, width);
             let slots: Vec<u32> = (0..seq.context_len)
-                .map(|p| seq.block_table[p / BLOCK] * BLOCK as u32 + (p % BLOCK) as u32)
+                .map(|p| seq.block_table[p / block] * block as u32 + (p % block) as u32)
                 .collect();
             CpuBackend
                 .write_kv_cache(&mut cache, 0, &rows, 0, &slots)
@@ -376,15 +378,28 @@ mod tests {
         (batch, cache)
     }
 
-    fn assert_close(got: &[f32], want: &[f32]) {
-        assert_eq!(got.len(), want.len());
+    pub fn assert_close(got: &[f32], want: &[f32], tolerance: f32, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
             assert!(
-                (g - w).abs() <= 1e-5 * w.abs().max(1.0),
-                "element {i}: {g} vs {w}"
+                (g - w).abs() <= tolerance * w.abs().max(1.0),
+                "{what}, element {i}: {g} vs {w}"
             );
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{assert_close, paged, random};
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+    use crate::backend::{Backend, SeqChunk};
+    use crate::engine::sampler::SplitMix64;
+    use crate::weights::HostTensor;
+
+    const BLOCK: usize = 4;
+    const SHAPES: &[(usize, usize)] = &[(1, 1), (9, 3), (4, 4), (13, 1), (6, 2)];
 
     #[test]
     fn splits_fill_the_gpu_without_going_below_the_minimum() {
@@ -422,7 +437,7 @@ mod tests {
                 sliding_window: window,
             };
             let width = 2 * kv_heads * d;
-            let (batch, cache) = setup(&mut rng, width);
+            let (batch, cache) = paged(&mut rng, SHAPES, BLOCK, width);
             // A fused qkv row: the query heads, then K and V columns the attention ignores.
             let q = random(&mut rng, batch.num_query_tokens(), heads * d + width);
             let want = CpuBackend
@@ -439,7 +454,7 @@ mod tests {
                         _ => &cache.layers[0],
                     },
                 );
-                assert_close(&got, &want.data);
+                assert_close(&got, &want.data, 1e-5, &format!("{dims:?}, split {split}"));
             }
         }
     }
@@ -455,7 +470,7 @@ mod tests {
             kv_lora_rank: 16,
             softmax_scale: 0.25,
         };
-        let (batch, cache) = setup(&mut rng, dims.latent_width());
+        let (batch, cache) = paged(&mut rng, SHAPES, BLOCK, dims.latent_width());
         let t = batch.num_query_tokens();
         let q = random(&mut rng, t, dims.heads * dims.qk_head());
         let q_lat = random(&mut rng, t, dims.heads * dims.kv_lora_rank);
@@ -474,7 +489,7 @@ mod tests {
             Source::Q => &q.data,
             _ => &cache.layers[0],
         });
-        assert_close(&got, &want.data);
+        assert_close(&got, &want.data, 1e-5, "absorbed");
 
         // Materialised: gather the context rows, expand them with kv_b as the GPU does.
         let want = CpuBackend
@@ -497,6 +512,6 @@ mod tests {
             Source::Expanded => &expanded.data,
             _ => &q.data,
         });
-        assert_close(&got, &want.data);
+        assert_close(&got, &want.data, 1e-5, "materialised");
     }
 }
