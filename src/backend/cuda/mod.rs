@@ -5,6 +5,7 @@
 //! a chance to panic.
 
 mod attention;
+mod attention_forms;
 pub mod attention_tc;
 mod backend;
 mod blas;

@@ -1,0 +1,214 @@
+//! The three attention forms of the CUDA backend: plans and layouts for the kernels, the
+//! tensor-core kernel where it serves the form (bf16), the exact reference kernel otherwise, and
+//! the materialised form's gathered and expanded context, in bounded groups of sequences.
+
+use super::attention_tc;
+use super::backend::{op_err, CudaBackend, CudaKvCache};
+use super::blas::Layout;
+use super::layout::{
+    absorbed_layout, materialised_layout, mha_layout, AttentionLayout, HostPlan, Source,
+};
+use super::{GpuFloat, GpuTensor};
+use crate::backend::{AttentionBatch, MhaDims, MlaDims};
+use crate::error::{Error, Result};
+use cudarc::cublas::{CudaBlas, Gemm};
+
+/// Default bound on the context the materialised form expands at once.
+pub(super) const MATERIALISED_BYTES: usize = 2 << 30;
+
+impl<T: GpuFloat> CudaBackend<T>
+where
+    CudaBlas: Gemm<T>,
+{
+    pub(super) fn mha(
+        &self,
+        q: &GpuTensor<T>,
+        cache: &CudaKvCache<T>,
+        layer: usize,
+        batch: &AttentionBatch,
+        dims: &MhaDims,
+    ) -> Result<GpuTensor<T>> {
+        cache.check_layer(layer)?;
+        let (d, kvh) = (dims.head_dim, dims.kv_heads);
+        if kvh == 0 || dims.heads % kvh != 0 || cache.width != 2 * kvh * d {
+            return Err(op_err(
+                "mha_attention",
+                format!("{dims:?} with cache width {}", cache.width),
+            ));
+        }
+        let plan = HostPlan::paged(batch, cache.num_blocks, cache.block_size)?;
+        let layout = mha_layout(dims, q.cols, cache.width);
+        let mut out = self.output(plan.rows(), dims.heads * d)?;
+        self.attend(&mut out, &plan, batch, &layout, |source| match source {
+            Source::Q => q.data.slice(..),
+            _ => layer_view(cache, layer),
+        })?;
+        Ok(out)
+    }
+
+    pub(super) fn materialised(
+        &self,
+        q: &GpuTensor<T>,
+        cache: &CudaKvCache<T>,
+        layer: usize,
+        batch: &AttentionBatch,
+        kv_b: &GpuTensor<T>,
+        dims: &MlaDims,
+    ) -> Result<GpuTensor<T>> {
+        cache.check_layer(layer)?;
+        let (n, r, dn, dv, dr) = (
+            dims.heads,
+            dims.kv_lora_rank,
+            dims.qk_nope,
+            dims.v_head,
+            dims.qk_rope,
+        );
+        if cache.width != r + dr || kv_b.rows != n * (dn + dv) || kv_b.cols != r {
+            return Err(op_err(
+                "mla_attention_materialised",
+                format!(
+                    "{dims:?} with cache width {} and kv_b [{}, {}]",
+                    cache.width, kv_b.rows, kv_b.cols
+                ),
+            ));
+        }
+        let t = batch.num_query_tokens();
+        if q.rows != t || q.cols != n * dims.qk_head() {
+            return Err(op_err(
+                "mla_attention_materialised",
+                format!("q [{}, {}] for {t} rows of {dims:?}", q.rows, q.cols),
+            ));
+        }
+        // Sequences in groups whose expanded K/V stay within a bound, so that a big batch over
+        // long contexts does not need every context expanded at once.
+        let per_token = (n * (dn + dv) + cache.width) * std::mem::size_of::<T>();
+        let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
+        let mut bytes = 0;
+        for (i, seq) in batch.seqs.iter().enumerate() {
+            let need = seq.context_len * per_token;
+            match groups.last_mut() {
+                Some(g) if bytes + need <= self.materialised_bytes.get() => g.end = i + 1,
+                _ => {
+                    groups.push(i..i + 1);
+                    bytes = 0;
+                }
+            }
+            bytes += need;
+        }
+        if groups.len() <= 1 {
+            return self.materialise_group(q.data.slice(..), cache, layer, batch, kv_b, dims);
+        }
+        let mut out = self.output(t, n * dv)?;
+        let mut row = 0;
+        for g in groups {
+            let part = AttentionBatch {
+                block_size: batch.block_size,
+                seqs: batch.seqs[g].to_vec(),
+            };
+            let rows = part.num_query_tokens();
+            let q_part = q.data.slice(row * q.cols..(row + rows) * q.cols);
+            let y = self.materialise_group(q_part, cache, layer, &part, kv_b, dims)?;
+            let mut dst = out.data.slice_mut(row * n * dv..(row + rows) * n * dv);
+            self.device
+                .stream
+                .memcpy_dtod(&y.data.slice(..rows * n * dv), &mut dst)
+                .map_err(|e| Error::Device(format!("copying attention rows: {e}")))?;
+            row += rows;
+        }
+        Ok(out)
+    }
+
+    pub(super) fn absorbed(
+        &self,
+        q_lat: &GpuTensor<T>,
+        q: &GpuTensor<T>,
+        cache: &CudaKvCache<T>,
+        layer: usize,
+        batch: &AttentionBatch,
+        dims: &MlaDims,
+    ) -> Result<GpuTensor<T>> {
+        cache.check_layer(layer)?;
+        let (n, r, dr) = (dims.heads, dims.kv_lora_rank, dims.qk_rope);
+        let dq = dims.qk_head();
+        if cache.width != r + dr || q_lat.cols != n * r || q.cols != n * dq {
+            return Err(op_err(
+                "mla_attention_absorbed",
+                format!(
+                    "{dims:?} with cache width {}, q_lat {} and q {} columns",
+                    cache.width, q_lat.cols, q.cols
+                ),
+            ));
+        }
+        let plan = HostPlan::paged(batch, cache.num_blocks, cache.block_size)?;
+        let mut out = self.output(plan.rows(), n * r)?;
+        let layout = absorbed_layout(dims);
+        self.attend(&mut out, &plan, batch, &layout, |source| match source {
+            Source::QLat => q_lat.data.slice(..),
+            Source::Q => q.data.slice(..),
+            _ => layer_view(cache, layer),
+        })?;
+        Ok(out)
+    }
+
+    /// Attention with `layout`: on tensor cores where the kernel serves it (bf16), else with
+    /// the exact warp-per-head kernel.
+    fn attend<'a>(
+        &self,
+        out: &mut GpuTensor<T>,
+        plan: &HostPlan,
+        batch: &AttentionBatch,
+        layout: &AttentionLayout,
+        buffer: impl Fn(Source) -> cudarc::driver::CudaView<'a, T>,
+    ) -> Result<()> {
+        let device_plan = self.device.upload_plan(plan, layout.heads)?;
+        let max_shared = self.device.info.max_shared_per_block;
+        if T::SUFFIX == "bf16" && attention_tc::supports(layout, max_shared) {
+            self.device
+                .attention_tc(out, plan, device_plan.tables(), batch, layout, &buffer)?;
+        } else {
+            self.device
+                .paged_attention(out, &device_plan, layout, &buffer)?;
+        }
+        Ok(())
+    }
+
+    /// Materialised MLA for one group of sequences whose query rows are `q` (from its first
+    /// row): every context gathered from its pages and expanded to K_nope and V with cuBLAS.
+    fn materialise_group(
+        &self,
+        q: cudarc::driver::CudaView<'_, T>,
+        cache: &CudaKvCache<T>,
+        layer: usize,
+        batch: &AttentionBatch,
+        kv_b: &GpuTensor<T>,
+        dims: &MlaDims,
+    ) -> Result<GpuTensor<T>> {
+        let (plan, slots) = HostPlan::contiguous(batch, cache.num_blocks, cache.block_size)?;
+        let mut context = self.output(slots.len(), cache.width)?;
+        self.device
+            .gather_rows(&mut context, &layer_view(cache, layer), cache.width, &slots)?;
+        let latent = Layout {
+            rows: context.rows,
+            cols: dims.kv_lora_rank,
+            ld: cache.width,
+        };
+        let expanded = self.matmul_layout(&context.data.slice(..), latent, kv_b)?;
+        let mut out = self.output(plan.rows(), dims.heads * dims.v_head)?;
+        let layout = materialised_layout(dims);
+        self.attend(&mut out, &plan, batch, &layout, |source| match source {
+            Source::Context => context.data.slice(..),
+            Source::Expanded => expanded.data.slice(..),
+            _ => q.slice(..),
+        })?;
+        Ok(out)
+    }
+}
+
+/// Layer `layer` of the cache as one `[num_blocks · block_size, width]` buffer.
+pub(super) fn layer_view<T>(
+    cache: &CudaKvCache<T>,
+    layer: usize,
+) -> cudarc::driver::CudaView<'_, T> {
+    let len = cache.layer_slots() * cache.width;
+    cache.data.slice(layer * len..(layer + 1) * len)
+}
