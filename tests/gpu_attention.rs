@@ -85,25 +85,38 @@ where
     (cpu_cache, gpu_cache)
 }
 
+/// The GPU backend with every op output poisoned (NaN) before its kernel writes it.
+fn poisoned_gpu<T: GpuFloat>() -> CudaBackend<T>
+where
+    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
+{
+    CudaBackend::<T>::open(0)
+        .expect("an NVIDIA GPU with kernels in this build")
+        .with_poisoned_outputs()
+}
+
+/// DeepSeek-V2/V3 attention widths with `heads` heads.
+fn deepseek_dims(heads: usize) -> MlaDims {
+    MlaDims {
+        heads,
+        qk_nope: 128,
+        qk_rope: 64,
+        v_head: 128,
+        kv_lora_rank: 512,
+        softmax_scale: 0.07,
+    }
+}
+
 const SHAPES: &[(usize, usize)] = &[(1, 1), (17, 4), (64, 2), (100, 30), (33, 1), (250, 3)];
 
 fn mla<T: GpuFloat>(tolerance: f64)
 where
     cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
 {
-    let gpu = CudaBackend::<T>::open(0)
-        .expect("an NVIDIA GPU with kernels in this build")
-        .with_poisoned_outputs();
+    let gpu = poisoned_gpu::<T>();
     let mut rng = Rng::new(11);
     for heads in [1, 16, 128] {
-        let dims = MlaDims {
-            heads,
-            qk_nope: 128,
-            qk_rope: 64,
-            v_head: 128,
-            kv_lora_rank: 512,
-            softmax_scale: 0.07,
-        };
+        let dims = deepseek_dims(heads);
         let shapes = if heads == 128 { &SHAPES[..3] } else { SHAPES };
         let (batch, num_blocks) = batch(&mut rng, shapes);
         let (cpu_cache, gpu_cache) =
@@ -157,19 +170,10 @@ fn mla_decode_batches<T: GpuFloat>(tolerance: f64)
 where
     cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
 {
-    let gpu = CudaBackend::<T>::open(0)
-        .expect("an NVIDIA GPU with kernels in this build")
-        .with_poisoned_outputs();
+    let gpu = poisoned_gpu::<T>();
     let mut rng = Rng::new(13);
     for (heads, sequences) in [(16, 64), (128, 8)] {
-        let dims = MlaDims {
-            heads,
-            qk_nope: 128,
-            qk_rope: 64,
-            v_head: 128,
-            kv_lora_rank: 512,
-            softmax_scale: 0.07,
-        };
+        let dims = deepseek_dims(heads);
         let shapes: Vec<(usize, usize)> = (0..sequences)
             .map(|i| {
                 let context = 1 + (i * 2654435761usize) % 8192;
@@ -219,9 +223,7 @@ fn mha<T: GpuFloat>(tolerance: f64)
 where
     cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
 {
-    let gpu = CudaBackend::<T>::open(0)
-        .expect("an NVIDIA GPU with kernels in this build")
-        .with_poisoned_outputs();
+    let gpu = poisoned_gpu::<T>();
     let mut rng = Rng::new(12);
     for (heads, kv_heads, head_dim, window) in [
         (16, 16, 128, None),
