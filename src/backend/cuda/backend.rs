@@ -10,7 +10,9 @@ use crate::model::rope::RopeTable;
 use crate::weights::HostTensor;
 use cudarc::cublas::{CudaBlas, Gemm};
 use cudarc::driver::CudaSlice;
+use std::cell::RefCell;
 use std::marker::PhantomData;
+use std::rc::Rc;
 
 /// Largest k the device's top-k kernel takes (one pass over the row per candidate).
 const MAX_DEVICE_TOP_K: usize = 64;
@@ -23,7 +25,15 @@ pub struct CudaBackend<T> {
     poison_outputs: bool,
     /// Most bytes of gathered and expanded context the materialised form holds at once.
     pub(super) materialised_bytes: std::cell::Cell<usize>,
+    /// The last RoPE table uploaded, with its host values: a step uses one table in every
+    /// layer, so it crosses the bus once per step instead of once per layer.
+    rope_tables: RefCell<Option<UploadedRope>>,
     _element: PhantomData<T>,
+}
+
+struct UploadedRope {
+    host: RopeTable,
+    device: Rc<(CudaSlice<f32>, CudaSlice<f32>)>,
 }
 
 /// `heads` row-major `[out, input]` matrices back to back.
@@ -86,6 +96,7 @@ where
             blas,
             poison_outputs: false,
             materialised_bytes: std::cell::Cell::new(super::attention_forms::MATERIALISED_BYTES),
+            rope_tables: RefCell::new(None),
             _element: PhantomData,
         })
     }
@@ -100,6 +111,20 @@ where
     /// exercise the grouping).
     pub fn set_materialised_bytes(&self, bytes: usize) {
         self.materialised_bytes.set(bytes);
+    }
+
+    /// `table` on the device, uploaded only when it differs from the previous one.
+    fn rope_on_device(&self, table: &RopeTable) -> Result<Rc<(CudaSlice<f32>, CudaSlice<f32>)>> {
+        let mut cached = self.rope_tables.borrow_mut();
+        if let Some(c) = cached.as_ref().filter(|c| c.host == *table) {
+            return Ok(c.device.clone());
+        }
+        let device = Rc::new(self.device.rope_table(table)?);
+        *cached = Some(UploadedRope {
+            host: table.clone(),
+            device: device.clone(),
+        });
+        Ok(device)
     }
 
     pub(super) fn output(&self, rows: usize, cols: usize) -> Result<GpuTensor<T>> {
@@ -341,7 +366,7 @@ where
         if x.rows == 0 {
             return Ok(());
         }
-        let cos_sin = self.device.rope_table(table)?;
+        let cos_sin = self.rope_on_device(table)?;
         self.device
             .rope(x, table, &cos_sin, heads, head_stride, offset)
     }
