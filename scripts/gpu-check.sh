@@ -41,7 +41,7 @@ run)
   export LD_LIBRARY_PATH
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
   status=0
-  printf '| test binary | passed | failed | ignored |\n|---|---|---|---|\n' > "$out/summary.md"
+  printf '| check | passed | failed | ignored |\n|---|---|---|---|\n' > "$out/summary.md"
   for t in "$out"/tests/*; do
     log="$out/$(basename "$t").log"
     if ! MLA_BIN="$out/mla" "$t" --include-ignored > "$log" 2>&1; then status=1; fi
