@@ -2,7 +2,8 @@
 //! tensor-core kernel where it serves the form (bf16), the exact reference kernel otherwise, and
 //! the materialised form's gathered and expanded context, in bounded groups of sequences.
 
-use super::attention_tc;
+use super::attention::AttentionPlan;
+use super::attention_tc::{self, TcSchedule};
 use super::backend::{op_err, CudaBackend, CudaKvCache};
 use super::blas::Layout;
 use super::layout::{
@@ -12,6 +13,28 @@ use super::{GpuFloat, GpuTensor};
 use crate::backend::{AttentionBatch, MhaDims, MlaDims};
 use crate::error::{Error, Result};
 use cudarc::cublas::{CudaBlas, Gemm};
+use std::rc::Rc;
+
+/// What one step's attention needs on the device, for one plan and layout shape.
+pub(super) struct Prepared {
+    plan: AttentionPlan,
+    schedule: Option<TcSchedule>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct PreparedKey {
+    plan: HostPlan,
+    heads: usize,
+    group: usize,
+    window: usize,
+    tensor_cores: bool,
+}
+
+/// The step the cached preparations belong to.
+pub(super) struct PreparedStep {
+    batch: AttentionBatch,
+    entries: Vec<(PreparedKey, Rc<Prepared>)>,
+}
 
 /// Default bound on the context the materialised form expands at once.
 pub(super) const MATERIALISED_BYTES: usize = 2 << 30;
@@ -160,16 +183,58 @@ where
         layout: &AttentionLayout,
         buffer: impl Fn(Source) -> cudarc::driver::CudaView<'a, T>,
     ) -> Result<()> {
-        let device_plan = self.device.upload_plan(plan, layout.heads)?;
-        let max_shared = self.device.info.max_shared_per_block;
-        if T::SUFFIX == "bf16" && attention_tc::supports(layout, max_shared) {
-            self.device
-                .attention_tc(out, plan, device_plan.tables(), batch, layout, &buffer)?;
-        } else {
-            self.device
-                .paged_attention(out, &device_plan, layout, &buffer)?;
+        let prepared = self.prepared(plan, batch, layout)?;
+        match &prepared.schedule {
+            Some(schedule) => {
+                let tables = prepared.plan.tables();
+                self.device
+                    .attention_tc(out, plan, tables, schedule, layout, &buffer)?;
+            }
+            None => self
+                .device
+                .paged_attention(out, &prepared.plan, layout, &buffer)?,
         }
         Ok(())
+    }
+
+    /// The step's plan (and tensor-core schedule) on the device: built at the first layer of a
+    /// step and reused by the others, which see the same batch.
+    fn prepared(
+        &self,
+        plan: &HostPlan,
+        batch: &AttentionBatch,
+        layout: &AttentionLayout,
+    ) -> Result<Rc<Prepared>> {
+        let tensor_cores = T::SUFFIX == "bf16"
+            && attention_tc::supports(layout, self.device.info.max_shared_per_block);
+        let key = PreparedKey {
+            plan: plan.clone(),
+            heads: layout.heads,
+            group: layout.group,
+            window: layout.window,
+            tensor_cores,
+        };
+        let mut cache = self.prepared.borrow_mut();
+        if cache.as_ref().is_none_or(|c| c.batch != *batch) {
+            *cache = Some(PreparedStep {
+                batch: batch.clone(),
+                entries: Vec::new(),
+            });
+        }
+        let step = cache.as_mut().expect("just set");
+        if let Some((_, p)) = step.entries.iter().find(|(k, _)| *k == key) {
+            return Ok(p.clone());
+        }
+        let schedule = match tensor_cores {
+            true => Some(self.device.tc_schedule(plan, batch, layout)?),
+            false => None,
+        };
+        let prepared = Rc::new(Prepared {
+            plan: self.device.upload_plan(plan, layout.heads)?,
+            schedule,
+        });
+        step.entries.push((key, prepared.clone()));
+        Ok(prepared)
     }
 
     /// Materialised MLA for one group of sequences whose query rows are `q` (from its first

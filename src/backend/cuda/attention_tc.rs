@@ -150,21 +150,67 @@ pub fn schedule(
     (items, groups)
 }
 
+/// A step's tensor-core schedule on the device.
+pub struct TcSchedule {
+    items: CudaSlice<TcItem>,
+    groups: CudaSlice<TcGroup>,
+    positions: CudaSlice<u32>,
+    item_count: usize,
+    group_count: usize,
+}
+
 impl CudaDevice {
+    /// The split-KV schedule of `batch` for layout `l`, on the device.
+    pub fn tc_schedule(
+        &self,
+        plan: &HostPlan,
+        batch: &AttentionBatch,
+        l: &AttentionLayout,
+    ) -> Result<TcSchedule> {
+        let (items, groups) = schedule(
+            batch,
+            l.heads,
+            l.group,
+            l.window,
+            2 * self.info.multiprocessors,
+        );
+        let err = |e| Error::Device(format!("attention_tc schedule: {e}"));
+        let (item_count, group_count) = (items.len(), groups.len());
+        // Never empty buffers: the kernel gets valid pointers even for an empty step.
+        let items = if items.is_empty() {
+            vec![EMPTY_ITEM]
+        } else {
+            items
+        };
+        let groups = if groups.is_empty() {
+            vec![EMPTY_GROUP]
+        } else {
+            groups
+        };
+        Ok(TcSchedule {
+            items: self.stream.clone_htod(&items).map_err(err)?,
+            groups: self.stream.clone_htod(&groups).map_err(err)?,
+            positions: self.upload_u32(&non_empty(&plan.row_pos))?,
+            item_count,
+            group_count,
+        })
+    }
+
     /// Attention for `batch` with layout `l` on tensor cores: the output `[T, heads·v.len]` and
     /// each (token, head) row's log-sum-exp of its scaled scores (natural log). `T` must be bf16
-    /// and `l` one that [`supports`] accepts; `tables` are the plan's block tables.
+    /// and `l` one that [`supports`] accepts; `tables` are the plan's block tables and
+    /// `schedule` comes from [`Self::tc_schedule`] for the same step and layout.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_tc<'a, T: GpuFloat>(
         &self,
         out: &mut GpuTensor<T>,
         plan: &HostPlan,
         tables: (&CudaSlice<u32>, &CudaSlice<u32>),
-        batch: &AttentionBatch,
+        schedule: &TcSchedule,
         l: &AttentionLayout,
         buffer: impl Fn(Source) -> CudaView<'a, T>,
     ) -> Result<CudaSlice<f32>> {
-        let t = batch.num_query_tokens();
+        let t = plan.rows();
         let max_shared = self.info.max_shared_per_block;
         if T::SUFFIX != "bf16"
             || !supports(l, max_shared)
@@ -201,23 +247,15 @@ impl CudaDevice {
         check("k2", &l.k2, plan.rows_read, kv_heads)?;
         check("v", &l.v, plan.rows_read, kv_heads)?;
 
-        let (items, groups) = schedule(
-            batch,
-            l.heads,
-            l.group,
-            l.window,
-            2 * self.info.multiprocessors,
-        );
         let mut lse = self.tensor::<f32>(1, t * l.heads, None)?;
-        if items.is_empty() {
+        if schedule.item_count == 0 {
             return Ok(lse.data);
         }
         let err = |what: &'static str| move |e| Error::Device(format!("attention_tc {what}: {e}"));
-        let items_dev = self.stream.clone_htod(&items).map_err(err("schedule"))?;
-        let groups_dev = self.stream.clone_htod(&groups).map_err(err("schedule"))?;
-        let positions = self.upload_u32(&non_empty(&plan.row_pos))?;
-        let mut partial_o = self.tensor::<f32>(items.len() * ROWS, l.v.len, None)?.data;
-        let mut partial_lse = self.tensor::<f32>(items.len(), ROWS, None)?.data;
+        let mut partial_o = self
+            .tensor::<f32>(schedule.item_count * ROWS, l.v.len, None)?
+            .data;
+        let mut partial_lse = self.tensor::<f32>(schedule.item_count, ROWS, None)?.data;
 
         let smem = shared_bytes(l);
         let f = self.function("attention_tc", "attention_tc_bf16")?;
@@ -256,18 +294,18 @@ impl CudaDevice {
             .arg(&v)
             .arg(&sv)
             .arg(&v_in_k)
-            .arg(&items_dev)
+            .arg(&schedule.items)
             .arg(tables.0)
             .arg(tables.1)
             .arg(&block_size)
-            .arg(&positions)
+            .arg(&schedule.positions)
             .arg(&heads)
             .arg(&l.scale)
             .arg(&window)
             .arg(&mut partial_o)
             .arg(&mut partial_lse);
         let cfg = LaunchConfig {
-            grid_dim: (items.len() as u32, 1, 1),
+            grid_dim: (schedule.item_count as u32, 1, 1),
             block_dim: (128, 1, 1),
             shared_mem_bytes: smem as u32,
         };
@@ -282,12 +320,12 @@ impl CudaDevice {
         let mut b = self.stream.launch_builder(&f);
         b.arg(&partial_o)
             .arg(&partial_lse)
-            .arg(&groups_dev)
+            .arg(&schedule.groups)
             .arg(&mut out.data)
             .arg(&mut lse.data)
             .arg(&dv);
         let cfg = LaunchConfig {
-            grid_dim: (groups.len() as u32, 1, 1),
+            grid_dim: (schedule.group_count as u32, 1, 1),
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -298,6 +336,19 @@ impl CudaDevice {
         Ok(lse.data)
     }
 }
+
+const EMPTY_ITEM: TcItem = TcItem {
+    seq: 0,
+    kv_head: 0,
+    kv_begin: 0,
+    kv_end: 0,
+    rows: [NO_ROW; ROWS],
+};
+const EMPTY_GROUP: TcGroup = TcGroup {
+    item_first: 0,
+    items: 0,
+    rows: [NO_ROW; ROWS],
+};
 
 #[cfg(test)]
 mod tests {

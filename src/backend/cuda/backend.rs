@@ -28,6 +28,8 @@ pub struct CudaBackend<T> {
     /// The last RoPE table uploaded, with its host values: a step uses one table in every
     /// layer, so it crosses the bus once per step instead of once per layer.
     rope_tables: RefCell<Option<UploadedRope>>,
+    /// The current step's attention plans and schedules (see `attention_forms`).
+    pub(super) prepared: RefCell<Option<super::attention_forms::PreparedStep>>,
     _element: PhantomData<T>,
 }
 
@@ -97,6 +99,7 @@ where
             poison_outputs: false,
             materialised_bytes: std::cell::Cell::new(super::attention_forms::MATERIALISED_BYTES),
             rope_tables: RefCell::new(None),
+            prepared: RefCell::new(None),
             _element: PhantomData,
         })
     }
