@@ -40,6 +40,7 @@ run)
   done
   export LD_LIBRARY_PATH
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+  "$out/mla" info --device cuda | tail -2 || true
   status=0
   printf '| check | passed | failed | ignored |\n|---|---|---|---|\n' > "$out/summary.md"
   for t in "$out"/tests/*; do

@@ -191,6 +191,14 @@ pub fn run(args: InfoArgs) -> Result<()> {
             left / per_token,
             left / bytes(mha).max(1)
         );
+        println!(
+            "profiling:    {}",
+            if crate::profile::enable_nvtx() {
+                "NVTX ranges on (libnvToolsExt found): nsys profile -t cuda,nvtx shows them"
+            } else {
+                "no NVTX library (libnvToolsExt) on the library path: --profile prints per-op tables"
+            }
+        );
     }
     Ok(())
 }
