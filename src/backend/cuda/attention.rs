@@ -62,14 +62,36 @@ impl AttentionPlan {
     pub fn tables(&self) -> (&CudaSlice<u32>, &CudaSlice<u32>) {
         (&self.block_tables, &self.table_start)
     }
+
+    /// Each query row's (token's) position.
+    pub fn positions(&self) -> &CudaSlice<u32> {
+        &self.row_pos
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// One past the highest buffer row any query row reads.
+    pub fn rows_read(&self) -> usize {
+        self.rows_read
+    }
 }
 
-/// Checks that `heads` head parts of `rows` rows of `s` lie inside a buffer of `len` values.
-fn check_segment(what: &str, s: &Segment, len: usize, rows: usize, heads: usize) -> Result<()> {
+/// Checks, for kernel `op`, that `heads` head parts of `rows` rows of `s` lie inside a buffer
+/// of `len` values.
+pub(super) fn check_segment(
+    op: &'static str,
+    what: &str,
+    s: &Segment,
+    len: usize,
+    rows: usize,
+    heads: usize,
+) -> Result<()> {
     let last = s.offset + heads.saturating_sub(1) * s.head_stride + s.len;
     if (s.len > 0 && last > s.width) || rows * s.width > len {
         return Err(Error::Op {
-            op: "paged_attention",
+            op,
             message: format!(
                 "{what}: {heads} heads of {} from column {} (stride {}) in rows of {} × {rows} rows, buffer of {len}",
                 s.len, s.offset, s.head_stride, s.width
@@ -123,11 +145,32 @@ impl CudaDevice {
             buffer(l.k2.source),
             buffer(l.v.source),
         );
-        check_segment("q1", &l.q1, q1.len(), plan.rows, l.heads)?;
-        check_segment("q2", &l.q2, q2.len(), plan.rows, l.heads)?;
-        check_segment("k1", &l.k1, k1.len(), plan.rows_read, kv_heads)?;
-        check_segment("k2", &l.k2, k2.len(), plan.rows_read, kv_heads)?;
-        check_segment("v", &l.v, v.len(), plan.rows_read, kv_heads)?;
+        check_segment("paged_attention", "q1", &l.q1, q1.len(), plan.rows, l.heads)?;
+        check_segment("paged_attention", "q2", &l.q2, q2.len(), plan.rows, l.heads)?;
+        check_segment(
+            "paged_attention",
+            "k1",
+            &l.k1,
+            k1.len(),
+            plan.rows_read,
+            kv_heads,
+        )?;
+        check_segment(
+            "paged_attention",
+            "k2",
+            &l.k2,
+            k2.len(),
+            plan.rows_read,
+            kv_heads,
+        )?;
+        check_segment(
+            "paged_attention",
+            "v",
+            &l.v,
+            v.len(),
+            plan.rows_read,
+            kv_heads,
+        )?;
         let ok = l.group > 0
             && l.heads % l.group == 0
             && l.q1.len == l.k1.len

@@ -21,9 +21,9 @@ pub(super) struct Prepared {
     schedule: Option<TcSchedule>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-struct PreparedKey {
-    plan: HostPlan,
+/// What, besides the plan, a preparation depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LayoutShape {
     heads: usize,
     group: usize,
     window: usize,
@@ -33,7 +33,7 @@ struct PreparedKey {
 /// The step the cached preparations belong to.
 pub(super) struct PreparedStep {
     batch: AttentionBatch,
-    entries: Vec<(PreparedKey, Rc<Prepared>)>,
+    entries: Vec<(HostPlan, LayoutShape, Rc<Prepared>)>,
 }
 
 /// Default bound on the context the materialised form expands at once.
@@ -186,9 +186,8 @@ where
         let prepared = self.prepared(plan, batch, layout)?;
         match &prepared.schedule {
             Some(schedule) => {
-                let tables = prepared.plan.tables();
                 self.device
-                    .attention_tc(out, plan, tables, schedule, layout, &buffer)?;
+                    .attention_tc(out, &prepared.plan, schedule, layout, &buffer)?;
             }
             None => self
                 .device
@@ -207,8 +206,7 @@ where
     ) -> Result<Rc<Prepared>> {
         let tensor_cores = T::SUFFIX == "bf16"
             && attention_tc::supports(layout, self.device.info.max_shared_per_block);
-        let key = PreparedKey {
-            plan: plan.clone(),
+        let shape = LayoutShape {
             heads: layout.heads,
             group: layout.group,
             window: layout.window,
@@ -222,18 +220,22 @@ where
             });
         }
         let step = cache.as_mut().expect("just set");
-        if let Some((_, p)) = step.entries.iter().find(|(k, _)| *k == key) {
+        if let Some((.., p)) = step
+            .entries
+            .iter()
+            .find(|(p, s, _)| *s == shape && p == plan)
+        {
             return Ok(p.clone());
         }
         let schedule = match tensor_cores {
-            true => Some(self.device.tc_schedule(plan, batch, layout)?),
+            true => Some(self.device.tc_schedule(batch, layout)?),
             false => None,
         };
         let prepared = Rc::new(Prepared {
             plan: self.device.upload_plan(plan, layout.heads)?,
             schedule,
         });
-        step.entries.push((key, prepared.clone()));
+        step.entries.push((plan.clone(), shape, prepared.clone()));
         Ok(prepared)
     }
 

@@ -2,8 +2,8 @@
 //! split-KV schedule (pure host code, tested on any machine), and the launches of the kernel
 //! and its combine.
 
-use super::attention::{non_empty, KeySegment};
-use super::layout::{AttentionLayout, HostPlan, Segment, Source};
+use super::attention::{check_segment, AttentionPlan, KeySegment};
+use super::layout::{AttentionLayout, Segment, Source};
 use super::{CudaDevice, GpuFloat, GpuTensor};
 use crate::backend::AttentionBatch;
 use crate::error::{Error, Result};
@@ -154,19 +154,13 @@ pub fn schedule(
 pub struct TcSchedule {
     items: CudaSlice<TcItem>,
     groups: CudaSlice<TcGroup>,
-    positions: CudaSlice<u32>,
     item_count: usize,
     group_count: usize,
 }
 
 impl CudaDevice {
     /// The split-KV schedule of `batch` for layout `l`, on the device.
-    pub fn tc_schedule(
-        &self,
-        plan: &HostPlan,
-        batch: &AttentionBatch,
-        l: &AttentionLayout,
-    ) -> Result<TcSchedule> {
+    pub fn tc_schedule(&self, batch: &AttentionBatch, l: &AttentionLayout) -> Result<TcSchedule> {
         let (items, groups) = schedule(
             batch,
             l.heads,
@@ -190,22 +184,19 @@ impl CudaDevice {
         Ok(TcSchedule {
             items: self.stream.clone_htod(&items).map_err(err)?,
             groups: self.stream.clone_htod(&groups).map_err(err)?,
-            positions: self.upload_u32(&non_empty(&plan.row_pos))?,
             item_count,
             group_count,
         })
     }
 
-    /// Attention for `batch` with layout `l` on tensor cores: the output `[T, heads·v.len]` and
-    /// each (token, head) row's log-sum-exp of its scaled scores (natural log). `T` must be bf16
-    /// and `l` one that [`supports`] accepts; `tables` are the plan's block tables and
-    /// `schedule` comes from [`Self::tc_schedule`] for the same step and layout.
-    #[allow(clippy::too_many_arguments)]
+    /// Attention for the step of `plan` with layout `l` on tensor cores: the output
+    /// `[T, heads·v.len]` and each (token, head) row's log-sum-exp of its scaled scores (natural
+    /// log). `T` must be bf16 and `l` one that [`supports`] accepts; `schedule` comes from
+    /// [`Self::tc_schedule`] for the same step and layout.
     pub fn attention_tc<'a, T: GpuFloat>(
         &self,
         out: &mut GpuTensor<T>,
-        plan: &HostPlan,
-        tables: (&CudaSlice<u32>, &CudaSlice<u32>),
+        plan: &AttentionPlan,
         schedule: &TcSchedule,
         l: &AttentionLayout,
         buffer: impl Fn(Source) -> CudaView<'a, T>,
@@ -228,24 +219,15 @@ impl CudaDevice {
                 ),
             });
         }
-        // The bounds every read must respect, as the reference kernel checks them.
-        let check = |what: &str, s: &Segment, rows: usize, heads: usize| -> Result<()> {
-            let len = buffer(s.source).len();
-            let last = s.offset + heads.saturating_sub(1) * s.head_stride + s.len;
-            if (s.len > 0 && last > s.width) || rows * s.width > len {
-                return Err(Error::Op {
-                    op: "attention_tc",
-                    message: format!("{what}: {s:?} over {rows} rows of a buffer of {len}"),
-                });
-            }
-            Ok(())
-        };
         let kv_heads = l.heads / l.group.max(1);
+        let check = |what, s: &Segment, rows, heads| {
+            check_segment("attention_tc", what, s, buffer(s.source).len(), rows, heads)
+        };
         check("q1", &l.q1, t, l.heads)?;
         check("q2", &l.q2, t, l.heads)?;
-        check("k1", &l.k1, plan.rows_read, kv_heads)?;
-        check("k2", &l.k2, plan.rows_read, kv_heads)?;
-        check("v", &l.v, plan.rows_read, kv_heads)?;
+        check("k1", &l.k1, plan.rows_read(), kv_heads)?;
+        check("k2", &l.k2, plan.rows_read(), kv_heads)?;
+        check("v", &l.v, plan.rows_read(), kv_heads)?;
 
         let mut lse = self.tensor::<f32>(1, t * l.heads, None)?;
         if schedule.item_count == 0 {
@@ -279,7 +261,8 @@ impl CudaDevice {
             KeySegment::from(&l.v),
         );
         let v_in_k = values_in_keys(l) as i32;
-        let (block_size, heads, window) = (i(plan.block_size), i(l.heads), i(l.window));
+        let (block_size, heads, window) = (i(plan.block_size()), i(l.heads), i(l.window));
+        let (block_tables, table_start) = plan.tables();
         let mut b = self.stream.launch_builder(&f);
         b.arg(&q1)
             .arg(&q1_stride)
@@ -295,10 +278,10 @@ impl CudaDevice {
             .arg(&sv)
             .arg(&v_in_k)
             .arg(&schedule.items)
-            .arg(tables.0)
-            .arg(tables.1)
+            .arg(block_tables)
+            .arg(table_start)
             .arg(&block_size)
-            .arg(&schedule.positions)
+            .arg(plan.positions())
             .arg(&heads)
             .arg(&l.scale)
             .arg(&window)
@@ -352,13 +335,12 @@ const EMPTY_GROUP: TcGroup = TcGroup {
 
 #[cfg(test)]
 mod tests {
-    use super::super::layout::test_support::{assert_close, paged, random};
-    use super::super::layout::{absorbed_layout, materialised_layout, mha_layout};
+    use super::super::layout::test_support::{assert_close, materialise, paged, random};
+    use super::super::layout::{absorbed_layout, materialised_layout, mha_layout, HostPlan};
     use super::*;
     use crate::backend::cpu::CpuBackend;
     use crate::backend::{Backend, MhaDims, MlaDims, SeqChunk};
     use crate::engine::sampler::SplitMix64;
-    use crate::weights::HostTensor;
 
     /// attention_tc_bf16 and its combine step by step on host f32 buffers: the schedule, the
     /// rows' (token, head) and positions, the tile loop with its masks, base-2 softmax and the
@@ -514,17 +496,7 @@ mod tests {
         }
 
         let (plan, slots) = HostPlan::contiguous(&batch, cache.num_blocks, BLOCK).unwrap();
-        let w = dims.latent_width();
-        let context: Vec<f32> = slots
-            .iter()
-            .flat_map(|&s| cache.layers[0][s as usize * w..(s as usize + 1) * w].to_vec())
-            .collect();
-        let latent: Vec<f32> = context
-            .chunks_exact(w)
-            .flat_map(|row| row[..dims.kv_lora_rank].to_vec())
-            .collect();
-        let latent = HostTensor::new(vec![slots.len(), dims.kv_lora_rank], latent);
-        let expanded = CpuBackend.matmul(&latent, &kv_b).unwrap();
+        let (context, expanded) = materialise(&cache, &slots, &dims, &kv_b);
         let l = materialised_layout(&dims);
         assert!(supports(&l, 232_448) && !values_in_keys(&l));
         let want = CpuBackend

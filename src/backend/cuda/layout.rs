@@ -324,7 +324,7 @@ pub fn emulate<'a>(
 #[cfg(test)]
 pub(super) mod test_support {
     use crate::backend::cpu::{CpuBackend, CpuKvCache};
-    use crate::backend::{AttentionBatch, Backend, SeqChunk};
+    use crate::backend::{AttentionBatch, Backend, MlaDims, SeqChunk};
     use crate::engine::sampler::SplitMix64;
     use crate::weights::HostTensor;
 
@@ -378,6 +378,27 @@ pub(super) mod test_support {
         (batch, cache)
     }
 
+    /// What the GPU's materialised form feeds its kernel: the context rows gathered from their
+    /// cache `slots`, and their latents expanded by `kv_b` to K_nope and V.
+    pub fn materialise(
+        cache: &CpuKvCache,
+        slots: &[u32],
+        dims: &MlaDims,
+        kv_b: &HostTensor,
+    ) -> (Vec<f32>, HostTensor) {
+        let w = dims.latent_width();
+        let context: Vec<f32> = slots
+            .iter()
+            .flat_map(|&s| cache.layers[0][s as usize * w..(s as usize + 1) * w].to_vec())
+            .collect();
+        let latent: Vec<f32> = context
+            .chunks_exact(w)
+            .flat_map(|row| row[..dims.kv_lora_rank].to_vec())
+            .collect();
+        let latent = HostTensor::new(vec![slots.len(), dims.kv_lora_rank], latent);
+        (context, CpuBackend.matmul(&latent, kv_b).unwrap())
+    }
+
     pub fn assert_close(got: &[f32], want: &[f32], tolerance: f32, what: &str) {
         assert_eq!(got.len(), want.len(), "{what}");
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
@@ -391,12 +412,11 @@ pub(super) mod test_support {
 
 #[cfg(test)]
 mod tests {
-    use super::test_support::{assert_close, paged, random};
+    use super::test_support::{assert_close, materialise, paged, random};
     use super::*;
     use crate::backend::cpu::CpuBackend;
     use crate::backend::{Backend, SeqChunk};
     use crate::engine::sampler::SplitMix64;
-    use crate::weights::HostTensor;
 
     const BLOCK: usize = 4;
     const SHAPES: &[(usize, usize)] = &[(1, 1), (9, 3), (4, 4), (13, 1), (6, 2)];
@@ -496,17 +516,7 @@ mod tests {
             .mla_attention_materialised(&q, &cache, 0, &batch, &kv_b, &dims)
             .unwrap();
         let (plan, slots) = HostPlan::contiguous(&batch, cache.num_blocks, BLOCK).unwrap();
-        let w = dims.latent_width();
-        let context: Vec<f32> = slots
-            .iter()
-            .flat_map(|&s| cache.layers[0][s as usize * w..(s as usize + 1) * w].to_vec())
-            .collect();
-        let latent: Vec<f32> = context
-            .chunks_exact(w)
-            .flat_map(|row| row[..dims.kv_lora_rank].to_vec())
-            .collect();
-        let latent = HostTensor::new(vec![slots.len(), dims.kv_lora_rank], latent);
-        let expanded = CpuBackend.matmul(&latent, &kv_b).unwrap();
+        let (context, expanded) = materialise(&cache, &slots, &dims, &kv_b);
         let got = emulate(&plan, &materialised_layout(&dims), 2, |s| match s {
             Source::Context => &context,
             Source::Expanded => &expanded.data,
