@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{fixtures_dir, random_weights, rel_l2, safetensors_bytes, tiny_config, write_model};
+use common::{fixtures_dir, random_weights, rel_l2, tiny_config, write_model};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -241,6 +241,19 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// The one-line error of `mla logits` on the model in `dir` (nothing may be written).
+fn logits_fails(dir: &Path, token_ids: &str) -> String {
+    fails(&[
+        "logits",
+        "--model",
+        s(dir),
+        "--token-ids",
+        token_ids,
+        "--output",
+        "/tmp/never.json",
+    ])
+}
+
 #[test]
 fn bad_model_folders_fail_with_one_line() {
     let err = fails(&["info", "--model", "/nonexistent/model"]);
@@ -285,15 +298,7 @@ fn bad_model_folders_fail_with_one_line() {
         &weights[..weights.len() / 2],
     )
     .unwrap();
-    let err = fails(&[
-        "logits",
-        "--model",
-        s(dir.path()),
-        "--token-ids",
-        "1,2",
-        "--output",
-        "/tmp/never.json",
-    ]);
+    let err = logits_fails(dir.path(), "1,2");
     assert!(
         err.contains("model.safetensors") && err.contains("truncated"),
         "{err}"
@@ -314,15 +319,7 @@ fn bad_tensors_name_the_tensor() {
     let mut weights = random_weights(&config, 9);
     weights.remove("model.layers.1.self_attn.kv_b_proj.weight");
     let dir = write_model(&config, &weights);
-    let err = fails(&[
-        "logits",
-        "--model",
-        s(dir.path()),
-        "--token-ids",
-        "1",
-        "--output",
-        "/tmp/never.json",
-    ]);
+    let err = logits_fails(dir.path(), "1");
     assert!(
         err.contains("model.layers.1.self_attn.kv_b_proj.weight") && err.contains("missing"),
         "{err}"
@@ -331,15 +328,7 @@ fn bad_tensors_name_the_tensor() {
     let mut weights = random_weights(&config, 9);
     weights.insert("model.norm.weight".into(), (vec![31], vec![1.0; 31]));
     let dir = write_model(&config, &weights);
-    let err = fails(&[
-        "logits",
-        "--model",
-        s(dir.path()),
-        "--token-ids",
-        "1",
-        "--output",
-        "/tmp/never.json",
-    ]);
+    let err = logits_fails(dir.path(), "1");
     assert!(
         err.contains("model.norm.weight has shape [31], expected [32]"),
         "{err}"
@@ -379,17 +368,8 @@ fn bad_tensors_name_the_tensor() {
         safetensors::serialize(views, None).unwrap(),
     )
     .unwrap();
-    let err = fails(&[
-        "logits",
-        "--model",
-        s(dir.path()),
-        "--token-ids",
-        "1",
-        "--output",
-        "/tmp/never.json",
-    ]);
+    let err = logits_fails(dir.path(), "1");
     assert_eq!(err, "error: unsupported dtype F8_E4M3 in tensor model.layers.0.self_attn.o_proj.weight (supported: F32, BF16, F16)");
-    let _ = safetensors_bytes;
 }
 
 #[test]
