@@ -41,6 +41,7 @@ import math  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -50,6 +51,7 @@ from safetensors.torch import save_file  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 from fixture_routing import RouterTap, min_routing_margin, routing_check  # noqa: E402,F401
 from fixture_specs import COMMON, FIXTURES  # noqa: E402,F401
+from expert_layout import per_expert_layout  # noqa: E402
 from fixture_eval import (  # noqa: E402
     LLAMA_FIXTURE_NAMES,
     decode_logits,
@@ -352,21 +354,7 @@ def to_file_layout(fx, state: dict, cfg) -> dict:
     """Map the in-memory state dict (fused experts) to the on-disk tensor names."""
     if fx["layout"] == "fused":
         return dict(state)
-    out = {}
-    I = cfg.moe_intermediate_size
-    for name, t in state.items():
-        if name.endswith("mlp.experts.gate_up_proj"):
-            prefix = name[: -len("gate_up_proj")]
-            for e in range(t.shape[0]):
-                out[f"{prefix}{e}.gate_proj.weight"] = t[e, :I].contiguous().clone()
-                out[f"{prefix}{e}.up_proj.weight"] = t[e, I:].contiguous().clone()
-        elif name.endswith("mlp.experts.down_proj"):
-            prefix = name[: -len("down_proj")]
-            for e in range(t.shape[0]):
-                out[f"{prefix}{e}.down_proj.weight"] = t[e].contiguous().clone()
-        else:
-            out[name] = t
-    return out
+    return per_expert_layout(state, cfg.moe_intermediate_size)
 
 
 def _layer_key(name: str):
@@ -435,6 +423,37 @@ def fmt_expected(obj: dict) -> str:
 
 
 @torch.no_grad()
+@dataclass
+class FixtureFiles:
+    """What one fixture folder holds."""
+
+    config_json: dict
+    tensors: dict
+    tokenizer_json: str
+    tokenizer_config: dict
+    expected: dict
+
+
+def write_fixture(out_root: Path, fx, files: FixtureFiles, check) -> tuple:
+    """Writes the fixture folder `out_root/<name>` from scratch, reloads it with transformers
+    (`check` = token ids, reference logits, greedy ids, prompt ids), prints a line and returns
+    (bytes written, reload max|diff|)."""
+    folder = out_root / fx["name"]
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(files.config_json, indent=2) + "\n")
+    write_weights(folder, files.tensors, fx["shards"])
+    (folder / "tokenizer.json").write_text(files.tokenizer_json)
+    (folder / "tokenizer_config.json").write_text(json.dumps(files.tokenizer_config, indent=2) + "\n")
+    (folder / "expected.json").write_text(fmt_expected(files.expected))
+    diff = reload_check(folder, *check)
+    size = sum(p.stat().st_size for p in folder.iterdir())
+    print(f"  {fx['name']}: wrote {folder} ({size} bytes), seed {files.expected['seed']}, "
+          f"reload max|diff| {diff:.3g}", file=sys.stderr)
+    return size, diff
+
+
 def reload_check(folder: Path, token_ids, ref_logits: torch.Tensor, greedy_ids, prompt_bos_ids) -> float:
     model, info = AutoModelForCausalLM.from_pretrained(
         str(folder),
@@ -488,21 +507,11 @@ def make_fixture(fx, tok: Tokenizer, out_root: Path, tokenizer_json: str, tokeni
           f"over {ppl['tokens_evaluated']} tokens (min routing margin {ppl['min_routing_margin']:.3g})",
           file=sys.stderr)
 
-    folder = out_root / fx["name"]
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-
     if fx["config_style"] == "published":
         config_json = published_config(fx, vocab, bos_id, eos_id)
     else:
         config_json = transformers_config_json(model)
         config_json["dtype"] = fx["dtype"]
-    (folder / "config.json").write_text(json.dumps(config_json, indent=2) + "\n")
-    write_weights(folder, to_file_layout(fx, state, cfg), fx["shards"])
-    (folder / "tokenizer.json").write_text(tokenizer_json)
-    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
-
     expected = {
         "model_type": fx["model_type"],
         "description": fx["description"],
@@ -520,12 +529,8 @@ def make_fixture(fx, tok: Tokenizer, out_root: Path, tokenizer_json: str, tokeni
         "decode_logits": round_rows(dec),
         "logits": logits.tolist(),
     }
-    (folder / "expected.json").write_text(fmt_expected(expected))
-
-    diff = reload_check(folder, token_ids, logits, greedy_ids, bp)
-    size = sum(p.stat().st_size for p in folder.iterdir())
-    print(f"  {fx['name']}: wrote {folder} ({size} bytes), seed {seed}, reload max|diff| {diff:.3g}",
-          file=sys.stderr)
+    files = FixtureFiles(config_json, to_file_layout(fx, state, cfg), tokenizer_json, tokenizer_config, expected)
+    size, diff = write_fixture(out_root, fx, files, (token_ids, logits, greedy_ids, bp))
     return {"name": fx["name"], "seed": seed, "bytes": size, "reload_diff": diff}
 
 

@@ -24,7 +24,6 @@ import make_fixtures as mf  # noqa: I001  (sets the thread / determinism environ
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -322,20 +321,11 @@ def make_fixture(fx, tok, out_root: Path, tokenizer_json: str, tokenizer_config:
     print(f"  {fx['name']}: decode vs prefill max|diff| {dec_diff:.3g}; perplexity {ppl['ppl']:.6g} "
           f"over {ppl['tokens_evaluated']} tokens", file=sys.stderr)
 
-    folder = out_root / fx["name"]
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
     if fx["config_style"] == "published":
         config_json = published_config(fx, vocab, bos_id, eos_id)
     else:
         config_json = mf.transformers_config_json(model)
         config_json["dtype"] = fx["dtype"]
-    (folder / "config.json").write_text(json.dumps(config_json, indent=2) + "\n")
-    mf.write_weights(folder, state, fx["shards"])
-    (folder / "tokenizer.json").write_text(tokenizer_json)
-    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
-
     expected = {
         "model_type": fx["model_type"],
         "description": fx["description"],
@@ -354,12 +344,8 @@ def make_fixture(fx, tok, out_root: Path, tokenizer_json: str, tokenizer_config:
         "decode_logits": round_rows(dec),
         "logits": logits.tolist(),
     }
-    (folder / "expected.json").write_text(mf.fmt_expected(expected))
-
-    diff = mf.reload_check(folder, token_ids, logits, greedy_ids, bp)
-    size = sum(p.stat().st_size for p in folder.iterdir())
-    print(f"  {fx['name']}: wrote {folder} ({size} bytes), seed {seed}, reload max|diff| {diff:.3g}",
-          file=sys.stderr)
+    files = mf.FixtureFiles(config_json, state, tokenizer_json, tokenizer_config, expected)
+    size, diff = mf.write_fixture(out_root, fx, files, (token_ids, logits, greedy_ids, bp))
     return {"name": fx["name"], "seed": seed, "bytes": size, "reload_diff": diff}
 
 

@@ -47,6 +47,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from demo_corpus import load_corpus, log, split_books  # noqa: E402
+from expert_layout import per_expert_layout  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 from transformers import (  # noqa: E402
@@ -375,23 +376,10 @@ def train(kind: str, train_stream, val_wins, steps: int, bench: int = 0):
 # --------------------------------------------------------------------------------------------
 
 
-def bf16_state(model, kind: str) -> dict:
+def bf16_state(model) -> dict:
     """Weights in bf16, MLA experts in the published per-expert layout."""
-    out = {}
-    for name, t in model.state_dict().items():
-        t = t.detach().to(torch.bfloat16)
-        if name.endswith("mlp.experts.gate_up_proj"):
-            prefix = name[: -len("gate_up_proj")]
-            for e in range(t.shape[0]):
-                out[f"{prefix}{e}.gate_proj.weight"] = t[e, :MOE_INTERMEDIATE].contiguous().clone()
-                out[f"{prefix}{e}.up_proj.weight"] = t[e, MOE_INTERMEDIATE:].contiguous().clone()
-        elif name.endswith("mlp.experts.down_proj"):
-            prefix = name[: -len("down_proj")]
-            for e in range(t.shape[0]):
-                out[f"{prefix}{e}.down_proj.weight"] = t[e].contiguous().clone()
-        else:
-            out[name] = t.contiguous().clone()
-    return out
+    state = {name: t.detach().to(torch.bfloat16) for name, t in model.state_dict().items()}
+    return per_expert_layout(state, MOE_INTERMEDIATE)
 
 
 def transformers_config_json(model) -> dict:
@@ -586,7 +574,7 @@ def write_model(kind, model, tok, corpus, stats, steps, val_wins, val_paras, out
     folder.mkdir(parents=True)
     cfg = published_mla_config() if kind == "mla" else transformers_config_json(model)
     (folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    save_file(bf16_state(model, kind), str(folder / "model.safetensors"), metadata={"format": "pt"})
+    save_file(bf16_state(model), str(folder / "model.safetensors"), metadata={"format": "pt"})
     os.chmod(folder / "model.safetensors", 0o644)  # safetensors creates it 0600
     (folder / "tokenizer.json").write_text(tok.to_str(pretty=True) + "\n")
     tcfg = {"bos_token": BOS, "eos_token": EOS, "add_bos_token": True,
