@@ -15,15 +15,29 @@ use crate::error::{Error, Result};
 use cudarc::cublas::{CudaBlas, Gemm};
 use std::rc::Rc;
 
-/// What one step's attention needs on the device, for one plan and layout shape.
+/// How a step's keys are addressed: through the paged cache, or gathered sequence after
+/// sequence into one buffer (the materialised form).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PlanKind {
+    Paged,
+    Contiguous,
+}
+
+/// What one step's attention needs, for one plan kind and layout shape.
 pub(super) struct Prepared {
+    host: HostPlan,
+    /// The cache slot of each gathered context row (contiguous plans only).
+    slots: Vec<u32>,
     plan: AttentionPlan,
     schedule: Option<TcSchedule>,
 }
 
-/// What, besides the plan, a preparation depends on.
+/// What, besides the step's batch, a preparation depends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct LayoutShape {
+struct PreparedKey {
+    kind: PlanKind,
+    num_blocks: usize,
+    block_size: usize,
     heads: usize,
     group: usize,
     window: usize,
@@ -33,7 +47,7 @@ struct LayoutShape {
 /// The step the cached preparations belong to.
 pub(super) struct PreparedStep {
     batch: AttentionBatch,
-    entries: Vec<(HostPlan, LayoutShape, Rc<Prepared>)>,
+    entries: Vec<(PreparedKey, Rc<Prepared>)>,
 }
 
 /// Default bound on the context the materialised form expands at once.
@@ -59,10 +73,10 @@ where
                 format!("{dims:?} with cache width {}", cache.width),
             ));
         }
-        let plan = HostPlan::paged(batch, cache.num_blocks, cache.block_size)?;
         let layout = mha_layout(dims, q.cols, cache.width);
-        let mut out = self.output(plan.rows(), dims.heads * d)?;
-        self.attend(&mut out, &plan, batch, &layout, |source| match source {
+        let prepared = self.prepared(batch, PlanKind::Paged, cache, &layout)?;
+        let mut out = self.output(prepared.host.rows(), dims.heads * d)?;
+        self.attend(&mut out, &prepared, &layout, |source| match source {
             Source::Q => q.data.slice(..),
             _ => layer_view(cache, layer),
         })?;
@@ -162,10 +176,10 @@ where
                 ),
             ));
         }
-        let plan = HostPlan::paged(batch, cache.num_blocks, cache.block_size)?;
-        let mut out = self.output(plan.rows(), n * r)?;
         let layout = absorbed_layout(dims);
-        self.attend(&mut out, &plan, batch, &layout, |source| match source {
+        let prepared = self.prepared(batch, PlanKind::Paged, cache, &layout)?;
+        let mut out = self.output(prepared.host.rows(), n * r)?;
+        self.attend(&mut out, &prepared, &layout, |source| match source {
             Source::QLat => q_lat.data.slice(..),
             Source::Q => q.data.slice(..),
             _ => layer_view(cache, layer),
@@ -178,12 +192,10 @@ where
     fn attend<'a>(
         &self,
         out: &mut GpuTensor<T>,
-        plan: &HostPlan,
-        batch: &AttentionBatch,
+        prepared: &Prepared,
         layout: &AttentionLayout,
         buffer: impl Fn(Source) -> cudarc::driver::CudaView<'a, T>,
     ) -> Result<()> {
-        let prepared = self.prepared(plan, batch, layout)?;
         match &prepared.schedule {
             Some(schedule) => {
                 self.device
@@ -196,46 +208,57 @@ where
         Ok(())
     }
 
-    /// The step's plan (and tensor-core schedule) on the device: built at the first layer of a
-    /// step and reused by the others, which see the same batch.
+    /// The step's plan (and tensor-core schedule), on the host and the device: built at the
+    /// first layer of a step and reused by the others, which see the same batch.
     fn prepared(
         &self,
-        plan: &HostPlan,
         batch: &AttentionBatch,
+        kind: PlanKind,
+        cache: &CudaKvCache<T>,
         layout: &AttentionLayout,
     ) -> Result<Rc<Prepared>> {
         let tensor_cores = T::SUFFIX == "bf16"
             && attention_tc::supports(layout, self.device.info.max_shared_per_block);
-        let shape = LayoutShape {
+        let key = PreparedKey {
+            kind,
+            num_blocks: cache.num_blocks,
+            block_size: cache.block_size,
             heads: layout.heads,
             group: layout.group,
             window: layout.window,
             tensor_cores,
         };
-        let mut cache = self.prepared.borrow_mut();
-        if cache.as_ref().is_none_or(|c| c.batch != *batch) {
-            *cache = Some(PreparedStep {
+        let mut cached = self.prepared.borrow_mut();
+        if cached.as_ref().is_none_or(|c| c.batch != *batch) {
+            *cached = Some(PreparedStep {
                 batch: batch.clone(),
                 entries: Vec::new(),
             });
         }
-        let step = cache.as_mut().expect("just set");
-        if let Some((.., p)) = step
-            .entries
-            .iter()
-            .find(|(p, s, _)| *s == shape && p == plan)
-        {
+        let step = cached.as_mut().expect("just set");
+        if let Some((_, p)) = step.entries.iter().find(|(k, _)| *k == key) {
             return Ok(p.clone());
         }
+        let (host, slots) = match kind {
+            PlanKind::Paged => (
+                HostPlan::paged(batch, cache.num_blocks, cache.block_size)?,
+                Vec::new(),
+            ),
+            PlanKind::Contiguous => {
+                HostPlan::contiguous(batch, cache.num_blocks, cache.block_size)?
+            }
+        };
         let schedule = match tensor_cores {
             true => Some(self.device.tc_schedule(batch, layout)?),
             false => None,
         };
         let prepared = Rc::new(Prepared {
-            plan: self.device.upload_plan(plan, layout.heads)?,
+            plan: self.device.upload_plan(&host, layout.heads)?,
+            host,
+            slots,
             schedule,
         });
-        step.entries.push((plan.clone(), shape, prepared.clone()));
+        step.entries.push((key, prepared.clone()));
         Ok(prepared)
     }
 
@@ -250,19 +273,20 @@ where
         kv_b: &GpuTensor<T>,
         dims: &MlaDims,
     ) -> Result<GpuTensor<T>> {
-        let (plan, slots) = HostPlan::contiguous(batch, cache.num_blocks, cache.block_size)?;
+        let layout = materialised_layout(dims);
+        let prepared = self.prepared(batch, PlanKind::Contiguous, cache, &layout)?;
+        let slots = &prepared.slots;
         let mut context = self.output(slots.len(), cache.width)?;
         self.device
-            .gather_rows(&mut context, &layer_view(cache, layer), cache.width, &slots)?;
+            .gather_rows(&mut context, &layer_view(cache, layer), cache.width, slots)?;
         let latent = Layout {
             rows: context.rows,
             cols: dims.kv_lora_rank,
             ld: cache.width,
         };
         let expanded = self.matmul_layout(&context.data.slice(..), latent, kv_b)?;
-        let mut out = self.output(plan.rows(), dims.heads * dims.v_head)?;
-        let layout = materialised_layout(dims);
-        self.attend(&mut out, &plan, batch, &layout, |source| match source {
+        let mut out = self.output(prepared.host.rows(), dims.heads * dims.v_head)?;
+        self.attend(&mut out, &prepared, &layout, |source| match source {
             Source::Context => context.data.slice(..),
             Source::Expanded => expanded.data.slice(..),
             _ => q.slice(..),
