@@ -117,6 +117,15 @@ pub struct MoeWeights<B: Backend + ?Sized> {
     pub shared: Option<MlpWeights<B>>,
 }
 
+/// [`Backend::top_k_rows`] of rows already on the host.
+pub fn host_top_k_rows(x: &HostTensor, k: usize) -> Vec<Vec<(u32, f32)>> {
+    let cols = x.shape.last().copied().unwrap_or(0).max(1);
+    x.data
+        .chunks_exact(cols)
+        .map(|row| crate::engine::sampler::sorted_candidates(row, k))
+        .collect()
+}
+
 pub trait Backend {
     /// Activations, `[rows, cols]`, f32 semantics.
     type Tensor;
@@ -162,13 +171,7 @@ pub trait Backend {
     /// The `k` largest `(column, value)` of each row, largest first, ties by the lower column:
     /// what top-k sampling needs, without bringing whole rows of logits back.
     fn top_k_rows(&self, x: &Self::Tensor, k: usize) -> Result<Vec<Vec<(u32, f32)>>> {
-        let host = self.to_host(x)?;
-        let cols = host.shape.last().copied().unwrap_or(0).max(1);
-        Ok(host
-            .data
-            .chunks_exact(cols)
-            .map(|row| crate::engine::sampler::sorted_candidates(row, k))
-            .collect())
+        Ok(host_top_k_rows(&self.to_host(x)?, k))
     }
 
     /// Rows of `table` `[vocab, hidden]` for each id.

@@ -239,12 +239,7 @@ where
         if (1..=MAX_DEVICE_TOP_K).contains(&k) && k <= x.cols {
             return self.device.top_k_rows(x, k);
         }
-        let host = self.to_host(x)?;
-        Ok(host
-            .data
-            .chunks_exact(x.cols.max(1))
-            .map(|row| crate::engine::sampler::sorted_candidates(row, k))
-            .collect())
+        Ok(crate::backend::host_top_k_rows(&self.to_host(x)?, k))
     }
 
     fn embedding(&self, table: &GpuTensor<T>, ids: &[u32]) -> Result<GpuTensor<T>> {

@@ -114,10 +114,7 @@ impl CudaDevice {
 
     /// A tensor full of NaN, so that any element a kernel fails to write shows.
     pub fn poisoned<T: GpuFloat>(&self, rows: usize, cols: usize) -> Result<GpuTensor<T>> {
-        self.upload(&HostTensor::new(
-            vec![rows, cols],
-            vec![f32::NAN; rows * cols],
-        ))
+        self.tensor(rows, cols, Some(f32::NAN))
     }
 
     fn launch_err(name: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
