@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Builds the CUDA emulator: libcuda.so and libcublas.so for the CPU, with every kernel of
+# kernels/*.cu compiled by the host C++ compiler. Usage: cuda-emu/build.sh [OUT_DIR]
+# (default target/cuda-emu). Point LD_LIBRARY_PATH at OUT_DIR and `--device cuda` runs on it.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+out=${1:-$root/target/cuda-emu}
+mkdir -p "$out/src" "$out/obj"
+cxx=${CXX:-g++}
+flags=(-std=c++20 -O2 -g -fPIC -Wall -Wno-unknown-pragmas -Wno-unused-function -I"$root/cuda-emu/include" -I"$root/cuda-emu")
+
+objects=()
+for cu in "$root"/kernels/*.cu; do
+    name=$(basename "$cu" .cu)
+    src="$out/src/$name.cpp"
+    # Dynamic shared memory becomes a pointer to the emulator's per-block buffer; the rest of the
+    # source is compiled as it is.
+    sed -E 's/extern __shared__ (__align__\([0-9]+\) )?([A-Za-z_][A-Za-z0-9_ ]*[A-Za-z0-9_]) ([A-Za-z_][A-Za-z0-9_]*)\[\];/\2* \3 = static_cast<\2*>(emu::dynamic_shared());/' \
+        "$cu" >"$src"
+    if grep -q 'extern __shared__' "$src"; then
+        echo "cuda-emu: $cu declares dynamic shared memory in a form build.sh does not rewrite" >&2
+        exit 1
+    fi
+    kernels=$("$cxx" "${flags[@]}" -I"$root/kernels" -include cuda_emu.h -E -x c++ "$src" | tr '\n' ' ' |
+        grep -oE 'extern "C" __attribute__\(\(used\)\) void +[A-Za-z_][A-Za-z0-9_]*' | awk '{print $NF}')
+    {
+        echo '#include "runtime.h"'
+        for k in $kernels; do echo "EMU_REGISTER($k)"; done
+    } >>"$src"
+    "$cxx" "${flags[@]}" -I"$root/kernels" -include cuda_emu.h -c "$src" -o "$out/obj/$name.o"
+    objects+=("$out/obj/$name.o")
+done
+"$cxx" "${flags[@]}" -c "$root/cuda-emu/runtime.cpp" -o "$out/obj/runtime.o"
+"$cxx" "${flags[@]}" -c "$root/cuda-emu/driver.cpp" -o "$out/obj/driver.o"
+"$cxx" "${flags[@]}" -c "$root/cuda-emu/cublas.cpp" -o "$out/obj/cublas.o"
+"$cxx" -shared -o "$out/libcuda.so" "$out/obj/driver.o" "$out/obj/runtime.o" "${objects[@]}"
+"$cxx" -shared -o "$out/libcublas.so" "$out/obj/cublas.o"
+echo "$out"

@@ -1,0 +1,332 @@
+// A CPU stand-in for libcuda.so: the subset of the driver API that cudarc and mla-rt call,
+// with device memory in host memory and kernels run by the emulator (runtime.cpp). It keeps the
+// driver's rules that matter for finding bugs: launch limits, the 48 KiB dynamic shared memory
+// default unless a kernel opts in, out-of-memory, and fresh allocations that hold garbage (here
+// NaN bytes); it adds a guard after every allocation and reports kernels that write past an end.
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <string>
+#include "runtime.h"
+
+typedef int CUresult;
+typedef int CUdevice;
+typedef unsigned long long CUdeviceptr;
+typedef void* CUcontext;
+typedef void* CUmodule;
+typedef void* CUstream;
+typedef void* CUmemoryPool;
+typedef struct EmuFunction* CUfunction;
+typedef struct EmuEvent* CUevent;
+
+namespace {
+enum : int {
+    SUCCESS = 0,
+    INVALID_VALUE = 1,
+    OUT_OF_MEMORY = 2,
+    INVALID_DEVICE = 101,
+    INVALID_HANDLE = 400,
+    NOT_FOUND = 500,
+    LAUNCH_OUT_OF_RESOURCES = 701,
+    LAUNCH_FAILED = 719,
+};
+const size_t TOTAL_MEMORY = (size_t)8 << 30;
+const int MULTIPROCESSORS = 132;
+const int SHARED_OPTIN = 232448;  // an H100's opt-in dynamic shared memory per block
+const int SHARED_DEFAULT = 48 << 10;
+const size_t GUARD = 256;
+const unsigned char POISON = 0xff;
+
+std::recursive_mutex lock;
+std::map<CUdeviceptr, size_t> allocations;  // base → bytes asked for
+size_t allocated = 0;
+int context_token, stream_token, module_token, pool_token;
+}  // namespace
+
+struct EmuFunction {
+    const emu::KernelEntry* entry;
+    std::string name;
+    int max_dynamic_shared;
+};
+struct EmuEvent {
+    std::chrono::steady_clock::time_point at;
+};
+
+namespace {
+std::map<std::string, EmuFunction>& functions() {
+    static std::map<std::string, EmuFunction> f;
+    return f;
+}
+
+bool guard_intact(CUdeviceptr base, size_t bytes) {
+    const unsigned char* g = reinterpret_cast<const unsigned char*>(base) + bytes;
+    for (size_t i = 0; i < GUARD; i++)
+        if (g[i] != POISON) return false;
+    return true;
+}
+
+CUresult allocate(CUdeviceptr* out, size_t bytes) {
+    std::lock_guard<std::recursive_mutex> g(lock);
+    if (bytes > TOTAL_MEMORY - allocated) return OUT_OF_MEMORY;
+    void* p = aligned_alloc(256, (bytes + GUARD + 255) / 256 * 256);
+    if (!p) return OUT_OF_MEMORY;
+    memset(p, POISON, bytes + GUARD);
+    *out = reinterpret_cast<CUdeviceptr>(p);
+    allocations[*out] = bytes;
+    allocated += bytes;
+    return SUCCESS;
+}
+
+CUresult release(CUdeviceptr p) {
+    std::lock_guard<std::recursive_mutex> g(lock);
+    auto it = allocations.find(p);
+    if (it == allocations.end()) return INVALID_VALUE;
+    if (!guard_intact(it->first, it->second)) {
+        fprintf(stderr, "cuda-emu: a kernel wrote past the end of a %zu-byte allocation (found when freeing it)\n",
+                it->second);
+        abort();
+    }
+    allocated -= it->second;
+    allocations.erase(it);
+    free(reinterpret_cast<void*>(p));
+    return SUCCESS;
+}
+
+// The allocation holding `p`, if any.
+const std::pair<const CUdeviceptr, size_t>* owner(CUdeviceptr p) {
+    auto it = allocations.upper_bound(p);
+    if (it == allocations.begin()) return nullptr;
+    --it;
+    return p < it->first + it->second + GUARD ? &*it : nullptr;
+}
+}  // namespace
+
+extern "C" {
+CUresult cuInit(unsigned) { return SUCCESS; }
+CUresult cuDriverGetVersion(int* v) {
+    *v = 13000;
+    return SUCCESS;
+}
+CUresult cuDeviceGetCount(int* n) {
+    *n = 1;
+    return SUCCESS;
+}
+CUresult cuDeviceGet(CUdevice* d, int ordinal) {
+    if (ordinal != 0) return INVALID_DEVICE;
+    *d = 0;
+    return SUCCESS;
+}
+CUresult cuDeviceGetName(char* name, int len, CUdevice) {
+    snprintf(name, len, "cuda-emu (CPU emulation of an sm_90 GPU)");
+    return SUCCESS;
+}
+CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice) {
+    *bytes = TOTAL_MEMORY;
+    return SUCCESS;
+}
+CUresult cuDeviceGetAttribute(int* v, int attribute, CUdevice) {
+    switch (attribute) {
+        case 1: *v = 1024; break;            // max threads per block
+        case 8: *v = SHARED_DEFAULT; break;  // shared memory per block
+        case 10: *v = 32; break;             // warp size
+        case 16: *v = MULTIPROCESSORS; break;
+        case 75: *v = 9; break;  // compute capability
+        case 76: *v = 0; break;
+        case 97: *v = SHARED_OPTIN; break;
+        case 115: *v = 1; break;  // memory pools
+        default: *v = 0;
+    }
+    return SUCCESS;
+}
+CUresult cuDevicePrimaryCtxRetain(CUcontext* c, CUdevice) {
+    *c = &context_token;
+    return SUCCESS;
+}
+CUresult cuDevicePrimaryCtxRelease_v2(CUdevice) { return SUCCESS; }
+CUresult cuCtxSetCurrent(CUcontext) { return SUCCESS; }
+CUresult cuCtxGetCurrent(CUcontext* c) {
+    *c = &context_token;
+    return SUCCESS;
+}
+CUresult cuCtxSynchronize() { return SUCCESS; }
+
+CUresult cuStreamCreate(CUstream* s, unsigned) {
+    *s = &stream_token;
+    return SUCCESS;
+}
+CUresult cuStreamCreateWithPriority(CUstream* s, unsigned, int) {
+    *s = &stream_token;
+    return SUCCESS;
+}
+CUresult cuStreamDestroy_v2(CUstream) { return SUCCESS; }
+CUresult cuStreamSynchronize(CUstream) { return SUCCESS; }
+CUresult cuStreamWaitEvent(CUstream, CUevent, unsigned) { return SUCCESS; }
+CUresult cuStreamQuery(CUstream) { return SUCCESS; }
+CUresult cuLaunchHostFunc(CUstream, void (*fn)(void*), void* data) {
+    fn(data);
+    return SUCCESS;
+}
+
+CUresult cuEventCreate(CUevent* e, unsigned) {
+    *e = new EmuEvent{std::chrono::steady_clock::now()};
+    return SUCCESS;
+}
+CUresult cuEventRecord(CUevent e, CUstream) {
+    e->at = std::chrono::steady_clock::now();
+    return SUCCESS;
+}
+CUresult cuEventSynchronize(CUevent) { return SUCCESS; }
+CUresult cuEventQuery(CUevent) { return SUCCESS; }
+CUresult cuEventElapsedTime(float* ms, CUevent a, CUevent b) {
+    *ms = std::chrono::duration<float, std::milli>(b->at - a->at).count();
+    return SUCCESS;
+}
+CUresult cuEventElapsedTime_v2(float* ms, CUevent a, CUevent b) { return cuEventElapsedTime(ms, a, b); }
+CUresult cuEventDestroy_v2(CUevent e) {
+    delete e;
+    return SUCCESS;
+}
+
+CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) { return allocate(p, bytes); }
+CUresult cuMemAllocAsync(CUdeviceptr* p, size_t bytes, CUstream) { return allocate(p, bytes); }
+CUresult cuMemFree_v2(CUdeviceptr p) { return release(p); }
+CUresult cuMemFreeAsync(CUdeviceptr p, CUstream) { return release(p); }
+CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
+    std::lock_guard<std::recursive_mutex> g(lock);
+    *free_bytes = TOTAL_MEMORY - allocated;
+    *total = TOTAL_MEMORY;
+    return SUCCESS;
+}
+CUresult cuDeviceGetDefaultMemPool(CUmemoryPool* pool, CUdevice) {
+    *pool = &pool_token;
+    return SUCCESS;
+}
+CUresult cuMemPoolSetAttribute(CUmemoryPool, int, void*) { return SUCCESS; }
+CUresult cuMemPoolGetAttribute(CUmemoryPool, int, void* v) {
+    memset(v, 0, 8);
+    return SUCCESS;
+}
+CUresult cuMemPoolTrimTo(CUmemoryPool, size_t) { return SUCCESS; }
+CUresult cuMemHostAlloc(void** p, size_t bytes, unsigned) {
+    *p = malloc(bytes ? bytes : 1);
+    return *p ? SUCCESS : OUT_OF_MEMORY;
+}
+CUresult cuMemFreeHost(void* p) {
+    free(p);
+    return SUCCESS;
+}
+
+CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t bytes) {
+    memcpy(reinterpret_cast<void*>(dst), src, bytes);
+    return SUCCESS;
+}
+CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t bytes, CUstream) {
+    return cuMemcpyHtoD_v2(dst, src, bytes);
+}
+CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t bytes) {
+    memcpy(dst, reinterpret_cast<const void*>(src), bytes);
+    return SUCCESS;
+}
+CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t bytes, CUstream) {
+    return cuMemcpyDtoH_v2(dst, src, bytes);
+}
+CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t bytes) {
+    memmove(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), bytes);
+    return SUCCESS;
+}
+CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t bytes, CUstream) {
+    return cuMemcpyDtoD_v2(dst, src, bytes);
+}
+CUresult cuMemsetD8_v2(CUdeviceptr dst, unsigned char v, size_t n) {
+    memset(reinterpret_cast<void*>(dst), v, n);
+    return SUCCESS;
+}
+CUresult cuMemsetD8Async(CUdeviceptr dst, unsigned char v, size_t n, CUstream) { return cuMemsetD8_v2(dst, v, n); }
+CUresult cuMemsetD32Async(CUdeviceptr dst, unsigned v, size_t n, CUstream) {
+    unsigned* p = reinterpret_cast<unsigned*>(dst);
+    for (size_t i = 0; i < n; i++) p[i] = v;
+    return SUCCESS;
+}
+
+// The image (build.rs's fatbin) is not read: kernels are looked up by name among those this
+// library was compiled with, from the same kernels/*.cu sources.
+CUresult cuModuleLoadData(CUmodule* m, const void*) {
+    *m = &module_token;
+    return SUCCESS;
+}
+CUresult cuModuleUnload(CUmodule) { return SUCCESS; }
+CUresult cuModuleGetFunction(CUfunction* f, CUmodule, const char* name) {
+    std::lock_guard<std::recursive_mutex> g(lock);
+    const emu::KernelEntry* entry = emu::find_kernel(name);
+    if (!entry) return NOT_FOUND;
+    auto it = functions().emplace(name, EmuFunction{entry, name, SHARED_DEFAULT}).first;
+    *f = &it->second;
+    return SUCCESS;
+}
+CUresult cuFuncSetAttribute(CUfunction f, int attribute, int value) {
+    if (attribute == 8) {  // max dynamic shared size
+        if (value < 0 || value > SHARED_OPTIN) return INVALID_VALUE;
+        f->max_dynamic_shared = value;
+    }
+    return SUCCESS;
+}
+CUresult cuFuncGetAttribute(int* v, int attribute, CUfunction f) {
+    *v = attribute == 8 ? f->max_dynamic_shared : attribute == 0 ? 1024 : 0;
+    return SUCCESS;
+}
+
+CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                        unsigned shared, CUstream, void** params, void** extra) {
+    std::lock_guard<std::recursive_mutex> g(lock);
+    const size_t threads = (size_t)bx * by * bz;
+    if (extra) return INVALID_VALUE;
+    if (gx == 0 || gy == 0 || gz == 0 || gy > 65535 || gz > 65535 || gx > 0x7fffffffu || threads == 0 ||
+        bx > 1024 || by > 1024 || bz > 64) {
+        fprintf(stderr, "cuda-emu: %s launched with grid (%u,%u,%u) and block (%u,%u,%u)\n", f->name.c_str(), gx, gy,
+                gz, bx, by, bz);
+        return INVALID_VALUE;
+    }
+    if (threads > 1024) return LAUNCH_OUT_OF_RESOURCES;
+    if ((int)shared > f->max_dynamic_shared) {
+        fprintf(stderr, "cuda-emu: %s asks for %u bytes of dynamic shared memory but may use %d\n", f->name.c_str(),
+                shared, f->max_dynamic_shared);
+        return INVALID_VALUE;
+    }
+    const std::string error =
+        f->entry->launch(f->entry->fn, params, emu::LaunchDims{dim3{gx, gy, gz}, dim3{bx, by, bz}, shared});
+    if (!error.empty()) {
+        fprintf(stderr, "cuda-emu: kernel %s failed: %s\n", f->name.c_str(), error.c_str());
+        return LAUNCH_FAILED;
+    }
+    // Parameters that point into an allocation: the kernel must not have written past its end.
+    for (size_t i = 0; i < f->entry->params; i++) {
+        if (!f->entry->is_pointer[i]) continue;
+        CUdeviceptr value;
+        memcpy(&value, params[i], sizeof value);
+        const auto* a = owner(value);
+        if (a && !guard_intact(a->first, a->second)) {
+            fprintf(stderr, "cuda-emu: kernel %s wrote past the end of a %zu-byte allocation (parameter %zu)\n",
+                    f->name.c_str(), a->second, i);
+            return LAUNCH_FAILED;
+        }
+    }
+    return SUCCESS;
+}
+
+CUresult cuGetErrorName(CUresult e, const char** s) {
+    switch (e) {
+        case SUCCESS: *s = "CUDA_SUCCESS"; break;
+        case INVALID_VALUE: *s = "CUDA_ERROR_INVALID_VALUE"; break;
+        case OUT_OF_MEMORY: *s = "CUDA_ERROR_OUT_OF_MEMORY"; break;
+        case NOT_FOUND: *s = "CUDA_ERROR_NOT_FOUND"; break;
+        case LAUNCH_OUT_OF_RESOURCES: *s = "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES"; break;
+        case LAUNCH_FAILED: *s = "CUDA_ERROR_LAUNCH_FAILED"; break;
+        default: *s = "CUDA_ERROR_UNKNOWN";
+    }
+    return SUCCESS;
+}
+CUresult cuGetErrorString(CUresult e, const char** s) { return cuGetErrorName(e, s); }
+}

@@ -1,0 +1,104 @@
+// The CUDA execution model for kernel sources compiled by a host C++ compiler: built-in
+// variables, qualifiers, barriers, warp shuffles and the device math the kernels use. Each CUDA
+// thread of a block is a fiber; a barrier or a warp-synchronous call hands control to the
+// block's scheduler (runtime.cpp), which releases the waiters once every live thread of the
+// block (or warp) has arrived, and reports divergent or deadlocked barriers as errors.
+#pragma once
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define __global__ __attribute__((used))
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
+// Static shared memory: one copy per instantiation, which is right because the emulator runs
+// one block at a time.
+#define __shared__ static
+
+struct dim3 {
+    unsigned x, y, z;
+};
+struct uint4 {
+    unsigned x, y, z, w;
+} __attribute__((aligned(16)));
+
+namespace emu {
+struct ThreadState;
+extern ThreadState* current;
+extern dim3 block_idx, block_dim, grid_dim;
+const dim3& thread_idx();
+int lane_id();
+void syncthreads();
+void syncwarp();
+// Every live lane of the warp publishes `value` and `pointers`; returns the table of all lanes'
+// entries, valid until the warp's next synchronising call.
+struct LaneEntry {
+    uint64_t value;
+    const void* first;
+    const void* second;
+};
+const LaneEntry* warp_exchange(uint64_t value, const void* first = nullptr, const void* second = nullptr);
+// Stops the grid with an error, as a failed device-side check would.
+[[noreturn]] void kernel_error(const char* what);
+void* dynamic_shared();
+
+template <typename T> T shuffle_from(T v, int src) {
+    static_assert(sizeof(T) <= 8, "shuffled values are at most 8 bytes");
+    uint64_t bits = 0;
+    memcpy(&bits, &v, sizeof(T));
+    const LaneEntry* lanes = warp_exchange(bits);
+    T out;
+    memcpy(&out, &lanes[src & 31].value, sizeof(T));
+    return out;
+}
+void check_full_mask(unsigned mask);
+}  // namespace emu
+
+#define threadIdx (emu::thread_idx())
+#define blockIdx (emu::block_idx)
+#define blockDim (emu::block_dim)
+#define gridDim (emu::grid_dim)
+
+inline void __syncthreads() { emu::syncthreads(); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+    emu::check_full_mask(mask);
+    emu::syncwarp();
+}
+template <typename T> T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+    emu::check_full_mask(mask);
+    if (width != 32) emu::kernel_error("shuffle width other than 32");
+    return emu::shuffle_from(v, emu::lane_id() ^ lane_mask);
+}
+template <typename T> T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
+    emu::check_full_mask(mask);
+    if (width != 32) emu::kernel_error("shuffle width other than 32");
+    return emu::shuffle_from(v, src);
+}
+template <typename T> T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+    emu::check_full_mask(mask);
+    if (width != 32) emu::kernel_error("shuffle width other than 32");
+    const int src = emu::lane_id() + (int)delta;
+    const T other = emu::shuffle_from(v, src & 31);
+    return src < 32 ? other : v;
+}
+
+// Device integer min/max (CUDA declares them for every arithmetic type).
+template <typename A, typename B> inline auto min(A a, B b) { return b < a ? b : a; }
+template <typename A, typename B> inline auto max(A a, B b) { return a < b ? b : a; }
+inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+inline float __expf(float x) { return expf(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+inline float __frcp_rn(float x) { return 1.0f / x; }
+inline unsigned __float_as_uint(float x) {
+    unsigned u;
+    memcpy(&u, &x, 4);
+    return u;
+}
+inline float __uint_as_float(unsigned u) {
+    float x;
+    memcpy(&x, &u, 4);
+    return x;
+}

@@ -1,0 +1,254 @@
+// Fibers and the block scheduler: the threads of a block run one at a time on the calling OS
+// thread, each until it reaches a barrier, a warp-synchronous call or its end. Switching is a
+// hand-written x86-64 context switch (callee-saved registers and the stack pointer), so that a
+// barrier over 1,024 threads costs microseconds rather than system calls.
+#include "runtime.h"
+#include <sys/mman.h>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <vector>
+
+extern "C" void emu_switch(void** save_sp, void* load_sp);
+asm(R"(
+    .text
+    .globl emu_switch
+    .hidden emu_switch
+    .type emu_switch, @function
+emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size emu_switch, .-emu_switch
+)");
+
+namespace emu {
+enum class State { Runnable, AtBlockBarrier, AtWarpBarrier, Exited, Failed };
+
+struct ThreadState {
+    void* sp;
+    dim3 idx;
+    int lane, warp;
+    State state;
+};
+
+struct WarpState {
+    unsigned generation;
+    LaneEntry lanes[2][32];  // by generation parity: a slot is rewritten two generations later
+};
+
+ThreadState* current = nullptr;
+dim3 block_idx, block_dim, grid_dim;
+
+namespace {
+const size_t STACK_BYTES = 256 << 10;
+const size_t PAGE = 4096;
+const size_t SHARED_GUARD = 256;
+const unsigned char POISON = 0xff;  // NaN in f32 and bf16
+
+std::vector<ThreadState> threads;
+std::vector<WarpState> warps;
+std::vector<void*> stacks;  // lowest address of each mapping; its first page is a guard page
+void* scheduler_sp = nullptr;
+void (*grid_body)(void*) = nullptr;
+void* grid_ctx = nullptr;
+unsigned char* shared_base = nullptr;
+size_t shared_bytes = 0;
+std::string failure;
+
+std::map<std::string, KernelEntry>& table() {
+    static std::map<std::string, KernelEntry> kernels;
+    return kernels;
+}
+
+void back_to_scheduler() { emu_switch(&current->sp, scheduler_sp); }
+
+extern "C" void emu_fiber_main() {
+    grid_body(grid_ctx);
+    current->state = State::Exited;
+    back_to_scheduler();
+    abort();  // an exited fiber is never resumed
+}
+
+void* stack_top(size_t i) {
+    while (stacks.size() <= i) {
+        void* m = mmap(nullptr, STACK_BYTES + PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED) {
+            fprintf(stderr, "cuda-emu: cannot map a fiber stack\n");
+            abort();
+        }
+        mprotect(m, PAGE, PROT_NONE);  // a stack overflow faults instead of corrupting
+        stacks.push_back(m);
+    }
+    return static_cast<char*>(stacks[i]) + PAGE + STACK_BYTES;
+}
+
+// A fresh fiber's stack as emu_switch expects to find it: six saved registers, then the entry
+// point as the return address, with the alignment of a function that has just been called.
+void* fresh_stack(void* top) {
+    uint64_t* s = static_cast<uint64_t*>(top);
+    *--s = 0;
+    *--s = reinterpret_cast<uint64_t>(&emu_fiber_main);
+    for (int r = 0; r < 6; r++) *--s = 0;
+    return s;
+}
+
+std::string where(const ThreadState& t) {
+    char buf[160];
+    snprintf(buf, sizeof buf, "block (%u,%u,%u) thread (%u,%u,%u)", block_idx.x, block_idx.y, block_idx.z, t.idx.x,
+             t.idx.y, t.idx.z);
+    return buf;
+}
+
+// Releases the waiters of every warp whose live lanes have all arrived at a warp barrier, else
+// the whole block if every live thread waits at __syncthreads. False: nothing can move.
+bool release(size_t count) {
+    bool released = false;
+    for (size_t w = 0; w * 32 < count; w++) {
+        size_t waiting = 0, exited = 0, lanes = std::min(count - w * 32, (size_t)32);
+        for (size_t l = 0; l < lanes; l++) {
+            const State s = threads[w * 32 + l].state;
+            waiting += s == State::AtWarpBarrier;
+            exited += s == State::Exited;
+        }
+        if (waiting == 0) continue;
+        if (waiting + exited == lanes && exited > 0) {
+            failure = "warp " + std::to_string(w) + ": a full-mask warp operation after some of its lanes exited";
+            return false;
+        }
+        if (waiting == lanes) {
+            warps[w].generation++;
+            for (size_t l = 0; l < lanes; l++) threads[w * 32 + l].state = State::Runnable;
+            released = true;
+        }
+    }
+    if (released) return true;
+    size_t at_block = 0, live = 0;
+    for (size_t i = 0; i < count; i++) {
+        live += threads[i].state != State::Exited;
+        at_block += threads[i].state == State::AtBlockBarrier;
+    }
+    if (at_block > 0 && at_block == live) {
+        for (size_t i = 0; i < count; i++)
+            if (threads[i].state == State::AtBlockBarrier) threads[i].state = State::Runnable;
+        return true;
+    }
+    if (live > 0)
+        failure = "deadlock: " + std::to_string(at_block) + " of " + std::to_string(live) +
+                  " live threads wait at __syncthreads and the others at a warp-synchronous call";
+    return false;
+}
+
+bool shared_guard_intact() {
+    for (size_t i = 0; i < SHARED_GUARD; i++)
+        if (shared_base[shared_bytes + i] != POISON) return false;
+    return true;
+}
+
+std::string run_block(size_t count) {
+    for (size_t i = 0; i < count; i++) {
+        ThreadState& t = threads[i];
+        t.idx = dim3{(unsigned)(i % block_dim.x), (unsigned)(i / block_dim.x % block_dim.y),
+                     (unsigned)(i / ((size_t)block_dim.x * block_dim.y))};
+        t.lane = (int)(i % 32);
+        t.warp = (int)(i / 32);
+        t.state = State::Runnable;
+        t.sp = fresh_stack(stack_top(i));
+    }
+    for (WarpState& w : warps) w.generation = 0;
+    memset(shared_base, POISON, shared_bytes + SHARED_GUARD);
+    for (;;) {
+        for (size_t i = 0; i < count; i++) {
+            if (threads[i].state != State::Runnable) continue;
+            current = &threads[i];
+            emu_switch(&scheduler_sp, current->sp);
+            if (current->state == State::Failed) return failure + " (" + where(*current) + ")";
+        }
+        bool all_exited = true;
+        for (size_t i = 0; i < count; i++) all_exited &= threads[i].state == State::Exited;
+        if (all_exited) break;
+        if (!release(count)) return failure + " (block (" + std::to_string(block_idx.x) + "," +
+                                        std::to_string(block_idx.y) + "," + std::to_string(block_idx.z) + "))";
+    }
+    if (!shared_guard_intact()) return "write past the end of dynamic shared memory (" + std::to_string(shared_bytes) +
+                                       " bytes) in block " + std::to_string(block_idx.x);
+    return "";
+}
+}  // namespace
+
+const dim3& thread_idx() { return current->idx; }
+int lane_id() { return current->lane; }
+
+void syncthreads() {
+    current->state = State::AtBlockBarrier;
+    back_to_scheduler();
+}
+
+void syncwarp() {
+    current->state = State::AtWarpBarrier;
+    back_to_scheduler();
+}
+
+const LaneEntry* warp_exchange(uint64_t value, const void* first, const void* second) {
+    WarpState& w = warps[current->warp];
+    LaneEntry* lanes = w.lanes[w.generation & 1];
+    lanes[current->lane] = LaneEntry{value, first, second};
+    syncwarp();
+    return lanes;
+}
+
+void check_full_mask(unsigned mask) {
+    if (mask != 0xffffffffu) kernel_error("warp operation with a partial mask (the emulator knows full masks only)");
+}
+
+void kernel_error(const char* what) {
+    failure = what;
+    current->state = State::Failed;
+    back_to_scheduler();
+    abort();
+}
+
+void* dynamic_shared() { return shared_base; }
+
+std::string run_grid(const LaunchDims& dims, void (*body)(void*), void* ctx) {
+    const size_t count = (size_t)dims.block.x * dims.block.y * dims.block.z;
+    if (count == 0 || count > 1024) return "block of " + std::to_string(count) + " threads";
+    if (threads.size() < count) threads.resize(count);
+    if (warps.size() < (count + 31) / 32) warps.resize((count + 31) / 32);
+    block_dim = dims.block;
+    grid_dim = dims.grid;
+    grid_body = body;
+    grid_ctx = ctx;
+    shared_bytes = dims.shared_bytes;
+    shared_base = static_cast<unsigned char*>(aligned_alloc(128, (shared_bytes + SHARED_GUARD + 127) / 128 * 128));
+    std::string error;
+    for (unsigned z = 0; z < dims.grid.z && error.empty(); z++)
+        for (unsigned y = 0; y < dims.grid.y && error.empty(); y++)
+            for (unsigned x = 0; x < dims.grid.x && error.empty(); x++) {
+                block_idx = dim3{x, y, z};
+                error = run_block(count);
+            }
+    free(shared_base);
+    shared_base = nullptr;
+    return error;
+}
+
+void register_kernel(const char* name, const KernelEntry& entry) { table()[name] = entry; }
+
+const KernelEntry* find_kernel(const char* name) {
+    auto it = table().find(name);
+    return it == table().end() ? nullptr : &it->second;
+}
+}  // namespace emu

@@ -1,0 +1,57 @@
+// The emulator's launch interface between the fake driver (driver.cpp) and the kernels compiled
+// from kernels/*.cu: a name → entry table filled at load time, and a grid runner.
+#pragma once
+#include <cstddef>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include "cuda_emu.h"
+
+namespace emu {
+struct LaunchDims {
+    dim3 grid, block;
+    size_t shared_bytes;
+};
+
+// Runs `body(ctx)` as every thread of every block of the grid, one block at a time. Returns ""
+// or a description of what went wrong (which block and thread, and why).
+std::string run_grid(const LaunchDims& dims, void (*body)(void*), void* ctx);
+
+// Calls kernel `fn` over `dims` with the argument values `params` points to, as cuLaunchKernel.
+typedef std::string (*Launcher)(void* fn, void** params, const LaunchDims& dims);
+struct KernelEntry {
+    void* fn;
+    Launcher launch;
+    size_t params;
+    const bool* is_pointer;  // per parameter
+};
+void register_kernel(const char* name, const KernelEntry& entry);
+const KernelEntry* find_kernel(const char* name);
+
+template <typename... A> struct Kernel {
+    typedef void (*Fn)(A...);
+    struct Call {
+        Fn fn;
+        std::tuple<std::decay_t<A>...> args;
+    };
+    template <size_t... I>
+    static std::string launch_with(void* fn, void** params, const LaunchDims& dims, std::index_sequence<I...>) {
+        Call call{reinterpret_cast<Fn>(fn), {*static_cast<std::decay_t<A>*>(params[I])...}};
+        return run_grid(
+            dims, [](void* c) { std::apply(static_cast<Call*>(c)->fn, static_cast<Call*>(c)->args); }, &call);
+    }
+    static std::string launch(void* fn, void** params, const LaunchDims& dims) {
+        return launch_with(fn, params, dims, std::index_sequence_for<A...>{});
+    }
+    static constexpr bool is_pointer[sizeof...(A) + 1] = {std::is_pointer_v<std::decay_t<A>>..., false};
+};
+
+struct Registration {
+    template <typename... A> Registration(const char* name, void (*fn)(A...)) {
+        register_kernel(name, KernelEntry{reinterpret_cast<void*>(fn), &Kernel<A...>::launch, sizeof...(A), Kernel<A...>::is_pointer});
+    }
+};
+}  // namespace emu
+
+#define EMU_REGISTER(name) static emu::Registration emu_registration_##name(#name, &name);
