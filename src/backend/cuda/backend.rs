@@ -135,6 +135,33 @@ where
             .tensor(rows, cols, self.poison_outputs.then_some(f32::NAN))
     }
 
+    /// `x · wᵀ` in f32 (the MoE router's logits).
+    fn router_logits(&self, x: &GpuTensor<T>, w: &GpuTensor<T>) -> Result<GpuTensor<f32>> {
+        if x.cols != w.cols {
+            return Err(op_err(
+                "router",
+                format!(
+                    "x is [{}, {}] but the router is [{}, {}]",
+                    x.rows, x.cols, w.rows, w.cols
+                ),
+            ));
+        }
+        let mut out =
+            self.device
+                .tensor(x.rows, w.rows, self.poison_outputs.then_some(f32::NAN))?;
+        if x.rows > 0 && w.rows > 0 {
+            self.blas.matmul_nt_f32_out(
+                &x.data,
+                rows_layout(x),
+                &w.data,
+                rows_layout(w),
+                &mut out.data,
+                w.rows,
+            )?;
+        }
+        Ok(out)
+    }
+
     /// `x · wᵀ` for an `x` given as a buffer and its layout.
     pub(super) fn matmul_layout(
         &self,
@@ -503,9 +530,9 @@ where
         w: &MoeWeights<Self>,
         config: &MoeConfig,
     ) -> Result<GpuTensor<T>> {
-        // Routing on the device; only each token's k expert ids and weights come back, to
-        // size the per-expert GEMMs.
-        let logits = self.matmul(x, &w.router)?;
+        // Routing on the device from fp32 logits; only each token's k expert ids and weights
+        // come back, to size the per-expert GEMMs.
+        let logits = self.router_logits(x, &w.router)?;
         let routes = self
             .device
             .moe_route(&logits, w.score_bias.as_deref(), config)?;

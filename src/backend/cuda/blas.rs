@@ -8,11 +8,12 @@ use super::GpuFloat;
 use crate::error::{Error, Result};
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, StridedBatchedConfig};
-use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, DeviceSlice};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceSlice};
 use std::sync::Arc;
 
 pub struct Blas {
     handle: CudaBlas,
+    stream: Arc<CudaStream>,
 }
 
 /// A row-major matrix operand: `rows × cols` values with `ld` between row starts.
@@ -40,9 +41,9 @@ impl Blas {
                     .into(),
             ));
         }
-        let handle = CudaBlas::new(stream)
+        let handle = CudaBlas::new(stream.clone())
             .map_err(|e| Error::Device(format!("creating the cuBLAS handle: {e}")))?;
-        Ok(Blas { handle })
+        Ok(Blas { handle, stream })
     }
 
     /// `out[x.rows, w.rows] = x · wᵀ` (`x.cols == w.cols`); `out` rows are `ld_out` apart.
@@ -67,6 +68,62 @@ impl Blas {
         // the three buffers, and all three live on the handle's stream.
         unsafe { self.handle.gemm(cfg, w, x, out) }
             .map_err(|e| Error::Device(format!("cuBLAS GEMM {x_layout:?} × {w_layout:?}ᵀ: {e}")))
+    }
+
+    /// `out[x.rows, w.rows] = x · wᵀ` with an f32 result whatever the operands' type: the MoE
+    /// router's logits, which the spec keeps in fp32 because rounding one can change the expert a
+    /// token is sent to.
+    pub fn matmul_nt_f32_out<T: GpuFloat, X, W>(
+        &self,
+        x: &X,
+        x_layout: Layout,
+        w: &W,
+        w_layout: Layout,
+        out: &mut CudaSlice<f32>,
+        ld_out: usize,
+    ) -> Result<()>
+    where
+        X: DevicePtr<T>,
+        W: DevicePtr<T>,
+    {
+        use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType};
+        check_operands(x, x_layout, w, w_layout, out, ld_out)?;
+        let cfg = gemm_config::<T>(x_layout, w_layout, ld_out)?;
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let (a, _a_use) = w.device_ptr(&self.stream);
+        let (b, _b_use) = x.device_ptr(&self.stream);
+        let (c, _c_use) = out.device_ptr_mut(&self.stream);
+        // SAFETY: check_operands bounds every element cuBLAS reads or writes by the lengths of
+        // the three buffers; the scalars are f32 as CUBLAS_COMPUTE_32F requires and outlive the
+        // call; all three buffers live on the handle's stream.
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *self.handle.handle(),
+                cfg.transa,
+                cfg.transb,
+                cfg.m,
+                cfg.n,
+                cfg.k,
+                &alpha as *const f32 as *const _,
+                a as *const _,
+                T::BLAS_TYPE,
+                cfg.lda,
+                b as *const _,
+                T::BLAS_TYPE,
+                cfg.ldb,
+                &beta as *const f32 as *const _,
+                c as *mut _,
+                cudaDataType::CUDA_R_32F,
+                cfg.ldc,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| {
+            Error::Device(format!(
+                "cuBLAS GEMM {x_layout:?} × {w_layout:?}ᵀ → f32: {e}"
+            ))
+        })
     }
 
     /// For each of `batch` heads: `out_h = x_h · w_hᵀ`, where `x_h` starts `x_stride` values after
@@ -138,7 +195,7 @@ fn out_layout(x: Layout, w: Layout, ld_out: usize) -> Layout {
     }
 }
 
-fn check_operands<T, X: DeviceSlice<T>, W: DeviceSlice<T>, O: DeviceSlice<T>>(
+fn check_operands<T, U, X: DeviceSlice<T>, W: DeviceSlice<T>, O: DeviceSlice<U>>(
     x: &X,
     x_layout: Layout,
     w: &W,

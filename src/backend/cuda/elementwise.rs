@@ -14,12 +14,16 @@ pub trait GpuFloat:
 {
     /// Suffix of the `extern "C"` kernel names.
     const SUFFIX: &'static str;
+    /// The type's cuBLAS name.
+    const BLAS_TYPE: cudarc::cublas::sys::cudaDataType;
     fn from_f32(v: f32) -> Self;
     fn to_f32(self) -> f32;
 }
 
 impl GpuFloat for f32 {
     const SUFFIX: &'static str = "f32";
+    const BLAS_TYPE: cudarc::cublas::sys::cudaDataType =
+        cudarc::cublas::sys::cudaDataType::CUDA_R_32F;
     fn from_f32(v: f32) -> Self {
         v
     }
@@ -30,6 +34,8 @@ impl GpuFloat for f32 {
 
 impl GpuFloat for half::bf16 {
     const SUFFIX: &'static str = "bf16";
+    const BLAS_TYPE: cudarc::cublas::sys::cudaDataType =
+        cudarc::cublas::sys::cudaDataType::CUDA_R_16BF;
     fn from_f32(v: f32) -> Self {
         half::bf16::from_f32(v)
     }
