@@ -6,12 +6,15 @@
 #                                  # device-bin/ (gitignored; small enough to carry)
 #   scripts/gpu-check.sh run       # on the GPU machine, from the repo root, with device-bin/
 #                                  # carried over: runs them and prints a summary table
+#   scripts/gpu-check.sh emulate   # here, no GPU: prepare, then the tests and the CLI check of
+#                                  # `run` on cuda-emu (kernels/*.cu on the CPU); no benchmarks,
+#                                  # whose timings would mean nothing there
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=device-bin
 
-case "${1:-}" in
-prepare|bundle)
+# Release binary and GPU test executables, stripped, into device-bin/.
+prepare() {
   nvcc="$(scripts/cuda-toolchain.sh)"
   export NVCC="$nvcc" MLA_REQUIRE_CUDA=1
   rm -rf "$out" && mkdir -p "$out/tests"
@@ -29,20 +32,20 @@ for line in sys.stdin:
 ' "$out"
   strip "$out/mla" "$out"/tests/*
   du -sh "$out"/mla "$out"/tests/* | sed 's/^/prepared: /'
-  ;;
-run)
-  [[ -x "$out/mla" ]] || { echo "no $out/mla: run 'scripts/gpu-check.sh prepare' first and carry $out" >&2; exit 2; }
-  # cuBLAS and friends from the CUDA toolkit or pip wheels, wherever this machine has them.
+}
+
+# cuBLAS and friends from the CUDA toolkit or pip wheels, wherever this machine has them.
+find_cuda_libraries() {
   for dir in /usr/local/cuda/lib64 $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null); do
     for lib in "$dir"/nvidia/*/lib "$dir"; do
       [[ -d "$lib" ]] && LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$lib"
     done
   done
   export LD_LIBRARY_PATH
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-  "$out/mla" info --device cuda | tail -2 || true
-  status=0
-  printf '| check | passed | failed | ignored |\n|---|---|---|---|\n' > "$out/summary.md"
+}
+
+# Every GPU test executable, ignored tests included; a row of the summary each.
+gpu_tests() {
   for t in "$out"/tests/*; do
     log="$out/$(basename "$t").log"
     if ! MLA_BIN="$out/mla" "$t" --include-ignored > "$log" 2>&1; then status=1; fi
@@ -53,7 +56,10 @@ run)
     printf '| %s | %s | %s | %s |\n' "$(basename "$t")" "${passed:-?}" "${failed:-?}" "${ignored:-?}" >> "$out/summary.md"
     grep -E '^(test .* FAILED|---- .* stdout ----)' "$log" | head -20 || true
   done
-  # The CLI end to end: greedy text on the GPU (f32) must equal the CPU's, for both demo models.
+}
+
+# The CLI end to end: greedy text on the GPU (f32) must equal the CPU's, for both demo models.
+cli_check() {
   for model in models/demo-mla models/demo-mha; do
     args=(generate --model "$model" --prompt "It is a truth universally acknowledged" --max-new-tokens 48)
     cpu=$("$out/mla" "${args[@]}" --device cpu 2>/dev/null || echo "cpu failed")
@@ -64,6 +70,9 @@ run)
     printf '| generate %s cuda f32 vs cpu | %s | | (%s s) |\n' "$model" "$verdict" "$secs" >> "$out/summary.md"
     [[ $verdict == same ]] || printf 'cpu: %s\ngpu: %s\n' "$cpu" "$gpu"
   done
+}
+
+benches() {
   # Elementwise and row kernels against a device-to-device copy (bf16).
   if "$out/mla" bench kernels > "$out/kernels.md" 2>&1; then kernels=ok; else kernels=FAILED; status=1; fi
   cat "$out/kernels.md"
@@ -83,11 +92,39 @@ run)
   fi
   printf '| mla bench (V2-Lite vs MHA, 4 layers) | %s | | |\n' "$bench" >> "$out/summary.md"
   cat "$out/bench.md"
+}
+
+status=0
+summary_header() { printf '| check | passed | failed | ignored |\n|---|---|---|---|\n' > "$out/summary.md"; }
+
+case "${1:-}" in
+prepare|bundle)
+  prepare
+  ;;
+run)
+  [[ -x "$out/mla" ]] || { echo "no $out/mla: run 'scripts/gpu-check.sh prepare' first and carry $out" >&2; exit 2; }
+  find_cuda_libraries
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+  "$out/mla" info --device cuda | tail -2 || true
+  summary_header
+  gpu_tests
+  cli_check
+  benches
+  cat "$out/summary.md"
+  exit $status
+  ;;
+emulate)
+  prepare
+  export LD_LIBRARY_PATH="$(cuda-emu/build.sh)"
+  "$out/mla" info --device cuda | tail -2
+  summary_header
+  gpu_tests
+  cli_check
   cat "$out/summary.md"
   exit $status
   ;;
 *)
-  echo "usage: scripts/gpu-check.sh prepare|run" >&2
+  echo "usage: scripts/gpu-check.sh prepare|run|emulate" >&2
   exit 2
   ;;
 esac
