@@ -169,8 +169,13 @@ std::string run_block(size_t count) {
     }
     for (WarpState& w : warps) w.generation = 0;
     memset(shared_base, POISON, shared_bytes + SHARED_GUARD);
+    // Between two barriers the threads run one after another, so a thread that reads what
+    // another writes without a barrier between them sees the write only if the writer ran first.
+    // Odd blocks run their threads in reverse order, so such a race shows one way or the other.
+    const bool reverse = (block_idx.x + block_idx.y + block_idx.z) % 2 == 1;
     for (;;) {
-        for (size_t i = 0; i < count; i++) {
+        for (size_t n = 0; n < count; n++) {
+            const size_t i = reverse ? count - 1 - n : n;
             if (threads[i].state != State::Runnable) continue;
             current = &threads[i];
             emu_switch(&scheduler_sp, current->sp);
