@@ -39,11 +39,6 @@ struct TcGroup {
     uint32_t rows[ROWS];
 };
 
-__device__ __forceinline__ float warp_max(float v) {
-    for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
-    return v;
-}
-
 // Copies `len` values (a multiple of 8, 16-byte aligned on both sides) with 16-byte loads.
 __device__ __forceinline__ void copy_row(bf16* dst, const bf16* src, int len, int lane, int lanes) {
     for (int v = lane; v < len / 8; v += lanes) reinterpret_cast<uint4*>(dst)[v] = reinterpret_cast<const uint4*>(src)[v];

@@ -255,6 +255,30 @@ __device__ void top_k_rows(const T* x, int cols, int k, float* values, uint32_t*
 
 MLA_FOR_EACH_DTYPE(ARGMAX_ENTRY_POINTS)
 
+// Per row: Σ exp((x − max) / temperature[row]) in f64, each term computed as the host's sampler
+// computes it (f32 difference and quotient, f64 exponential): the total weight that, next to the
+// row's best candidates, settles a draw without the whole row. One block per row.
+template <typename T>
+__device__ void softmax_totals(const T* x, int cols, const float* temperatures, double* totals) {
+    const T* row = x + (size_t)blockIdx.x * cols;
+    float m = -INFINITY;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) m = fmaxf(m, to_f32(row[c]));
+    m = block_max(m);
+    const float t = temperatures[blockIdx.x];
+    double s = 0.0;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) s += exp((double)((to_f32(row[c]) - m) / t));
+    s = block_sum(s);
+    if (threadIdx.x == 0) totals[blockIdx.x] = s;
+}
+
+#define TOTALS_ENTRY_POINTS(NAME, T)                                                                 \
+    extern "C" __global__ void softmax_totals_##NAME(const T* x, int cols, const float* temperatures,  \
+                                                     double* totals) {                               \
+        softmax_totals(x, cols, temperatures, totals);                                               \
+    }
+
+MLA_FOR_EACH_DTYPE(TOTALS_ENTRY_POINTS)
+
 // Benchmark weights generated in place, value for value what the host's RandomWeights makes:
 // value j = (u1 + u2 + u3 + u4 - 2)·√3·std, the uniforms being draws 4m+1..4m+4 of SplitMix64
 // seeded with base ^ (c · golden), j = c·chunk + m. f64 as on the host, so the bits agree.

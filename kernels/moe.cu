@@ -10,18 +10,6 @@
 
 #define MAX_GROUPS 64
 
-__device__ __forceinline__ float block_max(float v) {
-    __shared__ float partial[32];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
-    __syncthreads();
-    if (lane == 0) partial[warp] = v;
-    __syncthreads();
-    v = lane < (int)(blockDim.x >> 5) ? partial[lane] : -INFINITY;
-    for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
-    return v;
-}
-
 // Index of the largest value of `v[0..n)` not yet `taken` (bit i of taken[i / 32]), ties to the
 // lower index; -1 when every index is taken.
 __device__ int best_untaken(const float* v, int n, const uint32_t* taken) {

@@ -58,16 +58,19 @@ gpu_tests() {
   done
 }
 
-# The CLI end to end: greedy text on the GPU (f32) must equal the CPU's, for both demo models.
+# The CLI end to end: text generated on the GPU (f32) must equal the CPU's, greedy for both demo
+# models and sampled without a top-k (candidates + row totals on the device) for the MLA one.
 cli_check() {
-  for model in models/demo-mla models/demo-mha; do
+  for run in "models/demo-mla greedy" "models/demo-mha greedy" "models/demo-mla sampled"; do
+    read -r model mode <<< "$run"
     args=(generate --model "$model" --prompt "It is a truth universally acknowledged" --max-new-tokens 48)
+    [[ $mode == sampled ]] && args+=(--temperature 1.0 --seed 3)
     cpu=$("$out/mla" "${args[@]}" --device cpu 2>/dev/null || echo "cpu failed")
     t0=$(date +%s.%N)
     gpu=$("$out/mla" "${args[@]}" --device cuda --dtype f32 2> "$out/generate.log" || { cat "$out/generate.log"; echo "gpu failed"; })
     secs=$(python3 -c "import time; print(f'{time.time() - $t0:.1f}')")
     if [[ "$cpu" == "$gpu" ]]; then verdict=same; else verdict=DIFFERENT; status=1; fi
-    printf '| generate %s cuda f32 vs cpu | %s | | (%s s) |\n' "$model" "$verdict" "$secs" >> "$out/summary.md"
+    printf '| generate %s %s cuda f32 vs cpu | %s | | (%s s) |\n' "$model" "$mode" "$verdict" "$secs" >> "$out/summary.md"
     [[ $verdict == same ]] || printf 'cpu: %s\ngpu: %s\n' "$cpu" "$gpu"
   done
 }

@@ -83,11 +83,20 @@ where
     logits.data[11] = 9.0;
     logits.data[40_000] = 9.0;
     let want = CpuBackend.top_k_rows(&logits, 40).unwrap();
-    let got = gpu
-        .top_k_rows(&gpu.upload_weight(logits).unwrap(), 40)
-        .unwrap();
+    let on_gpu = gpu.upload_weight(logits.clone()).unwrap();
+    let got = gpu.top_k_rows(&on_gpu, 40).unwrap();
     assert_eq!(got, want, "{s} top_k_rows");
     assert_eq!((got[0][0].0, got[0][1].0), (11, 40_000));
+    // Each row's total weight at its temperature, for sampling without a top-k.
+    let temperatures = [0.7, 1.0, 2.5];
+    let want = CpuBackend.softmax_totals(&logits, &temperatures).unwrap();
+    let got = gpu.softmax_totals(&on_gpu, &temperatures).unwrap();
+    for (g, w) in got.iter().zip(&want) {
+        assert!(
+            (g - w).abs() <= 1e-9 * w,
+            "{s} softmax_totals: {got:?} vs {want:?}"
+        );
+    }
 
     let rows = [5, 0, 5, 6, 2];
     let want = CpuBackend.select_rows(&x, &rows).unwrap();

@@ -7,7 +7,7 @@ pub mod cpu;
 pub mod cuda;
 
 use crate::config::MoeConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::rope::RopeTable;
 use crate::weights::HostTensor;
 
@@ -126,6 +126,25 @@ pub fn host_top_k_rows(x: &HostTensor, k: usize) -> Vec<Vec<(u32, f32)>> {
         .collect()
 }
 
+pub fn host_softmax_totals(x: &HostTensor, temperatures: &[f32]) -> Result<Vec<f64>> {
+    let cols = x.shape.last().copied().unwrap_or(0).max(1);
+    let rows = x.data.len() / cols;
+    if temperatures.len() != rows || temperatures.iter().any(|t| !(*t > 0.0)) {
+        return Err(Error::Op {
+            op: "softmax_totals",
+            message: format!(
+                "{rows} rows but {} temperatures (each must be positive)",
+                temperatures.len()
+            ),
+        });
+    }
+    Ok(x.data
+        .chunks_exact(cols)
+        .zip(temperatures)
+        .map(|(row, &t)| crate::engine::sampler::softmax_total(row, t))
+        .collect())
+}
+
 pub trait Backend {
     /// Activations, `[rows, cols]`, f32 semantics.
     type Tensor;
@@ -172,6 +191,11 @@ pub trait Backend {
     /// what top-k sampling needs, without bringing whole rows of logits back.
     fn top_k_rows(&self, x: &Self::Tensor, k: usize) -> Result<Vec<Vec<(u32, f32)>>> {
         Ok(host_top_k_rows(&self.to_host(x)?, k))
+    }
+    /// Per row `r`, `Σ exp((x − max) / temperatures[r])` in f64: with the row's best candidates,
+    /// what sampling without a top-k needs ([`crate::engine::sampler::Sampler::sample_head`]).
+    fn softmax_totals(&self, x: &Self::Tensor, temperatures: &[f32]) -> Result<Vec<f64>> {
+        host_softmax_totals(&self.to_host(x)?, temperatures)
     }
 
     /// Rows of `table` `[vocab, hidden]` for each id.

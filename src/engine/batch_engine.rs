@@ -2,7 +2,7 @@
 //! forward pass per step over the paged latent cache, sampled tokens out.
 
 use super::request::{FinishReason, Request, RequestOutput};
-use super::sampler::Sampler;
+use super::sampler::{Needs, Sampler, SAMPLING_HEAD};
 use super::scheduler::{Scheduler, SchedulerConfig, Sequence};
 use crate::backend::{AttentionBatch, Backend, SeqChunk};
 use crate::config::ModelConfig;
@@ -162,6 +162,43 @@ impl<'m, B: Backend> Engine<'m, B> {
     }
 
     /// Runs one scheduled step.
+    /// What the step's samplers need from the logits, without bringing whole rows back: one id
+    /// per row when all are greedy, else each row's best candidates (as many as the largest need)
+    /// and, for rows sampled without a top-k, the row's total weight at its temperature.
+    fn bring_back(&self, logits: &B::Tensor, needs: &[(Needs, f32)]) -> Result<Choice> {
+        if needs.iter().all(|(n, _)| *n == Needs::Argmax) {
+            return Ok(Choice::Greedy(self.backend.argmax_rows(logits)?));
+        }
+        let vocab = self.model.config.vocab_size();
+        let k = needs
+            .iter()
+            .map(|(n, _)| match n {
+                Needs::Argmax => 1,
+                Needs::TopK(k) => *k,
+                Needs::Head => SAMPLING_HEAD,
+            })
+            .max()
+            .unwrap_or(1)
+            .min(vocab);
+        let rows = self.backend.top_k_rows(logits, k)?;
+        let totals = if needs.iter().any(|(n, _)| *n == Needs::Head) {
+            // Rows that need no total get temperature 1 (greedy rows have 0).
+            let temperatures: Vec<f32> = needs
+                .iter()
+                .map(|&(n, t)| if n == Needs::Head { t } else { 1.0 })
+                .collect();
+            let totals = self.backend.softmax_totals(logits, &temperatures)?;
+            needs
+                .iter()
+                .zip(totals)
+                .map(|((n, _), t)| (*n == Needs::Head).then_some(t))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Choice::Candidates { rows, totals })
+    }
+
     pub fn step(&mut self) -> Result<StepOutput> {
         let start = Instant::now();
         let plan = self.scheduler.schedule(&mut self.blocks);
@@ -207,28 +244,21 @@ impl<'m, B: Backend> Engine<'m, B> {
             self.config.attention,
             LogitRows::LastPerSequence,
         )?;
-        // All greedy: one id per row comes back instead of a row of logits.
-        let all_greedy = plan
+        let needs: Vec<(Needs, f32)> = plan
             .scheduled
             .iter()
-            .all(|s| self.scheduler.running[s.running_index].sampler.is_greedy());
-        // Top-k sampling needs only each row's best k; top-p alone needs whole rows.
-        let candidates = plan.scheduled.iter().try_fold(0, |k, s| {
-            let needed = self.scheduler.running[s.running_index]
-                .sampler
-                .candidates_needed()?;
-            Some(k.max(needed))
-        });
-        let choice = match candidates {
-            _ if all_greedy => Choice::Greedy(self.backend.argmax_rows(&logits)?),
-            Some(k) => Choice::Candidates(self.backend.top_k_rows(&logits, k)?),
-            None => Choice::Logits(self.backend.to_host(&logits)?.data),
-        };
+            .map(|s| {
+                let sampler = &self.scheduler.running[s.running_index].sampler;
+                (sampler.needs(), sampler.temperature())
+            })
+            .collect();
+        let choice = self.bring_back(&logits, &needs)?;
         self.stats.forward_secs += forward_start.elapsed().as_secs_f64();
 
         let vocab = self.model.config.vocab_size();
         let now = Instant::now();
         let mut done = Vec::new();
+        let mut whole_rows: Option<Vec<f32>> = None;
         for (i, s) in plan.scheduled.iter().enumerate() {
             let seq = &mut self.scheduler.running[s.running_index];
             seq.computed += s.num_tokens;
@@ -239,8 +269,20 @@ impl<'m, B: Backend> Engine<'m, B> {
             }
             let token = match &choice {
                 Choice::Greedy(ids) => ids[i],
-                Choice::Candidates(rows) => seq.sampler.sample_sorted(&rows[i]),
-                Choice::Logits(all) => seq.sampler.sample(&all[i * vocab..(i + 1) * vocab]),
+                Choice::Candidates { rows, totals } => match totals.get(i).copied().flatten() {
+                    Some(total) => match seq.sampler.sample_head(&rows[i], total) {
+                        Some(token) => token,
+                        // The draw lies past the best candidates: the whole row, once per step.
+                        None => {
+                            if whole_rows.is_none() {
+                                whole_rows = Some(self.backend.to_host(&logits)?.data);
+                            }
+                            let all = whole_rows.as_deref().unwrap_or_default();
+                            seq.sampler.sample(&all[i * vocab..(i + 1) * vocab])
+                        }
+                    },
+                    None => seq.sampler.sample_sorted(&rows[i]),
+                },
             };
             seq.tokens.push(token);
             seq.token_times.push(now);
@@ -333,7 +375,11 @@ fn finish_reason(
 /// What a step brings back from the device to choose each sequence's next token.
 enum Choice {
     Greedy(Vec<u32>),
-    /// Each row's best `(id, logit)`, sorted.
-    Candidates(Vec<Vec<(u32, f32)>>),
-    Logits(Vec<f32>),
+    Candidates {
+        /// Each row's best `(id, logit)`, sorted.
+        rows: Vec<Vec<(u32, f32)>>,
+        /// Each row's total weight at its sampler's temperature, for rows sampled without a
+        /// top-k (empty when there are none).
+        totals: Vec<Option<f64>>,
+    },
 }

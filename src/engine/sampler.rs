@@ -61,10 +61,27 @@ impl SplitMix64 {
     }
 }
 
+/// How many of a row's best candidates a step brings back for a sampler with no top-k: with the
+/// row's total weight they settle almost every draw (see [`Sampler::sample_head`]).
+pub const SAMPLING_HEAD: usize = 64;
+
+/// What a step must bring back from the device for one sequence's choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// Greedy: the row's argmax.
+    Argmax,
+    /// The row's best `k` `(id, logit)`, sorted.
+    TopK(usize),
+    /// The row's best [`SAMPLING_HEAD`] candidates and its total weight at the temperature.
+    Head,
+}
+
 #[derive(Debug, Clone)]
 pub struct Sampler {
     params: SamplingParams,
     rng: SplitMix64,
+    /// A draw [`Sampler::sample_head`] could not settle, for the whole-row call that follows.
+    pending: Option<f64>,
 }
 
 impl Sampler {
@@ -73,6 +90,7 @@ impl Sampler {
         Ok(Sampler {
             params,
             rng: SplitMix64(params.seed),
+            pending: None,
         })
     }
 
@@ -82,14 +100,17 @@ impl Sampler {
         self.params.temperature == 0.0
     }
 
-    /// Candidates a step must bring back for this sampler: `Some(k)` when its top-k list is
-    /// enough (greedy: 1), `None` when it needs the whole row.
-    pub fn candidates_needed(&self) -> Option<usize> {
+    /// What a step must bring back for this sampler.
+    pub fn needs(&self) -> Needs {
         match (self.is_greedy(), self.params.top_k) {
-            (true, _) => Some(1),
-            (false, 0) => None,
-            (false, k) => Some(k),
+            (true, _) => Needs::Argmax,
+            (false, 0) => Needs::Head,
+            (false, k) => Needs::TopK(k),
         }
+    }
+
+    pub fn temperature(&self) -> f32 {
+        self.params.temperature
     }
 
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
@@ -109,33 +130,88 @@ impl Sampler {
             0 => sorted,
             k => &sorted[..k.min(sorted.len())],
         };
-        let max = candidates[0].1;
-        let weights: Vec<f64> = candidates
+        let weights = self.weights(candidates);
+        let total: f64 = weights.iter().sum();
+        let keep = self.nucleus(&weights, total).unwrap_or(weights.len());
+        let kept_total: f64 = weights[..keep].iter().sum();
+        let draw = self.draw();
+        walk(&candidates[..keep], &weights[..keep], draw * kept_total)
+            .unwrap_or(candidates[keep - 1].0)
+    }
+
+    /// Samples (top-k 0) from the row's best candidates, sorted, and `total`, the sum of every
+    /// token's weight `exp((logit − max) / temperature)`, choosing what
+    /// [`Sampler::sample_sorted`] chooses from the whole sorted row. `None` when the choice lies
+    /// beyond the candidates (the nucleus or the draw reaches past them, which the 64 best
+    /// make rare): then the draw is kept for the whole-row call that must follow.
+    pub fn sample_head(&mut self, head: &[(u32, f32)], total: f64) -> Option<u32> {
+        let weights = self.weights(head);
+        let draw = self.draw();
+        let chosen = if self.params.top_p < 1.0 {
+            self.nucleus(&weights, total).and_then(|keep| {
+                let kept_total: f64 = weights[..keep].iter().sum();
+                Some(
+                    walk(&head[..keep], &weights[..keep], draw * kept_total)
+                        .unwrap_or(head[keep - 1].0),
+                )
+            })
+        } else {
+            walk(head, &weights, draw * total)
+        };
+        if chosen.is_none() {
+            self.pending = Some(draw);
+        }
+        chosen
+    }
+
+    /// `exp((logit − max) / temperature)` of sorted candidates, `max` being the first.
+    fn weights(&self, sorted: &[(u32, f32)]) -> Vec<f64> {
+        let max = sorted[0].1;
+        sorted
             .iter()
             .map(|&(_, l)| (((l - max) / self.params.temperature) as f64).exp())
-            .collect();
-        let total: f64 = weights.iter().sum();
-        let mut keep = weights.len();
-        if self.params.top_p < 1.0 {
-            let mut cumulative = 0.0;
-            for (i, w) in weights.iter().enumerate() {
-                cumulative += w / total;
-                if cumulative >= self.params.top_p as f64 {
-                    keep = i + 1;
-                    break;
-                }
-            }
-        }
-        let kept_total: f64 = weights[..keep].iter().sum();
-        let mut target = self.rng.next_f64() * kept_total;
-        for (i, w) in weights[..keep].iter().enumerate() {
-            if target < *w {
-                return candidates[i].0;
-            }
-            target -= w;
-        }
-        candidates[keep - 1].0
+            .collect()
     }
+
+    /// How many of the sorted candidates the top-p nucleus keeps, `total` being the weight of
+    /// all of them; `None` when it keeps them all (top-p 1) or reaches past them.
+    fn nucleus(&self, weights: &[f64], total: f64) -> Option<usize> {
+        if self.params.top_p >= 1.0 {
+            return None;
+        }
+        let mut cumulative = 0.0;
+        for (i, w) in weights.iter().enumerate() {
+            cumulative += w / total;
+            if cumulative >= self.params.top_p as f64 {
+                return Some(i + 1);
+            }
+        }
+        None
+    }
+
+    fn draw(&mut self) -> f64 {
+        self.pending.take().unwrap_or_else(|| self.rng.next_f64())
+    }
+}
+
+/// The candidate at which `target` runs out walking the weights in order, if it does.
+fn walk(candidates: &[(u32, f32)], weights: &[f64], mut target: f64) -> Option<u32> {
+    for (c, w) in candidates.iter().zip(weights) {
+        if target < *w {
+            return Some(c.0);
+        }
+        target -= w;
+    }
+    None
+}
+
+/// Sum of `exp((x − max) / temperature)` over a row, in f64: the total weight
+/// [`Sampler::sample_head`] needs (the devices compute the same per element).
+pub fn softmax_total(row: &[f32], temperature: f32) -> f64 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    row.iter()
+        .map(|&l| (((l - max) / temperature) as f64).exp())
+        .sum()
 }
 
 /// The `k` largest `(id, logit)` of a row (all of them for `k` = 0), largest first, ties by lower
@@ -225,7 +301,11 @@ mod tests {
             };
             let (mut whole, mut listed) =
                 (Sampler::new(params).unwrap(), Sampler::new(params).unwrap());
-            let needed = listed.candidates_needed().unwrap();
+            let needed = match listed.needs() {
+                Needs::TopK(k) => k,
+                Needs::Argmax => 1,
+                Needs::Head => unreachable!("every case here has a top-k or is greedy"),
+            };
             // A step brings back the largest k any sequence needs: more than this one's.
             let list = sorted_candidates(&logits, needed + 3);
             for _ in 0..100 {
@@ -236,16 +316,44 @@ mod tests {
                 );
             }
         }
-        let whole_row = Sampler::new(SamplingParams {
+        let no_top_k = Sampler::new(SamplingParams {
             temperature: 1.0,
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(
-            whole_row.candidates_needed(),
-            None,
-            "top-p alone needs the whole row"
-        );
+        assert_eq!(no_top_k.needs(), Needs::Head);
+    }
+
+    #[test]
+    fn the_head_and_the_row_total_sample_exactly_like_the_whole_row() {
+        // A flat row (the draw often lands past the 64 best) and a peaked one (it rarely does).
+        let flat: Vec<f32> = (0..300)
+            .map(|i| ((i * 37 % 101) as f32 * 0.05).sin() * 0.3)
+            .collect();
+        let peaked: Vec<f32> = (0..300).map(|i| -(i as f32 * 0.9 % 17.0)).collect();
+        let mut fell_back = 0;
+        for logits in [&flat, &peaked] {
+            for (top_p, temperature) in [(1.0, 1.0), (0.9, 0.7), (0.3, 1.5), (0.999, 2.0)] {
+                let params = SamplingParams {
+                    temperature,
+                    top_k: 0,
+                    top_p,
+                    seed: 5,
+                };
+                let (mut whole, mut head) =
+                    (Sampler::new(params).unwrap(), Sampler::new(params).unwrap());
+                let best = sorted_candidates(logits, SAMPLING_HEAD);
+                let total = softmax_total(logits, temperature);
+                for _ in 0..200 {
+                    let token = head.sample_head(&best, total).unwrap_or_else(|| {
+                        fell_back += 1;
+                        head.sample(logits)
+                    });
+                    assert_eq!(token, whole.sample(logits), "{params:?}");
+                }
+            }
+        }
+        assert!(fell_back > 0, "the flat row's tail was never reached");
     }
 
     #[test]

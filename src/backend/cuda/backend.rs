@@ -261,6 +261,10 @@ where
         self.device.argmax_rows(x)
     }
 
+    fn softmax_totals(&self, x: &GpuTensor<T>, temperatures: &[f32]) -> Result<Vec<f64>> {
+        self.device.softmax_totals(x, temperatures)
+    }
+
     fn top_k_rows(&self, x: &GpuTensor<T>, k: usize) -> Result<Vec<Vec<(u32, f32)>>> {
         // k rounds over the row: worth it for the small k sampling uses.
         if (1..=MAX_DEVICE_TOP_K).contains(&k) && k <= x.cols {

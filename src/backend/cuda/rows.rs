@@ -129,6 +129,44 @@ impl CudaDevice {
             .map_err(|e| Error::Device(format!("copying argmax ids from the device: {e}")))
     }
 
+    /// Per row `r`, `Σ exp((x − max) / temperatures[r])` in f64 (see `Backend::softmax_totals`).
+    pub fn softmax_totals<T: GpuFloat>(
+        &self,
+        x: &GpuTensor<T>,
+        temperatures: &[f32],
+    ) -> Result<Vec<f64>> {
+        if temperatures.len() != x.rows || temperatures.iter().any(|t| !(*t > 0.0)) || x.cols == 0 {
+            return Err(op_err(
+                "softmax_totals",
+                format!(
+                    "{} rows of {} but {} temperatures (each must be positive)",
+                    x.rows,
+                    x.cols,
+                    temperatures.len()
+                ),
+            ));
+        }
+        if x.rows == 0 {
+            return Ok(Vec::new());
+        }
+        let temps = self.upload_f32(temperatures)?;
+        // SAFETY: every element is written by the kernel below (one per block) before the copy.
+        let mut totals = unsafe { self.stream.alloc::<f64>(x.rows) }
+            .map_err(|e| Error::Device(format!("allocating row totals: {e}")))?;
+        let cols = x.cols as i32;
+        let name = format!("softmax_totals_{}", T::SUFFIX);
+        let f = self.function("elementwise", &name)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&x.data).arg(&cols).arg(&temps).arg(&mut totals);
+        // SAFETY: the arguments match softmax_totals in elementwise.cu in order and type; block
+        // `r` reads row `r` of `x` and `temperatures[r]` and writes `totals[r]`.
+        unsafe { b.launch(row_config(x.rows)) }
+            .map_err(|e| Error::Device(format!("kernel {name}: {e}")))?;
+        self.stream
+            .clone_dtoh(&totals)
+            .map_err(|e| Error::Device(format!("copying row totals from the device: {e}")))
+    }
+
     /// The `k` largest `(column, value)` of each row, largest first, ties to the lower column.
     pub fn top_k_rows<T: GpuFloat>(
         &self,
