@@ -126,10 +126,9 @@ pub fn host_top_k_rows(x: &HostTensor, k: usize) -> Vec<Vec<(u32, f32)>> {
         .collect()
 }
 
-pub fn host_softmax_totals(x: &HostTensor, temperatures: &[f32]) -> Result<Vec<f64>> {
-    let cols = x.shape.last().copied().unwrap_or(0).max(1);
-    let rows = x.data.len() / cols;
-    if temperatures.len() != rows || temperatures.iter().any(|t| !(*t > 0.0)) {
+/// The rows of `Backend::softmax_totals` need one positive temperature each.
+pub fn check_temperatures(rows: usize, temperatures: &[f32]) -> Result<()> {
+    if temperatures.len() != rows || temperatures.iter().any(|t| t.is_nan() || *t <= 0.0) {
         return Err(Error::Op {
             op: "softmax_totals",
             message: format!(
@@ -138,6 +137,12 @@ pub fn host_softmax_totals(x: &HostTensor, temperatures: &[f32]) -> Result<Vec<f
             ),
         });
     }
+    Ok(())
+}
+
+pub fn host_softmax_totals(x: &HostTensor, temperatures: &[f32]) -> Result<Vec<f64>> {
+    let cols = x.shape.last().copied().unwrap_or(0).max(1);
+    check_temperatures(x.data.len() / cols, temperatures)?;
     Ok(x.data
         .chunks_exact(cols)
         .zip(temperatures)

@@ -148,12 +148,9 @@ impl Sampler {
         let weights = self.weights(head);
         let draw = self.draw();
         let chosen = if self.params.top_p < 1.0 {
-            self.nucleus(&weights, total).and_then(|keep| {
+            self.nucleus(&weights, total).map(|keep| {
                 let kept_total: f64 = weights[..keep].iter().sum();
-                Some(
-                    walk(&head[..keep], &weights[..keep], draw * kept_total)
-                        .unwrap_or(head[keep - 1].0),
-                )
+                walk(&head[..keep], &weights[..keep], draw * kept_total).unwrap_or(head[keep - 1].0)
             })
         } else {
             walk(head, &weights, draw * total)

@@ -135,16 +135,9 @@ impl CudaDevice {
         x: &GpuTensor<T>,
         temperatures: &[f32],
     ) -> Result<Vec<f64>> {
-        if temperatures.len() != x.rows || temperatures.iter().any(|t| !(*t > 0.0)) || x.cols == 0 {
-            return Err(op_err(
-                "softmax_totals",
-                format!(
-                    "{} rows of {} but {} temperatures (each must be positive)",
-                    x.rows,
-                    x.cols,
-                    temperatures.len()
-                ),
-            ));
+        crate::backend::check_temperatures(x.rows, temperatures)?;
+        if x.cols == 0 {
+            return Err(op_err("softmax_totals", "rows of no columns".into()));
         }
         if x.rows == 0 {
             return Ok(Vec::new());
