@@ -41,6 +41,8 @@ struct TcGroup {
 
 // Copies `len` values (a multiple of 8, 16-byte aligned on both sides) with 16-byte loads.
 __device__ __forceinline__ void copy_row(bf16* dst, const bf16* src, int len, int lane, int lanes) {
+    MLA_ASSERT_ALIGNED(dst, 16);
+    MLA_ASSERT_ALIGNED(src, 16);
     for (int v = lane; v < len / 8; v += lanes) reinterpret_cast<uint4*>(dst)[v] = reinterpret_cast<const uint4*>(src)[v];
 }
 

@@ -5,6 +5,12 @@
 
 typedef __nv_bfloat16 bf16;
 
+// Alignment a vector access needs: free on the device (a misaligned access faults there), an
+// error that names the access under cuda-emu, which would otherwise run it silently.
+#ifndef MLA_ASSERT_ALIGNED
+#define MLA_ASSERT_ALIGNED(pointer, bytes)
+#endif
+
 __device__ __forceinline__ float to_f32(float x) { return x; }
 __device__ __forceinline__ float to_f32(bf16 x) { return __bfloat162float(x); }
 

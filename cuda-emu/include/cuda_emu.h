@@ -57,6 +57,12 @@ template <typename T> T shuffle_from(T v, int src) {
 void check_full_mask(unsigned mask);
 }  // namespace emu
 
+#define MLA_ASSERT_ALIGNED(pointer, bytes)                                                          \
+    do {                                                                                            \
+        if ((uintptr_t)(pointer) % (bytes) != 0)                                                    \
+            emu::kernel_error("misaligned " #bytes "-byte vector access through " #pointer);        \
+    } while (0)
+
 #define threadIdx (emu::thread_idx())
 #define blockIdx (emu::block_idx)
 #define blockDim (emu::block_dim)
