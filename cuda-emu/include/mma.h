@@ -88,18 +88,17 @@ void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix
     typedef fragment<matrix_a, 16, 16, 16, T, LayoutA> A;
     typedef fragment<matrix_b, 16, 16, 16, T, LayoutB> B;
     const emu::LaneEntry* lanes = emu::warp_exchange(0, &a, &b);
-    const int lane = emu::lane_id();
+    // This lane's outputs are row lane/2, columns 8·(lane%2) … +7: one row of A (held by lanes
+    // 2·row and 2·row+1) and eight columns of B (lane 2k + lane%2 holds row k's part of them).
+    const int lane = emu::lane_id(), row = lane / 2, half = lane % 2;
+    float a_row[16];
+    for (int k = 0; k < 16; k++)
+        a_row[k] = detail::value(static_cast<const A*>(lanes[row * 2 + k / 8].first)->x[k % 8]);
     float out[8];
-    for (int e = 0; e < 8; e++) {
-        const int idx = lane * 8 + e, row = idx / 16, col = idx % 16;
-        float sum = c.x[e];
-        for (int k = 0; k < 16; k++) {
-            const int ai = row * 16 + k, bi = k * 16 + col;
-            const float av = detail::value(static_cast<const A*>(lanes[ai / 8].first)->x[ai % 8]);
-            const float bv = detail::value(static_cast<const B*>(lanes[bi / 8].second)->x[bi % 8]);
-            sum = fmaf(av, bv, sum);
-        }
-        out[e] = sum;
+    for (int e = 0; e < 8; e++) out[e] = c.x[e];
+    for (int k = 0; k < 16; k++) {
+        const B& b_part = *static_cast<const B*>(lanes[k * 2 + half].second);
+        for (int e = 0; e < 8; e++) out[e] += a_row[k] * detail::value(b_part.x[e]);
     }
     emu::syncwarp();  // every lane has read the operands before any lane may change them
     for (int e = 0; e < 8; e++) d.x[e] = out[e];
