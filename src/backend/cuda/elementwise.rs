@@ -108,10 +108,7 @@ impl CudaDevice {
     }
 
     pub fn download<T: GpuFloat>(&self, x: &GpuTensor<T>) -> Result<HostTensor> {
-        let values = self
-            .stream
-            .clone_dtoh(&x.data)
-            .map_err(driver_err("copying from the device"))?;
+        let values = self.fetch(&x.data, "a tensor")?;
         Ok(HostTensor::new(
             vec![x.rows, x.cols],
             values.into_iter().map(T::to_f32).collect(),

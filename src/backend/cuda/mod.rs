@@ -13,6 +13,7 @@ mod elementwise;
 pub mod layout;
 mod moe;
 mod rows;
+mod transfer;
 
 pub use backend::{CudaBackend, CudaHeadWeight, CudaKvCache};
 pub use elementwise::{GpuFloat, GpuTensor};
@@ -45,6 +46,7 @@ pub struct CudaDevice {
     pub info: DeviceInfo,
     pub stream: Arc<CudaStream>,
     modules: HashMap<&'static str, Arc<CudaModule>>,
+    staging: transfer::Staging,
 }
 
 pub(crate) fn driver_err(what: &str) -> impl Fn(DriverError) -> Error + '_ {
@@ -145,6 +147,7 @@ impl CudaDevice {
             info,
             stream,
             modules,
+            staging: transfer::Staging::default(),
         })
     }
 

@@ -84,9 +84,8 @@ impl CudaDevice {
         // row `t` of the logits and writes its `k` ids and weights; the checks above keep the
         // expert and group counts within the kernel's fixed-size sets.
         unsafe { b.launch(cfg) }.map_err(|e| Error::Device(format!("kernel {name}: {e}")))?;
-        let err = |e| Error::Device(format!("copying routes from the device: {e}"));
-        let ids = self.stream.clone_dtoh(&ids).map_err(err)?;
-        let weights = self.stream.clone_dtoh(&weights).map_err(err)?;
+        let ids = self.fetch(&ids, "expert ids")?;
+        let weights = self.fetch(&weights, "expert weights")?;
         if let Some(bad) = ids.iter().find(|&&e| e as usize >= experts) {
             return Err(Error::Device(format!(
                 "moe_route chose expert {bad} of {experts}"

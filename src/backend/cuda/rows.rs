@@ -124,9 +124,7 @@ impl CudaDevice {
         // `r` reads row `r` of `x` and writes `ids[r]`, both in bounds.
         unsafe { b.launch(row_config(x.rows)) }
             .map_err(|e| Error::Device(format!("kernel {name}: {e}")))?;
-        self.stream
-            .clone_dtoh(&ids)
-            .map_err(|e| Error::Device(format!("copying argmax ids from the device: {e}")))
+        self.fetch(&ids, "argmax ids")
     }
 
     /// Per row `r`, `Σ exp((x − max) / temperatures[r])` in f64 (see `Backend::softmax_totals`).
@@ -155,9 +153,7 @@ impl CudaDevice {
         // `r` reads row `r` of `x` and `temperatures[r]` and writes `totals[r]`.
         unsafe { b.launch(row_config(x.rows)) }
             .map_err(|e| Error::Device(format!("kernel {name}: {e}")))?;
-        self.stream
-            .clone_dtoh(&totals)
-            .map_err(|e| Error::Device(format!("copying row totals from the device: {e}")))
+        self.fetch(&totals, "row totals")
     }
 
     /// The `k` largest `(column, value)` of each row, largest first, ties to the lower column.
@@ -194,9 +190,8 @@ impl CudaDevice {
         // SAFETY: the arguments match top_k_rows in elementwise.cu in order and type; block `r`
         // reads row `r` of `x` and writes entries [r·k, (r + 1)·k) of `values` and `ids`.
         unsafe { b.launch(cfg) }.map_err(|e| Error::Device(format!("kernel {name}: {e}")))?;
-        let err = |e| Error::Device(format!("copying top-k candidates from the device: {e}"));
-        let values = self.stream.clone_dtoh(&values).map_err(err)?;
-        let ids = self.stream.clone_dtoh(&ids).map_err(err)?;
+        let values = self.fetch(&values, "top-k values")?;
+        let ids = self.fetch(&ids, "top-k ids")?;
         Ok(ids
             .chunks_exact(k)
             .zip(values.chunks_exact(k))
