@@ -35,4 +35,7 @@ done
 "$cxx" "${flags[@]}" -c "$root/cuda-emu/cublas.cpp" -o "$out/obj/cublas.o"
 "$cxx" -shared -o "$out/libcuda.so" "$out/obj/driver.o" "$out/obj/runtime.o" "${objects[@]}"
 "$cxx" -shared -o "$out/libcublas.so" "$out/obj/cublas.o"
+# The emulator's own checks: right kernels run right, and every bug it claims to catch is caught.
+"$cxx" "${flags[@]}" -include cuda_emu.h "$root/cuda-emu/selftest.cpp" "$out/obj/runtime.o" -o "$out/selftest"
+"$out/selftest" >&2
 echo "$out"

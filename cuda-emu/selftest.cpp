@@ -1,0 +1,139 @@
+// cuda-emu checking itself: small kernels that are right must run right, and each kind of bug
+// the emulator claims to catch must be caught. build.sh runs this after building the libraries
+// and fails if any case goes the wrong way.
+#include <cstdio>
+#include <string>
+#include "mma.h"
+#include "runtime.h"
+
+namespace {
+int failures = 0;
+
+template <typename... A> std::string launch(void (*kernel)(A...), unsigned blocks, unsigned threads,
+                                            size_t shared, std::decay_t<A>... args) {
+    void* params[] = {&args...};
+    return emu::Kernel<A...>::launch(reinterpret_cast<void*>(kernel), params,
+                                     emu::LaunchDims{dim3{blocks, 1, 1}, dim3{threads, 1, 1}, shared});
+}
+
+void expect(const char* name, const std::string& error, const char* wanted) {
+    const bool ok = wanted ? error.find(wanted) != std::string::npos : error.empty();
+    if (!ok) {
+        failures++;
+        fprintf(stderr, "cuda-emu selftest %s: expected %s%s, got \"%s\"\n", name, wanted ? "an error with " : "success",
+                wanted ? wanted : "", error.c_str());
+    }
+}
+
+__device__ float warp_total(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Sum of 0..blockDim-1 through shuffles and shared memory.
+__global__ void block_total(float* out) {
+    __shared__ float partial[32];
+    float v = warp_total((float)threadIdx.x);
+    if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = v;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float s = 0;
+        for (unsigned w = 0; w < blockDim.x / 32; w++) s += partial[w];
+        out[blockIdx.x] = s;
+    }
+}
+
+__global__ void divergent_barrier(float* out) {
+    float v = 1.0f;
+    if (threadIdx.x % 2) __syncthreads();
+    else v = __shfl_xor_sync(0xffffffffu, v, 1);
+    out[threadIdx.x] = v;
+}
+
+__global__ void shuffle_after_exit(float* out) {
+    if (threadIdx.x == 5) return;
+    out[threadIdx.x] = warp_total(1.0f);
+}
+
+__global__ void shared_overflow(int n) {
+    float* s = static_cast<float*>(emu::dynamic_shared());
+    if (threadIdx.x == 0) s[n] = 1.0f;
+}
+
+// Each thread reads its neighbour's write with no barrier between: a race.
+__global__ void missing_barrier(float* out) {
+    float* s = static_cast<float*>(emu::dynamic_shared());
+    s[threadIdx.x] = (float)threadIdx.x;
+    out[blockIdx.x * blockDim.x + threadIdx.x] = s[(threadIdx.x + 1) % blockDim.x];
+}
+
+__global__ void misaligned_wmma(float* out) {
+    using namespace nvcuda;
+    __shared__ __align__(32) __nv_bfloat16 tile[16 * 24];
+    for (int i = threadIdx.x; i < 16 * 24; i += 32) tile[i] = __float2bfloat16_rn(1.0f);
+    __syncwarp();
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+    wmma::load_matrix_sync(a, tile + 8, 24);  // 16 bytes in: not 256-bit aligned
+    out[threadIdx.x] = __bfloat162float(a.x[0]);
+}
+
+// C = A·B for 16×16 tiles of known values, checked element by element.
+__global__ void wmma_product(float* out) {
+    using namespace nvcuda;
+    __shared__ __align__(32) __nv_bfloat16 a_s[256], b_s[256];
+    for (int i = threadIdx.x; i < 256; i += 32) {
+        a_s[i] = __float2bfloat16_rn((float)(i / 16 - i % 16));
+        b_s[i] = __float2bfloat16_rn((float)((i * 7) % 5));
+    }
+    __syncwarp();
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> b;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
+    wmma::fill_fragment(c, 0.0f);
+    wmma::load_matrix_sync(a, a_s, 16);
+    wmma::load_matrix_sync(b, b_s, 16);
+    wmma::mma_sync(c, a, b, c);
+    wmma::store_matrix_sync(out, c, 16, wmma::mem_row_major);
+}
+
+__global__ void misaligned_vector(const __nv_bfloat16* p) { MLA_ASSERT_ALIGNED(p + 1, 16); }
+}  // namespace
+
+int main() {
+    float out[4 * 64];
+    expect("block_total", launch(block_total, 3, 128, 0, out), nullptr);
+    if (out[0] != 8128.0f || out[2] != 8128.0f) {
+        failures++;
+        fprintf(stderr, "cuda-emu selftest block_total: %g, want 8128\n", out[0]);
+    }
+    expect("divergent_barrier", launch(divergent_barrier, 1, 64, 0, out), "deadlock");
+    expect("shuffle_after_exit", launch(shuffle_after_exit, 1, 32, 0, out), "after some of its lanes exited");
+    expect("shared_overflow", launch(shared_overflow, 1, 32, 64, 16), "past the end of dynamic shared memory");
+    expect("shared_in_bounds", launch(shared_overflow, 1, 32, 64, 15), nullptr);
+    expect("missing_barrier", launch(missing_barrier, 2, 64, 64 * sizeof(float), out), nullptr);
+    int wrong = 0;
+    for (int i = 0; i < 128; i++) wrong += out[i] != (float)((i % 64 + 1) % 64);
+    if (wrong == 0) {
+        failures++;
+        fprintf(stderr, "cuda-emu selftest missing_barrier: the race never showed\n");
+    }
+    expect("misaligned_wmma", launch(misaligned_wmma, 1, 32, 0, out), "not 256-bit aligned");
+    alignas(32) float product[256];
+    expect("wmma_product", launch(wmma_product, 1, 32, 0, product), nullptr);
+    for (int r = 0; r < 16; r++)
+        for (int c = 0; c < 16; c++) {
+            float want = 0;
+            for (int k = 0; k < 16; k++) want += (float)(r - k) * (float)(((c * 16 + k) * 7) % 5);
+            if (product[r * 16 + c] != want) {
+                failures++;
+                fprintf(stderr, "cuda-emu selftest wmma_product: (%d,%d) = %g, want %g\n", r, c, product[r * 16 + c], want);
+                r = c = 16;
+            }
+        }
+    __nv_bfloat16 row[16] __attribute__((aligned(16)));
+    const __nv_bfloat16* p = row;
+    expect("misaligned_vector", launch(misaligned_vector, 1, 32, 0, p), "misaligned 16-byte vector access");
+    if (failures) return 1;
+    printf("cuda-emu selftest: all cases as expected\n");
+    return 0;
+}
