@@ -75,6 +75,20 @@ pub(super) fn op_err(op: &'static str, message: String) -> Error {
     Error::Op { op, message }
 }
 
+/// `x·wᵀ` needs as many columns in `x` as in `w`.
+fn check_matmul<T>(op: &'static str, x: &GpuTensor<T>, w: &GpuTensor<T>) -> Result<()> {
+    if x.cols == w.cols {
+        return Ok(());
+    }
+    Err(op_err(
+        op,
+        format!(
+            "x is [{}, {}] but w is [{}, {}]",
+            x.rows, x.cols, w.rows, w.cols
+        ),
+    ))
+}
+
 fn rows_layout<T>(x: &GpuTensor<T>) -> Layout {
     Layout {
         rows: x.rows,
@@ -137,15 +151,7 @@ where
 
     /// `x · wᵀ` in f32 (the MoE router's logits).
     fn router_logits(&self, x: &GpuTensor<T>, w: &GpuTensor<T>) -> Result<GpuTensor<f32>> {
-        if x.cols != w.cols {
-            return Err(op_err(
-                "router",
-                format!(
-                    "x is [{}, {}] but the router is [{}, {}]",
-                    x.rows, x.cols, w.rows, w.cols
-                ),
-            ));
-        }
+        check_matmul("router", x, w)?;
         let mut out =
             self.device
                 .tensor(x.rows, w.rows, self.poison_outputs.then_some(f32::NAN))?;
@@ -282,15 +288,7 @@ where
     }
 
     fn matmul(&self, x: &GpuTensor<T>, w: &GpuTensor<T>) -> Result<GpuTensor<T>> {
-        if x.cols != w.cols {
-            return Err(op_err(
-                "matmul",
-                format!(
-                    "x is [{}, {}] but w is [{}, {}]",
-                    x.rows, x.cols, w.rows, w.cols
-                ),
-            ));
-        }
+        check_matmul("matmul", x, w)?;
         self.matmul_layout(&x.data.slice(..), rows_layout(x), w)
     }
 
