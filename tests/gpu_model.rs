@@ -2,7 +2,8 @@
 //! checkpoint (transformers-verified on the CPU) and both demo models, in f32 (≤ 1e-4 relative
 //! L2 at every position) and bf16 (median position ≤ 2e-2, top-1 agreement ≥ 95%; both
 //! devices on the same bf16-rounded weights), for one causal prefill and
-//! token-by-token decode in both MLA forms, and greedy generation through the batching engine.
+//! token-by-token decode in both MLA forms, and greedy and sampled generation through the batching
+//! engine.
 //! Needs an NVIDIA GPU: ignored elsewhere. Run from the crate root (fixtures are found there).
 
 mod common;
@@ -214,8 +215,12 @@ fn bf16_models_match_the_cpu() {
     compare_models::<half::bf16>(2e-2, Within::Median, 0.95);
 }
 
-/// Greedy generation of a few prompts batched together through the engine, on both devices.
-fn greedy<B: Backend>(model: &Model<B>, backend: &B, prompts: &[Vec<u32>]) -> Vec<Vec<u32>> {
+/// Generation of a few prompts batched together through the engine, each with its sampling.
+fn generate<B: Backend>(
+    model: &Model<B>,
+    backend: &B,
+    prompts: &[(Vec<u32>, SamplingParams)],
+) -> Vec<Vec<u32>> {
     let config = EngineConfig {
         block_size: 16,
         num_blocks: 64,
@@ -227,12 +232,12 @@ fn greedy<B: Backend>(model: &Model<B>, backend: &B, prompts: &[Vec<u32>]) -> Ve
         attention: AttentionForm::Auto,
     };
     let mut engine = Engine::new(model, backend, None, config).unwrap();
-    for (i, prompt) in prompts.iter().enumerate() {
+    for (i, (prompt, sampling)) in prompts.iter().enumerate() {
         engine
             .add_request(Request {
                 id: i.to_string(),
                 prompt: prompt.clone(),
-                sampling: SamplingParams::default(),
+                sampling: *sampling,
                 max_tokens: 16,
                 stop: Vec::new(),
                 ignore_eos: true,
@@ -244,30 +249,47 @@ fn greedy<B: Backend>(model: &Model<B>, backend: &B, prompts: &[Vec<u32>]) -> Ve
     outputs.into_iter().map(|o| o.output_tokens).collect()
 }
 
+/// Greedy and seeded sampling in one batch (a top-k list, and no top-k: the best candidates with
+/// the row totals, or whole rows when a draw reaches past them) give the CPU's tokens.
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
-fn greedy_generation_matches_the_cpu() {
+fn generation_matches_the_cpu() {
     let gpu = CudaBackend::<f32>::open(0).expect("an NVIDIA GPU with kernels in this build");
+    let sampled = |temperature, top_k, top_p, seed| SamplingParams {
+        temperature,
+        top_k,
+        top_p,
+        seed,
+    };
+    let samplings = [
+        SamplingParams::default(),
+        SamplingParams::default(),
+        sampled(1.0, 0, 1.0, 1),
+        sampled(0.8, 0, 0.9, 2),
+        sampled(1.2, 20, 0.95, 3),
+    ];
     for dir in model_dirs() {
         let (cpu_model, gpu_model) = (load(&dir, &CpuBackend), load(&dir, &gpu));
         let vocab = cpu_model.config.vocab_size();
         let limit = cpu_model.config.max_position_embeddings() - 16;
-        let prompts: Vec<Vec<u32>> = [3, 9, 20, 9]
+        let prompts: Vec<(Vec<u32>, SamplingParams)> = [3, 9, 20, 9, 5]
             .iter()
+            .zip(samplings)
             .enumerate()
-            .map(|(i, &len)| {
-                token_ids(vocab, len.min(limit))
+            .map(|(i, (&len, sampling))| {
+                let ids = token_ids(vocab, len.min(limit))
                     .iter()
                     .map(|t| (t + i as u32) % vocab as u32)
-                    .collect()
+                    .collect();
+                (ids, sampling)
             })
             .collect();
-        let want = greedy(&cpu_model, &CpuBackend, &prompts);
-        let got = greedy(&gpu_model, &gpu, &prompts);
+        let want = generate(&cpu_model, &CpuBackend, &prompts);
+        let got = generate(&gpu_model, &gpu, &prompts);
         assert_eq!(
             got,
             want,
-            "{}: greedy ids on {} vs the CPU",
+            "{}: generated ids on {} vs the CPU",
             dir.display(),
             gpu.name()
         );
