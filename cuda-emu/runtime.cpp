@@ -238,13 +238,18 @@ std::string run_grid(const LaunchDims& dims, void (*body)(void*), void* ctx) {
     grid_ctx = ctx;
     shared_bytes = dims.shared_bytes;
     shared_base = static_cast<unsigned char*>(aligned_alloc(128, (shared_bytes + SHARED_GUARD + 127) / 128 * 128));
+    // Blocks may run in any order on the device: every other launch runs them last to first, so
+    // a kernel that relies on an order shows it.
+    static unsigned long launches = 0;
+    const bool backwards = launches++ % 2 == 1;
+    const size_t blocks = (size_t)dims.grid.x * dims.grid.y * dims.grid.z;
     std::string error;
-    for (unsigned z = 0; z < dims.grid.z && error.empty(); z++)
-        for (unsigned y = 0; y < dims.grid.y && error.empty(); y++)
-            for (unsigned x = 0; x < dims.grid.x && error.empty(); x++) {
-                block_idx = dim3{x, y, z};
-                error = run_block(count);
-            }
+    for (size_t n = 0; n < blocks && error.empty(); n++) {
+        const size_t b = backwards ? blocks - 1 - n : n;
+        block_idx = dim3{(unsigned)(b % dims.grid.x), (unsigned)(b / dims.grid.x % dims.grid.y),
+                         (unsigned)(b / ((size_t)dims.grid.x * dims.grid.y))};
+        error = run_block(count);
+    }
     free(shared_base);
     shared_base = nullptr;
     return error;
