@@ -219,28 +219,115 @@ __device__ void argmax_rows(const T* x, uint32_t* out, int cols) {
     if (threadIdx.x == 0) out[blockIdx.x] = i == 0x7fffffff ? 0 : i;
 }
 
-// The k largest (value, column) pairs of each row, largest first, ties to the lower column: k
-// rounds of a block-wide argmax, round r over the elements that come after round r − 1's pick
-// in that order (so nothing needs marking). One block per row.
+// Key of a float whose unsigned order is the float's total order (Rust's `total_cmp`, the
+// host's candidate order): sign bit set → all bits flipped, else the sign bit set.
+__device__ __forceinline__ uint32_t order_key(float v) {
+    const uint32_t b = __float_as_uint(v);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+#define TOP_K_MAX 64
+
+// The k largest (value, column) pairs of each row (k ≤ 64), largest first, ties to the lower
+// column, as the host sorts them. One block per row:
+//  1. radix select: four passes of 8-bit histograms find the k-th largest key T and how many of
+//     the k are equal to T (`ties`);
+//  2. every element above T is taken, and the elements equal to T — all of them when there are
+//     exactly `ties`, else the `ties` lowest columns, found chunk by chunk in column order;
+//  3. the k taken are ranked by (value, column).
 template <typename T>
 __device__ void top_k_rows(const T* x, int cols, int k, float* values, uint32_t* ids) {
+    __shared__ uint32_t hist[256];
+    __shared__ uint32_t prefix, prefix_mask;
+    __shared__ int remaining, taken, equal;
+    __shared__ uint32_t warp_ties[32];
+    __shared__ float cand_value[TOP_K_MAX];
+    __shared__ uint32_t cand_key[TOP_K_MAX], cand_id[TOP_K_MAX];
     const T* row = x + (size_t)blockIdx.x * cols;
-    float prev_value = INFINITY;
-    int prev_index = -1;
-    for (int round = 0; round < k; round++) {
-        float v = -INFINITY;
-        int i = 0x7fffffff;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (threadIdx.x == 0) {
+        prefix = 0;
+        prefix_mask = 0;
+        remaining = k;
+    }
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
+        __syncthreads();
+        const uint32_t p = prefix, pm = prefix_mask;
         for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-            const float value = to_f32(row[c]);
-            if (value < prev_value || (value == prev_value && c > prev_index)) better(v, i, value, c);
+            const uint32_t key = order_key(to_f32(row[c]));
+            if ((key & pm) == p) atomicAdd(&hist[(key >> shift) & 255u], 1u);
         }
-        block_best(v, i);
+        __syncthreads();
         if (threadIdx.x == 0) {
-            values[(size_t)blockIdx.x * k + round] = v;
-            ids[(size_t)blockIdx.x * k + round] = i == 0x7fffffff ? 0 : i;
+            // The digit holding the `remaining`-th largest key among those matching the prefix.
+            int r = remaining;
+            for (int d = 255; d >= 0; d--) {
+                if ((int)hist[d] >= r) {
+                    prefix |= (uint32_t)d << shift;
+                    prefix_mask |= 255u << shift;
+                    break;
+                }
+                r -= (int)hist[d];
+            }
+            remaining = r;
         }
-        prev_value = v;
-        prev_index = i;
+        __syncthreads();
+    }
+    const uint32_t threshold = prefix;
+    const int ties = remaining, above = k - remaining;
+    if (threadIdx.x == 0) {
+        taken = 0;
+        equal = 0;
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        const float v = to_f32(row[c]);
+        const uint32_t key = order_key(v);
+        int slot = -1;
+        if (key > threshold) slot = atomicAdd(&taken, 1);
+        if (key == threshold) {
+            const int e = atomicAdd(&equal, 1);
+            if (e < ties) slot = above + e;  // right if exactly `ties` are equal; redone below if not
+        }
+        if (slot >= 0) {
+            cand_value[slot] = v;
+            cand_key[slot] = key;
+            cand_id[slot] = c;
+        }
+    }
+    __syncthreads();
+    if (equal > ties) {
+        // More equal to T than places: the lowest columns, chunk by chunk in column order.
+        int placed = 0;
+        for (int base = 0; base < cols && placed < ties; base += blockDim.x) {
+            const int c = base + threadIdx.x;
+            const bool tie = c < cols && order_key(to_f32(row[c])) == threshold;
+            const unsigned ballot = __ballot_sync(0xffffffffu, tie);
+            if (lane == 0) warp_ties[warp] = __popc(ballot);
+            __syncthreads();
+            int before = __popc(ballot & ((1u << lane) - 1u)), chunk = 0;
+            for (int w = 0; w < (int)(blockDim.x >> 5); w++) {
+                before += w < warp ? (int)warp_ties[w] : 0;
+                chunk += (int)warp_ties[w];
+            }
+            if (tie && placed + before < ties) {
+                cand_value[above + placed + before] = to_f32(row[c]);
+                cand_key[above + placed + before] = threshold;
+                cand_id[above + placed + before] = c;
+            }
+            placed += chunk;
+            __syncthreads();  // warp_ties is rewritten by the next chunk
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x < k) {
+        const int i = threadIdx.x;
+        int rank = 0;
+        for (int j = 0; j < k; j++)
+            rank += cand_key[j] > cand_key[i] || (cand_key[j] == cand_key[i] && cand_id[j] < cand_id[i]);
+        values[(size_t)blockIdx.x * k + rank] = cand_value[i];
+        ids[(size_t)blockIdx.x * k + rank] = cand_id[i];
     }
 }
 

@@ -78,17 +78,29 @@ where
         .unwrap();
     assert_eq!(got, want, "{s} argmax_rows");
     assert_eq!(got[2], 7, "{s} argmax_rows: ties go to the lowest index");
-    // Top-k candidates for sampling, in the host's order (ties to the lower id).
-    let mut logits = random::<T>(&mut rng, 3, 50_000);
+    // Top-k candidates for sampling, in the host's order (ties to the lower id), with rows where
+    // the k-th value is shared by many columns (the constant row, and bf16's coarse values).
+    let mut logits = random::<T>(&mut rng, 4, 50_000);
     logits.data[11] = 9.0;
     logits.data[40_000] = 9.0;
-    let want = CpuBackend.top_k_rows(&logits, 40).unwrap();
+    for (c, v) in logits.data[3 * 50_000..].iter_mut().enumerate() {
+        *v = if c % 5_000 == 17 { 1.0 } else { 0.5 };
+    }
     let on_gpu = gpu.upload_weight(logits.clone()).unwrap();
+    for k in [1, 7, 40, 64] {
+        let want = CpuBackend.top_k_rows(&logits, k).unwrap();
+        let got = gpu.top_k_rows(&on_gpu, k).unwrap();
+        assert_eq!(got, want, "{s} top_k_rows, k = {k}");
+    }
     let got = gpu.top_k_rows(&on_gpu, 40).unwrap();
-    assert_eq!(got, want, "{s} top_k_rows");
     assert_eq!((got[0][0].0, got[0][1].0), (11, 40_000));
+    assert_eq!(
+        got[3][10],
+        (0, 0.5),
+        "{s}: the lowest column of the tied values comes first"
+    );
     // Each row's total weight at its temperature, for sampling without a top-k.
-    let temperatures = [0.7, 1.0, 2.5];
+    let temperatures = [0.7, 1.0, 2.5, 0.3];
     let want = CpuBackend.softmax_totals(&logits, &temperatures).unwrap();
     let got = gpu.softmax_totals(&on_gpu, &temperatures).unwrap();
     for (g, w) in got.iter().zip(&want) {

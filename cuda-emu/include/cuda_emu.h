@@ -91,6 +91,22 @@ template <typename T> T __shfl_down_sync(unsigned mask, T v, unsigned delta, int
     return src < 32 ? other : v;
 }
 
+template <typename T> T atomicAdd(T* address, T value) {
+    // Fibers never preempt one another, so a read-modify-write is atomic as it stands.
+    const T old = *address;
+    *address = old + value;
+    return old;
+}
+inline unsigned __ballot_sync(unsigned mask, int predicate) {
+    emu::check_full_mask(mask);
+    const emu::LaneEntry* lanes = emu::warp_exchange(predicate != 0);
+    unsigned bits = 0;
+    for (int l = 0; l < 32; l++)
+        if (lanes[l].value) bits |= 1u << l;
+    return bits;
+}
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
+
 // Device integer min/max (CUDA declares them for every arithmetic type).
 template <typename A, typename B> inline auto min(A a, B b) { return b < a ? b : a; }
 template <typename A, typename B> inline auto max(A a, B b) { return a < b ? b : a; }

@@ -14,9 +14,6 @@ use std::cell::RefCell;
 use std::marker::PhantomData;
 use std::rc::Rc;
 
-/// Largest k the device's top-k kernel takes (one pass over the row per candidate).
-const MAX_DEVICE_TOP_K: usize = 64;
-
 pub struct CudaBackend<T> {
     pub device: CudaDevice,
     blas: Blas,
@@ -272,8 +269,7 @@ where
     }
 
     fn top_k_rows(&self, x: &GpuTensor<T>, k: usize) -> Result<Vec<Vec<(u32, f32)>>> {
-        // k rounds over the row: worth it for the small k sampling uses.
-        if (1..=MAX_DEVICE_TOP_K).contains(&k) && k <= x.cols {
+        if (1..=super::rows::MAX_TOP_K).contains(&k) && k <= x.cols {
             return self.device.top_k_rows(x, k);
         }
         Ok(crate::backend::host_top_k_rows(&self.to_host(x)?, k))

@@ -156,16 +156,17 @@ impl CudaDevice {
         self.fetch(&totals, "row totals")
     }
 
-    /// The `k` largest `(column, value)` of each row, largest first, ties to the lower column.
+    /// The `k` largest `(column, value)` of each row (k ≤ [`MAX_TOP_K`]), largest first, ties
+    /// to the lower column, in the host's order (`total_cmp`).
     pub fn top_k_rows<T: GpuFloat>(
         &self,
         x: &GpuTensor<T>,
         k: usize,
     ) -> Result<Vec<Vec<(u32, f32)>>> {
-        if k == 0 || k > x.cols {
+        if k == 0 || k > x.cols || k > MAX_TOP_K {
             return Err(op_err(
                 "top_k_rows",
-                format!("top {k} of rows of {}", x.cols),
+                format!("top {k} of rows of {} (at most {MAX_TOP_K})", x.cols),
             ));
         }
         if x.rows == 0 {
@@ -281,6 +282,9 @@ impl CudaDevice {
         Ok(GpuTensor { data, rows, cols })
     }
 }
+
+/// The top-k kernel's candidate arrays (`TOP_K_MAX` in elementwise.cu).
+pub const MAX_TOP_K: usize = 64;
 
 fn row_config(rows: usize) -> LaunchConfig {
     LaunchConfig {
