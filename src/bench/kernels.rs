@@ -113,6 +113,18 @@ where
     rows.push(("scatter_add_rows (MoE combine)".into(), 3 * n * e, ms));
     let ms = time_ms(dev, REPS, || dev.argmax_rows(&x).map(|_| ()))?;
     rows.push(("argmax_rows".into(), n * e, ms));
+    // Sampling's shape: 128 sequences' rows of a 102,400-token vocabulary, counted as one read
+    // (the radix select reads a row five or six times; L2 serves the repeats).
+    let (seqs, vocab) = (128, 102_400);
+    let logits = random(seqs, vocab, 9)?;
+    let logit_bytes = (seqs * vocab) as u64 * e;
+    let ms = time_ms(dev, REPS, || dev.top_k_rows(&logits, 64).map(|_| ()))?;
+    rows.push(("top_k_rows (k = 64, 128 × 102,400)".into(), logit_bytes, ms));
+    let temperatures = vec![0.8f32; seqs];
+    let ms = time_ms(dev, REPS, || {
+        dev.softmax_totals(&logits, &temperatures).map(|_| ())
+    })?;
+    rows.push(("softmax_totals (128 × 102,400)".into(), logit_bytes, ms));
 
     // MLA shapes: q of 16 heads × 192 with RoPE on the last 64 of each head; kv_a output
     // rows of 512 latent + 64 rope; 576-wide cache rows.
