@@ -321,7 +321,7 @@ __device__ void top_k_rows(const T* x, int cols, int k, float* values, uint32_t*
         }
     }
     __syncthreads();
-    if (threadIdx.x < k) {
+    if ((int)threadIdx.x < k) {
         const int i = threadIdx.x;
         int rank = 0;
         for (int j = 0; j < k; j++)
