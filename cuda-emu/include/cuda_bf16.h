@@ -7,16 +7,10 @@ struct __nv_bfloat16 {
     uint16_t bits;
 };
 
-inline float __bfloat162float(__nv_bfloat16 x) {
-    const uint32_t u = (uint32_t)x.bits << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
+inline float __bfloat162float(__nv_bfloat16 x) { return __uint_as_float((uint32_t)x.bits << 16); }
 
 inline __nv_bfloat16 __float2bfloat16_rn(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
+    const uint32_t u = __float_as_uint(f);
     __nv_bfloat16 out;
     if ((u & 0x7fffffffu) > 0x7f800000u) {
         out.bits = (uint16_t)((u >> 16) | 0x40);

@@ -4,6 +4,7 @@
 // pointer and leading-dimension rules of the CUDA documentation are checked: a violation is
 // undefined behaviour on the device and an error here.
 #pragma once
+#include <type_traits>
 #include "cuda_bf16.h"
 
 namespace nvcuda {
@@ -51,21 +52,11 @@ void fill_fragment(fragment<Use, 16, 16, 16, T, Layout>& f, T v) {
     for (int e = 0; e < 8; e++) f.x[e] = v;
 }
 
-template <typename T>
-void load_matrix_sync(fragment<matrix_a, 16, 16, 16, T, row_major>& f, const T* p, unsigned ldm) {
-    detail::load(f, p, ldm, true);
-}
-template <typename T>
-void load_matrix_sync(fragment<matrix_a, 16, 16, 16, T, col_major>& f, const T* p, unsigned ldm) {
-    detail::load(f, p, ldm, false);
-}
-template <typename T>
-void load_matrix_sync(fragment<matrix_b, 16, 16, 16, T, row_major>& f, const T* p, unsigned ldm) {
-    detail::load(f, p, ldm, true);
-}
-template <typename T>
-void load_matrix_sync(fragment<matrix_b, 16, 16, 16, T, col_major>& f, const T* p, unsigned ldm) {
-    detail::load(f, p, ldm, false);
+// matrix_a or matrix_b, row- or column-major.
+template <typename Use, typename T, typename Layout>
+void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout>& f, const T* p, unsigned ldm) {
+    static_assert(std::is_same_v<Layout, row_major> || std::is_same_v<Layout, col_major>, "an operand layout");
+    detail::load(f, p, ldm, std::is_same_v<Layout, row_major>);
 }
 inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float>& f, const float* p, unsigned ldm,
                              layout_t layout) {
