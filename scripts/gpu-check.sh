@@ -48,7 +48,8 @@ find_cuda_libraries() {
 gpu_tests() {
   for t in "$out"/tests/*; do
     log="$out/$(basename "$t").log"
-    if ! MLA_BIN="$out/mla" "$t" --include-ignored > "$log" 2>&1; then status=1; fi
+    # A hung kernel must not eat the GPU session: each test file gets at most $test_timeout s.
+    if ! MLA_BIN="$out/mla" timeout "$test_timeout" "$t" --include-ignored > "$log" 2>&1; then status=1; fi
     line=$(grep -E '^test result' "$log" | tail -1)
     passed=$(sed -E 's/.* ([0-9]+) passed.*/\1/' <<< "$line")
     failed=$(sed -E 's/.* ([0-9]+) failed.*/\1/' <<< "$line")
@@ -65,9 +66,9 @@ cli_check() {
     read -r model mode <<< "$run"
     args=(generate --model "$model" --prompt "It is a truth universally acknowledged" --max-new-tokens 48)
     [[ $mode == sampled ]] && args+=(--temperature 1.0 --seed 3)
-    cpu=$("$out/mla" "${args[@]}" --device cpu 2>/dev/null || echo "cpu failed")
+    cpu=$(timeout 120 "$out/mla" "${args[@]}" --device cpu 2>/dev/null || echo "cpu failed")
     t0=$(date +%s.%N)
-    gpu=$("$out/mla" "${args[@]}" --device cuda --dtype f32 2> "$out/generate.log" || { cat "$out/generate.log"; echo "gpu failed"; })
+    gpu=$(timeout 120 "$out/mla" "${args[@]}" --device cuda --dtype f32 2> "$out/generate.log" || { cat "$out/generate.log"; echo "gpu failed"; })
     secs=$(python3 -c "import time; print(f'{time.time() - $t0:.1f}')")
     if [[ "$cpu" == "$gpu" ]]; then verdict=same; else verdict=DIFFERENT; status=1; fi
     printf '| generate %s %s cuda f32 vs cpu | %s | | (%s s) |\n' "$model" "$mode" "$verdict" "$secs" >> "$out/summary.md"
@@ -77,7 +78,7 @@ cli_check() {
 
 benches() {
   # Elementwise and row kernels against a device-to-device copy (bf16).
-  if "$out/mla" bench kernels > "$out/kernels.md" 2>&1; then kernels=ok; else kernels=FAILED; status=1; fi
+  if timeout 120 "$out/mla" bench kernels > "$out/kernels.md" 2>&1; then kernels=ok; else kernels=FAILED; status=1; fi
   cat "$out/kernels.md"
   printf '| mla bench kernels | %s | | |\n' "$kernels" >> "$out/summary.md"
   # The absorbed decode kernel on V2-Lite and V3 shapes, with the naive path where it fits.
@@ -97,7 +98,11 @@ benches() {
   cat "$out/bench.md"
 }
 
+# Logs and tables also go to $OUT when the device tool provides it, so that they come back.
+keep_logs() { if [[ -n "${OUT:-}" ]]; then cp "$out"/*.log "$out"/*.md "$OUT"/ 2>/dev/null || true; fi; }
+
 status=0
+test_timeout=180
 summary_header() { printf '| check | passed | failed | ignored |\n|---|---|---|---|\n' > "$out/summary.md"; }
 
 case "${1:-}" in
@@ -114,9 +119,11 @@ run)
   cli_check
   benches
   cat "$out/summary.md"
+  keep_logs
   exit $status
   ;;
 emulate)
+  test_timeout=1200  # the CPU runs the decode batches in about 3 minutes
   prepare
   export LD_LIBRARY_PATH="$(cuda-emu/build.sh)"
   "$out/mla" info --device cuda | tail -2
