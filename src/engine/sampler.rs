@@ -219,10 +219,14 @@ pub fn sorted_candidates(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
         .enumerate()
         .map(|(i, &l)| (i as u32, l))
         .collect();
-    candidates.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    if k > 0 {
+    let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    // The order is total (ids break ties), so selecting the k best before sorting them gives
+    // the same list as sorting the whole row, without sorting a whole vocabulary.
+    if k > 0 && k < candidates.len() {
+        candidates.select_nth_unstable_by(k - 1, order);
         candidates.truncate(k);
     }
+    candidates.sort_by(order);
     candidates
 }
 
