@@ -2,12 +2,22 @@
 # Builds the CUDA emulator: libcuda.so and libcublas.so for the CPU, with every kernel of
 # kernels/*.cu compiled by the host C++ compiler. Usage: cuda-emu/build.sh [OUT_DIR]
 # (default target/cuda-emu). Point LD_LIBRARY_PATH at OUT_DIR and `--device cuda` runs on it.
+# `cuda-emu/build.sh --asan [OUT_DIR]` (default target/cuda-emu-asan) builds it with
+# AddressSanitizer: every out-of-bounds access of a kernel to device or shared memory is reported
+# where it happens; run with LD_PRELOAD="$(g++ -print-file-name=libasan.so)" and
+# ASAN_OPTIONS=detect_leaks=0 (the test binaries themselves are not instrumented).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-out=${1:-$root/target/cuda-emu}
-mkdir -p "$out/src" "$out/obj"
 cxx=${CXX:-g++}
 flags=(-std=c++20 -O2 -g -fPIC -Wall -Wno-unknown-pragmas -Wno-unused-function -I"$root/cuda-emu/include" -I"$root/cuda-emu")
+default_out=$root/target/cuda-emu
+if [[ ${1:-} == --asan ]]; then
+    shift
+    flags+=(-fsanitize=address -fno-omit-frame-pointer)
+    default_out=$root/target/cuda-emu-asan
+fi
+out=${1:-$default_out}
+mkdir -p "$out/src" "$out/obj"
 
 objects=()
 for cu in "$root"/kernels/*.cu; do
@@ -33,8 +43,8 @@ done
 "$cxx" "${flags[@]}" -c "$root/cuda-emu/runtime.cpp" -o "$out/obj/runtime.o"
 "$cxx" "${flags[@]}" -c "$root/cuda-emu/driver.cpp" -o "$out/obj/driver.o"
 "$cxx" "${flags[@]}" -c "$root/cuda-emu/cublas.cpp" -o "$out/obj/cublas.o"
-"$cxx" -shared -o "$out/libcuda.so" "$out/obj/driver.o" "$out/obj/runtime.o" "${objects[@]}"
-"$cxx" -shared -o "$out/libcublas.so" "$out/obj/cublas.o"
+"$cxx" "${flags[@]}" -shared -o "$out/libcuda.so" "$out/obj/driver.o" "$out/obj/runtime.o" "${objects[@]}"
+"$cxx" "${flags[@]}" -shared -o "$out/libcublas.so" "$out/obj/cublas.o"
 # The emulator's own checks: right kernels run right, and every bug it claims to catch is caught.
 "$cxx" "${flags[@]}" -include cuda_emu.h "$root/cuda-emu/selftest.cpp" "$out/obj/runtime.o" -o "$out/selftest"
 "$out/selftest" >&2

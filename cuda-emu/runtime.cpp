@@ -3,7 +3,11 @@
 // hand-written x86-64 context switch (callee-saved registers and the stack pointer), so that a
 // barrier over 1,024 threads costs microseconds rather than system calls.
 #include "runtime.h"
+#include <sanitizer/asan_interface.h>
 #include <sys/mman.h>
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#endif
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -73,14 +77,47 @@ std::map<std::string, KernelEntry>& table() {
     return kernels;
 }
 
-void back_to_scheduler() { emu_switch(&current->sp, scheduler_sp); }
+// Under AddressSanitizer (build.sh --asan) every switch tells it which stack is live.
+const void* scheduler_stack = nullptr;
+size_t scheduler_stack_bytes = 0;
+
+void* stack_bottom(size_t i);
+
+void switch_to_fiber(size_t i) {
+#if defined(__SANITIZE_ADDRESS__)
+    void* fake = nullptr;
+    __sanitizer_start_switch_fiber(&fake, stack_bottom(i), STACK_BYTES);
+    emu_switch(&scheduler_sp, current->sp);
+    __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#else
+    (void)i;
+    emu_switch(&scheduler_sp, current->sp);
+#endif
+}
+
+void back_to_scheduler(bool exiting = false) {
+#if defined(__SANITIZE_ADDRESS__)
+    void* fake = nullptr;
+    __sanitizer_start_switch_fiber(exiting ? nullptr : &fake, scheduler_stack, scheduler_stack_bytes);
+    emu_switch(&current->sp, scheduler_sp);
+    __sanitizer_finish_switch_fiber(fake, &scheduler_stack, &scheduler_stack_bytes);
+#else
+    (void)exiting;
+    emu_switch(&current->sp, scheduler_sp);
+#endif
+}
 
 extern "C" void emu_fiber_main() {
+#if defined(__SANITIZE_ADDRESS__)
+    __sanitizer_finish_switch_fiber(nullptr, &scheduler_stack, &scheduler_stack_bytes);
+#endif
     grid_body(grid_ctx);
     current->state = State::Exited;
-    back_to_scheduler();
+    back_to_scheduler(true);
     abort();  // an exited fiber is never resumed
 }
+
+void* stack_bottom(size_t i) { return static_cast<char*>(stacks[i]) + PAGE; }
 
 void* stack_top(size_t i) {
     while (stacks.size() <= i) {
@@ -152,6 +189,9 @@ bool release(size_t count) {
 }
 
 bool shared_guard_intact() {
+#if defined(__SANITIZE_ADDRESS__)
+    return true;  // the guard is poisoned: AddressSanitizer reports any access to it
+#endif
     for (size_t i = 0; i < SHARED_GUARD; i++)
         if (shared_base[shared_bytes + i] != POISON) return false;
     return true;
@@ -165,10 +205,15 @@ std::string run_block(size_t count) {
         t.lane = (int)(i % 32);
         t.warp = (int)(i / 32);
         t.state = State::Runnable;
-        t.sp = fresh_stack(stack_top(i));
+        const void* top = stack_top(i);  // maps the stack on first use
+        // A fiber abandoned mid-call (a failed check) leaves its frames' redzones poisoned.
+        ASAN_UNPOISON_MEMORY_REGION(stack_bottom(i), STACK_BYTES);
+        t.sp = fresh_stack(const_cast<void*>(top));
     }
     for (WarpState& w : warps) w.generation = 0;
+    ASAN_UNPOISON_MEMORY_REGION(shared_base, shared_bytes + SHARED_GUARD);
     memset(shared_base, POISON, shared_bytes + SHARED_GUARD);
+    ASAN_POISON_MEMORY_REGION(shared_base + shared_bytes, SHARED_GUARD);
     // Between two barriers the threads run one after another, so a thread that reads what
     // another writes without a barrier between them sees the write only if the writer ran first.
     // Odd blocks run their threads in reverse order, so such a race shows one way or the other.
@@ -178,7 +223,7 @@ std::string run_block(size_t count) {
             const size_t i = reverse ? count - 1 - n : n;
             if (threads[i].state != State::Runnable) continue;
             current = &threads[i];
-            emu_switch(&scheduler_sp, current->sp);
+            switch_to_fiber(i);
             if (current->state == State::Failed) return failure + " (" + where(*current) + ")";
         }
         bool all_exited = true;
@@ -250,6 +295,7 @@ std::string run_grid(const LaunchDims& dims, void (*body)(void*), void* ctx) {
                          (unsigned)(b / ((size_t)dims.grid.x * dims.grid.y))};
         error = run_block(count);
     }
+    ASAN_UNPOISON_MEMORY_REGION(shared_base, shared_bytes + SHARED_GUARD);
     free(shared_base);
     shared_base = nullptr;
     return error;
