@@ -35,48 +35,26 @@ fn model_dirs() -> Vec<PathBuf> {
     dirs
 }
 
-/// A copy of the checkpoint in `dir` whose f32 weights are rounded to bf16 (kept as f32), so
-/// that the CPU reference and the bf16 GPU model compute with the same weights.
+/// A copy of the checkpoint in `dir` with every weight rounded to bf16 (stored as f32, whatever
+/// the checkpoint's dtype), so that the CPU reference and the bf16 GPU model compute with the
+/// same weights.
 fn bf16_rounded_copy(dir: &Path) -> tempfile::TempDir {
-    let out = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        let target = out.path().join(path.file_name().unwrap());
-        if path.extension().is_some_and(|e| e == "safetensors") {
-            std::fs::write(target, bf16_rounded(&std::fs::read(&path).unwrap())).unwrap();
-        } else if path.is_file() {
-            std::fs::copy(&path, target).unwrap();
-        }
-    }
-    out
-}
-
-fn bf16_rounded(bytes: &[u8]) -> Vec<u8> {
-    use safetensors::{tensor::TensorView, Dtype, SafeTensors};
-    let tensors = SafeTensors::deserialize(bytes).unwrap();
-    let rounded: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = tensors
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            let data = if view.dtype() == Dtype::F32 {
-                view.data()
-                    .chunks_exact(4)
-                    .flat_map(|b| {
-                        let v = f32::from_le_bytes(b.try_into().unwrap());
-                        half::bf16::from_f32(v).to_f32().to_le_bytes()
-                    })
-                    .collect()
-            } else {
-                view.data().to_vec()
-            };
-            (name, view.shape().to_vec(), view.dtype(), data)
+    let checkpoint = Checkpoint::open(dir).unwrap();
+    let weights = checkpoint
+        .tensor_sizes()
+        .map(|(name, _)| {
+            let shape = checkpoint.shape(name).unwrap().to_vec();
+            let values = checkpoint.load(name, &shape).unwrap().data;
+            let rounded = values
+                .iter()
+                .map(|&v| half::bf16::from_f32(v).to_f32())
+                .collect();
+            (name.to_string(), (shape, rounded))
         })
         .collect();
-    let views: Vec<(String, TensorView)> = rounded
-        .iter()
-        .map(|(n, s, d, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
-    safetensors::serialize(views, None).unwrap()
+    let config =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    common::write_model(&config, &weights)
 }
 
 fn load<B: Backend>(dir: &Path, backend: &B) -> Model<B> {
