@@ -335,7 +335,9 @@ const EMPTY_GROUP: TcGroup = TcGroup {
 
 #[cfg(test)]
 mod tests {
-    use super::super::layout::test_support::{assert_close, materialise, paged, random};
+    use super::super::layout::test_support::{
+        assert_close, materialise, mla_inputs, paged, random, MlaInputs,
+    };
     use super::super::layout::{absorbed_layout, materialised_layout, mha_layout, HostPlan};
     use super::*;
     use crate::backend::cpu::CpuBackend;
@@ -470,11 +472,13 @@ mod tests {
             kv_lora_rank: 32,
             softmax_scale: 0.3,
         };
-        let (batch, cache) = paged(&mut rng, SHAPES, BLOCK, dims.latent_width());
-        let t = batch.num_query_tokens();
-        let q = random(&mut rng, t, dims.heads * dims.qk_head());
-        let q_lat = random(&mut rng, t, dims.heads * dims.kv_lora_rank);
-        let kv_b = random(&mut rng, dims.heads * 32, dims.kv_lora_rank);
+        let MlaInputs {
+            batch,
+            cache,
+            q,
+            q_lat,
+            kv_b,
+        } = mla_inputs(&mut rng, SHAPES, BLOCK, &dims);
         let plan = HostPlan::paged(&batch, cache.num_blocks, BLOCK).unwrap();
         let l = absorbed_layout(&dims);
         assert!(supports(&l, 232_448) && values_in_keys(&l));

@@ -378,6 +378,40 @@ pub(super) mod test_support {
         (batch, cache)
     }
 
+    /// One MLA layer's attention inputs over a paged cache of `shapes`: queries, absorbed
+    /// queries and the `kv_b` expansion, all random.
+    pub struct MlaInputs {
+        pub batch: AttentionBatch,
+        pub cache: CpuKvCache,
+        pub q: HostTensor,
+        pub q_lat: HostTensor,
+        pub kv_b: HostTensor,
+    }
+
+    pub fn mla_inputs(
+        rng: &mut SplitMix64,
+        shapes: &[(usize, usize)],
+        block: usize,
+        dims: &MlaDims,
+    ) -> MlaInputs {
+        let (batch, cache) = paged(rng, shapes, block, dims.latent_width());
+        let t = batch.num_query_tokens();
+        let q = random(rng, t, dims.heads * dims.qk_head());
+        let q_lat = random(rng, t, dims.heads * dims.kv_lora_rank);
+        let kv_b = random(
+            rng,
+            dims.heads * (dims.qk_nope + dims.v_head),
+            dims.kv_lora_rank,
+        );
+        MlaInputs {
+            batch,
+            cache,
+            q,
+            q_lat,
+            kv_b,
+        }
+    }
+
     /// What the GPU's materialised form feeds its kernel: the context rows gathered from their
     /// cache `slots`, and their latents expanded by `kv_b` to K_nope and V.
     pub fn materialise(
@@ -412,7 +446,7 @@ pub(super) mod test_support {
 
 #[cfg(test)]
 mod tests {
-    use super::test_support::{assert_close, materialise, paged, random};
+    use super::test_support::{assert_close, materialise, mla_inputs, paged, random, MlaInputs};
     use super::*;
     use crate::backend::cpu::CpuBackend;
     use crate::backend::{Backend, SeqChunk};
@@ -490,15 +524,13 @@ mod tests {
             kv_lora_rank: 16,
             softmax_scale: 0.25,
         };
-        let (batch, cache) = paged(&mut rng, SHAPES, BLOCK, dims.latent_width());
-        let t = batch.num_query_tokens();
-        let q = random(&mut rng, t, dims.heads * dims.qk_head());
-        let q_lat = random(&mut rng, t, dims.heads * dims.kv_lora_rank);
-        let kv_b = random(
-            &mut rng,
-            dims.heads * (dims.qk_nope + dims.v_head),
-            dims.kv_lora_rank,
-        );
+        let MlaInputs {
+            batch,
+            cache,
+            q,
+            q_lat,
+            kv_b,
+        } = mla_inputs(&mut rng, SHAPES, BLOCK, &dims);
 
         let want = CpuBackend
             .mla_attention_absorbed(&q_lat, &q, &cache, 0, &batch, &dims)
