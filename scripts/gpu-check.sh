@@ -56,6 +56,7 @@ gpu_tests() {
     ignored=$(sed -E 's/.* ([0-9]+) ignored.*/\1/' <<< "$line")
     printf '| %s | %s | %s | %s |\n' "$(basename "$t")" "${passed:-?}" "${failed:-?}" "${ignored:-?}" >> "$out/summary.md"
     grep -E '^(test .* FAILED|---- .* stdout ----)' "$log" | head -20 || true
+    keep_logs
   done
 }
 
@@ -73,6 +74,7 @@ cli_check() {
     if [[ "$cpu" == "$gpu" ]]; then verdict=same; else verdict=DIFFERENT; status=1; fi
     printf '| generate %s %s cuda f32 vs cpu | %s | | (%s s) |\n' "$model" "$mode" "$verdict" "$secs" >> "$out/summary.md"
     [[ $verdict == same ]] || printf 'cpu: %s\ngpu: %s\n' "$cpu" "$gpu"
+    keep_logs
   done
 }
 
@@ -81,11 +83,13 @@ benches() {
   if timeout 120 "$out/mla" bench kernels > "$out/kernels.md" 2>&1; then kernels=ok; else kernels=FAILED; status=1; fi
   cat "$out/kernels.md"
   printf '| mla bench kernels | %s | | |\n' "$kernels" >> "$out/summary.md"
+  keep_logs
   # The absorbed decode kernel on V2-Lite and V3 shapes, with the naive path where it fits.
   if timeout 120 "$out/mla" bench attention --batch 1,32,128 --context 1024,4096,16384 --reps 5 \
       > "$out/attention.md" 2> "$out/attention.log"; then attn=ok; else attn=FAILED; status=1; tail -5 "$out/attention.log"; fi
   cat "$out/attention.md"
   printf '| mla bench attention | %s | | |\n' "$attn" >> "$out/summary.md"
+  keep_logs
   # MLA against MHA on the first layers of DeepSeek-V2-Lite (random weights, bf16).
   if timeout 240 "$out/mla" bench --device cuda --preset deepseek-v2-lite,deepseek-v2-lite-mha \
       --layers 4 --batch 1,32 --prompt 512 --gen 32 --depth 0,4096 --reps 2 --compare \
@@ -98,11 +102,18 @@ benches() {
   cat "$out/bench.md"
 }
 
-# Logs and tables also go to $OUT when the device tool provides it, so that they come back.
-keep_logs() { if [[ -n "${OUT:-}" ]]; then cp "$out"/*.log "$out"/*.md "$OUT"/ 2>/dev/null || true; fi; }
+# Logs and tables also go to $OUT when the device tool provides it, so that they come back: after
+# every step (a run stopped at its time limit still returns what it did), as one archive plus the
+# summary (the tool returns at most 8 files).
+keep_logs() {
+  if [[ -n "${OUT:-}" ]]; then
+    tar czf "$OUT/gpu-check-logs.tgz" -C "$out" $(cd "$out" && ls *.log *.md 2>/dev/null) 2>/dev/null || true
+    cp "$out/summary.md" "$OUT/" 2>/dev/null || true
+  fi
+}
 
 status=0
-test_timeout=180
+test_timeout=120
 summary_header() { printf '| check | passed | failed | ignored |\n|---|---|---|---|\n' > "$out/summary.md"; }
 
 case "${1:-}" in
