@@ -14,30 +14,11 @@
 // tokens cut into splits of one common length, so that the grid fills the GPU.
 // mla: no-spills
 #include "common.cuh"
+#include "attention_items.cuh"
 #include <mma.h>
 using namespace nvcuda;
 
-#define ROWS 16
-#define KV_TILE 32
 #define WARPS 4
-#define LOG2E 1.4426950408889634f
-#define NO_ROW 0xffffffffu
-
-struct KeySegment {
-    int width, offset, head_stride, len;
-};
-
-// One CTA's job; mirrors `TcItem` in attention_tc.rs. rows[i] = token · heads + head.
-struct TcItem {
-    uint32_t seq, kv_head, kv_begin, kv_end;
-    uint32_t rows[ROWS];
-};
-
-// The splits of one row group, for the combine; mirrors `TcGroup`.
-struct TcGroup {
-    uint32_t item_first, items;
-    uint32_t rows[ROWS];
-};
 
 // Copies `len` values (a multiple of 8, 16-byte aligned on both sides) with 16-byte loads.
 __device__ __forceinline__ void copy_row(bf16* dst, const bf16* src, int len, int lane, int lanes) {
@@ -182,36 +163,28 @@ attention_tc_bf16(const bf16* q1, int q1_stride, int q1_head_stride, const bf16*
     }
 }
 
-// Merges the splits of each row group: weights 2^(lse_j − lse), lse = log2 Σ 2^lse_j. Writes the
-// output rows (`out` row `pair` holds dv values) and each row's LSE (natural log, scaled scores).
-extern "C" __global__ void __launch_bounds__(128)
+// Merges the splits of each row group: weights 2^(lse_j − lse), lse = log2 Σ 2^lse_j. Block
+// (group, column chunk, row) writes COMBINE_COLUMNS values of one output row (`out` row `pair`
+// holds dv values) and, for the first chunk, the row's LSE (natural log, scaled scores). One
+// block per row and chunk keeps a long sequence's many splits from resting on one block.
+#define COMBINE_COLUMNS 128
+extern "C" __global__ void __launch_bounds__(COMBINE_COLUMNS)
 attention_tc_combine_bf16(const float* partial_o, const float* partial_lse, const TcGroup* groups,
                           bf16* out, float* lse_out, int dv) {
-    __shared__ float lse_max[ROWS], inv_sum[ROWS];
     const TcGroup& g = groups[blockIdx.x];
-    if (threadIdx.x < ROWS) {
-        const int i = threadIdx.x;
-        float m = -INFINITY;
-        for (uint32_t j = 0; j < g.items; j++) m = fmaxf(m, partial_lse[(g.item_first + j) * ROWS + i]);
-        float s = 0.0f;
-        for (uint32_t j = 0; j < g.items; j++) {
-            const float lse = partial_lse[(g.item_first + j) * ROWS + i];
-            s += lse == -INFINITY ? 0.0f : exp2f(lse - m);
-        }
-        lse_max[i] = m;
-        inv_sum[i] = s > 0.0f ? 1.0f / s : 0.0f;
-        if (g.rows[i] != NO_ROW) lse_out[g.rows[i]] = (m + log2f(s)) * 0.6931471805599453f;
+    const int i = blockIdx.z, c = blockIdx.y * COMBINE_COLUMNS + threadIdx.x;
+    if (g.rows[i] == NO_ROW) return;
+    float m = -INFINITY;
+    for (uint32_t j = 0; j < g.items; j++) m = fmaxf(m, partial_lse[(g.item_first + j) * ROWS + i]);
+    float sum = 0.0f, x = 0.0f;
+    for (uint32_t j = 0; j < g.items; j++) {
+        const size_t item = g.item_first + j;
+        const float lse = partial_lse[item * ROWS + i];
+        if (lse == -INFINITY) continue;
+        const float w = exp2f(lse - m);
+        sum += w;
+        if (c < dv) x += w * partial_o[(item * ROWS + i) * dv + c];
     }
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < ROWS * dv; idx += blockDim.x) {
-        const int i = idx / dv, c = idx % dv;
-        if (g.rows[i] == NO_ROW) continue;
-        float x = 0.0f;
-        for (uint32_t j = 0; j < g.items; j++) {
-            const size_t item = g.item_first + j;
-            const float lse = partial_lse[item * ROWS + i];
-            if (lse != -INFINITY) x += exp2f(lse - lse_max[i]) * partial_o[(item * ROWS + i) * dv + c];
-        }
-        out[(size_t)g.rows[i] * dv + c] = from_f32<bf16>(x * inv_sum[i]);
-    }
+    if (c < dv) out[(size_t)g.rows[i] * dv + c] = from_f32<bf16>(sum > 0.0f ? x / sum : 0.0f);
+    if (blockIdx.y == 0 && threadIdx.x == 0) lse_out[g.rows[i]] = (m + log2f(sum)) * 0.6931471805599453f;
 }

@@ -4,22 +4,68 @@
 // mla: no-spills
 #include "common.cuh"
 
+// x[i] = op(x[i], *y_at(i)) for i = first, first + stride, … < n: whole 16-byte packs while
+// `packs` allows (x and y_at(i) aligned and contiguous over a pack), then single elements.
+template <typename T, typename Y, typename Op>
+__device__ __forceinline__ void map2(T* x, long long n, long long first, long long stride, bool packs, Y y_at, Op op) {
+    constexpr int N = Pack<T>::N;
+    const long long whole = packs ? n / N : 0;
+    for (long long p = first; p < whole; p += stride) {
+        Pack<T> a = load_pack(x + p * N);
+        const Pack<T> b = load_pack(y_at(p * N));
+#pragma unroll
+        for (int k = 0; k < N; k++) a.v[k] = from_f32<T>(op(to_f32(a.v[k]), to_f32(b.v[k])));
+        store_pack(x + p * N, a);
+    }
+    for (long long i = whole * N + first; i < n; i += stride) x[i] = from_f32<T>(op(to_f32(x[i]), to_f32(*y_at(i))));
+}
+
+// `len` elements from src to dst by the block's threads, in packs where both are aligned.
+template <typename T> __device__ __forceinline__ void copy_elems(T* dst, const T* src, int len) {
+    constexpr int N = Pack<T>::N;
+    const int whole = aligned16(dst, src) ? len / N : 0;
+    for (int p = threadIdx.x; p < whole; p += blockDim.x) store_pack(dst + p * N, load_pack(src + p * N));
+    for (int i = whole * N + threadIdx.x; i < len; i += blockDim.x) dst[i] = src[i];
+}
+
+__device__ __forceinline__ long long grid_first() { return blockIdx.x * (long long)blockDim.x + threadIdx.x; }
+__device__ __forceinline__ long long grid_stride() { return (long long)gridDim.x * blockDim.x; }
+
 template <typename T>
 __device__ void embedding(T* out, const T* table, const uint32_t* ids, int hidden) {
     const int row = blockIdx.x;
-    const T* src = table + (size_t)ids[row] * hidden;
-    for (int i = threadIdx.x; i < hidden; i += blockDim.x) out[(size_t)row * hidden + i] = src[i];
+    copy_elems(out + (size_t)row * hidden, table + (size_t)ids[row] * hidden, hidden);
 }
 
+// out = x · inv · w over one row, by the block.
+template <typename T>
+__device__ __forceinline__ void scale_row(T* out, const T* x, const T* w, int cols, float inv) {
+    constexpr int N = Pack<T>::N;
+    const int whole = aligned16(out, x, w) ? cols / N : 0;
+    for (int p = threadIdx.x; p < whole; p += blockDim.x) {
+        Pack<T> a = load_pack(x + p * N);
+        const Pack<T> b = load_pack(w + p * N);
+#pragma unroll
+        for (int k = 0; k < N; k++) a.v[k] = from_f32<T>(to_f32(a.v[k]) * inv * to_f32(b.v[k]));
+        store_pack(out + p * N, a);
+    }
+    for (int i = whole * N + threadIdx.x; i < cols; i += blockDim.x) out[i] = from_f32<T>(to_f32(x[i]) * inv * to_f32(w[i]));
+}
+
+// out = x / rms(x) · w over one row, by the block.
 template <typename T>
 __device__ void rms_norm_row(T* out, const T* x, const T* w, int cols, float eps) {
+    constexpr int N = Pack<T>::N;
+    const int whole = aligned16(x) ? cols / N : 0;
     float sq = 0.0f;
-    for (int i = threadIdx.x; i < cols; i += blockDim.x) {
-        const float v = to_f32(x[i]);
-        sq += v * v;
+    for (int p = threadIdx.x; p < whole; p += blockDim.x) {
+        const Pack<T> a = load_pack(x + p * N);
+#pragma unroll
+        for (int k = 0; k < N; k++) sq += to_f32(a.v[k]) * to_f32(a.v[k]);
     }
-    const float inv = rsqrtf(block_sum(sq) / cols + eps);
-    for (int i = threadIdx.x; i < cols; i += blockDim.x) out[i] = from_f32<T>(to_f32(x[i]) * inv * to_f32(w[i]));
+    for (int i = whole * N + threadIdx.x; i < cols; i += blockDim.x) sq += to_f32(x[i]) * to_f32(x[i]);
+    // block_sum's barriers also order every read of x before any write of out (they may alias).
+    scale_row(out, x, w, cols, rsqrtf(block_sum(sq) / cols + eps));
 }
 
 // One block per row.
@@ -33,39 +79,45 @@ __device__ void rms_norm(T* out, const T* x, const T* w, int cols, float eps) {
 // per row; each thread rereads only the elements it wrote.
 template <typename T>
 __device__ void add_rms_norm(T* x, const T* y, T* out, const T* w, int cols, float eps) {
+    constexpr int N = Pack<T>::N;
     const size_t row = blockIdx.x;
     T* xr = x + row * cols;
     const T* yr = y + row * cols;
+    const int whole = aligned16(xr, yr) ? cols / N : 0;
     float sq = 0.0f;
-    for (int i = threadIdx.x; i < cols; i += blockDim.x) {
-        const T sum = from_f32<T>(to_f32(xr[i]) + to_f32(yr[i]));
-        xr[i] = sum;
-        const float v = to_f32(sum);
-        sq += v * v;
+    for (int p = threadIdx.x; p < whole; p += blockDim.x) {
+        Pack<T> a = load_pack(xr + p * N);
+        const Pack<T> b = load_pack(yr + p * N);
+#pragma unroll
+        for (int k = 0; k < N; k++) {
+            a.v[k] = from_f32<T>(to_f32(a.v[k]) + to_f32(b.v[k]));
+            sq += to_f32(a.v[k]) * to_f32(a.v[k]);
+        }
+        store_pack(xr + p * N, a);
     }
-    const float inv = rsqrtf(block_sum(sq) / cols + eps);
-    for (int i = threadIdx.x; i < cols; i += blockDim.x)
-        out[row * cols + i] = from_f32<T>(to_f32(xr[i]) * inv * to_f32(w[i]));
+    for (int i = whole * N + threadIdx.x; i < cols; i += blockDim.x) {
+        xr[i] = from_f32<T>(to_f32(xr[i]) + to_f32(yr[i]));
+        sq += to_f32(xr[i]) * to_f32(xr[i]);
+    }
+    // block_sum's barriers make every thread's xr writes visible to the block.
+    scale_row(out + row * cols, xr, w, cols, rsqrtf(block_sum(sq) / cols + eps));
 }
-
 template <typename T>
 __device__ void add_assign(T* x, const T* y, long long n) {
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
-        x[i] = from_f32<T>(to_f32(x[i]) + to_f32(y[i]));
+    map2(x, n, grid_first(), grid_stride(), aligned16(x, y), [=](long long i) { return y + i; },
+         [](float a, float b) { return a + b; });
 }
 
 template <typename T>
 __device__ void add_bias(T* x, const T* bias, long long n, int cols) {
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
-        x[i] = from_f32<T>(to_f32(x[i]) + to_f32(bias[i % cols]));
+    map2(x, n, grid_first(), grid_stride(), aligned16(x, bias) && cols % Pack<T>::N == 0,
+         [=](long long i) { return bias + i % cols; }, [](float a, float b) { return a + b; });
 }
 
 template <typename T>
 __device__ void silu_mul(T* gate, const T* up, long long n) {
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
-        const float g = to_f32(gate[i]);
-        gate[i] = from_f32<T>(g / (1.0f + expf(-g)) * to_f32(up[i]));
-    }
+    map2(gate, n, grid_first(), grid_stride(), aligned16(gate, up), [=](long long i) { return up + i; },
+         [](float g, float u) { return g / (1.0f + expf(-g)) * u; });
 }
 
 // Rotates `2·half` values of `x` with one row of the table.
@@ -102,8 +154,7 @@ __device__ void latent_epilogue(T* ckv, const T* norm, const float* cos, const f
 template <typename T>
 __device__ void write_kv_cache(T* cache, const T* x, const uint32_t* slots, int cols, int offset, int width) {
     const size_t row = blockIdx.x;
-    T* dst = cache + (size_t)slots[row] * width;
-    for (int i = threadIdx.x; i < width; i += blockDim.x) dst[i] = x[row * cols + offset + i];
+    copy_elems(cache + (size_t)slots[row] * width, x + row * cols + offset, width);
 }
 
 // One block per (pair, layer) of a cache laid out [layers][blocks][block elements].
@@ -153,8 +204,7 @@ MLA_FOR_EACH_DTYPE(ENTRY_POINTS)
 template <typename T>
 __device__ void gather_rows(T* out, const T* src, const uint32_t* rows, int src_cols, int cols) {
     const size_t row = blockIdx.x;
-    const T* from = src + (size_t)rows[row] * src_cols;
-    for (int i = threadIdx.x; i < cols; i += blockDim.x) out[row * cols + i] = from[i];
+    copy_elems(out + row * cols, src + (size_t)rows[row] * src_cols, cols);
 }
 
 // out[rows[i]] += weights[i] · y[i]; rows are distinct within one launch.
@@ -162,14 +212,21 @@ template <typename T>
 __device__ void scatter_add_rows(T* out, const T* y, const uint32_t* rows, const float* weights, int cols) {
     const size_t row = blockIdx.x;
     T* to = out + (size_t)rows[row] * cols;
-    for (int i = threadIdx.x; i < cols; i += blockDim.x)
-        to[i] = from_f32<T>(to_f32(to[i]) + weights[row] * to_f32(y[row * cols + i]));
+    const T* from = y + row * cols;
+    const float w = weights[row];
+    map2(to, cols, threadIdx.x, blockDim.x, aligned16(to, from), [=](long long i) { return from + i; },
+         [=](float a, float b) { return a + w * b; });
 }
 
 template <typename T>
 __device__ void fill(T* x, long long n, float value) {
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
-        x[i] = from_f32<T>(value);
+    constexpr int N = Pack<T>::N;
+    Pack<T> v;
+#pragma unroll
+    for (int k = 0; k < N; k++) v.v[k] = from_f32<T>(value);
+    const long long whole = aligned16(x) ? n / N : 0;
+    for (long long p = grid_first(); p < whole; p += grid_stride()) store_pack(x + p * N, v);
+    for (long long i = whole * N + grid_first(); i < n; i += grid_stride()) x[i] = v.v[0];
 }
 
 #define GATHER_ENTRY_POINTS(NAME, T)                                                                  \

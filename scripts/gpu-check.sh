@@ -100,6 +100,18 @@ benches() {
   fi
   printf '| mla bench (V2-Lite vs MHA, 4 layers) | %s | | |\n' "$bench" >> "$out/summary.md"
   cat "$out/bench.md"
+  keep_logs
+  # The comparison of the MLA-vs-MHA issue: the whole V2-Lite against its MHA twin at depth
+  # 16384, each at the largest batch whose cache fits 60 GiB, with the plot.
+  if timeout 240 "$out/mla" bench --device cuda --preset deepseek-v2-lite,deepseek-v2-lite-mha \
+      --batch max --depth 16384 --kv-cache-memory 60GiB --prompt 0 --gen 16 --reps 2 --compare \
+      --plot "$out/bench-max.svg" > "$out/bench-max.md" 2> "$out/bench-max.log"; then
+    bench_max=ok
+  else
+    bench_max=FAILED; status=1; tail -5 "$out/bench-max.log"
+  fi
+  printf '| mla bench (V2-Lite vs MHA, max batch in 60 GiB @ d16384) | %s | | |\n' "$bench_max" >> "$out/summary.md"
+  cat "$out/bench-max.md"
 }
 
 # Logs and tables also go to $OUT when the device tool provides it, so that they come back: after
@@ -107,7 +119,7 @@ benches() {
 # summary (the tool returns at most 8 files).
 keep_logs() {
   if [[ -n "${OUT:-}" ]]; then
-    tar czf "$OUT/gpu-check-logs.tgz" -C "$out" $(cd "$out" && ls *.log *.md 2>/dev/null) 2>/dev/null || true
+    tar czf "$OUT/gpu-check-logs.tgz" -C "$out" $(cd "$out" && ls *.log *.md *.svg 2>/dev/null) 2>/dev/null || true
     cp "$out/summary.md" "$OUT/" 2>/dev/null || true
   fi
 }

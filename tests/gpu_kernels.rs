@@ -60,9 +60,15 @@ fn tolerance<T: GpuFloat>() -> f64 {
     }
 }
 
+/// Odd widths (rows off 16-byte alignment: element by element) and widths of whole 16-byte
+/// packs (every row vectorised).
 fn row_ops<T: GpuFloat>(dev: &CudaDevice) {
-    let mut rng = Rng::new(7);
-    let (rows, cols) = (37, 333);
+    row_ops_of_shape::<T>(dev, 37, 333);
+    row_ops_of_shape::<T>(dev, 21, 264);
+}
+
+fn row_ops_of_shape<T: GpuFloat>(dev: &CudaDevice, rows: usize, cols: usize) {
+    let mut rng = Rng::new(7 + cols as u64);
     let x = stored::<T>(&random(&mut rng, rows, cols));
     let w = stored::<T>(&HostTensor::new(vec![cols], rng.normals(cols, 0.5)));
     // RMSNorm into a poisoned output.

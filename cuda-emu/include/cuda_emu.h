@@ -4,6 +4,8 @@
 // block's scheduler (runtime.cpp), which releases the waiters once every live thread of the
 // block (or warp) has arrived, and reports divergent or deadlocked barriers as errors.
 #pragma once
+// Kernel sources choose the CPU versions of inline-PTX primitives (kernels/mma.cuh) by this.
+#define MLA_CUDA_EMU 1
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -24,6 +26,10 @@ struct dim3 {
 struct uint4 {
     unsigned x, y, z, w;
 } __attribute__((aligned(16)));
+struct float2 {
+    float x, y;
+} __attribute__((aligned(8)));
+inline float2 make_float2(float x, float y) { return float2{x, y}; }
 
 namespace emu {
 struct ThreadState;

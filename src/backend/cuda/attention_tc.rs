@@ -1,6 +1,6 @@
-//! Rust side of `kernels/attention_tc.cu`: which layouts the tensor-core kernel serves, its
-//! split-KV schedule (pure host code, tested on any machine), and the launches of the kernel
-//! and its combine.
+//! Rust side of the tensor-core attention kernels (`kernels/attention_mma.cu` for the shapes it
+//! is built for, `kernels/attention_tc.cu` for every other): which layouts they serve, and the
+//! launches of a kernel and its combine over a split-KV schedule (attention_schedule.rs).
 
 use super::attention::{check_segment, AttentionPlan, KeySegment};
 use super::layout::{AttentionLayout, Segment, Source};
@@ -8,43 +8,15 @@ use super::{CudaDevice, GpuFloat, GpuTensor};
 use crate::backend::AttentionBatch;
 use crate::error::{Error, Result};
 use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-use cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 
-/// Query rows per CTA and cached tokens per shared-memory tile (`ROWS`, `KV_TILE` in the kernel).
-pub const ROWS: usize = 16;
-pub const KV_TILE: usize = 32;
-/// Fewest tokens a split gets: below that, loading the queries costs more than the split saves.
-const MIN_SPLIT: usize = 2 * KV_TILE;
-const NO_ROW: u32 = u32::MAX;
+use super::attention_schedule::{schedule, TcGroup, TcItem, KV_TILE, NO_ROW, ROWS};
 
-/// One CTA's job: `rows` (each `token · heads + head`, or `NO_ROW`), all of sequence `seq` and
-/// reading KV head `kv_head`, over the cached tokens `[kv_begin, kv_end)`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TcItem {
-    pub seq: u32,
-    pub kv_head: u32,
-    pub kv_begin: u32,
-    pub kv_end: u32,
-    pub rows: [u32; ROWS],
-}
-
-/// The splits of one row group: items `[item_first, item_first + items)`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TcGroup {
-    pub item_first: u32,
-    pub items: u32,
-    pub rows: [u32; ROWS],
-}
-
-// SAFETY: #[repr(C)] structs of u32 only, laid out as the kernel's `TcItem` and `TcGroup`.
-unsafe impl DeviceRepr for TcItem {}
-// SAFETY: as above.
-unsafe impl DeviceRepr for TcGroup {}
+/// Output columns per block of the combine (`COMBINE_COLUMNS` in attention_tc.cu).
+const COMBINE_COLUMNS: usize = 128;
 
 /// Whether the values are the first `v.len` columns of the key tile (MLA absorbed).
-fn values_in_keys(l: &AttentionLayout) -> bool {
+pub(super) fn values_in_keys(l: &AttentionLayout) -> bool {
     l.v.source == l.k1.source
         && l.v.width == l.k1.width
         && l.v.offset == l.k1.offset
@@ -52,8 +24,36 @@ fn values_in_keys(l: &AttentionLayout) -> bool {
         && l.v.len <= l.k1.len
 }
 
-/// Dynamic shared memory of one CTA, laid out as in attention_tc.cu.
-pub fn shared_bytes(l: &AttentionLayout) -> usize {
+/// One tensor-core kernel for a layout: its module, entry point and dynamic shared memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcKernel {
+    pub module: &'static str,
+    pub function: &'static str,
+    pub shared_bytes: usize,
+}
+
+/// The shapes `kernels/attention_mma.cu` is built for: (key width, value width, values are the
+/// keys' first columns, entry point).
+const MMA_SHAPES: [(usize, usize, bool, &str); 3] = [
+    (576, 512, true, "attention_mma_latent576_bf16"),
+    (128, 128, false, "attention_mma_head128_bf16"),
+    (192, 128, false, "attention_mma_head192_bf16"),
+];
+/// Padding of each shared row of attention_mma.cu, in bf16 values (`PAD`).
+const MMA_PAD: usize = 8;
+
+/// Dynamic shared memory of attention_mma.cu for one shape, as its `MmaShape::SHARED`.
+fn mma_shared_bytes(dq: usize, dv: usize, v_in_k: bool) -> usize {
+    let q_ld = dq + MMA_PAD;
+    let stage = KV_TILE * q_ld + if v_in_k { 0 } else { KV_TILE * (dv + MMA_PAD) };
+    (ROWS * q_ld + 2 * stage) * 2
+        + 2 * ROWS * KV_TILE * 4
+        + ROWS * (KV_TILE + MMA_PAD) * 2
+        + 4 * ROWS * 4
+}
+
+/// Dynamic shared memory of attention_tc.cu (WMMA) for `l`.
+fn wmma_shared_bytes(l: &AttentionLayout) -> usize {
     let (dq, dv) = (l.k1.len + l.k2.len, l.v.len);
     let v_tile = if values_in_keys(l) {
         0
@@ -69,85 +69,41 @@ pub fn shared_bytes(l: &AttentionLayout) -> usize {
         + 4 * ROWS * 4
 }
 
-/// Whether the kernel can serve `l`: 16-wide WMMA tiles over the key and value widths, 16-byte
-/// row copies of every key and value segment, and shared memory within `max_shared`.
-pub fn supports(l: &AttentionLayout, max_shared: usize) -> bool {
+/// The kernel that serves `l` within `max_shared` bytes of shared memory per CTA: the
+/// register-accumulator one where it is built for the shape, else the WMMA one (16-wide tiles
+/// over the key and value widths); both need 16-byte row copies of every key and value segment.
+pub fn kernel_for(l: &AttentionLayout, max_shared: usize) -> Option<TcKernel> {
     let copies = |s: &Segment| {
         s.len == 0
             || (s.len % 8 == 0 && s.width % 8 == 0 && s.offset % 8 == 0 && s.head_stride % 8 == 0)
     };
-    (l.k1.len + l.k2.len) % 16 == 0
-        && l.v.len % 16 == 0
-        && l.v.len > 0
-        && copies(&l.k1)
-        && copies(&l.k2)
-        && (values_in_keys(l) || copies(&l.v))
-        && shared_bytes(l) <= max_shared
+    let v_in_k = values_in_keys(l);
+    if !(copies(&l.k1) && copies(&l.k2) && (v_in_k || copies(&l.v)) && l.v.len > 0) {
+        return None;
+    }
+    let (dq, dv) = (l.k1.len + l.k2.len, l.v.len);
+    let mma = MMA_SHAPES
+        .iter()
+        .find(|&&(q, v, in_k, _)| (q, v) == (dq, dv) && (in_k == v_in_k || !in_k))
+        .map(|&(_, _, in_k, function)| TcKernel {
+            module: "attention_mma",
+            function,
+            shared_bytes: mma_shared_bytes(dq, dv, in_k),
+        });
+    let wmma = (dq % 16 == 0 && dv % 16 == 0).then(|| TcKernel {
+        module: "attention_tc",
+        function: "attention_tc_bf16",
+        shared_bytes: wmma_shared_bytes(l),
+    });
+    [mma, wmma]
+        .into_iter()
+        .flatten()
+        .find(|k| k.shared_bytes <= max_shared)
 }
 
-/// Groups the step's rows by (sequence, KV head) into runs of at most 16 — a token's heads
-/// first, then the next token — and cuts each group's visible tokens into splits of one common
-/// length (a multiple of the tile), chosen so that about `target_ctas` items cover the step:
-/// long sequences get many splits, short ones few, so every CTA has about the same work.
-pub fn schedule(
-    batch: &AttentionBatch,
-    heads: usize,
-    group: usize,
-    window: usize,
-    target_ctas: usize,
-) -> (Vec<TcItem>, Vec<TcGroup>) {
-    // (seq, kv head, rows, first and one-past-last visible token)
-    let mut row_groups = Vec::new();
-    let mut token = 0;
-    for (s, seq) in batch.seqs.iter().enumerate() {
-        let first_pos = seq.context_len - seq.query_len;
-        for kv_head in 0..heads / group.max(1) {
-            let pairs: Vec<(usize, u32)> = (0..seq.query_len)
-                .flat_map(|i| {
-                    (0..group).map(move |g| (i, ((token + i) * heads + kv_head * group + g) as u32))
-                })
-                .collect();
-            for run in pairs.chunks(ROWS) {
-                let (first_tok, last_tok) = (run[0].0, run[run.len() - 1].0);
-                let begin = if window > 0 {
-                    (first_pos + first_tok + 1).saturating_sub(window)
-                } else {
-                    0
-                };
-                let mut rows = [NO_ROW; ROWS];
-                for (r, &(_, pair)) in rows.iter_mut().zip(run) {
-                    *r = pair;
-                }
-                row_groups.push((s, kv_head, rows, begin, first_pos + last_tok + 1));
-            }
-        }
-        token += seq.query_len;
-    }
-    let work: usize = row_groups.iter().map(|g| g.4 - g.3).sum();
-    let chunk = work
-        .div_ceil(target_ctas.max(1))
-        .max(MIN_SPLIT)
-        .next_multiple_of(KV_TILE);
-    let mut items = Vec::new();
-    let mut groups = Vec::with_capacity(row_groups.len());
-    for (s, kv_head, rows, begin, end) in row_groups {
-        let first = items.len() as u32;
-        for kv_begin in (begin..end).step_by(chunk) {
-            items.push(TcItem {
-                seq: s as u32,
-                kv_head: kv_head as u32,
-                kv_begin: kv_begin as u32,
-                kv_end: (kv_begin + chunk).min(end) as u32,
-                rows,
-            });
-        }
-        groups.push(TcGroup {
-            item_first: first,
-            items: items.len() as u32 - first,
-            rows,
-        });
-    }
-    (items, groups)
+/// Whether a tensor-core kernel serves `l` (see [`kernel_for`]).
+pub fn supports(l: &AttentionLayout, max_shared: usize) -> bool {
+    kernel_for(l, max_shared).is_some()
 }
 
 /// A step's tensor-core schedule on the device.
@@ -203,22 +159,17 @@ impl CudaDevice {
     ) -> Result<CudaSlice<f32>> {
         let t = plan.rows();
         let max_shared = self.info.max_shared_per_block;
-        if T::SUFFIX != "bf16"
-            || !supports(l, max_shared)
-            || out.rows != t
-            || out.cols != l.heads * l.v.len
-        {
-            return Err(Error::Op {
+        let kernel = kernel_for(l, max_shared)
+            .filter(|_| T::SUFFIX == "bf16" && out.rows == t && out.cols == l.heads * l.v.len)
+            .ok_or_else(|| Error::Op {
                 op: "attention_tc",
                 message: format!(
-                    "{} with {l:?} (shared memory {} of {max_shared}) for {t} tokens into [{}, {}]",
+                    "{} with {l:?} (shared memory up to {max_shared}) for {t} tokens into [{}, {}]",
                     T::SUFFIX,
-                    shared_bytes(l),
                     out.rows,
                     out.cols
                 ),
-            });
-        }
+            })?;
         let kv_heads = l.heads / l.group.max(1);
         let check = |what, s: &Segment, rows, heads| {
             check_segment("attention_tc", what, s, buffer(s.source).len(), rows, heads)
@@ -239,8 +190,8 @@ impl CudaDevice {
             .data;
         let mut partial_lse = self.tensor::<f32>(schedule.item_count, ROWS, None)?.data;
 
-        let smem = shared_bytes(l);
-        let f = self.function("attention_tc", "attention_tc_bf16")?;
+        let smem = kernel.shared_bytes;
+        let f = self.function(kernel.module, kernel.function)?;
         f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
             .map_err(err("shared memory opt-in"))?;
         let (q1, q2) = (
@@ -292,7 +243,8 @@ impl CudaDevice {
             block_dim: (128, 1, 1),
             shared_mem_bytes: smem as u32,
         };
-        // SAFETY: the arguments match attention_tc_bf16 in order and type and T is bf16; the
+        // SAFETY: the arguments match the kernel's (every tensor-core entry point takes
+        // attention_tc_bf16's) in order and type and T is bf16; the
         // checks above bound every query, key and value element by its buffer, the plan checked
         // the block tables against the cache, the schedule keeps rows within the step and
         // tokens within each row's context, and the partial buffers hold ROWS rows per item.
@@ -308,8 +260,12 @@ impl CudaDevice {
             .arg(&mut lse.data)
             .arg(&dv);
         let cfg = LaunchConfig {
-            grid_dim: (schedule.group_count as u32, 1, 1),
-            block_dim: (128, 1, 1),
+            grid_dim: (
+                schedule.group_count as u32,
+                l.v.len.div_ceil(COMBINE_COLUMNS) as u32,
+                ROWS as u32,
+            ),
+            block_dim: (COMBINE_COLUMNS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
         // SAFETY: the arguments match attention_tc_combine_bf16; each group's items and rows
@@ -335,276 +291,69 @@ const EMPTY_GROUP: TcGroup = TcGroup {
 
 #[cfg(test)]
 mod tests {
-    use super::super::layout::test_support::{
-        assert_close, materialise, mla_inputs, paged, random, MlaInputs,
-    };
-    use super::super::layout::{absorbed_layout, materialised_layout, mha_layout, HostPlan};
+    use super::super::layout::{absorbed_layout, materialised_layout, mha_layout};
     use super::*;
-    use crate::backend::cpu::CpuBackend;
-    use crate::backend::{Backend, MhaDims, MlaDims, SeqChunk};
-    use crate::engine::sampler::SplitMix64;
+    use crate::backend::{MhaDims, MlaDims};
 
-    /// attention_tc_bf16 and its combine step by step on host f32 buffers: the schedule, the
-    /// rows' (token, head) and positions, the tile loop with its masks, base-2 softmax and the
-    /// LSE merge.
-    fn emulate<'a>(
-        batch: &AttentionBatch,
-        plan: &HostPlan,
-        l: &AttentionLayout,
-        target_ctas: usize,
-        buffer: impl Fn(Source) -> &'a [f32],
-    ) -> Vec<f32> {
-        let (items, groups) = schedule(batch, l.heads, l.group, l.window, target_ctas);
-        let seg = |s: &Segment, row: usize, head: usize| -> Vec<f32> {
-            let start = row * s.width + s.offset + head * s.head_stride;
-            buffer(s.source)[start..start + s.len].to_vec()
-        };
-        let dv = l.v.len;
-        let scale_log2 = l.scale * std::f32::consts::LOG2_E;
-        let mut partial_o = vec![0.0f32; items.len() * ROWS * dv];
-        let mut partial_lse = vec![f32::NEG_INFINITY; items.len() * ROWS];
-        for (x, item) in items.iter().enumerate() {
-            let table = &plan.block_tables[plan.table_start[item.seq as usize] as usize..];
-            for (i, &pair) in item.rows.iter().enumerate().filter(|(_, &p)| p != NO_ROW) {
-                let (t, h) = (pair as usize / l.heads, pair as usize % l.heads);
-                let pos = plan.row_pos[t] as usize;
-                let mut query = seg(&l.q1, t, h);
-                query.extend(seg(&l.q2, t, h));
-                let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
-                let mut o = vec![0.0f32; dv];
-                for tile in (item.kv_begin as usize..item.kv_end as usize).step_by(KV_TILE) {
-                    let keys: Vec<usize> = (tile..tile + KV_TILE)
-                        .filter(|&p| {
-                            p < item.kv_end as usize
-                                && p <= pos
-                                && (l.window == 0 || p + l.window > pos)
-                        })
-                        .collect();
-                    let kv: Vec<(Vec<f32>, Vec<f32>)> = keys
-                        .iter()
-                        .map(|&p| {
-                            let slot = table[p / plan.block_size] as usize * plan.block_size
-                                + p % plan.block_size;
-                            let g = item.kv_head as usize;
-                            let mut k = seg(&l.k1, slot, g);
-                            k.extend(seg(&l.k2, slot, g));
-                            (k, seg(&l.v, slot, g))
-                        })
-                        .collect();
-                    let s: Vec<f32> = kv
-                        .iter()
-                        .map(|(k, _)| {
-                            k.iter().zip(&query).map(|(a, b)| a * b).sum::<f32>() * scale_log2
-                        })
-                        .collect();
-                    let m_new = s.iter().copied().fold(m, f32::max);
-                    let (alpha, p): (f32, Vec<f32>) = if m_new == f32::NEG_INFINITY {
-                        (1.0, vec![0.0; s.len()])
-                    } else {
-                        (
-                            (m - m_new).exp2(),
-                            s.iter().map(|v| (v - m_new).exp2()).collect(),
-                        )
-                    };
-                    sum = sum * alpha + p.iter().sum::<f32>();
-                    for (c, o) in o.iter_mut().enumerate() {
-                        *o =
-                            *o * alpha + p.iter().zip(&kv).map(|(p, (_, v))| p * v[c]).sum::<f32>();
-                    }
-                    m = m_new;
-                }
-                let at = x * ROWS + i;
-                for c in 0..dv {
-                    partial_o[at * dv + c] = if sum > 0.0 { o[c] / sum } else { 0.0 };
-                }
-                partial_lse[at] = if sum > 0.0 {
-                    m + sum.log2()
-                } else {
-                    f32::NEG_INFINITY
-                };
-            }
+    const H100_SHARED: usize = 232_448;
+
+    fn deepseek(heads: usize) -> MlaDims {
+        MlaDims {
+            heads,
+            qk_nope: 128,
+            qk_rope: 64,
+            v_head: 128,
+            kv_lora_rank: 512,
+            softmax_scale: 0.07,
         }
-        let mut out = vec![f32::NAN; plan.rows() * l.heads * dv];
-        for g in &groups {
-            for (i, &pair) in g.rows.iter().enumerate().filter(|(_, &p)| p != NO_ROW) {
-                let at: Vec<usize> = (g.item_first..g.item_first + g.items)
-                    .map(|x| x as usize * ROWS + i)
-                    .collect();
-                let m = at
-                    .iter()
-                    .map(|&a| partial_lse[a])
-                    .fold(f32::NEG_INFINITY, f32::max);
-                let w: Vec<f32> = at
-                    .iter()
-                    .map(|&a| {
-                        if partial_lse[a] == f32::NEG_INFINITY {
-                            0.0
-                        } else {
-                            (partial_lse[a] - m).exp2()
-                        }
-                    })
-                    .collect();
-                let total: f32 = w.iter().sum();
-                for c in 0..dv {
-                    out[pair as usize * dv + c] = at
-                        .iter()
-                        .zip(&w)
-                        .map(|(&a, w)| w * partial_o[a * dv + c])
-                        .sum::<f32>()
-                        / total;
-                }
-            }
-        }
-        out
     }
 
-    const BLOCK: usize = 16;
-    const SHAPES: &[(usize, usize)] = &[(1, 1), (150, 1), (40, 4), (300, 2), (70, 20)];
+    fn function(l: &AttentionLayout, max_shared: usize) -> Option<&'static str> {
+        kernel_for(l, max_shared).map(|k| k.function)
+    }
 
     #[test]
-    fn the_tensor_core_algorithm_matches_the_cpu_backend_in_every_form() {
-        let mut rng = SplitMix64(4);
-        let dims = MlaDims {
-            heads: 5,
-            qk_nope: 16,
-            qk_rope: 16,
-            v_head: 16,
-            kv_lora_rank: 32,
-            softmax_scale: 0.3,
-        };
-        let MlaInputs {
-            batch,
-            cache,
-            q,
-            q_lat,
-            kv_b,
-        } = mla_inputs(&mut rng, SHAPES, BLOCK, &dims);
-        let plan = HostPlan::paged(&batch, cache.num_blocks, BLOCK).unwrap();
-        let l = absorbed_layout(&dims);
-        assert!(supports(&l, 232_448) && values_in_keys(&l));
-        let want = CpuBackend
-            .mla_attention_absorbed(&q_lat, &q, &cache, 0, &batch, &dims)
-            .unwrap();
-        for target in [1, 10, 264] {
-            let got = emulate(&batch, &plan, &l, target, |s| match s {
-                Source::QLat => &q_lat.data,
-                Source::Q => &q.data,
-                _ => &cache.layers[0],
-            });
-            assert_close(
-                &got,
-                &want.data,
-                2e-5,
-                &format!("absorbed, target {target}"),
+    fn the_decode_shapes_get_the_register_accumulator_kernel() {
+        for heads in [1, 16, 128] {
+            let absorbed = absorbed_layout(&deepseek(heads));
+            let k = kernel_for(&absorbed, H100_SHARED).unwrap();
+            assert_eq!(k.function, "attention_mma_latent576_bf16");
+            // Two CTAs per SM on sm_80+ (at most 227 KiB of shared memory each SM).
+            assert!(
+                2 * (k.shared_bytes + 1024) <= 228 * 1024,
+                "{}",
+                k.shared_bytes
+            );
+            let materialised = materialised_layout(&deepseek(heads));
+            assert_eq!(
+                function(&materialised, H100_SHARED),
+                Some("attention_mma_head192_bf16")
             );
         }
-
-        let (plan, slots) = HostPlan::contiguous(&batch, cache.num_blocks, BLOCK).unwrap();
-        let (context, expanded) = materialise(&cache, &slots, &dims, &kv_b);
-        let l = materialised_layout(&dims);
-        assert!(supports(&l, 232_448) && !values_in_keys(&l));
-        let want = CpuBackend
-            .mla_attention_materialised(&q, &cache, 0, &batch, &kv_b, &dims)
-            .unwrap();
-        let got = emulate(&batch, &plan, &l, 50, |s| match s {
-            Source::Context => &context,
-            Source::Expanded => &expanded.data,
-            _ => &q.data,
-        });
-        assert_close(&got, &want.data, 2e-5, "materialised");
-
-        for (heads, kv_heads, d, window) in
-            [(4, 4, 16, None), (8, 2, 32, None), (6, 1, 16, Some(37))]
-        {
+        let mha = |head_dim, kv_heads| {
             let dims = MhaDims {
-                heads,
+                heads: 32,
                 kv_heads,
-                head_dim: d,
-                softmax_scale: 0.3,
-                sliding_window: window,
+                head_dim,
+                softmax_scale: 0.1,
+                sliding_window: None,
             };
-            let width = 2 * kv_heads * d;
-            let (batch, cache) = paged(&mut rng, SHAPES, BLOCK, width);
-            let q = random(&mut rng, batch.num_query_tokens(), heads * d + width);
-            let plan = HostPlan::paged(&batch, cache.num_blocks, BLOCK).unwrap();
-            let l = mha_layout(&dims, q.shape[1], width);
-            assert!(supports(&l, 232_448));
-            let want = CpuBackend
-                .mha_attention(&q, &cache, 0, &batch, &dims)
-                .unwrap();
-            let got = emulate(&batch, &plan, &l, 40, |s| match s {
-                Source::Q => &q.data,
-                _ => &cache.layers[0],
-            });
-            let what = format!("MHA {heads}/{kv_heads} × {d}, window {window:?}");
-            assert_close(&got, &want.data, 2e-5, &what);
-        }
-    }
-
-    #[test]
-    fn every_row_sees_its_visible_tokens_exactly_once() {
-        let b = AttentionBatch {
-            block_size: 64,
-            seqs: [(1usize, 1usize), (5000, 1), (130, 4), (64, 64), (20_000, 2)]
-                .iter()
-                .map(|&(context_len, query_len)| SeqChunk {
-                    block_table: (0..context_len.div_ceil(64) as u32).collect(),
-                    context_len,
-                    query_len,
-                })
-                .collect(),
+            let width = 2 * kv_heads * head_dim;
+            mha_layout(&dims, 32 * head_dim + width, width)
         };
-        let positions: Vec<usize> = b
-            .seqs
-            .iter()
-            .flat_map(|s| s.context_len - s.query_len..s.context_len)
-            .collect();
-        for (heads, group, window) in [
-            (1, 1, 0),
-            (16, 16, 0),
-            (20, 4, 0),
-            (128, 128, 0),
-            (8, 2, 100),
-        ] {
-            for target in [1, 7, 264, 10_000] {
-                let (items, groups) = schedule(&b, heads, group, window, target);
-                let mut covered = vec![0usize; positions.len() * heads];
-                for g in &groups {
-                    let mine = &items[g.item_first as usize..(g.item_first + g.items) as usize];
-                    let rows: Vec<u32> = g.rows.iter().copied().filter(|&r| r != NO_ROW).collect();
-                    // One sequence and one KV head per group.
-                    for &r in &rows {
-                        assert_eq!(r as usize % heads / group, mine[0].kv_head as usize);
-                        covered[r as usize] += 1;
-                    }
-                    let last = *rows.last().unwrap() as usize / heads;
-                    let first = rows[0] as usize / heads;
-                    let begin = if window > 0 {
-                        (positions[first] + 1).saturating_sub(window)
-                    } else {
-                        0
-                    };
-                    let mut next = begin as u32;
-                    for it in mine {
-                        assert_eq!(
-                            (it.rows, it.seq, it.kv_head),
-                            (g.rows, mine[0].seq, mine[0].kv_head)
-                        );
-                        assert_eq!(it.kv_begin, next);
-                        assert!(it.kv_end > it.kv_begin);
-                        next = it.kv_end;
-                    }
-                    assert_eq!(
-                        next as usize,
-                        positions[last] + 1,
-                        "the last row sees its whole prefix"
-                    );
-                }
-                assert!(
-                    covered.iter().all(|&c| c == 1),
-                    "heads {heads}/{group}, target {target}"
-                );
-            }
-        }
+        assert_eq!(
+            function(&mha(128, 8), H100_SHARED),
+            Some("attention_mma_head128_bf16")
+        );
+        // Other widths: the WMMA kernel; too little shared memory: neither for the latent.
+        assert_eq!(
+            function(&mha(64, 8), H100_SHARED),
+            Some("attention_tc_bf16")
+        );
+        assert_eq!(
+            function(&mha(96, 4), H100_SHARED),
+            Some("attention_tc_bf16")
+        );
+        assert_eq!(function(&absorbed_layout(&deepseek(16)), 48 * 1024), None);
     }
 }

@@ -6,6 +6,7 @@
 
 mod attention;
 mod attention_forms;
+pub mod attention_schedule;
 pub mod attention_tc;
 mod backend;
 mod blas;
