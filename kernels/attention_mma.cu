@@ -6,55 +6,72 @@
 //  - the next tile of KV_TILE cached tokens is copied global → shared with cp.async while the
 //    current one is used (two stages), so the loads of a CTA are all in flight at once instead
 //    of one dependent row at a time;
-//  - the output O [ROWS × DV] stays in registers (warp w owns columns w·DV/4 …), rescaled per
-//    row by the online softmax without a round trip through shared memory;
+//  - eight warps: each scores half the tile's keys over a quarter of the key width, with that
+//    quarter of the queries in registers for the whole item; the output O [ROWS × DV] stays in
+//    registers too (warp w owns DV/8 columns), rescaled per row by the online softmax without a
+//    round trip through shared memory;
 //  - shared rows are padded by 16 bytes, so the 8 rows an ldmatrix reads fall in 8 different
 //    bank groups;
-//  - about 97 KiB of shared memory for MLA: two CTAs per SM, whose barriers interleave.
+//  - about 85 KiB of shared memory for MLA: two CTAs per SM, whose barriers interleave.
 // mla: no-spills
 #include "common.cuh"
 #include "attention_items.cuh"
 #include "mma.cuh"
 
-#define MMA_WARPS 4
-#define PAD 8  // bf16 per shared row: rows 16 bytes apart modulo 128
+#define MMA_WARPS 8
+#define PAD 8         // bf16 per shared K/V/P row: rows 16 bytes apart modulo 128
+#define S_LD (KV_TILE + 8)  // f32 per partial-score row: the fragment stores spread over the banks
+#define K_PARTS 4     // the key width is cut in four: warp w scores key part w / 2
 
 template <int DQ, int DV, bool V_IN_K> struct MmaShape {
-    static_assert(DQ % 32 == 0 && DV % 64 == 0, "two key halves of 16-wide steps; 8-wide tiles per warp in pairs");
-    static constexpr int QLD = DQ + PAD, VLD = V_IN_K ? QLD : DV + PAD, PLD = KV_TILE + PAD;
-    static constexpr int K_TILE = KV_TILE * QLD, V_TILE = V_IN_K ? 0 : KV_TILE * (DV + PAD);
+    static_assert(DQ % (16 * K_PARTS) == 0, "16-wide key steps in each of the key parts");
+    static_assert(DV % (16 * MMA_WARPS) == 0, "8-wide output tiles in pairs on every warp");
+    static constexpr int K_LD = DQ + PAD, V_LD = V_IN_K ? K_LD : DV + PAD, P_LD = KV_TILE + PAD;
+    static constexpr int K_TILE = KV_TILE * K_LD, V_TILE = V_IN_K ? 0 : KV_TILE * V_LD;
     static constexpr int STAGE = K_TILE + V_TILE;
-    // q [ROWS][QLD] | 2 × (k [KV_TILE][QLD] | v [KV_TILE][VLD]) bf16 | s [2][ROWS][KV_TILE] f32 |
-    // p [ROWS][PLD] bf16 | m, l, alpha [ROWS] f32, pos [ROWS] int
-    static constexpr size_t SHARED = (size_t)(ROWS * QLD + 2 * STAGE) * 2 + 2 * ROWS * KV_TILE * 4 + ROWS * PLD * 2 + 4 * ROWS * 4;
+    static constexpr int PART_STEPS = DQ / 16 / K_PARTS, O_TILES = DV / (MMA_WARPS * 8);
+    // 2 × (k [KV_TILE][K_LD] | v [KV_TILE][V_LD]) bf16 | s [K_PARTS][ROWS][S_LD] f32 |
+    // p [ROWS][P_LD] bf16 | m, l, alpha [ROWS] f32, pos [ROWS] int
+    static constexpr size_t SHARED = (size_t)2 * STAGE * 2 + K_PARTS * ROWS * S_LD * 4 + ROWS * P_LD * 2 + 4 * ROWS * 4;
 };
 
-// Starts the copies of tile [tile, tile + KV_TILE) of keys (and values) into one stage; tokens
-// at or past kv_end are zeros, read from nowhere.
+// Starts the copies of tile [tile, tile + KV_TILE) of keys (and values) into one stage: thread
+// i copies every eighth 16-byte piece of row i / 8, so each thread looks its slot up once.
+// Tokens at or past kv_end become zeros, read from nowhere.
 template <int DQ, int DV, bool V_IN_K>
 __device__ __forceinline__ void load_tile(bf16* stage, int tile, int kv_end, const uint32_t* table, int block_size,
                                           const bf16* k1, const KeySegment& s1, const bf16* k2, const KeySegment& s2,
                                           const bf16* v, const KeySegment& sv, int kv_head) {
     typedef MmaShape<DQ, DV, V_IN_K> S;
-    constexpr int K_PIECES = DQ / 8, V_PIECES = DV / 8;
-    for (int c = threadIdx.x; c < KV_TILE * K_PIECES; c += MMA_WARPS * 32) {
-        const int j = c / K_PIECES, col = (c % K_PIECES) * 8, p = tile + j;
-        const bool valid = p < kv_end;
-        const size_t slot = valid ? (size_t)table[p / block_size] * block_size + p % block_size : 0;
-        const bf16* src = col < s1.len ? k1 + slot * s1.width + s1.offset + kv_head * s1.head_stride + col
-                                       : k2 + slot * s2.width + s2.offset + kv_head * s2.head_stride + (col - s1.len);
-        async_copy16(stage + j * S::QLD + col, valid ? src : k1, valid);
+    constexpr int THREADS_PER_ROW = MMA_WARPS * 32 / KV_TILE;
+    const int j = threadIdx.x / THREADS_PER_ROW, first = threadIdx.x % THREADS_PER_ROW, p = tile + j;
+    const bool valid = p < kv_end;
+    const size_t slot = valid ? (size_t)table[p / block_size] * block_size + p % block_size : 0;
+    const bf16* k1_row = k1 + slot * s1.width + s1.offset + kv_head * s1.head_stride;
+    const bf16* k2_row = k2 + slot * s2.width + s2.offset + kv_head * s2.head_stride - s1.len;
+    bf16* k_dst = stage + j * S::K_LD;
+#pragma unroll
+    for (int piece = first; piece < DQ / 8; piece += THREADS_PER_ROW) {
+        const int col = piece * 8;
+        async_copy16(k_dst + col, valid ? (col < s1.len ? k1_row : k2_row) + col : k1, valid);
     }
     if (!V_IN_K) {
-        bf16* v_tile = stage + S::K_TILE;
-        for (int c = threadIdx.x; c < KV_TILE * V_PIECES; c += MMA_WARPS * 32) {
-            const int j = c / V_PIECES, col = (c % V_PIECES) * 8, p = tile + j;
-            const bool valid = p < kv_end;
-            const size_t slot = valid ? (size_t)table[p / block_size] * block_size + p % block_size : 0;
-            const bf16* src = v + slot * sv.width + sv.offset + kv_head * sv.head_stride + col;
-            async_copy16(v_tile + j * S::VLD + col, valid ? src : v, valid);
-        }
+        const bf16* v_row = v + slot * sv.width + sv.offset + kv_head * sv.head_stride;
+        bf16* v_dst = stage + S::K_TILE + j * S::V_LD;
+#pragma unroll
+        for (int piece = first; piece < DV / 8; piece += THREADS_PER_ROW)
+            async_copy16(v_dst + piece * 8, valid ? v_row + piece * 8 : v, valid);
     }
+}
+
+// Query values c, c + 1 of row `pair` (token · heads + head) as one bf16 pair; zeros for NO_ROW.
+__device__ __forceinline__ uint32_t query_pair(uint32_t pair, int c, const bf16* q1, int q1_stride, int q1_head_stride,
+                                               const bf16* q2, int q2_stride, int q2_head_stride, int len1, int heads) {
+    if (pair == NO_ROW) return 0u;
+    const size_t tok = pair / heads, h = pair % heads;
+    const bf16* x = c < len1 ? q1 + tok * q1_stride + h * q1_head_stride + c
+                             : q2 + tok * q2_stride + h * q2_head_stride + (c - len1);
+    return pack_bf16(x[0], x[1]);
 }
 
 template <int DQ, int DV, bool V_IN_K>
@@ -67,11 +84,10 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
                                               float* partial_lse) {
     typedef MmaShape<DQ, DV, V_IN_K> S;
     extern __shared__ __align__(128) unsigned char smem[];
-    bf16* q_s = reinterpret_cast<bf16*>(smem);
-    bf16* stages = q_s + ROWS * S::QLD;
+    bf16* stages = reinterpret_cast<bf16*>(smem);
     float* s_s = reinterpret_cast<float*>(stages + 2 * S::STAGE);
-    bf16* p_s = reinterpret_cast<bf16*>(s_s + 2 * ROWS * KV_TILE);
-    float* m_s = reinterpret_cast<float*>(p_s + ROWS * S::PLD);
+    bf16* p_s = reinterpret_cast<bf16*>(s_s + K_PARTS * ROWS * S_LD);
+    float* m_s = reinterpret_cast<float*>(p_s + ROWS * S::P_LD);
     float* l_s = m_s + ROWS;
     float* alpha_s = l_s + ROWS;
     int* pos_s = reinterpret_cast<int*>(alpha_s + ROWS);
@@ -84,17 +100,20 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
     if (tiles > 0) load_tile<DQ, DV, V_IN_K>(stages, kv_begin, kv_end, table, block_size, k1, s1, k2, s2, v, sv, kv_head);
     async_commit();
 
-    // Query rows (zeros where the group has fewer than ROWS), positions, running state.
-    for (int idx = threadIdx.x; idx < ROWS * DQ; idx += blockDim.x) {
-        const int i = idx / DQ, c = idx % DQ;
-        const uint32_t pair = item.rows[i];
-        float x = 0.0f;
-        if (pair != NO_ROW) {
-            const size_t tok = pair / heads, h = pair % heads;
-            x = c < s1.len ? to_f32(q1[tok * q1_stride + h * q1_head_stride + c])
-                           : to_f32(q2[tok * q2_stride + h * q2_head_stride + (c - s1.len)]);
+    // S: warp w scores keys 16·(w % 2) … +15 over key part w / 2, with that part of the queries
+    // held in registers (A fragments) for the whole item. O: warp w owns DV / MMA_WARPS columns.
+    const int n0 = (warp & 1) * 16, part = warp >> 1;
+    uint32_t qf[S::PART_STEPS][4];
+    {
+        const uint32_t row_lo = item.rows[g], row_hi = item.rows[g + 8];
+#pragma unroll
+        for (int kk = 0; kk < S::PART_STEPS; kk++) {
+            const int c = (part * S::PART_STEPS + kk) * 16 + 2 * t;
+            qf[kk][0] = query_pair(row_lo, c, q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, s1.len, heads);
+            qf[kk][1] = query_pair(row_hi, c, q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, s1.len, heads);
+            qf[kk][2] = query_pair(row_lo, c + 8, q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, s1.len, heads);
+            qf[kk][3] = query_pair(row_hi, c + 8, q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, s1.len, heads);
         }
-        q_s[i * S::QLD + c] = from_f32<bf16>(x);
     }
     if (threadIdx.x < ROWS) {
         const int i = threadIdx.x;
@@ -103,14 +122,10 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
         pos_s[i] = item.rows[i] == NO_ROW ? -1 : (int)token_pos[item.rows[i] / heads];
     }
     const float scale_log2 = scale * LOG2E;
-
-    // S: warp w scores keys 16·(w & 1) … +15 over key half (w >> 1). O: warp w owns DV/4 columns.
-    const int n0 = (warp & 1) * 16, k_half = warp >> 1;
-    constexpr int K_STEPS = DQ / 32, O_TILES = DV / (MMA_WARPS * 8);
     const int o_col = warp * (DV / MMA_WARPS);
-    float o[O_TILES][4];
+    float o[S::O_TILES][4];
 #pragma unroll
-    for (int n = 0; n < O_TILES; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    for (int n = 0; n < S::O_TILES; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
 
     for (int step = 0; step < tiles; step++) {
         const int tile = kv_begin + step * KV_TILE;
@@ -124,34 +139,38 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
         async_commit();
 
         float s[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
-#pragma unroll 6
-        for (int ks = k_half * K_STEPS; ks < (k_half + 1) * K_STEPS; ks++) {
-            uint32_t a[4], b[4];
-            ldmatrix_x4<false>(a, q_s + (lane & 15) * S::QLD + ks * 16 + (lane >> 4) * 8);
-            ldmatrix_x4<false>(b, k_tile + (n0 + (lane & 7) + (lane >> 4) * 8) * S::QLD + ks * 16 + ((lane >> 3) & 1) * 8);
-            mma_bf16_16816(s[0], a, b[0], b[1]);
-            mma_bf16_16816(s[1], a, b[2], b[3]);
+#pragma unroll
+        for (int kk = 0; kk < S::PART_STEPS; kk++) {
+            const int ks = part * S::PART_STEPS + kk;
+            uint32_t b[4];
+            ldmatrix_x4<false>(b, k_tile + (n0 + (lane & 7) + (lane >> 4) * 8) * S::K_LD + ks * 16 + ((lane >> 3) & 1) * 8);
+            mma_bf16_16816(s[0], qf[kk], b[0], b[1]);
+            mma_bf16_16816(s[1], qf[kk], b[2], b[3]);
         }
-        float* s_part = s_s + k_half * ROWS * KV_TILE;
+        float* s_part = s_s + part * ROWS * S_LD;
 #pragma unroll
         for (int j = 0; j < 2; j++) {
             const int col = n0 + j * 8 + 2 * t;
-            *reinterpret_cast<float2*>(s_part + g * KV_TILE + col) = make_float2(s[j][0], s[j][1]);
-            *reinterpret_cast<float2*>(s_part + (g + 8) * KV_TILE + col) = make_float2(s[j][2], s[j][3]);
+            *reinterpret_cast<float2*>(s_part + g * S_LD + col) = make_float2(s[j][0], s[j][1]);
+            *reinterpret_cast<float2*>(s_part + (g + 8) * S_LD + col) = make_float2(s[j][2], s[j][3]);
         }
         __syncthreads();
 
-        // Online softmax in base 2: warp w owns rows 4w … 4w+3, lane = key within the tile.
+        // Online softmax in base 2: warp w owns rows 2w, 2w + 1; lane = key within the tile.
+#pragma unroll
         for (int i = warp * (ROWS / MMA_WARPS); i < (warp + 1) * (ROWS / MMA_WARPS); i++) {
             const int p = tile + lane, pos = pos_s[i];
             const bool valid = p < kv_end && p <= pos && (window <= 0 || p > pos - window);
-            const float x = valid ? (s_s[i * KV_TILE + lane] + s_s[(ROWS + i) * KV_TILE + lane]) * scale_log2 : -INFINITY;
+            float x = 0.0f;
+#pragma unroll
+            for (int q = 0; q < K_PARTS; q++) x += s_s[(q * ROWS + i) * S_LD + lane];
+            x = valid ? x * scale_log2 : -INFINITY;
             const float m_old = m_s[i];
             const float m_new = fmaxf(m_old, warp_max(x));
             const float prob = m_new == -INFINITY ? 0.0f : exp2f(x - m_new);
             const float alpha = m_new == -INFINITY ? 1.0f : exp2f(m_old - m_new);
             const float row_sum = warp_sum(prob);
-            p_s[i * S::PLD + lane] = from_f32<bf16>(prob);
+            p_s[i * S::P_LD + lane] = from_f32<bf16>(prob);
             if (lane == 0) {
                 m_s[i] = m_new;
                 l_s[i] = l_s[i] * alpha + row_sum;
@@ -163,7 +182,7 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
         // O = alpha·O + P·V on this warp's columns.
         const float alpha_lo = alpha_s[g], alpha_hi = alpha_s[g + 8];
 #pragma unroll
-        for (int n = 0; n < O_TILES; n++) {
+        for (int n = 0; n < S::O_TILES; n++) {
             o[n][0] *= alpha_lo;
             o[n][1] *= alpha_lo;
             o[n][2] *= alpha_hi;
@@ -172,11 +191,11 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
 #pragma unroll
         for (int ks = 0; ks < KV_TILE / 16; ks++) {
             uint32_t a[4];
-            ldmatrix_x4<false>(a, p_s + (lane & 15) * S::PLD + ks * 16 + (lane >> 4) * 8);
+            ldmatrix_x4<false>(a, p_s + (lane & 15) * S::P_LD + ks * 16 + (lane >> 4) * 8);
 #pragma unroll
-            for (int n = 0; n < O_TILES; n += 2) {
+            for (int n = 0; n < S::O_TILES; n += 2) {
                 uint32_t b[4];
-                ldmatrix_x4<true>(b, v_tile + (ks * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * S::VLD + o_col + n * 8 + (lane >> 4) * 8);
+                ldmatrix_x4<true>(b, v_tile + (ks * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * S::V_LD + o_col + n * 8 + (lane >> 4) * 8);
                 mma_bf16_16816(o[n], a, b[0], b[1]);
                 mma_bf16_16816(o[n + 1], a, b[2], b[3]);
             }
@@ -190,7 +209,7 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
     const float l_lo = l_s[g], l_hi = l_s[g + 8];
     const float inv_lo = l_lo > 0.0f ? 1.0f / l_lo : 0.0f, inv_hi = l_hi > 0.0f ? 1.0f / l_hi : 0.0f;
 #pragma unroll
-    for (int n = 0; n < O_TILES; n++) {
+    for (int n = 0; n < S::O_TILES; n++) {
         const int col = o_col + n * 8 + 2 * t;
         *reinterpret_cast<float2*>(out + g * DV + col) = make_float2(o[n][0] * inv_lo, o[n][1] * inv_lo);
         *reinterpret_cast<float2*>(out + (g + 8) * DV + col) = make_float2(o[n][2] * inv_hi, o[n][3] * inv_hi);

@@ -69,3 +69,11 @@ template <int N> __device__ __forceinline__ void async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 #endif
 }
+
+// Two bf16 as one 32-bit fragment register, `lo` in the low half.
+__device__ __forceinline__ uint32_t pack_bf16(bf16 lo, bf16 hi) {
+    uint16_t a, b;
+    memcpy(&a, &lo, 2);
+    memcpy(&b, &hi, 2);
+    return (uint32_t)a | ((uint32_t)b << 16);
+}

@@ -5,7 +5,7 @@ use crate::backend::cuda::CudaDevice;
 use crate::config::{
     DeepSeekConfig, LlamaConfig, ModelConfig, RopeConfig, RopeScaling, TopkMethod,
 };
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::params::{count_params, kv_values_per_token_per_layer};
 use crate::weights::Checkpoint;
 use clap::Args;
@@ -173,10 +173,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
     );
     if let Some(DeviceSpec::Cuda(ordinal)) = args.device {
         let device = CudaDevice::open(ordinal)?;
-        let free = device
-            .free_memory()
-            .map_err(|e| Error::Device(format!("reading free device memory: {e}")))?
-            as u64;
+        let free = device.free_memory()? as u64;
         let weights = p.total * args.cache_dtype_bytes;
         let left = free.saturating_sub(weights);
         let per_token = bytes(cached).max(1);

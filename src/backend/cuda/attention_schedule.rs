@@ -39,9 +39,9 @@ unsafe impl DeviceRepr for TcItem {}
 unsafe impl DeviceRepr for TcGroup {}
 
 /// Groups the step's rows by (sequence, KV head) into runs of at most 16 — a token's heads
-/// first, then the next token — and cuts each group's visible tokens into splits of one common
-/// length (a multiple of the tile), chosen so that about `target_ctas` items cover the step:
-/// long sequences get many splits, short ones few, so every CTA has about the same work.
+/// first, then the next token — and cuts each group's visible tokens into even splits (a
+/// multiple of the tile), about `target_ctas` items in all: long sequences get many splits,
+/// short ones few, so every CTA has about the same work.
 pub fn schedule(
     batch: &AttentionBatch,
     heads: usize,
@@ -76,14 +76,17 @@ pub fn schedule(
         }
         token += seq.query_len;
     }
-    let work: usize = row_groups.iter().map(|g| g.4 - g.3).sum();
-    let chunk = work
-        .div_ceil(target_ctas.max(1))
-        .max(MIN_SPLIT)
-        .next_multiple_of(KV_TILE);
+    // Each group gets its share of the CTAs in proportion to its tokens (rounded, at least one,
+    // splits no shorter than MIN_SPLIT), and its tokens cut evenly: equal sequences then make
+    // about target_ctas equal items, one wave instead of a full wave and a ragged one.
+    let work: usize = row_groups.iter().map(|g| g.4 - g.3).sum::<usize>().max(1);
+    let target = target_ctas.max(1);
     let mut items = Vec::new();
     let mut groups = Vec::with_capacity(row_groups.len());
     for (s, kv_head, rows, begin, end) in row_groups {
+        let len = end - begin;
+        let splits = ((len * target + work / 2) / work).clamp(1, len.div_ceil(MIN_SPLIT));
+        let chunk = len.div_ceil(splits).next_multiple_of(KV_TILE);
         let first = items.len() as u32;
         for kv_begin in (begin..end).step_by(chunk) {
             items.push(TcItem {

@@ -24,11 +24,13 @@ pub(super) fn values_in_keys(l: &AttentionLayout) -> bool {
         && l.v.len <= l.k1.len
 }
 
-/// One tensor-core kernel for a layout: its module, entry point and dynamic shared memory.
+/// One tensor-core kernel for a layout: its module, entry point, threads per CTA and dynamic
+/// shared memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcKernel {
     pub module: &'static str,
     pub function: &'static str,
+    pub threads: u32,
     pub shared_bytes: usize,
 }
 
@@ -39,15 +41,18 @@ const MMA_SHAPES: [(usize, usize, bool, &str); 3] = [
     (128, 128, false, "attention_mma_head128_bf16"),
     (192, 128, false, "attention_mma_head192_bf16"),
 ];
-/// Padding of each shared row of attention_mma.cu, in bf16 values (`PAD`).
+/// attention_mma.cu's `PAD` (bf16 per shared K/V/P row), `S_LD` (f32 per partial-score row),
+/// `K_PARTS` and `MMA_WARPS`.
 const MMA_PAD: usize = 8;
+const MMA_S_LD: usize = KV_TILE + 8;
+const MMA_K_PARTS: usize = 4;
+const MMA_THREADS: u32 = 8 * 32;
 
 /// Dynamic shared memory of attention_mma.cu for one shape, as its `MmaShape::SHARED`.
 fn mma_shared_bytes(dq: usize, dv: usize, v_in_k: bool) -> usize {
-    let q_ld = dq + MMA_PAD;
-    let stage = KV_TILE * q_ld + if v_in_k { 0 } else { KV_TILE * (dv + MMA_PAD) };
-    (ROWS * q_ld + 2 * stage) * 2
-        + 2 * ROWS * KV_TILE * 4
+    let stage = KV_TILE * (dq + MMA_PAD) + if v_in_k { 0 } else { KV_TILE * (dv + MMA_PAD) };
+    2 * stage * 2
+        + MMA_K_PARTS * ROWS * MMA_S_LD * 4
         + ROWS * (KV_TILE + MMA_PAD) * 2
         + 4 * ROWS * 4
 }
@@ -88,11 +93,13 @@ pub fn kernel_for(l: &AttentionLayout, max_shared: usize) -> Option<TcKernel> {
         .map(|&(_, _, in_k, function)| TcKernel {
             module: "attention_mma",
             function,
+            threads: MMA_THREADS,
             shared_bytes: mma_shared_bytes(dq, dv, in_k),
         });
     let wmma = (dq % 16 == 0 && dv % 16 == 0).then(|| TcKernel {
         module: "attention_tc",
         function: "attention_tc_bf16",
+        threads: 128,
         shared_bytes: wmma_shared_bytes(l),
     });
     [mma, wmma]
@@ -240,7 +247,7 @@ impl CudaDevice {
             .arg(&mut partial_lse);
         let cfg = LaunchConfig {
             grid_dim: (schedule.item_count as u32, 1, 1),
-            block_dim: (128, 1, 1),
+            block_dim: (kernel.threads, 1, 1),
             shared_mem_bytes: smem as u32,
         };
         // SAFETY: the arguments match the kernel's (every tensor-core entry point takes

@@ -417,10 +417,7 @@ where
     ) -> Result<CudaKvCache<T>> {
         let len = layers * num_blocks * block_size * width;
         let bytes = len * std::mem::size_of::<T>();
-        let free = self
-            .device
-            .free_memory()
-            .map_err(|e| Error::Device(format!("reading free device memory: {e}")))?;
+        let free = self.device.free_memory()?;
         if bytes > free {
             return Err(Error::InvalidInput(format!(
                 "a KV cache of {num_blocks} blocks × {block_size} tokens × {layers} layers needs {bytes} bytes, more than the {free} bytes free on {}",

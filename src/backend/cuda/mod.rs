@@ -57,25 +57,39 @@ pub(crate) fn driver_err(what: &str) -> impl Fn(DriverError) -> Error + '_ {
 /// Stream-ordered allocations (`cuMemAllocAsync`) come from the device's default memory pool,
 /// which by default hands freed memory back to the driver at every synchronisation; keeping it
 /// makes the pool the caching allocator the per-op temporaries need.
-fn keep_freed_memory_cached(ctx: &CudaContext) -> Result<()> {
+/// The device's default memory pool, which stream-ordered allocations come from; None where the
+/// device has no memory pools (cudarc then falls back to plain cuMemAlloc).
+fn default_pool(ctx: &CudaContext) -> Result<Option<cudarc::driver::sys::CUmemoryPool>> {
     use cudarc::driver::sys;
     let pools = ctx
         .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED)
         .map_err(driver_err("asking for memory pool support"))?;
     if pools != 1 {
-        return Ok(()); // plain cuMemAlloc then, which cudarc falls back to
+        return Ok(None);
     }
     let mut pool = std::mem::MaybeUninit::<sys::CUmemoryPool>::uninit();
-    let mut threshold = u64::MAX;
-    // SAFETY: the pointers are valid for the calls' duration; the device handle comes from a
-    // live context and the pool pointer is only read after the call reports success.
+    // SAFETY: the pointer is valid for the call's duration; the device handle comes from a live
+    // context and the pool is only read after the call reports success.
     unsafe {
         sys::cuDeviceGetDefaultMemPool(pool.as_mut_ptr(), ctx.cu_device())
             .result()
             .map_err(driver_err("reading the device's memory pool"))?;
-        sys::cuMemPoolSetAttribute(
-            pool.assume_init(),
-            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+        Ok(Some(pool.assume_init()))
+    }
+}
+
+/// Freed blocks stay in the pool for the next allocation instead of going back to the driver
+/// at every synchronisation (the default release threshold is 0).
+fn keep_freed_memory_cached(ctx: &CudaContext) -> Result<()> {
+    let Some(pool) = default_pool(ctx)? else {
+        return Ok(());
+    };
+    let mut threshold = u64::MAX;
+    // SAFETY: the pool comes from the live context and the value pointer is valid for the call.
+    unsafe {
+        cudarc::driver::sys::cuMemPoolSetAttribute(
+            pool,
+            cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
             &mut threshold as *mut u64 as *mut std::ffi::c_void,
         )
         .result()
@@ -162,9 +176,23 @@ impl CudaDevice {
             .map_err(|e| Error::Device(format!("kernel {module}::{name}: {e}")))
     }
 
-    /// Bytes of device memory free right now.
-    pub fn free_memory(&self) -> std::result::Result<usize, DriverError> {
-        self.stream.context().mem_get_info().map(|(free, _)| free)
+    /// Bytes of device memory free for a new allocation: the driver's free memory once the pool
+    /// has handed back the blocks it keeps cached (a model or cache dropped earlier in the
+    /// process, e.g. the previous preset of `mla bench`, would otherwise count as used).
+    pub fn free_memory(&self) -> Result<usize> {
+        self.synchronize()?;
+        if let Some(pool) = default_pool(self.stream.context())? {
+            // SAFETY: the pool belongs to this live context; after the synchronisation above no
+            // freed block is still in use by the stream.
+            unsafe { cudarc::driver::sys::cuMemPoolTrimTo(pool, 0) }
+                .result()
+                .map_err(driver_err("releasing the memory pool's cached blocks"))?;
+        }
+        self.stream
+            .context()
+            .mem_get_info()
+            .map(|(free, _)| free)
+            .map_err(driver_err("reading free device memory"))
     }
 
     pub fn synchronize(&self) -> Result<()> {

@@ -221,7 +221,8 @@ impl CudaDevice {
         let name = format!("random_normal_{}", T::SUFFIX);
         let f = self.function("elementwise", &name)?;
         let cfg = LaunchConfig {
-            grid_dim: (n.div_ceil(THREADS as usize).clamp(1, 65_536) as u32, 1, 1),
+            // A thread per 16-byte pack (the kernel strides over the grid past 65,536 blocks).
+            grid_dim: (n.div_ceil(THREADS as usize * 8).clamp(1, 65_536) as u32, 1, 1),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -247,7 +248,8 @@ impl CudaDevice {
         let f = self.function("elementwise", &name)?;
         let count = n as i64;
         let cfg = LaunchConfig {
-            grid_dim: (n.div_ceil(THREADS as usize).clamp(1, 65_536) as u32, 1, 1),
+            // A thread per 16-byte pack (the kernel strides over the grid past 65,536 blocks).
+            grid_dim: (n.div_ceil(THREADS as usize * 8).clamp(1, 65_536) as u32, 1, 1),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
