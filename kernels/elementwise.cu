@@ -117,7 +117,7 @@ __device__ void add_bias(T* x, const T* bias, long long n, int cols) {
 template <typename T>
 __device__ void silu_mul(T* gate, const T* up, long long n) {
     map2(gate, n, grid_first(), grid_stride(), aligned16(gate, up), [=](long long i) { return up + i; },
-         [](float g, float u) { return g / (1.0f + __expf(-g)) * u; });
+         [](float g, float u) { return __fdividef(g, 1.0f + __expf(-g)) * u; });
 }
 
 // Rotates `2·half` values of `x` with one row of the table.

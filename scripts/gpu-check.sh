@@ -76,6 +76,15 @@ cli_check() {
     [[ $verdict == same ]] || printf 'cpu: %s\ngpu: %s\n' "$cpu" "$gpu"
     keep_logs
   done
+  # --profile's per-op table from CUDA events (what stands in for an nsys timeline where there
+  # is no nsys).
+  if timeout 120 "$out/mla" generate --model models/demo-mla --prompt "It is a truth" --max-new-tokens 16 \
+      --device cuda --profile > "$out/profile.md" 2>&1 && grep -q '^| op | calls' "$out/profile.md"; then
+    profile=ok
+  else
+    profile=FAILED; status=1; tail -5 "$out/profile.md"
+  fi
+  printf '| generate --device cuda --profile (per-op table) | %s | | |\n' "$profile" >> "$out/summary.md"
 }
 
 benches() {

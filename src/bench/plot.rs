@@ -21,17 +21,32 @@ fn models(rows: &[BenchRow]) -> Vec<String> {
     names
 }
 
-/// Both panels side by side. Decode figures use each preset's largest measured batch.
+/// The decode row of `model` at `depth` with the largest batch it measured there (under
+/// `--batch max`, each preset's own largest batch).
+fn decode_row<'a>(rows: &'a [BenchRow], model: &str, depth: usize) -> Option<&'a BenchRow> {
+    rows.iter()
+        .filter(|r| r.model == model && r.depth == depth && r.test.starts_with("tg"))
+        .max_by_key(|r| r.batch)
+}
+
+/// Both panels side by side. Decode figures use each preset's largest measured batch at each
+/// depth.
 pub fn svg(rows: &[BenchRow]) -> String {
     let names = models(rows);
     let mut depths: Vec<usize> = rows.iter().map(|r| r.depth).collect();
     depths.sort_unstable();
     depths.dedup();
-    let batch = rows.iter().map(|r| r.batch).max().unwrap_or(1);
-    let decode: Vec<&BenchRow> = rows
+    let decode: Vec<&BenchRow> = names
         .iter()
-        .filter(|r| r.test.starts_with("tg") && r.batch == batch)
+        .flat_map(|n| depths.iter().filter_map(|&d| decode_row(rows, n, d)))
         .collect();
+    let mut batches: Vec<usize> = decode.iter().map(|r| r.batch).collect();
+    batches.sort_unstable();
+    batches.dedup();
+    let decode_title = match batches[..] {
+        [batch] => format!("decode tokens/s (batch {batch})"),
+        _ => "decode tokens/s (each preset's largest batch)".to_string(),
+    };
     let x_of = |i: usize, x0: f64| {
         x0 + PAD + (i as f64 + 0.5) * (W - 2.0 * PAD) / depths.len().max(1) as f64
     };
@@ -44,7 +59,7 @@ pub fn svg(rows: &[BenchRow]) -> String {
         H + 20.0 * names.len() as f64
     );
     for (x0, title) in [
-        (0.0, format!("decode tokens/s (batch {batch})")),
+        (0.0, decode_title),
         (W, "max batch that fits the KV cache budget".to_string()),
     ] {
         let _ = write!(
@@ -94,21 +109,33 @@ pub fn svg(rows: &[BenchRow]) -> String {
     let bar = (W - 2.0 * PAD) / depths.len().max(1) as f64 / (names.len() as f64 + 1.0);
     for (m, name) in names.iter().enumerate() {
         let colour = COLOURS[m % COLOURS.len()];
-        let points: Vec<String> = depths
+        let points: Vec<(f64, f64, &BenchRow)> = depths
             .iter()
             .enumerate()
             .filter_map(|(i, d)| {
-                decode
-                    .iter()
-                    .find(|r| &r.model == name && r.depth == *d)
-                    .map(|r| format!("{:.1},{:.1}", x_of(i, 0.0), y_of(r.tokens_per_s, max_tps)))
+                decode_row(rows, name, *d).map(|r| (x_of(i, 0.0), y_of(r.tokens_per_s, max_tps), r))
             })
+            .collect();
+        let line: Vec<String> = points
+            .iter()
+            .map(|(x, y, _)| format!("{x:.1},{y:.1}"))
             .collect();
         let _ = write!(
             s,
             r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
-            points.join(" ")
+            line.join(" ")
         );
+        // A marker and the value at each point, so that a single depth still shows.
+        for (x, y, r) in &points {
+            let _ = write!(
+                s,
+                r#"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="{colour}"/><text x="{:.1}" y="{:.1}">{:.0} (b{})</text>"#,
+                x + 5.0,
+                y - 5.0,
+                r.tokens_per_s,
+                r.batch
+            );
+        }
         for (i, d) in depths.iter().enumerate() {
             if let Some(r) = rows.iter().find(|r| &r.model == name && r.depth == *d) {
                 let x = x_of(i, W) - bar * names.len() as f64 / 2.0 + bar * m as f64;
@@ -132,4 +159,44 @@ pub fn svg(rows: &[BenchRow]) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(model: &str, test: &str, batch: usize, depth: usize, tps: f64) -> BenchRow {
+        BenchRow {
+            model: model.into(),
+            test: test.into(),
+            batch,
+            at_max: false,
+            depth,
+            tokens_per_s: tps,
+            std: 0.0,
+            kv_bytes_per_token: 1,
+            max_batch: batch as u64,
+            attention_share: 0.0,
+            ffn_share: 0.0,
+            other_share: 0.0,
+        }
+    }
+
+    #[test]
+    fn each_preset_is_drawn_at_its_own_largest_batch() {
+        let rows = [
+            row("mla", "tg16", 126, 16384, 908.0),
+            row("mla", "tg16", 1, 16384, 50.0),
+            row("mha", "tg16", 17, 16384, 187.0),
+            row("mha", "pp512", 17, 16384, 9999.0),
+        ];
+        let svg = svg(&rows);
+        assert!(
+            svg.contains("908 (b126)") && svg.contains("187 (b17)"),
+            "{svg}"
+        );
+        assert!(!svg.contains("(b1)") && !svg.contains("9999"), "{svg}");
+        assert!(svg.contains("each preset's largest batch"));
+        assert_eq!(svg.matches("<circle").count(), 2);
+    }
 }

@@ -222,7 +222,11 @@ impl CudaDevice {
         let f = self.function("elementwise", &name)?;
         let cfg = LaunchConfig {
             // A thread per 16-byte pack (the kernel strides over the grid past 65,536 blocks).
-            grid_dim: (n.div_ceil(THREADS as usize * 8).clamp(1, 65_536) as u32, 1, 1),
+            grid_dim: (
+                n.div_ceil(THREADS as usize * 8).clamp(1, 65_536) as u32,
+                1,
+                1,
+            ),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -249,7 +253,11 @@ impl CudaDevice {
         let count = n as i64;
         let cfg = LaunchConfig {
             // A thread per 16-byte pack (the kernel strides over the grid past 65,536 blocks).
-            grid_dim: (n.div_ceil(THREADS as usize * 8).clamp(1, 65_536) as u32, 1, 1),
+            grid_dim: (
+                n.div_ceil(THREADS as usize * 8).clamp(1, 65_536) as u32,
+                1,
+                1,
+            ),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
