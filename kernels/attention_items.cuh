@@ -20,8 +20,9 @@ struct TcItem {
     uint32_t rows[ROWS];
 };
 
-// The splits of one row group, for the combine.
+// The splits of one row group, for the combine: items item_first + j·item_stride, j < items
+// (a stride of 4 where a CTA serves four row groups at once).
 struct TcGroup {
-    uint32_t item_first, items;
+    uint32_t item_first, items, item_stride;
     uint32_t rows[ROWS];
 };

@@ -171,6 +171,7 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
             const float alpha = m_new == -INFINITY ? 1.0f : exp2f(m_old - m_new);
             const float row_sum = warp_sum(prob);
             p_s[i * S::P_LD + lane] = from_f32<bf16>(prob);
+            __syncwarp();  // every lane has read m_s[i] before lane 0 rewrites it
             if (lane == 0) {
                 m_s[i] = m_new;
                 l_s[i] = l_s[i] * alpha + row_sum;
@@ -234,3 +235,183 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
 MLA_ATTENTION_MMA(attention_mma_latent576_bf16, 576, 512, true)
 MLA_ATTENTION_MMA(attention_mma_head128_bf16, 128, 128, false)
 MLA_ATTENTION_MMA(attention_mma_head192_bf16, 192, 128, false)
+
+// The MLA latent (576/512) for 64 query rows per CTA — four 16-row runs of one sequence's heads,
+// items[4·b …] — where a token has at least 64 heads (DeepSeek-V3's 128): each latent row read
+// from L2 serves 64 heads instead of 16, and each barrier four times the tensor work. FlashMLA's
+// split of the work over the warps: warp (r, h) = (w / 2, w % 2) scores rows 16r … over token
+// half h of the tile, and owns output columns 256h … of the same rows; the two halves of a row
+// agree on its running max through shared memory (each adds up its own half of the row sum).
+// Three stages of 32 tokens in flight, one CTA per SM (189 KiB of shared memory).
+#define WIDE_RUNS 4
+#define WIDE_ROWS (WIDE_RUNS * ROWS)
+#define WIDE_STAGES 3
+
+extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32, 1)
+attention_mma_wide_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_stride, const bf16* q2, int q2_stride,
+                                  int q2_head_stride, const bf16* k1, KeySegment s1, const bf16* k2, KeySegment s2,
+                                  const bf16* v, KeySegment sv, int /* v_in_k */, const TcItem* items,
+                                  const uint32_t* block_tables, const uint32_t* table_start, int block_size,
+                                  const uint32_t* token_pos, int heads, float scale, int window, float* partial_o,
+                                  float* partial_lse) {
+    constexpr int DQ = 576, DV = 512, HALF_DV = DV / 2, O_TILES = HALF_DV / 8;
+    typedef MmaShape<DQ, DV, true> S;
+    extern __shared__ __align__(128) unsigned char smem[];
+    bf16* q_s = reinterpret_cast<bf16*>(smem);
+    bf16* stages = q_s + WIDE_ROWS * S::K_LD;
+    bf16* p_s = stages + WIDE_STAGES * S::K_TILE;
+    float* half_max = reinterpret_cast<float*>(p_s + WIDE_ROWS * S::P_LD);  // [2][WIDE_ROWS]
+    float* half_sum = half_max + 2 * WIDE_ROWS;                              // [2][WIDE_ROWS]
+    int* pos_s = reinterpret_cast<int*>(half_sum + 2 * WIDE_ROWS);
+
+    const TcItem* quad = items + (size_t)blockIdx.x * WIDE_RUNS;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int run = warp >> 1, half = warp & 1, row_lo = run * ROWS + g, row_hi = row_lo + 8;
+    const uint32_t* table = block_tables + table_start[quad[0].seq];
+    const int kv_begin = quad[0].kv_begin, kv_end = quad[0].kv_end, kv_head = quad[0].kv_head;
+    const int tiles = (kv_end - kv_begin + KV_TILE - 1) / KV_TILE;
+    // Two tiles in flight before the first is used; one commit per tile (empty ones too), so that
+    // "all but the newest group" is always the tile about to be read.
+    for (int i = 0; i < WIDE_STAGES - 1; i++) {
+        if (i < tiles)
+            load_tile<DQ, DV, true>(stages + i * S::K_TILE, kv_begin + i * KV_TILE, kv_end, table, block_size, k1, s1,
+                                    k2, s2, v, sv, kv_head);
+        async_commit();
+    }
+    for (int idx = threadIdx.x; idx < WIDE_ROWS * DQ; idx += blockDim.x) {
+        const int r = idx / DQ, c = idx % DQ;
+        const uint32_t pair = quad[r / ROWS].rows[r % ROWS];
+        float x = 0.0f;
+        if (pair != NO_ROW) {
+            const size_t tok = pair / heads, h = pair % heads;
+            x = c < s1.len ? to_f32(q1[tok * q1_stride + h * q1_head_stride + c])
+                           : to_f32(q2[tok * q2_stride + h * q2_head_stride + (c - s1.len)]);
+        }
+        q_s[r * S::K_LD + c] = from_f32<bf16>(x);
+    }
+    if (threadIdx.x < WIDE_ROWS) {
+        const uint32_t pair = quad[threadIdx.x / ROWS].rows[threadIdx.x % ROWS];
+        pos_s[threadIdx.x] = pair == NO_ROW ? -1 : (int)token_pos[pair / heads];
+    }
+    const float scale_log2 = scale * LOG2E;
+    float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.0f, l_hi = 0.0f;  // l: this lane's share
+    float o[O_TILES][4];
+#pragma unroll
+    for (int n = 0; n < O_TILES; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+
+    for (int step = 0; step < tiles; step++) {
+        const int tile = kv_begin + step * KV_TILE;
+        const bf16* k_tile = stages + (step % WIDE_STAGES) * S::K_TILE;
+        async_wait<WIDE_STAGES - 2>();
+        __syncthreads();  // this tile has landed for every thread; the oldest stage is free
+        if (step + WIDE_STAGES - 1 < tiles)
+            load_tile<DQ, DV, true>(stages + ((step + WIDE_STAGES - 1) % WIDE_STAGES) * S::K_TILE,
+                                    tile + (WIDE_STAGES - 1) * KV_TILE, kv_end, table, block_size, k1, s1, k2, s2, v,
+                                    sv, kv_head);
+        async_commit();
+
+        // S for this warp's 16 rows and 16 keys, over the whole key width.
+        float s[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+#pragma unroll 4
+        for (int ks = 0; ks < DQ / 16; ks++) {
+            uint32_t a[4], b[4];
+            ldmatrix_x4<false>(a, q_s + (run * ROWS + (lane & 15)) * S::K_LD + ks * 16 + (lane >> 4) * 8);
+            ldmatrix_x4<false>(b, k_tile + (half * 16 + (lane & 7) + (lane >> 4) * 8) * S::K_LD + ks * 16 + ((lane >> 3) & 1) * 8);
+            mma_bf16_16816(s[0], a, b[0], b[1]);
+            mma_bf16_16816(s[1], a, b[2], b[3]);
+        }
+        const int pos_lo = pos_s[row_lo], pos_hi = pos_s[row_hi];
+        float max_lo = -INFINITY, max_hi = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int p = tile + half * 16 + j * 8 + 2 * t + (e & 1), pos = e < 2 ? pos_lo : pos_hi;
+                const bool valid = p < kv_end && p <= pos && (window <= 0 || p > pos - window);
+                s[j][e] = valid ? s[j][e] * scale_log2 : -INFINITY;
+                if (e < 2) max_lo = fmaxf(max_lo, s[j][e]);
+                else max_hi = fmaxf(max_hi, s[j][e]);
+            }
+        // The four lanes of a row hold its 16 keys.
+        max_lo = fmaxf(max_lo, __shfl_xor_sync(0xffffffffu, max_lo, 1));
+        max_lo = fmaxf(max_lo, __shfl_xor_sync(0xffffffffu, max_lo, 2));
+        max_hi = fmaxf(max_hi, __shfl_xor_sync(0xffffffffu, max_hi, 1));
+        max_hi = fmaxf(max_hi, __shfl_xor_sync(0xffffffffu, max_hi, 2));
+        if (t == 0) {
+            half_max[half * WIDE_ROWS + row_lo] = max_lo;
+            half_max[half * WIDE_ROWS + row_hi] = max_hi;
+        }
+        __syncthreads();
+        // Both halves of a row reach the same running max (max is exact and order-free).
+        const float new_lo = fmaxf(m_lo, fmaxf(max_lo, half_max[(half ^ 1) * WIDE_ROWS + row_lo]));
+        const float new_hi = fmaxf(m_hi, fmaxf(max_hi, half_max[(half ^ 1) * WIDE_ROWS + row_hi]));
+        const float alpha_lo = new_lo == -INFINITY ? 1.0f : exp2f(m_lo - new_lo);
+        const float alpha_hi = new_hi == -INFINITY ? 1.0f : exp2f(m_hi - new_hi);
+        m_lo = new_lo;
+        m_hi = new_hi;
+        float sum_lo = 0.0f, sum_hi = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            const float p0 = new_lo == -INFINITY ? 0.0f : exp2f(s[j][0] - new_lo);
+            const float p1 = new_lo == -INFINITY ? 0.0f : exp2f(s[j][1] - new_lo);
+            const float p2 = new_hi == -INFINITY ? 0.0f : exp2f(s[j][2] - new_hi);
+            const float p3 = new_hi == -INFINITY ? 0.0f : exp2f(s[j][3] - new_hi);
+            sum_lo += p0 + p1;
+            sum_hi += p2 + p3;
+            const int col = half * 16 + j * 8 + 2 * t;
+            *reinterpret_cast<uint32_t*>(p_s + row_lo * S::P_LD + col) = pack_bf16(from_f32<bf16>(p0), from_f32<bf16>(p1));
+            *reinterpret_cast<uint32_t*>(p_s + row_hi * S::P_LD + col) = pack_bf16(from_f32<bf16>(p2), from_f32<bf16>(p3));
+        }
+        l_lo = l_lo * alpha_lo + sum_lo;
+        l_hi = l_hi * alpha_hi + sum_hi;
+        __syncthreads();  // P of both halves is in place
+
+        // O = alpha·O + P·V on rows 16·run … and columns 256·half …
+#pragma unroll
+        for (int n = 0; n < O_TILES; n++) {
+            o[n][0] *= alpha_lo;
+            o[n][1] *= alpha_lo;
+            o[n][2] *= alpha_hi;
+            o[n][3] *= alpha_hi;
+        }
+#pragma unroll
+        for (int ks = 0; ks < KV_TILE / 16; ks++) {
+            uint32_t a[4];
+            ldmatrix_x4<false>(a, p_s + (run * ROWS + (lane & 15)) * S::P_LD + ks * 16 + (lane >> 4) * 8);
+#pragma unroll
+            for (int n = 0; n < O_TILES; n += 2) {
+                uint32_t b[4];
+                ldmatrix_x4<true>(b, k_tile + (ks * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * S::K_LD + half * HALF_DV + n * 8 + (lane >> 4) * 8);
+                mma_bf16_16816(o[n], a, b[0], b[1]);
+                mma_bf16_16816(o[n + 1], a, b[2], b[3]);
+            }
+        }
+    }
+    async_wait<0>();
+
+    // Row sums: the four lanes of a row, then the two halves.
+    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
+    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
+    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
+    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
+    if (t == 0) {
+        half_sum[half * WIDE_ROWS + row_lo] = l_lo;
+        half_sum[half * WIDE_ROWS + row_hi] = l_hi;
+    }
+    __syncthreads();
+    const float sum_lo = half_sum[row_lo] + half_sum[WIDE_ROWS + row_lo];
+    const float sum_hi = half_sum[row_hi] + half_sum[WIDE_ROWS + row_hi];
+    const float inv_lo = sum_lo > 0.0f ? 1.0f / sum_lo : 0.0f, inv_hi = sum_hi > 0.0f ? 1.0f / sum_hi : 0.0f;
+    const size_t item = (size_t)blockIdx.x * WIDE_RUNS + run;
+    float* out = partial_o + item * ROWS * DV;
+#pragma unroll
+    for (int n = 0; n < O_TILES; n++) {
+        const int col = half * HALF_DV + n * 8 + 2 * t;
+        *reinterpret_cast<float2*>(out + g * DV + col) = make_float2(o[n][0] * inv_lo, o[n][1] * inv_lo);
+        *reinterpret_cast<float2*>(out + (g + 8) * DV + col) = make_float2(o[n][2] * inv_hi, o[n][3] * inv_hi);
+    }
+    if (half == 0 && t == 0) {
+        partial_lse[item * ROWS + g] = sum_lo > 0.0f ? m_lo + log2f(sum_lo) : -INFINITY;
+        partial_lse[item * ROWS + g + 8] = sum_hi > 0.0f ? m_hi + log2f(sum_hi) : -INFINITY;
+    }
+}

@@ -125,6 +125,7 @@ attention_tc_bf16(const bf16* q1, int q1_stride, int q1_head_stride, const bf16*
             const float alpha = m_new == -INFINITY ? 1.0f : exp2f(m_old - m_new);
             const float row_sum = warp_sum(prob);
             p_s[i * KV_TILE + lane] = from_f32<bf16>(prob);
+            __syncwarp();  // every lane has read m_s[i] before lane 0 rewrites it
             if (lane == 0) {
                 m_s[i] = m_new;
                 l_s[i] = l_s[i] * alpha + row_sum;
@@ -175,10 +176,10 @@ attention_tc_combine_bf16(const float* partial_o, const float* partial_lse, cons
     const int i = blockIdx.z, c = blockIdx.y * COMBINE_COLUMNS + threadIdx.x;
     if (g.rows[i] == NO_ROW) return;
     float m = -INFINITY;
-    for (uint32_t j = 0; j < g.items; j++) m = fmaxf(m, partial_lse[(g.item_first + j) * ROWS + i]);
+    for (uint32_t j = 0; j < g.items; j++) m = fmaxf(m, partial_lse[(g.item_first + j * g.item_stride) * ROWS + i]);
     float sum = 0.0f, x = 0.0f;
     for (uint32_t j = 0; j < g.items; j++) {
-        const size_t item = g.item_first + j;
+        const size_t item = g.item_first + j * g.item_stride;
         const float lse = partial_lse[item * ROWS + i];
         if (lse == -INFINITY) continue;
         const float w = exp2f(lse - m);

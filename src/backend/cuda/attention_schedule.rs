@@ -24,13 +24,21 @@ pub struct TcItem {
     pub rows: [u32; ROWS],
 }
 
-/// The splits of one row group: items `[item_first, item_first + items)`.
+/// The splits of one row group: items `item_first + j·item_stride` for `j < items`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcGroup {
     pub item_first: u32,
     pub items: u32,
+    pub item_stride: u32,
     pub rows: [u32; ROWS],
+}
+
+impl TcGroup {
+    /// Indices of this group's items.
+    pub fn item_indices(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.items as usize).map(|j| (self.item_first + j as u32 * self.item_stride) as usize)
+    }
 }
 
 // SAFETY: #[repr(C)] structs of u32 only, laid out as the kernel's `TcItem` and `TcGroup`.
@@ -38,19 +46,31 @@ unsafe impl DeviceRepr for TcItem {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for TcGroup {}
 
+/// Rows of one sequence and KV head that CTAs serve together, with the tokens any of them sees.
+struct Unit {
+    seq: usize,
+    kv_head: usize,
+    runs: Vec<[u32; ROWS]>,
+    begin: usize,
+    end: usize,
+}
+
 /// Groups the step's rows by (sequence, KV head) into runs of at most 16 — a token's heads
-/// first, then the next token — and cuts each group's visible tokens into even splits (a
-/// multiple of the tile), about `target_ctas` items in all: long sequences get many splits,
-/// short ones few, so every CTA has about the same work.
+/// first, then the next token — and those into units of up to `runs_per_cta` runs, and cuts
+/// each unit's visible tokens into even splits (a multiple of the tile), about `target_ctas`
+/// CTAs in all: long sequences get many splits, short ones few, so every CTA has about the same
+/// work. A split of a unit is `runs_per_cta` consecutive items (runs the unit lacks are items
+/// of `NO_ROW` only), which one CTA serves together.
 pub fn schedule(
     batch: &AttentionBatch,
     heads: usize,
     group: usize,
     window: usize,
     target_ctas: usize,
+    runs_per_cta: usize,
 ) -> (Vec<TcItem>, Vec<TcGroup>) {
-    // (seq, kv head, rows, first and one-past-last visible token)
-    let mut row_groups = Vec::new();
+    let runs_per_cta = runs_per_cta.max(1);
+    let mut units: Vec<Unit> = Vec::new();
     let mut token = 0;
     for (s, seq) in batch.seqs.iter().enumerate() {
         let first_pos = seq.context_len - seq.query_len;
@@ -60,48 +80,73 @@ pub fn schedule(
                     (0..group).map(move |g| (i, ((token + i) * heads + kv_head * group + g) as u32))
                 })
                 .collect();
-            for run in pairs.chunks(ROWS) {
-                let (first_tok, last_tok) = (run[0].0, run[run.len() - 1].0);
+            for unit in pairs.chunks(ROWS * runs_per_cta) {
+                let (first_tok, last_tok) = (unit[0].0, unit[unit.len() - 1].0);
                 let begin = if window > 0 {
                     (first_pos + first_tok + 1).saturating_sub(window)
                 } else {
                     0
                 };
-                let mut rows = [NO_ROW; ROWS];
-                for (r, &(_, pair)) in rows.iter_mut().zip(run) {
-                    *r = pair;
-                }
-                row_groups.push((s, kv_head, rows, begin, first_pos + last_tok + 1));
+                let runs = unit
+                    .chunks(ROWS)
+                    .map(|run| {
+                        let mut rows = [NO_ROW; ROWS];
+                        for (r, &(_, pair)) in rows.iter_mut().zip(run) {
+                            *r = pair;
+                        }
+                        rows
+                    })
+                    .collect();
+                units.push(Unit {
+                    seq: s,
+                    kv_head,
+                    runs,
+                    begin,
+                    end: first_pos + last_tok + 1,
+                });
             }
         }
         token += seq.query_len;
     }
-    // Each group gets its share of the CTAs in proportion to its tokens (rounded, at least one,
+    // Each unit gets its share of the CTAs in proportion to its tokens (rounded, at least one,
     // splits no shorter than MIN_SPLIT), and its tokens cut evenly: equal sequences then make
-    // about target_ctas equal items, one wave instead of a full wave and a ragged one.
-    let work: usize = row_groups.iter().map(|g| g.4 - g.3).sum::<usize>().max(1);
+    // about target_ctas equal CTAs, one wave instead of a full wave and a ragged one.
+    let work: usize = units.iter().map(|u| u.end - u.begin).sum::<usize>().max(1);
     let target = target_ctas.max(1);
     let mut items = Vec::new();
-    let mut groups = Vec::with_capacity(row_groups.len());
-    for (s, kv_head, rows, begin, end) in row_groups {
+    let mut groups = Vec::new();
+    for Unit {
+        seq: s,
+        kv_head,
+        runs,
+        begin,
+        end,
+    } in units
+    {
         let len = end - begin;
         let splits = ((len * target + work / 2) / work).clamp(1, len.div_ceil(MIN_SPLIT));
         let chunk = len.div_ceil(splits).next_multiple_of(KV_TILE);
         let first = items.len() as u32;
         for kv_begin in (begin..end).step_by(chunk) {
-            items.push(TcItem {
-                seq: s as u32,
-                kv_head: kv_head as u32,
-                kv_begin: kv_begin as u32,
-                kv_end: (kv_begin + chunk).min(end) as u32,
-                rows,
+            for r in 0..runs_per_cta {
+                items.push(TcItem {
+                    seq: s as u32,
+                    kv_head: kv_head as u32,
+                    kv_begin: kv_begin as u32,
+                    kv_end: (kv_begin + chunk).min(end) as u32,
+                    rows: runs.get(r).copied().unwrap_or([NO_ROW; ROWS]),
+                });
+            }
+        }
+        let per_run = (items.len() as u32 - first) / runs_per_cta as u32;
+        for (r, rows) in runs.iter().enumerate() {
+            groups.push(TcGroup {
+                item_first: first + r as u32,
+                items: per_run,
+                item_stride: runs_per_cta as u32,
+                rows: *rows,
             });
         }
-        groups.push(TcGroup {
-            item_first: first,
-            items: items.len() as u32 - first,
-            rows,
-        });
     }
     (items, groups)
 }
@@ -127,9 +172,11 @@ mod tests {
         plan: &HostPlan,
         l: &AttentionLayout,
         target_ctas: usize,
+        runs_per_cta: usize,
         buffer: impl Fn(Source) -> &'a [f32],
     ) -> Vec<f32> {
-        let (items, groups) = schedule(batch, l.heads, l.group, l.window, target_ctas);
+        let (items, groups) =
+            schedule(batch, l.heads, l.group, l.window, target_ctas, runs_per_cta);
         let seg = |s: &Segment, row: usize, head: usize| -> Vec<f32> {
             let start = row * s.width + s.offset + head * s.head_stride;
             buffer(s.source)[start..start + s.len].to_vec()
@@ -202,9 +249,7 @@ mod tests {
         let mut out = vec![f32::NAN; plan.rows() * l.heads * dv];
         for g in &groups {
             for (i, &pair) in g.rows.iter().enumerate().filter(|(_, &p)| p != NO_ROW) {
-                let at: Vec<usize> = (g.item_first..g.item_first + g.items)
-                    .map(|x| x as usize * ROWS + i)
-                    .collect();
+                let at: Vec<usize> = g.item_indices().map(|x| x * ROWS + i).collect();
                 let m = at
                     .iter()
                     .map(|&a| partial_lse[a])
@@ -260,8 +305,8 @@ mod tests {
         let want = CpuBackend
             .mla_attention_absorbed(&q_lat, &q, &cache, 0, &batch, &dims)
             .unwrap();
-        for target in [1, 10, 264] {
-            let got = emulate(&batch, &plan, &l, target, |s| match s {
+        for (target, runs) in [(1, 1), (10, 1), (264, 1), (10, 4), (264, 4)] {
+            let got = emulate(&batch, &plan, &l, target, runs, |s| match s {
                 Source::QLat => &q_lat.data,
                 Source::Q => &q.data,
                 _ => &cache.layers[0],
@@ -270,7 +315,7 @@ mod tests {
                 &got,
                 &want.data,
                 2e-5,
-                &format!("absorbed, target {target}"),
+                &format!("absorbed, target {target}, {runs} runs per CTA"),
             );
         }
 
@@ -281,7 +326,7 @@ mod tests {
         let want = CpuBackend
             .mla_attention_materialised(&q, &cache, 0, &batch, &kv_b, &dims)
             .unwrap();
-        let got = emulate(&batch, &plan, &l, 50, |s| match s {
+        let got = emulate(&batch, &plan, &l, 50, 1, |s| match s {
             Source::Context => &context,
             Source::Expanded => &expanded.data,
             _ => &q.data,
@@ -307,7 +352,7 @@ mod tests {
             let want = CpuBackend
                 .mha_attention(&q, &cache, 0, &batch, &dims)
                 .unwrap();
-            let got = emulate(&batch, &plan, &l, 40, |s| match s {
+            let got = emulate(&batch, &plan, &l, 40, 1, |s| match s {
                 Source::Q => &q.data,
                 _ => &cache.layers[0],
             });
@@ -341,11 +386,11 @@ mod tests {
             (128, 128, 0),
             (8, 2, 100),
         ] {
-            for target in [1, 7, 264, 10_000] {
-                let (items, groups) = schedule(&b, heads, group, window, target);
+            for (target, runs) in [(1, 1), (7, 1), (264, 1), (10_000, 1), (7, 4), (264, 4)] {
+                let (items, groups) = schedule(&b, heads, group, window, target, runs);
                 let mut covered = vec![0usize; positions.len() * heads];
                 for g in &groups {
-                    let mine = &items[g.item_first as usize..(g.item_first + g.items) as usize];
+                    let mine: Vec<&TcItem> = g.item_indices().map(|x| &items[x]).collect();
                     let rows: Vec<u32> = g.rows.iter().copied().filter(|&r| r != NO_ROW).collect();
                     // One sequence and one KV head per group.
                     for &r in &rows {
@@ -359,8 +404,11 @@ mod tests {
                     } else {
                         0
                     };
-                    let mut next = begin as u32;
-                    for it in mine {
+                    // A unit of several runs reads from its first run's first token to its last
+                    // run's last (the kernel masks the rest); one run reads exactly its own.
+                    let mut next = mine[0].kv_begin;
+                    assert!(next as usize <= begin && (runs > 1 || next as usize == begin));
+                    for it in mine.iter().copied() {
                         assert_eq!(
                             (it.rows, it.seq, it.kv_head),
                             (g.rows, mine[0].seq, mine[0].kv_head)
@@ -369,11 +417,17 @@ mod tests {
                         assert!(it.kv_end > it.kv_begin);
                         next = it.kv_end;
                     }
-                    assert_eq!(
-                        next as usize,
-                        positions[last] + 1,
+                    assert!(
+                        next as usize > positions[last]
+                            && (runs > 1 || next as usize == positions[last] + 1),
                         "the last row sees its whole prefix"
                     );
+                }
+                // The items a CTA serves together share their sequence, KV head and tokens.
+                assert_eq!(items.len() % runs, 0);
+                for quad in items.chunks(runs) {
+                    let key = |i: &TcItem| (i.seq, i.kv_head, i.kv_begin, i.kv_end);
+                    assert!(quad.iter().all(|i| key(i) == key(&quad[0])));
                 }
                 assert!(
                     covered.iter().all(|&c| c == 1),

@@ -24,14 +24,16 @@ pub(super) fn values_in_keys(l: &AttentionLayout) -> bool {
         && l.v.len <= l.k1.len
 }
 
-/// One tensor-core kernel for a layout: its module, entry point, threads per CTA and dynamic
-/// shared memory.
+/// One tensor-core kernel for a layout: its module, entry point, threads per CTA, dynamic
+/// shared memory, 16-row runs served per CTA, and CTAs that fit one SM (for the schedule).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcKernel {
     pub module: &'static str,
     pub function: &'static str,
     pub threads: u32,
     pub shared_bytes: usize,
+    pub runs_per_cta: usize,
+    pub ctas_per_sm: usize,
 }
 
 /// The shapes `kernels/attention_mma.cu` is built for: (key width, value width, values are the
@@ -47,6 +49,21 @@ const MMA_PAD: usize = 8;
 const MMA_S_LD: usize = KV_TILE + 8;
 const MMA_K_PARTS: usize = 4;
 const MMA_THREADS: u32 = 8 * 32;
+/// attention_mma.cu's `WIDE_RUNS` and `WIDE_STAGES`: the 64-row latent kernel, used where a
+/// token has at least that many heads.
+const WIDE_RUNS: usize = 4;
+const WIDE_STAGES: usize = 3;
+
+/// Dynamic shared memory of attention_mma_wide_latent576_bf16.
+fn wide_shared_bytes() -> usize {
+    let k_ld = 576 + MMA_PAD;
+    (WIDE_RUNS * ROWS * k_ld
+        + WIDE_STAGES * KV_TILE * k_ld
+        + WIDE_RUNS * ROWS * (KV_TILE + MMA_PAD))
+        * 2
+        + 4 * WIDE_RUNS * ROWS * 4
+        + WIDE_RUNS * ROWS * 4
+}
 
 /// Dynamic shared memory of attention_mma.cu for one shape, as its `MmaShape::SHARED`.
 fn mma_shared_bytes(dq: usize, dv: usize, v_in_k: bool) -> usize {
@@ -87,6 +104,15 @@ pub fn kernel_for(l: &AttentionLayout, max_shared: usize) -> Option<TcKernel> {
         return None;
     }
     let (dq, dv) = (l.k1.len + l.k2.len, l.v.len);
+    let wide =
+        ((dq, dv, v_in_k) == (576, 512, true) && l.group >= WIDE_RUNS * ROWS).then_some(TcKernel {
+            module: "attention_mma",
+            function: "attention_mma_wide_latent576_bf16",
+            threads: MMA_THREADS,
+            shared_bytes: wide_shared_bytes(),
+            runs_per_cta: WIDE_RUNS,
+            ctas_per_sm: 1,
+        });
     let mma = MMA_SHAPES
         .iter()
         .find(|&&(q, v, in_k, _)| (q, v) == (dq, dv) && (in_k == v_in_k || !in_k))
@@ -95,14 +121,18 @@ pub fn kernel_for(l: &AttentionLayout, max_shared: usize) -> Option<TcKernel> {
             function,
             threads: MMA_THREADS,
             shared_bytes: mma_shared_bytes(dq, dv, in_k),
+            runs_per_cta: 1,
+            ctas_per_sm: 2,
         });
     let wmma = (dq % 16 == 0 && dv % 16 == 0).then(|| TcKernel {
         module: "attention_tc",
         function: "attention_tc_bf16",
         threads: 128,
         shared_bytes: wmma_shared_bytes(l),
+        runs_per_cta: 1,
+        ctas_per_sm: 2,
     });
-    [mma, wmma]
+    [wide, mma, wmma]
         .into_iter()
         .flatten()
         .find(|k| k.shared_bytes <= max_shared)
@@ -115,6 +145,7 @@ pub fn supports(l: &AttentionLayout, max_shared: usize) -> bool {
 
 /// A step's tensor-core schedule on the device.
 pub struct TcSchedule {
+    kernel: TcKernel,
     items: CudaSlice<TcItem>,
     groups: CudaSlice<TcGroup>,
     item_count: usize,
@@ -122,14 +153,19 @@ pub struct TcSchedule {
 }
 
 impl CudaDevice {
-    /// The split-KV schedule of `batch` for layout `l`, on the device.
+    /// The kernel for layout `l` and the split-KV schedule of `batch` for it, on the device.
     pub fn tc_schedule(&self, batch: &AttentionBatch, l: &AttentionLayout) -> Result<TcSchedule> {
+        let kernel = kernel_for(l, self.info.max_shared_per_block).ok_or_else(|| Error::Op {
+            op: "attention_tc",
+            message: format!("no tensor-core kernel serves {l:?}"),
+        })?;
         let (items, groups) = schedule(
             batch,
             l.heads,
             l.group,
             l.window,
-            2 * self.info.multiprocessors,
+            kernel.ctas_per_sm * self.info.multiprocessors,
+            kernel.runs_per_cta,
         );
         let err = |e| Error::Device(format!("attention_tc schedule: {e}"));
         let (item_count, group_count) = (items.len(), groups.len());
@@ -145,6 +181,7 @@ impl CudaDevice {
             groups
         };
         Ok(TcSchedule {
+            kernel,
             items: self.stream.clone_htod(&items).map_err(err)?,
             groups: self.stream.clone_htod(&groups).map_err(err)?,
             item_count,
@@ -167,7 +204,12 @@ impl CudaDevice {
         let t = plan.rows();
         let max_shared = self.info.max_shared_per_block;
         let kernel = kernel_for(l, max_shared)
-            .filter(|_| T::SUFFIX == "bf16" && out.rows == t && out.cols == l.heads * l.v.len)
+            .filter(|&k| {
+                k == schedule.kernel
+                    && T::SUFFIX == "bf16"
+                    && out.rows == t
+                    && out.cols == l.heads * l.v.len
+            })
             .ok_or_else(|| Error::Op {
                 op: "attention_tc",
                 message: format!(
@@ -246,7 +288,7 @@ impl CudaDevice {
             .arg(&mut partial_o)
             .arg(&mut partial_lse);
         let cfg = LaunchConfig {
-            grid_dim: (schedule.item_count as u32, 1, 1),
+            grid_dim: ((schedule.item_count / kernel.runs_per_cta) as u32, 1, 1),
             block_dim: (kernel.threads, 1, 1),
             shared_mem_bytes: smem as u32,
         };
@@ -293,6 +335,7 @@ const EMPTY_ITEM: TcItem = TcItem {
 const EMPTY_GROUP: TcGroup = TcGroup {
     item_first: 0,
     items: 0,
+    item_stride: 1,
     rows: [NO_ROW; ROWS],
 };
 
@@ -321,15 +364,21 @@ mod tests {
 
     #[test]
     fn the_decode_shapes_get_the_register_accumulator_kernel() {
-        for heads in [1, 16, 128] {
+        for heads in [1, 16, 63, 64, 128] {
             let absorbed = absorbed_layout(&deepseek(heads));
             let k = kernel_for(&absorbed, H100_SHARED).unwrap();
-            assert_eq!(k.function, "attention_mma_latent576_bf16");
-            // Two CTAs per SM on sm_80+ (at most 227 KiB of shared memory each SM).
+            if heads < 64 {
+                assert_eq!(k.function, "attention_mma_latent576_bf16");
+            } else {
+                // 64 heads of a token per CTA, one CTA per SM.
+                assert_eq!(k.function, "attention_mma_wide_latent576_bf16");
+                assert_eq!((k.runs_per_cta, k.ctas_per_sm), (4, 1));
+            }
+            // CTAs per SM that fit the shared memory of an SM of sm_80+ (228 KiB, 1 KiB of it
+            // reserved per CTA).
             assert!(
-                2 * (k.shared_bytes + 1024) <= 228 * 1024,
-                "{}",
-                k.shared_bytes
+                k.ctas_per_sm * (k.shared_bytes + 1024) <= 228 * 1024,
+                "{k:?}"
             );
             let materialised = materialised_layout(&deepseek(heads));
             assert_eq!(
