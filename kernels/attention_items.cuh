@@ -2,6 +2,7 @@
 // their combine; mirror `TcItem`, `TcGroup` and `KeySegment` on the Rust side.
 #pragma once
 #include <stdint.h>
+#include "common.cuh"
 
 #define ROWS 16
 #define KV_TILE 32
@@ -19,6 +20,30 @@ struct TcItem {
     uint32_t seq, kv_head, kv_begin, kv_end;
     uint32_t rows[ROWS];
 };
+
+// Whether a query row at position `pos` sees cached token `p` of a split ending at kv_end.
+__device__ __forceinline__ bool visible(int p, int kv_end, int pos, int window) {
+    return p < kv_end && p <= pos && (window <= 0 || p > pos - window);
+}
+
+// One tile's step of the online softmax (base 2) for row i, by one warp, lane = key: x is the
+// lane's scaled score (-inf where masked). Writes the key's probability to p_row[lane] and, from
+// lane 0, the row's new running max, sum and rescale factor.
+__device__ __forceinline__ void online_softmax_row(float x, int i, float* m_s, float* l_s, float* alpha_s, bf16* p_row) {
+    const int lane = threadIdx.x & 31;
+    const float m_old = m_s[i];
+    const float m_new = fmaxf(m_old, warp_max(x));
+    const float prob = m_new == -INFINITY ? 0.0f : exp2f(x - m_new);
+    const float alpha = m_new == -INFINITY ? 1.0f : exp2f(m_old - m_new);
+    const float row_sum = warp_sum(prob);
+    p_row[lane] = from_f32<bf16>(prob);
+    __syncwarp();  // every lane has read m_s[i] before lane 0 rewrites it
+    if (lane == 0) {
+        m_s[i] = m_new;
+        l_s[i] = l_s[i] * alpha + row_sum;
+        alpha_s[i] = alpha;
+    }
+}
 
 // The splits of one row group, for the combine: items item_first + j·item_stride, j < items
 // (a stride of 4 where a CTA serves four row groups at once).

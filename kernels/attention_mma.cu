@@ -64,6 +64,48 @@ __device__ __forceinline__ void load_tile(bf16* stage, int tile, int kv_end, con
     }
 }
 
+// O = alpha·O + P·V for one warp's 16 rows and O_TILES·8 columns: `p` the rows' probabilities
+// [16][P_LD] (the tile's KV_TILE keys), `v` the tile's values from this warp's first column
+// [KV_TILE][V_LD]; alpha_lo, alpha_hi rescale rows g and g + 8.
+template <int O_TILES, int P_LD, int V_LD>
+__device__ __forceinline__ void accumulate_pv(float (&o)[O_TILES][4], float alpha_lo, float alpha_hi, const bf16* p,
+                                              const bf16* v) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int n = 0; n < O_TILES; n++) {
+        o[n][0] *= alpha_lo;
+        o[n][1] *= alpha_lo;
+        o[n][2] *= alpha_hi;
+        o[n][3] *= alpha_hi;
+    }
+#pragma unroll
+    for (int ks = 0; ks < KV_TILE / 16; ks++) {
+        uint32_t a[4];
+        ldmatrix_x4<false>(a, p + (lane & 15) * P_LD + ks * 16 + (lane >> 4) * 8);
+#pragma unroll
+        for (int n = 0; n < O_TILES; n += 2) {
+            uint32_t b[4];
+            ldmatrix_x4<true>(b, v + (ks * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * V_LD + n * 8 + (lane >> 4) * 8);
+            mma_bf16_16816(o[n], a, b[0], b[1]);
+            mma_bf16_16816(o[n + 1], a, b[2], b[3]);
+        }
+    }
+}
+
+// One warp's O fragments divided by their rows' sums (sum_lo: row g, sum_hi: row g + 8; zero
+// sums give zeros) into `out`, row-major with DV columns, from this warp's first column.
+template <int O_TILES, int DV>
+__device__ __forceinline__ void store_partial(float* out, const float (&o)[O_TILES][4], float sum_lo, float sum_hi) {
+    const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+    const float inv_lo = sum_lo > 0.0f ? 1.0f / sum_lo : 0.0f, inv_hi = sum_hi > 0.0f ? 1.0f / sum_hi : 0.0f;
+#pragma unroll
+    for (int n = 0; n < O_TILES; n++) {
+        const int col = n * 8 + 2 * t;
+        *reinterpret_cast<float2*>(out + g * DV + col) = make_float2(o[n][0] * inv_lo, o[n][1] * inv_lo);
+        *reinterpret_cast<float2*>(out + (g + 8) * DV + col) = make_float2(o[n][2] * inv_hi, o[n][3] * inv_hi);
+    }
+}
+
 // Query values c, c + 1 of row `pair` (token · heads + head) as one bf16 pair; zeros for NO_ROW.
 __device__ __forceinline__ uint32_t query_pair(uint32_t pair, int c, const bf16* q1, int q1_stride, int q1_head_stride,
                                                const bf16* q2, int q2_stride, int q2_head_stride, int len1, int heads) {
@@ -159,62 +201,21 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
         // Online softmax in base 2: warp w owns rows 2w, 2w + 1; lane = key within the tile.
 #pragma unroll
         for (int i = warp * (ROWS / MMA_WARPS); i < (warp + 1) * (ROWS / MMA_WARPS); i++) {
-            const int p = tile + lane, pos = pos_s[i];
-            const bool valid = p < kv_end && p <= pos && (window <= 0 || p > pos - window);
             float x = 0.0f;
 #pragma unroll
             for (int q = 0; q < K_PARTS; q++) x += s_s[(q * ROWS + i) * S_LD + lane];
-            x = valid ? x * scale_log2 : -INFINITY;
-            const float m_old = m_s[i];
-            const float m_new = fmaxf(m_old, warp_max(x));
-            const float prob = m_new == -INFINITY ? 0.0f : exp2f(x - m_new);
-            const float alpha = m_new == -INFINITY ? 1.0f : exp2f(m_old - m_new);
-            const float row_sum = warp_sum(prob);
-            p_s[i * S::P_LD + lane] = from_f32<bf16>(prob);
-            __syncwarp();  // every lane has read m_s[i] before lane 0 rewrites it
-            if (lane == 0) {
-                m_s[i] = m_new;
-                l_s[i] = l_s[i] * alpha + row_sum;
-                alpha_s[i] = alpha;
-            }
+            const bool seen = visible(tile + lane, kv_end, pos_s[i], window);
+            online_softmax_row(seen ? x * scale_log2 : -INFINITY, i, m_s, l_s, alpha_s, p_s + i * S::P_LD);
         }
         __syncthreads();
 
-        // O = alpha·O + P·V on this warp's columns.
-        const float alpha_lo = alpha_s[g], alpha_hi = alpha_s[g + 8];
-#pragma unroll
-        for (int n = 0; n < S::O_TILES; n++) {
-            o[n][0] *= alpha_lo;
-            o[n][1] *= alpha_lo;
-            o[n][2] *= alpha_hi;
-            o[n][3] *= alpha_hi;
-        }
-#pragma unroll
-        for (int ks = 0; ks < KV_TILE / 16; ks++) {
-            uint32_t a[4];
-            ldmatrix_x4<false>(a, p_s + (lane & 15) * S::P_LD + ks * 16 + (lane >> 4) * 8);
-#pragma unroll
-            for (int n = 0; n < S::O_TILES; n += 2) {
-                uint32_t b[4];
-                ldmatrix_x4<true>(b, v_tile + (ks * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * S::V_LD + o_col + n * 8 + (lane >> 4) * 8);
-                mma_bf16_16816(o[n], a, b[0], b[1]);
-                mma_bf16_16816(o[n + 1], a, b[2], b[3]);
-            }
-        }
+        accumulate_pv<S::O_TILES, S::P_LD, S::V_LD>(o, alpha_s[g], alpha_s[g + 8], p_s, v_tile + o_col);
     }
     async_wait<0>();
     __syncthreads();  // l_s and m_s final
 
     // This split's output (divided by its own sum) and its LSE in base 2.
-    float* out = partial_o + (size_t)blockIdx.x * ROWS * DV;
-    const float l_lo = l_s[g], l_hi = l_s[g + 8];
-    const float inv_lo = l_lo > 0.0f ? 1.0f / l_lo : 0.0f, inv_hi = l_hi > 0.0f ? 1.0f / l_hi : 0.0f;
-#pragma unroll
-    for (int n = 0; n < S::O_TILES; n++) {
-        const int col = o_col + n * 8 + 2 * t;
-        *reinterpret_cast<float2*>(out + g * DV + col) = make_float2(o[n][0] * inv_lo, o[n][1] * inv_lo);
-        *reinterpret_cast<float2*>(out + (g + 8) * DV + col) = make_float2(o[n][2] * inv_hi, o[n][3] * inv_hi);
-    }
+    store_partial<S::O_TILES, DV>(partial_o + (size_t)blockIdx.x * ROWS * DV + o_col, o, l_s[g], l_s[g + 8]);
     if (threadIdx.x < ROWS) {
         const int i = threadIdx.x;
         partial_lse[blockIdx.x * ROWS + i] = l_s[i] > 0.0f ? m_s[i] + log2f(l_s[i]) : -INFINITY;
@@ -270,6 +271,24 @@ attention_mma_wide_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_str
     const uint32_t* table = block_tables + table_start[quad[0].seq];
     const int kv_begin = quad[0].kv_begin, kv_end = quad[0].kv_end, kv_head = quad[0].kv_head;
     const int tiles = (kv_end - kv_begin + KV_TILE - 1) / KV_TILE;
+    // Query rows, 8 values at a time: copied like the keys where the source is 16-byte aligned
+    // (the QLat and q_pe rows of the model are), else value by value; zeros for NO_ROW.
+    for (int idx = threadIdx.x; idx < WIDE_ROWS * DQ / 8; idx += blockDim.x) {
+        const int r = idx / (DQ / 8), c = idx % (DQ / 8) * 8;
+        const uint32_t pair = quad[r / ROWS].rows[r % ROWS];
+        bf16* dst = q_s + r * S::K_LD + c;
+        const bf16* src = q1;
+        if (pair != NO_ROW) {
+            const size_t tok = pair / heads, h = pair % heads;
+            src = c < s1.len ? q1 + tok * q1_stride + h * q1_head_stride + c
+                             : q2 + tok * q2_stride + h * q2_head_stride + (c - s1.len);
+        }
+        if (pair == NO_ROW || aligned16(src))
+            async_copy16(dst, src, pair != NO_ROW);
+        else
+            for (int e = 0; e < 8; e++) dst[e] = src[e];
+    }
+    async_commit();  // the first group: complete once the first tile is
     // Two tiles in flight before the first is used; one commit per tile (empty ones too), so that
     // "all but the newest group" is always the tile about to be read.
     for (int i = 0; i < WIDE_STAGES - 1; i++) {
@@ -277,17 +296,6 @@ attention_mma_wide_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_str
             load_tile<DQ, DV, true>(stages + i * S::K_TILE, kv_begin + i * KV_TILE, kv_end, table, block_size, k1, s1,
                                     k2, s2, v, sv, kv_head);
         async_commit();
-    }
-    for (int idx = threadIdx.x; idx < WIDE_ROWS * DQ; idx += blockDim.x) {
-        const int r = idx / DQ, c = idx % DQ;
-        const uint32_t pair = quad[r / ROWS].rows[r % ROWS];
-        float x = 0.0f;
-        if (pair != NO_ROW) {
-            const size_t tok = pair / heads, h = pair % heads;
-            x = c < s1.len ? to_f32(q1[tok * q1_stride + h * q1_head_stride + c])
-                           : to_f32(q2[tok * q2_stride + h * q2_head_stride + (c - s1.len)]);
-        }
-        q_s[r * S::K_LD + c] = from_f32<bf16>(x);
     }
     if (threadIdx.x < WIDE_ROWS) {
         const uint32_t pair = quad[threadIdx.x / ROWS].rows[threadIdx.x % ROWS];
@@ -326,9 +334,8 @@ attention_mma_wide_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_str
         for (int j = 0; j < 2; j++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                const int p = tile + half * 16 + j * 8 + 2 * t + (e & 1), pos = e < 2 ? pos_lo : pos_hi;
-                const bool valid = p < kv_end && p <= pos && (window <= 0 || p > pos - window);
-                s[j][e] = valid ? s[j][e] * scale_log2 : -INFINITY;
+                const int p = tile + half * 16 + j * 8 + 2 * t + (e & 1);
+                s[j][e] = visible(p, kv_end, e < 2 ? pos_lo : pos_hi, window) ? s[j][e] * scale_log2 : -INFINITY;
                 if (e < 2) max_lo = fmaxf(max_lo, s[j][e]);
                 else max_hi = fmaxf(max_hi, s[j][e]);
             }
@@ -367,25 +374,7 @@ attention_mma_wide_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_str
         __syncthreads();  // P of both halves is in place
 
         // O = alpha·O + P·V on rows 16·run … and columns 256·half …
-#pragma unroll
-        for (int n = 0; n < O_TILES; n++) {
-            o[n][0] *= alpha_lo;
-            o[n][1] *= alpha_lo;
-            o[n][2] *= alpha_hi;
-            o[n][3] *= alpha_hi;
-        }
-#pragma unroll
-        for (int ks = 0; ks < KV_TILE / 16; ks++) {
-            uint32_t a[4];
-            ldmatrix_x4<false>(a, p_s + (run * ROWS + (lane & 15)) * S::P_LD + ks * 16 + (lane >> 4) * 8);
-#pragma unroll
-            for (int n = 0; n < O_TILES; n += 2) {
-                uint32_t b[4];
-                ldmatrix_x4<true>(b, k_tile + (ks * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * S::K_LD + half * HALF_DV + n * 8 + (lane >> 4) * 8);
-                mma_bf16_16816(o[n], a, b[0], b[1]);
-                mma_bf16_16816(o[n + 1], a, b[2], b[3]);
-            }
-        }
+        accumulate_pv<O_TILES, S::P_LD, S::K_LD>(o, alpha_lo, alpha_hi, p_s + run * ROWS * S::P_LD, k_tile + half * HALF_DV);
     }
     async_wait<0>();
 
@@ -401,15 +390,8 @@ attention_mma_wide_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_str
     __syncthreads();
     const float sum_lo = half_sum[row_lo] + half_sum[WIDE_ROWS + row_lo];
     const float sum_hi = half_sum[row_hi] + half_sum[WIDE_ROWS + row_hi];
-    const float inv_lo = sum_lo > 0.0f ? 1.0f / sum_lo : 0.0f, inv_hi = sum_hi > 0.0f ? 1.0f / sum_hi : 0.0f;
     const size_t item = (size_t)blockIdx.x * WIDE_RUNS + run;
-    float* out = partial_o + item * ROWS * DV;
-#pragma unroll
-    for (int n = 0; n < O_TILES; n++) {
-        const int col = half * HALF_DV + n * 8 + 2 * t;
-        *reinterpret_cast<float2*>(out + g * DV + col) = make_float2(o[n][0] * inv_lo, o[n][1] * inv_lo);
-        *reinterpret_cast<float2*>(out + (g + 8) * DV + col) = make_float2(o[n][2] * inv_hi, o[n][3] * inv_hi);
-    }
+    store_partial<O_TILES, DV>(partial_o + item * ROWS * DV + half * HALF_DV, o, sum_lo, sum_hi);
     if (half == 0 && t == 0) {
         partial_lse[item * ROWS + g] = sum_lo > 0.0f ? m_lo + log2f(sum_lo) : -INFINITY;
         partial_lse[item * ROWS + g + 8] = sum_hi > 0.0f ? m_hi + log2f(sum_hi) : -INFINITY;

@@ -115,22 +115,9 @@ attention_tc_bf16(const bf16* q1, int q1_stride, int q1_head_stride, const bf16*
 
         // Online softmax: warp w owns rows 4w..4w+3, lane = key within the tile.
         for (int i = warp * (ROWS / WARPS); i < (warp + 1) * (ROWS / WARPS); i++) {
-            const int p = tile + lane, pos = pos_s[i];
-            const bool valid = p < (int)item.kv_end && p <= pos && (window <= 0 || p > pos - window);
-            const float s = valid ? (s_s[i * KV_TILE + lane] + s_s[ROWS * KV_TILE + i * KV_TILE + lane]) * scale_log2
-                                  : -INFINITY;
-            const float m_old = m_s[i];
-            const float m_new = fmaxf(m_old, warp_max(s));
-            const float prob = m_new == -INFINITY ? 0.0f : exp2f(s - m_new);
-            const float alpha = m_new == -INFINITY ? 1.0f : exp2f(m_old - m_new);
-            const float row_sum = warp_sum(prob);
-            p_s[i * KV_TILE + lane] = from_f32<bf16>(prob);
-            __syncwarp();  // every lane has read m_s[i] before lane 0 rewrites it
-            if (lane == 0) {
-                m_s[i] = m_new;
-                l_s[i] = l_s[i] * alpha + row_sum;
-                alpha_s[i] = alpha;
-            }
+            const float s = s_s[i * KV_TILE + lane] + s_s[ROWS * KV_TILE + i * KV_TILE + lane];
+            const bool seen = visible(tile + lane, item.kv_end, pos_s[i], window);
+            online_softmax_row(seen ? s * scale_log2 : -INFINITY, i, m_s, l_s, alpha_s, p_s + i * KV_TILE);
         }
         __syncthreads();
         for (int idx = threadIdx.x; idx < ROWS * dv; idx += blockDim.x) o_s[idx] *= alpha_s[idx / dv];

@@ -42,6 +42,7 @@ struct PreparedKey {
     group: usize,
     window: usize,
     tensor_cores: bool,
+    wide: Option<bool>,
 }
 
 /// The step the cached preparations belong to.
@@ -227,6 +228,7 @@ where
             group: layout.group,
             window: layout.window,
             tensor_cores,
+            wide: self.wide_attention.get(),
         };
         let mut cached = self.prepared.borrow_mut();
         if cached.as_ref().is_none_or(|c| c.batch != *batch) {
@@ -249,7 +251,10 @@ where
             }
         };
         let schedule = match tensor_cores {
-            true => Some(self.device.tc_schedule(batch, layout)?),
+            true => Some(
+                self.device
+                    .tc_schedule(batch, layout, self.wide_attention.get())?,
+            ),
             false => None,
         };
         let prepared = Rc::new(Prepared {

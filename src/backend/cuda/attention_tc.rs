@@ -91,10 +91,37 @@ fn wmma_shared_bytes(l: &AttentionLayout) -> usize {
         + 4 * ROWS * 4
 }
 
-/// The kernel that serves `l` within `max_shared` bytes of shared memory per CTA: the
-/// register-accumulator one where it is built for the shape, else the WMMA one (16-wide tiles
-/// over the key and value widths); both need 16-byte row copies of every key and value segment.
+/// The kernel that serves `l` within `max_shared` bytes of shared memory per CTA: the 64-row
+/// latent kernel where a token has 64+ heads, else the register-accumulator one where it is
+/// built for the shape, else the WMMA one (16-wide tiles over the key and value widths); all
+/// need 16-byte row copies of every key and value segment.
 pub fn kernel_for(l: &AttentionLayout, max_shared: usize) -> Option<TcKernel> {
+    kernel_choice(l, max_shared, true)
+}
+
+/// Fewest cached tokens per 64-row unit, on average, and per CTA for which the 64-row kernel
+/// pays: each of its CTAs first loads 64 query rows (72 KiB), and there is one CTA per SM.
+/// Measured on an H200 (docs/gpu-runs.md, run 5): V3's 128 heads at 4K and 16K tokens gain
+/// 1.2–1.35×, at 1K or with a single sequence the 16-row kernel is faster.
+const WIDE_MIN_CONTEXT: usize = 2048;
+const WIDE_MIN_SPLIT: usize = 512;
+
+/// Whether the 64-row kernel pays for `batch`: long enough contexts on average, and enough
+/// tokens to give each of `multiprocessors` SMs a CTA of at least WIDE_MIN_SPLIT of them.
+fn wide_pays(batch: &AttentionBatch, l: &AttentionLayout, multiprocessors: usize) -> bool {
+    let (mut units, mut tokens, mut ctas) = (0, 0, 0);
+    for seq in &batch.seqs {
+        let kv_heads = l.heads / l.group.max(1);
+        let n = kv_heads * (l.group * seq.query_len).div_ceil(WIDE_RUNS * ROWS);
+        units += n;
+        tokens += n * seq.context_len;
+        ctas += n * seq.context_len.div_ceil(WIDE_MIN_SPLIT);
+    }
+    units > 0 && tokens >= units * WIDE_MIN_CONTEXT && ctas >= multiprocessors
+}
+
+/// [`kernel_for`], with the 64-row kernel left out unless `allow_wide`.
+fn kernel_choice(l: &AttentionLayout, max_shared: usize, allow_wide: bool) -> Option<TcKernel> {
     let copies = |s: &Segment| {
         s.len == 0
             || (s.len % 8 == 0 && s.width % 8 == 0 && s.offset % 8 == 0 && s.head_stride % 8 == 0)
@@ -104,15 +131,15 @@ pub fn kernel_for(l: &AttentionLayout, max_shared: usize) -> Option<TcKernel> {
         return None;
     }
     let (dq, dv) = (l.k1.len + l.k2.len, l.v.len);
-    let wide =
-        ((dq, dv, v_in_k) == (576, 512, true) && l.group >= WIDE_RUNS * ROWS).then_some(TcKernel {
-            module: "attention_mma",
-            function: "attention_mma_wide_latent576_bf16",
-            threads: MMA_THREADS,
-            shared_bytes: wide_shared_bytes(),
-            runs_per_cta: WIDE_RUNS,
-            ctas_per_sm: 1,
-        });
+    let wide_shape = (dq, dv, v_in_k) == (576, 512, true) && l.group >= WIDE_RUNS * ROWS;
+    let wide = (allow_wide && wide_shape).then_some(TcKernel {
+        module: "attention_mma",
+        function: "attention_mma_wide_latent576_bf16",
+        threads: MMA_THREADS,
+        shared_bytes: wide_shared_bytes(),
+        runs_per_cta: WIDE_RUNS,
+        ctas_per_sm: 1,
+    });
     let mma = MMA_SHAPES
         .iter()
         .find(|&&(q, v, in_k, _)| (q, v) == (dq, dv) && (in_k == v_in_k || !in_k))
@@ -153,12 +180,22 @@ pub struct TcSchedule {
 }
 
 impl CudaDevice {
-    /// The kernel for layout `l` and the split-KV schedule of `batch` for it, on the device.
-    pub fn tc_schedule(&self, batch: &AttentionBatch, l: &AttentionLayout) -> Result<TcSchedule> {
-        let kernel = kernel_for(l, self.info.max_shared_per_block).ok_or_else(|| Error::Op {
-            op: "attention_tc",
-            message: format!("no tensor-core kernel serves {l:?}"),
-        })?;
+    /// The kernel for layout `l` and the split-KV schedule of `batch` for it, on the device;
+    /// `wide` forces the 64-row kernel on or off where it could serve (None: where it pays).
+    pub fn tc_schedule(
+        &self,
+        batch: &AttentionBatch,
+        l: &AttentionLayout,
+        wide: Option<bool>,
+    ) -> Result<TcSchedule> {
+        let allow_wide = wide.unwrap_or_else(|| wide_pays(batch, l, self.info.multiprocessors));
+        let kernel =
+            kernel_choice(l, self.info.max_shared_per_block, allow_wide).ok_or_else(|| {
+                Error::Op {
+                    op: "attention_tc",
+                    message: format!("no tensor-core kernel serves {l:?}"),
+                }
+            })?;
         let (items, groups) = schedule(
             batch,
             l.heads,
@@ -203,7 +240,7 @@ impl CudaDevice {
     ) -> Result<CudaSlice<f32>> {
         let t = plan.rows();
         let max_shared = self.info.max_shared_per_block;
-        let kernel = kernel_for(l, max_shared)
+        let kernel = kernel_choice(l, max_shared, schedule.kernel.runs_per_cta > 1)
             .filter(|&k| {
                 k == schedule.kernel
                     && T::SUFFIX == "bf16"
@@ -411,5 +448,34 @@ mod tests {
             Some("attention_tc_bf16")
         );
         assert_eq!(function(&absorbed_layout(&deepseek(16)), 48 * 1024), None);
+    }
+
+    #[test]
+    fn the_wide_kernel_only_where_contexts_are_long_and_plenty() {
+        let batch = |seqs: usize, context: usize| AttentionBatch {
+            block_size: 64,
+            seqs: (0..seqs)
+                .map(|_| crate::backend::SeqChunk {
+                    block_table: (0..context.div_ceil(64) as u32).collect(),
+                    context_len: context,
+                    query_len: 1,
+                })
+                .collect(),
+        };
+        let v3 = absorbed_layout(&deepseek(128));
+        for (seqs, context, pays) in [
+            (128, 4096, true),
+            (32, 16384, true),
+            (32, 4096, true),
+            (128, 1024, false),
+            (1, 16384, false),
+            (1, 131_072, true),
+        ] {
+            assert_eq!(
+                wide_pays(&batch(seqs, context), &v3, 132),
+                pays,
+                "{seqs} × {context}"
+            );
+        }
     }
 }

@@ -22,6 +22,9 @@ pub struct CudaBackend<T> {
     poison_outputs: bool,
     /// Most bytes of gathered and expanded context the materialised form holds at once.
     pub(super) materialised_bytes: std::cell::Cell<usize>,
+    /// Whether MLA decode with 64+ heads per token takes the 64-row kernel: always, never, or
+    /// (None) where it pays.
+    pub(super) wide_attention: std::cell::Cell<Option<bool>>,
     /// The last RoPE table uploaded, with its host values: a step uses one table in every
     /// layer, so it crosses the bus once per step instead of once per layer.
     rope_tables: RefCell<Option<UploadedRope>>,
@@ -109,6 +112,7 @@ where
             blas,
             poison_outputs: false,
             materialised_bytes: std::cell::Cell::new(super::attention_forms::MATERIALISED_BYTES),
+            wide_attention: std::cell::Cell::new(None),
             rope_tables: RefCell::new(None),
             prepared: RefCell::new(None),
             _element: PhantomData,
@@ -125,6 +129,13 @@ where
     /// exercise the grouping).
     pub fn set_materialised_bytes(&self, bytes: usize) {
         self.materialised_bytes.set(bytes);
+    }
+
+    /// Forces the 64-row MLA decode kernel on (`Some(true)`) or off for steps it could serve,
+    /// instead of taking it where it pays (`None`, the default); tests use it to run it on
+    /// shapes of any size.
+    pub fn set_wide_attention(&self, wide: Option<bool>) {
+        self.wide_attention.set(wide);
     }
 
     /// `table` on the device, uploaded only when it differs from the previous one.
