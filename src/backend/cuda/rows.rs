@@ -41,18 +41,39 @@ impl CudaDevice {
             return Ok(());
         }
         let idx = self.upload_u32(rows)?;
+        // SAFETY: every index was checked against `src` above, and `out` has one row per index.
+        unsafe { self.gather_rows_indexed(out, src, src_cols, &idx.slice(..)) }
+    }
+
+    /// [`Self::gather_rows`] with the row indices already on the device (`idx`, one per row of
+    /// `out`), for many launches from one upload.
+    ///
+    /// # Safety
+    /// Every index must be below the number of `src_cols`-wide rows of `src`, `idx` must hold
+    /// `out.rows` of them and `out.cols ≤ src_cols`: the kernel reads unchecked.
+    pub unsafe fn gather_rows_indexed<T: GpuFloat>(
+        &self,
+        out: &mut GpuTensor<T>,
+        src: &CudaView<'_, T>,
+        src_cols: usize,
+        idx: &CudaView<'_, u32>,
+    ) -> Result<()> {
+        let rows = out.rows;
+        if rows == 0 {
+            return Ok(());
+        }
         let (src_cols, cols) = (src_cols as i32, out.cols as i32);
         let name = format!("gather_rows_{}", T::SUFFIX);
         let f = self.function("elementwise", &name)?;
         let mut b = self.stream.launch_builder(&f);
         b.arg(&mut out.data)
             .arg(src)
-            .arg(&idx)
+            .arg(idx)
             .arg(&src_cols)
             .arg(&cols);
-        // SAFETY: the arguments match gather_rows in elementwise.cu in order and type; every
-        // index is checked against `src` and `out` above.
-        unsafe { b.launch(row_config(rows.len())) }
+        // SAFETY: the arguments match gather_rows in elementwise.cu in order and type; the
+        // caller guarantees every index within `src` and one per row of `out`.
+        unsafe { b.launch(row_config(rows)) }
             .map_err(|e| Error::Device(format!("kernel {name}: {e}")))?;
         Ok(())
     }
@@ -93,18 +114,38 @@ impl CudaDevice {
         }
         let idx = self.upload_u32(rows)?;
         let weights = self.upload_f32(weights)?;
+        // SAFETY: rows were checked in range and distinct above; one weight and row of `y` each.
+        unsafe { self.scatter_add_rows_indexed(out, y, &idx.slice(..), &weights.slice(..)) }
+    }
+
+    /// [`Self::scatter_add_rows`] with the row indices and weights already on the device.
+    ///
+    /// # Safety
+    /// `idx` and `weights` must hold `y.rows` values, the indices distinct and below `out.rows`,
+    /// and `y.cols == out.cols`: the kernel writes unchecked.
+    pub unsafe fn scatter_add_rows_indexed<T: GpuFloat>(
+        &self,
+        out: &mut GpuTensor<T>,
+        y: &GpuTensor<T>,
+        idx: &CudaView<'_, u32>,
+        weights: &CudaView<'_, f32>,
+    ) -> Result<()> {
+        let rows = y.rows;
+        if rows == 0 {
+            return Ok(());
+        }
         let cols = out.cols as i32;
         let name = format!("scatter_add_rows_{}", T::SUFFIX);
         let f = self.function("elementwise", &name)?;
         let mut b = self.stream.launch_builder(&f);
         b.arg(&mut out.data)
             .arg(&y.data)
-            .arg(&idx)
-            .arg(&weights)
+            .arg(idx)
+            .arg(weights)
             .arg(&cols);
-        // SAFETY: the arguments match scatter_add_rows in elementwise.cu in order and type;
-        // rows are checked in range and distinct above, so no two threads write one element.
-        unsafe { b.launch(row_config(rows.len())) }
+        // SAFETY: the arguments match scatter_add_rows in elementwise.cu in order and type; the
+        // caller guarantees rows in range and distinct, so no two threads write one element.
+        unsafe { b.launch(row_config(rows)) }
             .map_err(|e| Error::Device(format!("kernel {name}: {e}")))?;
         Ok(())
     }
