@@ -21,6 +21,18 @@ struct TcItem {
     uint32_t rows[ROWS];
 };
 
+// The running state of an item's rows before its first tile: no max, no sum, each row's
+// position (-1 for NO_ROW: it sees nothing). Threads below ROWS write it.
+__device__ __forceinline__ void init_rows(const TcItem& item, const uint32_t* token_pos, int heads, float* m_s,
+                                          float* l_s, int* pos_s) {
+    if (threadIdx.x < ROWS) {
+        const int i = threadIdx.x;
+        m_s[i] = -INFINITY;
+        l_s[i] = 0.0f;
+        pos_s[i] = item.rows[i] == NO_ROW ? -1 : (int)token_pos[item.rows[i] / heads];
+    }
+}
+
 // Whether a query row at position `pos` sees cached token `p` of a split ending at kv_end.
 __device__ __forceinline__ bool visible(int p, int kv_end, int pos, int window) {
     return p < kv_end && p <= pos && (window <= 0 || p > pos - window);

@@ -157,12 +157,7 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
             qf[kk][3] = query_pair(row_hi, c + 8, q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, s1.len, heads);
         }
     }
-    if (threadIdx.x < ROWS) {
-        const int i = threadIdx.x;
-        m_s[i] = -INFINITY;
-        l_s[i] = 0.0f;
-        pos_s[i] = item.rows[i] == NO_ROW ? -1 : (int)token_pos[item.rows[i] / heads];
-    }
+    init_rows(item, token_pos, heads, m_s, l_s, pos_s);
     const float scale_log2 = scale * LOG2E;
     const int o_col = warp * (DV / MMA_WARPS);
     float o[S::O_TILES][4];

@@ -69,12 +69,7 @@ attention_tc_bf16(const bf16* q1, int q1_stride, int q1_head_stride, const bf16*
         q_s[idx] = from_f32<bf16>(x);
     }
     for (int idx = threadIdx.x; idx < ROWS * dv; idx += blockDim.x) o_s[idx] = 0.0f;
-    if (threadIdx.x < ROWS) {
-        const int i = threadIdx.x;
-        m_s[i] = -INFINITY;
-        l_s[i] = 0.0f;
-        pos_s[i] = item.rows[i] == NO_ROW ? -1 : (int)token_pos[item.rows[i] / heads];
-    }
+    init_rows(item, token_pos, heads, m_s, l_s, pos_s);
     const float scale_log2 = scale * LOG2E;
     const int k_steps = dq / 16, half_steps = (k_steps + 1) / 2;
 

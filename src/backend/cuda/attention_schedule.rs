@@ -155,13 +155,13 @@ pub fn schedule(
 mod tests {
     use super::super::attention_tc::{supports, values_in_keys};
     use super::super::layout::test_support::{
-        assert_close, materialise, mla_inputs, paged, random, MlaInputs,
+        assert_close, materialise, mha_case, mla_inputs, MhaCase, MlaInputs,
     };
     use super::super::layout::{absorbed_layout, materialised_layout, mha_layout, HostPlan};
     use super::super::layout::{AttentionLayout, Segment, Source};
     use super::*;
     use crate::backend::cpu::CpuBackend;
-    use crate::backend::{Backend, MhaDims, MlaDims, SeqChunk};
+    use crate::backend::{Backend, MlaDims, SeqChunk};
     use crate::engine::sampler::SplitMix64;
 
     /// attention_tc_bf16 and its combine step by step on host f32 buffers: the schedule, the
@@ -333,30 +333,22 @@ mod tests {
         });
         assert_close(&got, &want.data, 2e-5, "materialised");
 
-        for (heads, kv_heads, d, window) in
-            [(4, 4, 16, None), (8, 2, 32, None), (6, 1, 16, Some(37))]
-        {
-            let dims = MhaDims {
-                heads,
-                kv_heads,
-                head_dim: d,
-                softmax_scale: 0.3,
-                sliding_window: window,
-            };
-            let width = 2 * kv_heads * d;
-            let (batch, cache) = paged(&mut rng, SHAPES, BLOCK, width);
-            let q = random(&mut rng, batch.num_query_tokens(), heads * d + width);
+        for case in [(4, 4, 16, None), (8, 2, 32, None), (6, 1, 16, Some(37))] {
+            let MhaCase {
+                dims,
+                batch,
+                cache,
+                q,
+                want,
+            } = mha_case(&mut rng, case, SHAPES, BLOCK);
             let plan = HostPlan::paged(&batch, cache.num_blocks, BLOCK).unwrap();
-            let l = mha_layout(&dims, q.shape[1], width);
+            let l = mha_layout(&dims, q.shape[1], cache.width);
             assert!(supports(&l, 232_448));
-            let want = CpuBackend
-                .mha_attention(&q, &cache, 0, &batch, &dims)
-                .unwrap();
             let got = emulate(&batch, &plan, &l, 40, 1, |s| match s {
                 Source::Q => &q.data,
                 _ => &cache.layers[0],
             });
-            let what = format!("MHA {heads}/{kv_heads} × {d}, window {window:?}");
+            let what = format!("MHA {dims:?}");
             assert_close(&got, &want.data, 2e-5, &what);
         }
     }

@@ -324,7 +324,7 @@ pub fn emulate<'a>(
 #[cfg(test)]
 pub(super) mod test_support {
     use crate::backend::cpu::{CpuBackend, CpuKvCache};
-    use crate::backend::{AttentionBatch, Backend, MlaDims, SeqChunk};
+    use crate::backend::{AttentionBatch, Backend, MhaDims, MlaDims, SeqChunk};
     use crate::engine::sampler::SplitMix64;
     use crate::weights::HostTensor;
 
@@ -412,6 +412,45 @@ pub(super) mod test_support {
         }
     }
 
+    /// An MHA case: `heads` query heads over `kv_heads` of width `d` (attending to the last
+    /// `window` tokens, if any), a paged cache of `shapes`, fused qkv rows (the query heads, then
+    /// K and V columns the attention ignores), and what the CPU backend computes from them.
+    pub struct MhaCase {
+        pub dims: MhaDims,
+        pub batch: AttentionBatch,
+        pub cache: CpuKvCache,
+        pub q: HostTensor,
+        pub want: HostTensor,
+    }
+
+    pub fn mha_case(
+        rng: &mut SplitMix64,
+        (heads, kv_heads, d, window): (usize, usize, usize, Option<usize>),
+        shapes: &[(usize, usize)],
+        block: usize,
+    ) -> MhaCase {
+        let dims = MhaDims {
+            heads,
+            kv_heads,
+            head_dim: d,
+            softmax_scale: 0.3,
+            sliding_window: window,
+        };
+        let width = 2 * kv_heads * d;
+        let (batch, cache) = paged(rng, shapes, block, width);
+        let q = random(rng, batch.num_query_tokens(), heads * d + width);
+        let want = CpuBackend
+            .mha_attention(&q, &cache, 0, &batch, &dims)
+            .unwrap();
+        MhaCase {
+            dims,
+            batch,
+            cache,
+            q,
+            want,
+        }
+    }
+
     /// What the GPU's materialised form feeds its kernel: the context rows gathered from their
     /// cache `slots`, and their latents expanded by `kv_b` to K_nope and V.
     pub fn materialise(
@@ -446,7 +485,9 @@ pub(super) mod test_support {
 
 #[cfg(test)]
 mod tests {
-    use super::test_support::{assert_close, materialise, mla_inputs, paged, random, MlaInputs};
+    use super::test_support::{
+        assert_close, materialise, mha_case, mla_inputs, MhaCase, MlaInputs,
+    };
     use super::*;
     use crate::backend::cpu::CpuBackend;
     use crate::backend::{Backend, SeqChunk};
@@ -481,22 +522,15 @@ mod tests {
     #[test]
     fn mha_layouts_read_what_the_cpu_backend_reads() {
         let mut rng = SplitMix64(1);
-        for (heads, kv_heads, d, window) in [(4, 4, 8, None), (6, 2, 8, None), (4, 1, 16, Some(3))]
-        {
-            let dims = MhaDims {
-                heads,
-                kv_heads,
-                head_dim: d,
-                softmax_scale: 0.3,
-                sliding_window: window,
-            };
-            let width = 2 * kv_heads * d;
-            let (batch, cache) = paged(&mut rng, SHAPES, BLOCK, width);
-            // A fused qkv row: the query heads, then K and V columns the attention ignores.
-            let q = random(&mut rng, batch.num_query_tokens(), heads * d + width);
-            let want = CpuBackend
-                .mha_attention(&q, &cache, 0, &batch, &dims)
-                .unwrap();
+        for case in [(4, 4, 8, None), (6, 2, 8, None), (4, 1, 16, Some(3))] {
+            let MhaCase {
+                dims,
+                batch,
+                cache,
+                q,
+                want,
+            } = mha_case(&mut rng, case, SHAPES, BLOCK);
+            let width = cache.width;
             let plan = HostPlan::paged(&batch, cache.num_blocks, BLOCK).unwrap();
             for split in [1, 3, 64] {
                 let got = emulate(

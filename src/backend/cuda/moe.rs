@@ -1,9 +1,13 @@
-//! Rust side of `kernels/moe.cu`: MoE routing on the device, by the host reference's rules.
+//! Rust side of `kernels/moe.cu`: MoE routing on the device, by the host reference's rules, and
+//! the MoE layer that runs the routed experts over their tokens.
 
+use super::backend::{op_err, CudaBackend};
 use super::{CudaDevice, GpuFloat, GpuTensor};
+use crate::backend::{Backend, MoeWeights};
 use crate::config::{MoeConfig, ScoringFunc, TopkMethod};
 use crate::error::{Error, Result};
 use crate::model::moe::Route;
+use cudarc::cublas::{CudaBlas, Gemm};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 /// Limits of the kernel's per-token bit sets (`taken[32]`, `MAX_GROUPS`).
@@ -104,5 +108,106 @@ impl CudaDevice {
                     .collect()
             })
             .collect())
+    }
+}
+
+impl<T: GpuFloat> CudaBackend<T>
+where
+    CudaBlas: Gemm<T>,
+{
+    /// The MoE layer: routing on the device from fp32 logits; only each token's k expert ids and
+    /// weights come back, to size the per-expert GEMMs, which run over their tokens gathered
+    /// from `x` and are added back weighted, on top of the shared experts.
+    pub(super) fn moe_layer(
+        &self,
+        x: &GpuTensor<T>,
+        w: &MoeWeights<Self>,
+        config: &MoeConfig,
+    ) -> Result<GpuTensor<T>> {
+        let logits = self.router_logits(x, &w.router)?;
+        let routes = self
+            .device
+            .moe_route(&logits, w.score_bias.as_deref(), config)?;
+        let mut assigned: Vec<(Vec<u32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); w.router.rows];
+        for (t, token_routes) in routes.iter().take(x.rows).enumerate() {
+            for choice in token_routes {
+                let (tokens, weights) = assigned.get_mut(choice.expert).ok_or_else(|| {
+                    op_err(
+                        "moe",
+                        format!("expert {} of {}", choice.expert, w.router.rows),
+                    )
+                })?;
+                // Tokens arrive in order: a repeat would be this token naming one expert twice.
+                if tokens.last() == Some(&(t as u32)) {
+                    return Err(op_err(
+                        "moe",
+                        format!("token {t} routed twice to {}", choice.expert),
+                    ));
+                }
+                tokens.push(t as u32);
+                weights.push(choice.weight);
+            }
+        }
+        // Every expert's token ids and weights in one upload (not two per expert); the gathers
+        // and scatter-adds read their slices. Ids are rows of x, distinct within an expert.
+        let ids: Vec<u32> = assigned
+            .iter()
+            .flat_map(|(t, _)| t.iter().copied())
+            .collect();
+        let weights: Vec<f32> = assigned
+            .iter()
+            .flat_map(|(_, w)| w.iter().copied())
+            .collect();
+        let mut out = match &w.shared {
+            Some(shared) => self.mlp(x, shared)?,
+            None => self.device.tensor(x.rows, x.cols, Some(0.0))?,
+        };
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let (ids_on_device, weights_on_device) = (
+            self.device.upload_u32(&ids)?,
+            self.device.upload_f32(&weights)?,
+        );
+        let rows_of_x = x.data.slice(..x.rows * x.cols);
+        let mut first = 0;
+        for (expert, (tokens, _)) in assigned.iter().enumerate() {
+            let range = first..first + tokens.len();
+            first = range.end;
+            if tokens.is_empty() {
+                continue;
+            }
+            let mut picked = self.output(tokens.len(), x.cols)?;
+            let idx = ids_on_device.slice(range.clone());
+            // SAFETY: the ids are tokens t < x.rows (routes has one entry per token of x,
+            // `take` above), `picked` has one row per id and x.cols columns.
+            unsafe {
+                self.device
+                    .gather_rows_indexed(&mut picked, &rows_of_x, x.cols, &idx)?
+            };
+            let y = self.mlp(&picked, &w.experts[expert])?;
+            if (y.rows, y.cols) != (tokens.len(), out.cols) {
+                return Err(op_err(
+                    "moe",
+                    format!(
+                        "expert {expert} gave [{}, {}] for {} tokens",
+                        y.rows,
+                        y.cols,
+                        tokens.len()
+                    ),
+                ));
+            }
+            // SAFETY: the ids are distinct rows of `out` (checked while assigning), one weight
+            // and one row of y each, and y has out's columns (checked above).
+            unsafe {
+                self.device.scatter_add_rows_indexed(
+                    &mut out,
+                    &y,
+                    &idx,
+                    &weights_on_device.slice(range),
+                )?
+            };
+        }
+        Ok(out)
     }
 }
