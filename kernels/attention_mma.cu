@@ -1,8 +1,9 @@
 // Paged attention on tensor cores with the accumulators in registers (mma.sync m16n8k16, bf16 in,
-// f32 accumulate, sm_80+), for the shapes that dominate decode: MLA absorbed (576-wide latent
-// keys whose first 512 values are the values) and 128-wide MHA/GQA heads. Same work items,
-// arguments and outputs as attention_tc_bf16 (which serves every other shape), and the same
-// combine; what differs is how a tile moves:
+// f32 accumulate, sm_80+), for the shapes that dominate: MLA absorbed (576-wide latent keys whose
+// first 512 values are the values), MLA materialised (192/128) and 128-wide MHA/GQA heads, with
+// 16 query rows per CTA; and, at the end of the file, the latent with 64 rows per CTA for models
+// with 64+ heads. Same work items, arguments and outputs as attention_tc_bf16 (which serves every
+// other shape), and the same combine; what differs is how a tile moves:
 //  - the next tile of KV_TILE cached tokens is copied global → shared with cp.async while the
 //    current one is used (two stages), so the loads of a CTA are all in flight at once instead
 //    of one dependent row at a time;
