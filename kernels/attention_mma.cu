@@ -253,8 +253,8 @@ attention_mma_wide_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_str
                                   float* partial_lse) {
     constexpr int DQ = 576, DV = 512, HALF_DV = DV / 2, O_TILES = HALF_DV / 8;
     typedef MmaShape<DQ, DV, true> S;
-    extern __shared__ __align__(128) unsigned char smem[];
-    bf16* q_s = reinterpret_cast<bf16*>(smem);
+    extern __shared__ __align__(128) unsigned char wide_smem[];  // another name than attention_mma's
+    bf16* q_s = reinterpret_cast<bf16*>(wide_smem);
     bf16* stages = q_s + WIDE_ROWS * S::K_LD;
     bf16* p_s = stages + WIDE_STAGES * S::K_TILE;
     float* half_max = reinterpret_cast<float*>(p_s + WIDE_ROWS * S::P_LD);  // [2][WIDE_ROWS]
