@@ -87,40 +87,35 @@ cli_check() {
   printf '| generate --device cuda --profile (per-op table) | %s | | |\n' "$profile" >> "$out/summary.md"
 }
 
+# One benchmark under a time limit of $3 s: its table into $out/$1.md and stderr into
+# $out/$1.log, the table printed, and a summary row "$2 | ok" (or FAILED, with the log's tail).
+bench_step() {
+  local name=$1 label=$2 limit=$3 verdict=ok
+  shift 3
+  if ! timeout "$limit" "$@" > "$out/$name.md" 2> "$out/$name.log"; then
+    verdict=FAILED; status=1; tail -5 "$out/$name.log"
+  fi
+  cat "$out/$name.md"
+  printf '| %s | %s | | |\n' "$label" "$verdict" >> "$out/summary.md"
+  keep_logs
+}
+
 benches() {
   # Elementwise and row kernels against a device-to-device copy (bf16).
-  if timeout 120 "$out/mla" bench kernels > "$out/kernels.md" 2>&1; then kernels=ok; else kernels=FAILED; status=1; fi
-  cat "$out/kernels.md"
-  printf '| mla bench kernels | %s | | |\n' "$kernels" >> "$out/summary.md"
-  keep_logs
+  bench_step kernels "mla bench kernels" 120 "$out/mla" bench kernels
   # The absorbed decode kernel on V2-Lite and V3 shapes, with the naive path where it fits.
-  if timeout 120 "$out/mla" bench attention --batch 1,32,128 --context 1024,4096,16384 --reps 5 \
-      > "$out/attention.md" 2> "$out/attention.log"; then attn=ok; else attn=FAILED; status=1; tail -5 "$out/attention.log"; fi
-  cat "$out/attention.md"
-  printf '| mla bench attention | %s | | |\n' "$attn" >> "$out/summary.md"
-  keep_logs
+  bench_step attention "mla bench attention" 120 \
+    "$out/mla" bench attention --batch 1,32,128 --context 1024,4096,16384 --reps 5
   # MLA against MHA on the first layers of DeepSeek-V2-Lite (random weights, bf16).
-  if timeout 240 "$out/mla" bench --device cuda --preset deepseek-v2-lite,deepseek-v2-lite-mha \
-      --layers 4 --batch 1,32 --prompt 512 --gen 32 --depth 0,4096 --reps 2 --compare \
-      > "$out/bench.md" 2> "$out/bench.log"; then
-    bench=ok
-  else
-    bench=FAILED; status=1; tail -5 "$out/bench.log"
-  fi
-  printf '| mla bench (V2-Lite vs MHA, 4 layers) | %s | | |\n' "$bench" >> "$out/summary.md"
-  cat "$out/bench.md"
-  keep_logs
+  bench_step bench "mla bench (V2-Lite vs MHA, 4 layers)" 240 \
+    "$out/mla" bench --device cuda --preset deepseek-v2-lite,deepseek-v2-lite-mha \
+    --layers 4 --batch 1,32 --prompt 512 --gen 32 --depth 0,4096 --reps 2 --compare
   # The comparison of the MLA-vs-MHA issue: the whole V2-Lite against its MHA twin at depth
   # 16384, each at the largest batch whose cache fits 60 GiB, with the plot.
-  if timeout 240 "$out/mla" bench --device cuda --preset deepseek-v2-lite,deepseek-v2-lite-mha \
-      --batch max --depth 16384 --kv-cache-memory 60GiB --prompt 0 --gen 16 --reps 2 --compare \
-      --plot "$out/bench-max.svg" > "$out/bench-max.md" 2> "$out/bench-max.log"; then
-    bench_max=ok
-  else
-    bench_max=FAILED; status=1; tail -5 "$out/bench-max.log"
-  fi
-  printf '| mla bench (V2-Lite vs MHA, max batch in 60 GiB @ d16384) | %s | | |\n' "$bench_max" >> "$out/summary.md"
-  cat "$out/bench-max.md"
+  bench_step bench-max "mla bench (V2-Lite vs MHA, max batch in 60 GiB @ d16384)" 240 \
+    "$out/mla" bench --device cuda --preset deepseek-v2-lite,deepseek-v2-lite-mha \
+    --batch max --depth 16384 --kv-cache-memory 60GiB --prompt 0 --gen 16 --reps 2 --compare \
+    --plot "$out/bench-max.svg"
 }
 
 # Logs and tables also go to $OUT when the device tool provides it, so that they come back: after
