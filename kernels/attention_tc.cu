@@ -1,7 +1,6 @@
-// Paged attention on tensor cores (WMMA: bf16 in, f32 accumulate), sm_80+, for every form the
-// model uses in bf16: MLA absorbed decode (576-wide latent keys, the latent's first 512 values
-// as values), MLA materialised prefill (192-wide keys from two buffers, 128-wide values), and
-// MHA/GQA. FlashMLA's shape in a first, portable form:
+// Paged attention on tensor cores (WMMA: bf16 in, f32 accumulate), sm_80+, for the bf16 shapes
+// attention_mma.cu is not built for (any key and value width that is a multiple of 16), and the
+// combine of every tensor-core kernel. FlashMLA's shape in a first, portable form:
 //  - a CTA serves one work item: up to 16 query rows that share a sequence and a KV head — the
 //    heads of a token for MLA (so each latent row read from HBM serves 16 heads), the query
 //    heads of a GQA group, or consecutive tokens of one head in prefill — over one split of the
@@ -10,8 +9,8 @@
 //    shared memory;
 //  - each item writes its normalised output and log-sum-exp; attention_tc_combine merges the
 //    splits of a row (flash-decoding).
-// The host (src/backend/cuda/attention_tc.rs) builds the items: every row group's visible
-// tokens cut into splits of one common length, so that the grid fills the GPU.
+// The host (src/backend/cuda/attention_schedule.rs) builds the items: every row group's visible
+// tokens cut into even splits, about one wave of CTAs in all.
 // mla: no-spills
 #include "common.cuh"
 #include "attention_items.cuh"

@@ -97,14 +97,7 @@ where
 
 /// DeepSeek-V2/V3 attention widths with `heads` heads.
 fn deepseek_dims(heads: usize) -> MlaDims {
-    MlaDims {
-        heads,
-        qk_nope: 128,
-        qk_rope: 64,
-        v_head: 128,
-        kv_lora_rank: 512,
-        softmax_scale: 0.07,
-    }
+    MlaDims::deepseek(heads, 0.07)
 }
 
 const SHAPES: &[(usize, usize)] = &[(1, 1), (17, 4), (64, 2), (100, 30), (33, 1), (250, 3)];

@@ -23,6 +23,19 @@ pub struct MlaDims {
 }
 
 impl MlaDims {
+    /// DeepSeek-V2/V3's published attention widths (128 nope + 64 rope per query/key head,
+    /// 128 per value head, a 512 latent) with `heads` heads.
+    pub fn deepseek(heads: usize, softmax_scale: f32) -> Self {
+        MlaDims {
+            heads,
+            qk_nope: 128,
+            qk_rope: 64,
+            v_head: 128,
+            kv_lora_rank: 512,
+            softmax_scale,
+        }
+    }
+
     pub fn qk_head(&self) -> usize {
         self.qk_nope + self.qk_rope
     }

@@ -52,14 +52,7 @@ pub fn run(
     let copy = copy_gb_per_s(gpu)?;
     let mut rows = Vec::new();
     for &h in heads {
-        let dims = MlaDims {
-            heads: h,
-            qk_nope: 128,
-            qk_rope: 64,
-            v_head: 128,
-            kv_lora_rank: 512,
-            softmax_scale: 192f32.powf(-0.5),
-        };
+        let dims = MlaDims::deepseek(h, 192f32.powf(-0.5));
         for &batch in batches {
             for &context in contexts {
                 let per_seq = context.div_ceil(BLOCK);

@@ -363,14 +363,7 @@ mod form_tests {
 
     #[test]
     fn auto_absorbs_decode_and_short_chunks_and_materialises_prefill() {
-        let dims = MlaDims {
-            heads: 16,
-            qk_nope: 128,
-            qk_rope: 64,
-            v_head: 128,
-            kv_lora_rank: 512,
-            softmax_scale: 0.1,
-        };
+        let dims = MlaDims::deepseek(16, 0.1);
         assert!(absorbed_is_cheaper(&dims, &batch(&[(5000, 1), (20, 1)])));
         assert!(absorbed_is_cheaper(&dims, &batch(&[(8000, 64)])));
         assert!(!absorbed_is_cheaper(&dims, &batch(&[(512, 512)])));

@@ -385,14 +385,7 @@ mod tests {
     const H100_SHARED: usize = 232_448;
 
     fn deepseek(heads: usize) -> MlaDims {
-        MlaDims {
-            heads,
-            qk_nope: 128,
-            qk_rope: 64,
-            v_head: 128,
-            kv_lora_rank: 512,
-            softmax_scale: 0.07,
-        }
+        MlaDims::deepseek(heads, 0.07)
     }
 
     fn function(l: &AttentionLayout, max_shared: usize) -> Option<&'static str> {

@@ -24,9 +24,10 @@ impl CudaDevice {
         }
         let mut staging = self.staging.0.lock().unwrap_or_else(|e| e.into_inner());
         if staging.as_ref().is_none_or(|s| s.len() < bytes) {
-            *staging = None; // the old buffer goes back before the larger one is taken
-                             // SAFETY: page-locked memory without write-combining (the host reads it); its
-                             // contents are only read after a copy has filled them.
+            // The old buffer goes back before the larger one is taken.
+            *staging = None;
+            // SAFETY: page-locked memory without write-combining (the host reads it); its
+            // contents are only read after a copy has filled them.
             let fresh = unsafe {
                 self.stream
                     .context()
