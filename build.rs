@@ -6,7 +6,8 @@
 //! the crate builds CPU-only with a warning; `MLA_REQUIRE_CUDA=1` makes that an error.
 //! `MLA_PTXAS_VERBOSE=1` prints ptxas' registers, spills and shared memory per kernel.
 //! A kernel file that contains the line `// mla: no-spills` fails the build if ptxas reports a
-//! spill in it.
+//! spill in it; one with the line `// mla: sm_90a` (Hopper-only instructions such as wgmma) is
+//! compiled for sm_90a alone and listed as needing compute capability 9.0.
 
 use std::env;
 use std::fs;
@@ -64,15 +65,20 @@ fn main() {
             for source in &sources {
                 let name = source.file_stem().unwrap().to_string_lossy().to_string();
                 let fatbin = out_dir.join(format!("{name}.fatbin"));
-                compile(&nvcc, source, &fatbin, verbose);
-                modules.push((name, fatbin));
+                let hopper_only = has_directive(source, "// mla: sm_90a");
+                compile(&nvcc, source, &fatbin, verbose, hopper_only);
+                modules.push((name, fatbin, hopper_only.then_some((9, 0))));
             }
         }
     }
-    let mut rs = String::from("/// Kernel modules compiled by build.rs: `(name, fatbin)`.\npub const MODULES: &[(&str, &[u8])] = &[\n");
-    for (name, fatbin) in &modules {
+    let mut rs = String::from(
+        "/// A kernel module compiled by build.rs.\npub struct KernelModule {\n    pub name: &'static str,\n    \
+         pub fatbin: &'static [u8],\n    /// The only compute capability that can load it, if it is built for one.\n    \
+         pub only_on: Option<(i32, i32)>,\n}\npub const MODULES: &[KernelModule] = &[\n",
+    );
+    for (name, fatbin, only_on) in &modules {
         rs += &format!(
-            "    ({name:?}, include_bytes!({:?})),\n",
+            "    KernelModule {{ name: {name:?}, fatbin: include_bytes!({:?}), only_on: {only_on:?} }},\n",
             fatbin.display().to_string()
         );
     }
@@ -117,7 +123,15 @@ fn nvcc_version(nvcc: &Path) -> String {
         .to_string()
 }
 
-fn compile(nvcc: &Path, source: &Path, fatbin: &Path, verbose: bool) {
+/// Whether `source` has the line `directive`.
+fn has_directive(source: &Path, directive: &str) -> bool {
+    fs::read_to_string(source)
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.trim() == directive)
+}
+
+fn compile(nvcc: &Path, source: &Path, fatbin: &Path, verbose: bool, hopper_only: bool) {
     let mut cmd = Command::new(nvcc);
     cmd.args([
         "-fatbin",
@@ -128,12 +142,16 @@ fn compile(nvcc: &Path, source: &Path, fatbin: &Path, verbose: bool) {
         "-I",
         "kernels",
     ]);
-    for arch in SASS_ARCHS {
+    if hopper_only {
+        cmd.args(["-gencode", "arch=compute_90a,code=sm_90a"]);
+    } else {
+        for arch in SASS_ARCHS {
+            cmd.arg("-gencode")
+                .arg(format!("arch=compute_{arch},code=sm_{arch}"));
+        }
         cmd.arg("-gencode")
-            .arg(format!("arch=compute_{arch},code=sm_{arch}"));
+            .arg(format!("arch=compute_{PTX_ARCH},code=compute_{PTX_ARCH}"));
     }
-    cmd.arg("-gencode")
-        .arg(format!("arch=compute_{PTX_ARCH},code=compute_{PTX_ARCH}"));
     cmd.arg("-o").arg(fatbin).arg(source);
     let out = cmd
         .output()
@@ -150,8 +168,7 @@ fn compile(nvcc: &Path, source: &Path, fatbin: &Path, verbose: bool) {
             println!("cargo:warning={}: {line}", source.display());
         }
     }
-    let text = fs::read_to_string(source).unwrap_or_default();
-    if text.lines().any(|l| l.trim() == "// mla: no-spills") {
+    if has_directive(source, "// mla: no-spills") {
         if let Some(line) = log.lines().find(|l| {
             l.contains("spill") && !l.contains(" 0 bytes spill stores, 0 bytes spill loads")
         }) {

@@ -9,7 +9,7 @@ mod common;
 
 use common::{assert_close, Rng};
 use mla_rt::backend::cpu::CpuBackend;
-use mla_rt::backend::cuda::{CudaBackend, GpuFloat};
+use mla_rt::backend::cuda::{CudaBackend, GpuFloat, WideAttention};
 use mla_rt::backend::{AttentionBatch, Backend, MhaDims, MlaDims, SeqChunk};
 use mla_rt::weights::HostTensor;
 
@@ -100,6 +100,22 @@ fn deepseek_dims(heads: usize) -> MlaDims {
     MlaDims::deepseek(heads, 0.07)
 }
 
+/// The kernels that serve the latent for `heads` heads when forced (these tests' contexts are
+/// too short for them to pay): the 64-row ones from 64 heads (wgmma on Hopper, mma.sync
+/// everywhere), else the 16-row one.
+fn latent_kernels<T: GpuFloat>(gpu: &CudaBackend<T>, heads: usize) -> Vec<WideAttention>
+where
+    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
+{
+    match heads {
+        ..64 => vec![WideAttention::Off],
+        _ if gpu.device.info.compute_capability == (9, 0) => {
+            vec![WideAttention::Mma, WideAttention::Wgmma]
+        }
+        _ => vec![WideAttention::Mma],
+    }
+}
+
 const SHAPES: &[(usize, usize)] = &[(1, 1), (17, 4), (64, 2), (100, 30), (33, 1), (250, 3)];
 
 fn mla<T: GpuFloat>(tolerance: f64)
@@ -110,8 +126,6 @@ where
     let mut rng = Rng::new(11);
     for heads in [1, 16, 128] {
         let dims = deepseek_dims(heads);
-        // These contexts are short: only forced does the 64-row kernel serve 128 heads here.
-        gpu.set_wide_attention(Some(heads >= 64));
         let shapes = if heads == 128 { &SHAPES[..3] } else { SHAPES };
         let (batch, num_blocks) = batch(&mut rng, shapes);
         let (cpu_cache, gpu_cache) =
@@ -130,11 +144,15 @@ where
         let want = CpuBackend
             .mla_attention_absorbed(&q_lat, &q, &cpu_cache, 0, &batch, &dims)
             .unwrap();
-        let got = gpu
-            .mla_attention_absorbed(&gq_lat, &gq, &gpu_cache, 0, &batch, &dims)
-            .unwrap();
-        let what = format!("{} absorbed, {heads} heads", T::SUFFIX);
-        assert_close(&what, &gpu.to_host(&got).unwrap(), &want, tolerance);
+        for wide in latent_kernels(&gpu, heads) {
+            gpu.set_wide_attention(wide);
+            let got = gpu
+                .mla_attention_absorbed(&gq_lat, &gq, &gpu_cache, 0, &batch, &dims)
+                .unwrap();
+            let what = format!("{} absorbed, {heads} heads, {wide:?}", T::SUFFIX);
+            assert_close(&what, &gpu.to_host(&got).unwrap(), &want, tolerance);
+        }
+        gpu.set_wide_attention(WideAttention::WherePays);
 
         let want = CpuBackend
             .mla_attention_materialised(&q, &cpu_cache, 0, &batch, &kv_b, &dims)

@@ -3,7 +3,7 @@
 //! the materialised form's gathered and expanded context, in bounded groups of sequences.
 
 use super::attention::AttentionPlan;
-use super::attention_tc::{self, TcSchedule};
+use super::attention_tc::{self, TcSchedule, WideAttention};
 use super::backend::{op_err, CudaBackend, CudaKvCache};
 use super::blas::Layout;
 use super::layout::{
@@ -42,7 +42,7 @@ struct PreparedKey {
     group: usize,
     window: usize,
     tensor_cores: bool,
-    wide: Option<bool>,
+    wide: WideAttention,
 }
 
 /// The step the cached preparations belong to.

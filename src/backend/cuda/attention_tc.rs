@@ -1,6 +1,7 @@
-//! Rust side of the tensor-core attention kernels (`kernels/attention_mma.cu` for the shapes it
-//! is built for, `kernels/attention_tc.cu` for every other): which layouts they serve, and the
-//! launches of a kernel and its combine over a split-KV schedule (attention_schedule.rs).
+//! Rust side of the tensor-core attention kernels (`kernels/attention_wgmma.cu` for the MLA
+//! latent with 64+ heads on Hopper, `kernels/attention_mma.cu` for the shapes it is built for,
+//! `kernels/attention_tc.cu` for every other): which layouts they serve, and the launches of a
+//! kernel and its combine over a split-KV schedule (attention_schedule.rs).
 
 use super::attention::{check_segment, AttentionPlan, KeySegment};
 use super::layout::{AttentionLayout, Segment, Source};
@@ -22,6 +23,20 @@ pub(super) fn values_in_keys(l: &AttentionLayout) -> bool {
         && l.v.offset == l.k1.offset
         && l.v.head_stride == l.k1.head_stride
         && l.v.len <= l.k1.len
+}
+
+/// Which kernel serves MLA latent steps with 64+ heads per token: the 64-row kernels where they
+/// pay (the default: wgmma on Hopper, mma.sync elsewhere), or one forced on or off (tests run
+/// them on shapes of any size).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WideAttention {
+    #[default]
+    WherePays,
+    Off,
+    /// attention_mma_wide_latent576_bf16 (sm_80+).
+    Mma,
+    /// attention_wgmma_latent576_bf16 (Hopper only).
+    Wgmma,
 }
 
 /// One tensor-core kernel for a layout: its module, entry point, threads per CTA, dynamic
@@ -65,6 +80,15 @@ fn wide_shared_bytes() -> usize {
         + WIDE_RUNS * ROWS * 4
 }
 
+/// Dynamic shared memory of attention_wgmma_latent576_bf16: the queries and two 64-token tiles of
+/// the latent, P [64 × 64] bf16, two halves' row maxima and sums, the rows' positions.
+fn wgmma_shared_bytes() -> usize {
+    let rows = WIDE_RUNS * ROWS;
+    (rows * 576 + 2 * WGMMA_TILE * 576 + rows * WGMMA_TILE) * 2 + 4 * rows * 4 + rows * 4
+}
+/// attention_wgmma.cu's `WG_TILE`: cached tokens per tile.
+const WGMMA_TILE: usize = 64;
+
 /// Dynamic shared memory of attention_mma.cu for one shape, as its `MmaShape::SHARED`.
 fn mma_shared_bytes(dq: usize, dv: usize, v_in_k: bool) -> usize {
     let stage = KV_TILE * (dq + MMA_PAD) + if v_in_k { 0 } else { KV_TILE * (dv + MMA_PAD) };
@@ -92,11 +116,16 @@ fn wmma_shared_bytes(l: &AttentionLayout) -> usize {
 }
 
 /// The kernel that serves `l` within `max_shared` bytes of shared memory per CTA: the 64-row
-/// latent kernel where a token has 64+ heads, else the register-accumulator one where it is
-/// built for the shape, else the WMMA one (16-wide tiles over the key and value widths); all
-/// need 16-byte row copies of every key and value segment.
-pub fn kernel_for(l: &AttentionLayout, max_shared: usize) -> Option<TcKernel> {
-    kernel_choice(l, max_shared, true)
+/// latent kernel where a token has 64+ heads (on warpgroup tensor cores if `hopper`: compute
+/// capability 9.0), else the register-accumulator one where it is built for the shape, else the
+/// WMMA one (16-wide tiles over the key and value widths); all need 16-byte row copies of every
+/// key and value segment.
+pub fn kernel_for(l: &AttentionLayout, max_shared: usize, hopper: bool) -> Option<TcKernel> {
+    let wide = match hopper {
+        true => WideAttention::Wgmma,
+        false => WideAttention::Mma,
+    };
+    kernel_choice(l, max_shared, wide)
 }
 
 /// Fewest cached tokens per 64-row unit, on average, and per CTA for which the 64-row kernel
@@ -120,8 +149,8 @@ fn wide_pays(batch: &AttentionBatch, l: &AttentionLayout, multiprocessors: usize
     units > 0 && tokens >= units * WIDE_MIN_CONTEXT && ctas >= multiprocessors
 }
 
-/// [`kernel_for`], with the 64-row kernel left out unless `allow_wide`.
-fn kernel_choice(l: &AttentionLayout, max_shared: usize, allow_wide: bool) -> Option<TcKernel> {
+/// [`kernel_for`], with the 64-row kernel `wide` (Mma or Wgmma) first, none if Off.
+fn kernel_choice(l: &AttentionLayout, max_shared: usize, wide: WideAttention) -> Option<TcKernel> {
     let copies = |s: &Segment| {
         s.len == 0
             || (s.len % 8 == 0 && s.width % 8 == 0 && s.offset % 8 == 0 && s.head_stride % 8 == 0)
@@ -132,7 +161,15 @@ fn kernel_choice(l: &AttentionLayout, max_shared: usize, allow_wide: bool) -> Op
     }
     let (dq, dv) = (l.k1.len + l.k2.len, l.v.len);
     let wide_shape = (dq, dv, v_in_k) == (576, 512, true) && l.group >= WIDE_RUNS * ROWS;
-    let wide = (allow_wide && wide_shape).then_some(TcKernel {
+    let wgmma = (wide_shape && wide == WideAttention::Wgmma).then_some(TcKernel {
+        module: "attention_wgmma",
+        function: "attention_wgmma_latent576_bf16",
+        threads: MMA_THREADS,
+        shared_bytes: wgmma_shared_bytes(),
+        runs_per_cta: WIDE_RUNS,
+        ctas_per_sm: 1,
+    });
+    let mma_wide = (wide_shape && wide == WideAttention::Mma).then_some(TcKernel {
         module: "attention_mma",
         function: "attention_mma_wide_latent576_bf16",
         threads: MMA_THREADS,
@@ -159,7 +196,7 @@ fn kernel_choice(l: &AttentionLayout, max_shared: usize, allow_wide: bool) -> Op
         runs_per_cta: 1,
         ctas_per_sm: 2,
     });
-    [wide, mma, wmma]
+    [wgmma, mma_wide, mma, wmma]
         .into_iter()
         .flatten()
         .find(|k| k.shared_bytes <= max_shared)
@@ -167,12 +204,13 @@ fn kernel_choice(l: &AttentionLayout, max_shared: usize, allow_wide: bool) -> Op
 
 /// Whether a tensor-core kernel serves `l` (see [`kernel_for`]).
 pub fn supports(l: &AttentionLayout, max_shared: usize) -> bool {
-    kernel_for(l, max_shared).is_some()
+    kernel_for(l, max_shared, false).is_some()
 }
 
 /// A step's tensor-core schedule on the device.
 pub struct TcSchedule {
     kernel: TcKernel,
+    wide: WideAttention,
     items: CudaSlice<TcItem>,
     groups: CudaSlice<TcGroup>,
     item_count: usize,
@@ -180,21 +218,40 @@ pub struct TcSchedule {
 }
 
 impl CudaDevice {
+    /// Whether this is a Hopper GPU (compute capability 9.0), where the sm_90a kernels load.
+    fn hopper(&self) -> bool {
+        self.info.compute_capability == (9, 0)
+    }
+
     /// The kernel for layout `l` and the split-KV schedule of `batch` for it, on the device;
-    /// `wide` forces the 64-row kernel on or off where it could serve (None: where it pays).
+    /// `wide` picks the 64-row kernel (see [`WideAttention`]).
     pub fn tc_schedule(
         &self,
         batch: &AttentionBatch,
         l: &AttentionLayout,
-        wide: Option<bool>,
+        wide: WideAttention,
     ) -> Result<TcSchedule> {
-        let allow_wide = wide.unwrap_or_else(|| wide_pays(batch, l, self.info.multiprocessors));
-        let kernel =
-            kernel_choice(l, self.info.max_shared_per_block, allow_wide).ok_or_else(|| {
-                Error::Op {
+        let wide = match wide {
+            WideAttention::WherePays if !wide_pays(batch, l, self.info.multiprocessors) => {
+                WideAttention::Off
+            }
+            WideAttention::WherePays if self.hopper() => WideAttention::Wgmma,
+            WideAttention::WherePays => WideAttention::Mma,
+            WideAttention::Wgmma if !self.hopper() => {
+                return Err(Error::Op {
                     op: "attention_tc",
-                    message: format!("no tensor-core kernel serves {l:?}"),
-                }
+                    message: format!(
+                        "the wgmma kernel needs a Hopper GPU, not {}",
+                        self.info.name
+                    ),
+                })
+            }
+            forced => forced,
+        };
+        let kernel =
+            kernel_choice(l, self.info.max_shared_per_block, wide).ok_or_else(|| Error::Op {
+                op: "attention_tc",
+                message: format!("no tensor-core kernel serves {l:?}"),
             })?;
         let (items, groups) = schedule(
             batch,
@@ -219,6 +276,7 @@ impl CudaDevice {
         };
         Ok(TcSchedule {
             kernel,
+            wide,
             items: self.stream.clone_htod(&items).map_err(err)?,
             groups: self.stream.clone_htod(&groups).map_err(err)?,
             item_count,
@@ -240,7 +298,7 @@ impl CudaDevice {
     ) -> Result<CudaSlice<f32>> {
         let t = plan.rows();
         let max_shared = self.info.max_shared_per_block;
-        let kernel = kernel_choice(l, max_shared, schedule.kernel.runs_per_cta > 1)
+        let kernel = kernel_choice(l, max_shared, schedule.wide)
             .filter(|&k| {
                 k == schedule.kernel
                     && T::SUFFIX == "bf16"
@@ -389,27 +447,33 @@ mod tests {
     }
 
     fn function(l: &AttentionLayout, max_shared: usize) -> Option<&'static str> {
-        kernel_for(l, max_shared).map(|k| k.function)
+        kernel_for(l, max_shared, false).map(|k| k.function)
     }
 
     #[test]
     fn the_decode_shapes_get_the_register_accumulator_kernel() {
         for heads in [1, 16, 63, 64, 128] {
             let absorbed = absorbed_layout(&deepseek(heads));
-            let k = kernel_for(&absorbed, H100_SHARED).unwrap();
+            let k = kernel_for(&absorbed, H100_SHARED, false).unwrap();
+            let hopper = kernel_for(&absorbed, H100_SHARED, true).unwrap();
             if heads < 64 {
                 assert_eq!(k.function, "attention_mma_latent576_bf16");
+                assert_eq!(hopper, k);
             } else {
-                // 64 heads of a token per CTA, one CTA per SM.
+                // 64 heads of a token per CTA, one CTA per SM; wgmma on Hopper.
                 assert_eq!(k.function, "attention_mma_wide_latent576_bf16");
+                assert_eq!(hopper.function, "attention_wgmma_latent576_bf16");
                 assert_eq!((k.runs_per_cta, k.ctas_per_sm), (4, 1));
+                assert_eq!((hopper.runs_per_cta, hopper.ctas_per_sm), (4, 1));
             }
             // CTAs per SM that fit the shared memory of an SM of sm_80+ (228 KiB, 1 KiB of it
             // reserved per CTA).
-            assert!(
-                k.ctas_per_sm * (k.shared_bytes + 1024) <= 228 * 1024,
-                "{k:?}"
-            );
+            for k in [k, hopper] {
+                assert!(
+                    k.ctas_per_sm * (k.shared_bytes + 1024) <= 228 * 1024,
+                    "{k:?}"
+                );
+            }
             let materialised = materialised_layout(&deepseek(heads));
             assert_eq!(
                 function(&materialised, H100_SHARED),

@@ -1,6 +1,7 @@
 //! The CUDA implementation of [`Backend`]: the model code of the CPU reference, run on one GPU
 //! with activations and weights in one element type `T` (f32 or bf16; arithmetic in f32).
 
+use super::attention_tc::WideAttention;
 use super::blas::{Blas, Layout};
 use super::{CudaDevice, GpuFloat, GpuTensor};
 use crate::backend::{AttentionBatch, Backend, MhaDims, MlaDims, MlpWeights, MoeWeights};
@@ -24,7 +25,7 @@ pub struct CudaBackend<T> {
     pub(super) materialised_bytes: std::cell::Cell<usize>,
     /// Whether MLA decode with 64+ heads per token takes the 64-row kernel: always, never, or
     /// (None) where it pays.
-    pub(super) wide_attention: std::cell::Cell<Option<bool>>,
+    pub(super) wide_attention: std::cell::Cell<WideAttention>,
     /// The last RoPE table uploaded, with its host values: a step uses one table in every
     /// layer, so it crosses the bus once per step instead of once per layer.
     rope_tables: RefCell<Option<UploadedRope>>,
@@ -112,7 +113,7 @@ where
             blas,
             poison_outputs: false,
             materialised_bytes: std::cell::Cell::new(super::attention_forms::MATERIALISED_BYTES),
-            wide_attention: std::cell::Cell::new(None),
+            wide_attention: std::cell::Cell::new(WideAttention::WherePays),
             rope_tables: RefCell::new(None),
             prepared: RefCell::new(None),
             _element: PhantomData,
@@ -131,10 +132,9 @@ where
         self.materialised_bytes.set(bytes);
     }
 
-    /// Forces the 64-row MLA decode kernel on (`Some(true)`) or off for steps it could serve,
-    /// instead of taking it where it pays (`None`, the default); tests use it to run it on
-    /// shapes of any size.
-    pub fn set_wide_attention(&self, wide: Option<bool>) {
+    /// Forces one 64-row MLA decode kernel, or none, for steps it could serve instead of taking
+    /// it where it pays (the default); tests use it to run each on shapes of any size.
+    pub fn set_wide_attention(&self, wide: WideAttention) {
         self.wide_attention.set(wide);
     }
 

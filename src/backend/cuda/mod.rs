@@ -16,6 +16,7 @@ mod moe;
 mod rows;
 mod transfer;
 
+pub use attention_tc::WideAttention;
 pub use backend::{CudaBackend, CudaHeadWeight, CudaKvCache};
 pub use elementwise::{GpuFloat, GpuTensor};
 
@@ -152,7 +153,17 @@ impl CudaDevice {
         keep_freed_memory_cached(&ctx)?;
         let stream = ctx.new_stream().map_err(driver_err("creating a stream"))?;
         let mut modules = HashMap::new();
-        for (name, fatbin) in kernels::MODULES {
+        // A module built for one architecture only (sm_90a: wgmma) is left out elsewhere; the
+        // kernel choice asks `info.compute_capability` before using it.
+        for kernels::KernelModule {
+            name,
+            fatbin,
+            only_on,
+        } in kernels::MODULES
+        {
+            if only_on.is_some_and(|cc| cc != info.compute_capability) {
+                continue;
+            }
             let module = ctx
                 .load_module(cudarc::nvrtc::Ptx::from_binary(fatbin.to_vec()))
                 .map_err(|e| Error::Device(format!("loading kernel module {name}: {e}")))?;

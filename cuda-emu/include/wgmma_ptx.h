@@ -1,0 +1,42 @@
+// CPU versions of the wgmma primitives of kernels/wgmma.cuh: each thread computes its own
+// accumulators from the shared-memory operands its descriptors name, at once (one of the orders
+// the device allows: nothing may touch the operands or accumulators before wgmma_wait).
+#pragma once
+#include "cuda_emu.h"
+#include "cuda_bf16.h"
+#include <stddef.h>
+
+namespace emu {
+inline uint32_t shared_offset(const void* p) {
+    const ptrdiff_t offset = static_cast<const char*>(p) - static_cast<const char*>(dynamic_shared());
+    if (offset < 0 || offset >= (1 << 18)) kernel_error("a wgmma operand outside the CTA's shared memory");
+    return (uint32_t)offset;
+}
+
+// Element (mn, k) of the operand of `desc` (no swizzle): core matrices of 8 × 16 bytes, `leading`
+// bytes apart along k and `stride` bytes apart along mn; a 16-byte row holds 8 consecutive k
+// (K-major) or 8 consecutive mn (MN-major).
+inline float wgmma_operand(uint64_t desc, int mn, int k, bool mn_major) {
+    const size_t start = (desc & 0x3fff) << 4, leading = ((desc >> 16) & 0x3fff) << 4,
+                 stride = ((desc >> 32) & 0x3fff) << 4;
+    if (desc >> 46) kernel_error("a wgmma descriptor with a base offset or a swizzle");
+    const size_t at = mn_major ? start + (mn / 8) * stride + (mn % 8) * 2 + (k / 8) * leading + (k % 8) * 16
+                               : start + (mn / 8) * stride + (mn % 8) * 16 + (k / 8) * leading + (k % 8) * 2;
+    if (at + 2 > (1u << 18)) kernel_error("a wgmma operand past the CTA's shared memory");
+    __nv_bfloat16 x;
+    memcpy(&x, static_cast<const char*>(dynamic_shared()) + at, 2);
+    return __bfloat162float(x);
+}
+
+// d += A[64×16]·B[16×n] for this thread's accumulators (A K-major; B K-major or MN-major).
+inline void wgmma_bf16(float* d, int n, uint64_t a, uint64_t b, bool b_mn_major) {
+    const int warp = (thread_idx().x / 32) % 4, lane = lane_id(), g = lane / 4, t = lane % 4;
+    for (int j = 0; j < n / 8; j++)
+        for (int e = 0; e < 4; e++) {
+            const int row = 16 * warp + g + 8 * (e / 2), col = 8 * j + 2 * t + e % 2;
+            float sum = d[4 * j + e];
+            for (int k = 0; k < 16; k++) sum += wgmma_operand(a, row, k, false) * wgmma_operand(b, col, k, b_mn_major);
+            d[4 * j + e] = sum;
+        }
+}
+}  // namespace emu

@@ -1,0 +1,228 @@
+// The MLA latent (576/512) for 64 query rows per CTA on Hopper's warpgroup tensor cores (wgmma,
+// sm_90a only): attention_mma_wide_latent576_bf16's job — four 16-row runs of one sequence's
+// heads, items[4·b …], for models with 64+ heads — with its operands read by the tensor cores
+// straight from shared memory. mma.sync makes every warp load its own copy of the key fragments
+// (each latent row read from shared memory by four warps, and the queries again every tile):
+// ncu found that kernel waiting on shared memory at about half the tensor rate. Here:
+//  - tiles of 64 cached tokens, two stages, copied with cp.async into core-matrix order
+//    (wgmma.cuh), so one copy of a tile is the keys (K-major) and the values (MN-major);
+//  - warpgroup h scores all 64 rows against token half h of the tile (m64n32k16, 36 steps over
+//    the key width), the two halves agree on each row's running max through shared memory, and
+//    write P (bf16) in core-matrix order;
+//  - warpgroup h owns output columns 256h … of all 64 rows: O += P·V as m64n256k16 with the
+//    values MN-major, the 64 × 256 accumulators in registers (128 per thread);
+//  - 225 KiB of shared memory: the queries [64 × 576], two tiles [64 × 576], P [64 × 64].
+// mla: no-spills
+// mla: sm_90a
+#include "common.cuh"
+#include "attention_items.cuh"
+#include "mma.cuh"
+#include "wgmma.cuh"
+
+#define WG_RUNS 4
+#define WG_ROWS (WG_RUNS * ROWS)  // 64: wgmma's M
+#define WG_TILE 64                // cached tokens per tile
+#define WG_THREADS 256            // two warpgroups
+#define LATENT 576
+#define VALUES 512
+#define CORE 128                  // bytes of a core matrix: 8 rows × 16 bytes
+// Byte offset of element (row, col) in an operand of `rows` rows laid out as core matrices,
+// row groups adjacent (CORE apart) and column groups rows·16 bytes apart.
+__device__ __forceinline__ uint32_t core_offset(int row, int col, int rows) {
+    return (uint32_t)((col / 8) * rows * 16 + (row / 8) * CORE + (row % 8) * 16 + (col % 8) * 2);
+}
+
+// Starts the copies of tile [tile, tile + WG_TILE) of the latent into `stage` in core-matrix
+// order: thread i copies tokens i % 8 + 8·(i / 64) and that + 32, pieces (i / 8) % 8 + 8k, so
+// each warp fills four whole core matrices per round. Tokens at or past kv_end become zeros.
+__device__ __forceinline__ void load_latent_tile(unsigned char* stage, int tile, int kv_end, const uint32_t* table,
+                                                 int block_size, const bf16* k1, const KeySegment& s1,
+                                                 const bf16* k2, const KeySegment& s2, int kv_head) {
+    const int first_piece = (threadIdx.x / 8) % 8;
+#pragma unroll
+    for (int round = 0; round < 2; round++) {
+        const int j = threadIdx.x % 8 + 8 * (threadIdx.x / 64) + 32 * round, p = tile + j;
+        const bool valid = p < kv_end;
+        const size_t slot = valid ? (size_t)table[p / block_size] * block_size + p % block_size : 0;
+        const bf16* k1_row = k1 + slot * s1.width + s1.offset + kv_head * s1.head_stride;
+        const bf16* k2_row = k2 + slot * s2.width + s2.offset + kv_head * s2.head_stride - s1.len;
+#pragma unroll
+        for (int piece = first_piece; piece < LATENT / 8; piece += 8) {
+            const int col = piece * 8;
+            async_copy16(stage + core_offset(j, col, WG_TILE), valid ? (col < s1.len ? k1_row : k2_row) + col : k1,
+                         valid);
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)
+attention_wgmma_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_stride, const bf16* q2, int q2_stride,
+                               int q2_head_stride, const bf16* k1, KeySegment s1, const bf16* k2, KeySegment s2,
+                               const bf16* v, KeySegment sv, int /* v_in_k */, const TcItem* items,
+                               const uint32_t* block_tables, const uint32_t* table_start, int block_size,
+                               const uint32_t* token_pos, int heads, float scale, int window, float* partial_o,
+                               float* partial_lse) {
+    constexpr int TILE_BYTES = WG_TILE * LATENT * 2, O_REGS = VALUES / 2 / 2;  // 64 × 256 / 128 threads
+    extern __shared__ __align__(128) unsigned char wgmma_smem[];
+    unsigned char* q_s = wgmma_smem;                          // [64 rows × 576] core matrices
+    unsigned char* stages = q_s + WG_ROWS * LATENT * 2;       // 2 × [64 tokens × 576]
+    unsigned char* p_s = stages + 2 * TILE_BYTES;             // [64 rows × 64 tokens]
+    float* half_max = reinterpret_cast<float*>(p_s + WG_ROWS * WG_TILE * 2);  // [2][64]
+    float* half_sum = half_max + 2 * WG_ROWS;                                  // [2][64]
+    int* pos_s = reinterpret_cast<int*>(half_sum + 2 * WG_ROWS);
+
+    const TcItem* quad = items + (size_t)blockIdx.x * WG_RUNS;
+    const int half = threadIdx.x / 128, run = (threadIdx.x / 32) % 4, lane = threadIdx.x & 31;
+    const int g = lane >> 2, t = lane & 3, row_lo = run * ROWS + g, row_hi = row_lo + 8;
+    const uint32_t* table = block_tables + table_start[quad[0].seq];
+    const int kv_begin = quad[0].kv_begin, kv_end = quad[0].kv_end, kv_head = quad[0].kv_head;
+    const int tiles = (kv_end - kv_begin + WG_TILE - 1) / WG_TILE;
+
+    // Query rows into core-matrix order (consecutive idx: consecutive shared bytes), copied like
+    // the keys where the source is 16-byte aligned, else value by value; zeros for NO_ROW.
+    for (int idx = threadIdx.x; idx < WG_ROWS * LATENT / 8; idx += blockDim.x) {
+        const int r = idx % WG_ROWS, c = idx / WG_ROWS * 8;
+        const uint32_t pair = quad[r / ROWS].rows[r % ROWS];
+        bf16* dst = reinterpret_cast<bf16*>(q_s + core_offset(r, c, WG_ROWS));
+        const bf16* src = q1;
+        if (pair != NO_ROW) {
+            const size_t tok = pair / heads, h = pair % heads;
+            src = c < s1.len ? q1 + tok * q1_stride + h * q1_head_stride + c
+                             : q2 + tok * q2_stride + h * q2_head_stride + (c - s1.len);
+        }
+        if (pair == NO_ROW || aligned16(src))
+            async_copy16(dst, src, pair != NO_ROW);
+        else
+            for (int e = 0; e < 8; e++) dst[e] = src[e];
+    }
+    if (tiles > 0) load_latent_tile(stages, kv_begin, kv_end, table, block_size, k1, s1, k2, s2, kv_head);
+    async_commit();
+    if (threadIdx.x < WG_ROWS) {
+        const uint32_t pair = quad[threadIdx.x / ROWS].rows[threadIdx.x % ROWS];
+        pos_s[threadIdx.x] = pair == NO_ROW ? -1 : (int)token_pos[pair / heads];
+    }
+    const float scale_log2 = scale * LOG2E;
+    float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.0f, l_hi = 0.0f;  // l: this lane's share
+    float o[O_REGS];
+#pragma unroll
+    for (int i = 0; i < O_REGS; i++) o[i] = 0.0f;
+
+    for (int step = 0; step < tiles; step++) {
+        const int tile = kv_begin + step * WG_TILE;
+        const unsigned char* stage = stages + (step & 1) * TILE_BYTES;
+        async_wait<0>();
+        fence_async_shared();
+        __syncthreads();  // this tile has landed for every thread; the other stage is free
+        if (step + 1 < tiles)
+            load_latent_tile(stages + ((step + 1) & 1) * TILE_BYTES, tile + WG_TILE, kv_end, table, block_size, k1,
+                             s1, k2, s2, kv_head);
+        async_commit();
+
+        // S [64 rows × 32 tokens of half `half`] over the key width, 16 values per step.
+        float s[16];
+#pragma unroll
+        for (int i = 0; i < 16; i++) s[i] = 0.0f;
+        fence_registers(s);
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < LATENT / 16; ks++)
+            wgmma_m64n32k16(s, wgmma_desc(q_s + core_offset(0, ks * 16, WG_ROWS), WG_ROWS * 16, CORE),
+                            wgmma_desc(stage + core_offset(half * 32, ks * 16, WG_TILE), WG_TILE * 16, CORE));
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_registers(s);
+
+        const int pos_lo = pos_s[row_lo], pos_hi = pos_s[row_hi];
+        float max_lo = -INFINITY, max_hi = -INFINITY;
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            const int p = tile + half * 32 + (i / 4) * 8 + 2 * t + (i & 1);
+            const bool lo = (i & 2) == 0;
+            s[i] = visible(p, kv_end, lo ? pos_lo : pos_hi, window) ? s[i] * scale_log2 : -INFINITY;
+            if (lo) max_lo = fmaxf(max_lo, s[i]);
+            else max_hi = fmaxf(max_hi, s[i]);
+        }
+        // The four lanes of a row hold its 32 tokens of this half.
+        max_lo = fmaxf(max_lo, __shfl_xor_sync(0xffffffffu, max_lo, 1));
+        max_lo = fmaxf(max_lo, __shfl_xor_sync(0xffffffffu, max_lo, 2));
+        max_hi = fmaxf(max_hi, __shfl_xor_sync(0xffffffffu, max_hi, 1));
+        max_hi = fmaxf(max_hi, __shfl_xor_sync(0xffffffffu, max_hi, 2));
+        if (t == 0) {
+            half_max[half * WG_ROWS + row_lo] = max_lo;
+            half_max[half * WG_ROWS + row_hi] = max_hi;
+        }
+        __syncthreads();
+        // Both halves of a row reach the same running max (max is exact and order-free).
+        const float new_lo = fmaxf(m_lo, fmaxf(max_lo, half_max[(half ^ 1) * WG_ROWS + row_lo]));
+        const float new_hi = fmaxf(m_hi, fmaxf(max_hi, half_max[(half ^ 1) * WG_ROWS + row_hi]));
+        const float alpha_lo = new_lo == -INFINITY ? 1.0f : exp2f(m_lo - new_lo);
+        const float alpha_hi = new_hi == -INFINITY ? 1.0f : exp2f(m_hi - new_hi);
+        m_lo = new_lo;
+        m_hi = new_hi;
+        float sum_lo = 0.0f, sum_hi = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const float p0 = new_lo == -INFINITY ? 0.0f : exp2f(s[4 * j] - new_lo);
+            const float p1 = new_lo == -INFINITY ? 0.0f : exp2f(s[4 * j + 1] - new_lo);
+            const float p2 = new_hi == -INFINITY ? 0.0f : exp2f(s[4 * j + 2] - new_hi);
+            const float p3 = new_hi == -INFINITY ? 0.0f : exp2f(s[4 * j + 3] - new_hi);
+            sum_lo += p0 + p1;
+            sum_hi += p2 + p3;
+            const int col = half * 32 + j * 8 + 2 * t;
+            *reinterpret_cast<uint32_t*>(p_s + core_offset(row_lo, col, WG_ROWS)) =
+                pack_bf16(from_f32<bf16>(p0), from_f32<bf16>(p1));
+            *reinterpret_cast<uint32_t*>(p_s + core_offset(row_hi, col, WG_ROWS)) =
+                pack_bf16(from_f32<bf16>(p2), from_f32<bf16>(p3));
+        }
+        l_lo = l_lo * alpha_lo + sum_lo;
+        l_hi = l_hi * alpha_hi + sum_hi;
+#pragma unroll
+        for (int j = 0; j < O_REGS / 4; j++) {
+            o[4 * j] *= alpha_lo;
+            o[4 * j + 1] *= alpha_lo;
+            o[4 * j + 2] *= alpha_hi;
+            o[4 * j + 3] *= alpha_hi;
+        }
+        fence_async_shared();
+        __syncthreads();  // P of both halves is in place
+
+        // O [64 rows × columns 256·half …] += P · V, 16 tokens per step.
+        fence_registers(o);
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < WG_TILE / 16; ks++)
+            wgmma_m64n256k16_mn_b(o, wgmma_desc(p_s + core_offset(0, ks * 16, WG_ROWS), WG_ROWS * 16, CORE),
+                                  wgmma_desc(stage + core_offset(ks * 16, half * 256, WG_TILE), CORE, WG_TILE * 16));
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_registers(o);
+    }
+    async_wait<0>();
+
+    // Row sums: the four lanes of a row, then the two halves.
+    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
+    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
+    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
+    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
+    if (t == 0) {
+        half_sum[half * WG_ROWS + row_lo] = l_lo;
+        half_sum[half * WG_ROWS + row_hi] = l_hi;
+    }
+    __syncthreads();
+    const float sum_lo = half_sum[row_lo] + half_sum[WG_ROWS + row_lo];
+    const float sum_hi = half_sum[row_hi] + half_sum[WG_ROWS + row_hi];
+    const float inv_lo = sum_lo > 0.0f ? 1.0f / sum_lo : 0.0f, inv_hi = sum_hi > 0.0f ? 1.0f / sum_hi : 0.0f;
+    const size_t item = (size_t)blockIdx.x * WG_RUNS + run;
+    float* out = partial_o + item * ROWS * VALUES + half * (VALUES / 2);
+#pragma unroll
+    for (int j = 0; j < O_REGS / 4; j++) {
+        const int col = j * 8 + 2 * t;
+        *reinterpret_cast<float2*>(out + g * VALUES + col) = make_float2(o[4 * j] * inv_lo, o[4 * j + 1] * inv_lo);
+        *reinterpret_cast<float2*>(out + (g + 8) * VALUES + col) =
+            make_float2(o[4 * j + 2] * inv_hi, o[4 * j + 3] * inv_hi);
+    }
+    if (half == 0 && t == 0) {
+        partial_lse[item * ROWS + g] = sum_lo > 0.0f ? m_lo + log2f(sum_lo) : -INFINITY;
+        partial_lse[item * ROWS + g + 8] = sum_hi > 0.0f ? m_hi + log2f(sum_hi) : -INFINITY;
+    }
+}
