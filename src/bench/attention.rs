@@ -4,7 +4,8 @@
 //! attention over them) on the shapes where its K/V fit.
 
 use super::kernels::{time_ms, uniform};
-use crate::backend::cuda::CudaBackend;
+use crate::backend::cuda::layout::absorbed_layout;
+use crate::backend::cuda::{CudaBackend, WideAttention};
 use crate::backend::{AttentionBatch, Backend, MlaDims, SeqChunk};
 use crate::error::{Error, Result};
 use half::bf16;
@@ -12,6 +13,8 @@ use half::bf16;
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttentionRow {
     pub heads: usize,
+    /// The tensor-core kernel that served the shape.
+    pub kernel: &'static str,
     pub batch: usize,
     pub context: usize,
     pub micros: f64,
@@ -41,20 +44,31 @@ fn copy_gb_per_s(gpu: &CudaBackend<bf16>) -> Result<f64> {
     Ok(2.0 * (n * 2) as f64 / (ms * 1e6))
 }
 
+/// The shapes and kernels `mla bench attention` times.
+pub struct AttentionShapes<'a> {
+    /// 64-row kernel choices, a row each where they matter (64+ heads); fewer heads get one row.
+    pub kernels: &'a [WideAttention],
+    pub heads: &'a [usize],
+    pub batches: &'a [usize],
+    pub contexts: &'a [usize],
+    /// Timed calls per row (after one warm-up).
+    pub reps: usize,
+}
+
+/// Times every (heads, batch, context) shape of `shapes` once per kernel choice, and the
+/// materialised path once per shape where its K/V fit.
 pub fn run(
     gpu: &CudaBackend<bf16>,
-    heads: &[usize],
-    batches: &[usize],
-    contexts: &[usize],
-    reps: usize,
+    shapes: &AttentionShapes,
     mut progress: impl FnMut(&AttentionRow),
 ) -> Result<(f64, Vec<AttentionRow>)> {
     let copy = copy_gb_per_s(gpu)?;
+    let reps = shapes.reps;
     let mut rows = Vec::new();
-    for &h in heads {
+    for &h in shapes.heads {
         let dims = MlaDims::deepseek(h, 192f32.powf(-0.5));
-        for &batch in batches {
-            for &context in contexts {
+        for &batch in shapes.batches {
+            for &context in shapes.contexts {
                 let per_seq = context.div_ceil(BLOCK);
                 let mut cache = gpu.alloc_kv_cache(1, batch * per_seq, BLOCK, 576)?;
                 gpu.device.fill(&mut cache.data, 0.01)?;
@@ -70,15 +84,10 @@ pub fn run(
                 };
                 let q_lat = gpu.upload_weight(uniform(batch, h * 512, 1))?;
                 let q = gpu.upload_weight(uniform(batch, h * 192, 2))?;
-                let ms = time_ms(&gpu.device, reps, || {
-                    gpu.mla_attention_absorbed(&q_lat, &q, &cache, 0, &attention, &dims)
-                        .map(|_| ())
-                })?;
                 let tokens = batch * context;
                 let bytes = tokens * 576 * 2 + batch * h * (576 + 512) * 2;
                 let flops = 2.0 * h as f64 * tokens as f64 * (576.0 + 512.0);
-                let materialised_bytes = tokens * h * 256 * 2;
-                let materialised_micros = if materialised_bytes <= MATERIALISED_LIMIT_BYTES {
+                let materialised_micros = if tokens * h * 256 * 2 <= MATERIALISED_LIMIT_BYTES {
                     let kv_b = gpu.upload_weight(uniform(h * 256, 512, 3))?;
                     let ms = time_ms(&gpu.device, reps.min(3), || {
                         gpu.mla_attention_materialised(&q, &cache, 0, &attention, &kv_b, &dims)
@@ -88,19 +97,38 @@ pub fn run(
                 } else {
                     None
                 };
-                let gb_per_s = bytes as f64 / (ms * 1e6);
-                let row = AttentionRow {
-                    heads: h,
-                    batch,
-                    context,
-                    micros: ms * 1e3,
-                    gb_per_s,
-                    tflops: flops / (ms * 1e9),
-                    of_copy: gb_per_s / copy,
-                    materialised_micros,
+                let choices = match h >= 64 {
+                    true => shapes.kernels,
+                    false => &shapes.kernels[..1],
                 };
-                progress(&row);
-                rows.push(row);
+                for &wide in choices {
+                    gpu.set_wide_attention(wide);
+                    let kernel = gpu
+                        .device
+                        .tc_schedule(&attention, &absorbed_layout(&dims), wide)?
+                        .kernel()
+                        .function;
+                    let ms = time_ms(&gpu.device, reps, || {
+                        gpu.mla_attention_absorbed(&q_lat, &q, &cache, 0, &attention, &dims)
+                            .map(|_| ())
+                    });
+                    gpu.set_wide_attention(WideAttention::WherePays);
+                    let ms = ms?;
+                    let gb_per_s = bytes as f64 / (ms * 1e6);
+                    let row = AttentionRow {
+                        heads: h,
+                        kernel,
+                        batch,
+                        context,
+                        micros: ms * 1e3,
+                        gb_per_s,
+                        tflops: flops / (ms * 1e9),
+                        of_copy: gb_per_s / copy,
+                        materialised_micros,
+                    };
+                    progress(&row);
+                    rows.push(row);
+                }
             }
         }
     }
@@ -110,17 +138,22 @@ pub fn run(
 pub fn render(device: &str, copy: f64, rows: &[AttentionRow]) -> String {
     let mut s = format!(
         "absorbed MLA decode on {device} (bf16, 1 query token, 64-token pages); copy: {copy:.0} GB/s\n\n\
-         | heads | batch | context | µs | GB/s | of copy | TFLOPS | materialised µs | speed-up |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+         | heads | batch | context | kernel | µs | GB/s | of copy | TFLOPS | materialised µs | speed-up |\n\
+         |---:|---:|---:|---|---:|---:|---:|---:|---:|---:|\n"
     );
     for r in rows {
         let (materialised, speedup) = match r.materialised_micros {
             Some(n) => (format!("{n:.0}"), format!("{:.1}×", n / r.micros)),
             None => ("—".into(), "—".into()),
         };
-        s += &format!(
-            "| {} | {} | {} | {:.1} | {:.0} | {:.2} | {:.1} | {materialised} | {speedup} |\n",
-            r.heads, r.batch, r.context, r.micros, r.gb_per_s, r.of_copy, r.tflops
+        s +=
+            &format!(
+            "| {} | {} | {} | {} | {:.1} | {:.0} | {:.2} | {:.1} | {materialised} | {speedup} |\n",
+            r.heads,
+            r.batch,
+            r.context,
+            r.kernel.trim_end_matches("_bf16"),
+            r.micros, r.gb_per_s, r.of_copy, r.tflops
         );
     }
     s

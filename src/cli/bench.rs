@@ -2,7 +2,7 @@
 
 use super::loading::{DType, DeviceSpec};
 use crate::backend::cpu::CpuBackend;
-use crate::backend::cuda::CudaBackend;
+use crate::backend::cuda::{CudaBackend, WideAttention};
 use crate::backend::Backend;
 use crate::bench::presets::{preset_config, PRESETS};
 use crate::bench::report::{compare, render, Format};
@@ -130,29 +130,67 @@ pub struct AttentionBenchArgs {
     /// Timed calls per shape (after one warm-up).
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub reps: usize,
+
+    /// The kernels to time for 64+ heads, a row each: where-pays (the runtime's choice), wgmma
+    /// (64 rows per CTA on Hopper's warpgroup tensor cores), mma (64 rows per CTA, mma.sync),
+    /// 16-row (16 rows per CTA).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "where-pays",
+        value_name = "K"
+    )]
+    pub kernel: Vec<KernelChoice>,
+}
+
+/// `--kernel` of `mla bench attention`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KernelChoice {
+    WherePays,
+    Wgmma,
+    Mma,
+    #[value(name = "16-row")]
+    SixteenRow,
+}
+
+impl From<KernelChoice> for WideAttention {
+    fn from(k: KernelChoice) -> Self {
+        match k {
+            KernelChoice::WherePays => WideAttention::WherePays,
+            KernelChoice::Wgmma => WideAttention::Wgmma,
+            KernelChoice::Mma => WideAttention::Mma,
+            KernelChoice::SixteenRow => WideAttention::Off,
+        }
+    }
 }
 
 fn bench_attention(args: &AttentionBenchArgs) -> Result<()> {
     let ordinal = args.gpu.ordinal("attention")?;
+    if args.kernel.is_empty() {
+        return Err(Error::InvalidInput(
+            "--kernel needs at least one kernel".into(),
+        ));
+    }
     if args.heads.contains(&0) || args.batch.contains(&0) || args.context.contains(&0) {
         return Err(Error::InvalidInput(
             "--heads, --batch and --context must be positive".into(),
         ));
     }
     let gpu = CudaBackend::<half::bf16>::open(ordinal)?;
-    let (copy, rows) = crate::bench::attention::run(
-        &gpu,
-        &args.heads,
-        &args.batch,
-        &args.context,
-        args.reps,
-        |r| {
-            eprintln!(
-                "h={} batch {} context {}: {:.1} µs",
-                r.heads, r.batch, r.context, r.micros
-            )
-        },
-    )?;
+    let kernels: Vec<WideAttention> = args.kernel.iter().map(|&k| k.into()).collect();
+    let shapes = crate::bench::attention::AttentionShapes {
+        kernels: &kernels,
+        heads: &args.heads,
+        batches: &args.batch,
+        contexts: &args.context,
+        reps: args.reps,
+    };
+    let (copy, rows) = crate::bench::attention::run(&gpu, &shapes, |r| {
+        eprintln!(
+            "h={} batch {} context {} {}: {:.1} µs",
+            r.heads, r.batch, r.context, r.kernel, r.micros
+        )
+    })?;
     print!(
         "{}",
         crate::bench::attention::render(&gpu.name(), copy, &rows)

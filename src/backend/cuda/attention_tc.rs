@@ -217,6 +217,13 @@ pub struct TcSchedule {
     group_count: usize,
 }
 
+impl TcSchedule {
+    /// The kernel the schedule is for.
+    pub fn kernel(&self) -> TcKernel {
+        self.kernel
+    }
+}
+
 impl CudaDevice {
     /// Whether this is a Hopper GPU (compute capability 9.0), where the sm_90a kernels load.
     fn hopper(&self) -> bool {
