@@ -32,18 +32,32 @@ __device__ __forceinline__ uint32_t core_offset(int row, int col, int rows) {
     return (uint32_t)((col / 8) * rows * 16 + (row / 8) * CORE + (row % 8) * 16 + (col % 8) * 2);
 }
 
-// Starts the copies of tile [tile, tile + WG_TILE) of the latent into `stage` in core-matrix
-// order: thread i copies tokens i % 8 + 8·(i / 64) and that + 32, pieces (i / 8) % 8 + 8k, so
-// each warp fills four whole core matrices per round. Tokens at or past kv_end become zeros.
-__device__ __forceinline__ void load_latent_tile(unsigned char* stage, int tile, int kv_end, const uint32_t* table,
-                                                 int block_size, const bf16* k1, const KeySegment& s1,
-                                                 const bf16* k2, const KeySegment& s2, int kv_head) {
+// The token of tile row-slot `round` (0, 1) this thread copies: i % 8 + 8·(i / 64) + 32·round.
+__device__ __forceinline__ int tile_token(int round) { return threadIdx.x % 8 + 8 * (threadIdx.x / 64) + 32 * round; }
+
+// The cache slots of this thread's two tokens of tile [tile, tile + WG_TILE), -1 past kv_end:
+// looked up a tile ahead, so that the block-table reads are not waited for when the copies start.
+__device__ __forceinline__ void tile_slots(int (&slots)[2], int tile, int kv_end, const uint32_t* table,
+                                           int block_size) {
+#pragma unroll
+    for (int round = 0; round < 2; round++) {
+        const int p = tile + tile_token(round);
+        slots[round] = p < kv_end ? (int)(table[p / block_size] * block_size + p % block_size) : -1;
+    }
+}
+
+// Starts the copies of a tile of the latent (`slots` from tile_slots) into `stage` in
+// core-matrix order: thread i copies its two tokens' pieces (i / 8) % 8 + 8k, so each warp
+// fills four whole core matrices per round. Tokens at or past kv_end become zeros.
+__device__ __forceinline__ void load_latent_tile(unsigned char* stage, const int (&slots)[2], const bf16* k1,
+                                                 const KeySegment& s1, const bf16* k2, const KeySegment& s2,
+                                                 int kv_head) {
     const int first_piece = (threadIdx.x / 8) % 8;
 #pragma unroll
     for (int round = 0; round < 2; round++) {
-        const int j = threadIdx.x % 8 + 8 * (threadIdx.x / 64) + 32 * round, p = tile + j;
-        const bool valid = p < kv_end;
-        const size_t slot = valid ? (size_t)table[p / block_size] * block_size + p % block_size : 0;
+        const int j = tile_token(round);
+        const bool valid = slots[round] >= 0;
+        const size_t slot = valid ? (size_t)slots[round] : 0;
         const bf16* k1_row = k1 + slot * s1.width + s1.offset + kv_head * s1.head_stride;
         const bf16* k2_row = k2 + slot * s2.width + s2.offset + kv_head * s2.head_stride - s1.len;
 #pragma unroll
@@ -95,8 +109,11 @@ attention_wgmma_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_stride
         else
             for (int e = 0; e < 8; e++) dst[e] = src[e];
     }
-    if (tiles > 0) load_latent_tile(stages, kv_begin, kv_end, table, block_size, k1, s1, k2, s2, kv_head);
+    int slots[2];
+    tile_slots(slots, kv_begin, kv_end, table, block_size);
+    if (tiles > 0) load_latent_tile(stages, slots, k1, s1, k2, s2, kv_head);
     async_commit();
+    tile_slots(slots, kv_begin + WG_TILE, kv_end, table, block_size);
     if (threadIdx.x < WG_ROWS) {
         const uint32_t pair = quad[threadIdx.x / ROWS].rows[threadIdx.x % ROWS];
         pos_s[threadIdx.x] = pair == NO_ROW ? -1 : (int)token_pos[pair / heads];
@@ -113,9 +130,10 @@ attention_wgmma_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_stride
         async_wait<0>();
         fence_async_shared();
         __syncthreads();  // this tile has landed for every thread; the other stage is free
-        if (step + 1 < tiles)
-            load_latent_tile(stages + ((step + 1) & 1) * TILE_BYTES, tile + WG_TILE, kv_end, table, block_size, k1,
-                             s1, k2, s2, kv_head);
+        if (step + 1 < tiles) {
+            load_latent_tile(stages + ((step + 1) & 1) * TILE_BYTES, slots, k1, s1, k2, s2, kv_head);
+            tile_slots(slots, tile + 2 * WG_TILE, kv_end, table, block_size);
+        }
         async_commit();
 
         // S [64 rows × 32 tokens of half `half`] over the key width, 16 values per step.

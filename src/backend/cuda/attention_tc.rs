@@ -135,9 +135,19 @@ pub fn kernel_for(l: &AttentionLayout, max_shared: usize, hopper: bool) -> Optio
 const WIDE_MIN_CONTEXT: usize = 2048;
 const WIDE_MIN_SPLIT: usize = 512;
 
-/// Whether the 64-row kernel pays for `batch`: long enough contexts on average, and enough
-/// tokens to give each of `multiprocessors` SMs a CTA of at least WIDE_MIN_SPLIT of them.
-fn wide_pays(batch: &AttentionBatch, l: &AttentionLayout, multiprocessors: usize) -> bool {
+/// The wgmma kernel pays from 1K tokens per 64-row unit on average where there are many units
+/// (32+ sequences of V3), else from 2K: measured on an H200 (docs/gpu-runs.md, run 8), it is
+/// 1.1–1.6× faster than the 16-row kernel on every V3 shape but a single sequence of 1K tokens.
+const WGMMA_MIN_CONTEXT: usize = 1024;
+const WGMMA_MANY_UNITS: usize = 64;
+
+/// Which 64-row kernel pays for `batch`, if any: wgmma on Hopper, mma.sync elsewhere.
+fn wide_pays(
+    batch: &AttentionBatch,
+    l: &AttentionLayout,
+    multiprocessors: usize,
+    hopper: bool,
+) -> WideAttention {
     let (mut units, mut tokens, mut ctas) = (0, 0, 0);
     for seq in &batch.seqs {
         let kv_heads = l.heads / l.group.max(1);
@@ -146,7 +156,15 @@ fn wide_pays(batch: &AttentionBatch, l: &AttentionLayout, multiprocessors: usize
         tokens += n * seq.context_len;
         ctas += n * seq.context_len.div_ceil(WIDE_MIN_SPLIT);
     }
-    units > 0 && tokens >= units * WIDE_MIN_CONTEXT && ctas >= multiprocessors
+    let wgmma_pays = tokens >= units * WIDE_MIN_CONTEXT
+        || (units >= WGMMA_MANY_UNITS && tokens >= units * WGMMA_MIN_CONTEXT);
+    match units > 0 {
+        true if hopper && wgmma_pays => WideAttention::Wgmma,
+        true if !hopper && tokens >= units * WIDE_MIN_CONTEXT && ctas >= multiprocessors => {
+            WideAttention::Mma
+        }
+        _ => WideAttention::Off,
+    }
 }
 
 /// [`kernel_for`], with the 64-row kernel `wide` (Mma or Wgmma) first, none if Off.
@@ -239,11 +257,9 @@ impl CudaDevice {
         wide: WideAttention,
     ) -> Result<TcSchedule> {
         let wide = match wide {
-            WideAttention::WherePays if !wide_pays(batch, l, self.info.multiprocessors) => {
-                WideAttention::Off
+            WideAttention::WherePays => {
+                wide_pays(batch, l, self.info.multiprocessors, self.hopper())
             }
-            WideAttention::WherePays if self.hopper() => WideAttention::Wgmma,
-            WideAttention::WherePays => WideAttention::Mma,
             WideAttention::Wgmma if !self.hopper() => {
                 return Err(Error::Op {
                     op: "attention_tc",
@@ -527,19 +543,26 @@ mod tests {
                 .collect(),
         };
         let v3 = absorbed_layout(&deepseek(128));
-        for (seqs, context, pays) in [
-            (128, 4096, true),
-            (32, 16384, true),
-            (32, 4096, true),
-            (128, 1024, false),
-            (1, 16384, false),
-            (1, 131_072, true),
+        use WideAttention::{Mma, Off, Wgmma};
+        // (sequences, context, elsewhere, on Hopper)
+        for (seqs, context, mma, hopper) in [
+            (128, 4096, Mma, Wgmma),
+            (32, 16384, Mma, Wgmma),
+            (32, 4096, Mma, Wgmma),
+            (128, 1024, Off, Wgmma),
+            (32, 1024, Off, Wgmma),
+            (1, 16384, Off, Wgmma),
+            (1, 4096, Off, Wgmma),
+            (1, 1024, Off, Off),
+            (1, 131_072, Mma, Wgmma),
         ] {
-            assert_eq!(
-                wide_pays(&batch(seqs, context), &v3, 132),
-                pays,
-                "{seqs} × {context}"
-            );
+            for (on_hopper, want) in [(false, mma), (true, hopper)] {
+                assert_eq!(
+                    wide_pays(&batch(seqs, context), &v3, 132, on_hopper),
+                    want,
+                    "{seqs} × {context}, Hopper: {on_hopper}"
+                );
+            }
         }
     }
 }
