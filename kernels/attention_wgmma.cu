@@ -4,11 +4,12 @@
 // straight from shared memory. mma.sync makes every warp load its own copy of the key fragments
 // (each latent row read from shared memory by four warps, and the queries again every tile):
 // ncu found that kernel waiting on shared memory at about half the tensor rate. Here:
-//  - tiles of 64 cached tokens, two stages, copied with cp.async into core-matrix order
-//    (wgmma.cuh), so one copy of a tile is the keys (K-major) and the values (MN-major);
+//  - tiles of 64 cached tokens, two stages, copied with cp.async into the 128-byte swizzle
+//    (wgmma.cuh), so one copy of a tile is the keys (K-major) and the values (MN-major); eight
+//    threads copy a 128-byte line of a token row, a whole L2 line per request;
 //  - warpgroup h scores all 64 rows against token half h of the tile (m64n32k16, 36 steps over
 //    the key width), the two halves agree on each row's running max through shared memory, and
-//    write P (bf16) in core-matrix order;
+//    write P (bf16) in the swizzle;
 //  - warpgroup h owns output columns 256h … of all 64 rows: O += P·V as m64n256k16 with the
 //    values MN-major, the 64 × 256 accumulators in registers (128 per thread);
 //  - 225 KiB of shared memory: the queries [64 × 576], two tiles [64 × 576], P [64 × 64].
@@ -25,15 +26,11 @@
 #define WG_THREADS 256            // two warpgroups
 #define LATENT 576
 #define VALUES 512
-#define CORE 128                  // bytes of a core matrix: 8 rows × 16 bytes
-// Byte offset of element (row, col) in an operand of `rows` rows laid out as core matrices,
-// row groups adjacent (CORE apart) and column groups rows·16 bytes apart.
-__device__ __forceinline__ uint32_t core_offset(int row, int col, int rows) {
-    return (uint32_t)((col / 8) * rows * 16 + (row / 8) * CORE + (row % 8) * 16 + (col % 8) * 2);
-}
+#define ATOM 1024                 // bytes of a swizzle atom: 8 rows × 128 bytes
+#define BLOCK_BYTES (64 * 128)    // a 64-row operand's 64 columns: 8 atoms
 
-// The token of tile row-slot `round` (0, 1) this thread copies: i % 8 + 8·(i / 64) + 32·round.
-__device__ __forceinline__ int tile_token(int round) { return threadIdx.x % 8 + 8 * (threadIdx.x / 64) + 32 * round; }
+// The token of tile row-slot `round` (0, 1) this thread copies: i / 8 + 32·round.
+__device__ __forceinline__ int tile_token(int round) { return threadIdx.x / 8 + 32 * round; }
 
 // The cache slots of this thread's two tokens of tile [tile, tile + WG_TILE), -1 past kv_end:
 // looked up a tile ahead, so that the block-table reads are not waited for when the copies start.
@@ -46,13 +43,14 @@ __device__ __forceinline__ void tile_slots(int (&slots)[2], int tile, int kv_end
     }
 }
 
-// Starts the copies of a tile of the latent (`slots` from tile_slots) into `stage` in
-// core-matrix order: thread i copies its two tokens' pieces (i / 8) % 8 + 8k, so each warp
-// fills four whole core matrices per round. Tokens at or past kv_end become zeros.
+// Starts the copies of a tile of the latent (`slots` from tile_slots) into `stage` in the
+// swizzle: thread i copies 16-byte chunk i % 8 of each 128-byte line of its two tokens, so a
+// warp reads four whole lines and writes four whole swizzled rows per copy. Tokens at or past
+// kv_end become zeros.
 __device__ __forceinline__ void load_latent_tile(unsigned char* stage, const int (&slots)[2], const bf16* k1,
                                                  const KeySegment& s1, const bf16* k2, const KeySegment& s2,
                                                  int kv_head) {
-    const int first_piece = (threadIdx.x / 8) % 8;
+    const int chunk = threadIdx.x % 8;
 #pragma unroll
     for (int round = 0; round < 2; round++) {
         const int j = tile_token(round);
@@ -61,11 +59,9 @@ __device__ __forceinline__ void load_latent_tile(unsigned char* stage, const int
         const bf16* k1_row = k1 + slot * s1.width + s1.offset + kv_head * s1.head_stride;
         const bf16* k2_row = k2 + slot * s2.width + s2.offset + kv_head * s2.head_stride - s1.len;
 #pragma unroll
-        for (int piece = first_piece; piece < LATENT / 8; piece += 8) {
-            const int col = piece * 8;
-            async_copy16(stage + core_offset(j, col, WG_TILE), valid ? (col < s1.len ? k1_row : k2_row) + col : k1,
+        for (int col = chunk * 8; col < LATENT; col += 64)
+            async_copy16(stage + swizzled_offset(j, col, WG_TILE), valid ? (col < s1.len ? k1_row : k2_row) + col : k1,
                          valid);
-        }
     }
 }
 
@@ -78,12 +74,13 @@ attention_wgmma_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_stride
                                float* partial_lse) {
     constexpr int TILE_BYTES = WG_TILE * LATENT * 2, O_REGS = VALUES / 2 / 2;  // 64 × 256 / 128 threads
     extern __shared__ __align__(128) unsigned char wgmma_smem[];
-    unsigned char* q_s = wgmma_smem;                          // [64 rows × 576] core matrices
+    unsigned char* q_s = wgmma_smem;                          // [64 rows × 576] swizzled
     unsigned char* stages = q_s + WG_ROWS * LATENT * 2;       // 2 × [64 tokens × 576]
     unsigned char* p_s = stages + 2 * TILE_BYTES;             // [64 rows × 64 tokens]
     float* half_max = reinterpret_cast<float*>(p_s + WG_ROWS * WG_TILE * 2);  // [2][64]
     float* half_sum = half_max + 2 * WG_ROWS;                                  // [2][64]
     int* pos_s = reinterpret_cast<int*>(half_sum + 2 * WG_ROWS);
+    require_atom_aligned(wgmma_smem);
 
     const TcItem* quad = items + (size_t)blockIdx.x * WG_RUNS;
     const int half = threadIdx.x / 128, run = (threadIdx.x / 32) % 4, lane = threadIdx.x & 31;
@@ -92,12 +89,12 @@ attention_wgmma_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_stride
     const int kv_begin = quad[0].kv_begin, kv_end = quad[0].kv_end, kv_head = quad[0].kv_head;
     const int tiles = (kv_end - kv_begin + WG_TILE - 1) / WG_TILE;
 
-    // Query rows into core-matrix order (consecutive idx: consecutive shared bytes), copied like
-    // the keys where the source is 16-byte aligned, else value by value; zeros for NO_ROW.
+    // Query rows into the swizzle (eight threads per 128-byte line), copied like the keys where
+    // the source is 16-byte aligned, else value by value; zeros for NO_ROW.
     for (int idx = threadIdx.x; idx < WG_ROWS * LATENT / 8; idx += blockDim.x) {
-        const int r = idx % WG_ROWS, c = idx / WG_ROWS * 8;
+        const int r = idx / 8 % WG_ROWS, c = idx / (8 * WG_ROWS) * 64 + idx % 8 * 8;
         const uint32_t pair = quad[r / ROWS].rows[r % ROWS];
-        bf16* dst = reinterpret_cast<bf16*>(q_s + core_offset(r, c, WG_ROWS));
+        bf16* dst = reinterpret_cast<bf16*>(q_s + swizzled_offset(r, c, WG_ROWS));
         const bf16* src = q1;
         if (pair != NO_ROW) {
             const size_t tok = pair / heads, h = pair % heads;
@@ -144,8 +141,8 @@ attention_wgmma_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_stride
         wgmma_fence();
 #pragma unroll
         for (int ks = 0; ks < LATENT / 16; ks++)
-            wgmma_m64n32k16(s, wgmma_desc(q_s + core_offset(0, ks * 16, WG_ROWS), WG_ROWS * 16, CORE),
-                            wgmma_desc(stage + core_offset(half * 32, ks * 16, WG_TILE), WG_TILE * 16, CORE));
+            wgmma_m64n32k16(s, wgmma_desc(q_s + swizzled_offset(0, ks * 16, WG_ROWS), 0, ATOM),
+                            wgmma_desc(stage + swizzled_offset(half * 32, ks * 16, WG_TILE), 0, ATOM));
         wgmma_commit();
         wgmma_wait<0>();
         fence_registers(s);
@@ -187,9 +184,9 @@ attention_wgmma_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_stride
             sum_lo += p0 + p1;
             sum_hi += p2 + p3;
             const int col = half * 32 + j * 8 + 2 * t;
-            *reinterpret_cast<uint32_t*>(p_s + core_offset(row_lo, col, WG_ROWS)) =
+            *reinterpret_cast<uint32_t*>(p_s + swizzled_offset(row_lo, col, WG_ROWS)) =
                 pack_bf16(from_f32<bf16>(p0), from_f32<bf16>(p1));
-            *reinterpret_cast<uint32_t*>(p_s + core_offset(row_hi, col, WG_ROWS)) =
+            *reinterpret_cast<uint32_t*>(p_s + swizzled_offset(row_hi, col, WG_ROWS)) =
                 pack_bf16(from_f32<bf16>(p2), from_f32<bf16>(p3));
         }
         l_lo = l_lo * alpha_lo + sum_lo;
@@ -209,8 +206,8 @@ attention_wgmma_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_stride
         wgmma_fence();
 #pragma unroll
         for (int ks = 0; ks < WG_TILE / 16; ks++)
-            wgmma_m64n256k16_mn_b(o, wgmma_desc(p_s + core_offset(0, ks * 16, WG_ROWS), WG_ROWS * 16, CORE),
-                                  wgmma_desc(stage + core_offset(ks * 16, half * 256, WG_TILE), CORE, WG_TILE * 16));
+            wgmma_m64n256k16_mn_b(o, wgmma_desc(p_s + swizzled_offset(0, ks * 16, WG_ROWS), 0, ATOM),
+                                  wgmma_desc(stage + swizzled_offset(ks * 16, half * 256, WG_TILE), BLOCK_BYTES, ATOM));
         wgmma_commit();
         wgmma_wait<0>();
         fence_registers(o);

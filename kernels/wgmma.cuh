@@ -2,12 +2,15 @@
 // both operands in shared memory) as functions, for kernels built only for sm_90a; under
 // cuda-emu (MLA_CUDA_EMU) each has a CPU implementation (cuda-emu/include/wgmma_ptx.h).
 //
-// Operand layout in shared memory, without swizzle: the matrix is cut into "core matrices" of
-// 8 rows × 8 bf16 (16 bytes), each 128 contiguous bytes with its rows 16 bytes apart. A
-// descriptor gives where the operand starts, the byte distance between core matrices along K
-// (leading) and along M or N (stride). The same core matrices serve a K-major operand (a row
-// of 16 bytes = 8 consecutive k) and an MN-major one (a row = 8 consecutive m or n, one per k),
-// which is how one latent tile is both the keys (K-major) and the values (MN-major).
+// Operand layout in shared memory, 128-byte swizzle: the matrix is cut into atoms of 8 rows ×
+// 128 bytes (64 bf16), 1024 contiguous bytes at a 1024-byte aligned address, in which the
+// 16-byte chunk c of row r sits at chunk position c ^ r (so that the 8 rows of a column of
+// chunks fall in 8 different bank groups). A K-major operand has 64 consecutive k in a row; a
+// descriptor gives where it starts (plus 32 bytes per 16 k inside the atom) and the distance
+// between atoms along M or N (stride). An MN-major operand has 64 consecutive m or n in a row,
+// one row per k; its descriptor gives the distance between atoms along M or N (leading) and
+// along K (stride). The same atoms are therefore both the keys of a latent tile (K-major: rows
+// are tokens) and its values (MN-major: rows are tokens, the k of P·V).
 //
 // Accumulators: warp w of the warpgroup owns rows 16w … 16w + 15 of D [64 × N]; with g = lane / 4
 // and t = lane % 4, d[4j + e] is row 16w + g + 8·(e / 2), column 8j + 2t + e % 2 — mma.sync's C
@@ -29,12 +32,28 @@ __device__ __forceinline__ uint32_t shared_address(const void* p) {
 #endif
 }
 
-// The descriptor of an operand starting at `start` (16-byte aligned) with core matrices
-// `leading` bytes apart along K and `stride` bytes apart along M or N; no swizzle.
+// The descriptor of a 128-byte swizzled operand starting at `start` (16-byte aligned, inside an
+// atom aligned to 1024 bytes) with atoms `leading` and `stride` bytes apart (see above).
 __device__ __forceinline__ uint64_t wgmma_desc(const void* start, uint32_t leading, uint32_t stride) {
     MLA_ASSERT_ALIGNED(start, 16);
     return (uint64_t)((shared_address(start) >> 4) & 0x3fff) | (uint64_t)((leading >> 4) & 0x3fff) << 16 |
-           (uint64_t)((stride >> 4) & 0x3fff) << 32;
+           (uint64_t)((stride >> 4) & 0x3fff) << 32 | 1ull << 62;
+}
+
+// Stops the kernel (a launch error) unless `base` is aligned to a swizzle atom: the swizzle is a
+// function of the address bits, so a misaligned buffer would be read scrambled, silently.
+__device__ __forceinline__ void require_atom_aligned(const void* base) {
+#if defined(__CUDA_ARCH__) && !defined(MLA_CUDA_EMU)
+    if (shared_address(base) % 1024 != 0) asm volatile("trap;");
+#else
+    (void)base;
+#endif
+}
+
+// Byte offset of element (row, col) of a K-major operand of `rows` rows (a multiple of 8) in
+// the 128-byte swizzle, its columns in blocks of 64 (one atom wide), block after block.
+__device__ __forceinline__ uint32_t swizzled_offset(int row, int col, int rows) {
+    return (uint32_t)((col / 64) * rows * 128 + row * 128 + ((((col % 64) / 8) ^ (row % 8)) * 16) + (col % 8) * 2);
 }
 
 // Orders this thread's register and shared-memory writes before the warpgroup's next wgmma.

@@ -13,15 +13,17 @@ inline uint32_t shared_offset(const void* p) {
     return (uint32_t)offset;
 }
 
-// Element (mn, k) of the operand of `desc` (no swizzle): core matrices of 8 × 16 bytes, `leading`
-// bytes apart along k and `stride` bytes apart along mn; a 16-byte row holds 8 consecutive k
-// (K-major) or 8 consecutive mn (MN-major).
+// Element (mn, k) of the operand of `desc`, 128-byte swizzle (kernels/wgmma.cuh): atoms of 8
+// rows × 128 bytes whose 16-byte chunk c of row r sits at c ^ r; a row holds 64 consecutive k
+// (K-major: atoms `stride` bytes apart along mn) or 64 consecutive mn (MN-major: atoms
+// `leading` bytes apart along mn and `stride` bytes apart along k).
 inline float wgmma_operand(uint64_t desc, int mn, int k, bool mn_major) {
     const size_t start = (desc & 0x3fff) << 4, leading = ((desc >> 16) & 0x3fff) << 4,
                  stride = ((desc >> 32) & 0x3fff) << 4;
-    if (desc >> 46) kernel_error("a wgmma descriptor with a base offset or a swizzle");
-    const size_t at = mn_major ? start + (mn / 8) * stride + (mn % 8) * 2 + (k / 8) * leading + (k % 8) * 16
-                               : start + (mn / 8) * stride + (mn % 8) * 16 + (k / 8) * leading + (k % 8) * 2;
+    if ((desc >> 46) != (1ull << 16)) kernel_error("a wgmma descriptor without the 128-byte swizzle or with a base offset");
+    const size_t linear = mn_major ? start + (mn / 64) * leading + (mn % 64) * 2 + (k / 8) * stride + (k % 8) * 128
+                                   : start + (mn / 8) * stride + (mn % 8) * 128 + k * 2;
+    const size_t at = linear ^ (((linear >> 7) & 7) << 4);
     if (at + 2 > (1u << 18)) kernel_error("a wgmma operand past the CTA's shared memory");
     __nv_bfloat16 x;
     memcpy(&x, static_cast<const char*>(dynamic_shared()) + at, 2);
