@@ -127,13 +127,9 @@ attention_wgmma_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_stride
         async_wait<0>();
         fence_async_shared();
         __syncthreads();  // this tile has landed for every thread; the other stage is free
-        if (step + 1 < tiles) {
-            load_latent_tile(stages + ((step + 1) & 1) * TILE_BYTES, slots, k1, s1, k2, s2, kv_head);
-            tile_slots(slots, tile + 2 * WG_TILE, kv_end, table, block_size);
-        }
-        async_commit();
 
-        // S [64 rows × 32 tokens of half `half`] over the key width, 16 values per step.
+        // S [64 rows × 32 tokens of half `half`] over the key width, 16 values per step; the
+        // next tile's copies are issued while the tensor cores work.
         float s[16];
 #pragma unroll
         for (int i = 0; i < 16; i++) s[i] = 0.0f;
@@ -144,6 +140,11 @@ attention_wgmma_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_stride
             wgmma_m64n32k16(s, wgmma_desc(q_s + swizzled_offset(0, ks * 16, WG_ROWS), 0, ATOM),
                             wgmma_desc(stage + swizzled_offset(half * 32, ks * 16, WG_TILE), 0, ATOM));
         wgmma_commit();
+        if (step + 1 < tiles) {
+            load_latent_tile(stages + ((step + 1) & 1) * TILE_BYTES, slots, k1, s1, k2, s2, kv_head);
+            tile_slots(slots, tile + 2 * WG_TILE, kv_end, table, block_size);
+        }
+        async_commit();
         wgmma_wait<0>();
         fence_registers(s);
 
@@ -191,12 +192,15 @@ attention_wgmma_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_stride
         }
         l_lo = l_lo * alpha_lo + sum_lo;
         l_hi = l_hi * alpha_hi + sum_hi;
+        // Once the running maxima settle, most tiles leave every row of a warp as it was.
+        if (__ballot_sync(0xffffffffu, alpha_lo != 1.0f || alpha_hi != 1.0f) != 0) {
 #pragma unroll
-        for (int j = 0; j < O_REGS / 4; j++) {
-            o[4 * j] *= alpha_lo;
-            o[4 * j + 1] *= alpha_lo;
-            o[4 * j + 2] *= alpha_hi;
-            o[4 * j + 3] *= alpha_hi;
+            for (int j = 0; j < O_REGS / 4; j++) {
+                o[4 * j] *= alpha_lo;
+                o[4 * j + 1] *= alpha_lo;
+                o[4 * j + 2] *= alpha_hi;
+                o[4 * j + 3] *= alpha_hi;
+            }
         }
         fence_async_shared();
         __syncthreads();  // P of both halves is in place
