@@ -93,20 +93,6 @@ __device__ __forceinline__ void accumulate_pv(float (&o)[O_TILES][4], float alph
     }
 }
 
-// One warp's O fragments divided by their rows' sums (sum_lo: row g, sum_hi: row g + 8; zero
-// sums give zeros) into `out`, row-major with DV columns, from this warp's first column.
-template <int O_TILES, int DV>
-__device__ __forceinline__ void store_partial(float* out, const float (&o)[O_TILES][4], float sum_lo, float sum_hi) {
-    const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
-    const float inv_lo = sum_lo > 0.0f ? 1.0f / sum_lo : 0.0f, inv_hi = sum_hi > 0.0f ? 1.0f / sum_hi : 0.0f;
-#pragma unroll
-    for (int n = 0; n < O_TILES; n++) {
-        const int col = n * 8 + 2 * t;
-        *reinterpret_cast<float2*>(out + g * DV + col) = make_float2(o[n][0] * inv_lo, o[n][1] * inv_lo);
-        *reinterpret_cast<float2*>(out + (g + 8) * DV + col) = make_float2(o[n][2] * inv_hi, o[n][3] * inv_hi);
-    }
-}
-
 // Query values c, c + 1 of row `pair` (token · heads + head) as one bf16 pair; zeros for NO_ROW.
 __device__ __forceinline__ uint32_t query_pair(uint32_t pair, int c, const bf16* q1, int q1_stride, int q1_head_stride,
                                                const bf16* q2, int q2_stride, int q2_head_stride, int len1, int heads) {
@@ -124,7 +110,7 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
                                               const TcItem* items, const uint32_t* block_tables,
                                               const uint32_t* table_start, int block_size, const uint32_t* token_pos,
                                               int heads, float scale, int window, float* partial_o,
-                                              float* partial_lse) {
+                                              float* partial_lse, bf16* out, float* lse_out) {
     typedef MmaShape<DQ, DV, V_IN_K> S;
     extern __shared__ __align__(128) unsigned char smem[];
     bf16* stages = reinterpret_cast<bf16*>(smem);
@@ -210,11 +196,12 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
     async_wait<0>();
     __syncthreads();  // l_s and m_s final
 
-    // This split's output (divided by its own sum) and its LSE in base 2.
-    store_partial<S::O_TILES, DV>(partial_o + (size_t)blockIdx.x * ROWS * DV + o_col, o, l_s[g], l_s[g + 8]);
+    // This split's output (divided by its own sum) and its LSE.
+    store_rows<S::O_TILES, DV>(&o[0][0], l_s[g], l_s[g + 8], o_col, g, item.rows[g], item.rows[g + 8], out,
+                               partial_o, blockIdx.x);
     if (threadIdx.x < ROWS) {
         const int i = threadIdx.x;
-        partial_lse[blockIdx.x * ROWS + i] = l_s[i] > 0.0f ? m_s[i] + log2f(l_s[i]) : -INFINITY;
+        store_row_lse(lse_out, partial_lse, blockIdx.x, i, item.rows[i], m_s[i], l_s[i]);
     }
 }
 
@@ -224,10 +211,11 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
         NAME(const bf16* q1, int q1_stride, int q1_head_stride, const bf16* q2, int q2_stride, int q2_head_stride,  \
              const bf16* k1, KeySegment s1, const bf16* k2, KeySegment s2, const bf16* v, KeySegment sv,            \
              int /* v_in_k: the shape's */, const TcItem* items, const uint32_t* block_tables, const uint32_t* table_start, int block_size,         \
-             const uint32_t* token_pos, int heads, float scale, int window, float* partial_o, float* partial_lse) { \
+             const uint32_t* token_pos, int heads, float scale, int window, float* partial_o, float* partial_lse,  \
+             bf16* out, float* lse_out) {                                                                           \
         attention_mma<DQ, DV, V_IN_K>(q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, k1, s1, k2, s2, \
                                       v, sv, items, block_tables, table_start, block_size, token_pos, heads, scale, \
-                                      window, partial_o, partial_lse);                                              \
+                                      window, partial_o, partial_lse, out, lse_out);                                \
     }
 MLA_ATTENTION_MMA(attention_mma_latent576_bf16, 576, 512, true)
 MLA_ATTENTION_MMA(attention_mma_head128_bf16, 128, 128, false)
@@ -250,7 +238,7 @@ attention_mma_wide_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_str
                                   const bf16* v, KeySegment sv, int /* v_in_k */, const TcItem* items,
                                   const uint32_t* block_tables, const uint32_t* table_start, int block_size,
                                   const uint32_t* token_pos, int heads, float scale, int window, float* partial_o,
-                                  float* partial_lse) {
+                                  float* partial_lse, bf16* out, float* lse_out) {
     constexpr int DQ = 576, DV = 512, HALF_DV = DV / 2, O_TILES = HALF_DV / 8;
     typedef MmaShape<DQ, DV, true> S;
     extern __shared__ __align__(128) unsigned char wide_smem[];  // another name than attention_mma's
@@ -387,9 +375,10 @@ attention_mma_wide_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_str
     const float sum_lo = half_sum[row_lo] + half_sum[WIDE_ROWS + row_lo];
     const float sum_hi = half_sum[row_hi] + half_sum[WIDE_ROWS + row_hi];
     const size_t item = (size_t)blockIdx.x * WIDE_RUNS + run;
-    store_partial<O_TILES, DV>(partial_o + item * ROWS * DV + half * HALF_DV, o, sum_lo, sum_hi);
+    const uint32_t pair_lo = quad[run].rows[g], pair_hi = quad[run].rows[g + 8];
+    store_rows<O_TILES, DV>(&o[0][0], sum_lo, sum_hi, half * HALF_DV, g, pair_lo, pair_hi, out, partial_o, item);
     if (half == 0 && t == 0) {
-        partial_lse[item * ROWS + g] = sum_lo > 0.0f ? m_lo + log2f(sum_lo) : -INFINITY;
-        partial_lse[item * ROWS + g + 8] = sum_hi > 0.0f ? m_hi + log2f(sum_hi) : -INFINITY;
+        store_row_lse(lse_out, partial_lse, item, g, pair_lo, m_lo, sum_lo);
+        store_row_lse(lse_out, partial_lse, item, g + 8, pair_hi, m_hi, sum_hi);
     }
 }

@@ -35,7 +35,7 @@ attention_tc_bf16(const bf16* q1, int q1_stride, int q1_head_stride, const bf16*
                   const bf16* v, KeySegment sv, int v_in_k, const TcItem* items,
                   const uint32_t* block_tables, const uint32_t* table_start, int block_size,
                   const uint32_t* token_pos, int heads, float scale, int window, float* partial_o,
-                  float* partial_lse) {
+                  float* partial_lse, bf16* out, float* lse_out) {
     extern __shared__ __align__(128) unsigned char smem[];
     const int dq = s1.len + s2.len, dv = sv.len;
     bf16* q_s = reinterpret_cast<bf16*>(smem);
@@ -133,15 +133,16 @@ attention_tc_bf16(const bf16* q1, int q1_stride, int q1_head_stride, const bf16*
     }
     __syncthreads();
 
-    // This split's output (divided by its own sum) and its LSE in base 2.
-    float* out = partial_o + (size_t)blockIdx.x * ROWS * dv;
-    for (int idx = threadIdx.x; idx < ROWS * dv; idx += blockDim.x) {
-        const float l = l_s[idx / dv];
-        out[idx] = l > 0.0f ? o_s[idx] / l : 0.0f;
+    // This split's output (divided by its own sum) and its LSE (see store_row_pair).
+    for (int idx = threadIdx.x; idx < ROWS * dv / 2; idx += blockDim.x) {
+        const int i = idx / (dv / 2), c = idx % (dv / 2) * 2;
+        const float inv = l_s[i] > 0.0f ? 1.0f / l_s[i] : 0.0f;
+        store_row_pair(out, partial_o, blockIdx.x, i, item.rows[i], dv, c, o_s[i * dv + c] * inv,
+                       o_s[i * dv + c + 1] * inv);
     }
     if (threadIdx.x < ROWS) {
         const int i = threadIdx.x;
-        partial_lse[blockIdx.x * ROWS + i] = l_s[i] > 0.0f ? m_s[i] + log2f(l_s[i]) : -INFINITY;
+        store_row_lse(lse_out, partial_lse, blockIdx.x, i, item.rows[i], m_s[i], l_s[i]);
     }
 }
 

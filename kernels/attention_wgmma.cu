@@ -71,7 +71,7 @@ attention_wgmma_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_stride
                                const bf16* v, KeySegment sv, int /* v_in_k */, const TcItem* items,
                                const uint32_t* block_tables, const uint32_t* table_start, int block_size,
                                const uint32_t* token_pos, int heads, float scale, int window, float* partial_o,
-                               float* partial_lse) {
+                               float* partial_lse, bf16* out, float* lse_out) {
     constexpr int TILE_BYTES = WG_TILE * LATENT * 2, O_REGS = VALUES / 2 / 2;  // 64 × 256 / 128 threads
     extern __shared__ __align__(128) unsigned char wgmma_smem[];
     unsigned char* q_s = wgmma_smem;                          // [64 rows × 576] swizzled
@@ -230,18 +230,11 @@ attention_wgmma_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_stride
     __syncthreads();
     const float sum_lo = half_sum[row_lo] + half_sum[WG_ROWS + row_lo];
     const float sum_hi = half_sum[row_hi] + half_sum[WG_ROWS + row_hi];
-    const float inv_lo = sum_lo > 0.0f ? 1.0f / sum_lo : 0.0f, inv_hi = sum_hi > 0.0f ? 1.0f / sum_hi : 0.0f;
     const size_t item = (size_t)blockIdx.x * WG_RUNS + run;
-    float* out = partial_o + item * ROWS * VALUES + half * (VALUES / 2);
-#pragma unroll
-    for (int j = 0; j < O_REGS / 4; j++) {
-        const int col = j * 8 + 2 * t;
-        *reinterpret_cast<float2*>(out + g * VALUES + col) = make_float2(o[4 * j] * inv_lo, o[4 * j + 1] * inv_lo);
-        *reinterpret_cast<float2*>(out + (g + 8) * VALUES + col) =
-            make_float2(o[4 * j + 2] * inv_hi, o[4 * j + 3] * inv_hi);
-    }
+    const uint32_t pair_lo = quad[run].rows[g], pair_hi = quad[run].rows[g + 8];
+    store_rows<O_REGS / 4, VALUES>(o, sum_lo, sum_hi, half * (VALUES / 2), g, pair_lo, pair_hi, out, partial_o, item);
     if (half == 0 && t == 0) {
-        partial_lse[item * ROWS + g] = sum_lo > 0.0f ? m_lo + log2f(sum_lo) : -INFINITY;
-        partial_lse[item * ROWS + g + 8] = sum_hi > 0.0f ? m_hi + log2f(sum_hi) : -INFINITY;
+        store_row_lse(lse_out, partial_lse, item, g, pair_lo, m_lo, sum_lo);
+        store_row_lse(lse_out, partial_lse, item, g + 8, pair_hi, m_hi, sum_hi);
     }
 }

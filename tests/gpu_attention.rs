@@ -9,6 +9,7 @@ mod common;
 
 use common::{assert_close, Rng};
 use mla_rt::backend::cpu::CpuBackend;
+use mla_rt::backend::cuda::layout::absorbed_layout;
 use mla_rt::backend::cuda::{CudaBackend, GpuFloat, WideAttention};
 use mla_rt::backend::{AttentionBatch, Backend, MhaDims, MlaDims, SeqChunk};
 use mla_rt::weights::HostTensor;
@@ -177,6 +178,46 @@ where
     }
 }
 
+/// The absorbed form on the GPU against the CPU for `heads` heads and sequences `shapes`
+/// (context, query tokens); returns the batch.
+fn check_absorbed<T: GpuFloat>(
+    gpu: &CudaBackend<T>,
+    rng: &mut Rng,
+    heads: usize,
+    shapes: &[(usize, usize)],
+    tolerance: f64,
+) -> AttentionBatch
+where
+    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
+{
+    let dims = deepseek_dims(heads);
+    let (batch, num_blocks) = batch(rng, shapes);
+    let (cpu_cache, gpu_cache) = caches(rng, gpu, &batch, num_blocks, dims.latent_width());
+    let t = batch.num_query_tokens();
+    let q = stored::<T>(random(rng, t, heads * dims.qk_head()));
+    let q_lat = stored::<T>(random(rng, t, heads * dims.kv_lora_rank));
+    let want = CpuBackend
+        .mla_attention_absorbed(&q_lat, &q, &cpu_cache, 0, &batch, &dims)
+        .unwrap();
+    let got = gpu
+        .mla_attention_absorbed(
+            &gpu.upload_weight(q_lat).unwrap(),
+            &gpu.upload_weight(q).unwrap(),
+            &gpu_cache,
+            0,
+            &batch,
+            &dims,
+        )
+        .unwrap();
+    let what = format!(
+        "{} absorbed, {heads} heads × {} sequences",
+        T::SUFFIX,
+        shapes.len()
+    );
+    assert_close(&what, &gpu.to_host(&got).unwrap(), &want, tolerance);
+    batch
+}
+
 /// Decode-sized batches: 64 sequences of 1..8192 cached tokens (16 heads) and 8 of them with
 /// 128 heads, 1–4 query tokens each, through the absorbed form (the tensor-core kernel in bf16).
 fn mla_decode_batches<T: GpuFloat>(tolerance: f64)
@@ -186,37 +227,39 @@ where
     let gpu = poisoned_gpu::<T>();
     let mut rng = Rng::new(13);
     for (heads, sequences) in [(16, 64), (128, 8)] {
-        let dims = deepseek_dims(heads);
         let shapes: Vec<(usize, usize)> = (0..sequences)
             .map(|i| {
                 let context = 1 + (i * 2654435761usize) % 8192;
                 (context, (1 + i % 4).min(context))
             })
             .collect();
-        let (batch, num_blocks) = batch(&mut rng, &shapes);
-        let (cpu_cache, gpu_cache) =
-            caches(&mut rng, &gpu, &batch, num_blocks, dims.latent_width());
-        let t = batch.num_query_tokens();
-        let q = stored::<T>(random(&mut rng, t, heads * dims.qk_head()));
-        let q_lat = stored::<T>(random(&mut rng, t, heads * dims.kv_lora_rank));
-        let want = CpuBackend
-            .mla_attention_absorbed(&q_lat, &q, &cpu_cache, 0, &batch, &dims)
-            .unwrap();
-        let got = gpu
-            .mla_attention_absorbed(
-                &gpu.upload_weight(q_lat).unwrap(),
-                &gpu.upload_weight(q).unwrap(),
-                &gpu_cache,
-                0,
-                &batch,
-                &dims,
-            )
-            .unwrap();
-        let what = format!(
-            "{} absorbed decode, {heads} heads × {sequences} sequences",
-            T::SUFFIX
-        );
-        assert_close(&what, &gpu.to_host(&got).unwrap(), &want, tolerance);
+        check_absorbed(&gpu, &mut rng, heads, &shapes, tolerance);
+    }
+}
+
+/// Enough short sequences that every row group gets one split: the tensor-core kernels write
+/// the output themselves (no combine), for each kernel that serves the heads.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn mla_one_split_per_row_group_bf16() {
+    let gpu = poisoned_gpu::<half::bf16>();
+    let mut rng = Rng::new(14);
+    for (heads, sequences) in [(16, 300), (128, 70)] {
+        let shapes: Vec<(usize, usize)> = (0..sequences).map(|i| (20 + i % 50, 1)).collect();
+        for wide in latent_kernels(&gpu, heads) {
+            gpu.set_wide_attention(wide);
+            let batch = check_absorbed(&gpu, &mut rng, heads, &shapes, 1e-2);
+            let schedule = gpu
+                .device
+                .tc_schedule(&batch, &absorbed_layout(&deepseek_dims(heads)), wide)
+                .unwrap();
+            assert!(
+                schedule.direct(),
+                "{heads} heads, {wide:?}: {:?}",
+                schedule.kernel()
+            );
+        }
+        gpu.set_wide_attention(WideAttention::WherePays);
     }
 }
 

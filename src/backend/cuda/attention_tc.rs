@@ -233,12 +233,19 @@ pub struct TcSchedule {
     groups: CudaSlice<TcGroup>,
     item_count: usize,
     group_count: usize,
+    /// Every row group has one split: the kernel writes the output and its LSE, no combine.
+    direct: bool,
 }
 
 impl TcSchedule {
     /// The kernel the schedule is for.
     pub fn kernel(&self) -> TcKernel {
         self.kernel
+    }
+
+    /// Whether every row group has one split, so that the kernel writes the output itself.
+    pub fn direct(&self) -> bool {
+        self.direct
     }
 }
 
@@ -286,6 +293,7 @@ impl CudaDevice {
         );
         let err = |e| Error::Device(format!("attention_tc schedule: {e}"));
         let (item_count, group_count) = (items.len(), groups.len());
+        let direct = groups.iter().all(|g| g.items == 1);
         // Never empty buffers: the kernel gets valid pointers even for an empty step.
         let items = if items.is_empty() {
             vec![EMPTY_ITEM]
@@ -304,6 +312,7 @@ impl CudaDevice {
             groups: self.stream.clone_htod(&groups).map_err(err)?,
             item_count,
             group_count,
+            direct,
         })
     }
 
@@ -352,10 +361,16 @@ impl CudaDevice {
             return Ok(lse.data);
         }
         let err = |what: &'static str| move |e| Error::Device(format!("attention_tc {what}: {e}"));
-        let mut partial_o = self
-            .tensor::<f32>(schedule.item_count * ROWS, l.v.len, None)?
-            .data;
-        let mut partial_lse = self.tensor::<f32>(schedule.item_count, ROWS, None)?.data;
+        // Partial outputs for the combine, unless the kernel writes the output itself.
+        let mut partials = match schedule.direct {
+            true => None,
+            false => Some((
+                self.tensor::<f32>(schedule.item_count * ROWS, l.v.len, None)?
+                    .data,
+                self.tensor::<f32>(schedule.item_count, ROWS, None)?.data,
+            )),
+        };
+        let null: u64 = 0;
 
         let smem = kernel.shared_bytes;
         let f = self.function(kernel.module, kernel.function)?;
@@ -402,9 +417,17 @@ impl CudaDevice {
             .arg(plan.positions())
             .arg(&heads)
             .arg(&l.scale)
-            .arg(&window)
-            .arg(&mut partial_o)
-            .arg(&mut partial_lse);
+            .arg(&window);
+        match &mut partials {
+            Some((partial_o, partial_lse)) => {
+                b.arg(partial_o).arg(partial_lse).arg(&null).arg(&null)
+            }
+            None => b
+                .arg(&null)
+                .arg(&null)
+                .arg(&mut out.data)
+                .arg(&mut lse.data),
+        };
         let cfg = LaunchConfig {
             grid_dim: ((schedule.item_count / kernel.runs_per_cta) as u32, 1, 1),
             block_dim: (kernel.threads, 1, 1),
@@ -414,9 +437,13 @@ impl CudaDevice {
         // attention_tc_bf16's) in order and type and T is bf16; the
         // checks above bound every query, key and value element by its buffer, the plan checked
         // the block tables against the cache, the schedule keeps rows within the step and
-        // tokens within each row's context, and the partial buffers hold ROWS rows per item.
+        // tokens within each row's context; the partial buffers hold ROWS rows per item, or
+        // (direct: null partials) `out` and `lse` hold every (token, head) row of the step.
         unsafe { b.launch(cfg) }.map_err(err("launch"))?;
 
+        let Some((partial_o, partial_lse)) = partials else {
+            return Ok(lse.data);
+        };
         let f = self.function("attention_tc", "attention_tc_combine_bf16")?;
         let dv = i(l.v.len);
         let mut b = self.stream.launch_builder(&f);
