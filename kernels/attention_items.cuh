@@ -108,3 +108,82 @@ __device__ __forceinline__ void store_rows(const float* o, float sum_lo, float s
         store_row_pair(out, partial_o, item, row + 8, pair_hi, DV, col, o[4 * n + 2] * inv_hi, o[4 * n + 3] * inv_hi);
     }
 }
+
+// The online-softmax state of this lane's two rows (g and g + 8 of its 16-row run, as in the
+// accumulator layout) in the 64-row kernels, where each row's tile is split between two halves
+// of the CTA (`half`: warps or warpgroups) that meet through shared memory. m: running max
+// (base 2), l: this lane's share of the running sum.
+struct SplitRows {
+    int row_lo, row_hi, half;
+    float m_lo, m_hi, l_lo, l_hi;
+};
+
+__device__ __forceinline__ SplitRows split_rows(int row_lo, int half) {
+    return SplitRows{row_lo, row_lo + 8, half, -INFINITY, -INFINITY, 0.0f, 0.0f};
+}
+
+// One tile's step for `r`: masks and scales this lane's N scores (s[4j + e]: row lo for e < 2,
+// cached token first_token + 8j + 2t + e % 2), agrees with the other half on the rows' new
+// maxima through half_max [2][ROWS_ALL] (a block barrier), turns s into the probabilities,
+// adds them to the sums and gives O's rescale factors.
+template <int N, int ROWS_ALL>
+__device__ __forceinline__ void split_softmax_step(SplitRows& r, float* s, int first_token, int kv_end, const int* pos_s,
+                                                   int window, float scale_log2, float* half_max, float& alpha_lo,
+                                                   float& alpha_hi) {
+    const int t = threadIdx.x & 3, pos_lo = pos_s[r.row_lo], pos_hi = pos_s[r.row_hi];
+    float max_lo = -INFINITY, max_hi = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+        const bool lo = (i & 2) == 0;
+        const int p = first_token + (i / 4) * 8 + 2 * t + (i & 1);
+        s[i] = visible(p, kv_end, lo ? pos_lo : pos_hi, window) ? s[i] * scale_log2 : -INFINITY;
+        if (lo) max_lo = fmaxf(max_lo, s[i]);
+        else max_hi = fmaxf(max_hi, s[i]);
+    }
+    // The four lanes of a row hold its keys of this half.
+    max_lo = fmaxf(max_lo, __shfl_xor_sync(0xffffffffu, max_lo, 1));
+    max_lo = fmaxf(max_lo, __shfl_xor_sync(0xffffffffu, max_lo, 2));
+    max_hi = fmaxf(max_hi, __shfl_xor_sync(0xffffffffu, max_hi, 1));
+    max_hi = fmaxf(max_hi, __shfl_xor_sync(0xffffffffu, max_hi, 2));
+    if (t == 0) {
+        half_max[r.half * ROWS_ALL + r.row_lo] = max_lo;
+        half_max[r.half * ROWS_ALL + r.row_hi] = max_hi;
+    }
+    __syncthreads();
+    // Both halves of a row reach the same running max (max is exact and order-free).
+    const float new_lo = fmaxf(r.m_lo, fmaxf(max_lo, half_max[(r.half ^ 1) * ROWS_ALL + r.row_lo]));
+    const float new_hi = fmaxf(r.m_hi, fmaxf(max_hi, half_max[(r.half ^ 1) * ROWS_ALL + r.row_hi]));
+    alpha_lo = new_lo == -INFINITY ? 1.0f : exp2f(r.m_lo - new_lo);
+    alpha_hi = new_hi == -INFINITY ? 1.0f : exp2f(r.m_hi - new_hi);
+    r.m_lo = new_lo;
+    r.m_hi = new_hi;
+    float sum_lo = 0.0f, sum_hi = 0.0f;
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+        const bool lo = (i & 2) == 0;
+        const float m = lo ? new_lo : new_hi;
+        s[i] = m == -INFINITY ? 0.0f : exp2f(s[i] - m);
+        if (lo) sum_lo += s[i];
+        else sum_hi += s[i];
+    }
+    r.l_lo = r.l_lo * alpha_lo + sum_lo;
+    r.l_hi = r.l_hi * alpha_hi + sum_hi;
+}
+
+// The rows' whole sums: the four lanes of a row, then the two halves through half_sum
+// [2][ROWS_ALL] (a block barrier).
+template <int ROWS_ALL>
+__device__ __forceinline__ void split_row_sums(const SplitRows& r, float* half_sum, float& sum_lo, float& sum_hi) {
+    float l_lo = r.l_lo, l_hi = r.l_hi;
+    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
+    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
+    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
+    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
+    if ((threadIdx.x & 3) == 0) {
+        half_sum[r.half * ROWS_ALL + r.row_lo] = l_lo;
+        half_sum[r.half * ROWS_ALL + r.row_hi] = l_hi;
+    }
+    __syncthreads();
+    sum_lo = half_sum[r.row_lo] + half_sum[ROWS_ALL + r.row_lo];
+    sum_hi = half_sum[r.row_hi] + half_sum[ROWS_ALL + r.row_hi];
+}

@@ -286,7 +286,7 @@ attention_mma_wide_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_str
         pos_s[threadIdx.x] = pair == NO_ROW ? -1 : (int)token_pos[pair / heads];
     }
     const float scale_log2 = scale * LOG2E;
-    float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.0f, l_hi = 0.0f;  // l: this lane's share
+    SplitRows rows = split_rows(row_lo, half);
     float o[O_TILES][4];
 #pragma unroll
     for (int n = 0; n < O_TILES; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
@@ -312,49 +312,17 @@ attention_mma_wide_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_str
             mma_bf16_16816(s[0], a, b[0], b[1]);
             mma_bf16_16816(s[1], a, b[2], b[3]);
         }
-        const int pos_lo = pos_s[row_lo], pos_hi = pos_s[row_hi];
-        float max_lo = -INFINITY, max_hi = -INFINITY;
-#pragma unroll
-        for (int j = 0; j < 2; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int p = tile + half * 16 + j * 8 + 2 * t + (e & 1);
-                s[j][e] = visible(p, kv_end, e < 2 ? pos_lo : pos_hi, window) ? s[j][e] * scale_log2 : -INFINITY;
-                if (e < 2) max_lo = fmaxf(max_lo, s[j][e]);
-                else max_hi = fmaxf(max_hi, s[j][e]);
-            }
-        // The four lanes of a row hold its 16 keys.
-        max_lo = fmaxf(max_lo, __shfl_xor_sync(0xffffffffu, max_lo, 1));
-        max_lo = fmaxf(max_lo, __shfl_xor_sync(0xffffffffu, max_lo, 2));
-        max_hi = fmaxf(max_hi, __shfl_xor_sync(0xffffffffu, max_hi, 1));
-        max_hi = fmaxf(max_hi, __shfl_xor_sync(0xffffffffu, max_hi, 2));
-        if (t == 0) {
-            half_max[half * WIDE_ROWS + row_lo] = max_lo;
-            half_max[half * WIDE_ROWS + row_hi] = max_hi;
-        }
-        __syncthreads();
-        // Both halves of a row reach the same running max (max is exact and order-free).
-        const float new_lo = fmaxf(m_lo, fmaxf(max_lo, half_max[(half ^ 1) * WIDE_ROWS + row_lo]));
-        const float new_hi = fmaxf(m_hi, fmaxf(max_hi, half_max[(half ^ 1) * WIDE_ROWS + row_hi]));
-        const float alpha_lo = new_lo == -INFINITY ? 1.0f : exp2f(m_lo - new_lo);
-        const float alpha_hi = new_hi == -INFINITY ? 1.0f : exp2f(m_hi - new_hi);
-        m_lo = new_lo;
-        m_hi = new_hi;
-        float sum_lo = 0.0f, sum_hi = 0.0f;
+        float alpha_lo, alpha_hi;
+        split_softmax_step<8, WIDE_ROWS>(rows, &s[0][0], tile + half * 16, kv_end, pos_s, window, scale_log2,
+                                         half_max, alpha_lo, alpha_hi);
 #pragma unroll
         for (int j = 0; j < 2; j++) {
-            const float p0 = new_lo == -INFINITY ? 0.0f : exp2f(s[j][0] - new_lo);
-            const float p1 = new_lo == -INFINITY ? 0.0f : exp2f(s[j][1] - new_lo);
-            const float p2 = new_hi == -INFINITY ? 0.0f : exp2f(s[j][2] - new_hi);
-            const float p3 = new_hi == -INFINITY ? 0.0f : exp2f(s[j][3] - new_hi);
-            sum_lo += p0 + p1;
-            sum_hi += p2 + p3;
             const int col = half * 16 + j * 8 + 2 * t;
-            *reinterpret_cast<uint32_t*>(p_s + row_lo * S::P_LD + col) = pack_bf16(from_f32<bf16>(p0), from_f32<bf16>(p1));
-            *reinterpret_cast<uint32_t*>(p_s + row_hi * S::P_LD + col) = pack_bf16(from_f32<bf16>(p2), from_f32<bf16>(p3));
+            *reinterpret_cast<uint32_t*>(p_s + row_lo * S::P_LD + col) =
+                pack_bf16(from_f32<bf16>(s[j][0]), from_f32<bf16>(s[j][1]));
+            *reinterpret_cast<uint32_t*>(p_s + row_hi * S::P_LD + col) =
+                pack_bf16(from_f32<bf16>(s[j][2]), from_f32<bf16>(s[j][3]));
         }
-        l_lo = l_lo * alpha_lo + sum_lo;
-        l_hi = l_hi * alpha_hi + sum_hi;
         __syncthreads();  // P of both halves is in place
 
         // O = alpha·O + P·V on rows 16·run … and columns 256·half …
@@ -362,23 +330,13 @@ attention_mma_wide_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_str
     }
     async_wait<0>();
 
-    // Row sums: the four lanes of a row, then the two halves.
-    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
-    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
-    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
-    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
-    if (t == 0) {
-        half_sum[half * WIDE_ROWS + row_lo] = l_lo;
-        half_sum[half * WIDE_ROWS + row_hi] = l_hi;
-    }
-    __syncthreads();
-    const float sum_lo = half_sum[row_lo] + half_sum[WIDE_ROWS + row_lo];
-    const float sum_hi = half_sum[row_hi] + half_sum[WIDE_ROWS + row_hi];
+    float sum_lo, sum_hi;
+    split_row_sums<WIDE_ROWS>(rows, half_sum, sum_lo, sum_hi);
     const size_t item = (size_t)blockIdx.x * WIDE_RUNS + run;
     const uint32_t pair_lo = quad[run].rows[g], pair_hi = quad[run].rows[g + 8];
     store_rows<O_TILES, DV>(&o[0][0], sum_lo, sum_hi, half * HALF_DV, g, pair_lo, pair_hi, out, partial_o, item);
     if (half == 0 && t == 0) {
-        store_row_lse(lse_out, partial_lse, item, g, pair_lo, m_lo, sum_lo);
-        store_row_lse(lse_out, partial_lse, item, g + 8, pair_hi, m_hi, sum_hi);
+        store_row_lse(lse_out, partial_lse, item, g, pair_lo, rows.m_lo, sum_lo);
+        store_row_lse(lse_out, partial_lse, item, g + 8, pair_hi, rows.m_hi, sum_hi);
     }
 }

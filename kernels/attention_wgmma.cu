@@ -116,7 +116,7 @@ attention_wgmma_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_stride
         pos_s[threadIdx.x] = pair == NO_ROW ? -1 : (int)token_pos[pair / heads];
     }
     const float scale_log2 = scale * LOG2E;
-    float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.0f, l_hi = 0.0f;  // l: this lane's share
+    SplitRows rows = split_rows(row_lo, half);
     float o[O_REGS];
 #pragma unroll
     for (int i = 0; i < O_REGS; i++) o[i] = 0.0f;
@@ -148,50 +148,17 @@ attention_wgmma_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_stride
         wgmma_wait<0>();
         fence_registers(s);
 
-        const int pos_lo = pos_s[row_lo], pos_hi = pos_s[row_hi];
-        float max_lo = -INFINITY, max_hi = -INFINITY;
-#pragma unroll
-        for (int i = 0; i < 16; i++) {
-            const int p = tile + half * 32 + (i / 4) * 8 + 2 * t + (i & 1);
-            const bool lo = (i & 2) == 0;
-            s[i] = visible(p, kv_end, lo ? pos_lo : pos_hi, window) ? s[i] * scale_log2 : -INFINITY;
-            if (lo) max_lo = fmaxf(max_lo, s[i]);
-            else max_hi = fmaxf(max_hi, s[i]);
-        }
-        // The four lanes of a row hold its 32 tokens of this half.
-        max_lo = fmaxf(max_lo, __shfl_xor_sync(0xffffffffu, max_lo, 1));
-        max_lo = fmaxf(max_lo, __shfl_xor_sync(0xffffffffu, max_lo, 2));
-        max_hi = fmaxf(max_hi, __shfl_xor_sync(0xffffffffu, max_hi, 1));
-        max_hi = fmaxf(max_hi, __shfl_xor_sync(0xffffffffu, max_hi, 2));
-        if (t == 0) {
-            half_max[half * WG_ROWS + row_lo] = max_lo;
-            half_max[half * WG_ROWS + row_hi] = max_hi;
-        }
-        __syncthreads();
-        // Both halves of a row reach the same running max (max is exact and order-free).
-        const float new_lo = fmaxf(m_lo, fmaxf(max_lo, half_max[(half ^ 1) * WG_ROWS + row_lo]));
-        const float new_hi = fmaxf(m_hi, fmaxf(max_hi, half_max[(half ^ 1) * WG_ROWS + row_hi]));
-        const float alpha_lo = new_lo == -INFINITY ? 1.0f : exp2f(m_lo - new_lo);
-        const float alpha_hi = new_hi == -INFINITY ? 1.0f : exp2f(m_hi - new_hi);
-        m_lo = new_lo;
-        m_hi = new_hi;
-        float sum_lo = 0.0f, sum_hi = 0.0f;
+        float alpha_lo, alpha_hi;
+        split_softmax_step<16, WG_ROWS>(rows, s, tile + half * 32, kv_end, pos_s, window, scale_log2, half_max,
+                                        alpha_lo, alpha_hi);
 #pragma unroll
         for (int j = 0; j < 4; j++) {
-            const float p0 = new_lo == -INFINITY ? 0.0f : exp2f(s[4 * j] - new_lo);
-            const float p1 = new_lo == -INFINITY ? 0.0f : exp2f(s[4 * j + 1] - new_lo);
-            const float p2 = new_hi == -INFINITY ? 0.0f : exp2f(s[4 * j + 2] - new_hi);
-            const float p3 = new_hi == -INFINITY ? 0.0f : exp2f(s[4 * j + 3] - new_hi);
-            sum_lo += p0 + p1;
-            sum_hi += p2 + p3;
             const int col = half * 32 + j * 8 + 2 * t;
             *reinterpret_cast<uint32_t*>(p_s + swizzled_offset(row_lo, col, WG_ROWS)) =
-                pack_bf16(from_f32<bf16>(p0), from_f32<bf16>(p1));
+                pack_bf16(from_f32<bf16>(s[4 * j]), from_f32<bf16>(s[4 * j + 1]));
             *reinterpret_cast<uint32_t*>(p_s + swizzled_offset(row_hi, col, WG_ROWS)) =
-                pack_bf16(from_f32<bf16>(p2), from_f32<bf16>(p3));
+                pack_bf16(from_f32<bf16>(s[4 * j + 2]), from_f32<bf16>(s[4 * j + 3]));
         }
-        l_lo = l_lo * alpha_lo + sum_lo;
-        l_hi = l_hi * alpha_hi + sum_hi;
         // Once the running maxima settle, most tiles leave every row of a warp as it was.
         if (__ballot_sync(0xffffffffu, alpha_lo != 1.0f || alpha_hi != 1.0f) != 0) {
 #pragma unroll
@@ -218,23 +185,13 @@ attention_wgmma_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_stride
     }
     async_wait<0>();
 
-    // Row sums: the four lanes of a row, then the two halves.
-    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
-    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
-    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
-    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
-    if (t == 0) {
-        half_sum[half * WG_ROWS + row_lo] = l_lo;
-        half_sum[half * WG_ROWS + row_hi] = l_hi;
-    }
-    __syncthreads();
-    const float sum_lo = half_sum[row_lo] + half_sum[WG_ROWS + row_lo];
-    const float sum_hi = half_sum[row_hi] + half_sum[WG_ROWS + row_hi];
+    float sum_lo, sum_hi;
+    split_row_sums<WG_ROWS>(rows, half_sum, sum_lo, sum_hi);
     const size_t item = (size_t)blockIdx.x * WG_RUNS + run;
     const uint32_t pair_lo = quad[run].rows[g], pair_hi = quad[run].rows[g + 8];
     store_rows<O_REGS / 4, VALUES>(o, sum_lo, sum_hi, half * (VALUES / 2), g, pair_lo, pair_hi, out, partial_o, item);
     if (half == 0 && t == 0) {
-        store_row_lse(lse_out, partial_lse, item, g, pair_lo, m_lo, sum_lo);
-        store_row_lse(lse_out, partial_lse, item, g + 8, pair_hi, m_hi, sum_hi);
+        store_row_lse(lse_out, partial_lse, item, g, pair_lo, rows.m_lo, sum_lo);
+        store_row_lse(lse_out, partial_lse, item, g + 8, pair_hi, rows.m_hi, sum_hi);
     }
 }
