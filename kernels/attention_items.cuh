@@ -3,6 +3,7 @@
 #pragma once
 #include <stdint.h>
 #include "common.cuh"
+#include "mma.cuh"
 
 #define ROWS 16
 #define KV_TILE 32
@@ -186,4 +187,23 @@ __device__ __forceinline__ void split_row_sums(const SplitRows& r, float* half_s
     __syncthreads();
     sum_lo = half_sum[r.row_lo] + half_sum[ROWS_ALL + r.row_lo];
     sum_hi = half_sum[r.row_hi] + half_sum[ROWS_ALL + r.row_hi];
+}
+
+// Values c … c + 7 of query row `pair` (token · heads + head; the first len1 values come from
+// q1, the rest from q2) into `dst` in shared memory: copied like the keys (cp.async) where the
+// source is 16-byte aligned (the QLat and q_pe rows of the model are), else value by value;
+// zeros for NO_ROW.
+__device__ __forceinline__ void load_query_piece(bf16* dst, uint32_t pair, int c, const bf16* q1, int q1_stride,
+                                                 int q1_head_stride, const bf16* q2, int q2_stride,
+                                                 int q2_head_stride, int len1, int heads) {
+    const bf16* src = q1;
+    if (pair != NO_ROW) {
+        const size_t tok = pair / heads, h = pair % heads;
+        src = c < len1 ? q1 + tok * q1_stride + h * q1_head_stride + c
+                       : q2 + tok * q2_stride + h * q2_head_stride + (c - len1);
+    }
+    if (pair == NO_ROW || aligned16(src))
+        async_copy16(dst, src, pair != NO_ROW);
+    else
+        for (int e = 0; e < 8; e++) dst[e] = src[e];
 }

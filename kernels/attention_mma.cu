@@ -255,22 +255,11 @@ attention_mma_wide_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_str
     const uint32_t* table = block_tables + table_start[quad[0].seq];
     const int kv_begin = quad[0].kv_begin, kv_end = quad[0].kv_end, kv_head = quad[0].kv_head;
     const int tiles = (kv_end - kv_begin + KV_TILE - 1) / KV_TILE;
-    // Query rows, 8 values at a time: copied like the keys where the source is 16-byte aligned
-    // (the QLat and q_pe rows of the model are), else value by value; zeros for NO_ROW.
+    // Query rows, 8 values at a time.
     for (int idx = threadIdx.x; idx < WIDE_ROWS * DQ / 8; idx += blockDim.x) {
         const int r = idx / (DQ / 8), c = idx % (DQ / 8) * 8;
-        const uint32_t pair = quad[r / ROWS].rows[r % ROWS];
-        bf16* dst = q_s + r * S::K_LD + c;
-        const bf16* src = q1;
-        if (pair != NO_ROW) {
-            const size_t tok = pair / heads, h = pair % heads;
-            src = c < s1.len ? q1 + tok * q1_stride + h * q1_head_stride + c
-                             : q2 + tok * q2_stride + h * q2_head_stride + (c - s1.len);
-        }
-        if (pair == NO_ROW || aligned16(src))
-            async_copy16(dst, src, pair != NO_ROW);
-        else
-            for (int e = 0; e < 8; e++) dst[e] = src[e];
+        load_query_piece(q_s + r * S::K_LD + c, quad[r / ROWS].rows[r % ROWS], c, q1, q1_stride, q1_head_stride, q2,
+                         q2_stride, q2_head_stride, s1.len, heads);
     }
     async_commit();  // the first group: complete once the first tile is
     // Two tiles in flight before the first is used; one commit per tile (empty ones too), so that

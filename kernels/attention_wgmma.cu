@@ -89,22 +89,11 @@ attention_wgmma_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_stride
     const int kv_begin = quad[0].kv_begin, kv_end = quad[0].kv_end, kv_head = quad[0].kv_head;
     const int tiles = (kv_end - kv_begin + WG_TILE - 1) / WG_TILE;
 
-    // Query rows into the swizzle (eight threads per 128-byte line), copied like the keys where
-    // the source is 16-byte aligned, else value by value; zeros for NO_ROW.
+    // Query rows into the swizzle, eight threads per 128-byte line.
     for (int idx = threadIdx.x; idx < WG_ROWS * LATENT / 8; idx += blockDim.x) {
         const int r = idx / 8 % WG_ROWS, c = idx / (8 * WG_ROWS) * 64 + idx % 8 * 8;
-        const uint32_t pair = quad[r / ROWS].rows[r % ROWS];
-        bf16* dst = reinterpret_cast<bf16*>(q_s + swizzled_offset(r, c, WG_ROWS));
-        const bf16* src = q1;
-        if (pair != NO_ROW) {
-            const size_t tok = pair / heads, h = pair % heads;
-            src = c < s1.len ? q1 + tok * q1_stride + h * q1_head_stride + c
-                             : q2 + tok * q2_stride + h * q2_head_stride + (c - s1.len);
-        }
-        if (pair == NO_ROW || aligned16(src))
-            async_copy16(dst, src, pair != NO_ROW);
-        else
-            for (int e = 0; e < 8; e++) dst[e] = src[e];
+        load_query_piece(reinterpret_cast<bf16*>(q_s + swizzled_offset(r, c, WG_ROWS)), quad[r / ROWS].rows[r % ROWS],
+                         c, q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, s1.len, heads);
     }
     int slots[2];
     tile_slots(slots, kv_begin, kv_end, table, block_size);
