@@ -106,7 +106,7 @@ benches() {
   # The absorbed decode kernel on V2-Lite and V3 shapes, with the naive path where it fits; for
   # V3 the runtime's choice and then each kernel that could serve it.
   bench_step attention "mla bench attention" 150 \
-    "$out/mla" bench attention --batch 1,32,128 --context 1024,4096,16384 --reps 5 \
+    "$out/mla" bench attention --batch 1,32,128 --context 1024,4096,16384,32768 --reps 5 \
     --kernel where-pays,wgmma,mma,16-row
   # MLA against MHA on the first layers of DeepSeek-V2-Lite (random weights, bf16).
   bench_step bench "mla bench (V2-Lite vs MHA, 4 layers)" 240 \
