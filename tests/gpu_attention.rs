@@ -110,7 +110,7 @@ where
 {
     match heads {
         ..64 => vec![WideAttention::Off],
-        _ if gpu.device.info.compute_capability == (9, 0) => {
+        _ if gpu.device.info.hopper() => {
             vec![WideAttention::Mma, WideAttention::Wgmma]
         }
         _ => vec![WideAttention::Mma],

@@ -250,11 +250,6 @@ impl TcSchedule {
 }
 
 impl CudaDevice {
-    /// Whether this is a Hopper GPU (compute capability 9.0), where the sm_90a kernels load.
-    fn hopper(&self) -> bool {
-        self.info.compute_capability == (9, 0)
-    }
-
     /// The kernel for layout `l` and the split-KV schedule of `batch` for it, on the device;
     /// `wide` picks the 64-row kernel (see [`WideAttention`]).
     pub fn tc_schedule(
@@ -265,9 +260,9 @@ impl CudaDevice {
     ) -> Result<TcSchedule> {
         let wide = match wide {
             WideAttention::WherePays => {
-                wide_pays(batch, l, self.info.multiprocessors, self.hopper())
+                wide_pays(batch, l, self.info.multiprocessors, self.info.hopper())
             }
-            WideAttention::Wgmma if !self.hopper() => {
+            WideAttention::Wgmma if !self.info.hopper() => {
                 return Err(Error::Op {
                     op: "attention_tc",
                     message: format!(

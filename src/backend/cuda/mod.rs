@@ -44,6 +44,14 @@ pub struct DeviceInfo {
     pub max_shared_per_block: usize,
 }
 
+impl DeviceInfo {
+    /// Whether this is a Hopper GPU (compute capability 9.0), the only one that loads the
+    /// sm_90a kernels (wgmma).
+    pub fn hopper(&self) -> bool {
+        self.compute_capability == (9, 0)
+    }
+}
+
 pub struct CudaDevice {
     pub info: DeviceInfo,
     pub stream: Arc<CudaStream>,
