@@ -146,28 +146,68 @@ attention_tc_bf16(const bf16* q1, int q1_stride, int q1_head_stride, const bf16*
     }
 }
 
-// Merges the splits of each row group: weights 2^(lse_j − lse), lse = log2 Σ 2^lse_j. Block
-// (group, column chunk, row) writes COMBINE_COLUMNS values of one output row (`out` row `pair`
-// holds dv values) and, for the first chunk, the row's LSE (natural log, scaled scores). One
-// block per row and chunk keeps a long sequence's many splits from resting on one block.
-#define COMBINE_COLUMNS 128
-extern "C" __global__ void __launch_bounds__(COMBINE_COLUMNS)
+// Merges the splits of each row group: weights 2^(lse_j − m) with m the largest lse_j, LSE
+// m + log2 Σ weights. Block (group, row, column chunk) writes COMBINE_COLUMNS values of one
+// output row (`out` row `pair` holds dv values, dv a multiple of 4) and, from the first chunk,
+// the row's LSE (natural log, scaled scores). Its warps take every warps-th split, each lane 4
+// columns: the loads of all splits are independent of one another and of the weights, so they
+// are in flight together instead of one split's LSE, then its values, then the next split's
+// (a long sequence has hundreds of splits), and the warps meet once through shared memory.
+#define COMBINE_LANE_COLUMNS 4
+#define COMBINE_COLUMNS (32 * COMBINE_LANE_COLUMNS)
+#define COMBINE_MAX_WARPS 8
+extern "C" __global__ void __launch_bounds__(32 * COMBINE_MAX_WARPS)
 attention_tc_combine_bf16(const float* partial_o, const float* partial_lse, const TcGroup* groups,
                           bf16* out, float* lse_out, int dv) {
+    __shared__ float4 warp_x[COMBINE_MAX_WARPS][32];
+    __shared__ float warp_weight[COMBINE_MAX_WARPS];
     const TcGroup& g = groups[blockIdx.x];
-    const int i = blockIdx.z, c = blockIdx.y * COMBINE_COLUMNS + threadIdx.x;
-    if (g.rows[i] == NO_ROW) return;
+    const int i = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    if (g.rows[i] == NO_ROW) return;  // the whole block
+    const int c = blockIdx.z * COMBINE_COLUMNS + lane * COMBINE_LANE_COLUMNS;
+    const auto lse_of = [&](uint32_t j) { return partial_lse[(g.item_first + j * g.item_stride) * ROWS + i]; };
+
     float m = -INFINITY;
-    for (uint32_t j = 0; j < g.items; j++) m = fmaxf(m, partial_lse[(g.item_first + j * g.item_stride) * ROWS + i]);
-    float sum = 0.0f, x = 0.0f;
-    for (uint32_t j = 0; j < g.items; j++) {
-        const size_t item = g.item_first + j * g.item_stride;
-        const float lse = partial_lse[item * ROWS + i];
-        if (lse == -INFINITY) continue;
-        const float w = exp2f(lse - m);
-        sum += w;
-        if (c < dv) x += w * partial_o[(item * ROWS + i) * dv + c];
+    for (uint32_t j = threadIdx.x; j < g.items; j += blockDim.x) m = fmaxf(m, lse_of(j));
+    m = block_max(m);
+
+    float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    float weight = 0.0f;
+#pragma unroll 4
+    for (uint32_t j = warp; j < g.items; j += warps) {
+        const float lse = lse_of(j);
+        // Splits that saw no token have lse −inf and zeros in partial_o: weight 0.
+        const float w = lse == -INFINITY ? 0.0f : exp2f(lse - m);
+        weight += w;
+        if (c < dv) {
+            const float* row = partial_o + ((size_t)(g.item_first + j * g.item_stride) * ROWS + i) * dv + c;
+            MLA_ASSERT_ALIGNED(row, 16);
+            const float4 o = *reinterpret_cast<const float4*>(row);
+            x.x += w * o.x;
+            x.y += w * o.y;
+            x.z += w * o.z;
+            x.w += w * o.w;
+        }
     }
-    if (c < dv) out[(size_t)g.rows[i] * dv + c] = from_f32<bf16>(sum > 0.0f ? x / sum : 0.0f);
-    if (blockIdx.y == 0 && threadIdx.x == 0) lse_out[g.rows[i]] = (m + log2f(sum)) * 0.6931471805599453f;
+    warp_x[warp][lane] = x;
+    if (lane == 0) warp_weight[warp] = weight;
+    __syncthreads();
+    if (warp != 0) return;
+    float sum = 0.0f;
+    for (int w = 0; w < warps; w++) sum += warp_weight[w];
+    for (int w = 1; w < warps; w++) {
+        const float4 y = warp_x[w][lane];
+        x.x += y.x;
+        x.y += y.y;
+        x.z += y.z;
+        x.w += y.w;
+    }
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+    if (c < dv) {
+        uint2* dst = reinterpret_cast<uint2*>(out + (size_t)g.rows[i] * dv + c);
+        MLA_ASSERT_ALIGNED(dst, 8);
+        *dst = make_uint2(pack_bf16(from_f32<bf16>(x.x * inv), from_f32<bf16>(x.y * inv)),
+                          pack_bf16(from_f32<bf16>(x.z * inv), from_f32<bf16>(x.w * inv)));
+    }
+    if (blockIdx.z == 0 && lane == 0) lse_out[g.rows[i]] = sum > 0.0f ? (m + log2f(sum)) * LN2 : -INFINITY;
 }

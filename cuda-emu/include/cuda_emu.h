@@ -30,6 +30,14 @@ struct float2 {
     float x, y;
 } __attribute__((aligned(8)));
 inline float2 make_float2(float x, float y) { return float2{x, y}; }
+struct uint2 {
+    unsigned x, y;
+} __attribute__((aligned(8)));
+inline uint2 make_uint2(unsigned x, unsigned y) { return uint2{x, y}; }
+struct float4 {
+    float x, y, z, w;
+} __attribute__((aligned(16)));
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 
 namespace emu {
 struct ThreadState;

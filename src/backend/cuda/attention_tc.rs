@@ -13,8 +13,16 @@ use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 
 use super::attention_schedule::{schedule, TcGroup, TcItem, KV_TILE, NO_ROW, ROWS};
 
-/// Output columns per block of the combine (`COMBINE_COLUMNS` in attention_tc.cu).
+/// Output columns per block of the combine and most warps in one (`COMBINE_COLUMNS`,
+/// `COMBINE_MAX_WARPS` in attention_tc.cu).
 const COMBINE_COLUMNS: usize = 128;
+const COMBINE_MAX_WARPS: usize = 8;
+
+/// Warps per combine block where a row group has at most `max_splits` splits: one per split
+/// up to eight, so a few splits do not leave warps idle and hundreds are read eight at a time.
+fn combine_warps(max_splits: usize) -> usize {
+    max_splits.clamp(1, COMBINE_MAX_WARPS)
+}
 
 /// Whether the values are the first `v.len` columns of the key tile (MLA absorbed).
 pub(super) fn values_in_keys(l: &AttentionLayout) -> bool {
@@ -235,6 +243,8 @@ pub struct TcSchedule {
     group_count: usize,
     /// Every row group has one split: the kernel writes the output and its LSE, no combine.
     direct: bool,
+    /// The most splits of one row group.
+    max_splits: usize,
 }
 
 impl TcSchedule {
@@ -288,7 +298,8 @@ impl CudaDevice {
         );
         let err = |e| Error::Device(format!("attention_tc schedule: {e}"));
         let (item_count, group_count) = (items.len(), groups.len());
-        let direct = groups.iter().all(|g| g.items == 1);
+        let max_splits = groups.iter().map(|g| g.items as usize).max().unwrap_or(0);
+        let direct = max_splits <= 1;
         // Never empty buffers: the kernel gets valid pointers even for an empty step.
         let items = if items.is_empty() {
             vec![EMPTY_ITEM]
@@ -308,6 +319,7 @@ impl CudaDevice {
             item_count,
             group_count,
             direct,
+            max_splits,
         })
     }
 
@@ -451,10 +463,10 @@ impl CudaDevice {
         let cfg = LaunchConfig {
             grid_dim: (
                 schedule.group_count as u32,
-                l.v.len.div_ceil(COMBINE_COLUMNS) as u32,
                 ROWS as u32,
+                l.v.len.div_ceil(COMBINE_COLUMNS) as u32,
             ),
-            block_dim: (COMBINE_COLUMNS as u32, 1, 1),
+            block_dim: (32 * combine_warps(schedule.max_splits) as u32, 1, 1),
             shared_mem_bytes: 0,
         };
         // SAFETY: the arguments match attention_tc_combine_bf16; each group's items and rows
