@@ -1,8 +1,8 @@
 //! The CUDA backend's attention ops against the CPU backend's on random paged caches: batches
 //! of sequences of different lengths (not multiples of the block size), shuffled block tables,
 //! unused slots left NaN (a stray read shows), 1–4 query tokens per sequence plus a prefill
-//! chunk, 1/16/128 heads, decode batches of 64 sequences of up to 8192 tokens; f32 (≤ 1e-4
-//! relative L2) and bf16 (≤ 1e-2).
+//! chunk, 1/16/128 heads, decode batches of 64 sequences of up to 8192 tokens, blocks of 16
+//! tokens and (absorbed, bf16) of 32, 64 and 128; f32 (≤ 1e-4 relative L2) and bf16 (≤ 1e-2).
 //! Needs an NVIDIA GPU: ignored elsewhere.
 
 mod common;
@@ -14,6 +14,7 @@ use mla_rt::backend::cuda::{CudaBackend, GpuFloat, WideAttention};
 use mla_rt::backend::{AttentionBatch, Backend, MhaDims, MlaDims, SeqChunk};
 use mla_rt::weights::HostTensor;
 
+/// The block size of most tests: the smallest, so that a tile of tokens crosses the most pages.
 const BLOCK: usize = 16;
 
 fn random(rng: &mut Rng, rows: usize, cols: usize) -> HostTensor {
@@ -26,9 +27,10 @@ fn stored<T: GpuFloat>(t: HostTensor) -> HostTensor {
     HostTensor::new(t.shape, data)
 }
 
-/// Sequences `(context, query)` with block tables drawn from a shuffled pool of blocks.
-fn batch(rng: &mut Rng, shapes: &[(usize, usize)]) -> (AttentionBatch, usize) {
-    let needed: usize = shapes.iter().map(|(c, _)| c.div_ceil(BLOCK)).sum();
+/// Sequences `(context, query)` with block tables drawn from a shuffled pool of blocks of
+/// `block` tokens.
+fn batch(rng: &mut Rng, shapes: &[(usize, usize)], block: usize) -> (AttentionBatch, usize) {
+    let needed: usize = shapes.iter().map(|(c, _)| c.div_ceil(block)).sum();
     let num_blocks = needed + 5; // spare blocks stay NaN
     let mut pool: Vec<u32> = (0..num_blocks as u32).collect();
     for i in (1..pool.len()).rev() {
@@ -39,14 +41,14 @@ fn batch(rng: &mut Rng, shapes: &[(usize, usize)]) -> (AttentionBatch, usize) {
     let seqs = shapes
         .iter()
         .map(|&(context_len, query_len)| SeqChunk {
-            block_table: next.by_ref().take(context_len.div_ceil(BLOCK)).collect(),
+            block_table: next.by_ref().take(context_len.div_ceil(block)).collect(),
             context_len,
             query_len,
         })
         .collect();
     (
         AttentionBatch {
-            block_size: BLOCK,
+            block_size: block,
             seqs,
         },
         num_blocks,
@@ -67,14 +69,15 @@ fn caches<T: GpuFloat>(
 where
     cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
 {
+    let block = batch.block_size;
     let mut cpu_cache = CpuBackend
-        .alloc_kv_cache(1, num_blocks, BLOCK, width)
+        .alloc_kv_cache(1, num_blocks, block, width)
         .unwrap();
-    let mut gpu_cache = gpu.alloc_kv_cache(1, num_blocks, BLOCK, width).unwrap();
+    let mut gpu_cache = gpu.alloc_kv_cache(1, num_blocks, block, width).unwrap();
     for seq in &batch.seqs {
         let rows = stored::<T>(random(rng, seq.context_len, width));
         let slots: Vec<u32> = (0..seq.context_len)
-            .map(|p| seq.block_table[p / BLOCK] * BLOCK as u32 + (p % BLOCK) as u32)
+            .map(|p| seq.block_table[p / block] * block as u32 + (p % block) as u32)
             .collect();
         CpuBackend
             .write_kv_cache(&mut cpu_cache, 0, &rows, 0, &slots)
@@ -128,7 +131,7 @@ where
     for heads in [1, 16, 128] {
         let dims = deepseek_dims(heads);
         let shapes = if heads == 128 { &SHAPES[..3] } else { SHAPES };
-        let (batch, num_blocks) = batch(&mut rng, shapes);
+        let (batch, num_blocks) = batch(&mut rng, shapes, BLOCK);
         let (cpu_cache, gpu_cache) =
             caches(&mut rng, &gpu, &batch, num_blocks, dims.latent_width());
         let t = batch.num_query_tokens();
@@ -179,19 +182,20 @@ where
 }
 
 /// The absorbed form on the GPU against the CPU for `heads` heads and sequences `shapes`
-/// (context, query tokens); returns the batch.
+/// (context, query tokens) in blocks of `block` tokens; returns the batch.
 fn check_absorbed<T: GpuFloat>(
     gpu: &CudaBackend<T>,
     rng: &mut Rng,
     heads: usize,
     shapes: &[(usize, usize)],
+    block: usize,
     tolerance: f64,
 ) -> AttentionBatch
 where
     cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
 {
     let dims = deepseek_dims(heads);
-    let (batch, num_blocks) = batch(rng, shapes);
+    let (batch, num_blocks) = batch(rng, shapes, block);
     let (cpu_cache, gpu_cache) = caches(rng, gpu, &batch, num_blocks, dims.latent_width());
     let t = batch.num_query_tokens();
     let q = stored::<T>(random(rng, t, heads * dims.qk_head()));
@@ -233,7 +237,7 @@ where
                 (context, (1 + i % 4).min(context))
             })
             .collect();
-        check_absorbed(&gpu, &mut rng, heads, &shapes, tolerance);
+        check_absorbed(&gpu, &mut rng, heads, &shapes, BLOCK, tolerance);
     }
 }
 
@@ -248,7 +252,7 @@ fn mla_one_split_per_row_group_bf16() {
         let shapes: Vec<(usize, usize)> = (0..sequences).map(|i| (20 + i % 50, 1)).collect();
         for wide in latent_kernels(&gpu, heads) {
             gpu.set_wide_attention(wide);
-            let batch = check_absorbed(&gpu, &mut rng, heads, &shapes, 1e-2);
+            let batch = check_absorbed(&gpu, &mut rng, heads, &shapes, BLOCK, 1e-2);
             let schedule = gpu
                 .device
                 .tc_schedule(&batch, &absorbed_layout(&deepseek_dims(heads)), wide)
@@ -260,6 +264,37 @@ fn mla_one_split_per_row_group_bf16() {
             );
         }
         gpu.set_wide_attention(WideAttention::WherePays);
+    }
+}
+
+/// The other block sizes a cache may have (32, 64: the default, 128), with one long sequence
+/// alone — dozens of splits of one row group, more than the combine has warps — and a ragged
+/// batch, through each kernel that serves the heads.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn mla_block_sizes_bf16() {
+    let gpu = poisoned_gpu::<half::bf16>();
+    let mut rng = Rng::new(15);
+    let cases: [(usize, &[(usize, usize)]); 3] = [
+        (16, &[(8000, 1)]),
+        (16, &[(300, 1), (129, 2), (1000, 4), (64, 1), (7, 3)]),
+        (128, &[(900, 1), (200, 2)]),
+    ];
+    for block in [32, 64, 128] {
+        for (heads, shapes) in cases {
+            for wide in latent_kernels(&gpu, heads) {
+                gpu.set_wide_attention(wide);
+                let batch = check_absorbed(&gpu, &mut rng, heads, shapes, block, 1e-2);
+                if shapes.len() == 1 {
+                    let schedule = gpu
+                        .device
+                        .tc_schedule(&batch, &absorbed_layout(&deepseek_dims(heads)), wide)
+                        .unwrap();
+                    assert!(schedule.max_splits() > 8, "{:?}", schedule.kernel());
+                }
+            }
+            gpu.set_wide_attention(WideAttention::WherePays);
+        }
     }
 }
 
@@ -294,7 +329,7 @@ where
             softmax_scale: 1.0 / (head_dim as f32).sqrt(),
             sliding_window: window,
         };
-        let (batch, num_blocks) = batch(&mut rng, SHAPES);
+        let (batch, num_blocks) = batch(&mut rng, SHAPES, BLOCK);
         let width = 2 * kv_heads * head_dim;
         let (cpu_cache, gpu_cache) = caches(&mut rng, &gpu, &batch, num_blocks, width);
         // A fused qkv tensor: the query heads come first, K and V columns follow.

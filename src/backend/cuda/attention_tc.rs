@@ -257,6 +257,11 @@ impl TcSchedule {
     pub fn direct(&self) -> bool {
         self.direct
     }
+
+    /// The most splits of one row group (what the combine merges).
+    pub fn max_splits(&self) -> usize {
+        self.max_splits
+    }
 }
 
 impl CudaDevice {
