@@ -6,7 +6,7 @@
 // other shape), and the same combine; what differs is how a tile moves:
 //  - the next tile of KV_TILE cached tokens is copied global → shared with cp.async while the
 //    current one is used (two stages), so the loads of a CTA are all in flight at once instead
-//    of one dependent row at a time;
+//    of one dependent row at a time, and its block-table slots are read a tile before that;
 //  - eight warps: each scores half the tile's keys over a quarter of the key width, with that
 //    quarter of the queries in registers for the whole item; the output O [ROWS × DV] stays in
 //    registers too (warp w owns DV/8 columns), rescaled per row by the online softmax without a
@@ -36,20 +36,32 @@ template <int DQ, int DV, bool V_IN_K> struct MmaShape {
     static constexpr size_t SHARED = (size_t)2 * STAGE * 2 + K_PARTS * ROWS * S_LD * 4 + ROWS * P_LD * 2 + 4 * ROWS * 4;
 };
 
-// Starts the copies of tile [tile, tile + KV_TILE) of keys (and values) into one stage: thread
-// i copies every eighth 16-byte piece of row i / 8, so each thread looks its slot up once.
-// Tokens at or past kv_end become zeros, read from nowhere.
+// This thread's token of tile [tile, tile + KV_TILE) in load_tile: row threadIdx.x / 8.
+__device__ __forceinline__ int tile_row() {
+    return threadIdx.x / (MMA_WARPS * 32 / KV_TILE);
+}
+
+// The cache slot of this thread's token of tile [tile, tile + KV_TILE), -1 at or past kv_end:
+// looked up a tile ahead of its copies, so that they do not wait for the block-table read (a
+// round trip to L2 that would otherwise precede every tile's DRAM reads).
+__device__ __forceinline__ int tile_slot(int tile, int kv_end, const uint32_t* table, int block_size) {
+    const int p = tile + tile_row();
+    return p < kv_end ? (int)(table[p / block_size] * block_size + p % block_size) : -1;
+}
+
+// Starts the copies of a tile of keys (and values) into one stage, `slot` from tile_slot:
+// thread i copies every eighth 16-byte piece of row i / 8. Tokens at or past kv_end (slot -1)
+// become zeros, read from nowhere.
 template <int DQ, int DV, bool V_IN_K>
-__device__ __forceinline__ void load_tile(bf16* stage, int tile, int kv_end, const uint32_t* table, int block_size,
-                                          const bf16* k1, const KeySegment& s1, const bf16* k2, const KeySegment& s2,
-                                          const bf16* v, const KeySegment& sv, int kv_head) {
+__device__ __forceinline__ void load_tile(bf16* stage, int slot, const bf16* k1, const KeySegment& s1, const bf16* k2,
+                                          const KeySegment& s2, const bf16* v, const KeySegment& sv, int kv_head) {
     typedef MmaShape<DQ, DV, V_IN_K> S;
     constexpr int THREADS_PER_ROW = MMA_WARPS * 32 / KV_TILE;
-    const int j = threadIdx.x / THREADS_PER_ROW, first = threadIdx.x % THREADS_PER_ROW, p = tile + j;
-    const bool valid = p < kv_end;
-    const size_t slot = valid ? (size_t)table[p / block_size] * block_size + p % block_size : 0;
-    const bf16* k1_row = k1 + slot * s1.width + s1.offset + kv_head * s1.head_stride;
-    const bf16* k2_row = k2 + slot * s2.width + s2.offset + kv_head * s2.head_stride - s1.len;
+    const int j = tile_row(), first = threadIdx.x % THREADS_PER_ROW;
+    const bool valid = slot >= 0;
+    const size_t row = valid ? (size_t)slot : 0;
+    const bf16* k1_row = k1 + row * s1.width + s1.offset + kv_head * s1.head_stride;
+    const bf16* k2_row = k2 + row * s2.width + s2.offset + kv_head * s2.head_stride - s1.len;
     bf16* k_dst = stage + j * S::K_LD;
 #pragma unroll
     for (int piece = first; piece < DQ / 8; piece += THREADS_PER_ROW) {
@@ -57,7 +69,7 @@ __device__ __forceinline__ void load_tile(bf16* stage, int tile, int kv_end, con
         async_copy16(k_dst + col, valid ? (col < s1.len ? k1_row : k2_row) + col : k1, valid);
     }
     if (!V_IN_K) {
-        const bf16* v_row = v + slot * sv.width + sv.offset + kv_head * sv.head_stride;
+        const bf16* v_row = v + row * sv.width + sv.offset + kv_head * sv.head_stride;
         bf16* v_dst = stage + S::K_TILE + j * S::V_LD;
 #pragma unroll
         for (int piece = first; piece < DV / 8; piece += THREADS_PER_ROW)
@@ -126,8 +138,10 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
     const uint32_t* table = block_tables + table_start[item.seq];
     const int kv_begin = item.kv_begin, kv_end = item.kv_end, kv_head = item.kv_head;
     const int tiles = (kv_end - kv_begin + KV_TILE - 1) / KV_TILE;
-    if (tiles > 0) load_tile<DQ, DV, V_IN_K>(stages, kv_begin, kv_end, table, block_size, k1, s1, k2, s2, v, sv, kv_head);
+    int slot = tile_slot(kv_begin, kv_end, table, block_size);
+    if (tiles > 0) load_tile<DQ, DV, V_IN_K>(stages, slot, k1, s1, k2, s2, v, sv, kv_head);
     async_commit();
+    slot = tile_slot(kv_begin + KV_TILE, kv_end, table, block_size);
 
     // S: warp w scores keys 16·(w % 2) … +15 over key part w / 2, with that part of the queries
     // held in registers (A fragments) for the whole item. O: warp w owns DV / MMA_WARPS columns.
@@ -157,9 +171,10 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
         const bf16* v_tile = V_IN_K ? k_tile : k_tile + S::K_TILE;
         async_wait<0>();
         __syncthreads();  // this tile has landed for every thread; nobody reads the other stage
-        if (step + 1 < tiles)
-            load_tile<DQ, DV, V_IN_K>(stages + ((step + 1) & 1) * S::STAGE, tile + KV_TILE, kv_end, table, block_size,
-                                      k1, s1, k2, s2, v, sv, kv_head);
+        if (step + 1 < tiles) {
+            load_tile<DQ, DV, V_IN_K>(stages + ((step + 1) & 1) * S::STAGE, slot, k1, s1, k2, s2, v, sv, kv_head);
+            slot = tile_slot(tile + 2 * KV_TILE, kv_end, table, block_size);
+        }
         async_commit();
 
         float s[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
@@ -266,10 +281,11 @@ attention_mma_wide_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_str
     // "all but the newest group" is always the tile about to be read.
     for (int i = 0; i < WIDE_STAGES - 1; i++) {
         if (i < tiles)
-            load_tile<DQ, DV, true>(stages + i * S::K_TILE, kv_begin + i * KV_TILE, kv_end, table, block_size, k1, s1,
-                                    k2, s2, v, sv, kv_head);
+            load_tile<DQ, DV, true>(stages + i * S::K_TILE, tile_slot(kv_begin + i * KV_TILE, kv_end, table, block_size),
+                                    k1, s1, k2, s2, v, sv, kv_head);
         async_commit();
     }
+    int slot = tile_slot(kv_begin + (WIDE_STAGES - 1) * KV_TILE, kv_end, table, block_size);
     if (threadIdx.x < WIDE_ROWS) {
         const uint32_t pair = quad[threadIdx.x / ROWS].rows[threadIdx.x % ROWS];
         pos_s[threadIdx.x] = pair == NO_ROW ? -1 : (int)token_pos[pair / heads];
@@ -285,10 +301,11 @@ attention_mma_wide_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_str
         const bf16* k_tile = stages + (step % WIDE_STAGES) * S::K_TILE;
         async_wait<WIDE_STAGES - 2>();
         __syncthreads();  // this tile has landed for every thread; the oldest stage is free
-        if (step + WIDE_STAGES - 1 < tiles)
-            load_tile<DQ, DV, true>(stages + ((step + WIDE_STAGES - 1) % WIDE_STAGES) * S::K_TILE,
-                                    tile + (WIDE_STAGES - 1) * KV_TILE, kv_end, table, block_size, k1, s1, k2, s2, v,
-                                    sv, kv_head);
+        if (step + WIDE_STAGES - 1 < tiles) {
+            load_tile<DQ, DV, true>(stages + ((step + WIDE_STAGES - 1) % WIDE_STAGES) * S::K_TILE, slot, k1, s1, k2, s2,
+                                    v, sv, kv_head);
+            slot = tile_slot(tile + WIDE_STAGES * KV_TILE, kv_end, table, block_size);
+        }
         async_commit();
 
         // S for this warp's 16 rows and 16 keys, over the whole key width.
