@@ -6,6 +6,9 @@
 #                                  # device-bin/ (gitignored; small enough to carry)
 #   scripts/gpu-check.sh run       # on the GPU machine, from the repo root, with device-bin/
 #                                  # carried over: runs them and prints a summary table
+#   scripts/gpu-check.sh profile   # on the GPU machine after `run` (or instead of it): ncu on the
+#                                  # attention shapes short of their targets, a table of where
+#                                  # the time goes (scripts/ncu-summary.py)
 #   scripts/gpu-check.sh emulate   # here, no GPU: prepare, then the tests and the CLI check of
 #                                  # `run` on cuda-emu (kernels/*.cu on the CPU); no benchmarks,
 #                                  # whose timings would mean nothing there
@@ -123,9 +126,34 @@ benches() {
 # Logs and tables also go to $OUT when the device tool provides it, so that they come back: after
 # every step (a run stopped at its time limit still returns what it did), as one archive plus the
 # summary (the tool returns at most 8 files).
+# ncu on the attention shapes still short of their targets (and one that meets them, for
+# reference): per launch of the absorbed kernel and its combine, the duration, DRAM and SM
+# throughput, how much of the time the SMs were busy (ramp and tail), occupancy, waves and the
+# top warp stalls. The raw CSVs go into the logs.
+profile() {
+  local ncu
+  ncu=$(command -v ncu || ls -d /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | tail -1 || true)
+  [[ -x "$ncu" ]] || { echo "no ncu on this machine" >&2; return 1; }
+  python3 scripts/ncu-summary.py --header > "$out/profile-attention.md"
+  for shape in "16 32 4096 16-row" "16 128 1024 16-row" "16 1 16384 16-row" "16 128 16384 16-row" \
+               "128 128 1024 wgmma" "128 128 16384 wgmma"; do
+    read -r heads batch context kernel <<< "$shape"
+    csv="$out/ncu-$heads-$batch-$context-$kernel.csv"
+    timeout 120 "$ncu" --clock-control none --print-units base --csv --page raw \
+      -k regex:'attention_(mma_latent576|wgmma_latent576|tc_combine)' -c 2 \
+      --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+      "$out/mla" bench attention --heads "$heads" --batch "$batch" --context "$context" \
+      --kernel "$kernel" --reps 1 --materialised false > "$csv" 2> "$csv.log" || { status=1; tail -3 "$csv.log"; }
+    python3 scripts/ncu-summary.py "$heads × $batch × $context" "$csv" >> "$out/profile-attention.md"
+  done
+  cat "$out/profile-attention.md"
+  [[ -z "${OUT:-}" ]] || cp "$out/profile-attention.md" "$OUT/"
+  keep_logs
+}
+
 keep_logs() {
   if [[ -n "${OUT:-}" ]]; then
-    tar czf "$OUT/gpu-check-logs.tgz" -C "$out" $(cd "$out" && ls *.log *.md *.svg 2>/dev/null) 2>/dev/null || true
+    tar czf "$OUT/gpu-check-logs.tgz" -C "$out" $(cd "$out" && ls *.log *.md *.svg *.csv 2>/dev/null) 2>/dev/null || true
     cp "$out/summary.md" "$OUT/" 2>/dev/null || true
   fi
 }
@@ -151,6 +179,12 @@ run)
   keep_logs
   exit $status
   ;;
+profile)
+  [[ -x "$out/mla" ]] || { echo "no $out/mla: run 'scripts/gpu-check.sh prepare' first and carry $out" >&2; exit 2; }
+  find_cuda_libraries
+  profile
+  exit $status
+  ;;
 emulate)
   test_timeout=1200  # the CPU runs the decode batches in about 3 minutes
   prepare
@@ -163,7 +197,7 @@ emulate)
   exit $status
   ;;
 *)
-  echo "usage: scripts/gpu-check.sh prepare|run|emulate" >&2
+  echo "usage: scripts/gpu-check.sh prepare|run|profile|emulate" >&2
   exit 2
   ;;
 esac

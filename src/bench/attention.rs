@@ -53,6 +53,8 @@ pub struct AttentionShapes<'a> {
     pub contexts: &'a [usize],
     /// Timed calls per row (after one warm-up).
     pub reps: usize,
+    /// Whether to time the materialised path too.
+    pub materialised: bool,
 }
 
 /// Times every (heads, batch, context) shape of `shapes` once per kernel choice, and the
@@ -87,16 +89,17 @@ pub fn run(
                 let tokens = batch * context;
                 let bytes = tokens * 576 * 2 + batch * h * (576 + 512) * 2;
                 let flops = 2.0 * h as f64 * tokens as f64 * (576.0 + 512.0);
-                let materialised_micros = if tokens * h * 256 * 2 <= MATERIALISED_LIMIT_BYTES {
-                    let kv_b = gpu.upload_weight(uniform(h * 256, 512, 3))?;
-                    let ms = time_ms(&gpu.device, reps.min(3), || {
-                        gpu.mla_attention_materialised(&q, &cache, 0, &attention, &kv_b, &dims)
-                            .map(|_| ())
-                    })?;
-                    Some(ms * 1e3)
-                } else {
-                    None
-                };
+                let materialised_micros =
+                    if shapes.materialised && tokens * h * 256 * 2 <= MATERIALISED_LIMIT_BYTES {
+                        let kv_b = gpu.upload_weight(uniform(h * 256, 512, 3))?;
+                        let ms = time_ms(&gpu.device, reps.min(3), || {
+                            gpu.mla_attention_materialised(&q, &cache, 0, &attention, &kv_b, &dims)
+                                .map(|_| ())
+                        })?;
+                        Some(ms * 1e3)
+                    } else {
+                        None
+                    };
                 let choices = match h >= 64 {
                     true => shapes.kernels,
                     false => &shapes.kernels[..1],

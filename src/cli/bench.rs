@@ -141,6 +141,12 @@ pub struct AttentionBenchArgs {
         value_name = "K"
     )]
     pub kernel: Vec<KernelChoice>,
+
+    /// Also time the materialised path (K/V expanded with cuBLAS, then attention over them)
+    /// where its K/V fit, and print the absorbed kernel's speed-up over it; `false` leaves
+    /// only the absorbed kernel's launches (for a profiler).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub materialised: bool,
 }
 
 /// `--kernel` of `mla bench attention`.
@@ -184,6 +190,7 @@ fn bench_attention(args: &AttentionBenchArgs) -> Result<()> {
         batches: &args.batch,
         contexts: &args.context,
         reps: args.reps,
+        materialised: args.materialised,
     };
     let (copy, rows) = crate::bench::attention::run(&gpu, &shapes, |r| {
         eprintln!(

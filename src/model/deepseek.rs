@@ -65,8 +65,6 @@ pub struct DeepSeek<B: Backend> {
     lm_head: Option<B::Weight>,
 }
 
-/// Splits `kv_b_proj` `[heads·(nope + v), r_kv]` into the per-head absorption weights:
-/// `W_UK_hᵀ` `[r_kv, nope]` and `W_UV_h` `[v, r_kv]`.
 /// Multiply-adds per head of the step's attention in each form: materialised expands every
 /// context latent to K_nope and V and attends with `nope + rope` keys and `v` values; absorbed
 /// folds `W_UK`/`W_UV` into each query row and attends with `r + rope` keys and `r` values.
@@ -90,6 +88,8 @@ pub fn absorbed_is_cheaper(dims: &MlaDims, batch: &crate::backend::AttentionBatc
     absorbed <= materialised
 }
 
+/// Splits `kv_b_proj` `[heads·(nope + v), r_kv]` into the per-head absorption weights:
+/// `W_UK_hᵀ` `[r_kv, nope]` and `W_UV_h` `[v, r_kv]`.
 pub fn absorption_weights(kv_b: &[f32], dims: &MlaDims) -> (Vec<f32>, Vec<f32>) {
     let (r, dn, dv) = (dims.kv_lora_rank, dims.qk_nope, dims.v_head);
     let mut w_uk_t = Vec::with_capacity(dims.heads * r * dn);
