@@ -3,6 +3,7 @@
 // hand-written x86-64 context switch (callee-saved registers and the stack pointer), so that a
 // barrier over 1,024 threads costs microseconds rather than system calls.
 #include "runtime.h"
+#include "wgmma_ptx.h"
 #include <sanitizer/asan_interface.h>
 #include <sys/mman.h>
 #if defined(__SANITIZE_ADDRESS__)
@@ -10,6 +11,7 @@
 #endif
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
 #include <map>
 #include <vector>
 
@@ -41,11 +43,50 @@ emu_switch:
 namespace emu {
 enum class State { Runnable, AtBlockBarrier, AtWarpBarrier, Exited, Failed };
 
+// A cp.async: its source read at issue, its destination written at the wait that covers it.
+struct PendingCopy {
+    unsigned char* dst;
+    unsigned char bytes[16];
+};
+
+// A wgmma: computed at the wait that covers it.
+struct PendingMma {
+    float* d;
+    int n;
+    uint64_t a, b;
+    bool b_mn_major;
+};
+
+// A thread's asynchronous operations of one kind: the open group and the committed ones, oldest
+// first.
+template <typename Op> struct AsyncGroups {
+    std::vector<Op> open;
+    std::deque<std::vector<Op>> committed;
+
+    void clear() {
+        open.clear();
+        committed.clear();
+    }
+    void commit() {
+        committed.push_back(std::move(open));
+        open.clear();
+    }
+    // Completes the oldest committed groups until at most `pending` remain.
+    template <typename F> void wait(int pending, F complete) {
+        while ((int)committed.size() > pending) {
+            for (const Op& op : committed.front()) complete(op);
+            committed.pop_front();
+        }
+    }
+};
+
 struct ThreadState {
     void* sp;
     dim3 idx;
     int lane, warp;
     State state;
+    AsyncGroups<PendingCopy> copies;
+    AsyncGroups<PendingMma> mmas;
 };
 
 struct WarpState {
@@ -107,11 +148,18 @@ void back_to_scheduler(bool exiting = false) {
 #endif
 }
 
+void land(const PendingCopy& c) { memcpy(c.dst, c.bytes, 16); }
+
 extern "C" void emu_fiber_main() {
 #if defined(__SANITIZE_ADDRESS__)
     __sanitizer_finish_switch_fiber(nullptr, &scheduler_stack, &scheduler_stack_bytes);
 #endif
     grid_body(grid_ctx);
+    // Copies still in flight land (the device completes them); wgmma left unwaited is dropped:
+    // its accumulators were in the frames that just returned.
+    current->copies.commit();
+    current->copies.wait(0, land);
+    current->mmas.clear();
     current->state = State::Exited;
     back_to_scheduler(true);
     abort();  // an exited fiber is never resumed
@@ -205,6 +253,8 @@ std::string run_block(size_t count) {
         t.lane = (int)(i % 32);
         t.warp = (int)(i / 32);
         t.state = State::Runnable;
+        t.copies.clear();
+        t.mmas.clear();
         const void* top = stack_top(i);  // maps the stack on first use
         // A fiber abandoned mid-call (a failed check) leaves its frames' redzones poisoned.
         ASAN_UNPOISON_MEMORY_REGION(stack_bottom(i), STACK_BYTES);
@@ -271,6 +321,28 @@ void kernel_error(const char* what) {
 }
 
 void* dynamic_shared() { return shared_base; }
+
+void async_copy16(void* dst, const void* src, bool valid) {
+    PendingCopy c{static_cast<unsigned char*>(dst), {}};
+    if (valid) memcpy(c.bytes, src, 16);
+    memset(dst, POISON, 16);  // what a reader before the wait may find
+    current->copies.open.push_back(c);
+}
+
+void async_commit() { current->copies.commit(); }
+
+void async_wait(int pending) { current->copies.wait(pending, land); }
+
+void wgmma_issue(float* d, int n, uint64_t a, uint64_t b, bool b_mn_major) {
+    current->mmas.open.push_back(PendingMma{d, n, a, b, b_mn_major});
+}
+
+void wgmma_commit() { current->mmas.commit(); }
+
+void wgmma_wait(int pending) {
+    current->mmas.wait(pending, [](const PendingMma& m) { wgmma_compute(m.d, m.n, m.a, m.b, m.b_mn_major); });
+    syncwarp();
+}
 
 std::string run_grid(const LaunchDims& dims, void (*body)(void*), void* ctx) {
     const size_t count = (size_t)dims.block.x * dims.block.y * dims.block.z;

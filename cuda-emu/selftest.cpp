@@ -97,6 +97,35 @@ __global__ void wmma_product(float* out) {
 }
 
 __global__ void misaligned_vector(const __nv_bfloat16* p) { MLA_ASSERT_ALIGNED(p + 1, 16); }
+
+// Each thread copies 16 bytes global → shared in two cp.async groups and reads them back:
+// `waits` = 0: before any wait (both still poisoned), 1: after a wait that leaves the newer group
+// in flight, 2: after waiting for both.
+__global__ void async_copies(const float* src, float* out, int waits) {
+    float* s = static_cast<float*>(emu::dynamic_shared());
+    const int i = threadIdx.x;
+    emu::async_copy16(s + 8 * i, src + 8 * i, true);
+    emu::async_commit();
+    emu::async_copy16(s + 8 * i + 4, src + 8 * i + 4, true);
+    emu::async_commit();
+    if (waits > 0) emu::async_wait(waits == 1 ? 1 : 0);
+    for (int j = 0; j < 8; j++) out[8 * i + j] = s[8 * i + j];
+}
+
+// D[64×32] += A·B over k = 16 with every operand value 1 (so any layout gives 16) on one
+// warpgroup; `wait`: whether the accumulators are read after wgmma_wait or before it.
+__global__ void wgmma_ones(float* out, int wait) {
+    unsigned char* s = static_cast<unsigned char*>(emu::dynamic_shared());
+    for (int i = threadIdx.x; i < (64 + 32) * 128 / 2; i += blockDim.x) reinterpret_cast<uint16_t*>(s)[i] = 0x3f80;
+    __syncthreads();
+    // K-major, 128-byte swizzle, 1024 bytes between 8-row atoms; B after A's 8 atoms.
+    const auto desc = [](uint32_t start) { return (start >> 4) | ((uint64_t)(1024 >> 4) << 32) | (1ull << 62); };
+    float d[16] = {};
+    emu::wgmma_issue(d, 32, desc(0), desc(8192), false);
+    emu::wgmma_commit();
+    if (wait) emu::wgmma_wait(0);
+    for (int j = 0; j < 16; j++) out[threadIdx.x * 16 + j] = d[j];
+}
 }  // namespace
 
 int main() {
@@ -135,6 +164,29 @@ int main() {
     __nv_bfloat16 row[16] __attribute__((aligned(16)));
     const __nv_bfloat16* p = row;
     expect("misaligned_vector", launch(misaligned_vector, 1, 32, 0, p), "misaligned 16-byte vector access");
+    float src[64 * 8], copied[64 * 8];
+    for (int i = 0; i < 64 * 8; i++) src[i] = (float)i;
+    for (int waits = 0; waits < 3; waits++) {
+        expect("async_copies", launch(async_copies, 1, 64, 64 * 8 * sizeof(float), src, copied, waits), nullptr);
+        for (int i = 0; i < 64 * 8; i++) {
+            const bool landed = waits == 2 || (waits == 1 && i % 8 < 4);
+            if ((copied[i] == src[i]) != landed || (!landed && copied[i] == copied[i])) {
+                failures++;
+                fprintf(stderr, "cuda-emu selftest async_copies (%d waits): value %d is %g\n", waits, i, copied[i]);
+                break;
+            }
+        }
+    }
+    static float accumulators[128 * 16];
+    for (int wait = 0; wait < 2; wait++) {
+        expect("wgmma_ones", launch(wgmma_ones, 1, 128, (64 + 32) * 128, accumulators, wait), nullptr);
+        for (int i = 0; i < 128 * 16; i++)
+            if (accumulators[i] != (wait ? 16.0f : 0.0f)) {
+                failures++;
+                fprintf(stderr, "cuda-emu selftest wgmma_ones (wait %d): accumulator %d is %g\n", wait, i, accumulators[i]);
+                break;
+            }
+    }
     if (failures) return 1;
     printf("cuda-emu selftest: all cases as expected\n");
     return 0;

@@ -58,14 +58,18 @@ __device__ __forceinline__ void async_copy16(void* dst, const void* src, bool va
 
 // Closes the group of this thread's copies issued since the last commit.
 __device__ __forceinline__ void async_commit() {
-#if defined(__CUDA_ARCH__) && !defined(MLA_CUDA_EMU)
+#if defined(MLA_CUDA_EMU)
+    emu::async_commit();
+#elif defined(__CUDA_ARCH__)
     asm volatile("cp.async.commit_group;\n" ::: "memory");
 #endif
 }
 
 // Waits until at most N of this thread's committed groups are still in flight.
 template <int N> __device__ __forceinline__ void async_wait() {
-#if defined(__CUDA_ARCH__) && !defined(MLA_CUDA_EMU)
+#if defined(MLA_CUDA_EMU)
+    emu::async_wait(N);
+#elif defined(__CUDA_ARCH__)
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 #endif
 }

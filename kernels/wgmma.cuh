@@ -65,14 +65,18 @@ __device__ __forceinline__ void wgmma_fence() {
 
 // Closes the group of wgmma issued since the last commit.
 __device__ __forceinline__ void wgmma_commit() {
-#if defined(__CUDA_ARCH__) && !defined(MLA_CUDA_EMU)
+#if defined(MLA_CUDA_EMU)
+    emu::wgmma_commit();
+#elif defined(__CUDA_ARCH__)
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 #endif
 }
 
 // Waits until at most N of the warpgroup's committed wgmma groups are still running.
 template <int N> __device__ __forceinline__ void wgmma_wait() {
-#if defined(__CUDA_ARCH__) && !defined(MLA_CUDA_EMU)
+#if defined(MLA_CUDA_EMU)
+    emu::wgmma_wait(N);
+#elif defined(__CUDA_ARCH__)
     asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 #endif
 }
@@ -97,7 +101,7 @@ template <int N> __device__ __forceinline__ void fence_registers(float (&d)[N]) 
 // D[64×32] += A[64×16]·B[16×32], A and B K-major in shared memory.
 __device__ __forceinline__ void wgmma_m64n32k16(float (&d)[16], uint64_t a, uint64_t b) {
 #if defined(MLA_CUDA_EMU)
-    emu::wgmma_bf16(d, 32, a, b, false);
+    emu::wgmma_issue(d, 32, a, b, false);
 #elif defined(__CUDA_ARCH__)
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {"
@@ -114,7 +118,7 @@ __device__ __forceinline__ void wgmma_m64n32k16(float (&d)[16], uint64_t a, uint
 // shared memory.
 __device__ __forceinline__ void wgmma_m64n256k16_mn_b(float (&d)[128], uint64_t a, uint64_t b) {
 #if defined(MLA_CUDA_EMU)
-    emu::wgmma_bf16(d, 256, a, b, true);
+    emu::wgmma_issue(d, 256, a, b, true);
 #elif defined(__CUDA_ARCH__)
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {"

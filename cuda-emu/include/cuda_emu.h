@@ -69,6 +69,18 @@ template <typename T> T shuffle_from(T v, int src) {
     return out;
 }
 void check_full_mask(unsigned mask);
+
+// Asynchronous work of this thread, completed where the device may complete it last, so that a
+// kernel that reads too early sees it: cp.async reads its source at issue, writes its 16 bytes
+// of shared memory at the cp.async.wait_group that covers it and poisons them (NaN) meanwhile,
+// so a reader before that wait (or a copy into a stage still being read) shows; wgmma computes
+// its accumulators at the wgmma.wait_group that covers it, from the operands as they are then.
+void async_copy16(void* dst, const void* src, bool valid);
+void async_commit();
+void async_wait(int pending);  // all but the newest `pending` committed groups
+void wgmma_issue(float* d, int n, uint64_t a, uint64_t b, bool b_mn_major);
+void wgmma_commit();
+void wgmma_wait(int pending);  // as async_wait, then a warp barrier (.sync.aligned)
 }  // namespace emu
 
 #define MLA_ASSERT_ALIGNED(pointer, bytes)                                                          \

@@ -58,11 +58,4 @@ inline void ldmatrix_x4(uint32_t r[4], const __nv_bfloat16* row, bool trans) {
     for (int m = 0; m < 4; m++) r[m] = out[m];
 }
 
-// The copy happens at once, which is one of the orders the device allows.
-inline void async_copy16(void* dst, const void* src, bool valid) {
-    if (valid)
-        memcpy(dst, src, 16);
-    else
-        memset(dst, 0, 16);
-}
 }  // namespace emu

@@ -1,6 +1,7 @@
 // CPU versions of the wgmma primitives of kernels/wgmma.cuh: each thread computes its own
-// accumulators from the shared-memory operands its descriptors name, at once (one of the orders
-// the device allows: nothing may touch the operands or accumulators before wgmma_wait).
+// accumulators from the shared-memory operands its descriptors name, at the wgmma_wait that
+// covers the operation (runtime.cpp keeps the issued ones until then: nothing may touch the
+// operands or read the accumulators before it).
 #pragma once
 #include "cuda_emu.h"
 #include "cuda_bf16.h"
@@ -31,7 +32,7 @@ inline float wgmma_operand(uint64_t desc, int mn, int k, bool mn_major) {
 }
 
 // d += A[64×16]·B[16×n] for this thread's accumulators (A K-major; B K-major or MN-major).
-inline void wgmma_bf16(float* d, int n, uint64_t a, uint64_t b, bool b_mn_major) {
+inline void wgmma_compute(float* d, int n, uint64_t a, uint64_t b, bool b_mn_major) {
     const int warp = (thread_idx().x / 32) % 4, lane = lane_id(), g = lane / 4, t = lane % 4;
     for (int j = 0; j < n / 8; j++)
         for (int e = 0; e < 4; e++) {
