@@ -26,7 +26,7 @@ use cudarc::driver::sys::CUdevice_attribute::{
 };
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DriverError};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// The fatbins compiled from `kernels/*.cu`.
 pub mod kernels {
@@ -56,6 +56,8 @@ pub struct CudaDevice {
     pub info: DeviceInfo,
     pub stream: Arc<CudaStream>,
     modules: HashMap<&'static str, Arc<CudaModule>>,
+    /// Functions already looked up, by "module::name".
+    functions: Mutex<HashMap<String, CudaFunction>>,
     staging: transfer::Staging,
 }
 
@@ -181,18 +183,32 @@ impl CudaDevice {
             info,
             stream,
             modules,
+            functions: Mutex::default(),
             staging: transfer::Staging::default(),
         })
     }
 
-    /// Kernel `name` of module `module`.
+    /// Kernel `name` of module `module`: looked up in the module once and kept, so a launch
+    /// does not pay the driver's lookup by name.
     pub fn function(&self, module: &str, name: &str) -> Result<CudaFunction> {
+        let key = format!("{module}::{name}");
+        // A panic elsewhere while the lock was held leaves the map as valid as before.
+        let mut functions = self
+            .functions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(f) = functions.get(&key) {
+            return Ok(f.clone());
+        }
         let m = self
             .modules
             .get(module)
             .ok_or_else(|| Error::Device(format!("kernel module {module} is not in this build")))?;
-        m.load_function(name)
-            .map_err(|e| Error::Device(format!("kernel {module}::{name}: {e}")))
+        let f = m
+            .load_function(name)
+            .map_err(|e| Error::Device(format!("kernel {key}: {e}")))?;
+        functions.insert(key, f.clone());
+        Ok(f)
     }
 
     /// Bytes of device memory free for a new allocation: the driver's free memory once the pool
