@@ -241,8 +241,6 @@ pub struct TcSchedule {
     groups: CudaSlice<TcGroup>,
     item_count: usize,
     group_count: usize,
-    /// Every row group has one split: the kernel writes the output and its LSE, no combine.
-    direct: bool,
     /// The most splits of one row group.
     max_splits: usize,
 }
@@ -255,7 +253,7 @@ impl TcSchedule {
 
     /// Whether every row group has one split, so that the kernel writes the output itself.
     pub fn direct(&self) -> bool {
-        self.direct
+        self.max_splits <= 1
     }
 
     /// The most splits of one row group (what the combine merges).
@@ -304,7 +302,6 @@ impl CudaDevice {
         let err = |e| Error::Device(format!("attention_tc schedule: {e}"));
         let (item_count, group_count) = (items.len(), groups.len());
         let max_splits = groups.iter().map(|g| g.items as usize).max().unwrap_or(0);
-        let direct = max_splits <= 1;
         // Never empty buffers: the kernel gets valid pointers even for an empty step.
         let items = if items.is_empty() {
             vec![EMPTY_ITEM]
@@ -323,7 +320,6 @@ impl CudaDevice {
             groups: self.stream.clone_htod(&groups).map_err(err)?,
             item_count,
             group_count,
-            direct,
             max_splits,
         })
     }
@@ -374,7 +370,8 @@ impl CudaDevice {
         }
         let err = |what: &'static str| move |e| Error::Device(format!("attention_tc {what}: {e}"));
         // Partial outputs for the combine, unless the kernel writes the output itself.
-        let mut partials = match schedule.direct {
+        // Every row group has one split: the kernel writes the output and its LSE, no combine.
+        let mut partials = match schedule.direct() {
             true => None,
             false => Some((
                 self.tensor::<f32>(schedule.item_count * ROWS, l.v.len, None)?
