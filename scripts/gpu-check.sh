@@ -6,7 +6,7 @@
 #                                  # device-bin/ (gitignored; small enough to carry)
 #   scripts/gpu-check.sh run       # on the GPU machine, from the repo root, with device-bin/
 #                                  # carried over: runs them and prints a summary table
-#   scripts/gpu-check.sh profile   # on the GPU machine after `run` (or instead of it): ncu on the
+#   scripts/gpu-check.sh profile   # on the GPU machine: only the last step of `run`, ncu on the
 #                                  # attention shapes short of their targets, a table of where
 #                                  # the time goes (scripts/ncu-summary.py)
 #   scripts/gpu-check.sh emulate   # here, no GPU: prepare, then the tests and the CLI check of
@@ -123,9 +123,6 @@ benches() {
     --plot "$out/bench-max.svg"
 }
 
-# Logs and tables also go to $OUT when the device tool provides it, so that they come back: after
-# every step (a run stopped at its time limit still returns what it did), as one archive plus the
-# summary (the tool returns at most 8 files).
 # ncu on the attention shapes still short of their targets (and one that meets them, for
 # reference): per launch of the absorbed kernel and its combine, the duration, DRAM and SM
 # throughput, how much of the time the SMs were busy (ramp and tail), occupancy, waves and the
@@ -133,7 +130,12 @@ benches() {
 profile() {
   local ncu
   ncu=$(command -v ncu || ls -d /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | tail -1 || true)
-  [[ -x "$ncu" ]] || { echo "no ncu on this machine" >&2; return 1; }
+  if [[ ! -x "$ncu" ]]; then
+    echo "no ncu on this machine" >&2
+    printf '| ncu profile of the attention shapes | skipped (no ncu) | | |\n' >> "$out/summary.md"
+    return
+  fi
+  local verdict=ok
   python3 scripts/ncu-summary.py --header > "$out/profile-attention.md"
   for shape in "16 32 4096 16-row" "16 128 1024 16-row" "16 1 16384 16-row" "16 128 16384 16-row" \
                "128 128 1024 wgmma" "128 128 16384 wgmma"; do
@@ -143,14 +145,19 @@ profile() {
       -k regex:'attention_(mma_latent576|wgmma_latent576|tc_combine)' -c 2 \
       --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
       "$out/mla" bench attention --heads "$heads" --batch "$batch" --context "$context" \
-      --kernel "$kernel" --reps 1 --materialised false > "$csv" 2> "$csv.log" || { status=1; tail -3 "$csv.log"; }
+      --kernel "$kernel" --reps 1 --materialised false > "$csv" 2> "$csv.log" ||
+      { verdict=FAILED; status=1; tail -3 "$csv.log"; }
     python3 scripts/ncu-summary.py "$heads × $batch × $context" "$csv" >> "$out/profile-attention.md"
   done
+  printf '| ncu profile of the attention shapes | %s | | |\n' "$verdict" >> "$out/summary.md"
   cat "$out/profile-attention.md"
   [[ -z "${OUT:-}" ]] || cp "$out/profile-attention.md" "$OUT/"
   keep_logs
 }
 
+# Logs and tables also go to $OUT when the device tool provides it, so that they come back: after
+# every step (a run stopped at its time limit still returns what it did), as one archive plus the
+# summary (the tool returns at most 8 files).
 keep_logs() {
   if [[ -n "${OUT:-}" ]]; then
     tar czf "$OUT/gpu-check-logs.tgz" -C "$out" $(cd "$out" && ls *.log *.md *.svg *.csv 2>/dev/null) 2>/dev/null || true
@@ -175,6 +182,7 @@ run)
   gpu_tests
   cli_check
   benches
+  profile
   cat "$out/summary.md"
   keep_logs
   exit $status
@@ -182,7 +190,9 @@ run)
 profile)
   [[ -x "$out/mla" ]] || { echo "no $out/mla: run 'scripts/gpu-check.sh prepare' first and carry $out" >&2; exit 2; }
   find_cuda_libraries
+  summary_header
   profile
+  cat "$out/summary.md"
   exit $status
   ;;
 emulate)
