@@ -141,7 +141,7 @@ profile() {
                "128 128 1024 wgmma" "128 128 16384 wgmma"; do
     read -r heads batch context kernel <<< "$shape"
     csv="$out/ncu-$heads-$batch-$context-$kernel.csv"
-    timeout 120 "$ncu" --clock-control none --print-units base --csv --page raw \
+    timeout 60 "$ncu" --clock-control none --print-units base --csv --page raw \
       -k regex:'attention_(mma_latent576|wgmma_latent576|tc_combine)' -c 2 \
       --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
       "$out/mla" bench attention --heads "$heads" --batch "$batch" --context "$context" \
