@@ -75,8 +75,9 @@ __device__ __forceinline__ void store_row_pair(bf16* out, float* partial_o, size
                                                int dv, int col, float a, float b) {
     if (out != nullptr) {
         if (pair == NO_ROW) return;
-        out[(size_t)pair * dv + col] = from_f32<bf16>(a);
-        out[(size_t)pair * dv + col + 1] = from_f32<bf16>(b);
+        uint32_t* dst = reinterpret_cast<uint32_t*>(out + (size_t)pair * dv + col);  // col and dv even
+        MLA_ASSERT_ALIGNED(dst, 4);
+        *dst = pack_bf16(from_f32<bf16>(a), from_f32<bf16>(b));
     } else {
         *reinterpret_cast<float2*>(partial_o + (item * ROWS + row) * dv + col) = make_float2(a, b);
     }
