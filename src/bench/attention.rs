@@ -13,8 +13,11 @@ use half::bf16;
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttentionRow {
     pub heads: usize,
-    /// The tensor-core kernel that served the shape.
+    /// The tensor-core kernel that served the shape, its CTAs and the most splits of a row
+    /// group (1: no combine).
     pub kernel: &'static str,
+    pub ctas: usize,
+    pub splits: usize,
     pub batch: usize,
     pub context: usize,
     pub micros: f64,
@@ -106,11 +109,9 @@ pub fn run(
                 };
                 for &wide in choices {
                     gpu.set_wide_attention(wide);
-                    let kernel = gpu
-                        .device
-                        .tc_schedule(&attention, &absorbed_layout(&dims), wide)?
-                        .kernel()
-                        .function;
+                    let schedule =
+                        gpu.device
+                            .tc_schedule(&attention, &absorbed_layout(&dims), wide)?;
                     let ms = time_ms(&gpu.device, reps, || {
                         gpu.mla_attention_absorbed(&q_lat, &q, &cache, 0, &attention, &dims)
                             .map(|_| ())
@@ -120,7 +121,9 @@ pub fn run(
                     let gb_per_s = bytes as f64 / (ms * 1e6);
                     let row = AttentionRow {
                         heads: h,
-                        kernel,
+                        kernel: schedule.kernel().function,
+                        ctas: schedule.ctas(),
+                        splits: schedule.max_splits(),
                         batch,
                         context,
                         micros: ms * 1e3,
@@ -141,8 +144,8 @@ pub fn run(
 pub fn render(device: &str, copy: f64, rows: &[AttentionRow]) -> String {
     let mut s = format!(
         "absorbed MLA decode on {device} (bf16, 1 query token, 64-token pages); copy: {copy:.0} GB/s\n\n\
-         | heads | batch | context | kernel | µs | GB/s | of copy | TFLOPS | materialised µs | speed-up |\n\
-         |---:|---:|---:|---|---:|---:|---:|---:|---:|---:|\n"
+         | heads | batch | context | kernel | CTAs | splits | µs | GB/s | of copy | TFLOPS | materialised µs | speed-up |\n\
+         |---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     for r in rows {
         let (materialised, speedup) = match r.materialised_micros {
@@ -151,11 +154,13 @@ pub fn render(device: &str, copy: f64, rows: &[AttentionRow]) -> String {
         };
         s +=
             &format!(
-            "| {} | {} | {} | {} | {:.1} | {:.0} | {:.2} | {:.1} | {materialised} | {speedup} |\n",
+            "| {} | {} | {} | {} | {} | {} | {:.1} | {:.0} | {:.2} | {:.1} | {materialised} | {speedup} |\n",
             r.heads,
             r.batch,
             r.context,
             r.kernel.trim_end_matches("_bf16"),
+            r.ctas,
+            r.splits,
             r.micros, r.gb_per_s, r.of_copy, r.tflops
         );
     }

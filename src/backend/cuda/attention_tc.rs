@@ -260,6 +260,11 @@ impl TcSchedule {
     pub fn max_splits(&self) -> usize {
         self.max_splits
     }
+
+    /// CTAs of the attention kernel's launch.
+    pub fn ctas(&self) -> usize {
+        self.item_count / self.kernel.runs_per_cta
+    }
 }
 
 impl CudaDevice {
