@@ -119,8 +119,8 @@ std::map<std::string, KernelEntry>& table() {
 }
 
 // Under AddressSanitizer (build.sh --asan) every switch tells it which stack is live.
-const void* scheduler_stack = nullptr;
-size_t scheduler_stack_bytes = 0;
+[[maybe_unused]] const void* scheduler_stack = nullptr;
+[[maybe_unused]] size_t scheduler_stack_bytes = 0;
 
 void* stack_bottom(size_t i);
 
