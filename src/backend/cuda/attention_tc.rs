@@ -374,8 +374,8 @@ impl CudaDevice {
             return Ok(lse.data);
         }
         let err = |what: &'static str| move |e| Error::Device(format!("attention_tc {what}: {e}"));
-        // Partial outputs for the combine, unless the kernel writes the output itself.
-        // Every row group has one split: the kernel writes the output and its LSE, no combine.
+        // Partial outputs for the combine, unless every row group has one split: then the
+        // kernel writes the output and its LSE itself and no combine runs.
         let mut partials = match schedule.direct() {
             true => None,
             false => Some((

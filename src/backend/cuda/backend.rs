@@ -23,8 +23,8 @@ pub struct CudaBackend<T> {
     poison_outputs: bool,
     /// Most bytes of gathered and expanded context the materialised form holds at once.
     pub(super) materialised_bytes: std::cell::Cell<usize>,
-    /// Whether MLA decode with 64+ heads per token takes the 64-row kernel: always, never, or
-    /// (None) where it pays.
+    /// Which 64-row kernel MLA decode with 64+ heads per token takes: the one that pays (the
+    /// default), or one forced on or off.
     pub(super) wide_attention: std::cell::Cell<WideAttention>,
     /// The last RoPE table uploaded, with its host values: a step uses one table in every
     /// layer, so it crosses the bus once per step instead of once per layer.
