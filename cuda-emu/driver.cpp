@@ -276,6 +276,8 @@ CUresult cuFuncSetAttribute(CUfunction f, int attribute, int value) {
     if (attribute == 8) {  // max dynamic shared size
         if (value < 0 || value > SHARED_OPTIN) return INVALID_VALUE;
         f->max_dynamic_shared = value;
+    } else if (attribute == 9) {  // preferred shared memory carveout: a percentage, or -1
+        if (value < -1 || value > 100) return INVALID_VALUE;
     }
     return SUCCESS;
 }

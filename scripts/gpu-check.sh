@@ -111,6 +111,14 @@ benches() {
   bench_step attention "mla bench attention" 150 \
     "$out/mla" bench attention --batch 1,32,128 --context 1024,4096,16384,32768 --reps 5 \
     --kernel where-pays,wgmma,mma,16-row
+  # The shapes short of their targets again, with the split-KV schedule aiming for half, one,
+  # two and four waves of CTAs: whether fewer/longer or more/shorter splits pay.
+  bench_step attention-waves "mla bench attention --waves 0.5,1,2,4 (V2-Lite)" 90 \
+    "$out/mla" bench attention --heads 16 --batch 1,32,128 --context 1024,4096,32768 --reps 10 \
+    --waves 0.5,1,2,4 --materialised false
+  bench_step attention-waves-v3 "mla bench attention --waves 0.5,1,2,4 (V3)" 90 \
+    "$out/mla" bench attention --heads 128 --batch 32,128 --context 1024 --reps 10 \
+    --waves 0.5,1,2,4 --materialised false
   # MLA against MHA on the first layers of DeepSeek-V2-Lite (random weights, bf16).
   bench_step bench "mla bench (V2-Lite vs MHA, 4 layers)" 240 \
     "$out/mla" bench --device cuda --preset deepseek-v2-lite,deepseek-v2-lite-mha \

@@ -133,6 +133,26 @@ fn bench_kernels_is_a_gpu_benchmark_and_says_so() {
 }
 
 #[test]
+fn bench_attention_checks_its_arguments_before_opening_the_gpu() {
+    for (args, message) in [
+        (&["--waves", "0"][..], "--waves must be positive, not 0"),
+        (&["--waves", "1,-2"][..], "--waves must be positive, not -2"),
+        (&["--waves", "inf"][..], "--waves must be positive, not inf"),
+        (
+            &["--context", "0"][..],
+            "--heads, --batch and --context must be positive",
+        ),
+    ] {
+        let out = mla(&[&["bench", "attention"][..], args].concat());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.trim().lines().count() == 1 && err.contains(message),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
 fn batch_max_runs_each_model_at_its_largest_batch_and_compares_those() {
     // One layer of V2-Lite: 2,304 bytes/token for MLA against 16,384 for its MHA twin; a budget
     // of 300 KB and 4 + 2 tokens at depth 8 (14 tokens) fits 9 MLA sequences and 1 MHA one.

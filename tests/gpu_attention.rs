@@ -255,7 +255,7 @@ fn mla_one_split_per_row_group_bf16() {
             let batch = check_absorbed(&gpu, &mut rng, heads, &shapes, BLOCK, 1e-2);
             let schedule = gpu
                 .device
-                .tc_schedule(&batch, &absorbed_layout(&deepseek_dims(heads)), wide)
+                .tc_schedule(&batch, &absorbed_layout(&deepseek_dims(heads)), wide.into())
                 .unwrap();
             assert!(
                 schedule.direct(),
@@ -288,7 +288,7 @@ fn mla_block_sizes_bf16() {
                 if shapes.len() == 1 {
                     let schedule = gpu
                         .device
-                        .tc_schedule(&batch, &absorbed_layout(&deepseek_dims(heads)), wide)
+                        .tc_schedule(&batch, &absorbed_layout(&deepseek_dims(heads)), wide.into())
                         .unwrap();
                     assert!(schedule.max_splits() > 8, "{:?}", schedule.kernel());
                 }

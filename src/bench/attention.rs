@@ -5,7 +5,7 @@
 
 use super::kernels::{time_ms, uniform};
 use crate::backend::cuda::layout::absorbed_layout;
-use crate::backend::cuda::{CudaBackend, WideAttention};
+use crate::backend::cuda::{CudaBackend, TcTuning, WideAttention};
 use crate::backend::{AttentionBatch, Backend, MlaDims, SeqChunk};
 use crate::error::{Error, Result};
 use half::bf16;
@@ -16,6 +16,8 @@ pub struct AttentionRow {
     /// The tensor-core kernel that served the shape, its CTAs and the most splits of a row
     /// group (1: no combine).
     pub kernel: &'static str,
+    /// CTAs the split-KV schedule aimed for, in waves of the CTAs the GPU holds at once.
+    pub waves: f32,
     pub ctas: usize,
     pub splits: usize,
     pub batch: usize,
@@ -51,6 +53,8 @@ fn copy_gb_per_s(gpu: &CudaBackend<bf16>) -> Result<f64> {
 pub struct AttentionShapes<'a> {
     /// 64-row kernel choices, a row each where they matter (64+ heads); fewer heads get one row.
     pub kernels: &'a [WideAttention],
+    /// CTA targets of the split-KV schedule (see [`TcTuning`]), a row each.
+    pub waves: &'a [f32],
     pub heads: &'a [usize],
     pub batches: &'a [usize],
     pub contexts: &'a [usize],
@@ -107,21 +111,30 @@ pub fn run(
                     true => shapes.kernels,
                     false => &shapes.kernels[..1],
                 };
-                for &wide in choices {
-                    gpu.set_wide_attention(wide);
+                let tunings = choices.iter().flat_map(|&wide| {
+                    shapes
+                        .waves
+                        .iter()
+                        .map(move |&waves| TcTuning { wide, waves })
+                });
+                for tuning in tunings {
+                    gpu.set_wide_attention(tuning.wide);
+                    gpu.set_split_waves(tuning.waves);
                     let schedule =
                         gpu.device
-                            .tc_schedule(&attention, &absorbed_layout(&dims), wide)?;
+                            .tc_schedule(&attention, &absorbed_layout(&dims), tuning)?;
                     let ms = time_ms(&gpu.device, reps, || {
                         gpu.mla_attention_absorbed(&q_lat, &q, &cache, 0, &attention, &dims)
                             .map(|_| ())
                     });
                     gpu.set_wide_attention(WideAttention::WherePays);
+                    gpu.set_split_waves(TcTuning::default().waves);
                     let ms = ms?;
                     let gb_per_s = bytes as f64 / (ms * 1e6);
                     let row = AttentionRow {
                         heads: h,
                         kernel: schedule.kernel().function,
+                        waves: tuning.waves,
                         ctas: schedule.ctas(),
                         splits: schedule.max_splits(),
                         batch,
@@ -144,8 +157,8 @@ pub fn run(
 pub fn render(device: &str, copy: f64, rows: &[AttentionRow]) -> String {
     let mut s = format!(
         "absorbed MLA decode on {device} (bf16, 1 query token, 64-token pages); copy: {copy:.0} GB/s\n\n\
-         | heads | batch | context | kernel | CTAs | splits | µs | GB/s | of copy | TFLOPS | materialised µs | speed-up |\n\
-         |---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+         | heads | batch | context | kernel | waves | CTAs | splits | µs | GB/s | of copy | TFLOPS | materialised µs | speed-up |\n\
+         |---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     for r in rows {
         let (materialised, speedup) = match r.materialised_micros {
@@ -154,11 +167,12 @@ pub fn render(device: &str, copy: f64, rows: &[AttentionRow]) -> String {
         };
         s +=
             &format!(
-            "| {} | {} | {} | {} | {} | {} | {:.1} | {:.0} | {:.2} | {:.1} | {materialised} | {speedup} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.0} | {:.2} | {:.1} | {materialised} | {speedup} |\n",
             r.heads,
             r.batch,
             r.context,
             r.kernel.trim_end_matches("_bf16"),
+            r.waves,
             r.ctas,
             r.splits,
             r.micros, r.gb_per_s, r.of_copy, r.tflops

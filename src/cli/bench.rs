@@ -142,6 +142,11 @@ pub struct AttentionBenchArgs {
     )]
     pub kernel: Vec<KernelChoice>,
 
+    /// CTAs the split-KV schedule aims for, in waves of the CTAs the GPU holds at once (the
+    /// runtime uses 1), a row each: fewer, longer splits below 1; more, shorter ones above.
+    #[arg(long, value_delimiter = ',', default_value = "1", value_name = "W")]
+    pub waves: Vec<f32>,
+
     /// Also time the materialised path (K/V expanded with cuBLAS, then attention over them)
     /// where its K/V fit, and print the absorbed kernel's speed-up over it; `false` leaves
     /// only the absorbed kernel's launches (for a profiler).
@@ -177,6 +182,16 @@ fn bench_attention(args: &AttentionBenchArgs) -> Result<()> {
             "--kernel needs at least one kernel".into(),
         ));
     }
+    if let Some(w) = args.waves.iter().find(|w| !(w.is_finite() && **w > 0.0)) {
+        return Err(Error::InvalidInput(format!(
+            "--waves must be positive, not {w}"
+        )));
+    }
+    if args.waves.is_empty() {
+        return Err(Error::InvalidInput(
+            "--waves needs at least one value".into(),
+        ));
+    }
     if args.heads.contains(&0) || args.batch.contains(&0) || args.context.contains(&0) {
         return Err(Error::InvalidInput(
             "--heads, --batch and --context must be positive".into(),
@@ -186,6 +201,7 @@ fn bench_attention(args: &AttentionBenchArgs) -> Result<()> {
     let kernels: Vec<WideAttention> = args.kernel.iter().map(|&k| k.into()).collect();
     let shapes = crate::bench::attention::AttentionShapes {
         kernels: &kernels,
+        waves: &args.waves,
         heads: &args.heads,
         batches: &args.batch,
         contexts: &args.context,

@@ -3,7 +3,7 @@
 //! the materialised form's gathered and expanded context, in bounded groups of sequences.
 
 use super::attention::AttentionPlan;
-use super::attention_tc::{self, TcSchedule, WideAttention};
+use super::attention_tc::{self, TcSchedule, TcTuning};
 use super::backend::{op_err, CudaBackend, CudaKvCache};
 use super::blas::Layout;
 use super::layout::{
@@ -33,7 +33,7 @@ pub(super) struct Prepared {
 }
 
 /// What, besides the step's batch, a preparation depends on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 struct PreparedKey {
     kind: PlanKind,
     num_blocks: usize,
@@ -42,7 +42,7 @@ struct PreparedKey {
     group: usize,
     window: usize,
     tensor_cores: bool,
-    wide: WideAttention,
+    tuning: TcTuning,
 }
 
 /// The step the cached preparations belong to.
@@ -228,7 +228,7 @@ where
             group: layout.group,
             window: layout.window,
             tensor_cores,
-            wide: self.wide_attention.get(),
+            tuning: self.tc_tuning.get(),
         };
         let mut cached = self.prepared.borrow_mut();
         if cached.as_ref().is_none_or(|c| c.batch != *batch) {
@@ -253,7 +253,7 @@ where
         let schedule = match tensor_cores {
             true => Some(
                 self.device
-                    .tc_schedule(batch, layout, self.wide_attention.get())?,
+                    .tc_schedule(batch, layout, self.tc_tuning.get())?,
             ),
             false => None,
         };

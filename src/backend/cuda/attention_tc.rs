@@ -8,7 +8,6 @@ use super::layout::{AttentionLayout, Segment, Source};
 use super::{CudaDevice, GpuFloat, GpuTensor};
 use crate::backend::AttentionBatch;
 use crate::error::{Error, Result};
-use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
 use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 
 use super::attention_schedule::{schedule, TcGroup, TcItem, KV_TILE, NO_ROW, ROWS};
@@ -45,6 +44,33 @@ pub enum WideAttention {
     Mma,
     /// attention_wgmma_latent576_bf16 (Hopper only).
     Wgmma,
+}
+
+/// How a step's tensor-core attention is run: which 64-row kernel (see [`WideAttention`]) and
+/// how many CTAs the split-KV schedule aims for, in waves of the CTAs the GPU holds at once
+/// (1, the default: one full wave; `mla bench attention --waves` tries others).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TcTuning {
+    pub wide: WideAttention,
+    pub waves: f32,
+}
+
+impl Default for TcTuning {
+    fn default() -> Self {
+        TcTuning {
+            wide: WideAttention::WherePays,
+            waves: 1.0,
+        }
+    }
+}
+
+impl From<WideAttention> for TcTuning {
+    fn from(wide: WideAttention) -> Self {
+        TcTuning {
+            wide,
+            ..TcTuning::default()
+        }
+    }
 }
 
 /// One tensor-core kernel for a layout: its module, entry point, threads per CTA, dynamic
@@ -268,15 +294,15 @@ impl TcSchedule {
 }
 
 impl CudaDevice {
-    /// The kernel for layout `l` and the split-KV schedule of `batch` for it, on the device;
-    /// `wide` picks the 64-row kernel (see [`WideAttention`]).
+    /// The kernel for layout `l` and the split-KV schedule of `batch` for it, on the device, as
+    /// `tuning` asks.
     pub fn tc_schedule(
         &self,
         batch: &AttentionBatch,
         l: &AttentionLayout,
-        wide: WideAttention,
+        tuning: TcTuning,
     ) -> Result<TcSchedule> {
-        let wide = match wide {
+        let wide = match tuning.wide {
             WideAttention::WherePays => {
                 wide_pays(batch, l, self.info.multiprocessors, self.info.hopper())
             }
@@ -296,12 +322,14 @@ impl CudaDevice {
                 op: "attention_tc",
                 message: format!("no tensor-core kernel serves {l:?}"),
             })?;
+        let wave = kernel.ctas_per_sm * self.info.multiprocessors;
+        let target_ctas = (wave as f32 * tuning.waves).round().max(1.0) as usize;
         let (items, groups) = schedule(
             batch,
             l.heads,
             l.group,
             l.window,
-            kernel.ctas_per_sm * self.info.multiprocessors,
+            target_ctas,
             kernel.runs_per_cta,
         );
         let err = |e| Error::Device(format!("attention_tc schedule: {e}"));
@@ -387,9 +415,7 @@ impl CudaDevice {
         let null: u64 = 0;
 
         let smem = kernel.shared_bytes;
-        let f = self.function(kernel.module, kernel.function)?;
-        f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
-            .map_err(err("shared memory opt-in"))?;
+        let f = self.function_with_shared(kernel.module, kernel.function, smem)?;
         let (q1, q2) = (
             buffer(l.q1.source).slice(l.q1.offset..),
             buffer(l.q2.source).slice(l.q2.offset..),

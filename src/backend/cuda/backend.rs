@@ -1,7 +1,7 @@
 //! The CUDA implementation of [`Backend`]: the model code of the CPU reference, run on one GPU
 //! with activations and weights in one element type `T` (f32 or bf16; arithmetic in f32).
 
-use super::attention_tc::WideAttention;
+use super::attention_tc::{TcTuning, WideAttention};
 use super::blas::{Blas, Layout};
 use super::{CudaDevice, GpuFloat, GpuTensor};
 use crate::backend::{AttentionBatch, Backend, MhaDims, MlaDims, MlpWeights, MoeWeights};
@@ -23,9 +23,9 @@ pub struct CudaBackend<T> {
     poison_outputs: bool,
     /// Most bytes of gathered and expanded context the materialised form holds at once.
     pub(super) materialised_bytes: std::cell::Cell<usize>,
-    /// Which 64-row kernel MLA decode with 64+ heads per token takes: the one that pays (the
-    /// default), or one forced on or off.
-    pub(super) wide_attention: std::cell::Cell<WideAttention>,
+    /// Which 64-row kernel MLA decode with 64+ heads per token takes (the one that pays, by
+    /// default, or one forced on or off) and how many CTAs the split-KV schedule aims for.
+    pub(super) tc_tuning: std::cell::Cell<TcTuning>,
     /// The last RoPE table uploaded, with its host values: a step uses one table in every
     /// layer, so it crosses the bus once per step instead of once per layer.
     rope_tables: RefCell<Option<UploadedRope>>,
@@ -113,7 +113,7 @@ where
             blas,
             poison_outputs: false,
             materialised_bytes: std::cell::Cell::new(super::attention_forms::MATERIALISED_BYTES),
-            wide_attention: std::cell::Cell::new(WideAttention::WherePays),
+            tc_tuning: std::cell::Cell::new(TcTuning::default()),
             rope_tables: RefCell::new(None),
             prepared: RefCell::new(None),
             _element: PhantomData,
@@ -135,7 +135,24 @@ where
     /// Forces one 64-row MLA decode kernel, or none, for steps it could serve instead of taking
     /// it where it pays (the default); tests use it to run each on shapes of any size.
     pub fn set_wide_attention(&self, wide: WideAttention) {
-        self.wide_attention.set(wide);
+        self.tc_tuning.set(TcTuning {
+            wide,
+            ..self.tc_tuning.get()
+        });
+    }
+
+    /// How many CTAs the tensor-core attention's split-KV schedule aims for, in waves of the
+    /// CTAs the GPU holds at once (1 by default; `mla bench attention --waves` tries others).
+    pub fn set_split_waves(&self, waves: f32) {
+        self.tc_tuning.set(TcTuning {
+            waves,
+            ..self.tc_tuning.get()
+        });
+    }
+
+    /// The tensor-core attention's current [`TcTuning`].
+    pub fn tc_tuning(&self) -> TcTuning {
+        self.tc_tuning.get()
     }
 
     /// `table` on the device, uploaded only when it differs from the previous one.

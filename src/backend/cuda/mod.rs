@@ -16,7 +16,7 @@ mod moe;
 mod rows;
 mod transfer;
 
-pub use attention_tc::WideAttention;
+pub use attention_tc::{TcTuning, WideAttention};
 pub use backend::{CudaBackend, CudaHeadWeight, CudaKvCache};
 pub use elementwise::{GpuFloat, GpuTensor};
 
@@ -24,7 +24,13 @@ use crate::error::{Error, Result};
 use cudarc::driver::sys::CUdevice_attribute::{
     CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
 };
+use cudarc::driver::sys::CUfunction_attribute::{
+    CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+    CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+};
+use cudarc::driver::sys::CUshared_carveout::CU_SHAREDMEM_CARVEOUT_MAX_SHARED;
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DriverError};
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -56,18 +62,22 @@ pub struct CudaDevice {
     pub info: DeviceInfo,
     pub stream: Arc<CudaStream>,
     modules: HashMap<&'static str, Arc<CudaModule>>,
-    /// Functions already looked up, by "module::name".
-    functions: Mutex<HashMap<String, CudaFunction>>,
+    /// Functions already looked up, by "module::name", with the dynamic shared memory they
+    /// were set up for.
+    functions: Mutex<HashMap<String, LoadedFunction>>,
     staging: transfer::Staging,
+}
+
+/// A kernel looked up in its module, and the most dynamic shared memory it has been allowed.
+struct LoadedFunction {
+    function: CudaFunction,
+    shared_bytes: usize,
 }
 
 pub(crate) fn driver_err(what: &str) -> impl Fn(DriverError) -> Error + '_ {
     move |e| Error::Device(format!("{what}: {e}"))
 }
 
-/// Stream-ordered allocations (`cuMemAllocAsync`) come from the device's default memory pool,
-/// which by default hands freed memory back to the driver at every synchronisation; keeping it
-/// makes the pool the caching allocator the per-op temporaries need.
 /// The device's default memory pool, which stream-ordered allocations come from; None where the
 /// device has no memory pools (cudarc then falls back to plain cuMemAlloc).
 fn default_pool(ctx: &CudaContext) -> Result<Option<cudarc::driver::sys::CUmemoryPool>> {
@@ -90,7 +100,9 @@ fn default_pool(ctx: &CudaContext) -> Result<Option<cudarc::driver::sys::CUmemor
 }
 
 /// Freed blocks stay in the pool for the next allocation instead of going back to the driver
-/// at every synchronisation (the default release threshold is 0).
+/// at every synchronisation (the default release threshold is 0): stream-ordered allocations
+/// (`cuMemAllocAsync`) come from this pool, which then is the caching allocator the per-op
+/// temporaries need.
 fn keep_freed_memory_cached(ctx: &CudaContext) -> Result<()> {
     let Some(pool) = default_pool(ctx)? else {
         return Ok(());
@@ -191,24 +203,59 @@ impl CudaDevice {
     /// Kernel `name` of module `module`: looked up in the module once and kept, so a launch
     /// does not pay the driver's lookup by name.
     pub fn function(&self, module: &str, name: &str) -> Result<CudaFunction> {
+        self.function_with_shared(module, name, 0)
+    }
+
+    /// [`Self::function`] for a launch with `shared_bytes` of dynamic shared memory: the first
+    /// launch that needs more than the default 48 KiB opts the kernel in to it, and asks for
+    /// the SM's largest shared-memory carveout (as many CTAs per SM as the schedule assumes,
+    /// and no L1/shared reconfiguration between it and the kernels around it), once rather
+    /// than at every launch.
+    pub fn function_with_shared(
+        &self,
+        module: &str,
+        name: &str,
+        shared_bytes: usize,
+    ) -> Result<CudaFunction> {
         let key = format!("{module}::{name}");
         // A panic elsewhere while the lock was held leaves the map as valid as before.
         let mut functions = self
             .functions
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(f) = functions.get(&key) {
-            return Ok(f.clone());
+        let loaded = match functions.entry(key) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let m = self.modules.get(module).ok_or_else(|| {
+                    Error::Device(format!("kernel module {module} is not in this build"))
+                })?;
+                let function = m
+                    .load_function(name)
+                    .map_err(|err| Error::Device(format!("kernel {}: {err}", e.key())))?;
+                e.insert(LoadedFunction {
+                    function,
+                    shared_bytes: 0,
+                })
+            }
+        };
+        if shared_bytes > loaded.shared_bytes {
+            let err = |what: &'static str| {
+                move |e| Error::Device(format!("kernel {module}::{name}: {what}: {e}"))
+            };
+            let f = &loaded.function;
+            f.set_attribute(
+                CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                shared_bytes as i32,
+            )
+            .map_err(err("shared memory opt-in"))?;
+            f.set_attribute(
+                CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                CU_SHAREDMEM_CARVEOUT_MAX_SHARED as i32,
+            )
+            .map_err(err("shared memory carveout"))?;
+            loaded.shared_bytes = shared_bytes;
         }
-        let m = self
-            .modules
-            .get(module)
-            .ok_or_else(|| Error::Device(format!("kernel module {module} is not in this build")))?;
-        let f = m
-            .load_function(name)
-            .map_err(|e| Error::Device(format!("kernel {key}: {e}")))?;
-        functions.insert(key, f.clone());
-        Ok(f)
+        Ok(loaded.function.clone())
     }
 
     /// Bytes of device memory free for a new allocation: the driver's free memory once the pool
