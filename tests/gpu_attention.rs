@@ -8,7 +8,7 @@
 mod common;
 
 use common::{assert_close, Rng};
-use mla_rt::backend::cpu::CpuBackend;
+use mla_rt::backend::cpu::{CpuBackend, CpuKvCache};
 use mla_rt::backend::cuda::layout::absorbed_layout;
 use mla_rt::backend::cuda::{CudaBackend, GpuFloat, WideAttention};
 use mla_rt::backend::{AttentionBatch, Backend, MhaDims, MlaDims, SeqChunk};
@@ -181,8 +181,48 @@ where
     }
 }
 
+/// Each (token, head) row's log-sum-exp (natural log) of its scaled absorbed scores,
+/// `scale·(q_lat·c + q_pe·k_pe)` over the cached tokens it sees, in f64 from the CPU cache.
+fn absorbed_lse(
+    q_lat: &HostTensor,
+    q: &HostTensor,
+    cache: &CpuKvCache,
+    batch: &AttentionBatch,
+    dims: &MlaDims,
+) -> Vec<f64> {
+    let (n, r, dq) = (dims.heads, dims.kv_lora_rank, dims.qk_head());
+    let width = cache.width;
+    let mut lse = Vec::new();
+    let mut token = 0;
+    for seq in &batch.seqs {
+        for i in 0..seq.query_len {
+            let pos = seq.context_len - seq.query_len + i;
+            for h in 0..n {
+                let lat = &q_lat.data[(token * n + h) * r..][..r];
+                let pe = &q.data[token * n * dq + h * dq + dims.qk_nope..][..dims.qk_rope];
+                let scores: Vec<f64> = (0..=pos)
+                    .map(|p| {
+                        let slot = seq.block_table[p / batch.block_size] as usize
+                            * batch.block_size
+                            + p % batch.block_size;
+                        let row = &cache.layers[0][slot * width..][..width];
+                        let dot = lat.iter().chain(pe).zip(row);
+                        dims.softmax_scale as f64
+                            * dot.map(|(&a, &b)| a as f64 * b as f64).sum::<f64>()
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                lse.push(max + scores.iter().map(|x| (x - max).exp()).sum::<f64>().ln());
+            }
+            token += 1;
+        }
+    }
+    lse
+}
+
 /// The absorbed form on the GPU against the CPU for `heads` heads and sequences `shapes`
-/// (context, query tokens) in blocks of `block` tokens; returns the batch.
+/// (context, query tokens) in blocks of `block` tokens, and in bf16 (the tensor-core kernels)
+/// the rows' log-sum-exp against the f64 reference; returns the batch.
 fn check_absorbed<T: GpuFloat>(
     gpu: &CudaBackend<T>,
     rng: &mut Rng,
@@ -203,10 +243,10 @@ where
     let want = CpuBackend
         .mla_attention_absorbed(&q_lat, &q, &cpu_cache, 0, &batch, &dims)
         .unwrap();
-    let got = gpu
-        .mla_attention_absorbed(
-            &gpu.upload_weight(q_lat).unwrap(),
-            &gpu.upload_weight(q).unwrap(),
+    let (got, lse) = gpu
+        .mla_attention_absorbed_lse(
+            &gpu.upload_weight(q_lat.clone()).unwrap(),
+            &gpu.upload_weight(q.clone()).unwrap(),
             &gpu_cache,
             0,
             &batch,
@@ -219,6 +259,27 @@ where
         shapes.len()
     );
     assert_close(&what, &gpu.to_host(&got).unwrap(), &want, tolerance);
+    let Some(lse) = lse else {
+        assert_ne!(
+            T::SUFFIX,
+            "bf16",
+            "{what}: the tensor-core path gave no LSE"
+        );
+        return batch;
+    };
+    assert_eq!((lse.rows, lse.cols), (t, heads), "{what}: LSE shape");
+    let lse = gpu.device.download(&lse).unwrap();
+    let want_lse = absorbed_lse(&q_lat, &q, &cpu_cache, &batch, &dims);
+    for (row, (&got, &want)) in lse.data.iter().zip(&want_lse).enumerate() {
+        // Scores in f32 from the same bf16 inputs: only summation order and exp2/log2
+        // differ. A NaN fails.
+        assert!(
+            (got as f64 - want).abs() <= 1e-3 * want.abs().max(1.0),
+            "{what}: LSE of row {row} (token {}, head {}): {got} against {want}",
+            row / heads,
+            row % heads
+        );
+    }
     batch
 }
 

@@ -156,7 +156,10 @@ where
         Ok(out)
     }
 
-    pub(super) fn absorbed(
+    /// [`Backend::mla_attention_absorbed`] and, where the tensor-core kernels serve the step
+    /// (bf16), each (token, head) row's log-sum-exp of its scaled scores, natural log,
+    /// `[T, heads]`; None on the exact kernel's path (f32), which does not compute it.
+    pub fn mla_attention_absorbed_lse(
         &self,
         q_lat: &GpuTensor<T>,
         q: &GpuTensor<T>,
@@ -164,7 +167,7 @@ where
         layer: usize,
         batch: &AttentionBatch,
         dims: &MlaDims,
-    ) -> Result<GpuTensor<T>> {
+    ) -> Result<(GpuTensor<T>, Option<GpuTensor<f32>>)> {
         cache.check_layer(layer)?;
         let (n, r, dr) = (dims.heads, dims.kv_lora_rank, dims.qk_rope);
         let dq = dims.qk_head();
@@ -179,34 +182,40 @@ where
         }
         let layout = absorbed_layout(dims);
         let prepared = self.prepared(batch, PlanKind::Paged, cache, &layout)?;
-        let mut out = self.output(prepared.host.rows(), n * r)?;
-        self.attend(&mut out, &prepared, &layout, |source| match source {
+        let rows = prepared.host.rows();
+        let mut out = self.output(rows, n * r)?;
+        let lse = self.attend(&mut out, &prepared, &layout, |source| match source {
             Source::QLat => q_lat.data.slice(..),
             Source::Q => q.data.slice(..),
             _ => layer_view(cache, layer),
         })?;
-        Ok(out)
+        let lse = lse.map(|data| GpuTensor {
+            data,
+            rows,
+            cols: n,
+        });
+        Ok((out, lse))
     }
 
-    /// Attention with `layout`: on tensor cores where the kernel serves it (bf16), else with
-    /// the exact warp-per-head kernel.
+    /// Attention with `layout`: on tensor cores where the kernel serves it (bf16), which also
+    /// gives the rows' log-sum-exp, else with the exact warp-per-head kernel.
     fn attend<'a>(
         &self,
         out: &mut GpuTensor<T>,
         prepared: &Prepared,
         layout: &AttentionLayout,
         buffer: impl Fn(Source) -> cudarc::driver::CudaView<'a, T>,
-    ) -> Result<()> {
+    ) -> Result<Option<cudarc::driver::CudaSlice<f32>>> {
         match &prepared.schedule {
-            Some(schedule) => {
-                self.device
-                    .attention_tc(out, &prepared.plan, schedule, layout, &buffer)?;
-            }
+            Some(schedule) => self
+                .device
+                .attention_tc(out, &prepared.plan, schedule, layout, &buffer)
+                .map(Some),
             None => self
                 .device
-                .paged_attention(out, &prepared.plan, layout, &buffer)?,
+                .paged_attention(out, &prepared.plan, layout, &buffer)
+                .map(|()| None),
         }
-        Ok(())
     }
 
     /// The step's plan (and tensor-core schedule), on the host and the device: built at the

@@ -9,6 +9,7 @@ use super::{CudaDevice, GpuFloat, GpuTensor};
 use crate::backend::AttentionBatch;
 use crate::error::{Error, Result};
 use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+use std::cell::RefCell;
 
 use super::attention_schedule::{schedule, TcGroup, TcItem, KV_TILE, NO_ROW, ROWS};
 
@@ -269,6 +270,17 @@ pub struct TcSchedule {
     group_count: usize,
     /// The most splits of one row group.
     max_splits: usize,
+    /// Values per query row (the layout's `v.len`) the partial buffers are sized for.
+    value_len: usize,
+    /// The splits' outputs and LSEs for the combine (None where it does not run), allocated
+    /// with the schedule so that every layer of the step reuses them.
+    partials: Option<RefCell<Partials>>,
+}
+
+/// Each item's ROWS rows of split output (`value_len` f32) and their LSEs (base 2).
+struct Partials {
+    o: CudaSlice<f32>,
+    lse: CudaSlice<f32>,
 }
 
 impl TcSchedule {
@@ -335,6 +347,13 @@ impl CudaDevice {
         let err = |e| Error::Device(format!("attention_tc schedule: {e}"));
         let (item_count, group_count) = (items.len(), groups.len());
         let max_splits = groups.iter().map(|g| g.items as usize).max().unwrap_or(0);
+        let partials = match max_splits > 1 {
+            true => Some(RefCell::new(Partials {
+                o: self.tensor::<f32>(item_count * ROWS, l.v.len, None)?.data,
+                lse: self.tensor::<f32>(item_count, ROWS, None)?.data,
+            })),
+            false => None,
+        };
         // Never empty buffers: the kernel gets valid pointers even for an empty step.
         let items = if items.is_empty() {
             vec![EMPTY_ITEM]
@@ -354,6 +373,8 @@ impl CudaDevice {
             item_count,
             group_count,
             max_splits,
+            value_len: l.v.len,
+            partials,
         })
     }
 
@@ -374,6 +395,7 @@ impl CudaDevice {
         let kernel = kernel_choice(l, max_shared, schedule.wide)
             .filter(|&k| {
                 k == schedule.kernel
+                    && l.v.len == schedule.value_len
                     && T::SUFFIX == "bf16"
                     && out.rows == t
                     && out.cols == l.heads * l.v.len
@@ -404,14 +426,7 @@ impl CudaDevice {
         let err = |what: &'static str| move |e| Error::Device(format!("attention_tc {what}: {e}"));
         // Partial outputs for the combine, unless every row group has one split: then the
         // kernel writes the output and its LSE itself and no combine runs.
-        let mut partials = match schedule.direct() {
-            true => None,
-            false => Some((
-                self.tensor::<f32>(schedule.item_count * ROWS, l.v.len, None)?
-                    .data,
-                self.tensor::<f32>(schedule.item_count, ROWS, None)?.data,
-            )),
-        };
+        let mut partials = schedule.partials.as_ref().map(RefCell::borrow_mut);
         let null: u64 = 0;
 
         let smem = kernel.shared_bytes;
@@ -459,8 +474,9 @@ impl CudaDevice {
             .arg(&l.scale)
             .arg(&window);
         match &mut partials {
-            Some((partial_o, partial_lse)) => {
-                b.arg(partial_o).arg(partial_lse).arg(&null).arg(&null)
+            Some(p) => {
+                let p = &mut **p;
+                b.arg(&mut p.o).arg(&mut p.lse).arg(&null).arg(&null)
             }
             None => b
                 .arg(&null)
@@ -477,18 +493,19 @@ impl CudaDevice {
         // attention_tc_bf16's) in order and type and T is bf16; the
         // checks above bound every query, key and value element by its buffer, the plan checked
         // the block tables against the cache, the schedule keeps rows within the step and
-        // tokens within each row's context; the partial buffers hold ROWS rows per item, or
+        // tokens within each row's context; the schedule's partial buffers hold ROWS rows of
+        // v.len values per item (its value_len, checked above), or
         // (direct: null partials) `out` and `lse` hold every (token, head) row of the step.
         unsafe { b.launch(cfg) }.map_err(err("launch"))?;
 
-        let Some((partial_o, partial_lse)) = partials else {
+        let Some(p) = partials else {
             return Ok(lse.data);
         };
         let f = self.function("attention_tc", "attention_tc_combine_bf16")?;
         let dv = i(l.v.len);
         let mut b = self.stream.launch_builder(&f);
-        b.arg(&partial_o)
-            .arg(&partial_lse)
+        b.arg(&p.o)
+            .arg(&p.lse)
             .arg(&schedule.groups)
             .arg(&mut out.data)
             .arg(&mut lse.data)

@@ -531,7 +531,8 @@ where
         batch: &AttentionBatch,
         dims: &MlaDims,
     ) -> Result<GpuTensor<T>> {
-        self.absorbed(q_lat, q, cache, layer, batch, dims)
+        self.mla_attention_absorbed_lse(q_lat, q, cache, layer, batch, dims)
+            .map(|(out, _)| out)
     }
 
     fn mlp(&self, x: &GpuTensor<T>, w: &MlpWeights<Self>) -> Result<GpuTensor<T>> {
