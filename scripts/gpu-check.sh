@@ -119,6 +119,15 @@ benches() {
   bench_step attention-waves-v3 "mla bench attention --waves 0.5,1,2,4 (V3)" 90 \
     "$out/mla" bench attention --heads 128 --batch 32,128 --context 1024 --reps 10 \
     --waves 0.5,1,2,4 --materialised false
+  # What a launch costs besides its tiles: one CTA per row group and no combine (contexts
+  # below a split's minimum), 1, 16 and 64 tiles per CTA — V2-Lite with 256 CTAs, as at 32 × 4K
+  # (whose 8 splits add the combine); V3 with exactly one wave (66 sequences) and two (132).
+  bench_step attention-fixed "mla bench attention: fixed costs (one split, 1-64 tiles)" 90 \
+    "$out/mla" bench attention --heads 16 --batch 256 --context 32,512,2048 --reps 10 \
+    --materialised false
+  bench_step attention-fixed-v3 "mla bench attention: fixed costs, V3 (one and two waves)" 90 \
+    "$out/mla" bench attention --heads 128 --batch 66,132 --context 64,1024,4096 --reps 10 --kernel wgmma \
+    --materialised false
   # MLA against MHA on the first layers of DeepSeek-V2-Lite (random weights, bf16).
   bench_step bench "mla bench (V2-Lite vs MHA, 4 layers)" 240 \
     "$out/mla" bench --device cuda --preset deepseek-v2-lite,deepseek-v2-lite-mha \
@@ -131,8 +140,8 @@ benches() {
     --plot "$out/bench-max.svg"
 }
 
-# ncu on the attention shapes still short of their targets (and one that meets them, for
-# reference): per launch of the absorbed kernel and its combine, the duration, DRAM and SM
+# ncu on the attention shapes still short of their targets, two that meet them (for reference)
+# and two of 256 one-split CTAs of 1 and 16 tiles (what a launch costs besides its tiles): per launch of the absorbed kernel and its combine, the duration, DRAM and SM
 # throughput, how much of the time the SMs were busy (ramp and tail), occupancy, waves and the
 # top warp stalls. The raw CSVs go into the logs.
 profile() {
@@ -146,7 +155,7 @@ profile() {
   local verdict=ok
   python3 scripts/ncu-summary.py --header > "$out/profile-attention.md"
   for shape in "16 32 4096 16-row" "16 128 1024 16-row" "16 1 16384 16-row" "16 128 16384 16-row" \
-               "128 128 1024 wgmma" "128 128 16384 wgmma"; do
+               "16 256 32 16-row" "16 256 512 16-row" "128 128 1024 wgmma" "128 128 16384 wgmma"; do
     read -r heads batch context kernel <<< "$shape"
     csv="$out/ncu-$heads-$batch-$context-$kernel.csv"
     timeout 60 "$ncu" --clock-control none --print-units base --csv --page raw \
