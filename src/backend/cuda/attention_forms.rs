@@ -3,7 +3,8 @@
 //! the materialised form's gathered and expanded context, in bounded groups of sequences.
 
 use super::attention::AttentionPlan;
-use super::attention_tc::{self, TcSchedule, TcTuning};
+use super::attention_kernels::{self, TcTuning};
+use super::attention_tc::TcSchedule;
 use super::backend::{op_err, CudaBackend, CudaKvCache};
 use super::blas::Layout;
 use super::layout::{
@@ -228,7 +229,7 @@ where
         layout: &AttentionLayout,
     ) -> Result<Rc<Prepared>> {
         let tensor_cores = T::SUFFIX == "bf16"
-            && attention_tc::supports(layout, self.device.info.max_shared_per_block);
+            && attention_kernels::supports(layout, self.device.info.max_shared_per_block);
         let key = PreparedKey {
             kind,
             num_blocks: cache.num_blocks,

@@ -153,7 +153,7 @@ pub fn schedule(
 
 #[cfg(test)]
 mod tests {
-    use super::super::attention_tc::{supports, values_in_keys};
+    use super::super::attention_kernels::{supports, values_in_keys};
     use super::super::layout::test_support::{
         assert_close, materialise, mha_case, mla_inputs, MhaCase, MlaInputs,
     };

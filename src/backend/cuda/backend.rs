@@ -1,7 +1,7 @@
 //! The CUDA implementation of [`Backend`]: the model code of the CPU reference, run on one GPU
 //! with activations and weights in one element type `T` (f32 or bf16; arithmetic in f32).
 
-use super::attention_tc::{TcTuning, WideAttention};
+use super::attention_kernels::{TcTuning, WideAttention};
 use super::blas::{Blas, Layout};
 use super::{CudaDevice, GpuFloat, GpuTensor};
 use crate::backend::{AttentionBatch, Backend, MhaDims, MlaDims, MlpWeights, MoeWeights};

@@ -6,6 +6,7 @@
 
 mod attention;
 mod attention_forms;
+pub mod attention_kernels;
 pub mod attention_schedule;
 pub mod attention_tc;
 mod backend;
@@ -16,7 +17,7 @@ mod moe;
 mod rows;
 mod transfer;
 
-pub use attention_tc::{TcTuning, WideAttention};
+pub use attention_kernels::{TcTuning, WideAttention};
 pub use backend::{CudaBackend, CudaHeadWeight, CudaKvCache};
 pub use elementwise::{GpuFloat, GpuTensor};
 

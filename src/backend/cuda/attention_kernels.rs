@@ -1,0 +1,359 @@
+//! Which tensor-core attention kernel serves a layout (`kernels/attention_wgmma.cu` for the MLA
+//! latent with 64+ heads on Hopper, `kernels/attention_mma.cu` for the shapes it is built for,
+//! `kernels/attention_tc.cu` for every other): each kernel's shapes, shared memory and CTAs per
+//! SM, and where the 64-row kernels pay.
+
+use super::layout::{AttentionLayout, Segment};
+use crate::backend::AttentionBatch;
+
+use super::attention_schedule::{KV_TILE, ROWS};
+
+/// Whether the values are the first `v.len` columns of the key tile (MLA absorbed).
+pub(super) fn values_in_keys(l: &AttentionLayout) -> bool {
+    l.v.source == l.k1.source
+        && l.v.width == l.k1.width
+        && l.v.offset == l.k1.offset
+        && l.v.head_stride == l.k1.head_stride
+        && l.v.len <= l.k1.len
+}
+
+/// Which kernel serves MLA latent steps with 64+ heads per token: the 64-row kernels where they
+/// pay (the default: wgmma on Hopper, mma.sync elsewhere), or one forced on or off (tests run
+/// them on shapes of any size).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WideAttention {
+    #[default]
+    WherePays,
+    Off,
+    /// attention_mma_wide_latent576_bf16 (sm_80+).
+    Mma,
+    /// attention_wgmma_latent576_bf16 (Hopper only).
+    Wgmma,
+}
+
+/// How a step's tensor-core attention is run: which 64-row kernel (see [`WideAttention`]) and
+/// how many CTAs the split-KV schedule aims for, in waves of the CTAs the GPU holds at once
+/// (1, the default: one full wave; `mla bench attention --waves` tries others).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TcTuning {
+    pub wide: WideAttention,
+    pub waves: f32,
+}
+
+impl Default for TcTuning {
+    fn default() -> Self {
+        TcTuning {
+            wide: WideAttention::WherePays,
+            waves: 1.0,
+        }
+    }
+}
+
+impl From<WideAttention> for TcTuning {
+    fn from(wide: WideAttention) -> Self {
+        TcTuning {
+            wide,
+            ..TcTuning::default()
+        }
+    }
+}
+
+/// One tensor-core kernel for a layout: its module, entry point, threads per CTA, dynamic
+/// shared memory, 16-row runs served per CTA, and CTAs that fit one SM (for the schedule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcKernel {
+    pub module: &'static str,
+    pub function: &'static str,
+    pub threads: u32,
+    pub shared_bytes: usize,
+    pub runs_per_cta: usize,
+    pub ctas_per_sm: usize,
+}
+
+/// The shapes `kernels/attention_mma.cu` is built for: (key width, value width, values are the
+/// keys' first columns, entry point).
+const MMA_SHAPES: [(usize, usize, bool, &str); 3] = [
+    (576, 512, true, "attention_mma_latent576_bf16"),
+    (128, 128, false, "attention_mma_head128_bf16"),
+    (192, 128, false, "attention_mma_head192_bf16"),
+];
+/// attention_mma.cu's `PAD` (bf16 per shared K/V/P row), `S_LD` (f32 per partial-score row),
+/// `K_PARTS` and `MMA_WARPS`.
+const MMA_PAD: usize = 8;
+const MMA_S_LD: usize = KV_TILE + 8;
+const MMA_K_PARTS: usize = 4;
+const MMA_THREADS: u32 = 8 * 32;
+/// attention_mma.cu's `WIDE_RUNS` and `WIDE_STAGES`: the 64-row latent kernel, used where a
+/// token has at least that many heads.
+const WIDE_RUNS: usize = 4;
+const WIDE_STAGES: usize = 3;
+
+/// Dynamic shared memory of attention_mma_wide_latent576_bf16.
+fn wide_shared_bytes() -> usize {
+    let k_ld = 576 + MMA_PAD;
+    (WIDE_RUNS * ROWS * k_ld
+        + WIDE_STAGES * KV_TILE * k_ld
+        + WIDE_RUNS * ROWS * (KV_TILE + MMA_PAD))
+        * 2
+        + 4 * WIDE_RUNS * ROWS * 4
+        + WIDE_RUNS * ROWS * 4
+}
+
+/// Dynamic shared memory of attention_wgmma_latent576_bf16: the queries and two 64-token tiles of
+/// the latent, P [64 × 64] bf16, two halves' row maxima and sums, the rows' positions.
+fn wgmma_shared_bytes() -> usize {
+    let rows = WIDE_RUNS * ROWS;
+    (rows * 576 + 2 * WGMMA_TILE * 576 + rows * WGMMA_TILE) * 2 + 4 * rows * 4 + rows * 4
+}
+/// attention_wgmma.cu's `WG_TILE`: cached tokens per tile.
+const WGMMA_TILE: usize = 64;
+
+/// Dynamic shared memory of attention_mma.cu for one shape, as its `MmaShape::SHARED`.
+fn mma_shared_bytes(dq: usize, dv: usize, v_in_k: bool) -> usize {
+    let stage = KV_TILE * (dq + MMA_PAD) + if v_in_k { 0 } else { KV_TILE * (dv + MMA_PAD) };
+    2 * stage * 2
+        + MMA_K_PARTS * ROWS * MMA_S_LD * 4
+        + ROWS * (KV_TILE + MMA_PAD) * 2
+        + 4 * ROWS * 4
+}
+
+/// Dynamic shared memory of attention_tc.cu (WMMA) for `l`.
+fn wmma_shared_bytes(l: &AttentionLayout) -> usize {
+    let (dq, dv) = (l.k1.len + l.k2.len, l.v.len);
+    let v_tile = if values_in_keys(l) {
+        0
+    } else {
+        KV_TILE * dv * 2
+    };
+    ROWS * dq * 2
+        + KV_TILE * dq * 2
+        + v_tile
+        + 2 * ROWS * KV_TILE * 4
+        + ROWS * KV_TILE * 2
+        + ROWS * dv * 4
+        + 4 * ROWS * 4
+}
+
+/// The kernel that serves `l` within `max_shared` bytes of shared memory per CTA: the 64-row
+/// latent kernel where a token has 64+ heads (on warpgroup tensor cores if `hopper`: compute
+/// capability 9.0), else the register-accumulator one where it is built for the shape, else the
+/// WMMA one (16-wide tiles over the key and value widths); all need 16-byte row copies of every
+/// key and value segment.
+pub fn kernel_for(l: &AttentionLayout, max_shared: usize, hopper: bool) -> Option<TcKernel> {
+    let wide = match hopper {
+        true => WideAttention::Wgmma,
+        false => WideAttention::Mma,
+    };
+    kernel_choice(l, max_shared, wide)
+}
+
+/// Fewest cached tokens per 64-row unit, on average, and per CTA for which the 64-row kernel
+/// pays: each of its CTAs first loads 64 query rows (72 KiB), and there is one CTA per SM.
+/// Measured on an H200 (docs/gpu-runs.md, run 5): V3's 128 heads at 4K and 16K tokens gain
+/// 1.2–1.35×, at 1K or with a single sequence the 16-row kernel is faster.
+const WIDE_MIN_CONTEXT: usize = 2048;
+const WIDE_MIN_SPLIT: usize = 512;
+
+/// The wgmma kernel pays from 1K tokens per 64-row unit on average where there are many units
+/// (32+ sequences of V3), else from 2K: measured on an H200 (docs/gpu-runs.md, run 8), it is
+/// 1.1–1.6× faster than the 16-row kernel on every V3 shape but a single sequence of 1K tokens.
+const WGMMA_MIN_CONTEXT: usize = 1024;
+const WGMMA_MANY_UNITS: usize = 64;
+
+/// Which 64-row kernel pays for `batch`, if any: wgmma on Hopper, mma.sync elsewhere.
+pub(super) fn wide_pays(
+    batch: &AttentionBatch,
+    l: &AttentionLayout,
+    multiprocessors: usize,
+    hopper: bool,
+) -> WideAttention {
+    let (mut units, mut tokens, mut ctas) = (0, 0, 0);
+    for seq in &batch.seqs {
+        let kv_heads = l.heads / l.group.max(1);
+        let n = kv_heads * (l.group * seq.query_len).div_ceil(WIDE_RUNS * ROWS);
+        units += n;
+        tokens += n * seq.context_len;
+        ctas += n * seq.context_len.div_ceil(WIDE_MIN_SPLIT);
+    }
+    let wgmma_pays = tokens >= units * WIDE_MIN_CONTEXT
+        || (units >= WGMMA_MANY_UNITS && tokens >= units * WGMMA_MIN_CONTEXT);
+    match units > 0 {
+        true if hopper && wgmma_pays => WideAttention::Wgmma,
+        true if !hopper && tokens >= units * WIDE_MIN_CONTEXT && ctas >= multiprocessors => {
+            WideAttention::Mma
+        }
+        _ => WideAttention::Off,
+    }
+}
+
+/// [`kernel_for`], with the 64-row kernel `wide` (Mma or Wgmma) first, none if Off.
+pub(super) fn kernel_choice(
+    l: &AttentionLayout,
+    max_shared: usize,
+    wide: WideAttention,
+) -> Option<TcKernel> {
+    let copies = |s: &Segment| {
+        s.len == 0
+            || (s.len % 8 == 0 && s.width % 8 == 0 && s.offset % 8 == 0 && s.head_stride % 8 == 0)
+    };
+    let v_in_k = values_in_keys(l);
+    if !(copies(&l.k1) && copies(&l.k2) && (v_in_k || copies(&l.v)) && l.v.len > 0) {
+        return None;
+    }
+    let (dq, dv) = (l.k1.len + l.k2.len, l.v.len);
+    let wide_shape = (dq, dv, v_in_k) == (576, 512, true) && l.group >= WIDE_RUNS * ROWS;
+    let wgmma = (wide_shape && wide == WideAttention::Wgmma).then_some(TcKernel {
+        module: "attention_wgmma",
+        function: "attention_wgmma_latent576_bf16",
+        threads: MMA_THREADS,
+        shared_bytes: wgmma_shared_bytes(),
+        runs_per_cta: WIDE_RUNS,
+        ctas_per_sm: 1,
+    });
+    let mma_wide = (wide_shape && wide == WideAttention::Mma).then_some(TcKernel {
+        module: "attention_mma",
+        function: "attention_mma_wide_latent576_bf16",
+        threads: MMA_THREADS,
+        shared_bytes: wide_shared_bytes(),
+        runs_per_cta: WIDE_RUNS,
+        ctas_per_sm: 1,
+    });
+    let mma = MMA_SHAPES
+        .iter()
+        .find(|&&(q, v, in_k, _)| (q, v) == (dq, dv) && (in_k == v_in_k || !in_k))
+        .map(|&(_, _, in_k, function)| TcKernel {
+            module: "attention_mma",
+            function,
+            threads: MMA_THREADS,
+            shared_bytes: mma_shared_bytes(dq, dv, in_k),
+            runs_per_cta: 1,
+            ctas_per_sm: 2,
+        });
+    let wmma = (dq % 16 == 0 && dv % 16 == 0).then(|| TcKernel {
+        module: "attention_tc",
+        function: "attention_tc_bf16",
+        threads: 128,
+        shared_bytes: wmma_shared_bytes(l),
+        runs_per_cta: 1,
+        ctas_per_sm: 2,
+    });
+    [wgmma, mma_wide, mma, wmma]
+        .into_iter()
+        .flatten()
+        .find(|k| k.shared_bytes <= max_shared)
+}
+
+/// Whether a tensor-core kernel serves `l` (see [`kernel_for`]).
+pub fn supports(l: &AttentionLayout, max_shared: usize) -> bool {
+    kernel_for(l, max_shared, false).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::layout::{absorbed_layout, materialised_layout, mha_layout};
+    use super::*;
+    use crate::backend::{MhaDims, MlaDims};
+
+    const H100_SHARED: usize = 232_448;
+
+    fn deepseek(heads: usize) -> MlaDims {
+        MlaDims::deepseek(heads, 0.07)
+    }
+
+    fn function(l: &AttentionLayout, max_shared: usize) -> Option<&'static str> {
+        kernel_for(l, max_shared, false).map(|k| k.function)
+    }
+
+    #[test]
+    fn the_decode_shapes_get_the_register_accumulator_kernel() {
+        for heads in [1, 16, 63, 64, 128] {
+            let absorbed = absorbed_layout(&deepseek(heads));
+            let k = kernel_for(&absorbed, H100_SHARED, false).unwrap();
+            let hopper = kernel_for(&absorbed, H100_SHARED, true).unwrap();
+            if heads < 64 {
+                assert_eq!(k.function, "attention_mma_latent576_bf16");
+                assert_eq!(hopper, k);
+            } else {
+                // 64 heads of a token per CTA, one CTA per SM; wgmma on Hopper.
+                assert_eq!(k.function, "attention_mma_wide_latent576_bf16");
+                assert_eq!(hopper.function, "attention_wgmma_latent576_bf16");
+                assert_eq!((k.runs_per_cta, k.ctas_per_sm), (4, 1));
+                assert_eq!((hopper.runs_per_cta, hopper.ctas_per_sm), (4, 1));
+            }
+            // CTAs per SM that fit the shared memory of an SM of sm_80+ (228 KiB, 1 KiB of it
+            // reserved per CTA).
+            for k in [k, hopper] {
+                assert!(
+                    k.ctas_per_sm * (k.shared_bytes + 1024) <= 228 * 1024,
+                    "{k:?}"
+                );
+            }
+            let materialised = materialised_layout(&deepseek(heads));
+            assert_eq!(
+                function(&materialised, H100_SHARED),
+                Some("attention_mma_head192_bf16")
+            );
+        }
+        let mha = |head_dim, kv_heads| {
+            let dims = MhaDims {
+                heads: 32,
+                kv_heads,
+                head_dim,
+                softmax_scale: 0.1,
+                sliding_window: None,
+            };
+            let width = 2 * kv_heads * head_dim;
+            mha_layout(&dims, 32 * head_dim + width, width)
+        };
+        assert_eq!(
+            function(&mha(128, 8), H100_SHARED),
+            Some("attention_mma_head128_bf16")
+        );
+        // Other widths: the WMMA kernel; too little shared memory: neither for the latent.
+        assert_eq!(
+            function(&mha(64, 8), H100_SHARED),
+            Some("attention_tc_bf16")
+        );
+        assert_eq!(
+            function(&mha(96, 4), H100_SHARED),
+            Some("attention_tc_bf16")
+        );
+        assert_eq!(function(&absorbed_layout(&deepseek(16)), 48 * 1024), None);
+    }
+
+    #[test]
+    fn the_wide_kernel_only_where_contexts_are_long_and_plenty() {
+        let batch = |seqs: usize, context: usize| AttentionBatch {
+            block_size: 64,
+            seqs: (0..seqs)
+                .map(|_| crate::backend::SeqChunk {
+                    block_table: (0..context.div_ceil(64) as u32).collect(),
+                    context_len: context,
+                    query_len: 1,
+                })
+                .collect(),
+        };
+        let v3 = absorbed_layout(&deepseek(128));
+        use WideAttention::{Mma, Off, Wgmma};
+        // (sequences, context, elsewhere, on Hopper)
+        for (seqs, context, mma, hopper) in [
+            (128, 4096, Mma, Wgmma),
+            (32, 16384, Mma, Wgmma),
+            (32, 4096, Mma, Wgmma),
+            (128, 1024, Off, Wgmma),
+            (32, 1024, Off, Wgmma),
+            (1, 16384, Off, Wgmma),
+            (1, 4096, Off, Wgmma),
+            (1, 1024, Off, Off),
+            (1, 131_072, Mma, Wgmma),
+        ] {
+            for (on_hopper, want) in [(false, mma), (true, hopper)] {
+                assert_eq!(
+                    wide_pays(&batch(seqs, context), &v3, 132, on_hopper),
+                    want,
+                    "{seqs} × {context}, Hopper: {on_hopper}"
+                );
+            }
+        }
+    }
+}
