@@ -106,12 +106,15 @@ __device__ __forceinline__ void accumulate_pv(float (&o)[O_TILES][4], float alph
 }
 
 // Query values c, c + 1 of row `pair` (token · heads + head) as one bf16 pair; zeros for NO_ROW.
+// One 4-byte load where the pair is aligned (the model's query rows are), which halves the
+// prologue's load requests against two 2-byte loads.
 __device__ __forceinline__ uint32_t query_pair(uint32_t pair, int c, const bf16* q1, int q1_stride, int q1_head_stride,
                                                const bf16* q2, int q2_stride, int q2_head_stride, int len1, int heads) {
     if (pair == NO_ROW) return 0u;
     const size_t tok = pair / heads, h = pair % heads;
     const bf16* x = c < len1 ? q1 + tok * q1_stride + h * q1_head_stride + c
                              : q2 + tok * q2_stride + h * q2_head_stride + (c - len1);
+    if ((reinterpret_cast<uintptr_t>(x) & 3) == 0) return *reinterpret_cast<const uint32_t*>(x);
     return pack_bf16(x[0], x[1]);
 }
 
