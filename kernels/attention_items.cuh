@@ -133,13 +133,26 @@ __device__ __forceinline__ void split_softmax_step(SplitRows& r, float* s, int f
                                                    int window, float scale_log2, float* half_max, float& alpha_lo,
                                                    float& alpha_hi) {
     const int t = threadIdx.x & 3, pos_lo = pos_s[r.row_lo], pos_hi = pos_s[r.row_hi];
+    // Where both rows see every token of this half-tile (decode: all but a split's last tile),
+    // the per-score masks, most of this step's instructions, are skipped; the test is the same
+    // for every lane of rows at one position.
+    const int last_token = first_token + 2 * N - 1;
+    const bool whole = last_token < kv_end && last_token <= min(pos_lo, pos_hi) &&
+                       (window <= 0 || first_token > max(pos_lo, pos_hi) - window);
+    if (whole) {
+#pragma unroll
+        for (int i = 0; i < N; i++) s[i] *= scale_log2;
+    } else {
+#pragma unroll
+        for (int i = 0; i < N; i++) {
+            const int p = first_token + (i / 4) * 8 + 2 * t + (i & 1);
+            s[i] = visible(p, kv_end, (i & 2) == 0 ? pos_lo : pos_hi, window) ? s[i] * scale_log2 : -INFINITY;
+        }
+    }
     float max_lo = -INFINITY, max_hi = -INFINITY;
 #pragma unroll
     for (int i = 0; i < N; i++) {
-        const bool lo = (i & 2) == 0;
-        const int p = first_token + (i / 4) * 8 + 2 * t + (i & 1);
-        s[i] = visible(p, kv_end, lo ? pos_lo : pos_hi, window) ? s[i] * scale_log2 : -INFINITY;
-        if (lo) max_lo = fmaxf(max_lo, s[i]);
+        if ((i & 2) == 0) max_lo = fmaxf(max_lo, s[i]);
         else max_hi = fmaxf(max_hi, s[i]);
     }
     // The four lanes of a row hold its keys of this half.

@@ -18,7 +18,16 @@ use mla_rt::weights::HostTensor;
 const BLOCK: usize = 16;
 
 fn random(rng: &mut Rng, rows: usize, cols: usize) -> HostTensor {
-    HostTensor::new(vec![rows, cols], rng.normals(rows * cols, 1.0))
+    biased(rng, rows, cols, 0.0)
+}
+
+/// Normal values of unit variance around `mean`.
+fn biased(rng: &mut Rng, rows: usize, cols: usize, mean: f32) -> HostTensor {
+    let data = rng.normals(rows * cols, 1.0);
+    HostTensor::new(
+        vec![rows, cols],
+        data.into_iter().map(|v| v + mean).collect(),
+    )
 }
 
 /// Rounds through the storage type, so that the CPU sees the values the GPU stores.
@@ -55,13 +64,15 @@ fn batch(rng: &mut Rng, shapes: &[(usize, usize)], block: usize) -> (AttentionBa
     )
 }
 
-/// The same random rows written into a CPU and a GPU cache for every cached position.
+/// The same random rows (unit variance around `mean`) written into a CPU and a GPU cache for
+/// every cached position.
 fn caches<T: GpuFloat>(
     rng: &mut Rng,
     gpu: &CudaBackend<T>,
     batch: &AttentionBatch,
     num_blocks: usize,
     width: usize,
+    mean: f32,
 ) -> (
     <CpuBackend as Backend>::KvCache,
     <CudaBackend<T> as Backend>::KvCache,
@@ -75,7 +86,7 @@ where
         .unwrap();
     let mut gpu_cache = gpu.alloc_kv_cache(1, num_blocks, block, width).unwrap();
     for seq in &batch.seqs {
-        let rows = stored::<T>(random(rng, seq.context_len, width));
+        let rows = stored::<T>(biased(rng, seq.context_len, width, mean));
         let slots: Vec<u32> = (0..seq.context_len)
             .map(|p| seq.block_table[p / block] * block as u32 + (p % block) as u32)
             .collect();
@@ -133,7 +144,7 @@ where
         let shapes = if heads == 128 { &SHAPES[..3] } else { SHAPES };
         let (batch, num_blocks) = batch(&mut rng, shapes, BLOCK);
         let (cpu_cache, gpu_cache) =
-            caches(&mut rng, &gpu, &batch, num_blocks, dims.latent_width());
+            caches(&mut rng, &gpu, &batch, num_blocks, dims.latent_width(), 0.0);
         let t = batch.num_query_tokens();
         let q = stored::<T>(random(&mut rng, t, heads * dims.qk_head()));
         let q_lat = stored::<T>(random(&mut rng, t, heads * dims.kv_lora_rank));
@@ -234,12 +245,30 @@ fn check_absorbed<T: GpuFloat>(
 where
     cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
 {
+    check_absorbed_opposed(gpu, rng, heads, shapes, block, tolerance, 0.0)
+}
+
+/// [`check_absorbed`] with the cached rows around `bias` and the queries around `-bias`: from
+/// a bias of 1, every real score is about −40 (scaled), so a key the kernel should not see but
+/// scores anyway (a zero row past a split's end, a padded tile) outweighs them all.
+fn check_absorbed_opposed<T: GpuFloat>(
+    gpu: &CudaBackend<T>,
+    rng: &mut Rng,
+    heads: usize,
+    shapes: &[(usize, usize)],
+    block: usize,
+    tolerance: f64,
+    bias: f32,
+) -> AttentionBatch
+where
+    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
+{
     let dims = deepseek_dims(heads);
     let (batch, num_blocks) = batch(rng, shapes, block);
-    let (cpu_cache, gpu_cache) = caches(rng, gpu, &batch, num_blocks, dims.latent_width());
+    let (cpu_cache, gpu_cache) = caches(rng, gpu, &batch, num_blocks, dims.latent_width(), bias);
     let t = batch.num_query_tokens();
-    let q = stored::<T>(random(rng, t, heads * dims.qk_head()));
-    let q_lat = stored::<T>(random(rng, t, heads * dims.kv_lora_rank));
+    let q = stored::<T>(biased(rng, t, heads * dims.qk_head(), -bias));
+    let q_lat = stored::<T>(biased(rng, t, heads * dims.kv_lora_rank, -bias));
     let want = CpuBackend
         .mla_attention_absorbed(&q_lat, &q, &cpu_cache, 0, &batch, &dims)
         .unwrap();
@@ -254,7 +283,7 @@ where
         )
         .unwrap();
     let what = format!(
-        "{} absorbed, {heads} heads × {} sequences",
+        "{} absorbed, {heads} heads × {} sequences, bias {bias}",
         T::SUFFIX,
         shapes.len()
     );
@@ -359,6 +388,32 @@ fn mla_block_sizes_bf16() {
     }
 }
 
+/// Queries opposed to every cached row (all real scores about −40): a key scored past a split's
+/// end or a tile's last token would dominate the softmax and the LSE. Lengths end anywhere in
+/// a tile, one long sequence has many splits (of multiples of 32 tokens: mid-tile for the
+/// 64-token tiles), and some sequences have several query tokens, through each latent kernel.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn mla_opposed_queries_bf16() {
+    let gpu = poisoned_gpu::<half::bf16>();
+    let mut rng = Rng::new(16);
+    let cases: [(usize, &[(usize, usize)]); 4] = [
+        (16, &[(3000, 1)]),
+        (16, &[(95, 1), (33, 2), (161, 4), (1, 1), (500, 3)]),
+        (128, &[(2000, 1)]),
+        (128, &[(95, 1), (161, 2), (31, 1)]),
+    ];
+    for block in [16, 64] {
+        for (heads, shapes) in cases {
+            for wide in latent_kernels(&gpu, heads) {
+                gpu.set_wide_attention(wide);
+                check_absorbed_opposed(&gpu, &mut rng, heads, shapes, block, 1e-2, 1.0);
+            }
+            gpu.set_wide_attention(WideAttention::WherePays);
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn mla_decode_batches_f32() {
@@ -392,7 +447,7 @@ where
         };
         let (batch, num_blocks) = batch(&mut rng, SHAPES, BLOCK);
         let width = 2 * kv_heads * head_dim;
-        let (cpu_cache, gpu_cache) = caches(&mut rng, &gpu, &batch, num_blocks, width);
+        let (cpu_cache, gpu_cache) = caches(&mut rng, &gpu, &batch, num_blocks, width, 0.0);
         // A fused qkv tensor: the query heads come first, K and V columns follow.
         let q = stored::<T>(random(
             &mut rng,
