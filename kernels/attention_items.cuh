@@ -47,8 +47,8 @@ __device__ __forceinline__ void online_softmax_row(float x, int i, float* m_s, f
     const int lane = threadIdx.x & 31;
     const float m_old = m_s[i];
     const float m_new = fmaxf(m_old, warp_max(x));
-    const float prob = m_new == -INFINITY ? 0.0f : exp2f(x - m_new);
-    const float alpha = m_new == -INFINITY ? 1.0f : exp2f(m_old - m_new);
+    const float prob = m_new == -INFINITY ? 0.0f : fast_exp2(x - m_new);
+    const float alpha = m_new == -INFINITY ? 1.0f : fast_exp2(m_old - m_new);
     const float row_sum = warp_sum(prob);
     p_row[lane] = from_f32<bf16>(prob);
     __syncwarp();  // every lane has read m_s[i] before lane 0 rewrites it
@@ -168,8 +168,8 @@ __device__ __forceinline__ void split_softmax_step(SplitRows& r, float* s, int f
     // Both halves of a row reach the same running max (max is exact and order-free).
     const float new_lo = fmaxf(r.m_lo, fmaxf(max_lo, half_max[(r.half ^ 1) * ROWS_ALL + r.row_lo]));
     const float new_hi = fmaxf(r.m_hi, fmaxf(max_hi, half_max[(r.half ^ 1) * ROWS_ALL + r.row_hi]));
-    alpha_lo = new_lo == -INFINITY ? 1.0f : exp2f(r.m_lo - new_lo);
-    alpha_hi = new_hi == -INFINITY ? 1.0f : exp2f(r.m_hi - new_hi);
+    alpha_lo = new_lo == -INFINITY ? 1.0f : fast_exp2(r.m_lo - new_lo);
+    alpha_hi = new_hi == -INFINITY ? 1.0f : fast_exp2(r.m_hi - new_hi);
     r.m_lo = new_lo;
     r.m_hi = new_hi;
     float sum_lo = 0.0f, sum_hi = 0.0f;
@@ -177,7 +177,7 @@ __device__ __forceinline__ void split_softmax_step(SplitRows& r, float* s, int f
     for (int i = 0; i < N; i++) {
         const bool lo = (i & 2) == 0;
         const float m = lo ? new_lo : new_hi;
-        s[i] = m == -INFINITY ? 0.0f : exp2f(s[i] - m);
+        s[i] = m == -INFINITY ? 0.0f : fast_exp2(s[i] - m);
         if (lo) sum_lo += s[i];
         else sum_hi += s[i];
     }

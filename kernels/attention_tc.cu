@@ -177,7 +177,7 @@ attention_tc_combine_bf16(const float* partial_o, const float* partial_lse, cons
     for (uint32_t j = warp; j < g.items; j += warps) {
         const float lse = lse_of(j);
         // Splits that saw no token have lse −inf and zeros in partial_o: weight 0.
-        const float w = lse == -INFINITY ? 0.0f : exp2f(lse - m);
+        const float w = lse == -INFINITY ? 0.0f : fast_exp2(lse - m);
         weight += w;
         if (c < dv) {
             const float* row = partial_o + ((size_t)(g.item_first + j * g.item_stride) * ROWS + i) * dv + c;

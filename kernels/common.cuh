@@ -38,6 +38,22 @@ template <typename... P> __device__ __forceinline__ bool aligned16(const void* p
     return aligned16(p) && aligned16(rest...);
 }
 
+// 2^x for the softmax weights of the tensor-core attention kernels (bf16): the SFU's
+// approximation (2 ulp) with results below 2^-126 flushed to zero, where exp2f wraps each call
+// in range checks for denormal results (about ten instructions each, 18 calls per lane and tile
+// in the wgmma kernel). Their exponents are at most 0 and a weight below 2^-126 is nothing next
+// to the row's largest, 1. Under cuda-emu: exp2f, flushed alike.
+__device__ __forceinline__ float fast_exp2(float x) {
+#if defined(MLA_CUDA_EMU)
+    const float y = exp2f(x);
+    return y < 1.17549435e-38f ? 0.0f : y;  // FLT_MIN: the smallest normal
+#else
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+#endif
+}
+
 struct SumOp {
     template <typename F> __device__ __forceinline__ F operator()(F a, F b) const { return a + b; }
 };
