@@ -22,6 +22,9 @@ def number(text):
 
 
 def rows(path):
+    """One dict per launch: metric name -> value, and "Kernel Name". Reads the raw page (a column
+    per metric, a row per launch, a units row under the header) and, should ncu print it
+    instead, the details layout (a row per metric: "Metric Name", "Metric Value")."""
     with open(path, newline="") as f:
         lines = [line for line in f if line.startswith('"')]  # the program's own output is not CSV
     table = list(csv.reader(lines))
@@ -30,7 +33,14 @@ def rows(path):
         return []
     header = table[first]
     body = [dict(zip(header, r)) for r in table[first + 1 :]]
-    return [r for r in body if r.get("Kernel Name")]  # not the units row
+    body = [r for r in body if r.get("Kernel Name")]  # not the units row
+    if "Metric Name" not in header:
+        return body
+    launches = {}
+    for r in body:
+        launch = launches.setdefault(r.get("ID"), {"Kernel Name": r["Kernel Name"]})
+        launch[r.get("Metric Name", "")] = r.get("Metric Value", "")
+    return list(launches.values())
 
 
 def summary(shape, r):
@@ -69,5 +79,8 @@ if __name__ == "__main__":
         sys.exit(0)
     shape, paths = args[0], args[1:]
     for path in paths:
-        for r in rows(path):
+        launches = rows(path)
+        for r in launches:
             print(summary(shape, r))
+        if not launches:
+            print(f"| {shape} | no launch read from {path} (its raw CSV is in the logs) | | | | | | | |")
