@@ -55,6 +55,7 @@ struct PendingMma {
     int n;
     uint64_t a, b;
     bool b_mn_major;
+    const uint32_t* a_regs;  // A in registers (nullptr: A in shared memory, descriptor a)
 };
 
 // A thread's asynchronous operations of one kind: the open group and the committed ones, oldest
@@ -334,13 +335,20 @@ void async_commit() { current->copies.commit(); }
 void async_wait(int pending) { current->copies.wait(pending, land); }
 
 void wgmma_issue(float* d, int n, uint64_t a, uint64_t b, bool b_mn_major) {
-    current->mmas.open.push_back(PendingMma{d, n, a, b, b_mn_major});
+    current->mmas.open.push_back(PendingMma{d, n, a, b, b_mn_major, nullptr});
+}
+
+void wgmma_issue_rs(float* d, int n, const uint32_t* a_regs, uint64_t b, bool b_mn_major) {
+    current->mmas.open.push_back(PendingMma{d, n, 0, b, b_mn_major, a_regs});
 }
 
 void wgmma_commit() { current->mmas.commit(); }
 
 void wgmma_wait(int pending) {
-    current->mmas.wait(pending, [](const PendingMma& m) { wgmma_compute(m.d, m.n, m.a, m.b, m.b_mn_major); });
+    current->mmas.wait(pending, [](const PendingMma& m) {
+        if (m.a_regs != nullptr) wgmma_compute_rs(m.d, m.n, m.a_regs, m.b, m.b_mn_major);
+        else wgmma_compute(m.d, m.n, m.a, m.b, m.b_mn_major);
+    });
     syncwarp();
 }
 

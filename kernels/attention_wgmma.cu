@@ -184,3 +184,164 @@ attention_wgmma_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_stride
         store_row_lse(lse_out, partial_lse, item, g + 8, pair_hi, rows.m_hi, sum_hi);
     }
 }
+
+// The same job with the scores kept in registers (attention_wgmma_rs_latent576_bf16): each
+// warpgroup scores all 64 rows against the whole 64-token tile (m64n64k16; the two warpgroups
+// compute the same scores), so each holds every row's full set of scores: its online softmax
+// needs no exchange with the other, and P, packed to bf16 in the accumulator layout, is the A
+// operand of its P·V straight from registers. No P in shared memory means no proxy fence
+// before P·V (its MEMBAR may wait for the next tile's copies in flight) and one barrier per tile
+// instead of three, for a third more tensor work on the scores. 216 KiB of shared memory.
+extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)
+attention_wgmma_rs_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_stride, const bf16* q2, int q2_stride,
+                                  int q2_head_stride, const bf16* k1, KeySegment s1, const bf16* k2, KeySegment s2,
+                                  const bf16* v, KeySegment sv, int /* v_in_k */, const TcItem* items,
+                                  const uint32_t* block_tables, const uint32_t* table_start, int block_size,
+                                  const uint32_t* token_pos, int heads, float scale, int window, float* partial_o,
+                                  float* partial_lse, bf16* out, float* lse_out) {
+    constexpr int TILE_BYTES = WG_TILE * LATENT * 2, O_REGS = VALUES / 2 / 2, S_REGS = WG_TILE / 2;
+    extern __shared__ __align__(128) unsigned char wgmma_rs_smem[];
+    unsigned char* q_s = wgmma_rs_smem;                       // [64 rows × 576] swizzled
+    unsigned char* stages = q_s + WG_ROWS * LATENT * 2;       // 2 × [64 tokens × 576]
+    int* pos_s = reinterpret_cast<int*>(stages + 2 * TILE_BYTES);
+    require_atom_aligned(wgmma_rs_smem);
+
+    const TcItem* quad = items + (size_t)blockIdx.x * WG_RUNS;
+    const int half = threadIdx.x / 128, run = (threadIdx.x / 32) % 4, lane = threadIdx.x & 31;
+    const int g = lane >> 2, t = lane & 3, row_lo = run * ROWS + g, row_hi = row_lo + 8;
+    const uint32_t* table = block_tables + table_start[quad[0].seq];
+    const int kv_begin = quad[0].kv_begin, kv_end = quad[0].kv_end, kv_head = quad[0].kv_head;
+    const int tiles = (kv_end - kv_begin + WG_TILE - 1) / WG_TILE;
+
+    for (int idx = threadIdx.x; idx < WG_ROWS * LATENT / 8; idx += blockDim.x) {
+        const int r = idx / 8 % WG_ROWS, c = idx / (8 * WG_ROWS) * 64 + idx % 8 * 8;
+        load_query_piece(reinterpret_cast<bf16*>(q_s + swizzled_offset(r, c, WG_ROWS)), quad[r / ROWS].rows[r % ROWS],
+                         c, q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, s1.len, heads);
+    }
+    int slots[2];
+    tile_slots(slots, kv_begin, kv_end, table, block_size);
+    if (tiles > 0) load_latent_tile(stages, slots, k1, s1, k2, s2, kv_head);
+    async_commit();
+    tile_slots(slots, kv_begin + WG_TILE, kv_end, table, block_size);
+    if (threadIdx.x < WG_ROWS) {
+        const uint32_t pair = quad[threadIdx.x / ROWS].rows[threadIdx.x % ROWS];
+        pos_s[threadIdx.x] = pair == NO_ROW ? -1 : (int)token_pos[pair / heads];
+    }
+    __syncthreads();  // pos_s
+    const int pos_lo = pos_s[row_lo], pos_hi = pos_s[row_hi];
+    const float scale_log2 = scale * LOG2E;
+    float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.0f, l_hi = 0.0f;  // l: this lane's share
+    float o[O_REGS];
+#pragma unroll
+    for (int i = 0; i < O_REGS; i++) o[i] = 0.0f;
+
+    for (int step = 0; step < tiles; step++) {
+        const int tile = kv_begin + step * WG_TILE;
+        const unsigned char* stage = stages + (step & 1) * TILE_BYTES;
+        async_wait<0>();
+        fence_async_shared();
+        __syncthreads();  // this tile has landed for every thread; both warpgroups are done with the other stage
+
+        // S [64 rows × 64 tokens] over the key width; the next tile's copies meanwhile.
+        float s[S_REGS];
+#pragma unroll
+        for (int i = 0; i < S_REGS; i++) s[i] = 0.0f;
+        fence_registers(s);
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < LATENT / 16; ks++)
+            wgmma_m64n64k16(s, wgmma_desc(q_s + swizzled_offset(0, ks * 16, WG_ROWS), 0, ATOM),
+                            wgmma_desc(stage + swizzled_offset(0, ks * 16, WG_TILE), 0, ATOM));
+        wgmma_commit();
+        if (step + 1 < tiles) {
+            load_latent_tile(stages + ((step + 1) & 1) * TILE_BYTES, slots, k1, s1, k2, s2, kv_head);
+            tile_slots(slots, tile + 2 * WG_TILE, kv_end, table, block_size);
+        }
+        async_commit();
+        wgmma_wait<0>();
+        fence_registers(s);
+
+        // Online softmax (base 2) of rows lo, hi: s[4j + e] is token tile + 8j + 2t + e % 2, row
+        // lo for e < 2. Masks only where a row does not see the whole tile.
+        const int last = tile + WG_TILE - 1;
+        const bool whole = last < kv_end && last <= min(pos_lo, pos_hi) &&
+                           (window <= 0 || tile > max(pos_lo, pos_hi) - window);
+        if (whole) {
+#pragma unroll
+            for (int i = 0; i < S_REGS; i++) s[i] *= scale_log2;
+        } else {
+#pragma unroll
+            for (int i = 0; i < S_REGS; i++) {
+                const int p = tile + (i / 4) * 8 + 2 * t + (i & 1);
+                s[i] = visible(p, kv_end, (i & 2) == 0 ? pos_lo : pos_hi, window) ? s[i] * scale_log2 : -INFINITY;
+            }
+        }
+        float max_lo = m_lo, max_hi = m_hi;
+#pragma unroll
+        for (int i = 0; i < S_REGS; i++) {
+            if ((i & 2) == 0) max_lo = fmaxf(max_lo, s[i]);
+            else max_hi = fmaxf(max_hi, s[i]);
+        }
+        // The four lanes of a row hold all of its tokens.
+        max_lo = fmaxf(max_lo, __shfl_xor_sync(0xffffffffu, max_lo, 1));
+        max_lo = fmaxf(max_lo, __shfl_xor_sync(0xffffffffu, max_lo, 2));
+        max_hi = fmaxf(max_hi, __shfl_xor_sync(0xffffffffu, max_hi, 1));
+        max_hi = fmaxf(max_hi, __shfl_xor_sync(0xffffffffu, max_hi, 2));
+        const float alpha_lo = max_lo == -INFINITY ? 1.0f : fast_exp2(m_lo - max_lo);
+        const float alpha_hi = max_hi == -INFINITY ? 1.0f : fast_exp2(m_hi - max_hi);
+        m_lo = max_lo;
+        m_hi = max_hi;
+        float sum_lo = 0.0f, sum_hi = 0.0f;
+#pragma unroll
+        for (int i = 0; i < S_REGS; i++) {
+            const bool lo = (i & 2) == 0;
+            const float m = lo ? m_lo : m_hi;
+            s[i] = m == -INFINITY ? 0.0f : fast_exp2(s[i] - m);
+            if (lo) sum_lo += s[i];
+            else sum_hi += s[i];
+        }
+        l_lo = l_lo * alpha_lo + sum_lo;
+        l_hi = l_hi * alpha_hi + sum_hi;
+        // P as A fragments, one per 16 tokens: rows lo, hi × tokens 2t, 2t + 1 and 2t + 8, 2t + 9.
+        uint32_t p[WG_TILE / 16][4];
+#pragma unroll
+        for (int kk = 0; kk < WG_TILE / 16; kk++)
+#pragma unroll
+            for (int r = 0; r < 4; r++)
+                p[kk][r] = pack_bf16(from_f32<bf16>(s[8 * kk + 2 * r]), from_f32<bf16>(s[8 * kk + 2 * r + 1]));
+        if (__ballot_sync(0xffffffffu, alpha_lo != 1.0f || alpha_hi != 1.0f) != 0) {
+#pragma unroll
+            for (int j = 0; j < O_REGS / 4; j++) {
+                o[4 * j] *= alpha_lo;
+                o[4 * j + 1] *= alpha_lo;
+                o[4 * j + 2] *= alpha_hi;
+                o[4 * j + 3] *= alpha_hi;
+            }
+        }
+
+        // O [64 rows × columns 256·half …] += P · V, 16 tokens per step, P from registers.
+        fence_registers(o);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < WG_TILE / 16; kk++)
+            wgmma_m64n256k16_rs_mn_b(o, p[kk],
+                                     wgmma_desc(stage + swizzled_offset(kk * 16, half * 256, WG_TILE), BLOCK_BYTES, ATOM));
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_registers(o);
+    }
+    async_wait<0>();
+
+    // Whole row sums from the four lanes of each row (each warpgroup has every token's share).
+    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
+    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
+    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
+    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
+    const size_t item = (size_t)blockIdx.x * WG_RUNS + run;
+    const uint32_t pair_lo = quad[run].rows[g], pair_hi = quad[run].rows[g + 8];
+    store_rows<O_REGS / 4, VALUES>(o, l_lo, l_hi, half * (VALUES / 2), g, pair_lo, pair_hi, out, partial_o, item);
+    if (half == 0 && t == 0) {
+        store_row_lse(lse_out, partial_lse, item, g, pair_lo, m_lo, l_lo);
+        store_row_lse(lse_out, partial_lse, item, g + 8, pair_hi, m_hi, l_hi);
+    }
+}

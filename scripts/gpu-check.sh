@@ -110,7 +110,7 @@ benches() {
   # V3 the runtime's choice and then each kernel that could serve it.
   bench_step attention "mla bench attention" 150 \
     "$out/mla" bench attention --batch 1,32,128 --context 1024,4096,16384,32768 --reps 5 \
-    --kernel where-pays,wgmma,mma,16-row
+    --kernel where-pays,wgmma,wgmma-rs,mma,16-row
   # The shapes short of their targets again, with the split-KV schedule aiming for half, one,
   # two and four waves of CTAs: whether fewer/longer or more/shorter splits pay.
   bench_step attention-waves "mla bench attention --waves 0.5,1,2,4 (V2-Lite)" 90 \
@@ -126,7 +126,7 @@ benches() {
     "$out/mla" bench attention --heads 16 --batch 256 --context 32,512,2048 --reps 10 \
     --materialised false
   bench_step attention-fixed-v3 "mla bench attention: fixed costs, V3 (one and two waves)" 90 \
-    "$out/mla" bench attention --heads 128 --batch 66,132 --context 64,1024,4096 --reps 10 --kernel wgmma \
+    "$out/mla" bench attention --heads 128 --batch 66,132 --context 64,1024,4096 --reps 10 --kernel wgmma,wgmma-rs \
     --materialised false
   # MLA against MHA on the first layers of DeepSeek-V2-Lite (random weights, bf16).
   bench_step bench "mla bench (V2-Lite vs MHA, 4 layers)" 240 \
@@ -140,8 +140,9 @@ benches() {
     --plot "$out/bench-max.svg"
 }
 
-# ncu on the attention shapes still short of their targets, two that meet them (for reference)
-# and two of 256 one-split CTAs of 1 and 16 tiles (what a launch costs besides its tiles): per launch of the absorbed kernel and its combine, the duration, DRAM and SM
+# ncu on the attention shapes still short of their targets (V3 through both wgmma kernels), one
+# that meets them (for reference) and two of 256 one-split CTAs of 1 and 16 tiles (what a launch
+# costs besides its tiles): per launch of the absorbed kernel and its combine, the duration, DRAM and SM
 # throughput, how much of the time the SMs were busy (ramp and tail), occupancy, waves and the
 # top warp stalls. The raw CSVs go into the logs.
 profile() {
@@ -154,12 +155,13 @@ profile() {
   fi
   local verdict=ok
   python3 scripts/ncu-summary.py --header > "$out/profile-attention.md"
-  for shape in "16 32 4096 16-row" "16 128 1024 16-row" "16 1 16384 16-row" "16 128 16384 16-row" \
-               "16 256 32 16-row" "16 256 512 16-row" "128 128 1024 wgmma" "128 128 16384 wgmma"; do
+  for shape in "16 32 4096 16-row" "16 128 1024 16-row" "16 1 16384 16-row" "16 256 32 16-row" \
+               "16 256 512 16-row" "128 128 1024 wgmma" "128 128 16384 wgmma" "128 128 1024 wgmma-rs" \
+               "128 128 16384 wgmma-rs"; do
     read -r heads batch context kernel <<< "$shape"
     csv="$out/ncu-$heads-$batch-$context-$kernel.csv"
     timeout 60 "$ncu" --clock-control none --print-units base --csv --page raw \
-      -k regex:'attention_(mma_latent576|wgmma_latent576|tc_combine)' -c 2 \
+      -k regex:'attention_(mma_latent576|wgmma_latent576|wgmma_rs_latent576|tc_combine)' -c 2 \
       --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
       "$out/mla" bench attention --heads "$heads" --batch "$batch" --context "$context" \
       --kernel "$kernel" --reps 1 --materialised false > "$csv" 2> "$csv.log" ||

@@ -127,7 +127,11 @@ where
     match heads {
         ..64 => vec![WideAttention::Off],
         _ if gpu.device.info.hopper() => {
-            vec![WideAttention::Mma, WideAttention::Wgmma]
+            vec![
+                WideAttention::Mma,
+                WideAttention::Wgmma,
+                WideAttention::WgmmaRs,
+            ]
         }
         _ => vec![WideAttention::Mma],
     }

@@ -132,7 +132,8 @@ pub struct AttentionBenchArgs {
     pub reps: usize,
 
     /// The kernels to time for 64+ heads, a row each: where-pays (the runtime's choice), wgmma
-    /// (64 rows per CTA on Hopper's warpgroup tensor cores), mma (64 rows per CTA, mma.sync),
+    /// (64 rows per CTA on Hopper's warpgroup tensor cores), wgmma-rs (the same with the scores
+    /// computed by both warpgroups and P kept in registers), mma (64 rows per CTA, mma.sync),
     /// 16-row (16 rows per CTA).
     #[arg(
         long,
@@ -159,6 +160,8 @@ pub struct AttentionBenchArgs {
 pub enum KernelChoice {
     WherePays,
     Wgmma,
+    #[value(name = "wgmma-rs")]
+    WgmmaRs,
     Mma,
     #[value(name = "16-row")]
     SixteenRow,
@@ -169,6 +172,7 @@ impl From<KernelChoice> for WideAttention {
         match k {
             KernelChoice::WherePays => WideAttention::WherePays,
             KernelChoice::Wgmma => WideAttention::Wgmma,
+            KernelChoice::WgmmaRs => WideAttention::WgmmaRs,
             KernelChoice::Mma => WideAttention::Mma,
             KernelChoice::SixteenRow => WideAttention::Off,
         }

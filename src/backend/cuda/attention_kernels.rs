@@ -29,6 +29,16 @@ pub enum WideAttention {
     Mma,
     /// attention_wgmma_latent576_bf16 (Hopper only).
     Wgmma,
+    /// attention_wgmma_rs_latent576_bf16 (Hopper only): scores computed by both warpgroups, P
+    /// kept in registers; an alternative to Wgmma that `mla bench attention` compares.
+    WgmmaRs,
+}
+
+impl WideAttention {
+    /// Whether this choice needs a Hopper GPU (the sm_90a kernels).
+    pub fn needs_hopper(self) -> bool {
+        matches!(self, WideAttention::Wgmma | WideAttention::WgmmaRs)
+    }
 }
 
 /// How a step's tensor-core attention is run: which 64-row kernel (see [`WideAttention`]) and
@@ -104,6 +114,12 @@ fn wide_shared_bytes() -> usize {
 fn wgmma_shared_bytes() -> usize {
     let rows = WIDE_RUNS * ROWS;
     (rows * 576 + 2 * WGMMA_TILE * 576 + rows * WGMMA_TILE) * 2 + 4 * rows * 4 + rows * 4
+}
+/// Dynamic shared memory of attention_wgmma_rs_latent576_bf16: the queries, two 64-token tiles
+/// and the rows' positions.
+fn wgmma_rs_shared_bytes() -> usize {
+    let rows = WIDE_RUNS * ROWS;
+    (rows * 576 + 2 * WGMMA_TILE * 576) * 2 + rows * 4
 }
 /// attention_wgmma.cu's `WG_TILE`: cached tokens per tile.
 const WGMMA_TILE: usize = 64;
@@ -210,6 +226,14 @@ pub(super) fn kernel_choice(
         runs_per_cta: WIDE_RUNS,
         ctas_per_sm: 1,
     });
+    let wgmma_rs = (wide_shape && wide == WideAttention::WgmmaRs).then_some(TcKernel {
+        module: "attention_wgmma",
+        function: "attention_wgmma_rs_latent576_bf16",
+        threads: MMA_THREADS,
+        shared_bytes: wgmma_rs_shared_bytes(),
+        runs_per_cta: WIDE_RUNS,
+        ctas_per_sm: 1,
+    });
     let mma_wide = (wide_shape && wide == WideAttention::Mma).then_some(TcKernel {
         module: "attention_mma",
         function: "attention_mma_wide_latent576_bf16",
@@ -237,7 +261,7 @@ pub(super) fn kernel_choice(
         runs_per_cta: 1,
         ctas_per_sm: 2,
     });
-    [wgmma, mma_wide, mma, wmma]
+    [wgmma, wgmma_rs, mma_wide, mma, wmma]
         .into_iter()
         .flatten()
         .find(|k| k.shared_bytes <= max_shared)
@@ -270,10 +294,14 @@ mod tests {
             let absorbed = absorbed_layout(&deepseek(heads));
             let k = kernel_for(&absorbed, H100_SHARED, false).unwrap();
             let hopper = kernel_for(&absorbed, H100_SHARED, true).unwrap();
+            let rs = kernel_choice(&absorbed, H100_SHARED, WideAttention::WgmmaRs).unwrap();
             if heads < 64 {
                 assert_eq!(k.function, "attention_mma_latent576_bf16");
                 assert_eq!(hopper, k);
+                assert_eq!(rs, k);
             } else {
+                assert_eq!(rs.function, "attention_wgmma_rs_latent576_bf16");
+                assert_eq!((rs.runs_per_cta, rs.ctas_per_sm), (4, 1));
                 // 64 heads of a token per CTA, one CTA per SM; wgmma on Hopper.
                 assert_eq!(k.function, "attention_mma_wide_latent576_bf16");
                 assert_eq!(hopper.function, "attention_wgmma_latent576_bf16");
@@ -282,7 +310,7 @@ mod tests {
             }
             // CTAs per SM that fit the shared memory of an SM of sm_80+ (228 KiB, 1 KiB of it
             // reserved per CTA).
-            for k in [k, hopper] {
+            for k in [k, hopper, rs] {
                 assert!(
                     k.ctas_per_sm * (k.shared_bytes + 1024) <= 228 * 1024,
                     "{k:?}"

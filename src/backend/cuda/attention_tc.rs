@@ -83,11 +83,11 @@ impl CudaDevice {
             WideAttention::WherePays => {
                 wide_pays(batch, l, self.info.multiprocessors, self.info.hopper())
             }
-            WideAttention::Wgmma if !self.info.hopper() => {
+            wide if wide.needs_hopper() && !self.info.hopper() => {
                 return Err(Error::Op {
                     op: "attention_tc",
                     message: format!(
-                        "the wgmma kernel needs a Hopper GPU, not {}",
+                        "the wgmma kernels need a Hopper GPU, not {}",
                         self.info.name
                     ),
                 })
