@@ -124,19 +124,15 @@ __device__ __forceinline__ SplitRows split_rows(int row_lo, int half) {
     return SplitRows{row_lo, row_lo + 8, half, -INFINITY, -INFINITY, 0.0f, 0.0f};
 }
 
-// One tile's step for `r`: masks and scales this lane's N scores (s[4j + e]: row lo for e < 2,
-// cached token first_token + 8j + 2t + e % 2), agrees with the other half on the rows' new
-// maxima through half_max [2][ROWS_ALL] (a block barrier), turns s into the probabilities,
-// adds them to the sums and gives O's rescale factors.
-template <int N, int ROWS_ALL>
-__device__ __forceinline__ void split_softmax_step(SplitRows& r, float* s, int first_token, int kv_end, const int* pos_s,
-                                                   int window, float scale_log2, float* half_max, float& alpha_lo,
-                                                   float& alpha_hi) {
-    const int t = threadIdx.x & 3, pos_lo = pos_s[r.row_lo], pos_hi = pos_s[r.row_hi];
-    // Where both rows see every token of this half-tile (decode: all but a split's last tile),
-    // the per-score masks, most of this step's instructions, are skipped; the test is the same
-    // for every lane of rows at one position.
-    const int last_token = first_token + 2 * N - 1;
+// Scales this lane's N scores in the accumulator layout (s[4j + e]: row lo for e < 2, at
+// position pos_lo, else row hi at pos_hi; cached token first_token + 8j + 2t + e % 2) to base 2
+// and masks those its rows do not see. Where both rows see every token of the 2N (decode: all
+// but a split's last tile), the per-score masks, most of a softmax step's instructions, are
+// skipped; the test is the same for every lane of rows at one position.
+template <int N>
+__device__ __forceinline__ void scale_and_mask(float* s, int first_token, int kv_end, int pos_lo, int pos_hi,
+                                               int window, float scale_log2) {
+    const int t = threadIdx.x & 3, last_token = first_token + 2 * N - 1;
     const bool whole = last_token < kv_end && last_token <= min(pos_lo, pos_hi) &&
                        (window <= 0 || first_token > max(pos_lo, pos_hi) - window);
     if (whole) {
@@ -149,17 +145,57 @@ __device__ __forceinline__ void split_softmax_step(SplitRows& r, float* s, int f
             s[i] = visible(p, kv_end, (i & 2) == 0 ? pos_lo : pos_hi, window) ? s[i] * scale_log2 : -INFINITY;
         }
     }
-    float max_lo = -INFINITY, max_hi = -INFINITY;
+}
+
+// Raises max_lo, max_hi to the largest of the lane's N scores of rows lo, hi (accumulator
+// layout, as in scale_and_mask) and of the other three lanes of the same rows.
+template <int N> __device__ __forceinline__ void quad_row_max(const float* s, float& max_lo, float& max_hi) {
 #pragma unroll
     for (int i = 0; i < N; i++) {
         if ((i & 2) == 0) max_lo = fmaxf(max_lo, s[i]);
         else max_hi = fmaxf(max_hi, s[i]);
     }
-    // The four lanes of a row hold its keys of this half.
     max_lo = fmaxf(max_lo, __shfl_xor_sync(0xffffffffu, max_lo, 1));
     max_lo = fmaxf(max_lo, __shfl_xor_sync(0xffffffffu, max_lo, 2));
     max_hi = fmaxf(max_hi, __shfl_xor_sync(0xffffffffu, max_hi, 1));
     max_hi = fmaxf(max_hi, __shfl_xor_sync(0xffffffffu, max_hi, 2));
+}
+
+// Turns the lane's N scaled scores (layout as in scale_and_mask) into probabilities against
+// the rows' maxima m_lo, m_hi (zeros where a row has seen nothing yet) and adds them up per row.
+template <int N>
+__device__ __forceinline__ void exp_and_sum(float* s, float m_lo, float m_hi, float& sum_lo, float& sum_hi) {
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+        const bool lo = (i & 2) == 0;
+        const float m = lo ? m_lo : m_hi;
+        s[i] = m == -INFINITY ? 0.0f : fast_exp2(s[i] - m);
+        if (lo) sum_lo += s[i];
+        else sum_hi += s[i];
+    }
+}
+
+// Adds the other three lanes' shares of rows lo and hi (the four lanes of a row).
+__device__ __forceinline__ void quad_sum(float& lo, float& hi) {
+    lo += __shfl_xor_sync(0xffffffffu, lo, 1);
+    lo += __shfl_xor_sync(0xffffffffu, lo, 2);
+    hi += __shfl_xor_sync(0xffffffffu, hi, 1);
+    hi += __shfl_xor_sync(0xffffffffu, hi, 2);
+}
+
+// One tile's step for `r`: masks and scales this lane's N scores (s[4j + e]: row lo for e < 2,
+// cached token first_token + 8j + 2t + e % 2), agrees with the other half on the rows' new
+// maxima through half_max [2][ROWS_ALL] (a block barrier), turns s into the probabilities,
+// adds them to the sums and gives O's rescale factors.
+template <int N, int ROWS_ALL>
+__device__ __forceinline__ void split_softmax_step(SplitRows& r, float* s, int first_token, int kv_end, const int* pos_s,
+                                                   int window, float scale_log2, float* half_max, float& alpha_lo,
+                                                   float& alpha_hi) {
+    const int t = threadIdx.x & 3;
+    scale_and_mask<N>(s, first_token, kv_end, pos_s[r.row_lo], pos_s[r.row_hi], window, scale_log2);
+    // The four lanes of a row hold its keys of this half.
+    float max_lo = -INFINITY, max_hi = -INFINITY;
+    quad_row_max<N>(s, max_lo, max_hi);
     if (t == 0) {
         half_max[r.half * ROWS_ALL + r.row_lo] = max_lo;
         half_max[r.half * ROWS_ALL + r.row_hi] = max_hi;
@@ -173,14 +209,7 @@ __device__ __forceinline__ void split_softmax_step(SplitRows& r, float* s, int f
     r.m_lo = new_lo;
     r.m_hi = new_hi;
     float sum_lo = 0.0f, sum_hi = 0.0f;
-#pragma unroll
-    for (int i = 0; i < N; i++) {
-        const bool lo = (i & 2) == 0;
-        const float m = lo ? new_lo : new_hi;
-        s[i] = m == -INFINITY ? 0.0f : fast_exp2(s[i] - m);
-        if (lo) sum_lo += s[i];
-        else sum_hi += s[i];
-    }
+    exp_and_sum<N>(s, r.m_lo, r.m_hi, sum_lo, sum_hi);
     r.l_lo = r.l_lo * alpha_lo + sum_lo;
     r.l_hi = r.l_hi * alpha_hi + sum_hi;
 }
@@ -190,10 +219,7 @@ __device__ __forceinline__ void split_softmax_step(SplitRows& r, float* s, int f
 template <int ROWS_ALL>
 __device__ __forceinline__ void split_row_sums(const SplitRows& r, float* half_sum, float& sum_lo, float& sum_hi) {
     float l_lo = r.l_lo, l_hi = r.l_hi;
-    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
-    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
-    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
-    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
+    quad_sum(l_lo, l_hi);
     if ((threadIdx.x & 3) == 0) {
         half_sum[r.half * ROWS_ALL + r.row_lo] = l_lo;
         half_sum[r.half * ROWS_ALL + r.row_hi] = l_hi;

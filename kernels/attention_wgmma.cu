@@ -65,6 +65,47 @@ __device__ __forceinline__ void load_latent_tile(unsigned char* stage, const int
     }
 }
 
+// A CTA's job: its quad of 16-row runs (items[4·b …]), its sequence's block table, the cached
+// tokens [kv_begin, kv_end) of its split and their KV head, and its tiles.
+struct WgCta {
+    const TcItem* quad;
+    const uint32_t* table;
+    int kv_begin, kv_end, kv_head, tiles;
+};
+
+__device__ __forceinline__ WgCta wg_cta(const TcItem* items, const uint32_t* block_tables,
+                                        const uint32_t* table_start) {
+    const TcItem* quad = items + (size_t)blockIdx.x * WG_RUNS;
+    const int kv_begin = quad[0].kv_begin, kv_end = quad[0].kv_end;
+    return WgCta{quad, block_tables + table_start[quad[0].seq], kv_begin, kv_end, (int)quad[0].kv_head,
+                 (kv_end - kv_begin + WG_TILE - 1) / WG_TILE};
+}
+
+// The start of a CTA's quad of runs: its 64 query rows into the swizzle at q_s (eight threads per
+// 128-byte line) and its first tile into `stage0`, one commit group; the slots of its second
+// tile into `slots`; the rows' positions into pos_s (-1 for NO_ROW), read after a barrier.
+__device__ __forceinline__ void start_quad(unsigned char* q_s, unsigned char* stage0, int* pos_s, int (&slots)[2],
+                                           const TcItem* quad, const uint32_t* table, int tiles, const bf16* q1,
+                                           int q1_stride, int q1_head_stride, const bf16* q2, int q2_stride,
+                                           int q2_head_stride, const bf16* k1, const KeySegment& s1, const bf16* k2,
+                                           const KeySegment& s2, const uint32_t* token_pos, int heads,
+                                           int block_size) {
+    const int kv_begin = quad[0].kv_begin, kv_end = quad[0].kv_end, kv_head = quad[0].kv_head;
+    for (int idx = threadIdx.x; idx < WG_ROWS * LATENT / 8; idx += blockDim.x) {
+        const int r = idx / 8 % WG_ROWS, c = idx / (8 * WG_ROWS) * 64 + idx % 8 * 8;
+        load_query_piece(reinterpret_cast<bf16*>(q_s + swizzled_offset(r, c, WG_ROWS)), quad[r / ROWS].rows[r % ROWS],
+                         c, q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, s1.len, heads);
+    }
+    tile_slots(slots, kv_begin, kv_end, table, block_size);
+    if (tiles > 0) load_latent_tile(stage0, slots, k1, s1, k2, s2, kv_head);
+    async_commit();
+    tile_slots(slots, kv_begin + WG_TILE, kv_end, table, block_size);
+    if (threadIdx.x < WG_ROWS) {
+        const uint32_t pair = quad[threadIdx.x / ROWS].rows[threadIdx.x % ROWS];
+        pos_s[threadIdx.x] = pair == NO_ROW ? -1 : (int)token_pos[pair / heads];
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)
 attention_wgmma_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_stride, const bf16* q2, int q2_stride,
                                int q2_head_stride, const bf16* k1, KeySegment s1, const bf16* k2, KeySegment s2,
@@ -82,28 +123,13 @@ attention_wgmma_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_stride
     int* pos_s = reinterpret_cast<int*>(half_sum + 2 * WG_ROWS);
     require_atom_aligned(wgmma_smem);
 
-    const TcItem* quad = items + (size_t)blockIdx.x * WG_RUNS;
+    const auto [quad, table, kv_begin, kv_end, kv_head, tiles] = wg_cta(items, block_tables, table_start);
     const int half = threadIdx.x / 128, run = (threadIdx.x / 32) % 4, lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3, row_lo = run * ROWS + g, row_hi = row_lo + 8;
-    const uint32_t* table = block_tables + table_start[quad[0].seq];
-    const int kv_begin = quad[0].kv_begin, kv_end = quad[0].kv_end, kv_head = quad[0].kv_head;
-    const int tiles = (kv_end - kv_begin + WG_TILE - 1) / WG_TILE;
 
-    // Query rows into the swizzle, eight threads per 128-byte line.
-    for (int idx = threadIdx.x; idx < WG_ROWS * LATENT / 8; idx += blockDim.x) {
-        const int r = idx / 8 % WG_ROWS, c = idx / (8 * WG_ROWS) * 64 + idx % 8 * 8;
-        load_query_piece(reinterpret_cast<bf16*>(q_s + swizzled_offset(r, c, WG_ROWS)), quad[r / ROWS].rows[r % ROWS],
-                         c, q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, s1.len, heads);
-    }
     int slots[2];
-    tile_slots(slots, kv_begin, kv_end, table, block_size);
-    if (tiles > 0) load_latent_tile(stages, slots, k1, s1, k2, s2, kv_head);
-    async_commit();
-    tile_slots(slots, kv_begin + WG_TILE, kv_end, table, block_size);
-    if (threadIdx.x < WG_ROWS) {
-        const uint32_t pair = quad[threadIdx.x / ROWS].rows[threadIdx.x % ROWS];
-        pos_s[threadIdx.x] = pair == NO_ROW ? -1 : (int)token_pos[pair / heads];
-    }
+    start_quad(q_s, stages, pos_s, slots, quad, table, tiles, q1, q1_stride, q1_head_stride, q2, q2_stride,
+               q2_head_stride, k1, s1, k2, s2, token_pos, heads, block_size);
     const float scale_log2 = scale * LOG2E;
     SplitRows rows = split_rows(row_lo, half);
     float o[O_REGS];
@@ -206,27 +232,13 @@ attention_wgmma_rs_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_str
     int* pos_s = reinterpret_cast<int*>(stages + 2 * TILE_BYTES);
     require_atom_aligned(wgmma_rs_smem);
 
-    const TcItem* quad = items + (size_t)blockIdx.x * WG_RUNS;
+    const auto [quad, table, kv_begin, kv_end, kv_head, tiles] = wg_cta(items, block_tables, table_start);
     const int half = threadIdx.x / 128, run = (threadIdx.x / 32) % 4, lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3, row_lo = run * ROWS + g, row_hi = row_lo + 8;
-    const uint32_t* table = block_tables + table_start[quad[0].seq];
-    const int kv_begin = quad[0].kv_begin, kv_end = quad[0].kv_end, kv_head = quad[0].kv_head;
-    const int tiles = (kv_end - kv_begin + WG_TILE - 1) / WG_TILE;
 
-    for (int idx = threadIdx.x; idx < WG_ROWS * LATENT / 8; idx += blockDim.x) {
-        const int r = idx / 8 % WG_ROWS, c = idx / (8 * WG_ROWS) * 64 + idx % 8 * 8;
-        load_query_piece(reinterpret_cast<bf16*>(q_s + swizzled_offset(r, c, WG_ROWS)), quad[r / ROWS].rows[r % ROWS],
-                         c, q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, s1.len, heads);
-    }
     int slots[2];
-    tile_slots(slots, kv_begin, kv_end, table, block_size);
-    if (tiles > 0) load_latent_tile(stages, slots, k1, s1, k2, s2, kv_head);
-    async_commit();
-    tile_slots(slots, kv_begin + WG_TILE, kv_end, table, block_size);
-    if (threadIdx.x < WG_ROWS) {
-        const uint32_t pair = quad[threadIdx.x / ROWS].rows[threadIdx.x % ROWS];
-        pos_s[threadIdx.x] = pair == NO_ROW ? -1 : (int)token_pos[pair / heads];
-    }
+    start_quad(q_s, stages, pos_s, slots, quad, table, tiles, q1, q1_stride, q1_head_stride, q2, q2_stride,
+               q2_head_stride, k1, s1, k2, s2, token_pos, heads, block_size);
     __syncthreads();  // pos_s
     const int pos_lo = pos_s[row_lo], pos_hi = pos_s[row_hi];
     const float scale_log2 = scale * LOG2E;
@@ -261,45 +273,17 @@ attention_wgmma_rs_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_str
         wgmma_wait<0>();
         fence_registers(s);
 
-        // Online softmax (base 2) of rows lo, hi: s[4j + e] is token tile + 8j + 2t + e % 2, row
-        // lo for e < 2. Masks only where a row does not see the whole tile.
-        const int last = tile + WG_TILE - 1;
-        const bool whole = last < kv_end && last <= min(pos_lo, pos_hi) &&
-                           (window <= 0 || tile > max(pos_lo, pos_hi) - window);
-        if (whole) {
-#pragma unroll
-            for (int i = 0; i < S_REGS; i++) s[i] *= scale_log2;
-        } else {
-#pragma unroll
-            for (int i = 0; i < S_REGS; i++) {
-                const int p = tile + (i / 4) * 8 + 2 * t + (i & 1);
-                s[i] = visible(p, kv_end, (i & 2) == 0 ? pos_lo : pos_hi, window) ? s[i] * scale_log2 : -INFINITY;
-            }
-        }
-        float max_lo = m_lo, max_hi = m_hi;
-#pragma unroll
-        for (int i = 0; i < S_REGS; i++) {
-            if ((i & 2) == 0) max_lo = fmaxf(max_lo, s[i]);
-            else max_hi = fmaxf(max_hi, s[i]);
-        }
+        // Online softmax (base 2) of rows lo, hi over the whole tile.
+        scale_and_mask<S_REGS>(s, tile, kv_end, pos_lo, pos_hi, window, scale_log2);
         // The four lanes of a row hold all of its tokens.
-        max_lo = fmaxf(max_lo, __shfl_xor_sync(0xffffffffu, max_lo, 1));
-        max_lo = fmaxf(max_lo, __shfl_xor_sync(0xffffffffu, max_lo, 2));
-        max_hi = fmaxf(max_hi, __shfl_xor_sync(0xffffffffu, max_hi, 1));
-        max_hi = fmaxf(max_hi, __shfl_xor_sync(0xffffffffu, max_hi, 2));
+        float max_lo = m_lo, max_hi = m_hi;
+        quad_row_max<S_REGS>(s, max_lo, max_hi);
         const float alpha_lo = max_lo == -INFINITY ? 1.0f : fast_exp2(m_lo - max_lo);
         const float alpha_hi = max_hi == -INFINITY ? 1.0f : fast_exp2(m_hi - max_hi);
         m_lo = max_lo;
         m_hi = max_hi;
         float sum_lo = 0.0f, sum_hi = 0.0f;
-#pragma unroll
-        for (int i = 0; i < S_REGS; i++) {
-            const bool lo = (i & 2) == 0;
-            const float m = lo ? m_lo : m_hi;
-            s[i] = m == -INFINITY ? 0.0f : fast_exp2(s[i] - m);
-            if (lo) sum_lo += s[i];
-            else sum_hi += s[i];
-        }
+        exp_and_sum<S_REGS>(s, m_lo, m_hi, sum_lo, sum_hi);
         l_lo = l_lo * alpha_lo + sum_lo;
         l_hi = l_hi * alpha_hi + sum_hi;
         // P as A fragments, one per 16 tokens: rows lo, hi × tokens 2t, 2t + 1 and 2t + 8, 2t + 9.
@@ -333,10 +317,7 @@ attention_wgmma_rs_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_str
     async_wait<0>();
 
     // Whole row sums from the four lanes of each row (each warpgroup has every token's share).
-    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
-    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
-    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
-    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
+    quad_sum(l_lo, l_hi);
     const size_t item = (size_t)blockIdx.x * WG_RUNS + run;
     const uint32_t pair_lo = quad[run].rows[g], pair_hi = quad[run].rows[g + 8];
     store_rows<O_REGS / 4, VALUES>(o, l_lo, l_hi, half * (VALUES / 2), g, pair_lo, pair_hi, out, partial_o, item);

@@ -137,6 +137,22 @@ where
     }
 }
 
+/// Runs `check` once per kernel that serves the latent for `heads` heads ([`latent_kernels`])
+/// with the backend forced to it, then gives the runtime its own choice back.
+fn for_each_latent_kernel<T: GpuFloat>(
+    gpu: &CudaBackend<T>,
+    heads: usize,
+    mut check: impl FnMut(WideAttention),
+) where
+    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
+{
+    for wide in latent_kernels(gpu, heads) {
+        gpu.set_wide_attention(wide);
+        check(wide);
+    }
+    gpu.set_wide_attention(WideAttention::WherePays);
+}
+
 const SHAPES: &[(usize, usize)] = &[(1, 1), (17, 4), (64, 2), (100, 30), (33, 1), (250, 3)];
 
 fn mla<T: GpuFloat>(tolerance: f64)
@@ -165,15 +181,13 @@ where
         let want = CpuBackend
             .mla_attention_absorbed(&q_lat, &q, &cpu_cache, 0, &batch, &dims)
             .unwrap();
-        for wide in latent_kernels(&gpu, heads) {
-            gpu.set_wide_attention(wide);
+        for_each_latent_kernel(&gpu, heads, |wide| {
             let got = gpu
                 .mla_attention_absorbed(&gq_lat, &gq, &gpu_cache, 0, &batch, &dims)
                 .unwrap();
             let what = format!("{} absorbed, {heads} heads, {wide:?}", T::SUFFIX);
             assert_close(&what, &gpu.to_host(&got).unwrap(), &want, tolerance);
-        }
-        gpu.set_wide_attention(WideAttention::WherePays);
+        });
 
         let want = CpuBackend
             .mla_attention_materialised(&q, &cpu_cache, 0, &batch, &kv_b, &dims)
@@ -346,8 +360,7 @@ fn mla_one_split_per_row_group_bf16() {
     let mut rng = Rng::new(14);
     for (heads, sequences) in [(16, 300), (128, 70)] {
         let shapes: Vec<(usize, usize)> = (0..sequences).map(|i| (20 + i % 50, 1)).collect();
-        for wide in latent_kernels(&gpu, heads) {
-            gpu.set_wide_attention(wide);
+        for_each_latent_kernel(&gpu, heads, |wide| {
             let batch = check_absorbed(&gpu, &mut rng, heads, &shapes, BLOCK, 1e-2);
             let schedule = gpu
                 .device
@@ -358,8 +371,7 @@ fn mla_one_split_per_row_group_bf16() {
                 "{heads} heads, {wide:?}: {:?}",
                 schedule.kernel()
             );
-        }
-        gpu.set_wide_attention(WideAttention::WherePays);
+        });
     }
 }
 
@@ -378,8 +390,7 @@ fn mla_block_sizes_bf16() {
     ];
     for block in [32, 64, 128] {
         for (heads, shapes) in cases {
-            for wide in latent_kernels(&gpu, heads) {
-                gpu.set_wide_attention(wide);
+            for_each_latent_kernel(&gpu, heads, |wide| {
                 let batch = check_absorbed(&gpu, &mut rng, heads, shapes, block, 1e-2);
                 if shapes.len() == 1 {
                     let schedule = gpu
@@ -388,8 +399,7 @@ fn mla_block_sizes_bf16() {
                         .unwrap();
                     assert!(schedule.max_splits() > 8, "{:?}", schedule.kernel());
                 }
-            }
-            gpu.set_wide_attention(WideAttention::WherePays);
+            });
         }
     }
 }
@@ -411,11 +421,9 @@ fn mla_opposed_queries_bf16() {
     ];
     for block in [16, 64] {
         for (heads, shapes) in cases {
-            for wide in latent_kernels(&gpu, heads) {
-                gpu.set_wide_attention(wide);
+            for_each_latent_kernel(&gpu, heads, |_| {
                 check_absorbed_opposed(&gpu, &mut rng, heads, shapes, block, 1e-2, 1.0);
-            }
-            gpu.set_wide_attention(WideAttention::WherePays);
+            });
         }
     }
 }
