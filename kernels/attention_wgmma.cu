@@ -313,6 +313,8 @@ attention_wgmma_rs_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_str
         wgmma_commit();
         wgmma_wait<0>();
         fence_registers(o);
+#pragma unroll
+        for (int kk = 0; kk < WG_TILE / 16; kk++) fence_registers(p[kk]);  // read by the wgmma until here
     }
     async_wait<0>();
 

@@ -97,6 +97,13 @@ template <int N> __device__ __forceinline__ void fence_registers(float (&d)[N]) 
     for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
 #endif
 }
+// The same for A fragments in registers, which wgmma reads until its wgmma_wait.
+template <int N> __device__ __forceinline__ void fence_registers(uint32_t (&a)[N]) {
+#if defined(__CUDA_ARCH__) && !defined(MLA_CUDA_EMU)
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+r"(a[i])::"memory");
+#endif
+}
 
 // D[64×32] += A[64×16]·B[16×32], A and B K-major in shared memory.
 __device__ __forceinline__ void wgmma_m64n32k16(float (&d)[16], uint64_t a, uint64_t b) {

@@ -150,11 +150,6 @@ where
         });
     }
 
-    /// The tensor-core attention's current [`TcTuning`].
-    pub fn tc_tuning(&self) -> TcTuning {
-        self.tc_tuning.get()
-    }
-
     /// `table` on the device, uploaded only when it differs from the previous one.
     fn rope_on_device(&self, table: &RopeTable) -> Result<Rc<(CudaSlice<f32>, CudaSlice<f32>)>> {
         let mut cached = self.rope_tables.borrow_mut();

@@ -208,8 +208,8 @@ impl CudaDevice {
     }
 
     /// [`Self::function`] for a launch with `shared_bytes` of dynamic shared memory: the first
-    /// launch that needs more than the default 48 KiB opts the kernel in to it, and asks for
-    /// the SM's largest shared-memory carveout (as many CTAs per SM as the schedule assumes,
+    /// launch that needs more than any before opts the kernel in to it (required above the
+    /// default 48 KiB), and asks for the SM's largest shared-memory carveout (as many CTAs per SM as the schedule assumes,
     /// and no L1/shared reconfiguration between it and the kernels around it), once rather
     /// than at every launch.
     pub fn function_with_shared(
