@@ -110,7 +110,12 @@ benches() {
   # V3 the runtime's choice and then each kernel that could serve it.
   bench_step attention "mla bench attention" 150 \
     "$out/mla" bench attention --batch 1,32,128 --context 1024,4096,16384,32768 --reps 5 \
-    --kernel where-pays,wgmma,wgmma-rs,mma,16-row
+    --kernel where-pays,wgmma,mma,16-row
+  # The two wgmma kernels side by side on every V3 shape (a step of its own, so that a failure
+  # of the new one leaves the table above whole).
+  bench_step attention-wgmma-rs "mla bench attention --kernel wgmma,wgmma-rs (V3)" 120 \
+    "$out/mla" bench attention --heads 128 --batch 1,32,128 --context 1024,4096,16384,32768 --reps 5 \
+    --kernel wgmma,wgmma-rs --materialised false
   # The shapes short of their targets again, with the split-KV schedule aiming for half, one,
   # two and four waves of CTAs: whether fewer/longer or more/shorter splits pay.
   bench_step attention-waves "mla bench attention --waves 0.5,1,2,4 (V2-Lite)" 90 \
