@@ -124,6 +124,42 @@ __device__ __forceinline__ SplitRows split_rows(int row_lo, int half) {
     return SplitRows{row_lo, row_lo + 8, half, -INFINITY, -INFINITY, 0.0f, 0.0f};
 }
 
+// Moves `r` to its rows' new running maxima new_lo, new_hi: O's rescale factors for them, the
+// lane's N scaled scores (layout as in scale_and_mask) turned into probabilities (zeros where
+// a row has seen nothing yet), and these added to the lane's shares of the row sums.
+template <int N>
+__device__ __forceinline__ void advance_rows(SplitRows& r, float* s, float new_lo, float new_hi, float& alpha_lo,
+                                             float& alpha_hi) {
+    alpha_lo = new_lo == -INFINITY ? 1.0f : fast_exp2(r.m_lo - new_lo);
+    alpha_hi = new_hi == -INFINITY ? 1.0f : fast_exp2(r.m_hi - new_hi);
+    r.m_lo = new_lo;
+    r.m_hi = new_hi;
+    float sum_lo = 0.0f, sum_hi = 0.0f;
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+        const bool lo = (i & 2) == 0;
+        const float m = lo ? new_lo : new_hi;
+        s[i] = m == -INFINITY ? 0.0f : fast_exp2(s[i] - m);
+        if (lo) sum_lo += s[i];
+        else sum_hi += s[i];
+    }
+    r.l_lo = r.l_lo * alpha_lo + sum_lo;
+    r.l_hi = r.l_hi * alpha_hi + sum_hi;
+}
+
+// O = alpha·O for this lane's accumulators of rows lo, hi (o[4j + e]: row lo for e < 2). Once
+// the running maxima settle, most tiles leave every row of a warp as it was, and skip it.
+template <int N> __device__ __forceinline__ void rescale_rows(float (&o)[N], float alpha_lo, float alpha_hi) {
+    if (__ballot_sync(0xffffffffu, alpha_lo != 1.0f || alpha_hi != 1.0f) == 0) return;
+#pragma unroll
+    for (int j = 0; j < N / 4; j++) {
+        o[4 * j] *= alpha_lo;
+        o[4 * j + 1] *= alpha_lo;
+        o[4 * j + 2] *= alpha_hi;
+        o[4 * j + 3] *= alpha_hi;
+    }
+}
+
 // Scales this lane's N scores in the accumulator layout (s[4j + e]: row lo for e < 2, at
 // position pos_lo, else row hi at pos_hi; cached token first_token + 8j + 2t + e % 2) to base 2
 // and masks those its rows do not see. Where both rows see every token of the 2N (decode: all
@@ -161,20 +197,6 @@ template <int N> __device__ __forceinline__ void quad_row_max(const float* s, fl
     max_hi = fmaxf(max_hi, __shfl_xor_sync(0xffffffffu, max_hi, 2));
 }
 
-// Turns the lane's N scaled scores (layout as in scale_and_mask) into probabilities against
-// the rows' maxima m_lo, m_hi (zeros where a row has seen nothing yet) and adds them up per row.
-template <int N>
-__device__ __forceinline__ void exp_and_sum(float* s, float m_lo, float m_hi, float& sum_lo, float& sum_hi) {
-#pragma unroll
-    for (int i = 0; i < N; i++) {
-        const bool lo = (i & 2) == 0;
-        const float m = lo ? m_lo : m_hi;
-        s[i] = m == -INFINITY ? 0.0f : fast_exp2(s[i] - m);
-        if (lo) sum_lo += s[i];
-        else sum_hi += s[i];
-    }
-}
-
 // Adds the other three lanes' shares of rows lo and hi (the four lanes of a row).
 __device__ __forceinline__ void quad_sum(float& lo, float& hi) {
     lo += __shfl_xor_sync(0xffffffffu, lo, 1);
@@ -204,14 +226,7 @@ __device__ __forceinline__ void split_softmax_step(SplitRows& r, float* s, int f
     // Both halves of a row reach the same running max (max is exact and order-free).
     const float new_lo = fmaxf(r.m_lo, fmaxf(max_lo, half_max[(r.half ^ 1) * ROWS_ALL + r.row_lo]));
     const float new_hi = fmaxf(r.m_hi, fmaxf(max_hi, half_max[(r.half ^ 1) * ROWS_ALL + r.row_hi]));
-    alpha_lo = new_lo == -INFINITY ? 1.0f : fast_exp2(r.m_lo - new_lo);
-    alpha_hi = new_hi == -INFINITY ? 1.0f : fast_exp2(r.m_hi - new_hi);
-    r.m_lo = new_lo;
-    r.m_hi = new_hi;
-    float sum_lo = 0.0f, sum_hi = 0.0f;
-    exp_and_sum<N>(s, r.m_lo, r.m_hi, sum_lo, sum_hi);
-    r.l_lo = r.l_lo * alpha_lo + sum_lo;
-    r.l_hi = r.l_hi * alpha_hi + sum_hi;
+    advance_rows<N>(r, s, new_lo, new_hi, alpha_lo, alpha_hi);
 }
 
 // The rows' whole sums: the four lanes of a row, then the two halves through half_sum

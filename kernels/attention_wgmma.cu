@@ -174,16 +174,7 @@ attention_wgmma_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_stride
             *reinterpret_cast<uint32_t*>(p_s + swizzled_offset(row_hi, col, WG_ROWS)) =
                 pack_bf16(from_f32<bf16>(s[4 * j + 2]), from_f32<bf16>(s[4 * j + 3]));
         }
-        // Once the running maxima settle, most tiles leave every row of a warp as it was.
-        if (__ballot_sync(0xffffffffu, alpha_lo != 1.0f || alpha_hi != 1.0f) != 0) {
-#pragma unroll
-            for (int j = 0; j < O_REGS / 4; j++) {
-                o[4 * j] *= alpha_lo;
-                o[4 * j + 1] *= alpha_lo;
-                o[4 * j + 2] *= alpha_hi;
-                o[4 * j + 3] *= alpha_hi;
-            }
-        }
+        rescale_rows(o, alpha_lo, alpha_hi);
         fence_async_shared();
         __syncthreads();  // P of both halves is in place
 
@@ -242,7 +233,7 @@ attention_wgmma_rs_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_str
     __syncthreads();  // pos_s
     const int pos_lo = pos_s[row_lo], pos_hi = pos_s[row_hi];
     const float scale_log2 = scale * LOG2E;
-    float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.0f, l_hi = 0.0f;  // l: this lane's share
+    SplitRows rows = split_rows(row_lo, half);  // whole rows here: no other half to meet
     float o[O_REGS];
 #pragma unroll
     for (int i = 0; i < O_REGS; i++) o[i] = 0.0f;
@@ -276,16 +267,9 @@ attention_wgmma_rs_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_str
         // Online softmax (base 2) of rows lo, hi over the whole tile.
         scale_and_mask<S_REGS>(s, tile, kv_end, pos_lo, pos_hi, window, scale_log2);
         // The four lanes of a row hold all of its tokens.
-        float max_lo = m_lo, max_hi = m_hi;
+        float max_lo = rows.m_lo, max_hi = rows.m_hi, alpha_lo, alpha_hi;
         quad_row_max<S_REGS>(s, max_lo, max_hi);
-        const float alpha_lo = max_lo == -INFINITY ? 1.0f : fast_exp2(m_lo - max_lo);
-        const float alpha_hi = max_hi == -INFINITY ? 1.0f : fast_exp2(m_hi - max_hi);
-        m_lo = max_lo;
-        m_hi = max_hi;
-        float sum_lo = 0.0f, sum_hi = 0.0f;
-        exp_and_sum<S_REGS>(s, m_lo, m_hi, sum_lo, sum_hi);
-        l_lo = l_lo * alpha_lo + sum_lo;
-        l_hi = l_hi * alpha_hi + sum_hi;
+        advance_rows<S_REGS>(rows, s, max_lo, max_hi, alpha_lo, alpha_hi);
         // P as A fragments, one per 16 tokens: rows lo, hi × tokens 2t, 2t + 1 and 2t + 8, 2t + 9.
         uint32_t p[WG_TILE / 16][4];
 #pragma unroll
@@ -293,15 +277,7 @@ attention_wgmma_rs_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_str
 #pragma unroll
             for (int r = 0; r < 4; r++)
                 p[kk][r] = pack_bf16(from_f32<bf16>(s[8 * kk + 2 * r]), from_f32<bf16>(s[8 * kk + 2 * r + 1]));
-        if (__ballot_sync(0xffffffffu, alpha_lo != 1.0f || alpha_hi != 1.0f) != 0) {
-#pragma unroll
-            for (int j = 0; j < O_REGS / 4; j++) {
-                o[4 * j] *= alpha_lo;
-                o[4 * j + 1] *= alpha_lo;
-                o[4 * j + 2] *= alpha_hi;
-                o[4 * j + 3] *= alpha_hi;
-            }
-        }
+        rescale_rows(o, alpha_lo, alpha_hi);
 
         // O [64 rows × columns 256·half …] += P · V, 16 tokens per step, P from registers.
         fence_registers(o);
@@ -319,12 +295,13 @@ attention_wgmma_rs_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_str
     async_wait<0>();
 
     // Whole row sums from the four lanes of each row (each warpgroup has every token's share).
+    float l_lo = rows.l_lo, l_hi = rows.l_hi;
     quad_sum(l_lo, l_hi);
     const size_t item = (size_t)blockIdx.x * WG_RUNS + run;
     const uint32_t pair_lo = quad[run].rows[g], pair_hi = quad[run].rows[g + 8];
     store_rows<O_REGS / 4, VALUES>(o, l_lo, l_hi, half * (VALUES / 2), g, pair_lo, pair_hi, out, partial_o, item);
     if (half == 0 && t == 0) {
-        store_row_lse(lse_out, partial_lse, item, g, pair_lo, m_lo, l_lo);
-        store_row_lse(lse_out, partial_lse, item, g + 8, pair_hi, m_hi, l_hi);
+        store_row_lse(lse_out, partial_lse, item, g, pair_lo, rows.m_lo, l_lo);
+        store_row_lse(lse_out, partial_lse, item, g + 8, pair_hi, rows.m_hi, l_hi);
     }
 }

@@ -364,8 +364,9 @@ fn mla_one_split_per_row_group_bf16() {
             let batch = check_absorbed(&gpu, &mut rng, heads, &shapes, BLOCK, 1e-2);
             let schedule = gpu
                 .device
-                .tc_schedule(&batch, &absorbed_layout(&deepseek_dims(heads)), wide.into())
-                .unwrap();
+                .tc_plan(&batch, &absorbed_layout(&deepseek_dims(heads)), wide.into())
+                .unwrap()
+                .shape;
             assert!(
                 schedule.direct(),
                 "{heads} heads, {wide:?}: {:?}",
@@ -395,8 +396,9 @@ fn mla_block_sizes_bf16() {
                 if shapes.len() == 1 {
                     let schedule = gpu
                         .device
-                        .tc_schedule(&batch, &absorbed_layout(&deepseek_dims(heads)), wide.into())
-                        .unwrap();
+                        .tc_plan(&batch, &absorbed_layout(&deepseek_dims(heads)), wide.into())
+                        .unwrap()
+                        .shape;
                     assert!(schedule.max_splits() > 8, "{:?}", schedule.kernel());
                 }
             });

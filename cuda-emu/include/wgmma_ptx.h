@@ -32,31 +32,10 @@ inline float wgmma_operand(uint64_t desc, int mn, int k, bool mn_major) {
     return __bfloat162float(x);
 }
 
-// d += A[64×16]·B[16×n] for this thread's accumulators (A K-major; B K-major or MN-major).
-inline void wgmma_compute(float* d, int n, uint64_t a, uint64_t b, bool b_mn_major) {
-    const int warp = (thread_idx().x / 32) % 4, lane = lane_id(), g = lane / 4, t = lane % 4;
-    for (int j = 0; j < n / 8; j++)
-        for (int e = 0; e < 4; e++) {
-            const int row = 16 * warp + g + 8 * (e / 2), col = 8 * j + 2 * t + e % 2;
-            float sum = d[4 * j + e];
-            for (int k = 0; k < 16; k++) sum += wgmma_operand(a, row, k, false) * wgmma_operand(b, col, k, b_mn_major);
-            d[4 * j + e] = sum;
-        }
-}
-
-// The same with A in registers, in mma.sync's A layout for the warp's 16 rows (mma_ptx.h): lane
-// 4·(r % 8) + (k % 8) / 2 holds row r, column k in register (r ≥ 8) + 2·(k ≥ 8). Every lane has
-// read the warp's fragments before any lane goes on (and may change them).
-inline void wgmma_compute_rs(float* d, int n, const uint32_t* a_regs, uint64_t b, bool b_mn_major) {
-    const LaneEntry* lanes = warp_exchange(0, a_regs);
-    const int lane = lane_id(), g = lane / 4, t = lane % 4;
-    float a_rows[2][16];
-    for (int half = 0; half < 2; half++)
-        for (int k = 0; k < 16; k++) {
-            const uint32_t* regs = static_cast<const uint32_t*>(lanes[4 * g + (k % 8) / 2].first);
-            a_rows[half][k] = ptx::element(regs[half + 2 * (k >= 8)], k % 2);
-        }
-    syncwarp();
+// d += A·B[16×n] for this thread's accumulators, from a_rows: its two rows of A (g and g + 8 of
+// its warp's 16) over k = 16; B K-major or MN-major in shared memory.
+inline void wgmma_accumulate(float* d, int n, const float (&a_rows)[2][16], uint64_t b, bool b_mn_major) {
+    const int t = lane_id() % 4;
     for (int j = 0; j < n / 8; j++)
         for (int e = 0; e < 4; e++) {
             const int col = 8 * j + 2 * t + e % 2;
@@ -64,5 +43,30 @@ inline void wgmma_compute_rs(float* d, int n, const uint32_t* a_regs, uint64_t b
             for (int k = 0; k < 16; k++) sum += a_rows[e / 2][k] * wgmma_operand(b, col, k, b_mn_major);
             d[4 * j + e] = sum;
         }
+}
+
+// d += A[64×16]·B[16×n] for this thread's accumulators (A K-major in shared memory).
+inline void wgmma_compute(float* d, int n, uint64_t a, uint64_t b, bool b_mn_major) {
+    const int warp = (thread_idx().x / 32) % 4, g = lane_id() / 4;
+    float a_rows[2][16];
+    for (int half = 0; half < 2; half++)
+        for (int k = 0; k < 16; k++) a_rows[half][k] = wgmma_operand(a, 16 * warp + g + 8 * half, k, false);
+    wgmma_accumulate(d, n, a_rows, b, b_mn_major);
+}
+
+// The same with A in registers, in mma.sync's A layout for the warp's 16 rows (mma_ptx.h): lane
+// 4·(r % 8) + (k % 8) / 2 holds row r, column k in register (r ≥ 8) + 2·(k ≥ 8). Every lane has
+// read the warp's fragments before any lane goes on (and may change them).
+inline void wgmma_compute_rs(float* d, int n, const uint32_t* a_regs, uint64_t b, bool b_mn_major) {
+    const LaneEntry* lanes = warp_exchange(0, a_regs);
+    const int g = lane_id() / 4;
+    float a_rows[2][16];
+    for (int half = 0; half < 2; half++)
+        for (int k = 0; k < 16; k++) {
+            const uint32_t* regs = static_cast<const uint32_t*>(lanes[4 * g + (k % 8) / 2].first);
+            a_rows[half][k] = ptx::element(regs[half + 2 * (k >= 8)], k % 2);
+        }
+    syncwarp();
+    wgmma_accumulate(d, n, a_rows, b, b_mn_major);
 }
 }  // namespace emu

@@ -120,9 +120,10 @@ pub fn run(
                 for tuning in tunings {
                     gpu.set_wide_attention(tuning.wide);
                     gpu.set_split_waves(tuning.waves);
-                    let schedule =
-                        gpu.device
-                            .tc_schedule(&attention, &absorbed_layout(&dims), tuning)?;
+                    let schedule = gpu
+                        .device
+                        .tc_plan(&attention, &absorbed_layout(&dims), tuning)?
+                        .shape;
                     let ms = time_ms(&gpu.device, reps, || {
                         gpu.mla_attention_absorbed(&q_lat, &q, &cache, 0, &attention, &dims)
                             .map(|_| ())

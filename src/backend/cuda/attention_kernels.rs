@@ -202,7 +202,7 @@ pub(super) fn wide_pays(
     }
 }
 
-/// [`kernel_for`], with the 64-row kernel `wide` (Mma or Wgmma) first, none if Off.
+/// [`kernel_for`], with the 64-row kernel `wide` (Mma, Wgmma or WgmmaRs) first, none if Off.
 pub(super) fn kernel_choice(
     l: &AttentionLayout,
     max_shared: usize,

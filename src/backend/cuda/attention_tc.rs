@@ -25,16 +25,30 @@ fn combine_warps(max_splits: usize) -> usize {
     max_splits.clamp(1, COMBINE_MAX_WARPS)
 }
 
-/// A step's tensor-core schedule on the device.
-pub struct TcSchedule {
+/// What a step's tensor-core schedule comes to: its kernel (and the 64-row choice it came
+/// from), work items, row groups and the most splits of one group.
+#[derive(Debug, Clone, Copy)]
+pub struct TcShape {
     kernel: TcKernel,
     wide: WideAttention,
-    items: CudaSlice<TcItem>,
-    groups: CudaSlice<TcGroup>,
     item_count: usize,
     group_count: usize,
-    /// The most splits of one row group.
     max_splits: usize,
+}
+
+/// A step's tensor-core schedule on the host: what benchmarks and tests report, without the
+/// device work of [`TcSchedule`].
+pub struct TcPlan {
+    pub shape: TcShape,
+    items: Vec<TcItem>,
+    groups: Vec<TcGroup>,
+}
+
+/// A step's tensor-core schedule on the device.
+pub struct TcSchedule {
+    shape: TcShape,
+    items: CudaSlice<TcItem>,
+    groups: CudaSlice<TcGroup>,
     /// Values per query row (the layout's `v.len`) the partial buffers are sized for.
     value_len: usize,
     /// The splits' outputs and LSEs for the combine (None where it does not run), allocated
@@ -48,7 +62,7 @@ struct Partials {
     lse: CudaSlice<f32>,
 }
 
-impl TcSchedule {
+impl TcShape {
     /// The kernel the schedule is for.
     pub fn kernel(&self) -> TcKernel {
         self.kernel
@@ -71,14 +85,14 @@ impl TcSchedule {
 }
 
 impl CudaDevice {
-    /// The kernel for layout `l` and the split-KV schedule of `batch` for it, on the device, as
-    /// `tuning` asks.
-    pub fn tc_schedule(
+    /// The kernel for layout `l` and the split-KV schedule of `batch` for it, as `tuning` asks,
+    /// on the host.
+    pub fn tc_plan(
         &self,
         batch: &AttentionBatch,
         l: &AttentionLayout,
         tuning: TcTuning,
-    ) -> Result<TcSchedule> {
+    ) -> Result<TcPlan> {
         let wide = match tuning.wide {
             WideAttention::WherePays => {
                 wide_pays(batch, l, self.info.multiprocessors, self.info.hopper())
@@ -109,15 +123,41 @@ impl CudaDevice {
             target_ctas,
             kernel.runs_per_cta,
         );
+        let shape = TcShape {
+            kernel,
+            wide,
+            item_count: items.len(),
+            group_count: groups.len(),
+            max_splits: groups.iter().map(|g| g.items as usize).max().unwrap_or(0),
+        };
+        Ok(TcPlan {
+            shape,
+            items,
+            groups,
+        })
+    }
+
+    /// [`Self::tc_plan`] on the device, with the buffers of its splits.
+    pub fn tc_schedule(
+        &self,
+        batch: &AttentionBatch,
+        l: &AttentionLayout,
+        tuning: TcTuning,
+    ) -> Result<TcSchedule> {
+        let TcPlan {
+            shape,
+            items,
+            groups,
+        } = self.tc_plan(batch, l, tuning)?;
         let err = |e| Error::Device(format!("attention_tc schedule: {e}"));
-        let (item_count, group_count) = (items.len(), groups.len());
-        let max_splits = groups.iter().map(|g| g.items as usize).max().unwrap_or(0);
-        let partials = match max_splits > 1 {
-            true => Some(RefCell::new(Partials {
-                o: self.tensor::<f32>(item_count * ROWS, l.v.len, None)?.data,
-                lse: self.tensor::<f32>(item_count, ROWS, None)?.data,
+        let partials = match shape.direct() {
+            false => Some(RefCell::new(Partials {
+                o: self
+                    .tensor::<f32>(shape.item_count * ROWS, l.v.len, None)?
+                    .data,
+                lse: self.tensor::<f32>(shape.item_count, ROWS, None)?.data,
             })),
-            false => None,
+            true => None,
         };
         // Never empty buffers: the kernel gets valid pointers even for an empty step.
         let items = if items.is_empty() {
@@ -131,13 +171,9 @@ impl CudaDevice {
             groups
         };
         Ok(TcSchedule {
-            kernel,
-            wide,
+            shape,
             items: self.stream.clone_htod(&items).map_err(err)?,
             groups: self.stream.clone_htod(&groups).map_err(err)?,
-            item_count,
-            group_count,
-            max_splits,
             value_len: l.v.len,
             partials,
         })
@@ -157,9 +193,9 @@ impl CudaDevice {
     ) -> Result<CudaSlice<f32>> {
         let t = plan.rows();
         let max_shared = self.info.max_shared_per_block;
-        let kernel = kernel_choice(l, max_shared, schedule.wide)
+        let kernel = kernel_choice(l, max_shared, schedule.shape.wide)
             .filter(|&k| {
-                k == schedule.kernel
+                k == schedule.shape.kernel
                     && l.v.len == schedule.value_len
                     && T::SUFFIX == "bf16"
                     && out.rows == t
@@ -185,7 +221,7 @@ impl CudaDevice {
         check("v", &l.v, plan.rows_read(), kv_heads)?;
 
         let mut lse = self.tensor::<f32>(1, t * l.heads, None)?;
-        if schedule.item_count == 0 {
+        if schedule.shape.item_count == 0 {
             return Ok(lse.data);
         }
         let err = |what: &'static str| move |e| Error::Device(format!("attention_tc {what}: {e}"));
@@ -250,7 +286,7 @@ impl CudaDevice {
                 .arg(&mut lse.data),
         };
         let cfg = LaunchConfig {
-            grid_dim: ((schedule.item_count / kernel.runs_per_cta) as u32, 1, 1),
+            grid_dim: (schedule.shape.ctas() as u32, 1, 1),
             block_dim: (kernel.threads, 1, 1),
             shared_mem_bytes: smem as u32,
         };
@@ -277,11 +313,11 @@ impl CudaDevice {
             .arg(&dv);
         let cfg = LaunchConfig {
             grid_dim: (
-                schedule.group_count as u32,
+                schedule.shape.group_count as u32,
                 ROWS as u32,
                 l.v.len.div_ceil(COMBINE_COLUMNS) as u32,
             ),
-            block_dim: (32 * combine_warps(schedule.max_splits) as u32, 1, 1),
+            block_dim: (32 * combine_warps(schedule.shape.max_splits) as u32, 1, 1),
             shared_mem_bytes: 0,
         };
         // SAFETY: the arguments match attention_tc_combine_bf16; each group's items and rows
