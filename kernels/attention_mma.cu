@@ -4,16 +4,20 @@
 // 16 query rows per CTA; and, at the end of the file, the latent with 64 rows per CTA for models
 // with 64+ heads. Same work items, arguments and outputs as attention_tc_bf16 (which serves every
 // other shape), and the same combine; what differs is how a tile moves:
-//  - the next tile of KV_TILE cached tokens is copied global → shared with cp.async while the
-//    current one is used (two stages), so the loads of a CTA are all in flight at once instead
-//    of one dependent row at a time, and its block-table slots are read a tile before that;
+//  - the next tiles of KV_TILE cached tokens are copied global → shared with cp.async while the
+//    current one is used (STAGES − 1 tiles ahead), so the loads of a CTA are all in flight at
+//    once instead of one dependent row at a time, and its block-table slots are read a tile
+//    before that;
 //  - eight warps: each scores half the tile's keys over a quarter of the key width, with that
 //    quarter of the queries in registers for the whole item; the output O [ROWS × DV] stays in
 //    registers too (warp w owns DV/8 columns), rescaled per row by the online softmax without a
 //    round trip through shared memory;
 //  - shared rows are padded by 16 bytes, so the 8 rows an ldmatrix reads fall in 8 different
 //    bank groups;
-//  - about 85 KiB of shared memory for MLA: two CTAs per SM, whose barriers interleave.
+//  - for MLA, two builds: two stages in about 85 KiB of shared memory, two CTAs per SM whose
+//    barriers interleave (attention_mma_latent576); and five stages in 194 KiB, one CTA per SM
+//    with twice the bytes in flight per SM (attention_mma_deep_latent576), which needs half the
+//    CTAs (so fewer splits and less to combine) to keep the memory busy.
 // mla: no-spills
 #include "common.cuh"
 #include "attention_items.cuh"
@@ -24,16 +28,18 @@
 #define S_LD (KV_TILE + 8)  // f32 per partial-score row: the fragment stores spread over the banks
 #define K_PARTS 4     // the key width is cut in four: warp w scores key part w / 2
 
-template <int DQ, int DV, bool V_IN_K> struct MmaShape {
+template <int DQ, int DV, bool V_IN_K, int STAGES> struct MmaShape {
+    static_assert(STAGES >= 2, "a tile in flight while one is used");
     static_assert(DQ % (16 * K_PARTS) == 0, "16-wide key steps in each of the key parts");
     static_assert(DV % (16 * MMA_WARPS) == 0, "8-wide output tiles in pairs on every warp");
     static constexpr int K_LD = DQ + PAD, V_LD = V_IN_K ? K_LD : DV + PAD, P_LD = KV_TILE + PAD;
     static constexpr int K_TILE = KV_TILE * K_LD, V_TILE = V_IN_K ? 0 : KV_TILE * V_LD;
     static constexpr int STAGE = K_TILE + V_TILE;
     static constexpr int PART_STEPS = DQ / 16 / K_PARTS, O_TILES = DV / (MMA_WARPS * 8);
-    // 2 × (k [KV_TILE][K_LD] | v [KV_TILE][V_LD]) bf16 | s [K_PARTS][ROWS][S_LD] f32 |
+    // STAGES × (k [KV_TILE][K_LD] | v [KV_TILE][V_LD]) bf16 | s [K_PARTS][ROWS][S_LD] f32 |
     // p [ROWS][P_LD] bf16 | m, l, alpha [ROWS] f32, pos [ROWS] int
-    static constexpr size_t SHARED = (size_t)2 * STAGE * 2 + K_PARTS * ROWS * S_LD * 4 + ROWS * P_LD * 2 + 4 * ROWS * 4;
+    static constexpr size_t SHARED =
+        (size_t)STAGES * STAGE * 2 + K_PARTS * ROWS * S_LD * 4 + ROWS * P_LD * 2 + 4 * ROWS * 4;
 };
 
 // This thread's token of tile [tile, tile + KV_TILE) in load_tile: row threadIdx.x / 8.
@@ -55,7 +61,7 @@ __device__ __forceinline__ int tile_slot(int tile, int kv_end, const uint32_t* t
 template <int DQ, int DV, bool V_IN_K>
 __device__ __forceinline__ void load_tile(bf16* stage, int slot, const bf16* k1, const KeySegment& s1, const bf16* k2,
                                           const KeySegment& s2, const bf16* v, const KeySegment& sv, int kv_head) {
-    typedef MmaShape<DQ, DV, V_IN_K> S;
+    typedef MmaShape<DQ, DV, V_IN_K, 2> S;  // the layout of one stage, whatever their number
     constexpr int THREADS_PER_ROW = MMA_WARPS * 32 / KV_TILE;
     const int j = tile_row(), first = threadIdx.x % THREADS_PER_ROW;
     const bool valid = slot >= 0;
@@ -118,7 +124,7 @@ __device__ __forceinline__ uint32_t query_pair(uint32_t pair, int c, const bf16*
     return pack_bf16(x[0], x[1]);
 }
 
-template <int DQ, int DV, bool V_IN_K>
+template <int DQ, int DV, bool V_IN_K, int STAGES>
 __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int q1_head_stride, const bf16* q2,
                                               int q2_stride, int q2_head_stride, const bf16* k1, KeySegment s1,
                                               const bf16* k2, KeySegment s2, const bf16* v, KeySegment sv,
@@ -126,10 +132,10 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
                                               const uint32_t* table_start, int block_size, const uint32_t* token_pos,
                                               int heads, float scale, int window, float* partial_o,
                                               float* partial_lse, bf16* out, float* lse_out) {
-    typedef MmaShape<DQ, DV, V_IN_K> S;
+    typedef MmaShape<DQ, DV, V_IN_K, STAGES> S;
     extern __shared__ __align__(128) unsigned char smem[];
     bf16* stages = reinterpret_cast<bf16*>(smem);
-    float* s_s = reinterpret_cast<float*>(stages + 2 * S::STAGE);
+    float* s_s = reinterpret_cast<float*>(stages + STAGES * S::STAGE);
     bf16* p_s = reinterpret_cast<bf16*>(s_s + K_PARTS * ROWS * S_LD);
     float* m_s = reinterpret_cast<float*>(p_s + ROWS * S::P_LD);
     float* l_s = m_s + ROWS;
@@ -141,13 +147,11 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
     const uint32_t* table = block_tables + table_start[item.seq];
     const int kv_begin = item.kv_begin, kv_end = item.kv_end, kv_head = item.kv_head;
     const int tiles = (kv_end - kv_begin + KV_TILE - 1) / KV_TILE;
-    int slot = tile_slot(kv_begin, kv_end, table, block_size);
-    if (tiles > 0) load_tile<DQ, DV, V_IN_K>(stages, slot, k1, s1, k2, s2, v, sv, kv_head);
-    async_commit();
-    slot = tile_slot(kv_begin + KV_TILE, kv_end, table, block_size);
 
     // S: warp w scores keys 16·(w % 2) … +15 over key part w / 2, with that part of the queries
     // held in registers (A fragments) for the whole item. O: warp w owns DV / MMA_WARPS columns.
+    // The query loads go first: they need only the item, while the first tile's copies wait for
+    // two dependent reads (the sequence's table start, then its block table).
     const int n0 = (warp & 1) * 16, part = warp >> 1;
     uint32_t qf[S::PART_STEPS][4];
     {
@@ -161,6 +165,15 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
             qf[kk][3] = query_pair(row_hi, c + 8, q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, s1.len, heads);
         }
     }
+    // The first STAGES − 1 tiles in flight, a commit group each (empty past the last tile, so
+    // that every step waits for the same count).
+    int slot = tile_slot(kv_begin, kv_end, table, block_size);
+#pragma unroll
+    for (int ahead = 0; ahead < STAGES - 1; ahead++) {
+        if (ahead < tiles) load_tile<DQ, DV, V_IN_K>(stages + ahead * S::STAGE, slot, k1, s1, k2, s2, v, sv, kv_head);
+        async_commit();
+        slot = tile_slot(kv_begin + (ahead + 1) * KV_TILE, kv_end, table, block_size);
+    }
     init_rows(item, token_pos, heads, m_s, l_s, pos_s);
     const float scale_log2 = scale * LOG2E;
     const int o_col = warp * (DV / MMA_WARPS);
@@ -170,13 +183,14 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
 
     for (int step = 0; step < tiles; step++) {
         const int tile = kv_begin + step * KV_TILE;
-        const bf16* k_tile = stages + (step & 1) * S::STAGE;
+        const bf16* k_tile = stages + (step % STAGES) * S::STAGE;
         const bf16* v_tile = V_IN_K ? k_tile : k_tile + S::K_TILE;
-        async_wait<0>();
-        __syncthreads();  // this tile has landed for every thread; nobody reads the other stage
-        if (step + 1 < tiles) {
-            load_tile<DQ, DV, V_IN_K>(stages + ((step + 1) & 1) * S::STAGE, slot, k1, s1, k2, s2, v, sv, kv_head);
-            slot = tile_slot(tile + 2 * KV_TILE, kv_end, table, block_size);
+        async_wait<STAGES - 2>();
+        __syncthreads();  // this tile has landed for every thread; nobody reads the previous one
+        const int ahead = step + STAGES - 1;
+        if (ahead < tiles) {
+            load_tile<DQ, DV, V_IN_K>(stages + (ahead % STAGES) * S::STAGE, slot, k1, s1, k2, s2, v, sv, kv_head);
+            slot = tile_slot(kv_begin + (ahead + 1) * KV_TILE, kv_end, table, block_size);
         }
         async_commit();
 
@@ -223,21 +237,23 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
     }
 }
 
-// One entry point per shape, with attention_tc_bf16's argument list (v_in_k is the shape's own).
-#define MLA_ATTENTION_MMA(NAME, DQ, DV, V_IN_K)                                                                      \
-    extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32, 2)                                                 \
+// One entry point per shape and pipeline depth, with attention_tc_bf16's argument list (v_in_k
+// is the shape's own); CTAS CTAs per SM.
+#define MLA_ATTENTION_MMA(NAME, DQ, DV, V_IN_K, STAGES, CTAS)                                                       \
+    extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32, CTAS)                                              \
         NAME(const bf16* q1, int q1_stride, int q1_head_stride, const bf16* q2, int q2_stride, int q2_head_stride,  \
              const bf16* k1, KeySegment s1, const bf16* k2, KeySegment s2, const bf16* v, KeySegment sv,            \
              int /* v_in_k: the shape's */, const TcItem* items, const uint32_t* block_tables, const uint32_t* table_start, int block_size,         \
              const uint32_t* token_pos, int heads, float scale, int window, float* partial_o, float* partial_lse,  \
              bf16* out, float* lse_out) {                                                                           \
-        attention_mma<DQ, DV, V_IN_K>(q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, k1, s1, k2, s2, \
+        attention_mma<DQ, DV, V_IN_K, STAGES>(q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, k1, s1, k2, s2, \
                                       v, sv, items, block_tables, table_start, block_size, token_pos, heads, scale, \
                                       window, partial_o, partial_lse, out, lse_out);                                \
     }
-MLA_ATTENTION_MMA(attention_mma_latent576_bf16, 576, 512, true)
-MLA_ATTENTION_MMA(attention_mma_head128_bf16, 128, 128, false)
-MLA_ATTENTION_MMA(attention_mma_head192_bf16, 192, 128, false)
+MLA_ATTENTION_MMA(attention_mma_latent576_bf16, 576, 512, true, 2, 2)
+MLA_ATTENTION_MMA(attention_mma_deep_latent576_bf16, 576, 512, true, 5, 1)
+MLA_ATTENTION_MMA(attention_mma_head128_bf16, 128, 128, false, 2, 2)
+MLA_ATTENTION_MMA(attention_mma_head192_bf16, 192, 128, false, 2, 2)
 
 // The MLA latent (576/512) for 64 query rows per CTA — four 16-row runs of one sequence's heads,
 // items[4·b …] — where a token has at least 64 heads (DeepSeek-V3's 128): each latent row read
@@ -258,7 +274,7 @@ attention_mma_wide_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_str
                                   const uint32_t* token_pos, int heads, float scale, int window, float* partial_o,
                                   float* partial_lse, bf16* out, float* lse_out) {
     constexpr int DQ = 576, DV = 512, HALF_DV = DV / 2, O_TILES = HALF_DV / 8;
-    typedef MmaShape<DQ, DV, true> S;
+    typedef MmaShape<DQ, DV, true, WIDE_STAGES> S;
     extern __shared__ __align__(128) unsigned char wide_smem[];  // another name than attention_mma's
     bf16* q_s = reinterpret_cast<bf16*>(wide_smem);
     bf16* stages = q_s + WIDE_ROWS * S::K_LD;

@@ -116,11 +116,16 @@ benches() {
   bench_step attention-wgmma-rs "mla bench attention --kernel wgmma,wgmma-rs (V3)" 120 \
     "$out/mla" bench attention --heads 128 --batch 1,32,128 --context 1024,4096,16384,32768 --reps 5 \
     --kernel wgmma,wgmma-rs --materialised false
+  # The two builds of the 16-row kernel side by side on every V2-Lite shape: two CTAs per SM
+  # with two stages of tiles, or one with five (fewer splits, twice the bytes in flight per SM).
+  bench_step attention-deep "mla bench attention --kernel 16-row,16-row-deep (V2-Lite)" 90 \
+    "$out/mla" bench attention --heads 16 --batch 1,32,128 --context 1024,4096,16384,32768 --reps 5 \
+    --kernel 16-row,16-row-deep --materialised false
   # The shapes short of their targets again, with the split-KV schedule aiming for half, one,
   # two and four waves of CTAs: whether fewer/longer or more/shorter splits pay.
-  bench_step attention-waves "mla bench attention --waves 0.5,1,2,4 (V2-Lite)" 90 \
+  bench_step attention-waves "mla bench attention --waves 0.5,1,2,4 (V2-Lite)" 120 \
     "$out/mla" bench attention --heads 16 --batch 1,32,128 --context 1024,4096,32768 --reps 10 \
-    --waves 0.5,1,2,4 --materialised false
+    --waves 0.5,1,2,4 --kernel 16-row,16-row-deep --materialised false
   bench_step attention-waves-v3 "mla bench attention --waves 0.5,1,2,4 (V3)" 90 \
     "$out/mla" bench attention --heads 128 --batch 32,128 --context 1024 --reps 10 \
     --waves 0.5,1,2,4 --materialised false
@@ -145,7 +150,8 @@ benches() {
     --plot "$out/bench-max.svg"
 }
 
-# ncu on the attention shapes still short of their targets (V3 through both wgmma kernels), one
+# ncu on the attention shapes still short of their targets (V2-Lite through both 16-row builds,
+# V3 through both wgmma kernels), one
 # that meets them (for reference) and two of 256 one-split CTAs of 1 and 16 tiles (what a launch
 # costs besides its tiles): per launch of the absorbed kernel and its combine, the duration, DRAM and SM
 # throughput, how much of the time the SMs were busy (ramp and tail), occupancy, waves and the
@@ -161,12 +167,13 @@ profile() {
   local verdict=ok
   python3 scripts/ncu-summary.py --header > "$out/profile-attention.md"
   for shape in "16 32 4096 16-row" "16 128 1024 16-row" "16 1 16384 16-row" "16 256 32 16-row" \
-               "16 256 512 16-row" "128 128 1024 wgmma" "128 128 16384 wgmma" "128 128 1024 wgmma-rs" \
+               "16 256 512 16-row" "16 32 4096 16-row-deep" "16 128 1024 16-row-deep" \
+               "128 128 1024 wgmma" "128 128 16384 wgmma" "128 128 1024 wgmma-rs" \
                "128 128 16384 wgmma-rs"; do
     read -r heads batch context kernel <<< "$shape"
     csv="$out/ncu-$heads-$batch-$context-$kernel.csv"
     timeout 60 "$ncu" --clock-control none --print-units base --csv --page raw \
-      -k regex:'attention_(mma_latent576|wgmma_latent576|wgmma_rs_latent576|tc_combine)' -c 2 \
+      -k regex:'attention_(mma_latent576|mma_deep_latent576|wgmma_latent576|wgmma_rs_latent576|tc_combine)' -c 2 \
       --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
       "$out/mla" bench attention --heads "$heads" --batch "$batch" --context "$context" \
       --kernel "$kernel" --reps 1 --materialised false > "$csv" 2> "$csv.log" ||

@@ -150,6 +150,13 @@ fn bench_attention_checks_its_arguments_before_opening_the_gpu() {
             "{args:?}: {err}"
         );
     }
+    // An unknown kernel is refused with the list of those there are.
+    let out = mla(&["bench", "attention", "--kernel", "16-row,deep"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("16-row-deep") && err.contains("wgmma-rs"),
+        "{err}"
+    );
 }
 
 #[test]

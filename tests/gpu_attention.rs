@@ -12,7 +12,7 @@ mod common;
 use common::{assert_close, Rng};
 use mla_rt::backend::cpu::{CpuBackend, CpuKvCache};
 use mla_rt::backend::cuda::layout::absorbed_layout;
-use mla_rt::backend::cuda::{CudaBackend, GpuFloat, WideAttention};
+use mla_rt::backend::cuda::{CudaBackend, GpuFloat, NarrowAttention, TcTuning, WideAttention};
 use mla_rt::backend::{AttentionBatch, Backend, MhaDims, MlaDims, SeqChunk};
 use mla_rt::weights::HostTensor;
 
@@ -119,22 +119,29 @@ fn deepseek_dims(heads: usize) -> MlaDims {
 
 /// The kernels that serve the latent for `heads` heads when forced (these tests' contexts are
 /// too short for them to pay): the 64-row ones from 64 heads (wgmma on Hopper, mma.sync
-/// everywhere), else the 16-row one.
-fn latent_kernels<T: GpuFloat>(gpu: &CudaBackend<T>, heads: usize) -> Vec<WideAttention>
+/// everywhere), else both builds of the 16-row one.
+fn latent_kernels<T: GpuFloat>(gpu: &CudaBackend<T>, heads: usize) -> Vec<TcTuning>
 where
     cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
 {
-    match heads {
-        ..64 => vec![WideAttention::Off],
-        _ if gpu.device.info.hopper() => {
-            vec![
-                WideAttention::Mma,
-                WideAttention::Wgmma,
-                WideAttention::WgmmaRs,
-            ]
+    let wide = match heads {
+        ..64 => {
+            return [NarrowAttention::Shallow, NarrowAttention::Deep]
+                .map(|narrow| TcTuning {
+                    wide: WideAttention::Off,
+                    narrow,
+                    ..TcTuning::default()
+                })
+                .to_vec()
         }
+        _ if gpu.device.info.hopper() => vec![
+            WideAttention::Mma,
+            WideAttention::Wgmma,
+            WideAttention::WgmmaRs,
+        ],
         _ => vec![WideAttention::Mma],
-    }
+    };
+    wide.into_iter().map(TcTuning::from).collect()
 }
 
 /// Runs `check` once per kernel that serves the latent for `heads` heads ([`latent_kernels`])
@@ -142,15 +149,15 @@ where
 fn for_each_latent_kernel<T: GpuFloat>(
     gpu: &CudaBackend<T>,
     heads: usize,
-    mut check: impl FnMut(WideAttention),
+    mut check: impl FnMut(TcTuning),
 ) where
     cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
 {
-    for wide in latent_kernels(gpu, heads) {
-        gpu.set_wide_attention(wide);
-        check(wide);
+    for tuning in latent_kernels(gpu, heads) {
+        gpu.set_tc_tuning(tuning);
+        check(tuning);
     }
-    gpu.set_wide_attention(WideAttention::WherePays);
+    gpu.set_tc_tuning(TcTuning::default());
 }
 
 const SHAPES: &[(usize, usize)] = &[(1, 1), (17, 4), (64, 2), (100, 30), (33, 1), (250, 3)];
@@ -181,11 +188,11 @@ where
         let want = CpuBackend
             .mla_attention_absorbed(&q_lat, &q, &cpu_cache, 0, &batch, &dims)
             .unwrap();
-        for_each_latent_kernel(&gpu, heads, |wide| {
+        for_each_latent_kernel(&gpu, heads, |tuning| {
             let got = gpu
                 .mla_attention_absorbed(&gq_lat, &gq, &gpu_cache, 0, &batch, &dims)
                 .unwrap();
-            let what = format!("{} absorbed, {heads} heads, {wide:?}", T::SUFFIX);
+            let what = format!("{} absorbed, {heads} heads, {tuning:?}", T::SUFFIX);
             assert_close(&what, &gpu.to_host(&got).unwrap(), &want, tolerance);
         });
 
@@ -360,16 +367,16 @@ fn mla_one_split_per_row_group_bf16() {
     let mut rng = Rng::new(14);
     for (heads, sequences) in [(16, 300), (128, 70)] {
         let shapes: Vec<(usize, usize)> = (0..sequences).map(|i| (20 + i % 50, 1)).collect();
-        for_each_latent_kernel(&gpu, heads, |wide| {
+        for_each_latent_kernel(&gpu, heads, |tuning| {
             let batch = check_absorbed(&gpu, &mut rng, heads, &shapes, BLOCK, 1e-2);
             let schedule = gpu
                 .device
-                .tc_plan(&batch, &absorbed_layout(&deepseek_dims(heads)), wide.into())
+                .tc_plan(&batch, &absorbed_layout(&deepseek_dims(heads)), tuning)
                 .unwrap()
                 .shape;
             assert!(
                 schedule.direct(),
-                "{heads} heads, {wide:?}: {:?}",
+                "{heads} heads, {tuning:?}: {:?}",
                 schedule.kernel()
             );
         });
@@ -391,12 +398,12 @@ fn mla_block_sizes_bf16() {
     ];
     for block in [32, 64, 128] {
         for (heads, shapes) in cases {
-            for_each_latent_kernel(&gpu, heads, |wide| {
+            for_each_latent_kernel(&gpu, heads, |tuning| {
                 let batch = check_absorbed(&gpu, &mut rng, heads, shapes, block, 1e-2);
                 if shapes.len() == 1 {
                     let schedule = gpu
                         .device
-                        .tc_plan(&batch, &absorbed_layout(&deepseek_dims(heads)), wide.into())
+                        .tc_plan(&batch, &absorbed_layout(&deepseek_dims(heads)), tuning)
                         .unwrap()
                         .shape;
                     assert!(schedule.max_splits() > 8, "{:?}", schedule.kernel());

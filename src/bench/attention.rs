@@ -5,7 +5,7 @@
 
 use super::kernels::{time_ms, uniform};
 use crate::backend::cuda::layout::absorbed_layout;
-use crate::backend::cuda::{CudaBackend, TcTuning, WideAttention};
+use crate::backend::cuda::{CudaBackend, NarrowAttention, TcTuning, WideAttention};
 use crate::backend::{AttentionBatch, Backend, MlaDims, SeqChunk};
 use crate::error::{Error, Result};
 use half::bf16;
@@ -51,8 +51,8 @@ fn copy_gb_per_s(gpu: &CudaBackend<bf16>) -> Result<f64> {
 
 /// The shapes and kernels `mla bench attention` times.
 pub struct AttentionShapes<'a> {
-    /// 64-row kernel choices, a row each where they matter (64+ heads); fewer heads get one row.
-    pub kernels: &'a [WideAttention],
+    /// Kernel choices (64-row, 16-row build), a row each where they give different kernels.
+    pub kernels: &'a [(WideAttention, NarrowAttention)],
     /// CTA targets of the split-KV schedule (see [`TcTuning`]), a row each.
     pub waves: &'a [f32],
     pub heads: &'a [usize],
@@ -107,34 +107,37 @@ pub fn run(
                     } else {
                         None
                     };
-                let choices = match h >= 64 {
-                    true => shapes.kernels,
-                    false => &shapes.kernels[..1],
-                };
-                let tunings = choices.iter().flat_map(|&wide| {
-                    shapes
-                        .waves
-                        .iter()
-                        .map(move |&waves| TcTuning { wide, waves })
+                let tunings = shapes.kernels.iter().flat_map(|&(wide, narrow)| {
+                    shapes.waves.iter().map(move |&waves| TcTuning {
+                        wide,
+                        narrow,
+                        waves,
+                    })
                 });
+                // Choices that come to the same kernel (fewer than 64 heads have no 64-row
+                // kernel, most shapes no deep build) are timed once.
+                let mut timed: Vec<(&str, f32)> = Vec::new();
                 for tuning in tunings {
-                    gpu.set_wide_attention(tuning.wide);
-                    gpu.set_split_waves(tuning.waves);
                     let schedule = gpu
                         .device
                         .tc_plan(&attention, &absorbed_layout(&dims), tuning)?
                         .shape;
+                    let kernel = schedule.kernel().function;
+                    if timed.contains(&(kernel, tuning.waves)) {
+                        continue;
+                    }
+                    timed.push((kernel, tuning.waves));
+                    gpu.set_tc_tuning(tuning);
                     let ms = time_ms(&gpu.device, reps, || {
                         gpu.mla_attention_absorbed(&q_lat, &q, &cache, 0, &attention, &dims)
                             .map(|_| ())
                     });
-                    gpu.set_wide_attention(WideAttention::WherePays);
-                    gpu.set_split_waves(TcTuning::default().waves);
+                    gpu.set_tc_tuning(TcTuning::default());
                     let ms = ms?;
                     let gb_per_s = bytes as f64 / (ms * 1e6);
                     let row = AttentionRow {
                         heads: h,
-                        kernel: schedule.kernel().function,
+                        kernel,
                         waves: tuning.waves,
                         ctas: schedule.ctas(),
                         splits: schedule.max_splits(),

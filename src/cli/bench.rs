@@ -2,7 +2,7 @@
 
 use super::loading::{DType, DeviceSpec};
 use crate::backend::cpu::CpuBackend;
-use crate::backend::cuda::{CudaBackend, WideAttention};
+use crate::backend::cuda::{CudaBackend, NarrowAttention, WideAttention};
 use crate::backend::Backend;
 use crate::bench::presets::{preset_config, PRESETS};
 use crate::bench::report::{compare, render, Format};
@@ -131,10 +131,11 @@ pub struct AttentionBenchArgs {
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub reps: usize,
 
-    /// The kernels to time for 64+ heads, a row each: where-pays (the runtime's choice), wgmma
-    /// (64 rows per CTA on Hopper's warpgroup tensor cores), wgmma-rs (the same with the scores
-    /// computed by both warpgroups and P kept in registers), mma (64 rows per CTA, mma.sync),
-    /// 16-row (16 rows per CTA).
+    /// The kernels to time, a row each where they differ: where-pays (the runtime's choice),
+    /// wgmma (64 rows per CTA on Hopper's warpgroup tensor cores; 64+ heads), wgmma-rs (the same
+    /// with the scores computed by both warpgroups and P kept in registers), mma (64 rows per
+    /// CTA, mma.sync), 16-row (16 rows per CTA, two CTAs per SM with two stages of tiles),
+    /// 16-row-deep (16 rows per CTA, one CTA per SM with five stages).
     #[arg(
         long,
         value_delimiter = ',',
@@ -165,16 +166,21 @@ pub enum KernelChoice {
     Mma,
     #[value(name = "16-row")]
     SixteenRow,
+    #[value(name = "16-row-deep")]
+    SixteenRowDeep,
 }
 
-impl From<KernelChoice> for WideAttention {
-    fn from(k: KernelChoice) -> Self {
-        match k {
-            KernelChoice::WherePays => WideAttention::WherePays,
-            KernelChoice::Wgmma => WideAttention::Wgmma,
-            KernelChoice::WgmmaRs => WideAttention::WgmmaRs,
-            KernelChoice::Mma => WideAttention::Mma,
-            KernelChoice::SixteenRow => WideAttention::Off,
+impl KernelChoice {
+    /// The 64-row kernel and the 16-row build this choice asks for.
+    fn tuning(self) -> (WideAttention, NarrowAttention) {
+        let shallow = NarrowAttention::Shallow;
+        match self {
+            KernelChoice::WherePays => (WideAttention::WherePays, shallow),
+            KernelChoice::Wgmma => (WideAttention::Wgmma, shallow),
+            KernelChoice::WgmmaRs => (WideAttention::WgmmaRs, shallow),
+            KernelChoice::Mma => (WideAttention::Mma, shallow),
+            KernelChoice::SixteenRow => (WideAttention::Off, shallow),
+            KernelChoice::SixteenRowDeep => (WideAttention::Off, NarrowAttention::Deep),
         }
     }
 }
@@ -202,7 +208,7 @@ fn bench_attention(args: &AttentionBenchArgs) -> Result<()> {
         ));
     }
     let gpu = CudaBackend::<half::bf16>::open(ordinal)?;
-    let kernels: Vec<WideAttention> = args.kernel.iter().map(|&k| k.into()).collect();
+    let kernels: Vec<_> = args.kernel.iter().map(|&k| k.tuning()).collect();
     let shapes = crate::bench::attention::AttentionShapes {
         kernels: &kernels,
         waves: &args.waves,

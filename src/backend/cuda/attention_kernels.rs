@@ -41,12 +41,25 @@ impl WideAttention {
     }
 }
 
+/// Which build of the 16-row kernel serves the MLA latent (576/512): two CTAs per SM with two
+/// stages of tiles (the default), or one CTA per SM with five (`Deep`: twice the bytes in
+/// flight per SM from half the CTAs, so fewer splits and less to combine), which
+/// `mla bench attention` compares. Other shapes have the two-stage build only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum NarrowAttention {
+    #[default]
+    Shallow,
+    Deep,
+}
+
 /// How a step's tensor-core attention is run: which 64-row kernel (see [`WideAttention`]) and
-/// how many CTAs the split-KV schedule aims for, in waves of the CTAs the GPU holds at once
-/// (1, the default: one full wave; `mla bench attention --waves` tries others).
+/// 16-row build (see [`NarrowAttention`]), and how many CTAs the split-KV schedule aims for, in
+/// waves of the CTAs the GPU holds at once (1, the default: one full wave;
+/// `mla bench attention --waves` tries others).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TcTuning {
     pub wide: WideAttention,
+    pub narrow: NarrowAttention,
     pub waves: f32,
 }
 
@@ -54,6 +67,7 @@ impl Default for TcTuning {
     fn default() -> Self {
         TcTuning {
             wide: WideAttention::WherePays,
+            narrow: NarrowAttention::Shallow,
             waves: 1.0,
         }
     }
@@ -80,13 +94,55 @@ pub struct TcKernel {
     pub ctas_per_sm: usize,
 }
 
-/// The shapes `kernels/attention_mma.cu` is built for: (key width, value width, values are the
-/// keys' first columns, entry point).
-const MMA_SHAPES: [(usize, usize, bool, &str); 3] = [
-    (576, 512, true, "attention_mma_latent576_bf16"),
-    (128, 128, false, "attention_mma_head128_bf16"),
-    (192, 128, false, "attention_mma_head192_bf16"),
+/// One build of `kernels/attention_mma.cu`'s 16-row kernel.
+struct MmaBuild {
+    /// Key width, value width, and whether the values are the keys' first columns.
+    dq: usize,
+    dv: usize,
+    v_in_k: bool,
+    /// Tiles in shared memory (STAGES − 1 in flight while one is used) and CTAs per SM.
+    stages: usize,
+    ctas_per_sm: usize,
+    function: &'static str,
+}
+
+/// The builds of attention_mma.cu's 16-row kernel (its `MLA_ATTENTION_MMA` lines).
+const MMA_BUILDS: [MmaBuild; 4] = [
+    MmaBuild {
+        dq: 576,
+        dv: 512,
+        v_in_k: true,
+        stages: 2,
+        ctas_per_sm: 2,
+        function: "attention_mma_latent576_bf16",
+    },
+    MmaBuild {
+        dq: 576,
+        dv: 512,
+        v_in_k: true,
+        stages: DEEP_STAGES,
+        ctas_per_sm: 1,
+        function: "attention_mma_deep_latent576_bf16",
+    },
+    MmaBuild {
+        dq: 128,
+        dv: 128,
+        v_in_k: false,
+        stages: 2,
+        ctas_per_sm: 2,
+        function: "attention_mma_head128_bf16",
+    },
+    MmaBuild {
+        dq: 192,
+        dv: 128,
+        v_in_k: false,
+        stages: 2,
+        ctas_per_sm: 2,
+        function: "attention_mma_head192_bf16",
+    },
 ];
+/// Stages of the deep latent build ([`NarrowAttention::Deep`]).
+const DEEP_STAGES: usize = 5;
 /// attention_mma.cu's `PAD` (bf16 per shared K/V/P row), `S_LD` (f32 per partial-score row),
 /// `K_PARTS` and `MMA_WARPS`.
 const MMA_PAD: usize = 8;
@@ -124,10 +180,15 @@ fn wgmma_rs_shared_bytes() -> usize {
 /// attention_wgmma.cu's `WG_TILE`: cached tokens per tile.
 const WGMMA_TILE: usize = 64;
 
-/// Dynamic shared memory of attention_mma.cu for one shape, as its `MmaShape::SHARED`.
-fn mma_shared_bytes(dq: usize, dv: usize, v_in_k: bool) -> usize {
-    let stage = KV_TILE * (dq + MMA_PAD) + if v_in_k { 0 } else { KV_TILE * (dv + MMA_PAD) };
-    2 * stage * 2
+/// Dynamic shared memory of attention_mma.cu for one build, as its `MmaShape::SHARED`.
+fn mma_shared_bytes(b: &MmaBuild) -> usize {
+    let stage = KV_TILE * (b.dq + MMA_PAD)
+        + if b.v_in_k {
+            0
+        } else {
+            KV_TILE * (b.dv + MMA_PAD)
+        };
+    b.stages * stage * 2
         + MMA_K_PARTS * ROWS * MMA_S_LD * 4
         + ROWS * (KV_TILE + MMA_PAD) * 2
         + 4 * ROWS * 4
@@ -152,15 +213,15 @@ fn wmma_shared_bytes(l: &AttentionLayout) -> usize {
 
 /// The kernel that serves `l` within `max_shared` bytes of shared memory per CTA: the 64-row
 /// latent kernel where a token has 64+ heads (on warpgroup tensor cores if `hopper`: compute
-/// capability 9.0), else the register-accumulator one where it is built for the shape, else the
-/// WMMA one (16-wide tiles over the key and value widths); all need 16-byte row copies of every
-/// key and value segment.
+/// capability 9.0), else the register-accumulator one where it is built for the shape (two
+/// stages), else the WMMA one (16-wide tiles over the key and value widths); all need 16-byte
+/// row copies of every key and value segment.
 pub fn kernel_for(l: &AttentionLayout, max_shared: usize, hopper: bool) -> Option<TcKernel> {
     let wide = match hopper {
         true => WideAttention::Wgmma,
         false => WideAttention::Mma,
     };
-    kernel_choice(l, max_shared, wide)
+    kernel_choice(l, max_shared, wide, NarrowAttention::Shallow)
 }
 
 /// Fewest cached tokens per 64-row unit, on average, and per CTA for which the 64-row kernel
@@ -202,11 +263,13 @@ pub(super) fn wide_pays(
     }
 }
 
-/// [`kernel_for`], with the 64-row kernel `wide` (Mma, Wgmma or WgmmaRs) first, none if Off.
+/// [`kernel_for`], with the 64-row kernel `wide` (Mma, Wgmma or WgmmaRs) first, none if Off,
+/// and the 16-row build `narrow` before the two-stage one where the shape has it.
 pub(super) fn kernel_choice(
     l: &AttentionLayout,
     max_shared: usize,
     wide: WideAttention,
+    narrow: NarrowAttention,
 ) -> Option<TcKernel> {
     let copies = |s: &Segment| {
         s.len == 0
@@ -242,17 +305,24 @@ pub(super) fn kernel_choice(
         runs_per_cta: WIDE_RUNS,
         ctas_per_sm: 1,
     });
-    let mma = MMA_SHAPES
-        .iter()
-        .find(|&&(q, v, in_k, _)| (q, v) == (dq, dv) && (in_k == v_in_k || !in_k))
-        .map(|&(_, _, in_k, function)| TcKernel {
-            module: "attention_mma",
-            function,
-            threads: MMA_THREADS,
-            shared_bytes: mma_shared_bytes(dq, dv, in_k),
-            runs_per_cta: 1,
-            ctas_per_sm: 2,
-        });
+    let mma = |stages: usize| {
+        MMA_BUILDS
+            .iter()
+            .find(|b| {
+                (b.dq, b.dv, b.stages) == (dq, dv, stages) && (b.v_in_k == v_in_k || !b.v_in_k)
+            })
+            .map(|b| TcKernel {
+                module: "attention_mma",
+                function: b.function,
+                threads: MMA_THREADS,
+                shared_bytes: mma_shared_bytes(b),
+                runs_per_cta: 1,
+                ctas_per_sm: b.ctas_per_sm,
+            })
+    };
+    let mma_deep = (narrow == NarrowAttention::Deep)
+        .then(|| mma(DEEP_STAGES))
+        .flatten();
     let wmma = (dq % 16 == 0 && dv % 16 == 0).then(|| TcKernel {
         module: "attention_tc",
         function: "attention_tc_bf16",
@@ -261,7 +331,7 @@ pub(super) fn kernel_choice(
         runs_per_cta: 1,
         ctas_per_sm: 2,
     });
-    [wgmma, wgmma_rs, mma_wide, mma, wmma]
+    [wgmma, wgmma_rs, mma_wide, mma_deep, mma(2), wmma]
         .into_iter()
         .flatten()
         .find(|k| k.shared_bytes <= max_shared)
@@ -294,7 +364,27 @@ mod tests {
             let absorbed = absorbed_layout(&deepseek(heads));
             let k = kernel_for(&absorbed, H100_SHARED, false).unwrap();
             let hopper = kernel_for(&absorbed, H100_SHARED, true).unwrap();
-            let rs = kernel_choice(&absorbed, H100_SHARED, WideAttention::WgmmaRs).unwrap();
+            let rs = kernel_choice(
+                &absorbed,
+                H100_SHARED,
+                WideAttention::WgmmaRs,
+                NarrowAttention::Shallow,
+            )
+            .unwrap();
+            let deep = kernel_choice(
+                &absorbed,
+                H100_SHARED,
+                WideAttention::Off,
+                NarrowAttention::Deep,
+            )
+            .unwrap();
+            assert_eq!(deep.function, "attention_mma_deep_latent576_bf16");
+            // One CTA per SM, five 37 KiB stages of 32 latent rows (padded) and the scores.
+            assert_eq!((deep.runs_per_cta, deep.ctas_per_sm), (1, 1));
+            assert_eq!(
+                deep.shared_bytes,
+                5 * 32 * 584 * 2 + 4 * 16 * 40 * 4 + 16 * 40 * 2 + 256
+            );
             if heads < 64 {
                 assert_eq!(k.function, "attention_mma_latent576_bf16");
                 assert_eq!(hopper, k);
@@ -310,7 +400,7 @@ mod tests {
             }
             // CTAs per SM that fit the shared memory of an SM of sm_80+ (228 KiB, 1 KiB of it
             // reserved per CTA).
-            for k in [k, hopper, rs] {
+            for k in [k, hopper, rs, deep] {
                 assert!(
                     k.ctas_per_sm * (k.shared_bytes + 1024) <= 228 * 1024,
                     "{k:?}"
@@ -347,6 +437,17 @@ mod tests {
             Some("attention_tc_bf16")
         );
         assert_eq!(function(&absorbed_layout(&deepseek(16)), 48 * 1024), None);
+        // Where the deep build's 194 KiB do not fit (sm_86: 99 KiB), the two-stage one serves.
+        let fallback = kernel_choice(
+            &absorbed_layout(&deepseek(16)),
+            99 * 1024,
+            WideAttention::Off,
+            NarrowAttention::Deep,
+        );
+        assert_eq!(
+            fallback.map(|k| k.function),
+            Some("attention_mma_latent576_bf16")
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 use std::cell::RefCell;
 
 use super::attention_kernels::{kernel_choice, values_in_keys, wide_pays};
-use super::attention_kernels::{TcKernel, TcTuning, WideAttention};
+use super::attention_kernels::{NarrowAttention, TcKernel, TcTuning, WideAttention};
 use super::attention_schedule::{schedule, TcGroup, TcItem, NO_ROW, ROWS};
 
 /// Output columns per block of the combine and most warps in one (`COMBINE_COLUMNS`,
@@ -25,12 +25,13 @@ fn combine_warps(max_splits: usize) -> usize {
     max_splits.clamp(1, COMBINE_MAX_WARPS)
 }
 
-/// What a step's tensor-core schedule comes to: its kernel (and the 64-row choice it came
-/// from), work items, row groups and the most splits of one group.
+/// What a step's tensor-core schedule comes to: its kernel (and the 64-row and 16-row choices
+/// it came from), work items, row groups and the most splits of one group.
 #[derive(Debug, Clone, Copy)]
 pub struct TcShape {
     kernel: TcKernel,
     wide: WideAttention,
+    narrow: NarrowAttention,
     item_count: usize,
     group_count: usize,
     max_splits: usize,
@@ -108,10 +109,13 @@ impl CudaDevice {
             }
             forced => forced,
         };
+        let narrow = tuning.narrow;
         let kernel =
-            kernel_choice(l, self.info.max_shared_per_block, wide).ok_or_else(|| Error::Op {
-                op: "attention_tc",
-                message: format!("no tensor-core kernel serves {l:?}"),
+            kernel_choice(l, self.info.max_shared_per_block, wide, narrow).ok_or_else(|| {
+                Error::Op {
+                    op: "attention_tc",
+                    message: format!("no tensor-core kernel serves {l:?}"),
+                }
             })?;
         let wave = kernel.ctas_per_sm * self.info.multiprocessors;
         let target_ctas = (wave as f32 * tuning.waves).round().max(1.0) as usize;
@@ -126,6 +130,7 @@ impl CudaDevice {
         let shape = TcShape {
             kernel,
             wide,
+            narrow,
             item_count: items.len(),
             group_count: groups.len(),
             max_splits: groups.iter().map(|g| g.items as usize).max().unwrap_or(0),
@@ -193,7 +198,7 @@ impl CudaDevice {
     ) -> Result<CudaSlice<f32>> {
         let t = plan.rows();
         let max_shared = self.info.max_shared_per_block;
-        let kernel = kernel_choice(l, max_shared, schedule.shape.wide)
+        let kernel = kernel_choice(l, max_shared, schedule.shape.wide, schedule.shape.narrow)
             .filter(|&k| {
                 k == schedule.shape.kernel
                     && l.v.len == schedule.value_len

@@ -1,7 +1,7 @@
 //! The CUDA implementation of [`Backend`]: the model code of the CPU reference, run on one GPU
 //! with activations and weights in one element type `T` (f32 or bf16; arithmetic in f32).
 
-use super::attention_kernels::{TcTuning, WideAttention};
+use super::attention_kernels::TcTuning;
 use super::blas::{Blas, Layout};
 use super::{CudaDevice, GpuFloat, GpuTensor};
 use crate::backend::{AttentionBatch, Backend, MhaDims, MlaDims, MlpWeights, MoeWeights};
@@ -132,22 +132,10 @@ where
         self.materialised_bytes.set(bytes);
     }
 
-    /// Forces one 64-row MLA decode kernel, or none, for steps it could serve instead of taking
-    /// it where it pays (the default); tests use it to run each on shapes of any size.
-    pub fn set_wide_attention(&self, wide: WideAttention) {
-        self.tc_tuning.set(TcTuning {
-            wide,
-            ..self.tc_tuning.get()
-        });
-    }
-
-    /// How many CTAs the tensor-core attention's split-KV schedule aims for, in waves of the
-    /// CTAs the GPU holds at once (1 by default; `mla bench attention --waves` tries others).
-    pub fn set_split_waves(&self, waves: f32) {
-        self.tc_tuning.set(TcTuning {
-            waves,
-            ..self.tc_tuning.get()
-        });
+    /// How the tensor-core attention runs from the next call on (see [`TcTuning`]): tests force
+    /// each kernel on shapes of any size, `mla bench attention` compares kernels and splits.
+    pub fn set_tc_tuning(&self, tuning: TcTuning) {
+        self.tc_tuning.set(tuning);
     }
 
     /// `table` on the device, uploaded only when it differs from the previous one.

@@ -17,7 +17,7 @@ mod moe;
 mod rows;
 mod transfer;
 
-pub use attention_kernels::{TcTuning, WideAttention};
+pub use attention_kernels::{NarrowAttention, TcTuning, WideAttention};
 pub use backend::{CudaBackend, CudaHeadWeight, CudaKvCache};
 pub use elementwise::{GpuFloat, GpuTensor};
 
