@@ -5,6 +5,7 @@
 // NaN bytes); it adds a guard after every allocation and reports kernels that write past an end.
 #include <sanitizer/asan_interface.h>
 #include <chrono>
+#include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -322,6 +323,40 @@ CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, uns
         }
     }
     return SUCCESS;
+}
+
+// cuLaunchKernelEx's configuration, laid out as cuda.h's CUlaunchConfig and CUlaunchAttribute.
+struct CUlaunchAttribute {
+    int id;
+    char pad[4];
+    union {
+        char bytes[64];
+        int flag;
+    } value;
+};
+struct CUlaunchConfig {
+    unsigned gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes;
+    CUstream hStream;
+    CUlaunchAttribute* attrs;
+    unsigned numAttrs;
+};
+static_assert(sizeof(CUlaunchAttribute) == 72 && offsetof(CUlaunchConfig, hStream) == 32 &&
+                  offsetof(CUlaunchConfig, attrs) == 40 && offsetof(CUlaunchConfig, numAttrs) == 48,
+              "cuda.h's layout");
+
+// Only the attribute the runtime uses: a programmatic dependent launch, which here (kernels run
+// one after another) sees its prerequisite kernel finished, as it does after griddepcontrol.wait.
+CUresult cuLaunchKernelEx(const CUlaunchConfig* c, CUfunction f, void** params, void** extra) {
+    const int programmatic_stream_serialization = 6;
+    for (unsigned i = 0; i < c->numAttrs; i++) {
+        const CUlaunchAttribute& a = c->attrs[i];
+        if (a.id != programmatic_stream_serialization || (a.value.flag != 0 && a.value.flag != 1)) {
+            fprintf(stderr, "cuda-emu: %s launched with attribute %d = %d\n", f->name.c_str(), a.id, a.value.flag);
+            return INVALID_VALUE;
+        }
+    }
+    return cuLaunchKernel(f, c->gridDimX, c->gridDimY, c->gridDimZ, c->blockDimX, c->blockDimY, c->blockDimZ,
+                          c->sharedMemBytes, c->hStream, params, extra);
 }
 
 CUresult cuGetErrorName(CUresult e, const char** s) {

@@ -51,6 +51,7 @@ attention_tc_bf16(const bf16* q1, int q1_stride, int q1_head_stride, const bf16*
     const bf16* values = v_in_k ? k_s : v_s;
     const int v_ld = v_in_k ? dq : dv;
 
+    launch_dependents();  // the combine may start launching: it waits for this kernel's end
     const TcItem& item = items[blockIdx.x];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const uint32_t* table = block_tables + table_start[item.seq];
@@ -164,6 +165,7 @@ attention_tc_combine_bf16(const float* partial_o, const float* partial_lse, cons
     const TcGroup& g = groups[blockIdx.x];
     const int i = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
     if (g.rows[i] == NO_ROW) return;  // the whole block
+    wait_for_previous_grid();         // the splits are written
     const int c = blockIdx.z * COMBINE_COLUMNS + lane * COMBINE_LANE_COLUMNS;
     const auto lse_of = [&](uint32_t j) { return partial_lse[(g.item_first + j * g.item_stride) * ROWS + i]; };
 

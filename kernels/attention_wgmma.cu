@@ -122,6 +122,7 @@ attention_wgmma_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_stride
     float* half_sum = half_max + 2 * WG_ROWS;                                  // [2][64]
     int* pos_s = reinterpret_cast<int*>(half_sum + 2 * WG_ROWS);
     require_atom_aligned(wgmma_smem);
+    launch_dependents();  // the combine may start launching: it waits for this kernel's end
 
     const auto [quad, table, kv_begin, kv_end, kv_head, tiles] = wg_cta(items, block_tables, table_start);
     const int half = threadIdx.x / 128, run = (threadIdx.x / 32) % 4, lane = threadIdx.x & 31;
@@ -222,6 +223,7 @@ attention_wgmma_rs_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_str
     unsigned char* stages = q_s + WG_ROWS * LATENT * 2;       // 2 × [64 tokens × 576]
     int* pos_s = reinterpret_cast<int*>(stages + 2 * TILE_BYTES);
     require_atom_aligned(wgmma_rs_smem);
+    launch_dependents();
 
     const auto [quad, table, kv_begin, kv_end, kv_head, tiles] = wg_cta(items, block_tables, table_start);
     const int half = threadIdx.x / 128, run = (threadIdx.x / 32) % 4, lane = threadIdx.x & 31;

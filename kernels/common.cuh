@@ -54,6 +54,22 @@ __device__ __forceinline__ float fast_exp2(float x) {
 #endif
 }
 
+// Programmatic dependent launch (sm_90+), for the attention kernels and their combine: a kernel
+// lets the stream's next one (launched as its dependent: src/backend/cuda/launch.rs) start
+// launching while its own CTAs still run, and that one waits for it before it reads what it
+// writes. Without a dependent launch the wait returns at once. Nothing on older GPUs, where the
+// host launches plainly, or under cuda-emu, which runs kernels one after another.
+__device__ __forceinline__ void launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(MLA_CUDA_EMU)
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wait_for_previous_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(MLA_CUDA_EMU)
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 struct SumOp {
     template <typename F> __device__ __forceinline__ F operator()(F a, F b) const { return a + b; }
 };

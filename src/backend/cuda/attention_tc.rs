@@ -7,7 +7,7 @@ use super::layout::{AttentionLayout, Segment, Source};
 use super::{CudaDevice, GpuFloat, GpuTensor};
 use crate::backend::AttentionBatch;
 use crate::error::{Error, Result};
-use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use std::cell::RefCell;
 
 use super::attention_kernels::{kernel_choice, values_in_keys, wide_pays};
@@ -304,32 +304,53 @@ impl CudaDevice {
         // (direct: null partials) `out` and `lse` hold every (token, head) row of the step.
         unsafe { b.launch(cfg) }.map_err(err("launch"))?;
 
-        let Some(p) = partials else {
-            return Ok(lse.data);
-        };
+        if let Some(p) = partials {
+            self.combine(&p, schedule, l.v.len, &mut out.data, &mut lse.data)?;
+        }
+        Ok(lse.data)
+    }
+
+    /// Launches attention_tc_combine_bf16 over the splits in `p` into `out` and `lse`, as a
+    /// dependent of the attention kernel just launched (see [`Self::launch_dependent`]).
+    fn combine<T>(
+        &self,
+        p: &Partials,
+        schedule: &TcSchedule,
+        value_len: usize,
+        out: &mut CudaSlice<T>,
+        lse: &mut CudaSlice<f32>,
+    ) -> Result<()> {
         let f = self.function("attention_tc", "attention_tc_combine_bf16")?;
-        let dv = i(l.v.len);
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&p.o)
-            .arg(&p.lse)
-            .arg(&schedule.groups)
-            .arg(&mut out.data)
-            .arg(&mut lse.data)
-            .arg(&dv);
         let cfg = LaunchConfig {
             grid_dim: (
                 schedule.shape.group_count as u32,
                 ROWS as u32,
-                l.v.len.div_ceil(COMBINE_COLUMNS) as u32,
+                value_len.div_ceil(COMBINE_COLUMNS) as u32,
             ),
             block_dim: (32 * combine_warps(schedule.shape.max_splits) as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: the arguments match attention_tc_combine_bf16; each group's items and rows
-        // come from the same schedule as the partial buffers, and `out`/`lse` hold every
-        // (token, head) row of the step.
-        unsafe { b.launch(cfg) }.map_err(err("combine"))?;
-        Ok(lse.data)
+        let s = &self.stream;
+        let (o, _read_o) = p.o.device_ptr(s);
+        let (split_lse, _read_lse) = p.lse.device_ptr(s);
+        let (groups, _read_groups) = schedule.groups.device_ptr(s);
+        let (out_ptr, _write_out) = out.device_ptr_mut(s);
+        let (lse_ptr, _write_lse) = lse.device_ptr_mut(s);
+        let dv = value_len as i32;
+        let arg = |x: &_| x as *const _ as *mut std::ffi::c_void;
+        let mut params = [
+            arg(&o),
+            arg(&split_lse),
+            arg(&groups),
+            arg(&out_ptr),
+            arg(&lse_ptr),
+            (&dv) as *const i32 as *mut std::ffi::c_void,
+        ];
+        // SAFETY: the parameters point to values of attention_tc_combine_bf16's arguments in
+        // order and type (device pointers, then an int); each group's items and rows come from
+        // the same schedule as the partial buffers, and `out`/`lse` hold every (token, head) row
+        // of the step; the combine waits for the attention kernel before it reads the splits.
+        unsafe { self.launch_dependent("attention_tc combine", &f, cfg, &mut params) }
     }
 }
 

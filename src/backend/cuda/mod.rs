@@ -12,6 +12,7 @@ pub mod attention_tc;
 mod backend;
 mod blas;
 mod elementwise;
+mod launch;
 pub mod layout;
 mod moe;
 mod rows;
