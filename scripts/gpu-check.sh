@@ -148,6 +148,18 @@ benches() {
     "$out/mla" bench --device cuda --preset deepseek-v2-lite,deepseek-v2-lite-mha \
     --batch max --depth 16384 --kv-cache-memory 60GiB --prompt 0 --gen 16 --reps 2 --compare \
     --plot "$out/bench-max.svg"
+  # The choices still open, kernel against kernel per shape: the 16-row builds (V2-Lite, also
+  # at each CTA target) and the two wgmma kernels (V3), into ab-summary.md.
+  {
+    python3 scripts/ab-summary.py "16-row kernel: two stages, two CTAs per SM (first) against the deep build" \
+      "$out/attention-deep.md" "$out/attention-waves.md"
+    echo
+    python3 scripts/ab-summary.py "V3: wgmma (first) against wgmma-rs" \
+      "$out/attention-wgmma-rs.md" "$out/attention-fixed-v3.md"
+  } > "$out/ab-summary.md" 2>&1 || true
+  cat "$out/ab-summary.md"
+  [[ -z "${OUT:-}" ]] || cp "$out/ab-summary.md" "$OUT/"
+  keep_logs
 }
 
 # ncu on the attention shapes still short of their targets (V2-Lite through both 16-row builds,

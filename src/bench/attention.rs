@@ -3,7 +3,7 @@
 //! in the same run, and the materialised path (latents → per-head K/V with cuBLAS, then
 //! attention over them) on the shapes where its K/V fit.
 
-use super::kernels::{time_ms, uniform};
+use super::kernels::{time_calls, time_ms, uniform};
 use crate::backend::cuda::layout::absorbed_layout;
 use crate::backend::cuda::{CudaBackend, NarrowAttention, TcTuning, WideAttention};
 use crate::backend::{AttentionBatch, Backend, MlaDims, SeqChunk};
@@ -23,6 +23,9 @@ pub struct AttentionRow {
     pub batch: usize,
     pub context: usize,
     pub micros: f64,
+    /// The host's time to enqueue one call: about `micros` where the row is bound by the
+    /// host's work per call (launches, allocations), not by the kernels.
+    pub host_micros: f64,
     pub gb_per_s: f64,
     pub tflops: f64,
     /// Achieved GB/s over the copy's.
@@ -128,12 +131,13 @@ pub fn run(
                     }
                     timed.push((kernel, tuning.waves));
                     gpu.set_tc_tuning(tuning);
-                    let ms = time_ms(&gpu.device, reps, || {
+                    let time = time_calls(&gpu.device, reps, || {
                         gpu.mla_attention_absorbed(&q_lat, &q, &cache, 0, &attention, &dims)
                             .map(|_| ())
                     });
                     gpu.set_tc_tuning(TcTuning::default());
-                    let ms = ms?;
+                    let time = time?;
+                    let ms = time.gpu_ms;
                     let gb_per_s = bytes as f64 / (ms * 1e6);
                     let row = AttentionRow {
                         heads: h,
@@ -144,6 +148,7 @@ pub fn run(
                         batch,
                         context,
                         micros: ms * 1e3,
+                        host_micros: time.host_ms * 1e3,
                         gb_per_s,
                         tflops: flops / (ms * 1e9),
                         of_copy: gb_per_s / copy,
@@ -161,8 +166,8 @@ pub fn run(
 pub fn render(device: &str, copy: f64, rows: &[AttentionRow]) -> String {
     let mut s = format!(
         "absorbed MLA decode on {device} (bf16, 1 query token, 64-token pages); copy: {copy:.0} GB/s\n\n\
-         | heads | batch | context | kernel | waves | CTAs | splits | µs | GB/s | of copy | TFLOPS | materialised µs | speed-up |\n\
-         |---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+         | heads | batch | context | kernel | waves | CTAs | splits | µs | host µs | GB/s | of copy | TFLOPS | materialised µs | speed-up |\n\
+         |---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     for r in rows {
         let (materialised, speedup) = match r.materialised_micros {
@@ -171,7 +176,7 @@ pub fn render(device: &str, copy: f64, rows: &[AttentionRow]) -> String {
         };
         s +=
             &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.0} | {:.2} | {:.1} | {materialised} | {speedup} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.0} | {:.2} | {:.1} | {materialised} | {speedup} |\n",
             r.heads,
             r.batch,
             r.context,
@@ -179,7 +184,7 @@ pub fn render(device: &str, copy: f64, rows: &[AttentionRow]) -> String {
             r.waves,
             r.ctas,
             r.splits,
-            r.micros, r.gb_per_s, r.of_copy, r.tflops
+            r.micros, r.host_micros, r.gb_per_s, r.of_copy, r.tflops
         );
     }
     s

@@ -26,21 +26,46 @@ const ROWS: usize = 16_384;
 const COLS: usize = 2048;
 const REPS: usize = 20;
 
-/// GPU milliseconds per call of `f`, from CUDA events around `reps` calls after one warm-up.
-pub(crate) fn time_ms(
+/// Milliseconds per call of a timed function.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallTime {
+    /// On the GPU: CUDA events around the calls.
+    pub gpu_ms: f64,
+    /// On the host, to enqueue them: where it is about as long as `gpu_ms`, the GPU waited for
+    /// the host's work per call (launches, allocations) rather than the other way round.
+    pub host_ms: f64,
+}
+
+/// [`CallTime`] of `reps` calls of `f` after one warm-up.
+pub(crate) fn time_calls(
     device: &CudaDevice,
     reps: usize,
     mut f: impl FnMut() -> Result<()>,
-) -> Result<f64> {
+) -> Result<CallTime> {
     let err = |e: cudarc::driver::DriverError| Error::Device(format!("timing on the GPU: {e}"));
     f()?;
     let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
     let start = device.stream.record_event(flags).map_err(err)?;
+    let host = std::time::Instant::now();
     for _ in 0..reps {
         f()?;
     }
+    let host_ms = host.elapsed().as_secs_f64() * 1e3;
     let end = device.stream.record_event(flags).map_err(err)?;
-    Ok(start.elapsed_ms(&end).map_err(err)? as f64 / reps.max(1) as f64)
+    let reps = reps.max(1) as f64;
+    Ok(CallTime {
+        gpu_ms: start.elapsed_ms(&end).map_err(err)? as f64 / reps,
+        host_ms: host_ms / reps,
+    })
+}
+
+/// GPU milliseconds per call of `f` ([`time_calls`]).
+pub(crate) fn time_ms(
+    device: &CudaDevice,
+    reps: usize,
+    f: impl FnMut() -> Result<()>,
+) -> Result<f64> {
+    time_calls(device, reps, f).map(|t| t.gpu_ms)
 }
 
 /// Uniform values in [−0.5, 0.5) from a fixed-seed LCG: benchmark inputs only.
