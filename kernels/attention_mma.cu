@@ -246,7 +246,7 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
              const bf16* k1, KeySegment s1, const bf16* k2, KeySegment s2, const bf16* v, KeySegment sv,            \
              int /* v_in_k: the shape's */, const TcItem* items, const uint32_t* block_tables, const uint32_t* table_start, int block_size,         \
              const uint32_t* token_pos, int heads, float scale, int window, float* partial_o, float* partial_lse,  \
-             bf16* out, float* lse_out) {                                                                           \
+             bf16* out, float* lse_out, int /* units: one per CTA */) {                                             \
         attention_mma<DQ, DV, V_IN_K, STAGES>(q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, k1, s1, k2, s2, \
                                       v, sv, items, block_tables, table_start, block_size, token_pos, heads, scale, \
                                       window, partial_o, partial_lse, out, lse_out);                                \
@@ -273,7 +273,7 @@ attention_mma_wide_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_str
                                   const bf16* v, KeySegment sv, int /* v_in_k */, const TcItem* items,
                                   const uint32_t* block_tables, const uint32_t* table_start, int block_size,
                                   const uint32_t* token_pos, int heads, float scale, int window, float* partial_o,
-                                  float* partial_lse, bf16* out, float* lse_out) {
+                                  float* partial_lse, bf16* out, float* lse_out, int /* units: one per CTA */) {
     constexpr int DQ = 576, DV = 512, HALF_DV = DV / 2, O_TILES = HALF_DV / 8;
     typedef MmaShape<DQ, DV, true, WIDE_STAGES> S;
     extern __shared__ __align__(128) unsigned char wide_smem[];  // another name than attention_mma's

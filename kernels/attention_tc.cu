@@ -35,7 +35,7 @@ attention_tc_bf16(const bf16* q1, int q1_stride, int q1_head_stride, const bf16*
                   const bf16* v, KeySegment sv, int v_in_k, const TcItem* items,
                   const uint32_t* block_tables, const uint32_t* table_start, int block_size,
                   const uint32_t* token_pos, int heads, float scale, int window, float* partial_o,
-                  float* partial_lse, bf16* out, float* lse_out) {
+                  float* partial_lse, bf16* out, float* lse_out, int /* units: one per CTA */) {
     extern __shared__ __align__(128) unsigned char smem[];
     const int dq = s1.len + s2.len, dv = sv.len;
     bf16* q_s = reinterpret_cast<bf16*>(smem);

@@ -65,7 +65,7 @@ __device__ __forceinline__ void load_latent_tile(unsigned char* stage, const int
     }
 }
 
-// A CTA's job: its quad of 16-row runs (items[4·b …]), its sequence's block table, the cached
+// A CTA's job: quad b of 16-row runs (items[4·b …]), its sequence's block table, the cached
 // tokens [kv_begin, kv_end) of its split and their KV head, and its tiles.
 struct WgCta {
     const TcItem* quad;
@@ -74,45 +74,56 @@ struct WgCta {
 };
 
 __device__ __forceinline__ WgCta wg_cta(const TcItem* items, const uint32_t* block_tables,
-                                        const uint32_t* table_start) {
-    const TcItem* quad = items + (size_t)blockIdx.x * WG_RUNS;
+                                        const uint32_t* table_start, int b) {
+    const TcItem* quad = items + (size_t)b * WG_RUNS;
     const int kv_begin = quad[0].kv_begin, kv_end = quad[0].kv_end;
     return WgCta{quad, block_tables + table_start[quad[0].seq], kv_begin, kv_end, (int)quad[0].kv_head,
                  (kv_end - kv_begin + WG_TILE - 1) / WG_TILE};
 }
 
-// The start of a CTA's quad of runs: its 64 query rows into the swizzle at q_s (eight threads per
-// 128-byte line) and its first tile into `stage0`, one commit group; the slots of its second
-// tile into `slots`; the rows' positions into pos_s (-1 for NO_ROW), read after a barrier.
-__device__ __forceinline__ void start_quad(unsigned char* q_s, unsigned char* stage0, int* pos_s, int (&slots)[2],
-                                           const TcItem* quad, const uint32_t* table, int tiles, const bf16* q1,
-                                           int q1_stride, int q1_head_stride, const bf16* q2, int q2_stride,
-                                           int q2_head_stride, const bf16* k1, const KeySegment& s1, const bf16* k2,
-                                           const KeySegment& s2, const uint32_t* token_pos, int heads,
-                                           int block_size) {
-    const int kv_begin = quad[0].kv_begin, kv_end = quad[0].kv_end, kv_head = quad[0].kv_head;
+// A quad's 64 query rows into the swizzle at q_s (eight threads per 128-byte line, copies not
+// committed) and the rows' positions into pos_s (-1 for NO_ROW), read after a barrier.
+__device__ __forceinline__ void load_quad_rows(unsigned char* q_s, int* pos_s, const TcItem* quad, const bf16* q1,
+                                               int q1_stride, int q1_head_stride, const bf16* q2, int q2_stride,
+                                               int q2_head_stride, int len1, const uint32_t* token_pos, int heads) {
     for (int idx = threadIdx.x; idx < WG_ROWS * LATENT / 8; idx += blockDim.x) {
         const int r = idx / 8 % WG_ROWS, c = idx / (8 * WG_ROWS) * 64 + idx % 8 * 8;
         load_query_piece(reinterpret_cast<bf16*>(q_s + swizzled_offset(r, c, WG_ROWS)), quad[r / ROWS].rows[r % ROWS],
-                         c, q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, s1.len, heads);
+                         c, q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, len1, heads);
     }
-    tile_slots(slots, kv_begin, kv_end, table, block_size);
-    if (tiles > 0) load_latent_tile(stage0, slots, k1, s1, k2, s2, kv_head);
-    async_commit();
-    tile_slots(slots, kv_begin + WG_TILE, kv_end, table, block_size);
     if (threadIdx.x < WG_ROWS) {
         const uint32_t pair = quad[threadIdx.x / ROWS].rows[threadIdx.x % ROWS];
         pos_s[threadIdx.x] = pair == NO_ROW ? -1 : (int)token_pos[pair / heads];
     }
 }
 
+// The start of a CTA's quad of runs: its query rows (load_quad_rows) and its first tile into
+// `stage0`, one commit group; the slots of its second tile into `slots`.
+__device__ __forceinline__ void start_quad(unsigned char* q_s, unsigned char* stage0, int* pos_s, int (&slots)[2],
+                                           const WgCta& cta, const bf16* q1, int q1_stride, int q1_head_stride,
+                                           const bf16* q2, int q2_stride, int q2_head_stride, const bf16* k1,
+                                           const KeySegment& s1, const bf16* k2, const KeySegment& s2,
+                                           const uint32_t* token_pos, int heads, int block_size) {
+    load_quad_rows(q_s, pos_s, cta.quad, q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, s1.len,
+                   token_pos, heads);
+    tile_slots(slots, cta.kv_begin, cta.kv_end, cta.table, block_size);
+    if (cta.tiles > 0) load_latent_tile(stage0, slots, k1, s1, k2, s2, cta.kv_head);
+    async_commit();
+    tile_slots(slots, cta.kv_begin + WG_TILE, cta.kv_end, cta.table, block_size);
+}
+
+// Persistent where the launch has fewer CTAs than quads (`units`): CTA c serves quads c,
+// c + gridDim.x, …, and while it finishes one it already loads the next one's first tile (into
+// the stage the last tile leaves free) and, once both warpgroups have scored the last tile, its
+// queries: the next quad's start overlaps this one's softmax, P·V and stores instead of
+// following them, as a new CTA's would. With a CTA per quad, each serves one.
 extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)
 attention_wgmma_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_stride, const bf16* q2, int q2_stride,
                                int q2_head_stride, const bf16* k1, KeySegment s1, const bf16* k2, KeySegment s2,
                                const bf16* v, KeySegment sv, int /* v_in_k */, const TcItem* items,
                                const uint32_t* block_tables, const uint32_t* table_start, int block_size,
                                const uint32_t* token_pos, int heads, float scale, int window, float* partial_o,
-                               float* partial_lse, bf16* out, float* lse_out) {
+                               float* partial_lse, bf16* out, float* lse_out, int units) {
     constexpr int TILE_BYTES = WG_TILE * LATENT * 2, O_REGS = VALUES / 2 / 2;  // 64 × 256 / 128 threads
     extern __shared__ __align__(128) unsigned char wgmma_smem[];
     unsigned char* q_s = wgmma_smem;                          // [64 rows × 576] swizzled
@@ -124,83 +135,118 @@ attention_wgmma_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_stride
     require_atom_aligned(wgmma_smem);
     launch_dependents();  // the combine may start launching: it waits for this kernel's end
 
-    const auto [quad, table, kv_begin, kv_end, kv_head, tiles] = wg_cta(items, block_tables, table_start);
     const int half = threadIdx.x / 128, run = (threadIdx.x / 32) % 4, lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3, row_lo = run * ROWS + g, row_hi = row_lo + 8;
-
-    int slots[2];
-    start_quad(q_s, stages, pos_s, slots, quad, table, tiles, q1, q1_stride, q1_head_stride, q2, q2_stride,
-               q2_head_stride, k1, s1, k2, s2, token_pos, heads, block_size);
     const float scale_log2 = scale * LOG2E;
-    SplitRows rows = split_rows(row_lo, half);
-    float o[O_REGS];
-#pragma unroll
-    for (int i = 0; i < O_REGS; i++) o[i] = 0.0f;
 
-    for (int step = 0; step < tiles; step++) {
-        const int tile = kv_begin + step * WG_TILE;
-        const unsigned char* stage = stages + (step & 1) * TILE_BYTES;
-        async_wait<0>();
-        fence_async_shared();
-        __syncthreads();  // this tile has landed for every thread; the other stage is free
+    WgCta cta = wg_cta(items, block_tables, table_start, blockIdx.x);
+    int slots[2];
+    start_quad(q_s, stages, pos_s, slots, cta, q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, k1, s1,
+               k2, s2, token_pos, heads, block_size);
+    int stage = 0;  // of the current tile: tiles alternate stages across quads too
+    for (int b = blockIdx.x; b < units; b += gridDim.x) {
+        const bool has_next = b + (int)gridDim.x < units;
+        // The next quad's table and first tile's slots, read while this quad runs.
+        const WgCta next = has_next ? wg_cta(items, block_tables, table_start, b + gridDim.x) : cta;
+        int next_slots[2];
+        tile_slots(next_slots, next.kv_begin, has_next ? next.kv_end : next.kv_begin, next.table, block_size);
+        bool next_started = false;
 
-        // S [64 rows × 32 tokens of half `half`] over the key width, 16 values per step; the
-        // next tile's copies are issued while the tensor cores work.
-        float s[16];
+        SplitRows rows = split_rows(row_lo, half);
+        float o[O_REGS];
 #pragma unroll
-        for (int i = 0; i < 16; i++) s[i] = 0.0f;
-        fence_registers(s);
-        wgmma_fence();
+        for (int i = 0; i < O_REGS; i++) o[i] = 0.0f;
+
+        for (int step = 0; step < cta.tiles; step++) {
+            const int tile = cta.kv_begin + step * WG_TILE;
+            const unsigned char* cur = stages + stage * TILE_BYTES;
+            unsigned char* other = stages + (stage ^ 1) * TILE_BYTES;
+            const bool last = step + 1 == cta.tiles;
+            async_wait<0>();
+            fence_async_shared();
+            __syncthreads();  // this tile (and at a quad's start its queries) landed; `other` is free
+
+            // S [64 rows × 32 tokens of half `half`] over the key width, 16 values per step; the
+            // next tile's copies (at the last tile: the next quad's first) are issued while the
+            // tensor cores work.
+            float s[16];
 #pragma unroll
-        for (int ks = 0; ks < LATENT / 16; ks++)
-            wgmma_m64n32k16(s, wgmma_desc(q_s + swizzled_offset(0, ks * 16, WG_ROWS), 0, ATOM),
-                            wgmma_desc(stage + swizzled_offset(half * 32, ks * 16, WG_TILE), 0, ATOM));
-        wgmma_commit();
-        if (step + 1 < tiles) {
-            load_latent_tile(stages + ((step + 1) & 1) * TILE_BYTES, slots, k1, s1, k2, s2, kv_head);
-            tile_slots(slots, tile + 2 * WG_TILE, kv_end, table, block_size);
+            for (int i = 0; i < 16; i++) s[i] = 0.0f;
+            fence_registers(s);
+            wgmma_fence();
+#pragma unroll
+            for (int ks = 0; ks < LATENT / 16; ks++)
+                wgmma_m64n32k16(s, wgmma_desc(q_s + swizzled_offset(0, ks * 16, WG_ROWS), 0, ATOM),
+                                wgmma_desc(cur + swizzled_offset(half * 32, ks * 16, WG_TILE), 0, ATOM));
+            wgmma_commit();
+            if (!last) {
+                load_latent_tile(other, slots, k1, s1, k2, s2, cta.kv_head);
+                tile_slots(slots, tile + 2 * WG_TILE, cta.kv_end, cta.table, block_size);
+            } else if (has_next && next.tiles > 0) {
+                load_latent_tile(other, next_slots, k1, s1, k2, s2, next.kv_head);
+            }
+            async_commit();
+            wgmma_wait<0>();
+            fence_registers(s);
+
+            float alpha_lo, alpha_hi;
+            split_softmax_step<16, WG_ROWS>(rows, s, tile + half * 32, cta.kv_end, pos_s, window, scale_log2,
+                                            half_max, alpha_lo, alpha_hi);
+            if (last && has_next) {
+                // Both warpgroups are past their last scores (the barrier in the step above):
+                // q_s and pos_s are free for the next quad.
+                load_quad_rows(q_s, pos_s, next.quad, q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride,
+                               s1.len, token_pos, heads);
+                async_commit();
+                next_started = true;
+            }
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const int col = half * 32 + j * 8 + 2 * t;
+                *reinterpret_cast<uint32_t*>(p_s + swizzled_offset(row_lo, col, WG_ROWS)) =
+                    pack_bf16(from_f32<bf16>(s[4 * j]), from_f32<bf16>(s[4 * j + 1]));
+                *reinterpret_cast<uint32_t*>(p_s + swizzled_offset(row_hi, col, WG_ROWS)) =
+                    pack_bf16(from_f32<bf16>(s[4 * j + 2]), from_f32<bf16>(s[4 * j + 3]));
+            }
+            rescale_rows(o, alpha_lo, alpha_hi);
+            fence_async_shared();
+            __syncthreads();  // P of both halves is in place
+
+            // O [64 rows × columns 256·half …] += P · V, 16 tokens per step.
+            fence_registers(o);
+            wgmma_fence();
+#pragma unroll
+            for (int ks = 0; ks < WG_TILE / 16; ks++)
+                wgmma_m64n256k16_mn_b(o, wgmma_desc(p_s + swizzled_offset(0, ks * 16, WG_ROWS), 0, ATOM),
+                                      wgmma_desc(cur + swizzled_offset(ks * 16, half * 256, WG_TILE), BLOCK_BYTES, ATOM));
+            wgmma_commit();
+            wgmma_wait<0>();
+            fence_registers(o);
+            stage ^= 1;
         }
-        async_commit();
-        wgmma_wait<0>();
-        fence_registers(s);
 
-        float alpha_lo, alpha_hi;
-        split_softmax_step<16, WG_ROWS>(rows, s, tile + half * 32, kv_end, pos_s, window, scale_log2, half_max,
-                                        alpha_lo, alpha_hi);
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            const int col = half * 32 + j * 8 + 2 * t;
-            *reinterpret_cast<uint32_t*>(p_s + swizzled_offset(row_lo, col, WG_ROWS)) =
-                pack_bf16(from_f32<bf16>(s[4 * j]), from_f32<bf16>(s[4 * j + 1]));
-            *reinterpret_cast<uint32_t*>(p_s + swizzled_offset(row_hi, col, WG_ROWS)) =
-                pack_bf16(from_f32<bf16>(s[4 * j + 2]), from_f32<bf16>(s[4 * j + 3]));
+        float sum_lo, sum_hi;
+        split_row_sums<WG_ROWS>(rows, half_sum, sum_lo, sum_hi);
+        const size_t item = (size_t)b * WG_RUNS + run;
+        const uint32_t pair_lo = cta.quad[run].rows[g], pair_hi = cta.quad[run].rows[g + 8];
+        store_rows<O_REGS / 4, VALUES>(o, sum_lo, sum_hi, half * (VALUES / 2), g, pair_lo, pair_hi, out, partial_o,
+                                       item);
+        if (half == 0 && t == 0) {
+            store_row_lse(lse_out, partial_lse, item, g, pair_lo, rows.m_lo, sum_lo);
+            store_row_lse(lse_out, partial_lse, item, g + 8, pair_hi, rows.m_hi, sum_hi);
         }
-        rescale_rows(o, alpha_lo, alpha_hi);
-        fence_async_shared();
-        __syncthreads();  // P of both halves is in place
-
-        // O [64 rows × columns 256·half …] += P · V, 16 tokens per step.
-        fence_registers(o);
-        wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < WG_TILE / 16; ks++)
-            wgmma_m64n256k16_mn_b(o, wgmma_desc(p_s + swizzled_offset(0, ks * 16, WG_ROWS), 0, ATOM),
-                                  wgmma_desc(stage + swizzled_offset(ks * 16, half * 256, WG_TILE), BLOCK_BYTES, ATOM));
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_registers(o);
+        if (!has_next) break;
+        if (!next_started) {
+            // A quad without tiles: nothing was loaded ahead (the barrier in split_row_sums
+            // above keeps this quad's pos_s reads before the next quad's writes).
+            start_quad(q_s, stages + stage * TILE_BYTES, pos_s, slots, next, q1, q1_stride, q1_head_stride, q2,
+                       q2_stride, q2_head_stride, k1, s1, k2, s2, token_pos, heads, block_size);
+        } else {
+            tile_slots(slots, next.kv_begin + WG_TILE, next.kv_end, next.table, block_size);
+        }
+        cta = next;
     }
     async_wait<0>();
-
-    float sum_lo, sum_hi;
-    split_row_sums<WG_ROWS>(rows, half_sum, sum_lo, sum_hi);
-    const size_t item = (size_t)blockIdx.x * WG_RUNS + run;
-    const uint32_t pair_lo = quad[run].rows[g], pair_hi = quad[run].rows[g + 8];
-    store_rows<O_REGS / 4, VALUES>(o, sum_lo, sum_hi, half * (VALUES / 2), g, pair_lo, pair_hi, out, partial_o, item);
-    if (half == 0 && t == 0) {
-        store_row_lse(lse_out, partial_lse, item, g, pair_lo, rows.m_lo, sum_lo);
-        store_row_lse(lse_out, partial_lse, item, g + 8, pair_hi, rows.m_hi, sum_hi);
-    }
 }
 
 // The same job with the scores kept in registers (attention_wgmma_rs_latent576_bf16): each
@@ -216,7 +262,7 @@ attention_wgmma_rs_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_str
                                   const bf16* v, KeySegment sv, int /* v_in_k */, const TcItem* items,
                                   const uint32_t* block_tables, const uint32_t* table_start, int block_size,
                                   const uint32_t* token_pos, int heads, float scale, int window, float* partial_o,
-                                  float* partial_lse, bf16* out, float* lse_out) {
+                                  float* partial_lse, bf16* out, float* lse_out, int /* units: one per CTA */) {
     constexpr int TILE_BYTES = WG_TILE * LATENT * 2, O_REGS = VALUES / 2 / 2, S_REGS = WG_TILE / 2;
     extern __shared__ __align__(128) unsigned char wgmma_rs_smem[];
     unsigned char* q_s = wgmma_rs_smem;                       // [64 rows × 576] swizzled
@@ -225,13 +271,14 @@ attention_wgmma_rs_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_str
     require_atom_aligned(wgmma_rs_smem);
     launch_dependents();
 
-    const auto [quad, table, kv_begin, kv_end, kv_head, tiles] = wg_cta(items, block_tables, table_start);
+    const WgCta cta = wg_cta(items, block_tables, table_start, blockIdx.x);
+    const auto [quad, table, kv_begin, kv_end, kv_head, tiles] = cta;
     const int half = threadIdx.x / 128, run = (threadIdx.x / 32) % 4, lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3, row_lo = run * ROWS + g, row_hi = row_lo + 8;
 
     int slots[2];
-    start_quad(q_s, stages, pos_s, slots, quad, table, tiles, q1, q1_stride, q1_head_stride, q2, q2_stride,
-               q2_head_stride, k1, s1, k2, s2, token_pos, heads, block_size);
+    start_quad(q_s, stages, pos_s, slots, cta, q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, k1, s1,
+               k2, s2, token_pos, heads, block_size);
     __syncthreads();  // pos_s
     const int pos_lo = pos_s[row_lo], pos_hi = pos_s[row_hi];
     const float scale_log2 = scale * LOG2E;

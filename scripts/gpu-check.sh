@@ -111,11 +111,12 @@ benches() {
   bench_step attention "mla bench attention" 150 \
     "$out/mla" bench attention --batch 1,32,128 --context 1024,4096,16384,32768 --reps 5 \
     --kernel where-pays,wgmma,mma,16-row
-  # The two wgmma kernels side by side on every V3 shape (a step of its own, so that a failure
-  # of the new one leaves the table above whole).
-  bench_step attention-wgmma-rs "mla bench attention --kernel wgmma,wgmma-rs (V3)" 120 \
+  # The wgmma kernel's alternatives side by side with it on every V3 shape (a step of its own,
+  # so that a failure of a new one leaves the table above whole): P in registers (rs), and a
+  # CTA per SM serving several units in turn (persistent).
+  bench_step attention-wgmma-rs "mla bench attention --kernel wgmma,wgmma-rs,wgmma-persistent (V3)" 150 \
     "$out/mla" bench attention --heads 128 --batch 1,32,128 --context 1024,4096,16384,32768 --reps 5 \
-    --kernel wgmma,wgmma-rs --materialised false
+    --kernel wgmma,wgmma-rs,wgmma-persistent --materialised false
   # The two builds of the 16-row kernel side by side on every V2-Lite shape: two CTAs per SM
   # with two stages of tiles, or one with five (fewer splits, twice the bytes in flight per SM).
   bench_step attention-deep "mla bench attention --kernel 16-row,16-row-deep (V2-Lite)" 90 \
@@ -136,7 +137,8 @@ benches() {
     "$out/mla" bench attention --heads 16 --batch 256 --context 32,512,2048 --reps 10 \
     --materialised false
   bench_step attention-fixed-v3 "mla bench attention: fixed costs, V3 (one and two waves)" 90 \
-    "$out/mla" bench attention --heads 128 --batch 66,132 --context 64,1024,4096 --reps 10 --kernel wgmma,wgmma-rs \
+    "$out/mla" bench attention --heads 128 --batch 66,132 --context 64,1024,4096 --reps 10 \
+    --kernel wgmma,wgmma-rs,wgmma-persistent \
     --materialised false
   # MLA against MHA on the first layers of DeepSeek-V2-Lite (random weights, bf16).
   bench_step bench "mla bench (V2-Lite vs MHA, 4 layers)" 240 \
@@ -154,7 +156,7 @@ benches() {
     python3 scripts/ab-summary.py "16-row kernel: two stages, two CTAs per SM (first) against the deep build" \
       "$out/attention-deep.md" "$out/attention-waves.md"
     echo
-    python3 scripts/ab-summary.py "V3: wgmma (first) against wgmma-rs" \
+    python3 scripts/ab-summary.py "V3: wgmma (first) against wgmma-rs and wgmma-persistent" \
       "$out/attention-wgmma-rs.md" "$out/attention-fixed-v3.md"
   } > "$out/ab-summary.md" 2>&1 || true
   cat "$out/ab-summary.md"
@@ -163,7 +165,7 @@ benches() {
 }
 
 # ncu on the attention shapes still short of their targets (V2-Lite through both 16-row builds,
-# V3 through both wgmma kernels), one
+# V3 through the wgmma kernels), one
 # that meets them (for reference) and two of 256 one-split CTAs of 1 and 16 tiles (what a launch
 # costs besides its tiles): per launch of the absorbed kernel and its combine, the duration, DRAM and SM
 # throughput, how much of the time the SMs were busy (ramp and tail), occupancy, waves and the
@@ -181,7 +183,7 @@ profile() {
   for shape in "16 32 4096 16-row" "16 128 1024 16-row" "16 1 16384 16-row" "16 256 32 16-row" \
                "16 256 512 16-row" "16 32 4096 16-row-deep" "16 128 1024 16-row-deep" \
                "128 128 1024 wgmma" "128 128 16384 wgmma" "128 128 1024 wgmma-rs" \
-               "128 128 16384 wgmma-rs"; do
+               "128 128 16384 wgmma-rs" "128 128 1024 wgmma-persistent"; do
     read -r heads batch context kernel <<< "$shape"
     csv="$out/ncu-$heads-$batch-$context-$kernel.csv"
     timeout 60 "$ncu" --clock-control none --print-units base --csv --page raw \

@@ -3,8 +3,9 @@
 //! unused slots left NaN (a stray read shows), 1–4 query tokens per sequence plus a prefill
 //! chunk, 1/16/128 heads, decode batches of 64 sequences of up to 8192 tokens, blocks of 16
 //! tokens and (absorbed, bf16) of 32, 64 and 128, queries opposed to every cached row (a key
-//! seen by mistake dominates); f32 (≤ 1e-4 relative L2) and bf16 (≤ 1e-2), and in bf16 each
-//! row's log-sum-exp (≤ 1e-3 of an f64 reference).
+//! seen by mistake dominates), more 64-row units than SMs (CTAs that serve several in turn);
+//! f32 (≤ 1e-4 relative L2) and bf16 (≤ 1e-2), and in bf16 each row's log-sum-exp (≤ 1e-3 of an
+//! f64 reference).
 //! Needs an NVIDIA GPU: ignored elsewhere.
 
 mod common;
@@ -138,6 +139,7 @@ where
             WideAttention::Mma,
             WideAttention::Wgmma,
             WideAttention::WgmmaRs,
+            WideAttention::WgmmaPersistent,
         ],
         _ => vec![WideAttention::Mma],
     };
@@ -381,6 +383,44 @@ fn mla_one_split_per_row_group_bf16() {
             );
         });
     }
+}
+
+/// More 64-row units than the GPU holds CTAs at once, through the persistent wgmma kernel: CTAs
+/// that serve several units in turn, each loading the next one's queries and first tile while
+/// finishing one, across sequences of different lengths and query tokens, with and without
+/// splits. Hopper only (elsewhere there is no wgmma kernel to run).
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn mla_persistent_ctas_bf16() {
+    let gpu = poisoned_gpu::<half::bf16>();
+    if !gpu.device.info.hopper() {
+        eprintln!("{}: no wgmma kernels on this GPU", gpu.device.info.name);
+        return;
+    }
+    let mut rng = Rng::new(17);
+    let ctas = gpu.device.info.multiprocessors;
+    // Units of one query token (2 per sequence at 128 heads) and of several; two long contexts
+    // take several splits, so that some units write partial rows for the combine.
+    let mut shapes: Vec<(usize, usize)> = (0..ctas * 3 / 4)
+        .map(|i| (3 + (i * 2654435761usize) % 200, 1 + i % 3))
+        .collect();
+    shapes.extend([(5000, 1), (3000, 2)]);
+    let tuning = TcTuning::from(WideAttention::WgmmaPersistent);
+    gpu.set_tc_tuning(tuning);
+    let batch = check_absorbed(&gpu, &mut rng, 128, &shapes, 64, 1e-2);
+    gpu.set_tc_tuning(TcTuning::default());
+    let shape = gpu
+        .device
+        .tc_plan(&batch, &absorbed_layout(&deepseek_dims(128)), tuning)
+        .unwrap()
+        .shape;
+    assert_eq!(shape.ctas(), ctas, "{:?}", shape.kernel());
+    assert!(
+        shape.units() > ctas && shape.max_splits() > 1,
+        "{} units, {} splits",
+        shape.units(),
+        shape.max_splits()
+    );
 }
 
 /// The other block sizes a cache may have (32, 64: the default, 128), with one long sequence

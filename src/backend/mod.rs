@@ -91,7 +91,13 @@ impl AttentionBatch {
         }
         for seq in &self.seqs {
             let needed = seq.context_len.div_ceil(block_size);
-            if seq.block_table.len() < needed || seq.query_len > seq.context_len {
+            if seq.query_len > seq.context_len {
+                return Err(crate::error::Error::InvalidInput(format!(
+                    "sequence of {} tokens has {} new ones: more than it holds",
+                    seq.context_len, seq.query_len
+                )));
+            }
+            if seq.block_table.len() < needed {
                 return Err(crate::error::Error::InvalidInput(format!(
                     "sequence of {} tokens has {} blocks, needs {needed}",
                     seq.context_len,
@@ -333,4 +339,28 @@ pub trait Backend {
         w: &MoeWeights<Self>,
         config: &MoeConfig,
     ) -> Result<Self::Tensor>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{AttentionBatch, SeqChunk};
+
+    #[test]
+    fn a_batch_that_does_not_fit_its_cache_says_what_is_wrong() {
+        let batch = |block_table: Vec<u32>, context_len, query_len| AttentionBatch {
+            block_size: 16,
+            seqs: vec![SeqChunk {
+                block_table,
+                context_len,
+                query_len,
+            }],
+        };
+        let message =
+            |b: AttentionBatch, blocks| b.check_blocks(blocks, 16).unwrap_err().to_string();
+        assert!(message(batch(vec![0], 2, 3), 4).contains("2 tokens has 3 new ones"));
+        assert!(message(batch(vec![0], 20, 1), 4).contains("20 tokens has 1 blocks, needs 2"));
+        assert!(message(batch(vec![0, 9], 20, 1), 4)
+            .contains("block 9 is outside the cache (4 blocks)"));
+        assert!(batch(vec![0], 2, 1).check_blocks(4, 16).is_ok());
+    }
 }

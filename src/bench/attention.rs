@@ -15,7 +15,7 @@ pub struct AttentionRow {
     pub heads: usize,
     /// The tensor-core kernel that served the shape, its CTAs and the most splits of a row
     /// group (1: no combine).
-    pub kernel: &'static str,
+    pub kernel: String,
     /// CTAs the split-KV schedule aimed for, in waves of the CTAs the GPU holds at once.
     pub waves: f32,
     pub ctas: usize,
@@ -119,17 +119,17 @@ pub fn run(
                 });
                 // Choices that come to the same kernel (fewer than 64 heads have no 64-row
                 // kernel, most shapes no deep build) are timed once.
-                let mut timed: Vec<(&str, f32)> = Vec::new();
+                let mut timed: Vec<(String, f32)> = Vec::new();
                 for tuning in tunings {
                     let schedule = gpu
                         .device
                         .tc_plan(&attention, &absorbed_layout(&dims), tuning)?
                         .shape;
-                    let kernel = schedule.kernel().function;
-                    if timed.contains(&(kernel, tuning.waves)) {
+                    let kernel = schedule.kernel().label();
+                    if timed.contains(&(kernel.clone(), tuning.waves)) {
                         continue;
                     }
-                    timed.push((kernel, tuning.waves));
+                    timed.push((kernel.clone(), tuning.waves));
                     gpu.set_tc_tuning(tuning);
                     let time = time_calls(&gpu.device, reps, || {
                         gpu.mla_attention_absorbed(&q_lat, &q, &cache, 0, &attention, &dims)
@@ -180,7 +180,7 @@ pub fn render(device: &str, copy: f64, rows: &[AttentionRow]) -> String {
             r.heads,
             r.batch,
             r.context,
-            r.kernel.trim_end_matches("_bf16"),
+            r.kernel,
             r.waves,
             r.ctas,
             r.splits,

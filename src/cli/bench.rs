@@ -133,7 +133,9 @@ pub struct AttentionBenchArgs {
 
     /// The kernels to time, a row each where they differ: where-pays (the runtime's choice),
     /// wgmma (64 rows per CTA on Hopper's warpgroup tensor cores; 64+ heads), wgmma-rs (the same
-    /// with the scores computed by both warpgroups and P kept in registers), mma (64 rows per
+    /// with the scores computed by both warpgroups and P kept in registers), wgmma-persistent
+    /// (wgmma with a CTA per SM, each serving several units and loading the next one's queries
+    /// and first tile while it finishes one), mma (64 rows per
     /// CTA, mma.sync), 16-row (16 rows per CTA, two CTAs per SM with two stages of tiles),
     /// 16-row-deep (16 rows per CTA, one CTA per SM with five stages).
     #[arg(
@@ -163,6 +165,8 @@ pub enum KernelChoice {
     Wgmma,
     #[value(name = "wgmma-rs")]
     WgmmaRs,
+    #[value(name = "wgmma-persistent")]
+    WgmmaPersistent,
     Mma,
     #[value(name = "16-row")]
     SixteenRow,
@@ -178,6 +182,7 @@ impl KernelChoice {
             KernelChoice::WherePays => (WideAttention::WherePays, shallow),
             KernelChoice::Wgmma => (WideAttention::Wgmma, shallow),
             KernelChoice::WgmmaRs => (WideAttention::WgmmaRs, shallow),
+            KernelChoice::WgmmaPersistent => (WideAttention::WgmmaPersistent, shallow),
             KernelChoice::Mma => (WideAttention::Mma, shallow),
             KernelChoice::SixteenRow => (WideAttention::Off, shallow),
             KernelChoice::SixteenRowDeep => (WideAttention::Off, NarrowAttention::Deep),

@@ -32,12 +32,20 @@ pub enum WideAttention {
     /// attention_wgmma_rs_latent576_bf16 (Hopper only): scores computed by both warpgroups, P
     /// kept in registers; an alternative to Wgmma that `mla bench attention` compares.
     WgmmaRs,
+    /// attention_wgmma_latent576_bf16 with one CTA per SM, each serving several 64-row units
+    /// (where there are more than SMs) and loading the next unit's queries and first tile while
+    /// it finishes one; an alternative to Wgmma (a CTA per unit) that `mla bench attention`
+    /// compares.
+    WgmmaPersistent,
 }
 
 impl WideAttention {
     /// Whether this choice needs a Hopper GPU (the sm_90a kernels).
     pub fn needs_hopper(self) -> bool {
-        matches!(self, WideAttention::Wgmma | WideAttention::WgmmaRs)
+        matches!(
+            self,
+            WideAttention::Wgmma | WideAttention::WgmmaRs | WideAttention::WgmmaPersistent
+        )
     }
 }
 
@@ -83,7 +91,8 @@ impl From<WideAttention> for TcTuning {
 }
 
 /// One tensor-core kernel for a layout: its module, entry point, threads per CTA, dynamic
-/// shared memory, 16-row runs served per CTA, and CTAs that fit one SM (for the schedule).
+/// shared memory, 16-row runs served per CTA's unit, CTAs that fit one SM (for the schedule),
+/// and whether it is launched with at most a wave of CTAs that each serve several units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcKernel {
     pub module: &'static str,
@@ -92,6 +101,18 @@ pub struct TcKernel {
     pub shared_bytes: usize,
     pub runs_per_cta: usize,
     pub ctas_per_sm: usize,
+    pub persistent: bool,
+}
+
+impl TcKernel {
+    /// The entry point without its dtype, and "persistent" where it is launched so.
+    pub fn label(&self) -> String {
+        let name = self.function.trim_end_matches("_bf16");
+        match self.persistent {
+            true => format!("{name} persistent"),
+            false => name.to_string(),
+        }
+    }
 }
 
 /// One build of `kernels/attention_mma.cu`'s 16-row kernel.
@@ -263,7 +284,8 @@ pub(super) fn wide_pays(
     }
 }
 
-/// [`kernel_for`], with the 64-row kernel `wide` (Mma, Wgmma or WgmmaRs) first, none if Off,
+/// [`kernel_for`], with the 64-row kernel `wide` (Mma, Wgmma, WgmmaRs or WgmmaPersistent)
+/// first, none if Off,
 /// and the 16-row build `narrow` before the two-stage one where the shape has it.
 pub(super) fn kernel_choice(
     l: &AttentionLayout,
@@ -281,13 +303,15 @@ pub(super) fn kernel_choice(
     }
     let (dq, dv) = (l.k1.len + l.k2.len, l.v.len);
     let wide_shape = (dq, dv, v_in_k) == (576, 512, true) && l.group >= WIDE_RUNS * ROWS;
-    let wgmma = (wide_shape && wide == WideAttention::Wgmma).then_some(TcKernel {
+    let persistent = wide == WideAttention::WgmmaPersistent;
+    let wgmma = (wide_shape && (wide == WideAttention::Wgmma || persistent)).then_some(TcKernel {
         module: "attention_wgmma",
         function: "attention_wgmma_latent576_bf16",
         threads: MMA_THREADS,
         shared_bytes: wgmma_shared_bytes(),
         runs_per_cta: WIDE_RUNS,
         ctas_per_sm: 1,
+        persistent,
     });
     let wgmma_rs = (wide_shape && wide == WideAttention::WgmmaRs).then_some(TcKernel {
         module: "attention_wgmma",
@@ -296,6 +320,7 @@ pub(super) fn kernel_choice(
         shared_bytes: wgmma_rs_shared_bytes(),
         runs_per_cta: WIDE_RUNS,
         ctas_per_sm: 1,
+        persistent: false,
     });
     let mma_wide = (wide_shape && wide == WideAttention::Mma).then_some(TcKernel {
         module: "attention_mma",
@@ -304,6 +329,7 @@ pub(super) fn kernel_choice(
         shared_bytes: wide_shared_bytes(),
         runs_per_cta: WIDE_RUNS,
         ctas_per_sm: 1,
+        persistent: false,
     });
     let mma = |stages: usize| {
         MMA_BUILDS
@@ -318,6 +344,7 @@ pub(super) fn kernel_choice(
                 shared_bytes: mma_shared_bytes(b),
                 runs_per_cta: 1,
                 ctas_per_sm: b.ctas_per_sm,
+                persistent: false,
             })
     };
     let mma_deep = (narrow == NarrowAttention::Deep)
@@ -330,6 +357,7 @@ pub(super) fn kernel_choice(
         shared_bytes: wmma_shared_bytes(l),
         runs_per_cta: 1,
         ctas_per_sm: 2,
+        persistent: false,
     });
     [wgmma, wgmma_rs, mma_wide, mma_deep, mma(2), wmma]
         .into_iter()
@@ -390,6 +418,19 @@ mod tests {
                 assert_eq!(hopper, k);
                 assert_eq!(rs, k);
             } else {
+                let persistent = kernel_choice(
+                    &absorbed,
+                    H100_SHARED,
+                    WideAttention::WgmmaPersistent,
+                    NarrowAttention::Shallow,
+                )
+                .unwrap();
+                assert_eq!(
+                    (persistent.function, persistent.persistent),
+                    ("attention_wgmma_latent576_bf16", true)
+                );
+                assert_eq!(persistent.label(), "attention_wgmma_latent576 persistent");
+                assert!(!rs.persistent && !k.persistent && !hopper.persistent);
                 assert_eq!(rs.function, "attention_wgmma_rs_latent576_bf16");
                 assert_eq!((rs.runs_per_cta, rs.ctas_per_sm), (4, 1));
                 // 64 heads of a token per CTA, one CTA per SM; wgmma on Hopper.

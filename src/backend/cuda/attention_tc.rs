@@ -35,6 +35,9 @@ pub struct TcShape {
     item_count: usize,
     group_count: usize,
     max_splits: usize,
+    /// CTAs of the launch: one per unit (runs_per_cta items), or for a persistent kernel at
+    /// most the CTAs the GPU holds at once.
+    ctas: usize,
 }
 
 /// A step's tensor-core schedule on the host: what benchmarks and tests report, without the
@@ -81,6 +84,12 @@ impl TcShape {
 
     /// CTAs of the attention kernel's launch.
     pub fn ctas(&self) -> usize {
+        self.ctas
+    }
+
+    /// The CTAs' units of work (runs_per_cta items each), served one per CTA, or several by
+    /// each CTA of a persistent kernel.
+    pub fn units(&self) -> usize {
         self.item_count / self.kernel.runs_per_cta
     }
 }
@@ -127,6 +136,7 @@ impl CudaDevice {
             target_ctas,
             kernel.runs_per_cta,
         );
+        let units = items.len() / kernel.runs_per_cta;
         let shape = TcShape {
             kernel,
             wide,
@@ -134,6 +144,10 @@ impl CudaDevice {
             item_count: items.len(),
             group_count: groups.len(),
             max_splits: groups.iter().map(|g| g.items as usize).max().unwrap_or(0),
+            ctas: match kernel.persistent {
+                true => units.min(wave),
+                false => units,
+            },
         };
         Ok(TcPlan {
             shape,
@@ -279,6 +293,7 @@ impl CudaDevice {
             .arg(&heads)
             .arg(&l.scale)
             .arg(&window);
+        let units = i(schedule.shape.units());
         match &mut partials {
             Some(p) => {
                 let p = &mut **p;
@@ -290,6 +305,7 @@ impl CudaDevice {
                 .arg(&mut out.data)
                 .arg(&mut lse.data),
         };
+        b.arg(&units);
         let cfg = LaunchConfig {
             grid_dim: (schedule.shape.ctas() as u32, 1, 1),
             block_dim: (kernel.threads, 1, 1),
@@ -301,7 +317,8 @@ impl CudaDevice {
         // the block tables against the cache, the schedule keeps rows within the step and
         // tokens within each row's context; the schedule's partial buffers hold ROWS rows of
         // v.len values per item (its value_len, checked above), or
-        // (direct: null partials) `out` and `lse` hold every (token, head) row of the step.
+        // (direct: null partials) `out` and `lse` hold every (token, head) row of the step;
+        // `units` is the number of units the items hold, which a persistent kernel's CTAs share.
         unsafe { b.launch(cfg) }.map_err(err("launch"))?;
 
         if let Some(p) = partials {
