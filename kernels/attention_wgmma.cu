@@ -116,7 +116,8 @@ __device__ __forceinline__ void start_quad(unsigned char* q_s, unsigned char* st
 // c + gridDim.x, …, and while it finishes one it already loads the next one's first tile (into
 // the stage the last tile leaves free) and, once both warpgroups have scored the last tile, its
 // queries: the next quad's start overlaps this one's softmax, P·V and stores instead of
-// following them, as a new CTA's would. With a CTA per quad, each serves one.
+// following them, as a new CTA's would. The next quad's item, table start and block-table slots
+// are read tiles ahead, while the tensor cores work. With a CTA per quad, each serves one.
 extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)
 attention_wgmma_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_stride, const bf16* q2, int q2_stride,
                                int q2_head_stride, const bf16* k1, KeySegment s1, const bf16* k2, KeySegment s2,
@@ -146,10 +147,10 @@ attention_wgmma_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_stride
     int stage = 0;  // of the current tile: tiles alternate stages across quads too
     for (int b = blockIdx.x; b < units; b += gridDim.x) {
         const bool has_next = b + (int)gridDim.x < units;
-        // The next quad's table and first tile's slots, read while this quad runs.
-        const WgCta next = has_next ? wg_cta(items, block_tables, table_start, b + gridDim.x) : cta;
+        // The next quad's item and table (read at the first tile, while the tensor cores score
+        // it) and its first tile's slots (a tile before they are needed, as for every tile).
+        WgCta next = cta;
         int next_slots[2];
-        tile_slots(next_slots, next.kv_begin, has_next ? next.kv_end : next.kv_begin, next.table, block_size);
         bool next_started = false;
 
         SplitRows rows = split_rows(row_lo, half);
@@ -179,11 +180,15 @@ attention_wgmma_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_stride
                 wgmma_m64n32k16(s, wgmma_desc(q_s + swizzled_offset(0, ks * 16, WG_ROWS), 0, ATOM),
                                 wgmma_desc(cur + swizzled_offset(half * 32, ks * 16, WG_TILE), 0, ATOM));
             wgmma_commit();
+            if (has_next && step == 0) next = wg_cta(items, block_tables, table_start, b + gridDim.x);
+            if (has_next && step == max(cta.tiles - 2, 0))
+                tile_slots(next_slots, next.kv_begin, next.kv_end, next.table, block_size);
             if (!last) {
                 load_latent_tile(other, slots, k1, s1, k2, s2, cta.kv_head);
                 tile_slots(slots, tile + 2 * WG_TILE, cta.kv_end, cta.table, block_size);
-            } else if (has_next && next.tiles > 0) {
-                load_latent_tile(other, next_slots, k1, s1, k2, s2, next.kv_head);
+            } else if (has_next) {
+                if (next.tiles > 0) load_latent_tile(other, next_slots, k1, s1, k2, s2, next.kv_head);
+                tile_slots(slots, next.kv_begin + WG_TILE, next.kv_end, next.table, block_size);
             }
             async_commit();
             wgmma_wait<0>();
@@ -239,10 +244,9 @@ attention_wgmma_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_stride
         if (!next_started) {
             // A quad without tiles: nothing was loaded ahead (the barrier in split_row_sums
             // above keeps this quad's pos_s reads before the next quad's writes).
+            next = wg_cta(items, block_tables, table_start, b + gridDim.x);
             start_quad(q_s, stages + stage * TILE_BYTES, pos_s, slots, next, q1, q1_stride, q1_head_stride, q2,
                        q2_stride, q2_head_stride, k1, s1, k2, s2, token_pos, heads, block_size);
-        } else {
-            tile_slots(slots, next.kv_begin + WG_TILE, next.kv_end, next.table, block_size);
         }
         cta = next;
     }
