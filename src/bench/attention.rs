@@ -13,8 +13,11 @@ use half::bf16;
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttentionRow {
     pub heads: usize,
-    /// The tensor-core kernel that served the shape, its CTAs and the most splits of a row
-    /// group (1: no combine).
+    /// The tensor-core kernel that served the shape (its [`TcKernel::label`]: entry point, and
+    /// whether launched persistent), its CTAs and the most splits of a row group (1: no
+    /// combine).
+    ///
+    /// [`TcKernel::label`]: crate::backend::cuda::attention_kernels::TcKernel::label
     pub kernel: String,
     /// CTAs the split-KV schedule aimed for, in waves of the CTAs the GPU holds at once.
     pub waves: f32,
