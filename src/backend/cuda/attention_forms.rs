@@ -157,7 +157,7 @@ where
         Ok(out)
     }
 
-    /// [`Backend::mla_attention_absorbed`] and, where the tensor-core kernels serve the step
+    /// [`crate::backend::Backend::mla_attention_absorbed`] and, where the tensor-core kernels serve the step
     /// (bf16), each (token, head) row's log-sum-exp of its scaled scores, natural log,
     /// `[T, heads]`; None on the exact kernel's path (f32), which does not compute it.
     pub fn mla_attention_absorbed_lse(

@@ -197,7 +197,7 @@ impl CudaDevice {
         self.fetch(&totals, "row totals")
     }
 
-    /// The `k` largest `(column, value)` of each row (k ≤ [`MAX_TOP_K`]), largest first, ties
+    /// The `k` largest `(column, value)` of each row (k ≤ `MAX_TOP_K`), largest first, ties
     /// to the lower column, in the host's order (`total_cmp`).
     pub fn top_k_rows<T: GpuFloat>(
         &self,
