@@ -23,6 +23,20 @@ struct TcItem {
     uint32_t rows[ROWS];
 };
 
+// The argument list of every tensor-core attention entry point, in the order the host's launch
+// (src/backend/cuda/attention_tc.rs) pushes them: the query segments, the key and value
+// segments (v_in_k: the values are the keys' first columns), the work items and the step's
+// block tables and positions, the partial buffers (null where the kernel writes out and lse_out
+// itself) and the number of CTA units the items hold (a persistent kernel's CTAs share them;
+// the others have one each). Entry points that have their own v_in_k or one unit per CTA
+// ignore those.
+#define TC_ATTENTION_ARGS                                                                                           \
+    const bf16 *q1, int q1_stride, int q1_head_stride, const bf16 *q2, int q2_stride, int q2_head_stride,          \
+        const bf16 *k1, KeySegment s1, const bf16 *k2, KeySegment s2, const bf16 *v, KeySegment sv, int v_in_k,    \
+        const TcItem *items, const uint32_t *block_tables, const uint32_t *table_start, int block_size,            \
+        const uint32_t *token_pos, int heads, float scale, int window, float *partial_o, float *partial_lse,       \
+        bf16 *out, float *lse_out, int units
+
 // The running state of an item's rows before its first tile: no max, no sum, each row's
 // position (-1 for NO_ROW: it sees nothing). Threads below ROWS write it.
 __device__ __forceinline__ void init_rows(const TcItem& item, const uint32_t* token_pos, int heads, float* m_s,

@@ -238,15 +238,11 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
     }
 }
 
-// One entry point per shape and pipeline depth, with attention_tc_bf16's argument list (v_in_k
-// is the shape's own); CTAS CTAs per SM.
+// One entry point per shape and pipeline depth (TC_ATTENTION_ARGS; v_in_k is the shape's own,
+// one unit per CTA); CTAS CTAs per SM.
 #define MLA_ATTENTION_MMA(NAME, DQ, DV, V_IN_K, STAGES, CTAS)                                                       \
     extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32, CTAS)                                              \
-        NAME(const bf16* q1, int q1_stride, int q1_head_stride, const bf16* q2, int q2_stride, int q2_head_stride,  \
-             const bf16* k1, KeySegment s1, const bf16* k2, KeySegment s2, const bf16* v, KeySegment sv,            \
-             int /* v_in_k: the shape's */, const TcItem* items, const uint32_t* block_tables, const uint32_t* table_start, int block_size,         \
-             const uint32_t* token_pos, int heads, float scale, int window, float* partial_o, float* partial_lse,  \
-             bf16* out, float* lse_out, int /* units: one per CTA */) {                                             \
+        NAME(TC_ATTENTION_ARGS) {                                                                                   \
         attention_mma<DQ, DV, V_IN_K, STAGES>(q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, k1, s1, k2, s2, \
                                       v, sv, items, block_tables, table_start, block_size, token_pos, heads, scale, \
                                       window, partial_o, partial_lse, out, lse_out);                                \
@@ -268,12 +264,7 @@ MLA_ATTENTION_MMA(attention_mma_head192_bf16, 192, 128, false, 2, 2)
 #define WIDE_STAGES 3
 
 extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32, 1)
-attention_mma_wide_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_stride, const bf16* q2, int q2_stride,
-                                  int q2_head_stride, const bf16* k1, KeySegment s1, const bf16* k2, KeySegment s2,
-                                  const bf16* v, KeySegment sv, int /* v_in_k */, const TcItem* items,
-                                  const uint32_t* block_tables, const uint32_t* table_start, int block_size,
-                                  const uint32_t* token_pos, int heads, float scale, int window, float* partial_o,
-                                  float* partial_lse, bf16* out, float* lse_out, int /* units: one per CTA */) {
+attention_mma_wide_latent576_bf16(TC_ATTENTION_ARGS) {
     constexpr int DQ = 576, DV = 512, HALF_DV = DV / 2, O_TILES = HALF_DV / 8;
     typedef MmaShape<DQ, DV, true, WIDE_STAGES> S;
     extern __shared__ __align__(128) unsigned char wide_smem[];  // another name than attention_mma's

@@ -30,12 +30,7 @@ __device__ __forceinline__ void copy_row(bf16* dst, const bf16* src, int len, in
 //   q [ROWS][dq] bf16 | k [KV_TILE][dq] bf16 | v [KV_TILE][dv] bf16 (unless v_in_k) |
 //   s [2][ROWS][KV_TILE] f32 | p [ROWS][KV_TILE] bf16 | o [ROWS][dv] f32 | m, l, alpha, pos [ROWS]
 extern "C" __global__ void __launch_bounds__(WARPS * 32, 1)
-attention_tc_bf16(const bf16* q1, int q1_stride, int q1_head_stride, const bf16* q2, int q2_stride,
-                  int q2_head_stride, const bf16* k1, KeySegment s1, const bf16* k2, KeySegment s2,
-                  const bf16* v, KeySegment sv, int v_in_k, const TcItem* items,
-                  const uint32_t* block_tables, const uint32_t* table_start, int block_size,
-                  const uint32_t* token_pos, int heads, float scale, int window, float* partial_o,
-                  float* partial_lse, bf16* out, float* lse_out, int /* units: one per CTA */) {
+attention_tc_bf16(TC_ATTENTION_ARGS) {
     extern __shared__ __align__(128) unsigned char smem[];
     const int dq = s1.len + s2.len, dv = sv.len;
     bf16* q_s = reinterpret_cast<bf16*>(smem);

@@ -119,12 +119,7 @@ __device__ __forceinline__ void start_quad(unsigned char* q_s, unsigned char* st
 // following them, as a new CTA's would. The next quad's item, table start and block-table slots
 // are read tiles ahead, while the tensor cores work. With a CTA per quad, each serves one.
 extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)
-attention_wgmma_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_stride, const bf16* q2, int q2_stride,
-                               int q2_head_stride, const bf16* k1, KeySegment s1, const bf16* k2, KeySegment s2,
-                               const bf16* v, KeySegment sv, int /* v_in_k */, const TcItem* items,
-                               const uint32_t* block_tables, const uint32_t* table_start, int block_size,
-                               const uint32_t* token_pos, int heads, float scale, int window, float* partial_o,
-                               float* partial_lse, bf16* out, float* lse_out, int units) {
+attention_wgmma_latent576_bf16(TC_ATTENTION_ARGS) {
     constexpr int TILE_BYTES = WG_TILE * LATENT * 2, O_REGS = VALUES / 2 / 2;  // 64 × 256 / 128 threads
     extern __shared__ __align__(128) unsigned char wgmma_smem[];
     unsigned char* q_s = wgmma_smem;                          // [64 rows × 576] swizzled
@@ -261,12 +256,7 @@ attention_wgmma_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_stride
 // before P·V (its MEMBAR may wait for the next tile's copies in flight) and one barrier per tile
 // instead of three, for a third more tensor work on the scores. 216 KiB of shared memory.
 extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)
-attention_wgmma_rs_latent576_bf16(const bf16* q1, int q1_stride, int q1_head_stride, const bf16* q2, int q2_stride,
-                                  int q2_head_stride, const bf16* k1, KeySegment s1, const bf16* k2, KeySegment s2,
-                                  const bf16* v, KeySegment sv, int /* v_in_k */, const TcItem* items,
-                                  const uint32_t* block_tables, const uint32_t* table_start, int block_size,
-                                  const uint32_t* token_pos, int heads, float scale, int window, float* partial_o,
-                                  float* partial_lse, bf16* out, float* lse_out, int /* units: one per CTA */) {
+attention_wgmma_rs_latent576_bf16(TC_ATTENTION_ARGS) {
     constexpr int TILE_BYTES = WG_TILE * LATENT * 2, O_REGS = VALUES / 2 / 2, S_REGS = WG_TILE / 2;
     extern __shared__ __align__(128) unsigned char wgmma_rs_smem[];
     unsigned char* q_s = wgmma_rs_smem;                       // [64 rows × 576] swizzled

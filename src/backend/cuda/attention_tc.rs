@@ -312,7 +312,7 @@ impl CudaDevice {
             shared_mem_bytes: smem as u32,
         };
         // SAFETY: the arguments match the kernel's (every tensor-core entry point takes
-        // attention_tc_bf16's) in order and type and T is bf16; the
+        // TC_ATTENTION_ARGS, kernels/attention_items.cuh) in order and type and T is bf16; the
         // checks above bound every query, key and value element by its buffer, the plan checked
         // the block tables against the cache, the schedule keeps rows within the step and
         // tokens within each row's context; the schedule's partial buffers hold ROWS rows of

@@ -10,7 +10,7 @@ use std::ffi::c_void;
 
 impl CudaDevice {
     /// Whether this GPU launches kernels as programmatic dependents (compute capability 9.0+).
-    pub fn dependent_launches(&self) -> bool {
+    fn dependent_launches(&self) -> bool {
         self.info.compute_capability >= (9, 0)
     }
 
