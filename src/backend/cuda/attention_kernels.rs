@@ -285,8 +285,8 @@ pub(super) fn wide_pays(
 }
 
 /// [`kernel_for`], with the 64-row kernel `wide` (Mma, Wgmma, WgmmaRs or WgmmaPersistent)
-/// first, none if Off,
-/// and the 16-row build `narrow` before the two-stage one where the shape has it.
+/// first, none if Off, and the 16-row build `narrow` before the two-stage one where the shape
+/// has it.
 pub(super) fn kernel_choice(
     l: &AttentionLayout,
     max_shared: usize,
