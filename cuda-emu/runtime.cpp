@@ -9,6 +9,7 @@
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/common_interface_defs.h>
 #endif
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <deque>
@@ -41,7 +42,7 @@ emu_switch:
 )");
 
 namespace emu {
-enum class State { Runnable, AtBlockBarrier, AtWarpBarrier, Exited, Failed };
+enum class State { Runnable, AtBlockBarrier, AtWarpBarrier, AtNamedBarrier, AtMbarrier, Exited, Failed };
 
 // A cp.async: its source read at issue, its destination written at the wait that covers it.
 struct PendingCopy {
@@ -56,6 +57,7 @@ struct PendingMma {
     uint64_t a, b;
     bool b_mn_major;
     const uint32_t* a_regs;  // A in registers (nullptr: A in shared memory, descriptor a)
+    uint64_t digest;         // of the shared operands at the issue (lane 0 of each warp)
 };
 
 // A thread's asynchronous operations of one kind: the open group and the committed ones, oldest
@@ -88,6 +90,25 @@ struct ThreadState {
     State state;
     AsyncGroups<PendingCopy> copies;
     AsyncGroups<PendingMma> mmas;
+    int barrier_id;              // AtNamedBarrier: which
+    const void* mbarrier;        // AtMbarrier: which
+};
+
+// A named barrier's arrivals so far (and the threads that made them) and their count.
+struct NamedBarrier {
+    int count = 0, arrived = 0;
+    std::vector<bool> threads;
+};
+
+// An mbarrier's phase (completions so far), arrivals in this phase and the copies that land at
+// its completion. The completion waits until someone needs it (a wait, or the next phase's
+// first arrival), so that copies land as late as the device may land them and a reader that
+// does not wait for the phase sees poison whichever order the threads ran in.
+struct Mbarrier {
+    int count = 0, arrived = 0;
+    unsigned phase = 0;
+    bool complete = false;  // every arrival of the phase is in; its copies have not landed
+    std::vector<PendingCopy> copies;
 };
 
 struct WarpState {
@@ -105,6 +126,8 @@ const size_t SHARED_GUARD = 256;
 const unsigned char POISON = 0xff;  // NaN in f32 and bf16
 
 std::vector<ThreadState> threads;
+NamedBarrier named[16];
+std::map<const void*, Mbarrier> mbarriers;
 std::vector<WarpState> warps;
 std::vector<void*> stacks;  // lowest address of each mapping; its first page is a guard page
 void* scheduler_sp = nullptr;
@@ -201,6 +224,8 @@ std::string where(const ThreadState& t) {
 // Releases the waiters of every warp whose live lanes have all arrived at a warp barrier, else
 // the whole block if every live thread waits at __syncthreads. False: nothing can move.
 bool release(size_t count) {
+    for (size_t i = 0; i < count; i++)
+        if (threads[i].state == State::Runnable) return true;  // freed by a named barrier or an mbarrier
     bool released = false;
     for (size_t w = 0; w * 32 < count; w++) {
         size_t waiting = 0, exited = 0, lanes = std::min(count - w * 32, (size_t)32);
@@ -233,7 +258,8 @@ bool release(size_t count) {
     }
     if (live > 0)
         failure = "deadlock: " + std::to_string(at_block) + " of " + std::to_string(live) +
-                  " live threads wait at __syncthreads and the others at a warp-synchronous call";
+                  " live threads wait at __syncthreads and the others at a warp-synchronous call, a named "
+                  "barrier or an mbarrier";
     return false;
 }
 
@@ -262,6 +288,8 @@ std::string run_block(size_t count) {
         t.sp = fresh_stack(const_cast<void*>(top));
     }
     for (WarpState& w : warps) w.generation = 0;
+    for (NamedBarrier& b : named) b = NamedBarrier{0, 0, std::vector<bool>(count)};
+    mbarriers.clear();
     ASAN_UNPOISON_MEMORY_REGION(shared_base, shared_bytes + SHARED_GUARD);
     memset(shared_base, POISON, shared_bytes + SHARED_GUARD);
     ASAN_POISON_MEMORY_REGION(shared_base + shared_bytes, SHARED_GUARD);
@@ -335,21 +363,94 @@ void async_commit() { current->copies.commit(); }
 void async_wait(int pending) { current->copies.wait(pending, land); }
 
 void wgmma_issue(float* d, int n, uint64_t a, uint64_t b, bool b_mn_major) {
-    current->mmas.open.push_back(PendingMma{d, n, a, b, b_mn_major, nullptr});
+    const uint64_t digest = lane_id() == 0 ? wgmma_operand_digest(n, a, true, b, b_mn_major) : 0;
+    current->mmas.open.push_back(PendingMma{d, n, a, b, b_mn_major, nullptr, digest});
 }
 
 void wgmma_issue_rs(float* d, int n, const uint32_t* a_regs, uint64_t b, bool b_mn_major) {
-    current->mmas.open.push_back(PendingMma{d, n, 0, b, b_mn_major, a_regs});
+    const uint64_t digest = lane_id() == 0 ? wgmma_operand_digest(n, 0, false, b, b_mn_major) : 0;
+    current->mmas.open.push_back(PendingMma{d, n, 0, b, b_mn_major, a_regs, digest});
 }
 
 void wgmma_commit() { current->mmas.commit(); }
 
 void wgmma_wait(int pending) {
     current->mmas.wait(pending, [](const PendingMma& m) {
+        if (lane_id() == 0 && wgmma_operand_digest(m.n, m.a, m.a_regs == nullptr, m.b, m.b_mn_major) != m.digest)
+            kernel_error("a wgmma's shared-memory operands differ between its issue and its wait: changed while it ran, "
+                         "or read before the copies that fill them landed");
         if (m.a_regs != nullptr) wgmma_compute_rs(m.d, m.n, m.a_regs, m.b, m.b_mn_major);
         else wgmma_compute(m.d, m.n, m.a, m.b, m.b_mn_major);
     });
     syncwarp();
+}
+
+void named_barrier(int id, int count, bool wait) {
+    if (id < 1 || id > 15) kernel_error("named barrier id outside 1 … 15 (0 is __syncthreads)");
+    if (count <= 0 || count % 32 != 0 || count > (int)named[id].threads.size())
+        kernel_error("named barrier count not a multiple of 32 within the block");
+    NamedBarrier& b = named[id];
+    if (b.arrived == 0) b.count = count;
+    else if (b.count != count) kernel_error("arrivals at one named barrier with different counts");
+    const size_t self = current - threads.data();
+    if (b.threads[self]) kernel_error("a thread arrives twice at a named barrier before it completes");
+    b.threads[self] = true;
+    if (++b.arrived == b.count) {
+        b.arrived = 0;
+        std::fill(b.threads.begin(), b.threads.end(), false);
+        for (ThreadState& t : threads)
+            if (t.state == State::AtNamedBarrier && t.barrier_id == id) t.state = State::Runnable;
+        return;
+    }
+    if (!wait) return;
+    current->state = State::AtNamedBarrier;
+    current->barrier_id = id;
+    back_to_scheduler();
+}
+
+void mbarrier_init(const void* bar, int count) {
+    if (count <= 0) kernel_error("mbarrier initialised with no arrivals");
+    mbarriers[bar] = Mbarrier{count, 0, 0, false, {}};
+}
+
+static Mbarrier& find_mbarrier(const void* bar) {
+    auto it = mbarriers.find(bar);
+    if (it == mbarriers.end()) kernel_error("an mbarrier used before mbarrier.init");
+    return it->second;
+}
+
+// Completes the phase of `m` whose arrivals are all in: its copies land.
+static void complete_phase(Mbarrier& m) {
+    for (const PendingCopy& c : m.copies) land(c);
+    m.copies.clear();
+    m.complete = false;
+    m.arrived = 0;
+    m.phase++;
+}
+
+void mbarrier_arrive_copies(const void* bar) {
+    Mbarrier& m = find_mbarrier(bar);
+    if (m.complete) complete_phase(m);
+    // The device tracks the thread's committed copies too; the kernels wait for those with
+    // cp.async.wait_group, which lands them there.
+    std::vector<PendingCopy>& open = current->copies.open;
+    m.copies.insert(m.copies.end(), open.begin(), open.end());
+    open.clear();
+    if (++m.arrived < m.count) return;
+    m.complete = true;
+    for (ThreadState& t : threads)
+        if (t.state == State::AtMbarrier && t.mbarrier == bar) t.state = State::Runnable;
+}
+
+void mbarrier_wait(const void* bar, int parity) {
+    for (;;) {
+        Mbarrier& m = find_mbarrier(bar);
+        if (m.complete && (m.phase & 1) == (unsigned)(parity & 1)) complete_phase(m);
+        if ((m.phase & 1) != (unsigned)(parity & 1)) return;
+        current->state = State::AtMbarrier;
+        current->mbarrier = bar;
+        back_to_scheduler();
+    }
 }
 
 std::string run_grid(const LaunchDims& dims, void (*body)(void*), void* ctx) {

@@ -113,7 +113,8 @@ __global__ void async_copies(const float* src, float* out, int waits) {
 }
 
 // D[64×32] += A·B over k = 16 with every operand value 1 (so any layout gives 16) on one
-// warpgroup; `wait`: whether the accumulators are read after wgmma_wait or before it.
+// warpgroup; `wait`: whether the accumulators are read after wgmma_wait or before it (2: after
+// a wait that thread 0 precedes by writing one of the operands, an error).
 __global__ void wgmma_ones(float* out, int wait) {
     unsigned char* s = static_cast<unsigned char*>(emu::dynamic_shared());
     for (int i = threadIdx.x; i < (64 + 32) * 128 / 2; i += blockDim.x) reinterpret_cast<uint16_t*>(s)[i] = 0x3f80;
@@ -123,8 +124,41 @@ __global__ void wgmma_ones(float* out, int wait) {
     float d[16] = {};
     emu::wgmma_issue(d, 32, desc(0), desc(8192), false);
     emu::wgmma_commit();
+    if (wait == 2 && threadIdx.x == 0) reinterpret_cast<uint16_t*>(s)[0] = 0;
     if (wait) emu::wgmma_wait(0);
     for (int j = 0; j < 16; j++) out[threadIdx.x * 16 + j] = d[j];
+}
+// Warp 0 copies 16 bytes per lane into shared memory with cp.async completing an mbarrier of 32
+// arrivals; warp 1 reads them, after waiting for the phase (`wait`) or not. Each block writes
+// out[block][lane][4].
+__global__ void copies_to_mbarrier(const float* src, float* out, int wait) {
+    float* s = static_cast<float*>(emu::dynamic_shared());
+    const void* bar = s + 32 * 4;
+    if (threadIdx.x == 0) emu::mbarrier_init(bar, 32);
+    __syncthreads();
+    const int lane = threadIdx.x % 32;
+    if (threadIdx.x < 32) {
+        emu::async_copy16(s + 4 * lane, src + 4 * lane, true);
+        emu::mbarrier_arrive_copies(bar);
+    } else {
+        if (wait) emu::mbarrier_wait(bar, 0);
+        for (int j = 0; j < 4; j++) out[blockIdx.x * 128 + 4 * lane + j] = s[4 * lane + j];
+    }
+}
+
+// Warp 0 writes, arrives at named barrier 1 and goes on; warp 1 waits there (`count` 64: both
+// warps) and reads. `twice`: warp 0 arrives twice before warp 1 does (an error).
+__global__ void named_handoff(float* out, int count, int twice) {
+    __shared__ float v[32];
+    const int lane = threadIdx.x % 32;
+    if (threadIdx.x < 32) {
+        v[lane] = (float)lane;
+        emu::named_barrier(1, count, false);
+        if (twice) emu::named_barrier(1, count, false);
+    } else {
+        emu::named_barrier(1, count, true);
+        out[blockIdx.x * 32 + lane] = v[lane];
+    }
 }
 }  // namespace
 
@@ -187,6 +221,33 @@ int main() {
                 break;
             }
     }
+    float mbar_out[2 * 128];
+    for (int wait = 0; wait < 2; wait++) {
+        expect("copies_to_mbarrier", launch(copies_to_mbarrier, 2, 64, 32 * 4 * sizeof(float) + 8, src, mbar_out, wait),
+               nullptr);
+        int poisoned = 0, wrong = 0;
+        for (int i = 0; i < 2 * 128; i++) {
+            poisoned += mbar_out[i] != mbar_out[i];
+            wrong += mbar_out[i] == mbar_out[i] && mbar_out[i] != src[i % 128];
+        }
+        if (wrong > 0 || (poisoned > 0) == (wait == 1)) {
+            failures++;
+            fprintf(stderr, "cuda-emu selftest copies_to_mbarrier (wait %d): %d poisoned, %d wrong\n", wait, poisoned,
+                    wrong);
+        }
+    }
+    float handed[2 * 32];
+    expect("named_handoff", launch(named_handoff, 2, 64, 0, handed, 64, 0), nullptr);
+    for (int i = 0; i < 2 * 32; i++)
+        if (handed[i] != (float)(i % 32)) {
+            failures++;
+            fprintf(stderr, "cuda-emu selftest named_handoff: value %d is %g\n", i, handed[i]);
+            break;
+        }
+    expect("named_twice", launch(named_handoff, 1, 64, 0, handed, 64, 1), "arrives twice");
+    expect("named_short", launch(named_handoff, 1, 128, 0, handed, 96, 0), "deadlock");
+    expect("wgmma_operand_changed", launch(wgmma_ones, 1, 128, (64 + 32) * 128, accumulators, 2),
+           "differ between its issue and its wait");
     if (failures) return 1;
     printf("cuda-emu selftest: all cases as expected\n");
     return 0;

@@ -40,6 +40,20 @@ __device__ __forceinline__ uint64_t wgmma_desc(const void* start, uint32_t leadi
            (uint64_t)((stride >> 4) & 0x3fff) << 32 | 1ull << 62;
 }
 
+// wgmma_desc(start, …), computed where it is used: a loop's k-steps then add constants to it
+// (wgmma_desc_at) instead of the compiler hoisting every step's descriptor out of an outer loop
+// and holding them all across it (in attention_seesaw.cu: 72 registers, and spills).
+__device__ __forceinline__ uint64_t wgmma_desc_here(const void* start, uint32_t leading, uint32_t stride) {
+    uint64_t d = wgmma_desc(start, leading, stride);
+#if defined(__CUDA_ARCH__) && !defined(MLA_CUDA_EMU)
+    asm volatile("" : "+l"(d));
+#endif
+    return d;
+}
+
+// The descriptor `d` moved `bytes` (a multiple of 16, staying in shared memory) further.
+__device__ __forceinline__ uint64_t wgmma_desc_at(uint64_t d, uint32_t bytes) { return d + (bytes >> 4); }
+
 // Stops the kernel (a launch error) unless `base` is aligned to a swizzle atom: the swizzle is a
 // function of the address bits, so a misaligned buffer would be read scrambled, silently.
 __device__ __forceinline__ void require_atom_aligned(const void* base) {

@@ -140,6 +140,7 @@ where
             WideAttention::Wgmma,
             WideAttention::WgmmaRs,
             WideAttention::WgmmaPersistent,
+            WideAttention::WgmmaSeesaw,
         ],
         _ => vec![WideAttention::Mma],
     };
@@ -421,6 +422,36 @@ fn mla_persistent_ctas_bf16() {
         shape.units(),
         shape.max_splits()
     );
+}
+
+/// Schedules of few CTAs (a fiftieth of a wave): every row group's split spans many tiles, in
+/// odd and even counts, the last one partial, with rows at different positions, through each
+/// kernel that serves the latent.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn mla_long_splits_bf16() {
+    let gpu = poisoned_gpu::<half::bf16>();
+    let mut rng = Rng::new(18);
+    let shapes = [(900, 1), (333, 2), (197, 1)];
+    for heads in [16, 128] {
+        for tuning in latent_kernels(&gpu, heads) {
+            let tuning = TcTuning {
+                waves: 0.02,
+                ..tuning
+            };
+            gpu.set_tc_tuning(tuning);
+            let batch = check_absorbed(&gpu, &mut rng, heads, &shapes, BLOCK, 1e-2);
+            let schedule = gpu
+                .device
+                .tc_plan(&batch, &absorbed_layout(&deepseek_dims(heads)), tuning)
+                .unwrap()
+                .shape;
+            // At most three splits per row group: every split has 100+ tokens, most of them
+            // several tiles.
+            assert!(schedule.max_splits() <= 3, "{heads} heads, {tuning:?}");
+        }
+    }
+    gpu.set_tc_tuning(TcTuning::default());
 }
 
 /// The other block sizes a cache may have (32, 64: the default, 128), with one long sequence

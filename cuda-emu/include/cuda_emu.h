@@ -84,6 +84,15 @@ void wgmma_issue(float* d, int n, uint64_t a, uint64_t b, bool b_mn_major);
 void wgmma_issue_rs(float* d, int n, const uint32_t* a_regs, uint64_t b, bool b_mn_major);
 void wgmma_commit();
 void wgmma_wait(int pending);  // as async_wait, then a warp barrier (.sync.aligned)
+// Named barrier `id` (1 … 15) of `count` threads: bar.sync (wait) or bar.arrive. A thread that
+// arrives twice before the barrier completes is an error: the device would count its warp twice.
+void named_barrier(int id, int count, bool wait);
+// mbarriers in shared memory that cp.async completes (cp.async.mbarrier.arrive.noinc): the
+// thread's copies not yet committed count as one arrival and land when the phase completes (all
+// `count` arrivals), not before, so a reader that does not wait for the phase sees poison.
+void mbarrier_init(const void* bar, int count);
+void mbarrier_arrive_copies(const void* bar);
+void mbarrier_wait(const void* bar, int parity);  // until the phase of this parity has completed
 }  // namespace emu
 
 #define MLA_ASSERT_ALIGNED(pointer, bytes)                                                          \

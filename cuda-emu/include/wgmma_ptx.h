@@ -32,6 +32,27 @@ inline float wgmma_operand(uint64_t desc, int mn, int k, bool mn_major) {
     return __bfloat162float(x);
 }
 
+// A digest of the shared-memory operands of a wgmma as this warp sees them: its 16 rows of A
+// (where A is in shared memory) and the whole of B. Taken at the issue and again at the wait
+// (runtime.cpp), where the two must agree: an operand changed in between, or read at the issue
+// before the copies that fill it had landed (poison or stale then, data at the wait), shows
+// whichever order the emulator happened to run the threads in.
+inline uint64_t wgmma_operand_digest(int n, uint64_t a, bool a_shared, uint64_t b, bool b_mn_major) {
+    uint64_t h = 1469598103934665603ull;  // FNV-1a
+    const auto mix = [&h](float x) {
+        uint32_t bits;
+        memcpy(&bits, &x, 4);
+        h = (h ^ bits) * 1099511628211ull;
+    };
+    const int warp = (thread_idx().x / 32) % 4;
+    if (a_shared)
+        for (int r = 0; r < 16; r++)
+            for (int k = 0; k < 16; k++) mix(wgmma_operand(a, 16 * warp + r, k, false));
+    for (int col = 0; col < n; col++)
+        for (int k = 0; k < 16; k++) mix(wgmma_operand(b, col, k, b_mn_major));
+    return h;
+}
+
 // d += A·B[16×n] for this thread's accumulators, from a_rows: its two rows of A (g and g + 8 of
 // its warp's 16) over k = 16; B K-major or MN-major in shared memory.
 inline void wgmma_accumulate(float* d, int n, const float (&a_rows)[2][16], uint64_t b, bool b_mn_major) {

@@ -135,8 +135,9 @@ pub struct AttentionBenchArgs {
     /// wgmma (64 rows per CTA on Hopper's warpgroup tensor cores; 64+ heads), wgmma-rs (the same
     /// with the scores computed by both warpgroups and P kept in registers), wgmma-persistent
     /// (wgmma with a CTA per SM, each serving several units and loading the next one's queries
-    /// and first tile while it finishes one), mma (64 rows per
-    /// CTA, mma.sync), 16-row (16 rows per CTA, two CTAs per SM with two stages of tiles),
+    /// and first tile while it finishes one), wgmma-seesaw (each warpgroup scores every other
+    /// tile, the two offset so that one's softmax overlaps the other's tensor work), mma (64 rows
+    /// per CTA, mma.sync), 16-row (16 rows per CTA, two CTAs per SM with two stages of tiles),
     /// 16-row-deep (16 rows per CTA, one CTA per SM with five stages).
     #[arg(
         long,
@@ -167,6 +168,8 @@ pub enum KernelChoice {
     WgmmaRs,
     #[value(name = "wgmma-persistent")]
     WgmmaPersistent,
+    #[value(name = "wgmma-seesaw")]
+    WgmmaSeesaw,
     Mma,
     #[value(name = "16-row")]
     SixteenRow,
@@ -183,6 +186,7 @@ impl KernelChoice {
             KernelChoice::Wgmma => (WideAttention::Wgmma, shallow),
             KernelChoice::WgmmaRs => (WideAttention::WgmmaRs, shallow),
             KernelChoice::WgmmaPersistent => (WideAttention::WgmmaPersistent, shallow),
+            KernelChoice::WgmmaSeesaw => (WideAttention::WgmmaSeesaw, shallow),
             KernelChoice::Mma => (WideAttention::Mma, shallow),
             KernelChoice::SixteenRow => (WideAttention::Off, shallow),
             KernelChoice::SixteenRowDeep => (WideAttention::Off, NarrowAttention::Deep),

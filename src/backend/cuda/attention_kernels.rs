@@ -37,6 +37,10 @@ pub enum WideAttention {
     /// it finishes one; an alternative to Wgmma (a CTA per unit) that `mla bench attention`
     /// compares.
     WgmmaPersistent,
+    /// attention_wgmma_seesaw_latent576_bf16 (Hopper only): each warpgroup scores every other
+    /// tile, the two offset so that one's softmax overlaps the other's wgmma; an alternative to
+    /// Wgmma that `mla bench attention` compares.
+    WgmmaSeesaw,
 }
 
 impl WideAttention {
@@ -44,7 +48,10 @@ impl WideAttention {
     pub fn needs_hopper(self) -> bool {
         matches!(
             self,
-            WideAttention::Wgmma | WideAttention::WgmmaRs | WideAttention::WgmmaPersistent
+            WideAttention::Wgmma
+                | WideAttention::WgmmaRs
+                | WideAttention::WgmmaPersistent
+                | WideAttention::WgmmaSeesaw
         )
     }
 }
@@ -198,6 +205,12 @@ fn wgmma_rs_shared_bytes() -> usize {
     let rows = WIDE_RUNS * ROWS;
     (rows * 576 + 2 * WGMMA_TILE * 576) * 2 + rows * 4
 }
+/// Dynamic shared memory of attention_wgmma_seesaw_latent576_bf16: the queries, two 64-token
+/// tiles, four mbarriers, the rows' running max, two factors and two sums per row, positions.
+fn wgmma_seesaw_shared_bytes() -> usize {
+    let rows = WIDE_RUNS * ROWS;
+    (rows * 576 + 2 * WGMMA_TILE * 576) * 2 + 4 * 8 + 5 * rows * 4 + rows * 4
+}
 /// attention_wgmma.cu's `WG_TILE`: cached tokens per tile.
 const WGMMA_TILE: usize = 64;
 
@@ -284,7 +297,7 @@ pub(super) fn wide_pays(
     }
 }
 
-/// [`kernel_for`], with the 64-row kernel `wide` (Mma, Wgmma, WgmmaRs or WgmmaPersistent)
+/// [`kernel_for`], with the 64-row kernel `wide` (Mma or one of the Wgmma variants)
 /// first, none if Off, and the 16-row build `narrow` before the two-stage one where the shape
 /// has it.
 pub(super) fn kernel_choice(
@@ -318,6 +331,15 @@ pub(super) fn kernel_choice(
         function: "attention_wgmma_rs_latent576_bf16",
         threads: MMA_THREADS,
         shared_bytes: wgmma_rs_shared_bytes(),
+        runs_per_cta: WIDE_RUNS,
+        ctas_per_sm: 1,
+        persistent: false,
+    });
+    let wgmma_seesaw = (wide_shape && wide == WideAttention::WgmmaSeesaw).then_some(TcKernel {
+        module: "attention_seesaw",
+        function: "attention_wgmma_seesaw_latent576_bf16",
+        threads: MMA_THREADS,
+        shared_bytes: wgmma_seesaw_shared_bytes(),
         runs_per_cta: WIDE_RUNS,
         ctas_per_sm: 1,
         persistent: false,
@@ -359,10 +381,18 @@ pub(super) fn kernel_choice(
         ctas_per_sm: 2,
         persistent: false,
     });
-    [wgmma, wgmma_rs, mma_wide, mma_deep, mma(2), wmma]
-        .into_iter()
-        .flatten()
-        .find(|k| k.shared_bytes <= max_shared)
+    [
+        wgmma,
+        wgmma_rs,
+        wgmma_seesaw,
+        mma_wide,
+        mma_deep,
+        mma(2),
+        wmma,
+    ]
+    .into_iter()
+    .flatten()
+    .find(|k| k.shared_bytes <= max_shared)
 }
 
 /// Whether a tensor-core kernel serves `l` (see [`kernel_for`]).
@@ -432,6 +462,17 @@ mod tests {
                 assert_eq!(persistent.label(), "attention_wgmma_latent576 persistent");
                 assert!(!rs.persistent && !k.persistent && !hopper.persistent);
                 assert_eq!(rs.function, "attention_wgmma_rs_latent576_bf16");
+                let seesaw = kernel_choice(
+                    &absorbed,
+                    H100_SHARED,
+                    WideAttention::WgmmaSeesaw,
+                    NarrowAttention::Shallow,
+                )
+                .unwrap();
+                assert_eq!(seesaw.function, "attention_wgmma_seesaw_latent576_bf16");
+                // Queries and two tiles (216 KiB) and 1,568 bytes of barriers and row state.
+                assert_eq!(seesaw.shared_bytes, 3 * 64 * 576 * 2 + 32 + 6 * 64 * 4);
+                assert!(seesaw.shared_bytes + 1024 <= 228 * 1024);
                 assert_eq!((rs.runs_per_cta, rs.ctas_per_sm), (4, 1));
                 // 64 heads of a token per CTA, one CTA per SM; wgmma on Hopper.
                 assert_eq!(k.function, "attention_mma_wide_latent576_bf16");
