@@ -113,6 +113,24 @@ __device__ __forceinline__ void score_blocks(float (&s)[32], const unsigned char
     wgmma_commit();
 }
 
+// S = Q · K^T for the tile in stage `odd` (its loads' phase parity `parity`): the first part's
+// column blocks issued as soon as they land, then `between()` (work that waits for wgmma issued
+// before these), then the second part's; waits for all.
+template <typename Between>
+__device__ __forceinline__ void score_tile(float (&s)[32], const unsigned char* q_s, const unsigned char* stage,
+                                          uint64_t* full, int odd, uint32_t parity, Between between) {
+#pragma unroll
+    for (int k = 0; k < 32; k++) s[k] = 0.0f;
+    fence_registers(s);
+    wait_part(full, odd, 0, parity);
+    score_blocks<0, 4>(s, q_s, stage);
+    between();
+    wait_part(full, odd, 1, parity);
+    score_blocks<4, P_BLOCK + 1>(s, q_s, stage);
+    wgmma_wait<0>();
+    fence_registers(s);
+}
+
 // O [64 rows × 256 columns from col0] += P · V over the tile in `stage`, P from registers (A
 // fragments, one per 16 tokens), issued and committed as one group.
 __device__ __forceinline__ void pv_from_registers(float (&o)[128], const uint32_t (&p)[4][4], const unsigned char* stage,
@@ -232,15 +250,7 @@ attention_wgmma_seesaw_latent576_bf16(TC_ATTENTION_ARGS) {
 
         // The first pair's scores: each warpgroup its own tile.
         float s[32];
-#pragma unroll
-        for (int k = 0; k < 32; k++) s[k] = 0.0f;
-        fence_registers(s);
-        wait_part(full, wg, 0, parity);
-        score_blocks<0, 4>(s, q_s, mine);
-        wait_part(full, wg, 1, parity);
-        score_blocks<4, P_BLOCK + 1>(s, q_s, mine);
-        wgmma_wait<0>();
-        fence_registers(s);
+        score_tile(s, q_s, mine, full, wg, parity, [] {});
         parity ^= 1;
 
         SplitRows r = split_rows(row_lo, wg);
@@ -283,21 +293,14 @@ attention_wgmma_seesaw_latent576_bf16(TC_ATTENTION_ARGS) {
                 named_barrier_sync(BAR_ODD_P, WG_THREADS);
                 pv_from_shared(o, odd, 0);
                 if (has_next) {
-                    // The next even tile's scores, its first part as soon as it lands; the odd
-                    // stage's columns 0 … 255 and P are free once P·V is done.
-#pragma unroll
-                    for (int k = 0; k < 32; k++) s[k] = 0.0f;
-                    fence_registers(s);
-                    wait_part(full, 0, 0, parity);
-                    score_blocks<0, 4>(s, q_s, even);
-                    wgmma_wait<1>();
-                    fence_registers(o);
-                    load_part(odd, 1, 0, next_odd, k1, s1, k2, s2, cta.kv_head, full);
-                    wait_part(full, 0, 1, parity);
-                    score_blocks<4, P_BLOCK + 1>(s, q_s, even);
+                    // The next even tile's scores; the odd stage's columns 0 … 255 and P are
+                    // free once P·V is done.
+                    score_tile(s, q_s, even, full, 0, parity, [&] {
+                        wgmma_wait<1>();
+                        fence_registers(o);
+                        load_part(odd, 1, 0, next_odd, k1, s1, k2, s2, cta.kv_head, full);
+                    });
                     parity ^= 1;
-                    wgmma_wait<0>();
-                    fence_registers(s);
                 }
                 wgmma_wait<0>();
                 fence_registers(o);
@@ -327,16 +330,8 @@ attention_wgmma_seesaw_latent576_bf16(TC_ATTENTION_ARGS) {
                     wgmma_wait<0>();
                     fence_registers(o);
                     load_part(even, 0, 1, next_even, k1, s1, k2, s2, cta.kv_head, full);
-#pragma unroll
-                    for (int k = 0; k < 32; k++) s[k] = 0.0f;
-                    fence_registers(s);
-                    wait_part(full, 1, 0, parity);
-                    score_blocks<0, 4>(s, q_s, odd);
-                    wait_part(full, 1, 1, parity);
-                    score_blocks<4, P_BLOCK + 1>(s, q_s, odd);
+                    score_tile(s, q_s, odd, full, 1, parity, [] {});
                     parity ^= 1;
-                    wgmma_wait<0>();
-                    fence_registers(s);
                 }
                 wgmma_wait<0>();
                 fence_registers(o);
