@@ -12,6 +12,7 @@ mod common;
 
 use common::{assert_close, Rng};
 use mla_rt::backend::cpu::{CpuBackend, CpuKvCache};
+use mla_rt::backend::cuda::attention_tc::TcShape;
 use mla_rt::backend::cuda::layout::absorbed_layout;
 use mla_rt::backend::cuda::{CudaBackend, GpuFloat, NarrowAttention, TcTuning, WideAttention};
 use mla_rt::backend::{AttentionBatch, Backend, MhaDims, MlaDims, SeqChunk};
@@ -161,6 +162,22 @@ fn for_each_latent_kernel<T: GpuFloat>(
         check(tuning);
     }
     gpu.set_tc_tuning(TcTuning::default());
+}
+
+/// The kernel and split-KV schedule the GPU picks for `batch` at `heads` heads under `tuning`.
+fn tc_shape<T: GpuFloat>(
+    gpu: &CudaBackend<T>,
+    batch: &AttentionBatch,
+    heads: usize,
+    tuning: TcTuning,
+) -> TcShape
+where
+    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
+{
+    gpu.device
+        .tc_plan(batch, &absorbed_layout(&deepseek_dims(heads)), tuning)
+        .unwrap()
+        .shape
 }
 
 const SHAPES: &[(usize, usize)] = &[(1, 1), (17, 4), (64, 2), (100, 30), (33, 1), (250, 3)];
@@ -372,11 +389,7 @@ fn mla_one_split_per_row_group_bf16() {
         let shapes: Vec<(usize, usize)> = (0..sequences).map(|i| (20 + i % 50, 1)).collect();
         for_each_latent_kernel(&gpu, heads, |tuning| {
             let batch = check_absorbed(&gpu, &mut rng, heads, &shapes, BLOCK, 1e-2);
-            let schedule = gpu
-                .device
-                .tc_plan(&batch, &absorbed_layout(&deepseek_dims(heads)), tuning)
-                .unwrap()
-                .shape;
+            let schedule = tc_shape(&gpu, &batch, heads, tuning);
             assert!(
                 schedule.direct(),
                 "{heads} heads, {tuning:?}: {:?}",
@@ -410,11 +423,7 @@ fn mla_persistent_ctas_bf16() {
     gpu.set_tc_tuning(tuning);
     let batch = check_absorbed(&gpu, &mut rng, 128, &shapes, 64, 1e-2);
     gpu.set_tc_tuning(TcTuning::default());
-    let shape = gpu
-        .device
-        .tc_plan(&batch, &absorbed_layout(&deepseek_dims(128)), tuning)
-        .unwrap()
-        .shape;
+    let shape = tc_shape(&gpu, &batch, 128, tuning);
     assert_eq!(shape.ctas(), ctas, "{:?}", shape.kernel());
     assert!(
         shape.units() > ctas && shape.max_splits() > 1,
@@ -441,11 +450,7 @@ fn mla_long_splits_bf16() {
             };
             gpu.set_tc_tuning(tuning);
             let batch = check_absorbed(&gpu, &mut rng, heads, &shapes, BLOCK, 1e-2);
-            let schedule = gpu
-                .device
-                .tc_plan(&batch, &absorbed_layout(&deepseek_dims(heads)), tuning)
-                .unwrap()
-                .shape;
+            let schedule = tc_shape(&gpu, &batch, heads, tuning);
             // At most three splits per row group: every split has 100+ tokens, most of them
             // several tiles.
             assert!(schedule.max_splits() <= 3, "{heads} heads, {tuning:?}");
@@ -472,11 +477,7 @@ fn mla_block_sizes_bf16() {
             for_each_latent_kernel(&gpu, heads, |tuning| {
                 let batch = check_absorbed(&gpu, &mut rng, heads, shapes, block, 1e-2);
                 if shapes.len() == 1 {
-                    let schedule = gpu
-                        .device
-                        .tc_plan(&batch, &absorbed_layout(&deepseek_dims(heads)), tuning)
-                        .unwrap()
-                        .shape;
+                    let schedule = tc_shape(&gpu, &batch, heads, tuning);
                     assert!(schedule.max_splits() > 8, "{:?}", schedule.kernel());
                 }
             });
