@@ -121,20 +121,24 @@ fn deepseek_dims(heads: usize) -> MlaDims {
 
 /// The kernels that serve the latent for `heads` heads when forced (these tests' contexts are
 /// too short for them to pay): the 64-row ones from 64 heads (wgmma on Hopper, mma.sync
-/// everywhere), else both builds of the 16-row one.
+/// everywhere), else both builds of the 16-row one and, on Hopper, the seesaw wgmma kernel.
 fn latent_kernels<T: GpuFloat>(gpu: &CudaBackend<T>, heads: usize) -> Vec<TcTuning>
 where
     cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
 {
     let wide = match heads {
         ..64 => {
-            return [NarrowAttention::Shallow, NarrowAttention::Deep]
+            let mut tunings: Vec<TcTuning> = [NarrowAttention::Shallow, NarrowAttention::Deep]
                 .map(|narrow| TcTuning {
                     wide: WideAttention::Off,
                     narrow,
                     ..TcTuning::default()
                 })
-                .to_vec()
+                .to_vec();
+            if gpu.device.info.hopper() {
+                tunings.push(WideAttention::WgmmaSeesaw.into());
+            }
+            return tunings;
         }
         _ if gpu.device.info.hopper() => vec![
             WideAttention::Mma,

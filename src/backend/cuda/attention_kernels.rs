@@ -39,7 +39,8 @@ pub enum WideAttention {
     WgmmaPersistent,
     /// attention_wgmma_seesaw_latent576_bf16 (Hopper only): each warpgroup scores every other
     /// tile, the two offset so that one's softmax overlaps the other's wgmma; an alternative to
-    /// Wgmma that `mla bench attention` compares.
+    /// Wgmma that `mla bench attention` compares, and, for fewer than 64 heads (empty rows
+    /// filling the unit), to the 16-row kernel.
     WgmmaSeesaw,
 }
 
@@ -315,7 +316,8 @@ pub(super) fn kernel_choice(
         return None;
     }
     let (dq, dv) = (l.k1.len + l.k2.len, l.v.len);
-    let wide_shape = (dq, dv, v_in_k) == (576, 512, true) && l.group >= WIDE_RUNS * ROWS;
+    let latent = (dq, dv, v_in_k) == (576, 512, true);
+    let wide_shape = latent && l.group >= WIDE_RUNS * ROWS;
     let persistent = wide == WideAttention::WgmmaPersistent;
     let wgmma = (wide_shape && (wide == WideAttention::Wgmma || persistent)).then_some(TcKernel {
         module: "attention_wgmma",
@@ -335,7 +337,10 @@ pub(super) fn kernel_choice(
         ctas_per_sm: 1,
         persistent: false,
     });
-    let wgmma_seesaw = (wide_shape && wide == WideAttention::WgmmaSeesaw).then_some(TcKernel {
+    // Also for fewer heads (rows of a unit the token lacks are empty), as FlashMLA serves
+    // V2-Lite's 16: memory-bound there, a 64-token tile's wasted tensor work may cost less than
+    // the 16-row kernel's smaller tiles, twice the CTAs and their partial outputs.
+    let wgmma_seesaw = (latent && wide == WideAttention::WgmmaSeesaw).then_some(TcKernel {
         module: "attention_seesaw",
         function: "attention_wgmma_seesaw_latent576_bf16",
         threads: MMA_THREADS,
@@ -443,6 +448,16 @@ mod tests {
                 deep.shared_bytes,
                 5 * 32 * 584 * 2 + 4 * 16 * 40 * 4 + 16 * 40 * 2 + 256
             );
+            let seesaw = kernel_choice(
+                &absorbed,
+                H100_SHARED,
+                WideAttention::WgmmaSeesaw,
+                NarrowAttention::Shallow,
+            )
+            .unwrap();
+            // For every head count, 64 rows per CTA (those the heads lack are empty).
+            assert_eq!(seesaw.function, "attention_wgmma_seesaw_latent576_bf16");
+            assert_eq!((seesaw.runs_per_cta, seesaw.ctas_per_sm), (4, 1));
             if heads < 64 {
                 assert_eq!(k.function, "attention_mma_latent576_bf16");
                 assert_eq!(hopper, k);
@@ -462,14 +477,6 @@ mod tests {
                 assert_eq!(persistent.label(), "attention_wgmma_latent576 persistent");
                 assert!(!rs.persistent && !k.persistent && !hopper.persistent);
                 assert_eq!(rs.function, "attention_wgmma_rs_latent576_bf16");
-                let seesaw = kernel_choice(
-                    &absorbed,
-                    H100_SHARED,
-                    WideAttention::WgmmaSeesaw,
-                    NarrowAttention::Shallow,
-                )
-                .unwrap();
-                assert_eq!(seesaw.function, "attention_wgmma_seesaw_latent576_bf16");
                 // Queries and two tiles (216 KiB) and 1,568 bytes of barriers and row state.
                 assert_eq!(seesaw.shared_bytes, 3 * 64 * 576 * 2 + 32 + 6 * 64 * 4);
                 assert!(seesaw.shared_bytes + 1024 <= 228 * 1024);
