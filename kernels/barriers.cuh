@@ -59,21 +59,40 @@ __device__ __forceinline__ void async_copies_arrive(uint64_t* bar) {
 #endif
 }
 
-// Waits until the phase of `bar` with this parity (phase k has parity k % 2) has completed: what
-// its arrivals' copies wrote is then visible to this thread (and, after fence_async_shared, to
-// its wgmma).
-__device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
+// Cycles an mbarrier wait may take before it stops the kernel (about two seconds): a phase that
+// never completes (a lost arrival) then fails the launch instead of hanging the GPU.
+#define MBARRIER_TIMEOUT_CYCLES (4ll << 30)
+
+// Whether the phase of `bar` with this parity (phase k has parity k % 2) has completed; waits a
+// while for it first.
+__device__ __forceinline__ bool mbarrier_try_wait(uint64_t* bar, uint32_t parity) {
 #if defined(MLA_CUDA_EMU)
     emu::mbarrier_wait(bar, (int)parity);
+    return true;
 #elif defined(__CUDA_ARCH__)
+    uint32_t done;
     asm volatile(
         "{\n"
         ".reg .pred done;\n"
-        "wait_%=:\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-        "@!done bra wait_%=;\n"
-        "}\n" ::"r"(barrier_address(bar)),
-        "r"(parity)
+        "mbarrier.try_wait.parity.shared::cta.b64 done, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, done;\n"
+        "}\n"
+        : "=r"(done)
+        : "r"(barrier_address(bar)), "r"(parity)
         : "memory");
+    return done != 0;
+#else
+    return true;
+#endif
+}
+
+// Waits until the phase of `bar` with this parity has completed: what its arrivals' copies
+// wrote is then visible to this thread (and, after fence_async_shared, to its wgmma).
+__device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
+    if (mbarrier_try_wait(bar, parity)) return;
+#if defined(__CUDA_ARCH__) && !defined(MLA_CUDA_EMU)
+    const long long start = clock64();
+    while (!mbarrier_try_wait(bar, parity))
+        if (clock64() - start > MBARRIER_TIMEOUT_CYCLES) asm volatile("trap;");
 #endif
 }
