@@ -136,7 +136,8 @@ pub struct AttentionBenchArgs {
     /// with the scores computed by both warpgroups and P kept in registers), wgmma-persistent
     /// (wgmma with a CTA per SM, each serving several units and loading the next one's queries
     /// and first tile while it finishes one), wgmma-seesaw (each warpgroup scores every other
-    /// tile, the two offset so that one's softmax overlaps the other's tensor work), mma (64 rows
+    /// tile, the two offset so that one's softmax overlaps the other's tensor work; any number of
+    /// heads, the rows they leave of a 64-row unit empty), mma (64 rows
     /// per CTA, mma.sync), 16-row (16 rows per CTA, two CTAs per SM with two stages of tiles),
     /// 16-row-deep (16 rows per CTA, one CTA per SM with five stages).
     #[arg(

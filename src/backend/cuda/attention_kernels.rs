@@ -1,5 +1,6 @@
 //! Which tensor-core attention kernel serves a layout (`kernels/attention_wgmma.cu` for the MLA
-//! latent with 64+ heads on Hopper, `kernels/attention_mma.cu` for the shapes it is built for,
+//! latent with 64+ heads on Hopper, `kernels/attention_seesaw.cu` for it where asked for,
+//! `kernels/attention_mma.cu` for the shapes it is built for,
 //! `kernels/attention_tc.cu` for every other): each kernel's shapes, shared memory and CTAs per
 //! SM, and where the 64-row kernels pay.
 
