@@ -341,15 +341,8 @@ attention_wgmma_seesaw_latent576_bf16(TC_ATTENTION_ARGS) {
         }
 
         // Each warpgroup's sums cover its tiles, both at the last max: the rows' whole sums.
-        float l_lo = r.l_lo, l_hi = r.l_hi;
-        quad_sum(l_lo, l_hi);
-        if (t == 0) {
-            sum_s[wg * WG_ROWS + row_lo] = l_lo;
-            sum_s[wg * WG_ROWS + row_hi] = l_hi;
-        }
-        __syncthreads();
-        const float sum_lo = sum_s[row_lo] + sum_s[WG_ROWS + row_lo];
-        const float sum_hi = sum_s[row_hi] + sum_s[WG_ROWS + row_hi];
+        float sum_lo, sum_hi;
+        split_row_sums<WG_ROWS>(r, sum_s, sum_lo, sum_hi);
         const size_t item = (size_t)b * WG_RUNS + run;
         const uint32_t pair_lo = cta.quad[run].rows[g], pair_hi = cta.quad[run].rows[g + 8];
         store_rows<O_REGS / 4, VALUES>(o, sum_lo, sum_hi, wg * (VALUES / 2), g, pair_lo, pair_hi, out, partial_o,
