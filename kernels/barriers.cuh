@@ -10,15 +10,6 @@
 #include <stdint.h>
 #include "common.cuh"
 
-__device__ __forceinline__ uint32_t barrier_address(const void* p) {
-#if defined(__CUDA_ARCH__) && !defined(MLA_CUDA_EMU)
-    return (uint32_t)__cvta_generic_to_shared(p);
-#else
-    (void)p;
-    return 0;
-#endif
-}
-
 // Waits at named barrier `id` (1 … 15; 0 is __syncthreads) until `count` threads (whole warps)
 // have arrived or waited there.
 __device__ __forceinline__ void named_barrier_sync(int id, int count) {
@@ -45,7 +36,7 @@ __device__ __forceinline__ void mbarrier_init(uint64_t* bar, int count) {
 #if defined(MLA_CUDA_EMU)
     emu::mbarrier_init(bar, count);
 #elif defined(__CUDA_ARCH__)
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(barrier_address(bar)), "r"(count) : "memory");
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(shared_address(bar)), "r"(count) : "memory");
 #endif
 }
 
@@ -55,7 +46,7 @@ __device__ __forceinline__ void async_copies_arrive(uint64_t* bar) {
 #if defined(MLA_CUDA_EMU)
     emu::mbarrier_arrive_copies(bar);
 #elif defined(__CUDA_ARCH__)
-    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(barrier_address(bar)) : "memory");
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(shared_address(bar)) : "memory");
 #endif
 }
 
@@ -78,7 +69,7 @@ __device__ __forceinline__ bool mbarrier_try_wait(uint64_t* bar, uint32_t parity
         "selp.u32 %0, 1, 0, done;\n"
         "}\n"
         : "=r"(done)
-        : "r"(barrier_address(bar)), "r"(parity)
+        : "r"(shared_address(bar)), "r"(parity)
         : "memory");
     return done != 0;
 #else

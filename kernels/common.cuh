@@ -32,6 +32,17 @@ template <typename T> __device__ __forceinline__ void store_pack(T* p, const Pac
     MLA_ASSERT_ALIGNED(p, 16);
     *reinterpret_cast<Pack<T>*>(p) = x;
 }
+// The 18-bit shared-memory address of `p` (a pointer into this CTA's shared memory).
+__device__ __forceinline__ uint32_t shared_address(const void* p) {
+#if defined(MLA_CUDA_EMU)
+    return emu::shared_offset(p);
+#elif defined(__CUDA_ARCH__)
+    return (uint32_t)__cvta_generic_to_shared(p);
+#else
+    (void)p;
+    return 0;
+#endif
+}
 // Whether every pointer is 16-byte aligned, so that packs may be used from it.
 __device__ __forceinline__ bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
 template <typename... P> __device__ __forceinline__ bool aligned16(const void* p, P... rest) {

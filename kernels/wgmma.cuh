@@ -21,17 +21,6 @@
 #include <wgmma_ptx.h>
 #endif
 
-// The 18-bit shared-memory address of `p` (a pointer into this CTA's shared memory).
-__device__ __forceinline__ uint32_t shared_address(const void* p) {
-#if defined(MLA_CUDA_EMU)
-    return emu::shared_offset(p);
-#elif defined(__CUDA_ARCH__)
-    return (uint32_t)__cvta_generic_to_shared(p);
-#else
-    return 0;
-#endif
-}
-
 // The descriptor of a 128-byte swizzled operand starting at `start` (16-byte aligned, inside an
 // atom aligned to 1024 bytes) with atoms `leading` and `stride` bytes apart (see above).
 __device__ __forceinline__ uint64_t wgmma_desc(const void* start, uint32_t leading, uint32_t stride) {

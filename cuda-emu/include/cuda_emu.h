@@ -7,6 +7,7 @@
 // Kernel sources choose the CPU versions of inline-PTX primitives (kernels/mma.cuh) by this.
 #define MLA_CUDA_EMU 1
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -58,6 +59,12 @@ const LaneEntry* warp_exchange(uint64_t value, const void* first = nullptr, cons
 // Stops the grid with an error, as a failed device-side check would.
 [[noreturn]] void kernel_error(const char* what);
 void* dynamic_shared();
+// The offset of `p` in the CTA's dynamic shared memory, as a shared-window address.
+inline uint32_t shared_offset(const void* p) {
+    const ptrdiff_t offset = static_cast<const char*>(p) - static_cast<const char*>(dynamic_shared());
+    if (offset < 0 || offset >= (1 << 18)) kernel_error("a shared-memory address outside the CTA's shared memory");
+    return (uint32_t)offset;
+}
 
 template <typename T> T shuffle_from(T v, int src) {
     static_assert(sizeof(T) <= 8, "shuffled values are at most 8 bytes");

@@ -9,12 +9,6 @@
 #include <stddef.h>
 
 namespace emu {
-inline uint32_t shared_offset(const void* p) {
-    const ptrdiff_t offset = static_cast<const char*>(p) - static_cast<const char*>(dynamic_shared());
-    if (offset < 0 || offset >= (1 << 18)) kernel_error("a wgmma operand outside the CTA's shared memory");
-    return (uint32_t)offset;
-}
-
 // Element (mn, k) of the operand of `desc`, 128-byte swizzle (kernels/wgmma.cuh): atoms of 8
 // rows × 128 bytes whose 16-byte chunk c of row r sits at c ^ r; a row holds 64 consecutive k
 // (K-major: atoms `stride` bytes apart along mn) or 64 consecutive mn (MN-major: atoms
