@@ -157,9 +157,9 @@ where
         Ok(out)
     }
 
-    /// [`crate::backend::Backend::mla_attention_absorbed`] and, where the tensor-core kernels serve the step
-    /// (bf16), each (token, head) row's log-sum-exp of its scaled scores, natural log,
-    /// `[T, heads]`; None on the exact kernel's path (f32), which does not compute it.
+    /// [`crate::backend::Backend::mla_attention_absorbed`] and, where the tensor-core kernels
+    /// serve the step (bf16), each (token, head) row's log-sum-exp of its scaled scores, natural
+    /// log, `[T, heads]`; None on the exact kernel's path (f32), which does not compute it.
     pub fn mla_attention_absorbed_lse(
         &self,
         q_lat: &GpuTensor<T>,

@@ -200,8 +200,8 @@ impl CudaDevice {
 
     /// Attention for the step of `plan` with layout `l` on tensor cores: the output
     /// `[T, heads·v.len]` and each (token, head) row's log-sum-exp of its scaled scores (natural
-    /// log). `T` must be bf16 and `l` one that [`super::attention_kernels::supports`] accepts; `schedule` comes from
-    /// [`Self::tc_schedule`] for the same step and layout.
+    /// log). `T` must be bf16 and `l` one that [`super::attention_kernels::supports`] accepts;
+    /// `schedule` comes from [`Self::tc_schedule`] for the same step and layout.
     pub fn attention_tc<'a, T: GpuFloat>(
         &self,
         out: &mut GpuTensor<T>,
