@@ -125,6 +125,21 @@ __device__ __forceinline__ void store_rows(const float* o, float sum_lo, float s
     }
 }
 
+// What a 64-row kernel's thread writes of 16-row run `run` (item `item`): its rows g, g + 8
+// (store_rows, from column col0) and, where `with_lse` (one lane per row and CTA), their LSEs
+// from the rows' max and whole sums.
+template <int O_TILES, int DV>
+__device__ __forceinline__ void store_run(const float* o, const TcItem& run, size_t item, int g, int col0,
+                                          float m_lo, float m_hi, float sum_lo, float sum_hi, bool with_lse,
+                                          bf16* out, float* partial_o, float* lse_out, float* partial_lse) {
+    const uint32_t pair_lo = run.rows[g], pair_hi = run.rows[g + 8];
+    store_rows<O_TILES, DV>(o, sum_lo, sum_hi, col0, g, pair_lo, pair_hi, out, partial_o, item);
+    if (with_lse) {
+        store_row_lse(lse_out, partial_lse, item, g, pair_lo, m_lo, sum_lo);
+        store_row_lse(lse_out, partial_lse, item, g + 8, pair_hi, m_hi, sum_hi);
+    }
+}
+
 // The online-softmax state of this lane's two rows (g and g + 8 of its 16-row run, as in the
 // accumulator layout) in the 64-row kernels, where each row's tile is split between two halves
 // of the CTA (`half`: warps or warpgroups) that meet through shared memory. m: running max

@@ -350,11 +350,6 @@ attention_mma_wide_latent576_bf16(TC_ATTENTION_ARGS) {
 
     float sum_lo, sum_hi;
     split_row_sums<WIDE_ROWS>(rows, half_sum, sum_lo, sum_hi);
-    const size_t item = (size_t)blockIdx.x * WIDE_RUNS + run;
-    const uint32_t pair_lo = quad[run].rows[g], pair_hi = quad[run].rows[g + 8];
-    store_rows<O_TILES, DV>(&o[0][0], sum_lo, sum_hi, half * HALF_DV, g, pair_lo, pair_hi, out, partial_o, item);
-    if (half == 0 && t == 0) {
-        store_row_lse(lse_out, partial_lse, item, g, pair_lo, rows.m_lo, sum_lo);
-        store_row_lse(lse_out, partial_lse, item, g + 8, pair_hi, rows.m_hi, sum_hi);
-    }
+    store_run<O_TILES, DV>(&o[0][0], quad[run], (size_t)blockIdx.x * WIDE_RUNS + run, g, half * HALF_DV, rows.m_lo,
+                           rows.m_hi, sum_lo, sum_hi, half == 0 && t == 0, out, partial_o, lse_out, partial_lse);
 }

@@ -343,13 +343,8 @@ attention_wgmma_seesaw_latent576_bf16(TC_ATTENTION_ARGS) {
         // Each warpgroup's sums cover its tiles, both at the last max: the rows' whole sums.
         float sum_lo, sum_hi;
         split_row_sums<WG_ROWS>(r, sum_s, sum_lo, sum_hi);
-        const size_t item = (size_t)b * WG_RUNS + run;
-        const uint32_t pair_lo = cta.quad[run].rows[g], pair_hi = cta.quad[run].rows[g + 8];
-        store_rows<O_REGS / 4, VALUES>(o, sum_lo, sum_hi, wg * (VALUES / 2), g, pair_lo, pair_hi, out, partial_o,
-                                       item);
-        if (wg == 0 && t == 0) {
-            store_row_lse(lse_out, partial_lse, item, g, pair_lo, m_s[row_lo], sum_lo);
-            store_row_lse(lse_out, partial_lse, item, g + 8, pair_hi, m_s[row_hi], sum_hi);
-        }
+        store_run<O_REGS / 4, VALUES>(o, cta.quad[run], (size_t)b * WG_RUNS + run, g, wg * (VALUES / 2), m_s[row_lo],
+                                      m_s[row_hi], sum_lo, sum_hi, wg == 0 && t == 0, out, partial_o, lse_out,
+                                      partial_lse);
     }
 }

@@ -187,14 +187,9 @@ attention_wgmma_latent576_bf16(TC_ATTENTION_ARGS) {
 
         float sum_lo, sum_hi;
         split_row_sums<WG_ROWS>(rows, half_sum, sum_lo, sum_hi);
-        const size_t item = (size_t)b * WG_RUNS + run;
-        const uint32_t pair_lo = cta.quad[run].rows[g], pair_hi = cta.quad[run].rows[g + 8];
-        store_rows<O_REGS / 4, VALUES>(o, sum_lo, sum_hi, half * (VALUES / 2), g, pair_lo, pair_hi, out, partial_o,
-                                       item);
-        if (half == 0 && t == 0) {
-            store_row_lse(lse_out, partial_lse, item, g, pair_lo, rows.m_lo, sum_lo);
-            store_row_lse(lse_out, partial_lse, item, g + 8, pair_hi, rows.m_hi, sum_hi);
-        }
+        store_run<O_REGS / 4, VALUES>(o, cta.quad[run], (size_t)b * WG_RUNS + run, g, half * (VALUES / 2), rows.m_lo,
+                                      rows.m_hi, sum_lo, sum_hi, half == 0 && t == 0, out, partial_o, lse_out,
+                                      partial_lse);
         if (!has_next) break;
         if (!next_started) {
             // A quad without tiles: nothing was loaded ahead (the barrier in split_row_sums
@@ -300,11 +295,6 @@ attention_wgmma_rs_latent576_bf16(TC_ATTENTION_ARGS) {
     // Whole row sums from the four lanes of each row (each warpgroup has every token's share).
     float l_lo = rows.l_lo, l_hi = rows.l_hi;
     quad_sum(l_lo, l_hi);
-    const size_t item = (size_t)blockIdx.x * WG_RUNS + run;
-    const uint32_t pair_lo = quad[run].rows[g], pair_hi = quad[run].rows[g + 8];
-    store_rows<O_REGS / 4, VALUES>(o, l_lo, l_hi, half * (VALUES / 2), g, pair_lo, pair_hi, out, partial_o, item);
-    if (half == 0 && t == 0) {
-        store_row_lse(lse_out, partial_lse, item, g, pair_lo, rows.m_lo, l_lo);
-        store_row_lse(lse_out, partial_lse, item, g + 8, pair_hi, rows.m_hi, l_hi);
-    }
+    store_run<O_REGS / 4, VALUES>(o, quad[run], (size_t)blockIdx.x * WG_RUNS + run, g, half * (VALUES / 2), rows.m_lo,
+                                  rows.m_hi, l_lo, l_hi, half == 0 && t == 0, out, partial_o, lse_out, partial_lse);
 }
