@@ -27,7 +27,7 @@ struct TcItem {
 // (src/backend/cuda/attention_tc.rs) pushes them: the query segments, the key and value
 // segments (v_in_k: the values are the keys' first columns), the work items and the step's
 // block tables and positions, the partial buffers (null where the kernel writes out and lse_out
-// itself) and the number of CTA units the items hold (a persistent kernel's CTAs share them;
+// itself; lse_out is null where the caller does not want the LSE) and the number of CTA units the items hold (a persistent kernel's CTAs share them;
 // the others have one each). Entry points that have their own v_in_k or one unit per CTA
 // ignore those.
 #define TC_ATTENTION_ARGS                                                                                           \
@@ -97,12 +97,14 @@ __device__ __forceinline__ void store_row_pair(bf16* out, float* partial_o, size
     }
 }
 
-// The row's log-sum-exp of its scaled scores from its running max m and sum l (base 2).
+// The row's log-sum-exp of its scaled scores from its running max m and sum l (base 2): as
+// store_row_pair, into lse_out (natural log; nowhere if the caller wants no LSE) where there are
+// no partial buffers, else into partial_lse.
 __device__ __forceinline__ void store_row_lse(float* lse_out, float* partial_lse, size_t item, int row, uint32_t pair,
                                               float m, float l) {
     const float lse2 = l > 0.0f ? m + log2f(l) : -INFINITY;
-    if (lse_out != nullptr) {
-        if (pair != NO_ROW) lse_out[pair] = lse2 * LN2;
+    if (partial_lse == nullptr) {
+        if (lse_out != nullptr && pair != NO_ROW) lse_out[pair] = lse2 * LN2;
     } else {
         partial_lse[item * ROWS + row] = lse2;
     }

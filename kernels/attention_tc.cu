@@ -145,10 +145,11 @@ attention_tc_bf16(TC_ATTENTION_ARGS) {
 // Merges the splits of each row group: weights 2^(lse_j − m) with m the largest lse_j, LSE
 // m + log2 Σ weights. Block (group, row, column chunk) writes COMBINE_COLUMNS values of one
 // output row (`out` row `pair` holds dv values, dv a multiple of 4) and, from the first chunk,
-// the row's LSE (natural log, scaled scores). Its warps take every warps-th split, each lane 4
-// columns: the loads of all splits are independent of one another and of the weights, so they
-// are in flight together instead of one split's LSE, then its values, then the next split's
-// (a long sequence has hundreds of splits), and the warps meet once through shared memory.
+// the row's LSE (natural log, scaled scores) unless lse_out is null. Its warps take every
+// warps-th split, each lane 4 columns: the loads of all splits are independent of one another
+// and of the weights, so they are in flight together instead of one split's LSE, then its
+// values, then the next split's (a long sequence has hundreds of splits), and the warps meet
+// once through shared memory.
 #define COMBINE_LANE_COLUMNS 4
 #define COMBINE_COLUMNS (32 * COMBINE_LANE_COLUMNS)
 #define COMBINE_MAX_WARPS 8
@@ -206,5 +207,6 @@ attention_tc_combine_bf16(const float* partial_o, const float* partial_lse, cons
         *dst = make_uint2(pack_bf16(from_f32<bf16>(x.x * inv), from_f32<bf16>(x.y * inv)),
                           pack_bf16(from_f32<bf16>(x.z * inv), from_f32<bf16>(x.w * inv)));
     }
-    if (blockIdx.z == 0 && lane == 0) lse_out[g.rows[i]] = sum > 0.0f ? (m + log2f(sum)) * LN2 : -INFINITY;
+    if (lse_out != nullptr && blockIdx.z == 0 && lane == 0)
+        lse_out[g.rows[i]] = sum > 0.0f ? (m + log2f(sum)) * LN2 : -INFINITY;
 }

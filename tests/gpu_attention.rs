@@ -5,7 +5,7 @@
 //! tokens and (absorbed, bf16) of 32, 64 and 128, queries opposed to every cached row (a key
 //! seen by mistake dominates), more 64-row units than SMs (CTAs that serve several in turn);
 //! f32 (≤ 1e-4 relative L2) and bf16 (≤ 1e-2), and in bf16 each row's log-sum-exp (≤ 1e-3 of an
-//! f64 reference).
+//! f64 reference) and, for small steps, the same output bits without it.
 //! Needs an NVIDIA GPU: ignored elsewhere.
 
 mod common;
@@ -20,6 +20,9 @@ use mla_rt::weights::HostTensor;
 
 /// The block size of most tests: the smallest, so that a tile of tokens crosses the most pages.
 const BLOCK: usize = 16;
+/// (token, head) rows of the steps that check_absorbed also runs without the LSE (the large
+/// ones would double the tests' time on cuda-emu).
+const SMALL_STEP_ROWS: usize = 1024;
 
 fn random(rng: &mut Rng, rows: usize, cols: usize) -> HostTensor {
     biased(rng, rows, cols, 0.0)
@@ -323,22 +326,32 @@ where
     let want = CpuBackend
         .mla_attention_absorbed(&q_lat, &q, &cpu_cache, 0, &batch, &dims)
         .unwrap();
+    let (gq_lat, gq) = (
+        gpu.upload_weight(q_lat.clone()).unwrap(),
+        gpu.upload_weight(q.clone()).unwrap(),
+    );
     let (got, lse) = gpu
-        .mla_attention_absorbed_lse(
-            &gpu.upload_weight(q_lat.clone()).unwrap(),
-            &gpu.upload_weight(q.clone()).unwrap(),
-            &gpu_cache,
-            0,
-            &batch,
-            &dims,
-        )
+        .mla_attention_absorbed_lse(&gq_lat, &gq, &gpu_cache, 0, &batch, &dims)
         .unwrap();
     let what = format!(
         "{} absorbed, {heads} heads × {} sequences, bias {bias}",
         T::SUFFIX,
         shapes.len()
     );
-    assert_close(&what, &gpu.to_host(&got).unwrap(), &want, tolerance);
+    let got = gpu.to_host(&got).unwrap();
+    assert_close(&what, &got, &want, tolerance);
+    if t * heads <= SMALL_STEP_ROWS {
+        // As the model asks for it, without the LSE (no buffer; the kernels and the combine
+        // skip its writes): the same kernels on the same schedule, so the same bits.
+        let without_lse = gpu
+            .mla_attention_absorbed(&gq_lat, &gq, &gpu_cache, 0, &batch, &dims)
+            .unwrap();
+        assert_eq!(
+            gpu.to_host(&without_lse).unwrap().data,
+            got.data,
+            "{what}: the output without the LSE"
+        );
+    }
     let Some(lse) = lse else {
         assert_ne!(
             T::SUFFIX,
@@ -498,16 +511,21 @@ fn mla_block_sizes_bf16() {
 fn mla_opposed_queries_bf16() {
     let gpu = poisoned_gpu::<half::bf16>();
     let mut rng = Rng::new(16);
-    let cases: [(usize, &[(usize, usize)]); 4] = [
+    let cases: [(usize, &[(usize, usize)]); 5] = [
         (16, &[(3000, 1)]),
         (16, &[(95, 1), (33, 2), (161, 4), (1, 1), (500, 3)]),
+        (16, &[(95, 1), (33, 2), (1, 1), (127, 3)]), // one split each: no combine
         (128, &[(2000, 1)]),
         (128, &[(95, 1), (161, 2), (31, 1)]),
     ];
     for block in [16, 64] {
         for (heads, shapes) in cases {
-            for_each_latent_kernel(&gpu, heads, |_| {
-                check_absorbed_opposed(&gpu, &mut rng, heads, shapes, block, 1e-2, 1.0);
+            for_each_latent_kernel(&gpu, heads, |tuning| {
+                let batch = check_absorbed_opposed(&gpu, &mut rng, heads, shapes, block, 1e-2, 1.0);
+                if shapes.iter().all(|&(context, _)| context < 128) {
+                    let schedule = tc_shape(&gpu, &batch, heads, tuning);
+                    assert!(schedule.direct(), "{heads} heads, {tuning:?}: splits");
+                }
             });
         }
     }

@@ -78,7 +78,7 @@ where
         let layout = mha_layout(dims, q.cols, cache.width);
         let prepared = self.prepared(batch, PlanKind::Paged, cache, &layout)?;
         let mut out = self.output(prepared.host.rows(), dims.heads * d)?;
-        self.attend(&mut out, &prepared, &layout, |source| match source {
+        self.attend(&mut out, &prepared, &layout, false, |source| match source {
             Source::Q => q.data.slice(..),
             _ => layer_view(cache, layer),
         })?;
@@ -169,6 +169,22 @@ where
         batch: &AttentionBatch,
         dims: &MlaDims,
     ) -> Result<(GpuTensor<T>, Option<GpuTensor<f32>>)> {
+        self.absorbed(q_lat, q, cache, layer, batch, dims, true)
+    }
+
+    /// The absorbed form, with the rows' LSE where `want_lse` and the tensor-core kernels serve
+    /// the step (the model's steps want none: neither the buffer nor its writes).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn absorbed(
+        &self,
+        q_lat: &GpuTensor<T>,
+        q: &GpuTensor<T>,
+        cache: &CudaKvCache<T>,
+        layer: usize,
+        batch: &AttentionBatch,
+        dims: &MlaDims,
+        want_lse: bool,
+    ) -> Result<(GpuTensor<T>, Option<GpuTensor<f32>>)> {
         cache.check_layer(layer)?;
         let (n, r, dr) = (dims.heads, dims.kv_lora_rank, dims.qk_rope);
         let dq = dims.qk_head();
@@ -185,11 +201,17 @@ where
         let prepared = self.prepared(batch, PlanKind::Paged, cache, &layout)?;
         let rows = prepared.host.rows();
         let mut out = self.output(rows, n * r)?;
-        let lse = self.attend(&mut out, &prepared, &layout, |source| match source {
-            Source::QLat => q_lat.data.slice(..),
-            Source::Q => q.data.slice(..),
-            _ => layer_view(cache, layer),
-        })?;
+        let lse = self.attend(
+            &mut out,
+            &prepared,
+            &layout,
+            want_lse,
+            |source| match source {
+                Source::QLat => q_lat.data.slice(..),
+                Source::Q => q.data.slice(..),
+                _ => layer_view(cache, layer),
+            },
+        )?;
         let lse = lse.map(|data| GpuTensor {
             data,
             rows,
@@ -199,19 +221,20 @@ where
     }
 
     /// Attention with `layout`: on tensor cores where the kernel serves it (bf16), which also
-    /// gives the rows' log-sum-exp, else with the exact warp-per-head kernel.
+    /// gives the rows' log-sum-exp if `want_lse`, else with the exact warp-per-head kernel.
     fn attend<'a>(
         &self,
         out: &mut GpuTensor<T>,
         prepared: &Prepared,
         layout: &AttentionLayout,
+        want_lse: bool,
         buffer: impl Fn(Source) -> cudarc::driver::CudaView<'a, T>,
     ) -> Result<Option<cudarc::driver::CudaSlice<f32>>> {
         match &prepared.schedule {
-            Some(schedule) => self
-                .device
-                .attention_tc(out, &prepared.plan, schedule, layout, &buffer)
-                .map(Some),
+            Some(schedule) => {
+                self.device
+                    .attention_tc(out, &prepared.plan, schedule, layout, want_lse, &buffer)
+            }
             None => self
                 .device
                 .paged_attention(out, &prepared.plan, layout, &buffer)
@@ -301,7 +324,7 @@ where
         };
         let expanded = self.matmul_layout(&context.data.slice(..), latent, kv_b)?;
         let mut out = self.output(prepared.host.rows(), dims.heads * dims.v_head)?;
-        self.attend(&mut out, &prepared, &layout, |source| match source {
+        self.attend(&mut out, &prepared, &layout, false, |source| match source {
             Source::Context => context.data.slice(..),
             Source::Expanded => expanded.data.slice(..),
             _ => q.slice(..),

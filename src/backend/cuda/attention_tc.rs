@@ -199,8 +199,8 @@ impl CudaDevice {
     }
 
     /// Attention for the step of `plan` with layout `l` on tensor cores: the output
-    /// `[T, heads·v.len]` and each (token, head) row's log-sum-exp of its scaled scores (natural
-    /// log). `T` must be bf16 and `l` one that [`super::attention_kernels::supports`] accepts;
+    /// `[T, heads·v.len]` and, if `want_lse`, each (token, head) row's log-sum-exp of its scaled
+    /// scores (natural log). `T` must be bf16 and `l` one that [`super::attention_kernels::supports`] accepts;
     /// `schedule` comes from [`Self::tc_schedule`] for the same step and layout.
     pub fn attention_tc<'a, T: GpuFloat>(
         &self,
@@ -208,8 +208,9 @@ impl CudaDevice {
         plan: &AttentionPlan,
         schedule: &TcSchedule,
         l: &AttentionLayout,
+        want_lse: bool,
         buffer: impl Fn(Source) -> CudaView<'a, T>,
-    ) -> Result<CudaSlice<f32>> {
+    ) -> Result<Option<CudaSlice<f32>>> {
         let t = plan.rows();
         let max_shared = self.info.max_shared_per_block;
         let kernel = kernel_choice(l, max_shared, schedule.shape.wide, schedule.shape.narrow)
@@ -239,9 +240,12 @@ impl CudaDevice {
         check("k2", &l.k2, plan.rows_read(), kv_heads)?;
         check("v", &l.v, plan.rows_read(), kv_heads)?;
 
-        let mut lse = self.tensor::<f32>(1, t * l.heads, None)?;
+        let mut lse = match want_lse {
+            true => Some(self.tensor::<f32>(1, t * l.heads, None)?.data),
+            false => None,
+        };
         if schedule.shape.item_count == 0 {
-            return Ok(lse.data);
+            return Ok(lse);
         }
         let err = |what: &'static str| move |e| Error::Device(format!("attention_tc {what}: {e}"));
         // Partial outputs for the combine, unless every row group has one split: then the
@@ -299,11 +303,13 @@ impl CudaDevice {
                 let p = &mut **p;
                 b.arg(&mut p.o).arg(&mut p.lse).arg(&null).arg(&null)
             }
-            None => b
-                .arg(&null)
-                .arg(&null)
-                .arg(&mut out.data)
-                .arg(&mut lse.data),
+            None => {
+                b.arg(&null).arg(&null).arg(&mut out.data);
+                match &mut lse {
+                    Some(lse) => b.arg(lse),
+                    None => b.arg(&null),
+                }
+            }
         };
         b.arg(&units);
         let cfg = LaunchConfig {
@@ -317,17 +323,18 @@ impl CudaDevice {
         // the block tables against the cache, the schedule keeps rows within the step and
         // tokens within each row's context; the schedule's partial buffers hold ROWS rows of
         // v.len values per item (its value_len, checked above), or
-        // (direct: null partials) `out` and `lse` hold every (token, head) row of the step;
+        // (direct: null partials) `out` and `lse` hold every (token, head) row of the step (a null
+        // `lse`, where none is wanted, is never written);
         // `units` is the number of units the items hold, which a persistent kernel's CTAs share.
         unsafe { b.launch(cfg) }.map_err(err("launch"))?;
 
         if let Some(p) = partials {
-            self.combine(&p, schedule, l.v.len, &mut out.data, &mut lse.data)?;
+            self.combine(&p, schedule, l.v.len, &mut out.data, lse.as_mut())?;
         }
-        Ok(lse.data)
+        Ok(lse)
     }
 
-    /// Launches attention_tc_combine_bf16 over the splits in `p` into `out` and `lse`, as a
+    /// Launches attention_tc_combine_bf16 over the splits in `p` into `out` and `lse` (if any), as a
     /// dependent of the attention kernel just launched (see [`Self::launch_dependent`]).
     fn combine<T>(
         &self,
@@ -335,7 +342,7 @@ impl CudaDevice {
         schedule: &TcSchedule,
         value_len: usize,
         out: &mut CudaSlice<T>,
-        lse: &mut CudaSlice<f32>,
+        lse: Option<&mut CudaSlice<f32>>,
     ) -> Result<()> {
         let f = self.function("attention_tc", "attention_tc_combine_bf16")?;
         let cfg = LaunchConfig {
@@ -352,7 +359,13 @@ impl CudaDevice {
         let (split_lse, _read_lse) = p.lse.device_ptr(s);
         let (groups, _read_groups) = schedule.groups.device_ptr(s);
         let (out_ptr, _write_out) = out.device_ptr_mut(s);
-        let (lse_ptr, _write_lse) = lse.device_ptr_mut(s);
+        let (lse_ptr, _write_lse) = match lse {
+            Some(lse) => {
+                let (ptr, guard) = lse.device_ptr_mut(s);
+                (ptr, Some(guard))
+            }
+            None => (0, None),
+        };
         let dv = value_len as i32;
         let arg = |x: &_| x as *const _ as *mut std::ffi::c_void;
         let mut params = [
@@ -366,7 +379,7 @@ impl CudaDevice {
         // SAFETY: the parameters point to values of attention_tc_combine_bf16's arguments in
         // order and type (device pointers, then an int); each group's items and rows come from
         // the same schedule as the partial buffers, and `out`/`lse` hold every (token, head) row
-        // of the step; the combine waits for the attention kernel before it reads the splits.
+        // of the step (a null `lse` is never written); the combine waits for the attention kernel before it reads the splits.
         unsafe { self.launch_dependent("attention_tc combine", &f, cfg, &mut params) }
     }
 }

@@ -514,7 +514,7 @@ where
         batch: &AttentionBatch,
         dims: &MlaDims,
     ) -> Result<GpuTensor<T>> {
-        self.mla_attention_absorbed_lse(q_lat, q, cache, layer, batch, dims)
+        self.absorbed(q_lat, q, cache, layer, batch, dims, false)
             .map(|(out, _)| out)
     }
 
