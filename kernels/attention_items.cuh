@@ -27,9 +27,9 @@ struct TcItem {
 // (src/backend/cuda/attention_tc.rs) pushes them: the query segments, the key and value
 // segments (v_in_k: the values are the keys' first columns), the work items and the step's
 // block tables and positions, the partial buffers (null where the kernel writes out and lse_out
-// itself; lse_out is null where the caller does not want the LSE) and the number of CTA units the items hold (a persistent kernel's CTAs share them;
-// the others have one each). Entry points that have their own v_in_k or one unit per CTA
-// ignore those.
+// itself; lse_out is null where the caller does not want the LSE) and the number of CTA units
+// the items hold (a persistent kernel's CTAs share them; the others have one each). Entry
+// points that have their own v_in_k or one unit per CTA ignore those.
 #define TC_ATTENTION_ARGS                                                                                           \
     const bf16 *q1, int q1_stride, int q1_head_stride, const bf16 *q2, int q2_stride, int q2_head_stride,          \
         const bf16 *k1, KeySegment s1, const bf16 *k2, KeySegment s2, const bf16 *v, KeySegment sv, int v_in_k,    \

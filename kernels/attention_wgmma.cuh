@@ -46,4 +46,3 @@ __device__ __forceinline__ void load_quad_rows(unsigned char* q_s, int* pos_s, c
         pos_s[threadIdx.x] = pair == NO_ROW ? -1 : (int)token_pos[pair / heads];
     }
 }
-

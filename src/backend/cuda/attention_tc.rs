@@ -200,8 +200,9 @@ impl CudaDevice {
 
     /// Attention for the step of `plan` with layout `l` on tensor cores: the output
     /// `[T, heads·v.len]` and, if `want_lse`, each (token, head) row's log-sum-exp of its scaled
-    /// scores (natural log). `T` must be bf16 and `l` one that [`super::attention_kernels::supports`] accepts;
-    /// `schedule` comes from [`Self::tc_schedule`] for the same step and layout.
+    /// scores (natural log). `T` must be bf16 and `l` one that
+    /// [`super::attention_kernels::supports`] accepts; `schedule` comes from
+    /// [`Self::tc_schedule`] for the same step and layout.
     pub fn attention_tc<'a, T: GpuFloat>(
         &self,
         out: &mut GpuTensor<T>,
@@ -323,8 +324,8 @@ impl CudaDevice {
         // the block tables against the cache, the schedule keeps rows within the step and
         // tokens within each row's context; the schedule's partial buffers hold ROWS rows of
         // v.len values per item (its value_len, checked above), or
-        // (direct: null partials) `out` and `lse` hold every (token, head) row of the step (a null
-        // `lse`, where none is wanted, is never written);
+        // (direct: null partials) `out` and `lse` hold every (token, head) row of the step (a
+        // null `lse`, where none is wanted, is never written);
         // `units` is the number of units the items hold, which a persistent kernel's CTAs share.
         unsafe { b.launch(cfg) }.map_err(err("launch"))?;
 
@@ -334,8 +335,8 @@ impl CudaDevice {
         Ok(lse)
     }
 
-    /// Launches attention_tc_combine_bf16 over the splits in `p` into `out` and `lse` (if any), as a
-    /// dependent of the attention kernel just launched (see [`Self::launch_dependent`]).
+    /// Launches attention_tc_combine_bf16 over the splits in `p` into `out` and `lse` (if any),
+    /// as a dependent of the attention kernel just launched (see [`Self::launch_dependent`]).
     fn combine<T>(
         &self,
         p: &Partials,
@@ -379,7 +380,8 @@ impl CudaDevice {
         // SAFETY: the parameters point to values of attention_tc_combine_bf16's arguments in
         // order and type (device pointers, then an int); each group's items and rows come from
         // the same schedule as the partial buffers, and `out`/`lse` hold every (token, head) row
-        // of the step (a null `lse` is never written); the combine waits for the attention kernel before it reads the splits.
+        // of the step (a null `lse` is never written); the combine waits for the attention kernel
+        // before it reads the splits.
         unsafe { self.launch_dependent("attention_tc combine", &f, cfg, &mut params) }
     }
 }
