@@ -9,7 +9,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cxx=${CXX:-g++}
-flags=(-std=c++20 -O2 -g -fPIC -Wall -Wno-unknown-pragmas -Wno-unused-function -I"$root/cuda-emu/include" -I"$root/cuda-emu")
+flags=(-std=c++20 -O2 -g -fPIC -Wall -Wno-psabi -Wno-unknown-pragmas -Wno-unused-function -I"$root/cuda-emu/include" -I"$root/cuda-emu")
 default_out=$root/target/cuda-emu
 if [[ ${1:-} == --asan ]]; then
     shift

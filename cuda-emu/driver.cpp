@@ -287,6 +287,39 @@ CUresult cuFuncGetAttribute(int* v, int attribute, CUfunction f) {
     return SUCCESS;
 }
 
+// Checks what the device's encoder checks for the maps the kernels use (2-D, bf16 or f32, no
+// interleave, no swizzle or the 128-byte one) and writes the fields bulk_copy_box reads.
+CUresult cuTensorMapEncodeTiled(void* map, int data_type, unsigned rank, void* address, const uint64_t* dims,
+                                const uint64_t* strides, const uint32_t* box, const uint32_t* element_strides,
+                                int interleave, int swizzle, int, int) {
+    const uint32_t element_bytes = data_type == 9 ? 2 : data_type == 7 ? 4 : 0;  // BFLOAT16, FLOAT32
+    if (rank != 2 || element_bytes == 0 || interleave != 0 || (swizzle != 0 && swizzle != 3)) return INVALID_VALUE;
+    if (reinterpret_cast<uintptr_t>(map) % 64 != 0 || reinterpret_cast<uintptr_t>(address) % 16 != 0)
+        return INVALID_VALUE;
+    const uint32_t swizzle_bytes = swizzle == 3 ? 128 : 0;
+    for (int d = 0; d < 2; d++)
+        if (dims[d] == 0 || dims[d] > (1ull << 32) || box[d] == 0 || box[d] > 256 || element_strides[d] != 1)
+            return INVALID_VALUE;
+    const uint64_t line = (uint64_t)box[0] * element_bytes;
+    if (strides[0] % 16 != 0 || strides[0] < dims[0] * element_bytes || line % 16 != 0 ||
+        (swizzle_bytes != 0 && line > swizzle_bytes))
+        return INVALID_VALUE;
+    {
+        std::lock_guard<std::recursive_mutex> g(lock);
+        // The tensor must lie in one allocation, as every address the copies read must be mapped.
+        auto it = allocations.upper_bound(reinterpret_cast<CUdeviceptr>(address));
+        if (it == allocations.begin()) return INVALID_VALUE;
+        --it;
+        const uint64_t end = reinterpret_cast<CUdeviceptr>(address) + (dims[1] - 1) * strides[0] + dims[0] * element_bytes;
+        if (end > it->first + it->second) return INVALID_VALUE;
+    }
+    emu::TensorMapFields f{emu::TENSOR_MAP_MAGIC, static_cast<const unsigned char*>(address), {dims[0], dims[1]},
+                           strides[0], {box[0], box[1]}, element_bytes, swizzle_bytes};
+    memset(map, 0, 128);
+    memcpy(map, &f, sizeof f);
+    return SUCCESS;
+}
+
 CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
                         unsigned shared, CUstream, void** params, void** extra) {
     std::lock_guard<std::recursive_mutex> g(lock);

@@ -106,8 +106,9 @@ struct NamedBarrier {
 // does not wait for the phase sees poison whichever order the threads ran in.
 struct Mbarrier {
     int count = 0, arrived = 0;
+    long long expected_bytes = 0;  // of bulk copies the phase still waits for
     unsigned phase = 0;
-    bool complete = false;  // every arrival of the phase is in; its copies have not landed
+    bool complete = false;  // every arrival and byte of the phase is in; its copies have not landed
     std::vector<PendingCopy> copies;
 };
 
@@ -410,7 +411,7 @@ void named_barrier(int id, int count, bool wait) {
 
 void mbarrier_init(const void* bar, int count) {
     if (count <= 0) kernel_error("mbarrier initialised with no arrivals");
-    mbarriers[bar] = Mbarrier{count, 0, 0, false, {}};
+    mbarriers[bar] = Mbarrier{count, 0, 0, 0, false, {}};
 }
 
 static Mbarrier& find_mbarrier(const void* bar) {
@@ -428,6 +429,15 @@ static void complete_phase(Mbarrier& m) {
     m.phase++;
 }
 
+// Marks the phase of `m` complete once its arrivals and expected bytes are all in, and frees
+// its waiters.
+static void try_complete(Mbarrier& m, const void* bar) {
+    if (m.arrived < m.count || m.expected_bytes != 0) return;
+    m.complete = true;
+    for (ThreadState& t : threads)
+        if (t.state == State::AtMbarrier && t.mbarrier == bar) t.state = State::Runnable;
+}
+
 void mbarrier_arrive_copies(const void* bar) {
     Mbarrier& m = find_mbarrier(bar);
     if (m.complete) complete_phase(m);
@@ -436,10 +446,48 @@ void mbarrier_arrive_copies(const void* bar) {
     std::vector<PendingCopy>& open = current->copies.open;
     m.copies.insert(m.copies.end(), open.begin(), open.end());
     open.clear();
-    if (++m.arrived < m.count) return;
-    m.complete = true;
-    for (ThreadState& t : threads)
-        if (t.state == State::AtMbarrier && t.mbarrier == bar) t.state = State::Runnable;
+    ++m.arrived;
+    try_complete(m, bar);
+}
+
+void mbarrier_arrive_expect_bytes(const void* bar, unsigned bytes) {
+    Mbarrier& m = find_mbarrier(bar);
+    if (m.complete) complete_phase(m);
+    if (m.arrived >= m.count) kernel_error("an arrival at an mbarrier whose phase has all its arrivals");
+    m.expected_bytes += bytes;
+    ++m.arrived;
+    try_complete(m, bar);
+}
+
+void bulk_copy_box(void* dst, const void* map, int col, int row, const void* bar) {
+    TensorMapFields f;
+    memcpy(&f, map, sizeof f);
+    if (f.magic != TENSOR_MAP_MAGIC) kernel_error("a bulk tensor copy through something not made by cuTensorMapEncodeTiled");
+    Mbarrier& m = find_mbarrier(bar);
+    if (m.complete) kernel_error("a bulk tensor copy into an mbarrier phase that expects no more bytes");
+    const size_t line = (size_t)f.box[0] * f.element_bytes;
+    const uint32_t at = shared_offset(dst);
+    if (f.swizzle_bytes == 128 && at % 1024 != 0)
+        kernel_error("a bulk tensor copy in the 128-byte swizzle to shared memory not aligned to 1024 bytes");
+    if (at % 128 != 0) kernel_error("a bulk tensor copy to shared memory not aligned to 128 bytes");
+    shared_offset(static_cast<unsigned char*>(dst) + line * f.box[1] - 1);  // the box ends in shared memory
+    for (uint32_t r = 0; r < f.box[1]; r++)
+        for (size_t c = 0; c < line; c += 16) {
+            // The 128-byte swizzle: address bits 4 … 6 (the 16-byte chunk of a 128-byte line)
+            // XOR bits 7 … 9 (the line of an 8-line atom).
+            uint32_t a = at + (uint32_t)(r * line + c);
+            if (f.swizzle_bytes == 128) a ^= ((a >> 7) & 7) << 4;
+            PendingCopy p{static_cast<unsigned char*>(dst) + (a - at), {}};
+            const uint64_t g_row = (uint64_t)row + r, g_col = (uint64_t)col * f.element_bytes + c;
+            // Out-of-bounds elements are zeros (the map's fill: none, as the kernels ask).
+            if (row >= 0 && col >= 0 && g_row < f.dims[1] && g_col < f.dims[0] * f.element_bytes)
+                memcpy(p.bytes, f.base + g_row * f.row_stride + g_col, 16);
+            memset(p.dst, POISON, 16);
+            m.copies.push_back(p);
+        }
+    m.expected_bytes -= (long long)(line * f.box[1]);
+    if (m.expected_bytes < 0) kernel_error("bulk tensor copies land more bytes than their mbarrier phase expects");
+    try_complete(m, bar);
 }
 
 void mbarrier_wait(const void* bar, int parity) {

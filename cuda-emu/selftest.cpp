@@ -146,6 +146,26 @@ __global__ void copies_to_mbarrier(const float* src, float* out, int wait) {
     }
 }
 
+// Thread 0 expects `expected` bytes on an mbarrier and copies a 16-row box of `map` from row
+// `row` (rows past the tensor's end read as zeros) into shared memory in the 128-byte swizzle;
+// every thread then waits for the phase (or not: `wait` 0) and writes the box back unswizzled
+// to out[16][64].
+__global__ void bulk_box(const emu::TensorMapFields* map, uint16_t* out, int row, unsigned expected, int wait) {
+    unsigned char* s = static_cast<unsigned char*>(emu::dynamic_shared());
+    const void* bar = s + 16 * 128;
+    if (threadIdx.x == 0) emu::mbarrier_init(bar, 1);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        emu::mbarrier_arrive_expect_bytes(bar, expected);
+        emu::bulk_copy_box(s, map, 0, row, bar);
+    }
+    if (wait) emu::mbarrier_wait(bar, 0);
+    for (int i = threadIdx.x; i < 16 * 64; i += blockDim.x) {
+        const int r = i / 64, c = i % 64;
+        memcpy(&out[i], s + r * 128 + (((c / 8) ^ (r % 8)) * 16) + (c % 8) * 2, 2);
+    }
+}
+
 // Warp 0 writes, arrives at named barrier 1 and goes on; warp 1 waits there (`count` 64: both
 // warps) and reads. `twice`: warp 0 arrives twice before warp 1 does (an error).
 __global__ void named_handoff(float* out, int count, int twice) {
@@ -236,6 +256,27 @@ int main() {
                     wrong);
         }
     }
+    // A 20 × 64 tensor of 16-bit values r·64 + c, rows 8 … 23 of it (four past its end).
+    static uint16_t tensor[20 * 64], box[16 * 64];
+    for (int i = 0; i < 20 * 64; i++) tensor[i] = (uint16_t)i;
+    const emu::TensorMapFields map{emu::TENSOR_MAP_MAGIC, reinterpret_cast<const unsigned char*>(tensor), {64, 20}, 128,
+                                   {64, 16}, 2, 128};
+    for (int wait = 0; wait < 2; wait++) {
+        expect("bulk_box", launch(bulk_box, 1, 64, 16 * 128 + 8, &map, box, 8, 16 * 128, wait), nullptr);
+        int wrong = 0;
+        for (int i = 0; i < 16 * 64; i++) {
+            const int r = 8 + i / 64;
+            const uint16_t want = wait == 0 ? 0xffff : r < 20 ? (uint16_t)(r * 64 + i % 64) : 0;
+            wrong += box[i] != want;
+        }
+        if (wrong > 0) {
+            failures++;
+            fprintf(stderr, "cuda-emu selftest bulk_box (wait %d): %d values wrong\n", wait, wrong);
+        }
+    }
+    expect("bulk_box_unexpected", launch(bulk_box, 1, 64, 16 * 128 + 8, &map, box, 8, 8 * 128, 1),
+           "more bytes than");
+    expect("bulk_box_short", launch(bulk_box, 1, 64, 16 * 128 + 8, &map, box, 8, 32 * 128, 1), "deadlock");
     float handed[2 * 32];
     expect("named_handoff", launch(named_handoff, 2, 64, 0, handed, 64, 0), nullptr);
     for (int i = 0; i < 2 * 32; i++)

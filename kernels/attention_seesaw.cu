@@ -14,13 +14,21 @@
 //    the other rescales its sums, outputs and (warpgroup 0) the even tile's stored P;
 //  - the warpgroups meet at named barriers only where one needs what the other produced (the
 //    max of its tile, its P), a producer arriving without waiting;
-//  - each stage is reloaded in two parts by the warpgroups that free them, with cp.async
-//    completing an mbarrier per part and stage (nobody waits for their own copies): warpgroup 0
+//  - each stage is reloaded in two parts by the warpgroups that free them, with copies that
+//    complete an mbarrier per part and stage (nobody waits for their own copies): warpgroup 0
 //    loads key columns 0 … 255 of the even stage once its P·V of them is done, and of the odd
 //    stage with columns 512 … 575 once it read the odd P there; warpgroup 1 the rest. The
 //    scores wait for the first part's mbarrier, start, then wait for the second;
 //  - 218 KiB of shared memory: the queries [64 × 576] and two tiles [64 × 576], swizzled.
 // Splits with an odd number of tiles end with an empty odd tile (every token masked).
+// Two builds, which differ in how a part is copied:
+//  - attention_wgmma_seesaw_latent576_bf16: cp.async by the part's 128 threads, 16 bytes each,
+//    tokens past kv_end zero-filled;
+//  - attention_wgmma_seesaw_tma_latent576_bf16: bulk copies of a tensor map over the cache's
+//    rows (boxes of 64 columns × min(block size, 64) tokens), issued by one thread, which frees
+//    the others' issue slots and registers (FlashMLA's loads). A box brings whole pages, tokens
+//    past kv_end included, which may hold anything (NaN): their scores are masked, and their
+//    values zeroed by the warpgroup that scored the tile before any P·V reads them.
 // mla: no-spills
 // mla: sm_90a
 #include "common.cuh"
@@ -52,6 +60,29 @@ __device__ __forceinline__ void seesaw_slots(int (&slots)[SEESAW_ROUNDS], int ti
     }
 }
 
+// The tensor-map build's counterpart: the cache row of each box of tile [tile, tile + WG_TILE)
+// (box r holds tokens tile + r·rows …, rows = box_rows(block_size)), -1 past kv_end or past
+// the tile. Tiles start at multiples of 64 tokens, so a box never crosses a page.
+__device__ __forceinline__ int box_rows(int block_size) {
+    return block_size % WG_TILE == 0 ? WG_TILE : block_size;
+}
+__device__ __forceinline__ void box_slots(int (&slots)[SEESAW_ROUNDS], int tile, int kv_end, const uint32_t* table,
+                                          int block_size) {
+    const int rows = box_rows(block_size);
+#pragma unroll
+    for (int r = 0; r < SEESAW_ROUNDS; r++) {
+        const int p = tile + r * rows;
+        slots[r] = r * rows < WG_TILE && p < kv_end ? (int)(table[p / block_size] * block_size + p % block_size) : -1;
+    }
+}
+
+template <bool TMA>
+__device__ __forceinline__ void tile_slots(int (&slots)[SEESAW_ROUNDS], int tile, int kv_end, const uint32_t* table,
+                                           int block_size, int i) {
+    if constexpr (TMA) box_slots(slots, tile, kv_end, table, block_size);
+    else seesaw_slots(slots, tile, kv_end, table, block_size, i);
+}
+
 // Starts this thread's copies of column blocks [FIRST, END) (64 latent values each) of its
 // tokens of a tile into `stage`, in the swizzle: thread i copies 16-byte chunk i % 8 of each
 // 128-byte line, so a warp reads four whole lines per copy. Tokens past kv_end become zeros.
@@ -76,12 +107,49 @@ __device__ __forceinline__ void load_blocks(unsigned char* stage, const int (&sl
     }
 }
 
-// Warpgroup wg's part of a tile into stage `odd` (see the top), its arrival at the part's
-// mbarrier made when the copies land.
+// The bulk copies of column blocks [first, end) of the boxes in `slots` (box_slots) into
+// `stage`, their bytes counted on `bar`.
+__device__ __forceinline__ void copy_boxes(unsigned char* stage, int first, int end, const int (&slots)[SEESAW_ROUNDS],
+                                           int block_size, const TensorMap* map, uint64_t* bar) {
+    const int rows = box_rows(block_size);
+#pragma unroll
+    for (int r = 0; r < SEESAW_ROUNDS; r++)
+        if (slots[r] >= 0)
+            for (int b = first; b < end; b++)
+                bulk_copy_box(stage + b * BLOCK_BYTES + r * rows * 128, map, b * 64, slots[r], bar);
+}
+
+// The bytes of `blocks` column blocks of the boxes in `slots`.
+__device__ __forceinline__ uint32_t box_bytes(int blocks, const int (&slots)[SEESAW_ROUNDS], int block_size) {
+    int boxes = 0;
+#pragma unroll
+    for (int r = 0; r < SEESAW_ROUNDS; r++) boxes += slots[r] >= 0;
+    return (uint32_t)(boxes * blocks * box_rows(block_size) * 128);
+}
+
+// Warpgroup wg's part of a tile into stage `odd` (see the top): column blocks 0 … 3 (and the
+// odd stage's P_BLOCK) for warpgroup 0, the others for warpgroup 1; the part's mbarrier
+// completes when the copies land.
+template <bool TMA>
 __device__ __forceinline__ void load_part(unsigned char* stage, int odd, int wg, const int (&slots)[SEESAW_ROUNDS],
                                           const bf16* k1, const KeySegment& s1, const bf16* k2, const KeySegment& s2,
-                                          int kv_head, uint64_t* full) {
+                                          int kv_head, int block_size, const TensorMap* map, uint64_t* full) {
     const int i = threadIdx.x % SEESAW_WG;
+    if constexpr (TMA) {
+        // One arrival per part, expecting all its bytes, then the copies.
+        if (i != 0) return;
+        uint64_t* bar = &full[2 * odd + wg];
+        if (wg == 0) {
+            mbarrier_arrive_expect_bytes(bar, box_bytes(4 + odd, slots, block_size));
+            copy_boxes(stage, 0, 4, slots, block_size, map, bar);
+            if (odd) copy_boxes(stage, P_BLOCK, P_BLOCK + 1, slots, block_size, map, bar);
+        } else {
+            const int end = odd ? P_BLOCK : P_BLOCK + 1;
+            mbarrier_arrive_expect_bytes(bar, box_bytes(end - 4, slots, block_size));
+            copy_boxes(stage, 4, end, slots, block_size, map, bar);
+        }
+        return;
+    }
     if (wg == 0) {
         load_blocks<0, 4>(stage, slots, k1, s1, k2, s2, kv_head, i);
         if (odd) load_blocks<P_BLOCK, P_BLOCK + 1>(stage, slots, k1, s1, k2, s2, kv_head, i);
@@ -91,6 +159,22 @@ __device__ __forceinline__ void load_part(unsigned char* stage, int odd, int wg,
         load_blocks<4, P_BLOCK + 1>(stage, slots, k1, s1, k2, s2, kv_head, i);
     }
     async_copies_arrive(&full[2 * odd + wg]);
+}
+
+// Zeros the values (column blocks 0 … 7) of the tile's tokens at or past kv_end in `stage`,
+// which bulk copies bring with their page (or leave as they were), so that P·V multiplies
+// their zero probabilities by zeros, not by NaN; visible to this warpgroup's wgmma after. Run
+// by the warpgroup that scored the tile (it waited for both parts) before either P·V.
+template <bool TMA> __device__ __forceinline__ void clear_past_end(unsigned char* stage, int tile, int kv_end) {
+    if constexpr (TMA) {
+        const int first = max(kv_end - tile, 0);
+        if (first >= WG_TILE) return;
+        for (int idx = threadIdx.x % SEESAW_WG; idx < (WG_TILE - first) * P_BLOCK * 8; idx += SEESAW_WG) {
+            const int row = first + idx / (P_BLOCK * 8), block = idx / 8 % P_BLOCK, chunk = idx % 8;
+            *reinterpret_cast<uint4*>(stage + block * BLOCK_BYTES + row * 128 + chunk * 16) = uint4{0u, 0u, 0u, 0u};
+        }
+        fence_async_shared();
+    }
 }
 
 // Waits for part `part` of the tile in stage `odd` (phase parity `parity`) and makes it
@@ -206,8 +290,7 @@ __device__ __forceinline__ void store_p(unsigned char* stage, const uint32_t (&p
         }
 }
 
-extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)
-attention_wgmma_seesaw_latent576_bf16(TC_ATTENTION_ARGS) {
+template <bool TMA> __device__ __forceinline__ void seesaw(TC_ATTENTION_ARGS, const TensorMap* map) {
     constexpr int TILE_BYTES = WG_TILE * LATENT * 2, O_REGS = VALUES / 2 / 2;
     extern __shared__ __align__(128) unsigned char seesaw_smem[];
     unsigned char* q_s = seesaw_smem;                          // [64 rows × 576] swizzled
@@ -219,6 +302,7 @@ attention_wgmma_seesaw_latent576_bf16(TC_ATTENTION_ARGS) {
     int* pos_s = reinterpret_cast<int*>(sum_s + 2 * WG_ROWS);  // [64]
     require_atom_aligned(seesaw_smem);
     launch_dependents();
+    if (TMA && threadIdx.x == 0) prefetch_tensor_map(map);
 
     const int wg = threadIdx.x / SEESAW_WG, i = threadIdx.x % SEESAW_WG;
     const int run = i / 32, g = (i & 31) >> 2, t = i & 3, row_lo = run * ROWS + g, row_hi = row_lo + 8;
@@ -226,8 +310,10 @@ attention_wgmma_seesaw_latent576_bf16(TC_ATTENTION_ARGS) {
     unsigned char* even = stages;
     unsigned char* odd = stages + TILE_BYTES;
     unsigned char* mine = wg == 0 ? even : odd;  // the stage of the tiles this warpgroup scores
-    if (threadIdx.x == 0)
-        for (int b = 0; b < 4; b++) mbarrier_init(&full[b], SEESAW_WG);
+    if (threadIdx.x == 0) {
+        for (int b = 0; b < 4; b++) mbarrier_init(&full[b], TMA ? 1 : SEESAW_WG);
+        fence_barrier_init();
+    }
     uint32_t parity = 0;  // of the next load into `mine`: loads alternate phases across quads too
 
     for (int b = blockIdx.x; b < units; b += gridDim.x) {
@@ -239,10 +325,10 @@ attention_wgmma_seesaw_latent576_bf16(TC_ATTENTION_ARGS) {
         async_commit();
         if (threadIdx.x < WG_ROWS) m_s[threadIdx.x] = -INFINITY;
         int slots[SEESAW_ROUNDS];
-        seesaw_slots(slots, cta.kv_begin, cta.kv_end, cta.table, block_size, i);
-        load_part(even, 0, wg, slots, k1, s1, k2, s2, cta.kv_head, full);
-        seesaw_slots(slots, cta.kv_begin + WG_TILE, cta.kv_end, cta.table, block_size, i);
-        load_part(odd, 1, wg, slots, k1, s1, k2, s2, cta.kv_head, full);
+        tile_slots<TMA>(slots, cta.kv_begin, cta.kv_end, cta.table, block_size, i);
+        load_part<TMA>(even, 0, wg, slots, k1, s1, k2, s2, cta.kv_head, block_size, map, full);
+        tile_slots<TMA>(slots, cta.kv_begin + WG_TILE, cta.kv_end, cta.table, block_size, i);
+        load_part<TMA>(odd, 1, wg, slots, k1, s1, k2, s2, cta.kv_head, block_size, map, full);
         async_wait<0>();  // the queries (the tiles' copies are not in a group: their mbarriers tell)
         fence_async_shared();
         __syncthreads();
@@ -251,6 +337,7 @@ attention_wgmma_seesaw_latent576_bf16(TC_ATTENTION_ARGS) {
         // The first pair's scores: each warpgroup its own tile.
         float s[32];
         score_tile(s, q_s, mine, full, wg, parity, [] {});
+        clear_past_end<TMA>(mine, cta.kv_begin + wg * WG_TILE, cta.kv_end);
         parity ^= 1;
 
         SplitRows r = split_rows(row_lo, wg);
@@ -263,8 +350,8 @@ attention_wgmma_seesaw_latent576_bf16(TC_ATTENTION_ARGS) {
             const bool has_next = pair + 1 < pairs;
             int next_even[SEESAW_ROUNDS], next_odd[SEESAW_ROUNDS];
             if (has_next) {
-                seesaw_slots(next_even, tile + 2 * WG_TILE, cta.kv_end, cta.table, block_size, i);
-                seesaw_slots(next_odd, tile + 3 * WG_TILE, cta.kv_end, cta.table, block_size, i);
+                tile_slots<TMA>(next_even, tile + 2 * WG_TILE, cta.kv_end, cta.table, block_size, i);
+                tile_slots<TMA>(next_odd, tile + 3 * WG_TILE, cta.kv_end, cta.table, block_size, i);
             }
             float f_lo, f_hi;
             if (wg == 0) {
@@ -286,7 +373,8 @@ attention_wgmma_seesaw_latent576_bf16(TC_ATTENTION_ARGS) {
 #pragma unroll
                 for (int kk = 0; kk < 4; kk++) fence_registers(p[kk]);
                 // Columns 0 … 255 of the even stage are free: the next even tile's first part.
-                if (has_next) load_part(even, 0, 0, next_even, k1, s1, k2, s2, cta.kv_head, full);
+                if (has_next)
+                    load_part<TMA>(even, 0, 0, next_even, k1, s1, k2, s2, cta.kv_head, block_size, map, full);
                 rescale_rows(o, g_lo, g_hi);
                 r.l_lo *= g_lo;
                 r.l_hi *= g_hi;
@@ -298,8 +386,9 @@ attention_wgmma_seesaw_latent576_bf16(TC_ATTENTION_ARGS) {
                     score_tile(s, q_s, even, full, 0, parity, [&] {
                         wgmma_wait<1>();
                         fence_registers(o);
-                        load_part(odd, 1, 0, next_odd, k1, s1, k2, s2, cta.kv_head, full);
+                        load_part<TMA>(odd, 1, 0, next_odd, k1, s1, k2, s2, cta.kv_head, block_size, map, full);
                     });
+                    clear_past_end<TMA>(even, tile + 2 * WG_TILE, cta.kv_end);
                     parity ^= 1;
                 }
                 wgmma_wait<0>();
@@ -326,11 +415,12 @@ attention_wgmma_seesaw_latent576_bf16(TC_ATTENTION_ARGS) {
                     // stage's 256 … 575 (with its P) once the even one is.
                     wgmma_wait<1>();
                     fence_registers(o);
-                    load_part(odd, 1, 1, next_odd, k1, s1, k2, s2, cta.kv_head, full);
+                    load_part<TMA>(odd, 1, 1, next_odd, k1, s1, k2, s2, cta.kv_head, block_size, map, full);
                     wgmma_wait<0>();
                     fence_registers(o);
-                    load_part(even, 0, 1, next_even, k1, s1, k2, s2, cta.kv_head, full);
+                    load_part<TMA>(even, 0, 1, next_even, k1, s1, k2, s2, cta.kv_head, block_size, map, full);
                     score_tile(s, q_s, odd, full, 1, parity, [] {});
+                    clear_past_end<TMA>(odd, tile + 3 * WG_TILE, cta.kv_end);
                     parity ^= 1;
                 }
                 wgmma_wait<0>();
@@ -347,4 +437,20 @@ attention_wgmma_seesaw_latent576_bf16(TC_ATTENTION_ARGS) {
                                       m_s[row_hi], sum_lo, sum_hi, wg == 0 && t == 0, out, partial_o, lse_out,
                                       partial_lse);
     }
+}
+
+extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)
+attention_wgmma_seesaw_latent576_bf16(TC_ATTENTION_ARGS) {
+    seesaw<false>(q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, k1, s1, k2, s2, v, sv, v_in_k, items,
+                  block_tables, table_start, block_size, token_pos, heads, scale, window, partial_o, partial_lse, out,
+                  lse_out, units, nullptr);
+}
+
+// `kv_map`: the cache's rows [rows × 576] bf16, boxes of 64 columns × box_rows(block_size)
+// rows in the 128-byte swizzle (src/backend/cuda/tensor_map.rs).
+extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)
+attention_wgmma_seesaw_tma_latent576_bf16(TC_ATTENTION_ARGS, const __grid_constant__ TensorMap kv_map) {
+    seesaw<true>(q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, k1, s1, k2, s2, v, sv, v_in_k, items,
+                 block_tables, table_start, block_size, token_pos, heads, scale, window, partial_o, partial_lse, out,
+                 lse_out, units, &kv_map);
 }

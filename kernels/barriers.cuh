@@ -3,7 +3,9 @@
 //  - named barriers (bar.sync / bar.arrive with an id and a thread count): a producer arrives
 //    and goes on, its consumer waits;
 //  - mbarriers completed by cp.async (cp.async.mbarrier.arrive.noinc, sm_80+): the copying
-//    threads do not wait for their copies, whoever reads them waits for the mbarrier's phase.
+//    threads do not wait for their copies, whoever reads them waits for the mbarrier's phase;
+//  - or by the tensor memory accelerator (sm_90): one thread expects a phase's bytes and issues
+//    bulk copies of boxes of a tensor map, each completing its bytes on the mbarrier.
 // Under cuda-emu each has a CPU implementation (cuda-emu/runtime.cpp) that catches a thread
 // arriving twice, deadlocks, and reads of copies whose phase has not completed.
 #pragma once
@@ -37,6 +39,13 @@ __device__ __forceinline__ void mbarrier_init(uint64_t* bar, int count) {
     emu::mbarrier_init(bar, count);
 #elif defined(__CUDA_ARCH__)
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(shared_address(bar)), "r"(count) : "memory");
+#endif
+}
+
+// Makes mbarriers just initialised visible to the tensor memory accelerator's copies.
+__device__ __forceinline__ void fence_barrier_init() {
+#if defined(__CUDA_ARCH__) && !defined(MLA_CUDA_EMU)
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 #endif
 }
 
@@ -85,5 +94,50 @@ __device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
     const long long start = clock64();
     while (!mbarrier_try_wait(bar, parity))
         if (clock64() - start > MBARRIER_TIMEOUT_CYCLES) asm volatile("trap;");
+#endif
+}
+
+// A tensor map (the driver's CUtensorMap: cuTensorMapEncodeTiled on the host), passed to a
+// kernel by value as a __grid_constant__ parameter, whose address the bulk copies take.
+struct __align__(128) TensorMap {
+    unsigned long long opaque[16];
+};
+
+// Fetches the tensor map into the cache the bulk copies read it from, ahead of the first.
+__device__ __forceinline__ void prefetch_tensor_map(const TensorMap* map) {
+#if defined(__CUDA_ARCH__) && !defined(MLA_CUDA_EMU)
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+#else
+    (void)map;
+#endif
+}
+
+// One arrival at `bar` that also adds `bytes` to what its phase waits for: the phase completes
+// once its arrivals are in and bulk copies have landed that many bytes.
+__device__ __forceinline__ void mbarrier_arrive_expect_bytes(uint64_t* bar, uint32_t bytes) {
+#if defined(MLA_CUDA_EMU)
+    emu::mbarrier_arrive_expect_bytes(bar, bytes);
+#elif defined(__CUDA_ARCH__)
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(shared_address(bar)), "r"(bytes)
+                 : "memory");
+#endif
+}
+
+// Starts the bulk copy of the box of a 2-D `map` at column `col`, row `row` into shared memory
+// at `dst` (1024-byte aligned for the 128-byte swizzle, which the map applies), its bytes
+// counted on `bar`. Marked for early eviction from L2: every byte is read once.
+__device__ __forceinline__ void bulk_copy_box(void* dst, const TensorMap* map, int col, int row, uint64_t* bar) {
+#if defined(MLA_CUDA_EMU)
+    emu::bulk_copy_box(dst, map, col, row, bar);
+#elif defined(__CUDA_ARCH__)
+    asm volatile(
+        "{\n"
+        ".reg .b64 policy;\n"
+        "createpolicy.fractional.L2::evict_first.b64 policy, 1.0;\n"
+        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.L2::cache_hint"
+        " [%0], [%1, {%2, %3}], [%4], policy;\n"
+        "}\n" ::"r"(shared_address(dst)),
+        "l"(reinterpret_cast<uint64_t>(map)), "r"(col), "r"(row), "r"(shared_address(bar))
+        : "memory");
 #endif
 }

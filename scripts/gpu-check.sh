@@ -114,16 +114,18 @@ benches() {
   # The wgmma kernel's alternatives side by side with it on every V3 shape (a step of its own,
   # so that a failure of a new one leaves the table above whole): P in registers (rs), a CTA
   # per SM serving several units in turn (persistent), and the warpgroups offset so that one's
-  # softmax overlaps the other's tensor work (seesaw).
-  bench_step attention-wgmma-rs "mla bench attention --kernel wgmma,wgmma-rs,wgmma-persistent,wgmma-seesaw (V3)" 180 \
+  # softmax overlaps the other's tensor work (seesaw), its tiles copied by every thread or by
+  # the tensor memory accelerator (seesaw-tma).
+  bench_step attention-wgmma-rs "mla bench attention --kernel wgmma,wgmma-rs,wgmma-persistent,wgmma-seesaw,wgmma-seesaw-tma (V3)" 180 \
     "$out/mla" bench attention --heads 128 --batch 1,32,128 --context 1024,4096,16384,32768 --reps 5 \
-    --kernel wgmma,wgmma-rs,wgmma-persistent,wgmma-seesaw --materialised false
+    --kernel wgmma,wgmma-rs,wgmma-persistent,wgmma-seesaw,wgmma-seesaw-tma --materialised false
   # The two builds of the 16-row kernel side by side on every V2-Lite shape: two CTAs per SM
   # with two stages of tiles, or one with five (fewer splits, twice the bytes in flight per SM);
-  # and the seesaw wgmma kernel with 48 of its 64 rows empty, as FlashMLA serves 16 heads.
-  bench_step attention-deep "mla bench attention --kernel 16-row,16-row-deep,wgmma-seesaw (V2-Lite)" 120 \
+  # and the seesaw wgmma kernel (both builds) with 48 of its 64 rows empty, as FlashMLA serves
+  # 16 heads.
+  bench_step attention-deep "mla bench attention --kernel 16-row,16-row-deep,wgmma-seesaw,wgmma-seesaw-tma (V2-Lite)" 120 \
     "$out/mla" bench attention --heads 16 --batch 1,32,128 --context 1024,4096,16384,32768 --reps 5 \
-    --kernel 16-row,16-row-deep,wgmma-seesaw --materialised false
+    --kernel 16-row,16-row-deep,wgmma-seesaw,wgmma-seesaw-tma --materialised false
   # The shapes short of their targets again, with the split-KV schedule aiming for half, one,
   # two and four waves of CTAs: whether fewer/longer or more/shorter splits pay.
   bench_step attention-waves "mla bench attention --waves 0.5,1,2,4 (V2-Lite)" 120 \
@@ -140,7 +142,7 @@ benches() {
     --materialised false
   bench_step attention-fixed-v3 "mla bench attention: fixed costs, V3 (one and two waves)" 90 \
     "$out/mla" bench attention --heads 128 --batch 66,132 --context 64,1024,4096 --reps 10 \
-    --kernel wgmma,wgmma-rs,wgmma-persistent,wgmma-seesaw \
+    --kernel wgmma,wgmma-rs,wgmma-persistent,wgmma-seesaw,wgmma-seesaw-tma \
     --materialised false
   # MLA against MHA on the first layers of DeepSeek-V2-Lite (random weights, bf16).
   bench_step bench "mla bench (V2-Lite vs MHA, 4 layers)" 240 \
@@ -155,10 +157,10 @@ benches() {
   # The choices still open, kernel against kernel per shape: the 16-row builds (V2-Lite, also
   # at each CTA target) and the wgmma kernels (V3), into ab-summary.md.
   {
-    python3 scripts/ab-summary.py "V2-Lite: the 16-row kernel's two-stage build (first) against its deep build and wgmma-seesaw" \
+    python3 scripts/ab-summary.py "V2-Lite: the 16-row kernel's two-stage build (first) against its deep build, wgmma-seesaw and wgmma-seesaw-tma" \
       "$out/attention-deep.md" "$out/attention-waves.md"
     echo
-    python3 scripts/ab-summary.py "V3: wgmma (first) against wgmma-rs, wgmma-persistent and wgmma-seesaw" \
+    python3 scripts/ab-summary.py "V3: wgmma (first) against wgmma-rs, wgmma-persistent, wgmma-seesaw and wgmma-seesaw-tma" \
       "$out/attention-wgmma-rs.md" "$out/attention-fixed-v3.md"
   } > "$out/ab-summary.md" 2>&1 || true
   cat "$out/ab-summary.md"
@@ -183,14 +185,14 @@ profile() {
   local verdict=ok
   python3 scripts/ncu-summary.py --header > "$out/profile-attention.md"
   for shape in "16 32 4096 16-row" "16 128 1024 16-row" "16 1 16384 16-row" "16 256 32 16-row" \
-               "16 256 512 16-row" "16 32 4096 16-row-deep" "16 128 1024 16-row-deep" "16 32 4096 wgmma-seesaw" \
+               "16 256 512 16-row" "16 32 4096 16-row-deep" "16 32 4096 wgmma-seesaw" "16 32 4096 wgmma-seesaw-tma" \
                "128 128 1024 wgmma" "128 128 16384 wgmma" "128 128 1024 wgmma-persistent" \
                "128 128 1024 wgmma-seesaw" \
-               "128 128 16384 wgmma-seesaw"; do
+               "128 128 1024 wgmma-seesaw-tma"; do
     read -r heads batch context kernel <<< "$shape"
     csv="$out/ncu-$heads-$batch-$context-$kernel.csv"
     timeout 60 "$ncu" --clock-control none --print-units base --csv --page raw \
-      -k regex:'attention_(mma_latent576|mma_deep_latent576|wgmma_latent576|wgmma_rs_latent576|wgmma_seesaw_latent576|tc_combine)' -c 2 \
+      -k regex:'attention_(mma_latent576|mma_deep_latent576|wgmma_latent576|wgmma_rs_latent576|wgmma_seesaw_latent576|wgmma_seesaw_tma_latent576|tc_combine)' -c 2 \
       --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
       "$out/mla" bench attention --heads "$heads" --batch "$batch" --context "$context" \
       --kernel "$kernel" --reps 1 --materialised false > "$csv" 2> "$csv.log" ||

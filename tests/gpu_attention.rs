@@ -124,7 +124,8 @@ fn deepseek_dims(heads: usize) -> MlaDims {
 
 /// The kernels that serve the latent for `heads` heads when forced (these tests' contexts are
 /// too short for them to pay): the 64-row ones from 64 heads (wgmma on Hopper, mma.sync
-/// everywhere), else both builds of the 16-row one and, on Hopper, the seesaw wgmma kernel.
+/// everywhere), else both builds of the 16-row one and, on Hopper, both builds of the seesaw
+/// wgmma kernel (cp.async, tensor map).
 fn latent_kernels<T: GpuFloat>(gpu: &CudaBackend<T>, heads: usize) -> Vec<TcTuning>
 where
     cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
@@ -140,6 +141,7 @@ where
                 .to_vec();
             if gpu.device.info.hopper() {
                 tunings.push(WideAttention::WgmmaSeesaw.into());
+                tunings.push(WideAttention::WgmmaSeesawTma.into());
             }
             return tunings;
         }
@@ -149,6 +151,7 @@ where
             WideAttention::WgmmaRs,
             WideAttention::WgmmaPersistent,
             WideAttention::WgmmaSeesaw,
+            WideAttention::WgmmaSeesawTma,
         ],
         _ => vec![WideAttention::Mma],
     };

@@ -17,6 +17,7 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
+#define __grid_constant__
 // Static shared memory: one copy per instantiation, which is right because the emulator runs
 // one block at a time.
 #define __shared__ static
@@ -100,6 +101,24 @@ void named_barrier(int id, int count, bool wait);
 void mbarrier_init(const void* bar, int count);
 void mbarrier_arrive_copies(const void* bar);
 void mbarrier_wait(const void* bar, int parity);  // until the phase of this parity has completed
+// The tensor memory accelerator: a phase also waits for the bytes that an arrival expects
+// (mbarrier.arrive.expect_tx), which bulk copies of boxes of a tensor map complete
+// (cp.async.bulk.tensor.2d): each reads its source at issue and lands with the phase, as above.
+void mbarrier_arrive_expect_bytes(const void* bar, unsigned bytes);
+void bulk_copy_box(void* dst, const void* map, int col, int row, const void* bar);
+// What the fake cuTensorMapEncodeTiled (driver.cpp) writes into the 128-byte CUtensorMap: a
+// 2-D tensor, innermost dimension first.
+struct TensorMapFields {
+    uint64_t magic;
+    const unsigned char* base;
+    uint64_t dims[2];
+    uint64_t row_stride;  // bytes
+    uint32_t box[2];
+    uint32_t element_bytes;
+    uint32_t swizzle_bytes;  // 0 (none) or 128
+};
+static_assert(sizeof(TensorMapFields) <= 128, "the fields fit a CUtensorMap");
+const uint64_t TENSOR_MAP_MAGIC = 0x6d6c612d746d6170ull;
 }  // namespace emu
 
 #define MLA_ASSERT_ALIGNED(pointer, bytes)                                                          \

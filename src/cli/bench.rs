@@ -137,7 +137,8 @@ pub struct AttentionBenchArgs {
     /// (wgmma with a CTA per SM, each serving several units and loading the next one's queries
     /// and first tile while it finishes one), wgmma-seesaw (each warpgroup scores every other
     /// tile, the two offset so that one's softmax overlaps the other's tensor work; any number of
-    /// heads, the rows they leave of a 64-row unit empty), mma (64 rows
+    /// heads, the rows they leave of a 64-row unit empty), wgmma-seesaw-tma (wgmma-seesaw with
+    /// its tiles brought by the tensor memory accelerator from one thread), mma (64 rows
     /// per CTA, mma.sync), 16-row (16 rows per CTA, two CTAs per SM with two stages of tiles),
     /// 16-row-deep (16 rows per CTA, one CTA per SM with five stages).
     #[arg(
@@ -171,6 +172,8 @@ pub enum KernelChoice {
     WgmmaPersistent,
     #[value(name = "wgmma-seesaw")]
     WgmmaSeesaw,
+    #[value(name = "wgmma-seesaw-tma")]
+    WgmmaSeesawTma,
     Mma,
     #[value(name = "16-row")]
     SixteenRow,
@@ -188,6 +191,7 @@ impl KernelChoice {
             KernelChoice::WgmmaRs => (WideAttention::WgmmaRs, shallow),
             KernelChoice::WgmmaPersistent => (WideAttention::WgmmaPersistent, shallow),
             KernelChoice::WgmmaSeesaw => (WideAttention::WgmmaSeesaw, shallow),
+            KernelChoice::WgmmaSeesawTma => (WideAttention::WgmmaSeesawTma, shallow),
             KernelChoice::Mma => (WideAttention::Mma, shallow),
             KernelChoice::SixteenRow => (WideAttention::Off, shallow),
             KernelChoice::SixteenRowDeep => (WideAttention::Off, NarrowAttention::Deep),

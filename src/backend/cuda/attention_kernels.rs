@@ -1,10 +1,12 @@
 //! Which tensor-core attention kernel serves a layout (`kernels/attention_wgmma.cu` for the MLA
-//! latent with 64+ heads on Hopper, `kernels/attention_seesaw.cu` for it where asked for,
+//! latent with 64+ heads on Hopper, `kernels/attention_seesaw.cu` (two builds) for it where
+//! asked for,
 //! `kernels/attention_mma.cu` for the shapes it is built for,
 //! `kernels/attention_tc.cu` for every other): each kernel's shapes, shared memory and CTAs per
 //! SM, and where the 64-row kernels pay.
 
 use super::layout::{AttentionLayout, Segment};
+use super::tensor_map::keys_are_rows;
 use crate::backend::AttentionBatch;
 
 use super::attention_schedule::{KV_TILE, ROWS};
@@ -43,6 +45,11 @@ pub enum WideAttention {
     /// Wgmma that `mla bench attention` compares, and, for fewer than 64 heads (empty rows
     /// filling the unit), to the 16-row kernel.
     WgmmaSeesaw,
+    /// attention_wgmma_seesaw_tma_latent576_bf16: WgmmaSeesaw with the tiles brought by the
+    /// tensor memory accelerator (bulk copies of a tensor map over the cache rows, issued by
+    /// one thread) instead of cp.async by every thread; for block sizes of 16, 32 or a
+    /// multiple of 64 tokens.
+    WgmmaSeesawTma,
 }
 
 impl WideAttention {
@@ -54,6 +61,7 @@ impl WideAttention {
                 | WideAttention::WgmmaRs
                 | WideAttention::WgmmaPersistent
                 | WideAttention::WgmmaSeesaw
+                | WideAttention::WgmmaSeesawTma
         )
     }
 }
@@ -101,7 +109,8 @@ impl From<WideAttention> for TcTuning {
 
 /// One tensor-core kernel for a layout: its module, entry point, threads per CTA, dynamic
 /// shared memory, 16-row runs served per CTA's unit, CTAs that fit one SM (for the schedule),
-/// and whether it is launched with at most a wave of CTAs that each serve several units.
+/// whether it is launched with at most a wave of CTAs that each serve several units, and
+/// whether it takes a tensor map of the cache rows after the common arguments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcKernel {
     pub module: &'static str,
@@ -111,6 +120,7 @@ pub struct TcKernel {
     pub runs_per_cta: usize,
     pub ctas_per_sm: usize,
     pub persistent: bool,
+    pub tensor_map: bool,
 }
 
 impl TcKernel {
@@ -328,6 +338,7 @@ pub(super) fn kernel_choice(
         runs_per_cta: WIDE_RUNS,
         ctas_per_sm: 1,
         persistent,
+        tensor_map: false,
     });
     let wgmma_rs = (wide_shape && wide == WideAttention::WgmmaRs).then_some(TcKernel {
         module: "attention_wgmma",
@@ -337,19 +348,26 @@ pub(super) fn kernel_choice(
         runs_per_cta: WIDE_RUNS,
         ctas_per_sm: 1,
         persistent: false,
+        tensor_map: false,
     });
     // Also for fewer heads (rows of a unit the token lacks are empty), as FlashMLA serves
     // V2-Lite's 16: memory-bound there, a 64-token tile's wasted tensor work may cost less than
     // the 16-row kernel's smaller tiles, twice the CTAs and their partial outputs.
-    let wgmma_seesaw = (latent && wide == WideAttention::WgmmaSeesaw).then_some(TcKernel {
-        module: "attention_seesaw",
-        function: "attention_wgmma_seesaw_latent576_bf16",
-        threads: MMA_THREADS,
-        shared_bytes: wgmma_seesaw_shared_bytes(),
-        runs_per_cta: WIDE_RUNS,
-        ctas_per_sm: 1,
-        persistent: false,
-    });
+    let tma = wide == WideAttention::WgmmaSeesawTma && keys_are_rows(l);
+    let wgmma_seesaw =
+        (latent && (wide == WideAttention::WgmmaSeesaw || tma)).then_some(TcKernel {
+            module: "attention_seesaw",
+            function: match tma {
+                true => "attention_wgmma_seesaw_tma_latent576_bf16",
+                false => "attention_wgmma_seesaw_latent576_bf16",
+            },
+            threads: MMA_THREADS,
+            shared_bytes: wgmma_seesaw_shared_bytes(),
+            runs_per_cta: WIDE_RUNS,
+            ctas_per_sm: 1,
+            persistent: false,
+            tensor_map: tma,
+        });
     let mma_wide = (wide_shape && wide == WideAttention::Mma).then_some(TcKernel {
         module: "attention_mma",
         function: "attention_mma_wide_latent576_bf16",
@@ -358,6 +376,7 @@ pub(super) fn kernel_choice(
         runs_per_cta: WIDE_RUNS,
         ctas_per_sm: 1,
         persistent: false,
+        tensor_map: false,
     });
     let mma = |stages: usize| {
         MMA_BUILDS
@@ -373,6 +392,7 @@ pub(super) fn kernel_choice(
                 runs_per_cta: 1,
                 ctas_per_sm: b.ctas_per_sm,
                 persistent: false,
+                tensor_map: false,
             })
     };
     let mma_deep = (narrow == NarrowAttention::Deep)
@@ -386,6 +406,7 @@ pub(super) fn kernel_choice(
         runs_per_cta: 1,
         ctas_per_sm: 2,
         persistent: false,
+        tensor_map: false,
     });
     [
         wgmma,
@@ -459,6 +480,23 @@ mod tests {
             // For every head count, 64 rows per CTA (those the heads lack are empty).
             assert_eq!(seesaw.function, "attention_wgmma_seesaw_latent576_bf16");
             assert_eq!((seesaw.runs_per_cta, seesaw.ctas_per_sm), (4, 1));
+            let tma = kernel_choice(
+                &absorbed,
+                H100_SHARED,
+                WideAttention::WgmmaSeesawTma,
+                NarrowAttention::Shallow,
+            )
+            .unwrap();
+            // The same kernel but for how its tiles arrive: the cache rows' tensor map.
+            assert_eq!(
+                (tma.function, tma.tensor_map),
+                ("attention_wgmma_seesaw_tma_latent576_bf16", true)
+            );
+            assert_eq!(
+                (tma.shared_bytes, tma.runs_per_cta),
+                (seesaw.shared_bytes, 4)
+            );
+            assert!(!seesaw.tensor_map && !k.tensor_map && !hopper.tensor_map);
             if heads < 64 {
                 assert_eq!(k.function, "attention_mma_latent576_bf16");
                 assert_eq!(hopper, k);

@@ -57,7 +57,8 @@ struct Unit {
 
 /// Groups the step's rows by (sequence, KV head) into runs of at most 16 — a token's heads
 /// first, then the next token — and those into units of up to `runs_per_cta` runs, and cuts
-/// each unit's visible tokens into even splits (a multiple of the tile), about `target_ctas`
+/// each unit's visible tokens into even splits (multiples of `split_tokens`, a multiple of the
+/// tile: without a window every split then starts at such a multiple), about `target_ctas`
 /// CTAs in all: long sequences get many splits, short ones few, so every CTA has about the same
 /// work. A split of a unit is `runs_per_cta` consecutive items (runs the unit lacks are items
 /// of `NO_ROW` only), which one CTA serves together.
@@ -68,6 +69,7 @@ pub fn schedule(
     window: usize,
     target_ctas: usize,
     runs_per_cta: usize,
+    split_tokens: usize,
 ) -> (Vec<TcItem>, Vec<TcGroup>) {
     let runs_per_cta = runs_per_cta.max(1);
     let mut units: Vec<Unit> = Vec::new();
@@ -125,7 +127,9 @@ pub fn schedule(
     {
         let len = end - begin;
         let splits = ((len * target + work / 2) / work).clamp(1, len.div_ceil(MIN_SPLIT));
-        let chunk = len.div_ceil(splits).next_multiple_of(KV_TILE);
+        let chunk = len
+            .div_ceil(splits)
+            .next_multiple_of(split_tokens.next_multiple_of(KV_TILE));
         let first = items.len() as u32;
         for kv_begin in (begin..end).step_by(chunk) {
             for r in 0..runs_per_cta {
@@ -175,8 +179,15 @@ mod tests {
         runs_per_cta: usize,
         buffer: impl Fn(Source) -> &'a [f32],
     ) -> Vec<f32> {
-        let (items, groups) =
-            schedule(batch, l.heads, l.group, l.window, target_ctas, runs_per_cta);
+        let (items, groups) = schedule(
+            batch,
+            l.heads,
+            l.group,
+            l.window,
+            target_ctas,
+            runs_per_cta,
+            KV_TILE,
+        );
         let seg = |s: &Segment, row: usize, head: usize| -> Vec<f32> {
             let start = row * s.width + s.offset + head * s.head_stride;
             buffer(s.source)[start..start + s.len].to_vec()
@@ -378,8 +389,23 @@ mod tests {
             (128, 128, 0),
             (8, 2, 100),
         ] {
-            for (target, runs) in [(1, 1), (7, 1), (264, 1), (10_000, 1), (7, 4), (264, 4)] {
-                let (items, groups) = schedule(&b, heads, group, window, target, runs);
+            for (target, runs, split_tokens) in [
+                (1, 1, 32),
+                (7, 1, 32),
+                (264, 1, 32),
+                (10_000, 1, 32),
+                (7, 4, 32),
+                (264, 4, 32),
+                (264, 4, 64),
+                (10_000, 4, 64),
+            ] {
+                let (items, groups) =
+                    schedule(&b, heads, group, window, target, runs, split_tokens);
+                if window == 0 {
+                    assert!(items
+                        .iter()
+                        .all(|i| i.kv_begin as usize % split_tokens == 0));
+                }
                 let mut covered = vec![0usize; positions.len() * heads];
                 for g in &groups {
                     let mine: Vec<&TcItem> = g.item_indices().map(|x| &items[x]).collect();

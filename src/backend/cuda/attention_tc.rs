@@ -12,7 +12,8 @@ use std::cell::RefCell;
 
 use super::attention_kernels::{kernel_choice, values_in_keys, wide_pays};
 use super::attention_kernels::{NarrowAttention, TcKernel, TcTuning, WideAttention};
-use super::attention_schedule::{schedule, TcGroup, TcItem, NO_ROW, ROWS};
+use super::attention_schedule::{schedule, TcGroup, TcItem, KV_TILE, NO_ROW, ROWS};
+use super::tensor_map::{box_tokens, cache_rows_map, KvTensorMap, TILE_TOKENS};
 
 /// Output columns per block of the combine and most warps in one (`COMBINE_COLUMNS`,
 /// `COMBINE_MAX_WARPS` in attention_tc.cu).
@@ -135,6 +136,12 @@ impl CudaDevice {
             l.window,
             target_ctas,
             kernel.runs_per_cta,
+            // The tensor-map build's boxes start at a tile (64 tokens), which never crosses a
+            // page: its splits start at one too.
+            match kernel.tensor_map {
+                true => TILE_TOKENS,
+                false => KV_TILE,
+            },
         );
         let units = items.len() / kernel.runs_per_cta;
         let shape = TcShape {
@@ -276,6 +283,12 @@ impl CudaDevice {
         let v_in_k = values_in_keys(l) as i32;
         let (block_size, heads, window) = (i(plan.block_size()), i(l.heads), i(l.window));
         let (block_tables, table_start) = plan.tables();
+        let keys = buffer(l.k1.source);
+        let (keys_address, _read_keys) = keys.device_ptr(&self.stream);
+        let map = match kernel.tensor_map {
+            true => Some(self.cache_rows_map(l, plan, keys_address, keys.len())?),
+            false => None,
+        };
         let mut b = self.stream.launch_builder(&f);
         b.arg(&q1)
             .arg(&q1_stride)
@@ -313,6 +326,9 @@ impl CudaDevice {
             }
         };
         b.arg(&units);
+        if let Some(map) = &map {
+            b.arg(map);
+        }
         let cfg = LaunchConfig {
             grid_dim: (schedule.shape.ctas() as u32, 1, 1),
             block_dim: (kernel.threads, 1, 1),
@@ -326,13 +342,45 @@ impl CudaDevice {
         // v.len values per item (its value_len, checked above), or
         // (direct: null partials) `out` and `lse` hold every (token, head) row of the step (a
         // null `lse`, where none is wanted, is never written);
-        // `units` is the number of units the items hold, which a persistent kernel's CTAs share.
+        // `units` is the number of units the items hold, which a persistent kernel's CTAs share;
+        // a tensor-map kernel gets its map last, over the key buffer's whole rows (its boxes
+        // read pages of the block tables only, which the plan checked against the cache).
         unsafe { b.launch(cfg) }.map_err(err("launch"))?;
 
         if let Some(p) = partials {
             self.combine(&p, schedule, l.v.len, &mut out.data, lse.as_mut())?;
         }
         Ok(lse)
+    }
+
+    /// The tensor map of the key rows of `l` (k1 then k2: the latent cache) in the buffer at
+    /// `address` of `len` values, in boxes for the plan's block size.
+    fn cache_rows_map(
+        &self,
+        l: &AttentionLayout,
+        plan: &AttentionPlan,
+        address: u64,
+        len: usize,
+    ) -> Result<KvTensorMap> {
+        let block_size = plan.block_size();
+        let box_rows = box_tokens(block_size)
+            .filter(|_| l.window == 0)
+            .ok_or_else(|| Error::Op {
+                op: "attention_tc",
+                message: format!(
+                "the tensor-map kernel reads pages of 16, 32 or a multiple of 64 tokens without \
+                 a window, not {block_size} (window {})",
+                l.window
+            ),
+            })?;
+        let offset = (l.k1.offset * 2) as u64;
+        cache_rows_map(
+            address + offset,
+            len / l.k1.width,
+            l.k1.width,
+            l.k1.len + l.k2.len,
+            box_rows,
+        )
     }
 
     /// Launches attention_tc_combine_bf16 over the splits in `p` into `out` and `lse` (if any),

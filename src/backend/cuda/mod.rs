@@ -16,6 +16,7 @@ mod launch;
 pub mod layout;
 mod moe;
 mod rows;
+mod tensor_map;
 mod transfer;
 
 pub use attention_kernels::{NarrowAttention, TcTuning, WideAttention};
