@@ -37,6 +37,16 @@ struct TcItem {
         const uint32_t *token_pos, int heads, float scale, int window, float *partial_o, float *partial_lse,       \
         bf16 *out, float *lse_out, int units
 
+// The start of every tensor-core attention kernel, which the host launches as a programmatic
+// dependent of the stream's previous kernel (its launch and CTAs' start overlap that kernel's
+// end): lets the combine start launching (it waits for this kernel's end), then waits for the
+// previous kernel, which may write the queries or the cache, or read the partial buffers this
+// one overwrites (the previous step's combine).
+__device__ __forceinline__ void attention_prologue() {
+    launch_dependents();
+    wait_for_previous_grid();
+}
+
 // The running state of an item's rows before its first tile: no max, no sum, each row's
 // position (-1 for NO_ROW: it sees nothing). Threads below ROWS write it.
 __device__ __forceinline__ void init_rows(const TcItem& item, const uint32_t* token_pos, int heads, float* m_s,

@@ -142,7 +142,7 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
     float* alpha_s = l_s + ROWS;
     int* pos_s = reinterpret_cast<int*>(alpha_s + ROWS);
 
-    launch_dependents();  // the combine may start launching: it waits for this kernel's end
+    attention_prologue();
     const TcItem& item = items[blockIdx.x];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const uint32_t* table = block_tables + table_start[item.seq];
@@ -275,7 +275,7 @@ attention_mma_wide_latent576_bf16(TC_ATTENTION_ARGS) {
     float* half_sum = half_max + 2 * WIDE_ROWS;                              // [2][WIDE_ROWS]
     int* pos_s = reinterpret_cast<int*>(half_sum + 2 * WIDE_ROWS);
 
-    launch_dependents();
+    attention_prologue();
     const TcItem* quad = items + (size_t)blockIdx.x * WIDE_RUNS;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int run = warp >> 1, half = warp & 1, row_lo = run * ROWS + g, row_hi = row_lo + 8;

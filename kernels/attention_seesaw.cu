@@ -301,8 +301,8 @@ template <bool TMA> __device__ __forceinline__ void seesaw(TC_ATTENTION_ARGS, co
     float* sum_s = factor_s + 2 * WG_ROWS;                     // [2][64] by warpgroup
     int* pos_s = reinterpret_cast<int*>(sum_s + 2 * WG_ROWS);  // [64]
     require_atom_aligned(seesaw_smem);
-    launch_dependents();
     if (TMA && threadIdx.x == 0) prefetch_tensor_map(map);
+    attention_prologue();
 
     const int wg = threadIdx.x / SEESAW_WG, i = threadIdx.x % SEESAW_WG;
     const int run = i / 32, g = (i & 31) >> 2, t = i & 3, row_lo = run * ROWS + g, row_hi = row_lo + 8;

@@ -46,7 +46,7 @@ attention_tc_bf16(TC_ATTENTION_ARGS) {
     const bf16* values = v_in_k ? k_s : v_s;
     const int v_ld = v_in_k ? dq : dv;
 
-    launch_dependents();  // the combine may start launching: it waits for this kernel's end
+    attention_prologue();
     const TcItem& item = items[blockIdx.x];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const uint32_t* table = block_tables + table_start[item.seq];

@@ -89,7 +89,7 @@ attention_wgmma_latent576_bf16(TC_ATTENTION_ARGS) {
     float* half_sum = half_max + 2 * WG_ROWS;                                  // [2][64]
     int* pos_s = reinterpret_cast<int*>(half_sum + 2 * WG_ROWS);
     require_atom_aligned(wgmma_smem);
-    launch_dependents();  // the combine may start launching: it waits for this kernel's end
+    attention_prologue();
 
     const int half = threadIdx.x / 128, run = (threadIdx.x / 32) % 4, lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3, row_lo = run * ROWS + g, row_hi = row_lo + 8;
@@ -218,7 +218,7 @@ attention_wgmma_rs_latent576_bf16(TC_ATTENTION_ARGS) {
     unsigned char* stages = q_s + WG_ROWS * LATENT * 2;       // 2 × [64 tokens × 576]
     int* pos_s = reinterpret_cast<int*>(stages + 2 * TILE_BYTES);
     require_atom_aligned(wgmma_rs_smem);
-    launch_dependents();
+    attention_prologue();
 
     const WgCta cta = wg_cta(items, block_tables, table_start, blockIdx.x);
     const auto [quad, table, kv_begin, kv_end, kv_head, tiles] = cta;

@@ -508,7 +508,8 @@ fn mla_block_sizes_bf16() {
 /// Queries opposed to every cached row (all real scores about −40): a key scored past a split's
 /// end or a tile's last token would dominate the softmax and the LSE. Lengths end anywhere in
 /// a tile, one long sequence has many splits (of multiples of 32 tokens: mid-tile for the
-/// 64-token tiles), and some sequences have several query tokens, through each latent kernel.
+/// 64-token tiles, but for the tensor-map build's multiples of 64), and some sequences have
+/// several query tokens, through each latent kernel.
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn mla_opposed_queries_bf16() {

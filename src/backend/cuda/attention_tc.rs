@@ -3,11 +3,12 @@
 //! buffers of its splits.
 
 use super::attention::{check_segment, AttentionPlan, KeySegment};
+use super::launch::param;
 use super::layout::{AttentionLayout, Segment, Source};
 use super::{CudaDevice, GpuFloat, GpuTensor};
 use crate::backend::AttentionBatch;
 use crate::error::{Error, Result};
-use cudarc::driver::{CudaSlice, CudaView, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, DevicePtr, DevicePtrMut, LaunchConfig};
 use std::cell::RefCell;
 
 use super::attention_kernels::{kernel_choice, values_in_keys, wide_pays};
@@ -255,19 +256,18 @@ impl CudaDevice {
         if schedule.shape.item_count == 0 {
             return Ok(lse);
         }
-        let err = |what: &'static str| move |e| Error::Device(format!("attention_tc {what}: {e}"));
-        // Partial outputs for the combine, unless every row group has one split: then the
-        // kernel writes the output and its LSE itself and no combine runs.
-        let mut partials = schedule.partials.as_ref().map(RefCell::borrow_mut);
-        let null: u64 = 0;
-
         let smem = kernel.shared_bytes;
         let f = self.function_with_shared(kernel.module, kernel.function, smem)?;
+        // Device addresses as the kernel takes them; the guards device_ptr returns record
+        // nothing, as the context does not track events (mod.rs).
+        let st = &self.stream;
+        let address = |s: &Segment| buffer(s.source).device_ptr(st).0;
         let (q1, q2) = (
-            buffer(l.q1.source).slice(l.q1.offset..),
-            buffer(l.q2.source).slice(l.q2.offset..),
+            address(&l.q1) + (l.q1.offset * size_of::<T>()) as u64,
+            address(&l.q2) + (l.q2.offset * size_of::<T>()) as u64,
         );
-        let (k1, k2, v) = (buffer(l.k1.source), buffer(l.k2.source), buffer(l.v.source));
+        let (k1, k2, v) = (address(&l.k1), address(&l.k2), address(&l.v));
+        let keys_len = buffer(l.k1.source).len();
         let i = |x: usize| x as i32;
         let (q1_stride, q1_head, q2_stride, q2_head) = (
             i(l.q1.width),
@@ -283,69 +283,85 @@ impl CudaDevice {
         let v_in_k = values_in_keys(l) as i32;
         let (block_size, heads, window) = (i(plan.block_size()), i(l.heads), i(l.window));
         let (block_tables, table_start) = plan.tables();
-        let keys = buffer(l.k1.source);
-        let (keys_address, _read_keys) = keys.device_ptr(&self.stream);
-        let map = match kernel.tensor_map {
-            true => Some(self.cache_rows_map(l, plan, keys_address, keys.len())?),
-            false => None,
-        };
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&q1)
-            .arg(&q1_stride)
-            .arg(&q1_head)
-            .arg(&q2)
-            .arg(&q2_stride)
-            .arg(&q2_head)
-            .arg(&k1)
-            .arg(&s1)
-            .arg(&k2)
-            .arg(&s2)
-            .arg(&v)
-            .arg(&sv)
-            .arg(&v_in_k)
-            .arg(&schedule.items)
-            .arg(block_tables)
-            .arg(table_start)
-            .arg(&block_size)
-            .arg(plan.positions())
-            .arg(&heads)
-            .arg(&l.scale)
-            .arg(&window);
-        let units = i(schedule.shape.units());
-        match &mut partials {
+        let items = schedule.items.device_ptr(st).0;
+        let tables = block_tables.device_ptr(st).0;
+        let starts = table_start.device_ptr(st).0;
+        let positions = plan.positions().device_ptr(st).0;
+        // Partial outputs for the combine, unless every row group has one split: then the
+        // kernel writes the output (and the LSE, where wanted) itself and no combine runs.
+        let mut partials = schedule.partials.as_ref().map(RefCell::borrow_mut);
+        let null: u64 = 0;
+        let (partial_o, partial_lse, out_ptr, lse_ptr) = match &mut partials {
             Some(p) => {
                 let p = &mut **p;
-                b.arg(&mut p.o).arg(&mut p.lse).arg(&null).arg(&null)
+                (
+                    p.o.device_ptr_mut(st).0,
+                    p.lse.device_ptr_mut(st).0,
+                    null,
+                    null,
+                )
             }
-            None => {
-                b.arg(&null).arg(&null).arg(&mut out.data);
-                match &mut lse {
-                    Some(lse) => b.arg(lse),
-                    None => b.arg(&null),
-                }
-            }
+            None => (
+                null,
+                null,
+                out.data.device_ptr_mut(st).0,
+                lse.as_mut().map_or(null, |l| l.device_ptr_mut(st).0),
+            ),
         };
-        b.arg(&units);
+        let units = i(schedule.shape.units());
+        let map = match kernel.tensor_map {
+            true => Some(self.cache_rows_map(l, plan, k1, keys_len)?),
+            false => None,
+        };
+        let mut params = vec![
+            param(&q1),
+            param(&q1_stride),
+            param(&q1_head),
+            param(&q2),
+            param(&q2_stride),
+            param(&q2_head),
+            param(&k1),
+            param(&s1),
+            param(&k2),
+            param(&s2),
+            param(&v),
+            param(&sv),
+            param(&v_in_k),
+            param(&items),
+            param(&tables),
+            param(&starts),
+            param(&block_size),
+            param(&positions),
+            param(&heads),
+            param(&l.scale),
+            param(&window),
+            param(&partial_o),
+            param(&partial_lse),
+            param(&out_ptr),
+            param(&lse_ptr),
+            param(&units),
+        ];
         if let Some(map) = &map {
-            b.arg(map);
+            params.push(param(map));
         }
         let cfg = LaunchConfig {
             grid_dim: (schedule.shape.ctas() as u32, 1, 1),
             block_dim: (kernel.threads, 1, 1),
             shared_mem_bytes: smem as u32,
         };
-        // SAFETY: the arguments match the kernel's (every tensor-core entry point takes
-        // TC_ATTENTION_ARGS, kernels/attention_items.cuh) in order and type and T is bf16; the
-        // checks above bound every query, key and value element by its buffer, the plan checked
-        // the block tables against the cache, the schedule keeps rows within the step and
-        // tokens within each row's context; the schedule's partial buffers hold ROWS rows of
-        // v.len values per item (its value_len, checked above), or
-        // (direct: null partials) `out` and `lse` hold every (token, head) row of the step (a
-        // null `lse`, where none is wanted, is never written);
-        // `units` is the number of units the items hold, which a persistent kernel's CTAs share;
-        // a tensor-map kernel gets its map last, over the key buffer's whole rows (its boxes
-        // read pages of the block tables only, which the plan checked against the cache).
-        unsafe { b.launch(cfg) }.map_err(err("launch"))?;
+        // SAFETY: the parameters point to values of the kernel's arguments in order and type
+        // (every tensor-core entry point takes TC_ATTENTION_ARGS, kernels/attention_items.cuh,
+        // device pointers as u64, then a tensor-map kernel its map) and T is bf16; the checks
+        // above bound every query, key and value element by its buffer, the plan checked the
+        // block tables against the cache, the schedule keeps rows within the step and tokens
+        // within each row's context; the schedule's partial buffers hold ROWS rows of v.len
+        // values per item (its value_len, checked above), or (direct: null partials) `out` and
+        // `lse` hold every (token, head) row of the step (a null `lse`, where none is wanted, is
+        // never written); `units` is the number of units the items hold, which a persistent
+        // kernel's CTAs share; a tensor map covers the key buffer's whole rows (its boxes read
+        // pages of the block tables only). Every kernel waits for the previous one
+        // (attention_prologue) before it reads or writes device memory.
+        unsafe { self.launch_dependent("attention_tc launch", &f, cfg, &mut params) }?;
 
         if let Some(p) = partials {
             self.combine(&p, schedule, l.v.len, &mut out.data, lse.as_mut())?;
@@ -416,14 +432,13 @@ impl CudaDevice {
             None => (0, None),
         };
         let dv = value_len as i32;
-        let arg = |x: &_| x as *const _ as *mut std::ffi::c_void;
         let mut params = [
-            arg(&o),
-            arg(&split_lse),
-            arg(&groups),
-            arg(&out_ptr),
-            arg(&lse_ptr),
-            (&dv) as *const i32 as *mut std::ffi::c_void,
+            param(&o),
+            param(&split_lse),
+            param(&groups),
+            param(&out_ptr),
+            param(&lse_ptr),
+            param(&dv),
         ];
         // SAFETY: the parameters point to values of attention_tc_combine_bf16's arguments in
         // order and type (device pointers, then an int); each group's items and rows come from

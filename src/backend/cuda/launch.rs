@@ -63,3 +63,9 @@ impl CudaDevice {
         .map_err(err)
     }
 }
+
+/// A kernel parameter for [`CudaDevice::launch_dependent`]: the address of its value, which
+/// must outlive the launch call.
+pub(super) fn param<T>(value: &T) -> *mut c_void {
+    value as *const T as *mut c_void
+}

@@ -9,22 +9,17 @@ use cudarc::driver::sys::{
     self, CUtensorMapDataType, CUtensorMapFloatOOBfill, CUtensorMapInterleave,
     CUtensorMapL2promotion, CUtensorMapSwizzle,
 };
-use cudarc::driver::DeviceRepr;
 
 /// Latent values per box row: one 128-byte swizzle span of bf16.
 const BOX_COLUMNS: u32 = 64;
 /// Tokens per shared-memory tile of the 64-row kernels (a box holds at most one tile).
 pub(super) const TILE_TOKENS: usize = 64;
 
-/// A CUtensorMap passed to a kernel by value (a `const __grid_constant__ TensorMap` argument,
-/// kernels/barriers.cuh).
+/// A CUtensorMap, which a kernel takes by value (a `const __grid_constant__ TensorMap`
+/// argument, kernels/barriers.cuh: the same 128 bytes, 128-byte aligned).
 #[repr(transparent)]
 #[derive(Debug, Clone, Copy)]
 pub(super) struct KvTensorMap(sys::CUtensorMap);
-
-// SAFETY: CUtensorMap is a plain 128-byte, 128-byte aligned C struct, which the kernel takes by
-// value as its own TensorMap (the same size and alignment).
-unsafe impl DeviceRepr for KvTensorMap {}
 
 /// Whether the keys of `l` are whole rows of one buffer that bulk copies can bring in 64-value
 /// boxes: k2 continues k1 in the same rows, one KV head, widths a multiple of the box.
