@@ -258,16 +258,13 @@ impl CudaDevice {
         }
         let smem = kernel.shared_bytes;
         let f = self.function_with_shared(kernel.module, kernel.function, smem)?;
-        // Device addresses as the kernel takes them; the guards device_ptr returns record
-        // nothing, as the context does not track events (mod.rs).
+        // Device addresses as the kernel takes them (see `param`): a segment's buffer, or its
+        // first value.
         let st = &self.stream;
         let address = |s: &Segment| buffer(s.source).device_ptr(st).0;
-        let (q1, q2) = (
-            address(&l.q1) + (l.q1.offset * size_of::<T>()) as u64,
-            address(&l.q2) + (l.q2.offset * size_of::<T>()) as u64,
-        );
+        let start = |s: &Segment| address(s) + (s.offset * size_of::<T>()) as u64;
+        let (q1, q2) = (start(&l.q1), start(&l.q2));
         let (k1, k2, v) = (address(&l.k1), address(&l.k2), address(&l.v));
-        let keys_len = buffer(l.k1.source).len();
         let i = |x: usize| x as i32;
         let (q1_stride, q1_head, q2_stride, q2_head) = (
             i(l.q1.width),
@@ -310,7 +307,12 @@ impl CudaDevice {
         };
         let units = i(schedule.shape.units());
         let map = match kernel.tensor_map {
-            true => Some(self.cache_rows_map(l, plan, k1, keys_len)?),
+            true => Some(self.cache_rows_map(
+                l,
+                plan,
+                start(&l.k1),
+                buffer(l.k1.source).len() / l.k1.width,
+            )?),
             false => None,
         };
         let mut params = vec![
@@ -369,14 +371,14 @@ impl CudaDevice {
         Ok(lse)
     }
 
-    /// The tensor map of the key rows of `l` (k1 then k2: the latent cache) in the buffer at
-    /// `address` of `len` values, in boxes for the plan's block size.
+    /// The tensor map of the `rows` key rows of `l` (k1 then k2: the latent cache) whose first
+    /// row's keys start at `address`, in boxes for the plan's block size.
     fn cache_rows_map(
         &self,
         l: &AttentionLayout,
         plan: &AttentionPlan,
         address: u64,
-        len: usize,
+        rows: usize,
     ) -> Result<KvTensorMap> {
         let block_size = plan.block_size();
         let box_rows = box_tokens(block_size)
@@ -389,14 +391,7 @@ impl CudaDevice {
                 l.window
             ),
             })?;
-        let offset = (l.k1.offset * 2) as u64;
-        cache_rows_map(
-            address + offset,
-            len / l.k1.width,
-            l.k1.width,
-            l.k1.len + l.k2.len,
-            box_rows,
-        )
+        cache_rows_map(address, rows, l.k1.width, l.k1.len + l.k2.len, box_rows)
     }
 
     /// Launches attention_tc_combine_bf16 over the splits in `p` into `out` and `lse` (if any),
@@ -420,17 +415,12 @@ impl CudaDevice {
             shared_mem_bytes: 0,
         };
         let s = &self.stream;
-        let (o, _read_o) = p.o.device_ptr(s);
-        let (split_lse, _read_lse) = p.lse.device_ptr(s);
-        let (groups, _read_groups) = schedule.groups.device_ptr(s);
-        let (out_ptr, _write_out) = out.device_ptr_mut(s);
-        let (lse_ptr, _write_lse) = match lse {
-            Some(lse) => {
-                let (ptr, guard) = lse.device_ptr_mut(s);
-                (ptr, Some(guard))
-            }
-            None => (0, None),
-        };
+        // Device addresses as the kernel takes them (see `param`).
+        let o = p.o.device_ptr(s).0;
+        let split_lse = p.lse.device_ptr(s).0;
+        let groups = schedule.groups.device_ptr(s).0;
+        let out_ptr = out.device_ptr_mut(s).0;
+        let lse_ptr = lse.map_or(0, |lse| lse.device_ptr_mut(s).0);
         let dv = value_len as i32;
         let mut params = [
             param(&o),

@@ -65,7 +65,9 @@ impl CudaDevice {
 }
 
 /// A kernel parameter for [`CudaDevice::launch_dependent`]: the address of its value, which
-/// must outlive the launch call.
+/// must outlive the launch call. Device buffers go in as their addresses, taken with
+/// `device_ptr(stream).0`: the guard that comes with one records nothing, as the context tracks
+/// no events (mod.rs), so it need not live through the launch.
 pub(super) fn param<T>(value: &T) -> *mut c_void {
     value as *const T as *mut c_void
 }
