@@ -1,0 +1,216 @@
+//! What the GPU attention tests share: random inputs rounded as the GPU stores them, batches
+//! over shuffled block tables, the same rows in a CPU and a GPU cache, the poisoned backend,
+//! the kernels that serve the latent, and an f64 reference for the rows' log-sum-exp.
+
+use super::common::Rng;
+use mla_rt::backend::cpu::{CpuBackend, CpuKvCache};
+use mla_rt::backend::cuda::attention_tc::TcShape;
+use mla_rt::backend::cuda::layout::absorbed_layout;
+use mla_rt::backend::cuda::{CudaBackend, GpuFloat, NarrowAttention, TcTuning, WideAttention};
+use mla_rt::backend::{AttentionBatch, Backend, MlaDims, SeqChunk};
+use mla_rt::weights::HostTensor;
+
+pub fn random(rng: &mut Rng, rows: usize, cols: usize) -> HostTensor {
+    biased(rng, rows, cols, 0.0)
+}
+
+/// Normal values of unit variance around `mean`.
+pub fn biased(rng: &mut Rng, rows: usize, cols: usize, mean: f32) -> HostTensor {
+    let data = rng.normals(rows * cols, 1.0);
+    HostTensor::new(
+        vec![rows, cols],
+        data.into_iter().map(|v| v + mean).collect(),
+    )
+}
+
+/// Rounds through the storage type, so that the CPU sees the values the GPU stores.
+pub fn stored<T: GpuFloat>(t: HostTensor) -> HostTensor {
+    let data = t.data.iter().map(|&v| T::from_f32(v).to_f32()).collect();
+    HostTensor::new(t.shape, data)
+}
+
+/// Sequences `(context, query)` with block tables drawn from a shuffled pool of blocks of
+/// `block` tokens.
+pub fn batch(rng: &mut Rng, shapes: &[(usize, usize)], block: usize) -> (AttentionBatch, usize) {
+    let needed: usize = shapes.iter().map(|(c, _)| c.div_ceil(block)).sum();
+    let num_blocks = needed + 5; // spare blocks stay NaN
+    let mut pool: Vec<u32> = (0..num_blocks as u32).collect();
+    for i in (1..pool.len()).rev() {
+        let j = (rng.uniform() * (i + 1) as f32) as usize % (i + 1);
+        pool.swap(i, j);
+    }
+    let mut next = pool.into_iter();
+    let seqs = shapes
+        .iter()
+        .map(|&(context_len, query_len)| SeqChunk {
+            block_table: next.by_ref().take(context_len.div_ceil(block)).collect(),
+            context_len,
+            query_len,
+        })
+        .collect();
+    (
+        AttentionBatch {
+            block_size: block,
+            seqs,
+        },
+        num_blocks,
+    )
+}
+
+/// The same random rows (unit variance around `mean`) written into a CPU and a GPU cache for
+/// every cached position.
+pub fn caches<T: GpuFloat>(
+    rng: &mut Rng,
+    gpu: &CudaBackend<T>,
+    batch: &AttentionBatch,
+    num_blocks: usize,
+    width: usize,
+    mean: f32,
+) -> (
+    <CpuBackend as Backend>::KvCache,
+    <CudaBackend<T> as Backend>::KvCache,
+)
+where
+    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
+{
+    let block = batch.block_size;
+    let mut cpu_cache = CpuBackend
+        .alloc_kv_cache(1, num_blocks, block, width)
+        .unwrap();
+    let mut gpu_cache = gpu.alloc_kv_cache(1, num_blocks, block, width).unwrap();
+    for seq in &batch.seqs {
+        let rows = stored::<T>(biased(rng, seq.context_len, width, mean));
+        let slots: Vec<u32> = (0..seq.context_len)
+            .map(|p| seq.block_table[p / block] * block as u32 + (p % block) as u32)
+            .collect();
+        CpuBackend
+            .write_kv_cache(&mut cpu_cache, 0, &rows, 0, &slots)
+            .unwrap();
+        let rows_gpu = gpu.upload_weight(rows).unwrap();
+        gpu.write_kv_cache(&mut gpu_cache, 0, &rows_gpu, 0, &slots)
+            .unwrap();
+    }
+    (cpu_cache, gpu_cache)
+}
+
+/// The GPU backend with every op output poisoned (NaN) before its kernel writes it.
+pub fn poisoned_gpu<T: GpuFloat>() -> CudaBackend<T>
+where
+    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
+{
+    CudaBackend::<T>::open(0)
+        .expect("an NVIDIA GPU with kernels in this build")
+        .with_poisoned_outputs()
+}
+
+/// DeepSeek-V2/V3 attention widths with `heads` heads.
+pub fn deepseek_dims(heads: usize) -> MlaDims {
+    MlaDims::deepseek(heads, 0.07)
+}
+
+/// The kernels that serve the latent for `heads` heads when forced (these tests' contexts are
+/// too short for them to pay): the 64-row ones from 64 heads (wgmma on Hopper, mma.sync
+/// everywhere), else both builds of the 16-row one and, on Hopper, both builds of the seesaw
+/// wgmma kernel (cp.async, tensor map).
+pub fn latent_kernels<T: GpuFloat>(gpu: &CudaBackend<T>, heads: usize) -> Vec<TcTuning>
+where
+    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
+{
+    let wide = match heads {
+        ..64 => {
+            let mut tunings: Vec<TcTuning> = [NarrowAttention::Shallow, NarrowAttention::Deep]
+                .map(|narrow| TcTuning {
+                    wide: WideAttention::Off,
+                    narrow,
+                    ..TcTuning::default()
+                })
+                .to_vec();
+            if gpu.device.info.hopper() {
+                tunings.push(WideAttention::WgmmaSeesaw.into());
+                tunings.push(WideAttention::WgmmaSeesawTma.into());
+            }
+            return tunings;
+        }
+        _ if gpu.device.info.hopper() => vec![
+            WideAttention::Mma,
+            WideAttention::Wgmma,
+            WideAttention::WgmmaRs,
+            WideAttention::WgmmaPersistent,
+            WideAttention::WgmmaSeesaw,
+            WideAttention::WgmmaSeesawTma,
+        ],
+        _ => vec![WideAttention::Mma],
+    };
+    wide.into_iter().map(TcTuning::from).collect()
+}
+
+/// Runs `check` once per kernel that serves the latent for `heads` heads ([`latent_kernels`])
+/// with the backend forced to it, then gives the runtime its own choice back.
+pub fn for_each_latent_kernel<T: GpuFloat>(
+    gpu: &CudaBackend<T>,
+    heads: usize,
+    mut check: impl FnMut(TcTuning),
+) where
+    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
+{
+    for tuning in latent_kernels(gpu, heads) {
+        gpu.set_tc_tuning(tuning);
+        check(tuning);
+    }
+    gpu.set_tc_tuning(TcTuning::default());
+}
+
+/// The kernel and split-KV schedule the GPU picks for `batch` at `heads` heads under `tuning`.
+pub fn tc_shape<T: GpuFloat>(
+    gpu: &CudaBackend<T>,
+    batch: &AttentionBatch,
+    heads: usize,
+    tuning: TcTuning,
+) -> TcShape
+where
+    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
+{
+    gpu.device
+        .tc_plan(batch, &absorbed_layout(&deepseek_dims(heads)), tuning)
+        .unwrap()
+        .shape
+}
+
+/// Each (token, head) row's log-sum-exp (natural log) of its scaled absorbed scores,
+/// `scale·(q_lat·c + q_pe·k_pe)` over the cached tokens it sees, in f64 from the CPU cache.
+pub fn absorbed_lse(
+    q_lat: &HostTensor,
+    q: &HostTensor,
+    cache: &CpuKvCache,
+    batch: &AttentionBatch,
+    dims: &MlaDims,
+) -> Vec<f64> {
+    let (n, r, dq) = (dims.heads, dims.kv_lora_rank, dims.qk_head());
+    let width = cache.width;
+    let mut lse = Vec::new();
+    let mut token = 0;
+    for seq in &batch.seqs {
+        for i in 0..seq.query_len {
+            let pos = seq.context_len - seq.query_len + i;
+            for h in 0..n {
+                let lat = &q_lat.data[(token * n + h) * r..][..r];
+                let pe = &q.data[token * n * dq + h * dq + dims.qk_nope..][..dims.qk_rope];
+                let scores: Vec<f64> = (0..=pos)
+                    .map(|p| {
+                        let slot = seq.block_table[p / batch.block_size] as usize
+                            * batch.block_size
+                            + p % batch.block_size;
+                        let row = &cache.layers[0][slot * width..][..width];
+                        let dot = lat.iter().chain(pe).zip(row);
+                        dims.softmax_scale as f64
+                            * dot.map(|(&a, &b)| a as f64 * b as f64).sum::<f64>()
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                lse.push(max + scores.iter().map(|x| (x - max).exp()).sum::<f64>().ln());
+            }
+            token += 1;
+        }
+    }
+    lse
+}
