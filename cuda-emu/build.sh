@@ -9,7 +9,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cxx=${CXX:-g++}
-flags=(-std=c++20 -O2 -g -fPIC -Wall -Wno-psabi -Wno-unknown-pragmas -Wno-unused-function -I"$root/cuda-emu/include" -I"$root/cuda-emu")
+flags=(-std=c++20 -O2 -g -fPIC -mtls-dialect=gnu2 -Wall -Wno-psabi -Wno-unknown-pragmas -Wno-unused-function -I"$root/cuda-emu/include" -I"$root/cuda-emu")
 default_out=$root/target/cuda-emu
 if [[ ${1:-} == --asan ]]; then
     shift
@@ -23,10 +23,17 @@ objects=()
 for cu in "$root"/kernels/*.cu; do
     name=$(basename "$cu" .cu)
     src="$out/src/$name.cpp"
-    # Dynamic shared memory becomes a pointer to the emulator's per-block buffer; the rest of the
-    # source is compiled as it is.
+    # Dynamic shared memory becomes a pointer to the emulator's per-block buffer. Static shared
+    # variables become thread-local ones (each worker runs its own block; see runtime.cpp) named
+    # through a local reference, looked up once per call of the kernel instead of at every
+    # access. The rest of the source is compiled as it is.
     sed -E 's/extern __shared__ (__align__\([0-9]+\) )?([A-Za-z_][A-Za-z0-9_ ]*[A-Za-z0-9_]) ([A-Za-z_][A-Za-z0-9_]*)\[\];/\2* \3 = static_cast<\2*>(emu::dynamic_shared());/' \
-        "$cu" >"$src"
+        "$cu" |
+        perl -pe 's{^(\s*)__shared__\s+((?:__align__\(\d+\)\s+)?[A-Za-z_]\w*)\s+([^;]+);}{
+            my ($indent, $type, $names) = ($1, $2, $3);
+            $indent . join(" ", map { /^\s*([A-Za-z_]\w*)(.*?)\s*$/;
+                "static thread_local $type ${1}_emu$2; auto& $1 = ${1}_emu;" } split(/,/, $names))
+        }e' >"$src"
     if grep -q 'extern __shared__' "$src"; then
         echo "cuda-emu: $cu declares dynamic shared memory in a form build.sh does not rewrite" >&2
         exit 1
@@ -41,11 +48,12 @@ for cu in "$root"/kernels/*.cu; do
     objects+=("$out/obj/$name.o")
 done
 "$cxx" "${flags[@]}" -c "$root/cuda-emu/runtime.cpp" -o "$out/obj/runtime.o"
+"$cxx" "${flags[@]}" -c "$root/cuda-emu/grid.cpp" -o "$out/obj/grid.o"
 "$cxx" "${flags[@]}" -c "$root/cuda-emu/driver.cpp" -o "$out/obj/driver.o"
 "$cxx" "${flags[@]}" -c "$root/cuda-emu/cublas.cpp" -o "$out/obj/cublas.o"
-"$cxx" "${flags[@]}" -shared -o "$out/libcuda.so" "$out/obj/driver.o" "$out/obj/runtime.o" "${objects[@]}"
+"$cxx" "${flags[@]}" -shared -o "$out/libcuda.so" "$out/obj/driver.o" "$out/obj/runtime.o" "$out/obj/grid.o" "${objects[@]}"
 "$cxx" "${flags[@]}" -shared -o "$out/libcublas.so" "$out/obj/cublas.o"
 # The emulator's own checks: right kernels run right, and every bug it claims to catch is caught.
-"$cxx" "${flags[@]}" -include cuda_emu.h "$root/cuda-emu/selftest.cpp" "$out/obj/runtime.o" -o "$out/selftest"
+"$cxx" "${flags[@]}" -include cuda_emu.h "$root/cuda-emu/selftest.cpp" "$out/obj/runtime.o" "$out/obj/grid.o" -lpthread -o "$out/selftest"
 "$out/selftest" >&2
 echo "$out"

@@ -1,7 +1,9 @@
-// Fibers and the block scheduler: the threads of a block run one at a time on the calling OS
-// thread, each until it reaches a barrier, a warp-synchronous call or its end. Switching is a
+// Fibers and the block scheduler: the threads of a block run one at a time on one OS thread,
+// each until it reaches a barrier, a warp-synchronous call or its end. Switching is a
 // hand-written x86-64 context switch (callee-saved registers and the stack pointer), so that a
-// barrier over 1,024 threads costs microseconds rather than system calls.
+// barrier over 1,024 threads costs microseconds rather than system calls. Each worker thread
+// (grid.cpp shares a grid's blocks out among them) has its own fibers, block state and static
+// shared memory: all of it is thread_local.
 #include "runtime.h"
 #include "wgmma_ptx.h"
 #include <sanitizer/asan_interface.h>
@@ -83,10 +85,16 @@ template <typename Op> struct AsyncGroups {
     }
 };
 
+struct WarpState;
+
 struct ThreadState {
     void* sp;
     dim3 idx;
     int lane, warp;
+    // The worker's scheduler and this thread's warp, reached from the fiber without a
+    // thread-local lookup.
+    void** scheduler_sp;
+    WarpState* warp_state;
     State state;
     AsyncGroups<PendingCopy> copies;
     AsyncGroups<PendingMma> mmas;
@@ -117,26 +125,40 @@ struct WarpState {
     LaneEntry lanes[2][32];  // by generation parity: a slot is rewritten two generations later
 };
 
-ThreadState* current = nullptr;
-dim3 block_idx, block_dim, grid_dim;
+// The running block's state is its worker's (thread_local); the grid's shape is every worker's.
+thread_local dim3 block_idx;
+dim3 block_dim, grid_dim;
 
 namespace {
-const size_t STACK_BYTES = 256 << 10;
+// A fiber's stack: a mapping of STACK_BYTES aligned to its size, a guard page at the bottom, then
+// the fiber's ThreadState* (see me()), then the stack proper.
+const size_t STACK_BYTES = 256 << 10;  // a power of two
 const size_t PAGE = 4096;
+const size_t STACK_HEADER = 64;
+const size_t STACK_USABLE = STACK_BYTES - PAGE - STACK_HEADER;
 const size_t SHARED_GUARD = 256;
 const unsigned char POISON = 0xff;  // NaN in f32 and bf16
 
-std::vector<ThreadState> threads;
-NamedBarrier named[16];
-std::map<const void*, Mbarrier> mbarriers;
-std::vector<WarpState> warps;
-std::vector<void*> stacks;  // lowest address of each mapping; its first page is a guard page
-void* scheduler_sp = nullptr;
 void (*grid_body)(void*) = nullptr;
 void* grid_ctx = nullptr;
-unsigned char* shared_base = nullptr;
 size_t shared_bytes = 0;
-std::string failure;
+
+thread_local std::vector<ThreadState> threads;
+thread_local NamedBarrier named[16];
+thread_local std::map<const void*, Mbarrier> mbarriers;
+thread_local std::vector<WarpState> warps;
+thread_local std::vector<void*> stacks;  // lowest address of each mapping; its first page is a guard page
+thread_local void* scheduler_sp = nullptr;
+thread_local unsigned char* shared_base = nullptr;
+thread_local std::string failure;
+
+// The ThreadState of the fiber this runs on, from its stack: without the call a thread-local
+// lookup costs in a shared library, on every emulated threadIdx, shuffle and barrier. Only for
+// code that runs on a fiber: the kernels and the calls they make.
+inline ThreadState* me() {
+    const uintptr_t frame = reinterpret_cast<uintptr_t>(__builtin_frame_address(0));
+    return *reinterpret_cast<ThreadState**>((frame & ~(uintptr_t)(STACK_BYTES - 1)) + PAGE);
+}
 
 std::map<std::string, KernelEntry>& table() {
     static std::map<std::string, KernelEntry> kernels;
@@ -144,20 +166,22 @@ std::map<std::string, KernelEntry>& table() {
 }
 
 // Under AddressSanitizer (build.sh --asan) every switch tells it which stack is live.
-[[maybe_unused]] const void* scheduler_stack = nullptr;
-[[maybe_unused]] size_t scheduler_stack_bytes = 0;
+[[maybe_unused]] thread_local const void* scheduler_stack = nullptr;
+[[maybe_unused]] thread_local size_t scheduler_stack_bytes = 0;
 
 void* stack_bottom(size_t i);
 
-void switch_to_fiber(size_t i) {
+// Runs fiber i (thread t) until it hands control back; `scheduler`: where the worker's own
+// stack pointer is kept meanwhile.
+void switch_to_fiber(size_t i, ThreadState& t, void** scheduler) {
 #if defined(__SANITIZE_ADDRESS__)
     void* fake = nullptr;
-    __sanitizer_start_switch_fiber(&fake, stack_bottom(i), STACK_BYTES);
-    emu_switch(&scheduler_sp, current->sp);
+    __sanitizer_start_switch_fiber(&fake, stack_bottom(i), STACK_USABLE);
+    emu_switch(scheduler, t.sp);
     __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #else
     (void)i;
-    emu_switch(&scheduler_sp, current->sp);
+    emu_switch(scheduler, t.sp);
 #endif
 }
 
@@ -165,11 +189,13 @@ void back_to_scheduler(bool exiting = false) {
 #if defined(__SANITIZE_ADDRESS__)
     void* fake = nullptr;
     __sanitizer_start_switch_fiber(exiting ? nullptr : &fake, scheduler_stack, scheduler_stack_bytes);
-    emu_switch(&current->sp, scheduler_sp);
+    ThreadState* self = me();
+    emu_switch(&self->sp, *self->scheduler_sp);
     __sanitizer_finish_switch_fiber(fake, &scheduler_stack, &scheduler_stack_bytes);
 #else
     (void)exiting;
-    emu_switch(&current->sp, scheduler_sp);
+    ThreadState* self = me();
+    emu_switch(&self->sp, *self->scheduler_sp);
 #endif
 }
 
@@ -182,27 +208,39 @@ extern "C" void emu_fiber_main() {
     grid_body(grid_ctx);
     // Copies still in flight land (the device completes them); wgmma left unwaited is dropped:
     // its accumulators were in the frames that just returned.
-    current->copies.commit();
-    current->copies.wait(0, land);
-    current->mmas.clear();
-    current->state = State::Exited;
+    me()->copies.commit();
+    me()->copies.wait(0, land);
+    me()->mmas.clear();
+    me()->state = State::Exited;
     back_to_scheduler(true);
     abort();  // an exited fiber is never resumed
 }
 
-void* stack_bottom(size_t i) { return static_cast<char*>(stacks[i]) + PAGE; }
+// The lowest address of fiber i's stack proper, and its size.
+void* stack_bottom(size_t i) { return static_cast<char*>(stacks[i]) + PAGE + STACK_HEADER; }
 
-void* stack_top(size_t i) {
+// The top of fiber i's stack (mapped on first use), its header naming `thread`.
+void* stack_top(size_t i, ThreadState* thread) {
     while (stacks.size() <= i) {
-        void* m = mmap(nullptr, STACK_BYTES + PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        // Twice the size, then the aligned half kept.
+        char* m = static_cast<char*>(
+            mmap(nullptr, 2 * STACK_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
         if (m == MAP_FAILED) {
             fprintf(stderr, "cuda-emu: cannot map a fiber stack\n");
             abort();
         }
-        mprotect(m, PAGE, PROT_NONE);  // a stack overflow faults instead of corrupting
-        stacks.push_back(m);
+        char* aligned = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(m) + STACK_BYTES - 1) & ~(uintptr_t)(STACK_BYTES - 1));
+        if (aligned > m) munmap(m, aligned - m);
+        if (aligned + STACK_BYTES < m + 2 * STACK_BYTES) munmap(aligned + STACK_BYTES, m + STACK_BYTES - aligned);
+        mprotect(aligned, PAGE, PROT_NONE);  // a stack overflow faults instead of corrupting
+        stacks.push_back(aligned);
     }
-    return static_cast<char*>(stacks[i]) + PAGE + STACK_BYTES;
+    char* base = static_cast<char*>(stacks[i]);
+    ASAN_UNPOISON_MEMORY_REGION(base + PAGE, STACK_HEADER);
+    *reinterpret_cast<ThreadState**>(base + PAGE) = thread;
+    // The fibers' tops staggered (by 832 bytes, 13 cache lines, wrapping at 16 KiB) so that
+    // their hot frames do not all fall into the same cache sets, as the stacks are aligned.
+    return base + STACK_BYTES - (i * 832) % (16 << 10);
 }
 
 // A fresh fiber's stack as emu_switch expects to find it: six saved registers, then the entry
@@ -225,6 +263,8 @@ std::string where(const ThreadState& t) {
 // Releases the waiters of every warp whose live lanes have all arrived at a warp barrier, else
 // the whole block if every live thread waits at __syncthreads. False: nothing can move.
 bool release(size_t count) {
+    std::vector<ThreadState>& threads = emu::threads;  // one thread-local lookup, not one per use
+    std::vector<WarpState>& warps = emu::warps;
     for (size_t i = 0; i < count; i++)
         if (threads[i].state == State::Runnable) return true;  // freed by a named barrier or an mbarrier
     bool released = false;
@@ -274,18 +314,21 @@ bool shared_guard_intact() {
 }
 
 std::string run_block(size_t count) {
+    std::vector<ThreadState>& threads = emu::threads;  // one thread-local lookup, not one per use
     for (size_t i = 0; i < count; i++) {
         ThreadState& t = threads[i];
         t.idx = dim3{(unsigned)(i % block_dim.x), (unsigned)(i / block_dim.x % block_dim.y),
                      (unsigned)(i / ((size_t)block_dim.x * block_dim.y))};
         t.lane = (int)(i % 32);
         t.warp = (int)(i / 32);
+        t.scheduler_sp = &scheduler_sp;
+        t.warp_state = &warps[i / 32];
         t.state = State::Runnable;
         t.copies.clear();
         t.mmas.clear();
-        const void* top = stack_top(i);  // maps the stack on first use
+        const void* top = stack_top(i, &t);  // maps the stack on first use
         // A fiber abandoned mid-call (a failed check) leaves its frames' redzones poisoned.
-        ASAN_UNPOISON_MEMORY_REGION(stack_bottom(i), STACK_BYTES);
+        ASAN_UNPOISON_MEMORY_REGION(stack_bottom(i), STACK_USABLE);
         t.sp = fresh_stack(const_cast<void*>(top));
     }
     for (WarpState& w : warps) w.generation = 0;
@@ -298,13 +341,14 @@ std::string run_block(size_t count) {
     // another writes without a barrier between them sees the write only if the writer ran first.
     // Odd blocks run their threads in reverse order, so such a race shows one way or the other.
     const bool reverse = (block_idx.x + block_idx.y + block_idx.z) % 2 == 1;
+    void** sp = &scheduler_sp;
     for (;;) {
         for (size_t n = 0; n < count; n++) {
             const size_t i = reverse ? count - 1 - n : n;
-            if (threads[i].state != State::Runnable) continue;
-            current = &threads[i];
-            switch_to_fiber(i);
-            if (current->state == State::Failed) return failure + " (" + where(*current) + ")";
+            ThreadState& t = threads[i];
+            if (t.state != State::Runnable) continue;
+            switch_to_fiber(i, t, sp);
+            if (t.state == State::Failed) return failure + " (" + where(t) + ")";
         }
         bool all_exited = true;
         for (size_t i = 0; i < count; i++) all_exited &= threads[i].state == State::Exited;
@@ -318,24 +362,26 @@ std::string run_block(size_t count) {
 }
 }  // namespace
 
-const dim3& thread_idx() { return current->idx; }
-int lane_id() { return current->lane; }
+const dim3& thread_idx() { return me()->idx; }
+int lane_id() { return me()->lane; }
 
 void syncthreads() {
-    current->state = State::AtBlockBarrier;
+    me()->state = State::AtBlockBarrier;
     back_to_scheduler();
 }
 
 void syncwarp() {
-    current->state = State::AtWarpBarrier;
+    me()->state = State::AtWarpBarrier;
     back_to_scheduler();
 }
 
 const LaneEntry* warp_exchange(uint64_t value, const void* first, const void* second) {
-    WarpState& w = warps[current->warp];
+    ThreadState* self = me();
+    WarpState& w = *self->warp_state;
     LaneEntry* lanes = w.lanes[w.generation & 1];
-    lanes[current->lane] = LaneEntry{value, first, second};
-    syncwarp();
+    lanes[self->lane] = LaneEntry{value, first, second};
+    self->state = State::AtWarpBarrier;
+    back_to_scheduler();
     return lanes;
 }
 
@@ -345,7 +391,7 @@ void check_full_mask(unsigned mask) {
 
 void kernel_error(const char* what) {
     failure = what;
-    current->state = State::Failed;
+    me()->state = State::Failed;
     back_to_scheduler();
     abort();
 }
@@ -356,27 +402,27 @@ void async_copy16(void* dst, const void* src, bool valid) {
     PendingCopy c{static_cast<unsigned char*>(dst), {}};
     if (valid) memcpy(c.bytes, src, 16);
     memset(dst, POISON, 16);  // what a reader before the wait may find
-    current->copies.open.push_back(c);
+    me()->copies.open.push_back(c);
 }
 
-void async_commit() { current->copies.commit(); }
+void async_commit() { me()->copies.commit(); }
 
-void async_wait(int pending) { current->copies.wait(pending, land); }
+void async_wait(int pending) { me()->copies.wait(pending, land); }
 
 void wgmma_issue(float* d, int n, uint64_t a, uint64_t b, bool b_mn_major) {
     const uint64_t digest = lane_id() == 0 ? wgmma_operand_digest(n, a, true, b, b_mn_major) : 0;
-    current->mmas.open.push_back(PendingMma{d, n, a, b, b_mn_major, nullptr, digest});
+    me()->mmas.open.push_back(PendingMma{d, n, a, b, b_mn_major, nullptr, digest});
 }
 
 void wgmma_issue_rs(float* d, int n, const uint32_t* a_regs, uint64_t b, bool b_mn_major) {
     const uint64_t digest = lane_id() == 0 ? wgmma_operand_digest(n, 0, false, b, b_mn_major) : 0;
-    current->mmas.open.push_back(PendingMma{d, n, 0, b, b_mn_major, a_regs, digest});
+    me()->mmas.open.push_back(PendingMma{d, n, 0, b, b_mn_major, a_regs, digest});
 }
 
-void wgmma_commit() { current->mmas.commit(); }
+void wgmma_commit() { me()->mmas.commit(); }
 
 void wgmma_wait(int pending) {
-    current->mmas.wait(pending, [](const PendingMma& m) {
+    me()->mmas.wait(pending, [](const PendingMma& m) {
         if (lane_id() == 0 && wgmma_operand_digest(m.n, m.a, m.a_regs == nullptr, m.b, m.b_mn_major) != m.digest)
             kernel_error("a wgmma's shared-memory operands differ between its issue and its wait: changed while it ran, "
                          "or read before the copies that fill them landed");
@@ -393,7 +439,7 @@ void named_barrier(int id, int count, bool wait) {
     NamedBarrier& b = named[id];
     if (b.arrived == 0) b.count = count;
     else if (b.count != count) kernel_error("arrivals at one named barrier with different counts");
-    const size_t self = current - threads.data();
+    const size_t self = me() - threads.data();
     if (b.threads[self]) kernel_error("a thread arrives twice at a named barrier before it completes");
     b.threads[self] = true;
     if (++b.arrived == b.count) {
@@ -404,8 +450,8 @@ void named_barrier(int id, int count, bool wait) {
         return;
     }
     if (!wait) return;
-    current->state = State::AtNamedBarrier;
-    current->barrier_id = id;
+    me()->state = State::AtNamedBarrier;
+    me()->barrier_id = id;
     back_to_scheduler();
 }
 
@@ -443,7 +489,7 @@ void mbarrier_arrive_copies(const void* bar) {
     if (m.complete) complete_phase(m);
     // The device tracks the thread's committed copies too; the kernels wait for those with
     // cp.async.wait_group, which lands them there.
-    std::vector<PendingCopy>& open = current->copies.open;
+    std::vector<PendingCopy>& open = me()->copies.open;
     m.copies.insert(m.copies.end(), open.begin(), open.end());
     open.clear();
     ++m.arrived;
@@ -495,39 +541,36 @@ void mbarrier_wait(const void* bar, int parity) {
         Mbarrier& m = find_mbarrier(bar);
         if (m.complete && (m.phase & 1) == (unsigned)(parity & 1)) complete_phase(m);
         if ((m.phase & 1) != (unsigned)(parity & 1)) return;
-        current->state = State::AtMbarrier;
-        current->mbarrier = bar;
+        me()->state = State::AtMbarrier;
+        me()->mbarrier = bar;
         back_to_scheduler();
     }
 }
 
-std::string run_grid(const LaunchDims& dims, void (*body)(void*), void* ctx) {
-    const size_t count = (size_t)dims.block.x * dims.block.y * dims.block.z;
-    if (count == 0 || count > 1024) return "block of " + std::to_string(count) + " threads";
-    if (threads.size() < count) threads.resize(count);
-    if (warps.size() < (count + 31) / 32) warps.resize((count + 31) / 32);
+void set_grid(const LaunchDims& dims, void (*body)(void*), void* ctx) {
     block_dim = dims.block;
     grid_dim = dims.grid;
     grid_body = body;
     grid_ctx = ctx;
     shared_bytes = dims.shared_bytes;
+}
+
+void open_worker(size_t count) {
+    if (threads.size() < count) threads.resize(count);
+    if (warps.size() < (count + 31) / 32) warps.resize((count + 31) / 32);
     shared_base = static_cast<unsigned char*>(aligned_alloc(128, (shared_bytes + SHARED_GUARD + 127) / 128 * 128));
-    // Blocks may run in any order on the device: every other launch runs them last to first, so
-    // a kernel that relies on an order shows it.
-    static unsigned long launches = 0;
-    const bool backwards = launches++ % 2 == 1;
-    const size_t blocks = (size_t)dims.grid.x * dims.grid.y * dims.grid.z;
-    std::string error;
-    for (size_t n = 0; n < blocks && error.empty(); n++) {
-        const size_t b = backwards ? blocks - 1 - n : n;
-        block_idx = dim3{(unsigned)(b % dims.grid.x), (unsigned)(b / dims.grid.x % dims.grid.y),
-                         (unsigned)(b / ((size_t)dims.grid.x * dims.grid.y))};
-        error = run_block(count);
-    }
+}
+
+std::string run_block_at(size_t b, size_t count) {
+    block_idx = dim3{(unsigned)(b % grid_dim.x), (unsigned)(b / grid_dim.x % grid_dim.y),
+                     (unsigned)(b / ((size_t)grid_dim.x * grid_dim.y))};
+    return run_block(count);
+}
+
+void close_worker() {
     ASAN_UNPOISON_MEMORY_REGION(shared_base, shared_bytes + SHARED_GUARD);
     free(shared_base);
     shared_base = nullptr;
-    return error;
 }
 
 void register_kernel(const char* name, const KernelEntry& entry) { table()[name] = entry; }

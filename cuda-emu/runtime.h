@@ -14,9 +14,17 @@ struct LaunchDims {
     size_t shared_bytes;
 };
 
-// Runs `body(ctx)` as every thread of every block of the grid, one block at a time. Returns ""
-// or a description of what went wrong (which block and thread, and why).
+// Runs `body(ctx)` as every thread of every block of the grid (grid.cpp: the blocks shared out
+// among worker threads, each running one block at a time). Returns "" or a description of what
+// went wrong (which block and thread, and why). One grid at a time (the driver's lock).
 std::string run_grid(const LaunchDims& dims, void (*body)(void*), void* ctx);
+
+// A worker's part in run_grid (runtime.cpp): the grid set up once, then on each worker thread
+// open_worker, the blocks it takes (by linear index) and close_worker.
+void set_grid(const LaunchDims& dims, void (*body)(void*), void* ctx);
+void open_worker(size_t threads_per_block);
+std::string run_block_at(size_t block, size_t threads_per_block);
+void close_worker();
 
 // Calls kernel `fn` over `dims` with the argument values `params` points to, as cuLaunchKernel.
 typedef std::string (*Launcher)(void* fn, void** params, const LaunchDims& dims);

@@ -180,6 +180,21 @@ __global__ void named_handoff(float* out, int count, int twice) {
         out[blockIdx.x * 32 + lane] = v[lane];
     }
 }
+// Every thread of every block adds to two global counters (integer and float) and counts its
+// block's threads in static shared memory: blocks run on several workers at once, so the
+// counters' additions must be atomic and each worker's shared memory its own.
+__global__ void global_atomics(unsigned* count, float* sum, unsigned* per_block) {
+    __shared__ unsigned block_count;
+    if (threadIdx.x == 0) block_count = 0;
+    __syncthreads();
+    atomicAdd(&block_count, 1u);
+    for (int i = 0; i < 64; i++) {
+        atomicAdd(count, 1u);
+        atomicAdd(sum, 1.0f);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) per_block[blockIdx.x] = block_count;
+}
 }  // namespace
 
 int main() {
@@ -289,6 +304,18 @@ int main() {
     expect("named_short", launch(named_handoff, 1, 128, 0, handed, 96, 0), "deadlock");
     expect("wgmma_operand_changed", launch(wgmma_ones, 1, 128, (64 + 32) * 128, accumulators, 2),
            "differ between its issue and its wait");
+    {
+        unsigned count = 0, per_block[512];
+        float sum = 0.0f;
+        expect("global_atomics", launch(global_atomics, 512, 128, 0, &count, &sum, per_block), nullptr);
+        int wrong_blocks = 0;
+        for (unsigned b : per_block) wrong_blocks += b != 128;
+        if (count != 512 * 128 * 64 || sum != 512.0f * 128 * 64 || wrong_blocks) {
+            failures++;
+            fprintf(stderr, "cuda-emu selftest global_atomics: %u and %g, want %d; %d blocks miscounted\n", count, sum,
+                    512 * 128 * 64, wrong_blocks);
+        }
+    }
     if (failures) return 1;
     printf("cuda-emu selftest: all cases as expected\n");
     return 0;

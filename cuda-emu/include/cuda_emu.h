@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <type_traits>
 
 #define __global__ __attribute__((used))
 #define __device__
@@ -18,9 +19,9 @@
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
 #define __grid_constant__
-// Static shared memory: one copy per instantiation, which is right because the emulator runs
-// one block at a time.
-#define __shared__ static
+// Static shared memory: one copy per instantiation and worker thread, which is right because
+// each worker of the emulator runs one block at a time.
+#define __shared__ static thread_local
 
 struct dim3 {
     unsigned x, y, z;
@@ -42,9 +43,9 @@ struct float4 {
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 
 namespace emu {
-struct ThreadState;
-extern ThreadState* current;
-extern dim3 block_idx, block_dim, grid_dim;
+// The running block of each worker thread of the emulator, and the grid's shape.
+extern thread_local dim3 block_idx;
+extern dim3 block_dim, grid_dim;
 const dim3& thread_idx();
 int lane_id();
 void syncthreads();
@@ -156,10 +157,17 @@ template <typename T> T __shfl_down_sync(unsigned mask, T v, unsigned delta, int
 }
 
 template <typename T> T atomicAdd(T* address, T value) {
-    // Fibers never preempt one another, so a read-modify-write is atomic as it stands.
-    const T old = *address;
-    *address = old + value;
-    return old;
+    // The fibers of a block never preempt one another, but blocks run on several workers at
+    // once: a global address may be shared.
+    if constexpr (std::is_integral_v<T>) {
+        return __atomic_fetch_add(address, value, __ATOMIC_RELAXED);
+    } else {
+        T old, sum;
+        __atomic_load(address, &old, __ATOMIC_RELAXED);
+        do sum = old + value;
+        while (!__atomic_compare_exchange(address, &old, &sum, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+        return old;
+    }
 }
 inline unsigned __ballot_sync(unsigned mask, int predicate) {
     emu::check_full_mask(mask);

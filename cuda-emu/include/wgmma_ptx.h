@@ -12,8 +12,9 @@ namespace emu {
 // Element (mn, k) of the operand of `desc`, 128-byte swizzle (kernels/wgmma.cuh): atoms of 8
 // rows × 128 bytes whose 16-byte chunk c of row r sits at c ^ r; a row holds 64 consecutive k
 // (K-major: atoms `stride` bytes apart along mn) or 64 consecutive mn (MN-major: atoms
-// `leading` bytes apart along mn and `stride` bytes apart along k).
-inline float wgmma_operand(uint64_t desc, int mn, int k, bool mn_major) {
+// `leading` bytes apart along mn and `stride` bytes apart along k). `shared`: the CTA's shared
+// memory (dynamic_shared(), looked up once per operation: it is thread-local).
+inline float wgmma_operand(const char* shared, uint64_t desc, int mn, int k, bool mn_major) {
     const size_t start = (desc & 0x3fff) << 4, leading = ((desc >> 16) & 0x3fff) << 4,
                  stride = ((desc >> 32) & 0x3fff) << 4;
     if ((desc >> 46) != (1ull << 16)) kernel_error("a wgmma descriptor without the 128-byte swizzle or with a base offset");
@@ -22,7 +23,7 @@ inline float wgmma_operand(uint64_t desc, int mn, int k, bool mn_major) {
     const size_t at = linear ^ (((linear >> 7) & 7) << 4);
     if (at + 2 > (1u << 18)) kernel_error("a wgmma operand past the CTA's shared memory");
     __nv_bfloat16 x;
-    memcpy(&x, static_cast<const char*>(dynamic_shared()) + at, 2);
+    memcpy(&x, shared + at, 2);
     return __bfloat162float(x);
 }
 
@@ -39,11 +40,12 @@ inline uint64_t wgmma_operand_digest(int n, uint64_t a, bool a_shared, uint64_t 
         h = (h ^ bits) * 1099511628211ull;
     };
     const int warp = (thread_idx().x / 32) % 4;
+    const char* shared = static_cast<const char*>(dynamic_shared());
     if (a_shared)
         for (int r = 0; r < 16; r++)
-            for (int k = 0; k < 16; k++) mix(wgmma_operand(a, 16 * warp + r, k, false));
+            for (int k = 0; k < 16; k++) mix(wgmma_operand(shared, a, 16 * warp + r, k, false));
     for (int col = 0; col < n; col++)
-        for (int k = 0; k < 16; k++) mix(wgmma_operand(b, col, k, b_mn_major));
+        for (int k = 0; k < 16; k++) mix(wgmma_operand(shared, b, col, k, b_mn_major));
     return h;
 }
 
@@ -51,11 +53,12 @@ inline uint64_t wgmma_operand_digest(int n, uint64_t a, bool a_shared, uint64_t 
 // its warp's 16) over k = 16; B K-major or MN-major in shared memory.
 inline void wgmma_accumulate(float* d, int n, const float (&a_rows)[2][16], uint64_t b, bool b_mn_major) {
     const int t = lane_id() % 4;
+    const char* shared = static_cast<const char*>(dynamic_shared());
     for (int j = 0; j < n / 8; j++)
         for (int e = 0; e < 4; e++) {
             const int col = 8 * j + 2 * t + e % 2;
             float sum = d[4 * j + e];
-            for (int k = 0; k < 16; k++) sum += a_rows[e / 2][k] * wgmma_operand(b, col, k, b_mn_major);
+            for (int k = 0; k < 16; k++) sum += a_rows[e / 2][k] * wgmma_operand(shared, b, col, k, b_mn_major);
             d[4 * j + e] = sum;
         }
 }
@@ -63,9 +66,10 @@ inline void wgmma_accumulate(float* d, int n, const float (&a_rows)[2][16], uint
 // d += A[64×16]·B[16×n] for this thread's accumulators (A K-major in shared memory).
 inline void wgmma_compute(float* d, int n, uint64_t a, uint64_t b, bool b_mn_major) {
     const int warp = (thread_idx().x / 32) % 4, g = lane_id() / 4;
+    const char* shared = static_cast<const char*>(dynamic_shared());
     float a_rows[2][16];
     for (int half = 0; half < 2; half++)
-        for (int k = 0; k < 16; k++) a_rows[half][k] = wgmma_operand(a, 16 * warp + g + 8 * half, k, false);
+        for (int k = 0; k < 16; k++) a_rows[half][k] = wgmma_operand(shared, a, 16 * warp + g + 8 * half, k, false);
     wgmma_accumulate(d, n, a_rows, b, b_mn_major);
 }
 
