@@ -1,8 +1,12 @@
 // A CPU stand-in for libcublas.so: the GEMM entry points mla-rt calls through cudarc, with
 // cuBLAS's column-major conventions, f32 accumulation, bf16 rounding of bf16 outputs, and
 // `beta == 0` never reading C (the runtime poisons outputs before they are written).
+#include <sched.h>
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <thread>
+#include <vector>
 #include "include/cuda_bf16.h"
 
 typedef int cublasStatus_t;
@@ -24,7 +28,34 @@ void store(void* p, int type, size_t i, float v) {
         static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v);
 }
 
-// C[m×n] = alpha·op(A)·op(B) + beta·C, column-major.
+// Columns [first, end) of C = alpha·op(A)·op(B) + beta·C (see gemm), `rows`: op(A) in f32, row
+// by row. Each sum runs over l in order, skipping zeros of B, as the emulator always has.
+void gemm_columns(int first, int end, int m, int k, float alpha, const float* rows, const void* b, int btype,
+                  long long b_l, long long b_j, float beta, void* c, int ctype, long long ldc) {
+    std::vector<float> column(k > 0 ? k : 1);
+    for (int j = first; j < end; j++) {
+        for (int l = 0; l < k; l++) column[l] = load(b, btype, (size_t)(l * b_l + j * b_j));
+        for (int i = 0; i < m; i++) {
+            const float* row = rows + (size_t)i * k;
+            float sum = 0.0f;
+            for (int l = 0; l < k; l++)
+                if (column[l] != 0.0f) sum += row[l] * column[l];
+            const size_t at = (size_t)(i + j * ldc);
+            const float prior = beta == 0.0f ? 0.0f : beta * load(c, ctype, at);
+            store(c, ctype, at, alpha * sum + prior);
+        }
+    }
+}
+
+// CPUs this process may run on.
+unsigned cpus() {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return 1;
+    return (unsigned)std::max(1, CPU_COUNT(&set));
+}
+
+// C[m×n] = alpha·op(A)·op(B) + beta·C, column-major; large products split by columns over the
+// CPUs.
 cublasStatus_t gemm(int ta, int tb, int m, int n, int k, float alpha, const void* a, int atype, long long lda,
                     const void* b, int btype, long long ldb, float beta, void* c, int ctype, long long ldc) {
     if ((ta != OP_N && ta != OP_T) || (tb != OP_N && tb != OP_T)) return STATUS_NOT_SUPPORTED;
@@ -36,21 +67,17 @@ cublasStatus_t gemm(int ta, int tb, int m, int n, int k, float alpha, const void
     // op(A)(i, l) = A[i·a_i + l·a_l]; op(B)(l, j) = B[l·b_l + j·b_j].
     const long long a_i = ta == OP_N ? 1 : lda, a_l = ta == OP_N ? lda : 1;
     const long long b_l = tb == OP_N ? 1 : ldb, b_j = tb == OP_N ? ldb : 1;
-    float* column = new float[m > 0 ? m : 1];
-    for (int j = 0; j < n; j++) {
-        for (int i = 0; i < m; i++) column[i] = 0.0f;
-        for (int l = 0; l < k; l++) {
-            const float bv = load(b, btype, (size_t)(l * b_l + j * b_j));
-            if (bv == 0.0f) continue;
-            for (int i = 0; i < m; i++) column[i] += load(a, atype, (size_t)(i * a_i + l * a_l)) * bv;
-        }
-        for (int i = 0; i < m; i++) {
-            const size_t at = (size_t)(i + j * ldc);
-            const float prior = beta == 0.0f ? 0.0f : beta * load(c, ctype, at);
-            store(c, ctype, at, alpha * column[i] + prior);
-        }
-    }
-    delete[] column;
+    std::vector<float> rows((size_t)m * k);
+    for (int i = 0; i < m; i++)
+        for (int l = 0; l < k; l++) rows[(size_t)i * k + l] = load(a, atype, (size_t)(i * a_i + l * a_l));
+    const unsigned workers = (double)m * n * k < (1 << 22) ? 1 : std::min<unsigned>(cpus(), (unsigned)n);
+    std::vector<std::thread> helpers;
+    const int per = (int)((n + workers - 1) / std::max(1u, workers));
+    for (unsigned w = 1; w < workers; w++)
+        helpers.emplace_back(gemm_columns, std::min(n, (int)w * per), std::min(n, (int)(w + 1) * per), m, k, alpha,
+                             rows.data(), b, btype, b_l, b_j, beta, c, ctype, ldc);
+    gemm_columns(0, std::min(n, per), m, k, alpha, rows.data(), b, btype, b_l, b_j, beta, c, ctype, ldc);
+    for (std::thread& h : helpers) h.join();
     return STATUS_SUCCESS;
 }
 }  // namespace
