@@ -122,6 +122,7 @@ struct Mbarrier {
 
 struct WarpState {
     unsigned generation;
+    unsigned claimed;        // the last generation whose collective result a lane took on (claim_warp_op)
     LaneEntry lanes[2][32];  // by generation parity: a slot is rewritten two generations later
 };
 
@@ -331,7 +332,7 @@ std::string run_block(size_t count) {
         ASAN_UNPOISON_MEMORY_REGION(stack_bottom(i), STACK_USABLE);
         t.sp = fresh_stack(const_cast<void*>(top));
     }
-    for (WarpState& w : warps) w.generation = 0;
+    for (WarpState& w : warps) w.generation = w.claimed = 0;
     for (NamedBarrier& b : named) b = NamedBarrier{0, 0, std::vector<bool>(count)};
     mbarriers.clear();
     ASAN_UNPOISON_MEMORY_REGION(shared_base, shared_bytes + SHARED_GUARD);
@@ -383,6 +384,13 @@ const LaneEntry* warp_exchange(uint64_t value, const void* first, const void* se
     self->state = State::AtWarpBarrier;
     back_to_scheduler();
     return lanes;
+}
+
+bool claim_warp_op() {
+    WarpState& w = *me()->warp_state;
+    if (w.claimed == w.generation) return false;
+    w.claimed = w.generation;
+    return true;
 }
 
 void check_full_mask(unsigned mask) {

@@ -58,6 +58,10 @@ struct LaneEntry {
     const void* second;
 };
 const LaneEntry* warp_exchange(uint64_t value, const void* first = nullptr, const void* second = nullptr);
+// After a warp_exchange: true for the first lane of the warp to go on from it, while the others
+// still wait there (their operands intact), so that one lane can compute a warp-wide result for
+// all (and no lane needs a second barrier before it changes its operands); false for the rest.
+bool claim_warp_op();
 // Stops the grid with an error, as a failed device-side check would.
 [[noreturn]] void kernel_error(const char* what);
 void* dynamic_shared();

@@ -22,40 +22,55 @@ inline uint32_t pack(const __nv_bfloat16& lo, const __nv_bfloat16& hi) {
 }
 }  // namespace ptx
 
+// The first lane out of the exchange computes the whole warp's D (claim_warp_op), each value
+// summed as the device's lane would: its C, then k = 0 … 15.
 inline void mma_bf16_16816(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
     const uint32_t b[2] = {b0, b1};
-    const LaneEntry* lanes = warp_exchange(0, a, b);
-    const int lane = lane_id(), g = lane / 4, t = lane % 4;
+    const LaneEntry* lanes = warp_exchange(reinterpret_cast<uintptr_t>(d), a, b);
+    if (!claim_warp_op()) return;
     // A(row, k) sits in lane (row % 8)·4 + (k % 8)/2, register (row ≥ 8) + 2·(k ≥ 8);
     // B(k, n) in lane n·4 + (k % 8)/2, register (k ≥ 8).
-    auto a_at = [&](int row, int k) {
-        const uint32_t* regs = static_cast<const uint32_t*>(lanes[(row % 8) * 4 + (k % 8) / 2].first);
-        return ptx::element(regs[(row >= 8) + 2 * (k >= 8)], k % 2);
-    };
-    auto b_at = [&](int k, int n) {
-        const uint32_t* regs = static_cast<const uint32_t*>(lanes[n * 4 + (k % 8) / 2].second);
-        return ptx::element(regs[k >= 8], k % 2);
-    };
-    float out[4];
-    for (int e = 0; e < 4; e++) {
-        const int row = g + 8 * (e / 2), col = 2 * t + e % 2;
-        float sum = d[e];
-        for (int k = 0; k < 16; k++) sum += a_at(row, k) * b_at(k, col);
-        out[e] = sum;
+    float a_f[16][16], b_f[16][8];
+    for (int row = 0; row < 16; row++)
+        for (int k = 0; k < 16; k++) {
+            const uint32_t* regs = static_cast<const uint32_t*>(lanes[(row % 8) * 4 + (k % 8) / 2].first);
+            a_f[row][k] = ptx::element(regs[(row >= 8) + 2 * (k >= 8)], k % 2);
+        }
+    for (int k = 0; k < 16; k++)
+        for (int n = 0; n < 8; n++) {
+            const uint32_t* regs = static_cast<const uint32_t*>(lanes[n * 4 + (k % 8) / 2].second);
+            b_f[k][n] = ptx::element(regs[k >= 8], k % 2);
+        }
+    float out[32][4];
+    for (int lane = 0; lane < 32; lane++) {
+        const float* c = reinterpret_cast<const float*>(lanes[lane].value);
+        const int g = lane / 4, t = lane % 4;
+        for (int e = 0; e < 4; e++) {
+            const int row = g + 8 * (e / 2), col = 2 * t + e % 2;
+            float sum = c[e];
+            for (int k = 0; k < 16; k++) sum += a_f[row][k] * b_f[k][col];
+            out[lane][e] = sum;
+        }
     }
-    syncwarp();  // every lane has read the operands before any lane may change them
-    for (int e = 0; e < 4; e++) d[e] = out[e];
+    for (int lane = 0; lane < 32; lane++)
+        for (int e = 0; e < 4; e++) reinterpret_cast<float*>(lanes[lane].value)[e] = out[lane][e];
 }
 
+// As one instruction: the first lane out of the exchange gathers every lane's registers while
+// the others wait, so no lane writes the rows before every lane's have been read.
 inline void ldmatrix_x4(uint32_t r[4], const __nv_bfloat16* row, bool trans) {
-    const LaneEntry* lanes = warp_exchange(0, row);
-    const int lane = lane_id(), g = lane / 4, t = lane % 4;
+    const LaneEntry* lanes = warp_exchange(reinterpret_cast<uintptr_t>(r), row);
+    if (!claim_warp_op()) return;
     auto at = [&](int m, int i, int j) { return static_cast<const __nv_bfloat16*>(lanes[m * 8 + i].first)[j]; };
-    uint32_t out[4];
-    for (int m = 0; m < 4; m++)
-        out[m] = trans ? ptx::pack(at(m, 2 * t, g), at(m, 2 * t + 1, g)) : ptx::pack(at(m, g, 2 * t), at(m, g, 2 * t + 1));
-    syncwarp();  // as one instruction: no lane writes the rows before every lane has read them
-    for (int m = 0; m < 4; m++) r[m] = out[m];
+    uint32_t out[32][4];
+    for (int lane = 0; lane < 32; lane++) {
+        const int g = lane / 4, t = lane % 4;
+        for (int m = 0; m < 4; m++)
+            out[lane][m] =
+                trans ? ptx::pack(at(m, 2 * t, g), at(m, 2 * t + 1, g)) : ptx::pack(at(m, g, 2 * t), at(m, g, 2 * t + 1));
+    }
+    for (int lane = 0; lane < 32; lane++)
+        for (int m = 0; m < 4; m++) reinterpret_cast<uint32_t*>(lanes[lane].value)[m] = out[lane][m];
 }
 
 }  // namespace emu
