@@ -1,12 +1,12 @@
 // A CPU stand-in for libcublas.so: the GEMM entry points mla-rt calls through cudarc, with
 // cuBLAS's column-major conventions, f32 accumulation, bf16 rounding of bf16 outputs, and
 // `beta == 0` never reading C (the runtime poisons outputs before they are written).
-#include <sched.h>
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <thread>
 #include <vector>
+#include "cpus.h"
 #include "include/cuda_bf16.h"
 
 typedef int cublasStatus_t;
@@ -47,13 +47,6 @@ void gemm_columns(int first, int end, int m, int k, float alpha, const float* ro
     }
 }
 
-// CPUs this process may run on.
-unsigned cpus() {
-    cpu_set_t set;
-    if (sched_getaffinity(0, sizeof set, &set) != 0) return 1;
-    return (unsigned)std::max(1, CPU_COUNT(&set));
-}
-
 // C[m×n] = alpha·op(A)·op(B) + beta·C, column-major; large products split by columns over the
 // CPUs.
 cublasStatus_t gemm(int ta, int tb, int m, int n, int k, float alpha, const void* a, int atype, long long lda,
@@ -70,7 +63,7 @@ cublasStatus_t gemm(int ta, int tb, int m, int n, int k, float alpha, const void
     std::vector<float> rows((size_t)m * k);
     for (int i = 0; i < m; i++)
         for (int l = 0; l < k; l++) rows[(size_t)i * k + l] = load(a, atype, (size_t)(i * a_i + l * a_l));
-    const unsigned workers = (double)m * n * k < (1 << 22) ? 1 : std::min<unsigned>(cpus(), (unsigned)n);
+    const unsigned workers = (double)m * n * k < (1 << 22) ? 1 : std::min<unsigned>(emu::cpus(), (unsigned)n);
     std::vector<std::thread> helpers;
     const int per = (int)((n + workers - 1) / std::max(1u, workers));
     for (unsigned w = 1; w < workers; w++)

@@ -1,13 +1,13 @@
 // Running a grid: its blocks shared out among one worker per CPU the process may use (the
 // launching thread and helpers), each running whole blocks on its own fibers (runtime.cpp).
 // Blocks are independent on the device too; the kernels' atomics are atomic here as well.
-#include <sched.h>
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
 #include <string>
 #include <thread>
+#include "cpus.h"
 #include "runtime.h"
 
 namespace emu {
@@ -37,13 +37,6 @@ void run_blocks(GridJob& job) {
         }
     }
     close_worker();
-}
-
-// CPUs this process may run on.
-unsigned cpus() {
-    cpu_set_t set;
-    if (sched_getaffinity(0, sizeof set, &set) != 0) return 1;
-    return (unsigned)std::max(1, CPU_COUNT(&set));
 }
 
 // Helper threads that join the launching thread on each grid of more than one block. They live

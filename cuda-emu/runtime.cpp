@@ -209,10 +209,11 @@ extern "C" void emu_fiber_main() {
     grid_body(grid_ctx);
     // Copies still in flight land (the device completes them); wgmma left unwaited is dropped:
     // its accumulators were in the frames that just returned.
-    me()->copies.commit();
-    me()->copies.wait(0, land);
-    me()->mmas.clear();
-    me()->state = State::Exited;
+    ThreadState* self = me();
+    self->copies.commit();
+    self->copies.wait(0, land);
+    self->mmas.clear();
+    self->state = State::Exited;
     back_to_scheduler(true);
     abort();  // an exited fiber is never resumed
 }
@@ -381,8 +382,7 @@ const LaneEntry* warp_exchange(uint64_t value, const void* first, const void* se
     WarpState& w = *self->warp_state;
     LaneEntry* lanes = w.lanes[w.generation & 1];
     lanes[self->lane] = LaneEntry{value, first, second};
-    self->state = State::AtWarpBarrier;
-    back_to_scheduler();
+    syncwarp();
     return lanes;
 }
 

@@ -50,7 +50,7 @@ __device__ void paged_attention(
     for (int i = 0; i < MAX_VALUE_PER_LANE; i++) acc[i] = 0.0f;
 
     for (int p = first; p <= last; p++) {
-        const size_t slot = (size_t)table[p / block_size] * block_size + p % block_size;
+        const size_t slot = cache_slot(table, p, block_size);
         const T* key1 = k1 + slot * s1.width + s1.offset + kv_head * s1.head_stride;
         const T* key2 = k2 + slot * s2.width + s2.offset + kv_head * s2.head_stride;
         float score = 0.0f;

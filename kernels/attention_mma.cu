@@ -52,7 +52,7 @@ __device__ __forceinline__ int tile_row() {
 // round trip to L2 that would otherwise precede every tile's DRAM reads).
 __device__ __forceinline__ int tile_slot(int tile, int kv_end, const uint32_t* table, int block_size) {
     const int p = tile + tile_row();
-    return p < kv_end ? (int)(table[p / block_size] * block_size + p % block_size) : -1;
+    return p < kv_end ? (int)cache_slot(table, p, block_size) : -1;
 }
 
 // Starts the copies of a tile of keys (and values) into one stage, `slot` from tile_slot:

@@ -76,7 +76,7 @@ attention_tc_bf16(TC_ATTENTION_ARGS) {
             bf16* k_row = k_s + j * dq;
             bf16* v_row = v_s + j * dv;
             if (p < (int)item.kv_end) {
-                const size_t slot = (size_t)table[p / block_size] * block_size + p % block_size;
+                const size_t slot = cache_slot(table, p, block_size);
                 copy_row(k_row, k1 + slot * s1.width + s1.offset + item.kv_head * s1.head_stride, s1.len, lane, 32);
                 copy_row(k_row + s1.len, k2 + slot * s2.width + s2.offset + item.kv_head * s2.head_stride, s2.len, lane, 32);
                 if (!v_in_k) copy_row(v_row, v + slot * sv.width + sv.offset + item.kv_head * sv.head_stride, dv, lane, 32);

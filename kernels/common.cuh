@@ -114,3 +114,8 @@ __device__ __forceinline__ float block_max(float v) { return block_reduce(v, -IN
 
 // Instantiates `extern "C"` entry points NAME_f32 and NAME_bf16 of a templated kernel.
 #define MLA_FOR_EACH_DTYPE(MACRO) MACRO(f32, float) MACRO(bf16, bf16)
+
+// The cache row of token p of a sequence whose pages (of block_size tokens) are `table`.
+__device__ __forceinline__ size_t cache_slot(const uint32_t* table, int p, int block_size) {
+    return (size_t)table[p / block_size] * block_size + p % block_size;
+}

@@ -6,7 +6,7 @@
 //! SM, and where the 64-row kernels pay.
 
 use super::layout::{AttentionLayout, Segment};
-use super::tensor_map::keys_are_rows;
+use super::tensor_map::{keys_are_rows, TILE_TOKENS};
 use crate::backend::AttentionBatch;
 
 use super::attention_schedule::{KV_TILE, ROWS};
@@ -130,6 +130,15 @@ impl TcKernel {
         match self.persistent {
             true => format!("{name} persistent"),
             false => name.to_string(),
+        }
+    }
+
+    /// What the kernel's KV splits must be a multiple of: a tile, or for the tensor-map build a
+    /// 64-token tile, as its boxes start at one (and so never cross a page).
+    pub(super) fn split_tokens(&self) -> usize {
+        match self.tensor_map {
+            true => TILE_TOKENS,
+            false => KV_TILE,
         }
     }
 }

@@ -69,6 +69,8 @@ fn the_decode_shapes_get_the_register_accumulator_kernel() {
             (seesaw.shared_bytes, 4)
         );
         assert!(!seesaw.tensor_map && !k.tensor_map && !hopper.tensor_map);
+        // Its splits start at a 64-token tile (a box's start); the others' at a 32-token one.
+        assert_eq!((tma.split_tokens(), seesaw.split_tokens()), (64, 32));
         if heads < 64 {
             assert_eq!(k.function, "attention_mma_latent576_bf16");
             assert_eq!(hopper, k);

@@ -13,8 +13,8 @@ use std::cell::RefCell;
 
 use super::attention_kernels::{kernel_choice, values_in_keys, wide_pays};
 use super::attention_kernels::{NarrowAttention, TcKernel, TcTuning, WideAttention};
-use super::attention_schedule::{schedule, TcGroup, TcItem, KV_TILE, NO_ROW, ROWS};
-use super::tensor_map::{box_tokens, cache_rows_map, KvTensorMap, TILE_TOKENS};
+use super::attention_schedule::{schedule, TcGroup, TcItem, NO_ROW, ROWS};
+use super::tensor_map::{box_tokens, cache_rows_map, KvTensorMap};
 
 /// Output columns per block of the combine and most warps in one (`COMBINE_COLUMNS`,
 /// `COMBINE_MAX_WARPS` in attention_tc.cu).
@@ -137,12 +137,7 @@ impl CudaDevice {
             l.window,
             target_ctas,
             kernel.runs_per_cta,
-            // The tensor-map build's boxes start at a tile (64 tokens), which never crosses a
-            // page: its splits start at one too.
-            match kernel.tensor_map {
-                true => TILE_TOKENS,
-                false => KV_TILE,
-            },
+            kernel.split_tokens(),
         );
         let units = items.len() / kernel.runs_per_cta;
         let shape = TcShape {
