@@ -16,10 +16,21 @@ struct KeySegment {
     int width, offset, head_stride, len;
 };
 
+#define NO_GROUP 0xffffffffu
+
 // One CTA's job: up to ROWS query rows (token · heads + head) of one sequence and KV head, over
-// the cached tokens [kv_begin, kv_end).
+// the cached tokens [kv_begin, kv_end); `group`: the row group whose splits it is one of
+// (NO_GROUP for the empty runs that fill a 64-row unit).
 struct TcItem {
     uint32_t seq, kv_head, kv_begin, kv_end;
+    uint32_t rows[ROWS];
+    uint32_t group;
+};
+
+// The splits of one row group, for the combine: items item_first + j·item_stride, j < items
+// (a stride of 4 where a CTA serves four row groups at once).
+struct TcGroup {
+    uint32_t item_first, items, item_stride;
     uint32_t rows[ROWS];
 };
 
@@ -27,15 +38,17 @@ struct TcItem {
 // (src/backend/cuda/attention_tc.rs) pushes them: the query segments, the key and value
 // segments (v_in_k: the values are the keys' first columns), the work items and the step's
 // block tables and positions, the partial buffers (null where the kernel writes out and lse_out
-// itself; lse_out is null where the caller does not want the LSE) and the number of CTA units
-// the items hold (a persistent kernel's CTAs share them; the others have one each). Entry
-// points that have their own v_in_k or one unit per CTA ignore those.
+// itself, else they go to the combine), the output and its LSE (null where the caller does
+// not want it), the row groups and their split counters (null where attention_tc_combine
+// merges the splits; see combine_if_last) and the number of CTA units the items hold (a
+// persistent kernel's CTAs share them; the others have one each). Entry points that have their
+// own v_in_k or one unit per CTA ignore those.
 #define TC_ATTENTION_ARGS                                                                                           \
     const bf16 *q1, int q1_stride, int q1_head_stride, const bf16 *q2, int q2_stride, int q2_head_stride,          \
         const bf16 *k1, KeySegment s1, const bf16 *k2, KeySegment s2, const bf16 *v, KeySegment sv, int v_in_k,    \
         const TcItem *items, const uint32_t *block_tables, const uint32_t *table_start, int block_size,            \
         const uint32_t *token_pos, int heads, float scale, int window, float *partial_o, float *partial_lse,       \
-        bf16 *out, float *lse_out, int units
+        bf16 *out, float *lse_out, const TcGroup *groups, uint32_t *split_counts, int units
 
 // The start of every tensor-core attention kernel, which the host launches as a programmatic
 // dependent of the stream's previous kernel (its launch and CTAs' start overlap that kernel's
@@ -83,21 +96,15 @@ __device__ __forceinline__ void online_softmax_row(float x, int i, float* m_s, f
     }
 }
 
-// The splits of one row group, for the combine: items item_first + j·item_stride, j < items
-// (a stride of 4 where a CTA serves four row groups at once).
-struct TcGroup {
-    uint32_t item_first, items, item_stride;
-    uint32_t rows[ROWS];
-};
-
-// Where a CTA's finished rows go. With `out` (the step gives every row group one split, so no
-// combine runs): values straight into row `pair` of the output (dv bf16 per row) and the LSE,
-// natural log, into lse_out[pair]; NO_ROW rows nowhere. Else into the partial buffers of item
-// `item` (row `row` of it, ROWS rows of dv f32 per item; base-2 LSE) for attention_tc_combine.
+// Where a CTA's finished rows go. Without partial buffers (the step gives every row group one
+// split, so no combine runs): values straight into row `pair` of the output (dv bf16 per row)
+// and the LSE, natural log, into lse_out[pair]; NO_ROW rows nowhere. Else into the partial
+// buffers of item `item` (row `row` of it, ROWS rows of dv f32 per item; base-2 LSE) for the
+// combine (attention_tc_combine, or combine_if_last).
 // Columns col, col + 1 of one row, already divided by the row's sum.
 __device__ __forceinline__ void store_row_pair(bf16* out, float* partial_o, size_t item, int row, uint32_t pair,
                                                int dv, int col, float a, float b) {
-    if (out != nullptr) {
+    if (partial_o == nullptr) {
         if (pair == NO_ROW) return;
         uint32_t* dst = reinterpret_cast<uint32_t*>(out + (size_t)pair * dv + col);  // col and dv even
         MLA_ASSERT_ALIGNED(dst, 4);
@@ -149,6 +156,73 @@ __device__ __forceinline__ void store_run(const float* o, const TcItem& run, siz
     if (with_lse) {
         store_row_lse(lse_out, partial_lse, item, g, pair_lo, m_lo, sum_lo);
         store_row_lse(lse_out, partial_lse, item, g + 8, pair_hi, m_hi, sum_hi);
+    }
+}
+
+// Row i of group g merged by one warp from the group's splits (at most 32: lane j holds split
+// j's weight 2^(lse_j − m), m the largest lse_j), as attention_tc_combine merges it: values
+// into `out` row g.rows[i] (dv bf16, dv a multiple of 4), the LSE (natural log) into lse_out
+// unless it is null. The splits are other CTAs' stores of this launch: read through L2 only
+// (an L1 line could predate them).
+__device__ __forceinline__ void merge_row_in_warp(const TcGroup& g, int i, const float* partial_o,
+                                                  const float* partial_lse, bf16* out, float* lse_out, int dv) {
+    const int lane = threadIdx.x & 31;
+    const auto split_row = [&](uint32_t j) { return (size_t)(g.item_first + j * g.item_stride) * ROWS + i; };
+    const float lse = lane < (int)g.items ? __ldcg(partial_lse + split_row(lane)) : -INFINITY;
+    const float m = warp_max(lse);
+    // Splits that saw no token have lse −inf and zeros in partial_o: weight 0.
+    const float weight = lse == -INFINITY ? 0.0f : fast_exp2(lse - m);
+    const float sum = warp_sum(weight);
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+    const uint32_t pair = g.rows[i];
+    for (int c0 = 0; c0 < dv; c0 += 32 * 4) {
+        const int c = c0 + lane * 4;
+        float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        for (uint32_t j = 0; j < g.items; j++) {
+            const float w = __shfl_sync(0xffffffffu, weight, (int)j);
+            if (c < dv) {
+                const float* row = partial_o + split_row(j) * dv + c;
+                MLA_ASSERT_ALIGNED(row, 16);
+                const float4 o = __ldcg(reinterpret_cast<const float4*>(row));
+                x.x += w * o.x;
+                x.y += w * o.y;
+                x.z += w * o.z;
+                x.w += w * o.w;
+            }
+        }
+        if (c < dv) {
+            uint2* dst = reinterpret_cast<uint2*>(out + (size_t)pair * dv + c);
+            MLA_ASSERT_ALIGNED(dst, 8);
+            *dst = make_uint2(pack_bf16(from_f32<bf16>(x.x * inv), from_f32<bf16>(x.y * inv)),
+                              pack_bf16(from_f32<bf16>(x.z * inv), from_f32<bf16>(x.w * inv)));
+        }
+    }
+    if (lse_out != nullptr && lane == 0) lse_out[pair] = sum > 0.0f ? (m + log2f(sum)) * LN2 : -INFINITY;
+}
+
+// The combine inside the attention kernel, for schedules of at most 32 splits per row group
+// (split_counts not null: a counter per group, zero before the launch): the CTA that stores the
+// last split of its unit's row groups (`unit`: its RUNS items) merges them, a warp per row,
+// while other CTAs still work — instead of a second kernel that starts once the whole grid has
+// finished. Every thread of the CTA calls it after storing its partial rows of the unit. The
+// counter of the unit (its first group's) goes back to zero for the next launch.
+template <int RUNS>
+__device__ __forceinline__ void combine_if_last(const TcItem* unit, const TcGroup* groups, uint32_t* split_counts,
+                                                const float* partial_o, const float* partial_lse, bf16* out,
+                                                float* lse_out, int dv) {
+    if (split_counts == nullptr) return;
+    const uint32_t counter = unit[0].group;
+    __threadfence();  // this thread's partial rows, before the count that publishes them
+    int last = 0;
+    if (threadIdx.x == 0) last = atomicAdd(&split_counts[counter], 1u) + 1 == groups[counter].items;
+    if (!__syncthreads_or(last)) return;
+    __threadfence();  // the other splits' rows, after the counts that published them
+    if (threadIdx.x == 0) split_counts[counter] = 0;
+    const int warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    for (int r = warp; r < RUNS * ROWS; r += warps) {
+        const uint32_t group = unit[r / ROWS].group;
+        if (group != NO_GROUP && groups[group].rows[r % ROWS] != NO_ROW)
+            merge_row_in_warp(groups[group], r % ROWS, partial_o, partial_lse, out, lse_out, dv);
     }
 }
 

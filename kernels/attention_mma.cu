@@ -131,7 +131,8 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
                                               const TcItem* items, const uint32_t* block_tables,
                                               const uint32_t* table_start, int block_size, const uint32_t* token_pos,
                                               int heads, float scale, int window, float* partial_o,
-                                              float* partial_lse, bf16* out, float* lse_out) {
+                                              float* partial_lse, bf16* out, float* lse_out, const TcGroup* groups,
+                                              uint32_t* split_counts) {
     typedef MmaShape<DQ, DV, V_IN_K, STAGES> S;
     extern __shared__ __align__(128) unsigned char smem[];
     bf16* stages = reinterpret_cast<bf16*>(smem);
@@ -236,6 +237,7 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
         const int i = threadIdx.x;
         store_row_lse(lse_out, partial_lse, blockIdx.x, i, item.rows[i], m_s[i], l_s[i]);
     }
+    combine_if_last<1>(&item, groups, split_counts, partial_o, partial_lse, out, lse_out, DV);
 }
 
 // One entry point per shape and pipeline depth (TC_ATTENTION_ARGS; v_in_k is the shape's own,
@@ -245,7 +247,7 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
         NAME(TC_ATTENTION_ARGS) {                                                                                   \
         attention_mma<DQ, DV, V_IN_K, STAGES>(q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, k1, s1, k2, s2, \
                                       v, sv, items, block_tables, table_start, block_size, token_pos, heads, scale, \
-                                      window, partial_o, partial_lse, out, lse_out);                                \
+                                      window, partial_o, partial_lse, out, lse_out, groups, split_counts);          \
     }
 MLA_ATTENTION_MMA(attention_mma_latent576_bf16, 576, 512, true, 2, 2)
 MLA_ATTENTION_MMA(attention_mma_deep_latent576_bf16, 576, 512, true, 5, 1)
@@ -352,4 +354,5 @@ attention_mma_wide_latent576_bf16(TC_ATTENTION_ARGS) {
     split_row_sums<WIDE_ROWS>(rows, half_sum, sum_lo, sum_hi);
     store_run<O_TILES, DV>(&o[0][0], quad[run], (size_t)blockIdx.x * WIDE_RUNS + run, g, half * HALF_DV, rows.m_lo,
                            rows.m_hi, sum_lo, sum_hi, half == 0 && t == 0, out, partial_o, lse_out, partial_lse);
+    combine_if_last<WIDE_RUNS>(quad, groups, split_counts, partial_o, partial_lse, out, lse_out, DV);
 }

@@ -436,6 +436,7 @@ template <bool TMA> __device__ __forceinline__ void seesaw(TC_ATTENTION_ARGS, co
         store_run<O_REGS / 4, VALUES>(o, cta.quad[run], (size_t)b * WG_RUNS + run, g, wg * (VALUES / 2), m_s[row_lo],
                                       m_s[row_hi], sum_lo, sum_hi, wg == 0 && t == 0, out, partial_o, lse_out,
                                       partial_lse);
+        combine_if_last<WG_RUNS>(cta.quad, groups, split_counts, partial_o, partial_lse, out, lse_out, VALUES);
     }
 }
 
@@ -443,7 +444,7 @@ extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)
 attention_wgmma_seesaw_latent576_bf16(TC_ATTENTION_ARGS) {
     seesaw<false>(q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, k1, s1, k2, s2, v, sv, v_in_k, items,
                   block_tables, table_start, block_size, token_pos, heads, scale, window, partial_o, partial_lse, out,
-                  lse_out, units, nullptr);
+                  lse_out, groups, split_counts, units, nullptr);
 }
 
 // `kv_map`: the cache's rows [rows × 576] bf16, boxes of 64 columns × box_rows(block_size)
@@ -452,5 +453,5 @@ extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)
 attention_wgmma_seesaw_tma_latent576_bf16(TC_ATTENTION_ARGS, const __grid_constant__ TensorMap kv_map) {
     seesaw<true>(q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, k1, s1, k2, s2, v, sv, v_in_k, items,
                  block_tables, table_start, block_size, token_pos, heads, scale, window, partial_o, partial_lse, out,
-                 lse_out, units, &kv_map);
+                 lse_out, groups, split_counts, units, &kv_map);
 }

@@ -140,6 +140,7 @@ attention_tc_bf16(TC_ATTENTION_ARGS) {
         const int i = threadIdx.x;
         store_row_lse(lse_out, partial_lse, blockIdx.x, i, item.rows[i], m_s[i], l_s[i]);
     }
+    combine_if_last<1>(&item, groups, split_counts, partial_o, partial_lse, out, lse_out, dv);
 }
 
 // Merges the splits of each row group: weights 2^(lse_j − m) with m the largest lse_j, LSE

@@ -190,6 +190,7 @@ attention_wgmma_latent576_bf16(TC_ATTENTION_ARGS) {
         store_run<O_REGS / 4, VALUES>(o, cta.quad[run], (size_t)b * WG_RUNS + run, g, half * (VALUES / 2), rows.m_lo,
                                       rows.m_hi, sum_lo, sum_hi, half == 0 && t == 0, out, partial_o, lse_out,
                                       partial_lse);
+        combine_if_last<WG_RUNS>(cta.quad, groups, split_counts, partial_o, partial_lse, out, lse_out, VALUES);
         if (!has_next) break;
         if (!next_started) {
             // A quad without tiles: nothing was loaded ahead (the barrier in split_row_sums
@@ -297,4 +298,5 @@ attention_wgmma_rs_latent576_bf16(TC_ATTENTION_ARGS) {
     quad_sum(l_lo, l_hi);
     store_run<O_REGS / 4, VALUES>(o, quad[run], (size_t)blockIdx.x * WG_RUNS + run, g, half * (VALUES / 2), rows.m_lo,
                                   rows.m_hi, l_lo, l_hi, half == 0 && t == 0, out, partial_o, lse_out, partial_lse);
+    combine_if_last<WG_RUNS>(quad, groups, split_counts, partial_o, partial_lse, out, lse_out, VALUES);
 }

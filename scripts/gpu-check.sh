@@ -91,15 +91,16 @@ cli_check() {
 }
 
 # One benchmark under a time limit of $3 s: its table into $out/$1.md and stderr into
-# $out/$1.log, the table printed, and a summary row "$2 | ok" (or FAILED, with the log's tail).
+# $out/$1.log, the table printed, and a summary row "$2 | ok" (or FAILED, with the log's tail)
+# with the seconds it took (what the next check's time limits are sized from).
 bench_step() {
-  local name=$1 label=$2 limit=$3 verdict=ok
+  local name=$1 label=$2 limit=$3 verdict=ok start=$SECONDS
   shift 3
   if ! timeout "$limit" "$@" > "$out/$name.md" 2> "$out/$name.log"; then
     verdict=FAILED; status=1; tail -5 "$out/$name.log"
   fi
   cat "$out/$name.md"
-  printf '| %s | %s | | |\n' "$label" "$verdict" >> "$out/summary.md"
+  printf '| %s | %s | | (%d s) |\n' "$label" "$verdict" $((SECONDS - start)) >> "$out/summary.md"
   keep_logs
 }
 
@@ -115,17 +116,18 @@ benches() {
   # so that a failure of a new one leaves the table above whole): P in registers (rs), a CTA
   # per SM serving several units in turn (persistent), and the warpgroups offset so that one's
   # softmax overlaps the other's tensor work (seesaw), its tiles copied by every thread or by
-  # the tensor memory accelerator (seesaw-tma).
-  bench_step attention-wgmma-rs "mla bench attention --kernel wgmma,wgmma-rs,wgmma-persistent,wgmma-seesaw,wgmma-seesaw-tma (V3)" 180 \
+  # the tensor memory accelerator (seesaw-tma); each also with its splits merged by the CTA that
+  # finishes a row group's last one (last-cta) instead of the combine kernel, where that applies.
+  bench_step attention-wgmma-rs "mla bench attention --kernel wgmma,wgmma-rs,wgmma-persistent,wgmma-seesaw,wgmma-seesaw-tma --combine kernel,last-cta (V3)" 180 \
     "$out/mla" bench attention --heads 128 --batch 1,32,128 --context 1024,4096,16384,32768 --reps 5 \
-    --kernel wgmma,wgmma-rs,wgmma-persistent,wgmma-seesaw,wgmma-seesaw-tma --materialised false
+    --kernel wgmma,wgmma-rs,wgmma-persistent,wgmma-seesaw,wgmma-seesaw-tma --combine kernel,last-cta --materialised false
   # The two builds of the 16-row kernel side by side on every V2-Lite shape: two CTAs per SM
   # with two stages of tiles, or one with five (fewer splits, twice the bytes in flight per SM);
   # and the seesaw wgmma kernel (both builds) with 48 of its 64 rows empty, as FlashMLA serves
-  # 16 heads.
-  bench_step attention-deep "mla bench attention --kernel 16-row,16-row-deep,wgmma-seesaw,wgmma-seesaw-tma (V2-Lite)" 120 \
+  # 16 heads; each with the combine kernel and the last-CTA combine.
+  bench_step attention-deep "mla bench attention --kernel 16-row,16-row-deep,wgmma-seesaw,wgmma-seesaw-tma --combine kernel,last-cta (V2-Lite)" 120 \
     "$out/mla" bench attention --heads 16 --batch 1,32,128 --context 1024,4096,16384,32768 --reps 5 \
-    --kernel 16-row,16-row-deep,wgmma-seesaw,wgmma-seesaw-tma --materialised false
+    --kernel 16-row,16-row-deep,wgmma-seesaw,wgmma-seesaw-tma --combine kernel,last-cta --materialised false
   # The shapes short of their targets again, with the split-KV schedule aiming for half, one,
   # two and four waves of CTAs: whether fewer/longer or more/shorter splits pay.
   bench_step attention-waves "mla bench attention --waves 0.5,1,2,4 (V2-Lite)" 120 \
@@ -157,10 +159,10 @@ benches() {
   # The choices still open, kernel against kernel per shape: the 16-row builds (V2-Lite, also
   # at each CTA target) and the wgmma kernels (V3), into ab-summary.md.
   {
-    python3 scripts/ab-summary.py "V2-Lite: the 16-row kernel's two-stage build (first) against its deep build, wgmma-seesaw and wgmma-seesaw-tma" \
+    python3 scripts/ab-summary.py "V2-Lite: the 16-row kernel's two-stage build (first) against its deep build, wgmma-seesaw and wgmma-seesaw-tma, each also with the last-CTA combine" \
       "$out/attention-deep.md" "$out/attention-waves.md"
     echo
-    python3 scripts/ab-summary.py "V3: wgmma (first) against wgmma-rs, wgmma-persistent, wgmma-seesaw and wgmma-seesaw-tma" \
+    python3 scripts/ab-summary.py "V3: wgmma (first) against wgmma-rs, wgmma-persistent, wgmma-seesaw and wgmma-seesaw-tma, each also with the last-CTA combine" \
       "$out/attention-wgmma-rs.md" "$out/attention-fixed-v3.md"
   } > "$out/ab-summary.md" 2>&1 || true
   cat "$out/ab-summary.md"
@@ -184,20 +186,23 @@ profile() {
   fi
   local verdict=ok
   python3 scripts/ncu-summary.py --header > "$out/profile-attention.md"
-  for shape in "16 32 4096 16-row" "16 128 1024 16-row" "16 1 16384 16-row" "16 256 32 16-row" \
+  for shape in "16 32 4096 16-row" "16 32 4096 16-row last-cta" "16 128 1024 16-row" "16 1 16384 16-row" "16 256 32 16-row" \
                "16 256 512 16-row" "16 32 4096 16-row-deep" "16 32 4096 wgmma-seesaw" "16 32 4096 wgmma-seesaw-tma" \
                "128 128 1024 wgmma" "128 128 16384 wgmma" "128 128 1024 wgmma-persistent" \
                "128 128 1024 wgmma-seesaw" \
                "128 128 1024 wgmma-seesaw-tma"; do
-    read -r heads batch context kernel <<< "$shape"
-    csv="$out/ncu-$heads-$batch-$context-$kernel.csv"
+    read -r heads batch context kernel combine <<< "$shape"
+    combine=${combine:-kernel}
+    csv="$out/ncu-$heads-$batch-$context-$kernel-$combine.csv"
     timeout 60 "$ncu" --clock-control none --print-units base --csv --page raw \
       -k regex:'attention_(mma_latent576|mma_deep_latent576|wgmma_latent576|wgmma_rs_latent576|wgmma_seesaw_latent576|wgmma_seesaw_tma_latent576|tc_combine)' -c 2 \
       --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
       "$out/mla" bench attention --heads "$heads" --batch "$batch" --context "$context" \
-      --kernel "$kernel" --reps 1 --materialised false > "$csv" 2> "$csv.log" ||
+      --kernel "$kernel" --combine "$combine" --reps 1 --materialised false > "$csv" 2> "$csv.log" ||
       { verdict=FAILED; status=1; tail -3 "$csv.log"; }
-    python3 scripts/ncu-summary.py "$heads × $batch × $context" "$csv" >> "$out/profile-attention.md"
+    title="$heads × $batch × $context"
+    [[ $combine == kernel ]] || title+=" ($combine combine)"
+    python3 scripts/ncu-summary.py "$title" "$csv" >> "$out/profile-attention.md"
   done
   printf '| ncu profile of the attention shapes | %s | | |\n' "$verdict" >> "$out/summary.md"
   cat "$out/profile-attention.md"

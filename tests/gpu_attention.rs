@@ -14,7 +14,7 @@ mod setup;
 
 use common::{assert_close, Rng};
 use mla_rt::backend::cpu::CpuBackend;
-use mla_rt::backend::cuda::{CudaBackend, GpuFloat, TcTuning, WideAttention};
+use mla_rt::backend::cuda::{CudaBackend, GpuFloat, SplitCombine, TcTuning, WideAttention};
 use mla_rt::backend::{AttentionBatch, Backend, MhaDims};
 use mla_rt::weights::HostTensor;
 use setup::*;
@@ -270,6 +270,40 @@ fn mla_long_splits_bf16() {
             // At most three splits per row group: every split has 100+ tokens, most of them
             // several tiles.
             assert!(schedule.max_splits() <= 3, "{heads} heads, {tuning:?}");
+        }
+    }
+    gpu.set_tc_tuning(TcTuning::default());
+}
+
+/// The splits merged inside the attention kernel by the CTA that finishes each row group's
+/// last one (up to 32 splits; groups of one split too, and the empty runs that fill the
+/// seesaw kernels' 64-row units at 16 heads), through each kernel that serves the latent:
+/// a split's rows read before another CTA has stored them, or a counter left nonzero for the
+/// next launch (each case runs twice), shows.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn mla_last_cta_combine_bf16() {
+    let gpu = poisoned_gpu::<half::bf16>();
+    let mut rng = Rng::new(19);
+    let cases: [(usize, &[(usize, usize)]); 2] = [
+        (16, &[(1500, 1), (700, 3), (90, 2), (2600, 1)]),
+        (128, &[(3000, 2), (800, 1), (64, 1)]),
+    ];
+    for (heads, shapes) in cases {
+        for tuning in latent_kernels(&gpu, heads) {
+            let tuning = TcTuning {
+                combine: SplitCombine::LastCta,
+                ..tuning
+            };
+            gpu.set_tc_tuning(tuning);
+            let batch = check_absorbed(&gpu, &mut rng, heads, shapes, BLOCK, 1e-2);
+            let schedule = tc_shape(&gpu, &batch, heads, tuning);
+            assert!(
+                schedule.combine() == SplitCombine::LastCta && schedule.max_splits() > 2,
+                "{heads} heads, {tuning:?}: {} splits, {:?}",
+                schedule.max_splits(),
+                schedule.combine()
+            );
         }
     }
     gpu.set_tc_tuning(TcTuning::default());

@@ -138,6 +138,23 @@ const uint64_t TENSOR_MAP_MAGIC = 0x6d6c612d746d6170ull;
 #define gridDim (emu::grid_dim)
 
 inline void __syncthreads() { emu::syncthreads(); }
+// Nonzero where any thread of the block passes a nonzero predicate. The block's fibers share
+// their worker's flag (a worker runs one block at a time); the first barrier keeps the reset
+// after every thread has read the previous call's result.
+inline int __syncthreads_or(int predicate) {
+    static thread_local int any;
+    const dim3& t = emu::thread_idx();
+    emu::syncthreads();
+    if (t.x == 0 && t.y == 0 && t.z == 0) any = 0;
+    emu::syncthreads();
+    if (predicate) any = 1;
+    emu::syncthreads();
+    return any;
+}
+// Blocks run on several workers at once: a device-wide fence is a real one.
+inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+// A load that skips L1: the CPU has one coherent memory.
+template <typename T> T __ldcg(const T* address) { return *address; }
 inline void __syncwarp(unsigned mask = 0xffffffffu) {
     emu::check_full_mask(mask);
     emu::syncwarp();

@@ -5,7 +5,7 @@
 
 use super::kernels::{time_calls, time_ms, uniform};
 use crate::backend::cuda::layout::absorbed_layout;
-use crate::backend::cuda::{CudaBackend, NarrowAttention, TcTuning, WideAttention};
+use crate::backend::cuda::{CudaBackend, NarrowAttention, SplitCombine, TcTuning, WideAttention};
 use crate::backend::{AttentionBatch, Backend, MlaDims, SeqChunk};
 use crate::error::{Error, Result};
 use half::bf16;
@@ -14,8 +14,8 @@ use half::bf16;
 pub struct AttentionRow {
     pub heads: usize,
     /// The tensor-core kernel that served the shape (its [`TcKernel::label`]: entry point, and
-    /// whether launched persistent), its CTAs and the most splits of a row group (1: no
-    /// combine).
+    /// whether launched persistent; "+ last-CTA combine" where the kernel merged the splits
+    /// itself), its CTAs and the most splits of a row group (1: no combine).
     ///
     /// [`TcKernel::label`]: crate::backend::cuda::attention_kernels::TcKernel::label
     pub kernel: String,
@@ -61,6 +61,8 @@ pub struct AttentionShapes<'a> {
     pub kernels: &'a [(WideAttention, NarrowAttention)],
     /// CTA targets of the split-KV schedule (see [`TcTuning`]), a row each.
     pub waves: &'a [f32],
+    /// How the splits are merged (see [`SplitCombine`]), a row each where it differs.
+    pub combines: &'a [SplitCombine],
     pub heads: &'a [usize],
     pub batches: &'a [usize],
     pub contexts: &'a [usize],
@@ -114,21 +116,30 @@ pub fn run(
                         None
                     };
                 let tunings = shapes.kernels.iter().flat_map(|&(wide, narrow)| {
-                    shapes.waves.iter().map(move |&waves| TcTuning {
-                        wide,
-                        narrow,
-                        waves,
+                    shapes.waves.iter().flat_map(move |&waves| {
+                        shapes.combines.iter().map(move |&combine| TcTuning {
+                            wide,
+                            narrow,
+                            waves,
+                            combine,
+                        })
                     })
                 });
                 // Choices that come to the same kernel (fewer than 64 heads have no 64-row
-                // kernel, most shapes no deep build) are timed once.
+                // kernel, most shapes no deep build, one split per group or too many no
+                // in-kernel combine) are timed once.
                 let mut timed: Vec<(String, f32)> = Vec::new();
                 for tuning in tunings {
                     let schedule = gpu
                         .device
                         .tc_plan(&attention, &absorbed_layout(&dims), tuning)?
                         .shape;
-                    let kernel = schedule.kernel().label();
+                    let kernel = match schedule.combine() {
+                        SplitCombine::LastCta => {
+                            format!("{} + last-CTA combine", schedule.kernel().label())
+                        }
+                        SplitCombine::Kernel => schedule.kernel().label(),
+                    };
                     if timed.contains(&(kernel.clone(), tuning.waves)) {
                         continue;
                     }

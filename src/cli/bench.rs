@@ -2,7 +2,7 @@
 
 use super::loading::{DType, DeviceSpec};
 use crate::backend::cpu::CpuBackend;
-use crate::backend::cuda::{CudaBackend, NarrowAttention, WideAttention};
+use crate::backend::cuda::{CudaBackend, NarrowAttention, SplitCombine, WideAttention};
 use crate::backend::Backend;
 use crate::bench::presets::{preset_config, PRESETS};
 use crate::bench::report::{compare, render, Format};
@@ -154,11 +154,38 @@ pub struct AttentionBenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "1", value_name = "W")]
     pub waves: Vec<f32>,
 
+    /// How the splits of a row group are merged, a row each where it differs: kernel (a second
+    /// kernel once the attention grid has finished; the runtime's choice) or last-cta (by the
+    /// attention CTA that finishes a group's last split, for up to 32 splits per group).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "kernel",
+        value_name = "C"
+    )]
+    pub combine: Vec<CombineChoice>,
+
     /// Also time the materialised path (K/V expanded with cuBLAS, then attention over them)
     /// where its K/V fit, and print the absorbed kernel's speed-up over it; `false` leaves
     /// only the absorbed kernel's launches (for a profiler).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub materialised: bool,
+}
+
+/// `--combine` of `mla bench attention`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CombineChoice {
+    Kernel,
+    LastCta,
+}
+
+impl From<CombineChoice> for SplitCombine {
+    fn from(choice: CombineChoice) -> Self {
+        match choice {
+            CombineChoice::Kernel => SplitCombine::Kernel,
+            CombineChoice::LastCta => SplitCombine::LastCta,
+        }
+    }
 }
 
 /// `--kernel` of `mla bench attention`.
@@ -216,6 +243,11 @@ fn bench_attention(args: &AttentionBenchArgs) -> Result<()> {
             "--waves needs at least one value".into(),
         ));
     }
+    if args.combine.is_empty() {
+        return Err(Error::InvalidInput(
+            "--combine needs at least one choice".into(),
+        ));
+    }
     if args.heads.contains(&0) || args.batch.contains(&0) || args.context.contains(&0) {
         return Err(Error::InvalidInput(
             "--heads, --batch and --context must be positive".into(),
@@ -223,9 +255,11 @@ fn bench_attention(args: &AttentionBenchArgs) -> Result<()> {
     }
     let gpu = CudaBackend::<half::bf16>::open(ordinal)?;
     let kernels: Vec<_> = args.kernel.iter().map(|&k| k.tuning()).collect();
+    let combines: Vec<SplitCombine> = args.combine.iter().map(|&c| c.into()).collect();
     let shapes = crate::bench::attention::AttentionShapes {
         kernels: &kernels,
         waves: &args.waves,
+        combines: &combines,
         heads: &args.heads,
         batches: &args.batch,
         contexts: &args.context,

@@ -77,15 +77,33 @@ pub enum NarrowAttention {
     Deep,
 }
 
+/// How the splits of a row group are merged where it has several: by attention_tc_combine, a
+/// second kernel that starts once the whole attention grid has finished (the default), or
+/// (`LastCta`) inside the attention kernel by the CTA that finishes a group's last split, while
+/// the others still work — one launch instead of two, for schedules of at most
+/// [`LAST_CTA_MAX_SPLITS`] splits per group (more fall back to the kernel), which
+/// `mla bench attention --combine` compares.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SplitCombine {
+    #[default]
+    Kernel,
+    LastCta,
+}
+
+/// The most splits of a row group the in-kernel combine merges: a warp's lanes, one per split.
+pub const LAST_CTA_MAX_SPLITS: usize = 32;
+
 /// How a step's tensor-core attention is run: which 64-row kernel (see [`WideAttention`]) and
-/// 16-row build (see [`NarrowAttention`]), and how many CTAs the split-KV schedule aims for, in
+/// 16-row build (see [`NarrowAttention`]), how many CTAs the split-KV schedule aims for, in
 /// waves of the CTAs the GPU holds at once (1, the default: one full wave;
-/// `mla bench attention --waves` tries others).
+/// `mla bench attention --waves` tries others), and how the splits are merged (see
+/// [`SplitCombine`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TcTuning {
     pub wide: WideAttention,
     pub narrow: NarrowAttention,
     pub waves: f32,
+    pub combine: SplitCombine,
 }
 
 impl Default for TcTuning {
@@ -94,6 +112,7 @@ impl Default for TcTuning {
             wide: WideAttention::WherePays,
             narrow: NarrowAttention::Shallow,
             waves: 1.0,
+            combine: SplitCombine::Kernel,
         }
     }
 }

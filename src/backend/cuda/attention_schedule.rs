@@ -11,9 +11,12 @@ pub const KV_TILE: usize = 32;
 /// Fewest tokens a split gets: below that, loading the queries costs more than the split saves.
 const MIN_SPLIT: usize = 4 * KV_TILE;
 pub const NO_ROW: u32 = u32::MAX;
+/// The group of the empty runs that fill a unit of several.
+pub const NO_GROUP: u32 = u32::MAX;
 
 /// One CTA's job: `rows` (each `token · heads + head`, or `NO_ROW`), all of sequence `seq` and
-/// reading KV head `kv_head`, over the cached tokens `[kv_begin, kv_end)`.
+/// reading KV head `kv_head`, over the cached tokens `[kv_begin, kv_end)`, as one of the splits
+/// of row group `group` (or `NO_GROUP`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcItem {
@@ -22,6 +25,7 @@ pub struct TcItem {
     pub kv_begin: u32,
     pub kv_end: u32,
     pub rows: [u32; ROWS],
+    pub group: u32,
 }
 
 /// The splits of one row group: items `item_first + j·item_stride` for `j < items`.
@@ -131,6 +135,7 @@ pub fn schedule(
             .div_ceil(splits)
             .next_multiple_of(split_tokens.next_multiple_of(KV_TILE));
         let first = items.len() as u32;
+        let first_group = groups.len();
         for kv_begin in (begin..end).step_by(chunk) {
             for r in 0..runs_per_cta {
                 items.push(TcItem {
@@ -139,6 +144,10 @@ pub fn schedule(
                     kv_begin: kv_begin as u32,
                     kv_end: (kv_begin + chunk).min(end) as u32,
                     rows: runs.get(r).copied().unwrap_or([NO_ROW; ROWS]),
+                    group: match r < runs.len() {
+                        true => (first_group + r) as u32,
+                        false => NO_GROUP,
+                    },
                 });
             }
         }
@@ -407,8 +416,9 @@ mod tests {
                         .all(|i| i.kv_begin as usize % split_tokens == 0));
                 }
                 let mut covered = vec![0usize; positions.len() * heads];
-                for g in &groups {
+                for (index, g) in groups.iter().enumerate() {
                     let mine: Vec<&TcItem> = g.item_indices().map(|x| &items[x]).collect();
+                    assert!(mine.iter().all(|it| it.group as usize == index));
                     let rows: Vec<u32> = g.rows.iter().copied().filter(|&r| r != NO_ROW).collect();
                     // One sequence and one KV head per group.
                     for &r in &rows {
@@ -441,11 +451,20 @@ mod tests {
                         "the last row sees its whole prefix"
                     );
                 }
-                // The items a CTA serves together share their sequence, KV head and tokens.
+                // The items a CTA serves together share their sequence, KV head and tokens, and
+                // their groups the number of splits (the in-kernel combine counts the first
+                // group's); the runs that fill a unit are empty and in no group.
                 assert_eq!(items.len() % runs, 0);
                 for quad in items.chunks(runs) {
                     let key = |i: &TcItem| (i.seq, i.kv_head, i.kv_begin, i.kv_end);
                     assert!(quad.iter().all(|i| key(i) == key(&quad[0])));
+                    let splits = groups[quad[0].group as usize].items;
+                    for it in quad {
+                        match it.group {
+                            NO_GROUP => assert_eq!(it.rows, [NO_ROW; ROWS]),
+                            g => assert_eq!(groups[g as usize].items, splits),
+                        }
+                    }
                 }
                 assert!(
                     covered.iter().all(|&c| c == 1),

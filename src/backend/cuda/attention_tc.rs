@@ -11,9 +11,10 @@ use crate::error::{Error, Result};
 use cudarc::driver::{CudaSlice, CudaView, DevicePtr, DevicePtrMut, LaunchConfig};
 use std::cell::RefCell;
 
+use super::attention_kernels::LAST_CTA_MAX_SPLITS;
 use super::attention_kernels::{kernel_choice, values_in_keys, wide_pays};
-use super::attention_kernels::{NarrowAttention, TcKernel, TcTuning, WideAttention};
-use super::attention_schedule::{schedule, TcGroup, TcItem, NO_ROW, ROWS};
+use super::attention_kernels::{NarrowAttention, SplitCombine, TcKernel, TcTuning, WideAttention};
+use super::attention_schedule::{schedule, TcGroup, TcItem, NO_GROUP, NO_ROW, ROWS};
 use super::tensor_map::{box_tokens, cache_rows_map, KvTensorMap};
 
 /// Output columns per block of the combine and most warps in one (`COMBINE_COLUMNS`,
@@ -37,6 +38,8 @@ pub struct TcShape {
     item_count: usize,
     group_count: usize,
     max_splits: usize,
+    /// How the splits are merged (`Kernel` also where every group has one split and nothing is).
+    combine: SplitCombine,
     /// CTAs of the launch: one per unit (runs_per_cta items), or for a persistent kernel at
     /// most the CTAs the GPU holds at once.
     ctas: usize,
@@ -62,10 +65,13 @@ pub struct TcSchedule {
     partials: Option<RefCell<Partials>>,
 }
 
-/// Each item's ROWS rows of split output (`value_len` f32) and their LSEs (base 2).
+/// Each item's ROWS rows of split output (`value_len` f32) and their LSEs (base 2); for the
+/// in-kernel combine, a counter of finished splits per row group (zero between launches: the
+/// CTA that merges a group resets it).
 struct Partials {
     o: CudaSlice<f32>,
     lse: CudaSlice<f32>,
+    split_counts: Option<CudaSlice<u32>>,
 }
 
 impl TcShape {
@@ -82,6 +88,11 @@ impl TcShape {
     /// The most splits of one row group (what the combine merges).
     pub fn max_splits(&self) -> usize {
         self.max_splits
+    }
+
+    /// How the splits are merged where some group has several (see [`SplitCombine`]).
+    pub fn combine(&self) -> SplitCombine {
+        self.combine
     }
 
     /// CTAs of the attention kernel's launch.
@@ -140,13 +151,20 @@ impl CudaDevice {
             kernel.split_tokens(),
         );
         let units = items.len() / kernel.runs_per_cta;
+        let max_splits = groups.iter().map(|g| g.items as usize).max().unwrap_or(0);
         let shape = TcShape {
             kernel,
             wide,
             narrow,
             item_count: items.len(),
             group_count: groups.len(),
-            max_splits: groups.iter().map(|g| g.items as usize).max().unwrap_or(0),
+            max_splits,
+            combine: match tuning.combine {
+                SplitCombine::LastCta if (2..=LAST_CTA_MAX_SPLITS).contains(&max_splits) => {
+                    SplitCombine::LastCta
+                }
+                _ => SplitCombine::Kernel,
+            },
             ctas: match kernel.persistent {
                 true => units.min(wave),
                 false => units,
@@ -178,6 +196,14 @@ impl CudaDevice {
                     .tensor::<f32>(shape.item_count * ROWS, l.v.len, None)?
                     .data,
                 lse: self.tensor::<f32>(shape.item_count, ROWS, None)?.data,
+                split_counts: match shape.combine {
+                    SplitCombine::LastCta => Some(
+                        self.stream
+                            .clone_htod(&vec![0u32; groups.len()])
+                            .map_err(err)?,
+                    ),
+                    SplitCombine::Kernel => None,
+                },
             })),
             true => None,
         };
@@ -283,22 +309,23 @@ impl CudaDevice {
         // kernel writes the output (and the LSE, where wanted) itself and no combine runs.
         let mut partials = schedule.partials.as_ref().map(RefCell::borrow_mut);
         let null: u64 = 0;
-        let (partial_o, partial_lse, out_ptr, lse_ptr) = match &mut partials {
+        let out_ptr = out.data.device_ptr_mut(st).0;
+        let lse_ptr = lse.as_mut().map_or(null, |l| l.device_ptr_mut(st).0);
+        let groups = schedule.groups.device_ptr(st).0;
+        // The kernel writes the output itself where there are no partials (one split per
+        // group), or merges the splits itself where there are counters (the in-kernel combine).
+        let (partial_o, partial_lse, split_counts) = match &mut partials {
             Some(p) => {
                 let p = &mut **p;
                 (
                     p.o.device_ptr_mut(st).0,
                     p.lse.device_ptr_mut(st).0,
-                    null,
-                    null,
+                    p.split_counts
+                        .as_mut()
+                        .map_or(null, |c| c.device_ptr_mut(st).0),
                 )
             }
-            None => (
-                null,
-                null,
-                out.data.device_ptr_mut(st).0,
-                lse.as_mut().map_or(null, |l| l.device_ptr_mut(st).0),
-            ),
+            None => (null, null, null),
         };
         let units = i(schedule.shape.units());
         let map = match kernel.tensor_map {
@@ -336,6 +363,8 @@ impl CudaDevice {
             param(&partial_lse),
             param(&out_ptr),
             param(&lse_ptr),
+            param(&groups),
+            param(&split_counts),
             param(&units),
         ];
         if let Some(map) = &map {
@@ -351,16 +380,18 @@ impl CudaDevice {
         // device pointers as u64, then a tensor-map kernel its map) and T is bf16; the checks
         // above bound every query, key and value element by its buffer, the plan checked the
         // block tables against the cache, the schedule keeps rows within the step and tokens
-        // within each row's context; the schedule's partial buffers hold ROWS rows of v.len
-        // values per item (its value_len, checked above), or (direct: null partials) `out` and
-        // `lse` hold every (token, head) row of the step (a null `lse`, where none is wanted, is
-        // never written); `units` is the number of units the items hold, which a persistent
-        // kernel's CTAs share; a tensor map covers the key buffer's whole rows (its boxes read
-        // pages of the block tables only). Every kernel waits for the previous one
-        // (attention_prologue) before it reads or writes device memory.
+        // within each row's context; the schedule's partial buffers (or null ones) hold ROWS
+        // rows of v.len values per item (its value_len, checked above), and `out` and `lse` every
+        // (token, head) row of the step (a null `lse`, where none is wanted, is never written);
+        // the counters (or a null pointer) are one u32 per group of the same schedule, zero
+        // before the launch, each item's group one of them; `units` is the number of units the
+        // items hold, which a persistent kernel's CTAs share; a tensor map covers the key
+        // buffer's whole rows (its boxes read pages of the block tables only). Every kernel
+        // waits for the previous one (attention_prologue) before it reads or writes device
+        // memory.
         unsafe { self.launch_dependent("attention_tc launch", &f, cfg, &mut params) }?;
 
-        if let Some(p) = partials {
+        if let Some(p) = partials.filter(|p| p.split_counts.is_none()) {
             self.combine(&p, schedule, l.v.len, &mut out.data, lse.as_mut())?;
         }
         Ok(lse)
@@ -440,6 +471,7 @@ const EMPTY_ITEM: TcItem = TcItem {
     kv_begin: 0,
     kv_end: 0,
     rows: [NO_ROW; ROWS],
+    group: NO_GROUP,
 };
 const EMPTY_GROUP: TcGroup = TcGroup {
     item_first: 0,

@@ -19,7 +19,7 @@ mod rows;
 mod tensor_map;
 mod transfer;
 
-pub use attention_kernels::{NarrowAttention, TcTuning, WideAttention};
+pub use attention_kernels::{NarrowAttention, SplitCombine, TcTuning, WideAttention};
 pub use backend::{CudaBackend, CudaHeadWeight, CudaKvCache};
 pub use elementwise::{GpuFloat, GpuTensor};
 
