@@ -159,11 +159,15 @@ __device__ __forceinline__ void store_run(const float* o, const TcItem& run, siz
     }
 }
 
+// Float4 columns per lane that merge_row_in_warp reads per split at once: 512 columns a pass.
+#define MERGE_CHUNKS 4
+
 // Row i of group g merged by one warp from the group's splits (at most 32: lane j holds split
 // j's weight 2^(lse_j − m), m the largest lse_j), as attention_tc_combine merges it: values
 // into `out` row g.rows[i] (dv bf16, dv a multiple of 4), the LSE (natural log) into lse_out
 // unless it is null. The splits are other CTAs' stores of this launch: read through L2 only
-// (an L1 line could predate them).
+// (an L1 line could predate them). The merge waits on L2 more than it computes: a lane's loads
+// of four splits × MERGE_CHUNKS columns are in flight together.
 __device__ __forceinline__ void merge_row_in_warp(const TcGroup& g, int i, const float* partial_o,
                                                   const float* partial_lse, bf16* out, float* lse_out, int dv) {
     const int lane = threadIdx.x & 31;
@@ -175,26 +179,36 @@ __device__ __forceinline__ void merge_row_in_warp(const TcGroup& g, int i, const
     const float sum = warp_sum(weight);
     const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
     const uint32_t pair = g.rows[i];
-    for (int c0 = 0; c0 < dv; c0 += 32 * 4) {
-        const int c = c0 + lane * 4;
-        float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int c0 = 0; c0 < dv; c0 += 32 * 4 * MERGE_CHUNKS) {
+        float4 x[MERGE_CHUNKS];
+#pragma unroll
+        for (int k = 0; k < MERGE_CHUNKS; k++) x[k] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 4
         for (uint32_t j = 0; j < g.items; j++) {
             const float w = __shfl_sync(0xffffffffu, weight, (int)j);
-            if (c < dv) {
-                const float* row = partial_o + split_row(j) * dv + c;
-                MLA_ASSERT_ALIGNED(row, 16);
-                const float4 o = __ldcg(reinterpret_cast<const float4*>(row));
-                x.x += w * o.x;
-                x.y += w * o.y;
-                x.z += w * o.z;
-                x.w += w * o.w;
+            const float* row = partial_o + split_row(j) * dv;
+#pragma unroll
+            for (int k = 0; k < MERGE_CHUNKS; k++) {
+                const int c = c0 + (k * 32 + lane) * 4;
+                if (c < dv) {
+                    MLA_ASSERT_ALIGNED(row + c, 16);
+                    const float4 o = __ldcg(reinterpret_cast<const float4*>(row + c));
+                    x[k].x += w * o.x;
+                    x[k].y += w * o.y;
+                    x[k].z += w * o.z;
+                    x[k].w += w * o.w;
+                }
             }
         }
-        if (c < dv) {
-            uint2* dst = reinterpret_cast<uint2*>(out + (size_t)pair * dv + c);
-            MLA_ASSERT_ALIGNED(dst, 8);
-            *dst = make_uint2(pack_bf16(from_f32<bf16>(x.x * inv), from_f32<bf16>(x.y * inv)),
-                              pack_bf16(from_f32<bf16>(x.z * inv), from_f32<bf16>(x.w * inv)));
+#pragma unroll
+        for (int k = 0; k < MERGE_CHUNKS; k++) {
+            const int c = c0 + (k * 32 + lane) * 4;
+            if (c < dv) {
+                uint2* dst = reinterpret_cast<uint2*>(out + (size_t)pair * dv + c);
+                MLA_ASSERT_ALIGNED(dst, 8);
+                *dst = make_uint2(pack_bf16(from_f32<bf16>(x[k].x * inv), from_f32<bf16>(x[k].y * inv)),
+                                  pack_bf16(from_f32<bf16>(x[k].z * inv), from_f32<bf16>(x[k].w * inv)));
+            }
         }
     }
     if (lse_out != nullptr && lane == 0) lse_out[pair] = sum > 0.0f ? (m + log2f(sum)) * LN2 : -INFINITY;
