@@ -129,10 +129,11 @@ benches() {
     "$out/mla" bench attention --heads 16 --batch 1,32,128 --context 1024,4096,16384,32768 --reps 5 \
     --kernel 16-row,16-row-deep,wgmma-seesaw,wgmma-seesaw-tma --combine kernel,last-cta --materialised false
   # The shapes short of their targets again, with the split-KV schedule aiming for half, one,
-  # two and four waves of CTAs: whether fewer/longer or more/shorter splits pay.
-  bench_step attention-waves "mla bench attention --waves 0.5,1,2,4 (V2-Lite)" 120 \
+  # two and four waves of CTAs: whether fewer/longer or more/shorter splits pay (more splits
+  # cost less where the last CTA of a row group merges them).
+  bench_step attention-waves "mla bench attention --waves 0.5,1,2,4 --combine kernel,last-cta (V2-Lite)" 120 \
     "$out/mla" bench attention --heads 16 --batch 1,32,128 --context 1024,4096,32768 --reps 10 \
-    --waves 0.5,1,2,4 --kernel 16-row,16-row-deep --materialised false
+    --waves 0.5,1,2,4 --kernel 16-row,16-row-deep --combine kernel,last-cta --materialised false
   bench_step attention-waves-v3 "mla bench attention --waves 0.5,1,2,4 (V3)" 90 \
     "$out/mla" bench attention --heads 128 --batch 32,128 --context 1024 --reps 10 \
     --waves 0.5,1,2,4 --materialised false

@@ -5,8 +5,10 @@
 use super::common::Rng;
 use mla_rt::backend::cpu::{CpuBackend, CpuKvCache};
 use mla_rt::backend::cuda::attention_tc::TcShape;
-use mla_rt::backend::cuda::layout::absorbed_layout;
-use mla_rt::backend::cuda::{CudaBackend, GpuFloat, NarrowAttention, TcTuning, WideAttention};
+use mla_rt::backend::cuda::layout::{absorbed_layout, AttentionLayout};
+use mla_rt::backend::cuda::{
+    CudaBackend, GpuFloat, NarrowAttention, SplitCombine, TcTuning, WideAttention,
+};
 use mla_rt::backend::{AttentionBatch, Backend, MlaDims, SeqChunk};
 use mla_rt::weights::HostTensor;
 
@@ -158,6 +160,48 @@ pub fn for_each_latent_kernel<T: GpuFloat>(
         check(tuning);
     }
     gpu.set_tc_tuning(TcTuning::default());
+}
+
+/// Runs `check` with the splits of row groups merged by the combine kernel, then by the
+/// attention kernels' last CTA of each group (the tensor-core kernels of every form: 16-row
+/// builds of other widths and the WMMA one too), then gives the runtime its own choice back.
+pub fn for_each_combine<T: GpuFloat>(gpu: &CudaBackend<T>, mut check: impl FnMut(SplitCombine))
+where
+    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
+{
+    for combine in [SplitCombine::Kernel, SplitCombine::LastCta] {
+        gpu.set_tc_tuning(TcTuning {
+            combine,
+            ..TcTuning::default()
+        });
+        check(combine);
+    }
+    gpu.set_tc_tuning(TcTuning::default());
+}
+
+/// That [`for_each_combine`]'s second pass merged splits in the kernel for `batch` and
+/// `layout`, where bf16 runs them on tensor cores (f32 runs the exact kernel: no splits).
+pub fn assert_last_cta_ran<T: GpuFloat>(
+    gpu: &CudaBackend<T>,
+    batch: &AttentionBatch,
+    layout: &AttentionLayout,
+) where
+    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
+{
+    if T::SUFFIX != "bf16" {
+        return;
+    }
+    let tuning = TcTuning {
+        combine: SplitCombine::LastCta,
+        ..TcTuning::default()
+    };
+    let shape = gpu.device.tc_plan(batch, layout, tuning).unwrap().shape;
+    assert!(
+        shape.combine() == SplitCombine::LastCta,
+        "{layout:?}: {} splits, {:?}",
+        shape.max_splits(),
+        shape.kernel()
+    );
 }
 
 /// The kernel and split-KV schedule the GPU picks for `batch` at `heads` heads under `tuning`.
