@@ -137,6 +137,8 @@ const size_t STACK_BYTES = 256 << 10;  // a power of two
 const size_t PAGE = 4096;
 const size_t STACK_HEADER = 64;
 const size_t STACK_USABLE = STACK_BYTES - PAGE - STACK_HEADER;
+// Where an exited fiber's frames lie: below its stack's top, within this many bytes.
+const size_t EXIT_FRAMES_BYTES = 8 << 10;
 const size_t SHARED_GUARD = 256;
 const unsigned char POISON = 0xff;  // NaN in f32 and bf16
 
@@ -152,6 +154,10 @@ thread_local std::vector<void*> stacks;  // lowest address of each mapping; its 
 thread_local void* scheduler_sp = nullptr;
 thread_local unsigned char* shared_base = nullptr;
 thread_local std::string failure;
+// Whether a block failed on this worker since its stacks were last cleared: its fibers were
+// abandoned mid-call, their frames' redzones left poisoned anywhere in their stacks (fibers
+// that exit unwind theirs but for their last frames: see run_block).
+thread_local bool stacks_poisoned = false;
 
 // The ThreadState of the fiber this runs on, from its stack: without the call a thread-local
 // lookup costs in a shared library, on every emulated threadIdx, shuffle and barrier. Only for
@@ -328,10 +334,11 @@ std::string run_block(size_t count) {
         t.state = State::Runnable;
         t.copies.clear();
         t.mmas.clear();
-        const void* top = stack_top(i, &t);  // maps the stack on first use
-        // A fiber abandoned mid-call (a failed check) leaves its frames' redzones poisoned.
-        ASAN_UNPOISON_MEMORY_REGION(stack_bottom(i), STACK_USABLE);
-        t.sp = fresh_stack(const_cast<void*>(top));
+        char* top = static_cast<char*>(stack_top(i, &t));  // maps the stack on first use
+        // The last frames of the fiber that exited from this stack (emu_fiber_main and the
+        // switch away, which never return) keep their redzones poisoned.
+        ASAN_UNPOISON_MEMORY_REGION(top - EXIT_FRAMES_BYTES, EXIT_FRAMES_BYTES);
+        t.sp = fresh_stack(top);
     }
     for (WarpState& w : warps) w.generation = w.claimed = 0;
     for (NamedBarrier& b : named) b = NamedBarrier{0, 0, std::vector<bool>(count)};
@@ -572,7 +579,15 @@ void open_worker(size_t count) {
 std::string run_block_at(size_t b, size_t count) {
     block_idx = dim3{(unsigned)(b % grid_dim.x), (unsigned)(b / grid_dim.x % grid_dim.y),
                      (unsigned)(b / ((size_t)grid_dim.x * grid_dim.y))};
-    return run_block(count);
+    // Cleared after a failure only: clearing every stack for every block (32 KiB of shadow per
+    // thread) was half the time of a sanitized run.
+    if (stacks_poisoned) {
+        for (size_t i = 0; i < stacks.size(); i++) ASAN_UNPOISON_MEMORY_REGION(stack_bottom(i), STACK_USABLE);
+        stacks_poisoned = false;
+    }
+    std::string failed = run_block(count);
+    stacks_poisoned = !failed.empty();
+    return failed;
 }
 
 void close_worker() {
