@@ -114,12 +114,22 @@ __device__ __forceinline__ void store_row_pair(bf16* out, float* partial_o, size
     }
 }
 
+// Base-2 log-sum-exp from a max m and a sum l of 2^(x − m): −inf where nothing was summed.
+__device__ __forceinline__ float log_sum_exp2(float m, float l) { return l > 0.0f ? m + log2f(l) : -INFINITY; }
+
+// Four merged values x·scale as bf16 at dst (8-byte aligned): a combine's output.
+__device__ __forceinline__ void store_bf16x4(bf16* dst, float4 x, float scale) {
+    MLA_ASSERT_ALIGNED(dst, 8);
+    *reinterpret_cast<uint2*>(dst) = make_uint2(pack_bf16(from_f32<bf16>(x.x * scale), from_f32<bf16>(x.y * scale)),
+                                                pack_bf16(from_f32<bf16>(x.z * scale), from_f32<bf16>(x.w * scale)));
+}
+
 // The row's log-sum-exp of its scaled scores from its running max m and sum l (base 2): as
 // store_row_pair, into lse_out (natural log; nowhere if the caller wants no LSE) where there are
 // no partial buffers, else into partial_lse.
 __device__ __forceinline__ void store_row_lse(float* lse_out, float* partial_lse, size_t item, int row, uint32_t pair,
                                               float m, float l) {
-    const float lse2 = l > 0.0f ? m + log2f(l) : -INFINITY;
+    const float lse2 = log_sum_exp2(m, l);
     if (partial_lse == nullptr) {
         if (lse_out != nullptr && pair != NO_ROW) lse_out[pair] = lse2 * LN2;
     } else {
@@ -203,15 +213,10 @@ __device__ __forceinline__ void merge_row_in_warp(const TcGroup& g, int i, const
 #pragma unroll
         for (int k = 0; k < MERGE_CHUNKS; k++) {
             const int c = c0 + (k * 32 + lane) * 4;
-            if (c < dv) {
-                uint2* dst = reinterpret_cast<uint2*>(out + (size_t)pair * dv + c);
-                MLA_ASSERT_ALIGNED(dst, 8);
-                *dst = make_uint2(pack_bf16(from_f32<bf16>(x[k].x * inv), from_f32<bf16>(x[k].y * inv)),
-                                  pack_bf16(from_f32<bf16>(x[k].z * inv), from_f32<bf16>(x[k].w * inv)));
-            }
+            if (c < dv) store_bf16x4(out + (size_t)pair * dv + c, x[k], inv);
         }
     }
-    if (lse_out != nullptr && lane == 0) lse_out[pair] = sum > 0.0f ? (m + log2f(sum)) * LN2 : -INFINITY;
+    if (lse_out != nullptr && lane == 0) lse_out[pair] = log_sum_exp2(m, sum) * LN2;
 }
 
 // The combine inside the attention kernel, for schedules of at most 32 splits per row group

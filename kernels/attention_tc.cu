@@ -202,12 +202,6 @@ attention_tc_combine_bf16(const float* partial_o, const float* partial_lse, cons
         x.w += y.w;
     }
     const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-    if (c < dv) {
-        uint2* dst = reinterpret_cast<uint2*>(out + (size_t)g.rows[i] * dv + c);
-        MLA_ASSERT_ALIGNED(dst, 8);
-        *dst = make_uint2(pack_bf16(from_f32<bf16>(x.x * inv), from_f32<bf16>(x.y * inv)),
-                          pack_bf16(from_f32<bf16>(x.z * inv), from_f32<bf16>(x.w * inv)));
-    }
-    if (lse_out != nullptr && blockIdx.z == 0 && lane == 0)
-        lse_out[g.rows[i]] = sum > 0.0f ? (m + log2f(sum)) * LN2 : -INFINITY;
+    if (c < dv) store_bf16x4(out + (size_t)g.rows[i] * dv + c, x, inv);
+    if (lse_out != nullptr && blockIdx.z == 0 && lane == 0) lse_out[g.rows[i]] = log_sum_exp2(m, sum) * LN2;
 }

@@ -11,8 +11,7 @@ use crate::error::{Error, Result};
 use cudarc::driver::{CudaSlice, CudaView, DevicePtr, DevicePtrMut, LaunchConfig};
 use std::cell::RefCell;
 
-use super::attention_kernels::LAST_CTA_MAX_SPLITS;
-use super::attention_kernels::{kernel_choice, values_in_keys, wide_pays};
+use super::attention_kernels::{kernel_choice, values_in_keys, wide_pays, LAST_CTA_MAX_SPLITS};
 use super::attention_kernels::{NarrowAttention, SplitCombine, TcKernel, TcTuning, WideAttention};
 use super::attention_schedule::{schedule, TcGroup, TcItem, NO_GROUP, NO_ROW, ROWS};
 use super::tensor_map::{box_tokens, cache_rows_map, KvTensorMap};
