@@ -76,6 +76,11 @@ template <typename Op> struct AsyncGroups {
         committed.push_back(std::move(open));
         open.clear();
     }
+    // Calls `f` on each operation that wait(pending) would complete, in its order.
+    template <typename F> void for_each_due(int pending, F f) const {
+        for (size_t g = 0; (int)(committed.size() - g) > pending; g++)
+            for (const Op& op : committed[g]) f(op);
+    }
     // Completes the oldest committed groups until at most `pending` remain.
     template <typename F> void wait(int pending, F complete) {
         while ((int)committed.size() > pending) {
@@ -98,6 +103,7 @@ struct ThreadState {
     State state;
     AsyncGroups<PendingCopy> copies;
     AsyncGroups<PendingMma> mmas;
+    unsigned mma_waits;          // wgmma_waits this thread has passed
     int barrier_id;              // AtNamedBarrier: which
     const void* mbarrier;        // AtMbarrier: which
 };
@@ -124,6 +130,11 @@ struct WarpState {
     unsigned generation;
     unsigned claimed;        // the last generation whose collective result a lane took on (claim_warp_op)
     LaneEntry lanes[2][32];  // by generation parity: a slot is rewritten two generations later
+    // The operands of the wgmmas that the warp's latest wgmma_wait completes, read by the first
+    // lane to arrive there (the mma_waits-th wait), in order: the first mma_count.
+    unsigned mma_waits;
+    size_t mma_count;
+    std::vector<WgmmaOperands> mma_operands;
 };
 
 // The running block's state is its worker's (thread_local); the grid's shape is every worker's.
@@ -334,13 +345,17 @@ std::string run_block(size_t count) {
         t.state = State::Runnable;
         t.copies.clear();
         t.mmas.clear();
+        t.mma_waits = 0;
         char* top = static_cast<char*>(stack_top(i, &t));  // maps the stack on first use
         // The last frames of the fiber that exited from this stack (emu_fiber_main and the
         // switch away, which never return) keep their redzones poisoned.
         ASAN_UNPOISON_MEMORY_REGION(top - EXIT_FRAMES_BYTES, EXIT_FRAMES_BYTES);
         t.sp = fresh_stack(top);
     }
-    for (WarpState& w : warps) w.generation = w.claimed = 0;
+    for (WarpState& w : warps) {
+        w.generation = w.claimed = w.mma_waits = 0;
+        w.mma_count = 0;
+    }
     for (NamedBarrier& b : named) b = NamedBarrier{0, 0, std::vector<bool>(count)};
     mbarriers.clear();
     ASAN_UNPOISON_MEMORY_REGION(shared_base, shared_bytes + SHARED_GUARD);
@@ -424,26 +439,54 @@ void async_commit() { me()->copies.commit(); }
 
 void async_wait(int pending) { me()->copies.wait(pending, land); }
 
+// Lane 0 of each warp records a digest of the shared operands at the issue; compared at the wait.
+static uint64_t issue_digest(int n, uint64_t a, bool a_shared, uint64_t b, bool b_mn_major) {
+    if (lane_id() != 0) return 0;
+    static thread_local WgmmaOperands operands;  // read and digested without a switch between
+    read_wgmma_operands(operands, n, a, a_shared, b, b_mn_major);
+    return wgmma_operand_digest(operands);
+}
+
 void wgmma_issue(float* d, int n, uint64_t a, uint64_t b, bool b_mn_major) {
-    const uint64_t digest = lane_id() == 0 ? wgmma_operand_digest(n, a, true, b, b_mn_major) : 0;
+    const uint64_t digest = issue_digest(n, a, true, b, b_mn_major);
     me()->mmas.open.push_back(PendingMma{d, n, a, b, b_mn_major, nullptr, digest});
 }
 
 void wgmma_issue_rs(float* d, int n, const uint32_t* a_regs, uint64_t b, bool b_mn_major) {
-    const uint64_t digest = lane_id() == 0 ? wgmma_operand_digest(n, 0, false, b, b_mn_major) : 0;
+    const uint64_t digest = issue_digest(n, 0, false, b, b_mn_major);
     me()->mmas.open.push_back(PendingMma{d, n, 0, b, b_mn_major, a_regs, digest});
 }
 
 void wgmma_commit() { me()->mmas.commit(); }
 
 void wgmma_wait(int pending) {
-    me()->mmas.wait(pending, [](const PendingMma& m) {
-        if (lane_id() == 0 && wgmma_operand_digest(m.n, m.a, m.a_regs == nullptr, m.b, m.b_mn_major) != m.digest)
+    ThreadState* self = me();
+    WarpState& w = *self->warp_state;
+    // The warp waits as one on the device (.sync.aligned): the first of its lanes to arrive
+    // reads the operands of every wgmma the wait completes, before any lane computes (a lane
+    // with A in registers meets the others once per wgmma), and all lanes compute from them.
+    if (w.mma_waits == self->mma_waits) {
+        w.mma_waits++;
+        w.mma_count = 0;
+        self->mmas.for_each_due(pending, [&w](const PendingMma& m) {
+            if (w.mma_count == w.mma_operands.size()) w.mma_operands.emplace_back();
+            read_wgmma_operands(w.mma_operands[w.mma_count++], m.n, m.a, m.a_regs == nullptr, m.b, m.b_mn_major);
+        });
+    }
+    self->mma_waits++;
+    size_t i = 0;
+    self->mmas.wait(pending, [&](const PendingMma& m) {
+        const WgmmaOperands* o = i < w.mma_count ? &w.mma_operands[i++] : nullptr;
+        if (o == nullptr || o->n != m.n || o->a != m.a || o->b != m.b || o->a_shared != (m.a_regs == nullptr) ||
+            o->b_mn_major != m.b_mn_major)
+            kernel_error("the lanes of a warp complete different wgmmas at one wgmma.wait_group");
+        if (self->lane == 0 && wgmma_operand_digest(*o) != m.digest)
             kernel_error("a wgmma's shared-memory operands differ between its issue and its wait: changed while it ran, "
                          "or read before the copies that fill them landed");
-        if (m.a_regs != nullptr) wgmma_compute_rs(m.d, m.n, m.a_regs, m.b, m.b_mn_major);
-        else wgmma_compute(m.d, m.n, m.a, m.b, m.b_mn_major);
+        if (m.a_regs != nullptr) wgmma_compute_rs(m.d, m.a_regs, *o);
+        else wgmma_compute(m.d, *o);
     });
+    if (i != w.mma_count) kernel_error("the lanes of a warp complete different wgmmas at one wgmma.wait_group");
     syncwarp();
 }
 

@@ -1,10 +1,11 @@
 // Paged causal attention, straightforward and exact: one warp per (query row, head, KV split)
-// with an online softmax over its part of the row's context, then a combine of the splits by
-// their log-sum-exp (flash-decoding), so that a few long sequences still fill the GPU. One kernel serves MHA/GQA, MLA absorbed (keys and
-// values are the latent cache rows) and MLA materialised (keys and values expanded by kv_b):
-// a score is the dot product of two query segments with two key segments, which may live in
-// different buffers, so no kernel has to concatenate them first. The tuned MLA kernels replace
-// this for decode; this one stays as their GPU-side reference.
+// with an online softmax over its part of the row's context, 32 tokens at a time, then a
+// combine of the splits by their log-sum-exp (flash-decoding), so that a few long sequences
+// still fill the GPU. One kernel serves MHA/GQA, MLA absorbed (keys and values are the latent
+// cache rows) and MLA materialised (keys and values expanded by kv_b): a score is the dot
+// product of two query segments with two key segments, which may live in different buffers, so
+// no kernel has to concatenate them first. The tuned MLA kernels replace this for decode; this
+// one stays as their GPU-side reference.
 // mla: no-spills
 #include "common.cuh"
 
@@ -31,6 +32,8 @@ __device__ void paged_attention(
     const uint32_t* block_tables, const uint32_t* table_start, int block_size,
     const uint32_t* row_seq, const uint32_t* row_pos, int window, float scale, int split_len) {
     __shared__ float query[WARPS_PER_BLOCK][MAX_QUERY];
+    __shared__ float tile_weight[WARPS_PER_BLOCK][32];
+    __shared__ size_t tile_slot[WARPS_PER_BLOCK][32];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const size_t row = blockIdx.x, rows = gridDim.x, split = blockIdx.z;
     const int head = blockIdx.y * WARPS_PER_BLOCK + warp;
@@ -45,30 +48,49 @@ __device__ void paged_attention(
     const int kv_head = head / group;
     const int first = max(window > 0 ? max(0, pos + 1 - window) : 0, (int)split * split_len);
     const int last = min(pos, ((int)split + 1) * split_len - 1);
+    // denom: this lane's share of the running sum (its own tokens' weights), summed at the end.
     float running_max = -INFINITY, denom = 0.0f, acc[MAX_VALUE_PER_LANE];
 #pragma unroll
     for (int i = 0; i < MAX_VALUE_PER_LANE; i++) acc[i] = 0.0f;
 
-    for (int p = first; p <= last; p++) {
-        const size_t slot = cache_slot(table, p, block_size);
-        const T* key1 = k1 + slot * s1.width + s1.offset + kv_head * s1.head_stride;
-        const T* key2 = k2 + slot * s2.width + s2.offset + kv_head * s2.head_stride;
-        float score = 0.0f;
-        for (int i = lane; i < s1.len; i += 32) score += q[i] * to_f32(key1[i]);
-        for (int i = lane; i < s2.len; i += 32) score += q[s1.len + i] * to_f32(key2[i]);
-        score = warp_sum(score);
-        const float new_max = fmaxf(running_max, score);
-        const float rescale = expf(running_max - new_max);
-        const float weight = expf(score - new_max);
-        denom = denom * rescale + weight;
-        const T* value = v + slot * v_width + v_offset + kv_head * v_head_stride;
-#pragma unroll
-        for (int i = 0; i < MAX_VALUE_PER_LANE; i++) {
-            const int c = lane + 32 * i;
-            if (c < dv) acc[i] = acc[i] * rescale + weight * to_f32(value[c]);
+    // Tiles of 32 tokens, lane j scoring token j on its own (a whole dot product, no shuffles):
+    // a tile costs the warp one max and two syncs, where a warp-wide dot product per token would
+    // cost five shuffles each.
+    for (int tile = first; tile <= last; tile += 32) {
+        const int count = min(32, last - tile + 1);
+        float score = -INFINITY;
+        size_t slot = 0;
+        if (lane < count) {
+            slot = cache_slot(table, tile + lane, block_size);
+            const T* key1 = k1 + slot * s1.width + s1.offset + kv_head * s1.head_stride;
+            const T* key2 = k2 + slot * s2.width + s2.offset + kv_head * s2.head_stride;
+            score = 0.0f;
+            for (int i = 0; i < s1.len; i++) score += q[i] * to_f32(key1[i]);
+            for (int i = 0; i < s2.len; i++) score += q[s1.len + i] * to_f32(key2[i]);
         }
+        // fmaxf drops a NaN score, but its weight below stays NaN and shows in the output.
+        const float new_max = fmaxf(running_max, warp_max(score));
+        const float rescale = expf(running_max - new_max);
+        const float weight = lane < count ? expf(score - new_max) : 0.0f;
+        denom = denom * rescale + weight;
         running_max = new_max;
+        tile_weight[warp][lane] = weight;
+        tile_slot[warp][lane] = slot;
+        __syncwarp();
+#pragma unroll
+        for (int i = 0; i < MAX_VALUE_PER_LANE; i++) acc[i] *= rescale;
+        for (int j = 0; j < count; j++) {
+            const T* value = v + tile_slot[warp][j] * v_width + v_offset + kv_head * v_head_stride;
+            const float w = tile_weight[warp][j];
+#pragma unroll
+            for (int i = 0; i < MAX_VALUE_PER_LANE; i++) {
+                const int c = lane + 32 * i;
+                if (c < dv) acc[i] += w * to_f32(value[c]);
+            }
+        }
+        __syncwarp();  // every lane has read the tile before the next one overwrites it
     }
+    denom = warp_sum(denom);
     const size_t job = (split * rows + row) * heads + head;
     float* o = partial_o + job * dv;
 #pragma unroll

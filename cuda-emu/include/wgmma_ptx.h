@@ -1,7 +1,7 @@
 // CPU versions of the wgmma primitives of kernels/wgmma.cuh: each thread computes its own
 // accumulators from the shared-memory operands its descriptors name, at the wgmma_wait that
 // covers the operation (runtime.cpp keeps the issued ones until then: nothing may touch the
-// operands or read the accumulators before it).
+// operands or read the accumulators before it), as its warp read them there.
 #pragma once
 #include "cuda_emu.h"
 #include "cuda_bf16.h"
@@ -27,56 +27,74 @@ inline float wgmma_operand(const char* shared, uint64_t desc, int mn, int k, boo
     return __bfloat162float(x);
 }
 
-// A digest of the shared-memory operands of a wgmma as this warp sees them: its 16 rows of A
-// (where A is in shared memory) and the whole of B. Taken at the issue and again at the wait
-// (runtime.cpp), where the two must agree: an operand changed in between, or read at the issue
-// before the copies that fill it had landed (poison or stale then, data at the wait), shows
-// whichever order the emulator happened to run the threads in.
-inline uint64_t wgmma_operand_digest(int n, uint64_t a, bool a_shared, uint64_t b, bool b_mn_major) {
+// The shared-memory operands of one wgmma as a warp reads them, in floats: its 16 rows of A
+// (where A is in shared memory) and the whole of B, column by column. Read once per warp at the
+// wait (runtime.cpp): every lane computes its accumulators from them.
+struct WgmmaOperands {
+    int n;
+    uint64_t a, b;  // the descriptors (a: 0 where A is in registers)
+    bool a_shared, b_mn_major;
+    float a_rows[16][16];
+    float b_cols[256][16];
+};
+
+inline void read_wgmma_operands(WgmmaOperands& o, int n, uint64_t a, bool a_shared, uint64_t b, bool b_mn_major) {
+    if (n <= 0 || n > 256 || n % 8 != 0) kernel_error("a wgmma with N outside 8, 16, ... 256");
+    o = WgmmaOperands{n, a, b, a_shared, b_mn_major, {}, {}};
+    const int warp = (thread_idx().x / 32) % 4;
+    const char* shared = static_cast<const char*>(dynamic_shared());
+    if (a_shared)
+        for (int r = 0; r < 16; r++)
+            for (int k = 0; k < 16; k++) o.a_rows[r][k] = wgmma_operand(shared, a, 16 * warp + r, k, false);
+    for (int col = 0; col < n; col++)
+        for (int k = 0; k < 16; k++) o.b_cols[col][k] = wgmma_operand(shared, b, col, k, b_mn_major);
+}
+
+// A digest of a wgmma's shared-memory operands as a warp reads them. Taken at the issue and
+// again at the wait (runtime.cpp), where the two must agree: an operand changed in between, or
+// read at the issue before the copies that fill it had landed (poison or stale then, data at
+// the wait), shows whichever order the emulator happened to run the threads in.
+inline uint64_t wgmma_operand_digest(const WgmmaOperands& o) {
     uint64_t h = 1469598103934665603ull;  // FNV-1a
     const auto mix = [&h](float x) {
         uint32_t bits;
         memcpy(&bits, &x, 4);
         h = (h ^ bits) * 1099511628211ull;
     };
-    const int warp = (thread_idx().x / 32) % 4;
-    const char* shared = static_cast<const char*>(dynamic_shared());
-    if (a_shared)
+    if (o.a_shared)
         for (int r = 0; r < 16; r++)
-            for (int k = 0; k < 16; k++) mix(wgmma_operand(shared, a, 16 * warp + r, k, false));
-    for (int col = 0; col < n; col++)
-        for (int k = 0; k < 16; k++) mix(wgmma_operand(shared, b, col, k, b_mn_major));
+            for (int k = 0; k < 16; k++) mix(o.a_rows[r][k]);
+    for (int col = 0; col < o.n; col++)
+        for (int k = 0; k < 16; k++) mix(o.b_cols[col][k]);
     return h;
 }
 
 // d += A·B[16×n] for this thread's accumulators, from a_rows: its two rows of A (g and g + 8 of
-// its warp's 16) over k = 16; B K-major or MN-major in shared memory.
-inline void wgmma_accumulate(float* d, int n, const float (&a_rows)[2][16], uint64_t b, bool b_mn_major) {
+// its warp's 16) over k = 16.
+inline void wgmma_accumulate(float* d, const float (&a_rows)[2][16], const WgmmaOperands& o) {
     const int t = lane_id() % 4;
-    const char* shared = static_cast<const char*>(dynamic_shared());
-    for (int j = 0; j < n / 8; j++)
+    for (int j = 0; j < o.n / 8; j++)
         for (int e = 0; e < 4; e++) {
-            const int col = 8 * j + 2 * t + e % 2;
+            const float* b = o.b_cols[8 * j + 2 * t + e % 2];
             float sum = d[4 * j + e];
-            for (int k = 0; k < 16; k++) sum += a_rows[e / 2][k] * wgmma_operand(shared, b, col, k, b_mn_major);
+            for (int k = 0; k < 16; k++) sum += a_rows[e / 2][k] * b[k];
             d[4 * j + e] = sum;
         }
 }
 
 // d += A[64×16]·B[16×n] for this thread's accumulators (A K-major in shared memory).
-inline void wgmma_compute(float* d, int n, uint64_t a, uint64_t b, bool b_mn_major) {
-    const int warp = (thread_idx().x / 32) % 4, g = lane_id() / 4;
-    const char* shared = static_cast<const char*>(dynamic_shared());
+inline void wgmma_compute(float* d, const WgmmaOperands& o) {
+    const int g = lane_id() / 4;
     float a_rows[2][16];
     for (int half = 0; half < 2; half++)
-        for (int k = 0; k < 16; k++) a_rows[half][k] = wgmma_operand(shared, a, 16 * warp + g + 8 * half, k, false);
-    wgmma_accumulate(d, n, a_rows, b, b_mn_major);
+        for (int k = 0; k < 16; k++) a_rows[half][k] = o.a_rows[g + 8 * half][k];
+    wgmma_accumulate(d, a_rows, o);
 }
 
 // The same with A in registers, in mma.sync's A layout for the warp's 16 rows (mma_ptx.h): lane
 // 4·(r % 8) + (k % 8) / 2 holds row r, column k in register (r ≥ 8) + 2·(k ≥ 8). Every lane has
 // read the warp's fragments before any lane goes on (and may change them).
-inline void wgmma_compute_rs(float* d, int n, const uint32_t* a_regs, uint64_t b, bool b_mn_major) {
+inline void wgmma_compute_rs(float* d, const uint32_t* a_regs, const WgmmaOperands& o) {
     const LaneEntry* lanes = warp_exchange(0, a_regs);
     const int g = lane_id() / 4;
     float a_rows[2][16];
@@ -86,6 +104,6 @@ inline void wgmma_compute_rs(float* d, int n, const uint32_t* a_regs, uint64_t b
             a_rows[half][k] = ptx::element(regs[half + 2 * (k >= 8)], k % 2);
         }
     syncwarp();
-    wgmma_accumulate(d, n, a_rows, b, b_mn_major);
+    wgmma_accumulate(d, a_rows, o);
 }
 }  // namespace emu
