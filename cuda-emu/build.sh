@@ -48,12 +48,13 @@ for cu in "$root"/kernels/*.cu; do
     objects+=("$out/obj/$name.o")
 done
 "$cxx" "${flags[@]}" -c "$root/cuda-emu/runtime.cpp" -o "$out/obj/runtime.o"
+"$cxx" "${flags[@]}" -c "$root/cuda-emu/async.cpp" -o "$out/obj/async.o"
 "$cxx" "${flags[@]}" -c "$root/cuda-emu/grid.cpp" -o "$out/obj/grid.o"
 "$cxx" "${flags[@]}" -c "$root/cuda-emu/driver.cpp" -o "$out/obj/driver.o"
 "$cxx" "${flags[@]}" -c "$root/cuda-emu/cublas.cpp" -o "$out/obj/cublas.o"
-"$cxx" "${flags[@]}" -shared -o "$out/libcuda.so" "$out/obj/driver.o" "$out/obj/runtime.o" "$out/obj/grid.o" "${objects[@]}"
+"$cxx" "${flags[@]}" -shared -o "$out/libcuda.so" "$out/obj/driver.o" "$out/obj/runtime.o" "$out/obj/async.o" "$out/obj/grid.o" "${objects[@]}"
 "$cxx" "${flags[@]}" -shared -o "$out/libcublas.so" "$out/obj/cublas.o"
 # The emulator's own checks: right kernels run right, and every bug it claims to catch is caught.
-"$cxx" "${flags[@]}" -include cuda_emu.h "$root/cuda-emu/selftest.cpp" "$out/obj/runtime.o" "$out/obj/grid.o" -lpthread -o "$out/selftest"
+"$cxx" "${flags[@]}" -include cuda_emu.h "$root/cuda-emu/selftest.cpp" "$out/obj/runtime.o" "$out/obj/async.o" "$out/obj/grid.o" -lpthread -o "$out/selftest"
 "$out/selftest" >&2
 echo "$out"

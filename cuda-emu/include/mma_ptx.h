@@ -22,15 +22,31 @@ inline uint32_t pack(const __nv_bfloat16& lo, const __nv_bfloat16& hi) {
 }
 }  // namespace ptx
 
-// The first lane out of the exchange computes the whole warp's D (claim_warp_op), each value
-// summed as the device's lane would: its C, then k = 0 … 15.
+// out = C + A·B for a warp's m16n8k16, from the values gathered out of its lanes' registers:
+// each value summed as the device's lane would, its C then k = 0 … 15. Not instrumented by
+// AddressSanitizer, whose checks would cost more than the products: it touches only the
+// caller's arrays, which the gathering (instrumented) filled.
+__attribute__((no_sanitize_address)) inline void mma_16816_products(float (&out)[32][4], const float (&c)[32][4],
+                                                                    const float (&a)[16][16], const float (&b)[16][8]) {
+    for (int lane = 0; lane < 32; lane++) {
+        const int g = lane / 4, t = lane % 4;
+        for (int e = 0; e < 4; e++) {
+            const int row = g + 8 * (e / 2), col = 2 * t + e % 2;
+            float sum = c[lane][e];
+            for (int k = 0; k < 16; k++) sum += a[row][k] * b[k][col];
+            out[lane][e] = sum;
+        }
+    }
+}
+
+// The first lane out of the exchange computes the whole warp's D (claim_warp_op).
 inline void mma_bf16_16816(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
     const uint32_t b[2] = {b0, b1};
     const LaneEntry* lanes = warp_exchange(reinterpret_cast<uintptr_t>(d), a, b);
     if (!claim_warp_op()) return;
     // A(row, k) sits in lane (row % 8)·4 + (k % 8)/2, register (row ≥ 8) + 2·(k ≥ 8);
     // B(k, n) in lane n·4 + (k % 8)/2, register (k ≥ 8).
-    float a_f[16][16], b_f[16][8];
+    float a_f[16][16], b_f[16][8], c_f[32][4], out[32][4];
     for (int row = 0; row < 16; row++)
         for (int k = 0; k < 16; k++) {
             const uint32_t* regs = static_cast<const uint32_t*>(lanes[(row % 8) * 4 + (k % 8) / 2].first);
@@ -41,17 +57,9 @@ inline void mma_bf16_16816(float d[4], const uint32_t a[4], uint32_t b0, uint32_
             const uint32_t* regs = static_cast<const uint32_t*>(lanes[n * 4 + (k % 8) / 2].second);
             b_f[k][n] = ptx::element(regs[k >= 8], k % 2);
         }
-    float out[32][4];
-    for (int lane = 0; lane < 32; lane++) {
-        const float* c = reinterpret_cast<const float*>(lanes[lane].value);
-        const int g = lane / 4, t = lane % 4;
-        for (int e = 0; e < 4; e++) {
-            const int row = g + 8 * (e / 2), col = 2 * t + e % 2;
-            float sum = c[e];
-            for (int k = 0; k < 16; k++) sum += a_f[row][k] * b_f[k][col];
-            out[lane][e] = sum;
-        }
-    }
+    for (int lane = 0; lane < 32; lane++)
+        for (int e = 0; e < 4; e++) c_f[lane][e] = reinterpret_cast<const float*>(lanes[lane].value)[e];
+    mma_16816_products(out, c_f, a_f, b_f);
     for (int lane = 0; lane < 32; lane++)
         for (int e = 0; e < 4; e++) reinterpret_cast<float*>(lanes[lane].value)[e] = out[lane][e];
 }

@@ -1,6 +1,6 @@
 // CPU versions of the wgmma primitives of kernels/wgmma.cuh: each thread computes its own
 // accumulators from the shared-memory operands its descriptors name, at the wgmma_wait that
-// covers the operation (runtime.cpp keeps the issued ones until then: nothing may touch the
+// covers the operation (async.cpp keeps the issued ones until then: nothing may touch the
 // operands or read the accumulators before it), as its warp read them there.
 #pragma once
 #include "cuda_emu.h"
@@ -29,7 +29,7 @@ inline float wgmma_operand(const char* shared, uint64_t desc, int mn, int k, boo
 
 // The shared-memory operands of one wgmma as a warp reads them, in floats: its 16 rows of A
 // (where A is in shared memory) and the whole of B, column by column. Read once per warp at the
-// wait (runtime.cpp): every lane computes its accumulators from them.
+// wait (async.cpp): every lane computes its accumulators from them.
 struct WgmmaOperands {
     int n;
     uint64_t a, b;  // the descriptors (a: 0 where A is in registers)
@@ -51,7 +51,7 @@ inline void read_wgmma_operands(WgmmaOperands& o, int n, uint64_t a, bool a_shar
 }
 
 // A digest of a wgmma's shared-memory operands as a warp reads them. Taken at the issue and
-// again at the wait (runtime.cpp), where the two must agree: an operand changed in between, or
+// again at the wait (async.cpp), where the two must agree: an operand changed in between, or
 // read at the issue before the copies that fill it had landed (poison or stale then, data at
 // the wait), shows whichever order the emulator happened to run the threads in.
 inline uint64_t wgmma_operand_digest(const WgmmaOperands& o) {
@@ -70,8 +70,11 @@ inline uint64_t wgmma_operand_digest(const WgmmaOperands& o) {
 }
 
 // d += A·B[16×n] for this thread's accumulators, from a_rows: its two rows of A (g and g + 8 of
-// its warp's 16) over k = 16.
-inline void wgmma_accumulate(float* d, const float (&a_rows)[2][16], const WgmmaOperands& o) {
+// its warp's 16) over k = 16. Not instrumented by AddressSanitizer, whose checks would cost more
+// than the products: it reads the warp's copy of the operands (read_wgmma_operands checks the
+// reads of shared memory) and writes the thread's own accumulators.
+__attribute__((no_sanitize_address)) inline void wgmma_accumulate(float* d, const float (&a_rows)[2][16],
+                                                                  const WgmmaOperands& o) {
     const int t = lane_id() % 4;
     for (int j = 0; j < o.n / 8; j++)
         for (int e = 0; e < 4; e++) {
