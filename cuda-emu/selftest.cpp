@@ -114,7 +114,8 @@ __global__ void async_copies(const float* src, float* out, int waits) {
 
 // D[64×32] += A·B over k = 16 with every operand value 1 (so any layout gives 16) on one
 // warpgroup; `wait`: whether the accumulators are read after wgmma_wait or before it (2: after
-// a wait that thread 0 precedes by writing one of the operands, an error).
+// a wait that thread 0 precedes by writing one of the operands, an error; 3: after a wait where
+// lane 5 completes a narrower wgmma than the rest of its warp, an error).
 __global__ void wgmma_ones(float* out, int wait) {
     unsigned char* s = static_cast<unsigned char*>(emu::dynamic_shared());
     for (int i = threadIdx.x; i < (64 + 32) * 128 / 2; i += blockDim.x) reinterpret_cast<uint16_t*>(s)[i] = 0x3f80;
@@ -122,7 +123,7 @@ __global__ void wgmma_ones(float* out, int wait) {
     // K-major, 128-byte swizzle, 1024 bytes between 8-row atoms; B after A's 8 atoms.
     const auto desc = [](uint32_t start) { return (start >> 4) | ((uint64_t)(1024 >> 4) << 32) | (1ull << 62); };
     float d[16] = {};
-    emu::wgmma_issue(d, 32, desc(0), desc(8192), false);
+    emu::wgmma_issue(d, wait == 3 && threadIdx.x == 5 ? 16 : 32, desc(0), desc(8192), false);
     emu::wgmma_commit();
     if (wait == 2 && threadIdx.x == 0) reinterpret_cast<uint16_t*>(s)[0] = 0;
     if (wait) emu::wgmma_wait(0);
@@ -304,6 +305,8 @@ int main() {
     expect("named_short", launch(named_handoff, 1, 128, 0, handed, 96, 0), "deadlock");
     expect("wgmma_operand_changed", launch(wgmma_ones, 1, 128, (64 + 32) * 128, accumulators, 2),
            "differ between its issue and its wait");
+    expect("wgmma_lanes_differ", launch(wgmma_ones, 1, 128, (64 + 32) * 128, accumulators, 3),
+           "complete different wgmmas");
     {
         unsigned count = 0, per_block[512];
         float sum = 0.0f;
