@@ -232,6 +232,9 @@ __device__ __forceinline__ void combine_if_last(const TcItem* unit, const TcGrou
     if (split_counts == nullptr) return;
     const uint32_t counter = unit[0].group;
     __threadfence();  // this thread's partial rows, before the count that publishes them
+    // Every thread's, too: a count made while other warps still store their rows would let the
+    // group's last CTA merge them unwritten.
+    __syncthreads();
     int last = 0;
     if (threadIdx.x == 0) last = atomicAdd(&split_counts[counter], 1u) + 1 == groups[counter].items;
     if (!__syncthreads_or(last)) return;
