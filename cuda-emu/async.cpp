@@ -40,31 +40,31 @@ void wgmma_commit() { me()->mmas.commit(); }
 void wgmma_wait(int pending) {
     ThreadState* self = me();
     WarpState& w = *self->warp_state;
-    // The warp waits as one on the device (.sync.aligned): the first of its lanes to arrive
-    // reads the operands of every wgmma the wait completes, before any lane computes (a lane
-    // with A in registers meets the others once per wgmma), and all lanes compute from them.
-    if (w.mma_waits == self->mma_waits) {
-        w.mma_waits++;
+    // The warp waits as one on the device (.sync.aligned): once every lane is here, the first to
+    // go on reads the operands of every wgmma the wait completes, before any lane computes (a
+    // lane with A in registers meets the others once per wgmma), and all lanes compute from them.
+    warp_exchange(0);
+    if (claim_warp_op()) {
         w.mma_count = 0;
         self->mmas.for_each_due(pending, [&w](const PendingMma& m) {
             if (w.mma_count == w.mma_operands.size()) w.mma_operands.emplace_back();
             read_wgmma_operands(w.mma_operands[w.mma_count++], m.n, m.a, m.a_regs == nullptr, m.b, m.b_mn_major);
         });
     }
-    self->mma_waits++;
+    const char* lanes_differ = "the lanes of a warp complete different wgmmas at one wgmma.wait_group";
     size_t i = 0;
     self->mmas.wait(pending, [&](const PendingMma& m) {
         const WgmmaOperands* o = i < w.mma_count ? &w.mma_operands[i++] : nullptr;
         if (o == nullptr || o->n != m.n || o->a != m.a || o->b != m.b || o->a_shared != (m.a_regs == nullptr) ||
             o->b_mn_major != m.b_mn_major)
-            kernel_error("the lanes of a warp complete different wgmmas at one wgmma.wait_group");
+            kernel_error(lanes_differ);
         if (self->lane == 0 && wgmma_operand_digest(*o) != m.digest)
             kernel_error("a wgmma's shared-memory operands differ between its issue and its wait: changed while it ran, "
                          "or read before the copies that fill them landed");
         if (m.a_regs != nullptr) wgmma_compute_rs(m.d, m.a_regs, *o);
         else wgmma_compute(m.d, *o);
     });
-    if (i != w.mma_count) kernel_error("the lanes of a warp complete different wgmmas at one wgmma.wait_group");
+    if (i != w.mma_count) kernel_error(lanes_differ);
     syncwarp();
 }
 

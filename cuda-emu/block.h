@@ -78,7 +78,6 @@ struct ThreadState {
     State state;
     AsyncGroups<PendingCopy> copies;
     AsyncGroups<PendingMma> mmas;
-    unsigned mma_waits;          // wgmma_waits this thread has passed
     int barrier_id;              // AtNamedBarrier: which
     const void* mbarrier;        // AtMbarrier: which
 };
@@ -106,8 +105,7 @@ struct WarpState {
     unsigned claimed;        // the last generation whose collective result a lane took on (claim_warp_op)
     LaneEntry lanes[2][32];  // by generation parity: a slot is rewritten two generations later
     // The operands of the wgmmas that the warp's latest wgmma_wait completes, read by the first
-    // lane to arrive there (the mma_waits-th wait), in order: the first mma_count.
-    unsigned mma_waits;
+    // lane to go on from there, in order: the first mma_count.
     size_t mma_count;
     std::vector<WgmmaOperands> mma_operands;
 };

@@ -223,7 +223,6 @@ __attribute__((no_sanitize_address)) std::string run_block(size_t count) {
         t.state = State::Runnable;
         t.copies.clear();
         t.mmas.clear();
-        t.mma_waits = 0;
         char* top = static_cast<char*>(stack_top(i, &t));  // maps the stack on first use
         // The last frames of the fiber that exited from this stack (emu_fiber_main and the
         // switch away, which never return) keep their redzones poisoned.
@@ -232,7 +231,7 @@ __attribute__((no_sanitize_address)) std::string run_block(size_t count) {
         t.stack = stack_bottom(i);
     }
     for (WarpState& w : warps) {
-        w.generation = w.claimed = w.mma_waits = 0;
+        w.generation = w.claimed = 0;
         w.mma_count = 0;
     }
     for (NamedBarrier& b : named) b = NamedBarrier{0, 0, std::vector<bool>(count)};
