@@ -4,9 +4,12 @@
 #   scripts/gpu-check.sh prepare   # (alias: bundle) here (Rust toolchain + nvcc): build the release binary and
 #                                  # the GPU test binaries (tests/gpu_*.rs), stripped, into
 #                                  # device-bin/ (gitignored; small enough to carry)
-#   scripts/gpu-check.sh run       # on the GPU machine, from the repo root, with device-bin/
-#                                  # carried over: runs them and prints a summary table
-#   scripts/gpu-check.sh profile   # on the GPU machine: only the last step of `run`, ncu on the
+#   scripts/gpu-check.sh run [S]   # on the GPU machine, from the repo root, with device-bin/
+#                                  # carried over: runs them and prints a summary table, all
+#                                  # within S seconds (540: inside the device tool's 600 a
+#                                  # command); a step gets at most what is left, and one that
+#                                  # would get under 15 s is skipped (a failed row)
+#   scripts/gpu-check.sh profile [S]  # on the GPU machine: only the last step of `run`, ncu on the
 #                                  # attention shapes short of their targets, a table of where
 #                                  # the time goes (scripts/ncu-summary.py)
 #   scripts/gpu-check.sh emulate   # here, no GPU: prepare, then the tests and the CLI check of
@@ -49,15 +52,28 @@ find_cuda_libraries() {
 
 # Every GPU test executable, ignored tests included; a row of the summary each.
 gpu_tests() {
+  local limit rc line why passed failed ignored
   for t in "$out"/tests/*; do
     log="$out/$(basename "$t").log"
     # A hung kernel must not eat the GPU session: each test file gets at most $test_timeout s.
-    if ! MLA_BIN="$out/mla" timeout "$test_timeout" "$t" --include-ignored > "$log" 2>&1; then status=1; fi
-    line=$(grep -E '^test result' "$log" | tail -1)
-    passed=$(sed -E 's/.* ([0-9]+) passed.*/\1/' <<< "$line")
-    failed=$(sed -E 's/.* ([0-9]+) failed.*/\1/' <<< "$line")
-    ignored=$(sed -E 's/.* ([0-9]+) ignored.*/\1/' <<< "$line")
-    printf '| %s | %s | %s | %s |\n' "$(basename "$t")" "${passed:-?}" "${failed:-?}" "${ignored:-?}" >> "$out/summary.md"
+    limit=$(step_limit "$test_timeout")
+    if (( limit == 0 )); then skipped "$(basename "$t")"; continue; fi
+    rc=0
+    MLA_BIN="$out/mla" timeout "$limit" "$t" --include-ignored > "$log" 2>&1 || rc=$?
+    (( rc == 0 )) || status=1
+    line=$(grep -E '^test result' "$log" | tail -1 || true)
+    if [[ -z $line ]]; then  # stopped (or crashed) before its result line
+      case $rc in
+        124) why="stopped at its time limit of $limit s" ;;
+        *) why="ended (exit $rc) without a result line" ;;
+      esac
+      printf '| %s | %s | | |\n' "$(basename "$t")" "$why" >> "$out/summary.md"
+    else
+      passed=$(sed -E 's/.* ([0-9]+) passed.*/\1/' <<< "$line")
+      failed=$(sed -E 's/.* ([0-9]+) failed.*/\1/' <<< "$line")
+      ignored=$(sed -E 's/.* ([0-9]+) ignored.*/\1/' <<< "$line")
+      printf '| %s | %s | %s | %s |\n' "$(basename "$t")" "$passed" "$failed" "$ignored" >> "$out/summary.md"
+    fi
     grep -E '^(test .* FAILED|---- .* stdout ----)' "$log" | head -20 || true
     keep_logs
   done
@@ -94,8 +110,10 @@ cli_check() {
 # $out/$1.log, the table printed, and a summary row "$2 | ok" (or FAILED, with the log's tail)
 # with the seconds it took (what the next check's time limits are sized from).
 bench_step() {
-  local name=$1 label=$2 limit=$3 verdict=ok start=$SECONDS
+  local name=$1 label=$2 limit verdict=ok start=$SECONDS
+  limit=$(step_limit "$3")
   shift 3
+  if (( limit == 0 )); then skipped "$label"; return; fi
   if ! timeout "$limit" "$@" > "$out/$name.md" 2> "$out/$name.log"; then
     verdict=FAILED; status=1; tail -5 "$out/$name.log"
   fi
@@ -178,7 +196,7 @@ benches() {
 # throughput, how much of the time the SMs were busy (ramp and tail), occupancy, waves and the
 # top warp stalls. The raw CSVs go into the logs.
 profile() {
-  local ncu
+  local ncu limit
   ncu=$(command -v ncu || ls -d /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | tail -1 || true)
   if [[ ! -x "$ncu" ]]; then
     echo "no ncu on this machine" >&2
@@ -195,7 +213,9 @@ profile() {
     read -r heads batch context kernel combine <<< "$shape"
     combine=${combine:-kernel}
     csv="$out/ncu-$heads-$batch-$context-$kernel-$combine.csv"
-    timeout 60 "$ncu" --clock-control none --print-units base --csv --page raw \
+    limit=$(step_limit 60)
+    if (( limit == 0 )); then verdict="skipped from $heads × $batch × $context $kernel on (time budget)"; status=1; break; fi
+    timeout "$limit" "$ncu" --clock-control none --print-units base --csv --page raw \
       -k regex:'attention_(mma_latent576|mma_deep_latent576|wgmma_latent576|wgmma_rs_latent576|wgmma_seesaw_latent576|wgmma_seesaw_tma_latent576|tc_combine)' -c 2 \
       --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
       "$out/mla" bench attention --heads "$heads" --batch "$batch" --context "$context" \
@@ -223,6 +243,29 @@ keep_logs() {
 
 status=0
 test_timeout=120
+# The run's time budget in seconds (see `run` above) and the least time a step is started with.
+budget=540
+min_step=15
+
+# The time limit of a step that asks for $1 s: that, or what is left of the budget if less; 0
+# where under $min_step s are left (the step is then skipped).
+step_limit() {
+  local rest=$((budget - SECONDS))
+  if (( rest < min_step )); then echo 0; elif (( $1 < rest )); then echo "$1"; else echo "$rest"; fi
+}
+
+# The budget from `run S` or `profile S`, if given.
+set_budget() {
+  [[ -z $1 ]] && return
+  [[ $1 =~ ^[0-9]+$ ]] || { echo "the time budget must be whole seconds, not '$1'" >&2; exit 2; }
+  budget=$1
+}
+
+# A summary row for step $1, skipped for want of time: a failed check, as its result is missing.
+skipped() {
+  printf '| %s | skipped (time budget of %d s spent) | | |\n' "$1" "$budget" >> "$out/summary.md"
+  status=1
+}
 summary_header() { printf '| check | passed | failed | ignored |\n|---|---|---|---|\n' > "$out/summary.md"; }
 
 case "${1:-}" in
@@ -231,6 +274,7 @@ prepare|bundle)
   ;;
 run)
   [[ -x "$out/mla" ]] || { echo "no $out/mla: run 'scripts/gpu-check.sh prepare' first and carry $out" >&2; exit 2; }
+  set_budget "${2:-}"
   find_cuda_libraries
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
   "$out/mla" info --device cuda | tail -2 || true
@@ -245,6 +289,7 @@ run)
   ;;
 profile)
   [[ -x "$out/mla" ]] || { echo "no $out/mla: run 'scripts/gpu-check.sh prepare' first and carry $out" >&2; exit 2; }
+  set_budget "${2:-}"
   find_cuda_libraries
   summary_header
   profile
@@ -253,6 +298,7 @@ profile)
   ;;
 emulate)
   test_timeout=1200  # the CPU runs the decode batches in about 3 minutes
+  budget=$((4 * 3600))  # the CPU is slow; a hung test still stops at test_timeout
   prepare
   export LD_LIBRARY_PATH="$(cuda-emu/build.sh)"
   "$out/mla" info --device cuda | tail -2
@@ -263,7 +309,7 @@ emulate)
   exit $status
   ;;
 *)
-  echo "usage: scripts/gpu-check.sh prepare|run|profile|emulate" >&2
+  echo "usage: scripts/gpu-check.sh prepare | run [SECONDS] | profile [SECONDS] | emulate" >&2
   exit 2
   ;;
 esac
