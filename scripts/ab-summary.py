@@ -5,6 +5,7 @@ fastest, and its speed-up over the first kernel listed for that shape.
 Usage: ab-summary.py TITLE TABLE.md... (the tables `mla bench attention` prints; rows are
 matched by their column names, so the column order may change).
 """
+import os
 import sys
 
 
@@ -27,7 +28,11 @@ def table_rows(path):
 
 def summary(title, paths):
     shapes = {}
+    # A table is missing where its benchmark was skipped or failed: the others still compare.
+    missing = [p for p in paths if not os.path.exists(p)]
     for path in paths:
+        if path in missing:
+            continue
         for row in table_rows(path):
             if "kernel" not in row or "µs" not in row:
                 continue
@@ -37,6 +42,8 @@ def summary(title, paths):
             except ValueError:
                 continue
             shapes.setdefault(key, {}).setdefault(row["kernel"], micros)
+    if missing:
+        title += f" (missing: {', '.join(missing)})"
     lines = [
         f"{title}\n",
         "| heads | batch | context | waves | µs per kernel | fastest | speed-up over the first |",
