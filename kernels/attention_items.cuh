@@ -169,20 +169,26 @@ __device__ __forceinline__ void store_run(const float* o, const TcItem& run, siz
     }
 }
 
-// Float4 columns per lane that merge_row_in_warp reads per split at once: 512 columns a pass.
+// Float4 columns per lane that merge_row_in_warp reads per split (512 columns a pass), and the
+// splits whose loads it issues together.
 #define MERGE_CHUNKS 4
+#define MERGE_BATCH 4
 
 // Row i of group g merged by one warp from the group's splits (at most 32: lane j holds split
 // j's weight 2^(lse_j − m), m the largest lse_j), as attention_tc_combine merges it: values
 // into `out` row g.rows[i] (dv bf16, dv a multiple of 4), the LSE (natural log) into lse_out
 // unless it is null. The splits are other CTAs' stores of this launch: read through L2 only
-// (an L1 line could predate them). The merge waits on L2 more than it computes: a lane's loads
-// of four splits × MERGE_CHUNKS columns are in flight together.
+// (an L1 line could predate them). The merge waits on L2 more than it computes, so a lane
+// loads MERGE_BATCH splits × MERGE_CHUNKS columns before it weighs any of them: unconditional
+// loads (a split past the last reads the last again with weight 0, a lane past dv column 0,
+// never stored) that nothing holds behind one another, where weighing each split as it came
+// cost a load's latency per split (sm_90a SASS).
 __device__ __forceinline__ void merge_row_in_warp(const TcGroup& g, int i, const float* partial_o,
                                                   const float* partial_lse, bf16* out, float* lse_out, int dv) {
     const int lane = threadIdx.x & 31;
-    const auto split_row = [&](uint32_t j) { return (size_t)(g.item_first + j * g.item_stride) * ROWS + i; };
-    const float lse = lane < (int)g.items ? __ldcg(partial_lse + split_row(lane)) : -INFINITY;
+    const uint32_t item_first = g.item_first, item_stride = g.item_stride, items = g.items;
+    const auto split_row = [&](uint32_t j) { return (size_t)(item_first + j * item_stride) * ROWS + i; };
+    const float lse = lane < (int)items ? __ldcg(partial_lse + split_row(lane)) : -INFINITY;
     const float m = warp_max(lse);
     // Splits that saw no token have lse −inf and zeros in partial_o: weight 0.
     const float weight = lse == -INFINITY ? 0.0f : fast_exp2(lse - m);
@@ -193,20 +199,30 @@ __device__ __forceinline__ void merge_row_in_warp(const TcGroup& g, int i, const
         float4 x[MERGE_CHUNKS];
 #pragma unroll
         for (int k = 0; k < MERGE_CHUNKS; k++) x[k] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll 4
-        for (uint32_t j = 0; j < g.items; j++) {
-            const float w = __shfl_sync(0xffffffffu, weight, (int)j);
-            const float* row = partial_o + split_row(j) * dv;
+        for (uint32_t first = 0; first < items; first += MERGE_BATCH) {
+            float w[MERGE_BATCH];
+            float4 o[MERGE_BATCH][MERGE_CHUNKS];
 #pragma unroll
-            for (int k = 0; k < MERGE_CHUNKS; k++) {
-                const int c = c0 + (k * 32 + lane) * 4;
-                if (c < dv) {
+            for (int b = 0; b < MERGE_BATCH; b++) {
+                const uint32_t j = min(first + b, items - 1);
+                w[b] = __shfl_sync(0xffffffffu, weight, (int)j);
+                if (first + b >= items) w[b] = 0.0f;
+                const float* row = partial_o + split_row(j) * dv;
+#pragma unroll
+                for (int k = 0; k < MERGE_CHUNKS; k++) {
+                    const int c = c0 + (k * 32 + lane) * 4;
                     MLA_ASSERT_ALIGNED(row + c, 16);
-                    const float4 o = __ldcg(reinterpret_cast<const float4*>(row + c));
-                    x[k].x += w * o.x;
-                    x[k].y += w * o.y;
-                    x[k].z += w * o.z;
-                    x[k].w += w * o.w;
+                    o[b][k] = __ldcg(reinterpret_cast<const float4*>(row + (c < dv ? c : 0)));
+                }
+            }
+#pragma unroll
+            for (int b = 0; b < MERGE_BATCH; b++) {
+#pragma unroll
+                for (int k = 0; k < MERGE_CHUNKS; k++) {
+                    x[k].x += w[b] * o[b][k].x;
+                    x[k].y += w[b] * o[b][k].y;
+                    x[k].z += w[b] * o[b][k].z;
+                    x[k].w += w[b] * o[b][k].w;
                 }
             }
         }

@@ -147,14 +147,18 @@ attention_tc_bf16(TC_ATTENTION_ARGS) {
 // m + log2 Σ weights. Block (group, row, column chunk) writes COMBINE_COLUMNS values of one
 // output row (`out` row `pair` holds dv values, dv a multiple of 4) and, from the first chunk,
 // the row's LSE (natural log, scaled scores) unless lse_out is null. Its warps take every
-// warps-th split, each lane 4 columns: the loads of all splits are independent of one another
-// and of the weights, so they are in flight together instead of one split's LSE, then its
-// values, then the next split's (a long sequence has hundreds of splits), and the warps meet
-// once through shared memory.
+// warps-th split, each lane 4 columns, and the warps meet once through shared memory. One
+// sequence's hundreds of splits fall to a few warps per output row, so a warp must have many
+// splits' loads in flight: it loads COMBINE_BATCH splits (LSE and values) into registers before
+// it weighs any. The launch bounds' two blocks per SM let ptxas keep them there (79 registers):
+// with the default bound it kept to about 32 and issued each split's loads after the previous
+// split's use (sm_90a SASS; the unrolled loop that weighed splits as they arrived did the same),
+// a load's latency per split.
 #define COMBINE_LANE_COLUMNS 4
 #define COMBINE_COLUMNS (32 * COMBINE_LANE_COLUMNS)
 #define COMBINE_MAX_WARPS 8
-extern "C" __global__ void __launch_bounds__(32 * COMBINE_MAX_WARPS)
+#define COMBINE_BATCH 8
+extern "C" __global__ void __launch_bounds__(32 * COMBINE_MAX_WARPS, 2)
 attention_tc_combine_bf16(const float* partial_o, const float* partial_lse, const TcGroup* groups,
                           bf16* out, float* lse_out, int dv) {
     __shared__ float4 warp_x[COMBINE_MAX_WARPS][32];
@@ -172,20 +176,33 @@ attention_tc_combine_bf16(const float* partial_o, const float* partial_lse, cons
 
     float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float weight = 0.0f;
-#pragma unroll 4
-    for (uint32_t j = warp; j < g.items; j += warps) {
-        const float lse = lse_of(j);
-        // Splits that saw no token have lse −inf and zeros in partial_o: weight 0.
-        const float w = lse == -INFINITY ? 0.0f : fast_exp2(lse - m);
-        weight += w;
-        if (c < dv) {
-            const float* row = partial_o + ((size_t)(g.item_first + j * g.item_stride) * ROWS + i) * dv + c;
+    // Unconditional loads (a split past the last reads the last again, a lane past dv column 0;
+    // neither is counted), so that nothing holds the batch's loads behind one another.
+    const uint32_t item_first = g.item_first, item_stride = g.item_stride, items = g.items;
+    const int col = c < dv ? c : 0;
+    for (uint32_t first = warp; first < items; first += warps * COMBINE_BATCH) {
+        float lse[COMBINE_BATCH];
+        float4 o[COMBINE_BATCH];
+#pragma unroll
+        for (int b = 0; b < COMBINE_BATCH; b++) {
+            const uint32_t j = min(first + b * warps, items - 1);
+            const size_t split_row = (size_t)(item_first + j * item_stride) * ROWS + i;
+            lse[b] = partial_lse[split_row];
+            const float* row = partial_o + split_row * dv + col;
             MLA_ASSERT_ALIGNED(row, 16);
-            const float4 o = *reinterpret_cast<const float4*>(row);
-            x.x += w * o.x;
-            x.y += w * o.y;
-            x.z += w * o.z;
-            x.w += w * o.w;
+            o[b] = *reinterpret_cast<const float4*>(row);
+        }
+#pragma unroll
+        for (int b = 0; b < COMBINE_BATCH; b++) {
+            // Splits that saw no token have lse −inf and zeros in partial_o: weight 2^−inf = 0,
+            // as for those past the last (no branch: the batch stays one block of code).
+            const bool counted = first + b * warps < items && lse[b] != -INFINITY;
+            const float w = fast_exp2(counted ? lse[b] - m : -INFINITY);
+            weight += w;
+            x.x += w * o[b].x;
+            x.y += w * o[b].y;
+            x.z += w * o[b].z;
+            x.w += w * o[b].w;
         }
     }
     warp_x[warp][lane] = x;
