@@ -111,17 +111,32 @@ __device__ __forceinline__ void accumulate_pv(float (&o)[O_TILES][4], float alph
     }
 }
 
-// Query values c, c + 1 of row `pair` (token · heads + head) as one bf16 pair; zeros for NO_ROW.
-// One 4-byte load where the pair is aligned (the model's query rows are), which halves the
-// prologue's load requests against two 2-byte loads.
-__device__ __forceinline__ uint32_t query_pair(uint32_t pair, int c, const bf16* q1, int q1_stride, int q1_head_stride,
-                                               const bf16* q2, int q2_stride, int q2_head_stride, int len1, int heads) {
-    if (pair == NO_ROW) return 0u;
-    const size_t tok = pair / heads, h = pair % heads;
-    const bf16* x = c < len1 ? q1 + tok * q1_stride + h * q1_head_stride + c
-                             : q2 + tok * q2_stride + h * q2_head_stride + (c - len1);
-    if ((reinterpret_cast<uintptr_t>(x) & 3) == 0) return *reinterpret_cast<const uint32_t*>(x);
-    return pack_bf16(x[0], x[1]);
+// Where the values of query row `pair` (token · heads + head) start in q1 and q2; row 0's, a
+// valid address, for NO_ROW (whose values query_pair zeroes).
+struct QueryRow {
+    const bf16* q1;
+    const bf16* q2;
+    bool valid;
+};
+
+__device__ __forceinline__ QueryRow query_row(uint32_t pair, const bf16* q1, int q1_stride, int q1_head_stride,
+                                              const bf16* q2, int q2_stride, int q2_head_stride, int heads) {
+    const bool valid = pair != NO_ROW;
+    const uint32_t p = valid ? pair : 0, tok = p / heads, h = p % heads;
+    return QueryRow{q1 + (size_t)tok * q1_stride + (size_t)h * q1_head_stride,
+                    q2 + (size_t)tok * q2_stride + (size_t)h * q2_head_stride, valid};
+}
+
+// Query values c, c + 1 (c even) of row r as one bf16 pair, zeros for NO_ROW: one 4-byte load
+// (the host serves only query rows whose pairs are aligned: kernel_choice). No branch: with
+// one per pair (NO_ROW, the alignment), ptxas waited for each pair's load where the branches
+// met again (sm_90a SASS), so a thread's 36 query loads (the latent's) took 36 round trips to
+// L2 in a row.
+__device__ __forceinline__ uint32_t query_pair(const QueryRow& r, int c, int len1) {
+    const bf16* x = c < len1 ? r.q1 + c : r.q2 + (c - len1);
+    MLA_ASSERT_ALIGNED(x, 4);
+    const uint32_t v = *reinterpret_cast<const uint32_t*>(x);
+    return r.valid ? v : 0u;
 }
 
 template <int DQ, int DV, bool V_IN_K, int STAGES>
@@ -152,19 +167,22 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
 
     // S: warp w scores keys 16·(w % 2) … +15 over key part w / 2, with that part of the queries
     // held in registers (A fragments) for the whole item. O: warp w owns DV / MMA_WARPS columns.
-    // The query loads go first: they need only the item, while the first tile's copies wait for
-    // two dependent reads (the sequence's table start, then its block table).
+    // A thread's query loads (36 for the latent) are in flight together (query_pair); ptxas
+    // issues them right after the first tile's copies, which wait for two dependent reads (the
+    // sequence's table start, then its block table), so the queries arrive while that tile does.
     const int n0 = (warp & 1) * 16, part = warp >> 1;
     uint32_t qf[S::PART_STEPS][4];
     {
-        const uint32_t row_lo = item.rows[g], row_hi = item.rows[g + 8];
+        const QueryRow lo = query_row(item.rows[g], q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, heads);
+        const QueryRow hi =
+            query_row(item.rows[g + 8], q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, heads);
 #pragma unroll
         for (int kk = 0; kk < S::PART_STEPS; kk++) {
             const int c = (part * S::PART_STEPS + kk) * 16 + 2 * t;
-            qf[kk][0] = query_pair(row_lo, c, q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, s1.len, heads);
-            qf[kk][1] = query_pair(row_hi, c, q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, s1.len, heads);
-            qf[kk][2] = query_pair(row_lo, c + 8, q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, s1.len, heads);
-            qf[kk][3] = query_pair(row_hi, c + 8, q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, s1.len, heads);
+            qf[kk][0] = query_pair(lo, c, s1.len);
+            qf[kk][1] = query_pair(hi, c, s1.len);
+            qf[kk][2] = query_pair(lo, c + 8, s1.len);
+            qf[kk][3] = query_pair(hi, c + 8, s1.len);
         }
     }
     // The first STAGES − 1 tiles in flight, a commit group each (empty past the last tile, so

@@ -406,11 +406,18 @@ pub(super) fn kernel_choice(
         persistent: false,
         tensor_map: false,
     });
+    // The 16-row builds read each query pair (values c, c + 1, c even) with one 4-byte load.
+    let pairs = |s: &Segment| {
+        s.len == 0 || (s.width % 2 == 0 && s.offset % 2 == 0 && s.head_stride % 2 == 0)
+    };
+    let query_pairs = pairs(&l.q1) && pairs(&l.q2);
     let mma = |stages: usize| {
         MMA_BUILDS
             .iter()
             .find(|b| {
-                (b.dq, b.dv, b.stages) == (dq, dv, stages) && (b.v_in_k == v_in_k || !b.v_in_k)
+                (b.dq, b.dv, b.stages) == (dq, dv, stages)
+                    && (b.v_in_k == v_in_k || !b.v_in_k)
+                    && query_pairs
             })
             .map(|b| TcKernel {
                 module: "attention_mma",

@@ -139,6 +139,16 @@ fn the_decode_shapes_get_the_register_accumulator_kernel() {
         Some("attention_tc_bf16")
     );
     assert_eq!(function(&absorbed_layout(&deepseek(16)), 48 * 1024), None);
+    // Query rows whose pairs of values are not 4-byte aligned: the WMMA kernel, which reads
+    // them value by value.
+    for odd in [1, 3] {
+        let mut l = mha(128, 8);
+        l.q1.head_stride = 128 + odd;
+        assert_eq!(function(&l, H100_SHARED), Some("attention_tc_bf16"));
+        let mut l = materialised_layout(&deepseek(16));
+        l.q2.offset += odd;
+        assert_eq!(function(&l, H100_SHARED), Some("attention_tc_bf16"));
+    }
     // Where the deep build's 194 KiB do not fit (sm_86: 99 KiB), the two-stage one serves.
     let fallback = kernel_choice(
         &absorbed_layout(&deepseek(16)),
