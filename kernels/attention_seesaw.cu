@@ -56,7 +56,7 @@ __device__ __forceinline__ void seesaw_slots(int (&slots)[SEESAW_ROUNDS], int ti
 #pragma unroll
     for (int r = 0; r < SEESAW_ROUNDS; r++) {
         const int p = tile + i / 8 + 16 * r;
-        slots[r] = p < kv_end ? (int)cache_slot(table, p, block_size) : -1;
+        slots[r] = slot_or_none(table, p, kv_end, block_size);
     }
 }
 
@@ -72,7 +72,8 @@ __device__ __forceinline__ void box_slots(int (&slots)[SEESAW_ROUNDS], int tile,
 #pragma unroll
     for (int r = 0; r < SEESAW_ROUNDS; r++) {
         const int p = tile + r * rows;
-        slots[r] = r * rows < WG_TILE && p < kv_end ? (int)cache_slot(table, p, block_size) : -1;
+        const int slot = slot_or_none(table, p, kv_end, block_size);  // read whatever r is: no branch
+        slots[r] = r * rows < WG_TILE ? slot : -1;
     }
 }
 

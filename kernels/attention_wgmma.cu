@@ -31,7 +31,7 @@ __device__ __forceinline__ void tile_slots(int (&slots)[2], int tile, int kv_end
 #pragma unroll
     for (int round = 0; round < 2; round++) {
         const int p = tile + tile_token(round);
-        slots[round] = p < kv_end ? (int)cache_slot(table, p, block_size) : -1;
+        slots[round] = slot_or_none(table, p, kv_end, block_size);
     }
 }
 
