@@ -52,21 +52,21 @@ __device__ __forceinline__ int tile_row() {
 // the cache row: with the multiply at the lookup, ptxas waited for the table read there, right
 // after the current tile's copies and before its tensor work (sm_90a SASS) — the round trip to
 // L2 that looking up a tile ahead is meant to keep off the path.
-struct TileToken {
+struct TokenPage {
     uint32_t page;
     int row;
 };
 
-__device__ __forceinline__ TileToken tile_token(int tile, int kv_end, const uint32_t* table, int block_size) {
+__device__ __forceinline__ TokenPage token_page(int tile, int kv_end, const uint32_t* table, int block_size) {
     const int p = tile + tile_row(), q = min(p, kv_end - 1);  // no branch: see slot_or_none
-    return TileToken{table[q / block_size], p < kv_end ? q % block_size : -1};
+    return TokenPage{table[q / block_size], p < kv_end ? q % block_size : -1};
 }
 
-// Starts the copies of a tile of keys (and values) into one stage, `token` from tile_token:
+// Starts the copies of a tile of keys (and values) into one stage, `token` from token_page:
 // thread i copies every eighth 16-byte piece of row i / 8. Tokens at or past kv_end become
 // zeros, read from nowhere.
 template <int DQ, int DV, bool V_IN_K>
-__device__ __forceinline__ void load_tile(bf16* stage, TileToken token, int block_size, const bf16* k1,
+__device__ __forceinline__ void load_tile(bf16* stage, TokenPage token, int block_size, const bf16* k1,
                                           const KeySegment& s1, const bf16* k2, const KeySegment& s2, const bf16* v,
                                           const KeySegment& sv, int kv_head) {
     typedef MmaShape<DQ, DV, V_IN_K, 2> S;  // the layout of one stage, whatever their number
@@ -195,13 +195,13 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
     }
     // The first STAGES − 1 tiles in flight, a commit group each (empty past the last tile, so
     // that every step waits for the same count).
-    TileToken token = tile_token(kv_begin, kv_end, table, block_size);
+    TokenPage token = token_page(kv_begin, kv_end, table, block_size);
 #pragma unroll
     for (int ahead = 0; ahead < STAGES - 1; ahead++) {
         if (ahead < tiles)
             load_tile<DQ, DV, V_IN_K>(stages + ahead * S::STAGE, token, block_size, k1, s1, k2, s2, v, sv, kv_head);
         async_commit();
-        token = tile_token(kv_begin + (ahead + 1) * KV_TILE, kv_end, table, block_size);
+        token = token_page(kv_begin + (ahead + 1) * KV_TILE, kv_end, table, block_size);
     }
     init_rows(item, token_pos, heads, m_s, l_s, pos_s);
     const float scale_log2 = scale * LOG2E;
@@ -220,7 +220,7 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
         if (ahead < tiles) {
             load_tile<DQ, DV, V_IN_K>(stages + (ahead % STAGES) * S::STAGE, token, block_size, k1, s1, k2, s2, v, sv,
                                       kv_head);
-            token = tile_token(kv_begin + (ahead + 1) * KV_TILE, kv_end, table, block_size);
+            token = token_page(kv_begin + (ahead + 1) * KV_TILE, kv_end, table, block_size);
         }
         async_commit();
 
@@ -323,11 +323,11 @@ attention_mma_wide_latent576_bf16(TC_ATTENTION_ARGS) {
     // "all but the newest group" is always the tile about to be read.
     for (int i = 0; i < WIDE_STAGES - 1; i++) {
         if (i < tiles)
-            load_tile<DQ, DV, true>(stages + i * S::K_TILE, tile_token(kv_begin + i * KV_TILE, kv_end, table, block_size),
+            load_tile<DQ, DV, true>(stages + i * S::K_TILE, token_page(kv_begin + i * KV_TILE, kv_end, table, block_size),
                                     block_size, k1, s1, k2, s2, v, sv, kv_head);
         async_commit();
     }
-    TileToken token = tile_token(kv_begin + (WIDE_STAGES - 1) * KV_TILE, kv_end, table, block_size);
+    TokenPage token = token_page(kv_begin + (WIDE_STAGES - 1) * KV_TILE, kv_end, table, block_size);
     if (threadIdx.x < WIDE_ROWS) {
         const uint32_t pair = quad[threadIdx.x / ROWS].rows[threadIdx.x % ROWS];
         pos_s[threadIdx.x] = pair == NO_ROW ? -1 : (int)token_pos[pair / heads];
@@ -346,7 +346,7 @@ attention_mma_wide_latent576_bf16(TC_ATTENTION_ARGS) {
         if (step + WIDE_STAGES - 1 < tiles) {
             load_tile<DQ, DV, true>(stages + ((step + WIDE_STAGES - 1) % WIDE_STAGES) * S::K_TILE, token, block_size,
                                     k1, s1, k2, s2, v, sv, kv_head);
-            token = tile_token(tile + WIDE_STAGES * KV_TILE, kv_end, table, block_size);
+            token = token_page(tile + WIDE_STAGES * KV_TILE, kv_end, table, block_size);
         }
         async_commit();
 

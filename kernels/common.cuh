@@ -120,11 +120,12 @@ __device__ __forceinline__ size_t cache_slot(const uint32_t* table, int p, int b
     return (size_t)table[p / block_size] * block_size + p % block_size;
 }
 
-// cache_slot of token p (p ≥ 0) of a split ending at kv_end (≥ 1), or -1 at or past it. No
-// branch: the table read is clamped to the split's last token and its row dropped past it, so
-// the read stays in flight until the slot is used. Under `p < kv_end ? cache_slot(…) : -1`,
-// ptxas waited for it where the branches met (sm_90a SASS): a round trip to L2 right after a
-// tile's copies were issued, which the lookup a tile ahead was meant to keep off the path.
+// cache_slot of token p (p ≥ 0) of a split ending at kv_end (≥ 1), or -1 at or past it, with
+// no branch: the table read is clamped to the split's last token and its row dropped past it.
+// Under `p < kv_end ? cache_slot(…) : -1`, ptxas waited for the read where the branches met
+// (sm_90a SASS). The multiply still follows the read closely, and so does the wait: where a
+// tile's tensor work must not wait behind it, carry the page to the copies instead
+// (attention_mma.cu's TokenPage); in the wgmma kernels it overlaps the asynchronous wgmma.
 __device__ __forceinline__ int slot_or_none(const uint32_t* table, int p, int kv_end, int block_size) {
     const int slot = (int)cache_slot(table, min(p, kv_end - 1), block_size);
     return p < kv_end ? slot : -1;
