@@ -47,22 +47,15 @@ __device__ __forceinline__ int tile_row() {
     return threadIdx.x / (MMA_WARPS * 32 / KV_TILE);
 }
 
-// This thread's token of a tile, looked up a tile ahead of its copies: its page (the block-table
-// entry) and its row in it, -1 at or past the split's end. The copies (load_tile) turn them into
-// the cache row: with the multiply at the lookup, ptxas waited for the table read there, right
-// after the current tile's copies and before its tensor work (sm_90a SASS) — the round trip to
-// L2 that looking up a tile ahead is meant to keep off the path.
-struct TokenPage {
-    uint32_t page;
-    int row;
-};
-
-__device__ __forceinline__ TokenPage token_page(int tile, int kv_end, const uint32_t* table, int block_size) {
-    const int p = tile + tile_row(), q = min(p, kv_end - 1);  // no branch: see slot_or_none
-    return TokenPage{table[q / block_size], p < kv_end ? q % block_size : -1};
+// This thread's token of a tile (token_page), looked up a tile ahead of its copies, which turn
+// it into the cache row: with the multiply at the lookup, ptxas waited for the table read
+// there, right after the current tile's copies and before its tensor work (sm_90a SASS) — the
+// round trip to L2 that looking up a tile ahead is meant to keep off the path.
+__device__ __forceinline__ TokenPage tile_token_page(int tile, int kv_end, const uint32_t* table, int block_size) {
+    return token_page(table, tile + tile_row(), kv_end, block_size);
 }
 
-// Starts the copies of a tile of keys (and values) into one stage, `token` from token_page:
+// Starts the copies of a tile of keys (and values) into one stage, `token` from tile_token_page:
 // thread i copies every eighth 16-byte piece of row i / 8. Tokens at or past kv_end become
 // zeros, read from nowhere.
 template <int DQ, int DV, bool V_IN_K>
@@ -73,7 +66,7 @@ __device__ __forceinline__ void load_tile(bf16* stage, TokenPage token, int bloc
     constexpr int THREADS_PER_ROW = MMA_WARPS * 32 / KV_TILE;
     const int j = tile_row(), first = threadIdx.x % THREADS_PER_ROW;
     const bool valid = token.row >= 0;
-    const size_t row = valid ? (size_t)token.page * block_size + token.row : 0;
+    const size_t row = valid ? token_slot(token, block_size) : 0;
     const bf16* k1_row = k1 + row * s1.width + s1.offset + kv_head * s1.head_stride;
     const bf16* k2_row = k2 + row * s2.width + s2.offset + kv_head * s2.head_stride - s1.len;
     bf16* k_dst = stage + j * S::K_LD;
@@ -195,13 +188,13 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
     }
     // The first STAGES − 1 tiles in flight, a commit group each (empty past the last tile, so
     // that every step waits for the same count).
-    TokenPage token = token_page(kv_begin, kv_end, table, block_size);
+    TokenPage token = tile_token_page(kv_begin, kv_end, table, block_size);
 #pragma unroll
     for (int ahead = 0; ahead < STAGES - 1; ahead++) {
         if (ahead < tiles)
             load_tile<DQ, DV, V_IN_K>(stages + ahead * S::STAGE, token, block_size, k1, s1, k2, s2, v, sv, kv_head);
         async_commit();
-        token = token_page(kv_begin + (ahead + 1) * KV_TILE, kv_end, table, block_size);
+        token = tile_token_page(kv_begin + (ahead + 1) * KV_TILE, kv_end, table, block_size);
     }
     init_rows(item, token_pos, heads, m_s, l_s, pos_s);
     const float scale_log2 = scale * LOG2E;
@@ -220,7 +213,7 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
         if (ahead < tiles) {
             load_tile<DQ, DV, V_IN_K>(stages + (ahead % STAGES) * S::STAGE, token, block_size, k1, s1, k2, s2, v, sv,
                                       kv_head);
-            token = token_page(kv_begin + (ahead + 1) * KV_TILE, kv_end, table, block_size);
+            token = tile_token_page(kv_begin + (ahead + 1) * KV_TILE, kv_end, table, block_size);
         }
         async_commit();
 
@@ -323,11 +316,12 @@ attention_mma_wide_latent576_bf16(TC_ATTENTION_ARGS) {
     // "all but the newest group" is always the tile about to be read.
     for (int i = 0; i < WIDE_STAGES - 1; i++) {
         if (i < tiles)
-            load_tile<DQ, DV, true>(stages + i * S::K_TILE, token_page(kv_begin + i * KV_TILE, kv_end, table, block_size),
-                                    block_size, k1, s1, k2, s2, v, sv, kv_head);
+            load_tile<DQ, DV, true>(stages + i * S::K_TILE,
+                                    tile_token_page(kv_begin + i * KV_TILE, kv_end, table, block_size), block_size,
+                                    k1, s1, k2, s2, v, sv, kv_head);
         async_commit();
     }
-    TokenPage token = token_page(kv_begin + (WIDE_STAGES - 1) * KV_TILE, kv_end, table, block_size);
+    TokenPage token = tile_token_page(kv_begin + (WIDE_STAGES - 1) * KV_TILE, kv_end, table, block_size);
     if (threadIdx.x < WIDE_ROWS) {
         const uint32_t pair = quad[threadIdx.x / ROWS].rows[threadIdx.x % ROWS];
         pos_s[threadIdx.x] = pair == NO_ROW ? -1 : (int)token_pos[pair / heads];
@@ -346,7 +340,7 @@ attention_mma_wide_latent576_bf16(TC_ATTENTION_ARGS) {
         if (step + WIDE_STAGES - 1 < tiles) {
             load_tile<DQ, DV, true>(stages + ((step + WIDE_STAGES - 1) % WIDE_STAGES) * S::K_TILE, token, block_size,
                                     k1, s1, k2, s2, v, sv, kv_head);
-            token = token_page(tile + WIDE_STAGES * KV_TILE, kv_end, table, block_size);
+            token = tile_token_page(tile + WIDE_STAGES * KV_TILE, kv_end, table, block_size);
         }
         async_commit();
 

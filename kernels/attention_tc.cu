@@ -168,27 +168,26 @@ attention_tc_combine_bf16(const float* partial_o, const float* partial_lse, cons
     if (g.rows[i] == NO_ROW) return;  // the whole block
     wait_for_previous_grid();         // the splits are written
     const int c = blockIdx.z * COMBINE_COLUMNS + lane * COMBINE_LANE_COLUMNS;
-    const auto lse_of = [&](uint32_t j) { return partial_lse[(g.item_first + j * g.item_stride) * ROWS + i]; };
+    const uint32_t item_first = g.item_first, item_stride = g.item_stride, items = g.items;
+    const auto split_row = [&](uint32_t j) { return (size_t)(item_first + j * item_stride) * ROWS + i; };
 
     float m = -INFINITY;
-    for (uint32_t j = threadIdx.x; j < g.items; j += blockDim.x) m = fmaxf(m, lse_of(j));
+    for (uint32_t j = threadIdx.x; j < items; j += blockDim.x) m = fmaxf(m, partial_lse[split_row(j)]);
     m = block_max(m);
 
     float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float weight = 0.0f;
     // Unconditional loads (a split past the last reads the last again, a lane past dv column 0;
     // neither is counted), so that nothing holds the batch's loads behind one another.
-    const uint32_t item_first = g.item_first, item_stride = g.item_stride, items = g.items;
     const int col = c < dv ? c : 0;
     for (uint32_t first = warp; first < items; first += warps * COMBINE_BATCH) {
         float lse[COMBINE_BATCH];
         float4 o[COMBINE_BATCH];
 #pragma unroll
         for (int b = 0; b < COMBINE_BATCH; b++) {
-            const uint32_t j = min(first + b * warps, items - 1);
-            const size_t split_row = (size_t)(item_first + j * item_stride) * ROWS + i;
-            lse[b] = partial_lse[split_row];
-            const float* row = partial_o + split_row * dv + col;
+            const size_t r = split_row(min(first + b * warps, items - 1));
+            lse[b] = partial_lse[r];
+            const float* row = partial_o + r * dv + col;
             MLA_ASSERT_ALIGNED(row, 16);
             o[b] = *reinterpret_cast<const float4*>(row);
         }

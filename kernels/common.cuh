@@ -120,13 +120,30 @@ __device__ __forceinline__ size_t cache_slot(const uint32_t* table, int p, int b
     return (size_t)table[p / block_size] * block_size + p % block_size;
 }
 
-// cache_slot of token p (p ≥ 0) of a split ending at kv_end (≥ 1), or -1 at or past it, with
-// no branch: the table read is clamped to the split's last token and its row dropped past it.
-// Under `p < kv_end ? cache_slot(…) : -1`, ptxas waited for the read where the branches met
-// (sm_90a SASS). The multiply still follows the read closely, and so does the wait: where a
-// tile's tensor work must not wait behind it, carry the page to the copies instead
-// (attention_mma.cu's TokenPage); in the wgmma kernels it overlaps the asynchronous wgmma.
+// Token p (p ≥ 0) of a split ending at kv_end (≥ 1): its page (block-table entry) and its row
+// in the page, -1 at or past the split's end. No branch: the table read is clamped to the
+// split's last token and the row dropped past it. Under `p < kv_end ? cache_slot(…) : -1`,
+// ptxas waited for the read where the branches met (sm_90a SASS).
+struct TokenPage {
+    uint32_t page;
+    int row;
+};
+
+__device__ __forceinline__ TokenPage token_page(const uint32_t* table, int p, int kv_end, int block_size) {
+    const int q = min(p, kv_end - 1);
+    return TokenPage{table[q / block_size], p < kv_end ? q % block_size : -1};
+}
+
+// The cache row of a token with a row (t.row ≥ 0).
+__device__ __forceinline__ size_t token_slot(TokenPage t, int block_size) {
+    return (size_t)t.page * block_size + t.row;
+}
+
+// The cache slot of token p, -1 at or past kv_end (token_page). The multiply follows the read
+// closely, and so does the wait for it: where a tile's tensor work must not wait behind it,
+// carry the TokenPage to the copies instead (attention_mma.cu); in the wgmma kernels it
+// overlaps the asynchronous wgmma.
 __device__ __forceinline__ int slot_or_none(const uint32_t* table, int p, int kv_end, int block_size) {
-    const int slot = (int)cache_slot(table, min(p, kv_end - 1), block_size);
-    return p < kv_end ? slot : -1;
+    const TokenPage t = token_page(table, p, kv_end, block_size);
+    return t.row >= 0 ? (int)token_slot(t, block_size) : -1;
 }
