@@ -346,10 +346,16 @@ pub(super) fn kernel_choice(
     wide: WideAttention,
     narrow: NarrowAttention,
 ) -> Option<TcKernel> {
-    let copies = |s: &Segment| {
+    // Whether every row of a segment (an empty one trivially) starts and ends on a multiple of
+    // `n` values.
+    let aligned = |s: &Segment, n: usize| {
         s.len == 0
-            || (s.len % 8 == 0 && s.width % 8 == 0 && s.offset % 8 == 0 && s.head_stride % 8 == 0)
+            || [s.len, s.width, s.offset, s.head_stride]
+                .iter()
+                .all(|x| x % n == 0)
     };
+    // 16-byte row copies (8 bf16) of every key and value segment.
+    let copies = |s: &Segment| aligned(s, 8);
     let v_in_k = values_in_keys(l);
     if !(copies(&l.k1) && copies(&l.k2) && (v_in_k || copies(&l.v)) && l.v.len > 0) {
         return None;
@@ -407,10 +413,7 @@ pub(super) fn kernel_choice(
         tensor_map: false,
     });
     // The 16-row builds read each query pair (values c, c + 1, c even) with one 4-byte load.
-    let pairs = |s: &Segment| {
-        s.len == 0 || (s.width % 2 == 0 && s.offset % 2 == 0 && s.head_stride % 2 == 0)
-    };
-    let query_pairs = pairs(&l.q1) && pairs(&l.q2);
+    let query_pairs = aligned(&l.q1, 2) && aligned(&l.q2, 2);
     let mma = |stages: usize| {
         MMA_BUILDS
             .iter()
