@@ -3,16 +3,16 @@
 //! transformers is the oracle for the CPU backend; the CPU backend is the oracle for the GPU.
 
 pub mod backend;
-pub mod bench;
 pub mod chat;
-pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod kv;
 pub mod model;
+pub mod ops;
 pub mod profile;
 pub mod tokenizer;
+pub mod util;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -1,9 +1,13 @@
+//! The `mla` binary: parses the command line and dispatches to one subcommand.
+
+mod bench;
+mod cli;
+
 use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = mla_rt::cli::Cli::parse();
-    match mla_rt::cli::run(cli) {
+    match cli::run(cli::Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

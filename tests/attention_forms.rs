@@ -5,7 +5,6 @@ mod common;
 
 use common::{fuse_experts, random_weights, rel_l2, tiny_config, write_model};
 use mla_rt::backend::cpu::CpuBackend;
-use mla_rt::cli::logits::compute_logits;
 use mla_rt::config::ModelConfig;
 use mla_rt::engine::session::Session;
 use mla_rt::model::AttentionForm;
@@ -27,7 +26,7 @@ fn logits(
     form: AttentionForm,
 ) -> Vec<f32> {
     let mut session = Session::new(model, &CpuBackend, tokens.len(), block_size, form).unwrap();
-    compute_logits(&mut session, &CpuBackend, tokens, prefill).unwrap()
+    session.logits(tokens, prefill).unwrap()
 }
 
 fn tokens(n: usize, vocab: u32) -> Vec<u32> {

@@ -6,7 +6,6 @@ mod common;
 
 use common::rel_l2;
 use mla_rt::backend::cpu::CpuBackend;
-use mla_rt::cli::logits::compute_logits;
 use mla_rt::config::ModelConfig;
 use mla_rt::engine::batch_engine::{Engine, EngineConfig};
 use mla_rt::engine::request::Request;
@@ -51,7 +50,7 @@ fn check(name: &str) {
     for prefill in [ids.len(), 1] {
         let mut session =
             Session::new(&model, &CpuBackend, ids.len(), 16, AttentionForm::Auto).unwrap();
-        let logits = compute_logits(&mut session, &CpuBackend, ids, prefill).unwrap();
+        let logits = session.logits(ids, prefill).unwrap();
         for (p, (got, want)) in logits.chunks(vocab).zip(&reference.logits).enumerate() {
             let err = rel_l2(got, want);
             assert!(

@@ -6,7 +6,6 @@ mod common;
 
 use common::{fixtures_dir, rel_l2};
 use mla_rt::backend::cpu::CpuBackend;
-use mla_rt::cli::logits::compute_logits;
 use mla_rt::config::ModelConfig;
 use mla_rt::engine::batch_engine::{Engine, EngineConfig};
 use mla_rt::engine::request::Request;
@@ -82,7 +81,7 @@ fn check(
     let vocab = model.config.vocab_size();
     let ids = &expected.token_ids;
     let mut session = Session::new(&model, &CpuBackend, ids.len(), block_size, form).unwrap();
-    let logits = compute_logits(&mut session, &CpuBackend, ids, prefill).unwrap();
+    let logits = session.logits(ids, prefill).unwrap();
     assert_eq!(logits.len(), ids.len() * vocab);
     let mut worst = 0.0f64;
     for (p, (got, want)) in logits.chunks(vocab).zip(reference).enumerate() {

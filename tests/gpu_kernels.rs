@@ -10,7 +10,7 @@ use mla_rt::backend::cpu::CpuBackend;
 use mla_rt::backend::cuda::{CudaDevice, GpuFloat};
 use mla_rt::backend::Backend;
 use mla_rt::config::{RopeConfig, RopeScaling};
-use mla_rt::model::rope::Rope;
+use mla_rt::ops::rope::Rope;
 use mla_rt::weights::HostTensor;
 
 fn device() -> CudaDevice {

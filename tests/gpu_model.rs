@@ -12,7 +12,6 @@ use common::fixtures_dir;
 use mla_rt::backend::cpu::CpuBackend;
 use mla_rt::backend::cuda::{CudaBackend, GpuFloat};
 use mla_rt::backend::Backend;
-use mla_rt::cli::logits::compute_logits;
 use mla_rt::config::ModelConfig;
 use mla_rt::engine::batch_engine::{Engine, EngineConfig};
 use mla_rt::engine::request::Request;
@@ -79,7 +78,7 @@ fn logits<B: Backend>(
     block_size: usize,
 ) -> Vec<Vec<f32>> {
     let mut session = Session::new(model, backend, ids.len(), block_size, form).unwrap();
-    let flat = compute_logits(&mut session, backend, ids, prefill).unwrap();
+    let flat = session.logits(ids, prefill).unwrap();
     flat.chunks(model.config.vocab_size())
         .map(<[f32]>::to_vec)
         .collect()

@@ -141,7 +141,7 @@ where
     cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
 {
     use mla_rt::config::{MoeConfig, ScoringFunc, TopkMethod};
-    use mla_rt::model::moe::route;
+    use mla_rt::ops::routing::route;
     let gpu = CudaBackend::<T>::open(0).expect("an NVIDIA GPU with kernels in this build");
     let mut rng = Rng::new(9);
     let moe = |experts, k, method, groups, keep, scoring, norm, scale| MoeConfig {
@@ -215,7 +215,7 @@ where
         for (t, row) in logits.data.chunks_exact(e).enumerate() {
             let want = route(row, bias.as_deref(), config);
             let ids =
-                |r: &[mla_rt::model::moe::Route]| r.iter().map(|r| r.expert).collect::<Vec<_>>();
+                |r: &[mla_rt::ops::routing::Route]| r.iter().map(|r| r.expert).collect::<Vec<_>>();
             assert_eq!(ids(&got[t]), ids(&want), "{} case {i} token {t}", T::SUFFIX);
             for (g, w) in got[t].iter().zip(&want) {
                 assert!(

@@ -8,7 +8,7 @@ pub mod cuda;
 
 use crate::config::MoeConfig;
 use crate::error::{Error, Result};
-use crate::model::rope::RopeTable;
+use crate::ops::rope::RopeTable;
 use crate::weights::HostTensor;
 
 /// Widths of one MLA layer, as the attention ops need them.
@@ -141,7 +141,7 @@ pub fn host_top_k_rows(x: &HostTensor, k: usize) -> Vec<Vec<(u32, f32)>> {
     let cols = x.shape.last().copied().unwrap_or(0).max(1);
     x.data
         .chunks_exact(cols)
-        .map(|row| crate::engine::sampler::sorted_candidates(row, k))
+        .map(|row| crate::ops::sampling::sorted_candidates(row, k))
         .collect()
 }
 
@@ -165,7 +165,7 @@ pub fn host_softmax_totals(x: &HostTensor, temperatures: &[f32]) -> Result<Vec<f
     Ok(x.data
         .chunks_exact(cols)
         .zip(temperatures)
-        .map(|(row, &t)| crate::engine::sampler::softmax_total(row, t))
+        .map(|(row, &t)| crate::ops::sampling::softmax_total(row, t))
         .collect())
 }
 
@@ -217,7 +217,7 @@ pub trait Backend {
         Ok(host_top_k_rows(&self.to_host(x)?, k))
     }
     /// Per row `r`, `Σ exp((x − max) / temperatures[r])` in f64: with the row's best candidates,
-    /// what sampling without a top-k needs ([`crate::engine::sampler::Sampler::sample_head`]).
+    /// what sampling without a top-k needs (see [`crate::ops::sampling::softmax_total`]).
     fn softmax_totals(&self, x: &Self::Tensor, temperatures: &[f32]) -> Result<Vec<f64>> {
         host_softmax_totals(&self.to_host(x)?, temperatures)
     }

@@ -4,11 +4,11 @@
 //! attention over them) on the shapes where its K/V fit.
 
 use super::kernels::{time_calls, time_ms, uniform};
-use crate::backend::cuda::layout::absorbed_layout;
-use crate::backend::cuda::{CudaBackend, NarrowAttention, SplitCombine, TcTuning, WideAttention};
-use crate::backend::{AttentionBatch, Backend, MlaDims, SeqChunk};
-use crate::error::{Error, Result};
 use half::bf16;
+use mla_rt::backend::cuda::layout::absorbed_layout;
+use mla_rt::backend::cuda::{CudaBackend, NarrowAttention, SplitCombine, TcTuning, WideAttention};
+use mla_rt::backend::{AttentionBatch, Backend, MlaDims, SeqChunk};
+use mla_rt::error::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttentionRow {
@@ -17,7 +17,7 @@ pub struct AttentionRow {
     /// whether launched persistent; "+ last-CTA combine" where the kernel merged the splits
     /// itself), its CTAs and the most splits of a row group (1: no combine).
     ///
-    /// [`TcKernel::label`]: crate::backend::cuda::attention_kernels::TcKernel::label
+    /// [`TcKernel::label`]: mla_rt::backend::cuda::attention_kernels::TcKernel::label
     pub kernel: String,
     /// CTAs the split-KV schedule aimed for, in waves of the CTAs the GPU holds at once.
     pub waves: f32,

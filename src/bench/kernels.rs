@@ -1,13 +1,13 @@
 //! `mla bench kernels`: achieved bandwidth of every elementwise and row kernel on tensors of tens
 //! of MB, against a device-to-device copy of the same size measured in the same run.
 
-use crate::backend::cuda::{CudaBackend, CudaDevice, GpuFloat, GpuTensor};
-use crate::backend::Backend;
-use crate::config::{RopeConfig, RopeScaling};
-use crate::error::{Error, Result};
-use crate::model::rope::Rope;
-use crate::weights::HostTensor;
 use cudarc::cublas::{CudaBlas, Gemm};
+use mla_rt::backend::cuda::{CudaBackend, CudaDevice, GpuFloat, GpuTensor};
+use mla_rt::backend::Backend;
+use mla_rt::config::{RopeConfig, RopeScaling};
+use mla_rt::error::{Error, Result};
+use mla_rt::ops::rope::Rope;
+use mla_rt::weights::HostTensor;
 
 /// One kernel's measurement.
 #[derive(Debug, Clone, PartialEq)]

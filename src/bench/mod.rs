@@ -4,13 +4,12 @@
 pub mod attention;
 pub mod kernels;
 pub mod plot;
-pub mod presets;
 pub mod report;
 
-use crate::backend::{AttentionBatch, Backend, SeqChunk};
-use crate::error::Result;
-use crate::kv::{slot, BlockManager, SeqBlocks};
-use crate::model::{AttentionForm, LogitRows, Model, Step};
+use mla_rt::backend::{AttentionBatch, Backend, SeqChunk};
+use mla_rt::error::Result;
+use mla_rt::kv::{slot, BlockManager, SeqBlocks};
+use mla_rt::model::{AttentionForm, LogitRows, Model, Step};
 use std::time::Instant;
 
 /// Sequences per test: a number, or the largest batch whose caches fit the memory budget.
@@ -74,7 +73,7 @@ pub struct BenchRow {
 
 /// `(attention, ffn, other)` shares of `total` seconds from a profile.
 fn split(
-    profile: &std::collections::BTreeMap<&'static str, crate::profile::OpTime>,
+    profile: &std::collections::BTreeMap<&'static str, mla_rt::profile::OpTime>,
     total: f64,
 ) -> (f64, f64, f64) {
     let get = |k: &str| profile.get(k).map_or(0.0, |t| t.secs);
@@ -119,11 +118,11 @@ fn step(seqs: &[SeqBlocks], start: usize, len: usize, block_size: usize, vocab: 
 /// Measures `model` at every batch and depth of `config`.
 /// Runs `f` with per-op timing on and returns its (attention, MoE+MLP, other) shares.
 fn profiled<B: Backend>(backend: &B, f: impl FnOnce() -> Result<()>) -> Result<(f64, f64, f64)> {
-    crate::profile::enable(backend.sync_fn());
+    mla_rt::profile::enable(backend.sync_fn());
     let t = Instant::now();
     let result = f();
     let secs = t.elapsed().as_secs_f64();
-    let ops = crate::profile::take();
+    let ops = mla_rt::profile::take();
     result?;
     Ok(split(&ops, secs))
 }

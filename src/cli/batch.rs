@@ -4,13 +4,13 @@
 use super::generate::{prompt_ids, GenerateArgs, PromptInput};
 use super::loading::LoadedModel;
 use super::logits::write_atomically;
-use crate::backend::Backend;
-use crate::chat::{ChatTemplate, Message};
-use crate::engine::batch_engine::Engine;
-use crate::engine::request::{Request, RequestOutput};
-use crate::engine::sampler::SamplingParams;
-use crate::error::{Error, Result};
-use crate::tokenizer::TextTokenizer;
+use mla_rt::backend::Backend;
+use mla_rt::chat::{ChatTemplate, Message};
+use mla_rt::engine::batch_engine::Engine;
+use mla_rt::engine::request::{Request, RequestOutput};
+use mla_rt::engine::sampler::SamplingParams;
+use mla_rt::error::{Error, Result};
+use mla_rt::tokenizer::TextTokenizer;
 use serde_json::Value;
 use std::path::Path;
 use std::time::Instant;
@@ -45,7 +45,7 @@ struct OutputLine<'a> {
     prompt_tokens: usize,
     completion_tokens: usize,
     cached_prompt_tokens: usize,
-    finish_reason: crate::engine::request::FinishReason,
+    finish_reason: mla_rt::engine::request::FinishReason,
     preemptions: usize,
     ttft_s: f64,
     mean_itl_s: f64,
@@ -225,7 +225,7 @@ pub fn run<B: Backend>(
     if args.profile {
         eprint!(
             "{}",
-            super::generate::profile_table(&crate::profile::take(), engine.stats.step_secs)
+            super::generate::profile_table(&mla_rt::profile::take(), engine.stats.step_secs)
         );
     }
     Ok(())
@@ -245,7 +245,7 @@ fn stats(mut values: Vec<f64>) -> (f64, f64, f64) {
     )
 }
 
-fn summary<B: crate::backend::Backend>(
+fn summary<B: mla_rt::backend::Backend>(
     outputs: &[RequestOutput],
     elapsed: f64,
     engine: &Engine<'_, B>,

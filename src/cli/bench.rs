@@ -1,17 +1,17 @@
 //! `mla bench`: llama-bench-style throughput of random-weight presets.
 
 use super::loading::{DType, DeviceSpec};
-use crate::backend::cpu::CpuBackend;
-use crate::backend::cuda::{CudaBackend, NarrowAttention, SplitCombine, WideAttention};
-use crate::backend::Backend;
-use crate::bench::presets::{preset_config, PRESETS};
 use crate::bench::report::{compare, render, Format};
 use crate::bench::{run, BatchSize, BenchConfig};
-use crate::engine::memory::parse_bytes;
-use crate::error::{Error, Result};
-use crate::model::Model;
-use crate::weights::RandomWeights;
 use clap::Args;
+use mla_rt::backend::cpu::CpuBackend;
+use mla_rt::backend::cuda::{CudaBackend, NarrowAttention, SplitCombine, WideAttention};
+use mla_rt::backend::Backend;
+use mla_rt::config::presets::{preset_config, PRESETS};
+use mla_rt::engine::memory::parse_bytes;
+use mla_rt::error::{Error, Result};
+use mla_rt::model::Model;
+use mla_rt::weights::RandomWeights;
 
 #[derive(Debug, Args)]
 #[command(subcommand_negates_reqs = true)]
@@ -360,7 +360,7 @@ fn bench_on<B: Backend>(args: &BenchArgs, backend: B) -> Result<()> {
             )));
         }
         if args.device == DeviceSpec::Cpu {
-            crate::engine::memory::check_weights_fit_host(&config, &name)?;
+            mla_rt::engine::memory::check_weights_fit_host(&config, &name)?;
         }
         eprintln!("{name}: generating random weights (seed {})", args.seed);
         let model = Model::load(config, &RandomWeights { seed: args.seed }, &backend)?;

@@ -1,13 +1,13 @@
 //! Flags that shape the batching engine: budgets, cache size, prefix caching.
 
-use crate::backend::Backend;
-use crate::config::ModelConfig;
-use crate::engine::batch_engine::EngineConfig;
-use crate::engine::memory::{parse_bytes, KvCachePlan};
-use crate::engine::scheduler::SchedulerConfig;
-use crate::error::{Error, Result};
-use crate::model::AttentionForm;
 use clap::Args;
+use mla_rt::backend::Backend;
+use mla_rt::config::ModelConfig;
+use mla_rt::engine::batch_engine::EngineConfig;
+use mla_rt::engine::memory::{parse_bytes, KvCachePlan};
+use mla_rt::engine::scheduler::SchedulerConfig;
+use mla_rt::error::{Error, Result};
+use mla_rt::model::AttentionForm;
 
 #[derive(Debug, Clone, Args)]
 pub struct EngineArgs {

@@ -4,15 +4,15 @@
 use super::batch;
 use super::engine_args::EngineArgs;
 use super::loading::{LoadedModel, ModelArgs, ModelTask};
-use crate::backend::Backend;
-use crate::chat::{ChatTemplate, Message};
-use crate::engine::batch_engine::{Engine, EngineConfig};
-use crate::engine::request::Request;
-use crate::engine::sampler::SamplingParams;
-use crate::engine::scheduler::SchedulerConfig;
-use crate::error::{Error, Result};
-use crate::tokenizer::TextTokenizer;
 use clap::Args;
+use mla_rt::backend::Backend;
+use mla_rt::chat::{ChatTemplate, Message};
+use mla_rt::engine::batch_engine::{Engine, EngineConfig};
+use mla_rt::engine::request::Request;
+use mla_rt::engine::sampler::SamplingParams;
+use mla_rt::engine::scheduler::SchedulerConfig;
+use mla_rt::error::{Error, Result};
+use mla_rt::tokenizer::TextTokenizer;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -58,7 +58,7 @@ pub struct GenerateArgs {
 
 /// The per-op table `--profile` prints, against `step_secs` of engine steps.
 pub fn profile_table(
-    profile: &std::collections::BTreeMap<&'static str, crate::profile::OpTime>,
+    profile: &std::collections::BTreeMap<&'static str, mla_rt::profile::OpTime>,
     step_secs: f64,
 ) -> String {
     let mut s = String::from("| op | calls | total ms | % of step time |\n|---|---:|---:|---:|\n");
@@ -183,7 +183,7 @@ impl ModelTask for GenerateTask<'_> {
     fn run<B: Backend>(self, loaded: LoadedModel<B>) -> Result<()> {
         let args = self.0;
         if args.profile {
-            crate::profile::enable(loaded.backend.sync_fn());
+            mla_rt::profile::enable(loaded.backend.sync_fn());
         }
         let tokenizer = TextTokenizer::load(&loaded.dir, &loaded.model.config)?;
         let template = if args.chat {
@@ -297,15 +297,15 @@ fn stream_one<B: Backend>(
         prompt_len as f64 / prefill_secs.max(1e-9),
         decoded as f64 / decode_secs,
         match result.finish_reason {
-            crate::engine::request::FinishReason::Stop => "stop (EOS or stop string)",
-            crate::engine::request::FinishReason::Length if max_tokens < args.sampling.max_new_tokens => "length (max_position_embeddings)",
-            crate::engine::request::FinishReason::Length => "length (--max-new-tokens)",
+            mla_rt::engine::request::FinishReason::Stop => "stop (EOS or stop string)",
+            mla_rt::engine::request::FinishReason::Length if max_tokens < args.sampling.max_new_tokens => "length (max_position_embeddings)",
+            mla_rt::engine::request::FinishReason::Length => "length (--max-new-tokens)",
         }
     );
     if args.profile {
         eprint!(
             "{}",
-            profile_table(&crate::profile::take(), engine.stats.step_secs)
+            profile_table(&mla_rt::profile::take(), engine.stats.step_secs)
         );
     }
     Ok(())

@@ -1,14 +1,14 @@
 //! `mla info`: what a model is and what its KV cache costs, from config and checkpoint headers.
 
 use super::loading::{load_config, model_dir, DeviceSpec};
-use crate::backend::cuda::CudaDevice;
-use crate::config::{
+use clap::Args;
+use mla_rt::backend::cuda::CudaDevice;
+use mla_rt::config::{
     DeepSeekConfig, LlamaConfig, ModelConfig, RopeConfig, RopeScaling, TopkMethod,
 };
-use crate::error::Result;
-use crate::model::params::{count_params, kv_values_per_token_per_layer};
-use crate::weights::Checkpoint;
-use clap::Args;
+use mla_rt::error::Result;
+use mla_rt::model::params::{count_params, kv_values_per_token_per_layer};
+use mla_rt::weights::Checkpoint;
 use std::path::PathBuf;
 
 #[derive(Debug, Args)]
@@ -190,7 +190,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
         );
         println!(
             "profiling:    {}",
-            if crate::profile::enable_nvtx() {
+            if mla_rt::profile::enable_nvtx() {
                 "NVTX ranges on (libnvToolsExt found): nsys profile -t cuda,nvtx shows them"
             } else {
                 "no NVTX library (libnvToolsExt) on the library path: --profile prints per-op tables"

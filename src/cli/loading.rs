@@ -1,15 +1,15 @@
 //! What every model-running subcommand shares: where the model is and which device runs it.
 
-use crate::backend::cpu::CpuBackend;
-use crate::backend::cuda::CudaBackend;
-use crate::backend::Backend;
-use crate::config::ModelConfig;
-use crate::error::{Error, Result};
-use crate::kv::DEFAULT_BLOCK_SIZE;
-use crate::model::AttentionForm;
-use crate::model::Model;
-use crate::weights::Checkpoint;
 use clap::Args;
+use mla_rt::backend::cpu::CpuBackend;
+use mla_rt::backend::cuda::CudaBackend;
+use mla_rt::backend::Backend;
+use mla_rt::config::ModelConfig;
+use mla_rt::error::{Error, Result};
+use mla_rt::kv::DEFAULT_BLOCK_SIZE;
+use mla_rt::model::AttentionForm;
+use mla_rt::model::Model;
+use mla_rt::weights::Checkpoint;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -157,7 +157,10 @@ impl ModelArgs {
         match self.device {
             DeviceSpec::Cpu => {
                 let checkpoint = Checkpoint::open(&dir)?;
-                crate::engine::memory::check_weights_fit_host(&config, &dir.display().to_string())?;
+                mla_rt::engine::memory::check_weights_fit_host(
+                    &config,
+                    &dir.display().to_string(),
+                )?;
                 task.run(load_on(dir, config, &checkpoint, CpuBackend)?)
             }
             DeviceSpec::Cuda(ordinal) => {

@@ -1,11 +1,10 @@
 //! `mla logits`: logits of every input token, prefill then token-by-token decode.
 
 use super::loading::{LoadedModel, ModelArgs, ModelTask};
-use crate::backend::Backend;
-use crate::engine::session::Session;
-use crate::error::{Error, Result};
-use crate::model::LogitRows;
 use clap::Args;
+use mla_rt::backend::Backend;
+use mla_rt::engine::session::Session;
+use mla_rt::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Args)]
@@ -31,22 +30,6 @@ pub struct LogitsArgs {
 struct LogitsFile<'a> {
     token_ids: &'a [u32],
     logits: Vec<&'a [f32]>,
-}
-
-/// Logits `[tokens × vocab]` (row-major) of `token_ids` with `prefill` tokens in the first pass.
-pub fn compute_logits<B: Backend>(
-    session: &mut Session<'_, B>,
-    backend: &B,
-    token_ids: &[u32],
-    prefill: usize,
-) -> Result<Vec<f32>> {
-    let mut logits = backend
-        .to_host(&session.feed(&token_ids[..prefill], LogitRows::All)?)?
-        .data;
-    for &t in &token_ids[prefill..] {
-        logits.extend(backend.to_host(&session.feed(&[t], LogitRows::All)?)?.data);
-    }
-    Ok(logits)
 }
 
 pub fn run(args: LogitsArgs) -> Result<()> {
@@ -95,7 +78,7 @@ impl ModelTask for LogitsTask<'_> {
             args.model.block_size,
             args.model.attention,
         )?;
-        let logits = compute_logits(&mut session, &loaded.backend, &args.token_ids, prefill)?;
+        let logits = session.logits(&args.token_ids, prefill)?;
         let file = LogitsFile {
             token_ids: &args.token_ids,
             logits: logits.chunks(config.vocab_size()).collect(),

@@ -9,10 +9,8 @@ mod loading;
 pub mod logits;
 mod perplexity;
 
-use crate::error::Result;
 use clap::{Parser, Subcommand};
-
-pub use loading::{DeviceSpec, ModelArgs};
+use mla_rt::error::Result;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -50,7 +48,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> Result<()> {
     if let Some(threads) = cli.threads {
         if threads == 0 {
-            return Err(crate::Error::InvalidInput(
+            return Err(mla_rt::Error::InvalidInput(
                 "--threads must be at least 1".into(),
             ));
         }

@@ -1,11 +1,11 @@
 //! `mla perplexity`: sliding-window perplexity of a model on a text file.
 
 use super::loading::{LoadedModel, ModelArgs, ModelTask};
-use crate::backend::Backend;
-use crate::engine::perplexity::{sliding_window, Windows};
-use crate::error::{Error, Result};
-use crate::tokenizer::TextTokenizer;
 use clap::Args;
+use mla_rt::backend::Backend;
+use mla_rt::engine::perplexity::{sliding_window, Windows};
+use mla_rt::error::{Error, Result};
+use mla_rt::tokenizer::TextTokenizer;
 use std::path::PathBuf;
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@
 mod deepseek;
 mod json_keys;
 mod llama;
+pub mod presets;
 mod rope;
 
 pub use deepseek::{DeepSeekConfig, MhaReplacement, MoeConfig, ScoringFunc, TopkMethod};

@@ -3,7 +3,7 @@ use serde_json::json;
 use std::path::Path;
 
 fn v2_lite() -> Value {
-    let mut v = crate::bench::presets::deepseek_v2_lite();
+    let mut v = crate::config::presets::deepseek_v2_lite();
     v["tie_word_embeddings"] = json!(false);
     v["torch_dtype"] = json!("bfloat16");
     v

@@ -3,14 +3,7 @@
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::model::params::kv_values_per_token_per_layer;
-
-/// `MemAvailable` from `/proc/meminfo`, in bytes; `None` where the file is absent.
-pub fn available_host_bytes() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
+use crate::util::host_memory::available_host_bytes;
 
 /// Refuses, before loading anything, a model whose f32 weights would not fit in the host memory
 /// that is free (the CPU backend keeps every weight as f32).
@@ -143,7 +136,7 @@ mod tests {
 
     #[test]
     fn models_too_big_for_free_memory_are_refused() {
-        let v3 = crate::bench::presets::preset_config("deepseek-v3-L4", None).unwrap();
+        let v3 = crate::config::presets::preset_config("deepseek-v3-L4", None).unwrap();
         let err = check_weights_fit(&v3, "deepseek-v3-L4", Some(16 << 30))
             .unwrap_err()
             .to_string();

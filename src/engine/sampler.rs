@@ -1,6 +1,8 @@
 //! Next-token choice from a row of logits: greedy, or temperature with top-k and top-p.
 
 use crate::error::{Error, Result};
+use crate::ops::sampling::{argmax, sorted_candidates};
+use crate::util::rng::SplitMix64;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SamplingParams {
@@ -39,25 +41,6 @@ impl SamplingParams {
             )));
         }
         Ok(())
-    }
-}
-
-/// SplitMix64: small, fast, and the same stream on every platform for a given seed.
-#[derive(Debug, Clone)]
-pub struct SplitMix64(pub u64);
-
-impl SplitMix64 {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
@@ -202,47 +185,10 @@ fn walk(candidates: &[(u32, f32)], weights: &[f64], mut target: f64) -> Option<u
     None
 }
 
-/// Sum of `exp((x − max) / temperature)` over a row, in f64: the total weight
-/// [`Sampler::sample_head`] needs (the devices compute the same per element).
-pub fn softmax_total(row: &[f32], temperature: f32) -> f64 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    row.iter()
-        .map(|&l| (((l - max) / temperature) as f64).exp())
-        .sum()
-}
-
-/// The `k` largest `(id, logit)` of a row (all of them for `k` = 0), largest first, ties by lower
-/// id.
-pub fn sorted_candidates(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
-    let mut candidates: Vec<(u32, f32)> = logits
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| (i as u32, l))
-        .collect();
-    let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    // The order is total (ids break ties), so selecting the k best before sorting them gives
-    // the same list as sorting the whole row, without sorting a whole vocabulary.
-    if k > 0 && k < candidates.len() {
-        candidates.select_nth_unstable_by(k - 1, order);
-        candidates.truncate(k);
-    }
-    candidates.sort_by(order);
-    candidates
-}
-
-pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] || logits[best].is_nan() {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::sampling::softmax_total;
 
     #[test]
     fn greedy_is_argmax() {

@@ -62,6 +62,24 @@ impl<'m, B: Backend> Session<'m, B> {
         &self.seq.table
     }
 
+    /// Every logit row `[tokens × vocab]` (row-major, on the host) of `token_ids`: the first
+    /// `prefill` in one forward step, the rest one at a time through the cache (the decode path).
+    pub fn logits(&mut self, token_ids: &[u32], prefill: usize) -> Result<Vec<f32>> {
+        if prefill == 0 || prefill > token_ids.len() {
+            return Err(Error::InvalidInput(format!(
+                "the prefill must be between 1 and the {} tokens, found {prefill}",
+                token_ids.len()
+            )));
+        }
+        let first = self.feed(&token_ids[..prefill], LogitRows::All)?;
+        let mut logits = self.backend.to_host(&first)?.data;
+        for &t in &token_ids[prefill..] {
+            let row = self.feed(&[t], LogitRows::All)?;
+            logits.extend(self.backend.to_host(&row)?.data);
+        }
+        Ok(logits)
+    }
+
     /// Appends `tokens` in one forward step and returns their logits (`rows` chooses which).
     pub fn feed(&mut self, tokens: &[u32], rows: LogitRows) -> Result<B::Tensor> {
         if tokens.is_empty() {

@@ -2,11 +2,11 @@
 
 use super::llama::MhaAttention;
 use super::loader::Loader;
-use super::rope::{Rope, RopeTable};
 use super::{logits_head, AttentionForm, LogitRows, Step};
 use crate::backend::{Backend, MhaDims, MlaDims, MlpWeights, MoeWeights};
 use crate::config::DeepSeekConfig;
 use crate::error::Result;
+use crate::ops::rope::{Rope, RopeTable};
 use crate::weights::TensorSource;
 
 /// The q and kv latent RMSNorms use RMSNorm's default eps in DeepSeek's code and in

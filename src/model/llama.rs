@@ -2,11 +2,11 @@
 //! paged K/V cache, SwiGLU MLP. The MHA baseline that MLA is compared against.
 
 use super::loader::Loader;
-use super::rope::{Rope, RopeTable};
 use super::{logits_head, LogitRows, Step};
 use crate::backend::{Backend, MhaDims, MlpWeights};
 use crate::config::LlamaConfig;
 use crate::error::Result;
+use crate::ops::rope::{Rope, RopeTable};
 use crate::weights::{HostTensor, TensorSource};
 
 /// One MHA/GQA attention block with its cache layer.

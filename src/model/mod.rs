@@ -3,9 +3,7 @@
 pub mod deepseek;
 pub mod llama;
 mod loader;
-pub mod moe;
 pub mod params;
-pub mod rope;
 
 use crate::backend::{AttentionBatch, Backend};
 use crate::config::ModelConfig;

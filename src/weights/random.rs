@@ -3,8 +3,8 @@
 //! other vectors (biases, routing bias) are 0.
 
 use super::{HostTensor, TensorSource};
-use crate::engine::sampler::SplitMix64;
 use crate::error::Result;
+use crate::util::rng::SplitMix64;
 use rayon::prelude::*;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};

@@ -2,7 +2,7 @@
 //! comparison metric of the project (relative L2 per position).
 #![allow(dead_code)]
 
-use mla_rt::engine::sampler::SplitMix64;
+use mla_rt::util::rng::SplitMix64;
 use safetensors::tensor::{Dtype, TensorView};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;

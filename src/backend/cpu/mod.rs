@@ -8,8 +8,8 @@ pub use attention::CpuKvCache;
 use super::{AttentionBatch, Backend, MhaDims, MlaDims, MlpWeights, MoeWeights};
 use crate::config::MoeConfig;
 use crate::error::{Error, Result};
-use crate::model::moe::route;
-use crate::model::rope::{rotate, RopeTable};
+use crate::ops::rope::{rotate, RopeTable};
+use crate::ops::routing::route;
 use crate::weights::HostTensor;
 use matmul::{axpy, matmul_nt};
 use rayon::prelude::*;
@@ -63,7 +63,7 @@ impl Backend for CpuBackend {
     }
 
     fn free_memory(&self) -> Option<u64> {
-        crate::engine::memory::available_host_bytes()
+        crate::util::host_memory::available_host_bytes()
     }
 
     fn cache_value_bytes(&self) -> u64 {
@@ -107,7 +107,7 @@ impl Backend for CpuBackend {
         let (_, cols) = dims2("argmax_rows", x)?;
         Ok(x.data
             .chunks_exact(cols.max(1))
-            .map(crate::engine::sampler::argmax)
+            .map(crate::ops::sampling::argmax)
             .collect())
     }
 
@@ -295,7 +295,7 @@ impl Backend for CpuBackend {
         width: usize,
     ) -> Result<CpuKvCache> {
         let bytes = layers as u128 * num_blocks as u128 * block_size as u128 * width as u128 * 4;
-        let ram = crate::engine::memory::available_host_bytes();
+        let ram = crate::util::host_memory::available_host_bytes();
         if ram.is_some_and(|ram| bytes > ram as u128) {
             return Err(Error::InvalidInput(format!(
                 "a latent cache of {num_blocks} blocks × {block_size} tokens needs {bytes} bytes, more than the {} bytes of free memory",

@@ -175,7 +175,7 @@ mod tests {
     use super::*;
     use crate::backend::cpu::CpuBackend;
     use crate::backend::{Backend, MlaDims, SeqChunk};
-    use crate::engine::sampler::SplitMix64;
+    use crate::util::rng::SplitMix64;
 
     /// attention_tc_bf16 and its combine step by step on host f32 buffers: the schedule, the
     /// rows' (token, head) and positions, the tile loop with its masks, base-2 softmax and the

@@ -7,7 +7,7 @@ use super::{CudaDevice, GpuFloat, GpuTensor};
 use crate::backend::{AttentionBatch, Backend, MhaDims, MlaDims, MlpWeights, MoeWeights};
 use crate::config::MoeConfig;
 use crate::error::{Error, Result};
-use crate::model::rope::RopeTable;
+use crate::ops::rope::RopeTable;
 use crate::weights::HostTensor;
 use cudarc::cublas::{CudaBlas, Gemm};
 use cudarc::driver::CudaSlice;

@@ -3,7 +3,7 @@
 
 use super::{driver_err, CudaDevice};
 use crate::error::{Error, Result};
-use crate::model::rope::RopeTable;
+use crate::ops::rope::RopeTable;
 use crate::weights::HostTensor;
 use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
 use rayon::prelude::*;

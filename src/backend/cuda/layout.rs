@@ -325,7 +325,7 @@ pub fn emulate<'a>(
 pub(super) mod test_support {
     use crate::backend::cpu::{CpuBackend, CpuKvCache};
     use crate::backend::{AttentionBatch, Backend, MhaDims, MlaDims, SeqChunk};
-    use crate::engine::sampler::SplitMix64;
+    use crate::util::rng::SplitMix64;
     use crate::weights::HostTensor;
 
     pub fn random(rng: &mut SplitMix64, rows: usize, cols: usize) -> HostTensor {
@@ -491,7 +491,7 @@ mod tests {
     use super::*;
     use crate::backend::cpu::CpuBackend;
     use crate::backend::{Backend, SeqChunk};
-    use crate::engine::sampler::SplitMix64;
+    use crate::util::rng::SplitMix64;
 
     const BLOCK: usize = 4;
     const SHAPES: &[(usize, usize)] = &[(1, 1), (9, 3), (4, 4), (13, 1), (6, 2)];

@@ -6,7 +6,7 @@ use super::{CudaDevice, GpuFloat, GpuTensor};
 use crate::backend::{Backend, MoeWeights};
 use crate::config::{MoeConfig, ScoringFunc, TopkMethod};
 use crate::error::{Error, Result};
-use crate::model::moe::Route;
+use crate::ops::routing::Route;
 use cudarc::cublas::{CudaBlas, Gemm};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
@@ -16,7 +16,7 @@ const MAX_GROUPS: usize = 64;
 
 impl CudaDevice {
     /// Each token's chosen experts and weights from its router logits `[tokens, experts]`, as
-    /// [`crate::model::moe::route`] chooses them.
+    /// [`crate::ops::routing::route`] chooses them.
     pub fn moe_route<T: GpuFloat>(
         &self,
         logits: &GpuTensor<T>,
