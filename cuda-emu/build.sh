@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the CUDA emulator: libcuda.so and libcublas.so for the CPU, with every kernel of
-# kernels/*.cu compiled by the host C++ compiler. Usage: cuda-emu/build.sh [OUT_DIR]
+# kernels/**/*.cu compiled by the host C++ compiler. Usage: cuda-emu/build.sh [OUT_DIR]
 # (default target/cuda-emu). Point LD_LIBRARY_PATH at OUT_DIR and `--device cuda` runs on it.
 # `cuda-emu/build.sh --asan [OUT_DIR]` (default target/cuda-emu-asan) builds it with
 # AddressSanitizer: every out-of-bounds access of a kernel to device or shared memory is reported
@@ -9,7 +9,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cxx=${CXX:-g++}
-flags=(-std=c++20 -O2 -g -fPIC -mtls-dialect=gnu2 -Wall -Wno-psabi -Wno-unknown-pragmas -Wno-unused-function -I"$root/cuda-emu/include" -I"$root/cuda-emu")
+flags=(-std=c++20 -O2 -g -fPIC -mtls-dialect=gnu2 -Wall -Wno-psabi -Wno-unknown-pragmas -Wno-unused-function -I"$root/cuda-emu/include" -I"$root/cuda-emu" -DMLA_EXPERIMENTAL_KERNELS)
 default_out=$root/target/cuda-emu
 if [[ ${1:-} == --asan ]]; then
     shift
@@ -20,24 +20,25 @@ out=${1:-$default_out}
 mkdir -p "$out/src" "$out/obj"
 
 objects=()
-for cu in "$root"/kernels/*.cu; do
-    name=$(basename "$cu" .cu)
+# Every kernels/**/*.cu, experimental ones included (the emulator serves every build); a kernel's
+# dynamic shared memory comes through dynamic_shared() (kernels/common.cuh), which reads the
+# emulator's per-block buffer. Static shared variables become thread-local ones (each worker runs
+# its own block; see runtime.cpp) named through a local reference, looked up once per call of the
+# kernel instead of at every access. The rest of the source is compiled as it is.
+while IFS= read -r cu; do
+    rel=${cu#"$root/kernels/"}
+    name=${rel%.cu}
+    name=${name//\//_}
     src="$out/src/$name.cpp"
-    # Dynamic shared memory becomes a pointer to the emulator's per-block buffer. Static shared
-    # variables become thread-local ones (each worker runs its own block; see runtime.cpp) named
-    # through a local reference, looked up once per call of the kernel instead of at every
-    # access. The rest of the source is compiled as it is.
-    sed -E 's/extern __shared__ (__align__\([0-9]+\) )?([A-Za-z_][A-Za-z0-9_ ]*[A-Za-z0-9_]) ([A-Za-z_][A-Za-z0-9_]*)\[\];/\2* \3 = static_cast<\2*>(emu::dynamic_shared());/' \
-        "$cu" |
-        perl -pe 's{^(\s*)__shared__\s+((?:__align__\(\d+\)\s+)?[A-Za-z_]\w*)\s+([^;]+);}{
-            my ($indent, $type, $names) = ($1, $2, $3);
-            $indent . join(" ", map { /^\s*([A-Za-z_]\w*)(.*?)\s*$/;
-                "static thread_local $type ${1}_emu$2; auto& $1 = ${1}_emu;" } split(/,/, $names))
-        }e' >"$src"
-    if grep -q 'extern __shared__' "$src"; then
-        echo "cuda-emu: $cu declares dynamic shared memory in a form build.sh does not rewrite" >&2
+    if grep -q 'extern __shared__' "$cu"; then
+        echo "cuda-emu: $cu declares dynamic shared memory itself; use dynamic_shared() (kernels/common.cuh)" >&2
         exit 1
     fi
+    perl -pe 's{^(\s*)__shared__\s+((?:__align__\(\d+\)\s+)?[A-Za-z_]\w*)\s+([^;]+);}{
+        my ($indent, $type, $names) = ($1, $2, $3);
+        $indent . join(" ", map { /^\s*([A-Za-z_]\w*)(.*?)\s*$/;
+            "static thread_local $type ${1}_emu$2; auto& $1 = ${1}_emu;" } split(/,/, $names))
+    }e' "$cu" >"$src"
     kernels=$("$cxx" "${flags[@]}" -I"$root/kernels" -include cuda_emu.h -E -x c++ "$src" | tr '\n' ' ' |
         grep -oE 'extern "C" __attribute__\(\(used\)\) void +[A-Za-z_][A-Za-z0-9_]*' | awk '{print $NF}')
     {
@@ -46,7 +47,7 @@ for cu in "$root"/kernels/*.cu; do
     } >>"$src"
     "$cxx" "${flags[@]}" -I"$root/kernels" -include cuda_emu.h -c "$src" -o "$out/obj/$name.o"
     objects+=("$out/obj/$name.o")
-done
+done < <(find "$root/kernels" -name '*.cu' | sort)
 "$cxx" "${flags[@]}" -c "$root/cuda-emu/runtime.cpp" -o "$out/obj/runtime.o"
 "$cxx" "${flags[@]}" -c "$root/cuda-emu/async.cpp" -o "$out/obj/async.o"
 "$cxx" "${flags[@]}" -c "$root/cuda-emu/grid.cpp" -o "$out/obj/grid.o"

@@ -343,16 +343,20 @@ CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, uns
         fprintf(stderr, "cuda-emu: kernel %s failed: %s\n", f->name.c_str(), error.c_str());
         return LAUNCH_FAILED;
     }
-    // Parameters that point into an allocation: the kernel must not have written past its end.
+    // Parameters that point into an allocation — pointers, and the 8-byte-aligned words of a
+    // params struct that hold one — must not have been written past the allocation's end.
     for (size_t i = 0; i < f->entry->params; i++) {
-        if (!f->entry->is_pointer[i]) continue;
-        CUdeviceptr value;
-        memcpy(&value, params[i], sizeof value);
-        const auto* a = owner(value);
-        if (a && !guard_intact(a->first, a->second)) {
-            fprintf(stderr, "cuda-emu: kernel %s wrote past the end of a %zu-byte allocation (parameter %zu)\n",
-                    f->name.c_str(), a->second, i);
-            return LAUNCH_FAILED;
+        const bool pointer = f->entry->is_pointer[i];
+        const size_t words = pointer ? 1 : f->entry->bytes[i] / sizeof(CUdeviceptr);
+        for (size_t w = 0; w < words; w++) {
+            CUdeviceptr value;
+            memcpy(&value, static_cast<const char*>(params[i]) + w * sizeof value, sizeof value);
+            const auto* a = owner(value);
+            if (a && !guard_intact(a->first, a->second)) {
+                fprintf(stderr, "cuda-emu: kernel %s wrote past the end of a %zu-byte allocation (parameter %zu)\n",
+                        f->name.c_str(), a->second, i);
+                return LAUNCH_FAILED;
+            }
         }
     }
     return SUCCESS;

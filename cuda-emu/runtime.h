@@ -33,6 +33,7 @@ struct KernelEntry {
     Launcher launch;
     size_t params;
     const bool* is_pointer;  // per parameter
+    const size_t* bytes;     // per parameter (a params struct's words may be device addresses)
 };
 void register_kernel(const char* name, const KernelEntry& entry);
 const KernelEntry* find_kernel(const char* name);
@@ -53,11 +54,13 @@ template <typename... A> struct Kernel {
         return launch_with(fn, params, dims, std::index_sequence_for<A...>{});
     }
     static constexpr bool is_pointer[sizeof...(A) + 1] = {std::is_pointer_v<std::decay_t<A>>..., false};
+    static constexpr size_t bytes[sizeof...(A) + 1] = {sizeof(std::decay_t<A>)..., 0};
 };
 
 struct Registration {
     template <typename... A> Registration(const char* name, void (*fn)(A...)) {
-        register_kernel(name, KernelEntry{reinterpret_cast<void*>(fn), &Kernel<A...>::launch, sizeof...(A), Kernel<A...>::is_pointer});
+        register_kernel(name, KernelEntry{reinterpret_cast<void*>(fn), &Kernel<A...>::launch, sizeof...(A),
+                                          Kernel<A...>::is_pointer, Kernel<A...>::bytes});
     }
 };
 }  // namespace emu

@@ -112,6 +112,44 @@ template <typename F> __device__ __forceinline__ F block_sum(F v) { return block
 // NaN is ignored (fmaxf).
 __device__ __forceinline__ float block_max(float v) { return block_reduce(v, -INFINITY, MaxOp()); }
 
+// The dynamic shared memory of kernel NAME is one `NAME_shared` (a struct, TYPE): its sizeof is
+// the launch size, which the host takes from build.rs (it compiles these declarations on the
+// host with MLA_SHARED_PROBE and reads the sizes), so no size is written twice.
+#if defined(MLA_SHARED_PROBE)
+#include <vector>
+namespace mla_probe {
+struct Entry {
+    const char* name;
+    size_t bytes;
+};
+inline std::vector<Entry>& entries() {
+    static std::vector<Entry> all;
+    return all;
+}
+struct Add {
+    Add(const char* name, size_t bytes) { entries().push_back(Entry{name, bytes}); }
+};
+}  // namespace mla_probe
+#define MLA_SHARED_STORAGE(NAME, ...)   \
+    typedef __VA_ARGS__ NAME##_shared; \
+    inline mla_probe::Add NAME##_probe{#NAME, sizeof(NAME##_shared)};
+#else
+#define MLA_SHARED_STORAGE(NAME, ...) typedef __VA_ARGS__ NAME##_shared;
+#endif
+
+// This CTA's dynamic shared memory as a T (a kernel's `NAME_shared`), or as bytes.
+__device__ __forceinline__ unsigned char* dynamic_shared_bytes() {
+#if defined(MLA_CUDA_EMU)
+    return static_cast<unsigned char*>(emu::dynamic_shared());
+#else
+    extern __shared__ __align__(128) unsigned char mla_dynamic_shared[];
+    return mla_dynamic_shared;
+#endif
+}
+template <typename T> __device__ __forceinline__ T& dynamic_shared() {
+    return *reinterpret_cast<T*>(dynamic_shared_bytes());
+}
+
 // Instantiates `extern "C"` entry points NAME_f32 and NAME_bf16 of a templated kernel.
 #define MLA_FOR_EACH_DTYPE(MACRO) MACRO(f32, float) MACRO(bf16, bf16)
 

@@ -25,7 +25,7 @@ template <typename T>
 __device__ void moe_route(const T* logits, const float* bias, uint32_t* ids, float* weights, int experts,
                           int top_k, int sigmoid, int method, int n_group, int topk_group, int normalize,
                           float scale) {
-    extern __shared__ float shared[];
+    float* shared = reinterpret_cast<float*>(dynamic_shared_bytes());  // [2][experts], sized by the host
     float* score = shared;            // [experts]
     float* choice = shared + experts;  // [experts]
     const T* row = logits + (size_t)blockIdx.x * experts;

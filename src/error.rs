@@ -1,6 +1,10 @@
 //! The one error type of the crate. Every variant renders as a single line that names what went
 //! wrong and where, because the CLI prints exactly that line and exits non-zero.
 
+use cudarc::cublas::result::CublasError;
+use cudarc::cublas::sys::cublasStatus_t;
+use cudarc::driver::sys::cudaError_enum;
+use cudarc::driver::DriverError;
 use std::path::PathBuf;
 
 /// Every failure the runtime reports.
@@ -58,13 +62,66 @@ pub enum Error {
     #[error("{op}: {message}")]
     Op { op: &'static str, message: String },
 
+    /// A CUDA driver, cuBLAS or kernel failure, or no usable GPU.
     #[error("device: {0}")]
-    Device(String),
+    Device(#[from] CudaError),
+}
+
+/// What the CUDA backend reports: driver and cuBLAS failures with their sources, kernels missing
+/// from a build or a GPU, and a device that is not there.
+#[derive(Debug, thiserror::Error)]
+pub enum CudaError {
+    /// A driver call failed while doing `what`.
+    #[error("{what}: {source}")]
+    Driver {
+        what: String,
+        #[source]
+        source: DriverError,
+    },
+
+    /// A cuBLAS call failed while doing `what`.
+    #[error("{what}: {source}")]
+    Cublas {
+        what: String,
+        #[source]
+        source: CublasError,
+    },
+
+    /// A kernel this build or this GPU does not have.
+    #[error("kernel {kernel}: {reason}")]
+    MissingKernel {
+        kernel: &'static str,
+        reason: String,
+    },
+
+    /// No usable device: no kernels in the build, no driver or cuBLAS library, no such GPU.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl CudaError {
+    /// Whether the device ran out of memory (a caller may retry with less).
+    pub fn is_out_of_memory(&self) -> bool {
+        match self {
+            CudaError::Driver { source, .. } => {
+                source.0 == cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY
+            }
+            CudaError::Cublas { source, .. } => {
+                source.0 == cublasStatus_t::CUBLAS_STATUS_ALLOC_FAILED
+            }
+            _ => false,
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// Whether a device ran out of memory.
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self, Error::Device(e) if e.is_out_of_memory())
+    }
+
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

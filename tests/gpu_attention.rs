@@ -14,8 +14,11 @@ mod setup;
 
 use common::{assert_close, Rng};
 use mla_rt::backend::cpu::CpuBackend;
-use mla_rt::backend::cuda::layout::{materialised_layout, mha_layout};
-use mla_rt::backend::cuda::{CudaBackend, GpuFloat, SplitCombine, TcTuning, WideAttention};
+#[cfg(feature = "experimental-kernels")]
+use mla_rt::backend::cuda::attention::layout::{materialised_layout, mha_layout};
+use mla_rt::backend::cuda::{AttentionTuning, CudaBackend, GpuFloat};
+#[cfg(feature = "experimental-kernels")]
+use mla_rt::backend::cuda::{SplitCombine, WideAttention};
 use mla_rt::backend::{AttentionBatch, Backend, MhaDims};
 use mla_rt::weights::HostTensor;
 use setup::*;
@@ -73,6 +76,7 @@ where
             let what = format!("{} materialised, {heads} heads, {combine:?}", T::SUFFIX);
             assert_close(&what, &gpu.to_host(&got).unwrap(), &want, tolerance);
         });
+        #[cfg(feature = "experimental-kernels")]
         if shapes.iter().any(|&(context, _)| context > 128) {
             // Longer than one split's minimum: some row group has several.
             assert_last_cta_ran(&gpu, &batch, &materialised_layout(&dims));
@@ -226,6 +230,7 @@ fn mla_one_split_per_row_group_bf16() {
 /// that serve several units in turn, each loading the next one's queries and first tile while
 /// finishing one, across sequences of different lengths and query tokens, with and without
 /// splits. Hopper only (elsewhere there is no wgmma kernel to run).
+#[cfg(feature = "experimental-kernels")]
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn mla_persistent_ctas_bf16() {
@@ -245,13 +250,13 @@ fn mla_persistent_ctas_bf16() {
     // The splits merged by the combine kernel, then by the last CTA of each row group (a CTA
     // that merges a group before it serves its next unit).
     for combine in [SplitCombine::Kernel, SplitCombine::LastCta] {
-        let tuning = TcTuning {
+        let tuning = AttentionTuning {
             combine,
-            ..TcTuning::from(WideAttention::WgmmaPersistent)
+            ..AttentionTuning::from(WideAttention::WgmmaPersistent)
         };
-        gpu.set_tc_tuning(tuning);
+        gpu.set_attention_tuning(tuning);
         let batch = check_absorbed(&gpu, &mut rng, 128, &shapes, 64, 1e-2);
-        gpu.set_tc_tuning(TcTuning::default());
+        gpu.set_attention_tuning(AttentionTuning::default());
         let shape = tc_shape(&gpu, &batch, 128, tuning);
         assert_eq!(shape.ctas(), ctas, "{:?}", shape.kernel());
         assert!(
@@ -275,11 +280,11 @@ fn mla_long_splits_bf16() {
     let shapes = [(900, 1), (333, 2), (197, 1)];
     for heads in [16, 128] {
         for tuning in latent_kernels(&gpu, heads) {
-            let tuning = TcTuning {
+            let tuning = AttentionTuning {
                 waves: 0.02,
                 ..tuning
             };
-            gpu.set_tc_tuning(tuning);
+            gpu.set_attention_tuning(tuning);
             let batch = check_absorbed(&gpu, &mut rng, heads, &shapes, BLOCK, 1e-2);
             let schedule = tc_shape(&gpu, &batch, heads, tuning);
             // At most three splits per row group: every split has 100+ tokens, most of them
@@ -287,7 +292,7 @@ fn mla_long_splits_bf16() {
             assert!(schedule.max_splits() <= 3, "{heads} heads, {tuning:?}");
         }
     }
-    gpu.set_tc_tuning(TcTuning::default());
+    gpu.set_attention_tuning(AttentionTuning::default());
 }
 
 /// The splits merged inside the attention kernel by the CTA that finishes each row group's
@@ -295,6 +300,7 @@ fn mla_long_splits_bf16() {
 /// seesaw kernels' 64-row units at 16 heads), through each kernel that serves the latent:
 /// a split's rows read before another CTA has stored them, or a counter left nonzero for the
 /// next launch (each case runs twice), shows.
+#[cfg(feature = "experimental-kernels")]
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn mla_last_cta_combine_bf16() {
@@ -306,11 +312,11 @@ fn mla_last_cta_combine_bf16() {
     ];
     for (heads, shapes) in cases {
         for tuning in latent_kernels(&gpu, heads) {
-            let tuning = TcTuning {
+            let tuning = AttentionTuning {
                 combine: SplitCombine::LastCta,
                 ..tuning
             };
-            gpu.set_tc_tuning(tuning);
+            gpu.set_attention_tuning(tuning);
             let batch = check_absorbed(&gpu, &mut rng, heads, shapes, BLOCK, 1e-2);
             let schedule = tc_shape(&gpu, &batch, heads, tuning);
             assert!(
@@ -321,7 +327,7 @@ fn mla_last_cta_combine_bf16() {
             );
         }
     }
-    gpu.set_tc_tuning(TcTuning::default());
+    gpu.set_attention_tuning(AttentionTuning::default());
 }
 
 /// The other block sizes a cache may have (32, 64: the default, 128), with one long sequence
@@ -432,6 +438,7 @@ where
             );
             assert_close(&what, &gpu.to_host(&got).unwrap(), &want, tolerance);
         });
+        #[cfg(feature = "experimental-kernels")]
         if window.is_none() {
             // (A window of 20 tokens leaves every row group one split.)
             assert_last_cta_ran(&gpu, &batch, &mha_layout(&dims, q.cols, width));

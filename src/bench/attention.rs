@@ -5,19 +5,21 @@
 
 use super::kernels::{time_calls, time_ms, uniform};
 use half::bf16;
-use mla_rt::backend::cuda::layout::absorbed_layout;
-use mla_rt::backend::cuda::{CudaBackend, NarrowAttention, SplitCombine, TcTuning, WideAttention};
+use mla_rt::backend::cuda::attention::layout::absorbed_layout;
+use mla_rt::backend::cuda::{
+    driver_err, AttentionTuning, CudaBackend, NarrowAttention, SplitCombine, WideAttention,
+};
 use mla_rt::backend::{AttentionBatch, Backend, MlaDims, SeqChunk};
-use mla_rt::error::{Error, Result};
+use mla_rt::error::Result;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttentionRow {
     pub heads: usize,
-    /// The tensor-core kernel that served the shape (its [`TcKernel::label`]: entry point, and
+    /// The tensor-core kernel that served the shape (its [`AttentionKernel::label`]: entry point, and
     /// whether launched persistent; "+ last-CTA combine" where the kernel merged the splits
     /// itself), its CTAs and the most splits of a row group (1: no combine).
     ///
-    /// [`TcKernel::label`]: mla_rt::backend::cuda::attention_kernels::TcKernel::label
+    /// [`AttentionKernel::label`]: mla_rt::backend::cuda::attention::kernel_choice::AttentionKernel::label
     pub kernel: String,
     /// CTAs the split-KV schedule aimed for, in waves of the CTAs the GPU holds at once.
     pub waves: f32,
@@ -50,7 +52,7 @@ fn copy_gb_per_s(gpu: &CudaBackend<bf16>) -> Result<f64> {
         gpu.device
             .stream
             .memcpy_dtod(&src.data, &mut dst.data)
-            .map_err(|e| Error::Device(format!("device-to-device copy: {e}")))
+            .map_err(driver_err("device-to-device copy"))
     })?;
     Ok(2.0 * (n * 2) as f64 / (ms * 1e6))
 }
@@ -59,7 +61,7 @@ fn copy_gb_per_s(gpu: &CudaBackend<bf16>) -> Result<f64> {
 pub struct AttentionShapes<'a> {
     /// Kernel choices (64-row, 16-row build), a row each where they give different kernels.
     pub kernels: &'a [(WideAttention, NarrowAttention)],
-    /// CTA targets of the split-KV schedule (see [`TcTuning`]), a row each.
+    /// CTA targets of the split-KV schedule (see [`AttentionTuning`]), a row each.
     pub waves: &'a [f32],
     /// How the splits are merged (see [`SplitCombine`]), a row each where it differs.
     pub combines: &'a [SplitCombine],
@@ -117,7 +119,7 @@ pub fn run(
                     };
                 let tunings = shapes.kernels.iter().flat_map(|&(wide, narrow)| {
                     shapes.waves.iter().flat_map(move |&waves| {
-                        shapes.combines.iter().map(move |&combine| TcTuning {
+                        shapes.combines.iter().map(move |&combine| AttentionTuning {
                             wide,
                             narrow,
                             waves,
@@ -132,9 +134,10 @@ pub fn run(
                 for tuning in tunings {
                     let schedule = gpu
                         .device
-                        .tc_plan(&attention, &absorbed_layout(&dims), tuning)?
+                        .split_plan(&attention, &absorbed_layout(&dims), tuning)?
                         .shape;
                     let kernel = match schedule.combine() {
+                        #[cfg(feature = "experimental-kernels")]
                         SplitCombine::LastCta => {
                             format!("{} + last-CTA combine", schedule.kernel().label())
                         }
@@ -144,12 +147,12 @@ pub fn run(
                         continue;
                     }
                     timed.push((kernel.clone(), tuning.waves));
-                    gpu.set_tc_tuning(tuning);
+                    gpu.set_attention_tuning(tuning);
                     let time = time_calls(&gpu.device, reps, || {
                         gpu.mla_attention_absorbed(&q_lat, &q, &cache, 0, &attention, &dims)
                             .map(|_| ())
                     });
-                    gpu.set_tc_tuning(TcTuning::default());
+                    gpu.set_attention_tuning(AttentionTuning::default());
                     let time = time?;
                     let ms = time.gpu_ms;
                     let gb_per_s = bytes as f64 / (ms * 1e6);

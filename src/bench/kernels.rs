@@ -2,10 +2,10 @@
 //! of MB, against a device-to-device copy of the same size measured in the same run.
 
 use cudarc::cublas::{CudaBlas, Gemm};
-use mla_rt::backend::cuda::{CudaBackend, CudaDevice, GpuFloat, GpuTensor};
+use mla_rt::backend::cuda::{driver_err, CudaBackend, CudaDevice, GpuFloat, GpuTensor};
 use mla_rt::backend::Backend;
 use mla_rt::config::{RopeConfig, RopeScaling};
-use mla_rt::error::{Error, Result};
+use mla_rt::error::Result;
 use mla_rt::ops::rope::Rope;
 use mla_rt::weights::HostTensor;
 
@@ -42,19 +42,19 @@ pub(crate) fn time_calls(
     reps: usize,
     mut f: impl FnMut() -> Result<()>,
 ) -> Result<CallTime> {
-    let err = |e: cudarc::driver::DriverError| Error::Device(format!("timing on the GPU: {e}"));
+    let err = || driver_err("timing on the GPU");
     f()?;
     let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-    let start = device.stream.record_event(flags).map_err(err)?;
+    let start = device.stream.record_event(flags).map_err(err())?;
     let host = std::time::Instant::now();
     for _ in 0..reps {
         f()?;
     }
     let host_ms = host.elapsed().as_secs_f64() * 1e3;
-    let end = device.stream.record_event(flags).map_err(err)?;
+    let end = device.stream.record_event(flags).map_err(err())?;
     let reps = reps.max(1) as f64;
     Ok(CallTime {
-        gpu_ms: start.elapsed_ms(&end).map_err(err)? as f64 / reps,
+        gpu_ms: start.elapsed_ms(&end).map_err(err())? as f64 / reps,
         host_ms: host_ms / reps,
     })
 }
@@ -101,7 +101,7 @@ where
     let copy_ms = time_ms(dev, REPS, || {
         dev.stream
             .memcpy_dtod(&x.data, &mut copy.data)
-            .map_err(|e| Error::Device(format!("device-to-device copy: {e}")))
+            .map_err(driver_err("device-to-device copy"))
     })?;
     rows.push(("copy (cuMemcpyDtoD)".into(), 2 * n * e, copy_ms));
 

@@ -176,6 +176,7 @@ pub struct AttentionBenchArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum CombineChoice {
     Kernel,
+    #[cfg(feature = "experimental-kernels")]
     LastCta,
 }
 
@@ -183,6 +184,7 @@ impl From<CombineChoice> for SplitCombine {
     fn from(choice: CombineChoice) -> Self {
         match choice {
             CombineChoice::Kernel => SplitCombine::Kernel,
+            #[cfg(feature = "experimental-kernels")]
             CombineChoice::LastCta => SplitCombine::LastCta,
         }
     }
@@ -193,17 +195,22 @@ impl From<CombineChoice> for SplitCombine {
 pub enum KernelChoice {
     WherePays,
     Wgmma,
-    #[value(name = "wgmma-rs")]
-    WgmmaRs,
-    #[value(name = "wgmma-persistent")]
-    WgmmaPersistent,
-    #[value(name = "wgmma-seesaw")]
-    WgmmaSeesaw,
-    #[value(name = "wgmma-seesaw-tma")]
-    WgmmaSeesawTma,
     Mma,
     #[value(name = "16-row")]
     SixteenRow,
+    #[cfg(feature = "experimental-kernels")]
+    #[value(name = "wgmma-rs")]
+    WgmmaRs,
+    #[cfg(feature = "experimental-kernels")]
+    #[value(name = "wgmma-persistent")]
+    WgmmaPersistent,
+    #[cfg(feature = "experimental-kernels")]
+    #[value(name = "wgmma-seesaw")]
+    WgmmaSeesaw,
+    #[cfg(feature = "experimental-kernels")]
+    #[value(name = "wgmma-seesaw-tma")]
+    WgmmaSeesawTma,
+    #[cfg(feature = "experimental-kernels")]
     #[value(name = "16-row-deep")]
     SixteenRowDeep,
 }
@@ -215,12 +222,17 @@ impl KernelChoice {
         match self {
             KernelChoice::WherePays => (WideAttention::WherePays, shallow),
             KernelChoice::Wgmma => (WideAttention::Wgmma, shallow),
-            KernelChoice::WgmmaRs => (WideAttention::WgmmaRs, shallow),
-            KernelChoice::WgmmaPersistent => (WideAttention::WgmmaPersistent, shallow),
-            KernelChoice::WgmmaSeesaw => (WideAttention::WgmmaSeesaw, shallow),
-            KernelChoice::WgmmaSeesawTma => (WideAttention::WgmmaSeesawTma, shallow),
             KernelChoice::Mma => (WideAttention::Mma, shallow),
             KernelChoice::SixteenRow => (WideAttention::Off, shallow),
+            #[cfg(feature = "experimental-kernels")]
+            KernelChoice::WgmmaRs => (WideAttention::WgmmaRs, shallow),
+            #[cfg(feature = "experimental-kernels")]
+            KernelChoice::WgmmaPersistent => (WideAttention::WgmmaPersistent, shallow),
+            #[cfg(feature = "experimental-kernels")]
+            KernelChoice::WgmmaSeesaw => (WideAttention::WgmmaSeesaw, shallow),
+            #[cfg(feature = "experimental-kernels")]
+            KernelChoice::WgmmaSeesawTma => (WideAttention::WgmmaSeesawTma, shallow),
+            #[cfg(feature = "experimental-kernels")]
             KernelChoice::SixteenRowDeep => (WideAttention::Off, NarrowAttention::Deep),
         }
     }

@@ -4,11 +4,13 @@
 
 use super::common::Rng;
 use mla_rt::backend::cpu::{CpuBackend, CpuKvCache};
-use mla_rt::backend::cuda::attention_tc::TcShape;
-use mla_rt::backend::cuda::layout::{absorbed_layout, AttentionLayout};
-use mla_rt::backend::cuda::{
-    CudaBackend, GpuFloat, NarrowAttention, SplitCombine, TcTuning, WideAttention,
-};
+use mla_rt::backend::cuda::attention::launch::ScheduleShape;
+use mla_rt::backend::cuda::attention::layout::absorbed_layout;
+#[cfg(feature = "experimental-kernels")]
+use mla_rt::backend::cuda::attention::layout::AttentionLayout;
+#[cfg(feature = "experimental-kernels")]
+use mla_rt::backend::cuda::NarrowAttention;
+use mla_rt::backend::cuda::{AttentionTuning, CudaBackend, GpuFloat, SplitCombine, WideAttention};
 use mla_rt::backend::{AttentionBatch, Backend, MlaDims, SeqChunk};
 use mla_rt::weights::HostTensor;
 
@@ -112,38 +114,45 @@ pub fn deepseek_dims(heads: usize) -> MlaDims {
 
 /// The kernels that serve the latent for `heads` heads when forced (these tests' contexts are
 /// too short for them to pay): the 64-row ones from 64 heads (wgmma on Hopper, mma.sync
-/// everywhere), else both builds of the 16-row one and, on Hopper, both builds of the seesaw
-/// wgmma kernel (cp.async, tensor map).
-pub fn latent_kernels<T: GpuFloat>(gpu: &CudaBackend<T>, heads: usize) -> Vec<TcTuning>
+/// everywhere), else the 16-row one; with `experimental-kernels`, the experimental ones too.
+pub fn latent_kernels<T: GpuFloat>(gpu: &CudaBackend<T>, heads: usize) -> Vec<AttentionTuning>
 where
     cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
 {
+    let hopper = gpu.device.info.hopper();
     let wide = match heads {
-        ..64 => {
-            let mut tunings: Vec<TcTuning> = [NarrowAttention::Shallow, NarrowAttention::Deep]
-                .map(|narrow| TcTuning {
-                    wide: WideAttention::Off,
-                    narrow,
-                    ..TcTuning::default()
-                })
-                .to_vec();
-            if gpu.device.info.hopper() {
-                tunings.push(WideAttention::WgmmaSeesaw.into());
-                tunings.push(WideAttention::WgmmaSeesawTma.into());
-            }
-            return tunings;
-        }
-        _ if gpu.device.info.hopper() => vec![
-            WideAttention::Mma,
-            WideAttention::Wgmma,
-            WideAttention::WgmmaRs,
-            WideAttention::WgmmaPersistent,
-            WideAttention::WgmmaSeesaw,
-            WideAttention::WgmmaSeesawTma,
-        ],
+        ..64 => vec![WideAttention::Off],
+        _ if hopper => vec![WideAttention::Mma, WideAttention::Wgmma],
         _ => vec![WideAttention::Mma],
     };
-    wide.into_iter().map(TcTuning::from).collect()
+    let tunings: Vec<AttentionTuning> = wide.into_iter().map(AttentionTuning::from).collect();
+    #[cfg(feature = "experimental-kernels")]
+    let tunings = [tunings, experimental_latent_kernels(heads, hopper)].concat();
+    tunings
+}
+
+/// The experimental kernels that serve the latent for `heads` heads: the deep 16-row build
+/// below 64 heads; on Hopper the rs and persistent wgmma kernels from 64 heads and both builds
+/// of the seesaw kernel (cp.async, tensor map) for any.
+#[cfg(feature = "experimental-kernels")]
+fn experimental_latent_kernels(heads: usize, hopper: bool) -> Vec<AttentionTuning> {
+    let mut tunings = Vec::new();
+    if heads < 64 {
+        tunings.push(AttentionTuning {
+            wide: WideAttention::Off,
+            narrow: NarrowAttention::Deep,
+            ..AttentionTuning::default()
+        });
+    }
+    if hopper {
+        if heads >= 64 {
+            tunings.push(WideAttention::WgmmaRs.into());
+            tunings.push(WideAttention::WgmmaPersistent.into());
+        }
+        tunings.push(WideAttention::WgmmaSeesaw.into());
+        tunings.push(WideAttention::WgmmaSeesawTma.into());
+    }
+    tunings
 }
 
 /// Runs `check` once per kernel that serves the latent for `heads` heads ([`latent_kernels`])
@@ -151,36 +160,43 @@ where
 pub fn for_each_latent_kernel<T: GpuFloat>(
     gpu: &CudaBackend<T>,
     heads: usize,
-    mut check: impl FnMut(TcTuning),
+    mut check: impl FnMut(AttentionTuning),
 ) where
     cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
 {
     for tuning in latent_kernels(gpu, heads) {
-        gpu.set_tc_tuning(tuning);
+        gpu.set_attention_tuning(tuning);
         check(tuning);
     }
-    gpu.set_tc_tuning(TcTuning::default());
+    gpu.set_attention_tuning(AttentionTuning::default());
 }
 
-/// Runs `check` with the splits of row groups merged by the combine kernel, then by the
-/// attention kernels' last CTA of each group (the tensor-core kernels of every form: 16-row
-/// builds of other widths and the WMMA one too), then gives the runtime its own choice back.
+/// Runs `check` with the splits of row groups merged by the combine kernel, then (with
+/// `experimental-kernels`) by the attention kernels' last CTA of each group (the tensor-core
+/// kernels of every form: 16-row builds of other widths and the WMMA one too), then gives the
+/// runtime its own choice back.
 pub fn for_each_combine<T: GpuFloat>(gpu: &CudaBackend<T>, mut check: impl FnMut(SplitCombine))
 where
     cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
 {
-    for combine in [SplitCombine::Kernel, SplitCombine::LastCta] {
-        gpu.set_tc_tuning(TcTuning {
+    let combines = [
+        SplitCombine::Kernel,
+        #[cfg(feature = "experimental-kernels")]
+        SplitCombine::LastCta,
+    ];
+    for combine in combines {
+        gpu.set_attention_tuning(AttentionTuning {
             combine,
-            ..TcTuning::default()
+            ..AttentionTuning::default()
         });
         check(combine);
     }
-    gpu.set_tc_tuning(TcTuning::default());
+    gpu.set_attention_tuning(AttentionTuning::default());
 }
 
 /// That [`for_each_combine`]'s second pass merged splits in the kernel for `batch` and
 /// `layout`, where bf16 runs them on tensor cores (f32 runs the exact kernel: no splits).
+#[cfg(feature = "experimental-kernels")]
 pub fn assert_last_cta_ran<T: GpuFloat>(
     gpu: &CudaBackend<T>,
     batch: &AttentionBatch,
@@ -191,11 +207,11 @@ pub fn assert_last_cta_ran<T: GpuFloat>(
     if T::SUFFIX != "bf16" {
         return;
     }
-    let tuning = TcTuning {
+    let tuning = AttentionTuning {
         combine: SplitCombine::LastCta,
-        ..TcTuning::default()
+        ..AttentionTuning::default()
     };
-    let shape = gpu.device.tc_plan(batch, layout, tuning).unwrap().shape;
+    let shape = gpu.device.split_plan(batch, layout, tuning).unwrap().shape;
     assert!(
         shape.combine() == SplitCombine::LastCta,
         "{layout:?}: {} splits, {:?}",
@@ -209,13 +225,13 @@ pub fn tc_shape<T: GpuFloat>(
     gpu: &CudaBackend<T>,
     batch: &AttentionBatch,
     heads: usize,
-    tuning: TcTuning,
-) -> TcShape
+    tuning: AttentionTuning,
+) -> ScheduleShape
 where
     cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
 {
     gpu.device
-        .tc_plan(batch, &absorbed_layout(&deepseek_dims(heads)), tuning)
+        .split_plan(batch, &absorbed_layout(&deepseek_dims(heads)), tuning)
         .unwrap()
         .shape
 }

@@ -1,7 +1,7 @@
 //! The CUDA implementation of [`Backend`]: the model code of the CPU reference, run on one GPU
 //! with activations and weights in one element type `T` (f32 or bf16; arithmetic in f32).
 
-use super::attention_kernels::TcTuning;
+use super::attention::kernel_choice::AttentionTuning;
 use super::blas::{Blas, Layout};
 use super::{CudaDevice, GpuFloat, GpuTensor};
 use crate::backend::{AttentionBatch, Backend, MhaDims, MlaDims, MlpWeights, MoeWeights};
@@ -25,12 +25,12 @@ pub struct CudaBackend<T> {
     pub(super) materialised_bytes: std::cell::Cell<usize>,
     /// Which 64-row kernel MLA decode with 64+ heads per token takes (the one that pays, by
     /// default, or one forced on or off) and how many CTAs the split-KV schedule aims for.
-    pub(super) tc_tuning: std::cell::Cell<TcTuning>,
+    pub(super) tc_tuning: std::cell::Cell<AttentionTuning>,
     /// The last RoPE table uploaded, with its host values: a step uses one table in every
     /// layer, so it crosses the bus once per step instead of once per layer.
     rope_tables: RefCell<Option<UploadedRope>>,
     /// The current step's attention plans and schedules (see `attention_forms`).
-    pub(super) prepared: RefCell<Option<super::attention_forms::PreparedStep>>,
+    pub(super) prepared: RefCell<Option<super::attention::PreparedStep>>,
     _element: PhantomData<T>,
 }
 
@@ -112,8 +112,8 @@ where
             device,
             blas,
             poison_outputs: false,
-            materialised_bytes: std::cell::Cell::new(super::attention_forms::MATERIALISED_BYTES),
-            tc_tuning: std::cell::Cell::new(TcTuning::default()),
+            materialised_bytes: std::cell::Cell::new(super::tuning::MATERIALISED_BYTES),
+            tc_tuning: std::cell::Cell::new(AttentionTuning::default()),
             rope_tables: RefCell::new(None),
             prepared: RefCell::new(None),
             _element: PhantomData,
@@ -132,9 +132,9 @@ where
         self.materialised_bytes.set(bytes);
     }
 
-    /// How the tensor-core attention runs from the next call on (see [`TcTuning`]): tests force
+    /// How the tensor-core attention runs from the next call on (see [`AttentionTuning`]): tests force
     /// each kernel on shapes of any size, `mla bench attention` compares kernels and splits.
-    pub fn set_tc_tuning(&self, tuning: TcTuning) {
+    pub fn set_attention_tuning(&self, tuning: AttentionTuning) {
         self.tc_tuning.set(tuning);
     }
 

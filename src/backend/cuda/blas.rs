@@ -4,6 +4,7 @@
 //! bf16 runs through `cublasGemmEx` with f32 accumulation; f32 uses plain SGEMM (no TF32), so
 //! the f32 path stays within 1e-4 of the CPU reference.
 
+use super::error::{cublas_err, unavailable};
 use super::GpuFloat;
 use crate::error::{Error, Result};
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
@@ -35,14 +36,13 @@ impl Blas {
     pub fn new(stream: Arc<CudaStream>) -> Result<Self> {
         // SAFETY: only asks the dynamic loader whether libcublas can be opened.
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
-            return Err(Error::Device(
+            return Err(unavailable(
                 "cuBLAS (libcublas.so) was not found: add the CUDA toolkit's lib64 folder or the \
-                 pip nvidia-cublas wheel's lib folder to LD_LIBRARY_PATH"
-                    .into(),
+                 pip nvidia-cublas wheel's lib folder to LD_LIBRARY_PATH",
             ));
         }
-        let handle = CudaBlas::new(stream.clone())
-            .map_err(|e| Error::Device(format!("creating the cuBLAS handle: {e}")))?;
+        let handle =
+            CudaBlas::new(stream.clone()).map_err(cublas_err("creating the cuBLAS handle"))?;
         Ok(Blas { handle, stream })
     }
 
@@ -66,8 +66,9 @@ impl Blas {
         let cfg = gemm_config::<T>(x_layout, w_layout, ld_out)?;
         // SAFETY: check_operands bounds every element cuBLAS reads or writes by the lengths of
         // the three buffers, and all three live on the handle's stream.
-        unsafe { self.handle.gemm(cfg, w, x, out) }
-            .map_err(|e| Error::Device(format!("cuBLAS GEMM {x_layout:?} × {w_layout:?}ᵀ: {e}")))
+        unsafe { self.handle.gemm(cfg, w, x, out) }.map_err(cublas_err(format!(
+            "cuBLAS GEMM {x_layout:?} × {w_layout:?}ᵀ"
+        )))
     }
 
     /// `out[x.rows, w.rows] = x · wᵀ` with an f32 result whatever the operands' type: the MoE
@@ -119,11 +120,9 @@ impl Blas {
                 cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }
-        .map_err(|e| {
-            Error::Device(format!(
-                "cuBLAS GEMM {x_layout:?} × {w_layout:?}ᵀ → f32: {e}"
-            ))
-        })
+        .map_err(cublas_err(format!(
+            "cuBLAS GEMM {x_layout:?} × {w_layout:?}ᵀ → f32"
+        )))
     }
 
     /// For each of `batch` heads: `out_h = x_h · w_hᵀ`, where `x_h` starts `x_stride` values after
@@ -170,11 +169,9 @@ impl Blas {
         };
         // SAFETY: the checks above bound every element of every batch entry by the lengths of
         // the three buffers, and all three live on the handle's stream.
-        unsafe { self.handle.gemm_strided_batched(cfg, w, x, out) }.map_err(|e| {
-            Error::Device(format!(
-                "cuBLAS batched GEMM {batch} × {x_layout:?} × {w_layout:?}ᵀ: {e}"
-            ))
-        })
+        unsafe { self.handle.gemm_strided_batched(cfg, w, x, out) }.map_err(cublas_err(format!(
+            "cuBLAS batched GEMM {batch} × {x_layout:?} × {w_layout:?}ᵀ"
+        )))
     }
 }
 

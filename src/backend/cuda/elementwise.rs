@@ -1,19 +1,24 @@
 //! Rust side of `kernels/elementwise.cu`: device tensors, transfers, and one checked launch per
 //! kernel. Shapes are validated on the host before anything is launched.
 
-use super::{driver_err, CudaDevice};
+use super::error::driver_err;
+use super::kernels;
+use super::launch::Order;
+use super::CudaDevice;
 use crate::error::{Error, Result};
 use crate::ops::rope::RopeTable;
 use crate::weights::HostTensor;
-use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
+use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, ValidAsZeroBits};
 use rayon::prelude::*;
 
 /// Element types the kernels are instantiated for; arithmetic is always f32.
 pub trait GpuFloat:
     DeviceRepr + ValidAsZeroBits + Copy + Default + Send + Sync + Unpin + 'static
 {
-    /// Suffix of the `extern "C"` kernel names.
+    /// The type's name, as the kernels' suffix (`f32`, `bf16`).
     const SUFFIX: &'static str;
+    /// Whether this is bf16 (picks a kernel's build: [`super::kernels::ByDtype::of`]).
+    const BF16: bool;
     /// The type's cuBLAS name.
     const BLAS_TYPE: cudarc::cublas::sys::cudaDataType;
     fn from_f32(v: f32) -> Self;
@@ -22,6 +27,7 @@ pub trait GpuFloat:
 
 impl GpuFloat for f32 {
     const SUFFIX: &'static str = "f32";
+    const BF16: bool = false;
     const BLAS_TYPE: cudarc::cublas::sys::cudaDataType =
         cudarc::cublas::sys::cudaDataType::CUDA_R_32F;
     fn from_f32(v: f32) -> Self {
@@ -34,6 +40,7 @@ impl GpuFloat for f32 {
 
 impl GpuFloat for half::bf16 {
     const SUFFIX: &'static str = "bf16";
+    const BF16: bool = true;
     const BLAS_TYPE: cudarc::cublas::sys::cudaDataType =
         cudarc::cublas::sys::cudaDataType::CUDA_R_16BF;
     fn from_f32(v: f32) -> Self {
@@ -120,10 +127,6 @@ impl CudaDevice {
         self.tensor(rows, cols, Some(f32::NAN))
     }
 
-    fn launch_err(name: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
-        move |e| Error::Device(format!("kernel {name}: {e}"))
-    }
-
     /// Rows of `table` for each id (ids are checked against the vocabulary first).
     pub fn embedding<T: GpuFloat>(
         &self,
@@ -151,13 +154,17 @@ impl CudaDevice {
         }
         let ids = self.upload_u32(ids)?;
         let hidden = table.cols as i32;
-        let name = format!("embedding_{}", T::SUFFIX);
-        let f = self.function("elementwise", &name)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&mut out.data).arg(&table.data).arg(&ids).arg(&hidden);
+        let args = self.args(&[&out.data, &table.data, &ids, &hidden]);
         // SAFETY: the arguments match the kernel's `extern "C"` signature in elementwise.cu in
         // order and type, and the shape checks above bound every index it computes.
-        unsafe { b.launch(rows_config(out.rows)) }.map_err(Self::launch_err(&name))?;
+        unsafe {
+            self.launch(
+                kernels::EMBEDDING.of::<T>(),
+                rows_config(out.rows),
+                Order::Serial,
+                &args,
+            )
+        }?;
         Ok(())
     }
 
@@ -180,17 +187,17 @@ impl CudaDevice {
             ));
         }
         let cols = x.cols as i32;
-        let name = format!("rms_norm_{}", T::SUFFIX);
-        let f = self.function("elementwise", &name)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&mut out.data)
-            .arg(&x.data)
-            .arg(&weight.data)
-            .arg(&cols)
-            .arg(&eps);
+        let args = self.args(&[&out.data, &x.data, &weight.data, &cols, &eps]);
         // SAFETY: the arguments match the kernel's `extern "C"` signature in elementwise.cu in
         // order and type, and the shape checks above bound every index it computes.
-        unsafe { b.launch(rows_config(x.rows)) }.map_err(Self::launch_err(&name))?;
+        unsafe {
+            self.launch(
+                kernels::RMS_NORM.of::<T>(),
+                rows_config(x.rows),
+                Order::Serial,
+                &args,
+            )
+        }?;
         Ok(())
     }
 
@@ -223,18 +230,17 @@ impl CudaDevice {
             return Ok(());
         }
         let cols = x.cols as i32;
-        let name = format!("add_rms_norm_{}", T::SUFFIX);
-        let f = self.function("elementwise", &name)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&mut x.data)
-            .arg(&y.data)
-            .arg(&mut out.data)
-            .arg(&weight.data)
-            .arg(&cols)
-            .arg(&eps);
+        let args = self.args(&[&x.data, &y.data, &out.data, &weight.data, &cols, &eps]);
         // SAFETY: the arguments match add_rms_norm in elementwise.cu in order and type; the
         // shape checks above make every row of x, y and out `cols` wide.
-        unsafe { b.launch(rows_config(x.rows)) }.map_err(Self::launch_err(&name))?;
+        unsafe {
+            self.launch(
+                kernels::ADD_RMS_NORM.of::<T>(),
+                rows_config(x.rows),
+                Order::Serial,
+                &args,
+            )
+        }?;
         Ok(())
     }
 
@@ -246,13 +252,17 @@ impl CudaDevice {
             ));
         }
         let n = (x.rows * x.cols) as i64;
-        let name = format!("add_assign_{}", T::SUFFIX);
-        let f = self.function("elementwise", &name)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&mut x.data).arg(&y.data).arg(&n);
+        let args = self.args(&[&x.data, &y.data, &n]);
         // SAFETY: the arguments match the kernel's `extern "C"` signature in elementwise.cu in
         // order and type, and the shape checks above bound every index it computes.
-        unsafe { b.launch(grid_stride_config(n as usize)) }.map_err(Self::launch_err(&name))?;
+        unsafe {
+            self.launch(
+                kernels::ADD_ASSIGN.of::<T>(),
+                grid_stride_config(n as usize),
+                Order::Serial,
+                &args,
+            )
+        }?;
         Ok(())
     }
 
@@ -264,13 +274,17 @@ impl CudaDevice {
             ));
         }
         let (n, cols) = ((x.rows * x.cols) as i64, x.cols as i32);
-        let name = format!("add_bias_{}", T::SUFFIX);
-        let f = self.function("elementwise", &name)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&mut x.data).arg(&bias.data).arg(&n).arg(&cols);
+        let args = self.args(&[&x.data, &bias.data, &n, &cols]);
         // SAFETY: the arguments match the kernel's `extern "C"` signature in elementwise.cu in
         // order and type, and the shape checks above bound every index it computes.
-        unsafe { b.launch(grid_stride_config(n as usize)) }.map_err(Self::launch_err(&name))?;
+        unsafe {
+            self.launch(
+                kernels::ADD_BIAS.of::<T>(),
+                grid_stride_config(n as usize),
+                Order::Serial,
+                &args,
+            )
+        }?;
         Ok(())
     }
 
@@ -286,13 +300,17 @@ impl CudaDevice {
             ));
         }
         let n = (gate.rows * gate.cols) as i64;
-        let name = format!("silu_mul_{}", T::SUFFIX);
-        let f = self.function("elementwise", &name)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&mut gate.data).arg(&up.data).arg(&n);
+        let args = self.args(&[&gate.data, &up.data, &n]);
         // SAFETY: the arguments match the kernel's `extern "C"` signature in elementwise.cu in
         // order and type, and the shape checks above bound every index it computes.
-        unsafe { b.launch(grid_stride_config(n as usize)) }.map_err(Self::launch_err(&name))?;
+        unsafe {
+            self.launch(
+                kernels::SILU_MUL.of::<T>(),
+                grid_stride_config(n as usize),
+                Order::Serial,
+                &args,
+            )
+        }?;
         Ok(())
     }
 
@@ -334,21 +352,19 @@ impl CudaDevice {
             table.half as i32,
             table.interleaved as i32,
         );
-        let name = format!("rope_{}", T::SUFFIX);
-        let f = self.function("elementwise", &name)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&mut x.data)
-            .arg(&cos_sin.0)
-            .arg(&cos_sin.1)
-            .arg(&cols)
-            .arg(&heads)
-            .arg(&stride)
-            .arg(&offset)
-            .arg(&half)
-            .arg(&inter);
+        let args = self.args(&[
+            &x.data, &cos_sin.0, &cos_sin.1, &cols, &heads, &stride, &offset, &half, &inter,
+        ]);
         // SAFETY: the arguments match the kernel's `extern "C"` signature in elementwise.cu in
         // order and type, and the shape checks above bound every index it computes.
-        unsafe { b.launch(rows_config(x.rows)) }.map_err(Self::launch_err(&name))?;
+        unsafe {
+            self.launch(
+                kernels::ROPE.of::<T>(),
+                rows_config(x.rows),
+                Order::Serial,
+                &args,
+            )
+        }?;
         Ok(())
     }
 
@@ -374,20 +390,19 @@ impl CudaDevice {
             ));
         }
         let (r, half, inter) = (r as i32, table.half as i32, table.interleaved as i32);
-        let name = format!("latent_epilogue_{}", T::SUFFIX);
-        let f = self.function("elementwise", &name)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&mut ckv.data)
-            .arg(&norm.data)
-            .arg(&cos_sin.0)
-            .arg(&cos_sin.1)
-            .arg(&r)
-            .arg(&half)
-            .arg(&eps)
-            .arg(&inter);
+        let args = self.args(&[
+            &ckv.data, &norm.data, &cos_sin.0, &cos_sin.1, &r, &half, &eps, &inter,
+        ]);
         // SAFETY: the arguments match the kernel's `extern "C"` signature in elementwise.cu in
         // order and type, and the shape checks above bound every index it computes.
-        unsafe { b.launch(rows_config(ckv.rows)) }.map_err(Self::launch_err(&name))?;
+        unsafe {
+            self.launch(
+                kernels::LATENT_EPILOGUE.of::<T>(),
+                rows_config(ckv.rows),
+                Order::Serial,
+                &args,
+            )
+        }?;
         Ok(())
     }
 
@@ -421,18 +436,17 @@ impl CudaDevice {
         }
         let slots = self.upload_u32(slots)?;
         let (cols, offset, width) = (x.cols as i32, offset as i32, width as i32);
-        let name = format!("write_kv_cache_{}", T::SUFFIX);
-        let f = self.function("elementwise", &name)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(layer)
-            .arg(&x.data)
-            .arg(&slots)
-            .arg(&cols)
-            .arg(&offset)
-            .arg(&width);
+        let args = self.args(&[layer, &x.data, &slots, &cols, &offset, &width]);
         // SAFETY: the arguments match the kernel's `extern "C"` signature in elementwise.cu in
         // order and type, and the shape checks above bound every index it computes.
-        unsafe { b.launch(rows_config(x.rows)) }.map_err(Self::launch_err(&name))?;
+        unsafe {
+            self.launch(
+                kernels::WRITE_KV_CACHE.of::<T>(),
+                rows_config(x.rows),
+                Order::Serial,
+                &args,
+            )
+        }?;
         Ok(())
     }
 
@@ -465,13 +479,10 @@ impl CudaDevice {
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let name = format!("copy_blocks_{}", T::SUFFIX);
-        let f = self.function("elementwise", &name)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(cache).arg(&flat).arg(&block_elems).arg(&layer_elems);
+        let args = self.args(&[cache, &flat, &block_elems, &layer_elems]);
         // SAFETY: the arguments match the kernel's `extern "C"` signature in elementwise.cu in
         // order and type, and the shape checks above bound every index it computes.
-        unsafe { b.launch(cfg) }.map_err(Self::launch_err(&name))?;
+        unsafe { self.launch(kernels::COPY_BLOCKS.of::<T>(), cfg, Order::Serial, &args) }?;
         Ok(())
     }
 }

@@ -2,13 +2,15 @@
 //! the MoE layer that runs the routed experts over their tokens.
 
 use super::backend::{op_err, CudaBackend};
+use super::kernels;
+use super::launch::Order;
 use super::{CudaDevice, GpuFloat, GpuTensor};
 use crate::backend::{Backend, MoeWeights};
 use crate::config::{MoeConfig, ScoringFunc, TopkMethod};
 use crate::error::{Error, Result};
 use crate::ops::routing::Route;
 use cudarc::cublas::{CudaBlas, Gemm};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 
 /// Limits of the kernel's per-token bit sets (`taken[32]`, `MAX_GROUPS`).
 const MAX_EXPERTS: usize = 1024;
@@ -48,8 +50,8 @@ impl CudaDevice {
         // Zeros stand for "no bias": adding them changes no choice.
         let bias_values = bias.map_or_else(|| vec![0.0; experts], <[f32]>::to_vec);
         let bias_dev = self.upload_f32(&bias_values)?;
-        let mut ids = self.upload_u32(&vec![u32::MAX; tokens * k])?;
-        let mut weights = self.upload_f32(&vec![f32::NAN; tokens * k])?;
+        let ids = self.upload_u32(&vec![u32::MAX; tokens * k])?;
+        let weights = self.upload_f32(&vec![f32::NAN; tokens * k])?;
         let sigmoid = (moe.scoring_func == ScoringFunc::Sigmoid) as i32;
         let method = match moe.topk_method {
             TopkMethod::Greedy => 0i32,
@@ -64,21 +66,20 @@ impl CudaDevice {
         );
         let normalize = (moe.topk_method == TopkMethod::NoauxTc && moe.norm_topk_prob) as i32;
         let scale = moe.routed_scaling_factor as f32;
-        let name = format!("moe_route_{}", T::SUFFIX);
-        let f = self.function("moe", &name)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&logits.data)
-            .arg(&bias_dev)
-            .arg(&mut ids)
-            .arg(&mut weights)
-            .arg(&experts_i)
-            .arg(&k_i)
-            .arg(&sigmoid)
-            .arg(&method)
-            .arg(&groups)
-            .arg(&keep)
-            .arg(&normalize)
-            .arg(&scale);
+        let args = self.args(&[
+            &logits.data,
+            &bias_dev,
+            &ids,
+            &weights,
+            &experts_i,
+            &k_i,
+            &sigmoid,
+            &method,
+            &groups,
+            &keep,
+            &normalize,
+            &scale,
+        ]);
         let cfg = LaunchConfig {
             grid_dim: (tokens as u32, 1, 1),
             block_dim: (256, 1, 1),
@@ -87,13 +88,14 @@ impl CudaDevice {
         // SAFETY: the arguments match moe_route in moe.cu in order and type; block `t` reads
         // row `t` of the logits and writes its `k` ids and weights; the checks above keep the
         // expert and group counts within the kernel's fixed-size sets.
-        unsafe { b.launch(cfg) }.map_err(|e| Error::Device(format!("kernel {name}: {e}")))?;
+        unsafe { self.launch(kernels::MOE_ROUTE.of::<T>(), cfg, Order::Serial, &args) }?;
         let ids = self.fetch(&ids, "expert ids")?;
         let weights = self.fetch(&weights, "expert weights")?;
         if let Some(bad) = ids.iter().find(|&&e| e as usize >= experts) {
-            return Err(Error::Device(format!(
-                "moe_route chose expert {bad} of {experts}"
-            )));
+            return Err(op_err(
+                "moe_route",
+                format!("chose expert {bad} of {experts}"),
+            ));
         }
         Ok(ids
             .chunks_exact(k)

@@ -1,9 +1,12 @@
 //! Rust side of the row kernels in `kernels/elementwise.cu`: gathers (select_rows, a context's
 //! cache rows, MoE token permutation), the weighted scatter-add of MoE outputs, and fills.
 
+use super::error::driver_err;
+use super::kernels;
+use super::launch::Order;
 use super::{CudaDevice, GpuFloat, GpuTensor};
 use crate::error::{Error, Result};
-use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, LaunchConfig};
 
 const THREADS: u32 = 256;
 
@@ -63,18 +66,17 @@ impl CudaDevice {
             return Ok(());
         }
         let (src_cols, cols) = (src_cols as i32, out.cols as i32);
-        let name = format!("gather_rows_{}", T::SUFFIX);
-        let f = self.function("elementwise", &name)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&mut out.data)
-            .arg(src)
-            .arg(idx)
-            .arg(&src_cols)
-            .arg(&cols);
+        let args = self.args(&[&out.data, src, idx, &src_cols, &cols]);
         // SAFETY: the arguments match gather_rows in elementwise.cu in order and type; the
         // caller guarantees every index within `src` and one per row of `out`.
-        unsafe { b.launch(row_config(rows)) }
-            .map_err(|e| Error::Device(format!("kernel {name}: {e}")))?;
+        unsafe {
+            self.launch(
+                kernels::GATHER_ROWS.of::<T>(),
+                row_config(rows),
+                Order::Serial,
+                &args,
+            )
+        }?;
         Ok(())
     }
 
@@ -135,18 +137,17 @@ impl CudaDevice {
             return Ok(());
         }
         let cols = out.cols as i32;
-        let name = format!("scatter_add_rows_{}", T::SUFFIX);
-        let f = self.function("elementwise", &name)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&mut out.data)
-            .arg(&y.data)
-            .arg(idx)
-            .arg(weights)
-            .arg(&cols);
+        let args = self.args(&[&out.data, &y.data, idx, weights, &cols]);
         // SAFETY: the arguments match scatter_add_rows in elementwise.cu in order and type; the
         // caller guarantees rows in range and distinct, so no two threads write one element.
-        unsafe { b.launch(row_config(rows)) }
-            .map_err(|e| Error::Device(format!("kernel {name}: {e}")))?;
+        unsafe {
+            self.launch(
+                kernels::SCATTER_ADD_ROWS.of::<T>(),
+                row_config(rows),
+                Order::Serial,
+                &args,
+            )
+        }?;
         Ok(())
     }
 
@@ -155,16 +156,19 @@ impl CudaDevice {
         if x.rows == 0 || x.cols == 0 {
             return Ok(vec![0; x.rows]);
         }
-        let mut ids = self.upload_u32(&vec![u32::MAX; x.rows])?;
+        let ids = self.upload_u32(&vec![u32::MAX; x.rows])?;
         let cols = x.cols as i32;
-        let name = format!("argmax_rows_{}", T::SUFFIX);
-        let f = self.function("elementwise", &name)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&x.data).arg(&mut ids).arg(&cols);
+        let args = self.args(&[&x.data, &ids, &cols]);
         // SAFETY: the arguments match argmax_rows in elementwise.cu in order and type; block
         // `r` reads row `r` of `x` and writes `ids[r]`, both in bounds.
-        unsafe { b.launch(row_config(x.rows)) }
-            .map_err(|e| Error::Device(format!("kernel {name}: {e}")))?;
+        unsafe {
+            self.launch(
+                kernels::ARGMAX_ROWS.of::<T>(),
+                row_config(x.rows),
+                Order::Serial,
+                &args,
+            )
+        }?;
         self.fetch(&ids, "argmax ids")
     }
 
@@ -183,17 +187,20 @@ impl CudaDevice {
         }
         let temps = self.upload_f32(temperatures)?;
         // SAFETY: every element is written by the kernel below (one per block) before the copy.
-        let mut totals = unsafe { self.stream.alloc::<f64>(x.rows) }
-            .map_err(|e| Error::Device(format!("allocating row totals: {e}")))?;
+        let totals = unsafe { self.stream.alloc::<f64>(x.rows) }
+            .map_err(driver_err("allocating row totals"))?;
         let cols = x.cols as i32;
-        let name = format!("softmax_totals_{}", T::SUFFIX);
-        let f = self.function("elementwise", &name)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&x.data).arg(&cols).arg(&temps).arg(&mut totals);
+        let args = self.args(&[&x.data, &cols, &temps, &totals]);
         // SAFETY: the arguments match softmax_totals in elementwise.cu in order and type; block
         // `r` reads row `r` of `x` and `temperatures[r]` and writes `totals[r]`.
-        unsafe { b.launch(row_config(x.rows)) }
-            .map_err(|e| Error::Device(format!("kernel {name}: {e}")))?;
+        unsafe {
+            self.launch(
+                kernels::SOFTMAX_TOTALS.of::<T>(),
+                row_config(x.rows),
+                Order::Serial,
+                &args,
+            )
+        }?;
         self.fetch(&totals, "row totals")
     }
 
@@ -213,17 +220,10 @@ impl CudaDevice {
         if x.rows == 0 {
             return Ok(Vec::new());
         }
-        let mut values = self.upload_f32(&vec![f32::NAN; x.rows * k])?;
-        let mut ids = self.upload_u32(&vec![u32::MAX; x.rows * k])?;
+        let values = self.upload_f32(&vec![f32::NAN; x.rows * k])?;
+        let ids = self.upload_u32(&vec![u32::MAX; x.rows * k])?;
         let (cols, k_i) = (x.cols as i32, k as i32);
-        let name = format!("top_k_rows_{}", T::SUFFIX);
-        let f = self.function("elementwise", &name)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&x.data)
-            .arg(&cols)
-            .arg(&k_i)
-            .arg(&mut values)
-            .arg(&mut ids);
+        let args = self.args(&[&x.data, &cols, &k_i, &values, &ids]);
         let cfg = LaunchConfig {
             grid_dim: (x.rows as u32, 1, 1),
             block_dim: (1024, 1, 1),
@@ -231,7 +231,7 @@ impl CudaDevice {
         };
         // SAFETY: the arguments match top_k_rows in elementwise.cu in order and type; block `r`
         // reads row `r` of `x` and writes entries [r·k, (r + 1)·k) of `values` and `ids`.
-        unsafe { b.launch(cfg) }.map_err(|e| Error::Device(format!("kernel {name}: {e}")))?;
+        unsafe { self.launch(kernels::TOP_K_ROWS.of::<T>(), cfg, Order::Serial, &args) }?;
         let values = self.fetch(&values, "top-k values")?;
         let ids = self.fetch(&ids, "top-k ids")?;
         Ok(ids
@@ -253,14 +253,12 @@ impl CudaDevice {
             RandomFill::Constant(v) => return self.tensor(rows, cols, Some(v)),
             RandomFill::Normal { base, std } => (base, std),
         };
-        let mut t = self.tensor::<T>(rows, cols, None)?;
+        let t = self.tensor::<T>(rows, cols, None)?;
         let n = rows * cols;
         if n == 0 {
             return Ok(t);
         }
         let (count, chunk) = (n as i64, CHUNK as i64);
-        let name = format!("random_normal_{}", T::SUFFIX);
-        let f = self.function("elementwise", &name)?;
         let cfg = LaunchConfig {
             // A thread per 16-byte pack (the kernel strides over the grid past 65,536 blocks).
             grid_dim: (
@@ -271,15 +269,10 @@ impl CudaDevice {
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&mut t.data)
-            .arg(&count)
-            .arg(&base)
-            .arg(&std)
-            .arg(&chunk);
+        let args = self.args(&[&t.data, &count, &base, &std, &chunk]);
         // SAFETY: the arguments match random_normal in elementwise.cu; it writes indices below n,
         // the tensor's length.
-        unsafe { b.launch(cfg) }.map_err(|e| Error::Device(format!("kernel {name}: {e}")))?;
+        unsafe { self.launch(kernels::RANDOM_NORMAL.of::<T>(), cfg, Order::Serial, &args) }?;
         Ok(t)
     }
 
@@ -289,8 +282,6 @@ impl CudaDevice {
         if n == 0 {
             return Ok(());
         }
-        let name = format!("fill_{}", T::SUFFIX);
-        let f = self.function("elementwise", &name)?;
         let count = n as i64;
         let cfg = LaunchConfig {
             // A thread per 16-byte pack (the kernel strides over the grid past 65,536 blocks).
@@ -302,10 +293,9 @@ impl CudaDevice {
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(x).arg(&count).arg(&value);
+        let args = self.args(&[x, &count, &value]);
         // SAFETY: the arguments match fill in elementwise.cu; it writes indices below `n`.
-        unsafe { b.launch(cfg) }.map_err(|e| Error::Device(format!("kernel {name}: {e}")))?;
+        unsafe { self.launch(kernels::FILL.of::<T>(), cfg, Order::Serial, &args) }?;
         Ok(())
     }
 
@@ -321,12 +311,10 @@ impl CudaDevice {
         let len = (rows * cols).max(1);
         // SAFETY: the memory is either filled right below or is an output whose every element
         // the next kernel writes before anything reads it.
-        let mut data = unsafe { self.stream.alloc::<T>(len) }.map_err(|e| {
-            Error::Device(format!(
-                "allocating a [{rows}, {cols}] tensor on {}: {e}",
-                self.info.name
-            ))
-        })?;
+        let mut data = unsafe { self.stream.alloc::<T>(len) }.map_err(driver_err(format!(
+            "allocating a [{rows}, {cols}] tensor on {}",
+            self.info.name
+        )))?;
         if let Some(v) = value {
             self.fill(&mut data, v)?;
         }

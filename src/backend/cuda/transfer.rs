@@ -3,7 +3,8 @@
 //! then the values are moved out into a `Vec`. Host → device copies stay on cudarc's pageable
 //! path: an asynchronous upload from a reused pinned buffer would need a fence per copy.
 
-use super::{driver_err, CudaDevice};
+use super::error::driver_err;
+use super::CudaDevice;
 use crate::error::{Error, Result};
 use cudarc::driver::{DevicePtr, DeviceRepr, PinnedHostSlice, ValidAsZeroBits};
 
@@ -41,16 +42,17 @@ impl CudaDevice {
             .as_mut_ptr()
             .map_err(driver_err("waiting for the staging buffer"))?;
         if base as usize % std::mem::align_of::<T>() != 0 {
-            return Err(Error::Device(format!(
-                "the pinned staging buffer is not aligned for {what}"
-            )));
+            return Err(Error::Op {
+                op: "fetch",
+                message: format!("the pinned staging buffer is not aligned for {what}"),
+            });
         }
         // SAFETY: the buffer holds at least `bytes` bytes from `base`, aligned for T (checked
         // above), and nothing else refers to it while the lock is held.
         let host = unsafe { std::slice::from_raw_parts_mut(base as *mut T, len) };
         self.stream
             .memcpy_dtoh(src, host)
-            .map_err(|e| Error::Device(format!("copying {what} from the device: {e}")))?;
+            .map_err(driver_err(format!("copying {what} from the device")))?;
         // The copy into page-locked memory is asynchronous: wait for it before reading.
         self.synchronize()?;
         Ok(host.to_vec())

@@ -2,7 +2,7 @@
 // f32 accumulate, sm_80+), for the shapes that dominate: MLA absorbed (576-wide latent keys whose
 // first 512 values are the values), MLA materialised (192/128) and 128-wide MHA/GQA heads, with
 // 16 query rows per CTA; and, at the end of the file, the latent with 64 rows per CTA for models
-// with 64+ heads. Same work items, arguments and outputs as attention_tc_bf16 (which serves every
+// with 64+ heads. Same work items, arguments and outputs as attention_wmma_bf16 (which serves every
 // other shape), and the same combine; what differs is how a tile moves:
 //  - the next tiles of KV_TILE cached tokens are copied global → shared with cp.async while the
 //    current one is used (STAGES − 1 tiles ahead), so the loads of a CTA are all in flight at
@@ -20,27 +20,9 @@
 //    CTAs (so fewer splits and less to combine) to keep the memory busy.
 // mla: no-spills
 #include "common.cuh"
-#include "attention_items.cuh"
-#include "mma.cuh"
-
-#define MMA_WARPS 8
-#define PAD 8         // bf16 per shared K/V/P row: rows 16 bytes apart modulo 128
-#define S_LD (KV_TILE + 8)  // f32 per partial-score row: the fragment stores spread over the banks
-#define K_PARTS 4     // the key width is cut in four: warp w scores key part w / 2
-
-template <int DQ, int DV, bool V_IN_K, int STAGES> struct MmaShape {
-    static_assert(STAGES >= 2, "a tile in flight while one is used");
-    static_assert(DQ % (16 * K_PARTS) == 0, "16-wide key steps in each of the key parts");
-    static_assert(DV % (16 * MMA_WARPS) == 0, "8-wide output tiles in pairs on every warp");
-    static constexpr int K_LD = DQ + PAD, V_LD = V_IN_K ? K_LD : DV + PAD, P_LD = KV_TILE + PAD;
-    static constexpr int K_TILE = KV_TILE * K_LD, V_TILE = V_IN_K ? 0 : KV_TILE * V_LD;
-    static constexpr int STAGE = K_TILE + V_TILE;
-    static constexpr int PART_STEPS = DQ / 16 / K_PARTS, O_TILES = DV / (MMA_WARPS * 8);
-    // STAGES × (k [KV_TILE][K_LD] | v [KV_TILE][V_LD]) bf16 | s [K_PARTS][ROWS][S_LD] f32 |
-    // p [ROWS][P_LD] bf16 | m, l, alpha [ROWS] f32, pos [ROWS] int
-    static constexpr size_t SHARED =
-        (size_t)STAGES * STAGE * 2 + K_PARTS * ROWS * S_LD * 4 + ROWS * P_LD * 2 + 4 * ROWS * 4;
-};
+#include "attention/rows.cuh"
+#include "attention/shared.cuh"
+#include "ptx/mma.cuh"
 
 // This thread's token of tile [tile, tile + KV_TILE) in load_tile: row threadIdx.x / 8.
 __device__ __forceinline__ int tile_row() {
@@ -140,29 +122,21 @@ __device__ __forceinline__ uint32_t query_pair(const QueryRow& r, int c, int len
     return r.valid ? v : 0u;
 }
 
-template <int DQ, int DV, bool V_IN_K, int STAGES>
-__device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int q1_head_stride, const bf16* q2,
-                                              int q2_stride, int q2_head_stride, const bf16* k1, KeySegment s1,
-                                              const bf16* k2, KeySegment s2, const bf16* v, KeySegment sv,
-                                              const TcItem* items, const uint32_t* block_tables,
-                                              const uint32_t* table_start, int block_size, const uint32_t* token_pos,
-                                              int heads, float scale, int window, float* partial_o,
-                                              float* partial_lse, bf16* out, float* lse_out, const TcGroup* groups,
-                                              uint32_t* split_counts) {
-    typedef MmaShape<DQ, DV, V_IN_K, STAGES> S;
-    extern __shared__ __align__(128) unsigned char smem[];
-    bf16* stages = reinterpret_cast<bf16*>(smem);
-    float* s_s = reinterpret_cast<float*>(stages + STAGES * S::STAGE);
-    bf16* p_s = reinterpret_cast<bf16*>(s_s + K_PARTS * ROWS * S_LD);
-    float* m_s = reinterpret_cast<float*>(p_s + ROWS * S::P_LD);
-    float* l_s = m_s + ROWS;
-    float* alpha_s = l_s + ROWS;
-    int* pos_s = reinterpret_cast<int*>(alpha_s + ROWS);
+template <typename Shared> __device__ __forceinline__ void attention_mma(const AttentionParams& params) {
+    typedef typename Shared::Shape S;
+    constexpr int DQ = S::DQ, DV = S::DV, STAGES = S::STAGES;
+    constexpr bool V_IN_K = S::V_IN_K;
+    Shared& shared = dynamic_shared<Shared>();
+    bf16* stages = shared.stages;
+    float* s_s = shared.s;
+    bf16* p_s = shared.p;
+    float *m_s = shared.m, *l_s = shared.l, *alpha_s = shared.alpha;
+    int* pos_s = shared.pos;
 
     attention_prologue();
-    const TcItem& item = items[blockIdx.x];
+    const WorkItem& item = params.items[blockIdx.x];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const uint32_t* table = block_tables + table_start[item.seq];
+    const uint32_t* table = params.block_tables + params.table_start[item.seq];
     const int kv_begin = item.kv_begin, kv_end = item.kv_end, kv_head = item.kv_head;
     const int tiles = (kv_end - kv_begin + KV_TILE - 1) / KV_TILE;
 
@@ -174,30 +148,30 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
     const int n0 = (warp & 1) * 16, part = warp >> 1;
     uint32_t qf[S::PART_STEPS][4];
     {
-        const QueryRow lo = query_row(item.rows[g], q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, heads);
+        const QueryRow lo = query_row(item.rows[g], params.q1, params.q1_stride, params.q1_head_stride, params.q2, params.q2_stride, params.q2_head_stride, params.heads);
         const QueryRow hi =
-            query_row(item.rows[g + 8], q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, heads);
+            query_row(item.rows[g + 8], params.q1, params.q1_stride, params.q1_head_stride, params.q2, params.q2_stride, params.q2_head_stride, params.heads);
 #pragma unroll
         for (int kk = 0; kk < S::PART_STEPS; kk++) {
             const int c = (part * S::PART_STEPS + kk) * 16 + 2 * t;
-            qf[kk][0] = query_pair(lo, c, s1.len);
-            qf[kk][1] = query_pair(hi, c, s1.len);
-            qf[kk][2] = query_pair(lo, c + 8, s1.len);
-            qf[kk][3] = query_pair(hi, c + 8, s1.len);
+            qf[kk][0] = query_pair(lo, c, params.s1.len);
+            qf[kk][1] = query_pair(hi, c, params.s1.len);
+            qf[kk][2] = query_pair(lo, c + 8, params.s1.len);
+            qf[kk][3] = query_pair(hi, c + 8, params.s1.len);
         }
     }
     // The first STAGES − 1 tiles in flight, a commit group each (empty past the last tile, so
     // that every step waits for the same count).
-    TokenPage token = tile_token_page(kv_begin, kv_end, table, block_size);
+    TokenPage token = tile_token_page(kv_begin, kv_end, table, params.block_size);
 #pragma unroll
     for (int ahead = 0; ahead < STAGES - 1; ahead++) {
         if (ahead < tiles)
-            load_tile<DQ, DV, V_IN_K>(stages + ahead * S::STAGE, token, block_size, k1, s1, k2, s2, v, sv, kv_head);
+            load_tile<DQ, DV, V_IN_K>(stages + ahead * S::STAGE, token, params.block_size, params.k1, params.s1, params.k2, params.s2, params.v, params.sv, kv_head);
         async_commit();
-        token = tile_token_page(kv_begin + (ahead + 1) * KV_TILE, kv_end, table, block_size);
+        token = tile_token_page(kv_begin + (ahead + 1) * KV_TILE, kv_end, table, params.block_size);
     }
-    init_rows(item, token_pos, heads, m_s, l_s, pos_s);
-    const float scale_log2 = scale * LOG2E;
+    init_rows(item, params.token_pos, params.heads, m_s, l_s, pos_s);
+    const float scale_log2 = params.scale * LOG2E;
     const int o_col = warp * (DV / MMA_WARPS);
     float o[S::O_TILES][4];
 #pragma unroll
@@ -211,9 +185,9 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
         __syncthreads();  // this tile has landed for every thread; nobody reads the previous one
         const int ahead = step + STAGES - 1;
         if (ahead < tiles) {
-            load_tile<DQ, DV, V_IN_K>(stages + (ahead % STAGES) * S::STAGE, token, block_size, k1, s1, k2, s2, v, sv,
+            load_tile<DQ, DV, V_IN_K>(stages + (ahead % STAGES) * S::STAGE, token, params.block_size, params.k1, params.s1, params.k2, params.s2, params.v, params.sv,
                                       kv_head);
-            token = tile_token_page(kv_begin + (ahead + 1) * KV_TILE, kv_end, table, block_size);
+            token = tile_token_page(kv_begin + (ahead + 1) * KV_TILE, kv_end, table, params.block_size);
         }
         async_commit();
 
@@ -241,7 +215,7 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
             float x = 0.0f;
 #pragma unroll
             for (int q = 0; q < K_PARTS; q++) x += s_s[(q * ROWS + i) * S_LD + lane];
-            const bool seen = visible(tile + lane, kv_end, pos_s[i], window);
+            const bool seen = visible(tile + lane, kv_end, pos_s[i], params.window);
             online_softmax_row(seen ? x * scale_log2 : -INFINITY, i, m_s, l_s, alpha_s, p_s + i * S::P_LD);
         }
         __syncthreads();
@@ -252,28 +226,27 @@ __device__ __forceinline__ void attention_mma(const bf16* q1, int q1_stride, int
     __syncthreads();  // l_s and m_s final
 
     // This split's output (divided by its own sum) and its LSE.
-    store_rows<S::O_TILES, DV>(&o[0][0], l_s[g], l_s[g + 8], o_col, g, item.rows[g], item.rows[g + 8], out,
-                               partial_o, blockIdx.x);
+    store_rows<S::O_TILES, DV>(&o[0][0], l_s[g], l_s[g + 8], o_col, g, item.rows[g], item.rows[g + 8], params.out,
+                               params.partial_o, blockIdx.x);
     if (threadIdx.x < ROWS) {
         const int i = threadIdx.x;
-        store_row_lse(lse_out, partial_lse, blockIdx.x, i, item.rows[i], m_s[i], l_s[i]);
+        store_row_lse(params.lse_out, params.partial_lse, blockIdx.x, i, item.rows[i], m_s[i], l_s[i]);
     }
-    combine_if_last<1>(&item, groups, split_counts, partial_o, partial_lse, out, lse_out, DV);
+    combine_if_last<1>(&item, params.groups, params.split_counts, params.partial_o, params.partial_lse, params.out, params.lse_out, DV);
 }
 
-// One entry point per shape and pipeline depth (TC_ATTENTION_ARGS; v_in_k is the shape's own,
-// one unit per CTA); CTAS CTAs per SM.
-#define MLA_ATTENTION_MMA(NAME, DQ, DV, V_IN_K, STAGES, CTAS)                                                       \
-    extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32, CTAS)                                              \
-        NAME(TC_ATTENTION_ARGS) {                                                                                   \
-        attention_mma<DQ, DV, V_IN_K, STAGES>(q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, k1, s1, k2, s2, \
-                                      v, sv, items, block_tables, table_start, block_size, token_pos, heads, scale, \
-                                      window, partial_o, partial_lse, out, lse_out, groups, split_counts);          \
+// One entry point per shape and pipeline depth (its NAME_shared, shared.cuh); CTAS CTAs per SM.
+#define MLA_ATTENTION_MMA(NAME, CTAS)                                                                  \
+    extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32, CTAS)                                 \
+        NAME(const __grid_constant__ AttentionParams params) {                                         \
+        attention_mma<NAME##_shared>(params);                                                          \
     }
-MLA_ATTENTION_MMA(attention_mma_latent576_bf16, 576, 512, true, 2, 2)
-MLA_ATTENTION_MMA(attention_mma_deep_latent576_bf16, 576, 512, true, 5, 1)
-MLA_ATTENTION_MMA(attention_mma_head128_bf16, 128, 128, false, 2, 2)
-MLA_ATTENTION_MMA(attention_mma_head192_bf16, 192, 128, false, 2, 2)
+MLA_ATTENTION_MMA(attention_mma_latent576_bf16, 2)
+MLA_ATTENTION_MMA(attention_mma_head128_bf16, 2)
+MLA_ATTENTION_MMA(attention_mma_head192_bf16, 2)
+#if defined(MLA_EXPERIMENTAL_KERNELS)
+MLA_ATTENTION_MMA(attention_mma_deep_latent576_bf16, 1)
+#endif
 
 // The MLA latent (576/512) for 64 query rows per CTA — four 16-row runs of one sequence's heads,
 // items[4·b …] — where a token has at least 64 heads (DeepSeek-V3's 128): each latent row read
@@ -282,34 +255,29 @@ MLA_ATTENTION_MMA(attention_mma_head192_bf16, 192, 128, false, 2, 2)
 // half h of the tile, and owns output columns 256h … of the same rows; the two halves of a row
 // agree on its running max through shared memory (each adds up its own half of the row sum).
 // Three stages of 32 tokens in flight, one CTA per SM (189 KiB of shared memory).
-#define WIDE_RUNS 4
-#define WIDE_ROWS (WIDE_RUNS * ROWS)
-#define WIDE_STAGES 3
 
 extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32, 1)
-attention_mma_wide_latent576_bf16(TC_ATTENTION_ARGS) {
+attention_mma_wide_latent576_bf16(const __grid_constant__ AttentionParams params) {
     constexpr int DQ = 576, DV = 512, HALF_DV = DV / 2, O_TILES = HALF_DV / 8;
-    typedef MmaShape<DQ, DV, true, WIDE_STAGES> S;
-    extern __shared__ __align__(128) unsigned char wide_smem[];  // another name than attention_mma's
-    bf16* q_s = reinterpret_cast<bf16*>(wide_smem);
-    bf16* stages = q_s + WIDE_ROWS * S::K_LD;
-    bf16* p_s = stages + WIDE_STAGES * S::K_TILE;
-    float* half_max = reinterpret_cast<float*>(p_s + WIDE_ROWS * S::P_LD);  // [2][WIDE_ROWS]
-    float* half_sum = half_max + 2 * WIDE_ROWS;                              // [2][WIDE_ROWS]
-    int* pos_s = reinterpret_cast<int*>(half_sum + 2 * WIDE_ROWS);
+    typedef attention_mma_wide_latent576_bf16_shared Shared;
+    typedef Shared::Shape S;
+    Shared& shared = dynamic_shared<Shared>();
+    bf16 *q_s = shared.q, *stages = shared.stages, *p_s = shared.p;
+    float *half_max = shared.half_max, *half_sum = shared.half_sum;
+    int* pos_s = shared.pos;
 
     attention_prologue();
-    const TcItem* quad = items + (size_t)blockIdx.x * WIDE_RUNS;
+    const WorkItem* quad = params.items + (size_t)blockIdx.x * WIDE_RUNS;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int run = warp >> 1, half = warp & 1, row_lo = run * ROWS + g, row_hi = row_lo + 8;
-    const uint32_t* table = block_tables + table_start[quad[0].seq];
+    const uint32_t* table = params.block_tables + params.table_start[quad[0].seq];
     const int kv_begin = quad[0].kv_begin, kv_end = quad[0].kv_end, kv_head = quad[0].kv_head;
     const int tiles = (kv_end - kv_begin + KV_TILE - 1) / KV_TILE;
     // Query rows, 8 values at a time.
     for (int idx = threadIdx.x; idx < WIDE_ROWS * DQ / 8; idx += blockDim.x) {
         const int r = idx / (DQ / 8), c = idx % (DQ / 8) * 8;
-        load_query_piece(q_s + r * S::K_LD + c, quad[r / ROWS].rows[r % ROWS], c, q1, q1_stride, q1_head_stride, q2,
-                         q2_stride, q2_head_stride, s1.len, heads);
+        load_query_piece(q_s + r * S::K_LD + c, quad[r / ROWS].rows[r % ROWS], c, params.q1, params.q1_stride, params.q1_head_stride, params.q2,
+                         params.q2_stride, params.q2_head_stride, params.s1.len, params.heads);
     }
     async_commit();  // the first group: complete once the first tile is
     // Two tiles in flight before the first is used; one commit per tile (empty ones too), so that
@@ -317,16 +285,16 @@ attention_mma_wide_latent576_bf16(TC_ATTENTION_ARGS) {
     for (int i = 0; i < WIDE_STAGES - 1; i++) {
         if (i < tiles)
             load_tile<DQ, DV, true>(stages + i * S::K_TILE,
-                                    tile_token_page(kv_begin + i * KV_TILE, kv_end, table, block_size), block_size,
-                                    k1, s1, k2, s2, v, sv, kv_head);
+                                    tile_token_page(kv_begin + i * KV_TILE, kv_end, table, params.block_size), params.block_size,
+                                    params.k1, params.s1, params.k2, params.s2, params.v, params.sv, kv_head);
         async_commit();
     }
-    TokenPage token = tile_token_page(kv_begin + (WIDE_STAGES - 1) * KV_TILE, kv_end, table, block_size);
+    TokenPage token = tile_token_page(kv_begin + (WIDE_STAGES - 1) * KV_TILE, kv_end, table, params.block_size);
     if (threadIdx.x < WIDE_ROWS) {
         const uint32_t pair = quad[threadIdx.x / ROWS].rows[threadIdx.x % ROWS];
-        pos_s[threadIdx.x] = pair == NO_ROW ? -1 : (int)token_pos[pair / heads];
+        pos_s[threadIdx.x] = pair == NO_ROW ? -1 : (int)params.token_pos[pair / params.heads];
     }
-    const float scale_log2 = scale * LOG2E;
+    const float scale_log2 = params.scale * LOG2E;
     SplitRows rows = split_rows(row_lo, half);
     float o[O_TILES][4];
 #pragma unroll
@@ -338,9 +306,9 @@ attention_mma_wide_latent576_bf16(TC_ATTENTION_ARGS) {
         async_wait<WIDE_STAGES - 2>();
         __syncthreads();  // this tile has landed for every thread; the oldest stage is free
         if (step + WIDE_STAGES - 1 < tiles) {
-            load_tile<DQ, DV, true>(stages + ((step + WIDE_STAGES - 1) % WIDE_STAGES) * S::K_TILE, token, block_size,
-                                    k1, s1, k2, s2, v, sv, kv_head);
-            token = tile_token_page(tile + WIDE_STAGES * KV_TILE, kv_end, table, block_size);
+            load_tile<DQ, DV, true>(stages + ((step + WIDE_STAGES - 1) % WIDE_STAGES) * S::K_TILE, token, params.block_size,
+                                    params.k1, params.s1, params.k2, params.s2, params.v, params.sv, kv_head);
+            token = tile_token_page(tile + WIDE_STAGES * KV_TILE, kv_end, table, params.block_size);
         }
         async_commit();
 
@@ -355,7 +323,7 @@ attention_mma_wide_latent576_bf16(TC_ATTENTION_ARGS) {
             mma_bf16_16816(s[1], a, b[2], b[3]);
         }
         float alpha_lo, alpha_hi;
-        split_softmax_step<8, WIDE_ROWS>(rows, &s[0][0], tile + half * 16, kv_end, pos_s, window, scale_log2,
+        split_softmax_step<8, WIDE_ROWS>(rows, &s[0][0], tile + half * 16, kv_end, pos_s, params.window, scale_log2,
                                          half_max, alpha_lo, alpha_hi);
 #pragma unroll
         for (int j = 0; j < 2; j++) {
@@ -375,6 +343,6 @@ attention_mma_wide_latent576_bf16(TC_ATTENTION_ARGS) {
     float sum_lo, sum_hi;
     split_row_sums<WIDE_ROWS>(rows, half_sum, sum_lo, sum_hi);
     store_run<O_TILES, DV>(&o[0][0], quad[run], (size_t)blockIdx.x * WIDE_RUNS + run, g, half * HALF_DV, rows.m_lo,
-                           rows.m_hi, sum_lo, sum_hi, half == 0 && t == 0, out, partial_o, lse_out, partial_lse);
-    combine_if_last<WIDE_RUNS>(quad, groups, split_counts, partial_o, partial_lse, out, lse_out, DV);
+                           rows.m_hi, sum_lo, sum_hi, half == 0 && t == 0, params.out, params.partial_o, params.lse_out, params.partial_lse);
+    combine_if_last<WIDE_RUNS>(quad, params.groups, params.split_counts, params.partial_o, params.partial_lse, params.out, params.lse_out, DV);
 }

@@ -16,10 +16,11 @@
 // mla: no-spills
 // mla: sm_90a
 #include "common.cuh"
-#include "attention_items.cuh"
-#include "mma.cuh"
-#include "wgmma.cuh"
-#include "attention_wgmma.cuh"
+#include "attention/rows.cuh"
+#include "attention/shared.cuh"
+#include "ptx/mma.cuh"
+#include "ptx/wgmma.cuh"
+#include "attention/wgmma_tiles.cuh"
 
 // The token of tile row-slot `round` (0, 1) this thread copies: i / 8 + 32·round.
 __device__ __forceinline__ int tile_token(int round) { return threadIdx.x / 8 + 32 * round; }
@@ -79,29 +80,26 @@ __device__ __forceinline__ void start_quad(unsigned char* q_s, unsigned char* st
 // following them, as a new CTA's would. The next quad's item, table start and block-table slots
 // are read tiles ahead, while the tensor cores work. With a CTA per quad, each serves one.
 extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)
-attention_wgmma_latent576_bf16(TC_ATTENTION_ARGS) {
-    constexpr int TILE_BYTES = WG_TILE * LATENT * 2, O_REGS = VALUES / 2 / 2;  // 64 × 256 / 128 threads
-    extern __shared__ __align__(128) unsigned char wgmma_smem[];
-    unsigned char* q_s = wgmma_smem;                          // [64 rows × 576] swizzled
-    unsigned char* stages = q_s + WG_ROWS * LATENT * 2;       // 2 × [64 tokens × 576]
-    unsigned char* p_s = stages + 2 * TILE_BYTES;             // [64 rows × 64 tokens]
-    float* half_max = reinterpret_cast<float*>(p_s + WG_ROWS * WG_TILE * 2);  // [2][64]
-    float* half_sum = half_max + 2 * WG_ROWS;                                  // [2][64]
-    int* pos_s = reinterpret_cast<int*>(half_sum + 2 * WG_ROWS);
-    require_atom_aligned(wgmma_smem);
+attention_wgmma_latent576_bf16(const __grid_constant__ AttentionParams params) {
+    constexpr int TILE_BYTES = WG_TILE_BYTES, O_REGS = VALUES / 2 / 2;  // 64 × 256 / 128 threads
+    attention_wgmma_latent576_bf16_shared& shared = dynamic_shared<attention_wgmma_latent576_bf16_shared>();
+    unsigned char *q_s = shared.q, *stages = shared.stages, *p_s = shared.p;
+    float *half_max = shared.half_max, *half_sum = shared.half_sum;
+    int* pos_s = shared.pos;
+    require_atom_aligned(q_s);
     attention_prologue();
 
     const int half = threadIdx.x / 128, run = (threadIdx.x / 32) % 4, lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3, row_lo = run * ROWS + g, row_hi = row_lo + 8;
-    const float scale_log2 = scale * LOG2E;
+    const float scale_log2 = params.scale * LOG2E;
 
-    WgCta cta = wg_cta(items, block_tables, table_start, blockIdx.x);
+    WgCta cta = wg_cta(params.items, params.block_tables, params.table_start, blockIdx.x);
     int slots[2];
-    start_quad(q_s, stages, pos_s, slots, cta, q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, k1, s1,
-               k2, s2, token_pos, heads, block_size);
+    start_quad(q_s, stages, pos_s, slots, cta, params.q1, params.q1_stride, params.q1_head_stride, params.q2, params.q2_stride, params.q2_head_stride, params.k1, params.s1,
+               params.k2, params.s2, params.token_pos, params.heads, params.block_size);
     int stage = 0;  // of the current tile: tiles alternate stages across quads too
-    for (int b = blockIdx.x; b < units; b += gridDim.x) {
-        const bool has_next = b + (int)gridDim.x < units;
+    for (int b = blockIdx.x; b < params.units; b += gridDim.x) {
+        const bool has_next = b + (int)gridDim.x < params.units;
         // The next quad's item and table (read at the first tile, while the tensor cores score
         // it) and its first tile's slots (a tile before they are needed, as for every tile).
         WgCta next = cta;
@@ -135,28 +133,28 @@ attention_wgmma_latent576_bf16(TC_ATTENTION_ARGS) {
                 wgmma_m64n32k16(s, wgmma_desc(q_s + swizzled_offset(0, ks * 16, WG_ROWS), 0, ATOM),
                                 wgmma_desc(cur + swizzled_offset(half * 32, ks * 16, WG_TILE), 0, ATOM));
             wgmma_commit();
-            if (has_next && step == 0) next = wg_cta(items, block_tables, table_start, b + gridDim.x);
+            if (has_next && step == 0) next = wg_cta(params.items, params.block_tables, params.table_start, b + gridDim.x);
             if (has_next && step == max(cta.tiles - 2, 0))
-                tile_slots(next_slots, next.kv_begin, next.kv_end, next.table, block_size);
+                tile_slots(next_slots, next.kv_begin, next.kv_end, next.table, params.block_size);
             if (!last) {
-                load_latent_tile(other, slots, k1, s1, k2, s2, cta.kv_head);
-                tile_slots(slots, tile + 2 * WG_TILE, cta.kv_end, cta.table, block_size);
+                load_latent_tile(other, slots, params.k1, params.s1, params.k2, params.s2, cta.kv_head);
+                tile_slots(slots, tile + 2 * WG_TILE, cta.kv_end, cta.table, params.block_size);
             } else if (has_next) {
-                if (next.tiles > 0) load_latent_tile(other, next_slots, k1, s1, k2, s2, next.kv_head);
-                tile_slots(slots, next.kv_begin + WG_TILE, next.kv_end, next.table, block_size);
+                if (next.tiles > 0) load_latent_tile(other, next_slots, params.k1, params.s1, params.k2, params.s2, next.kv_head);
+                tile_slots(slots, next.kv_begin + WG_TILE, next.kv_end, next.table, params.block_size);
             }
             async_commit();
             wgmma_wait<0>();
             fence_registers(s);
 
             float alpha_lo, alpha_hi;
-            split_softmax_step<16, WG_ROWS>(rows, s, tile + half * 32, cta.kv_end, pos_s, window, scale_log2,
+            split_softmax_step<16, WG_ROWS>(rows, s, tile + half * 32, cta.kv_end, pos_s, params.window, scale_log2,
                                             half_max, alpha_lo, alpha_hi);
             if (last && has_next) {
                 // Both warpgroups are past their last scores (the barrier in the step above):
                 // q_s and pos_s are free for the next quad.
-                load_quad_rows(q_s, pos_s, next.quad, q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride,
-                               s1.len, token_pos, heads);
+                load_quad_rows(q_s, pos_s, next.quad, params.q1, params.q1_stride, params.q1_head_stride, params.q2, params.q2_stride, params.q2_head_stride,
+                               params.s1.len, params.token_pos, params.heads);
                 async_commit();
                 next_started = true;
             }
@@ -188,22 +186,23 @@ attention_wgmma_latent576_bf16(TC_ATTENTION_ARGS) {
         float sum_lo, sum_hi;
         split_row_sums<WG_ROWS>(rows, half_sum, sum_lo, sum_hi);
         store_run<O_REGS / 4, VALUES>(o, cta.quad[run], (size_t)b * WG_RUNS + run, g, half * (VALUES / 2), rows.m_lo,
-                                      rows.m_hi, sum_lo, sum_hi, half == 0 && t == 0, out, partial_o, lse_out,
-                                      partial_lse);
-        combine_if_last<WG_RUNS>(cta.quad, groups, split_counts, partial_o, partial_lse, out, lse_out, VALUES);
+                                      rows.m_hi, sum_lo, sum_hi, half == 0 && t == 0, params.out, params.partial_o, params.lse_out,
+                                      params.partial_lse);
+        combine_if_last<WG_RUNS>(cta.quad, params.groups, params.split_counts, params.partial_o, params.partial_lse, params.out, params.lse_out, VALUES);
         if (!has_next) break;
         if (!next_started) {
             // A quad without tiles: nothing was loaded ahead (the barrier in split_row_sums
             // above keeps this quad's pos_s reads before the next quad's writes).
-            next = wg_cta(items, block_tables, table_start, b + gridDim.x);
-            start_quad(q_s, stages + stage * TILE_BYTES, pos_s, slots, next, q1, q1_stride, q1_head_stride, q2,
-                       q2_stride, q2_head_stride, k1, s1, k2, s2, token_pos, heads, block_size);
+            next = wg_cta(params.items, params.block_tables, params.table_start, b + gridDim.x);
+            start_quad(q_s, stages + stage * TILE_BYTES, pos_s, slots, next, params.q1, params.q1_stride, params.q1_head_stride, params.q2,
+                       params.q2_stride, params.q2_head_stride, params.k1, params.s1, params.k2, params.s2, params.token_pos, params.heads, params.block_size);
         }
         cta = next;
     }
     async_wait<0>();
 }
 
+#if defined(MLA_EXPERIMENTAL_KERNELS)
 // The same job with the scores kept in registers (attention_wgmma_rs_latent576_bf16): each
 // warpgroup scores all 64 rows against the whole 64-token tile (m64n64k16; the two warpgroups
 // compute the same scores), so each holds every row's full set of scores: its online softmax
@@ -212,26 +211,25 @@ attention_wgmma_latent576_bf16(TC_ATTENTION_ARGS) {
 // before P·V (its MEMBAR may wait for the next tile's copies in flight) and one barrier per tile
 // instead of three, for a third more tensor work on the scores. 216 KiB of shared memory.
 extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)
-attention_wgmma_rs_latent576_bf16(TC_ATTENTION_ARGS) {
-    constexpr int TILE_BYTES = WG_TILE * LATENT * 2, O_REGS = VALUES / 2 / 2, S_REGS = WG_TILE / 2;
-    extern __shared__ __align__(128) unsigned char wgmma_rs_smem[];
-    unsigned char* q_s = wgmma_rs_smem;                       // [64 rows × 576] swizzled
-    unsigned char* stages = q_s + WG_ROWS * LATENT * 2;       // 2 × [64 tokens × 576]
-    int* pos_s = reinterpret_cast<int*>(stages + 2 * TILE_BYTES);
-    require_atom_aligned(wgmma_rs_smem);
+attention_wgmma_rs_latent576_bf16(const __grid_constant__ AttentionParams params) {
+    constexpr int TILE_BYTES = WG_TILE_BYTES, O_REGS = VALUES / 2 / 2, S_REGS = WG_TILE / 2;
+    attention_wgmma_rs_latent576_bf16_shared& shared = dynamic_shared<attention_wgmma_rs_latent576_bf16_shared>();
+    unsigned char *q_s = shared.q, *stages = shared.stages;
+    int* pos_s = shared.pos;
+    require_atom_aligned(q_s);
     attention_prologue();
 
-    const WgCta cta = wg_cta(items, block_tables, table_start, blockIdx.x);
+    const WgCta cta = wg_cta(params.items, params.block_tables, params.table_start, blockIdx.x);
     const auto [quad, table, kv_begin, kv_end, kv_head, tiles] = cta;
     const int half = threadIdx.x / 128, run = (threadIdx.x / 32) % 4, lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3, row_lo = run * ROWS + g, row_hi = row_lo + 8;
 
     int slots[2];
-    start_quad(q_s, stages, pos_s, slots, cta, q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, k1, s1,
-               k2, s2, token_pos, heads, block_size);
+    start_quad(q_s, stages, pos_s, slots, cta, params.q1, params.q1_stride, params.q1_head_stride, params.q2, params.q2_stride, params.q2_head_stride, params.k1, params.s1,
+               params.k2, params.s2, params.token_pos, params.heads, params.block_size);
     __syncthreads();  // pos_s
     const int pos_lo = pos_s[row_lo], pos_hi = pos_s[row_hi];
-    const float scale_log2 = scale * LOG2E;
+    const float scale_log2 = params.scale * LOG2E;
     SplitRows rows = split_rows(row_lo, half);  // whole rows here: no other half to meet
     float o[O_REGS];
 #pragma unroll
@@ -256,15 +254,15 @@ attention_wgmma_rs_latent576_bf16(TC_ATTENTION_ARGS) {
                             wgmma_desc(stage + swizzled_offset(0, ks * 16, WG_TILE), 0, ATOM));
         wgmma_commit();
         if (step + 1 < tiles) {
-            load_latent_tile(stages + ((step + 1) & 1) * TILE_BYTES, slots, k1, s1, k2, s2, kv_head);
-            tile_slots(slots, tile + 2 * WG_TILE, kv_end, table, block_size);
+            load_latent_tile(stages + ((step + 1) & 1) * TILE_BYTES, slots, params.k1, params.s1, params.k2, params.s2, kv_head);
+            tile_slots(slots, tile + 2 * WG_TILE, kv_end, table, params.block_size);
         }
         async_commit();
         wgmma_wait<0>();
         fence_registers(s);
 
         // Online softmax (base 2) of rows lo, hi over the whole tile.
-        scale_and_mask<S_REGS>(s, tile, kv_end, pos_lo, pos_hi, window, scale_log2);
+        scale_and_mask<S_REGS>(s, tile, kv_end, pos_lo, pos_hi, params.window, scale_log2);
         // The four lanes of a row hold all of its tokens.
         float max_lo = rows.m_lo, max_hi = rows.m_hi, alpha_lo, alpha_hi;
         quad_row_max<S_REGS>(s, max_lo, max_hi);
@@ -297,6 +295,7 @@ attention_wgmma_rs_latent576_bf16(TC_ATTENTION_ARGS) {
     float l_lo = rows.l_lo, l_hi = rows.l_hi;
     quad_sum(l_lo, l_hi);
     store_run<O_REGS / 4, VALUES>(o, quad[run], (size_t)blockIdx.x * WG_RUNS + run, g, half * (VALUES / 2), rows.m_lo,
-                                  rows.m_hi, l_lo, l_hi, half == 0 && t == 0, out, partial_o, lse_out, partial_lse);
-    combine_if_last<WG_RUNS>(quad, groups, split_counts, partial_o, partial_lse, out, lse_out, VALUES);
+                                  rows.m_hi, l_lo, l_hi, half == 0 && t == 0, params.out, params.partial_o, params.lse_out, params.partial_lse);
+    combine_if_last<WG_RUNS>(quad, params.groups, params.split_counts, params.partial_o, params.partial_lse, params.out, params.lse_out, VALUES);
 }
+#endif  // MLA_EXPERIMENTAL_KERNELS

@@ -2,30 +2,23 @@
 // a CTA's quad of 16-row runs and the load of its query rows.
 #pragma once
 #include "common.cuh"
-#include "attention_items.cuh"
-#include "mma.cuh"
-#include "wgmma.cuh"
+#include "attention/rows.cuh"
+#include "attention/shared.cuh"
+#include "ptx/mma.cuh"
+#include "ptx/wgmma.cuh"
 
-#define WG_RUNS 4
-#define WG_ROWS (WG_RUNS * ROWS)  // 64: wgmma's M
-#define WG_TILE 64                // cached tokens per tile
-#define WG_THREADS 256            // two warpgroups
-#define LATENT 576
-#define VALUES 512
-#define ATOM 1024                 // bytes of a swizzle atom: 8 rows × 128 bytes
-#define BLOCK_BYTES (64 * 128)    // a 64-row operand's 64 columns: 8 atoms
 
 // A CTA's job: quad b of 16-row runs (items[4·b …]), its sequence's block table, the cached
 // tokens [kv_begin, kv_end) of its split and their KV head, and its tiles.
 struct WgCta {
-    const TcItem* quad;
+    const WorkItem* quad;
     const uint32_t* table;
     int kv_begin, kv_end, kv_head, tiles;
 };
 
-__device__ __forceinline__ WgCta wg_cta(const TcItem* items, const uint32_t* block_tables,
+__device__ __forceinline__ WgCta wg_cta(const WorkItem* items, const uint32_t* block_tables,
                                         const uint32_t* table_start, int b) {
-    const TcItem* quad = items + (size_t)b * WG_RUNS;
+    const WorkItem* quad = items + (size_t)b * WG_RUNS;
     const int kv_begin = quad[0].kv_begin, kv_end = quad[0].kv_end;
     return WgCta{quad, block_tables + table_start[quad[0].seq], kv_begin, kv_end, (int)quad[0].kv_head,
                  (kv_end - kv_begin + WG_TILE - 1) / WG_TILE};
@@ -33,7 +26,7 @@ __device__ __forceinline__ WgCta wg_cta(const TcItem* items, const uint32_t* blo
 
 // A quad's 64 query rows into the swizzle at q_s (eight threads per 128-byte line, copies not
 // committed) and the rows' positions into pos_s (-1 for NO_ROW), read after a barrier.
-__device__ __forceinline__ void load_quad_rows(unsigned char* q_s, int* pos_s, const TcItem* quad, const bf16* q1,
+__device__ __forceinline__ void load_quad_rows(unsigned char* q_s, int* pos_s, const WorkItem* quad, const bf16* q1,
                                                int q1_stride, int q1_head_stride, const bf16* q2, int q2_stride,
                                                int q2_head_stride, int len1, const uint32_t* token_pos, int heads) {
     for (int idx = threadIdx.x; idx < WG_ROWS * LATENT / 8; idx += blockDim.x) {

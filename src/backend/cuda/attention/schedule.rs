@@ -2,14 +2,13 @@
 //! machine): which query rows each CTA serves over which cached tokens, and the groups of
 //! splits their combine merges. Mirrors `kernels/attention_items.cuh`.
 
+use crate::backend::cuda::tuning;
 use crate::backend::AttentionBatch;
 use cudarc::driver::DeviceRepr;
 
 /// Query rows per CTA and cached tokens per shared-memory tile (`ROWS`, `KV_TILE` in the kernel).
 pub const ROWS: usize = 16;
 pub const KV_TILE: usize = 32;
-/// Fewest tokens a split gets: below that, loading the queries costs more than the split saves.
-const MIN_SPLIT: usize = 4 * KV_TILE;
 pub const NO_ROW: u32 = u32::MAX;
 /// The group of the empty runs that fill a unit of several.
 pub const NO_GROUP: u32 = u32::MAX;
@@ -19,7 +18,7 @@ pub const NO_GROUP: u32 = u32::MAX;
 /// of row group `group` (or `NO_GROUP`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TcItem {
+pub struct WorkItem {
     pub seq: u32,
     pub kv_head: u32,
     pub kv_begin: u32,
@@ -31,24 +30,24 @@ pub struct TcItem {
 /// The splits of one row group: items `item_first + j·item_stride` for `j < items`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TcGroup {
+pub struct RowGroup {
     pub item_first: u32,
     pub items: u32,
     pub item_stride: u32,
     pub rows: [u32; ROWS],
 }
 
-impl TcGroup {
+impl RowGroup {
     /// Indices of this group's items.
     pub fn item_indices(&self) -> impl Iterator<Item = usize> + '_ {
         (0..self.items as usize).map(|j| (self.item_first + j as u32 * self.item_stride) as usize)
     }
 }
 
-// SAFETY: #[repr(C)] structs of u32 only, laid out as the kernel's `TcItem` and `TcGroup`.
-unsafe impl DeviceRepr for TcItem {}
+// SAFETY: #[repr(C)] structs of u32 only, laid out as the kernel's `WorkItem` and `RowGroup`.
+unsafe impl DeviceRepr for WorkItem {}
 // SAFETY: as above.
-unsafe impl DeviceRepr for TcGroup {}
+unsafe impl DeviceRepr for RowGroup {}
 
 /// Rows of one sequence and KV head that CTAs serve together, with the tokens any of them sees.
 struct Unit {
@@ -74,7 +73,7 @@ pub fn schedule(
     target_ctas: usize,
     runs_per_cta: usize,
     split_tokens: usize,
-) -> (Vec<TcItem>, Vec<TcGroup>) {
+) -> (Vec<WorkItem>, Vec<RowGroup>) {
     let runs_per_cta = runs_per_cta.max(1);
     let mut units: Vec<Unit> = Vec::new();
     let mut token = 0;
@@ -115,7 +114,7 @@ pub fn schedule(
         token += seq.query_len;
     }
     // Each unit gets its share of the CTAs in proportion to its tokens (rounded, at least one,
-    // splits no shorter than MIN_SPLIT), and its tokens cut evenly: equal sequences then make
+    // splits no shorter than tuning::MIN_SPLIT_TOKENS), and its tokens cut evenly: equal sequences then make
     // about target_ctas equal CTAs, one wave instead of a full wave and a ragged one.
     let work: usize = units.iter().map(|u| u.end - u.begin).sum::<usize>().max(1);
     let target = target_ctas.max(1);
@@ -130,7 +129,8 @@ pub fn schedule(
     } in units
     {
         let len = end - begin;
-        let splits = ((len * target + work / 2) / work).clamp(1, len.div_ceil(MIN_SPLIT));
+        let splits =
+            ((len * target + work / 2) / work).clamp(1, len.div_ceil(tuning::MIN_SPLIT_TOKENS));
         let chunk = len
             .div_ceil(splits)
             .next_multiple_of(split_tokens.next_multiple_of(KV_TILE));
@@ -138,7 +138,7 @@ pub fn schedule(
         let first_group = groups.len();
         for kv_begin in (begin..end).step_by(chunk) {
             for r in 0..runs_per_cta {
-                items.push(TcItem {
+                items.push(WorkItem {
                     seq: s as u32,
                     kv_head: kv_head as u32,
                     kv_begin: kv_begin as u32,
@@ -153,7 +153,7 @@ pub fn schedule(
         }
         let per_run = (items.len() as u32 - first) / runs_per_cta as u32;
         for (r, rows) in runs.iter().enumerate() {
-            groups.push(TcGroup {
+            groups.push(RowGroup {
                 item_first: first + r as u32,
                 items: per_run,
                 item_stride: runs_per_cta as u32,
@@ -166,7 +166,7 @@ pub fn schedule(
 
 #[cfg(test)]
 mod tests {
-    use super::super::attention_kernels::{supports, values_in_keys};
+    use super::super::kernel_choice::{supports, values_in_keys};
     use super::super::layout::test_support::{
         assert_close, materialise, mha_case, mla_inputs, MhaCase, MlaInputs,
     };
@@ -417,7 +417,7 @@ mod tests {
                 }
                 let mut covered = vec![0usize; positions.len() * heads];
                 for (index, g) in groups.iter().enumerate() {
-                    let mine: Vec<&TcItem> = g.item_indices().map(|x| &items[x]).collect();
+                    let mine: Vec<&WorkItem> = g.item_indices().map(|x| &items[x]).collect();
                     assert!(mine.iter().all(|it| it.group as usize == index));
                     let rows: Vec<u32> = g.rows.iter().copied().filter(|&r| r != NO_ROW).collect();
                     // One sequence and one KV head per group.
@@ -456,7 +456,7 @@ mod tests {
                 // group's); the runs that fill a unit are empty and in no group.
                 assert_eq!(items.len() % runs, 0);
                 for quad in items.chunks(runs) {
-                    let key = |i: &TcItem| (i.seq, i.kv_head, i.kv_begin, i.kv_end);
+                    let key = |i: &WorkItem| (i.seq, i.kv_head, i.kv_begin, i.kv_end);
                     assert!(quad.iter().all(|i| key(i) == key(&quad[0])));
                     let splits = groups[quad[0].group as usize].items;
                     for it in quad {

@@ -31,12 +31,14 @@
 //    values zeroed by the warpgroup that scored the tile before any P·V reads them.
 // mla: no-spills
 // mla: sm_90a
+// mla: experimental
 #include "common.cuh"
-#include "attention_items.cuh"
-#include "mma.cuh"
-#include "wgmma.cuh"
-#include "barriers.cuh"
-#include "attention_wgmma.cuh"
+#include "attention/rows.cuh"
+#include "attention/shared.cuh"
+#include "ptx/mma.cuh"
+#include "ptx/wgmma.cuh"
+#include "ptx/barriers.cuh"
+#include "attention/wgmma_tiles.cuh"
 
 #define SEESAW_WG 128     // threads of a warpgroup
 #define SEESAW_ROUNDS 4   // token rows each thread copies per tile: 8 threads per 128-byte line
@@ -291,23 +293,20 @@ __device__ __forceinline__ void store_p(unsigned char* stage, const uint32_t (&p
         }
 }
 
-template <bool TMA> __device__ __forceinline__ void seesaw(TC_ATTENTION_ARGS, const TensorMap* map) {
-    constexpr int TILE_BYTES = WG_TILE * LATENT * 2, O_REGS = VALUES / 2 / 2;
-    extern __shared__ __align__(128) unsigned char seesaw_smem[];
-    unsigned char* q_s = seesaw_smem;                          // [64 rows × 576] swizzled
-    unsigned char* stages = q_s + WG_ROWS * LATENT * 2;        // even, odd tile [64 tokens × 576]
-    uint64_t* full = reinterpret_cast<uint64_t*>(stages + 2 * TILE_BYTES);  // [stage][part]
-    float* m_s = reinterpret_cast<float*>(full + 4);           // [64] running max (base 2)
-    float* factor_s = m_s + WG_ROWS;                           // [2][64] by tile parity
-    float* sum_s = factor_s + 2 * WG_ROWS;                     // [2][64] by warpgroup
-    int* pos_s = reinterpret_cast<int*>(sum_s + 2 * WG_ROWS);  // [64]
-    require_atom_aligned(seesaw_smem);
+template <bool TMA> __device__ __forceinline__ void seesaw(const AttentionParams params, const TensorMap* map) {
+    constexpr int TILE_BYTES = WG_TILE_BYTES, O_REGS = VALUES / 2 / 2;
+    SeesawShared& shared = dynamic_shared<SeesawShared>();
+    unsigned char *q_s = shared.q, *stages = shared.stages;  // stages: the even and the odd tile
+    uint64_t* full = shared.full;                              // [stage][part]
+    float *m_s = shared.m, *factor_s = shared.factor, *sum_s = shared.sum;
+    int* pos_s = shared.pos;
+    require_atom_aligned(q_s);
     if (TMA && threadIdx.x == 0) prefetch_tensor_map(map);
     attention_prologue();
 
     const int wg = threadIdx.x / SEESAW_WG, i = threadIdx.x % SEESAW_WG;
     const int run = i / 32, g = (i & 31) >> 2, t = i & 3, row_lo = run * ROWS + g, row_hi = row_lo + 8;
-    const float scale_log2 = scale * LOG2E;
+    const float scale_log2 = params.scale * LOG2E;
     unsigned char* even = stages;
     unsigned char* odd = stages + TILE_BYTES;
     unsigned char* mine = wg == 0 ? even : odd;  // the stage of the tiles this warpgroup scores
@@ -317,19 +316,19 @@ template <bool TMA> __device__ __forceinline__ void seesaw(TC_ATTENTION_ARGS, co
     }
     uint32_t parity = 0;  // of the next load into `mine`: loads alternate phases across quads too
 
-    for (int b = blockIdx.x; b < units; b += gridDim.x) {
-        const WgCta cta = wg_cta(items, block_tables, table_start, b);
+    for (int b = blockIdx.x; b < params.units; b += gridDim.x) {
+        const WgCta cta = wg_cta(params.items, params.block_tables, params.table_start, b);
         const int pairs = max(1, (cta.tiles + 1) / 2);
         __syncthreads();  // the mbarriers are set up; the last quad is done with q_s, m_s, pos_s
-        load_quad_rows(q_s, pos_s, cta.quad, q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, s1.len,
-                       token_pos, heads);
+        load_quad_rows(q_s, pos_s, cta.quad, params.q1, params.q1_stride, params.q1_head_stride, params.q2, params.q2_stride, params.q2_head_stride, params.s1.len,
+                       params.token_pos, params.heads);
         async_commit();
         if (threadIdx.x < WG_ROWS) m_s[threadIdx.x] = -INFINITY;
         int slots[SEESAW_ROUNDS];
-        tile_slots<TMA>(slots, cta.kv_begin, cta.kv_end, cta.table, block_size, i);
-        load_part<TMA>(even, 0, wg, slots, k1, s1, k2, s2, cta.kv_head, block_size, map, full);
-        tile_slots<TMA>(slots, cta.kv_begin + WG_TILE, cta.kv_end, cta.table, block_size, i);
-        load_part<TMA>(odd, 1, wg, slots, k1, s1, k2, s2, cta.kv_head, block_size, map, full);
+        tile_slots<TMA>(slots, cta.kv_begin, cta.kv_end, cta.table, params.block_size, i);
+        load_part<TMA>(even, 0, wg, slots, params.k1, params.s1, params.k2, params.s2, cta.kv_head, params.block_size, map, full);
+        tile_slots<TMA>(slots, cta.kv_begin + WG_TILE, cta.kv_end, cta.table, params.block_size, i);
+        load_part<TMA>(odd, 1, wg, slots, params.k1, params.s1, params.k2, params.s2, cta.kv_head, params.block_size, map, full);
         async_wait<0>();  // the queries (the tiles' copies are not in a group: their mbarriers tell)
         fence_async_shared();
         __syncthreads();
@@ -351,13 +350,13 @@ template <bool TMA> __device__ __forceinline__ void seesaw(TC_ATTENTION_ARGS, co
             const bool has_next = pair + 1 < pairs;
             int next_even[SEESAW_ROUNDS], next_odd[SEESAW_ROUNDS];
             if (has_next) {
-                tile_slots<TMA>(next_even, tile + 2 * WG_TILE, cta.kv_end, cta.table, block_size, i);
-                tile_slots<TMA>(next_odd, tile + 3 * WG_TILE, cta.kv_end, cta.table, block_size, i);
+                tile_slots<TMA>(next_even, tile + 2 * WG_TILE, cta.kv_end, cta.table, params.block_size, i);
+                tile_slots<TMA>(next_odd, tile + 3 * WG_TILE, cta.kv_end, cta.table, params.block_size, i);
             }
             float f_lo, f_hi;
             if (wg == 0) {
                 // The even tile raises the max; O and P·V of it at once, from registers.
-                scale_and_mask<32>(s, tile, cta.kv_end, pos_lo, pos_hi, window, scale_log2);
+                scale_and_mask<32>(s, tile, cta.kv_end, pos_lo, pos_hi, params.window, scale_log2);
                 raise_max(r, s, m_s, factor_s, f_lo, f_hi);
                 rescale_rows(o, f_lo, f_hi);
                 p_fragments(p, s);
@@ -375,7 +374,7 @@ template <bool TMA> __device__ __forceinline__ void seesaw(TC_ATTENTION_ARGS, co
                 for (int kk = 0; kk < 4; kk++) fence_registers(p[kk]);
                 // Columns 0 … 255 of the even stage are free: the next even tile's first part.
                 if (has_next)
-                    load_part<TMA>(even, 0, 0, next_even, k1, s1, k2, s2, cta.kv_head, block_size, map, full);
+                    load_part<TMA>(even, 0, 0, next_even, params.k1, params.s1, params.k2, params.s2, cta.kv_head, params.block_size, map, full);
                 rescale_rows(o, g_lo, g_hi);
                 r.l_lo *= g_lo;
                 r.l_hi *= g_hi;
@@ -387,7 +386,7 @@ template <bool TMA> __device__ __forceinline__ void seesaw(TC_ATTENTION_ARGS, co
                     score_tile(s, q_s, even, full, 0, parity, [&] {
                         wgmma_wait<1>();
                         fence_registers(o);
-                        load_part<TMA>(odd, 1, 0, next_odd, k1, s1, k2, s2, cta.kv_head, block_size, map, full);
+                        load_part<TMA>(odd, 1, 0, next_odd, params.k1, params.s1, params.k2, params.s2, cta.kv_head, params.block_size, map, full);
                     });
                     clear_past_end<TMA>(even, tile + 2 * WG_TILE, cta.kv_end);
                     parity ^= 1;
@@ -400,7 +399,7 @@ template <bool TMA> __device__ __forceinline__ void seesaw(TC_ATTENTION_ARGS, co
                 const float e_lo = factor_s[row_lo], e_hi = factor_s[row_hi];
                 r.l_lo *= e_lo;
                 r.l_hi *= e_hi;
-                scale_and_mask<32>(s, tile + WG_TILE, cta.kv_end, pos_lo, pos_hi, window, scale_log2);
+                scale_and_mask<32>(s, tile + WG_TILE, cta.kv_end, pos_lo, pos_hi, params.window, scale_log2);
                 raise_max(r, s, m_s, factor_s + WG_ROWS, f_lo, f_hi);
                 named_barrier_arrive(BAR_ODD_MAX, WG_THREADS);
                 p_fragments(p, s);
@@ -416,10 +415,10 @@ template <bool TMA> __device__ __forceinline__ void seesaw(TC_ATTENTION_ARGS, co
                     // stage's 256 … 575 (with its P) once the even one is.
                     wgmma_wait<1>();
                     fence_registers(o);
-                    load_part<TMA>(odd, 1, 1, next_odd, k1, s1, k2, s2, cta.kv_head, block_size, map, full);
+                    load_part<TMA>(odd, 1, 1, next_odd, params.k1, params.s1, params.k2, params.s2, cta.kv_head, params.block_size, map, full);
                     wgmma_wait<0>();
                     fence_registers(o);
-                    load_part<TMA>(even, 0, 1, next_even, k1, s1, k2, s2, cta.kv_head, block_size, map, full);
+                    load_part<TMA>(even, 0, 1, next_even, params.k1, params.s1, params.k2, params.s2, cta.kv_head, params.block_size, map, full);
                     score_tile(s, q_s, odd, full, 1, parity, [] {});
                     clear_past_end<TMA>(odd, tile + 3 * WG_TILE, cta.kv_end);
                     parity ^= 1;
@@ -435,24 +434,27 @@ template <bool TMA> __device__ __forceinline__ void seesaw(TC_ATTENTION_ARGS, co
         float sum_lo, sum_hi;
         split_row_sums<WG_ROWS>(r, sum_s, sum_lo, sum_hi);
         store_run<O_REGS / 4, VALUES>(o, cta.quad[run], (size_t)b * WG_RUNS + run, g, wg * (VALUES / 2), m_s[row_lo],
-                                      m_s[row_hi], sum_lo, sum_hi, wg == 0 && t == 0, out, partial_o, lse_out,
-                                      partial_lse);
-        combine_if_last<WG_RUNS>(cta.quad, groups, split_counts, partial_o, partial_lse, out, lse_out, VALUES);
+                                      m_s[row_hi], sum_lo, sum_hi, wg == 0 && t == 0, params.out, params.partial_o, params.lse_out,
+                                      params.partial_lse);
+        combine_if_last<WG_RUNS>(cta.quad, params.groups, params.split_counts, params.partial_o, params.partial_lse, params.out, params.lse_out, VALUES);
     }
 }
 
 extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)
-attention_wgmma_seesaw_latent576_bf16(TC_ATTENTION_ARGS) {
-    seesaw<false>(q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, k1, s1, k2, s2, v, sv, v_in_k, items,
-                  block_tables, table_start, block_size, token_pos, heads, scale, window, partial_o, partial_lse, out,
-                  lse_out, groups, split_counts, units, nullptr);
+attention_wgmma_seesaw_latent576_bf16(const __grid_constant__ AttentionParams params) {
+    seesaw<false>(params, nullptr);
 }
 
-// `kv_map`: the cache's rows [rows × 576] bf16, boxes of 64 columns × box_rows(block_size)
-// rows in the 128-byte swizzle (src/backend/cuda/tensor_map.rs).
+// The TMA build's params: AttentionParams and `kv_map`, the cache's rows [rows × 576] bf16 in
+// boxes of 64 columns × box_rows(block_size) rows in the 128-byte swizzle (tensor_map.rs).
+struct TmaAttentionParams {
+    AttentionParams attention;
+    TensorMap kv_map;
+};
+static_assert(sizeof(TmaAttentionParams) == 384 && offsetof(TmaAttentionParams, kv_map) == 256,
+              "mirrored in params.rs");
+
 extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)
-attention_wgmma_seesaw_tma_latent576_bf16(TC_ATTENTION_ARGS, const __grid_constant__ TensorMap kv_map) {
-    seesaw<true>(q1, q1_stride, q1_head_stride, q2, q2_stride, q2_head_stride, k1, s1, k2, s2, v, sv, v_in_k, items,
-                 block_tables, table_start, block_size, token_pos, heads, scale, window, partial_o, partial_lse, out,
-                 lse_out, groups, split_counts, units, &kv_map);
+attention_wgmma_seesaw_tma_latent576_bf16(const __grid_constant__ TmaAttentionParams params) {
+    seesaw<true>(params.attention, &params.kv_map);
 }

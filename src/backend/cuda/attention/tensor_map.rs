@@ -4,7 +4,8 @@
 //! swizzle its wgmma read.
 
 use super::layout::AttentionLayout;
-use crate::error::{Error, Result};
+use crate::backend::cuda::error::driver_err;
+use crate::error::Result;
 use cudarc::driver::sys::{
     self, CUtensorMapDataType, CUtensorMapFloatOOBfill, CUtensorMapInterleave,
     CUtensorMapL2promotion, CUtensorMapSwizzle,
@@ -19,7 +20,7 @@ pub(super) const TILE_TOKENS: usize = 64;
 /// argument, kernels/barriers.cuh: the same 128 bytes, 128-byte aligned).
 #[repr(transparent)]
 #[derive(Debug, Clone, Copy)]
-pub(super) struct KvTensorMap(sys::CUtensorMap);
+pub struct KvTensorMap(sys::CUtensorMap);
 
 /// Whether the keys of `l` are whole rows of one buffer that bulk copies can bring in 64-value
 /// boxes: k2 continues k1 in the same rows, one KV head, widths a multiple of the box.
@@ -80,19 +81,17 @@ pub(super) fn cache_rows_map(
         )
     }
     .result()
-    .map_err(|e| {
-        Error::Device(format!(
-            "tensor map of {rows} cache rows × {key_values} of {row_values} bf16 at {address:#x}, \
-             boxes of {box_tokens} rows: {e}"
-        ))
-    })?;
+    .map_err(driver_err(format!(
+        "tensor map of {rows} cache rows × {key_values} of {row_values} bf16 at {address:#x}, \
+         boxes of {box_tokens} rows"
+    )))?;
     Ok(KvTensorMap(map))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cuda::layout::{absorbed_layout, materialised_layout};
+    use crate::backend::cuda::attention::layout::{absorbed_layout, materialised_layout};
     use crate::backend::MlaDims;
 
     #[test]

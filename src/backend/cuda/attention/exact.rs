@@ -1,42 +1,19 @@
-//! Rust side of `kernels/attention.cu`: a step plan on the device and the checked launch of the
+//! Rust side of `kernels/attention/exact.cu`: a step plan on the device and the checked launch of the
 //! paged attention kernel for any [`AttentionLayout`].
 
 use super::layout::{split_len, AttentionLayout, HostPlan, Segment, Source};
-use super::{CudaDevice, GpuFloat, GpuTensor};
+use super::params::{ExactCombineParams, ExactParams, KeySegment};
+use crate::backend::cuda::launch::Order;
+use crate::backend::cuda::{kernels, tuning};
+use crate::backend::cuda::{CudaDevice, GpuFloat, GpuTensor};
 use crate::error::{Error, Result};
-use cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, LaunchConfig};
 
 /// Query heads one block serves (one warp each); matches `WARPS_PER_BLOCK` in attention.cu.
 const WARPS_PER_BLOCK: usize = 4;
 /// Limits of the kernel's per-warp buffers (`MAX_VALUE_PER_LANE · 32`, `MAX_QUERY`).
 const MAX_VALUE: usize = 16 * 32;
 const MAX_QUERY: usize = 1024;
-/// Resident warps per multiprocessor the splits aim for.
-const WARPS_PER_SM: usize = 64;
-
-/// Where a key segment lives in its buffer; mirrors `struct KeySegment` in attention.cu.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-pub(super) struct KeySegment {
-    width: i32,
-    offset: i32,
-    head_stride: i32,
-    len: i32,
-}
-
-// SAFETY: a #[repr(C)] struct of four i32, laid out exactly as the kernel's `KeySegment`.
-unsafe impl DeviceRepr for KeySegment {}
-
-impl From<&Segment> for KeySegment {
-    fn from(s: &Segment) -> Self {
-        KeySegment {
-            width: s.width as i32,
-            offset: s.offset as i32,
-            head_stride: s.head_stride as i32,
-            len: s.len as i32,
-        }
-    }
-}
 
 /// A [`HostPlan`] in device memory.
 pub struct AttentionPlan {
@@ -113,7 +90,11 @@ pub(super) fn non_empty(v: &[u32]) -> Vec<u32> {
 impl CudaDevice {
     /// The plan on the device, with KV splits for `heads` query heads sized to fill this GPU.
     pub fn upload_plan(&self, plan: &HostPlan, heads: usize) -> Result<AttentionPlan> {
-        let split_len = split_len(plan, heads, WARPS_PER_SM * self.info.multiprocessors);
+        let split_len = split_len(
+            plan,
+            heads,
+            tuning::EXACT_WARPS_PER_SM * self.info.multiprocessors,
+        );
         let longest = plan.longest();
         Ok(AttentionPlan {
             split_len,
@@ -193,52 +174,37 @@ impl CudaDevice {
             return Ok(());
         }
         let i = |v: usize| v as i32;
-        let (dv, heads, group) = (i(l.v.len), i(l.heads), i(l.group));
-        let (q1_stride, q1_head, q2_stride, q2_head) = (
-            i(l.q1.width),
-            i(l.q1.head_stride),
-            i(l.q2.width),
-            i(l.q2.head_stride),
-        );
-        let (s1, s2) = (KeySegment::from(&l.k1), KeySegment::from(&l.k2));
-        let (v_width, v_offset, v_head) = (i(l.v.width), i(l.v.offset), i(l.v.head_stride));
-        let (block_size, window) = (i(plan.block_size), i(l.window));
+        let jobs = plan.rows * l.heads;
+        let partial_o = self.tensor::<f32>(plan.splits * jobs, l.v.len, None)?.data;
+        let partial_lse = self.tensor::<f32>(plan.splits, jobs, None)?.data;
         // The kernel adds the query offsets itself through the pointer; keys add theirs.
         let (q1, q2) = (q1.slice(l.q1.offset..), q2.slice(l.q2.offset..));
-        let jobs = plan.rows * l.heads;
-        let mut partial_o = self.tensor::<f32>(plan.splits * jobs, l.v.len, None)?.data;
-        let mut partial_lse = self.tensor::<f32>(plan.splits, jobs, None)?.data;
-        let split_len = i(plan.split_len);
-        let name = format!("paged_attention_{}", T::SUFFIX);
-        let f = self.function("attention", &name)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&mut partial_o)
-            .arg(&mut partial_lse)
-            .arg(&q1)
-            .arg(&q1_stride)
-            .arg(&q1_head)
-            .arg(&q2)
-            .arg(&q2_stride)
-            .arg(&q2_head)
-            .arg(&k1)
-            .arg(&s1)
-            .arg(&k2)
-            .arg(&s2)
-            .arg(&v)
-            .arg(&v_width)
-            .arg(&v_offset)
-            .arg(&v_head)
-            .arg(&dv)
-            .arg(&heads)
-            .arg(&group)
-            .arg(&plan.block_tables)
-            .arg(&plan.table_start)
-            .arg(&block_size)
-            .arg(&plan.row_seq)
-            .arg(&plan.row_pos)
-            .arg(&window)
-            .arg(&l.scale)
-            .arg(&split_len);
+        let params = ExactParams {
+            partial_o: self.address(&partial_o),
+            partial_lse: self.address(&partial_lse),
+            q1: self.address(&q1),
+            q2: self.address(&q2),
+            k1: self.address(&k1),
+            k2: self.address(&k2),
+            v: self.address(&v),
+            block_tables: self.address(&plan.block_tables),
+            table_start: self.address(&plan.table_start),
+            row_seq: self.address(&plan.row_seq),
+            row_pos: self.address(&plan.row_pos),
+            s1: KeySegment::from(&l.k1),
+            s2: KeySegment::from(&l.k2),
+            sv: KeySegment::from(&l.v),
+            q1_stride: i(l.q1.width),
+            q1_head_stride: i(l.q1.head_stride),
+            q2_stride: i(l.q2.width),
+            q2_head_stride: i(l.q2.head_stride),
+            heads: i(l.heads),
+            group: i(l.group),
+            block_size: i(plan.block_size),
+            window: i(l.window),
+            scale: l.scale,
+            split_len: i(plan.split_len),
+        };
         let cfg = LaunchConfig {
             grid_dim: (
                 plan.rows as u32,
@@ -248,31 +214,30 @@ impl CudaDevice {
             block_dim: (32 * WARPS_PER_BLOCK as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: the arguments match paged_attention in attention.cu in order and type; the
-        // checks above bound every query, key and value element it reads by its buffer, the
-        // plan's tables only name rows below `rows_read`, and the partial buffers hold one
-        // entry per (split, row, head).
-        unsafe { b.launch(cfg) }.map_err(|e| Error::Device(format!("kernel {name}: {e}")))?;
+        // SAFETY: launch's contract. The checks above bound every query, key and value element
+        // the kernel reads by its buffer, the plan's tables only name rows below `rows_read`,
+        // and the partial buffers hold one entry per (split, row, head).
+        let kernel = kernels::PAGED_ATTENTION.of::<T>();
+        unsafe { self.launch_params(kernel, cfg, Order::Serial, &params) }?;
 
-        let (jobs_i, splits_i) = (i(jobs), i(plan.splits));
-        let name = format!("combine_splits_{}", T::SUFFIX);
-        let f = self.function("attention", &name)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&mut out.data)
-            .arg(&partial_o)
-            .arg(&partial_lse)
-            .arg(&jobs_i)
-            .arg(&splits_i)
-            .arg(&dv);
+        let params = ExactCombineParams {
+            out: self.address(&out.data),
+            partial_o: params.partial_o,
+            partial_lse: params.partial_lse,
+            jobs: i(jobs),
+            splits: i(plan.splits),
+            dv: i(l.v.len),
+        };
         let cfg = LaunchConfig {
             grid_dim: (jobs.div_ceil(WARPS_PER_BLOCK) as u32, 1, 1),
             block_dim: (32 * WARPS_PER_BLOCK as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: the arguments match combine_splits in attention.cu; warp `j` reads entry `j`
-        // of every split and writes row `j` (of `dv` values) of `out`, which holds rows·heads of
-        // them (checked above).
-        unsafe { b.launch(cfg) }.map_err(|e| Error::Device(format!("kernel {name}: {e}")))?;
+        // SAFETY: launch's contract. Warp `j` reads entry `j` of every split and writes row `j`
+        // (of `dv` values) of `out`, which holds rows·heads of them (checked above); the partial
+        // buffers live until the stream has run the kernel (freed in stream order).
+        let kernel = kernels::COMBINE_SPLITS.of::<T>();
+        unsafe { self.launch_params(kernel, cfg, Order::Serial, &params) }?;
         Ok(())
     }
 }

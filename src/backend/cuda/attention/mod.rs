@@ -2,18 +2,26 @@
 //! tensor-core kernel where it serves the form (bf16), the exact reference kernel otherwise, and
 //! the materialised form's gathered and expanded context, in bounded groups of sequences.
 
-use super::attention::AttentionPlan;
-use super::attention_kernels::{self, TcTuning};
-use super::attention_tc::TcSchedule;
+pub mod exact;
+pub mod kernel_choice;
+pub mod launch;
+pub mod layout;
+pub mod params;
+pub mod schedule;
+#[cfg(feature = "experimental-kernels")]
+pub mod tensor_map;
+
 use super::backend::{op_err, CudaBackend, CudaKvCache};
 use super::blas::Layout;
-use super::layout::{
-    absorbed_layout, materialised_layout, mha_layout, AttentionLayout, HostPlan, Source,
-};
+use super::error::driver_err;
 use super::{GpuFloat, GpuTensor};
 use crate::backend::{AttentionBatch, MhaDims, MlaDims};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use cudarc::cublas::{CudaBlas, Gemm};
+use exact::AttentionPlan;
+use kernel_choice::AttentionTuning;
+use launch::SplitSchedule;
+use layout::{absorbed_layout, materialised_layout, mha_layout, AttentionLayout, HostPlan, Source};
 use std::rc::Rc;
 
 /// How a step's keys are addressed: through the paged cache, or gathered sequence after
@@ -30,7 +38,7 @@ pub(super) struct Prepared {
     /// The cache slot of each gathered context row (contiguous plans only).
     slots: Vec<u32>,
     plan: AttentionPlan,
-    schedule: Option<TcSchedule>,
+    schedule: Option<SplitSchedule>,
 }
 
 /// What, besides the step's batch, a preparation depends on.
@@ -43,7 +51,7 @@ struct PreparedKey {
     group: usize,
     window: usize,
     tensor_cores: bool,
-    tuning: TcTuning,
+    tuning: AttentionTuning,
 }
 
 /// The step the cached preparations belong to.
@@ -51,9 +59,6 @@ pub(super) struct PreparedStep {
     batch: AttentionBatch,
     entries: Vec<(PreparedKey, Rc<Prepared>)>,
 }
-
-/// Default bound on the context the materialised form expands at once.
-pub(super) const MATERIALISED_BYTES: usize = 2 << 30;
 
 impl<T: GpuFloat> CudaBackend<T>
 where
@@ -151,7 +156,7 @@ where
             self.device
                 .stream
                 .memcpy_dtod(&y.data.slice(..rows * n * dv), &mut dst)
-                .map_err(|e| Error::Device(format!("copying attention rows: {e}")))?;
+                .map_err(driver_err("copying attention rows"))?;
             row += rows;
         }
         Ok(out)
@@ -231,10 +236,14 @@ where
         buffer: impl Fn(Source) -> cudarc::driver::CudaView<'a, T>,
     ) -> Result<Option<cudarc::driver::CudaSlice<f32>>> {
         match &prepared.schedule {
-            Some(schedule) => {
-                self.device
-                    .attention_tc(out, &prepared.plan, schedule, layout, want_lse, &buffer)
-            }
+            Some(schedule) => self.device.tensor_core_attention(
+                out,
+                &prepared.plan,
+                schedule,
+                layout,
+                want_lse,
+                &buffer,
+            ),
             None => self
                 .device
                 .paged_attention(out, &prepared.plan, layout, &buffer)
@@ -252,7 +261,7 @@ where
         layout: &AttentionLayout,
     ) -> Result<Rc<Prepared>> {
         let tensor_cores = T::SUFFIX == "bf16"
-            && attention_kernels::supports(layout, self.device.info.max_shared_per_block);
+            && kernel_choice::supports(layout, self.device.info.max_shared_per_block);
         let key = PreparedKey {
             kind,
             num_blocks: cache.num_blocks,
@@ -286,7 +295,7 @@ where
         let schedule = match tensor_cores {
             true => Some(
                 self.device
-                    .tc_schedule(batch, layout, self.tc_tuning.get())?,
+                    .split_schedule(batch, layout, self.tc_tuning.get())?,
             ),
             false => None,
         };

@@ -1,54 +1,13 @@
-// The work items of the tensor-core attention kernels (attention_tc.cu, attention_mma.cu) and
-// their combine; mirror `TcItem`, `TcGroup` and `KeySegment` on the Rust side.
+// What the tensor-core attention kernels share on the device: the prologue, the running state of
+// a 16-row run, the online softmax steps, the stores of finished rows and the in-kernel merge.
+// docs/kernels.md, "Shared helpers".
 #pragma once
-#include <stdint.h>
 #include "common.cuh"
-#include "mma.cuh"
+#include "attention/params.cuh"
+#include "ptx/mma.cuh"
 
-#define ROWS 16
-#define KV_TILE 32
-#define NO_ROW 0xffffffffu
 #define LOG2E 1.4426950408889634f
 #define LN2 0.6931471805599453f
-
-// Row `i` of a key or value segment starts at i·width + offset + kv_head·head_stride.
-struct KeySegment {
-    int width, offset, head_stride, len;
-};
-
-#define NO_GROUP 0xffffffffu
-
-// One CTA's job: up to ROWS query rows (token · heads + head) of one sequence and KV head, over
-// the cached tokens [kv_begin, kv_end); `group`: the row group whose splits it is one of
-// (NO_GROUP for the empty runs that fill a 64-row unit).
-struct TcItem {
-    uint32_t seq, kv_head, kv_begin, kv_end;
-    uint32_t rows[ROWS];
-    uint32_t group;
-};
-
-// The splits of one row group, for the combine: items item_first + j·item_stride, j < items
-// (a stride of 4 where a CTA serves four row groups at once).
-struct TcGroup {
-    uint32_t item_first, items, item_stride;
-    uint32_t rows[ROWS];
-};
-
-// The argument list of every tensor-core attention entry point, in the order the host's launch
-// (src/backend/cuda/attention_tc.rs) pushes them: the query segments, the key and value
-// segments (v_in_k: the values are the keys' first columns), the work items and the step's
-// block tables and positions, the partial buffers (null where the kernel writes out and lse_out
-// itself, else they go to the combine), the output and its LSE (null where the caller does
-// not want it), the row groups and their split counters (null where attention_tc_combine
-// merges the splits; see combine_if_last) and the number of CTA units the items hold (a
-// persistent kernel's CTAs share them; the others have one each). Entry points that have their
-// own v_in_k or one unit per CTA ignore those.
-#define TC_ATTENTION_ARGS                                                                                           \
-    const bf16 *q1, int q1_stride, int q1_head_stride, const bf16 *q2, int q2_stride, int q2_head_stride,          \
-        const bf16 *k1, KeySegment s1, const bf16 *k2, KeySegment s2, const bf16 *v, KeySegment sv, int v_in_k,    \
-        const TcItem *items, const uint32_t *block_tables, const uint32_t *table_start, int block_size,            \
-        const uint32_t *token_pos, int heads, float scale, int window, float *partial_o, float *partial_lse,       \
-        bf16 *out, float *lse_out, const TcGroup *groups, uint32_t *split_counts, int units
 
 // The start of every tensor-core attention kernel, which the host launches as a programmatic
 // dependent of the stream's previous kernel (its launch and CTAs' start overlap that kernel's
@@ -62,7 +21,7 @@ __device__ __forceinline__ void attention_prologue() {
 
 // The running state of an item's rows before its first tile: no max, no sum, each row's
 // position (-1 for NO_ROW: it sees nothing). Threads below ROWS write it.
-__device__ __forceinline__ void init_rows(const TcItem& item, const uint32_t* token_pos, int heads, float* m_s,
+__device__ __forceinline__ void init_rows(const WorkItem& item, const uint32_t* token_pos, int heads, float* m_s,
                                           float* l_s, int* pos_s) {
     if (threadIdx.x < ROWS) {
         const int i = threadIdx.x;
@@ -158,7 +117,7 @@ __device__ __forceinline__ void store_rows(const float* o, float sum_lo, float s
 // (store_rows, from column col0) and, where `with_lse` (one lane per row and CTA), their LSEs
 // from the rows' max and whole sums.
 template <int O_TILES, int DV>
-__device__ __forceinline__ void store_run(const float* o, const TcItem& run, size_t item, int g, int col0,
+__device__ __forceinline__ void store_run(const float* o, const WorkItem& run, size_t item, int g, int col0,
                                           float m_lo, float m_hi, float sum_lo, float sum_hi, bool with_lse,
                                           bf16* out, float* partial_o, float* lse_out, float* partial_lse) {
     const uint32_t pair_lo = run.rows[g], pair_hi = run.rows[g + 8];
@@ -183,7 +142,7 @@ __device__ __forceinline__ void store_run(const float* o, const TcItem& run, siz
 // loads (a split past the last reads the last again with weight 0, a lane past dv column 0,
 // never stored) that nothing holds behind one another, where weighing each split as it came
 // cost a load's latency per split (sm_90a SASS).
-__device__ __forceinline__ void merge_row_in_warp(const TcGroup& g, int i, const float* partial_o,
+__device__ __forceinline__ void merge_row_in_warp(const RowGroup& g, int i, const float* partial_o,
                                                   const float* partial_lse, bf16* out, float* lse_out, int dv) {
     const int lane = threadIdx.x & 31;
     const uint32_t item_first = g.item_first, item_stride = g.item_stride, items = g.items;
@@ -242,7 +201,7 @@ __device__ __forceinline__ void merge_row_in_warp(const TcGroup& g, int i, const
 // finished. Every thread of the CTA calls it after storing its partial rows of the unit. The
 // counter of the unit (its first group's) goes back to zero for the next launch.
 template <int RUNS>
-__device__ __forceinline__ void combine_if_last(const TcItem* unit, const TcGroup* groups, uint32_t* split_counts,
+__device__ __forceinline__ void combine_if_last(const WorkItem* unit, const RowGroup* groups, uint32_t* split_counts,
                                                 const float* partial_o, const float* partial_lse, bf16* out,
                                                 float* lse_out, int dv) {
     if (split_counts == nullptr) return;
