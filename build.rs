@@ -278,6 +278,11 @@ fn generate(
             .unwrap(),
         }
     }
+    rs += "/// Every entry point, by index.\npub const ALL: &[Kernel] = &[\n";
+    for i in 0..all.len() {
+        writeln!(rs, "    {},", handle(i)).unwrap();
+    }
+    rs += "];\n";
     writeln!(rs, "/// The nvcc that compiled them, if any.\npub const NVCC_VERSION: Option<&str> = {version:?};").unwrap();
     rs
 }

@@ -259,7 +259,7 @@ CUresult cuMemsetD32Async(CUdeviceptr dst, unsigned v, size_t n, CUstream) {
 }
 
 // The image (build.rs's fatbin) is not read: kernels are looked up by name among those this
-// library was compiled with, from the same kernels/*.cu sources.
+// library was compiled with, from the same kernels/**/*.cu sources.
 CUresult cuModuleLoadData(CUmodule* m, const void*) {
     *m = &module_token;
     return SUCCESS;

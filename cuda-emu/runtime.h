@@ -1,5 +1,5 @@
 // The emulator's launch interface between the fake driver (driver.cpp) and the kernels compiled
-// from kernels/*.cu: a name → entry table filled at load time, and a grid runner.
+// from kernels/**/*.cu: a name → entry table filled at load time, and a grid runner.
 #pragma once
 #include <cstddef>
 #include <string>

@@ -159,9 +159,8 @@ __device__ __forceinline__ size_t cache_slot(const uint32_t* table, int p, int b
 }
 
 // Token p (p ≥ 0) of a split ending at kv_end (≥ 1): its page (block-table entry) and its row
-// in the page, -1 at or past the split's end. No branch: the table read is clamped to the
-// split's last token and the row dropped past it. Under `p < kv_end ? cache_slot(…) : -1`,
-// ptxas waited for the read where the branches met (sm_90a SASS).
+// in the page, -1 at or past the split's end. Branch-free (the table read clamped to the split's
+// last token, the row dropped past it), so the read's wait can fall where its user is.
 struct TokenPage {
     uint32_t page;
     int row;
@@ -179,8 +178,8 @@ __device__ __forceinline__ size_t token_slot(TokenPage t, int block_size) {
 
 // The cache slot of token p, -1 at or past kv_end (token_page). The multiply follows the read
 // closely, and so does the wait for it: where a tile's tensor work must not wait behind it,
-// carry the TokenPage to the copies instead (attention_mma.cu); in the wgmma kernels it
-// overlaps the asynchronous wgmma.
+// carry the TokenPage to the copies instead (mma.cu); in the wgmma kernels it overlaps the
+// asynchronous wgmma.
 __device__ __forceinline__ int slot_or_none(const uint32_t* table, int p, int kv_end, int block_size) {
     const TokenPage t = token_page(table, p, kv_end, block_size);
     return t.row >= 0 ? (int)token_slot(t, block_size) : -1;

@@ -1,6 +1,8 @@
 // Row-wise and element-wise ops of the forward pass: embedding gather, RMSNorm, residual and
-// bias adds, SiLU-and-mul, RoPE from a host-built cos/sin table, the MLA latent epilogue, and
-// paged cache writes and block copies. f32 or bf16 storage, f32 arithmetic.
+// bias adds, SiLU-and-mul, RoPE from a host-built cos/sin table, the MLA latent epilogue, paged
+// cache writes and block copies, row gathers and scatter-adds, argmax, top-k and row totals,
+// random weights. f32 or bf16 storage, f32 arithmetic, 16-byte packs where rows are aligned.
+// docs/kernels.md, "Elementwise and row kernels".
 // mla: no-spills
 #include "common.cuh"
 

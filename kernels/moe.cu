@@ -1,10 +1,7 @@
-// MoE routing on the GPU: router logits of each token → its chosen experts and their weights,
-// with exactly the host reference's rules (src/model/moe.rs): softmax or sigmoid scores;
-// greedy, group-limited greedy (dropped groups' scores become 0) or noaux_tc (choice by score +
-// correction bias, groups ranked by the sum of their two best, dropped ones −inf) top-k; ties to
-// the lower index; weights are the unbiased scores, normalised only for noaux_tc with
-// norm_topk_prob, times routed_scaling_factor. One block per token: the scores are computed by
-// the whole block, the choice (a few hundred experts, k ≤ 16) by one thread.
+// MoE routing: each token's router logits → its chosen experts and weights, with the host
+// reference's exact rules (src/ops/routing.rs: softmax or sigmoid scores; greedy,
+// group-limited greedy or noaux_tc top-k; ties to the lower index). One block per token: the
+// block computes the scores, one thread the choice. docs/kernels.md, "MoE routing".
 // mla: no-spills
 #include "common.cuh"
 

@@ -150,11 +150,16 @@ fn bench_attention_checks_its_arguments_before_opening_the_gpu() {
             "{args:?}: {err}"
         );
     }
-    // An unknown kernel is refused with the list of those there are.
+    // An unknown kernel is refused with the list of those there are: the experimental ones
+    // only in a build with them.
     let out = mla(&["bench", "attention", "--kernel", "16-row,deep"]);
     let err = String::from_utf8_lossy(&out.stderr);
+    let experimental = cfg!(feature = "experimental-kernels");
     assert!(
-        !out.status.success() && err.contains("16-row-deep") && err.contains("wgmma-rs"),
+        !out.status.success()
+            && err.contains("wgmma, mma, 16-row")
+            && err.contains("16-row-deep") == experimental
+            && err.contains("wgmma-rs") == experimental,
         "{err}"
     );
 }

@@ -24,7 +24,7 @@ struct Greedy {
     greedy_ids: Vec<u32>,
 }
 
-/// What scripts/train_demo.py recorded from transformers (float64 on the bf16 weights).
+/// What scripts/demo/train_demo.py recorded from transformers (float64 on the bf16 weights).
 #[derive(serde::Deserialize)]
 struct Reference {
     token_ids: Vec<u32>,

@@ -1,5 +1,5 @@
 //! The CPU engine against transformers: float64 reference logits made by
-//! `scripts/make_fixtures.py` for tiny random DeepSeek-V2/V3 checkpoints (see each fixture's
+//! `scripts/fixtures/make_fixtures.py` for tiny random DeepSeek-V2/V3 checkpoints (see each fixture's
 //! `expected.json` description for the branches it covers).
 
 mod common;

@@ -1,5 +1,6 @@
 // Merges the splits of each row group of the tensor-core attention kernels by their
 // log-sum-exp (flash-decoding), launched as a programmatic dependent of the attention kernel.
+// docs/kernels.md, "The combine".
 // mla: no-spills
 #include "common.cuh"
 #include "attention/rows.cuh"
@@ -8,13 +9,10 @@
 // m + log2 Σ weights. Block (group, row, column chunk) writes COMBINE_COLUMNS values of one
 // output row (`out` row `pair` holds dv values, dv a multiple of 4) and, from the first chunk,
 // the row's LSE (natural log, scaled scores) unless lse_out is null. Its warps take every
-// warps-th split, each lane 4 columns, and the warps meet once through shared memory. One
-// sequence's hundreds of splits fall to a few warps per output row, so a warp must have many
-// splits' loads in flight: it loads COMBINE_BATCH splits (LSE and values) into registers before
-// it weighs any. The launch bounds' two blocks per SM let ptxas keep them there (79 registers):
-// with the default bound it kept to about 32 and issued each split's loads after the previous
-// split's use (sm_90a SASS; the unrolled loop that weighed splits as they arrived did the same),
-// a load's latency per split.
+// warps-th split, each lane 4 columns, and the warps meet once through shared memory. A warp
+// loads COMBINE_BATCH splits (LSE and values) into registers before it weighs any, so hundreds
+// of splits cost a few rounds of loads; the launch bounds (two blocks per SM) leave ptxas the
+// registers to keep them there.
 #define COMBINE_LANE_COLUMNS 4
 #define COMBINE_COLUMNS (32 * COMBINE_LANE_COLUMNS)
 #define COMBINE_MAX_WARPS 8

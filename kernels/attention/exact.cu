@@ -1,11 +1,8 @@
-// Paged causal attention, straightforward and exact: one warp per (query row, head, KV split)
-// with an online softmax over its part of the row's context, 32 tokens at a time, then a
-// combine of the splits by their log-sum-exp (flash-decoding), so that a few long sequences
-// still fill the GPU. One kernel serves MHA/GQA, MLA absorbed (keys and values are the latent
-// cache rows) and MLA materialised (keys and values expanded by kv_b): a score is the dot
-// product of two query segments with two key segments, which may live in different buffers, so
-// no kernel has to concatenate them first. The tuned MLA kernels replace this for decode; this
-// one stays as their GPU-side reference.
+// Exact paged causal attention for any layout, f32 or bf16: one warp per (query row, head, KV
+// split), an online softmax over 32 tokens at a time (a lane scoring each), then a combine of the
+// splits by their log-sum-exp. A score is q1·k1 + q2·k2 over segments that may live in different
+// buffers, so MHA/GQA, MLA absorbed and MLA materialised need no concatenation. The GPU-side
+// reference of the tensor-core kernels. docs/kernels.md, "The exact paged attention kernel".
 // mla: no-spills
 #include "common.cuh"
 #include "attention/params.cuh"

@@ -1,23 +1,11 @@
-// Paged attention on tensor cores with the accumulators in registers (mma.sync m16n8k16, bf16 in,
-// f32 accumulate, sm_80+), for the shapes that dominate: MLA absorbed (576-wide latent keys whose
-// first 512 values are the values), MLA materialised (192/128) and 128-wide MHA/GQA heads, with
-// 16 query rows per CTA; and, at the end of the file, the latent with 64 rows per CTA for models
-// with 64+ heads. Same work items, arguments and outputs as attention_wmma_bf16 (which serves every
-// other shape), and the same combine; what differs is how a tile moves:
-//  - the next tiles of KV_TILE cached tokens are copied global → shared with cp.async while the
-//    current one is used (STAGES − 1 tiles ahead), so the loads of a CTA are all in flight at
-//    once instead of one dependent row at a time, and its block-table slots are read a tile
-//    before that;
-//  - eight warps: each scores half the tile's keys over a quarter of the key width, with that
-//    quarter of the queries in registers for the whole item; the output O [ROWS × DV] stays in
-//    registers too (warp w owns DV/8 columns), rescaled per row by the online softmax without a
-//    round trip through shared memory;
-//  - shared rows are padded by 16 bytes, so the 8 rows an ldmatrix reads fall in 8 different
-//    bank groups;
-//  - for MLA, two builds: two stages in about 85 KiB of shared memory, two CTAs per SM whose
-//    barriers interleave (attention_mma_latent576); and five stages in 194 KiB, one CTA per SM
-//    with twice the bytes in flight per SM (attention_mma_deep_latent576), which needs half the
-//    CTAs (so fewer splits and less to combine) to keep the memory busy.
+// Paged attention with mma.sync m16n8k16 (bf16 in, f32 accumulate, sm_80+) and the output in
+// registers. The 16-row kernel (one run per CTA, 8 warps: each scores half a 32-token tile over a
+// quarter of the key width, its queries in registers; two stages in flight, two CTAs per SM)
+// serves the MLA latent (576/512), MLA materialised prefill (192/128) and 128-wide MHA/GQA heads;
+// an experimental deep build keeps five stages at one CTA per SM. The 64-row kernel (four runs
+// per CTA, three stages, one CTA per SM) serves the latent for 64+ heads off Hopper. Shared
+// memory: MmaShared, WideMmaShared (shared.cuh). docs/kernels.md, "The 16-row mma.sync kernel"
+// and "The 64-row mma.sync kernel".
 // mla: no-spills
 #include "common.cuh"
 #include "attention/rows.cuh"
@@ -30,9 +18,8 @@ __device__ __forceinline__ int tile_row() {
 }
 
 // This thread's token of a tile (token_page), looked up a tile ahead of its copies, which turn
-// it into the cache row: with the multiply at the lookup, ptxas waited for the table read
-// there, right after the current tile's copies and before its tensor work (sm_90a SASS) — the
-// round trip to L2 that looking up a tile ahead is meant to keep off the path.
+// it into the cache row: the table read is waited for at those copies, after the barrier, not
+// before the current tile's tensor work.
 __device__ __forceinline__ TokenPage tile_token_page(int tile, int kv_end, const uint32_t* table, int block_size) {
     return token_page(table, tile + tile_row(), kv_end, block_size);
 }
@@ -111,10 +98,8 @@ __device__ __forceinline__ QueryRow query_row(uint32_t pair, const bf16* q1, int
 }
 
 // Query values c, c + 1 (c even) of row r as one bf16 pair, zeros for NO_ROW: one 4-byte load
-// (the host serves only query rows whose pairs are aligned: kernel_choice). No branch: with
-// one per pair (NO_ROW, the alignment), ptxas waited for each pair's load where the branches
-// met again (sm_90a SASS), so a thread's 36 query loads (the latent's) took 36 round trips to
-// L2 in a row.
+// (the host serves only query rows whose pairs are aligned: kernel_choice). Branch-free: all of
+// a thread's query loads (36 for the latent) issue before the first wait.
 __device__ __forceinline__ uint32_t query_pair(const QueryRow& r, int c, int len1) {
     const bf16* x = c < len1 ? r.q1 + c : r.q2 + (c - len1);
     MLA_ASSERT_ALIGNED(x, 4);

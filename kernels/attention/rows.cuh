@@ -59,7 +59,7 @@ __device__ __forceinline__ void online_softmax_row(float x, int i, float* m_s, f
 // split, so no combine runs): values straight into row `pair` of the output (dv bf16 per row)
 // and the LSE, natural log, into lse_out[pair]; NO_ROW rows nowhere. Else into the partial
 // buffers of item `item` (row `row` of it, ROWS rows of dv f32 per item; base-2 LSE) for the
-// combine (attention_tc_combine, or combine_if_last).
+// combine (attention_combine_bf16, or combine_if_last).
 // Columns col, col + 1 of one row, already divided by the row's sum.
 __device__ __forceinline__ void store_row_pair(bf16* out, float* partial_o, size_t item, int row, uint32_t pair,
                                                int dv, int col, float a, float b) {
@@ -134,14 +134,12 @@ __device__ __forceinline__ void store_run(const float* o, const WorkItem& run, s
 #define MERGE_BATCH 4
 
 // Row i of group g merged by one warp from the group's splits (at most 32: lane j holds split
-// j's weight 2^(lse_j − m), m the largest lse_j), as attention_tc_combine merges it: values
+// j's weight 2^(lse_j − m), m the largest lse_j), as attention_combine_bf16 merges it: values
 // into `out` row g.rows[i] (dv bf16, dv a multiple of 4), the LSE (natural log) into lse_out
 // unless it is null. The splits are other CTAs' stores of this launch: read through L2 only
-// (an L1 line could predate them). The merge waits on L2 more than it computes, so a lane
-// loads MERGE_BATCH splits × MERGE_CHUNKS columns before it weighs any of them: unconditional
-// loads (a split past the last reads the last again with weight 0, a lane past dv column 0,
-// never stored) that nothing holds behind one another, where weighing each split as it came
-// cost a load's latency per split (sm_90a SASS).
+// (an L1 line could predate them). Unconditional loads (a split past the last reads the last
+// again with weight 0, a lane past dv column 0, never stored): a lane's MERGE_BATCH ×
+// MERGE_CHUNKS loads are in flight before it weighs any.
 __device__ __forceinline__ void merge_row_in_warp(const RowGroup& g, int i, const float* partial_o,
                                                   const float* partial_lse, bf16* out, float* lse_out, int dv) {
     const int lane = threadIdx.x & 31;

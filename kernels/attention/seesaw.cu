@@ -1,34 +1,11 @@
-// The MLA latent (576/512) for 64 query rows per CTA on Hopper's warpgroup tensor cores, with
-// the two warpgroups offset by half a step so that one's softmax runs while the other's
-// wgmma do ("seesaw", after FlashMLA's decode kernel): attention_wgmma_latent576_bf16's job,
-// with the same items, arguments and outputs. There, both warpgroups score every tile together
-// (m64n32 each, bound by shared-memory reads at about two thirds of the tensor rate), then meet
-// at three block barriers per tile, and the tensor cores idle through each softmax. Here:
-//  - tiles come in pairs: warpgroup 0 scores the even tile of a pair (in stage 0), warpgroup 1
-//    the odd one (stage 1), each all 64 rows against all 64 tokens (m64n64k16, 36 steps);
-//  - warpgroup w owns output columns 256w … of all 64 rows and adds both tiles' P·V to them: its
-//    own tile's P from registers, the other's from shared memory, where the other warpgroup
-//    stores it (over its tile's last 64 key columns, the rope part, which the values do not use);
-//  - the running max is one per row, in shared memory: warpgroup 0 raises it with the even
-//    tile's scores, warpgroup 1 then with the odd tile's, and each passes on the factor by which
-//    the other rescales its sums, outputs and (warpgroup 0) the even tile's stored P;
-//  - the warpgroups meet at named barriers only where one needs what the other produced (the
-//    max of its tile, its P), a producer arriving without waiting;
-//  - each stage is reloaded in two parts by the warpgroups that free them, with copies that
-//    complete an mbarrier per part and stage (nobody waits for their own copies): warpgroup 0
-//    loads key columns 0 … 255 of the even stage once its P·V of them is done, and of the odd
-//    stage with columns 512 … 575 once it read the odd P there; warpgroup 1 the rest. The
-//    scores wait for the first part's mbarrier, start, then wait for the second;
-//  - 218 KiB of shared memory: the queries [64 × 576] and two tiles [64 × 576], swizzled.
-// Splits with an odd number of tiles end with an empty odd tile (every token masked).
-// Two builds, which differ in how a part is copied:
-//  - attention_wgmma_seesaw_latent576_bf16: cp.async by the part's 128 threads, 16 bytes each,
-//    tokens past kv_end zero-filled;
-//  - attention_wgmma_seesaw_tma_latent576_bf16: bulk copies of a tensor map over the cache's
-//    rows (boxes of 64 columns × min(block size, 64) tokens), issued by one thread, which frees
-//    the others' issue slots and registers (FlashMLA's loads). A box brings whole pages, tokens
-//    past kv_end included, which may hold anything (NaN): their scores are masked, and their
-//    values zeroed by the warpgroup that scored the tile before any P·V reads them.
+// Experimental MLA latent kernel for Hopper (awaiting a GPU measurement), 64 query rows per CTA:
+// the warpgroups score alternate 64-token tiles (m64n64k16), offset by half a step so that one's
+// softmax overlaps the other's wgmma (FlashMLA's "seesaw"); each owns 256 output columns and adds
+// both tiles' P·V, its own P from registers, the other's from shared memory. They meet only at
+// named barriers where one needs the other's max or P; each stage is reloaded in two parts whose
+// copies complete an mbarrier. SeesawShared (218 KiB), one CTA per SM. Two builds: cp.async
+// copies, or TMA bulk copies of a tensor map over the cache rows. docs/kernels.md, "The seesaw
+// kernel".
 // mla: no-spills
 // mla: sm_90a
 // mla: experimental

@@ -1,18 +1,10 @@
-// The MLA latent (576/512) for 64 query rows per CTA on Hopper's warpgroup tensor cores (wgmma,
-// sm_90a only): attention_mma_wide_latent576_bf16's job — four 16-row runs of one sequence's
-// heads, items[4·b …], for models with 64+ heads — with its operands read by the tensor cores
-// straight from shared memory. mma.sync makes every warp load its own copy of the key fragments
-// (each latent row read from shared memory by four warps, and the queries again every tile):
-// ncu found that kernel waiting on shared memory at about half the tensor rate. Here:
-//  - tiles of 64 cached tokens, two stages, copied with cp.async into the 128-byte swizzle
-//    (wgmma.cuh), so one copy of a tile is the keys (K-major) and the values (MN-major); eight
-//    threads copy a 128-byte line of a token row, a whole L2 line per request;
-//  - warpgroup h scores all 64 rows against token half h of the tile (m64n32k16, 36 steps over
-//    the key width), the two halves agree on each row's running max through shared memory, and
-//    write P (bf16) in the swizzle;
-//  - warpgroup h owns output columns 256h … of all 64 rows: O += P·V as m64n256k16 with the
-//    values MN-major, the 64 × 256 accumulators in registers (128 per thread);
-//  - 225 KiB of shared memory: the queries [64 × 576], two tiles [64 × 576], P [64 × 64].
+// The MLA latent (576/512) for 64 query rows per CTA on Hopper's warpgroup tensor cores (sm_90a):
+// 64-token tiles in two stages, copied with cp.async into the 128-byte swizzle so one copy is both
+// the keys (K-major) and the values (MN-major); warpgroup h scores token half h of each tile
+// (m64n32k16), the halves agree on each row's running max through shared memory, and warpgroup h
+// accumulates output columns 256h … in registers (m64n256k16). WgmmaShared (225 KiB), one CTA
+// per SM; with fewer CTAs than units it serves several in turn (persistent, experimental). The
+// experimental rs build keeps P in registers. docs/kernels.md, "The Hopper wgmma kernel".
 // mla: no-spills
 // mla: sm_90a
 #include "common.cuh"

@@ -1,5 +1,5 @@
-// What the 64-row wgmma kernels (attention_wgmma.cu, attention_seesaw.cu) share: their shape,
-// a CTA's quad of 16-row runs and the load of its query rows.
+// What the 64-row wgmma kernels (wgmma.cu, seesaw.cu) share: a CTA's quad of 16-row runs and
+// the load of its query rows into the swizzle.
 #pragma once
 #include "common.cuh"
 #include "attention/rows.cuh"

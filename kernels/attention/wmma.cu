@@ -1,16 +1,8 @@
-// Paged attention on tensor cores (WMMA: bf16 in, f32 accumulate), sm_80+, for the bf16 shapes
-// attention_mma.cu is not built for (any key and value width that is a multiple of 16), and the
-// combine of every tensor-core kernel. FlashMLA's shape in a first, portable form:
-//  - a CTA serves one work item: up to 16 query rows that share a sequence and a KV head — the
-//    heads of a token for MLA (so each latent row read from HBM serves 16 heads), the query
-//    heads of a GQA group, or consecutive tokens of one head in prefill — over one split of the
-//    rows' visible cached tokens;
-//  - S = Q·Kᵀ, online softmax in base 2 and O += P·V, tile by tile of KV_TILE tokens through
-//    shared memory;
-//  - each item writes its normalised output and log-sum-exp; attention_tc_combine merges the
-//    splits of a row (flash-decoding).
-// The host (src/backend/cuda/attention_schedule.rs) builds the items: every row group's visible
-// tokens cut into even splits, about one wave of CTAs in all.
+// Paged attention with WMMA (bf16 in, f32 accumulate, sm_80+) for the bf16 shapes mma.cu is not
+// built for (any key and value width that is a multiple of 16): one run of up to 16 query rows per
+// CTA over one split, S = Q·Kᵀ, base-2 online softmax and O += P·V tile by tile of 32 tokens
+// through shared memory, whose layout-dependent parts the host places (WmmaShared).
+// docs/kernels.md, "The WMMA fallback".
 // mla: no-spills
 #include "common.cuh"
 #include "attention/rows.cuh"

@@ -1,13 +1,8 @@
-// Barriers between parts of a CTA, for kernels whose warpgroups run offset from each other
-// (attention_seesaw.cu), where __syncthreads would hold both to the slower one's pace:
-//  - named barriers (bar.sync / bar.arrive with an id and a thread count): a producer arrives
-//    and goes on, its consumer waits;
-//  - mbarriers completed by cp.async (cp.async.mbarrier.arrive.noinc, sm_80+): the copying
-//    threads do not wait for their copies, whoever reads them waits for the mbarrier's phase;
-//  - or by the tensor memory accelerator (sm_90): one thread expects a phase's bytes and issues
-//    bulk copies of boxes of a tensor map, each completing its bytes on the mbarrier.
-// Under cuda-emu each has a CPU implementation (cuda-emu/runtime.cpp) that catches a thread
-// arriving twice, deadlocks, and reads of copies whose phase has not completed.
+// Barriers between parts of a CTA whose warpgroups run offset from each other (seesaw.cu):
+// named barriers (a producer arrives and goes on, its consumer waits) and mbarriers completed by
+// cp.async or by TMA bulk copies of a tensor map. Under cuda-emu each has a CPU implementation
+// that reports a thread arriving twice, deadlocks and reads of copies whose phase has not
+// completed. docs/kernels.md, "The seesaw kernel".
 #pragma once
 #include <stdint.h>
 #include "common.cuh"

@@ -2,18 +2,17 @@
 // register layouts (mma.sync m16n8k16 bf16 → f32, ldmatrix, cp.async), so that a kernel keeps
 // its accumulators in registers and knows which row each of them belongs to (WMMA hides that).
 // Under cuda-emu (MLA_CUDA_EMU) each has a CPU implementation with the same layouts.
-//
-// Fragment layouts, with g = lane / 4 and t = lane % 4 (bf16 pairs packed low element first):
-//   A (16×16, row-major): a[0] = (g, 2t..2t+1), a[1] = (g+8, 2t..), a[2] = (g, 2t+8..), a[3] = (g+8, 2t+8..)
-//   B (16×8, k × n):      b[0] = (k 2t..2t+1, n g), b[1] = (k 2t+8.., n g)
-//   C (16×8, f32):        c[0..1] = (g, 2t..2t+1), c[2..3] = (g+8, 2t..2t+1)
 #pragma once
 #include "common.cuh"
 #ifdef MLA_CUDA_EMU
 #include <mma_ptx.h>
 #endif
 
-// d += a·b on tensor cores.
+// d += a·b on tensor cores. Fragment layouts, with g = lane / 4 and t = lane % 4 (bf16 pairs
+// packed low element first):
+//   A (16×16, row-major): a[0] = (g, 2t..2t+1), a[1] = (g+8, 2t..), a[2] = (g, 2t+8..), a[3] = (g+8, 2t+8..)
+//   B (16×8, k × n):      b[0] = (k 2t..2t+1, n g), b[1] = (k 2t+8.., n g)
+//   C (16×8, f32):        c[0..1] = (g, 2t..2t+1), c[2..3] = (g+8, 2t..2t+1)
 __device__ __forceinline__ void mma_bf16_16816(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
 #if defined(MLA_CUDA_EMU)
     emu::mma_bf16_16816(d, a, b0, b1);

@@ -1,7 +1,13 @@
 // Warpgroup-level tensor-core primitives of sm_90a (wgmma.mma_async, bf16 in, f32 accumulate,
-// both operands in shared memory, or A in registers) as functions, for kernels built only for sm_90a; under
-// cuda-emu (MLA_CUDA_EMU) each has a CPU implementation (cuda-emu/include/wgmma_ptx.h).
-//
+// both operands in shared memory, or A in registers) as functions, for kernels built only for
+// sm_90a; under cuda-emu (MLA_CUDA_EMU) each has a CPU implementation (cuda-emu/include/wgmma_ptx.h).
+// Operand and accumulator layouts: at wgmma_desc. docs/kernels.md, "The Hopper wgmma kernel".
+#pragma once
+#include "common.cuh"
+#ifdef MLA_CUDA_EMU
+#include <wgmma_ptx.h>
+#endif
+
 // Operand layout in shared memory, 128-byte swizzle: the matrix is cut into atoms of 8 rows ×
 // 128 bytes (64 bf16), 1024 contiguous bytes at a 1024-byte aligned address, in which the
 // 16-byte chunk c of row r sits at chunk position c ^ r (so that the 8 rows of a column of
@@ -15,12 +21,7 @@
 // Accumulators: warp w of the warpgroup owns rows 16w … 16w + 15 of D [64 × N]; with g = lane / 4
 // and t = lane % 4, d[4j + e] is row 16w + g + 8·(e / 2), column 8j + 2t + e % 2 — mma.sync's C
 // fragment, once per 8 columns.
-#pragma once
-#include "common.cuh"
-#ifdef MLA_CUDA_EMU
-#include <wgmma_ptx.h>
-#endif
-
+//
 // The descriptor of a 128-byte swizzled operand starting at `start` (16-byte aligned, inside an
 // atom aligned to 1024 bytes) with atoms `leading` and `stride` bytes apart (see above).
 __device__ __forceinline__ uint64_t wgmma_desc(const void* start, uint32_t leading, uint32_t stride) {
@@ -31,7 +32,7 @@ __device__ __forceinline__ uint64_t wgmma_desc(const void* start, uint32_t leadi
 
 // wgmma_desc(start, …), computed where it is used: a loop's k-steps then add constants to it
 // (wgmma_desc_at) instead of the compiler hoisting every step's descriptor out of an outer loop
-// and holding them all across it (in attention_seesaw.cu: 72 registers, and spills).
+// and holding them all across it (which spills in seesaw.cu).
 __device__ __forceinline__ uint64_t wgmma_desc_here(const void* start, uint32_t leading, uint32_t stride) {
     uint64_t d = wgmma_desc(start, leading, stride);
 #if defined(__CUDA_ARCH__) && !defined(MLA_CUDA_EMU)

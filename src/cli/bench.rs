@@ -132,15 +132,10 @@ pub struct AttentionBenchArgs {
     pub reps: usize,
 
     /// The kernels to time, a row each where they differ: where-pays (the runtime's choice),
-    /// wgmma (64 rows per CTA on Hopper's warpgroup tensor cores; 64+ heads), wgmma-rs (the same
-    /// with the scores computed by both warpgroups and P kept in registers), wgmma-persistent
-    /// (wgmma with a CTA per SM, each serving several units and loading the next one's queries
-    /// and first tile while it finishes one), wgmma-seesaw (each warpgroup scores every other
-    /// tile, the two offset so that one's softmax overlaps the other's tensor work; any number of
-    /// heads, the rows they leave of a 64-row unit empty), wgmma-seesaw-tma (wgmma-seesaw with
-    /// its tiles brought by the tensor memory accelerator from one thread), mma (64 rows
-    /// per CTA, mma.sync), 16-row (16 rows per CTA, two CTAs per SM with two stages of tiles),
-    /// 16-row-deep (16 rows per CTA, one CTA per SM with five stages).
+    /// wgmma (64 rows per CTA on Hopper's warpgroup tensor cores; 64+ heads), mma (64 rows per
+    /// CTA, mma.sync), 16-row (16 rows per CTA); in a build with the experimental-kernels
+    /// feature also wgmma-rs, wgmma-persistent, wgmma-seesaw, wgmma-seesaw-tma and 16-row-deep
+    /// (docs/kernels.md).
     #[arg(
         long,
         value_delimiter = ',',
@@ -155,8 +150,9 @@ pub struct AttentionBenchArgs {
     pub waves: Vec<f32>,
 
     /// How the splits of a row group are merged, a row each where it differs: kernel (a second
-    /// kernel once the attention grid has finished; the runtime's choice) or last-cta (by the
-    /// attention CTA that finishes a group's last split, for up to 32 splits per group).
+    /// kernel once the attention grid has finished; the runtime's choice); in a build with the
+    /// experimental-kernels feature also last-cta (by the attention CTA that finishes a group's
+    /// last split, for up to 32 splits per group).
     #[arg(
         long,
         value_delimiter = ',',

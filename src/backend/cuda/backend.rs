@@ -29,7 +29,7 @@ pub struct CudaBackend<T> {
     /// The last RoPE table uploaded, with its host values: a step uses one table in every
     /// layer, so it crosses the bus once per step instead of once per layer.
     rope_tables: RefCell<Option<UploadedRope>>,
-    /// The current step's attention plans and schedules (see `attention_forms`).
+    /// The current step's attention plans and schedules (see `attention`).
     pub(super) prepared: RefCell<Option<super::attention::PreparedStep>>,
     _element: PhantomData<T>,
 }

@@ -155,8 +155,7 @@ impl CudaDevice {
         let ids = self.upload_u32(ids)?;
         let hidden = table.cols as i32;
         let args = self.args(&[&out.data, &table.data, &ids, &hidden]);
-        // SAFETY: the arguments match the kernel's `extern "C"` signature in elementwise.cu in
-        // order and type, and the shape checks above bound every index it computes.
+        // SAFETY: launch's contract. The shape checks above bound every index it computes.
         unsafe {
             self.launch(
                 kernels::EMBEDDING.of::<T>(),
@@ -188,8 +187,7 @@ impl CudaDevice {
         }
         let cols = x.cols as i32;
         let args = self.args(&[&out.data, &x.data, &weight.data, &cols, &eps]);
-        // SAFETY: the arguments match the kernel's `extern "C"` signature in elementwise.cu in
-        // order and type, and the shape checks above bound every index it computes.
+        // SAFETY: launch's contract. The shape checks above bound every index it computes.
         unsafe {
             self.launch(
                 kernels::RMS_NORM.of::<T>(),
@@ -231,8 +229,8 @@ impl CudaDevice {
         }
         let cols = x.cols as i32;
         let args = self.args(&[&x.data, &y.data, &out.data, &weight.data, &cols, &eps]);
-        // SAFETY: the arguments match add_rms_norm in elementwise.cu in order and type; the
-        // shape checks above make every row of x, y and out `cols` wide.
+        // SAFETY: launch's contract. The shape checks above make every row of x, y and out `cols`
+        // wide.
         unsafe {
             self.launch(
                 kernels::ADD_RMS_NORM.of::<T>(),
@@ -253,8 +251,7 @@ impl CudaDevice {
         }
         let n = (x.rows * x.cols) as i64;
         let args = self.args(&[&x.data, &y.data, &n]);
-        // SAFETY: the arguments match the kernel's `extern "C"` signature in elementwise.cu in
-        // order and type, and the shape checks above bound every index it computes.
+        // SAFETY: launch's contract. The shape checks above bound every index it computes.
         unsafe {
             self.launch(
                 kernels::ADD_ASSIGN.of::<T>(),
@@ -275,8 +272,7 @@ impl CudaDevice {
         }
         let (n, cols) = ((x.rows * x.cols) as i64, x.cols as i32);
         let args = self.args(&[&x.data, &bias.data, &n, &cols]);
-        // SAFETY: the arguments match the kernel's `extern "C"` signature in elementwise.cu in
-        // order and type, and the shape checks above bound every index it computes.
+        // SAFETY: launch's contract. The shape checks above bound every index it computes.
         unsafe {
             self.launch(
                 kernels::ADD_BIAS.of::<T>(),
@@ -301,8 +297,7 @@ impl CudaDevice {
         }
         let n = (gate.rows * gate.cols) as i64;
         let args = self.args(&[&gate.data, &up.data, &n]);
-        // SAFETY: the arguments match the kernel's `extern "C"` signature in elementwise.cu in
-        // order and type, and the shape checks above bound every index it computes.
+        // SAFETY: launch's contract. The shape checks above bound every index it computes.
         unsafe {
             self.launch(
                 kernels::SILU_MUL.of::<T>(),
@@ -355,8 +350,7 @@ impl CudaDevice {
         let args = self.args(&[
             &x.data, &cos_sin.0, &cos_sin.1, &cols, &heads, &stride, &offset, &half, &inter,
         ]);
-        // SAFETY: the arguments match the kernel's `extern "C"` signature in elementwise.cu in
-        // order and type, and the shape checks above bound every index it computes.
+        // SAFETY: launch's contract. The shape checks above bound every index it computes.
         unsafe {
             self.launch(
                 kernels::ROPE.of::<T>(),
@@ -393,8 +387,7 @@ impl CudaDevice {
         let args = self.args(&[
             &ckv.data, &norm.data, &cos_sin.0, &cos_sin.1, &r, &half, &eps, &inter,
         ]);
-        // SAFETY: the arguments match the kernel's `extern "C"` signature in elementwise.cu in
-        // order and type, and the shape checks above bound every index it computes.
+        // SAFETY: launch's contract. The shape checks above bound every index it computes.
         unsafe {
             self.launch(
                 kernels::LATENT_EPILOGUE.of::<T>(),
@@ -437,8 +430,7 @@ impl CudaDevice {
         let slots = self.upload_u32(slots)?;
         let (cols, offset, width) = (x.cols as i32, offset as i32, width as i32);
         let args = self.args(&[layer, &x.data, &slots, &cols, &offset, &width]);
-        // SAFETY: the arguments match the kernel's `extern "C"` signature in elementwise.cu in
-        // order and type, and the shape checks above bound every index it computes.
+        // SAFETY: launch's contract. The shape checks above bound every index it computes.
         unsafe {
             self.launch(
                 kernels::WRITE_KV_CACHE.of::<T>(),
@@ -480,8 +472,7 @@ impl CudaDevice {
             shared_mem_bytes: 0,
         };
         let args = self.args(&[cache, &flat, &block_elems, &layer_elems]);
-        // SAFETY: the arguments match the kernel's `extern "C"` signature in elementwise.cu in
-        // order and type, and the shape checks above bound every index it computes.
+        // SAFETY: launch's contract. The shape checks above bound every index it computes.
         unsafe { self.launch(kernels::COPY_BLOCKS.of::<T>(), cfg, Order::Serial, &args) }?;
         Ok(())
     }

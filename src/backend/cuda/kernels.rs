@@ -52,13 +52,22 @@ mod tests {
 
     #[test]
     fn handles_are_numbered_in_order_and_name_their_module() {
-        assert!(KERNEL_COUNT > 0);
+        assert_eq!(ALL.len(), KERNEL_COUNT);
+        for (i, k) in ALL.iter().enumerate() {
+            assert_eq!(k.index, i, "{k:?}");
+            assert!(k.module < MODULES.len(), "{k:?}");
+            assert_eq!(ALL.iter().filter(|o| o.name == k.name).count(), 1, "{k:?}");
+        }
         let name = |m: usize| MODULES[m].name;
         assert_eq!(name(RMS_NORM.f32.module), "elementwise");
         assert_eq!(RMS_NORM.bf16.name, "rms_norm_bf16");
         assert_eq!(name(ATTENTION_MMA_LATENT576_BF16.module), "attention_mma");
         assert_eq!(name(ATTENTION_COMBINE_BF16.module), "attention_combine");
-        assert!(ATTENTION_COMBINE_BF16.index < KERNEL_COUNT);
+        assert_eq!(ALL[ATTENTION_COMBINE_BF16.index], ATTENTION_COMBINE_BF16);
         assert_eq!(ByDtype::of::<f32>(PAGED_ATTENTION), PAGED_ATTENTION.f32);
+        assert_eq!(ByDtype::of::<half::bf16>(PAGED_ATTENTION), PAGED_ATTENTION.bf16);
+        // Shared memory: the struct's size for a kernel that has one, none for the others.
+        assert_eq!(ATTENTION_MMA_LATENT576_BF16.shared_bytes, 86_528);
+        assert_eq!(RMS_NORM.f32.shared_bytes, 0);
     }
 }

@@ -85,9 +85,9 @@ impl CudaDevice {
             block_dim: (256, 1, 1),
             shared_mem_bytes: (2 * experts * std::mem::size_of::<f32>()) as u32,
         };
-        // SAFETY: the arguments match moe_route in moe.cu in order and type; block `t` reads
-        // row `t` of the logits and writes its `k` ids and weights; the checks above keep the
-        // expert and group counts within the kernel's fixed-size sets.
+        // SAFETY: launch's contract. Block `t` reads row `t` of the logits and writes its `k` ids
+        // and weights; the checks above keep the expert and group counts within the kernel's fixed-
+        // size sets.
         unsafe { self.launch(kernels::MOE_ROUTE.of::<T>(), cfg, Order::Serial, &args) }?;
         let ids = self.fetch(&ids, "expert ids")?;
         let weights = self.fetch(&weights, "expert weights")?;

@@ -67,8 +67,8 @@ impl CudaDevice {
         }
         let (src_cols, cols) = (src_cols as i32, out.cols as i32);
         let args = self.args(&[&out.data, src, idx, &src_cols, &cols]);
-        // SAFETY: the arguments match gather_rows in elementwise.cu in order and type; the
-        // caller guarantees every index within `src` and one per row of `out`.
+        // SAFETY: launch's contract. The caller guarantees every index within `src` and one per row
+        // of `out`.
         unsafe {
             self.launch(
                 kernels::GATHER_ROWS.of::<T>(),
@@ -138,8 +138,8 @@ impl CudaDevice {
         }
         let cols = out.cols as i32;
         let args = self.args(&[&out.data, &y.data, idx, weights, &cols]);
-        // SAFETY: the arguments match scatter_add_rows in elementwise.cu in order and type; the
-        // caller guarantees rows in range and distinct, so no two threads write one element.
+        // SAFETY: launch's contract. The caller guarantees rows in range and distinct, so no two
+        // threads write one element.
         unsafe {
             self.launch(
                 kernels::SCATTER_ADD_ROWS.of::<T>(),
@@ -159,8 +159,8 @@ impl CudaDevice {
         let ids = self.upload_u32(&vec![u32::MAX; x.rows])?;
         let cols = x.cols as i32;
         let args = self.args(&[&x.data, &ids, &cols]);
-        // SAFETY: the arguments match argmax_rows in elementwise.cu in order and type; block
-        // `r` reads row `r` of `x` and writes `ids[r]`, both in bounds.
+        // SAFETY: launch's contract. Block `r` reads row `r` of `x` and writes `ids[r]`, both in
+        // bounds.
         unsafe {
             self.launch(
                 kernels::ARGMAX_ROWS.of::<T>(),
@@ -191,8 +191,8 @@ impl CudaDevice {
             .map_err(driver_err("allocating row totals"))?;
         let cols = x.cols as i32;
         let args = self.args(&[&x.data, &cols, &temps, &totals]);
-        // SAFETY: the arguments match softmax_totals in elementwise.cu in order and type; block
-        // `r` reads row `r` of `x` and `temperatures[r]` and writes `totals[r]`.
+        // SAFETY: launch's contract. Block `r` reads row `r` of `x` and `temperatures[r]` and
+        // writes `totals[r]`.
         unsafe {
             self.launch(
                 kernels::SOFTMAX_TOTALS.of::<T>(),
@@ -229,8 +229,8 @@ impl CudaDevice {
             block_dim: (1024, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: the arguments match top_k_rows in elementwise.cu in order and type; block `r`
-        // reads row `r` of `x` and writes entries [r·k, (r + 1)·k) of `values` and `ids`.
+        // SAFETY: launch's contract. Block `r` reads row `r` of `x` and writes entries [r·k, (r +
+        // 1)·k) of `values` and `ids`.
         unsafe { self.launch(kernels::TOP_K_ROWS.of::<T>(), cfg, Order::Serial, &args) }?;
         let values = self.fetch(&values, "top-k values")?;
         let ids = self.fetch(&ids, "top-k ids")?;
@@ -270,8 +270,7 @@ impl CudaDevice {
             shared_mem_bytes: 0,
         };
         let args = self.args(&[&t.data, &count, &base, &std, &chunk]);
-        // SAFETY: the arguments match random_normal in elementwise.cu; it writes indices below n,
-        // the tensor's length.
+        // SAFETY: launch's contract. It writes indices below n, the tensor's length.
         unsafe { self.launch(kernels::RANDOM_NORMAL.of::<T>(), cfg, Order::Serial, &args) }?;
         Ok(t)
     }
@@ -294,7 +293,7 @@ impl CudaDevice {
             shared_mem_bytes: 0,
         };
         let args = self.args(&[x, &count, &value]);
-        // SAFETY: the arguments match fill in elementwise.cu; it writes indices below `n`.
+        // SAFETY: launch's contract. It writes indices below `n`.
         unsafe { self.launch(kernels::FILL.of::<T>(), cfg, Order::Serial, &args) }?;
         Ok(())
     }

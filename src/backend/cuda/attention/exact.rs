@@ -9,7 +9,7 @@ use crate::backend::cuda::{CudaDevice, GpuFloat, GpuTensor};
 use crate::error::{Error, Result};
 use cudarc::driver::{CudaSlice, CudaView, LaunchConfig};
 
-/// Query heads one block serves (one warp each); matches `WARPS_PER_BLOCK` in attention.cu.
+/// Query heads one block serves (one warp each); matches `WARPS_PER_BLOCK` in exact.cu.
 const WARPS_PER_BLOCK: usize = 4;
 /// Limits of the kernel's per-warp buffers (`MAX_VALUE_PER_LANE · 32`, `MAX_QUERY`).
 const MAX_VALUE: usize = 16 * 32;

@@ -56,10 +56,10 @@ pub enum WideAttention {
 impl WideAttention {
     /// Whether this choice needs a Hopper GPU (the sm_90a kernels).
     pub fn needs_hopper(self) -> bool {
-        match self {
-            WideAttention::WherePays | WideAttention::Off | WideAttention::Mma => false,
-            _ => true,
-        }
+        !matches!(
+            self,
+            WideAttention::WherePays | WideAttention::Off | WideAttention::Mma
+        )
     }
 }
 

@@ -1,6 +1,17 @@
-//! The three attention forms of the CUDA backend: plans and layouts for the kernels, the
-//! tensor-core kernel where it serves the form (bf16), the exact reference kernel otherwise, and
-//! the materialised form's gathered and expanded context, in bounded groups of sequences.
+//! The three attention forms of the CUDA backend (MHA/GQA, MLA absorbed, MLA materialised):
+//! plans and layouts for the kernels, the tensor-core kernel where it serves the form (bf16), the
+//! exact kernel otherwise, and the materialised form's gathered and expanded context, in bounded
+//! groups of sequences. docs/kernels.md has each kernel's design.
+//!
+//! The split-KV schedule's nouns (schedule.rs; the kernels' `WorkItem` and `RowGroup`):
+//! - **row**: one (query token, head) pair, `token · heads + head`;
+//! - **run**: up to 16 rows of one sequence and KV head, an mma M tile (`ROWS`);
+//! - **unit**: what one CTA serves: one run for the 16-row kernels, four (64 rows) for the
+//!   64-row kernels;
+//! - **split**: a contiguous range of a sequence's cached tokens;
+//! - **item**: one run over one split (`WorkItem`);
+//! - **group**: the splits of one run (`RowGroup`), merged by their log-sum-exp (the combine);
+//!   where every group has one split the kernel writes the output itself.
 
 pub mod exact;
 pub mod kernel_choice;

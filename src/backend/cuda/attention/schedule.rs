@@ -1,6 +1,7 @@
 //! The split-KV schedule of the tensor-core attention kernels (pure host code, tested on any
 //! machine): which query rows each CTA serves over which cached tokens, and the groups of
-//! splits their combine merges. Mirrors `kernels/attention_items.cuh`.
+//! splits their combine merges. `WorkItem` and `RowGroup` mirror kernels/attention/params.cuh;
+//! the nouns are defined in the module doc of `attention`.
 
 use crate::backend::cuda::tuning;
 use crate::backend::AttentionBatch;
@@ -177,7 +178,7 @@ mod tests {
     use crate::backend::{Backend, MlaDims, SeqChunk};
     use crate::util::rng::SplitMix64;
 
-    /// attention_tc_bf16 and its combine step by step on host f32 buffers: the schedule, the
+    /// attention_wmma_bf16 and its combine step by step on host f32 buffers: the schedule, the
     /// rows' (token, head) and positions, the tile loop with its masks, base-2 softmax and the
     /// LSE merge.
     fn emulate<'a>(

@@ -1,10 +1,15 @@
-"""Writes a trained demo model's folder for scripts/train_demo.py: bf16 safetensors, config.json
+"""Writes a trained demo model's folder for scripts/demo/train_demo.py: bf16 safetensors, config.json
 (the MLA model's in the published deepseek-ai style), tokenizer files, reference.json (float64
 transformers logits and greedy ids for the runtime's tests, on a sentence whose MoE routing is far
 from a tie) and the model card.
 """
 
-import cpu_env  # noqa: F401  (one thread, no hub: before torch and tokenizers)
+import sys  # noqa: I001
+from pathlib import Path as _Path
+
+# cpu_env and expert_layout are shared with the fixture scripts.
+sys.path.insert(0, str(_Path(__file__).resolve().parents[1] / "fixtures"))
+import cpu_env  # noqa: E402,F401  (one thread, no hub: before torch and tokenizers)
 
 import json  # noqa: E402
 import math  # noqa: E402
@@ -302,7 +307,7 @@ def write_reference(folder: Path, kind, tok, val_paras, ref_text, samples):
         tap.remove()
     ref = {
         "model": f"demo-{kind}",
-        "generator": f"scripts/train_demo.py (torch {torch.__version__}, transformers {transformers.__version__}): "
+        "generator": f"scripts/demo/train_demo.py (torch {torch.__version__}, transformers {transformers.__version__}): "
                      "saved bf16 weights converted to float64, eager attention",
         "text": ref_text,
         "token_ids": ids,
@@ -376,8 +381,8 @@ def model_card(kind, r, corpus) -> str:
                         for s in r["samples"])
     return f"""# demo-{kind}
 
-A small demo language model for mla-rt, trained from scratch on CPU by `scripts/train_demo.py`
-(`scripts/train_demo.sh`). It writes readable (if dreamy) Austen-style English; it is a demo and a
+A small demo language model for mla-rt, trained from scratch on CPU by `scripts/demo/train_demo.py`
+(`scripts/demo/train_demo.sh`). It writes readable (if dreamy) Austen-style English; it is a demo and a
 test model, not a useful assistant. {twin}
 
 ## Data

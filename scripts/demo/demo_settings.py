@@ -1,5 +1,5 @@
-"""The demo models' settings, shared by scripts/train_demo.py (which trains with them) and
-scripts/demo_release.py (whose config.json and model card report them)."""
+"""The demo models' settings, shared by scripts/demo/train_demo.py (which trains with them) and
+scripts/demo/demo_release.py (whose config.json and model card report them)."""
 
 SEED = 20240611
 

@@ -1,6 +1,6 @@
 """The demo models' corpus: Jane Austen's six novels from the Debian package r-cran-janeaustenr,
 fetched with `apt-get download` and read out of R's lazy-load database without R, cleaned into
-paragraphs and split into training and validation paragraphs. Used by scripts/train_demo.py.
+paragraphs and split into training and validation paragraphs. Used by scripts/demo/train_demo.py.
 """
 
 import glob

@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
 # The GPU check: every test (ignored GPU tests included) plus the benchmarks, as one command.
 #
-#   scripts/gpu-check.sh prepare   # (alias: bundle) here (Rust toolchain + nvcc): build the release binary and
+#   scripts/gpu/gpu-check.sh prepare   # (alias: bundle) here (Rust toolchain + nvcc): build the release binary and
 #                                  # the GPU test binaries (tests/gpu_*.rs), stripped, into
 #                                  # device-bin/ (gitignored; small enough to carry)
-#   scripts/gpu-check.sh run [S]   # on the GPU machine, from the repo root, with device-bin/
+#   scripts/gpu/gpu-check.sh run [S]   # on the GPU machine, from the repo root, with device-bin/
 #                                  # carried over: runs them and prints a summary table, all
 #                                  # within S seconds (540: inside the device tool's 600 a
 #                                  # command); a step gets at most what is left, and one that
 #                                  # would get under 15 s is skipped (a failed row)
-#   scripts/gpu-check.sh profile [S]  # on the GPU machine: only the last step of `run`, ncu on the
+#   scripts/gpu/gpu-check.sh profile [S]  # on the GPU machine: only the last step of `run`, ncu on the
 #                                  # attention shapes short of their targets, a table of where
-#                                  # the time goes (scripts/ncu-summary.py)
-#   scripts/gpu-check.sh emulate   # here, no GPU: prepare, then the tests and the CLI check of
+#                                  # the time goes (scripts/gpu/ncu-summary.py)
+#   scripts/gpu/gpu-check.sh emulate   # here, no GPU: prepare, then the tests and the CLI check of
 #                                  # `run` on cuda-emu (kernels/*.cu on the CPU); no benchmarks,
 #                                  # whose timings would mean nothing there
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 out=device-bin
 
 # Release binary and GPU test executables, stripped, into device-bin/.
@@ -24,10 +24,11 @@ prepare() {
   nvcc="$(scripts/cuda-toolchain.sh)"
   export NVCC="$nvcc" MLA_REQUIRE_CUDA=1
   rm -rf "$out" && mkdir -p "$out/tests"
-  cargo build --release --quiet
+  # With the experimental kernels, which the A/B steps time against the default ones.
+  cargo build --release --quiet --features experimental-kernels
   cp target/release/mla "$out/"
   # GPU test executables (the CPU tests run here), found from cargo's JSON messages.
-  cargo test --release --no-run --message-format=json 2>/dev/null |
+  cargo test --release --features experimental-kernels --no-run --message-format=json 2>/dev/null |
     python3 -c '
 import json, sys, shutil, os
 for line in sys.stdin:
@@ -168,10 +169,10 @@ attention_benches() {
   # The choices still open, kernel against kernel per shape: the 16-row builds (V2-Lite, also
   # at each CTA target) and the wgmma kernels (V3), into ab-summary.md.
   {
-    python3 scripts/ab-summary.py "V2-Lite: the 16-row kernel's two-stage build (first) against its deep build, wgmma-seesaw and wgmma-seesaw-tma, each also with the last-CTA combine" \
+    python3 scripts/gpu/ab-summary.py "V2-Lite: the 16-row kernel's two-stage build (first) against its deep build, wgmma-seesaw and wgmma-seesaw-tma, each also with the last-CTA combine" \
       "$out/attention-deep.md" "$out/attention-waves.md"
     echo
-    python3 scripts/ab-summary.py "V3: wgmma (first) against wgmma-rs, wgmma-persistent, wgmma-seesaw and wgmma-seesaw-tma, each also with the last-CTA combine" \
+    python3 scripts/gpu/ab-summary.py "V3: wgmma (first) against wgmma-rs, wgmma-persistent, wgmma-seesaw and wgmma-seesaw-tma, each also with the last-CTA combine" \
       "$out/attention-wgmma-rs.md" "$out/attention-fixed-v3.md"
   } > "$out/ab-summary.md" 2>&1 || true
   cat "$out/ab-summary.md"
@@ -209,7 +210,7 @@ profile() {
     return
   fi
   local verdict=ok
-  python3 scripts/ncu-summary.py --header > "$out/profile-attention.md"
+  python3 scripts/gpu/ncu-summary.py --header > "$out/profile-attention.md"
   for shape in "16 32 4096 16-row" "16 32 4096 16-row last-cta" "16 128 1024 16-row" "16 1 16384 16-row" "16 256 32 16-row" \
                "16 256 512 16-row" "16 32 4096 16-row-deep" "16 32 4096 wgmma-seesaw" "16 32 4096 wgmma-seesaw-tma" \
                "128 128 1024 wgmma" "128 128 16384 wgmma" "128 128 1024 wgmma-persistent" \
@@ -221,14 +222,14 @@ profile() {
     limit=$(step_limit 60)
     if (( limit == 0 )); then verdict="skipped from $heads × $batch × $context $kernel on (time budget)"; status=1; break; fi
     timeout "$limit" "$ncu" --clock-control none --print-units base --csv --page raw \
-      -k regex:'attention_(mma_latent576|mma_deep_latent576|wgmma_latent576|wgmma_rs_latent576|wgmma_seesaw_latent576|wgmma_seesaw_tma_latent576|tc_combine)' -c 2 \
+      -k regex:'attention_(mma_latent576|mma_deep_latent576|wgmma_latent576|wgmma_rs_latent576|wgmma_seesaw_latent576|wgmma_seesaw_tma_latent576|combine)' -c 2 \
       --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
       "$out/mla" bench attention --heads "$heads" --batch "$batch" --context "$context" \
       --kernel "$kernel" --combine "$combine" --reps 1 --materialised false > "$csv" 2> "$csv.log" ||
       { verdict=FAILED; status=1; tail -3 "$csv.log"; }
     title="$heads × $batch × $context"
     [[ $combine == kernel ]] || title+=" ($combine combine)"
-    python3 scripts/ncu-summary.py "$title" "$csv" >> "$out/profile-attention.md"
+    python3 scripts/gpu/ncu-summary.py "$title" "$csv" >> "$out/profile-attention.md"
   done
   printf '| ncu profile of the attention shapes | %s | | |\n' "$verdict" >> "$out/summary.md"
   cat "$out/profile-attention.md"
@@ -278,7 +279,7 @@ prepare|bundle)
   prepare
   ;;
 run)
-  [[ -x "$out/mla" ]] || { echo "no $out/mla: run 'scripts/gpu-check.sh prepare' first and carry $out" >&2; exit 2; }
+  [[ -x "$out/mla" ]] || { echo "no $out/mla: run 'scripts/gpu/gpu-check.sh prepare' first and carry $out" >&2; exit 2; }
   set_budget "${2:-}"
   find_cuda_libraries
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
@@ -294,7 +295,7 @@ run)
   exit $status
   ;;
 profile)
-  [[ -x "$out/mla" ]] || { echo "no $out/mla: run 'scripts/gpu-check.sh prepare' first and carry $out" >&2; exit 2; }
+  [[ -x "$out/mla" ]] || { echo "no $out/mla: run 'scripts/gpu/gpu-check.sh prepare' first and carry $out" >&2; exit 2; }
   set_budget "${2:-}"
   find_cuda_libraries
   summary_header
@@ -315,7 +316,7 @@ emulate)
   exit $status
   ;;
 *)
-  echo "usage: scripts/gpu-check.sh prepare | run [SECONDS] | profile [SECONDS] | emulate" >&2
+  echo "usage: scripts/gpu/gpu-check.sh prepare | run [SECONDS] | profile [SECONDS] | emulate" >&2
   exit 2
   ;;
 esac

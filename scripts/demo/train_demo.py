@@ -3,21 +3,21 @@
 models/demo-mla/) and its MHA twin (Llama architecture, models/demo-mha/), on the same
 public-domain English corpus, tokenizer, data order, optimizer, schedule, steps and seed.
 
-Usage (through the wrapper, which creates/reuses the pinned venv of scripts/make_fixtures.sh):
+Usage (through the wrapper, which creates/reuses the pinned venv of scripts/fixtures/make_fixtures.sh):
 
-    scripts/train_demo.sh                     # corpus -> tokenizer -> train both -> write models/
-    scripts/train_demo.sh --only mla          # (re)train one model (the tokenizer is rebuilt
+    scripts/demo/train_demo.sh                     # corpus -> tokenizer -> train both -> write models/
+    scripts/demo/train_demo.sh --only mla          # (re)train one model (the tokenizer is rebuilt
                                               #  deterministically, so the other stays valid)
-    scripts/train_demo.sh --bench 20          # time 20 steps of each model, write nothing
-    scripts/train_demo.sh --steps 200 --out /tmp/demo   # a quick smoke run elsewhere
-    scripts/train_demo.sh --references-only   # rewrite models/demo-*/reference.json only
+    scripts/demo/train_demo.sh --bench 20          # time 20 steps of each model, write nothing
+    scripts/demo/train_demo.sh --steps 200 --out /tmp/demo   # a quick smoke run elsewhere
+    scripts/demo/train_demo.sh --references-only   # rewrite models/demo-*/reference.json only
 
 Corpus: Jane Austen's six completed novels (public-domain texts, 1811-1818), taken from the
 Debian package r-cran-janeaustenr (CRAN package janeaustenr by Julia Silge, MIT licence). The
 script fetches the .deb with `apt-get download` (no installation, so no R is needed) into a cache
 folder ($MLA_DEMO_CACHE, default $HOME/.cache/mla-rt/demo-corpus), unpacks it with `dpkg-deb -x`
 and reads the texts out of R's lazy-load database (data/Rdata.rdb/.rdx) with the small R
-unserializer in scripts/demo_corpus.py. Only the novels' text is used: title pages, chapter/volume headings and the
+unserializer in scripts/demo/demo_corpus.py. Only the novels' text is used: title pages, chapter/volume headings and the
 modern editorial note after Northanger Abbey are dropped, and `_italic_` markers are removed.
 
 Documents are paragraphs. The last 5% of each novel's paragraphs are the validation split; the
@@ -27,13 +27,18 @@ paragraph's <|bos|> (so position 0 is always BOS, as in `mla generate`), drawn w
 generator: both models see exactly the same batches.
 
 Everything is deterministic (fixed seeds, one CPU thread, torch deterministic algorithms). Run it
-with one core: OMP_NUM_THREADS=1 (scripts/cpu_env.py sets it if unset). The settings are in
-scripts/demo_settings.py; what writes a trained model's folder is in scripts/demo_release.py.
+with one core: OMP_NUM_THREADS=1 (scripts/fixtures/cpu_env.py sets it if unset). The settings are in
+scripts/demo/demo_settings.py; what writes a trained model's folder is in scripts/demo/demo_release.py.
 """
 
 import os
 
-import cpu_env  # noqa: F401  (one thread, no hub: before torch and tokenizers)
+import sys  # noqa: I001
+from pathlib import Path as _Path
+
+# cpu_env and expert_layout are shared with the fixture scripts.
+sys.path.insert(0, str(_Path(__file__).resolve().parents[1] / "fixtures"))
+import cpu_env  # noqa: E402,F401  (one thread, no hub: before torch and tokenizers)
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -91,7 +96,7 @@ from transformers import (  # noqa: E402
 torch.set_num_threads(1)
 torch.use_deterministic_algorithms(True)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------------------------
