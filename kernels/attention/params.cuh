@@ -2,7 +2,7 @@
 // passed as one `__grid_constant__` argument and mirrored field for field by a #[repr(C)] struct
 // in src/backend/cuda/attention/params.rs; both sides assert sizes and offsets. The work items
 // and row groups of the split-KV schedule (src/backend/cuda/attention/schedule.rs) too.
-// docs/kernels.md, "The seam".
+// docs/kernels.md, "The kernel/host seam".
 #pragma once
 #include <stddef.h>
 #include <stdint.h>

@@ -1,6 +1,6 @@
 // What the tensor-core attention kernels share on the device: the prologue, the running state of
 // a 16-row run, the online softmax steps, the stores of finished rows and the in-kernel merge.
-// docs/kernels.md, "Shared helpers".
+// docs/kernels.md, "Base-2 online softmax on ex2.approx" and "The combine".
 #pragma once
 #include "common.cuh"
 #include "attention/params.cuh"

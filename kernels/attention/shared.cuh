@@ -2,7 +2,7 @@
 // layout-dependent parts are placed by the host: WmmaShared in params.cuh), and the table that
 // names each kernel's (MLA_SHARED_STORAGE): its sizeof is the launch size, which build.rs
 // reads. Parts in the order the kernels used to carve them, so every offset is unchanged.
-// docs/kernels.md, "Shared-memory plans".
+// docs/kernels.md, "The kernel/host seam".
 #pragma once
 #include "common.cuh"
 #include "attention/params.cuh"

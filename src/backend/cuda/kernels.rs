@@ -65,7 +65,10 @@ mod tests {
         assert_eq!(name(ATTENTION_COMBINE_BF16.module), "attention_combine");
         assert_eq!(ALL[ATTENTION_COMBINE_BF16.index], ATTENTION_COMBINE_BF16);
         assert_eq!(ByDtype::of::<f32>(PAGED_ATTENTION), PAGED_ATTENTION.f32);
-        assert_eq!(ByDtype::of::<half::bf16>(PAGED_ATTENTION), PAGED_ATTENTION.bf16);
+        assert_eq!(
+            ByDtype::of::<half::bf16>(PAGED_ATTENTION),
+            PAGED_ATTENTION.bf16
+        );
         // Shared memory: the struct's size for a kernel that has one, none for the others.
         assert_eq!(ATTENTION_MMA_LATENT576_BF16.shared_bytes, 86_528);
         assert_eq!(RMS_NORM.f32.shared_bytes, 0);

@@ -1,17 +1,17 @@
 //! Every tuning threshold of the CUDA backend in one table, each with the measurement it came
-//! from (docs/benchmarks.md names the card, date and commit of each).
+//! from (docs/benchmarks.md, "Kernel choice thresholds", gives the tables).
 
 /// Fewest cached tokens per 64-row unit, on average, for which the 64-row mma.sync kernel pays,
-/// and fewest per CTA: each of its CTAs first loads 64 query rows (72 KiB), one CTA per SM.
-/// From `mla bench attention --kernel mma` on V3 shapes (docs/benchmarks.md, "Kernel choice"):
-/// 1.2–1.35× at 4K and 16K tokens, slower at 1K or for a single sequence.
+/// and fewest per CTA (each CTA first loads 64 query rows, one CTA per SM). H200, 2026-11-28,
+/// build addfb2c, `mla bench attention` at 128 heads: faster than the 16-row kernel from 4K
+/// tokens at batch 32 and 128, slower at 1K tokens and at batch 1.
 pub const WIDE_MIN_CONTEXT: usize = 2048;
 pub const WIDE_MIN_SPLIT: usize = 512;
 
-/// The wgmma kernel pays from 1K tokens per 64-row unit where there are at least this many
-/// units (32+ sequences of V3), else from [`WIDE_MIN_CONTEXT`]. From `mla bench attention` on
-/// V3 shapes (docs/benchmarks.md, "Kernel choice"): 1.1–1.6× the 16-row kernel on every shape
-/// but a single sequence of 1K tokens.
+/// The wgmma kernel pays from this many cached tokens per 64-row unit where there are at least
+/// [`WGMMA_MANY_UNITS`] units (32+ sequences of V3), else from [`WIDE_MIN_CONTEXT`]. H200,
+/// 2026-11-28, build cfe213d, each kernel forced on every V3 shape: wgmma faster than the 16-row
+/// kernel everywhere but one sequence of 1K tokens.
 pub const WGMMA_MIN_CONTEXT: usize = 1024;
 pub const WGMMA_MANY_UNITS: usize = 64;
 
@@ -19,8 +19,10 @@ pub const WGMMA_MANY_UNITS: usize = 64;
 /// that, loading a split's queries costs more than the split saves.
 pub const MIN_SPLIT_TOKENS: usize = 128;
 
-/// Resident warps per SM the exact kernel's splits aim for.
+/// Resident warps per SM the exact kernel's splits aim for, and the fewest tokens of one of its
+/// splits.
 pub const EXACT_WARPS_PER_SM: usize = 64;
+pub const EXACT_MIN_SPLIT_TOKENS: usize = 64;
 
 /// Bound on the context the materialised MLA form expands at once (K and V of a group of
 /// sequences), in bytes.

@@ -3,6 +3,7 @@
 //! value segments sit in which buffer. Kept free of device types so that [`emulate`] — the
 //! kernel's indexing in Rust — can check every form against the CPU backend on any machine.
 
+use crate::backend::cuda::tuning;
 use crate::backend::{AttentionBatch, MhaDims, MlaDims};
 use crate::error::Result;
 
@@ -223,12 +224,9 @@ pub fn split_len(plan: &HostPlan, heads: usize, target_warps: usize) -> usize {
     let jobs = (plan.rows() * heads).max(1);
     let splits = target_warps
         .div_ceil(jobs)
-        .clamp(1, longest.div_ceil(MIN_SPLIT_LEN));
+        .clamp(1, longest.div_ceil(tuning::EXACT_MIN_SPLIT_TOKENS));
     longest.div_ceil(splits)
 }
-
-/// Shortest split worth a warp of its own.
-const MIN_SPLIT_LEN: usize = 64;
 
 /// The paged attention kernel and its split combine, index for index, on host buffers: output
 /// `[rows, heads·v.len]`. For tests.
