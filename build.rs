@@ -163,9 +163,27 @@ fn entry_points(source: &Path, defines: &[&str]) -> Vec<String> {
         .collect()
 }
 
-/// The host C++ compiler and the flags that compile kernel headers with cuda-emu's stand-ins.
+/// The host C++ compiler (`$CXX`, else the first of c++, g++, clang++ that runs) and the flags
+/// that compile kernel headers with cuda-emu's stand-ins.
 fn host_compiler(defines: &[&str]) -> (String, Command) {
-    let cxx = env::var("CXX").unwrap_or_else(|_| "c++".into());
+    let runs = |cxx: &str| {
+        Command::new(cxx)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let cxx = env::var("CXX").ok().unwrap_or_else(|| {
+        ["c++", "g++", "clang++"]
+            .into_iter()
+            .find(|c| runs(c))
+            .unwrap_or_else(|| {
+                panic!(
+                    "build.rs needs a C++ compiler (c++, g++ or clang++, or $CXX) to read the \
+                     kernels' entry points and shared-memory sizes"
+                )
+            })
+            .to_string()
+    });
     let mut cmd = Command::new(&cxx);
     cmd.args(["-x", "c++", "-std=c++20", "-include", "cuda_emu.h"])
         .args(["-I", "cuda-emu/include", "-I", "cuda-emu", "-I", "kernels"]);
