@@ -172,18 +172,21 @@ fn host_compiler(defines: &[&str]) -> (String, Command) {
             .output()
             .is_ok_and(|o| o.status.success())
     };
-    let cxx = env::var("CXX").ok().unwrap_or_else(|| {
-        ["c++", "g++", "clang++"]
-            .into_iter()
-            .find(|c| runs(c))
-            .unwrap_or_else(|| {
-                panic!(
-                    "build.rs needs a C++ compiler (c++, g++ or clang++, or $CXX) to read the \
+    let cxx = env::var("CXX")
+        .ok()
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| {
+            ["c++", "g++", "clang++"]
+                .into_iter()
+                .find(|c| runs(c))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "build.rs needs a C++ compiler (c++, g++ or clang++, or $CXX) to read the \
                      kernels' entry points and shared-memory sizes"
-                )
-            })
-            .to_string()
-    });
+                    )
+                })
+                .to_string()
+        });
     let mut cmd = Command::new(&cxx);
     cmd.args(["-x", "c++", "-std=c++20", "-include", "cuda_emu.h"])
         .args(["-I", "cuda-emu/include", "-I", "cuda-emu", "-I", "kernels"]);
