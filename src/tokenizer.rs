@@ -100,6 +100,11 @@ impl TextTokenizer {
         self.eos.contains(&id)
     }
 
+    /// Every end-of-sequence id: the model's and the tokenizer's.
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos
+    }
+
     pub fn stream(&self) -> TokenStream<'_> {
         TokenStream {
             tokenizer: self,

@@ -72,16 +72,25 @@ fn random_requests(n: usize, seed: u64, shared_prefix: &[u32]) -> Vec<Request> {
             let mut prompt = shared_prefix.to_vec();
             prompt.extend((0..len).map(|_| 2 + (rng.uniform() * 340.0) as u32));
             let sampled = i % 3 == 0;
+            // Every fifth request processes its whole row: penalties, min-p, min_tokens and
+            // log-probabilities.
+            let processed = i % 5 == 1;
             Request {
                 id: format!("r{i}"),
                 prompt,
                 sampling: SamplingParams {
-                    temperature: if sampled { 0.8 } else { 0.0 },
+                    temperature: if sampled || i % 10 == 1 { 0.8 } else { 0.0 },
                     // Every other sampled request without a top-k: its best 64 candidates and
                     // row total, or its whole row when the draw lands past them.
                     top_k: if i % 6 == 0 { 0 } else { 50 },
                     top_p: 0.95,
                     seed: i as u64,
+                    min_p: if processed { 0.05 } else { 0.0 },
+                    presence_penalty: if processed { 0.5 } else { 0.0 },
+                    frequency_penalty: if processed { 0.3 } else { 0.0 },
+                    repetition_penalty: if processed { 1.2 } else { 1.0 },
+                    min_tokens: if processed { 2 } else { 0 },
+                    logprobs: processed.then_some(3),
                 },
                 max_tokens: 1 + (rng.uniform() * 24.0) as usize,
                 stop: Vec::new(),
@@ -231,4 +240,103 @@ fn requests_that_cannot_fit_are_refused_up_front() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("max_position_embeddings"), "{err}");
+}
+
+#[test]
+fn penalties_min_tokens_and_logprobs() {
+    let (model, tok) = load("v2-lite");
+    let base = Request {
+        id: "p".into(),
+        prompt: vec![5, 9, 9, 17, 5, 33],
+        sampling: SamplingParams::default(),
+        max_tokens: 12,
+        stop: Vec::new(),
+        ignore_eos: true,
+    };
+    let cfg = config(64, 4, 4, 64, false);
+    let plain = run(&model, &tok, cfg, std::slice::from_ref(&base)).0.remove(0);
+    assert!(plain.logprobs.is_empty());
+    // Log-probabilities do not change the greedy choice; each is the chosen token's and the
+    // best alternatives', most likely first, the chosen one the best (greedy).
+    let with_logprobs = Request {
+        sampling: SamplingParams {
+            logprobs: Some(4),
+            ..SamplingParams::default()
+        },
+        ..base.clone()
+    };
+    let out = run(&model, &tok, cfg, &[with_logprobs]).0.remove(0);
+    assert_eq!(out.output_tokens, plain.output_tokens);
+    assert_eq!(out.logprobs.len(), out.output_tokens.len());
+    for (lp, &t) in out.logprobs.iter().zip(&out.output_tokens) {
+        assert_eq!((lp.token, lp.top.len(), lp.top[0].0), (t, 4, t));
+        assert!(lp.logprob <= 0.0 && lp.top.windows(2).all(|w| w[0].1 >= w[1].1));
+    }
+    // A strong repetition penalty never repeats a greedy choice that a plain run repeats.
+    let repeats = |ids: &[u32]| (1..ids.len()).any(|i| ids[..i].contains(&ids[i]));
+    if repeats(&plain.output_tokens) {
+        let penalised = Request {
+            sampling: SamplingParams {
+                frequency_penalty: 2.0,
+                presence_penalty: 2.0,
+                repetition_penalty: 100.0,
+                ..SamplingParams::default()
+            },
+            ..base.clone()
+        };
+        let out = run(&model, &tok, cfg, &[penalised]).0.remove(0);
+        assert_ne!(out.output_tokens, plain.output_tokens);
+    }
+    // min_tokens: the first EOS the plain run produces is masked before that many tokens.
+    let eos = tok.eos_ids().to_vec();
+    let stops_early = Request {
+        ignore_eos: false,
+        max_tokens: 40,
+        ..base.clone()
+    };
+    let natural = run(&model, &tok, cfg, &[stops_early.clone()]).0.remove(0);
+    let min_tokens = natural.output_tokens.len() + 3;
+    let forced = Request {
+        sampling: SamplingParams {
+            min_tokens,
+            ..SamplingParams::default()
+        },
+        max_tokens: min_tokens + 10,
+        ..stops_early
+    };
+    let out = run(&model, &tok, cfg, &[forced]).0.remove(0);
+    assert!(out.output_tokens.len() >= min_tokens, "{:?}", out.output_tokens);
+    assert!(
+        out.output_tokens[..min_tokens]
+            .iter()
+            .all(|t| !eos.contains(t)),
+        "no EOS before min_tokens: {:?}",
+        out.output_tokens
+    );
+}
+
+#[test]
+fn an_aborted_request_frees_its_blocks_and_leaves_the_others_alone() {
+    let (model, tok) = load("v2-lite");
+    let requests = random_requests(6, 3, &[]);
+    let (alone, _, _) = run(&model, &tok, config(64, 4, 8, 64, false), &requests);
+    let mut engine =
+        Engine::new(&model, &CpuBackend, Some(&tok), config(64, 4, 8, 64, false)).unwrap();
+    let indices: Vec<usize> = requests
+        .iter()
+        .map(|r| engine.add_request(r.clone()).unwrap())
+        .collect();
+    // One request aborted while waiting, one while running.
+    assert!(engine.abort(indices[5]));
+    engine.step().unwrap();
+    assert!(engine.abort(indices[2]));
+    assert!(!engine.abort(indices[2]), "already gone");
+    let (waiting, running) = engine.queue_lengths();
+    assert_eq!(waiting + running, 4);
+    let outputs = engine.run_to_completion(|_| {}).unwrap();
+    assert_eq!(outputs.len(), 4);
+    for o in &outputs {
+        assert_eq!(o.output_tokens, alone[o.index].output_tokens, "{}", o.id);
+    }
+    assert_eq!(engine.cache_blocks().0, 0, "every block back in the pool");
 }

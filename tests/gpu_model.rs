@@ -237,6 +237,7 @@ fn generation_matches_the_cpu() {
         top_k,
         top_p,
         seed,
+        ..SamplingParams::default()
     };
     let samplings = [
         SamplingParams::default(),

@@ -7,6 +7,7 @@ use super::logits::write_atomically;
 use mla_rt::backend::Backend;
 use mla_rt::chat::{ChatTemplate, Message};
 use mla_rt::engine::batch_engine::Engine;
+use mla_rt::engine::logits::TokenLogprobs;
 use mla_rt::engine::request::{Request, RequestOutput};
 use mla_rt::engine::sampler::SamplingParams;
 use mla_rt::error::{Error, Result};
@@ -29,6 +30,12 @@ struct InputLine {
     seed: Option<u64>,
     stop: Option<StopField>,
     ignore_eos: Option<bool>,
+    min_p: Option<f32>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    repetition_penalty: Option<f32>,
+    min_tokens: Option<usize>,
+    logprobs: Option<usize>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -50,6 +57,9 @@ struct OutputLine<'a> {
     ttft_s: f64,
     mean_itl_s: f64,
     latency_s: f64,
+    /// Each generated token's log-probabilities, where the line asked for them.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    logprobs: &'a [TokenLogprobs],
 }
 
 fn read_requests(
@@ -85,6 +95,16 @@ fn read_requests(
             top_k: input.top_k.unwrap_or(defaults.top_k),
             top_p: input.top_p.unwrap_or(defaults.top_p),
             seed: input.seed.unwrap_or(defaults.seed),
+            min_p: input.min_p.unwrap_or(defaults.min_p),
+            presence_penalty: input.presence_penalty.unwrap_or(defaults.presence_penalty),
+            frequency_penalty: input
+                .frequency_penalty
+                .unwrap_or(defaults.frequency_penalty),
+            repetition_penalty: input
+                .repetition_penalty
+                .unwrap_or(defaults.repetition_penalty),
+            min_tokens: input.min_tokens.unwrap_or(defaults.min_tokens),
+            logprobs: input.logprobs.or(defaults.logprobs),
         };
         sampling
             .validate()
@@ -212,6 +232,7 @@ pub fn run<B: Backend>(
                 itl.iter().sum::<f64>() / itl.len() as f64
             },
             latency_s: o.latency(),
+            logprobs: &o.logprobs,
         };
         lines.push_str(&serde_json::to_string(&line).map_err(|source| Error::Json {
             path: output.to_path_buf(),

@@ -7,7 +7,7 @@ use super::loading::{LoadedModel, ModelArgs, ModelTask};
 use clap::Args;
 use mla_rt::backend::Backend;
 use mla_rt::chat::{ChatTemplate, Message};
-use mla_rt::engine::batch_engine::{Engine, EngineConfig};
+use mla_rt::engine::batch_engine::{Engine, EngineConfig, NewToken};
 use mla_rt::engine::request::Request;
 use mla_rt::engine::sampler::SamplingParams;
 use mla_rt::engine::scheduler::SchedulerConfig;
@@ -116,6 +116,7 @@ impl SamplingArgs {
             top_k: self.top_k,
             top_p: self.top_p,
             seed: self.seed,
+            ..SamplingParams::default()
         }
     }
 }
@@ -261,7 +262,7 @@ fn stream_one<B: Backend>(
     let mut result = None;
     while engine.has_unfinished() {
         let step = engine.step()?;
-        for &(_, token) in &step.new_tokens {
+        for &NewToken { token, .. } in &step.new_tokens {
             if tokenizer.is_eos(token) {
                 continue;
             }

@@ -1,6 +1,7 @@
 //! The engine: requests in, a scheduler and a block pool deciding each step, one batched
 //! forward pass per step over the paged latent cache, sampled tokens out.
 
+use super::logits::{History, TokenLogprobs};
 use super::request::{FinishReason, Request, RequestOutput};
 use super::sampler::{Needs, Sampler, SAMPLING_HEAD};
 use super::scheduler::{Scheduler, SchedulerConfig, Sequence};
@@ -44,11 +45,21 @@ impl EngineStats {
     }
 }
 
+/// One token sampled in a step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewToken {
+    /// The request's index (what [`Engine::add_request`] returned).
+    pub index: usize,
+    pub token: u32,
+    /// Its log-probabilities, where the request asked for them.
+    pub logprobs: Option<TokenLogprobs>,
+}
+
 /// What one step produced.
 #[derive(Debug, Default)]
 pub struct StepOutput {
-    /// `(request index, token)` for every token sampled this step.
-    pub new_tokens: Vec<(usize, u32)>,
+    /// Every token sampled this step, in the order of the batch.
+    pub new_tokens: Vec<NewToken>,
     pub finished: Vec<RequestOutput>,
 }
 
@@ -113,6 +124,32 @@ impl<'m, B: Backend> Engine<'m, B> {
         self.scheduler.has_unfinished()
     }
 
+    /// Requests waiting for their first step, and requests running.
+    pub fn queue_lengths(&self) -> (usize, usize) {
+        (self.scheduler.waiting.len(), self.scheduler.running.len())
+    }
+
+    /// Cache blocks in use (held by a sequence or kept for the prefix cache but not free) and
+    /// in all.
+    pub fn cache_blocks(&self) -> (usize, usize) {
+        (
+            self.config.num_blocks - self.blocks.num_free(),
+            self.config.num_blocks,
+        )
+    }
+
+    /// Drops request `index` wherever it is, freeing its blocks for the next step; false if it
+    /// is not (or no longer) in the engine.
+    pub fn abort(&mut self, index: usize) -> bool {
+        match self.scheduler.remove(index) {
+            Some(mut seq) => {
+                self.blocks.free(&mut seq.blocks);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Queues a request; returns its index (the order outputs can be sorted back into).
     pub fn add_request(&mut self, request: Request) -> Result<usize> {
         let c = &self.model.config;
@@ -166,14 +203,18 @@ impl<'m, B: Backend> Engine<'m, B> {
     /// per row when all are greedy, else each row's best candidates (as many as the largest need)
     /// and, for rows sampled without a top-k, the row's total weight at its temperature.
     fn bring_back(&self, logits: &B::Tensor, needs: &[(Needs, f32)]) -> Result<Choice> {
-        if needs.iter().all(|(n, _)| *n == Needs::Argmax) {
+        // Rows sampled from the whole row (see `step`) need nothing here.
+        if needs
+            .iter()
+            .all(|(n, _)| matches!(n, Needs::Argmax | Needs::Row))
+        {
             return Ok(Choice::Greedy(self.backend.argmax_rows(logits)?));
         }
         let vocab = self.model.config.vocab_size();
         let k = needs
             .iter()
             .map(|(n, _)| match n {
-                Needs::Argmax => 1,
+                Needs::Argmax | Needs::Row => 1,
                 Needs::TopK(k) => *k,
                 Needs::Head => SAMPLING_HEAD,
             })
@@ -253,12 +294,21 @@ impl<'m, B: Backend> Engine<'m, B> {
             })
             .collect();
         let choice = self.bring_back(&logits, &needs)?;
+        // Rows that need every logit (penalties, min-p, log-probabilities): the whole batch's
+        // rows, once per step.
+        let mut whole_rows: Option<Vec<f32>> = match needs.iter().any(|(n, _)| *n == Needs::Row) {
+            true => Some(self.backend.to_host(&logits)?.data),
+            false => None,
+        };
         self.stats.forward_secs += forward_start.elapsed().as_secs_f64();
 
         let vocab = self.model.config.vocab_size();
         let now = Instant::now();
         let mut done = Vec::new();
-        let mut whole_rows: Option<Vec<f32>> = None;
+        let eos = match self.tokenizer {
+            Some(t) => t.eos_ids(),
+            None => self.model.config.eos_token_ids(),
+        };
         for (i, s) in plan.scheduled.iter().enumerate() {
             let seq = &mut self.scheduler.running[s.running_index];
             seq.computed += s.num_tokens;
@@ -267,7 +317,21 @@ impl<'m, B: Backend> Engine<'m, B> {
             if seq.computed < seq.tokens.len() {
                 continue; // a prefill chunk with more of the prompt to come
             }
+            let mut logprobs = None;
             let token = match &choice {
+                _ if needs[i].0 == Needs::Row => {
+                    let all = whole_rows.as_deref().unwrap_or_default();
+                    let history = History {
+                        prompt: &seq.request.prompt,
+                        generated: &seq.tokens[seq.request.prompt.len()..],
+                        eos: &eos,
+                    };
+                    let (token, lp) = seq
+                        .sampler
+                        .sample_row(&all[i * vocab..(i + 1) * vocab], history);
+                    logprobs = lp;
+                    token
+                }
                 Choice::Greedy(ids) => ids[i],
                 Choice::Candidates { rows, totals } => match totals.get(i).copied().flatten() {
                     Some(total) => match seq.sampler.sample_head(&rows[i], total) {
@@ -286,7 +350,14 @@ impl<'m, B: Backend> Engine<'m, B> {
             };
             seq.tokens.push(token);
             seq.token_times.push(now);
-            output.new_tokens.push((seq.index, token));
+            if let Some(lp) = &logprobs {
+                seq.logprobs.push(lp.clone());
+            }
+            output.new_tokens.push(NewToken {
+                index: seq.index,
+                token,
+                logprobs,
+            });
             if let Some(reason) = finish_reason(seq, &self.model.config, self.tokenizer) {
                 done.push((s.running_index, reason));
             }
@@ -323,6 +394,7 @@ impl<'m, B: Backend> Engine<'m, B> {
             cached_prompt_tokens: seq.cached_prompt_tokens.unwrap_or(0),
             output_tokens: seq.generated().to_vec(),
             text,
+            logprobs: seq.logprobs,
             finish_reason,
             arrival: seq.arrival,
             token_times: seq.token_times,
@@ -355,19 +427,22 @@ fn finish_reason(
     tokenizer: Option<&TextTokenizer>,
 ) -> Option<FinishReason> {
     let last = *seq.tokens.last()?;
+    let generated = seq.tokens.len() - seq.request.prompt.len();
+    // Before min_tokens, EOS is masked from the draw (logits.rs) and stop strings do not count.
+    let early = generated < seq.request.sampling.min_tokens;
     let eos = !seq.request.ignore_eos
+        && !early
         && (config.eos_token_ids().contains(&last) || tokenizer.is_some_and(|t| t.is_eos(last)));
     if eos {
         return Some(FinishReason::Stop);
     }
-    if !seq.request.stop.is_empty() {
+    if !seq.request.stop.is_empty() && !early {
         if let Some(text) = tokenizer.and_then(|t| t.decode(seq.generated()).ok()) {
             if seq.request.stop.iter().any(|s| text.contains(s.as_str())) {
                 return Some(FinishReason::Stop);
             }
         }
     }
-    let generated = seq.tokens.len() - seq.request.prompt.len();
     (generated >= seq.request.max_tokens || seq.tokens.len() > config.max_position_embeddings())
         .then_some(FinishReason::Length)
 }

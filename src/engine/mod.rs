@@ -2,6 +2,7 @@
 //! session for logits, and sampling.
 
 pub mod batch_engine;
+pub mod logits;
 pub mod memory;
 pub mod perplexity;
 pub mod request;

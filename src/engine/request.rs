@@ -1,5 +1,6 @@
 //! What a caller asks the engine for, and what it gets back.
 
+use super::logits::TokenLogprobs;
 use super::sampler::SamplingParams;
 use std::time::Instant;
 
@@ -38,6 +39,8 @@ pub struct RequestOutput {
     pub output_tokens: Vec<u32>,
     /// Generated text (empty without a tokenizer), cut before a stop string.
     pub text: String,
+    /// Each generated token's log-probabilities, where the request asked for them.
+    pub logprobs: Vec<TokenLogprobs>,
     pub finish_reason: FinishReason,
     pub arrival: Instant,
     /// When each output token was sampled.

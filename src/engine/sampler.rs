@@ -1,5 +1,7 @@
-//! Next-token choice from a row of logits: greedy, or temperature with top-k and top-p.
+//! Next-token choice from a row of logits: greedy, or temperature with top-k and top-p; with
+//! penalties, min-p, `min_tokens` or log-probabilities, from the whole row (logits.rs).
 
+use super::logits::{min_p_keep, token_logprobs, History, Penalties, TokenLogprobs};
 use crate::error::{Error, Result};
 use crate::ops::sampling::{argmax, sorted_candidates};
 use crate::util::rng::SplitMix64;
@@ -13,7 +15,24 @@ pub struct SamplingParams {
     /// Keep the smallest set of tokens whose probability reaches `top_p`; 1 keeps all.
     pub top_p: f32,
     pub seed: u64,
+    /// Drop tokens less likely than `min_p` times the most likely one; 0 keeps all.
+    pub min_p: f32,
+    /// Subtracted from a logit once if its token was generated before (OpenAI's range −2…2).
+    pub presence_penalty: f32,
+    /// Subtracted from a logit per time its token was generated before (−2…2).
+    pub frequency_penalty: f32,
+    /// Divides positive logits and multiplies negative ones of the prompt's and output's tokens;
+    /// 1 changes nothing.
+    pub repetition_penalty: f32,
+    /// No end of sequence (nor stop string) before this many generated tokens.
+    pub min_tokens: usize,
+    /// Report each sampled token's log-probability and this many most likely ones (at most
+    /// [`MAX_LOGPROBS`]); None reports none.
+    pub logprobs: Option<usize>,
 }
+
+/// Most alternatives a request may ask log-probabilities for (OpenAI's limit).
+pub const MAX_LOGPROBS: usize = 20;
 
 impl Default for SamplingParams {
     fn default() -> Self {
@@ -22,6 +41,12 @@ impl Default for SamplingParams {
             top_k: 0,
             top_p: 1.0,
             seed: 0,
+            min_p: 0.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            repetition_penalty: 1.0,
+            min_tokens: 0,
+            logprobs: None,
         }
     }
 }
@@ -40,7 +65,45 @@ impl SamplingParams {
                 self.top_p
             )));
         }
+        let bad = |what: &str, range: &str, v: f32| {
+            Err(Error::InvalidInput(format!(
+                "{what} must be in {range}, found {v}"
+            )))
+        };
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return bad("min_p", "[0, 1]", self.min_p);
+        }
+        for (what, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if !(-2.0..=2.0).contains(&v) {
+                return bad(what, "[-2, 2]", v);
+            }
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return bad("repetition_penalty", "(0, inf)", self.repetition_penalty);
+        }
+        if let Some(n) = self.logprobs.filter(|&n| n > MAX_LOGPROBS) {
+            return Err(Error::InvalidInput(format!(
+                "logprobs must be at most {MAX_LOGPROBS}, found {n}"
+            )));
+        }
         Ok(())
+    }
+
+    fn penalties(&self) -> Penalties {
+        Penalties {
+            repetition: self.repetition_penalty,
+            frequency: self.frequency_penalty,
+            presence: self.presence_penalty,
+            min_tokens: self.min_tokens,
+        }
+    }
+
+    /// Whether the choice needs the whole row on the host (logits.rs's processing).
+    pub fn needs_whole_row(&self) -> bool {
+        self.min_p > 0.0 || self.logprobs.is_some() || !self.penalties().are_none()
     }
 }
 
@@ -57,6 +120,8 @@ pub enum Needs {
     TopK(usize),
     /// The row's best [`SAMPLING_HEAD`] candidates and its total weight at the temperature.
     Head,
+    /// The whole row ([`Sampler::sample_row`]).
+    Row,
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +150,9 @@ impl Sampler {
 
     /// What a step must bring back for this sampler.
     pub fn needs(&self) -> Needs {
+        if self.params.needs_whole_row() {
+            return Needs::Row;
+        }
         match (self.is_greedy(), self.params.top_k) {
             (true, _) => Needs::Argmax,
             (false, 0) => Needs::Head,
@@ -103,6 +171,37 @@ impl Sampler {
         self.sample_sorted(&sorted_candidates(logits, self.params.top_k))
     }
 
+    /// The choice from a whole row with every processing the request asks for: penalties over
+    /// `history`, then greedy or temperature with min-p, top-k and top-p; and the token's
+    /// log-probabilities where asked for.
+    pub fn sample_row(&mut self, logits: &[f32], history: History) -> (u32, Option<TokenLogprobs>) {
+        let p = &self.params;
+        let mut row = logits.to_vec();
+        p.penalties().apply(&mut row, history);
+        let token = if self.is_greedy() {
+            argmax(&row)
+        } else {
+            let mut sorted = sorted_candidates(&row, p.top_k);
+            sorted.truncate(min_p_keep(&sorted, p.min_p, p.temperature));
+            self.sample_sorted_all(&sorted)
+        };
+        let logprobs = self
+            .params
+            .logprobs
+            .map(|n| token_logprobs(logits, token, n));
+        (token, logprobs)
+    }
+
+    /// [`Self::sample_sorted`] over every candidate given (already cut to top-k).
+    fn sample_sorted_all(&mut self, sorted: &[(u32, f32)]) -> u32 {
+        let weights = self.weights(sorted);
+        let total: f64 = weights.iter().sum();
+        let keep = self.nucleus(&weights, total).unwrap_or(weights.len());
+        let kept_total: f64 = weights[..keep].iter().sum();
+        let draw = self.draw();
+        walk(&sorted[..keep], &weights[..keep], draw * kept_total).unwrap_or(sorted[keep - 1].0)
+    }
+
     /// Samples from `(id, logit)` candidates sorted by logit, largest first, ties by lower id:
     /// the row's best `top_k` or more (its whole sorted row when `top_k` is 0).
     pub fn sample_sorted(&mut self, sorted: &[(u32, f32)]) -> u32 {
@@ -113,13 +212,7 @@ impl Sampler {
             0 => sorted,
             k => &sorted[..k.min(sorted.len())],
         };
-        let weights = self.weights(candidates);
-        let total: f64 = weights.iter().sum();
-        let keep = self.nucleus(&weights, total).unwrap_or(weights.len());
-        let kept_total: f64 = weights[..keep].iter().sum();
-        let draw = self.draw();
-        walk(&candidates[..keep], &weights[..keep], draw * kept_total)
-            .unwrap_or(candidates[keep - 1].0)
+        self.sample_sorted_all(candidates)
     }
 
     /// Samples (top-k 0) from the row's best candidates, sorted, and `total`, the sum of every
@@ -245,13 +338,16 @@ mod tests {
                 top_k,
                 top_p,
                 seed: 11,
+                ..SamplingParams::default()
             };
             let (mut whole, mut listed) =
                 (Sampler::new(params).unwrap(), Sampler::new(params).unwrap());
             let needed = match listed.needs() {
                 Needs::TopK(k) => k,
                 Needs::Argmax => 1,
-                Needs::Head => unreachable!("every case here has a top-k or is greedy"),
+                Needs::Head | Needs::Row => {
+                    unreachable!("every case here has a top-k or is greedy")
+                }
             };
             // A step brings back the largest k any sequence needs: more than this one's.
             let list = sorted_candidates(&logits, needed + 3);
@@ -286,6 +382,7 @@ mod tests {
                     top_k: 0,
                     top_p,
                     seed: 5,
+                    ..SamplingParams::default()
                 };
                 let (mut whole, mut head) =
                     (Sampler::new(params).unwrap(), Sampler::new(params).unwrap());

@@ -6,6 +6,7 @@
 //! the newest running sequence is preempted: its blocks are freed and it goes back to the front
 //! of the queue, to be recomputed later.
 
+use super::logits::TokenLogprobs;
 use super::request::Request;
 use super::sampler::Sampler;
 use crate::kv::{BlockManager, SeqBlocks};
@@ -45,6 +46,8 @@ pub struct Sequence {
     pub preemptions: usize,
     /// Prompt tokens served by the prefix cache at first admission.
     pub cached_prompt_tokens: Option<usize>,
+    /// Each generated token's log-probabilities, where the request asks for them.
+    pub logprobs: Vec<TokenLogprobs>,
 }
 
 impl Sequence {
@@ -60,6 +63,7 @@ impl Sequence {
             token_times: Vec::new(),
             preemptions: 0,
             cached_prompt_tokens: None,
+            logprobs: Vec::new(),
         }
     }
 
@@ -108,6 +112,15 @@ impl Scheduler {
 
     pub fn has_unfinished(&self) -> bool {
         !self.waiting.is_empty() || !self.running.is_empty()
+    }
+
+    /// Takes sequence `index` out, waiting or running (its blocks are the caller's to free).
+    pub fn remove(&mut self, index: usize) -> Option<Sequence> {
+        if let Some(at) = self.waiting.iter().position(|s| s.index == index) {
+            return self.waiting.remove(at);
+        }
+        let at = self.running.iter().position(|s| s.index == index)?;
+        Some(self.running.remove(at))
     }
 
     fn preempt_newest(&mut self, blocks: &mut BlockManager) {
