@@ -108,31 +108,47 @@ impl TextTokenizer {
     pub fn stream(&self) -> TokenStream<'_> {
         TokenStream {
             tokenizer: self,
-            ids: Vec::new(),
-            prefix: 0,
-            read: 0,
+            state: Detokenizer::default(),
         }
     }
 }
 
 /// Turns generated ids into text pieces as soon as they form whole characters.
-///
-/// Decoding ids one by one breaks byte-level tokens that split a character and drops the
-/// spaces some decoders add between tokens, so it decodes a short window and emits what the
-/// newest id added.
 pub struct TokenStream<'t> {
     tokenizer: &'t TextTokenizer,
-    ids: Vec<u32>,
-    prefix: usize,
-    read: usize,
+    state: Detokenizer,
 }
 
 impl TokenStream<'_> {
     /// Adds one id; returns the new text it completes, if any.
     pub fn push(&mut self, id: u32) -> Result<Option<String>> {
+        self.state.push(self.tokenizer, id)
+    }
+
+    /// Whatever text is still held back at the end of generation.
+    pub fn finish(&mut self) -> Result<Option<String>> {
+        self.state.finish(self.tokenizer)
+    }
+}
+
+/// [`TokenStream`]'s state, for callers that keep it apart from the tokenizer.
+///
+/// Decoding ids one by one breaks byte-level tokens that split a character and drops the
+/// spaces some decoders add between tokens, so it decodes a short window and emits what the
+/// newest id added.
+#[derive(Debug, Clone, Default)]
+pub struct Detokenizer {
+    ids: Vec<u32>,
+    prefix: usize,
+    read: usize,
+}
+
+impl Detokenizer {
+    /// Adds one id; returns the new text it completes, if any.
+    pub fn push(&mut self, tokenizer: &TextTokenizer, id: u32) -> Result<Option<String>> {
         self.ids.push(id);
-        let before = self.tokenizer.decode(&self.ids[self.prefix..self.read])?;
-        let now = self.tokenizer.decode(&self.ids[self.prefix..])?;
+        let before = tokenizer.decode(&self.ids[self.prefix..self.read])?;
+        let now = tokenizer.decode(&self.ids[self.prefix..])?;
         if now.len() > before.len()
             && !now.ends_with('\u{FFFD}')
             && now.is_char_boundary(before.len())
@@ -146,9 +162,9 @@ impl TokenStream<'_> {
     }
 
     /// Whatever text is still held back at the end of generation.
-    pub fn finish(&mut self) -> Result<Option<String>> {
-        let before = self.tokenizer.decode(&self.ids[self.prefix..self.read])?;
-        let now = self.tokenizer.decode(&self.ids[self.prefix..])?;
+    pub fn finish(&mut self, tokenizer: &TextTokenizer) -> Result<Option<String>> {
+        let before = tokenizer.decode(&self.ids[self.prefix..self.read])?;
+        let now = tokenizer.decode(&self.ids[self.prefix..])?;
         self.prefix = self.ids.len();
         self.read = self.ids.len();
         Ok(now

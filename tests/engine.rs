@@ -254,7 +254,9 @@ fn penalties_min_tokens_and_logprobs() {
         ignore_eos: true,
     };
     let cfg = config(64, 4, 4, 64, false);
-    let plain = run(&model, &tok, cfg, std::slice::from_ref(&base)).0.remove(0);
+    let plain = run(&model, &tok, cfg, std::slice::from_ref(&base))
+        .0
+        .remove(0);
     assert!(plain.logprobs.is_empty());
     // Log-probabilities do not change the greedy choice; each is the chosen token's and the
     // best alternatives', most likely first, the chosen one the best (greedy).
@@ -294,7 +296,7 @@ fn penalties_min_tokens_and_logprobs() {
         max_tokens: 40,
         ..base.clone()
     };
-    let natural = run(&model, &tok, cfg, &[stops_early.clone()]).0.remove(0);
+    let natural = run(&model, &tok, cfg, std::slice::from_ref(&stops_early)).0.remove(0);
     let min_tokens = natural.output_tokens.len() + 3;
     let forced = Request {
         sampling: SamplingParams {
@@ -305,7 +307,11 @@ fn penalties_min_tokens_and_logprobs() {
         ..stops_early
     };
     let out = run(&model, &tok, cfg, &[forced]).0.remove(0);
-    assert!(out.output_tokens.len() >= min_tokens, "{:?}", out.output_tokens);
+    assert!(
+        out.output_tokens.len() >= min_tokens,
+        "{:?}",
+        out.output_tokens
+    );
     assert!(
         out.output_tokens[..min_tokens]
             .iter()

@@ -2,10 +2,10 @@
 
 mod batch;
 mod bench;
-mod engine_args;
+pub mod engine_args;
 pub mod generate;
 mod info;
-mod loading;
+pub mod loading;
 pub mod logits;
 mod perplexity;
 
@@ -43,6 +43,8 @@ pub enum Command {
     Perplexity(perplexity::PerplexityArgs),
     /// Prefill and decode throughput of random-weight presets (llama-bench style).
     Bench(bench::BenchArgs),
+    /// Serve a model over an OpenAI-compatible HTTP API.
+    Serve(crate::server::ServeArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -63,5 +65,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Info(args) => info::run(args),
         Command::Perplexity(args) => perplexity::run(args),
         Command::Bench(args) => bench::run_bench(args),
+        Command::Serve(args) => crate::server::run(args),
     }
 }

@@ -324,7 +324,7 @@ impl<'m, B: Backend> Engine<'m, B> {
                     let history = History {
                         prompt: &seq.request.prompt,
                         generated: &seq.tokens[seq.request.prompt.len()..],
-                        eos: &eos,
+                        eos,
                     };
                     let (token, lp) = seq
                         .sampler
