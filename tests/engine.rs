@@ -296,7 +296,9 @@ fn penalties_min_tokens_and_logprobs() {
         max_tokens: 40,
         ..base.clone()
     };
-    let natural = run(&model, &tok, cfg, std::slice::from_ref(&stops_early)).0.remove(0);
+    let natural = run(&model, &tok, cfg, std::slice::from_ref(&stops_early))
+        .0
+        .remove(0);
     let min_tokens = natural.output_tokens.len() + 3;
     let forced = Request {
         sampling: SamplingParams {

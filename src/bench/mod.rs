@@ -2,9 +2,11 @@
 //! KV cache bytes per token and the largest batch that fits a memory budget at each depth.
 
 pub mod attention;
+pub mod http_client;
 pub mod kernels;
 pub mod plot;
 pub mod report;
+pub mod serve;
 
 use mla_rt::backend::{AttentionBatch, Backend, SeqChunk};
 use mla_rt::error::Result;

@@ -93,6 +93,9 @@ pub enum BenchSuite {
     /// time, GB/s and TFLOPS against a device-to-device copy, and the materialised path's time (GPU
     /// only, bf16).
     Attention(AttentionBenchArgs),
+    /// Load an OpenAI-compatible server (`mla serve`) with streamed completions: throughput and
+    /// TTFT, TPOT, ITL and end-to-end latency, as `vllm bench serve` reports them.
+    Serve(crate::bench::serve::ServeBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -333,6 +336,7 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
     match &args.suite {
         Some(BenchSuite::Kernels(k)) => return bench_kernels(k),
         Some(BenchSuite::Attention(a)) => return bench_attention(a),
+        Some(BenchSuite::Serve(s)) => return crate::bench::serve::run(s),
         None => {}
     }
     if args.block_size == 0 || args.prompt + args.gen == 0 {

@@ -419,12 +419,14 @@ pub fn messages(list: Vec<ChatMessage>) -> Result<Vec<Message>, ApiError> {
                     for p in parts {
                         match (p.kind.as_str(), p.text) {
                             ("text", Some(t)) => text.push_str(&t),
-                            (kind, _) => return Err(ApiError::invalid(
-                                format!(
+                            (kind, _) => {
+                                return Err(ApiError::invalid(
+                                    format!(
                                     "content parts of type `{kind}` are not supported (text only)"
                                 ),
-                                Some("messages"),
-                            )),
+                                    Some("messages"),
+                                ))
+                            }
                         }
                     }
                     text
