@@ -284,7 +284,7 @@ fn summary<B: mla_rt::backend::Backend>(
     format!(
         "Throughput: {:.2} requests/s, {:.1} output tokens/s, {:.1} total tokens/s ({} requests, {prompt} prompt + {generated} output tokens in {elapsed:.2} s)\n\
          TTFT (ms): mean {:.1}, median {:.1}, p99 {:.1}\n\
-         ITL (ms): mean {:.1}, median {:.1}, p99 {:.1}\n\
+         ITL (ms): mean {:.2}, median {:.2}, p99 {:.2}\n\
          Engine: {} steps, up to {} sequences per step, {} preemptions, prefix cache hit rate {:.1}%, time outside the forward pass {:.1}% of step time\n",
         outputs.len() as f64 / elapsed,
         generated as f64 / elapsed,
