@@ -92,6 +92,13 @@ fn bad_requests_get_their_status_and_an_error_that_names_the_problem() {
         );
     }
     assert_eq!(server.post_raw("/v1/completions", &key, ok).status, 200);
+    // An endpoint this server does not have.
+    let (status, v) = error_of(&server, "/v1/embeddings", &key, ok);
+    assert_eq!(status, 404, "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("/v1/embeddings"));
     // Health and metrics need no key.
     assert_eq!(server.get("/health").status, 200);
     assert_eq!(server.get("/metrics").status, 200);

@@ -1,6 +1,6 @@
 """The official OpenAI Python client against `mla serve` at sys.argv[1] (the model `austen`,
-API key `sekret`): completions and chats, whole and streamed, equal to each other; usage; the
-model list; a bad request raising the client's BadRequestError. Run by openai-check.sh."""
+API key `sekret`): completions and chats, whole and streamed, equal to each other; usage; `n`
+and logprobs; the model list; a bad request and a wrong key raising the client's errors. Run by openai-check.sh."""
 
 import sys
 
@@ -37,6 +37,14 @@ chunks = list(
 assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == content
 assert chunks[-1].usage.completion_tokens == 10, chunks[-1]
 
+two = client.completions.create(model="austen", prompt="Emma", max_tokens=8, n=2, seed=1, logprobs=2)
+assert [c.index for c in two.choices] == [0, 1] and two.choices[0].text != two.choices[1].text, two
+assert all(len(c.logprobs.tokens) == 8 and len(c.logprobs.top_logprobs[0]) == 2 for c in two.choices)
+scored = client.chat.completions.create(
+    model="austen", messages=messages, max_tokens=4, logprobs=True, top_logprobs=3
+)
+assert all(len(t.top_logprobs) == 3 and t.logprob <= 0 for t in scored.choices[0].logprobs.content)
+
 try:
     client.completions.create(model="austen", prompt="x", temperature=5)
     raise AssertionError("temperature 5 was accepted")
@@ -47,4 +55,4 @@ try:
     raise AssertionError("a wrong key was accepted")
 except openai.AuthenticationError as e:
     assert e.status_code == 401, e
-print(f"openai {openai.__version__}: completions, chats, streams, models and errors as expected")
+print(f"openai {openai.__version__}: completions, chats, streams, choices, logprobs, models and errors as expected")

@@ -249,6 +249,15 @@ impl Looper<'_> {
         }
         for o in out.finished {
             self.shared.metrics.finished(&o);
+            tracing::debug!(
+                "request {} finished ({:?}): {} prompt tokens ({} cached), {} generated, {:.3} s",
+                o.index,
+                o.finish_reason,
+                o.prompt_tokens,
+                o.cached_prompt_tokens,
+                o.output_tokens.len(),
+                o.finished.duration_since(o.arrival).as_secs_f64()
+            );
             if let Some(live) = self
                 .by_index
                 .remove(&o.index)

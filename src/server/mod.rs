@@ -168,8 +168,17 @@ async fn stop_signal(
     grace: Duration,
 ) {
     let interrupt = tokio::signal::ctrl_c();
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("a SIGTERM handler");
+    // Without a SIGTERM handler (it could not be installed) only SIGINT stops the server.
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let sigterm = async {
+        match terminate.as_mut() {
+            Some(signal) => {
+                signal.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
     let engine_stopped = async {
         while !shared.is_stopped() {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -177,7 +186,7 @@ async fn stop_signal(
     };
     tokio::select! {
         _ = interrupt => tracing::info!("SIGINT: finishing the running requests"),
-        _ = terminate.recv() => tracing::info!("SIGTERM: finishing the running requests"),
+        _ = sigterm => tracing::info!("SIGTERM: finishing the running requests"),
         _ = engine_stopped => return,
     }
     let _ = commands.send(Command::Shutdown(grace));

@@ -52,6 +52,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
+        .fallback(unknown_path)
         .with_state(state)
 }
 
@@ -140,6 +141,10 @@ async fn models(State(s): State<Shared_>, headers: HeaderMap) -> Result<Json<Val
         "id": s.model_name, "object": "model", "created": created, "owned_by": "mla-rt",
         "root": s.model_name, "max_model_len": s.max_pos,
     }]})))
+}
+
+async fn unknown_path(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("there is no endpoint `{}`", uri.path()))
 }
 
 async fn health(State(s): State<Shared_>) -> Response {
