@@ -3,7 +3,10 @@
 # C (the server's --max-num-seqs C) against `mla generate --prompts` with --max-num-seqs C, for
 # C in 1, 16 and 64 (64 prompts at 1, 512 at 16 and 64, so that the server's ramp-up and tail
 # weigh little), on the demo model unless the extra flags say otherwise: output tokens/s and
-# inter-token latency (mean and median), their ratio and difference, as a markdown table.
+# inter-token latency (mean and median), their ratio and differences, as a markdown table. The
+# server's ITL is given twice: as its engine times it (from /metrics), and as the client sees it
+# over HTTP; the first difference is what HTTP adds, the second also what continuous arrivals
+# change in the schedule (a new request's prefill joins a step of running decodes).
 #
 #   scripts/serve/compare.sh [MLA] [-- extra `mla serve`/`mla generate` flags, e.g. --device cuda]
 set -euo pipefail
@@ -25,8 +28,8 @@ for n, name in [(64, "small"), (512, "large")]:
             prompt = f"{openings[i % 8]} was, in chapter {i + 1},"
             f.write(json.dumps({"id": i, "prompt": prompt, "max_tokens": 64, "ignore_eos": True}) + "\n")
 PY
-echo "| concurrency | offline output tok/s | server output tok/s | server / offline | offline ITL mean / median (ms) | server ITL mean / median (ms) | added per token, mean / median (ms) |"
-echo "|---:|---:|---:|---:|---:|---:|---:|"
+echo "| concurrency | offline output tok/s | server output tok/s | server / offline | offline ITL mean / median (ms) | server's engine ITL mean (ms) | client ITL mean / median (ms) | client − server's engine, mean (ms) | client − offline, mean / median (ms) |"
+echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 # Each pair is run `reps` times, alternately, and the medians reported: timings on a shared
 # machine drift by more than the difference being measured.
 reps=${MLA_COMPARE_REPS:-3}
@@ -46,19 +49,24 @@ for c in 1 16 64; do
       sleep 0.1
     done
     "$mla" bench serve --url "$address" --dataset "$data" --max-concurrency "$c" --format json > "$work/bench.json"
+    curl -sf "$address/metrics" > "$work/metrics.txt"
     kill -TERM "$server"; wait "$server"; server=
-    python3 - "$work/bench.json" $off_tps $off_itl >> "$work/runs.txt" <<'PY'
+    python3 - "$work/bench.json" "$work/metrics.txt" $off_tps $off_itl >> "$work/runs.txt" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 assert r["failed_requests"] == 0, r
-print(*sys.argv[2:5], r["output_tokens_per_s"], *r["itl_ms"][:2])
+# The engine's own inter-token latency inside the server: its histogram's sum over its count.
+m = dict(l.rsplit(" ", 1) for l in open(sys.argv[2]) if l.startswith("mla:inter_token_latency_seconds_"))
+engine_ms = 1e3 * float(m["mla:inter_token_latency_seconds_sum"]) / float(m["mla:inter_token_latency_seconds_count"])
+print(*sys.argv[3:6], r["output_tokens_per_s"], engine_ms, *r["itl_ms"][:2])
 PY
   done
   python3 - "$work/runs.txt" "$c" <<'PY'
 import statistics, sys
 runs = [list(map(float, l.split())) for l in open(sys.argv[1])]
-off_tps, off_mean, off_median, tps, mean, median = (statistics.median(col) for col in zip(*runs))
+off_tps, off_mean, off_median, tps, engine, mean, median = (statistics.median(col) for col in zip(*runs))
 print(f"| {sys.argv[2]} | {off_tps:.1f} | {tps:.1f} | {tps / off_tps:.2f} | {off_mean:.2f} / {off_median:.2f} "
-      f"| {mean:.2f} / {median:.2f} | {mean - off_mean:+.2f} / {median - off_median:+.2f} |")
+      f"| {engine:.2f} | {mean:.2f} / {median:.2f} | {mean - engine:+.2f} "
+      f"| {mean - off_mean:+.2f} / {median - off_median:+.2f} |")
 PY
 done
