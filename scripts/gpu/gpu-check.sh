@@ -193,6 +193,9 @@ model_benches() {
     "$out/mla" bench --device cuda --preset deepseek-v2-lite,deepseek-v2-lite-mha \
     --batch max --depth 16384 --kv-cache-memory 60GiB --prompt 0 --gen 16 --reps 2 --compare \
     --plot "$out/bench-max.svg"
+  # `mla serve` against the offline engine on the demo model (one run of each, not three).
+  bench_step serve "scripts/serve/compare.sh (server vs offline, demo-mla)" 150 \
+    env MLA_COMPARE_REPS=1 scripts/serve/compare.sh "$out/mla" -- --device cuda
 }
 
 # ncu on the attention shapes still short of their targets (V2-Lite through both 16-row builds,
