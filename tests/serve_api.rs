@@ -5,7 +5,7 @@
 mod serve_support;
 
 use serde_json::{json, Value};
-use serve_support::{chat_model, demo_model, offline, streamed_text, Server};
+use serve_support::{chat_model, demo_model, mla_ok, offline, streamed_text, Server};
 
 const PROMPTS: [&str; 3] = ["It is a truth", "Emma Woodhouse", "The family of Dashwood"];
 
@@ -236,37 +236,32 @@ fn choices_logprobs_echo_and_prompt_forms() {
 #[test]
 fn bench_serve_reports_every_request() {
     let server = Server::start(&["--model", demo_model().to_str().unwrap()]);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mla"))
-        .args([
-            "bench",
-            "serve",
-            "--url",
-            &format!("http://{}", server.address),
-        ])
-        .args([
-            "--num-prompts",
-            "12",
-            "--input-len",
-            "16",
-            "--output-len",
-            "8",
-        ])
-        .args([
-            "--request-rate",
-            "50",
-            "--max-concurrency",
-            "4",
-            "--format",
-            "json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = mla_ok(
+        std::process::Command::new(env!("CARGO_BIN_EXE_mla"))
+            .args([
+                "bench",
+                "serve",
+                "--url",
+                &format!("http://{}", server.address),
+            ])
+            .args([
+                "--num-prompts",
+                "12",
+                "--input-len",
+                "16",
+                "--output-len",
+                "8",
+            ])
+            .args([
+                "--request-rate",
+                "50",
+                "--max-concurrency",
+                "4",
+                "--format",
+                "json",
+            ]),
     );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: Value = serde_json::from_slice(&stdout).unwrap();
     assert_eq!(report["successful_requests"], 12, "{report}");
     assert_eq!(report["failed_requests"], 0, "{report}");
     assert!(report["output_tokens_per_s"].as_f64().unwrap() > 0.0);

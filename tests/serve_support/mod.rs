@@ -163,27 +163,33 @@ pub fn streamed_text(events: &[Value], index: usize) -> String {
         .collect()
 }
 
+/// `command` run to its end; its stdout. Fails the test, with its stderr, if it did not succeed.
+pub fn mla_ok(command: &mut Command) -> Vec<u8> {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// `mla generate --prompts` over `lines` with `args`: each output line's text, in order.
 pub fn offline(model: &Path, lines: &[Value], args: &[&str]) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     let (input, output) = (dir.path().join("in.jsonl"), dir.path().join("out.jsonl"));
     let text: Vec<String> = lines.iter().map(Value::to_string).collect();
     std::fs::write(&input, text.join("\n")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_mla"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mla"));
+    command
         .args(["generate", "--model", model.to_str().unwrap(), "--prompts"])
         .args([
             input.to_str().unwrap(),
             "--output",
             output.to_str().unwrap(),
         ])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .args(args);
+    mla_ok(&mut command);
     std::fs::read_to_string(&output)
         .unwrap()
         .lines()
