@@ -8,6 +8,7 @@ use crate::bench::report::Format;
 use clap::Args;
 use mla_rt::error::{Error, Result};
 use mla_rt::util::rng::SplitMix64;
+use mla_rt::util::summary::mean_median_p99;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -310,17 +311,8 @@ fn gamma(rng: &mut SplitMix64, shape: f64, scale: f64) -> f64 {
 }
 
 /// Mean, median and 99th percentile, in milliseconds.
-fn stats(mut v: Vec<f64>) -> [f64; 3] {
-    if v.is_empty() {
-        return [0.0; 3];
-    }
-    v.sort_by(f64::total_cmp);
-    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize] * 1e3;
-    [
-        v.iter().sum::<f64>() / v.len() as f64 * 1e3,
-        at(0.5),
-        at(0.99),
-    ]
+fn stats(seconds: Vec<f64>) -> [f64; 3] {
+    mean_median_p99(seconds).map(|s| s * 1e3)
 }
 
 #[derive(Debug, serde::Serialize)]

@@ -12,6 +12,7 @@ use mla_rt::engine::request::{Request, RequestOutput};
 use mla_rt::engine::sampler::SamplingParams;
 use mla_rt::error::{Error, Result};
 use mla_rt::tokenizer::TextTokenizer;
+use mla_rt::util::summary::mean_median_p99;
 use serde_json::Value;
 use std::path::Path;
 use std::time::Instant;
@@ -252,20 +253,6 @@ pub fn run<B: Backend>(
     Ok(())
 }
 
-/// Mean, median and 99th percentile of `values`.
-fn stats(mut values: Vec<f64>) -> (f64, f64, f64) {
-    if values.is_empty() {
-        return (0.0, 0.0, 0.0);
-    }
-    values.sort_by(f64::total_cmp);
-    let pick = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
-    (
-        values.iter().sum::<f64>() / values.len() as f64,
-        pick(0.5),
-        pick(0.99),
-    )
-}
-
 fn summary<B: mla_rt::backend::Backend>(
     outputs: &[RequestOutput],
     elapsed: f64,
@@ -273,8 +260,9 @@ fn summary<B: mla_rt::backend::Backend>(
 ) -> String {
     let prompt: usize = outputs.iter().map(|o| o.prompt_tokens).sum();
     let generated: usize = outputs.iter().map(|o| o.output_tokens.len()).sum();
-    let (ttft_mean, ttft_median, ttft_p99) = stats(outputs.iter().map(|o| o.ttft()).collect());
-    let (itl_mean, itl_median, itl_p99) = stats(
+    let [ttft_mean, ttft_median, ttft_p99] =
+        mean_median_p99(outputs.iter().map(|o| o.ttft()).collect());
+    let [itl_mean, itl_median, itl_p99] = mean_median_p99(
         outputs
             .iter()
             .flat_map(|o| o.inter_token_latencies())
