@@ -149,6 +149,13 @@ pub struct Job {
     pub echo: bool,
 }
 
+impl Job {
+    /// Prompt tokens of `usage`: each prompt once, however many choices it has.
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompts.iter().map(|p| p.tokens).sum()
+    }
+}
+
 fn range<T: PartialOrd + std::fmt::Display + Copy>(
     v: Option<T>,
     param: &str,
@@ -242,12 +249,27 @@ impl Sampling {
         )?;
         Ok(n.map_or(1, |n| n as usize))
     }
+}
 
-    fn check_model(&self, served: &str) -> Result<(), ApiError> {
-        match self.model.as_deref() {
-            Some(m) if m != served => Err(ApiError::model_not_found(m, served)),
-            _ => Ok(()),
-        }
+/// A request's `model`, if it names one, must be the served model's name.
+pub fn check_model(requested: Option<&str>, served: &str) -> Result<(), ApiError> {
+    match requested {
+        Some(m) if m != served => Err(ApiError::model_not_found(m, served)),
+        _ => Ok(()),
+    }
+}
+
+/// Token ids of a request's field `param`, each checked to be in the vocabulary.
+pub fn token_ids(ids: &[i64], vocab_size: usize, param: &str) -> Result<Vec<u32>, ApiError> {
+    match ids.iter().find(|&&t| t < 0 || t as usize >= vocab_size) {
+        Some(t) => Err(ApiError::invalid(
+            format!(
+                "token id {t} is outside the vocabulary (0 … {})",
+                vocab_size - 1
+            ),
+            Some(param),
+        )),
+        None => Ok(ids.iter().map(|&t| t as u32).collect()),
     }
 }
 
@@ -337,7 +359,7 @@ fn job(
 
 impl CompletionRequest {
     pub fn job(self, model: &ModelInfo) -> Result<Job, ApiError> {
-        self.sampling.check_model(model.name)?;
+        check_model(self.sampling.model.as_deref(), model.name)?;
         let logprobs = range(
             self.logprobs,
             "logprobs",
@@ -352,19 +374,7 @@ impl CompletionRequest {
             ));
         }
         let ids = |ids: Vec<i64>| -> Result<(Vec<u32>, String), ApiError> {
-            let bad = ids
-                .iter()
-                .find(|&&t| t < 0 || t as usize >= model.vocab_size);
-            if let Some(t) = bad {
-                return Err(ApiError::invalid(
-                    format!(
-                        "token id {t} is outside the vocabulary (0 … {})",
-                        model.vocab_size - 1
-                    ),
-                    Some("prompt"),
-                ));
-            }
-            let ids: Vec<u32> = ids.into_iter().map(|t| t as u32).collect();
+            let ids = token_ids(&ids, model.vocab_size, "prompt")?;
             let text = match echo {
                 true => model
                     .tokenizer
@@ -463,7 +473,7 @@ pub fn chat_ids(model: &ModelInfo, list: Vec<ChatMessage>) -> Result<Vec<u32>, A
 
 impl ChatRequest {
     pub fn job(self, model: &ModelInfo) -> Result<Job, ApiError> {
-        self.sampling.check_model(model.name)?;
+        check_model(self.sampling.model.as_deref(), model.name)?;
         let top = range(
             self.top_logprobs,
             "top_logprobs",

@@ -240,11 +240,15 @@ impl Looper<'_> {
         };
         let mut gone = Vec::new();
         for t in out.new_tokens {
-            let Some(live) = self.by_index.get(&t.index).and_then(|id| self.live.get(id)) else {
+            let Some((&id, live)) = self
+                .by_index
+                .get(&t.index)
+                .and_then(|id| self.live.get_key_value(id))
+            else {
                 continue;
             };
             if live.events.send((live.choice, Event::Token(t))).is_err() {
-                gone.push(self.by_index[&live.index]);
+                gone.push(id);
             }
         }
         for o in out.finished {

@@ -38,11 +38,11 @@ impl ApiError {
 
     pub fn model_not_found(model: &str, served: &str) -> Self {
         ApiError {
-            status: StatusCode::NOT_FOUND,
-            message: format!("the model `{model}` does not exist; this server serves `{served}`"),
-            kind: "invalid_request_error",
             param: Some("model".into()),
             code: Some("model_not_found"),
+            ..Self::not_found(format!(
+                "the model `{model}` does not exist; this server serves `{served}`"
+            ))
         }
     }
 

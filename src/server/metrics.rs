@@ -167,55 +167,50 @@ impl Metrics {
             "Prompt tokens served by the prefix cache over prompt tokens looked up.",
             hit_rate,
         );
-        let mut counter = |name: &str, help: &str, labels: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{labels} {v}"
-            );
+        // A counter's samples: (labels, value), under one HELP and TYPE.
+        let mut counter = |name: &str, help: &str, samples: &[(&str, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (labels, v) in samples {
+                let _ = writeln!(out, "{name}{labels} {v}");
+            }
         };
         counter(
             "mla:prefix_cache_queries_total",
             "Prompt tokens looked up in the prefix cache.",
-            "",
-            l.prefix_queried_tokens,
+            &[("", l.prefix_queried_tokens)],
         );
         counter(
             "mla:prefix_cache_hits_total",
             "Prompt tokens found in the prefix cache.",
-            "",
-            l.prefix_hit_tokens,
+            &[("", l.prefix_hit_tokens)],
         );
         counter(
             "mla:num_preemptions_total",
             "Sequences preempted to free cache blocks.",
-            "",
-            l.preemptions as u64,
+            &[("", l.preemptions as u64)],
         );
         counter(
             "mla:prompt_tokens_total",
             "Prompt tokens of finished requests.",
-            "",
-            m.prompt_tokens,
+            &[("", m.prompt_tokens)],
         );
         counter(
             "mla:generation_tokens_total",
             "Generated tokens of finished requests.",
-            "",
-            m.generation_tokens,
+            &[("", m.generation_tokens)],
         );
-        let _ = writeln!(
-            out,
-            "# HELP mla:request_success_total Finished requests by finish reason.\n\
-             # TYPE mla:request_success_total counter\n\
-             mla:request_success_total{{finished_reason=\"stop\"}} {}\n\
-             mla:request_success_total{{finished_reason=\"length\"}} {}",
-            m.finished_stop, m.finished_length
+        counter(
+            "mla:request_success_total",
+            "Finished requests by finish reason.",
+            &[
+                ("{finished_reason=\"stop\"}", m.finished_stop),
+                ("{finished_reason=\"length\"}", m.finished_length),
+            ],
         );
-        let _ = writeln!(
-            out,
-            "# HELP mla:request_aborted_total Requests aborted before they finished.\n\
-             # TYPE mla:request_aborted_total counter\nmla:request_aborted_total {}",
-            m.aborted
+        counter(
+            "mla:request_aborted_total",
+            "Requests aborted before they finished.",
+            &[("", m.aborted)],
         );
         m.ttft.render(
             &mut out,

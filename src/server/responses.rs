@@ -79,10 +79,7 @@ impl Header {
         finish: Option<FinishReason>,
         chunk: Option<bool>,
     ) -> Value {
-        let finish = finish.map(|f| match f {
-            FinishReason::Stop => "stop",
-            FinishReason::Length => "length",
-        });
+        // `FinishReason` serializes as OpenAI names it ("stop", "length"); None as null.
         match (self.endpoint, chunk) {
             (Endpoint::Completions, _) => json!({
                 "index": index, "text": text, "logprobs": logprobs, "finish_reason": finish,

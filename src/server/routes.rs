@@ -170,9 +170,7 @@ async fn tokenize(
     let bytes = s.body(&headers, body).await?;
     let request: TokenizeRequest = parse_json(&bytes)?;
     let model = s.model();
-    if let Some(m) = request.model.as_deref().filter(|m| *m != s.model_name) {
-        return Err(ApiError::model_not_found(m, &s.model_name));
-    }
+    api::check_model(request.model.as_deref(), &s.model_name)?;
     let ids = match (request.prompt, request.messages) {
         (Some(p), None) => s
             .tokenizer
@@ -198,20 +196,8 @@ async fn detokenize(
 ) -> Result<Json<Value>, ApiError> {
     let bytes = s.body(&headers, body).await?;
     let request: DetokenizeRequest = parse_json(&bytes)?;
-    if let Some(m) = request.model.as_deref().filter(|m| *m != s.model_name) {
-        return Err(ApiError::model_not_found(m, &s.model_name));
-    }
-    if let Some(t) = request
-        .tokens
-        .iter()
-        .find(|&&t| t < 0 || t as usize >= s.vocab_size)
-    {
-        return Err(ApiError::invalid(
-            format!("token id {t} is outside the vocabulary"),
-            Some("tokens"),
-        ));
-    }
-    let ids: Vec<u32> = request.tokens.iter().map(|&t| t as u32).collect();
+    api::check_model(request.model.as_deref(), &s.model_name)?;
+    let ids = api::token_ids(&request.tokens, s.vocab_size, "tokens")?;
     let text = s
         .tokenizer
         .decode(&ids)
@@ -361,8 +347,8 @@ async fn collect(mut choices: Choices, header: Header) -> Result<Value, ApiError
         let text = format!("{echo}{}", o.text);
         list.push(header.choice(c, &text, logprobs, Some(o.finish_reason), None));
     }
-    let prompt_tokens: usize = choices.job.prompts.iter().map(|p| p.tokens).sum();
-    Ok(header.response(list, responses::usage(prompt_tokens, completion_tokens)))
+    let usage = responses::usage(choices.job.prompt_tokens(), completion_tokens);
+    Ok(header.response(list, usage))
 }
 
 /// Server-sent events: a chunk per token that adds text (or log-probabilities), the last chunk
@@ -418,9 +404,8 @@ impl StreamState {
             if self.choices.all_finished() && self.early.is_empty() {
                 if self.choices.job.include_usage {
                     self.choices.job.include_usage = false;
-                    let prompt_tokens: usize =
-                        self.choices.job.prompts.iter().map(|p| p.tokens).sum();
-                    let usage = responses::usage(prompt_tokens, self.completion_tokens);
+                    let usage =
+                        responses::usage(self.choices.job.prompt_tokens(), self.completion_tokens);
                     let chunk = self.header.chunk(Vec::new(), Some(usage));
                     return Some(SseEvent::default().data(chunk.to_string()));
                 }
