@@ -91,6 +91,8 @@ impl Shared {
 pub struct EngineTask {
     pub commands: Receiver<Command>,
     pub shared: Arc<Shared>,
+    /// The tokenizer of the model the task loads (the HTTP side's, shared).
+    pub tokenizer: Arc<TextTokenizer>,
     pub engine: EngineArgs,
     pub block_size: usize,
     pub attention: AttentionForm,
@@ -108,7 +110,6 @@ impl ModelTask for EngineTask {
 
     fn run<B: Backend>(self, loaded: LoadedModel<B>) -> Result<()> {
         let config = &loaded.model.config;
-        let tokenizer = TextTokenizer::load(&loaded.dir, config)?;
         let (engine_config, plan) = self.engine.engine_config(
             &loaded.backend,
             config,
@@ -120,7 +121,7 @@ impl ModelTask for EngineTask {
         let mut engine = Engine::new(
             &loaded.model,
             &loaded.backend,
-            Some(&tokenizer),
+            Some(&self.tokenizer),
             engine_config,
         )?;
         self.shared.state.store(READY, Ordering::Release);

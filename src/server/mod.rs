@@ -85,7 +85,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .init();
     let dir = model_dir(args.model.model.as_deref())?;
     let config = load_config(&dir)?;
-    let tokenizer = TextTokenizer::load(&dir, &config)?;
+    // One tokenizer, for the HTTP side and the engine's thread.
+    let tokenizer = Arc::new(TextTokenizer::load(&dir, &config)?);
     let template = ChatTemplate::load(&dir).map_err(|e| e.to_string());
     let model_name = args.served_model_name.clone().unwrap_or_else(|| {
         dir.file_name()
@@ -108,6 +109,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let task = EngineTask {
         commands: receiver,
         shared: shared.clone(),
+        tokenizer: tokenizer.clone(),
         engine: args.engine.clone(),
         block_size: args.model.block_size,
         attention: args.model.attention,

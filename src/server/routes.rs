@@ -30,7 +30,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 pub struct AppState {
     pub shared: Arc<Shared>,
     pub commands: Mutex<Sender<Command>>,
-    pub tokenizer: TextTokenizer,
+    pub tokenizer: Arc<TextTokenizer>,
     pub template: Result<ChatTemplate, String>,
     pub model_name: String,
     pub vocab_size: usize,
