@@ -132,7 +132,7 @@ pub struct MoeWeights<B: Backend + ?Sized> {
     pub router: B::Weight,
     /// V3's `e_score_correction_bias`, kept on the host with the routing math.
     pub score_bias: Option<Vec<f32>>,
-    pub experts: Vec<MlpWeights<B>>,
+    pub experts: B::RoutedExperts,
     pub shared: Option<MlpWeights<B>>,
 }
 
@@ -178,6 +178,8 @@ pub trait Backend {
     type HeadWeight;
     /// The paged latent KV cache of every layer.
     type KvCache;
+    /// The routed experts of one MoE layer, as this backend's MoE runs them.
+    type RoutedExperts;
 
     fn name(&self) -> String;
     /// Bytes free for a KV cache right now: host memory for the CPU, device memory for a GPU
@@ -207,6 +209,13 @@ pub trait Backend {
         input: usize,
         data: Vec<f32>,
     ) -> Result<Self::HeadWeight>;
+    /// The routed experts of one MoE layer (index = expert) and its routing bias, made ready
+    /// once at load for [`Backend::moe`].
+    fn routed_experts(
+        &self,
+        experts: Vec<MlpWeights<Self>>,
+        score_bias: Option<&[f32]>,
+    ) -> Result<Self::RoutedExperts>;
     fn to_host(&self, x: &Self::Tensor) -> Result<HostTensor>;
     /// Index of the largest value of each row (ties: the lowest index), as greedy sampling
     /// picks it.

@@ -206,15 +206,12 @@ impl<B: Backend> DeepSeek<B> {
                     } else {
                         None
                     };
+                    let experts =
+                        ld.experts(&format!("{p}.mlp.experts"), e, h, moe.moe_intermediate_size)?;
                     FeedForward::Moe(MoeWeights {
                         router: ld.weight(&format!("{p}.mlp.gate.weight"), &[e, h])?,
+                        experts: backend.routed_experts(experts, score_bias.as_deref())?,
                         score_bias,
-                        experts: ld.experts(
-                            &format!("{p}.mlp.experts"),
-                            e,
-                            h,
-                            moe.moe_intermediate_size,
-                        )?,
                         shared: match moe.n_shared_experts {
                             0 => None,
                             s => Some(ld.mlp(

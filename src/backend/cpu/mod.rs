@@ -57,6 +57,7 @@ impl Backend for CpuBackend {
     type Weight = HostTensor;
     type HeadWeight = CpuHeadWeight;
     type KvCache = CpuKvCache;
+    type RoutedExperts = Vec<MlpWeights<Self>>;
 
     fn name(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
@@ -97,6 +98,14 @@ impl Backend for CpuBackend {
             input,
             data,
         })
+    }
+
+    fn routed_experts(
+        &self,
+        experts: Vec<MlpWeights<Self>>,
+        _score_bias: Option<&[f32]>,
+    ) -> Result<Vec<MlpWeights<Self>>> {
+        Ok(experts)
     }
 
     fn to_host(&self, x: &HostTensor) -> Result<HostTensor> {

@@ -3,6 +3,7 @@
 
 use super::attention::kernel_choice::AttentionTuning;
 use super::blas::{Blas, Layout};
+use super::moe_grouped::{CudaExperts, MoePath};
 use super::{CudaDevice, GpuFloat, GpuTensor};
 use crate::backend::{AttentionBatch, Backend, MhaDims, MlaDims, MlpWeights, MoeWeights};
 use crate::config::MoeConfig;
@@ -31,6 +32,8 @@ pub struct CudaBackend<T> {
     rope_tables: RefCell<Option<UploadedRope>>,
     /// The current step's attention plans and schedules (see `attention`).
     pub(super) prepared: RefCell<Option<super::attention::PreparedStep>>,
+    /// Which kernels run the routed experts.
+    pub(super) moe_path: std::cell::Cell<MoePath>,
     _element: PhantomData<T>,
 }
 
@@ -116,6 +119,7 @@ where
             tc_tuning: std::cell::Cell::new(AttentionTuning::default()),
             rope_tables: RefCell::new(None),
             prepared: RefCell::new(None),
+            moe_path: std::cell::Cell::new(MoePath::default()),
             _element: PhantomData,
         })
     }
@@ -136,6 +140,12 @@ where
     /// each kernel on shapes of any size, `mla bench attention` compares kernels and splits.
     pub fn set_attention_tuning(&self, tuning: AttentionTuning) {
         self.tc_tuning.set(tuning);
+    }
+
+    /// Which kernels run the routed experts from the next MoE layer on (tests and `mla bench
+    /// moe` compare the grouped path with the per-expert one).
+    pub fn set_moe_path(&self, path: MoePath) {
+        self.moe_path.set(path);
     }
 
     /// `table` on the device, uploaded only when it differs from the previous one.
@@ -204,6 +214,7 @@ where
     type Weight = GpuTensor<T>;
     type HeadWeight = CudaHeadWeight<T>;
     type KvCache = CudaKvCache<T>;
+    type RoutedExperts = CudaExperts<T>;
 
     fn name(&self) -> String {
         format!(
@@ -228,6 +239,14 @@ where
         Some(Box::new(move || {
             let _ = stream.synchronize();
         }))
+    }
+
+    fn routed_experts(
+        &self,
+        experts: Vec<MlpWeights<Self>>,
+        score_bias: Option<&[f32]>,
+    ) -> Result<CudaExperts<T>> {
+        self.experts_on_device(experts, score_bias)
     }
 
     fn upload_weight(&self, host: HostTensor) -> Result<GpuTensor<T>> {

@@ -102,16 +102,21 @@ impl CudaDevice {
         Ok(GpuTensor { data, rows, cols })
     }
 
-    pub fn upload_u32(&self, values: &[u32]) -> Result<CudaSlice<u32>> {
+    /// Plain values (ids, f32 tables, device addresses) copied to a new device buffer.
+    pub fn upload_values<V: DeviceRepr>(&self, values: &[V]) -> Result<CudaSlice<V>> {
         self.stream
             .clone_htod(values)
             .map_err(driver_err("copying to the device"))
     }
 
-    pub fn upload_f32(&self, values: &[f32]) -> Result<CudaSlice<f32>> {
-        self.stream
-            .clone_htod(values)
-            .map_err(driver_err("copying to the device"))
+    /// A buffer of `len` values (at least one) left as allocated, for values a kernel writes
+    /// before anything reads them; `what` names it in an error.
+    pub(super) fn uninit<V: DeviceRepr>(&self, len: usize, what: &str) -> Result<CudaSlice<V>> {
+        // SAFETY: the caller's kernel writes every element it or a later kernel reads.
+        unsafe { self.stream.alloc::<V>(len.max(1)) }.map_err(driver_err(format!(
+            "allocating {what} ({len} values) on {}",
+            self.info.name
+        )))
     }
 
     pub fn download<T: GpuFloat>(&self, x: &GpuTensor<T>) -> Result<HostTensor> {
@@ -152,7 +157,7 @@ impl CudaDevice {
                 ),
             ));
         }
-        let ids = self.upload_u32(ids)?;
+        let ids = self.upload_values(ids)?;
         let hidden = table.cols as i32;
         let args = self.args(&[&out.data, &table.data, &ids, &hidden]);
         // SAFETY: launch's contract. The shape checks above bound every index it computes.
@@ -311,7 +316,10 @@ impl CudaDevice {
 
     /// Uploads a step's cos/sin table.
     pub fn rope_table(&self, table: &RopeTable) -> Result<(CudaSlice<f32>, CudaSlice<f32>)> {
-        Ok((self.upload_f32(&table.cos)?, self.upload_f32(&table.sin)?))
+        Ok((
+            self.upload_values(&table.cos)?,
+            self.upload_values(&table.sin)?,
+        ))
     }
 
     /// Rotates the first `heads` head blocks of every row, as [`crate::backend::Backend::rope`].
@@ -427,7 +435,7 @@ impl CudaDevice {
                 format!("slot {bad} of {capacity}"),
             ));
         }
-        let slots = self.upload_u32(slots)?;
+        let slots = self.upload_values(slots)?;
         let (cols, offset, width) = (x.cols as i32, offset as i32, width as i32);
         let args = self.args(&[layer, &x.data, &slots, &cols, &offset, &width]);
         // SAFETY: launch's contract. The shape checks above bound every index it computes.
@@ -464,7 +472,7 @@ impl CudaDevice {
             ));
         }
         let flat: Vec<u32> = pairs.iter().flat_map(|&(a, b)| [a, b]).collect();
-        let flat = self.upload_u32(&flat)?;
+        let flat = self.upload_values(&flat)?;
         let (block_elems, layer_elems) = (block_elems as i64, (blocks * block_elems) as i64);
         let cfg = LaunchConfig {
             grid_dim: (pairs.len() as u32, layers as u32, 1),

@@ -4,16 +4,17 @@
 use super::backend::{op_err, CudaBackend};
 use super::kernels;
 use super::launch::Order;
+use super::moe_grouped::MoePath;
 use super::{CudaDevice, GpuFloat, GpuTensor};
 use crate::backend::{Backend, MoeWeights};
 use crate::config::{MoeConfig, ScoringFunc, TopkMethod};
 use crate::error::{Error, Result};
 use crate::ops::routing::Route;
 use cudarc::cublas::{CudaBlas, Gemm};
-use cudarc::driver::LaunchConfig;
+use cudarc::driver::{CudaSlice, LaunchConfig};
 
 /// Limits of the kernel's per-token bit sets (`taken[32]`, `MAX_GROUPS`).
-const MAX_EXPERTS: usize = 1024;
+pub(super) const MAX_EXPERTS: usize = 1024;
 const MAX_GROUPS: usize = 64;
 
 impl CudaDevice {
@@ -25,11 +26,56 @@ impl CudaDevice {
         bias: Option<&[f32]>,
         moe: &MoeConfig,
     ) -> Result<Vec<Vec<Route>>> {
+        let experts = logits.cols;
+        // Zeros stand for "no bias": adding them changes no choice.
+        let bias = match bias {
+            Some(b) if b.len() != experts => {
+                return Err(op_err(
+                    "moe_route",
+                    format!("{} bias values for {experts} experts", b.len()),
+                ))
+            }
+            Some(b) => self.upload_values(b)?,
+            None => self.upload_values(&vec![0.0; experts])?,
+        };
+        let (ids, weights) = self.moe_route_on_device(logits, &bias, moe)?;
+        let ids = self.fetch(&ids, "expert ids")?;
+        let weights = self.fetch(&weights, "expert weights")?;
+        if let Some(bad) = ids.iter().find(|&&e| e as usize >= experts) {
+            return Err(op_err(
+                "moe_route",
+                format!("chose expert {bad} of {experts}"),
+            ));
+        }
+        let k = moe.num_experts_per_tok;
+        Ok(ids
+            .chunks_exact(k)
+            .zip(weights.chunks_exact(k))
+            .map(|(ids, ws)| {
+                ids.iter()
+                    .zip(ws)
+                    .map(|(&expert, &weight)| Route {
+                        expert: expert as usize,
+                        weight,
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// The routes of [`Self::moe_route`] left on the device: `[tokens·k]` expert ids and
+    /// weights, token after token. `bias` has one value per expert (zeros for none).
+    pub(super) fn moe_route_on_device<T: GpuFloat>(
+        &self,
+        logits: &GpuTensor<T>,
+        bias: &CudaSlice<f32>,
+        moe: &MoeConfig,
+    ) -> Result<(CudaSlice<u32>, CudaSlice<f32>)> {
         let (tokens, experts, k) = (logits.rows, logits.cols, moe.num_experts_per_tok);
         let grouped = moe.topk_method != TopkMethod::Greedy;
         let ok = experts <= MAX_EXPERTS
             && (1..=experts).contains(&k)
-            && bias.is_none_or(|b| b.len() == experts)
+            && bias.len() == experts
             && (!grouped
                 || (moe.n_group >= 1
                     && moe.n_group <= MAX_GROUPS
@@ -44,14 +90,11 @@ impl CudaDevice {
                 ),
             });
         }
+        let ids = self.uninit::<u32>(tokens * k, "expert ids")?;
+        let weights = self.uninit::<f32>(tokens * k, "expert weights")?;
         if tokens == 0 {
-            return Ok(Vec::new());
+            return Ok((ids, weights));
         }
-        // Zeros stand for "no bias": adding them changes no choice.
-        let bias_values = bias.map_or_else(|| vec![0.0; experts], <[f32]>::to_vec);
-        let bias_dev = self.upload_f32(&bias_values)?;
-        let ids = self.upload_u32(&vec![u32::MAX; tokens * k])?;
-        let weights = self.upload_f32(&vec![f32::NAN; tokens * k])?;
         let sigmoid = (moe.scoring_func == ScoringFunc::Sigmoid) as i32;
         let method = match moe.topk_method {
             TopkMethod::Greedy => 0i32,
@@ -68,7 +111,7 @@ impl CudaDevice {
         let scale = moe.routed_scaling_factor as f32;
         let args = self.args(&[
             &logits.data,
-            &bias_dev,
+            bias,
             &ids,
             &weights,
             &experts_i,
@@ -86,30 +129,10 @@ impl CudaDevice {
             shared_mem_bytes: (2 * experts * std::mem::size_of::<f32>()) as u32,
         };
         // SAFETY: launch's contract. Block `t` reads row `t` of the logits and writes its `k` ids
-        // and weights; the checks above keep the expert and group counts within the kernel's fixed-
-        // size sets.
+        // and weights (every element of both); the checks above keep the expert and group
+        // counts within the kernel's fixed-size sets.
         unsafe { self.launch(kernels::MOE_ROUTE.of::<T>(), cfg, Order::Serial, &args) }?;
-        let ids = self.fetch(&ids, "expert ids")?;
-        let weights = self.fetch(&weights, "expert weights")?;
-        if let Some(bad) = ids.iter().find(|&&e| e as usize >= experts) {
-            return Err(op_err(
-                "moe_route",
-                format!("chose expert {bad} of {experts}"),
-            ));
-        }
-        Ok(ids
-            .chunks_exact(k)
-            .zip(weights.chunks_exact(k))
-            .map(|(ids, ws)| {
-                ids.iter()
-                    .zip(ws)
-                    .map(|(&expert, &weight)| Route {
-                        expert: expert as usize,
-                        weight,
-                    })
-                    .collect()
-            })
-            .collect())
+        Ok((ids, weights))
     }
 }
 
@@ -117,21 +140,48 @@ impl<T: GpuFloat> CudaBackend<T>
 where
     CudaBlas: Gemm<T>,
 {
-    /// The MoE layer: routing on the device from fp32 logits; only each token's k expert ids and
-    /// weights come back, to size the per-expert GEMMs, which run over their tokens gathered
-    /// from `x` and are added back weighted, on top of the shared experts.
+    /// The MoE layer on the path [`Self::set_moe_path`] chose.
     pub(super) fn moe_layer(
         &self,
         x: &GpuTensor<T>,
         w: &MoeWeights<Self>,
         config: &MoeConfig,
     ) -> Result<GpuTensor<T>> {
+        match self.moe_path.get() {
+            MoePath::Grouped => self.moe_grouped(x, w, config),
+            MoePath::PerExpert => self.moe_per_expert(x, w, config),
+        }
+    }
+
+    /// The per-expert path: routing on the device from fp32 logits; each token's k expert ids
+    /// and weights come back to size the per-expert GEMMs, which run over their tokens gathered
+    /// from `x` and are added back weighted, on top of the shared experts.
+    fn moe_per_expert(
+        &self,
+        x: &GpuTensor<T>,
+        w: &MoeWeights<Self>,
+        config: &MoeConfig,
+    ) -> Result<GpuTensor<T>> {
         let logits = self.router_logits(x, &w.router)?;
-        let routes = self
-            .device
-            .moe_route(&logits, w.score_bias.as_deref(), config)?;
+        let (ids, weights) =
+            self.device
+                .moe_route_on_device(&logits, &w.experts.score_bias, config)?;
+        let (ids, weights) = (
+            self.device.fetch(&ids, "expert ids")?,
+            self.device.fetch(&weights, "expert weights")?,
+        );
+        let k = config.num_experts_per_tok;
+        let routes = ids
+            .chunks_exact(k)
+            .zip(weights.chunks_exact(k))
+            .map(|(ids, ws)| {
+                ids.iter().zip(ws).map(|(&expert, &weight)| Route {
+                    expert: expert as usize,
+                    weight,
+                })
+            });
         let mut assigned: Vec<(Vec<u32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); w.router.rows];
-        for (t, token_routes) in routes.iter().take(x.rows).enumerate() {
+        for (t, token_routes) in routes.take(x.rows).enumerate() {
             for choice in token_routes {
                 let (tokens, weights) = assigned.get_mut(choice.expert).ok_or_else(|| {
                     op_err(
@@ -168,8 +218,8 @@ where
             return Ok(out);
         }
         let (ids_on_device, weights_on_device) = (
-            self.device.upload_u32(&ids)?,
-            self.device.upload_f32(&weights)?,
+            self.device.upload_values(&ids)?,
+            self.device.upload_values(&weights)?,
         );
         let rows_of_x = x.data.slice(..x.rows * x.cols);
         let mut first = 0;
@@ -187,7 +237,7 @@ where
                 self.device
                     .gather_rows_indexed(&mut picked, &rows_of_x, x.cols, &idx)?
             };
-            let y = self.mlp(&picked, &w.experts[expert])?;
+            let y = self.mlp(&picked, &w.experts.per_expert[expert])?;
             if (y.rows, y.cols) != (tokens.len(), out.cols) {
                 return Err(op_err(
                     "moe",

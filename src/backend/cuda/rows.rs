@@ -43,7 +43,7 @@ impl CudaDevice {
         if rows.is_empty() {
             return Ok(());
         }
-        let idx = self.upload_u32(rows)?;
+        let idx = self.upload_values(rows)?;
         // SAFETY: every index was checked against `src` above, and `out` has one row per index.
         unsafe { self.gather_rows_indexed(out, src, src_cols, &idx.slice(..)) }
     }
@@ -114,8 +114,8 @@ impl CudaDevice {
         if rows.is_empty() {
             return Ok(());
         }
-        let idx = self.upload_u32(rows)?;
-        let weights = self.upload_f32(weights)?;
+        let idx = self.upload_values(rows)?;
+        let weights = self.upload_values(weights)?;
         // SAFETY: rows were checked in range and distinct above; one weight and row of `y` each.
         unsafe { self.scatter_add_rows_indexed(out, y, &idx.slice(..), &weights.slice(..)) }
     }
@@ -156,7 +156,7 @@ impl CudaDevice {
         if x.rows == 0 || x.cols == 0 {
             return Ok(vec![0; x.rows]);
         }
-        let ids = self.upload_u32(&vec![u32::MAX; x.rows])?;
+        let ids = self.upload_values(&vec![u32::MAX; x.rows])?;
         let cols = x.cols as i32;
         let args = self.args(&[&x.data, &ids, &cols]);
         // SAFETY: launch's contract. Block `r` reads row `r` of `x` and writes `ids[r]`, both in
@@ -185,7 +185,7 @@ impl CudaDevice {
         if x.rows == 0 {
             return Ok(Vec::new());
         }
-        let temps = self.upload_f32(temperatures)?;
+        let temps = self.upload_values(temperatures)?;
         // SAFETY: every element is written by the kernel below (one per block) before the copy.
         let totals = unsafe { self.stream.alloc::<f64>(x.rows) }
             .map_err(driver_err("allocating row totals"))?;
@@ -220,8 +220,8 @@ impl CudaDevice {
         if x.rows == 0 {
             return Ok(Vec::new());
         }
-        let values = self.upload_f32(&vec![f32::NAN; x.rows * k])?;
-        let ids = self.upload_u32(&vec![u32::MAX; x.rows * k])?;
+        let values = self.upload_values(&vec![f32::NAN; x.rows * k])?;
+        let ids = self.upload_values(&vec![u32::MAX; x.rows * k])?;
         let (cols, k_i) = (x.cols as i32, k as i32);
         let args = self.args(&[&x.data, &cols, &k_i, &values, &ids]);
         let cfg = LaunchConfig {

@@ -1,0 +1,231 @@
+//! The CUDA backend's MoE layer (grouped GEMMs and the per-expert path) against the CPU
+//! reference over the routing patterns that matter: every token to one expert, experts with no
+//! tokens, k = 1 and 8, 256 experts, 1 and 512 tokens, widths the tensor cores take and widths
+//! they do not. Outputs are poisoned with NaN first. Needs an NVIDIA GPU: ignored elsewhere.
+
+mod common;
+
+use common::Rng;
+use mla_rt::backend::cpu::CpuBackend;
+use mla_rt::backend::cuda::{CudaBackend, GpuFloat, MoePath};
+use mla_rt::backend::{Backend, MlpWeights, MoeWeights};
+use mla_rt::config::{MoeConfig, ScoringFunc, TopkMethod};
+use mla_rt::weights::HostTensor;
+
+/// Values representable in `T`, so that both backends start from the same numbers.
+fn random<T: GpuFloat>(rng: &mut Rng, shape: [usize; 2], std: f32) -> HostTensor {
+    let data = rng
+        .normals(shape[0] * shape[1], std)
+        .into_iter()
+        .map(|v| T::from_f32(v).to_f32())
+        .collect();
+    HostTensor::new(shape.to_vec(), data)
+}
+
+struct Case {
+    name: &'static str,
+    tokens: usize,
+    experts: usize,
+    k: usize,
+    hidden: usize,
+    inter: usize,
+    shared: bool,
+    /// Every token's logits favour this expert (then the lowest ids, by the ties).
+    one_expert: Option<usize>,
+    method: TopkMethod,
+}
+
+fn config(c: &Case) -> MoeConfig {
+    let grouped = c.method != TopkMethod::Greedy;
+    MoeConfig {
+        n_routed_experts: c.experts,
+        n_shared_experts: c.shared as usize,
+        num_experts_per_tok: c.k,
+        moe_intermediate_size: c.inter,
+        first_k_dense_replace: 0,
+        moe_layer_freq: 1,
+        routed_scaling_factor: if grouped { 2.5 } else { 1.0 },
+        topk_method: c.method,
+        n_group: if grouped { 8 } else { 1 },
+        topk_group: if grouped { 4 } else { 1 },
+        norm_topk_prob: grouped,
+        scoring_func: if grouped {
+            ScoringFunc::Sigmoid
+        } else {
+            ScoringFunc::Softmax
+        },
+    }
+}
+
+/// The layer's host weights: router, bias (noaux_tc), experts (gate, up, down), shared MLP.
+struct HostMoe {
+    router: HostTensor,
+    bias: Option<Vec<f32>>,
+    experts: Vec<[HostTensor; 3]>,
+    shared: Option<[HostTensor; 3]>,
+}
+
+fn host_moe<T: GpuFloat>(rng: &mut Rng, c: &Case) -> HostMoe {
+    let (h, i) = (c.hidden, c.inter);
+    let mut mlp = |width: usize| {
+        [
+            random::<T>(rng, [width, h], 0.3),
+            random::<T>(rng, [width, h], 0.3),
+            random::<T>(rng, [h, width], 0.3),
+        ]
+    };
+    let experts = (0..c.experts).map(|_| mlp(i)).collect();
+    let shared = c.shared.then(|| mlp(i));
+    let mut router = random::<T>(rng, [c.experts, h], 0.5);
+    if let Some(e) = c.one_expert {
+        // x's column 0 is 1 (see `inputs`): expert e's logit is 8, every other one 0.
+        router.data.iter_mut().for_each(|v| *v = 0.0);
+        router.data[e * h] = 8.0;
+    }
+    let bias = (c.method == TopkMethod::NoauxTc).then(|| rng.normals(c.experts, 0.1));
+    HostMoe {
+        router,
+        bias,
+        experts,
+        shared,
+    }
+}
+
+fn weights<B: Backend>(b: &B, m: &HostMoe) -> MoeWeights<B> {
+    let mlp = |w: &[HostTensor; 3]| MlpWeights {
+        gate: b.upload_weight(w[0].clone()).unwrap(),
+        up: b.upload_weight(w[1].clone()).unwrap(),
+        down: b.upload_weight(w[2].clone()).unwrap(),
+        biases: None,
+    };
+    let experts = m.experts.iter().map(mlp).collect();
+    MoeWeights {
+        router: b.upload_weight(m.router.clone()).unwrap(),
+        experts: b.routed_experts(experts, m.bias.as_deref()).unwrap(),
+        score_bias: m.bias.clone(),
+        shared: m.shared.as_ref().map(mlp),
+    }
+}
+
+fn inputs<T: GpuFloat>(rng: &mut Rng, c: &Case) -> HostTensor {
+    let mut x = random::<T>(rng, [c.tokens, c.hidden], 1.0);
+    if c.one_expert.is_some() {
+        x.data
+            .chunks_exact_mut(c.hidden)
+            .for_each(|row| row[0] = 1.0);
+    }
+    x
+}
+
+fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    let (mut d, mut n) = (0.0f64, 0.0f64);
+    for (x, y) in a.iter().zip(b) {
+        d += (*x as f64 - *y as f64).powi(2);
+        n += (*y as f64).powi(2);
+    }
+    (d / n.max(1e-30)).sqrt()
+}
+
+/// Every token's output within `tolerance` of `want` (a NaN never passes).
+fn assert_rows_close(got: &HostTensor, want: &HostTensor, tolerance: f64, what: &str) {
+    let cols = want.shape[1];
+    for (t, (g, w)) in got
+        .data
+        .chunks_exact(cols)
+        .zip(want.data.chunks_exact(cols))
+        .enumerate()
+    {
+        let e = rel_l2(g, w);
+        assert!(e <= tolerance, "{what}: token {t}: relative L2 {e:.2e}");
+    }
+}
+
+fn cases() -> Vec<Case> {
+    let case = |name, tokens, experts, k, hidden, inter| Case {
+        name,
+        tokens,
+        experts,
+        k,
+        hidden,
+        inter,
+        shared: true,
+        one_expert: None,
+        method: TopkMethod::Greedy,
+    };
+    vec![
+        case("batch 1, k 6 of 64", 1, 64, 6, 64, 48),
+        case("37 tokens, k 1 of 16", 37, 16, 1, 64, 48),
+        Case {
+            shared: false,
+            ..case("37 tokens, k 1 of 16, no shared", 37, 16, 1, 64, 48)
+        },
+        Case {
+            one_expert: Some(5),
+            ..case("every token to expert 5, k 1", 70, 16, 1, 64, 48)
+        },
+        Case {
+            one_expert: Some(5),
+            ..case(
+                "every token to expert 5 (then 0, 1), k 3",
+                70,
+                16,
+                3,
+                64,
+                48,
+            )
+        },
+        Case {
+            method: TopkMethod::NoauxTc,
+            ..case("512 tokens, k 8 of 256 (V3 routing)", 512, 256, 8, 64, 32)
+        },
+        case("80 tokens, 64-row blocks", 80, 4, 2, 64, 48),
+        case("widths the tensor cores do not take", 19, 8, 2, 40, 20),
+    ]
+}
+
+fn moe_matches_the_cpu<T: GpuFloat>(tolerance: f64)
+where
+    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
+{
+    let gpu = CudaBackend::<T>::open(0)
+        .expect("an NVIDIA GPU with kernels in this build")
+        .with_poisoned_outputs();
+    let mut rng = Rng::new(11);
+    for c in cases() {
+        let moe = config(&c);
+        let host = host_moe::<T>(&mut rng, &c);
+        let x = inputs::<T>(&mut rng, &c);
+        let want = CpuBackend
+            .moe(&x, &weights(&CpuBackend, &host), &moe)
+            .unwrap();
+        let (w, x_gpu) = (weights(&gpu, &host), gpu.upload_weight(x).unwrap());
+        let what = |path: &str| format!("{} {}: {path}", T::SUFFIX, c.name);
+        let mut outputs = Vec::new();
+        for path in [MoePath::Grouped, MoePath::PerExpert, MoePath::Grouped] {
+            gpu.set_moe_path(path);
+            let got = gpu.to_host(&gpu.moe(&x_gpu, &w, &moe).unwrap()).unwrap();
+            assert_rows_close(&got, &want, tolerance, &what(&format!("{path:?}")));
+            outputs.push(got);
+        }
+        // The grouped path gives the same bits every run, and the per-expert path's numbers.
+        assert_eq!(outputs[0].data, outputs[2].data, "{}", what("run to run"));
+        assert_rows_close(
+            &outputs[0],
+            &outputs[1],
+            tolerance,
+            &what("grouped vs per-expert"),
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn moe_layer_matches_the_cpu_f32() {
+    moe_matches_the_cpu::<f32>(1e-4);
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn moe_layer_matches_the_cpu_bf16() {
+    moe_matches_the_cpu::<half::bf16>(2e-2);
+}
