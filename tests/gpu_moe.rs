@@ -229,3 +229,110 @@ fn moe_layer_matches_the_cpu_f32() {
 fn moe_layer_matches_the_cpu_bf16() {
     moe_matches_the_cpu::<half::bf16>(2e-2);
 }
+
+/// V2-Lite's MoE structure (64 routed experts, 6 per token, a shared MLP) at small widths: what
+/// the launch counts depend on.
+fn v2_lite_shaped() -> Case {
+    Case {
+        name: "V2-Lite-shaped",
+        tokens: 1,
+        experts: 64,
+        k: 6,
+        hidden: 64,
+        inter: 48,
+        shared: true,
+        one_expert: None,
+        method: TopkMethod::Greedy,
+    }
+}
+
+/// On the grouped path an MoE layer is at most 12 launches (router, routing, align, two grouped
+/// GEMMs, combine and the shared MLP's four) and never waits for the device; the per-expert path
+/// waits to size its GEMMs.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn an_moe_layer_launches_a_few_kernels_and_never_waits() {
+    let gpu = CudaBackend::<half::bf16>::open(0).expect("an NVIDIA GPU with kernels in this build");
+    let mut rng = Rng::new(3);
+    for tokens in [1, 64] {
+        let c = Case {
+            tokens,
+            ..v2_lite_shaped()
+        };
+        let moe = config(&c);
+        let w = weights(&gpu, &host_moe::<half::bf16>(&mut rng, &c));
+        let x = gpu
+            .upload_weight(inputs::<half::bf16>(&mut rng, &c))
+            .unwrap();
+        for (path, max_launches, waits) in
+            [(MoePath::Grouped, 12, 0), (MoePath::PerExpert, u64::MAX, 2)]
+        {
+            gpu.set_moe_path(path);
+            let before = gpu.counters().unwrap();
+            gpu.moe(&x, &w, &moe).unwrap();
+            let used = gpu.counters().unwrap().since(&before);
+            assert!(
+                used.kernel_launches <= max_launches && used.host_waits == waits,
+                "{path:?}, {tokens} tokens: {}",
+                used.per_step(1)
+            );
+        }
+    }
+}
+
+/// A V2-Lite-shaped model (4 layers, 3 of them MoE) decoding through the engine, greedy: one
+/// device→host wait per decode step (the sampled ids), as `mla generate --profile` reports it.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn a_decode_step_waits_for_the_device_once() {
+    use mla_rt::config::ModelConfig;
+    use mla_rt::engine::batch_engine::{Engine, EngineConfig};
+    use mla_rt::engine::request::Request;
+    use mla_rt::engine::sampler::SamplingParams;
+    use mla_rt::engine::scheduler::SchedulerConfig;
+    use mla_rt::model::{AttentionForm, Model};
+    use mla_rt::weights::Checkpoint;
+    let config = common::tiny_config(
+        "deepseek_v2",
+        serde_json::json!({
+            "num_hidden_layers": 4, "n_routed_experts": 64, "num_experts_per_tok": 6,
+            "n_shared_experts": 2, "hidden_size": 64, "moe_intermediate_size": 48,
+        }),
+    );
+    let dir = common::write_model(&config, &common::random_weights(&config, 7));
+    let gpu = CudaBackend::<half::bf16>::open(0).expect("an NVIDIA GPU with kernels in this build");
+    let model_config = ModelConfig::from_file(&dir.path().join("config.json")).unwrap();
+    let model = Model::load(model_config, &Checkpoint::open(dir.path()).unwrap(), &gpu).unwrap();
+    let engine_config = EngineConfig {
+        block_size: 16,
+        num_blocks: 32,
+        prefix_caching: false,
+        scheduler: SchedulerConfig {
+            max_num_seqs: 4,
+            max_batched_tokens: 64,
+        },
+        attention: AttentionForm::Auto,
+    };
+    let mut engine = Engine::new(&model, &gpu, None, engine_config).unwrap();
+    for i in 0..3u32 {
+        engine
+            .add_request(Request {
+                id: i.to_string(),
+                prompt: vec![3 + i, 5, 7, 11 + i],
+                sampling: SamplingParams::default(),
+                max_tokens: 6,
+                stop: Vec::new(),
+                ignore_eos: true,
+            })
+            .unwrap();
+    }
+    engine.run_to_completion(|_| {}).unwrap();
+    let stats = engine.stats;
+    assert!(stats.decode_steps >= 5, "{stats:?}");
+    assert_eq!(
+        stats.decode_counters.host_waits,
+        stats.decode_steps as u64,
+        "decode step: {}",
+        stats.decode_counters.per_step(stats.decode_steps)
+    );
+}

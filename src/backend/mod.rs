@@ -117,6 +117,56 @@ impl AttentionBatch {
     }
 }
 
+/// Work a device backend has queued and waited for since it opened (see
+/// [`Backend::counters`]); differences of two readings give a step's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeviceCounters {
+    /// Kernels launched one by one: the backend's own and each cuBLAS call.
+    pub kernel_launches: u64,
+    /// CUDA graphs launched (each replays many kernels).
+    pub graph_launches: u64,
+    /// Times the host waited for the device to finish (to read results back).
+    pub host_waits: u64,
+}
+
+impl DeviceCounters {
+    /// What happened between `earlier` and this reading.
+    pub fn since(&self, earlier: &DeviceCounters) -> DeviceCounters {
+        DeviceCounters {
+            kernel_launches: self.kernel_launches - earlier.kernel_launches,
+            graph_launches: self.graph_launches - earlier.graph_launches,
+            host_waits: self.host_waits - earlier.host_waits,
+        }
+    }
+
+    pub fn add(&mut self, other: &DeviceCounters) {
+        self.kernel_launches += other.kernel_launches;
+        self.graph_launches += other.graph_launches;
+        self.host_waits += other.host_waits;
+    }
+
+    /// `"1 graph launch, 0 kernel launches, 1 device→host wait"` for the mean over `steps`
+    /// (whole numbers where they are, else one decimal).
+    pub fn per_step(&self, steps: usize) -> String {
+        let mean = |n: u64, one: &str, many: &str| {
+            let steps = steps.max(1) as u64;
+            let value = if n % steps == 0 {
+                (n / steps).to_string()
+            } else {
+                format!("{:.1}", n as f64 / steps as f64)
+            };
+            let noun = if value == "1" { one } else { many };
+            format!("{value} {noun}")
+        };
+        format!(
+            "{}, {}, {}",
+            mean(self.graph_launches, "graph launch", "graph launches"),
+            mean(self.kernel_launches, "kernel launch", "kernel launches"),
+            mean(self.host_waits, "device→host wait", "device→host waits")
+        )
+    }
+}
+
 /// A SwiGLU MLP: `down(silu(gate(x)) ⊙ up(x))`.
 pub struct MlpWeights<B: Backend + ?Sized> {
     pub gate: B::Weight,
@@ -190,6 +240,10 @@ pub trait Backend {
     /// What waits for queued device work to finish, for timing ops (`None`: ops are
     /// synchronous, as on the CPU).
     fn sync_fn(&self) -> Option<crate::profile::SyncFn>;
+    /// Launches and waits so far, on a device backend (`None` on the CPU).
+    fn counters(&self) -> Option<DeviceCounters> {
+        None
+    }
 
     fn upload_weight(&self, host: HostTensor) -> Result<Self::Weight>;
     /// A generated weight made where it lives, or `None` when this backend takes it from the
@@ -352,7 +406,25 @@ pub trait Backend {
 
 #[cfg(test)]
 mod tests {
-    use super::{AttentionBatch, SeqChunk};
+    use super::{AttentionBatch, DeviceCounters, SeqChunk};
+
+    #[test]
+    fn counters_print_per_step_means() {
+        let c = |kernel_launches, graph_launches, host_waits| DeviceCounters {
+            kernel_launches,
+            graph_launches,
+            host_waits,
+        };
+        assert_eq!(
+            c(0, 3, 3).per_step(3),
+            "1 graph launch, 0 kernel launches, 1 device→host wait"
+        );
+        assert_eq!(
+            c(250, 0, 7).per_step(2),
+            "0 graph launches, 125 kernel launches, 3.5 device→host waits"
+        );
+        assert_eq!(c(9, 1, 2).since(&c(4, 1, 1)), c(5, 0, 1));
+    }
 
     #[test]
     fn a_batch_that_does_not_fit_its_cache_says_what_is_wrong() {

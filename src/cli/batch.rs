@@ -247,7 +247,7 @@ pub fn run<B: Backend>(
     if args.profile {
         eprint!(
             "{}",
-            super::generate::profile_table(&mla_rt::profile::take(), engine.stats.step_secs)
+            super::generate::profile_report(&engine.stats, loaded.backend.counters().is_some())
         );
     }
     Ok(())

@@ -56,8 +56,22 @@ pub struct GenerateArgs {
     pub profile: bool,
 }
 
-/// The per-op table `--profile` prints, against `step_secs` of engine steps.
-pub fn profile_table(
+/// What `--profile` prints: the per-op table against the engine's step time and, on a device
+/// backend (`counted`), the launches and waits of a mean decode step.
+pub fn profile_report(stats: &mla_rt::engine::batch_engine::EngineStats, counted: bool) -> String {
+    let mut s = profile_table(&mla_rt::profile::take(), stats.step_secs);
+    if counted && stats.decode_steps > 0 {
+        s += &format!(
+            "decode step: {} (mean of {} decode steps)\n",
+            stats.decode_counters.per_step(stats.decode_steps),
+            stats.decode_steps
+        );
+    }
+    s
+}
+
+/// The per-op table, against `step_secs` of engine steps.
+fn profile_table(
     profile: &std::collections::BTreeMap<&'static str, mla_rt::profile::OpTime>,
     step_secs: f64,
 ) -> String {
@@ -306,7 +320,7 @@ fn stream_one<B: Backend>(
     if args.profile {
         eprint!(
             "{}",
-            profile_table(&mla_rt::profile::take(), engine.stats.step_secs)
+            profile_report(&engine.stats, loaded.backend.counters().is_some())
         );
     }
     Ok(())

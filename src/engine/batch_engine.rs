@@ -5,7 +5,7 @@ use super::logits::{History, TokenLogprobs};
 use super::request::{FinishReason, Request, RequestOutput};
 use super::sampler::{Needs, Sampler, SAMPLING_HEAD};
 use super::scheduler::{Scheduler, SchedulerConfig, Sequence};
-use crate::backend::{AttentionBatch, Backend, SeqChunk};
+use crate::backend::{AttentionBatch, Backend, DeviceCounters, SeqChunk};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::kv::{slot, BlockManager, PrefixCacheStats};
@@ -32,6 +32,11 @@ pub struct EngineStats {
     /// Whole steps: scheduling, batch building, forward, sampling, bookkeeping.
     pub step_secs: f64,
     pub max_batch_seqs: usize,
+    /// Steps in which every sequence computed one token (decode steps).
+    pub decode_steps: usize,
+    /// What the device backend counted over the decode steps, sampling included (zeros on the
+    /// CPU).
+    pub decode_counters: DeviceCounters,
 }
 
 impl EngineStats {
@@ -253,6 +258,12 @@ impl<'m, B: Backend> Engine<'m, B> {
             }
             return Ok(output);
         }
+        let counters_before = self.backend.counters();
+        let decode_step = plan.scheduled.iter().all(|s| {
+            s.num_tokens == 1
+                && self.scheduler.running[s.running_index].computed + 1
+                    == self.scheduler.running[s.running_index].tokens.len()
+        });
         self.backend.copy_blocks(&mut self.cache, &plan.copies)?;
         let bs = self.config.block_size;
         let mut step = Step {
@@ -360,6 +371,12 @@ impl<'m, B: Backend> Engine<'m, B> {
             });
             if let Some(reason) = finish_reason(seq, &self.model.config, self.tokenizer) {
                 done.push((s.running_index, reason));
+            }
+        }
+        if decode_step {
+            self.stats.decode_steps += 1;
+            if let (Some(before), Some(after)) = (counters_before, self.backend.counters()) {
+                self.stats.decode_counters.add(&after.since(&before));
             }
         }
         done.sort_by_key(|&(i, _)| std::cmp::Reverse(i));

@@ -108,7 +108,7 @@ where
     /// Opens GPU `ordinal` with its kernels and cuBLAS.
     pub fn open(ordinal: usize) -> Result<Self> {
         let device = CudaDevice::open(ordinal)?;
-        let blas = Blas::new(device.stream.clone())?;
+        let blas = Blas::new(device.stream.clone(), device.counters.clone())?;
         // Ranges cost next to nothing unless a tool such as nsys is attached.
         crate::profile::enable_nvtx();
         Ok(CudaBackend {
@@ -247,6 +247,10 @@ where
         score_bias: Option<&[f32]>,
     ) -> Result<CudaExperts<T>> {
         self.experts_on_device(experts, score_bias)
+    }
+
+    fn counters(&self) -> Option<crate::backend::DeviceCounters> {
+        Some(self.device.counters.snapshot())
     }
 
     fn upload_weight(&self, host: HostTensor) -> Result<GpuTensor<T>> {

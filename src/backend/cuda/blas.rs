@@ -4,6 +4,7 @@
 //! bf16 runs through `cublasGemmEx` with f32 accumulation; f32 uses plain SGEMM (no TF32), so
 //! the f32 path stays within 1e-4 of the CPU reference.
 
+use super::counters::CounterCells;
 use super::error::{cublas_err, unavailable};
 use super::GpuFloat;
 use crate::error::{Error, Result};
@@ -15,6 +16,8 @@ use std::sync::Arc;
 pub struct Blas {
     handle: CudaBlas,
     stream: Arc<CudaStream>,
+    /// Each GEMM call counts as one kernel launch.
+    counters: Arc<CounterCells>,
 }
 
 /// A row-major matrix operand: `rows × cols` values with `ld` between row starts.
@@ -33,7 +36,7 @@ fn int(what: &str, v: usize) -> Result<i32> {
 }
 
 impl Blas {
-    pub fn new(stream: Arc<CudaStream>) -> Result<Self> {
+    pub fn new(stream: Arc<CudaStream>, counters: Arc<CounterCells>) -> Result<Self> {
         // SAFETY: only asks the dynamic loader whether libcublas can be opened.
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
             return Err(unavailable(
@@ -43,7 +46,11 @@ impl Blas {
         }
         let handle =
             CudaBlas::new(stream.clone()).map_err(cublas_err("creating the cuBLAS handle"))?;
-        Ok(Blas { handle, stream })
+        Ok(Blas {
+            handle,
+            stream,
+            counters,
+        })
     }
 
     /// `out[x.rows, w.rows] = x · wᵀ` (`x.cols == w.cols`); `out` rows are `ld_out` apart.
@@ -64,6 +71,7 @@ impl Blas {
     {
         check_operands(x, x_layout, w, w_layout, out, ld_out)?;
         let cfg = gemm_config::<T>(x_layout, w_layout, ld_out)?;
+        self.counters.kernel_launch();
         // SAFETY: check_operands bounds every element cuBLAS reads or writes by the lengths of
         // the three buffers, and all three live on the handle's stream.
         unsafe { self.handle.gemm(cfg, w, x, out) }.map_err(cublas_err(format!(
@@ -94,6 +102,7 @@ impl Blas {
         let (a, _a_use) = w.device_ptr(&self.stream);
         let (b, _b_use) = x.device_ptr(&self.stream);
         let (c, _c_use) = out.device_ptr_mut(&self.stream);
+        self.counters.kernel_launch();
         // SAFETY: check_operands bounds every element cuBLAS reads or writes by the lengths of
         // the three buffers; the scalars are f32 as CUBLAS_COMPUTE_32F requires and outlive the
         // call; all three buffers live on the handle's stream.
@@ -167,6 +176,7 @@ impl Blas {
             stride_b: x_stride as i64,
             stride_c: out_stride as i64,
         };
+        self.counters.kernel_launch();
         // SAFETY: the checks above bound every element of every batch entry by the lengths of
         // the three buffers, and all three live on the handle's stream.
         unsafe { self.handle.gemm_strided_batched(cfg, w, x, out) }.map_err(cublas_err(format!(

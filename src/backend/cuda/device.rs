@@ -5,6 +5,7 @@
 //! library, no device) is checked here first and reported as one sentence, before cudarc gets
 //! a chance to panic.
 
+use super::counters::CounterCells;
 use super::error::{driver_err, unavailable};
 use super::kernels::{Kernel, KERNEL_COUNT, MODULES};
 use super::transfer::Staging;
@@ -48,6 +49,8 @@ pub struct CudaDevice {
     /// were set up for.
     functions: Mutex<Vec<Option<LoadedFunction>>>,
     pub(super) staging: Staging,
+    /// Launches and waits so far (shared with cuBLAS's wrapper).
+    pub(super) counters: Arc<CounterCells>,
 }
 
 /// A kernel looked up in its module, and the most dynamic shared memory it has been allowed.
@@ -171,6 +174,7 @@ impl CudaDevice {
             modules,
             functions: Mutex::new((0..KERNEL_COUNT).map(|_| None).collect()),
             staging: Staging::default(),
+            counters: Arc::default(),
         })
     }
 
@@ -246,7 +250,9 @@ impl CudaDevice {
             .map_err(driver_err("reading free device memory"))
     }
 
+    /// Waits for the stream (counted as a device→host wait).
     pub fn synchronize(&self) -> Result<()> {
+        self.counters.host_wait();
         self.stream
             .synchronize()
             .map_err(driver_err("synchronizing the stream"))

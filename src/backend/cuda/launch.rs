@@ -155,6 +155,7 @@ impl CudaDevice {
         attribute.id = CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
         attribute.value.programmaticStreamSerializationAllowed = 1;
         let dependent = order == Order::Dependent && self.info.compute_capability >= (9, 0);
+        self.counters.kernel_launch();
         let config = sys::CUlaunchConfig {
             gridDimX: cfg.grid_dim.0,
             gridDimY: cfg.grid_dim.1,

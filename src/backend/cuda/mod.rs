@@ -6,6 +6,7 @@
 pub mod attention;
 mod backend;
 mod blas;
+mod counters;
 mod device;
 mod elementwise;
 mod error;
