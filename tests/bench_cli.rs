@@ -117,12 +117,20 @@ fn bench_kernels_is_a_gpu_benchmark_and_says_so() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--device cuda"), "{err}");
-    let out = mla(&["bench", "attention", "--device", "cpu"]);
-    assert!(!out.status.success());
+    for suite in ["attention", "moe"] {
+        let out = mla(&["bench", suite, "--device", "cpu"]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--device cuda"), "{err}");
+    }
+    let out = mla(&["bench", "moe", "--shape", "v2-lite,v4"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--device cuda"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("--shape v4: expected v2-lite, v3 or tiny"),
+        "{err}"
+    );
     // Without a GPU (or without kernels in the build) they fail with one line, not a panic.
-    for suite in ["kernels", "attention"] {
+    for suite in ["kernels", "attention", "moe"] {
         let out = mla(&["bench", suite]);
         let err = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() {

@@ -97,14 +97,15 @@ cli_check() {
     keep_logs
   done
   # --profile's per-op table from CUDA events (what stands in for an nsys timeline where there
-  # is no nsys).
+  # is no nsys), and the decode step's counters: one device→host wait (the sampled ids).
   if timeout 120 "$out/mla" generate --model models/demo-mla --prompt "It is a truth" --max-new-tokens 16 \
-      --device cuda --profile > "$out/profile.md" 2>&1 && grep -q '^| op | calls' "$out/profile.md"; then
+      --device cuda --profile > "$out/profile.md" 2>&1 && grep -q '^| op | calls' "$out/profile.md" &&
+      grep -q '^decode step: .*, 1 device→host wait (' "$out/profile.md"; then
     profile=ok
   else
     profile=FAILED; status=1; tail -5 "$out/profile.md"
   fi
-  printf '| generate --device cuda --profile (per-op table) | %s | | |\n' "$profile" >> "$out/summary.md"
+  printf '| generate --device cuda --profile (per-op table, 1 wait per decode step) | %s | | |\n' "$profile" >> "$out/summary.md"
 }
 
 # One benchmark under a time limit of $3 s: its table into $out/$1.md and stderr into
@@ -183,6 +184,10 @@ attention_benches() {
 # The model benchmarks, after the profile: they time attention only as part of a step, so the
 # budget goes to the attention tables and ncu first.
 model_benches() {
+  # One MoE layer (V2-Lite, V3) on the grouped and the per-expert path: weight bytes over time
+  # against the copy bandwidth (the MoE issue's target: ≥ 0.7 of copy at 64+ decode tokens).
+  bench_step moe "mla bench moe (V2-Lite, V3; grouped vs per-expert)" 120 \
+    "$out/mla" bench moe --device cuda --shape v2-lite,v3 --tokens 1,8,64,128,512 --reps 10
   # MLA against MHA on the first layers of DeepSeek-V2-Lite (random weights, bf16).
   bench_step bench "mla bench (V2-Lite vs MHA, 4 layers)" 240 \
     "$out/mla" bench --device cuda --preset deepseek-v2-lite,deepseek-v2-lite-mha \

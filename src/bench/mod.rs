@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod http_client;
 pub mod kernels;
+pub mod moe;
 pub mod plot;
 pub mod report;
 pub mod serve;
@@ -71,6 +72,10 @@ pub struct BenchRow {
     pub attention_share: f64,
     pub ffn_share: f64,
     pub other_share: f64,
+    /// Per decode step of a `tg` test on a device backend: kernels launched and device→host
+    /// waits (`None` for prefill and on the CPU).
+    pub launches_per_step: Option<f64>,
+    pub waits_per_step: Option<f64>,
 }
 
 /// `(attention, ffn, other)` shares of `total` seconds from a profile.
@@ -215,19 +220,30 @@ pub fn run<B: Backend>(
                     pp.push((batch * config.prompt) as f64 / t.elapsed().as_secs_f64());
                 }
                 let split = profiled(backend, || forward(&mut cache, &prefill))?;
-                tests.push((format!("pp{}", config.prompt), pp, split));
+                tests.push((format!("pp{}", config.prompt), pp, split, None));
             }
             if config.gen > 0 {
                 let mut tg = Vec::new();
+                let before = backend.counters();
                 for _ in 0..config.reps.max(1) {
                     let t = Instant::now();
                     decode(&mut cache)?;
                     tg.push((batch * config.gen) as f64 / t.elapsed().as_secs_f64());
                 }
+                let steps = (config.reps.max(1) * config.gen) as f64;
+                let per_step = before
+                    .zip(backend.counters())
+                    .map(|(b, a)| a.since(&b))
+                    .map(|c| {
+                        (
+                            c.kernel_launches as f64 / steps,
+                            c.host_waits as f64 / steps,
+                        )
+                    });
                 let split = profiled(backend, || decode(&mut cache))?;
-                tests.push((format!("tg{}", config.gen), tg, split));
+                tests.push((format!("tg{}", config.gen), tg, split, per_step));
             }
-            for (test, samples, (attention_share, ffn_share, other_share)) in tests {
+            for (test, samples, (attention_share, ffn_share, other_share), per_step) in tests {
                 let (mean, std) = mean_std(&samples);
                 let row = BenchRow {
                     model: name.to_string(),
@@ -242,6 +258,8 @@ pub fn run<B: Backend>(
                     attention_share,
                     ffn_share,
                     other_share,
+                    launches_per_step: per_step.map(|p| p.0),
+                    waits_per_step: per_step.map(|p| p.1),
                 };
                 progress(&row);
                 rows.push(row);

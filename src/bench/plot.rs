@@ -179,6 +179,8 @@ mod tests {
             attention_share: 0.0,
             ffn_share: 0.0,
             other_share: 0.0,
+            launches_per_step: None,
+            waits_per_step: None,
         }
     }
 

@@ -76,11 +76,11 @@ pub fn render(rows: &[BenchRow], comparisons: Option<&[Comparison]>, format: For
         }
         Format::Csv => {
             let mut s = String::from(
-                "model,test,batch,depth,tokens_per_s,std,kv_bytes_per_token,max_batch,attention_share,ffn_share,other_share\n",
+                "model,test,batch,depth,tokens_per_s,std,kv_bytes_per_token,max_batch,attention_share,ffn_share,other_share,launches_per_step,waits_per_step\n",
             );
             for r in rows {
                 s += &format!(
-                    "{},{},{},{},{:.3},{:.3},{},{},{:.4},{:.4},{:.4}\n",
+                    "{},{},{},{},{:.3},{:.3},{},{},{:.4},{:.4},{:.4},{},{}\n",
                     r.model,
                     r.test,
                     r.batch,
@@ -91,18 +91,22 @@ pub fn render(rows: &[BenchRow], comparisons: Option<&[Comparison]>, format: For
                     r.max_batch,
                     r.attention_share,
                     r.ffn_share,
-                    r.other_share
+                    r.other_share,
+                    r.launches_per_step
+                        .map_or(String::new(), |v| format!("{v:.1}")),
+                    r.waits_per_step
+                        .map_or(String::new(), |v| format!("{v:.1}"))
                 );
             }
             s
         }
         Format::Md => {
             let mut s = String::from(
-                "| model | test | batch | t/s | KV bytes/token | max batch | attention / MoE+MLP / other |\n|---|---|---:|---:|---:|---:|---|\n",
+                "| model | test | batch | t/s | KV bytes/token | max batch | attention / MoE+MLP / other | launches / waits per step |\n|---|---|---:|---:|---:|---:|---|---|\n",
             );
             for r in rows {
                 s += &format!(
-                    "| {} | {} | {} | {:.2} ± {:.2} | {} | {} | {:.0}% / {:.0}% / {:.0}% |\n",
+                    "| {} | {} | {} | {:.2} ± {:.2} | {} | {} | {:.0}% / {:.0}% / {:.0}% | {} |\n",
                     r.model,
                     test_label(r),
                     if r.at_max {
@@ -116,7 +120,11 @@ pub fn render(rows: &[BenchRow], comparisons: Option<&[Comparison]>, format: For
                     r.max_batch,
                     r.attention_share * 100.0,
                     r.ffn_share * 100.0,
-                    r.other_share * 100.0
+                    r.other_share * 100.0,
+                    match (r.launches_per_step, r.waits_per_step) {
+                        (Some(l), Some(w)) => format!("{l:.0} / {w:.0}"),
+                        _ => String::new(),
+                    }
                 );
             }
             if let Some(cmp) = comparisons.filter(|c| !c.is_empty()) {

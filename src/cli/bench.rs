@@ -96,6 +96,10 @@ pub enum BenchSuite {
     /// Load an OpenAI-compatible server (`mla serve`) with streamed completions: throughput and
     /// TTFT, TPOT, ITL and end-to-end latency, as `vllm bench serve` reports them.
     Serve(crate::bench::serve::ServeBenchArgs),
+    /// One MoE layer at V2-Lite and V3 shapes for batches of decode tokens, grouped path against
+    /// per-expert path: weight bytes read over time as a fraction of copy bandwidth, with the
+    /// launches and device→host waits of a call (needs --device cuda).
+    Moe(MoeBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -319,6 +323,58 @@ pub struct KernelBenchArgs {
     pub dtype: DType,
 }
 
+#[derive(Debug, Args)]
+pub struct MoeBenchArgs {
+    #[command(flatten)]
+    pub gpu: GpuArg,
+
+    /// Layer shapes: v2-lite (64 experts of 1408, top-6, hidden 2048), v3 (256 experts of 2048,
+    /// top-8, hidden 7168; about 23 GB of weights), tiny (a quick run on cuda-emu).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "v2-lite,v3",
+        value_name = "SHAPE"
+    )]
+    pub shape: Vec<String>,
+
+    /// Tokens per call (a decode batch).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,8,64,128,512",
+        value_name = "N"
+    )]
+    pub tokens: Vec<usize>,
+
+    /// Timed calls per row (after one warm-up).
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub reps: usize,
+}
+
+fn bench_moe(args: &MoeBenchArgs) -> Result<()> {
+    let ordinal = args.gpu.ordinal("moe")?;
+    if args.reps == 0 || args.tokens.contains(&0) {
+        return Err(Error::InvalidInput(
+            "--reps and every --tokens value must be positive".into(),
+        ));
+    }
+    let shapes = args
+        .shape
+        .iter()
+        .map(|s| crate::bench::moe::shape(s))
+        .collect::<Result<Vec<_>>>()?;
+    let gpu = CudaBackend::<half::bf16>::open(ordinal)?;
+    // Past any L2 (50 MB on an H100), small enough for cuda-emu's 8 GiB.
+    let copy_bytes = 512 << 20;
+    let (rows, copy) = crate::bench::moe::run(&gpu, &shapes, &args.tokens, args.reps, copy_bytes)?;
+    print!(
+        "{}",
+        crate::bench::moe::render(&gpu.name(), args.reps, copy, &rows)
+    );
+    Ok(())
+}
+
 fn bench_kernels(args: &KernelBenchArgs) -> Result<()> {
     let ordinal = args.gpu.ordinal("kernels")?;
     let table = if args.dtype == DType::F32 {
@@ -337,6 +393,7 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
         Some(BenchSuite::Kernels(k)) => return bench_kernels(k),
         Some(BenchSuite::Attention(a)) => return bench_attention(a),
         Some(BenchSuite::Serve(s)) => return crate::bench::serve::run(s),
+        Some(BenchSuite::Moe(m)) => return bench_moe(m),
         None => {}
     }
     if args.block_size == 0 || args.prompt + args.gen == 0 {

@@ -140,6 +140,19 @@ impl<T: GpuFloat> CudaBackend<T>
 where
     CudaBlas: Gemm<T>,
 {
+    /// Each token's routes in an MoE layer, as both paths route it (fp32 logits on the device),
+    /// brought back to the host: what `mla bench moe` counts the experts it reads from.
+    pub fn moe_routes(
+        &self,
+        x: &GpuTensor<T>,
+        w: &MoeWeights<Self>,
+        config: &MoeConfig,
+    ) -> Result<Vec<Vec<Route>>> {
+        let logits = self.router_logits(x, &w.router)?;
+        self.device
+            .moe_route(&logits, w.score_bias.as_deref(), config)
+    }
+
     /// The MoE layer on the path [`Self::set_moe_path`] chose.
     pub(super) fn moe_layer(
         &self,

@@ -1,0 +1,235 @@
+//! `mla bench moe`: one MoE layer at DeepSeek-V2-Lite and V3 shapes (random bf16 weights made
+//! on the device) for batches of decode tokens, on the grouped path and on the per-expert path:
+//! the bytes of weights the layer must read (router, shared experts and every routed expert at
+//! least one token chose) over its time, against a device-to-device copy measured in the same
+//! run, with the kernel launches and device→host waits of one call.
+
+use super::kernels::{time_calls, uniform};
+use cudarc::cublas::{CudaBlas, Gemm};
+use mla_rt::backend::cuda::{driver_err, CudaBackend, GpuFloat, MoePath};
+use mla_rt::backend::{Backend, MlpWeights, MoeWeights};
+use mla_rt::config::{presets::preset_config, ModelConfig, MoeConfig, TopkMethod};
+use mla_rt::error::{Error, Result};
+use mla_rt::weights::random::RandomFill;
+
+/// A layer's widths and routing.
+#[derive(Debug, Clone)]
+pub struct MoeShape {
+    pub name: String,
+    pub hidden: usize,
+    pub moe: MoeConfig,
+}
+
+/// `v2-lite` and `v3` from the presets; `tiny` (hidden 64, 16 experts of 48, top-4) for a
+/// quick run on cuda-emu.
+pub fn shape(name: &str) -> Result<MoeShape> {
+    let preset = match name {
+        "v2-lite" => "deepseek-v2-lite",
+        "v3" => "deepseek-v3-L4",
+        "tiny" => {
+            let mut moe = moe_of("deepseek-v2-lite")?.1;
+            moe.n_routed_experts = 16;
+            moe.num_experts_per_tok = 4;
+            moe.moe_intermediate_size = 48;
+            moe.n_shared_experts = 1;
+            return Ok(MoeShape {
+                name: name.into(),
+                hidden: 64,
+                moe,
+            });
+        }
+        _ => {
+            return Err(Error::InvalidInput(format!(
+                "--shape {name}: expected v2-lite, v3 or tiny"
+            )))
+        }
+    };
+    let (hidden, moe) = moe_of(preset)?;
+    Ok(MoeShape {
+        name: name.into(),
+        hidden,
+        moe,
+    })
+}
+
+fn moe_of(preset: &str) -> Result<(usize, MoeConfig)> {
+    match preset_config(preset, None)? {
+        ModelConfig::DeepSeek(c) => match c.moe {
+            Some(moe) => Ok((c.hidden_size, moe)),
+            None => Err(Error::InvalidInput(format!("{preset} has no MoE layers"))),
+        },
+        ModelConfig::Llama(_) => Err(Error::InvalidInput(format!("{preset} is not DeepSeek"))),
+    }
+}
+
+/// One measured (shape, tokens, path).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoeRow {
+    pub shape: String,
+    pub tokens: usize,
+    pub path: MoePath,
+    pub micros: f64,
+    /// Routed experts at least one token chose.
+    pub experts_read: usize,
+    /// Bytes of weights the call must read: router, shared experts, routed experts chosen.
+    pub weight_bytes: u64,
+    pub gb_per_s: f64,
+    /// `gb_per_s` over the copy's.
+    pub of_copy: f64,
+    /// Of one call.
+    pub kernel_launches: u64,
+    pub host_waits: u64,
+}
+
+fn generated<T: GpuFloat>(
+    gpu: &CudaBackend<T>,
+    shape: [usize; 2],
+    base: &mut u64,
+) -> Result<mla_rt::backend::cuda::GpuTensor<T>>
+where
+    CudaBlas: Gemm<T>,
+{
+    *base += 1;
+    let fill = RandomFill::Normal {
+        base: *base,
+        std: 0.02,
+    };
+    gpu.generate_weight(&shape, &fill)?
+        .ok_or_else(|| Error::InvalidInput("the CUDA backend generates weights".into()))
+}
+
+/// Random weights of one MoE layer of `shape`, made on the device.
+fn layer<T: GpuFloat>(gpu: &CudaBackend<T>, shape: &MoeShape) -> Result<MoeWeights<CudaBackend<T>>>
+where
+    CudaBlas: Gemm<T>,
+{
+    let (h, moe) = (shape.hidden, &shape.moe);
+    let mut base = 0;
+    let mut mlp = |inter: usize| -> Result<MlpWeights<CudaBackend<T>>> {
+        Ok(MlpWeights {
+            gate: generated(gpu, [inter, h], &mut base)?,
+            up: generated(gpu, [inter, h], &mut base)?,
+            down: generated(gpu, [h, inter], &mut base)?,
+            biases: None,
+        })
+    };
+    let experts = (0..moe.n_routed_experts)
+        .map(|_| mlp(moe.moe_intermediate_size))
+        .collect::<Result<Vec<_>>>()?;
+    let shared = match moe.n_shared_experts {
+        0 => None,
+        s => Some(mlp(moe.moe_intermediate_size * s)?),
+    };
+    let bias = (moe.topk_method == TopkMethod::NoauxTc).then(|| vec![0.0; moe.n_routed_experts]);
+    Ok(MoeWeights {
+        router: generated(gpu, [moe.n_routed_experts, h], &mut base)?,
+        experts: gpu.routed_experts(experts, bias.as_deref())?,
+        score_bias: bias,
+        shared,
+    })
+}
+
+/// Bytes of a device-to-device copy of `bytes` per ms, measured now (the ceiling).
+fn copy_bytes_per_ms<T: GpuFloat>(gpu: &CudaBackend<T>, bytes: usize, reps: usize) -> Result<f64>
+where
+    CudaBlas: Gemm<T>,
+{
+    let dev = &gpu.device;
+    let n = bytes / std::mem::size_of::<T>();
+    let src = dev.tensor::<T>(1, n, Some(0.0))?;
+    let mut dst = dev.tensor::<T>(1, n, None)?;
+    let t = time_calls(dev, reps, || {
+        dev.stream
+            .memcpy_dtod(&src.data, &mut dst.data)
+            .map_err(driver_err("device-to-device copy"))
+    })?;
+    Ok(2.0 * (n * std::mem::size_of::<T>()) as f64 / t.gpu_ms)
+}
+
+pub fn run<T: GpuFloat>(
+    gpu: &CudaBackend<T>,
+    shapes: &[MoeShape],
+    tokens: &[usize],
+    reps: usize,
+    copy_bytes: usize,
+) -> Result<(Vec<MoeRow>, f64)>
+where
+    CudaBlas: Gemm<T>,
+{
+    let copy = copy_bytes_per_ms(gpu, copy_bytes, reps)?;
+    let e = std::mem::size_of::<T>() as u64;
+    let mut rows = Vec::new();
+    for shape in shapes {
+        let (h, moe) = (shape.hidden, &shape.moe);
+        eprintln!("moe {}: generating one layer's weights", shape.name);
+        let w = layer(gpu, shape)?;
+        let inter = moe.moe_intermediate_size as u64;
+        let expert_bytes = 3 * h as u64 * inter * e;
+        let fixed_bytes =
+            moe.n_routed_experts as u64 * h as u64 * e + moe.n_shared_experts as u64 * expert_bytes;
+        for &n in tokens {
+            let x = gpu.upload_weight(uniform(n, h, n as u64))?;
+            let mut hit = vec![false; moe.n_routed_experts];
+            for r in gpu.moe_routes(&x, &w, moe)?.iter().flatten() {
+                hit[r.expert] = true;
+            }
+            let experts_read = hit.iter().filter(|&&h| h).count();
+            let weight_bytes = fixed_bytes + experts_read as u64 * expert_bytes;
+            for path in [MoePath::Grouped, MoePath::PerExpert] {
+                gpu.set_moe_path(path);
+                let before = gpu.counters().unwrap_or_default();
+                gpu.moe(&x, &w, moe)?;
+                let used = gpu.counters().unwrap_or_default().since(&before);
+                let t = time_calls(&gpu.device, reps, || gpu.moe(&x, &w, moe).map(|_| ()))?;
+                let bytes_per_ms = weight_bytes as f64 / t.gpu_ms;
+                rows.push(MoeRow {
+                    shape: shape.name.clone(),
+                    tokens: n,
+                    path,
+                    micros: t.gpu_ms * 1e3,
+                    experts_read,
+                    weight_bytes,
+                    gb_per_s: bytes_per_ms / 1e6,
+                    of_copy: bytes_per_ms / copy,
+                    kernel_launches: used.kernel_launches,
+                    host_waits: used.host_waits,
+                });
+                eprintln!(
+                    "moe {} {n} tokens {path:?}: {:.1} µs",
+                    shape.name,
+                    t.gpu_ms * 1e3
+                );
+            }
+        }
+        gpu.set_moe_path(MoePath::default());
+    }
+    Ok((rows, copy / 1e6))
+}
+
+/// A markdown table of the rows, with the copy's GB/s they are measured against.
+pub fn render(device: &str, reps: usize, copy_gb_per_s: f64, rows: &[MoeRow]) -> String {
+    let mut s = format!(
+        "one MoE layer on {device}, mean of {reps} calls (CUDA events); copy ceiling {copy_gb_per_s:.0} GB/s\n\n\
+         | shape | tokens | path | µs | experts read | MB of weights | GB/s | of copy | launches | waits |\n\
+         |---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n"
+    );
+    for r in rows {
+        s += &format!(
+            "| {} | {} | {} | {:.1} | {} | {:.1} | {:.0} | {:.2} | {} | {} |\n",
+            r.shape,
+            r.tokens,
+            match r.path {
+                MoePath::Grouped => "grouped",
+                MoePath::PerExpert => "per-expert",
+            },
+            r.micros,
+            r.experts_read,
+            r.weight_bytes as f64 / 1e6,
+            r.gb_per_s,
+            r.of_copy,
+            r.kernel_launches,
+            r.host_waits
+        );
+    }
+    s
+}
