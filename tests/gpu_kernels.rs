@@ -203,11 +203,12 @@ fn cache_ops<T: GpuFloat>(dev: &CudaDevice) {
         .map(|i| ((i * 37) % (blocks * block_size)) as u32)
         .collect();
     dev.write_kv_cache(
-        &mut layer.data,
+        &mut layer.data.slice_mut(..),
         width,
         &dev.upload::<T>(&x).unwrap(),
         24,
         &slots,
+        &dev.upload_values(&slots).unwrap(),
     )
     .unwrap();
     let got = dev.download(&layer).unwrap();

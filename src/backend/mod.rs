@@ -125,6 +125,8 @@ pub struct DeviceCounters {
     pub kernel_launches: u64,
     /// CUDA graphs launched (each replays many kernels).
     pub graph_launches: u64,
+    /// Copies from host memory to the device (inputs, tables, schedules).
+    pub uploads: u64,
     /// Times the host waited for the device to finish (to read results back).
     pub host_waits: u64,
 }
@@ -135,6 +137,7 @@ impl DeviceCounters {
         DeviceCounters {
             kernel_launches: self.kernel_launches - earlier.kernel_launches,
             graph_launches: self.graph_launches - earlier.graph_launches,
+            uploads: self.uploads - earlier.uploads,
             host_waits: self.host_waits - earlier.host_waits,
         }
     }
@@ -142,11 +145,12 @@ impl DeviceCounters {
     pub fn add(&mut self, other: &DeviceCounters) {
         self.kernel_launches += other.kernel_launches;
         self.graph_launches += other.graph_launches;
+        self.uploads += other.uploads;
         self.host_waits += other.host_waits;
     }
 
-    /// `"1 graph launch, 0 kernel launches, 1 device→host wait"` for the mean over `steps`
-    /// (whole numbers where they are, else one decimal).
+    /// `"1 graph launch, 0 kernel launches, 4 host→device copies, 1 device→host wait"` for the
+    /// mean over `steps` (whole numbers where they are, else one decimal).
     pub fn per_step(&self, steps: usize) -> String {
         let mean = |n: u64, one: &str, many: &str| {
             let steps = steps.max(1) as u64;
@@ -159,9 +163,10 @@ impl DeviceCounters {
             format!("{value} {noun}")
         };
         format!(
-            "{}, {}, {}",
+            "{}, {}, {}, {}",
             mean(self.graph_launches, "graph launch", "graph launches"),
             mean(self.kernel_launches, "kernel launch", "kernel launches"),
+            mean(self.uploads, "host→device copy", "host→device copies"),
             mean(self.host_waits, "device→host wait", "device→host waits")
         )
     }
@@ -410,20 +415,21 @@ mod tests {
 
     #[test]
     fn counters_print_per_step_means() {
-        let c = |kernel_launches, graph_launches, host_waits| DeviceCounters {
+        let c = |kernel_launches, graph_launches, uploads, host_waits| DeviceCounters {
             kernel_launches,
             graph_launches,
+            uploads,
             host_waits,
         };
         assert_eq!(
-            c(0, 3, 3).per_step(3),
-            "1 graph launch, 0 kernel launches, 1 device→host wait"
+            c(0, 3, 3, 3).per_step(3),
+            "1 graph launch, 0 kernel launches, 1 host→device copy, 1 device→host wait"
         );
         assert_eq!(
-            c(250, 0, 7).per_step(2),
-            "0 graph launches, 125 kernel launches, 3.5 device→host waits"
+            c(250, 0, 8, 7).per_step(2),
+            "0 graph launches, 125 kernel launches, 4 host→device copies, 3.5 device→host waits"
         );
-        assert_eq!(c(9, 1, 2).since(&c(4, 1, 1)), c(5, 0, 1));
+        assert_eq!(c(9, 1, 5, 2).since(&c(4, 1, 2, 1)), c(5, 0, 3, 1));
     }
 
     #[test]

@@ -34,8 +34,13 @@ pub struct CudaBackend<T> {
     pub(super) prepared: RefCell<Option<super::attention::PreparedStep>>,
     /// Which kernels run the routed experts.
     pub(super) moe_path: std::cell::Cell<MoePath>,
+    /// The last step's cache slots, with their host values (see `slots_on_device`).
+    step_slots: RefCell<Option<UploadedSlots>>,
     _element: PhantomData<T>,
 }
+
+/// A step's cache slots: host values and their device copy.
+type UploadedSlots = (Vec<u32>, Rc<CudaSlice<u32>>);
 
 struct UploadedRope {
     host: RopeTable,
@@ -120,6 +125,7 @@ where
             rope_tables: RefCell::new(None),
             prepared: RefCell::new(None),
             moe_path: std::cell::Cell::new(MoePath::default()),
+            step_slots: RefCell::new(None),
             _element: PhantomData,
         })
     }
@@ -146,6 +152,18 @@ where
     /// moe` compare the grouped path with the per-expert one).
     pub fn set_moe_path(&self, path: MoePath) {
         self.moe_path.set(path);
+    }
+
+    /// A step's cache slots on the device: every layer writes the same slots (of its own part
+    /// of the cache), so they cross the bus once per step.
+    fn slots_on_device(&self, slots: &[u32]) -> Result<Rc<CudaSlice<u32>>> {
+        let mut cached = self.step_slots.borrow_mut();
+        if let Some((_, device)) = cached.as_ref().filter(|(host, _)| host == slots) {
+            return Ok(device.clone());
+        }
+        let device = Rc::new(self.device.upload_values(slots)?);
+        *cached = Some((slots.to_vec(), device.clone()));
+        Ok(device)
     }
 
     /// `table` on the device, uploaded only when it differs from the previous one.
@@ -442,7 +460,7 @@ where
         if ckv.rows == 0 {
             return Ok(());
         }
-        let cos_sin = self.device.rope_table(table)?;
+        let cos_sin = self.rope_on_device(table)?;
         self.device.latent_epilogue(ckv, norm, eps, table, &cos_sin)
     }
 
@@ -498,11 +516,13 @@ where
         if x.rows == 0 {
             return Ok(());
         }
-        // The whole cache is one buffer: shift the slots into this layer's part.
-        let base = (layer * per_layer) as u32;
-        let global: Vec<u32> = slots.iter().map(|&s| base + s).collect();
+        let on_device = self.slots_on_device(slots)?;
+        let width = cache.width;
+        let mut layer_view = cache
+            .data
+            .slice_mut(layer * per_layer * width..(layer + 1) * per_layer * width);
         self.device
-            .write_kv_cache(&mut cache.data, cache.width, x, offset, &global)
+            .write_kv_cache(&mut layer_view, width, x, offset, slots, &on_device)
     }
 
     fn mha_attention(

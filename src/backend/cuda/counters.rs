@@ -1,6 +1,6 @@
 //! What the CUDA backend counts as it runs, so that launch and wait overheads are measured the
-//! same way on a GPU and on cuda-emu: kernels launched (ours and cuBLAS calls) and waits of the
-//! host for the device (a synchronisation before results are read). The profiler's own waits
+//! same way on a GPU and on cuda-emu: kernels launched (ours and cuBLAS calls), host→device
+//! copies, and waits of the host for the device (a synchronisation before results are read). The profiler's own waits
 //! (`Backend::sync_fn`) are not counted.
 
 use crate::backend::DeviceCounters;
@@ -9,12 +9,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Debug, Default)]
 pub(super) struct CounterCells {
     kernel_launches: AtomicU64,
+    uploads: AtomicU64,
     host_waits: AtomicU64,
 }
 
 impl CounterCells {
     pub(super) fn kernel_launch(&self) {
         self.kernel_launches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn upload(&self) {
+        self.uploads.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(super) fn host_wait(&self) {
@@ -26,6 +31,7 @@ impl CounterCells {
             kernel_launches: self.kernel_launches.load(Ordering::Relaxed),
             // The backend launches no CUDA graphs yet: every kernel is launched eagerly.
             graph_launches: 0,
+            uploads: self.uploads.load(Ordering::Relaxed),
             host_waits: self.host_waits.load(Ordering::Relaxed),
         }
     }

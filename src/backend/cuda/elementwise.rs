@@ -8,7 +8,7 @@ use super::CudaDevice;
 use crate::error::{Error, Result};
 use crate::ops::rope::RopeTable;
 use crate::weights::HostTensor;
-use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, ValidAsZeroBits};
+use cudarc::driver::{CudaSlice, CudaViewMut, DeviceRepr, LaunchConfig, ValidAsZeroBits};
 use rayon::prelude::*;
 
 /// Element types the kernels are instantiated for; arithmetic is always f32.
@@ -95,15 +95,13 @@ impl CudaDevice {
         };
         // Converting billions of weights is the slow part of loading: spread it over the cores.
         let values: Vec<T> = host.data.par_iter().map(|&v| T::from_f32(v)).collect();
-        let data = self
-            .stream
-            .clone_htod(&values)
-            .map_err(driver_err("copying to the device"))?;
+        let data = self.upload_values(&values)?;
         Ok(GpuTensor { data, rows, cols })
     }
 
     /// Plain values (ids, f32 tables, device addresses) copied to a new device buffer.
     pub fn upload_values<V: DeviceRepr>(&self, values: &[V]) -> Result<CudaSlice<V>> {
+        self.counters.upload();
         self.stream
             .clone_htod(values)
             .map_err(driver_err("copying to the device"))
@@ -408,17 +406,19 @@ impl CudaDevice {
     }
 
     /// Columns `[offset, offset + width)` of row `i` of `x` into slot `slots[i]` of a cache
-    /// layer of `width`-wide slots.
+    /// layer of `width`-wide slots; `on_device` holds the same slots, uploaded (once per step by
+    /// the backend, for every layer).
     pub fn write_kv_cache<T: GpuFloat>(
         &self,
-        layer: &mut CudaSlice<T>,
+        layer: &mut CudaViewMut<'_, T>,
         width: usize,
         x: &GpuTensor<T>,
         offset: usize,
         slots: &[u32],
+        on_device: &CudaSlice<u32>,
     ) -> Result<()> {
         let capacity = layer.len() / width.max(1);
-        if slots.len() != x.rows || offset + width > x.cols {
+        if slots.len() != x.rows || on_device.len() != slots.len() || offset + width > x.cols {
             return Err(shape_err(
                 "write_kv_cache",
                 format!(
@@ -435,9 +435,8 @@ impl CudaDevice {
                 format!("slot {bad} of {capacity}"),
             ));
         }
-        let slots = self.upload_values(slots)?;
         let (cols, offset, width) = (x.cols as i32, offset as i32, width as i32);
-        let args = self.args(&[layer, &x.data, &slots, &cols, &offset, &width]);
+        let args = self.args(&[layer, &x.data, on_device, &cols, &offset, &width]);
         // SAFETY: launch's contract. The shape checks above bound every index it computes.
         unsafe {
             self.launch(

@@ -11,7 +11,6 @@ use super::kernel_choice::{AttentionKernel, AttentionTuning, NarrowAttention, Sp
 use super::layout::{AttentionLayout, Segment, Source};
 use super::params::{AttentionParams, CombineParams, KeySegment, WmmaParams};
 use super::schedule::{schedule, RowGroup, WorkItem, NO_GROUP, NO_ROW, ROWS};
-use crate::backend::cuda::error::driver_err;
 use crate::backend::cuda::kernels;
 use crate::backend::cuda::launch::Order;
 use crate::backend::cuda::{CudaDevice, GpuFloat, GpuTensor};
@@ -192,7 +191,6 @@ impl CudaDevice {
             items,
             groups,
         } = self.split_plan(batch, l, tuning)?;
-        let err = || driver_err("uploading the attention schedule");
         let partials = match shape.direct() {
             false => Some(Partials {
                 o: self
@@ -201,11 +199,7 @@ impl CudaDevice {
                 lse: self.tensor::<f32>(shape.item_count, ROWS, None)?.data,
                 split_counts: match shape.combine {
                     #[cfg(feature = "experimental-kernels")]
-                    SplitCombine::LastCta => Some(
-                        self.stream
-                            .clone_htod(&vec![0u32; groups.len()])
-                            .map_err(err())?,
-                    ),
+                    SplitCombine::LastCta => Some(self.upload_values(&vec![0u32; groups.len()])?),
                     SplitCombine::Kernel => None,
                 },
             }),
@@ -224,8 +218,8 @@ impl CudaDevice {
         };
         Ok(SplitSchedule {
             shape,
-            items: self.stream.clone_htod(&items).map_err(err())?,
-            groups: self.stream.clone_htod(&groups).map_err(err())?,
+            items: self.upload_values(&items)?,
+            groups: self.upload_values(&groups)?,
             value_len: l.v.len,
             partials,
         })
