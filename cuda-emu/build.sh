@@ -52,10 +52,15 @@ done < <(find "$root/kernels" -name '*.cu' | sort)
 "$cxx" "${flags[@]}" -c "$root/cuda-emu/async.cpp" -o "$out/obj/async.o"
 "$cxx" "${flags[@]}" -c "$root/cuda-emu/grid.cpp" -o "$out/obj/grid.o"
 "$cxx" "${flags[@]}" -c "$root/cuda-emu/driver.cpp" -o "$out/obj/driver.o"
+"$cxx" "${flags[@]}" -c "$root/cuda-emu/graph.cpp" -o "$out/obj/graph.o"
 "$cxx" "${flags[@]}" -c "$root/cuda-emu/cublas.cpp" -o "$out/obj/cublas.o"
-"$cxx" "${flags[@]}" -shared -o "$out/libcuda.so" "$out/obj/driver.o" "$out/obj/runtime.o" "$out/obj/async.o" "$out/obj/grid.o" "${objects[@]}"
-"$cxx" "${flags[@]}" -shared -o "$out/libcublas.so" "$out/obj/cublas.o"
+emulator=("$out/obj/driver.o" "$out/obj/graph.o" "$out/obj/runtime.o" "$out/obj/async.o" "$out/obj/grid.o")
+"$cxx" "${flags[@]}" -shared -o "$out/libcuda.so" "${emulator[@]}" "${objects[@]}"
+# libcublas.so hands its GEMMs to libcuda.so as stream work (so that a capture records them):
+# it needs the libcuda.so beside it, the one the process has loaded already.
+"$cxx" "${flags[@]}" -shared -o "$out/libcublas.so" "$out/obj/cublas.o" -L"$out" -lcuda -Wl,-rpath,'$ORIGIN'
 # The emulator's own checks: right kernels run right, and every bug it claims to catch is caught.
-"$cxx" "${flags[@]}" -include cuda_emu.h "$root/cuda-emu/selftest.cpp" "$out/obj/runtime.o" "$out/obj/async.o" "$out/obj/grid.o" -lpthread -o "$out/selftest"
+"$cxx" "${flags[@]}" -include cuda_emu.h "$root/cuda-emu/selftest.cpp" "$root/cuda-emu/selftest_graph.cpp" \
+    "${emulator[@]}" "$out/obj/cublas.o" -lpthread -o "$out/selftest"
 "$out/selftest" >&2
 echo "$out"

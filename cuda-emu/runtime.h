@@ -34,6 +34,10 @@ struct KernelEntry {
     size_t params;
     const bool* is_pointer;  // per parameter
     const size_t* bytes;     // per parameter (a params struct's words may be device addresses)
+    // An owned copy of the argument values `params` points to (what a captured launch keeps),
+    // with `copies[i]` pointed at the copy of argument i; released by free_args.
+    void* (*copy_args)(void** params, void** copies);
+    void (*free_args)(void* args);
 };
 void register_kernel(const char* name, const KernelEntry& entry);
 const KernelEntry* find_kernel(const char* name);
@@ -53,6 +57,16 @@ template <typename... A> struct Kernel {
     static std::string launch(void* fn, void** params, const LaunchDims& dims) {
         return launch_with(fn, params, dims, std::index_sequence_for<A...>{});
     }
+    typedef std::tuple<std::decay_t<A>...> Args;
+    template <size_t... I> static void* copy_with(void** params, void** copies, std::index_sequence<I...>) {
+        Args* args = new Args{*static_cast<std::decay_t<A>*>(params[I])...};
+        ((copies[I] = &std::get<I>(*args)), ...);
+        return args;
+    }
+    static void* copy_args(void** params, void** copies) {
+        return copy_with(params, copies, std::index_sequence_for<A...>{});
+    }
+    static void free_args(void* args) { delete static_cast<Args*>(args); }
     static constexpr bool is_pointer[sizeof...(A) + 1] = {std::is_pointer_v<std::decay_t<A>>..., false};
     static constexpr size_t bytes[sizeof...(A) + 1] = {sizeof(std::decay_t<A>)..., 0};
 };
@@ -60,7 +74,8 @@ template <typename... A> struct Kernel {
 struct Registration {
     template <typename... A> Registration(const char* name, void (*fn)(A...)) {
         register_kernel(name, KernelEntry{reinterpret_cast<void*>(fn), &Kernel<A...>::launch, sizeof...(A),
-                                          Kernel<A...>::is_pointer, Kernel<A...>::bytes});
+                                          Kernel<A...>::is_pointer, Kernel<A...>::bytes, &Kernel<A...>::copy_args,
+                                          &Kernel<A...>::free_args});
     }
 };
 }  // namespace emu

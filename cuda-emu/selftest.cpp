@@ -1,10 +1,14 @@
 // cuda-emu checking itself: small kernels that are right must run right, and each kind of bug
-// the emulator claims to catch must be caught. build.sh runs this after building the libraries
-// and fails if any case goes the wrong way.
+// the emulator claims to catch must be caught; then stream capture and graph replay through the
+// driver (selftest_graph.cpp). build.sh runs this after building the libraries and fails if any
+// case goes the wrong way.
 #include <cstdio>
 #include <string>
 #include "mma.h"
 #include "runtime.h"
+
+// selftest_graph.cpp: stream capture and graph replay through the driver.
+int graph_selftest();
 
 namespace {
 int failures = 0;
@@ -319,6 +323,7 @@ int main() {
                     512 * 128 * 64, wrong_blocks);
         }
     }
+    failures += graph_selftest();
     if (failures) return 1;
     printf("cuda-emu selftest: all cases as expected\n");
     return 0;
