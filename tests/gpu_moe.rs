@@ -336,3 +336,59 @@ fn a_decode_step_waits_for_the_device_once() {
         stats.decode_counters.per_step(stats.decode_steps)
     );
 }
+
+/// The grouped MoE layer captured in a CUDA graph: capture succeeds (no wait inside), and each
+/// replay gives the eager path's bits, also after its input is rewritten in place; the
+/// per-expert path, which waits, cannot be captured.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn the_moe_layer_replays_in_a_cuda_graph() {
+    let gpu = CudaBackend::<half::bf16>::open(0).expect("an NVIDIA GPU with kernels in this build");
+    let mut rng = Rng::new(17);
+    let c = Case {
+        tokens: 24,
+        ..v2_lite_shaped()
+    };
+    let moe = config(&c);
+    let w = weights(&gpu, &host_moe::<half::bf16>(&mut rng, &c));
+    let inputs: Vec<HostTensor> = (0..2).map(|_| inputs::<half::bf16>(&mut rng, &c)).collect();
+    let eager: Vec<Vec<f32>> = inputs
+        .iter()
+        .map(|x| {
+            let x = gpu.upload_weight(x.clone()).unwrap();
+            gpu.to_host(&gpu.moe(&x, &w, &moe).unwrap()).unwrap().data
+        })
+        .collect();
+    // Static input and output buffers: the graph reads and writes these addresses.
+    let mut x = gpu.upload_weight(inputs[0].clone()).unwrap();
+    let mut out = gpu
+        .device
+        .tensor::<half::bf16>(c.tokens, c.hidden, Some(0.0))
+        .unwrap();
+    let before = gpu.counters().unwrap();
+    let graph = gpu
+        .device
+        .capture(|| {
+            let y = gpu.moe(&x, &w, &moe)?;
+            gpu.device
+                .stream
+                .memcpy_dtod(&y.data, &mut out.data)
+                .map_err(mla_rt::backend::cuda::driver_err("copying the output"))
+        })
+        .unwrap();
+    assert_eq!(gpu.counters().unwrap().since(&before).host_waits, 0);
+    for (i, host) in inputs.iter().enumerate() {
+        let values: Vec<half::bf16> = host.data.iter().map(|&v| half::bf16::from_f32(v)).collect();
+        gpu.device.stream.memcpy_htod(&values, &mut x.data).unwrap();
+        let launches = gpu.counters().unwrap();
+        graph.launch().unwrap();
+        let used = gpu.counters().unwrap().since(&launches);
+        assert_eq!((used.graph_launches, used.kernel_launches), (1, 0));
+        assert_eq!(gpu.to_host(&out).unwrap().data, eager[i], "input {i}");
+    }
+    // The per-expert path waits for its routes: it cannot be captured.
+    gpu.set_moe_path(MoePath::PerExpert);
+    let waits = gpu.device.capture(|| gpu.moe(&x, &w, &moe).map(|_| ()));
+    gpu.set_moe_path(MoePath::Grouped);
+    assert!(waits.is_err());
+}
