@@ -45,6 +45,7 @@ fn main() {
                 max_batched_tokens: 2048,
             },
             attention: AttentionForm::Auto,
+            cuda_graphs: false,
         };
         let mut engine = Engine::new(&bench.model, &CpuBackend, None, config).unwrap();
         for i in 0..requests {

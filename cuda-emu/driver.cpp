@@ -29,12 +29,13 @@ const unsigned char POISON = 0xff;
 
 std::map<CUdeviceptr, size_t> allocations;  // base → bytes asked for
 size_t allocated = 0;
-int context_token, module_token, pool_token;
+int context_token, pool_token;
 
-std::map<std::string, EmuFunction>& functions() {
-    static std::map<std::string, EmuFunction> f;
-    return f;
-}
+// A loaded module: its functions, each with its own attributes (as on a device, where a
+// function's shared-memory opt-in belongs to the module it was looked up in).
+struct EmuModule {
+    std::map<std::string, EmuFunction> functions;
+};
 
 bool guard_intact(CUdeviceptr base, size_t bytes) {
 #if defined(__SANITIZE_ADDRESS__)
@@ -264,15 +265,20 @@ CUresult cuMemsetD32Async(CUdeviceptr dst, unsigned v, size_t n, CUstream s) {
 // The image (build.rs's fatbin) is not read: kernels are looked up by name among those this
 // library was compiled with, from the same kernels/**/*.cu sources.
 CUresult cuModuleLoadData(CUmodule* m, const void*) {
-    *m = &module_token;
+    *m = new EmuModule;
     return CUDA_SUCCESS;
 }
-CUresult cuModuleUnload(CUmodule) { return CUDA_SUCCESS; }
-CUresult cuModuleGetFunction(CUfunction* f, CUmodule, const char* name) {
+CUresult cuModuleUnload(CUmodule m) {
+    std::lock_guard<std::recursive_mutex> g(emu::driver_lock());
+    delete static_cast<EmuModule*>(m);
+    return CUDA_SUCCESS;
+}
+CUresult cuModuleGetFunction(CUfunction* f, CUmodule m, const char* name) {
     std::lock_guard<std::recursive_mutex> g(emu::driver_lock());
     const emu::KernelEntry* entry = emu::find_kernel(name);
     if (!entry) return CUDA_ERROR_NOT_FOUND;
-    auto it = functions().emplace(name, EmuFunction{entry, name, SHARED_DEFAULT}).first;
+    auto& functions = static_cast<EmuModule*>(m)->functions;
+    auto it = functions.emplace(name, EmuFunction{entry, name, SHARED_DEFAULT}).first;
     *f = &it->second;
     return CUDA_SUCCESS;
 }

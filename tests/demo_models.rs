@@ -74,6 +74,7 @@ fn check(name: &str) {
             prefix_caching: false,
             scheduler: SchedulerConfig::default(),
             attention: AttentionForm::Auto,
+            cuda_graphs: false,
         };
         let mut engine = Engine::new(&model, &CpuBackend, Some(&tokenizer), config).unwrap();
         let request = Request {

@@ -43,6 +43,7 @@ fn config(
         // One form for every step, so that a token's numbers do not depend on how its sequence
         // was batched, chunked or recomputed: the outputs must then be identical, not just close.
         attention: AttentionForm::Absorbed,
+        cuda_graphs: false,
     }
 }
 

@@ -177,6 +177,7 @@ fn tokenizer_and_greedy_generation_match_transformers() {
             prefix_caching: false,
             scheduler: SchedulerConfig::default(),
             attention: AttentionForm::Auto,
+            cuda_graphs: false,
         };
         let mut engine = Engine::new(&model, &CpuBackend, Some(&tokenizer), config).unwrap();
         let request = Request {

@@ -208,7 +208,7 @@ fn cache_ops<T: GpuFloat>(dev: &CudaDevice) {
         &dev.upload::<T>(&x).unwrap(),
         24,
         &slots,
-        &dev.upload_values(&slots).unwrap(),
+        &dev.step_values(("test slots", 0), &slots).unwrap(),
     )
     .unwrap();
     let got = dev.download(&layer).unwrap();

@@ -219,11 +219,13 @@ fn bf16_models_match_the_cpu() {
     compare_models::<half::bf16>(2e-2, Within::Median, 0.95);
 }
 
-/// Generation of a few prompts batched together through the engine, each with its sampling.
+/// Generation of a few prompts batched together through the engine, each with its sampling;
+/// decode steps replayed from CUDA graphs where `cuda_graphs` and the backend has them.
 fn generate<B: Backend>(
     model: &Model<B>,
     backend: &B,
     prompts: &[(Vec<u32>, SamplingParams)],
+    cuda_graphs: bool,
 ) -> Vec<Vec<u32>> {
     let config = EngineConfig {
         block_size: 16,
@@ -234,6 +236,7 @@ fn generate<B: Backend>(
             max_batched_tokens: 64,
         },
         attention: AttentionForm::Auto,
+        cuda_graphs,
     };
     let mut engine = Engine::new(model, backend, None, config).unwrap();
     for (i, (prompt, sampling)) in prompts.iter().enumerate() {
@@ -254,7 +257,8 @@ fn generate<B: Backend>(
 }
 
 /// Greedy and seeded sampling in one batch (a top-k list, and no top-k: the best candidates with
-/// the row totals, or whole rows when a draw reaches past them) give the CPU's tokens.
+/// the row totals, or whole rows when a draw reaches past them) give the CPU's tokens, with
+/// decode steps launched eagerly and replayed from CUDA graphs.
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn generation_matches_the_cpu() {
@@ -289,14 +293,16 @@ fn generation_matches_the_cpu() {
                 (ids, sampling)
             })
             .collect();
-        let want = generate(&cpu_model, &CpuBackend, &prompts);
-        let got = generate(&gpu_model, &gpu, &prompts);
-        assert_eq!(
-            got,
-            want,
-            "{}: generated ids on {} vs the CPU",
-            dir.display(),
-            gpu.name()
-        );
+        let want = generate(&cpu_model, &CpuBackend, &prompts, false);
+        for graphs in [false, true] {
+            let got = generate(&gpu_model, &gpu, &prompts, graphs);
+            assert_eq!(
+                got,
+                want,
+                "{}: generated ids on {} (CUDA graphs: {graphs}) vs the CPU",
+                dir.display(),
+                gpu.name()
+            );
+        }
     }
 }

@@ -280,17 +280,15 @@ fn an_moe_layer_launches_a_few_kernels_and_never_waits() {
     }
 }
 
-/// A V2-Lite-shaped model (4 layers, 3 of them MoE) decoding through the engine, greedy: one
-/// device→host wait per decode step (the sampled ids), as `mla generate --profile` reports it.
-#[test]
-#[ignore = "needs an NVIDIA GPU"]
-fn a_decode_step_waits_for_the_device_once() {
+/// A V2-Lite-shaped model (4 layers, 3 of them MoE) on the GPU in bf16.
+fn v2_lite_shaped_model(
+    gpu: &CudaBackend<half::bf16>,
+) -> (
+    tempfile::TempDir,
+    mla_rt::model::Model<CudaBackend<half::bf16>>,
+) {
     use mla_rt::config::ModelConfig;
-    use mla_rt::engine::batch_engine::{Engine, EngineConfig};
-    use mla_rt::engine::request::Request;
-    use mla_rt::engine::sampler::SamplingParams;
-    use mla_rt::engine::scheduler::SchedulerConfig;
-    use mla_rt::model::{AttentionForm, Model};
+    use mla_rt::model::Model;
     use mla_rt::weights::Checkpoint;
     let config = common::tiny_config(
         "deepseek_v2",
@@ -300,9 +298,27 @@ fn a_decode_step_waits_for_the_device_once() {
         }),
     );
     let dir = common::write_model(&config, &common::random_weights(&config, 7));
-    let gpu = CudaBackend::<half::bf16>::open(0).expect("an NVIDIA GPU with kernels in this build");
     let model_config = ModelConfig::from_file(&dir.path().join("config.json")).unwrap();
-    let model = Model::load(model_config, &Checkpoint::open(dir.path()).unwrap(), &gpu).unwrap();
+    let model = Model::load(model_config, &Checkpoint::open(dir.path()).unwrap(), gpu).unwrap();
+    (dir, model)
+}
+
+/// Three requests through the engine, greedy or (`sampled`) greedy, seeded top-k sampling and
+/// greedy with log-probabilities (whole logit rows); the outputs and the engine's statistics.
+fn run_engine(
+    gpu: &CudaBackend<half::bf16>,
+    model: &mla_rt::model::Model<CudaBackend<half::bf16>>,
+    cuda_graphs: bool,
+    sampled: bool,
+) -> (
+    Vec<mla_rt::engine::request::RequestOutput>,
+    mla_rt::engine::batch_engine::EngineStats,
+) {
+    use mla_rt::engine::batch_engine::{Engine, EngineConfig};
+    use mla_rt::engine::request::Request;
+    use mla_rt::engine::sampler::SamplingParams;
+    use mla_rt::engine::scheduler::SchedulerConfig;
+    use mla_rt::model::AttentionForm;
     let engine_config = EngineConfig {
         block_size: 16,
         num_blocks: 32,
@@ -312,28 +328,97 @@ fn a_decode_step_waits_for_the_device_once() {
             max_batched_tokens: 64,
         },
         attention: AttentionForm::Auto,
+        cuda_graphs,
     };
-    let mut engine = Engine::new(&model, &gpu, None, engine_config).unwrap();
-    for i in 0..3u32 {
+    let mut engine = Engine::new(model, gpu, None, engine_config).unwrap();
+    let samplings = match sampled {
+        false => [SamplingParams::default(); 3],
+        true => [
+            SamplingParams::default(),
+            SamplingParams {
+                temperature: 0.9,
+                top_k: 20,
+                seed: 5,
+                ..SamplingParams::default()
+            },
+            SamplingParams {
+                logprobs: Some(3),
+                ..SamplingParams::default()
+            },
+        ],
+    };
+    for (i, sampling) in samplings.into_iter().enumerate() {
+        let i = i as u32;
         engine
             .add_request(Request {
                 id: i.to_string(),
                 prompt: vec![3 + i, 5, 7, 11 + i],
-                sampling: SamplingParams::default(),
-                max_tokens: 6,
+                sampling,
+                max_tokens: 6 + 2 * i as usize,
                 stop: Vec::new(),
                 ignore_eos: true,
             })
             .unwrap();
     }
-    engine.run_to_completion(|_| {}).unwrap();
-    let stats = engine.stats;
-    assert!(stats.decode_steps >= 5, "{stats:?}");
+    let outputs = engine.run_to_completion(|_| {}).unwrap();
+    (outputs, engine.stats)
+}
+
+/// A V2-Lite-shaped model decoding greedily through the engine, eagerly and from CUDA graphs:
+/// one device→host wait per decode step (the sampled ids), as `mla generate --profile` reports
+/// it; with graphs one graph launch and one kernel launch (the argmax) per step.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn a_decode_step_waits_for_the_device_once() {
+    let gpu = CudaBackend::<half::bf16>::open(0).expect("an NVIDIA GPU with kernels in this build");
+    let (_dir, model) = v2_lite_shaped_model(&gpu);
+    for graphs in [false, true] {
+        let (_, stats) = run_engine(&gpu, &model, graphs, false);
+        assert!(stats.decode_steps >= 5, "{stats:?}");
+        let (c, steps) = (stats.decode_counters, stats.decode_steps as u64);
+        let per_step = c.per_step(stats.decode_steps);
+        assert_eq!(
+            c.host_waits, steps,
+            "graphs {graphs}: decode step: {per_step}"
+        );
+        match graphs {
+            true => assert_eq!(
+                (c.graph_launches, c.kernel_launches),
+                (steps, steps),
+                "{per_step}"
+            ),
+            false => assert_eq!(c.graph_launches, 0, "{per_step}"),
+        }
+    }
+}
+
+/// Greedy, seeded and log-probability requests with decode steps replayed from CUDA graphs:
+/// the eager run's tokens and log-probabilities to the bit, one graph launch per decode step,
+/// the eager run's waits (sampling's own), and no kernel of the forward launched one by one.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn decode_steps_replayed_from_cuda_graphs_match_eager_ones() {
+    let gpu = CudaBackend::<half::bf16>::open(0).expect("an NVIDIA GPU with kernels in this build");
+    let (_dir, model) = v2_lite_shaped_model(&gpu);
+    let (eager, eager_stats) = run_engine(&gpu, &model, false, true);
+    let (graphs, stats) = run_engine(&gpu, &model, true, true);
+    let tokens = |o: &[mla_rt::engine::request::RequestOutput]| {
+        o.iter()
+            .map(|r| (r.output_tokens.clone(), r.logprobs.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(tokens(&graphs), tokens(&eager));
+    let c = stats.decode_counters;
+    let per_step = c.per_step(stats.decode_steps);
+    assert_eq!(c.graph_launches, stats.decode_steps as u64, "{per_step}");
     assert_eq!(
-        stats.decode_counters.host_waits,
-        stats.decode_steps as u64,
-        "decode step: {}",
-        stats.decode_counters.per_step(stats.decode_steps)
+        c.host_waits, eager_stats.decode_counters.host_waits,
+        "{per_step}"
+    );
+    // Sampling launches a few kernels (argmax, top-k candidates, totals); the forward none.
+    assert!(
+        c.kernel_launches <= 4 * stats.decode_steps as u64,
+        "{per_step}"
     );
 }
 

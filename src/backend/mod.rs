@@ -245,6 +245,16 @@ pub trait Backend {
     /// What waits for queued device work to finish, for timing ops (`None`: ops are
     /// synchronous, as on the CPU).
     fn sync_fn(&self) -> Option<crate::profile::SyncFn>;
+    /// A decode step's `forward`, replayed from a CUDA graph captured from an earlier step alike
+    /// of the same `owner` (an engine: its graphs read its model and cache) where the backend
+    /// keeps them (inputs go to buffers the graph reads in place); the CPU runs it.
+    fn forward_replayed(
+        &self,
+        _owner: u64,
+        forward: &mut dyn FnMut() -> Result<Self::Tensor>,
+    ) -> Result<Self::Tensor> {
+        forward()
+    }
     /// Launches and waits so far, on a device backend (`None` on the CPU).
     fn counters(&self) -> Option<DeviceCounters> {
         None

@@ -129,7 +129,9 @@ where
     rows.push(("embedding".into(), 2 * n * e, ms));
     let order: Vec<u32> = (0..ROWS as u32).rev().collect();
     let src = x.data.slice(..);
-    let ms = time_ms(dev, REPS, || dev.gather_rows(&mut out, &src, COLS, &order))?;
+    let ms = time_ms(dev, REPS, || {
+        dev.gather_rows(&mut out, &src, COLS, &order, "bench rows")
+    })?;
     rows.push(("gather_rows (select / MoE permute)".into(), 2 * n * e, ms));
     let ones = vec![0.5f32; ROWS];
     let ms = time_ms(dev, REPS, || {

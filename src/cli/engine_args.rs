@@ -32,6 +32,11 @@ pub struct EngineArgs {
     /// Do not reuse cache blocks of identical prompt prefixes across requests.
     #[arg(long)]
     pub no_prefix_caching: bool,
+
+    /// Launch every kernel of every step (on a GPU, decode steps are otherwise captured as CUDA
+    /// graphs, one per batch shape, and replayed).
+    #[arg(long)]
+    pub enforce_eager: bool,
 }
 
 impl EngineArgs {
@@ -87,6 +92,7 @@ impl EngineArgs {
                 max_batched_tokens: self.max_batched_tokens,
             },
             attention,
+            cuda_graphs: !self.enforce_eager,
         };
         Ok((engine, plan))
     }

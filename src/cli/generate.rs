@@ -253,6 +253,7 @@ fn stream_one<B: Backend>(
             max_batched_tokens: args.engine.max_batched_tokens,
         },
         attention: args.model.attention,
+        cuda_graphs: !args.engine.enforce_eager,
     };
     let mut engine = Engine::new(
         &loaded.model,

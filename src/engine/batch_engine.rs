@@ -21,7 +21,13 @@ pub struct EngineConfig {
     pub prefix_caching: bool,
     pub scheduler: SchedulerConfig,
     pub attention: AttentionForm,
+    /// Replay decode steps from CUDA graphs where the backend has them (`--enforce-eager`
+    /// turns this off).
+    pub cuda_graphs: bool,
 }
+
+/// Engine ids, unique in the process.
+static NEXT_ENGINE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Where step time goes.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -78,6 +84,8 @@ pub struct Engine<'m, B: Backend> {
     config: EngineConfig,
     next_index: usize,
     pub stats: EngineStats,
+    /// Tells this engine's CUDA graphs from another's (they read its cache and model).
+    id: u64,
 }
 
 impl<'m, B: Backend> Engine<'m, B> {
@@ -114,6 +122,7 @@ impl<'m, B: Backend> Engine<'m, B> {
             config,
             next_index: 0,
             stats: EngineStats::default(),
+            id: NEXT_ENGINE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
 
@@ -289,13 +298,20 @@ impl<'m, B: Backend> Engine<'m, B> {
             });
         }
         let forward_start = Instant::now();
-        let logits = self.model.forward(
-            self.backend,
-            &mut self.cache,
-            &step,
-            self.config.attention,
-            LogitRows::LastPerSequence,
-        )?;
+        let (model, backend, cache) = (self.model, self.backend, &mut self.cache);
+        let mut forward = || {
+            model.forward(
+                backend,
+                cache,
+                &step,
+                self.config.attention,
+                LogitRows::LastPerSequence,
+            )
+        };
+        let logits = match decode_step && self.config.cuda_graphs {
+            true => backend.forward_replayed(self.id, &mut forward)?,
+            false => forward()?,
+        };
         let needs: Vec<(Needs, f32)> = plan
             .scheduled
             .iter()

@@ -14,7 +14,6 @@ use cudarc::cublas::{CudaBlas, Gemm};
 use cudarc::driver::CudaSlice;
 use std::cell::RefCell;
 use std::marker::PhantomData;
-use std::rc::Rc;
 
 pub struct CudaBackend<T> {
     pub device: CudaDevice,
@@ -27,24 +26,13 @@ pub struct CudaBackend<T> {
     /// Which 64-row kernel MLA decode with 64+ heads per token takes (the one that pays, by
     /// default, or one forced on or off) and how many CTAs the split-KV schedule aims for.
     pub(super) tc_tuning: std::cell::Cell<AttentionTuning>,
-    /// The last RoPE table uploaded, with its host values: a step uses one table in every
-    /// layer, so it crosses the bus once per step instead of once per layer.
-    rope_tables: RefCell<Option<UploadedRope>>,
     /// The current step's attention plans and schedules (see `attention`).
     pub(super) prepared: RefCell<Option<super::attention::PreparedStep>>,
     /// Which kernels run the routed experts.
     pub(super) moe_path: std::cell::Cell<MoePath>,
-    /// The last step's cache slots, with their host values (see `slots_on_device`).
-    step_slots: RefCell<Option<UploadedSlots>>,
+    /// Decode steps captured as CUDA graphs (decode_graphs.rs).
+    pub(super) decode_graphs: RefCell<super::decode_graphs::DecodeGraphs<T>>,
     _element: PhantomData<T>,
-}
-
-/// A step's cache slots: host values and their device copy.
-type UploadedSlots = (Vec<u32>, Rc<CudaSlice<u32>>);
-
-struct UploadedRope {
-    host: RopeTable,
-    device: Rc<(CudaSlice<f32>, CudaSlice<f32>)>,
 }
 
 /// `heads` row-major `[out, input]` matrices back to back.
@@ -113,7 +101,11 @@ where
     /// Opens GPU `ordinal` with its kernels and cuBLAS.
     pub fn open(ordinal: usize) -> Result<Self> {
         let device = CudaDevice::open(ordinal)?;
-        let blas = Blas::new(device.stream.clone(), device.counters.clone())?;
+        let blas = Blas::new(
+            device.stream.clone(),
+            device.counters.clone(),
+            device.recording.clone(),
+        )?;
         // Ranges cost next to nothing unless a tool such as nsys is attached.
         crate::profile::enable_nvtx();
         Ok(CudaBackend {
@@ -122,10 +114,9 @@ where
             poison_outputs: false,
             materialised_bytes: std::cell::Cell::new(super::tuning::MATERIALISED_BYTES),
             tc_tuning: std::cell::Cell::new(AttentionTuning::default()),
-            rope_tables: RefCell::new(None),
             prepared: RefCell::new(None),
             moe_path: std::cell::Cell::new(MoePath::default()),
-            step_slots: RefCell::new(None),
+            decode_graphs: RefCell::default(),
             _element: PhantomData,
         })
     }
@@ -152,32 +143,6 @@ where
     /// moe` compare the grouped path with the per-expert one).
     pub fn set_moe_path(&self, path: MoePath) {
         self.moe_path.set(path);
-    }
-
-    /// A step's cache slots on the device: every layer writes the same slots (of its own part
-    /// of the cache), so they cross the bus once per step.
-    fn slots_on_device(&self, slots: &[u32]) -> Result<Rc<CudaSlice<u32>>> {
-        let mut cached = self.step_slots.borrow_mut();
-        if let Some((_, device)) = cached.as_ref().filter(|(host, _)| host == slots) {
-            return Ok(device.clone());
-        }
-        let device = Rc::new(self.device.upload_values(slots)?);
-        *cached = Some((slots.to_vec(), device.clone()));
-        Ok(device)
-    }
-
-    /// `table` on the device, uploaded only when it differs from the previous one.
-    fn rope_on_device(&self, table: &RopeTable) -> Result<Rc<(CudaSlice<f32>, CudaSlice<f32>)>> {
-        let mut cached = self.rope_tables.borrow_mut();
-        if let Some(c) = cached.as_ref().filter(|c| c.host == *table) {
-            return Ok(c.device.clone());
-        }
-        let device = Rc::new(self.device.rope_table(table)?);
-        *cached = Some(UploadedRope {
-            host: table.clone(),
-            device: device.clone(),
-        });
-        Ok(device)
     }
 
     pub(super) fn output(&self, rows: usize, cols: usize) -> Result<GpuTensor<T>> {
@@ -253,9 +218,14 @@ where
 
     fn sync_fn(&self) -> Option<crate::profile::SyncFn> {
         let stream = self.device.stream.clone();
-        // A failed wait shows up again at the next checked call, which reports it.
+        let recording = self.device.recording.clone();
+        // A failed wait shows up again at the next checked call, which reports it. Nothing is
+        // waited for while work is recorded into a graph (a wait would invalidate it): spans
+        // then time the host's side only.
         Some(Box::new(move || {
-            let _ = stream.synchronize();
+            if !recording.capturing() {
+                let _ = stream.synchronize();
+            }
         }))
     }
 
@@ -265,6 +235,14 @@ where
         score_bias: Option<&[f32]>,
     ) -> Result<CudaExperts<T>> {
         self.experts_on_device(experts, score_bias)
+    }
+
+    fn forward_replayed(
+        &self,
+        owner: u64,
+        forward: &mut dyn FnMut() -> Result<GpuTensor<T>>,
+    ) -> Result<GpuTensor<T>> {
+        self.replay_decode(owner, forward)
     }
 
     fn counters(&self) -> Option<crate::backend::DeviceCounters> {
@@ -430,7 +408,8 @@ where
             ));
         }
         let src = x.data.slice(..x.rows * x.cols);
-        self.device.gather_rows(&mut out, &src, x.cols, &rows)?;
+        self.device
+            .gather_rows(&mut out, &src, x.cols, &rows, "selected rows")?;
         Ok(out)
     }
 
@@ -445,7 +424,8 @@ where
         if x.rows == 0 {
             return Ok(());
         }
-        let cos_sin = self.rope_on_device(table)?;
+        // Every layer rotates with the step's one table: its step buffers copy it once.
+        let cos_sin = self.device.rope_table(table)?;
         self.device
             .rope(x, table, &cos_sin, heads, head_stride, offset)
     }
@@ -460,7 +440,7 @@ where
         if ckv.rows == 0 {
             return Ok(());
         }
-        let cos_sin = self.rope_on_device(table)?;
+        let cos_sin = self.device.rope_table(table)?;
         self.device.latent_epilogue(ckv, norm, eps, table, &cos_sin)
     }
 
@@ -516,7 +496,8 @@ where
         if x.rows == 0 {
             return Ok(());
         }
-        let on_device = self.slots_on_device(slots)?;
+        // Every layer writes the step's slots (into its own part of the cache): copied once.
+        let on_device = self.device.step_values(("cache slots", 0), slots)?;
         let width = cache.width;
         let mut layer_view = cache
             .data

@@ -6,6 +6,7 @@
 
 use super::counters::CounterCells;
 use super::error::{cublas_err, unavailable};
+use super::graph::Recording;
 use super::GpuFloat;
 use crate::error::{Error, Result};
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
@@ -18,6 +19,8 @@ pub struct Blas {
     stream: Arc<CudaStream>,
     /// Each GEMM call counts as one kernel launch.
     counters: Arc<CounterCells>,
+    /// A dry run drops the GEMMs (graph.rs).
+    recording: Arc<Recording>,
 }
 
 /// A row-major matrix operand: `rows × cols` values with `ld` between row starts.
@@ -36,7 +39,11 @@ fn int(what: &str, v: usize) -> Result<i32> {
 }
 
 impl Blas {
-    pub fn new(stream: Arc<CudaStream>, counters: Arc<CounterCells>) -> Result<Self> {
+    pub fn new(
+        stream: Arc<CudaStream>,
+        counters: Arc<CounterCells>,
+        recording: Arc<Recording>,
+    ) -> Result<Self> {
         // SAFETY: only asks the dynamic loader whether libcublas can be opened.
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
             return Err(unavailable(
@@ -50,6 +57,7 @@ impl Blas {
             handle,
             stream,
             counters,
+            recording,
         })
     }
 
@@ -71,7 +79,12 @@ impl Blas {
     {
         check_operands(x, x_layout, w, w_layout, out, ld_out)?;
         let cfg = gemm_config::<T>(x_layout, w_layout, ld_out)?;
-        self.counters.kernel_launch();
+        if self.recording.dry_run() {
+            return Ok(());
+        }
+        if !self.recording.capturing() {
+            self.counters.kernel_launch();
+        }
         // SAFETY: check_operands bounds every element cuBLAS reads or writes by the lengths of
         // the three buffers, and all three live on the handle's stream.
         unsafe { self.handle.gemm(cfg, w, x, out) }.map_err(cublas_err(format!(
@@ -102,7 +115,12 @@ impl Blas {
         let (a, _a_use) = w.device_ptr(&self.stream);
         let (b, _b_use) = x.device_ptr(&self.stream);
         let (c, _c_use) = out.device_ptr_mut(&self.stream);
-        self.counters.kernel_launch();
+        if self.recording.dry_run() {
+            return Ok(());
+        }
+        if !self.recording.capturing() {
+            self.counters.kernel_launch();
+        }
         // SAFETY: check_operands bounds every element cuBLAS reads or writes by the lengths of
         // the three buffers; the scalars are f32 as CUBLAS_COMPUTE_32F requires and outlive the
         // call; all three buffers live on the handle's stream.
@@ -176,7 +194,12 @@ impl Blas {
             stride_b: x_stride as i64,
             stride_c: out_stride as i64,
         };
-        self.counters.kernel_launch();
+        if self.recording.dry_run() {
+            return Ok(());
+        }
+        if !self.recording.capturing() {
+            self.counters.kernel_launch();
+        }
         // SAFETY: the checks above bound every element of every batch entry by the lengths of
         // the three buffers, and all three live on the handle's stream.
         unsafe { self.handle.gemm_strided_batched(cfg, w, x, out) }.map_err(cublas_err(format!(

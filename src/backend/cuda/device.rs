@@ -7,7 +7,9 @@
 
 use super::counters::CounterCells;
 use super::error::{driver_err, unavailable};
+use super::graph::Recording;
 use super::kernels::{Kernel, KERNEL_COUNT, MODULES};
+use super::step_buffers::StepBuffers;
 use super::transfer::Staging;
 use crate::error::{CudaError, Result};
 use cudarc::driver::sys::CUdevice_attribute::{
@@ -51,6 +53,10 @@ pub struct CudaDevice {
     pub(super) staging: Staging,
     /// Launches and waits so far (shared with cuBLAS's wrapper).
     pub(super) counters: Arc<CounterCells>,
+    /// The step's inputs at stable addresses (step_buffers.rs).
+    pub(super) step_buffers: StepBuffers,
+    /// Whether work runs, is dropped or is recorded (graph.rs); shared with cuBLAS's wrapper.
+    pub(super) recording: Arc<Recording>,
 }
 
 /// A kernel looked up in its module, and the most dynamic shared memory it has been allowed.
@@ -175,6 +181,8 @@ impl CudaDevice {
             functions: Mutex::new((0..KERNEL_COUNT).map(|_| None).collect()),
             staging: Staging::default(),
             counters: Arc::default(),
+            step_buffers: StepBuffers::default(),
+            recording: Arc::default(),
         })
     }
 

@@ -4,6 +4,7 @@
 use super::error::driver_err;
 use super::kernels;
 use super::launch::Order;
+use super::step_buffers::StepValues;
 use super::CudaDevice;
 use crate::error::{Error, Result};
 use crate::ops::rope::RopeTable;
@@ -75,6 +76,13 @@ fn grid_stride_config(n: usize) -> LaunchConfig {
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     }
+}
+
+/// A RoPE table's cos and sin values on the device.
+#[derive(Debug, Clone, Copy)]
+pub struct RopeOnDevice {
+    pub cos: StepValues<f32>,
+    pub sin: StepValues<f32>,
 }
 
 fn shape_err(op: &'static str, message: String) -> Error {
@@ -155,7 +163,7 @@ impl CudaDevice {
                 ),
             ));
         }
-        let ids = self.upload_values(ids)?;
+        let ids = self.step_values(("token ids", 0), ids)?;
         let hidden = table.cols as i32;
         let args = self.args(&[&out.data, &table.data, &ids, &hidden]);
         // SAFETY: launch's contract. The shape checks above bound every index it computes.
@@ -313,11 +321,12 @@ impl CudaDevice {
     }
 
     /// Uploads a step's cos/sin table.
-    pub fn rope_table(&self, table: &RopeTable) -> Result<(CudaSlice<f32>, CudaSlice<f32>)> {
-        Ok((
-            self.upload_values(&table.cos)?,
-            self.upload_values(&table.sin)?,
-        ))
+    /// The step's RoPE table in its step buffers (copied only when it changed).
+    pub fn rope_table(&self, table: &RopeTable) -> Result<RopeOnDevice> {
+        Ok(RopeOnDevice {
+            cos: self.step_values(("rope cos", 0), &table.cos)?,
+            sin: self.step_values(("rope sin", 0), &table.sin)?,
+        })
     }
 
     /// Rotates the first `heads` head blocks of every row, as [`crate::backend::Backend::rope`].
@@ -326,7 +335,7 @@ impl CudaDevice {
         &self,
         x: &mut GpuTensor<T>,
         table: &RopeTable,
-        cos_sin: &(CudaSlice<f32>, CudaSlice<f32>),
+        cos_sin: &RopeOnDevice,
         heads: usize,
         head_stride: usize,
         offset: usize,
@@ -354,7 +363,15 @@ impl CudaDevice {
             table.interleaved as i32,
         );
         let args = self.args(&[
-            &x.data, &cos_sin.0, &cos_sin.1, &cols, &heads, &stride, &offset, &half, &inter,
+            &x.data,
+            &cos_sin.cos,
+            &cos_sin.sin,
+            &cols,
+            &heads,
+            &stride,
+            &offset,
+            &half,
+            &inter,
         ]);
         // SAFETY: launch's contract. The shape checks above bound every index it computes.
         unsafe {
@@ -375,7 +392,7 @@ impl CudaDevice {
         norm: &GpuTensor<T>,
         eps: f32,
         table: &RopeTable,
-        cos_sin: &(CudaSlice<f32>, CudaSlice<f32>),
+        cos_sin: &RopeOnDevice,
     ) -> Result<()> {
         let r = norm.rows * norm.cols;
         if r + 2 * table.half != ckv.cols || table.rows() != ckv.rows {
@@ -391,7 +408,14 @@ impl CudaDevice {
         }
         let (r, half, inter) = (r as i32, table.half as i32, table.interleaved as i32);
         let args = self.args(&[
-            &ckv.data, &norm.data, &cos_sin.0, &cos_sin.1, &r, &half, &eps, &inter,
+            &ckv.data,
+            &norm.data,
+            &cos_sin.cos,
+            &cos_sin.sin,
+            &r,
+            &half,
+            &eps,
+            &inter,
         ]);
         // SAFETY: launch's contract. The shape checks above bound every index it computes.
         unsafe {
@@ -415,10 +439,10 @@ impl CudaDevice {
         x: &GpuTensor<T>,
         offset: usize,
         slots: &[u32],
-        on_device: &CudaSlice<u32>,
+        on_device: &StepValues<u32>,
     ) -> Result<()> {
         let capacity = layer.len() / width.max(1);
-        if slots.len() != x.rows || on_device.len() != slots.len() || offset + width > x.cols {
+        if slots.len() != x.rows || on_device.len != slots.len().max(1) || offset + width > x.cols {
             return Err(shape_err(
                 "write_kv_cache",
                 format!(

@@ -11,7 +11,44 @@ use super::CudaDevice;
 use crate::error::Result;
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::CudaGraph;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+/// How queued work is treated right now: run (the default), dropped (a dry run, which only
+/// fills the step buffers) or recorded into a graph.
+#[derive(Debug, Default)]
+pub(super) struct Recording {
+    dry_run: AtomicBool,
+    capturing: AtomicBool,
+}
+
+impl Recording {
+    /// Whether launches are dropped (a dry run).
+    pub(super) fn dry_run(&self) -> bool {
+        self.dry_run.load(Ordering::Relaxed)
+    }
+
+    /// Whether work is being recorded into a graph.
+    pub(super) fn capturing(&self) -> bool {
+        self.capturing.load(Ordering::Relaxed)
+    }
+}
+
+/// Sets a flag for the life of the guard.
+struct Flag<'a>(&'a AtomicBool);
+
+impl<'a> Flag<'a> {
+    fn set(flag: &'a AtomicBool) -> Self {
+        flag.store(true, Ordering::Relaxed);
+        Flag(flag)
+    }
+}
+
+impl Drop for Flag<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
 
 /// A captured graph, launched on the stream it was captured from.
 pub struct DeviceGraph {
@@ -37,10 +74,18 @@ impl CudaDevice {
         self.stream
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(driver_err("beginning a stream capture"))?;
-        let recorded = f();
+        let recorded = {
+            let _capturing = Flag::set(&self.recording.capturing);
+            f()
+        };
         let ended = self
             .stream
             .end_capture(CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH);
+        if recorded.is_err() || ended.is_err() {
+            // Buffers of a failed capture fail to free when dropped; that error, recorded by
+            // the context, belongs to the capture, not to the next call that checks it.
+            let _ = self.stream.context().check_err();
+        }
         recorded?;
         let graph = ended
             .map_err(driver_err(
@@ -53,5 +98,26 @@ impl CudaDevice {
             graph,
             counters: self.counters.clone(),
         })
+    }
+
+    /// Copies `src` to `dst` on the stream (dropped in a dry run).
+    pub fn copy_on_device<T: cudarc::driver::DeviceRepr>(
+        &self,
+        src: &cudarc::driver::CudaView<'_, T>,
+        dst: &mut cudarc::driver::CudaViewMut<'_, T>,
+    ) -> Result<()> {
+        if self.recording.dry_run() {
+            return Ok(());
+        }
+        self.stream
+            .memcpy_dtod(src, dst)
+            .map_err(driver_err("copying on the device"))
+    }
+
+    /// Runs `f` with every kernel launch, cuBLAS call and device copy dropped: what it leaves
+    /// is the host's side of the work (the step buffers filled, the plans made).
+    pub fn dry_run<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        let _dry = Flag::set(&self.recording.dry_run);
+        f()
     }
 }

@@ -145,6 +145,9 @@ impl CudaDevice {
         params: &mut [*mut c_void],
     ) -> Result<()> {
         let f = self.function(kernel, cfg.shared_mem_bytes as usize)?;
+        if self.recording.dry_run() {
+            return Ok(());
+        }
         let what = || format!("launching {}", kernel.name);
         self.stream
             .context()
@@ -155,7 +158,10 @@ impl CudaDevice {
         attribute.id = CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
         attribute.value.programmaticStreamSerializationAllowed = 1;
         let dependent = order == Order::Dependent && self.info.compute_capability >= (9, 0);
-        self.counters.kernel_launch();
+        // Recorded into a graph, a kernel is launched by the graph's launches.
+        if !self.recording.capturing() {
+            self.counters.kernel_launch();
+        }
         let config = sys::CUlaunchConfig {
             gridDimX: cfg.grid_dim.0,
             gridDimY: cfg.grid_dim.1,

@@ -247,8 +247,12 @@ where
             // SAFETY: the ids are tokens t < x.rows (routes has one entry per token of x,
             // `take` above), `picked` has one row per id and x.cols columns.
             unsafe {
-                self.device
-                    .gather_rows_indexed(&mut picked, &rows_of_x, x.cols, &idx)?
+                self.device.gather_rows_indexed(
+                    &mut picked,
+                    &rows_of_x,
+                    x.cols,
+                    self.device.address(&idx),
+                )?
             };
             let y = self.mlp(&picked, &w.experts.per_expert[expert])?;
             if (y.rows, y.cols) != (tokens.len(), out.cols) {

@@ -17,12 +17,14 @@ fn op_err(op: &'static str, message: String) -> Error {
 impl CudaDevice {
     /// Row `i` of `out` = the first `out.cols` values of row `rows[i]` of `src`, whose rows are
     /// `src_cols` wide and which holds `src_rows` of them.
+    /// `key` names the step buffer the indices go to (one per purpose within a step).
     pub fn gather_rows<T: GpuFloat>(
         &self,
         out: &mut GpuTensor<T>,
         src: &CudaView<'_, T>,
         src_cols: usize,
         rows: &[u32],
+        key: &'static str,
     ) -> Result<()> {
         let src_rows = src.len() / src_cols.max(1);
         if out.rows != rows.len() || out.cols > src_cols {
@@ -43,13 +45,13 @@ impl CudaDevice {
         if rows.is_empty() {
             return Ok(());
         }
-        let idx = self.upload_values(rows)?;
+        let idx = self.step_values((key, 0), rows)?;
         // SAFETY: every index was checked against `src` above, and `out` has one row per index.
-        unsafe { self.gather_rows_indexed(out, src, src_cols, &idx.slice(..)) }
+        unsafe { self.gather_rows_indexed(out, src, src_cols, idx.address) }
     }
 
-    /// [`Self::gather_rows`] with the row indices already on the device (`idx`, one per row of
-    /// `out`), for many launches from one upload.
+    /// [`Self::gather_rows`] with the row indices already on the device (at address `idx`, one
+    /// per row of `out`), for many launches from one upload.
     ///
     /// # Safety
     /// Every index must be below the number of `src_cols`-wide rows of `src`, `idx` must hold
@@ -59,14 +61,14 @@ impl CudaDevice {
         out: &mut GpuTensor<T>,
         src: &CudaView<'_, T>,
         src_cols: usize,
-        idx: &CudaView<'_, u32>,
+        idx: u64,
     ) -> Result<()> {
         let rows = out.rows;
         if rows == 0 {
             return Ok(());
         }
         let (src_cols, cols) = (src_cols as i32, out.cols as i32);
-        let args = self.args(&[&out.data, src, idx, &src_cols, &cols]);
+        let args = self.args(&[&out.data, src, &idx, &src_cols, &cols]);
         // SAFETY: launch's contract. The caller guarantees every index within `src` and one per row
         // of `out`.
         unsafe {

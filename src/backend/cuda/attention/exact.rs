@@ -4,10 +4,11 @@
 use super::layout::{split_len, AttentionLayout, HostPlan, Segment, Source};
 use super::params::{ExactCombineParams, ExactParams, KeySegment};
 use crate::backend::cuda::launch::Order;
+use crate::backend::cuda::StepValues;
 use crate::backend::cuda::{kernels, tuning};
 use crate::backend::cuda::{CudaDevice, GpuFloat, GpuTensor};
 use crate::error::{Error, Result};
-use cudarc::driver::{CudaSlice, CudaView, LaunchConfig};
+use cudarc::driver::{CudaView, LaunchConfig};
 
 /// Query heads one block serves (one warp each); matches `WARPS_PER_BLOCK` in exact.cu.
 const WARPS_PER_BLOCK: usize = 4;
@@ -21,10 +22,10 @@ pub struct AttentionPlan {
     split_len: usize,
     /// Splits of the longest row's context.
     splits: usize,
-    block_tables: CudaSlice<u32>,
-    table_start: CudaSlice<u32>,
-    row_seq: CudaSlice<u32>,
-    row_pos: CudaSlice<u32>,
+    block_tables: StepValues<u32>,
+    table_start: StepValues<u32>,
+    row_seq: StepValues<u32>,
+    row_pos: StepValues<u32>,
     rows: usize,
     block_size: usize,
     rows_read: usize,
@@ -36,13 +37,18 @@ impl AttentionPlan {
     }
 
     /// The flattened block tables and where each sequence's table starts.
-    pub fn tables(&self) -> (&CudaSlice<u32>, &CudaSlice<u32>) {
-        (&self.block_tables, &self.table_start)
+    pub fn tables(&self) -> (StepValues<u32>, StepValues<u32>) {
+        (self.block_tables, self.table_start)
     }
 
     /// Each query row's (token's) position.
-    pub fn positions(&self) -> &CudaSlice<u32> {
-        &self.row_pos
+    pub fn positions(&self) -> StepValues<u32> {
+        self.row_pos
+    }
+
+    /// Tokens per KV split of the exact kernel and splits of the longest row: its grid.
+    pub fn exact_splits(&self) -> (usize, usize) {
+        (self.split_len, self.splits)
     }
 
     pub fn block_size(&self) -> usize {
@@ -78,18 +84,15 @@ pub(super) fn check_segment(
     Ok(())
 }
 
-/// A plan's host vectors, never empty (the kernel gets valid pointers even for an empty step).
-pub(super) fn non_empty(v: &[u32]) -> Vec<u32> {
-    if v.is_empty() {
-        vec![0]
-    } else {
-        v.to_vec()
-    }
-}
-
 impl CudaDevice {
-    /// The plan on the device, with KV splits for `heads` query heads sized to fill this GPU.
-    pub fn upload_plan(&self, plan: &HostPlan, heads: usize) -> Result<AttentionPlan> {
+    /// The plan on the device (in the step buffers of entry `entry`), with KV splits for `heads`
+    /// query heads sized to fill this GPU.
+    pub fn upload_plan(
+        &self,
+        plan: &HostPlan,
+        heads: usize,
+        entry: usize,
+    ) -> Result<AttentionPlan> {
         let split_len = split_len(
             plan,
             heads,
@@ -99,10 +102,10 @@ impl CudaDevice {
         Ok(AttentionPlan {
             split_len,
             splits: longest.div_ceil(split_len),
-            block_tables: self.upload_values(&plan.block_tables)?,
-            table_start: self.upload_values(&plan.table_start)?,
-            row_seq: self.upload_values(&non_empty(&plan.row_seq))?,
-            row_pos: self.upload_values(&non_empty(&plan.row_pos))?,
+            block_tables: self.step_values(("block tables", entry), &plan.block_tables)?,
+            table_start: self.step_values(("table starts", entry), &plan.table_start)?,
+            row_seq: self.step_values(("row sequences", entry), &plan.row_seq)?,
+            row_pos: self.step_values(("row positions", entry), &plan.row_pos)?,
             rows: plan.rows(),
             block_size: plan.block_size,
             rows_read: plan.rows_read,
@@ -187,10 +190,10 @@ impl CudaDevice {
             k1: self.address(&k1),
             k2: self.address(&k2),
             v: self.address(&v),
-            block_tables: self.address(&plan.block_tables),
-            table_start: self.address(&plan.table_start),
-            row_seq: self.address(&plan.row_seq),
-            row_pos: self.address(&plan.row_pos),
+            block_tables: plan.block_tables.address,
+            table_start: plan.table_start.address,
+            row_seq: plan.row_seq.address,
+            row_pos: plan.row_pos.address,
             s1: KeySegment::from(&l.k1),
             s2: KeySegment::from(&l.k2),
             sv: KeySegment::from(&l.v),

@@ -10,9 +10,10 @@ use super::kernel_choice::{kernel_choice, values_in_keys, wide_pays, ParamsKind}
 use super::kernel_choice::{AttentionKernel, AttentionTuning, NarrowAttention, SplitCombine};
 use super::layout::{AttentionLayout, Segment, Source};
 use super::params::{AttentionParams, CombineParams, KeySegment, WmmaParams};
-use super::schedule::{schedule, RowGroup, WorkItem, NO_GROUP, NO_ROW, ROWS};
+use super::schedule::{schedule, RowGroup, WorkItem, ROWS};
 use crate::backend::cuda::kernels;
 use crate::backend::cuda::launch::Order;
+use crate::backend::cuda::StepValues;
 use crate::backend::cuda::{CudaDevice, GpuFloat, GpuTensor};
 use crate::backend::AttentionBatch;
 use crate::error::{Error, Result};
@@ -54,16 +55,13 @@ pub struct SplitPlan {
     groups: Vec<RowGroup>,
 }
 
-/// A step's tensor-core schedule on the device.
+/// A step's tensor-core schedule on the device (in step buffers).
 pub struct SplitSchedule {
-    shape: ScheduleShape,
-    items: CudaSlice<WorkItem>,
-    groups: CudaSlice<RowGroup>,
+    pub shape: ScheduleShape,
+    items: StepValues<WorkItem>,
+    groups: StepValues<RowGroup>,
     /// Values per query row (the layout's `v.len`) the partial buffers are sized for.
     value_len: usize,
-    /// The splits' outputs and LSEs for the combine (None where it does not run), allocated
-    /// with the schedule so that every layer of the step reuses them.
-    partials: Option<Partials>,
 }
 
 /// Each item's ROWS rows of split output (`value_len` f32) and their LSEs (base 2); for the
@@ -179,50 +177,49 @@ impl CudaDevice {
         })
     }
 
-    /// [`Self::split_plan`] on the device, with the buffers of its splits.
+    /// [`Self::split_plan`] on the device, in the step buffers of entry `entry`.
     pub fn split_schedule(
         &self,
         batch: &AttentionBatch,
         l: &AttentionLayout,
         tuning: AttentionTuning,
+        entry: usize,
     ) -> Result<SplitSchedule> {
         let SplitPlan {
             shape,
             items,
             groups,
         } = self.split_plan(batch, l, tuning)?;
-        let partials = match shape.direct() {
-            false => Some(Partials {
-                o: self
-                    .tensor::<f32>(shape.item_count * ROWS, l.v.len, None)?
-                    .data,
-                lse: self.tensor::<f32>(shape.item_count, ROWS, None)?.data,
-                split_counts: match shape.combine {
-                    #[cfg(feature = "experimental-kernels")]
-                    SplitCombine::LastCta => Some(self.upload_values(&vec![0u32; groups.len()])?),
-                    SplitCombine::Kernel => None,
-                },
-            }),
-            true => None,
-        };
-        // Never empty buffers: the kernel gets valid pointers even for an empty step.
-        let items = if items.is_empty() {
-            vec![EMPTY_ITEM]
-        } else {
-            items
-        };
-        let groups = if groups.is_empty() {
-            vec![EMPTY_GROUP]
-        } else {
-            groups
-        };
         Ok(SplitSchedule {
             shape,
-            items: self.upload_values(&items)?,
-            groups: self.upload_values(&groups)?,
+            items: self.step_values(("work items", entry), &items)?,
+            groups: self.step_values(("row groups", entry), &groups)?,
             value_len: l.v.len,
-            partials,
         })
+    }
+
+    /// Each item's split outputs for the combine (None where every group has one split), made
+    /// per launch: memory a captured launch allocates belongs to its graph.
+    fn partials(&self, schedule: &SplitSchedule) -> Result<Option<Partials>> {
+        let shape = &schedule.shape;
+        if shape.direct() {
+            return Ok(None);
+        }
+        Ok(Some(Partials {
+            o: self
+                .tensor::<f32>(shape.item_count * ROWS, schedule.value_len, None)?
+                .data,
+            lse: self.tensor::<f32>(shape.item_count, ROWS, None)?.data,
+            split_counts: match shape.combine {
+                #[cfg(feature = "experimental-kernels")]
+                SplitCombine::LastCta => Some(
+                    self.stream
+                        .alloc_zeros::<u32>(shape.group_count.max(1))
+                        .map_err(crate::backend::cuda::driver_err("zeroing split counters"))?,
+                ),
+                SplitCombine::Kernel => None,
+            },
+        }))
     }
 
     /// Attention for the step of `plan` with layout `l` on tensor cores: the output
@@ -289,22 +286,23 @@ impl CudaDevice {
         let (block_tables, table_start) = plan.tables();
         // Partial outputs for the combine, unless every row group has one split: then the
         // kernel writes the output (and the LSE, where wanted) itself and no combine runs.
-        let partials = schedule.partials.as_ref();
+        let partials = self.partials(schedule)?;
+        let partials = partials.as_ref();
         let params = AttentionParams {
             q1: start(&l.q1),
             q2: start(&l.q2),
             k1: address(&l.k1),
             k2: address(&l.k2),
             v: address(&l.v),
-            items: self.address(&schedule.items),
-            block_tables: self.address(block_tables),
-            table_start: self.address(table_start),
-            token_pos: self.address(plan.positions()),
+            items: schedule.items.address,
+            block_tables: block_tables.address,
+            table_start: table_start.address,
+            token_pos: plan.positions().address,
             partial_o: partials.map_or(0, |p| self.address(&p.o)),
             partial_lse: partials.map_or(0, |p| self.address(&p.lse)),
             out: self.address(&out.data),
             lse_out: lse.as_ref().map_or(0, |l| self.address(l)),
-            groups: self.address(&schedule.groups),
+            groups: schedule.groups.address,
             split_counts: partials
                 .and_then(|p| p.split_counts.as_ref())
                 .map_or(0, |c| self.address(c)),
@@ -415,18 +413,3 @@ impl CudaDevice {
         unsafe { self.launch_params(kernel, cfg, Order::Dependent, params) }
     }
 }
-
-const EMPTY_ITEM: WorkItem = WorkItem {
-    seq: 0,
-    kv_head: 0,
-    kv_begin: 0,
-    kv_end: 0,
-    rows: [NO_ROW; ROWS],
-    group: NO_GROUP,
-};
-const EMPTY_GROUP: RowGroup = RowGroup {
-    item_first: 0,
-    items: 0,
-    item_stride: 1,
-    rows: [NO_ROW; ROWS],
-};

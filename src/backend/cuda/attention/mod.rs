@@ -24,7 +24,6 @@ pub mod tensor_map;
 
 use super::backend::{op_err, CudaBackend, CudaKvCache};
 use super::blas::Layout;
-use super::error::driver_err;
 use super::{GpuFloat, GpuTensor};
 use crate::backend::{AttentionBatch, MhaDims, MlaDims};
 use crate::error::Result;
@@ -165,9 +164,7 @@ where
             let y = self.materialise_group(q_part, cache, layer, &part, kv_b, dims)?;
             let mut dst = out.data.slice_mut(row * n * dv..(row + rows) * n * dv);
             self.device
-                .stream
-                .memcpy_dtod(&y.data.slice(..rows * n * dv), &mut dst)
-                .map_err(driver_err("copying attention rows"))?;
+                .copy_on_device(&y.data.slice(..rows * n * dv), &mut dst)?;
             row += rows;
         }
         Ok(out)
@@ -303,21 +300,44 @@ where
                 HostPlan::contiguous(batch, cache.num_blocks, cache.block_size)?
             }
         };
+        let entry = step.entries.len();
         let schedule = match tensor_cores {
             true => Some(
                 self.device
-                    .split_schedule(batch, layout, self.tc_tuning.get())?,
+                    .split_schedule(batch, layout, self.tc_tuning.get(), entry)?,
             ),
             false => None,
         };
         let prepared = Rc::new(Prepared {
-            plan: self.device.upload_plan(&host, layout.heads)?,
+            plan: self.device.upload_plan(&host, layout.heads, entry)?,
             host,
             slots,
             schedule,
         });
         step.entries.push((key, prepared.clone()));
         Ok(prepared)
+    }
+
+    /// What the current step's attention launches take by value besides the step buffers they
+    /// read (each plan's key, rows, exact-kernel splits and tensor-core schedule shape): a graph
+    /// captured over one step replays another with the same signature.
+    pub(super) fn step_signature(&self) -> String {
+        let cached = self.prepared.borrow();
+        let Some(step) = cached.as_ref() else {
+            return String::new();
+        };
+        step.entries
+            .iter()
+            .map(|(key, p)| match &p.schedule {
+                Some(s) => format!("{key:?} rows {} schedule {:?}", p.plan.rows(), s.shape),
+                None => format!(
+                    "{key:?} rows {} exact splits {:?}",
+                    p.plan.rows(),
+                    p.plan.exact_splits()
+                ),
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     /// Materialised MLA for one group of sequences whose query rows are `q` (from its first
@@ -335,8 +355,13 @@ where
         let prepared = self.prepared(batch, PlanKind::Contiguous, cache, &layout)?;
         let slots = &prepared.slots;
         let mut context = self.output(slots.len(), cache.width)?;
-        self.device
-            .gather_rows(&mut context, &layer_view(cache, layer), cache.width, slots)?;
+        self.device.gather_rows(
+            &mut context,
+            &layer_view(cache, layer),
+            cache.width,
+            slots,
+            "context slots",
+        )?;
         let latent = Layout {
             rows: context.rows,
             cols: dims.kv_lora_rank,
