@@ -304,7 +304,8 @@ fn v2_lite_shaped_model(
 }
 
 /// Three requests through the engine, greedy or (`sampled`) greedy, seeded top-k sampling and
-/// greedy with log-probabilities (whole logit rows); the outputs and the engine's statistics.
+/// greedy with log-probabilities (whole logit rows), twice; the second round's outputs and
+/// decode statistics.
 fn run_engine(
     gpu: &CudaBackend<half::bf16>,
     model: &mla_rt::model::Model<CudaBackend<half::bf16>>,
@@ -347,21 +348,37 @@ fn run_engine(
             },
         ],
     };
-    for (i, sampling) in samplings.into_iter().enumerate() {
-        let i = i as u32;
-        engine
-            .add_request(Request {
-                id: i.to_string(),
-                prompt: vec![3 + i, 5, 7, 11 + i],
-                sampling,
-                max_tokens: 6 + 2 * i as usize,
-                stop: Vec::new(),
-                ignore_eos: true,
-            })
-            .unwrap();
+    // Two rounds of the same requests: the first warms up and captures each batch shape's
+    // graph, the second (whose outputs and statistics are returned) replays them.
+    let mut rounds = Vec::new();
+    for _ in 0..2 {
+        let before = engine.stats;
+        for (i, sampling) in samplings.iter().enumerate() {
+            let i = i as u32;
+            engine
+                .add_request(Request {
+                    id: i.to_string(),
+                    prompt: vec![3 + i, 5, 7, 11 + i],
+                    sampling: *sampling,
+                    max_tokens: 6 + 2 * i as usize,
+                    stop: Vec::new(),
+                    ignore_eos: true,
+                })
+                .unwrap();
+        }
+        let outputs = engine.run_to_completion(|_| {}).unwrap();
+        let mut stats = engine.stats;
+        stats.decode_steps -= before.decode_steps;
+        stats.decode_counters = stats.decode_counters.since(&before.decode_counters);
+        rounds.push((outputs, stats));
     }
-    let outputs = engine.run_to_completion(|_| {}).unwrap();
-    (outputs, engine.stats)
+    let tokens = |o: &[mla_rt::engine::request::RequestOutput]| {
+        o.iter()
+            .map(|r| r.output_tokens.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(tokens(&rounds[0].0), tokens(&rounds[1].0), "round to round");
+    rounds.pop().unwrap()
 }
 
 /// A V2-Lite-shaped model decoding greedily through the engine, eagerly and from CUDA graphs:

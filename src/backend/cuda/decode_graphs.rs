@@ -1,9 +1,10 @@
 //! Decode steps replayed from CUDA graphs. A step first runs dry (nothing launched: its inputs
-//! go to their step buffers and its attention plans are made); if a graph was captured from a
-//! step with the same signature (logits shape, step-buffer addresses, the attention launches'
-//! by-value shapes), it is replayed, else the step is captured first. The graph ends by copying
-//! the logits into a buffer of its own, from which the caller gets a copy. A step that cannot be
-//! captured (an input that changes between its layers) runs eagerly.
+//! go to their step buffers and its attention plans are made); its signature (logits shape,
+//! step-buffer addresses, the attention launches' by-value shapes) decides the rest: the first
+//! step of a signature runs eagerly (a warm-up, as vLLM's before capture), the second is
+//! captured, later ones replay the graph. The graph ends by copying the logits into a buffer of
+//! its own, from which the caller gets a copy. A signature whose capture fails (an input that
+//! changes between its layers) runs eagerly from then on.
 
 use super::backend::CudaBackend;
 use super::graph::DeviceGraph;
@@ -15,16 +16,23 @@ use std::collections::HashMap;
 /// Graphs kept at once; past this the cache starts again (each holds its step's activations).
 const MAX_GRAPHS: usize = 32;
 
-/// A captured decode step and the buffer its logits land in.
-pub(super) struct CapturedStep<T> {
-    graph: DeviceGraph,
-    logits: GpuTensor<T>,
+/// What is known of a signature's steps.
+pub(super) enum StepGraph<T> {
+    /// Run once eagerly (a warm-up: cuBLAS sets up for the step's shapes outside a capture).
+    Seen,
+    /// Captured: the graph and the buffer its logits land in.
+    Captured {
+        graph: DeviceGraph,
+        logits: GpuTensor<T>,
+    },
+    /// Could not be captured: runs eagerly.
+    Eager,
 }
 
 /// The captured steps of one owner (an engine), by signature.
 pub(super) struct DecodeGraphs<T> {
     owner: Option<u64>,
-    steps: HashMap<String, Option<CapturedStep<T>>>,
+    steps: HashMap<String, StepGraph<T>>,
 }
 
 impl<T> Default for DecodeGraphs<T> {
@@ -64,27 +72,37 @@ where
             };
         }
         let graphs = &mut cached.steps;
-        if !graphs.contains_key(&key) {
-            if graphs.len() >= MAX_GRAPHS {
-                graphs.clear();
+        if graphs.len() >= MAX_GRAPHS && !graphs.contains_key(&key) {
+            graphs.clear();
+        }
+        match graphs.get(&key) {
+            None => {
+                graphs.insert(key, StepGraph::Seen);
+                return forward();
             }
-            let mut logits = self.device.tensor::<T>(shape.rows, shape.cols, None)?;
-            let captured = dev.capture(|| {
-                let y = forward()?;
-                dev.copy_on_device(&y.data.slice(..), &mut logits.data.slice_mut(..))
-            });
-            // Not capturable (None): this signature runs eagerly from now on.
-            let entry = captured.ok().map(|graph| CapturedStep { graph, logits });
-            graphs.insert(key.clone(), entry);
+            Some(StepGraph::Eager) => return forward(),
+            Some(StepGraph::Seen) => {
+                let mut logits = self.device.tensor::<T>(shape.rows, shape.cols, None)?;
+                let captured = dev.capture(|| {
+                    let y = forward()?;
+                    dev.copy_on_device(&y.data.slice(..), &mut logits.data.slice_mut(..))
+                });
+                let entry = match captured {
+                    Ok(graph) => StepGraph::Captured { graph, logits },
+                    Err(_) => StepGraph::Eager,
+                };
+                graphs.insert(key.clone(), entry);
+            }
+            Some(StepGraph::Captured { .. }) => {}
         }
         match &graphs[&key] {
-            Some(step) => {
-                step.graph.launch()?;
+            StepGraph::Captured { graph, logits } => {
+                graph.launch()?;
                 let mut out = self.device.tensor::<T>(shape.rows, shape.cols, None)?;
-                dev.copy_on_device(&step.logits.data.slice(..), &mut out.data.slice_mut(..))?;
+                dev.copy_on_device(&logits.data.slice(..), &mut out.data.slice_mut(..))?;
                 Ok(out)
             }
-            None => forward(),
+            _ => forward(),
         }
     }
 }

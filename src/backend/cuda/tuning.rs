@@ -23,6 +23,9 @@ pub const MIN_SPLIT_TOKENS: usize = 128;
 /// splits.
 pub const EXACT_WARPS_PER_SM: usize = 64;
 pub const EXACT_MIN_SPLIT_TOKENS: usize = 64;
+/// Split lengths of the exact kernel are whole multiples of this many tokens (not a speed
+/// setting: it keeps a decode step's launch, and its CUDA graph, valid across 64 tokens).
+pub const EXACT_SPLIT_GRANULE: usize = 64;
 
 /// Bound on the context the materialised MLA form expands at once (K and V of a group of
 /// sequences), in bytes.

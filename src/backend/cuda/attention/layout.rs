@@ -225,7 +225,11 @@ pub fn split_len(plan: &HostPlan, heads: usize, target_warps: usize) -> usize {
     let splits = target_warps
         .div_ceil(jobs)
         .clamp(1, longest.div_ceil(tuning::EXACT_MIN_SPLIT_TOKENS));
-    longest.div_ceil(splits)
+    // Whole granules: the kernel takes the length by value, so decode steps keep one launch
+    // (and one CUDA graph) while their contexts grow within a granule.
+    longest
+        .div_ceil(splits)
+        .next_multiple_of(tuning::EXACT_SPLIT_GRANULE)
 }
 
 /// The paged attention kernel and its split combine, index for index, on host buffers: output
@@ -511,10 +515,18 @@ mod tests {
         assert_eq!(split_len(&plan(1, 32_768), 16, 8448), 64);
         // A big batch fills the GPU by itself: no split.
         assert_eq!(split_len(&plan(1024, 4096), 16, 8448), 4096);
-        // In between: about the target.
+        // Whole granules of 64 tokens: 1 to 64 tokens take one length, 65 two splits of it.
+        assert_eq!(split_len(&plan(4, 5), 16, 8448), 64);
+        assert_eq!(split_len(&plan(4, 64), 16, 8448), 64);
+        assert_eq!(split_len(&plan(4, 65), 16, 8448), 64);
+        assert_eq!(split_len(&plan(1024, 65), 16, 8448), 128);
+        // In between: about the target (whole granules may leave a few splits short of it).
         let len = split_len(&plan(8, 16_384), 16, 8448);
         let warps = 8 * 16 * 16_384usize.div_ceil(len);
-        assert!((8448..=2 * 8448).contains(&warps), "{len} → {warps}");
+        assert!(
+            (8448 * 7 / 8..=2 * 8448).contains(&warps),
+            "{len} → {warps}"
+        );
     }
 
     #[test]
