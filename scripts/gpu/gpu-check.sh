@@ -192,6 +192,11 @@ model_benches() {
   bench_step bench "mla bench (V2-Lite vs MHA, 4 layers)" 240 \
     "$out/mla" bench --device cuda --preset deepseek-v2-lite,deepseek-v2-lite-mha \
     --layers 4 --batch 1,32 --prompt 512 --gen 32 --depth 0,4096 --reps 2 --compare
+  # The same V2-Lite decode launched eagerly: against the first step's rows, what CUDA graphs
+  # bring (its tg rows replay graphs).
+  bench_step bench-eager "mla bench --enforce-eager (V2-Lite, 4 layers)" 120 \
+    "$out/mla" bench --device cuda --preset deepseek-v2-lite --enforce-eager \
+    --layers 4 --batch 1,32 --prompt 0 --gen 32 --reps 2
   # The comparison of the MLA-vs-MHA issue: the whole V2-Lite against its MHA twin at depth
   # 16384, each at the largest batch whose cache fits 60 GiB, with the plot.
   bench_step bench-max "mla bench (V2-Lite vs MHA, max batch in 60 GiB @ d16384)" 240 \

@@ -172,6 +172,13 @@ impl DeviceCounters {
     }
 }
 
+/// A new owner id for [`Backend::forward_replayed`] (an engine, a benchmark run): unique in the
+/// process.
+pub fn graph_owner() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A SwiGLU MLP: `down(silu(gate(x)) ⊙ up(x))`.
 pub struct MlpWeights<B: Backend + ?Sized> {
     pub gate: B::Weight,

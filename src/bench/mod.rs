@@ -46,6 +46,8 @@ pub struct BenchConfig {
     pub depths: Vec<usize>,
     pub reps: usize,
     pub block_size: usize,
+    /// Replay the decode test's steps from CUDA graphs where the backend has them.
+    pub cuda_graphs: bool,
     /// Bytes the KV cache may take, for the max-batch column.
     pub memory_budget: u64,
     /// Bytes per cached value on this backend.
@@ -72,8 +74,9 @@ pub struct BenchRow {
     pub attention_share: f64,
     pub ffn_share: f64,
     pub other_share: f64,
-    /// Per decode step of a `tg` test on a device backend: kernels launched and device→host
-    /// waits (`None` for prefill and on the CPU).
+    /// Per decode step of a `tg` test on a device backend: CUDA graphs and kernels launched,
+    /// and device→host waits (`None` for prefill and on the CPU).
+    pub graphs_per_step: Option<f64>,
     pub launches_per_step: Option<f64>,
     pub waits_per_step: Option<f64>,
 }
@@ -203,9 +206,26 @@ pub fn run<B: Backend>(
                 )?)?;
                 Ok(())
             };
-            let decode = |cache: &mut B::KvCache| -> Result<()> {
+            let owner = mla_rt::backend::graph_owner();
+            // `graphs`: replay the steps from CUDA graphs (the timed runs, as configured), or
+            // launch eagerly (the profiled run: per-op spans time the kernels).
+            let decode = |cache: &mut B::KvCache, graphs: bool| -> Result<()> {
                 for i in 0..config.gen {
-                    forward(cache, &step(&seqs, depth + config.prompt + i, 1, bs, vocab))?;
+                    let s = step(&seqs, depth + config.prompt + i, 1, bs, vocab);
+                    let mut forward = || {
+                        model.forward(
+                            backend,
+                            cache,
+                            &s,
+                            AttentionForm::Auto,
+                            LogitRows::LastPerSequence,
+                        )
+                    };
+                    let logits = match graphs {
+                        true => backend.forward_replayed(owner, &mut forward)?,
+                        false => forward()?,
+                    };
+                    backend.argmax_rows(&logits)?;
                 }
                 Ok(())
             };
@@ -227,7 +247,7 @@ pub fn run<B: Backend>(
                 let before = backend.counters();
                 for _ in 0..config.reps.max(1) {
                     let t = Instant::now();
-                    decode(&mut cache)?;
+                    decode(&mut cache, config.cuda_graphs)?;
                     tg.push((batch * config.gen) as f64 / t.elapsed().as_secs_f64());
                 }
                 let steps = (config.reps.max(1) * config.gen) as f64;
@@ -235,12 +255,14 @@ pub fn run<B: Backend>(
                     .zip(backend.counters())
                     .map(|(b, a)| a.since(&b))
                     .map(|c| {
+                        let per = |n: u64| n as f64 / steps;
                         (
-                            c.kernel_launches as f64 / steps,
-                            c.host_waits as f64 / steps,
+                            per(c.graph_launches),
+                            per(c.kernel_launches),
+                            per(c.host_waits),
                         )
                     });
-                let split = profiled(backend, || decode(&mut cache))?;
+                let split = profiled(backend, || decode(&mut cache, false))?;
                 tests.push((format!("tg{}", config.gen), tg, split, per_step));
             }
             for (test, samples, (attention_share, ffn_share, other_share), per_step) in tests {
@@ -258,8 +280,9 @@ pub fn run<B: Backend>(
                     attention_share,
                     ffn_share,
                     other_share,
-                    launches_per_step: per_step.map(|p| p.0),
-                    waits_per_step: per_step.map(|p| p.1),
+                    graphs_per_step: per_step.map(|p| p.0),
+                    launches_per_step: per_step.map(|p| p.1),
+                    waits_per_step: per_step.map(|p| p.2),
                 };
                 progress(&row);
                 rows.push(row);

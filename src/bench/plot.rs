@@ -179,6 +179,7 @@ mod tests {
             attention_share: 0.0,
             ffn_share: 0.0,
             other_share: 0.0,
+            graphs_per_step: None,
             launches_per_step: None,
             waits_per_step: None,
         }

@@ -76,11 +76,11 @@ pub fn render(rows: &[BenchRow], comparisons: Option<&[Comparison]>, format: For
         }
         Format::Csv => {
             let mut s = String::from(
-                "model,test,batch,depth,tokens_per_s,std,kv_bytes_per_token,max_batch,attention_share,ffn_share,other_share,launches_per_step,waits_per_step\n",
+                "model,test,batch,depth,tokens_per_s,std,kv_bytes_per_token,max_batch,attention_share,ffn_share,other_share,graphs_per_step,launches_per_step,waits_per_step\n",
             );
             for r in rows {
                 s += &format!(
-                    "{},{},{},{},{:.3},{:.3},{},{},{:.4},{:.4},{:.4},{},{}\n",
+                    "{},{},{},{},{:.3},{:.3},{},{},{:.4},{:.4},{:.4},{},{},{}\n",
                     r.model,
                     r.test,
                     r.batch,
@@ -92,6 +92,8 @@ pub fn render(rows: &[BenchRow], comparisons: Option<&[Comparison]>, format: For
                     r.attention_share,
                     r.ffn_share,
                     r.other_share,
+                    r.graphs_per_step
+                        .map_or(String::new(), |v| format!("{v:.2}")),
                     r.launches_per_step
                         .map_or(String::new(), |v| format!("{v:.1}")),
                     r.waits_per_step
@@ -102,7 +104,7 @@ pub fn render(rows: &[BenchRow], comparisons: Option<&[Comparison]>, format: For
         }
         Format::Md => {
             let mut s = String::from(
-                "| model | test | batch | t/s | KV bytes/token | max batch | attention / MoE+MLP / other | launches / waits per step |\n|---|---|---:|---:|---:|---:|---|---|\n",
+                "| model | test | batch | t/s | KV bytes/token | max batch | attention / MoE+MLP / other | graphs / launches / waits per step |\n|---|---|---:|---:|---:|---:|---|---|\n",
             );
             for r in rows {
                 s += &format!(
@@ -121,8 +123,8 @@ pub fn render(rows: &[BenchRow], comparisons: Option<&[Comparison]>, format: For
                     r.attention_share * 100.0,
                     r.ffn_share * 100.0,
                     r.other_share * 100.0,
-                    match (r.launches_per_step, r.waits_per_step) {
-                        (Some(l), Some(w)) => format!("{l:.0} / {w:.0}"),
+                    match (r.graphs_per_step, r.launches_per_step, r.waits_per_step) {
+                        (Some(g), Some(l), Some(w)) => format!("{g:.2} / {l:.1} / {w:.1}"),
                         _ => String::new(),
                     }
                 );

@@ -81,6 +81,11 @@ pub struct BenchArgs {
     /// Seed of the random weights.
     #[arg(long, default_value_t = 0, value_name = "S")]
     pub seed: u64,
+
+    /// Launch every kernel of the decode test's steps (on a GPU they are otherwise captured as
+    /// CUDA graphs and replayed, as `generate` and `serve` do).
+    #[arg(long)]
+    pub enforce_eager: bool,
 }
 
 /// Benchmarks of single kernels rather than whole models.
@@ -444,6 +449,7 @@ fn bench_on<B: Backend>(args: &BenchArgs, backend: B) -> Result<()> {
             depths: args.depth.clone(),
             reps: args.reps,
             block_size: args.block_size,
+            cuda_graphs: !args.enforce_eager,
             memory_budget: budget,
             cache_value_bytes: backend.cache_value_bytes(),
         };

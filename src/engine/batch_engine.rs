@@ -26,9 +26,6 @@ pub struct EngineConfig {
     pub cuda_graphs: bool,
 }
 
-/// Engine ids, unique in the process.
-static NEXT_ENGINE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
 /// Where step time goes.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct EngineStats {
@@ -122,7 +119,7 @@ impl<'m, B: Backend> Engine<'m, B> {
             config,
             next_index: 0,
             stats: EngineStats::default(),
-            id: NEXT_ENGINE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            id: crate::backend::graph_owner(),
         })
     }
 
