@@ -56,6 +56,7 @@ struct Node {
     emu::KernelLaunch launch{};
     void** params = nullptr;    // a kernel's argument pointers: the caller's, or into `args`
     void* args = nullptr;       // a recorded kernel's copy of its argument values
+    void (*free_args)(void*) = nullptr;  // releases `args` (from the kernel's static entry)
     std::vector<void*> copies;  // pointers into `args`
     void* dst = nullptr;        // a copy's or set's destination
     const void* src = nullptr;  // a copy's source
@@ -73,7 +74,7 @@ struct Node {
     Node(const Node&) = delete;
     Node& operator=(const Node&) = delete;
     ~Node() {
-        if (args) launch.f->entry->free_args(args);
+        if (args) free_args(args);
         if (drop) drop(data);
     }
 };
@@ -206,6 +207,7 @@ CUresult submit(CUstream stream, std::unique_ptr<Node> n, const char* what) {
                 const emu::KernelEntry* entry = n->launch.f->entry;
                 n->copies.resize(entry->params);
                 n->args = entry->copy_args(n->params, n->copies.data());
+                n->free_args = entry->free_args;
                 n->params = n->copies.data();
             }
             c->graph->nodes.push_back(std::move(n));

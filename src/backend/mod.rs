@@ -262,6 +262,11 @@ pub trait Backend {
     ) -> Result<Self::Tensor> {
         forward()
     }
+    /// Bytes per second of a large device-to-device copy (read plus written), measured now: the
+    /// memory roofline's bandwidth (`None` on the CPU).
+    fn copy_bandwidth(&self) -> Option<f64> {
+        None
+    }
     /// Launches and waits so far, on a device backend (`None` on the CPU).
     fn counters(&self) -> Option<DeviceCounters> {
         None

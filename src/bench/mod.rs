@@ -12,6 +12,7 @@ pub mod serve;
 use mla_rt::backend::{AttentionBatch, Backend, SeqChunk};
 use mla_rt::error::Result;
 use mla_rt::kv::{slot, BlockManager, SeqBlocks};
+use mla_rt::model::params::decode_step_weight_params;
 use mla_rt::model::{AttentionForm, LogitRows, Model, Step};
 use std::time::Instant;
 
@@ -48,6 +49,8 @@ pub struct BenchConfig {
     pub block_size: usize,
     /// Replay the decode test's steps from CUDA graphs where the backend has them.
     pub cuda_graphs: bool,
+    /// The device's copy bandwidth in bytes/s, measured in this run (`None` on the CPU).
+    pub copy_bytes_per_s: Option<f64>,
     /// Bytes the KV cache may take, for the max-batch column.
     pub memory_budget: u64,
     /// Bytes per cached value on this backend.
@@ -79,6 +82,10 @@ pub struct BenchRow {
     pub graphs_per_step: Option<f64>,
     pub launches_per_step: Option<f64>,
     pub waits_per_step: Option<f64>,
+    /// A `tg` test's fraction of its memory roofline on a device: the time to move the
+    /// weights a step reads (`decode_step_weight_params`) and its KV cache at the copy bandwidth
+    /// measured in the run, over the step's time.
+    pub roofline: Option<f64>,
 }
 
 /// `(attention, ffn, other)` shares of `total` seconds from a profile.
@@ -283,6 +290,16 @@ pub fn run<B: Backend>(
                     graphs_per_step: per_step.map(|p| p.0),
                     launches_per_step: per_step.map(|p| p.1),
                     waits_per_step: per_step.map(|p| p.2),
+                    roofline: match per_step {
+                        Some(_) => config.copy_bytes_per_s.map(|bandwidth| {
+                            let weights = decode_step_weight_params(c, batch)
+                                * config.cache_value_bytes as f64;
+                            let context = (depth + config.prompt) as f64 + config.gen as f64 / 2.0;
+                            let kv = batch as f64 * context * kv_bytes_per_token as f64;
+                            (weights + kv) / bandwidth / (batch as f64 / mean)
+                        }),
+                        None => None,
+                    },
                 };
                 progress(&row);
                 rows.push(row);

@@ -6,7 +6,7 @@
 
 use super::kernels::{time_calls, uniform};
 use cudarc::cublas::{CudaBlas, Gemm};
-use mla_rt::backend::cuda::{driver_err, CudaBackend, GpuFloat, MoePath};
+use mla_rt::backend::cuda::{CudaBackend, GpuFloat, MoePath};
 use mla_rt::backend::{Backend, MlpWeights, MoeWeights};
 use mla_rt::config::{presets::preset_config, ModelConfig, MoeConfig, TopkMethod};
 use mla_rt::error::{Error, Result};
@@ -129,23 +129,6 @@ where
     })
 }
 
-/// Bytes of a device-to-device copy of `bytes` per ms, measured now (the ceiling).
-fn copy_bytes_per_ms<T: GpuFloat>(gpu: &CudaBackend<T>, bytes: usize, reps: usize) -> Result<f64>
-where
-    CudaBlas: Gemm<T>,
-{
-    let dev = &gpu.device;
-    let n = bytes / std::mem::size_of::<T>();
-    let src = dev.tensor::<T>(1, n, Some(0.0))?;
-    let mut dst = dev.tensor::<T>(1, n, None)?;
-    let t = time_calls(dev, reps, || {
-        dev.stream
-            .memcpy_dtod(&src.data, &mut dst.data)
-            .map_err(driver_err("device-to-device copy"))
-    })?;
-    Ok(2.0 * (n * std::mem::size_of::<T>()) as f64 / t.gpu_ms)
-}
-
 pub fn run<T: GpuFloat>(
     gpu: &CudaBackend<T>,
     shapes: &[MoeShape],
@@ -156,7 +139,8 @@ pub fn run<T: GpuFloat>(
 where
     CudaBlas: Gemm<T>,
 {
-    let copy = copy_bytes_per_ms(gpu, copy_bytes, reps)?;
+    // Bytes per ms of a device-to-device copy, measured now (the ceiling).
+    let copy = gpu.device.copy_bandwidth(copy_bytes, reps)? / 1e3;
     let e = std::mem::size_of::<T>() as u64;
     let mut rows = Vec::new();
     for shape in shapes {

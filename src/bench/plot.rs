@@ -182,6 +182,7 @@ mod tests {
             graphs_per_step: None,
             launches_per_step: None,
             waits_per_step: None,
+            roofline: None,
         }
     }
 

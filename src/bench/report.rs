@@ -76,11 +76,11 @@ pub fn render(rows: &[BenchRow], comparisons: Option<&[Comparison]>, format: For
         }
         Format::Csv => {
             let mut s = String::from(
-                "model,test,batch,depth,tokens_per_s,std,kv_bytes_per_token,max_batch,attention_share,ffn_share,other_share,graphs_per_step,launches_per_step,waits_per_step\n",
+                "model,test,batch,depth,tokens_per_s,std,kv_bytes_per_token,max_batch,attention_share,ffn_share,other_share,graphs_per_step,launches_per_step,waits_per_step,roofline\n",
             );
             for r in rows {
                 s += &format!(
-                    "{},{},{},{},{:.3},{:.3},{},{},{:.4},{:.4},{:.4},{},{},{}\n",
+                    "{},{},{},{},{:.3},{:.3},{},{},{:.4},{:.4},{:.4},{},{},{},{}\n",
                     r.model,
                     r.test,
                     r.batch,
@@ -97,18 +97,19 @@ pub fn render(rows: &[BenchRow], comparisons: Option<&[Comparison]>, format: For
                     r.launches_per_step
                         .map_or(String::new(), |v| format!("{v:.1}")),
                     r.waits_per_step
-                        .map_or(String::new(), |v| format!("{v:.1}"))
+                        .map_or(String::new(), |v| format!("{v:.1}")),
+                    r.roofline.map_or(String::new(), |v| format!("{v:.3}"))
                 );
             }
             s
         }
         Format::Md => {
             let mut s = String::from(
-                "| model | test | batch | t/s | KV bytes/token | max batch | attention / MoE+MLP / other | graphs / launches / waits per step |\n|---|---|---:|---:|---:|---:|---|---|\n",
+                "| model | test | batch | t/s | KV bytes/token | max batch | attention / MoE+MLP / other | graphs / launches / waits per step | of roofline |\n|---|---|---:|---:|---:|---:|---|---|---:|\n",
             );
             for r in rows {
                 s += &format!(
-                    "| {} | {} | {} | {:.2} ± {:.2} | {} | {} | {:.0}% / {:.0}% / {:.0}% | {} |\n",
+                    "| {} | {} | {} | {:.2} ± {:.2} | {} | {} | {:.0}% / {:.0}% / {:.0}% | {} | {} |\n",
                     r.model,
                     test_label(r),
                     if r.at_max {
@@ -126,7 +127,8 @@ pub fn render(rows: &[BenchRow], comparisons: Option<&[Comparison]>, format: For
                     match (r.graphs_per_step, r.launches_per_step, r.waits_per_step) {
                         (Some(g), Some(l), Some(w)) => format!("{g:.2} / {l:.1} / {w:.1}"),
                         _ => String::new(),
-                    }
+                    },
+                    r.roofline.map_or(String::new(), |v| format!("{v:.2}"))
                 );
             }
             if let Some(cmp) = comparisons.filter(|c| !c.is_empty()) {

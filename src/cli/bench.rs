@@ -450,6 +450,7 @@ fn bench_on<B: Backend>(args: &BenchArgs, backend: B) -> Result<()> {
             reps: args.reps,
             block_size: args.block_size,
             cuda_graphs: !args.enforce_eager,
+            copy_bytes_per_s: backend.copy_bandwidth(),
             memory_budget: budget,
             cache_value_bytes: backend.cache_value_bytes(),
         };

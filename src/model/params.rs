@@ -116,3 +116,47 @@ pub fn kv_values_per_token_per_layer(config: &ModelConfig) -> (u64, u64) {
         ),
     }
 }
+
+/// Weights one decode step of `batch` sequences reads: all but the input embedding (a step reads
+/// `batch` of its rows), each MoE layer's routed experts counted by how many `batch` tokens
+/// choose on average if the router spreads them evenly: `E·(1 − (1 − k/E)^batch)`. An estimate
+/// for the memory roofline of `mla bench`, not a count of what a given batch reads.
+pub fn decode_step_weight_params(config: &ModelConfig, batch: usize) -> f64 {
+    let p = count_params(config);
+    let all = (p.total - p.embedding) as f64;
+    let ModelConfig::DeepSeek(c) = config else {
+        return all;
+    };
+    let Some(moe) = &c.moe else {
+        return all;
+    };
+    let (e, k) = (moe.n_routed_experts as f64, moe.num_experts_per_tok as f64);
+    let expert = 3.0 * (c.hidden_size * moe.moe_intermediate_size) as f64;
+    let chosen = e * (1.0 - (1.0 - k / e.max(1.0)).powi(batch as i32));
+    let moe_layers = (0..c.num_hidden_layers)
+        .filter(|&l| c.is_moe_layer(l))
+        .count() as f64;
+    all - moe_layers * (e - chosen) * expert
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_decode_step_reads_the_experts_its_tokens_choose() {
+        let config = crate::config::presets::preset_config("deepseek-v2-lite", None).unwrap();
+        let p = count_params(&config);
+        let one = decode_step_weight_params(&config, 1);
+        // One token: the activated weights without the embedding (6 of 64 experts per layer).
+        assert!(
+            (one - (p.activated - p.embedding) as f64).abs() < 1.0,
+            "{one}"
+        );
+        // Many tokens: every expert, or all but a fraction of one.
+        let all = (p.total - p.embedding) as f64;
+        let many = decode_step_weight_params(&config, 512);
+        assert!(many <= all && many > 0.999 * all, "{many} of {all}");
+        assert!(decode_step_weight_params(&config, 8) > one);
+    }
+}

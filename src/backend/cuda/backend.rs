@@ -16,6 +16,9 @@ use std::cell::RefCell;
 use std::marker::PhantomData;
 
 pub struct CudaBackend<T> {
+    /// Decode steps captured as CUDA graphs (decode_graphs.rs). Declared first, so dropped
+    /// first: a graph goes before the modules its kernels belong to are unloaded.
+    pub(super) decode_graphs: RefCell<super::decode_graphs::DecodeGraphs<T>>,
     pub device: CudaDevice,
     blas: Blas,
     /// Fill every output with NaN before its kernel runs, so that an element a kernel forgets
@@ -30,8 +33,6 @@ pub struct CudaBackend<T> {
     pub(super) prepared: RefCell<Option<super::attention::PreparedStep>>,
     /// Which kernels run the routed experts.
     pub(super) moe_path: std::cell::Cell<MoePath>,
-    /// Decode steps captured as CUDA graphs (decode_graphs.rs).
-    pub(super) decode_graphs: RefCell<super::decode_graphs::DecodeGraphs<T>>,
     _element: PhantomData<T>,
 }
 
@@ -243,6 +244,11 @@ where
         forward: &mut dyn FnMut() -> Result<GpuTensor<T>>,
     ) -> Result<GpuTensor<T>> {
         self.replay_decode(owner, forward)
+    }
+
+    fn copy_bandwidth(&self) -> Option<f64> {
+        // 512 MiB: past any L2; 10 copies after one.
+        self.device.copy_bandwidth(512 << 20, 10).ok()
     }
 
     fn counters(&self) -> Option<crate::backend::DeviceCounters> {

@@ -57,4 +57,22 @@ impl CudaDevice {
         self.synchronize()?;
         Ok(host.to_vec())
     }
+
+    /// Bytes per second a device-to-device copy of `bytes` moves (read plus written), timed
+    /// with CUDA events over `reps` copies after one: the ceiling benchmarks measure against.
+    pub fn copy_bandwidth(&self, bytes: usize, reps: usize) -> Result<f64> {
+        let err = || driver_err("timing a device-to-device copy");
+        let src = self.uninit::<u8>(bytes, "a copy's source")?;
+        let mut dst = self.uninit::<u8>(bytes, "a copy's destination")?;
+        let mut copy = || self.stream.memcpy_dtod(&src, &mut dst).map_err(err());
+        copy()?;
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let start = self.stream.record_event(flags).map_err(err())?;
+        for _ in 0..reps.max(1) {
+            copy()?;
+        }
+        let end = self.stream.record_event(flags).map_err(err())?;
+        let ms = start.elapsed_ms(&end).map_err(err())? as f64 / reps.max(1) as f64;
+        Ok(2.0 * bytes as f64 / (ms.max(1e-6) * 1e-3))
+    }
 }
