@@ -39,15 +39,26 @@ impl CudaDevice {
             None => self.upload_values(&vec![0.0; experts])?,
         };
         let (ids, weights) = self.moe_route_on_device(logits, &bias, moe)?;
-        let ids = self.fetch(&ids, "expert ids")?;
-        let weights = self.fetch(&weights, "expert weights")?;
+        self.fetch_routes(&ids, &weights, moe.num_experts_per_tok, experts)
+    }
+
+    /// Routes left on the device by [`Self::moe_route_on_device`] brought back, `k` per token;
+    /// an expert id of `experts` or more is an error.
+    fn fetch_routes(
+        &self,
+        ids: &CudaSlice<u32>,
+        weights: &CudaSlice<f32>,
+        k: usize,
+        experts: usize,
+    ) -> Result<Vec<Vec<Route>>> {
+        let ids = self.fetch(ids, "expert ids")?;
+        let weights = self.fetch(weights, "expert weights")?;
         if let Some(bad) = ids.iter().find(|&&e| e as usize >= experts) {
             return Err(op_err(
                 "moe_route",
                 format!("chose expert {bad} of {experts}"),
             ));
         }
-        let k = moe.num_experts_per_tok;
         Ok(ids
             .chunks_exact(k)
             .zip(weights.chunks_exact(k))
@@ -179,22 +190,11 @@ where
         let (ids, weights) =
             self.device
                 .moe_route_on_device(&logits, &w.experts.score_bias, config)?;
-        let (ids, weights) = (
-            self.device.fetch(&ids, "expert ids")?,
-            self.device.fetch(&weights, "expert weights")?,
-        );
-        let k = config.num_experts_per_tok;
-        let routes = ids
-            .chunks_exact(k)
-            .zip(weights.chunks_exact(k))
-            .map(|(ids, ws)| {
-                ids.iter().zip(ws).map(|(&expert, &weight)| Route {
-                    expert: expert as usize,
-                    weight,
-                })
-            });
+        let routes =
+            self.device
+                .fetch_routes(&ids, &weights, config.num_experts_per_tok, w.router.rows)?;
         let mut assigned: Vec<(Vec<u32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); w.router.rows];
-        for (t, token_routes) in routes.take(x.rows).enumerate() {
+        for (t, token_routes) in routes.iter().take(x.rows).enumerate() {
             for choice in token_routes {
                 let (tokens, weights) = assigned.get_mut(choice.expert).ok_or_else(|| {
                     op_err(
