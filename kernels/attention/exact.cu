@@ -29,8 +29,10 @@ template <typename T> __device__ void paged_attention(const ExactParams<T>& para
     const uint32_t* table = params.block_tables + params.table_start[params.row_seq[row]];
     const int pos = params.row_pos[row];
     const int kv_head = head / params.group;
-    const int first = max(params.window > 0 ? max(0, pos + 1 - params.window) : 0, (int)split * params.split_len);
-    const int last = min(pos, ((int)split + 1) * params.split_len - 1);
+    // Splits past the row's context see no token (the grid is sized for the longest possible).
+    const int split_len = (int)*params.split_len;
+    const int first = max(params.window > 0 ? max(0, pos + 1 - params.window) : 0, (int)split * split_len);
+    const int last = min(pos, ((int)split + 1) * split_len - 1);
     // denom: this lane's share of the running sum (its own tokens' weights), summed at the end.
     float running_max = -INFINITY, denom = 0.0f, acc[MAX_VALUE_PER_LANE];
 #pragma unroll

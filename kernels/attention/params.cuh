@@ -94,7 +94,8 @@ static_assert(sizeof(CombineParams) == 48 && offsetof(CombineParams, dv) == 40, 
 
 // The exact kernel (exact.cu), f32 or bf16 (same layout): per (split, row, head) a partial output
 // and LSE from segments as above; `row_seq`, `row_pos`: each query row's sequence and position;
-// `group` query heads per KV head; `split_len` cached tokens per split.
+// `group` query heads per KV head; `*split_len` cached tokens per split (in device memory, so
+// that a captured launch serves steps whose longest context differs).
 template <typename T> struct ExactParams {
     float* partial_o;
     float* partial_lse;
@@ -107,14 +108,14 @@ template <typename T> struct ExactParams {
     const uint32_t* table_start;
     const uint32_t* row_seq;
     const uint32_t* row_pos;
+    const uint32_t* split_len;
     KeySegment s1, s2, sv;
     int q1_stride, q1_head_stride, q2_stride, q2_head_stride;
     int heads, group, block_size, window;
     float scale;
-    int split_len;
 };
-static_assert(sizeof(ExactParams<float>) == 176 && offsetof(ExactParams<float>, s1) == 88, "mirrored in params.rs");
-static_assert(offsetof(ExactParams<float>, q1_stride) == 136 && offsetof(ExactParams<float>, split_len) == 172,
+static_assert(sizeof(ExactParams<float>) == 184 && offsetof(ExactParams<float>, s1) == 96, "mirrored in params.rs");
+static_assert(offsetof(ExactParams<float>, q1_stride) == 144 && offsetof(ExactParams<float>, scale) == 176,
               "mirrored in params.rs");
 
 // The exact kernel's combine: `jobs` (row, head) outputs of dv values from `splits` splits.

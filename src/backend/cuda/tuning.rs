@@ -24,7 +24,7 @@ pub const MIN_SPLIT_TOKENS: usize = 128;
 pub const EXACT_WARPS_PER_SM: usize = 64;
 pub const EXACT_MIN_SPLIT_TOKENS: usize = 64;
 /// Split lengths of the exact kernel are whole multiples of this many tokens (not a speed
-/// setting: it keeps a decode step's launch, and its CUDA graph, valid across 64 tokens).
+/// setting: a decode step's split length changes once every 64 tokens at most).
 pub const EXACT_SPLIT_GRANULE: usize = 64;
 
 /// Bound on the context the materialised MLA form expands at once (K and V of a group of

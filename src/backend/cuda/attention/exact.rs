@@ -1,7 +1,7 @@
 //! Rust side of `kernels/attention/exact.cu`: a step plan on the device and the checked launch of the
 //! paged attention kernel for any [`AttentionLayout`].
 
-use super::layout::{split_len, AttentionLayout, HostPlan, Segment, Source};
+use super::layout::{exact_splits, AttentionLayout, HostPlan, Segment, Source};
 use super::params::{ExactCombineParams, ExactParams, KeySegment};
 use crate::backend::cuda::launch::Order;
 use crate::backend::cuda::StepValues;
@@ -18,9 +18,9 @@ const MAX_QUERY: usize = 1024;
 
 /// A [`HostPlan`] in device memory.
 pub struct AttentionPlan {
-    /// Tokens per KV split.
-    split_len: usize,
-    /// Splits of the longest row's context.
+    /// Tokens per KV split (one value, read by the kernel).
+    split_len: StepValues<u32>,
+    /// Splits of the exact kernel's grid (the longest row's, or more).
     splits: usize,
     block_tables: StepValues<u32>,
     table_start: StepValues<u32>,
@@ -46,9 +46,9 @@ impl AttentionPlan {
         self.row_pos
     }
 
-    /// Tokens per KV split of the exact kernel and splits of the longest row: its grid.
-    pub fn exact_splits(&self) -> (usize, usize) {
-        (self.split_len, self.splits)
+    /// Splits of the exact kernel's grid.
+    pub fn exact_splits(&self) -> usize {
+        self.splits
     }
 
     pub fn block_size(&self) -> usize {
@@ -86,22 +86,23 @@ pub(super) fn check_segment(
 
 impl CudaDevice {
     /// The plan on the device (in the step buffers of entry `entry`), with KV splits for `heads`
-    /// query heads sized to fill this GPU.
+    /// query heads sized to fill this GPU over contexts of up to `capacity` tokens.
     pub fn upload_plan(
         &self,
         plan: &HostPlan,
         heads: usize,
+        capacity: usize,
         entry: usize,
     ) -> Result<AttentionPlan> {
-        let split_len = split_len(
+        let (split_len, splits) = exact_splits(
             plan,
             heads,
             tuning::EXACT_WARPS_PER_SM * self.info.multiprocessors,
+            capacity,
         );
-        let longest = plan.longest();
         Ok(AttentionPlan {
-            split_len,
-            splits: longest.div_ceil(split_len),
+            split_len: self.step_values(("exact split length", entry), &[split_len as u32])?,
+            splits,
             block_tables: self.step_values(("block tables", entry), &plan.block_tables)?,
             table_start: self.step_values(("table starts", entry), &plan.table_start)?,
             row_seq: self.step_values(("row sequences", entry), &plan.row_seq)?,
@@ -194,6 +195,7 @@ impl CudaDevice {
             table_start: plan.table_start.address,
             row_seq: plan.row_seq.address,
             row_pos: plan.row_pos.address,
+            split_len: plan.split_len.address,
             s1: KeySegment::from(&l.k1),
             s2: KeySegment::from(&l.k2),
             sv: KeySegment::from(&l.v),
@@ -206,7 +208,6 @@ impl CudaDevice {
             block_size: i(plan.block_size),
             window: i(l.window),
             scale: l.scale,
-            split_len: i(plan.split_len),
         };
         let cfg = LaunchConfig {
             grid_dim: (

@@ -10,7 +10,7 @@ use super::kernel_choice::{kernel_choice, values_in_keys, wide_pays, ParamsKind}
 use super::kernel_choice::{AttentionKernel, AttentionTuning, NarrowAttention, SplitCombine};
 use super::layout::{AttentionLayout, Segment, Source};
 use super::params::{AttentionParams, CombineParams, KeySegment, WmmaParams};
-use super::schedule::{schedule, RowGroup, WorkItem, ROWS};
+use super::schedule::{decode_split_bound, is_decode, schedule, RowGroup, WorkItem, ROWS};
 use crate::backend::cuda::kernels;
 use crate::backend::cuda::launch::Order;
 use crate::backend::cuda::StepValues;
@@ -150,7 +150,13 @@ impl CudaDevice {
             kernel.split_tokens(),
         );
         let units = items.len() / kernel.runs_per_cta;
-        let max_splits = groups.iter().map(|g| g.items as usize).max().unwrap_or(0);
+        // A decode step's shape should not depend on its contexts (schedule's doc): where some
+        // group has several splits, its combine is sized for the most a group can have, so the
+        // step has one of two shapes (one split everywhere, written by the kernel, or not).
+        let max_splits = match groups.iter().map(|g| g.items as usize).max().unwrap_or(0) {
+            n if n > 1 && is_decode(batch) => decode_split_bound(target_ctas).max(n),
+            n => n,
+        };
         let shape = ScheduleShape {
             kernel,
             wide,

@@ -217,19 +217,31 @@ impl HostPlan {
     }
 }
 
-/// Tokens per KV split, so that about `target_warps` warps (one per row, head and split) run:
-/// a few long sequences are cut into many splits, a big batch into none.
-pub fn split_len(plan: &HostPlan, heads: usize, target_warps: usize) -> usize {
+/// The exact kernel's tokens per KV split and its grid's splits, so that about `target_warps`
+/// warps (one per row, head and split) run: a few long sequences are cut into many splits, a
+/// big batch into none. The grid depends on the rows and heads alone (bounded by the
+/// `capacity` tokens a context can reach), not on the contexts, so that a decode step's launch,
+/// and its CUDA graph, serve the next steps as contexts grow; splits past a row's context see
+/// no token.
+pub fn exact_splits(
+    plan: &HostPlan,
+    heads: usize,
+    target_warps: usize,
+    capacity: usize,
+) -> (usize, usize) {
     let longest = plan.longest();
     let jobs = (plan.rows() * heads).max(1);
-    let splits = target_warps
-        .div_ceil(jobs)
-        .clamp(1, longest.div_ceil(tuning::EXACT_MIN_SPLIT_TOKENS));
-    // Whole granules: the kernel takes the length by value, so decode steps keep one launch
-    // (and one CUDA graph) while their contexts grow within a granule.
-    longest
+    let grid = target_warps.div_ceil(jobs).clamp(
+        1,
+        capacity
+            .max(longest)
+            .div_ceil(tuning::EXACT_MIN_SPLIT_TOKENS),
+    );
+    let splits = grid.min(longest.div_ceil(tuning::EXACT_MIN_SPLIT_TOKENS));
+    let split_len = longest
         .div_ceil(splits)
-        .next_multiple_of(tuning::EXACT_SPLIT_GRANULE)
+        .next_multiple_of(tuning::EXACT_SPLIT_GRANULE);
+    (split_len, grid)
 }
 
 /// The paged attention kernel and its split combine, index for index, on host buffers: output
@@ -511,22 +523,37 @@ mod tests {
                 .collect(),
         };
         let plan = |n, len| HostPlan::paged(&batch(n, len), 100_000, 64).unwrap();
+        let split_len = |n, len| exact_splits(&plan(n, len), 16, 8448, 1 << 20).0;
         // One long sequence, 16 heads, 8448 warps wanted: cut into 64-token splits at most.
-        assert_eq!(split_len(&plan(1, 32_768), 16, 8448), 64);
+        assert_eq!(split_len(1, 32_768), 64);
         // A big batch fills the GPU by itself: no split.
-        assert_eq!(split_len(&plan(1024, 4096), 16, 8448), 4096);
+        assert_eq!(split_len(1024, 4096), 4096);
         // Whole granules of 64 tokens: 1 to 64 tokens take one length, 65 two splits of it.
-        assert_eq!(split_len(&plan(4, 5), 16, 8448), 64);
-        assert_eq!(split_len(&plan(4, 64), 16, 8448), 64);
-        assert_eq!(split_len(&plan(4, 65), 16, 8448), 64);
-        assert_eq!(split_len(&plan(1024, 65), 16, 8448), 128);
+        assert_eq!(split_len(4, 5), 64);
+        assert_eq!(split_len(4, 64), 64);
+        assert_eq!(split_len(4, 65), 64);
+        assert_eq!(split_len(1024, 65), 128);
         // In between: about the target (whole granules may leave a few splits short of it).
-        let len = split_len(&plan(8, 16_384), 16, 8448);
+        let len = split_len(8, 16_384);
         let warps = 8 * 16 * 16_384usize.div_ceil(len);
         assert!(
             (8448 * 7 / 8..=2 * 8448).contains(&warps),
             "{len} → {warps}"
         );
+        // The grid depends on rows and heads, not on the contexts, and covers every split.
+        for n in [1, 4, 1024] {
+            let grids: Vec<usize> = [1, 65, 4096, 32_768]
+                .iter()
+                .map(|&len| {
+                    let (split, grid) = exact_splits(&plan(n, len), 16, 8448, 1 << 20);
+                    assert!(len.div_ceil(split) <= grid, "{n} × {len}");
+                    grid
+                })
+                .collect();
+            assert!(grids.iter().all(|&g| g == grids[0]), "{n}: {grids:?}");
+        }
+        // A small cache bounds the grid.
+        assert_eq!(exact_splits(&plan(1, 5), 16, 8448, 256).1, 4);
     }
 
     #[test]

@@ -309,7 +309,12 @@ where
             false => None,
         };
         let prepared = Rc::new(Prepared {
-            plan: self.device.upload_plan(&host, layout.heads, entry)?,
+            plan: self.device.upload_plan(
+                &host,
+                layout.heads,
+                cache.num_blocks * cache.block_size,
+                entry,
+            )?,
             host,
             slots,
             schedule,

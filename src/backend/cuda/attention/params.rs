@@ -112,6 +112,7 @@ pub struct ExactParams {
     pub table_start: u64,
     pub row_seq: u64,
     pub row_pos: u64,
+    pub split_len: u64,
     pub s1: KeySegment,
     pub s2: KeySegment,
     pub sv: KeySegment,
@@ -124,7 +125,6 @@ pub struct ExactParams {
     pub block_size: i32,
     pub window: i32,
     pub scale: f32,
-    pub split_len: i32,
 }
 
 /// combine_splits' params.
@@ -161,9 +161,9 @@ const _: () = {
     assert!(offset_of!(AttentionParams, units) == 204);
     assert!(size_of::<WmmaParams>() == 232 && offset_of!(WmmaParams, shared) == 208);
     assert!(size_of::<CombineParams>() == 48 && offset_of!(CombineParams, dv) == 40);
-    assert!(size_of::<ExactParams>() == 176 && offset_of!(ExactParams, s1) == 88);
-    assert!(offset_of!(ExactParams, q1_stride) == 136);
-    assert!(offset_of!(ExactParams, split_len) == 172);
+    assert!(size_of::<ExactParams>() == 184 && offset_of!(ExactParams, s1) == 96);
+    assert!(offset_of!(ExactParams, q1_stride) == 144);
+    assert!(offset_of!(ExactParams, scale) == 176);
     assert!(size_of::<ExactCombineParams>() == 40 && offset_of!(ExactCombineParams, dv) == 32);
 };
 #[cfg(feature = "experimental-kernels")]

@@ -66,6 +66,13 @@ struct Unit {
 /// CTAs in all: long sequences get many splits, short ones few, so every CTA has about the same
 /// work. A split of a unit is `runs_per_cta` consecutive items (runs the unit lacks are items
 /// of `NO_ROW` only), which one CTA serves together.
+///
+/// A decode step (one query token per sequence) gets a shape that depends on its sequences and
+/// heads alone, not on their contexts, so that a CUDA graph captured over one step serves the
+/// next: its units' splits number at most `target_ctas` + units (each unit's rounded share is at
+/// most half a split over its exact share, or one where raised to one), and filler units (rows
+/// `NO_ROW`, group `NO_GROUP`, the first token of sequence 0) make up the rest. See
+/// [`decode_split_bound`] for the most splits one of its groups can have.
 pub fn schedule(
     batch: &AttentionBatch,
     heads: usize,
@@ -119,6 +126,7 @@ pub fn schedule(
     // about target_ctas equal CTAs, one wave instead of a full wave and a ragged one.
     let work: usize = units.iter().map(|u| u.end - u.begin).sum::<usize>().max(1);
     let target = target_ctas.max(1);
+    let unit_count = units.len();
     let mut items = Vec::new();
     let mut groups = Vec::new();
     for Unit {
@@ -162,7 +170,30 @@ pub fn schedule(
             });
         }
     }
+    if is_decode(batch) {
+        let filler = WorkItem {
+            seq: 0,
+            kv_head: 0,
+            kv_begin: 0,
+            kv_end: 1,
+            rows: [NO_ROW; ROWS],
+            group: NO_GROUP,
+        };
+        items.resize((target + unit_count) * runs_per_cta, filler);
+    }
     (items, groups)
+}
+
+/// Whether every sequence of the step computes one token (its schedule's shape is fixed).
+pub fn is_decode(batch: &AttentionBatch) -> bool {
+    !batch.seqs.is_empty() && batch.seqs.iter().all(|s| s.query_len == 1)
+}
+
+/// The most splits a group of a decode step's schedule can have, whatever the contexts: a
+/// unit's share of `target_ctas`, all of it where one context holds nearly every token (the
+/// combine of a decode step with several splits somewhere is sized for this many).
+pub fn decode_split_bound(target_ctas: usize) -> usize {
+    target_ctas.max(1)
 }
 
 #[cfg(test)]
@@ -470,6 +501,60 @@ mod tests {
                 assert!(
                     covered.iter().all(|&c| c == 1),
                     "heads {heads}/{group}, target {target}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_decode_schedule_has_one_shape_whatever_the_contexts() {
+        let decode = |lens: &[usize]| AttentionBatch {
+            block_size: 64,
+            seqs: lens
+                .iter()
+                .map(|&context_len| SeqChunk {
+                    block_table: (0..context_len.div_ceil(64) as u32).collect(),
+                    context_len,
+                    query_len: 1,
+                })
+                .collect(),
+        };
+        let contexts: [&[usize]; 5] = [
+            &[1, 1, 1],
+            &[1, 100_000, 1],
+            &[5000, 5000, 5000],
+            &[130, 64, 20_000],
+            &[100_000, 100_000, 100_000],
+        ];
+        for (heads, group) in [(16, 16), (128, 128), (20, 4)] {
+            for (target, runs) in [(1, 1), (7, 1), (264, 1), (264, 4), (10_000, 4)] {
+                let shapes: Vec<(usize, usize)> = contexts
+                    .iter()
+                    .map(|lens| {
+                        let b = decode(lens);
+                        let (items, groups) = schedule(&b, heads, group, 0, target, runs, 64);
+                        for g in &groups {
+                            assert!(g.items as usize <= decode_split_bound(target));
+                            // Every real item reads tokens of its own sequence.
+                            for i in g.item_indices() {
+                                let it = &items[i];
+                                assert!(it.kv_begin < it.kv_end);
+                                assert!(it.kv_end as usize <= lens[it.seq as usize]);
+                            }
+                        }
+                        // Filler units come last and are whole: no rows, no group, one token.
+                        assert!(items.len() % runs == 0);
+                        let units: Vec<&[WorkItem]> = items.chunks(runs).collect();
+                        let real = units.iter().take_while(|u| u[0].group != NO_GROUP).count();
+                        assert!(units[real..].iter().flat_map(|u| u.iter()).all(|i| {
+                            i.rows == [NO_ROW; ROWS] && i.group == NO_GROUP && i.kv_end == 1
+                        }));
+                        (items.len(), groups.len())
+                    })
+                    .collect();
+                assert!(
+                    shapes.iter().all(|s| *s == shapes[0]),
+                    "heads {heads}/{group}, target {target}, runs {runs}: {shapes:?}"
                 );
             }
         }
