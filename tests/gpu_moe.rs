@@ -305,12 +305,14 @@ fn v2_lite_shaped_model(
 
 /// Three requests through the engine, greedy or (`sampled`) greedy, seeded top-k sampling and
 /// greedy with log-probabilities (whole logit rows), twice; the second round's outputs and
-/// decode statistics.
+/// decode statistics. With `capture_first`, the engine captures its decode graphs before the
+/// first round, which then replays from its first decode step.
 fn run_engine(
     gpu: &CudaBackend<half::bf16>,
     model: &mla_rt::model::Model<CudaBackend<half::bf16>>,
     cuda_graphs: bool,
     sampled: bool,
+    capture_first: bool,
 ) -> (
     Vec<mla_rt::engine::request::RequestOutput>,
     mla_rt::engine::batch_engine::EngineStats,
@@ -332,6 +334,11 @@ fn run_engine(
         cuda_graphs,
     };
     let mut engine = Engine::new(model, gpu, None, engine_config).unwrap();
+    if capture_first {
+        let capture = engine.capture_decode_graphs(4).unwrap().unwrap();
+        // Batch sizes 1, 2 and 4 (three sequences are padded to four).
+        assert_eq!((capture.graphs, capture.largest), (3, 4), "{capture}");
+    }
     let samplings = match sampled {
         false => [SamplingParams::default(); 3],
         true => [
@@ -351,7 +358,7 @@ fn run_engine(
     // Two rounds of the same requests: the first warms up and captures each batch shape's
     // graph, the second (whose outputs and statistics are returned) replays them.
     let mut rounds = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..2 - capture_first as usize {
         let before = engine.stats;
         for (i, sampling) in samplings.iter().enumerate() {
             let i = i as u32;
@@ -377,7 +384,9 @@ fn run_engine(
             .map(|r| r.output_tokens.clone())
             .collect::<Vec<_>>()
     };
-    assert_eq!(tokens(&rounds[0].0), tokens(&rounds[1].0), "round to round");
+    if let [first, second] = &rounds[..] {
+        assert_eq!(tokens(&first.0), tokens(&second.0), "round to round");
+    }
     rounds.pop().unwrap()
 }
 
@@ -390,7 +399,7 @@ fn a_decode_step_waits_for_the_device_once() {
     let gpu = CudaBackend::<half::bf16>::open(0).expect("an NVIDIA GPU with kernels in this build");
     let (_dir, model) = v2_lite_shaped_model(&gpu);
     for graphs in [false, true] {
-        let (_, stats) = run_engine(&gpu, &model, graphs, false);
+        let (_, stats) = run_engine(&gpu, &model, graphs, false, false);
         assert!(stats.decode_steps >= 5, "{stats:?}");
         let (c, steps) = (stats.decode_counters, stats.decode_steps as u64);
         let per_step = c.per_step(stats.decode_steps);
@@ -417,8 +426,8 @@ fn a_decode_step_waits_for_the_device_once() {
 fn decode_steps_replayed_from_cuda_graphs_match_eager_ones() {
     let gpu = CudaBackend::<half::bf16>::open(0).expect("an NVIDIA GPU with kernels in this build");
     let (_dir, model) = v2_lite_shaped_model(&gpu);
-    let (eager, eager_stats) = run_engine(&gpu, &model, false, true);
-    let (graphs, stats) = run_engine(&gpu, &model, true, true);
+    let (eager, eager_stats) = run_engine(&gpu, &model, false, true, false);
+    let (graphs, stats) = run_engine(&gpu, &model, true, true, false);
     let tokens = |o: &[mla_rt::engine::request::RequestOutput]| {
         o.iter()
             .map(|r| (r.output_tokens.clone(), r.logprobs.clone()))
@@ -436,6 +445,32 @@ fn decode_steps_replayed_from_cuda_graphs_match_eager_ones() {
     assert!(
         c.kernel_launches <= 4 * stats.decode_steps as u64,
         "{per_step}"
+    );
+}
+
+/// Decode graphs captured when the engine starts (batch sizes 1, 2 and 4, padded with filler
+/// sequences): every decode step of the first requests replays one, with the eager run's
+/// tokens and log-probabilities.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn decode_graphs_captured_at_start_serve_the_first_steps() {
+    let gpu = CudaBackend::<half::bf16>::open(0).expect("an NVIDIA GPU with kernels in this build");
+    let (_dir, model) = v2_lite_shaped_model(&gpu);
+    let (eager, _) = run_engine(&gpu, &model, false, true, false);
+    let (graphs, stats) = run_engine(&gpu, &model, true, true, true);
+    let tokens = |o: &[mla_rt::engine::request::RequestOutput]| {
+        o.iter()
+            .map(|r| (r.output_tokens.clone(), r.logprobs.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(tokens(&graphs), tokens(&eager));
+    let c = stats.decode_counters;
+    assert!(stats.decode_steps >= 5, "{stats:?}");
+    assert_eq!(
+        c.graph_launches,
+        stats.decode_steps as u64,
+        "{}",
+        c.per_step(stats.decode_steps)
     );
 }
 

@@ -172,6 +172,46 @@ impl DeviceCounters {
     }
 }
 
+/// What capturing decode steps ahead of time made ([`Backend::capture_decode_graphs`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GraphCapture {
+    /// Graphs held after the capture.
+    pub graphs: usize,
+    /// The largest batch size captured.
+    pub largest: usize,
+    pub secs: f64,
+    /// Device memory the capture took (free memory before less after).
+    pub bytes: u64,
+}
+
+impl std::fmt::Display for GraphCapture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "captured {} CUDA graph{} for decode batches of 1 to {} sequences in {:.1} s ({:.0} MiB)",
+            self.graphs,
+            if self.graphs == 1 { "" } else { "s" },
+            self.largest,
+            self.secs,
+            self.bytes as f64 / (1u64 << 20) as f64
+        )
+    }
+}
+
+/// The batch sizes decode steps are padded to where graphs replay them, up to the first that
+/// holds `max_seqs` sequences: 1, 2, 4, then every multiple of 8 (vLLM's).
+pub fn decode_batch_sizes(max_seqs: usize) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    let mut next = 1;
+    loop {
+        sizes.push(next);
+        if next >= max_seqs {
+            return sizes;
+        }
+        next = if next < 8 { next * 2 } else { next + 8 };
+    }
+}
+
 /// A new owner id for [`Backend::forward_replayed`] (an engine, a benchmark run): unique in the
 /// process.
 pub fn graph_owner() -> u64 {
@@ -252,15 +292,34 @@ pub trait Backend {
     /// What waits for queued device work to finish, for timing ops (`None`: ops are
     /// synchronous, as on the CPU).
     fn sync_fn(&self) -> Option<crate::profile::SyncFn>;
+    /// Whether this backend replays decode steps from CUDA graphs (the engine then pads a
+    /// decode batch to a captured size: [`decode_batch_sizes`]).
+    fn replays_decode_graphs(&self) -> bool {
+        false
+    }
     /// A decode step's `forward`, replayed from a CUDA graph captured from an earlier step alike
     /// of the same `owner` (an engine: its graphs read its model and cache) where the backend
-    /// keeps them (inputs go to buffers the graph reads in place); the CPU runs it.
+    /// keeps them (inputs go to buffers the graph reads in place); the CPU runs it. The result
+    /// is the first `rows` rows of the forward's (a padded batch's real ones).
     fn forward_replayed(
         &self,
         _owner: u64,
+        _rows: usize,
         forward: &mut dyn FnMut() -> Result<Self::Tensor>,
     ) -> Result<Self::Tensor> {
         forward()
+    }
+    /// Captures the decode steps `forward(b)` of every batch size `b` of `batches` for
+    /// [`Self::forward_replayed`] ahead of time, their block tables sized for `table_values`
+    /// entries in all (None where the backend has no graphs).
+    fn capture_decode_graphs(
+        &self,
+        _owner: u64,
+        _batches: &[usize],
+        _table_values: usize,
+        _forward: &mut dyn FnMut(usize) -> Result<Self::Tensor>,
+    ) -> Result<Option<GraphCapture>> {
+        Ok(None)
     }
     /// Bytes per second of a large device-to-device copy (read plus written), measured now: the
     /// memory roofline's bandwidth (`None` on the CPU).

@@ -229,7 +229,9 @@ pub fn run<B: Backend>(
                         )
                     };
                     let logits = match graphs {
-                        true => backend.forward_replayed(owner, &mut forward)?,
+                        true => {
+                            backend.forward_replayed(owner, s.batch.seqs.len(), &mut forward)?
+                        }
                         false => forward()?,
                     };
                     backend.argmax_rows(&logits)?;

@@ -191,6 +191,9 @@ pub fn run<B: Backend>(
         Some(tokenizer),
         engine_config,
     )?;
+    if let Some(capture) = engine.capture_decode_graphs(requests.len())? {
+        eprintln!("{capture}");
+    }
     let total = requests.len();
     for request in requests {
         engine.add_request(request)?;

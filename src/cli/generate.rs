@@ -261,6 +261,11 @@ fn stream_one<B: Backend>(
         Some(tokenizer),
         engine_config,
     )?;
+    if let Some(capture) = engine.capture_decode_graphs(1)? {
+        if args.profile {
+            eprintln!("{capture}");
+        }
+    }
     engine.add_request(request)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

@@ -5,7 +5,7 @@ use super::logits::{History, TokenLogprobs};
 use super::request::{FinishReason, Request, RequestOutput};
 use super::sampler::{Needs, Sampler, SAMPLING_HEAD};
 use super::scheduler::{Scheduler, SchedulerConfig, Sequence};
-use crate::backend::{AttentionBatch, Backend, DeviceCounters, SeqChunk};
+use crate::backend::{AttentionBatch, Backend, DeviceCounters, GraphCapture, SeqChunk};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::kv::{slot, BlockManager, PrefixCacheStats};
@@ -83,6 +83,9 @@ pub struct Engine<'m, B: Backend> {
     pub stats: EngineStats,
     /// Tells this engine's CUDA graphs from another's (they read its cache and model).
     id: u64,
+    /// Where decode steps replay from CUDA graphs: the cache block past the pool that padded
+    /// batches' filler sequences write and read, and the batch sizes steps are padded to.
+    padding: Option<(u32, Vec<usize>)>,
 }
 
 impl<'m, B: Backend> Engine<'m, B> {
@@ -103,9 +106,15 @@ impl<'m, B: Backend> Engine<'m, B> {
             ));
         }
         let c = &model.config;
+        let padding = (config.cuda_graphs && backend.replays_decode_graphs()).then(|| {
+            (
+                config.num_blocks as u32,
+                crate::backend::decode_batch_sizes(config.scheduler.max_num_seqs),
+            )
+        });
         let cache = backend.alloc_kv_cache(
             c.num_hidden_layers(),
-            config.num_blocks,
+            config.num_blocks + padding.is_some() as usize,
             config.block_size,
             c.cache_width(),
         )?;
@@ -120,6 +129,43 @@ impl<'m, B: Backend> Engine<'m, B> {
             next_index: 0,
             stats: EngineStats::default(),
             id: crate::backend::graph_owner(),
+            padding,
+        })
+    }
+
+    /// Captures the CUDA graphs of decode steps of up to `max_seqs` sequences (each padded batch
+    /// size, see [`crate::backend::decode_batch_sizes`]) before the first step, where the
+    /// backend replays decode steps from graphs and the engine's config asks for them (None
+    /// otherwise); later sizes and shapes are captured as steps meet them.
+    pub fn capture_decode_graphs(&mut self, max_seqs: usize) -> Result<Option<GraphCapture>> {
+        let Some((scratch, sizes)) = &self.padding else {
+            return Ok(None);
+        };
+        let largest = sizes
+            .iter()
+            .copied()
+            .find(|&b| b >= max_seqs.min(self.config.scheduler.max_num_seqs))
+            .unwrap_or(1);
+        let sizes: Vec<usize> = sizes.iter().copied().filter(|&b| b <= largest).collect();
+        let c = &self.model.config;
+        let bs = self.config.block_size;
+        let longest = c.max_position_embeddings().min(self.config.num_blocks * bs);
+        let table_values = largest * longest.div_ceil(bs);
+        let (model, backend, cache, scratch) =
+            (self.model, self.backend, &mut self.cache, *scratch);
+        let attention = self.config.attention;
+        backend.capture_decode_graphs(self.id, &sizes, table_values, &mut |b| {
+            let mut step = Step {
+                token_ids: Vec::new(),
+                positions: Vec::new(),
+                slots: Vec::new(),
+                batch: AttentionBatch {
+                    block_size: bs,
+                    seqs: Vec::new(),
+                },
+            };
+            pad_decode_step(&mut step, b, scratch);
+            model.forward(backend, cache, &step, attention, LogitRows::LastPerSequence)
         })
     }
 
@@ -294,6 +340,14 @@ impl<'m, B: Backend> Engine<'m, B> {
                 query_len: s.num_tokens,
             });
         }
+        if let (true, Some((scratch, sizes))) =
+            (decode_step && self.config.cuda_graphs, &self.padding)
+        {
+            let n = step.batch.seqs.len();
+            if let Some(&b) = sizes.iter().find(|&&b| b >= n) {
+                pad_decode_step(&mut step, b, *scratch);
+            }
+        }
         let forward_start = Instant::now();
         let (model, backend, cache) = (self.model, self.backend, &mut self.cache);
         let mut forward = || {
@@ -306,7 +360,7 @@ impl<'m, B: Backend> Engine<'m, B> {
             )
         };
         let logits = match decode_step && self.config.cuda_graphs {
-            true => backend.forward_replayed(self.id, &mut forward)?,
+            true => backend.forward_replayed(self.id, plan.scheduled.len(), &mut forward)?,
             false => forward()?,
         };
         let needs: Vec<(Needs, f32)> = plan
@@ -487,4 +541,21 @@ enum Choice {
         /// top-k (empty when there are none).
         totals: Vec<Option<f64>>,
     },
+}
+
+/// Fills a decode step up to `size` sequences with filler ones: token 0 at position 0, written
+/// to and read from the first slot of cache block `scratch` (no sequence's), so that the step
+/// has a batch size a CUDA graph was captured for. Their logits rows come last and are dropped.
+fn pad_decode_step(step: &mut Step, size: usize, scratch: u32) {
+    let bs = step.batch.block_size;
+    while step.batch.seqs.len() < size {
+        step.token_ids.push(0);
+        step.positions.push(0);
+        step.slots.push(scratch * bs as u32);
+        step.batch.seqs.push(SeqChunk {
+            block_table: vec![scratch],
+            context_len: 1,
+            query_len: 1,
+        });
+    }
 }

@@ -69,8 +69,14 @@ pub struct DeepSeek<B: Backend> {
 /// context latent to K_nope and V and attends with `nope + rope` keys and `v` values; absorbed
 /// folds `W_UK`/`W_UV` into each query row and attends with `r + rope` keys and `r` values.
 /// Absorbed wins for decode and for short chunks over long contexts (about q < 170 for
-/// DeepSeek's dims), materialised for prefill.
+/// DeepSeek's dims), materialised for prefill. A step of one token per sequence is always
+/// absorbed (it is cheaper from two cached tokens on), so that a decode stream keeps one form,
+/// and one CUDA graph, whatever its contexts, and a padded batch's one-token filler sequences
+/// do not change it.
 pub fn absorbed_is_cheaper(dims: &MlaDims, batch: &crate::backend::AttentionBatch) -> bool {
+    if batch.seqs.iter().all(|s| s.query_len == 1) {
+        return true;
+    }
     let (r, dn, dr, dv) = (
         dims.kv_lora_rank as f64,
         dims.qk_nope as f64,
@@ -365,8 +371,10 @@ mod form_tests {
         assert!(absorbed_is_cheaper(&dims, &batch(&[(8000, 64)])));
         assert!(!absorbed_is_cheaper(&dims, &batch(&[(512, 512)])));
         assert!(!absorbed_is_cheaper(&dims, &batch(&[(4096, 2048)])));
-        // A lone first token: its own latent is the whole context either way.
-        assert!(!absorbed_is_cheaper(&dims, &batch(&[(1, 1)])));
+        // One token per sequence: absorbed, even a lone first token (whose own latent is the
+        // whole context either way), so that decode steps keep one form.
+        assert!(absorbed_is_cheaper(&dims, &batch(&[(1, 1)])));
         assert!(absorbed_is_cheaper(&dims, &batch(&[(2, 1)])));
+        assert!(!absorbed_is_cheaper(&dims, &batch(&[(1, 1), (512, 512)])));
     }
 }

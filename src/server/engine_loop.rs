@@ -124,6 +124,9 @@ impl ModelTask for EngineTask {
             Some(&self.tokenizer),
             engine_config,
         )?;
+        if let Some(capture) = engine.capture_decode_graphs(engine_config.scheduler.max_num_seqs)? {
+            tracing::info!("{capture}");
+        }
         self.shared.state.store(READY, Ordering::Release);
         tracing::info!("model loaded from {}", loaded.dir.display());
         Looper {

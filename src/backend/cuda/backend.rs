@@ -238,12 +238,28 @@ where
         self.experts_on_device(experts, score_bias)
     }
 
+    fn replays_decode_graphs(&self) -> bool {
+        true
+    }
+
     fn forward_replayed(
         &self,
         owner: u64,
+        rows: usize,
         forward: &mut dyn FnMut() -> Result<GpuTensor<T>>,
     ) -> Result<GpuTensor<T>> {
-        self.replay_decode(owner, forward)
+        self.replay_decode(owner, rows, forward)
+    }
+
+    fn capture_decode_graphs(
+        &self,
+        owner: u64,
+        batches: &[usize],
+        table_values: usize,
+        forward: &mut dyn FnMut(usize) -> Result<GpuTensor<T>>,
+    ) -> Result<Option<crate::backend::GraphCapture>> {
+        self.capture_decode(owner, batches, table_values, forward)
+            .map(Some)
     }
 
     fn copy_bandwidth(&self) -> Option<f64> {

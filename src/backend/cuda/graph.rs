@@ -15,11 +15,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// How queued work is treated right now: run (the default), dropped (a dry run, which only
-/// fills the step buffers) or recorded into a graph.
+/// fills the step buffers) or recorded into a graph; and whether the step's inputs go to the
+/// step buffers of graph-replayed steps (kept apart from the eager steps', so that a long
+/// prompt's buffers do not move those that captured graphs read).
 #[derive(Debug, Default)]
 pub(super) struct Recording {
     dry_run: AtomicBool,
     capturing: AtomicBool,
+    graph_inputs: AtomicBool,
 }
 
 impl Recording {
@@ -31,6 +34,11 @@ impl Recording {
     /// Whether work is being recorded into a graph.
     pub(super) fn capturing(&self) -> bool {
         self.capturing.load(Ordering::Relaxed)
+    }
+
+    /// Whether step inputs go to the graph-replayed steps' buffers.
+    pub(super) fn graph_inputs(&self) -> bool {
+        self.graph_inputs.load(Ordering::Relaxed)
     }
 }
 
@@ -112,6 +120,12 @@ impl CudaDevice {
         self.stream
             .memcpy_dtod(src, dst)
             .map_err(driver_err("copying on the device"))
+    }
+
+    /// Runs `f` with its step inputs in the graph-replayed steps' step buffers.
+    pub fn with_graph_inputs<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        let _graph_inputs = Flag::set(&self.recording.graph_inputs);
+        f()
     }
 
     /// Runs `f` with every kernel launch, cuBLAS call and device copy dropped: what it leaves

@@ -3,7 +3,9 @@
 //! step, each named by a key. A new step's values are copied in place (stream-ordered after the
 //! work that read the old ones), nothing is copied when they did not change, and a buffer is
 //! replaced only when it must grow. So a CUDA graph captured over a step reads the next step's
-//! inputs where it read the last one's; `generation` changes whenever an address does.
+//! inputs where it read the last one's; `generation` changes whenever an address does. The steps
+//! replayed from graphs have buffers of their own (graph.rs, `with_graph_inputs`), with their
+//! own generation, so that eager steps (a long prompt) never move what graphs read.
 
 use super::error::driver_err;
 use super::CudaDevice;
@@ -18,8 +20,10 @@ pub type StepKey = (&'static str, usize);
 
 #[derive(Default)]
 pub(super) struct StepBuffers {
-    buffers: Mutex<HashMap<StepKey, StepBuffer>>,
-    generation: std::sync::atomic::AtomicU64,
+    /// By whether they belong to graph-replayed steps, and key.
+    buffers: Mutex<HashMap<(bool, StepKey), StepBuffer>>,
+    /// Of the eager steps' buffers and of the graph-replayed steps'.
+    generations: [std::sync::atomic::AtomicU64; 2],
 }
 
 struct StepBuffer {
@@ -44,9 +48,9 @@ impl<V> super::launch::KernelArg for StepValues<V> {
 }
 
 impl StepBuffers {
-    /// A number that changes whenever a buffer gets a new address.
-    pub(super) fn generation(&self) -> u64 {
-        self.generation.load(std::sync::atomic::Ordering::Relaxed)
+    /// A number that changes whenever a buffer of graph-replayed steps gets a new address.
+    pub(super) fn graph_generation(&self) -> u64 {
+        self.generations[1].load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -67,13 +71,14 @@ impl CudaDevice {
                 std::slice::from_raw_parts(values.as_ptr() as *const u8, n * size_of::<V>())
             },
         };
+        let graph_inputs = self.recording.graph_inputs();
         let mut buffers = self
             .step_buffers
             .buffers
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let fits = buffers
-            .get(&key)
+            .get(&(graph_inputs, key))
             .is_some_and(|b| b.device.len() >= bytes.len());
         if !fits && self.recording.capturing() {
             return Err(crate::error::Error::Op {
@@ -82,21 +87,12 @@ impl CudaDevice {
             });
         }
         if !fits {
-            // SAFETY: every byte a kernel reads is copied in below before any launch reads it.
-            let device = unsafe { self.stream.alloc::<u8>(bytes.len().next_power_of_two()) }
-                .map_err(driver_err(format!("allocating the step buffer {key:?}")))?;
-            buffers.insert(
-                key,
-                StepBuffer {
-                    host: Vec::new(),
-                    device,
-                },
-            );
-            self.step_buffers
-                .generation
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Every byte a kernel reads is copied in below (the new buffer's `host` is empty).
+            self.new_step_buffer(&mut buffers, (graph_inputs, key), bytes.len())?;
         }
-        let buffer = buffers.get_mut(&key).expect("inserted above");
+        let buffer = buffers
+            .get_mut(&(graph_inputs, key))
+            .expect("inserted above");
         if buffer.host != bytes {
             if self.recording.capturing() {
                 // A graph reads its inputs from the step buffers; a copy recorded into it would
@@ -118,5 +114,50 @@ impl CudaDevice {
             len: values.len().max(1),
             _values: PhantomData,
         })
+    }
+
+    /// Makes the step buffer `key` (of the current kind, see the module doc) hold at least
+    /// `count` values of `V` without copying any: so that steps' growing inputs (block tables as
+    /// contexts grow) never move it.
+    pub fn reserve_step_values<V: DeviceRepr>(&self, key: StepKey, count: usize) -> Result<()> {
+        let bytes = count * size_of::<V>();
+        let graph_inputs = self.recording.graph_inputs();
+        let mut buffers = self
+            .step_buffers
+            .buffers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if buffers
+            .get(&(graph_inputs, key))
+            .is_some_and(|b| b.device.len() >= bytes)
+        {
+            return Ok(());
+        }
+        // The next step_values copies in whatever a kernel reads (the buffer's `host` is empty).
+        self.new_step_buffer(&mut buffers, (graph_inputs, key), bytes)
+    }
+
+    /// Replaces buffer `key` by one of at least `bytes` bytes, contents unset and `host` empty
+    /// (so that the next step_values copies its values in), and moves its kind's generation.
+    fn new_step_buffer(
+        &self,
+        buffers: &mut HashMap<(bool, StepKey), StepBuffer>,
+        key: (bool, StepKey),
+        bytes: usize,
+    ) -> Result<()> {
+        // SAFETY: nothing reads the buffer before a step_values copies its values in.
+        let device = unsafe { self.stream.alloc::<u8>(bytes.next_power_of_two()) }.map_err(
+            driver_err(format!("allocating the step buffer {:?}", key.1)),
+        )?;
+        buffers.insert(
+            key,
+            StepBuffer {
+                host: Vec::new(),
+                device,
+            },
+        );
+        self.step_buffers.generations[key.0 as usize]
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 }

@@ -122,9 +122,16 @@ pub fn schedule(
         token += seq.query_len;
     }
     // Each unit gets its share of the CTAs in proportion to its tokens (rounded, at least one,
-    // splits no shorter than tuning::MIN_SPLIT_TOKENS), and its tokens cut evenly: equal sequences then make
-    // about target_ctas equal CTAs, one wave instead of a full wave and a ragged one.
-    let work: usize = units.iter().map(|u| u.end - u.begin).sum::<usize>().max(1);
+    // splits no shorter than tuning::MIN_SPLIT_TOKENS), and its tokens cut evenly: equal
+    // sequences then make about target_ctas equal CTAs, one wave instead of a full wave and a
+    // ragged one. Units too short for two splits take one and are left out of the shares, so
+    // that the others' splits do not depend on them (a padded batch's filler sequences).
+    let work: usize = units
+        .iter()
+        .map(|u| u.end - u.begin)
+        .filter(|&len| len > tuning::MIN_SPLIT_TOKENS)
+        .sum::<usize>()
+        .max(1);
     let target = target_ctas.max(1);
     let unit_count = units.len();
     let mut items = Vec::new();
