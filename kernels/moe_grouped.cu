@@ -19,10 +19,9 @@ struct MoeAlignParams {
     uint32_t* sorted_routes;     // [max_blocks · block_rows]: each padded row's route or NO_ROUTE
     int32_t* block_expert;       // [max_blocks]: each row block's expert, -1 past the total
     uint32_t* route_row;         // [routes]: each route's row in sorted_routes
-    uint32_t* padded_total;      // [1]: rows in use (a multiple of block_rows)
     int routes, experts, block_rows, max_blocks;
 };
-static_assert(sizeof(MoeAlignParams) == 56 && offsetof(MoeAlignParams, routes) == 40, "mirrored in moe_grouped.rs");
+static_assert(sizeof(MoeAlignParams) == 48 && offsetof(MoeAlignParams, routes) == 32, "mirrored in moe_grouped.rs");
 
 // One grouped GEMM: row i of block b is `a`'s row (the route's token with `gather`, else row i
 // itself) times expert block_expert[b]'s `w1` (and `w2`) [n, k_dim]ᵀ. gate+up (`w2` set):
@@ -75,7 +74,6 @@ extern "C" __global__ void __launch_bounds__(ALIGN_THREADS) moe_align(const __gr
             total += (count[e] + p.block_rows - 1) / p.block_rows * p.block_rows;
         }
         first[p.experts] = total;
-        *p.padded_total = total;
     }
     __syncthreads();
     const int used_blocks = first[p.experts] / p.block_rows;

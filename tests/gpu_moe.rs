@@ -419,8 +419,8 @@ fn a_decode_step_waits_for_the_device_once() {
 }
 
 /// Greedy, seeded and log-probability requests with decode steps replayed from CUDA graphs:
-/// the eager run's tokens and log-probabilities to the bit, one graph launch per decode step,
-/// the eager run's waits (sampling's own), and no kernel of the forward launched one by one.
+/// the eager run's tokens and log-probabilities to the bit, one graph launch and one wait per
+/// decode step, and no kernel of the forward launched one by one.
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn decode_steps_replayed_from_cuda_graphs_match_eager_ones() {
@@ -437,6 +437,9 @@ fn decode_steps_replayed_from_cuda_graphs_match_eager_ones() {
     let c = stats.decode_counters;
     let per_step = c.per_step(stats.decode_steps);
     assert_eq!(c.graph_launches, stats.decode_steps as u64, "{per_step}");
+    // One wait per step, sampled or not: the candidates and totals come back together, and a
+    // step that brings whole rows back (log-probabilities) takes everything from them.
+    assert_eq!(c.host_waits, stats.decode_steps as u64, "{per_step}");
     assert_eq!(
         c.host_waits, eager_stats.decode_counters.host_waits,
         "{per_step}"

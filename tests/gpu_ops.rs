@@ -109,6 +109,12 @@ where
             "{s} softmax_totals: {got:?} vs {want:?}"
         );
     }
+    // Both at once, with one wait for the device: the same candidates and totals.
+    let waits = gpu.counters().unwrap().host_waits;
+    let (rows_got, totals_got) = gpu.top_k_and_totals(&on_gpu, 40, &temperatures).unwrap();
+    assert_eq!(gpu.counters().unwrap().host_waits, waits + 1, "{s}");
+    assert_eq!(rows_got, gpu.top_k_rows(&on_gpu, 40).unwrap(), "{s}");
+    assert_eq!(totals_got, got, "{s} top_k_and_totals");
 
     let rows = [5, 0, 5, 6, 2];
     let want = CpuBackend.select_rows(&x, &rows).unwrap();

@@ -186,12 +186,15 @@ pub struct GraphCapture {
 
 impl std::fmt::Display for GraphCapture {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let batches = match self.largest {
+            1 => "batches of 1 sequence".to_string(),
+            n => format!("batches of 1 to {n} sequences"),
+        };
         write!(
             f,
-            "captured {} CUDA graph{} for decode batches of 1 to {} sequences in {:.1} s ({:.0} MiB)",
+            "captured {} CUDA graph{} for decode {batches} in {:.1} s ({:.0} MiB)",
             self.graphs,
             if self.graphs == 1 { "" } else { "s" },
-            self.largest,
             self.secs,
             self.bytes as f64 / (1u64 << 20) as f64
         )
@@ -236,6 +239,18 @@ pub struct MoeWeights<B: Backend + ?Sized> {
     pub score_bias: Option<Vec<f32>>,
     pub experts: B::RoutedExperts,
     pub shared: Option<MlpWeights<B>>,
+}
+
+/// Each row's best `(column, value)` candidates, largest first ([`Backend::top_k_rows`]).
+pub type RowCandidates = Vec<Vec<(u32, f32)>>;
+
+/// [`Backend::argmax_rows`] of rows already on the host.
+pub fn host_argmax_rows(x: &HostTensor) -> Vec<u32> {
+    let cols = x.shape.last().copied().unwrap_or(0).max(1);
+    x.data
+        .chunks_exact(cols)
+        .map(crate::ops::sampling::argmax)
+        .collect()
 }
 
 /// [`Backend::top_k_rows`] of rows already on the host.
@@ -369,6 +384,19 @@ pub trait Backend {
     /// what sampling without a top-k needs (see [`crate::ops::sampling::softmax_total`]).
     fn softmax_totals(&self, x: &Self::Tensor, temperatures: &[f32]) -> Result<Vec<f64>> {
         host_softmax_totals(&self.to_host(x)?, temperatures)
+    }
+    /// [`Self::top_k_rows`] and [`Self::softmax_totals`] of the same rows, with one wait for a
+    /// device for both.
+    fn top_k_and_totals(
+        &self,
+        x: &Self::Tensor,
+        k: usize,
+        temperatures: &[f32],
+    ) -> Result<(RowCandidates, Vec<f64>)> {
+        Ok((
+            self.top_k_rows(x, k)?,
+            self.softmax_totals(x, temperatures)?,
+        ))
     }
 
     /// Rows of `table` `[vocab, hidden]` for each id.

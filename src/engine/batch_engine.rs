@@ -5,6 +5,7 @@ use super::logits::{History, TokenLogprobs};
 use super::request::{FinishReason, Request, RequestOutput};
 use super::sampler::{Needs, Sampler, SAMPLING_HEAD};
 use super::scheduler::{Scheduler, SchedulerConfig, Sequence};
+use crate::backend::{host_argmax_rows, host_softmax_totals, host_top_k_rows};
 use crate::backend::{AttentionBatch, Backend, DeviceCounters, GraphCapture, SeqChunk};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
@@ -12,6 +13,7 @@ use crate::kv::{slot, BlockManager, PrefixCacheStats};
 use crate::model::Model;
 use crate::model::{AttentionForm, LogitRows, Step};
 use crate::tokenizer::TextTokenizer;
+use crate::weights::HostTensor;
 use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -255,17 +257,26 @@ impl<'m, B: Backend> Engine<'m, B> {
         Ok(index)
     }
 
-    /// Runs one scheduled step.
-    /// What the step's samplers need from the logits, without bringing whole rows back: one id
-    /// per row when all are greedy, else each row's best candidates (as many as the largest need)
-    /// and, for rows sampled without a top-k, the row's total weight at its temperature.
-    fn bring_back(&self, logits: &B::Tensor, needs: &[(Needs, f32)]) -> Result<Choice> {
+    /// What the step's samplers need from the logits, with one wait for the device: one id per
+    /// row when all are greedy, else each row's best candidates (as many as the largest need)
+    /// and, for rows sampled without a top-k, the row's total weight at its temperature; taken
+    /// from `whole_rows` where the step brought every logit back anyway (penalties, min-p,
+    /// log-probabilities), from the device otherwise.
+    fn bring_back(
+        &self,
+        logits: &B::Tensor,
+        whole_rows: Option<&HostTensor>,
+        needs: &[(Needs, f32)],
+    ) -> Result<Choice> {
         // Rows sampled from the whole row (see `step`) need nothing here.
         if needs
             .iter()
             .all(|(n, _)| matches!(n, Needs::Argmax | Needs::Row))
         {
-            return Ok(Choice::Greedy(self.backend.argmax_rows(logits)?));
+            return Ok(Choice::Greedy(match whole_rows {
+                Some(host) => host_argmax_rows(host),
+                None => self.backend.argmax_rows(logits)?,
+            }));
         }
         let vocab = self.model.config.vocab_size();
         let k = needs
@@ -278,25 +289,37 @@ impl<'m, B: Backend> Engine<'m, B> {
             .max()
             .unwrap_or(1)
             .min(vocab);
-        let rows = self.backend.top_k_rows(logits, k)?;
-        let totals = if needs.iter().any(|(n, _)| *n == Needs::Head) {
-            // Rows that need no total get temperature 1 (greedy rows have 0).
-            let temperatures: Vec<f32> = needs
-                .iter()
-                .map(|&(n, t)| if n == Needs::Head { t } else { 1.0 })
-                .collect();
-            let totals = self.backend.softmax_totals(logits, &temperatures)?;
-            needs
+        // Rows that need no total get temperature 1 (greedy rows have 0).
+        let temperatures: Option<Vec<f32>> =
+            needs.iter().any(|(n, _)| *n == Needs::Head).then(|| {
+                needs
+                    .iter()
+                    .map(|&(n, t)| if n == Needs::Head { t } else { 1.0 })
+                    .collect()
+            });
+        let (rows, totals) = match (whole_rows, &temperatures) {
+            (Some(host), t) => (
+                host_top_k_rows(host, k),
+                match t {
+                    Some(t) => host_softmax_totals(host, t)?,
+                    None => Vec::new(),
+                },
+            ),
+            (None, Some(t)) => self.backend.top_k_and_totals(logits, k, t)?,
+            (None, None) => (self.backend.top_k_rows(logits, k)?, Vec::new()),
+        };
+        let totals = match temperatures {
+            Some(_) => needs
                 .iter()
                 .zip(totals)
                 .map(|((n, _), t)| (*n == Needs::Head).then_some(t))
-                .collect()
-        } else {
-            Vec::new()
+                .collect(),
+            None => Vec::new(),
         };
         Ok(Choice::Candidates { rows, totals })
     }
 
+    /// Runs one scheduled step.
     pub fn step(&mut self) -> Result<StepOutput> {
         let start = Instant::now();
         let plan = self.scheduler.schedule(&mut self.blocks);
@@ -371,13 +394,14 @@ impl<'m, B: Backend> Engine<'m, B> {
                 (sampler.needs(), sampler.temperature())
             })
             .collect();
-        let choice = self.bring_back(&logits, &needs)?;
         // Rows that need every logit (penalties, min-p, log-probabilities): the whole batch's
-        // rows, once per step.
-        let mut whole_rows: Option<Vec<f32>> = match needs.iter().any(|(n, _)| *n == Needs::Row) {
-            true => Some(self.backend.to_host(&logits)?.data),
+        // rows, once per step, which then serve the other rows too.
+        let host_rows = match needs.iter().any(|(n, _)| *n == Needs::Row) {
+            true => Some(self.backend.to_host(&logits)?),
             false => None,
         };
+        let choice = self.bring_back(&logits, host_rows.as_ref(), &needs)?;
+        let mut whole_rows: Option<Vec<f32>> = host_rows.map(|h| h.data);
         self.stats.forward_secs += forward_start.elapsed().as_secs_f64();
 
         let vocab = self.model.config.vocab_size();

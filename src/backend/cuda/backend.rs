@@ -331,6 +331,21 @@ where
         Ok(crate::backend::host_top_k_rows(&self.to_host(x)?, k))
     }
 
+    fn top_k_and_totals(
+        &self,
+        x: &GpuTensor<T>,
+        k: usize,
+        temperatures: &[f32],
+    ) -> Result<(crate::backend::RowCandidates, Vec<f64>)> {
+        if (1..=super::rows::MAX_TOP_K).contains(&k) && k <= x.cols {
+            return self.device.top_k_and_totals(x, k, temperatures);
+        }
+        Ok((
+            self.top_k_rows(x, k)?,
+            self.softmax_totals(x, temperatures)?,
+        ))
+    }
+
     fn embedding(&self, table: &GpuTensor<T>, ids: &[u32]) -> Result<GpuTensor<T>> {
         let mut out = self.output(ids.len(), table.cols)?;
         if !ids.is_empty() {

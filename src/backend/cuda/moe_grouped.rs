@@ -50,7 +50,6 @@ struct MoeAlignParams {
     sorted_routes: u64,
     block_expert: u64,
     route_row: u64,
-    padded_total: u64,
     routes: i32,
     experts: i32,
     block_rows: i32,
@@ -87,7 +86,7 @@ struct MoeCombineParams {
 }
 
 const _: () = {
-    assert!(size_of::<MoeAlignParams>() == 56 && offset_of!(MoeAlignParams, routes) == 40);
+    assert!(size_of::<MoeAlignParams>() == 48 && offset_of!(MoeAlignParams, routes) == 32);
     assert!(size_of::<MoeGemmParams>() == 72 && offset_of!(MoeGemmParams, k_dim) == 56);
     assert!(size_of::<MoeCombineParams>() == 48);
 };
@@ -250,13 +249,11 @@ where
         let sorted_routes = dev.uninit::<u32>(rows, "sorted routes")?;
         let block_expert = dev.uninit::<i32>(max_blocks, "block experts")?;
         let route_row = dev.uninit::<u32>(routes, "route rows")?;
-        let padded_total = dev.uninit::<u32>(1, "the padded row count")?;
         let align = MoeAlignParams {
             expert_ids: dev.address(&ids),
             sorted_routes: dev.address(&sorted_routes),
             block_expert: dev.address(&block_expert),
             route_row: dev.address(&route_row),
-            padded_total: dev.address(&padded_total),
             routes: routes as i32,
             experts: experts as i32,
             block_rows: choice.block_rows as i32,
@@ -268,8 +265,8 @@ where
             shared_mem_bytes: 0,
         };
         // SAFETY: launch_params' contract. The kernel reads `routes` ids and writes route_row
-        // [routes], block_expert [max_blocks], padded_total [1] and sorted_routes below the
-        // padded total, which is at most `rows` (padded_rows counts the worst case).
+        // [routes], block_expert [max_blocks] and sorted_routes below the padded total, which is
+        // at most `rows` (padded_rows counts the worst case).
         unsafe { dev.launch_params(kernels::MOE_ALIGN, one_cta, Order::Serial, &align) }?;
 
         let h = self.output(rows, e.inter)?;

@@ -4,6 +4,7 @@
 use super::error::driver_err;
 use super::kernels;
 use super::launch::Order;
+use super::transfer::host_values;
 use super::{CudaDevice, GpuFloat, GpuTensor};
 use crate::error::{Error, Result};
 use cudarc::driver::{CudaSlice, CudaView, LaunchConfig};
@@ -187,6 +188,16 @@ impl CudaDevice {
         if x.rows == 0 {
             return Ok(Vec::new());
         }
+        let totals = self.launch_softmax_totals(x, temperatures)?;
+        self.fetch(&totals, "row totals")
+    }
+
+    /// The softmax_totals kernel's launch: the totals stay on the device.
+    fn launch_softmax_totals<T: GpuFloat>(
+        &self,
+        x: &GpuTensor<T>,
+        temperatures: &[f32],
+    ) -> Result<CudaSlice<f64>> {
         let temps = self.upload_values(temperatures)?;
         // SAFETY: every element is written by the kernel below (one per block) before the copy.
         let totals = unsafe { self.stream.alloc::<f64>(x.rows) }
@@ -203,7 +214,7 @@ impl CudaDevice {
                 &args,
             )
         }?;
-        self.fetch(&totals, "row totals")
+        Ok(totals)
     }
 
     /// The `k` largest `(column, value)` of each row (k ≤ `MAX_TOP_K`), largest first, ties
@@ -222,6 +233,56 @@ impl CudaDevice {
         if x.rows == 0 {
             return Ok(Vec::new());
         }
+        let (values, ids) = self.launch_top_k(x, k)?;
+        self.fetch_parts(
+            &[
+                (self.address(&values), values.len() * 4),
+                (self.address(&ids), ids.len() * 4),
+            ],
+            "top-k candidates",
+            |parts| candidates(parts[0], parts[1], k),
+        )
+    }
+
+    /// [`Self::top_k_rows`] and, where `temperatures` are given, [`Self::softmax_totals`], with
+    /// one wait for the device for both.
+    pub fn top_k_and_totals<T: GpuFloat>(
+        &self,
+        x: &GpuTensor<T>,
+        k: usize,
+        temperatures: &[f32],
+    ) -> Result<(crate::backend::RowCandidates, Vec<f64>)> {
+        crate::backend::check_temperatures(x.rows, temperatures)?;
+        if x.rows == 0 || k == 0 || k > x.cols || k > MAX_TOP_K {
+            return Ok((
+                self.top_k_rows(x, k)?,
+                self.softmax_totals(x, temperatures)?,
+            ));
+        }
+        let (values, ids) = self.launch_top_k(x, k)?;
+        let totals = self.launch_softmax_totals(x, temperatures)?;
+        self.fetch_parts(
+            &[
+                (self.address(&values), values.len() * 4),
+                (self.address(&ids), ids.len() * 4),
+                (self.address(&totals), totals.len() * 8),
+            ],
+            "top-k candidates and row totals",
+            |parts| {
+                (
+                    candidates(parts[0], parts[1], k),
+                    host_values::<f64>(parts[2]),
+                )
+            },
+        )
+    }
+
+    /// The top_k_rows kernel's launch: each row's `k` values and ids stay on the device.
+    fn launch_top_k<T: GpuFloat>(
+        &self,
+        x: &GpuTensor<T>,
+        k: usize,
+    ) -> Result<(CudaSlice<f32>, CudaSlice<u32>)> {
         let values = self.upload_values(&vec![f32::NAN; x.rows * k])?;
         let ids = self.upload_values(&vec![u32::MAX; x.rows * k])?;
         let (cols, k_i) = (x.cols as i32, k as i32);
@@ -234,13 +295,7 @@ impl CudaDevice {
         // SAFETY: launch's contract. Block `r` reads row `r` of `x` and writes entries [r·k, (r +
         // 1)·k) of `values` and `ids`.
         unsafe { self.launch(kernels::TOP_K_ROWS.of::<T>(), cfg, Order::Serial, &args) }?;
-        let values = self.fetch(&values, "top-k values")?;
-        let ids = self.fetch(&ids, "top-k ids")?;
-        Ok(ids
-            .chunks_exact(k)
-            .zip(values.chunks_exact(k))
-            .map(|(ids, values)| ids.iter().copied().zip(values.iter().copied()).collect())
-            .collect())
+        Ok((values, ids))
     }
 
     /// A `[rows, cols]` tensor of generated weights, equal to what the host generates.
@@ -332,4 +387,13 @@ fn row_config(rows: usize) -> LaunchConfig {
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     }
+}
+
+/// Rows of `k` (id, value) candidates from the top-k kernel's values and ids, as bytes.
+fn candidates(values: &[u8], ids: &[u8], k: usize) -> Vec<Vec<(u32, f32)>> {
+    let (values, ids) = (host_values::<f32>(values), host_values::<u32>(ids));
+    ids.chunks_exact(k)
+        .zip(values.chunks_exact(k))
+        .map(|(ids, values)| ids.iter().copied().zip(values.iter().copied()).collect())
+        .collect()
 }
