@@ -418,63 +418,42 @@ fn a_decode_step_waits_for_the_device_once() {
     }
 }
 
-/// Greedy, seeded and log-probability requests with decode steps replayed from CUDA graphs:
-/// the eager run's tokens and log-probabilities to the bit, one graph launch and one wait per
-/// decode step, and no kernel of the forward launched one by one.
+/// Greedy, seeded and log-probability requests with decode steps replayed from CUDA graphs,
+/// captured as steps meet them or when the engine starts (batch sizes 1, 2 and 4: three
+/// sequences are padded with a filler one): the eager run's tokens and log-probabilities to the
+/// bit, one graph launch and one wait per decode step, and no kernel of the forward launched one
+/// by one.
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn decode_steps_replayed_from_cuda_graphs_match_eager_ones() {
     let gpu = CudaBackend::<half::bf16>::open(0).expect("an NVIDIA GPU with kernels in this build");
     let (_dir, model) = v2_lite_shaped_model(&gpu);
     let (eager, eager_stats) = run_engine(&gpu, &model, false, true, false);
-    let (graphs, stats) = run_engine(&gpu, &model, true, true, false);
     let tokens = |o: &[mla_rt::engine::request::RequestOutput]| {
         o.iter()
             .map(|r| (r.output_tokens.clone(), r.logprobs.clone()))
             .collect::<Vec<_>>()
     };
-    assert_eq!(tokens(&graphs), tokens(&eager));
-    let c = stats.decode_counters;
-    let per_step = c.per_step(stats.decode_steps);
-    assert_eq!(c.graph_launches, stats.decode_steps as u64, "{per_step}");
-    // One wait per step, sampled or not: the candidates and totals come back together, and a
-    // step that brings whole rows back (log-probabilities) takes everything from them.
-    assert_eq!(c.host_waits, stats.decode_steps as u64, "{per_step}");
-    assert_eq!(
-        c.host_waits, eager_stats.decode_counters.host_waits,
-        "{per_step}"
-    );
-    // Sampling launches a few kernels (argmax, top-k candidates, totals); the forward none.
-    assert!(
-        c.kernel_launches <= 4 * stats.decode_steps as u64,
-        "{per_step}"
-    );
-}
-
-/// Decode graphs captured when the engine starts (batch sizes 1, 2 and 4, padded with filler
-/// sequences): every decode step of the first requests replays one, with the eager run's
-/// tokens and log-probabilities.
-#[test]
-#[ignore = "needs an NVIDIA GPU"]
-fn decode_graphs_captured_at_start_serve_the_first_steps() {
-    let gpu = CudaBackend::<half::bf16>::open(0).expect("an NVIDIA GPU with kernels in this build");
-    let (_dir, model) = v2_lite_shaped_model(&gpu);
-    let (eager, _) = run_engine(&gpu, &model, false, true, false);
-    let (graphs, stats) = run_engine(&gpu, &model, true, true, true);
-    let tokens = |o: &[mla_rt::engine::request::RequestOutput]| {
-        o.iter()
-            .map(|r| (r.output_tokens.clone(), r.logprobs.clone()))
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(tokens(&graphs), tokens(&eager));
-    let c = stats.decode_counters;
-    assert!(stats.decode_steps >= 5, "{stats:?}");
-    assert_eq!(
-        c.graph_launches,
-        stats.decode_steps as u64,
-        "{}",
-        c.per_step(stats.decode_steps)
-    );
+    for capture_first in [false, true] {
+        let (graphs, stats) = run_engine(&gpu, &model, true, true, capture_first);
+        assert_eq!(tokens(&graphs), tokens(&eager), "{capture_first}");
+        let c = stats.decode_counters;
+        let per_step = c.per_step(stats.decode_steps);
+        assert!(stats.decode_steps >= 5, "{stats:?}");
+        assert_eq!(c.graph_launches, stats.decode_steps as u64, "{per_step}");
+        // One wait per step, sampled or not: the candidates and totals come back together, and
+        // a step that brings whole rows back (log-probabilities) takes everything from them.
+        assert_eq!(c.host_waits, stats.decode_steps as u64, "{per_step}");
+        assert_eq!(
+            c.host_waits, eager_stats.decode_counters.host_waits,
+            "{per_step}"
+        );
+        // Sampling launches a few kernels (argmax, top-k candidates, totals); the forward none.
+        assert!(
+            c.kernel_launches <= 4 * stats.decode_steps as u64,
+            "{per_step}"
+        );
+    }
 }
 
 /// The grouped MoE layer captured in a CUDA graph: capture succeeds (no wait inside), and each

@@ -157,15 +157,7 @@ impl<'m, B: Backend> Engine<'m, B> {
             (self.model, self.backend, &mut self.cache, *scratch);
         let attention = self.config.attention;
         backend.capture_decode_graphs(self.id, &sizes, table_values, &mut |b| {
-            let mut step = Step {
-                token_ids: Vec::new(),
-                positions: Vec::new(),
-                slots: Vec::new(),
-                batch: AttentionBatch {
-                    block_size: bs,
-                    seqs: Vec::new(),
-                },
-            };
+            let mut step = empty_step(bs, b);
             pad_decode_step(&mut step, b, scratch);
             model.forward(backend, cache, &step, attention, LogitRows::LastPerSequence)
         })
@@ -341,15 +333,7 @@ impl<'m, B: Backend> Engine<'m, B> {
         });
         self.backend.copy_blocks(&mut self.cache, &plan.copies)?;
         let bs = self.config.block_size;
-        let mut step = Step {
-            token_ids: Vec::new(),
-            positions: Vec::new(),
-            slots: Vec::new(),
-            batch: AttentionBatch {
-                block_size: bs,
-                seqs: Vec::with_capacity(plan.scheduled.len()),
-            },
-        };
+        let mut step = empty_step(bs, plan.scheduled.len());
         for s in &plan.scheduled {
             let seq = &self.scheduler.running[s.running_index];
             let range = seq.computed..seq.computed + s.num_tokens;
@@ -565,6 +549,19 @@ enum Choice {
         /// top-k (empty when there are none).
         totals: Vec<Option<f64>>,
     },
+}
+
+/// A step of no tokens yet, with room for `seqs` sequences.
+fn empty_step(block_size: usize, seqs: usize) -> Step {
+    Step {
+        token_ids: Vec::new(),
+        positions: Vec::new(),
+        slots: Vec::new(),
+        batch: AttentionBatch {
+            block_size,
+            seqs: Vec::with_capacity(seqs),
+        },
+    }
 }
 
 /// Fills a decode step up to `size` sequences with filler ones: token 0 at position 0, written

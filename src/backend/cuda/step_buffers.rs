@@ -71,28 +71,13 @@ impl CudaDevice {
                 std::slice::from_raw_parts(values.as_ptr() as *const u8, n * size_of::<V>())
             },
         };
-        let graph_inputs = self.recording.graph_inputs();
         let mut buffers = self
             .step_buffers
             .buffers
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let fits = buffers
-            .get(&(graph_inputs, key))
-            .is_some_and(|b| b.device.len() >= bytes.len());
-        if !fits && self.recording.capturing() {
-            return Err(crate::error::Error::Op {
-                op: "step_values",
-                message: format!("step input {key:?} grew while a CUDA graph was captured"),
-            });
-        }
-        if !fits {
-            // Every byte a kernel reads is copied in below (the new buffer's `host` is empty).
-            self.new_step_buffer(&mut buffers, (graph_inputs, key), bytes.len())?;
-        }
-        let buffer = buffers
-            .get_mut(&(graph_inputs, key))
-            .expect("inserted above");
+        // Every byte a kernel reads is copied in below (a new buffer's `host` is empty).
+        let buffer = self.fit_step_buffer(&mut buffers, key, bytes.len())?;
         if buffer.host != bytes {
             if self.recording.capturing() {
                 // A graph reads its inputs from the step buffers; a copy recorded into it would
@@ -120,21 +105,39 @@ impl CudaDevice {
     /// `count` values of `V` without copying any: so that steps' growing inputs (block tables as
     /// contexts grow) never move it.
     pub fn reserve_step_values<V: DeviceRepr>(&self, key: StepKey, count: usize) -> Result<()> {
-        let bytes = count * size_of::<V>();
-        let graph_inputs = self.recording.graph_inputs();
         let mut buffers = self
             .step_buffers
             .buffers
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if buffers
-            .get(&(graph_inputs, key))
-            .is_some_and(|b| b.device.len() >= bytes)
-        {
-            return Ok(());
+        // The next step_values copies in whatever a kernel reads (a new buffer's `host` is empty).
+        self.fit_step_buffer(&mut buffers, key, count * size_of::<V>())
+            .map(|_| ())
+    }
+
+    /// The buffer of `key` for the current kind of step, replaced by a larger one where it holds
+    /// fewer than `bytes` bytes (an error while a graph is captured, which would keep the old).
+    fn fit_step_buffer<'b>(
+        &self,
+        buffers: &'b mut HashMap<(bool, StepKey), StepBuffer>,
+        key: StepKey,
+        bytes: usize,
+    ) -> Result<&'b mut StepBuffer> {
+        let key = (self.recording.graph_inputs(), key);
+        let fits = buffers.get(&key).is_some_and(|b| b.device.len() >= bytes);
+        if !fits && self.recording.capturing() {
+            return Err(crate::error::Error::Op {
+                op: "step_values",
+                message: format!(
+                    "step input {:?} grew while a CUDA graph was captured",
+                    key.1
+                ),
+            });
         }
-        // The next step_values copies in whatever a kernel reads (the buffer's `host` is empty).
-        self.new_step_buffer(&mut buffers, (graph_inputs, key), bytes)
+        if !fits {
+            self.new_step_buffer(buffers, key, bytes)?;
+        }
+        Ok(buffers.get_mut(&key).expect("inserted above"))
     }
 
     /// Replaces buffer `key` by one of at least `bytes` bytes, contents unset and `host` empty
