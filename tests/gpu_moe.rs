@@ -201,14 +201,27 @@ where
         let (w, x_gpu) = (weights(&gpu, &host), gpu.upload_weight(x).unwrap());
         let what = |path: &str| format!("{} {}: {path}", T::SUFFIX, c.name);
         let mut outputs = Vec::new();
-        for path in [MoePath::Grouped, MoePath::PerExpert, MoePath::Grouped] {
+        let paths = [
+            MoePath::Grouped,
+            MoePath::PerExpert,
+            MoePath::Grouped,
+            MoePath::GroupedMma,
+        ];
+        for path in paths {
             gpu.set_moe_path(path);
             let got = gpu.to_host(&gpu.moe(&x_gpu, &w, &moe).unwrap()).unwrap();
             assert_rows_close(&got, &want, tolerance, &what(&format!("{path:?}")));
             outputs.push(got);
         }
-        // The grouped path gives the same bits every run, and the per-expert path's numbers.
+        // The grouped path gives the same bits every run, and the per-expert path's numbers;
+        // its wgmma GEMMs (64-row blocks on Hopper) those of its mma.sync ones.
         assert_eq!(outputs[0].data, outputs[2].data, "{}", what("run to run"));
+        assert_rows_close(
+            &outputs[0],
+            &outputs[3],
+            tolerance,
+            &what("wgmma vs mma.sync"),
+        );
         assert_rows_close(
             &outputs[0],
             &outputs[1],

@@ -1,4 +1,5 @@
-// The shared-memory plan of every tensor-core attention kernel as structs (the WMMA kernel's
+// The shared-memory plan of every tensor-core attention kernel (and of the grouped MoE GEMMs
+// on wgmma, moe_wgmma.cu) as structs (the WMMA kernel's
 // layout-dependent parts are placed by the host: WmmaShared in params.cuh), and the table that
 // names each kernel's (MLA_SHARED_STORAGE): its sizeof is the launch size, which build.rs
 // reads. Parts in the order the kernels used to carve them, so every offset is unchanged.
@@ -95,12 +96,21 @@ struct WmmaRowStats {
     int pos[ROWS];
 };
 
+// The grouped MoE GEMMs on wgmma: per stage a 64-row block of A and a 64-column tile of each
+// weight (two for gate+up), 64 k wide, in the 128-byte swizzle: 8 KiB each, atom-aligned.
+template <int MATRICES> struct MoeWgmmaShared {
+    uint8_t a[2][64 * 64 * 2];
+    uint8_t w[2][MATRICES][64 * 64 * 2];
+};
+
 MLA_SHARED_STORAGE(attention_wmma_bf16, WmmaRowStats)
 MLA_SHARED_STORAGE(attention_mma_latent576_bf16, MmaShared<576, 512, true, 2>)
 MLA_SHARED_STORAGE(attention_mma_head128_bf16, MmaShared<128, 128, false, 2>)
 MLA_SHARED_STORAGE(attention_mma_head192_bf16, MmaShared<192, 128, false, 2>)
 MLA_SHARED_STORAGE(attention_mma_wide_latent576_bf16, WideMmaShared)
 MLA_SHARED_STORAGE(attention_wgmma_latent576_bf16, WgmmaShared)
+MLA_SHARED_STORAGE(moe_gate_up_wgmma_bf16, MoeWgmmaShared<2>)
+MLA_SHARED_STORAGE(moe_down_wgmma_bf16, MoeWgmmaShared<1>)
 #if defined(MLA_EXPERIMENTAL_KERNELS)
 MLA_SHARED_STORAGE(attention_mma_deep_latent576_bf16, MmaShared<576, 512, true, 5>)
 MLA_SHARED_STORAGE(attention_wgmma_rs_latent576_bf16, WgmmaRsShared)

@@ -159,7 +159,7 @@ where
             }
             let experts_read = hit.iter().filter(|&&h| h).count();
             let weight_bytes = fixed_bytes + experts_read as u64 * expert_bytes;
-            for path in [MoePath::Grouped, MoePath::PerExpert] {
+            for path in [MoePath::Grouped, MoePath::GroupedMma, MoePath::PerExpert] {
                 gpu.set_moe_path(path);
                 let before = gpu.counters().unwrap_or_default();
                 gpu.moe(&x, &w, moe)?;
@@ -204,6 +204,7 @@ pub fn render(device: &str, reps: usize, copy_gb_per_s: f64, rows: &[MoeRow]) ->
             r.tokens,
             match r.path {
                 MoePath::Grouped => "grouped",
+                MoePath::GroupedMma => "grouped, mma.sync only",
                 MoePath::PerExpert => "per-expert",
             },
             r.micros,

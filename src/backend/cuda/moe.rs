@@ -172,7 +172,7 @@ where
         config: &MoeConfig,
     ) -> Result<GpuTensor<T>> {
         match self.moe_path.get() {
-            MoePath::Grouped => self.moe_grouped(x, w, config),
+            MoePath::Grouped | MoePath::GroupedMma => self.moe_grouped(x, w, config),
             MoePath::PerExpert => self.moe_per_expert(x, w, config),
         }
     }

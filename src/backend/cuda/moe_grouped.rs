@@ -19,9 +19,13 @@ use std::mem::{offset_of, size_of};
 /// Which kernels run the routed experts of an MoE layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MoePath {
-    /// Align + two grouped GEMMs + combine: a fixed number of launches, no host round trip.
+    /// Align + two grouped GEMMs + combine: a fixed number of launches, no host round trip;
+    /// on Hopper, 64-row blocks (prefill) on wgmma.
     #[default]
     Grouped,
+    /// The grouped path with mma.sync GEMMs everywhere (what GPUs before Hopper run): the
+    /// comparison for the wgmma GEMMs.
+    GroupedMma,
     /// A gather, an MLP and a scatter-add per expert, sized on the host from the routes (one
     /// device→host copy per layer): the reference the grouped path is checked against.
     PerExpert,
@@ -112,16 +116,24 @@ struct GemmChoice {
 }
 
 /// bf16 rows of whole 16-byte chunks go to the tensor-core kernels: 64-row blocks once experts
-/// average 32 rows or more (prefill), 16-row blocks below (decode); anything else (the f32
-/// build, odd widths) to the CUDA-core kernels with 16-row blocks.
+/// average 32 rows or more (prefill; on wgmma where `wgmma`, a Hopper GPU), 16-row blocks below
+/// (decode); anything else (the f32 build, odd widths) to the CUDA-core kernels with 16-row
+/// blocks.
 fn gemm_choice<T: GpuFloat>(
     hidden: usize,
     inter: usize,
     routes: usize,
     experts: usize,
+    wgmma: bool,
 ) -> GemmChoice {
     if T::BF16 && hidden % 8 == 0 && inter % 8 == 0 {
-        let (gate_up, down, block_rows) = if routes >= 32 * experts {
+        let (gate_up, down, block_rows) = if routes >= 32 * experts && wgmma {
+            (
+                kernels::MOE_GATE_UP_WGMMA_BF16,
+                kernels::MOE_DOWN_WGMMA_BF16,
+                64,
+            )
+        } else if routes >= 32 * experts {
             (
                 kernels::MOE_GATE_UP_MMA64_BF16,
                 kernels::MOE_DOWN_MMA64_BF16,
@@ -242,7 +254,8 @@ where
             .device
             .moe_route_on_device(&logits, &e.score_bias, config)?;
         let routes = tokens * k;
-        let choice = gemm_choice::<T>(e.hidden, e.inter, routes, experts);
+        let wgmma = self.device.info.hopper() && self.moe_path.get() == MoePath::Grouped;
+        let choice = gemm_choice::<T>(e.hidden, e.inter, routes, experts, wgmma);
         let rows = padded_rows(routes, experts, choice.block_rows);
         let max_blocks = rows / choice.block_rows;
         let dev = &self.device;
@@ -275,7 +288,8 @@ where
             let cfg = LaunchConfig {
                 grid_dim: (n.div_ceil(GEMM_COLUMNS) as u32, max_blocks as u32, 1),
                 block_dim: (choice.threads, 1, 1),
-                shared_mem_bytes: 0,
+                // The wgmma kernels' tiles (their MoeWgmmaShared); none for the others.
+                shared_mem_bytes: kernel.shared_bytes as u32,
             };
             // SAFETY: launch_params' contract. CTA (c, b) runs only if block_expert[b] names an
             // expert (< experts, the tables' length); it reads rows of `a` (tokens of x or rows
@@ -363,20 +377,25 @@ mod tests {
 
     #[test]
     fn tensor_cores_take_aligned_bf16_with_blocks_by_rows_per_expert() {
-        let decode = gemm_choice::<half::bf16>(2048, 1408, 6 * 64, 64);
+        let decode = gemm_choice::<half::bf16>(2048, 1408, 6 * 64, 64, true);
         assert_eq!(
             (decode.gate_up, decode.block_rows),
             (kernels::MOE_GATE_UP_MMA16_BF16, 16)
         );
-        let prefill = gemm_choice::<half::bf16>(2048, 1408, 6 * 512, 64);
+        let prefill = gemm_choice::<half::bf16>(2048, 1408, 6 * 512, 64, false);
         assert_eq!(
             (prefill.down, prefill.block_rows),
             (kernels::MOE_DOWN_MMA64_BF16, 64)
         );
-        let odd = gemm_choice::<half::bf16>(2048, 1404, 6, 64);
+        let hopper = gemm_choice::<half::bf16>(2048, 1408, 6 * 512, 64, true);
+        assert_eq!(
+            (hopper.gate_up, hopper.block_rows),
+            (kernels::MOE_GATE_UP_WGMMA_BF16, 64)
+        );
+        let odd = gemm_choice::<half::bf16>(2048, 1404, 6, 64, true);
         assert_eq!(odd.gate_up, kernels::MOE_GATE_UP_SIMT.bf16);
         assert_eq!(
-            gemm_choice::<f32>(2048, 1408, 6, 64).down,
+            gemm_choice::<f32>(2048, 1408, 6, 64, true).down,
             kernels::MOE_DOWN_SIMT.f32
         );
     }
