@@ -65,6 +65,11 @@ pub enum Error {
     /// A CUDA driver, cuBLAS or kernel failure, or no usable GPU.
     #[error("device: {0}")]
     Device(#[from] CudaError),
+
+    /// Standard output was closed by its reader (`mla info | head -1`): the program stops
+    /// quietly.
+    #[error("standard output was closed")]
+    ClosedOutput,
 }
 
 /// What the CUDA backend reports: driver and cuBLAS failures with their sources, kernels missing
@@ -120,6 +125,15 @@ impl Error {
     /// Whether a device ran out of memory.
     pub fn is_out_of_memory(&self) -> bool {
         matches!(self, Error::Device(e) if e.is_out_of_memory())
+    }
+
+    /// A failed write to standard output: [`Error::ClosedOutput`] where its reader went away,
+    /// else an I/O error naming it.
+    pub fn stdout(source: std::io::Error) -> Self {
+        match source.kind() {
+            std::io::ErrorKind::BrokenPipe => Error::ClosedOutput,
+            _ => Error::io("<stdout>", source),
+        }
     }
 
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

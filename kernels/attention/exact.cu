@@ -21,18 +21,24 @@ template <typename T> __device__ void paged_attention(const ExactParams<T>& para
     const size_t row = blockIdx.x, rows = gridDim.x, split = blockIdx.z;
     const int head = blockIdx.y * WARPS_PER_BLOCK + warp;
     if (head >= params.heads) return;  // whole warps leave; nothing below synchronises the block
+    const int pos = params.row_pos[row];
+    // Splits past the row's context see no token (the grid is sized for the longest possible):
+    // an LSE of −inf, whose output the combine never reads.
+    const int split_len = (int)*params.split_len;
+    const int first = max(params.window > 0 ? max(0, pos + 1 - params.window) : 0, (int)split * split_len);
+    const int last = min(pos, ((int)split + 1) * split_len - 1);
+    const size_t job = (split * rows + row) * params.heads + head;
+    if (first > last) {
+        if (lane == 0) params.partial_lse[job] = -INFINITY;
+        return;
+    }
     float* q = query[warp];
     for (int i = lane; i < params.s1.len; i += 32) q[i] = to_f32(params.q1[row * params.q1_stride + head * params.q1_head_stride + i]) * params.scale;
     for (int i = lane; i < params.s2.len; i += 32) q[params.s1.len + i] = to_f32(params.q2[row * params.q2_stride + head * params.q2_head_stride + i]) * params.scale;
     __syncwarp();
 
     const uint32_t* table = params.block_tables + params.table_start[params.row_seq[row]];
-    const int pos = params.row_pos[row];
     const int kv_head = head / params.group;
-    // Splits past the row's context see no token (the grid is sized for the longest possible).
-    const int split_len = (int)*params.split_len;
-    const int first = max(params.window > 0 ? max(0, pos + 1 - params.window) : 0, (int)split * split_len);
-    const int last = min(pos, ((int)split + 1) * split_len - 1);
     // denom: this lane's share of the running sum (its own tokens' weights), summed at the end.
     float running_max = -INFINITY, denom = 0.0f, acc[MAX_VALUE_PER_LANE];
 #pragma unroll
@@ -76,7 +82,6 @@ template <typename T> __device__ void paged_attention(const ExactParams<T>& para
         __syncwarp();  // every lane has read the tile before the next one overwrites it
     }
     denom = warp_sum(denom);
-    const size_t job = (split * rows + row) * params.heads + head;
     float* o = params.partial_o + job * params.sv.len;
 #pragma unroll
     for (int i = 0; i < MAX_VALUE_PER_LANE; i++) {

@@ -120,6 +120,7 @@ template <typename Shared> __device__ __forceinline__ void attention_mma(const A
 
     attention_prologue();
     const WorkItem& item = params.items[blockIdx.x];
+    if (item.group == NO_GROUP) return;  // a decode step's filler unit (schedule.rs): no rows
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const uint32_t* table = params.block_tables + params.table_start[item.seq];
     const int kv_begin = item.kv_begin, kv_end = item.kv_end, kv_head = item.kv_head;
@@ -253,6 +254,7 @@ attention_mma_wide_latent576_bf16(const __grid_constant__ AttentionParams params
 
     attention_prologue();
     const WorkItem* quad = params.items + (size_t)blockIdx.x * WIDE_RUNS;
+    if (quad[0].group == NO_GROUP) return;  // a decode step's filler unit (schedule.rs): no rows
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int run = warp >> 1, half = warp & 1, row_lo = run * ROWS + g, row_hi = row_lo + 8;
     const uint32_t* table = params.block_tables + params.table_start[quad[0].seq];

@@ -42,6 +42,7 @@ attention_wmma_bf16(const __grid_constant__ WmmaParams wmma) {
 
     attention_prologue();
     const WorkItem& item = params.items[blockIdx.x];
+    if (item.group == NO_GROUP) return;  // a decode step's filler unit (schedule.rs): no rows
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const uint32_t* table = params.block_tables + params.table_start[item.seq];
 

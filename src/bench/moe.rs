@@ -145,7 +145,7 @@ where
     let mut rows = Vec::new();
     for shape in shapes {
         let (h, moe) = (shape.hidden, &shape.moe);
-        eprintln!("moe {}: generating one layer's weights", shape.name);
+        crate::cli::output::note!("moe {}: generating one layer's weights", shape.name);
         let w = layer(gpu, shape)?;
         let inter = moe.moe_intermediate_size as u64;
         let expert_bytes = 3 * h as u64 * inter * e;
@@ -178,7 +178,7 @@ where
                     kernel_launches: used.kernel_launches,
                     host_waits: used.host_waits,
                 });
-                eprintln!(
+                crate::cli::output::note!(
                     "moe {} {n} tokens {path:?}: {:.1} µs",
                     shape.name,
                     t.gpu_ms * 1e3

@@ -150,7 +150,7 @@ pub fn run(args: &ServeBenchArgs) -> Result<()> {
     let elapsed = start.elapsed().as_secs_f64();
     progress.finish_and_clear();
     let report = Report::new(&samples, elapsed, args);
-    println!("{}", report.render(args.format));
+    crate::cli::output::say(&format!("{}\n", report.render(args.format)))?;
     Ok(())
 }
 

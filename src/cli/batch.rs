@@ -184,7 +184,7 @@ pub fn run<B: Backend>(
         args.model.attention,
         longest,
     )?;
-    eprintln!("{}", plan.summary());
+    super::output::note!("{}", plan.summary());
     let mut engine = Engine::new(
         &loaded.model,
         &loaded.backend,
@@ -192,7 +192,7 @@ pub fn run<B: Backend>(
         engine_config,
     )?;
     if let Some(capture) = engine.capture_decode_graphs(requests.len())? {
-        eprintln!("{capture}");
+        super::output::note!("{capture}");
     }
     let total = requests.len();
     for request in requests {
@@ -245,13 +245,13 @@ pub fn run<B: Backend>(
         lines.push('\n');
     }
     write_atomically(output, lines.as_bytes())?;
-    eprint!("{}", summary(&outputs, elapsed, &engine));
-    eprintln!("wrote {} results to {}", outputs.len(), output.display());
+    super::output::note_text(&summary(&outputs, elapsed, &engine));
+    super::output::note!("wrote {} results to {}", outputs.len(), output.display());
     if args.profile {
-        eprint!(
-            "{}",
-            super::generate::profile_report(&engine.stats, loaded.backend.counters().is_some())
-        );
+        super::output::note_text(&super::generate::profile_report(
+            &engine.stats,
+            loaded.backend.counters().is_some(),
+        ));
     }
     Ok(())
 }

@@ -46,7 +46,7 @@ pub struct BenchArgs {
     pub depth: Vec<usize>,
 
     /// Repetitions of each test (mean ± standard deviation).
-    #[arg(long, default_value_t = 5, value_name = "N")]
+    #[arg(long, default_value_t = 5, value_name = "N", value_parser = super::at_least_one)]
     pub reps: usize,
 
     /// KV cache memory for the max-batch column, e.g. 60GiB (default: 0.9 of the memory left
@@ -140,7 +140,7 @@ pub struct AttentionBenchArgs {
     pub context: Vec<usize>,
 
     /// Timed calls per shape (after one warm-up).
-    #[arg(long, default_value_t = 10, value_name = "N")]
+    #[arg(long, default_value_t = 10, value_name = "N", value_parser = super::at_least_one)]
     pub reps: usize,
 
     /// The kernels to time, a row each where they differ: where-pays (the runtime's choice),
@@ -287,15 +287,16 @@ fn bench_attention(args: &AttentionBenchArgs) -> Result<()> {
         materialised: args.materialised,
     };
     let (copy, rows) = crate::bench::attention::run(&gpu, &shapes, |r| {
-        eprintln!(
+        super::output::note!(
             "h={} batch {} context {} {}: {:.1} µs",
-            r.heads, r.batch, r.context, r.kernel, r.micros
+            r.heads,
+            r.batch,
+            r.context,
+            r.kernel,
+            r.micros
         )
     })?;
-    print!(
-        "{}",
-        crate::bench::attention::render(&gpu.name(), copy, &rows)
-    );
+    super::output::say(&crate::bench::attention::render(&gpu.name(), copy, &rows))?;
     Ok(())
 }
 
@@ -353,15 +354,15 @@ pub struct MoeBenchArgs {
     pub tokens: Vec<usize>,
 
     /// Timed calls per row (after one warm-up).
-    #[arg(long, default_value_t = 20, value_name = "N")]
+    #[arg(long, default_value_t = 20, value_name = "N", value_parser = super::at_least_one)]
     pub reps: usize,
 }
 
 fn bench_moe(args: &MoeBenchArgs) -> Result<()> {
     let ordinal = args.gpu.ordinal("moe")?;
-    if args.reps == 0 || args.tokens.contains(&0) {
+    if args.tokens.contains(&0) {
         return Err(Error::InvalidInput(
-            "--reps and every --tokens value must be positive".into(),
+            "every --tokens value must be positive".into(),
         ));
     }
     let shapes = args
@@ -373,10 +374,12 @@ fn bench_moe(args: &MoeBenchArgs) -> Result<()> {
     // Past any L2 (50 MB on an H100), small enough for cuda-emu's 8 GiB.
     let copy_bytes = 512 << 20;
     let (rows, copy) = crate::bench::moe::run(&gpu, &shapes, &args.tokens, args.reps, copy_bytes)?;
-    print!(
-        "{}",
-        crate::bench::moe::render(&gpu.name(), args.reps, copy, &rows)
-    );
+    super::output::say(&crate::bench::moe::render(
+        &gpu.name(),
+        args.reps,
+        copy,
+        &rows,
+    ))?;
     Ok(())
 }
 
@@ -389,7 +392,7 @@ fn bench_kernels(args: &KernelBenchArgs) -> Result<()> {
         let gpu = CudaBackend::<half::bf16>::open(ordinal)?;
         crate::bench::kernels::render(&gpu.name(), &crate::bench::kernels::run(&gpu)?)
     };
-    print!("{table}");
+    super::output::say(&table)?;
     Ok(())
 }
 
@@ -436,7 +439,7 @@ fn bench_on<B: Backend>(args: &BenchArgs, backend: B) -> Result<()> {
         if args.device == DeviceSpec::Cpu {
             mla_rt::engine::memory::check_weights_fit_host(&config, &name)?;
         }
-        eprintln!("{name}: generating random weights (seed {})", args.seed);
+        super::output::note!("{name}: generating random weights (seed {})", args.seed);
         let model = Model::load(config, &RandomWeights { seed: args.seed }, &backend)?;
         let budget = match args.kv_cache_memory {
             Some(b) => b,
@@ -455,17 +458,20 @@ fn bench_on<B: Backend>(args: &BenchArgs, backend: B) -> Result<()> {
             cache_value_bytes: backend.cache_value_bytes(),
         };
         rows.extend(run(&name, &model, &backend, &bench, |r| {
-            eprintln!(
+            super::output::note!(
                 "{name}: {} batch {} depth {}: {:.2} tokens/s",
-                r.test, r.batch, r.depth, r.tokens_per_s
+                r.test,
+                r.batch,
+                r.depth,
+                r.tokens_per_s
             )
         })?);
     }
     if let Some(path) = &args.plot {
         super::logits::write_atomically(path, crate::bench::plot::svg(&rows).as_bytes())?;
-        eprintln!("plot written to {}", path.display());
+        super::output::note!("plot written to {}", path.display());
     }
     let comparisons = args.compare.then(|| compare(&rows));
-    print!("{}", render(&rows, comparisons.as_deref(), args.format));
+    super::output::say(&render(&rows, comparisons.as_deref(), args.format))?;
     Ok(())
 }

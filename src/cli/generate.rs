@@ -119,7 +119,7 @@ pub struct SamplingArgs {
     pub seed: u64,
 
     /// Stop when the generated text contains this string (repeatable); the text ends before it.
-    #[arg(long, value_name = "TEXT")]
+    #[arg(long, value_name = "TEXT", value_parser = super::non_empty)]
     pub stop: Vec<String>,
 }
 
@@ -263,13 +263,13 @@ fn stream_one<B: Backend>(
     )?;
     if let Some(capture) = engine.capture_decode_graphs(1)? {
         if args.profile {
-            eprintln!("{capture}");
+            super::output::note!("{capture}");
         }
     }
     engine.add_request(request)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let write_err = |e| Error::io("<stdout>", e);
+    let write_err = Error::stdout;
     // Echo the prompt, as llama.cpp does, so the continuation reads on from it (a chat
     // prompt is the template's business, not the user's text).
     if template.is_none() {
@@ -313,7 +313,7 @@ fn stream_one<B: Backend>(
     let total = start.elapsed().as_secs_f64();
     let decoded = result.output_tokens.len().saturating_sub(1);
     let decode_secs = (total - prefill_secs).max(1e-9);
-    eprintln!(
+    super::output::note!(
         "prefill: {prompt_len} tokens in {prefill_secs:.3} s ({:.1} tokens/s); decode: {decoded} tokens in {decode_secs:.3} s ({:.1} tokens/s); finish: {}",
         prompt_len as f64 / prefill_secs.max(1e-9),
         decoded as f64 / decode_secs,
@@ -324,10 +324,10 @@ fn stream_one<B: Backend>(
         }
     );
     if args.profile {
-        eprint!(
-            "{}",
-            profile_report(&engine.stats, loaded.backend.counters().is_some())
-        );
+        super::output::note_text(&profile_report(
+            &engine.stats,
+            loaded.backend.counters().is_some(),
+        ));
     }
     Ok(())
 }

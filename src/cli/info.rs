@@ -1,6 +1,7 @@
 //! `mla info`: what a model is and what its KV cache costs, from config and checkpoint headers.
 
 use super::loading::{load_config, model_dir, DeviceSpec};
+use super::output::Report;
 use clap::Args;
 use mla_rt::backend::cuda::CudaDevice;
 use mla_rt::config::{
@@ -37,14 +38,14 @@ fn human(n: u64) -> String {
     }
 }
 
-fn describe_deepseek(c: &DeepSeekConfig) {
+fn describe_deepseek(out: &mut Report, c: &DeepSeekConfig) {
     let layers = c.num_hidden_layers;
     let moe_layers = (0..layers).filter(|&l| c.is_moe_layer(l)).count();
-    println!(
+    out.line(format_args!(
         "layers:       {layers} ({} dense, {moe_layers} MoE)",
         layers - moe_layers
-    );
-    println!(
+    ));
+    out.line(format_args!(
         "attention:    MLA, {} heads; q_lora_rank {}, kv_lora_rank {}; head dims: nope {}, rope {}, v {}",
         c.num_attention_heads,
         c.q_lora_rank.map_or("none".to_string(), |r| r.to_string()),
@@ -52,11 +53,11 @@ fn describe_deepseek(c: &DeepSeekConfig) {
         c.qk_nope_head_dim,
         c.qk_rope_head_dim,
         c.v_head_dim
-    );
-    println!(
+    ));
+    out.line(format_args!(
         "hidden:       {} (dense MLP {}), vocab {}",
         c.hidden_size, c.intermediate_size, c.vocab_size
-    );
+    ));
     if let Some(m) = &c.moe {
         let method = match m.topk_method {
             TopkMethod::Greedy => "greedy".to_string(),
@@ -66,16 +67,19 @@ fn describe_deepseek(c: &DeepSeekConfig) {
             ),
             TopkMethod::NoauxTc => format!("noaux_tc ({} of {} groups)", m.topk_group, m.n_group),
         };
-        println!(
+        out.line(format_args!(
             "experts:      {} routed ({} per token) + {} shared, intermediate {}; {:?} scores, {method}",
             m.n_routed_experts, m.num_experts_per_tok, m.n_shared_experts, m.moe_intermediate_size, m.scoring_func
-        );
+        ));
     }
-    describe_rope(&c.rope, c.max_position_embeddings);
+    describe_rope(out, &c.rope, c.max_position_embeddings);
 }
 
-fn describe_llama(c: &LlamaConfig) {
-    println!("layers:       {} (dense)", c.num_hidden_layers);
+fn describe_llama(out: &mut Report, c: &LlamaConfig) {
+    out.line(format_args!(
+        "layers:       {} (dense)",
+        c.num_hidden_layers
+    ));
     let kind = match c.num_key_value_heads {
         1 => "MQA".to_string(),
         kv if kv == c.num_attention_heads => "MHA".to_string(),
@@ -84,7 +88,7 @@ fn describe_llama(c: &LlamaConfig) {
             c.num_attention_heads / kv
         ),
     };
-    println!(
+    out.line(format_args!(
         "attention:    {kind}, {} heads, {} KV heads, head dim {}{}",
         c.num_attention_heads,
         c.num_key_value_heads,
@@ -96,15 +100,15 @@ fn describe_llama(c: &LlamaConfig) {
             ),
             None => String::new(),
         }
-    );
-    println!(
+    ));
+    out.line(format_args!(
         "hidden:       {} (MLP {}), vocab {}",
         c.hidden_size, c.intermediate_size, c.vocab_size
-    );
-    describe_rope(&c.rope, c.max_position_embeddings);
+    ));
+    describe_rope(out, &c.rope, c.max_position_embeddings);
 }
 
-fn describe_rope(rope: &RopeConfig, max_positions: usize) {
+fn describe_rope(out: &mut Report, rope: &RopeConfig, max_positions: usize) {
     let scaling = match &rope.scaling {
         RopeScaling::None => "plain".to_string(),
         RopeScaling::Linear { factor } => format!("linear ×{factor}"),
@@ -121,7 +125,7 @@ fn describe_rope(rope: &RopeConfig, max_positions: usize) {
             y.factor, y.original_max_position_embeddings
         ),
     };
-    println!(
+    out.line(format_args!(
         "rope:         theta {}, {scaling}, {} pairs; max positions {max_positions}",
         rope.theta,
         if rope.interleaved {
@@ -129,35 +133,36 @@ fn describe_rope(rope: &RopeConfig, max_positions: usize) {
         } else {
             "half-split"
         },
-    );
+    ));
 }
 
 pub fn run(args: InfoArgs) -> Result<()> {
     let dir = model_dir(args.model.as_deref())?;
     let c = load_config(&dir)?;
     let checkpoint = Checkpoint::open(&dir)?;
-    println!(
+    let mut out = Report::default();
+    out.line(format_args!(
         "model:        {} ({})",
         dir.display(),
         c.architecture().name()
-    );
+    ));
     match &c {
-        ModelConfig::DeepSeek(d) => describe_deepseek(d),
-        ModelConfig::Llama(l) => describe_llama(l),
+        ModelConfig::DeepSeek(d) => describe_deepseek(&mut out, d),
+        ModelConfig::Llama(l) => describe_llama(&mut out, l),
     }
     let p = count_params(&c);
-    println!(
+    out.line(format_args!(
         "parameters:   {} total; {} activated per token ({} without the input embedding)",
         human(p.total),
         human(p.activated),
         human(p.activated - p.embedding)
-    );
+    ));
     let in_files: u64 = checkpoint.tensor_sizes().map(|(_, n)| n as u64).sum();
-    println!(
+    out.line(format_args!(
         "checkpoint:   {} parameters in {}",
         human(in_files),
         checkpoint.dtypes().join(", ")
-    );
+    ));
     let (cached, mha) = kv_values_per_token_per_layer(&c);
     let layers = c.num_hidden_layers() as u64;
     let bytes = |values: u64| values * layers * args.cache_dtype_bytes;
@@ -165,19 +170,19 @@ pub fn run(args: InfoArgs) -> Result<()> {
         ModelConfig::DeepSeek(_) => "MLA latent",
         ModelConfig::Llama(_) => "K/V of the KV heads",
     };
-    println!(
+    out.line(format_args!(
         "KV cache:     {what} {cached} values/token/layer = {} bytes/token; MHA (2·heads·head dim) {mha} values = {} bytes/token; {:.1}× smaller",
         bytes(cached),
         bytes(mha),
         mha as f64 / cached as f64
-    );
+    ));
     if let Some(DeviceSpec::Cuda(ordinal)) = args.device {
         let device = CudaDevice::open(ordinal)?;
         let free = device.free_memory()? as u64;
         let weights = p.total * args.cache_dtype_bytes;
         let left = free.saturating_sub(weights);
         let per_token = bytes(cached).max(1);
-        println!(
+        out.line(format_args!(
             "device:       cuda:{ordinal} {} (compute {}.{}), {:.1} GiB, {:.1} GiB free; after {:.1} GiB of weights, {} tokens of KV cache fit ({} with an MHA cache)",
             device.info.name,
             device.info.compute_capability.0,
@@ -187,17 +192,17 @@ pub fn run(args: InfoArgs) -> Result<()> {
             weights as f64 / GIB,
             left / per_token,
             left / bytes(mha).max(1)
-        );
-        println!(
+        ));
+        out.line(format_args!(
             "profiling:    {}",
             if mla_rt::profile::enable_nvtx() {
                 "NVTX ranges on (libnvToolsExt found): nsys profile -t cuda,nvtx shows them"
             } else {
                 "no NVTX library (libnvToolsExt) on the library path: --profile prints per-op tables"
             }
-        );
+        ));
     }
-    Ok(())
+    out.say()
 }
 
 const GIB: f64 = (1u64 << 30) as f64;

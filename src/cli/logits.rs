@@ -88,7 +88,7 @@ impl ModelTask for LogitsTask<'_> {
             source,
         })?;
         write_atomically(&args.output, json.as_bytes())?;
-        eprintln!(
+        super::output::note!(
             "wrote {n} × {} logits to {}",
             config.vocab_size(),
             args.output.display()

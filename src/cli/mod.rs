@@ -7,6 +7,7 @@ pub mod generate;
 mod info;
 pub mod loading;
 pub mod logits;
+pub mod output;
 mod perplexity;
 
 use clap::{Parser, Subcommand};
@@ -23,8 +24,8 @@ use mla_rt::error::Result;
         absorbed form."
 )]
 pub struct Cli {
-    /// Worker threads for the CPU backend (default: one per core).
-    #[arg(long, global = true, value_name = "N")]
+    /// Worker threads for the CPU backend, 1 to 1024 (default: one per core).
+    #[arg(long, global = true, value_name = "N", value_parser = threads)]
     pub threads: Option<usize>,
 
     #[command(subcommand)]
@@ -66,5 +67,30 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Perplexity(args) => perplexity::run(args),
         Command::Bench(args) => bench::run_bench(args),
         Command::Serve(args) => crate::server::run(args),
+    }
+}
+
+/// A count that must be at least 1 (`--stride`, `--reps`): 0 is refused, not bent to 1.
+fn at_least_one(text: &str) -> std::result::Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// `--threads`: 1 to 1024 (more threads than that only cost time to start).
+fn threads(text: &str) -> std::result::Result<usize, String> {
+    match at_least_one(text)? {
+        n if n > 1024 => Err(format!("{n} threads: at most 1024")),
+        n => Ok(n),
+    }
+}
+
+/// A string that must not be empty (`--stop ""` would stop before any output).
+fn non_empty(text: &str) -> std::result::Result<String, String> {
+    match text.is_empty() {
+        true => Err("must not be empty".into()),
+        false => Ok(text.to_string()),
     }
 }

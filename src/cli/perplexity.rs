@@ -23,7 +23,7 @@ pub struct PerplexityArgs {
 
     /// Tokens between window starts; each window scores only tokens no earlier window reached
     /// (default: half the context).
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", value_parser = super::at_least_one)]
     pub stride: Option<usize>,
 }
 
@@ -67,10 +67,13 @@ impl ModelTask for PerplexityTask<'_> {
             },
         )?;
         progress.finish_and_clear();
-        println!("tokens evaluated: {}", result.tokens_evaluated);
-        println!("mean NLL:         {:.6}", result.mean_nll());
-        println!("perplexity:       {:.4}", result.ppl());
-        eprintln!("({} tokens, context {context}, stride {stride})", ids.len());
+        super::output::say(&format!(
+            "tokens evaluated: {}\nmean NLL:         {:.6}\nperplexity:       {:.4}\n",
+            result.tokens_evaluated,
+            result.mean_nll(),
+            result.ppl()
+        ))?;
+        super::output::note!("({} tokens, context {context}, stride {stride})", ids.len());
         Ok(())
     }
 }

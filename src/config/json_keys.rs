@@ -51,11 +51,15 @@ impl<'a> Keys<'a> {
         Ok(self.opt_usize(key)?.unwrap_or(default))
     }
 
-    /// A dimension that must be at least 1.
+    /// A dimension that must be at least 1 and at most [`dim_limit`].
     pub fn dim(&self, key: &str) -> Result<usize> {
         let v = self.usize(key)?;
         if v == 0 {
             return Err(self.err(key, "must be at least 1, found 0"));
+        }
+        let limit = dim_limit(key);
+        if v > limit {
+            return Err(self.err(key, format!("must be at most {limit}, found {v}")));
         }
         Ok(v)
     }
@@ -154,5 +158,17 @@ impl<'a> Keys<'a> {
                 format!("unsupported activation \"{other}\" (only silu)"),
             )),
         }
+    }
+}
+
+/// The largest value a dimension may take, far above any published model's (DeepSeek-V3: 61
+/// layers, 128 heads, hidden 7168, vocabulary 129,280; Llama 3.1 405B: 126 layers, MLP 53,248):
+/// layers and heads size per-layer and per-head tables and loops, the rest buffers, so that a
+/// config's size is refused before anything is allocated or counted.
+pub fn dim_limit(key: &str) -> usize {
+    match key {
+        "num_hidden_layers" => 1024,
+        "num_attention_heads" | "num_key_value_heads" => 4096,
+        _ => 1 << 20,
     }
 }

@@ -119,6 +119,22 @@ fn inconsistent_configs_name_key_and_value() {
             "63",
         ),
         (with(v2_lite(), "hidden_size", json!(0)), "hidden_size", "0"),
+        // Sizes no model has are refused before anything is allocated or counted.
+        (
+            with(v2_lite(), "num_hidden_layers", json!(10_000_000_000u64)),
+            "num_hidden_layers",
+            "at most 1024, found 10000000000",
+        ),
+        (
+            with(v2_lite(), "num_hidden_layers", json!(1u64 << 53)),
+            "num_hidden_layers",
+            "9007199254740992",
+        ),
+        (
+            with(v2_lite(), "hidden_size", json!(1u64 << 40)),
+            "hidden_size",
+            "at most 1048576",
+        ),
         (
             with(v2_lite(), "hidden_size", json!("big")),
             "hidden_size",

@@ -61,6 +61,23 @@ impl TensorSource for Checkpoint {
     }
 }
 
+/// Whether `file` (a shard named by an index) is a relative path that stays inside the folder:
+/// no root, no drive, no `..` (what a link inside the folder points at is the folder's own
+/// business, as in the Hugging Face cache).
+fn inside_folder(file: &str) -> bool {
+    let path = Path::new(file);
+    !file.is_empty()
+        && path.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        })
+        && path
+            .components()
+            .any(|c| matches!(c, std::path::Component::Normal(_)))
+}
+
 /// All tensors of a checkpoint folder, by name.
 pub struct Checkpoint {
     dir: PathBuf,
@@ -82,6 +99,14 @@ impl Checkpoint {
             let index: ShardIndex = read_json(&index_path)?;
             let mut by_file: BTreeMap<String, Vec<String>> = BTreeMap::new();
             for (tensor, file) in index.weight_map {
+                if !inside_folder(&file) {
+                    return Err(Error::checkpoint(
+                        &index_path,
+                        format!(
+                            "weight_map puts tensor {tensor} in {file:?}, which is not a path inside the model folder"
+                        ),
+                    ));
+                }
                 by_file.entry(file).or_default().push(tensor);
             }
             if by_file.is_empty() {

@@ -120,3 +120,30 @@ fn index_pointing_at_a_missing_shard_names_it() {
     let err = Checkpoint::open(dir.path()).err().unwrap().to_string();
     assert!(err.contains("gone.safetensors"), "{err}");
 }
+
+#[test]
+fn index_shards_outside_the_folder_are_refused() {
+    let outer = tempfile::tempdir().unwrap();
+    let dir = outer.path().join("model");
+    std::fs::create_dir(&dir).unwrap();
+    // A shard that exists, but outside the model folder: never opened.
+    std::fs::write(outer.path().join("x.safetensors"), b"not read").unwrap();
+    let outside = outer.path().join("x.safetensors");
+    for file in [
+        "../x.safetensors",
+        "sub/../../x.safetensors",
+        outside.to_str().unwrap(),
+        "",
+        ".",
+    ] {
+        let index = serde_json::json!({"weight_map": {"model.embed.weight": file}});
+        std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+        let err = Checkpoint::open(&dir).err().unwrap().to_string();
+        assert!(
+            err.contains("model.safetensors.index.json")
+                && err.contains("not a path inside the model folder")
+                && err.contains("model.embed.weight"),
+            "{file:?}: {err}"
+        );
+    }
+}
