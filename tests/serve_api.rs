@@ -219,8 +219,9 @@ fn choices_logprobs_echo_and_prompt_forms() {
     ]);
     let (status, chat) = server.post(
         "/v1/chat/completions",
+        // Seeded: an unseeded draw may end at EOS before the third token.
         &json!({"model": "austen", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3,
-                "logprobs": true, "top_logprobs": 2}),
+                "logprobs": true, "top_logprobs": 2, "seed": 7}),
     );
     assert_eq!(status, 200, "{chat}");
     let content = chat["choices"][0]["logprobs"]["content"]
