@@ -12,6 +12,13 @@ pub struct Message {
     pub content: String,
 }
 
+/// What a request generates from: plain text, or a chat rendered by the model's template.
+#[derive(Debug)]
+pub enum PromptInput {
+    Text(String),
+    Messages(Vec<Message>),
+}
+
 pub struct ChatTemplate {
     path: PathBuf,
     source: String,

@@ -70,6 +70,11 @@ pub enum Error {
     /// quietly.
     #[error("standard output was closed")]
     ClosedOutput,
+
+    /// SIGINT or SIGTERM stopped the work part-way; `what` says what was kept. The program exits
+    /// with 128 + `signal`, as a shell reports a process the signal killed.
+    #[error("{what}")]
+    Interrupted { signal: i32, what: String },
 }
 
 /// What the CUDA backend reports: driver and cuBLAS failures with their sources, kernels missing

@@ -12,6 +12,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         // The reader of stdout went away (`mla info | head -1`): nothing left to say.
         Err(mla_rt::error::Error::ClosedOutput) => ExitCode::SUCCESS,
+        Err(e @ mla_rt::error::Error::Interrupted { signal, .. }) => {
+            cli::output::note!("{e}");
+            ExitCode::from(128u8.saturating_add(u8::try_from(signal).unwrap_or(0)))
+        }
         Err(e) => {
             cli::output::note!("error: {e}");
             ExitCode::FAILURE

@@ -58,7 +58,8 @@ fn bench_reports_throughput_cache_size_and_mla_vs_gqa_ratios() {
             2 * 4 * 128 * 4
         };
         assert_eq!(kv, expected_kv, "{row}");
-        assert_eq!(max_batch, (1u64 << 30) / (6 * kv), "{row}");
+        // 6 tokens take one whole 64-token block.
+        assert_eq!(max_batch, (1u64 << 30) / (64 * kv), "{row}");
         let shares =
             ["attention_share", "ffn_share", "other_share"].map(|k| row[k].as_f64().unwrap());
         assert!(shares.iter().all(|s| (0.0..=1.0).contains(s)), "{row}");
@@ -175,7 +176,8 @@ fn bench_attention_checks_its_arguments_before_opening_the_gpu() {
 #[test]
 fn batch_max_runs_each_model_at_its_largest_batch_and_compares_those() {
     // One layer of V2-Lite: 2,304 bytes/token for MLA against 16,384 for its MHA twin; a budget
-    // of 300 KB and 4 + 2 tokens at depth 8 (14 tokens) fits 9 MLA sequences and 1 MHA one.
+    // of 300 KB and 4 + 2 tokens at depth 8 (14 tokens, 7 blocks of 2) fits 9 MLA sequences
+    // and 1 MHA one.
     let out = mla(&[
         "bench",
         "--preset",
@@ -194,6 +196,8 @@ fn batch_max_runs_each_model_at_its_largest_batch_and_compares_those() {
         "1",
         "--kv-cache-memory",
         "300KB",
+        "--block-size",
+        "2",
         "--compare",
     ]);
     let text = String::from_utf8_lossy(&out.stdout);

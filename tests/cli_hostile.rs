@@ -119,7 +119,96 @@ fn counts_and_strings_out_of_range_are_refused() {
             vec!["--threads", "0", "info", "--model", model],
             "--threads",
         ),
-    ] {
+        (
+            vec![
+                "generate",
+                "--model",
+                model,
+                "--prompt",
+                "a",
+                "--block-size",
+                "1000000",
+            ],
+            "--block-size",
+        ),
+        (
+            vec!["bench", "--preset", "v2-lite", "--block-size", "0"],
+            "--block-size",
+        ),
+        (
+            vec![
+                "generate",
+                "--model",
+                model,
+                "--prompt",
+                "a",
+                "--max-num-seqs",
+                "0",
+            ],
+            "--max-num-seqs",
+        ),
+        (
+            vec![
+                "generate",
+                "--model",
+                model,
+                "--prompt",
+                "a",
+                "--kv-cache-memory",
+                "1",
+            ],
+            "--kv-cache-memory",
+        ),
+        (
+            vec![
+                "bench",
+                "--preset",
+                "deepseek-v2-lite",
+                "--layers",
+                "1",
+                "--batch",
+                "max",
+                "--kv-cache-memory",
+                "1",
+            ],
+            "--batch max",
+        ),
+        (
+            vec![
+                "bench",
+                "--preset",
+                "deepseek-v2-lite",
+                "--depth",
+                "18446744073709551615",
+            ],
+            "max_position_embeddings",
+        ),
+        (
+            vec![
+                "bench",
+                "--preset",
+                "deepseek-v2-lite",
+                "--gen",
+                "18446744073709551615",
+            ],
+            "max_position_embeddings",
+        ),
+    ]
+    .into_iter()
+    .chain(
+        [
+            "--gpu-memory-utilization=NaN",
+            "--gpu-memory-utilization=-1",
+            "--gpu-memory-utilization=2",
+            "--gpu-memory-utilization=0",
+        ]
+        .map(|flag| {
+            (
+                vec!["generate", "--model", model, "--prompt", "a", flag],
+                "--gpu-memory-utilization",
+            )
+        }),
+    ) {
         let out = Command::new(env!("CARGO_BIN_EXE_mla"))
             .args(&args)
             .output()

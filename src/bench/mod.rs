@@ -10,7 +10,8 @@ pub mod report;
 pub mod serve;
 
 use mla_rt::backend::{AttentionBatch, Backend, SeqChunk};
-use mla_rt::error::Result;
+use mla_rt::config::ModelConfig;
+use mla_rt::error::{Error, Result};
 use mla_rt::kv::{slot, BlockManager, SeqBlocks};
 use mla_rt::model::params::decode_step_weight_params;
 use mla_rt::model::{AttentionForm, LogitRows, Model, Step};
@@ -56,6 +57,9 @@ pub struct BenchConfig {
     /// Bytes per cached value on this backend.
     pub cache_value_bytes: u64,
 }
+
+/// Most sequences `--batch max` runs; its `max batch` column still reports all that fit.
+pub const MAX_BENCH_BATCH: usize = 1024;
 
 /// One measured configuration.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -144,6 +148,29 @@ fn profiled<B: Backend>(backend: &B, f: impl FnOnce() -> Result<()>) -> Result<(
     Ok(split(&ops, secs))
 }
 
+/// Sequences of `total` tokens whose caches, allocated in whole blocks, fit `budget` bytes.
+pub fn sequences_that_fit(
+    c: &ModelConfig,
+    block_size: usize,
+    value_bytes: u64,
+    budget: u64,
+    total: usize,
+) -> u64 {
+    let per_token = (c.cache_width() * c.num_hidden_layers()) as u64 * value_bytes;
+    let seq_bytes = (total.div_ceil(block_size) as u64)
+        .saturating_mul(block_size as u64)
+        .saturating_mul(per_token);
+    budget / seq_bytes.max(1)
+}
+
+/// `--batch max` where not one sequence fits.
+pub fn no_sequence_fits(name: &str, total: usize, budget: u64) -> Error {
+    Error::InvalidInput(format!(
+        "{name}: --batch max: not one sequence of {total} tokens fits the cache budget of {budget} \
+         bytes; raise --kv-cache-memory"
+    ))
+}
+
 pub fn run<B: Backend>(
     name: &str,
     model: &Model<B>,
@@ -159,16 +186,17 @@ pub fn run<B: Backend>(
     let mut rows = Vec::new();
     for &depth in &config.depths {
         let total = depth + config.prompt + config.gen;
-        let max_batch = config.memory_budget / (total as u64 * kv_bytes_per_token).max(1);
+        let per_seq = total.div_ceil(bs);
+        let max_batch =
+            sequences_that_fit(c, bs, config.cache_value_bytes, config.memory_budget, total);
         for &size in &config.batches {
             let batch = match size {
                 BatchSize::Fixed(n) => n,
-                BatchSize::Max => max_batch as usize,
+                BatchSize::Max if max_batch == 0 => {
+                    return Err(no_sequence_fits(name, total, config.memory_budget))
+                }
+                BatchSize::Max => max_batch.min(MAX_BENCH_BATCH as u64) as usize,
             };
-            if batch == 0 {
-                continue; // not even one sequence fits the budget at this depth
-            }
-            let per_seq = total.div_ceil(bs);
             let mut blocks = BlockManager::new(batch * per_seq, bs, false);
             let mut cache = backend.alloc_kv_cache(
                 c.num_hidden_layers(),

@@ -1,50 +1,26 @@
-//! Batch mode of `mla generate`: JSONL requests in, JSONL results out (input order), a progress
-//! bar, and the throughput and latency summary `vllm bench throughput` users read.
+//! Batch mode of `mla generate`: JSONL requests in, JSONL results out in input order, written
+//! as requests finish (each result waits only for those before it), a progress bar, and the
+//! throughput and latency summary `vllm bench throughput` users read. SIGINT or SIGTERM stops
+//! the run between steps and keeps every finished result.
 
-use super::generate::{prompt_ids, GenerateArgs, PromptInput};
+use super::engine_args::CacheDemand;
+use super::generate::{prompt_ids, GenerateArgs};
+use super::interrupt::{signal_name, Interrupt};
 use super::loading::LoadedModel;
-use super::logits::write_atomically;
+use super::output_file::OutputFile;
 use mla_rt::backend::Backend;
-use mla_rt::chat::{ChatTemplate, Message};
+use mla_rt::chat::{ChatTemplate, PromptInput};
 use mla_rt::engine::batch_engine::Engine;
 use mla_rt::engine::logits::TokenLogprobs;
 use mla_rt::engine::request::{Request, RequestOutput};
-use mla_rt::engine::sampler::SamplingParams;
+use mla_rt::engine::request_line::RequestLine;
 use mla_rt::error::{Error, Result};
 use mla_rt::tokenizer::TextTokenizer;
 use mla_rt::util::summary::mean_median_p99;
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
-
-/// One line of the input file.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct InputLine {
-    id: Value,
-    prompt: Option<String>,
-    messages: Option<Vec<Message>>,
-    max_tokens: Option<usize>,
-    temperature: Option<f32>,
-    top_k: Option<usize>,
-    top_p: Option<f32>,
-    seed: Option<u64>,
-    stop: Option<StopField>,
-    ignore_eos: Option<bool>,
-    min_p: Option<f32>,
-    presence_penalty: Option<f32>,
-    frequency_penalty: Option<f32>,
-    repetition_penalty: Option<f32>,
-    min_tokens: Option<usize>,
-    logprobs: Option<usize>,
-}
-
-#[derive(Debug, serde::Deserialize)]
-#[serde(untagged)]
-enum StopField {
-    One(String),
-    Many(Vec<String>),
-}
 
 #[derive(serde::Serialize)]
 struct OutputLine<'a> {
@@ -71,78 +47,47 @@ fn read_requests(
     model_dir: &Path,
     max_pos: usize,
 ) -> Result<(Vec<Value>, Vec<Request>)> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
     let (mut ids, mut requests) = (Vec::new(), Vec::new());
-    for (n, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
+    for (n, raw) in bytes.split(|&b| b == b'\n').enumerate() {
         let at = format!("{}:{}", path.display(), n + 1);
-        let input: InputLine =
-            serde_json::from_str(line).map_err(|e| Error::InvalidInput(format!("{at}: {e}")))?;
-        let prompt = match (input.prompt, input.messages) {
-            (Some(p), None) => PromptInput::Text(p),
-            (None, Some(m)) => PromptInput::Messages(m),
-            _ => {
-                return Err(Error::InvalidInput(format!(
-                    "{at}: give exactly one of \"prompt\" and \"messages\""
-                )))
-            }
-        };
-        let defaults = args.sampling.params();
-        let sampling = SamplingParams {
-            temperature: input.temperature.unwrap_or(defaults.temperature),
-            top_k: input.top_k.unwrap_or(defaults.top_k),
-            top_p: input.top_p.unwrap_or(defaults.top_p),
-            seed: input.seed.unwrap_or(defaults.seed),
-            min_p: input.min_p.unwrap_or(defaults.min_p),
-            presence_penalty: input.presence_penalty.unwrap_or(defaults.presence_penalty),
-            frequency_penalty: input
-                .frequency_penalty
-                .unwrap_or(defaults.frequency_penalty),
-            repetition_penalty: input
-                .repetition_penalty
-                .unwrap_or(defaults.repetition_penalty),
-            min_tokens: input.min_tokens.unwrap_or(defaults.min_tokens),
-            logprobs: input.logprobs.or(defaults.logprobs),
-        };
-        sampling
-            .validate()
+        let line = std::str::from_utf8(raw).map_err(|e| {
+            Error::InvalidInput(format!(
+                "{at}: invalid UTF-8 at byte {} of the line",
+                e.valid_up_to() + 1
+            ))
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let input =
+            RequestLine::parse(line).map_err(|e| Error::InvalidInput(format!("{at}: {e}")))?;
+        let sampling = input
+            .sampling
+            .apply(args.sampling.params())
             .map_err(|e| Error::InvalidInput(format!("{at}: {e}")))?;
+        let is_chat = matches!(input.prompt, PromptInput::Messages(_));
         // "messages" lines use the chat template with or without --chat.
-        if matches!(prompt, PromptInput::Messages(_)) && template.is_none() {
+        if is_chat && template.is_none() {
             template = Some(
                 ChatTemplate::load(model_dir)
                     .map_err(|e| Error::InvalidInput(format!("{at}: \"messages\": {e}")))?,
             );
         }
-        let chat = if args.chat || matches!(prompt, PromptInput::Messages(_)) {
-            template.as_ref()
-        } else {
-            None
-        };
-        let prompt = prompt_ids(tokenizer, chat, prompt, max_pos, &at)?;
+        let chat = template.as_ref().filter(|_| args.chat || is_chat);
+        let prompt = prompt_ids(tokenizer, chat, input.prompt, max_pos, &at)?;
         let max_tokens = input
             .max_tokens
             .unwrap_or(args.sampling.max_new_tokens)
             .min(max_pos + 1 - prompt.len());
-        if max_tokens == 0 {
-            return Err(Error::InvalidInput(format!(
-                "{at}: max_tokens must be at least 1"
-            )));
-        }
         requests.push(Request {
             id: input.id.to_string(),
             prompt,
             sampling,
             max_tokens,
-            stop: match input.stop {
-                None => args.sampling.stop.clone(),
-                Some(StopField::One(s)) => vec![s],
-                Some(StopField::Many(v)) => v,
-            },
-            ignore_eos: input.ignore_eos.unwrap_or(false),
+            stop: input.stop.unwrap_or_else(|| args.sampling.stop.clone()),
+            ignore_eos: input.ignore_eos,
         });
         ids.push(input.id);
     }
@@ -155,74 +100,47 @@ fn read_requests(
     Ok((ids, requests))
 }
 
-pub fn run<B: Backend>(
-    args: &GenerateArgs,
-    loaded: &LoadedModel<B>,
-    tokenizer: &TextTokenizer,
-    template: Option<ChatTemplate>,
-    prompts: &Path,
-    output: &Path,
-) -> Result<()> {
-    let config = &loaded.model.config;
-    let (ids, requests) = read_requests(
-        prompts,
-        args,
-        tokenizer,
-        template,
-        &loaded.dir,
-        config.max_position_embeddings(),
-    )?;
-    let longest = requests
-        .iter()
-        .map(|r| r.prompt.len() + r.max_tokens - 1)
-        .max()
-        .unwrap_or(1);
-    let (engine_config, plan) = args.engine.engine_config(
-        &loaded.backend,
-        config,
-        args.model.block_size,
-        args.model.attention,
-        longest,
-    )?;
-    super::output::note!("{}", plan.summary());
-    let mut engine = Engine::new(
-        &loaded.model,
-        &loaded.backend,
-        Some(tokenizer),
-        engine_config,
-    )?;
-    if let Some(capture) = engine.capture_decode_graphs(requests.len())? {
-        super::output::note!("{capture}");
-    }
-    let total = requests.len();
-    for request in requests {
-        engine.add_request(request)?;
-    }
-    let progress = indicatif::ProgressBar::new(total as u64);
-    progress.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} requests [{elapsed_precise}] {msg}",
-        )
-        .expect("static progress template"),
-    );
-    let start = Instant::now();
-    let mut generated = 0usize;
-    let outputs = engine.run_to_completion(|step| {
-        generated += step.new_tokens.len();
-        progress.inc(step.finished.len() as u64);
-        progress.set_message(format!(
-            "{:.1} output tokens/s",
-            generated as f64 / start.elapsed().as_secs_f64()
-        ));
-    })?;
-    progress.finish_and_clear();
-    let elapsed = start.elapsed().as_secs_f64();
+/// Result lines waiting for the requests before them, written in input order.
+struct InOrderWriter {
+    output: OutputFile,
+    ids: Vec<Value>,
+    /// Finished results not yet written, as lines, by request index.
+    held: BTreeMap<usize, String>,
+    next: usize,
+    written: usize,
+}
 
-    let mut lines = String::new();
-    for (id, o) in ids.iter().zip(&outputs) {
+impl InOrderWriter {
+    /// Takes `finished`'s line; writes it and every held line it unblocks.
+    fn push(&mut self, finished: &RequestOutput) -> Result<()> {
+        let line = self.line(finished)?;
+        self.held.insert(finished.index, line);
+        while let Some(line) = self.held.remove(&self.next) {
+            self.write(&line)?;
+            self.next += 1;
+        }
+        Ok(())
+    }
+
+    /// Writes every held line in input order, gaps and all, and commits the file.
+    fn finish(mut self) -> Result<usize> {
+        for line in std::mem::take(&mut self.held).into_values() {
+            self.write(&line)?;
+        }
+        self.output.commit()?;
+        Ok(self.written)
+    }
+
+    fn write(&mut self, line: &str) -> Result<()> {
+        self.output.write(line.as_bytes())?;
+        self.written += 1;
+        Ok(())
+    }
+
+    fn line(&self, o: &RequestOutput) -> Result<String> {
         let itl = o.inter_token_latencies();
         let line = OutputLine {
-            id,
+            id: &self.ids[o.index],
             text: &o.text,
             prompt_tokens: o.prompt_tokens,
             completion_tokens: o.output_tokens.len(),
@@ -238,22 +156,134 @@ pub fn run<B: Backend>(
             latency_s: o.latency(),
             logprobs: &o.logprobs,
         };
-        lines.push_str(&serde_json::to_string(&line).map_err(|source| Error::Json {
-            path: output.to_path_buf(),
+        let mut text = serde_json::to_string(&line).map_err(|source| Error::Json {
+            path: self.output.shown().to_path_buf(),
             source,
-        })?);
-        lines.push('\n');
+        })?;
+        text.push('\n');
+        Ok(text)
     }
-    write_atomically(output, lines.as_bytes())?;
-    super::output::note_text(&summary(&outputs, elapsed, &engine));
-    super::output::note!("wrote {} results to {}", outputs.len(), output.display());
-    if args.profile {
-        super::output::note_text(&super::generate::profile_report(
-            &engine.stats,
-            loaded.backend.counters().is_some(),
+}
+
+pub fn run<B: Backend>(
+    args: &GenerateArgs,
+    loaded: &LoadedModel<B>,
+    tokenizer: &TextTokenizer,
+    template: Option<ChatTemplate>,
+    prompts: &Path,
+    output: OutputFile,
+) -> Result<()> {
+    let config = &loaded.model.config;
+    let (ids, requests) = read_requests(
+        prompts,
+        args,
+        tokenizer,
+        template,
+        &loaded.dir,
+        config.max_position_embeddings(),
+    )?;
+    let lengths: Vec<usize> = requests
+        .iter()
+        .map(|r| r.prompt.len() + r.max_tokens - 1)
+        .collect();
+    let (engine_config, plan) = args.engine.engine_config(
+        &loaded.backend,
+        config,
+        args.model.block_size,
+        args.model.attention,
+        CacheDemand::Requests(&lengths),
+    )?;
+    super::output::note!("{}", plan.summary());
+    let mut engine = Engine::new(
+        &loaded.model,
+        &loaded.backend,
+        Some(tokenizer),
+        engine_config,
+    )?;
+    if let Some(capture) = engine.capture_decode_graphs(requests.len())? {
+        super::output::note!("{capture}");
+    }
+    let total = requests.len();
+    for request in requests {
+        engine.add_request(request)?;
+    }
+    let interrupt = Interrupt::watch()?;
+    let progress = indicatif::ProgressBar::new(total as u64);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} requests [{elapsed_precise}] {msg}",
+        )
+        .expect("static progress template"),
+    );
+    let shown = output.shown().display().to_string();
+    let mut writer = InOrderWriter {
+        output,
+        ids,
+        held: BTreeMap::new(),
+        next: 0,
+        written: 0,
+    };
+    let start = Instant::now();
+    let (mut generated, mut outputs) = (0usize, Vec::with_capacity(total));
+    let mut stopped = None;
+    while engine.has_unfinished() {
+        if let Some(signal) = interrupt.received() {
+            stopped = Some(Error::Interrupted {
+                signal,
+                what: String::new(),
+            });
+            break;
+        }
+        let step = match engine.step() {
+            Ok(step) => step,
+            Err(e) => {
+                stopped = Some(e);
+                break;
+            }
+        };
+        generated += step.new_tokens.len();
+        progress.inc(step.finished.len() as u64);
+        progress.set_message(format!(
+            "{:.1} output tokens/s",
+            generated as f64 / start.elapsed().as_secs_f64()
         ));
+        for mut finished in step.finished {
+            writer.push(&finished)?;
+            // The summary needs the counts and times only.
+            finished.text = String::new();
+            finished.logprobs = Vec::new();
+            outputs.push(finished);
+        }
     }
-    Ok(())
+    progress.finish_and_clear();
+    let elapsed = start.elapsed().as_secs_f64();
+    let written = writer.finish()?;
+    match stopped {
+        Some(Error::Interrupted { signal, .. }) => Err(Error::Interrupted {
+            signal,
+            what: format!(
+                "interrupted by {}: {written} of {total} requests finished; their results are in {shown}",
+                signal_name(signal)
+            ),
+        }),
+        Some(e) => {
+            super::output::note!(
+                "{written} of {total} requests finished before the error; their results are in {shown}"
+            );
+            Err(e)
+        }
+        None => {
+            super::output::note_text(&summary(&outputs, elapsed, &engine));
+            super::output::note!("wrote {written} results to {shown}");
+            if args.profile {
+                super::output::note_text(&super::generate::profile_report(
+                    &engine.stats,
+                    loaded.backend.counters().is_some(),
+                ));
+            }
+            Ok(())
+        }
+    }
 }
 
 fn summary<B: mla_rt::backend::Backend>(

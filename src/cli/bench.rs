@@ -28,8 +28,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N")]
     pub layers: Option<usize>,
 
-    /// Sequences per test (comma-separated); `max`: the largest batch whose caches fit the
-    /// memory budget at each depth (each model its own).
+    /// Sequences per test (comma-separated); `max`: the largest batch whose caches (in whole
+    /// blocks) fit the memory budget at each depth, each model its own, run up to 1024.
     #[arg(long, value_delimiter = ',', default_value = "1", value_name = "B")]
     pub batch: Vec<BatchSize>,
 
@@ -55,7 +55,7 @@ pub struct BenchArgs {
     pub kv_cache_memory: Option<u64>,
 
     /// Tokens per cache block.
-    #[arg(long, default_value_t = 64, value_name = "TOKENS")]
+    #[arg(long, default_value_t = 64, value_name = "TOKENS", value_parser = super::block_size)]
     pub block_size: usize,
 
     /// Print the first preset's ratios against each other preset.
@@ -404,9 +404,9 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
         Some(BenchSuite::Moe(m)) => return bench_moe(m),
         None => {}
     }
-    if args.block_size == 0 || args.prompt + args.gen == 0 {
+    if args.prompt == 0 && args.gen == 0 {
         return Err(Error::InvalidInput(
-            "--block-size and --prompt + --gen must be positive".into(),
+            "--prompt + --gen must be positive".into(),
         ));
     }
     match (args.device, args.dtype) {
@@ -427,15 +427,48 @@ fn bench_on<B: Backend>(args: &BenchArgs, backend: B) -> Result<()> {
         .iter()
         .map(|name| Ok((name.clone(), preset_config(name, args.layers)?)))
         .collect::<Result<Vec<_>>>()?;
+    // The plot's path is checked before the runs, not after them.
+    let plot = args
+        .plot
+        .as_deref()
+        .map(|path| super::output_file::OutputFile::create(path, &[]))
+        .transpose()?;
+    // Lengths past the context, and a given budget that holds no sequence, are refused before
+    // any weights are made.
+    for (name, config) in &configs {
+        for &depth in &args.depth {
+            let total = depth
+                .checked_add(args.prompt)
+                .and_then(|n| n.checked_add(args.gen))
+                .filter(|&n| n <= config.max_position_embeddings())
+                .ok_or_else(|| {
+                    Error::InvalidInput(format!(
+                        "{name}: depth {depth} + prompt {} + gen {} exceeds \
+                         max_position_embeddings ({})",
+                        args.prompt,
+                        args.gen,
+                        config.max_position_embeddings()
+                    ))
+                })?;
+            if let (Some(budget), true) =
+                (args.kv_cache_memory, args.batch.contains(&BatchSize::Max))
+            {
+                let value_bytes = backend.cache_value_bytes();
+                let fits = crate::bench::sequences_that_fit(
+                    config,
+                    args.block_size,
+                    value_bytes,
+                    budget,
+                    total,
+                );
+                if fits == 0 {
+                    return Err(crate::bench::no_sequence_fits(name, total, budget));
+                }
+            }
+        }
+    }
     let mut rows = Vec::new();
     for (name, config) in configs {
-        let longest = args.depth.iter().max().copied().unwrap_or(0) + args.prompt + args.gen;
-        if longest > config.max_position_embeddings() {
-            return Err(Error::InvalidInput(format!(
-                "{name}: depth + prompt + gen = {longest} exceeds max_position_embeddings ({})",
-                config.max_position_embeddings()
-            )));
-        }
         if args.device == DeviceSpec::Cpu {
             mla_rt::engine::memory::check_weights_fit_host(&config, &name)?;
         }
@@ -467,9 +500,11 @@ fn bench_on<B: Backend>(args: &BenchArgs, backend: B) -> Result<()> {
             )
         })?);
     }
-    if let Some(path) = &args.plot {
-        super::logits::write_atomically(path, crate::bench::plot::svg(&rows).as_bytes())?;
-        super::output::note!("plot written to {}", path.display());
+    if let Some(mut plot) = plot {
+        plot.write(crate::bench::plot::svg(&rows).as_bytes())?;
+        let shown = plot.shown().display().to_string();
+        plot.commit()?;
+        super::output::note!("plot written to {shown}");
     }
     let comparisons = args.compare.then(|| compare(&rows));
     super::output::say(&render(&rows, comparisons.as_deref(), args.format))?;

@@ -12,12 +12,12 @@ use mla_rt::model::AttentionForm;
 #[derive(Debug, Clone, Args)]
 pub struct EngineArgs {
     /// Most sequences batched in one step.
-    #[arg(long, default_value_t = 256, value_name = "N")]
+    #[arg(long, default_value_t = 256, value_name = "N", value_parser = super::at_least_one)]
     pub max_num_seqs: usize,
 
     /// Most tokens (prefill chunks plus decode tokens) in one step; longer prompts are prefilled
     /// in chunks of this size.
-    #[arg(long, default_value_t = 2048, value_name = "N")]
+    #[arg(long, default_value_t = 2048, value_name = "N", value_parser = super::at_least_one)]
     pub max_batched_tokens: usize,
 
     /// KV cache size, e.g. 4GiB or 512MB (overrides --gpu-memory-utilization).
@@ -26,7 +26,7 @@ pub struct EngineArgs {
 
     /// Fraction of the memory left after loading the weights to give the KV cache (on the CPU
     /// backend: of the available host memory). Never more than the requests can use.
-    #[arg(long, default_value_t = 0.9, value_name = "F")]
+    #[arg(long, default_value_t = 0.9, value_name = "F", value_parser = fraction)]
     pub gpu_memory_utilization: f64,
 
     /// Do not reuse cache blocks of identical prompt prefixes across requests.
@@ -39,27 +39,53 @@ pub struct EngineArgs {
     pub enforce_eager: bool,
 }
 
+/// `--gpu-memory-utilization`: a fraction in (0, 1].
+fn fraction(text: &str) -> std::result::Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
+        Ok(f) => Err(format!("{f} is not in (0, 1]")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// What the cache must hold: the most blocks worth allocating.
+#[derive(Debug, Clone, Copy)]
+pub enum CacheDemand<'a> {
+    /// Requests not known yet (a server), each up to this many tokens.
+    AnyUpTo(usize),
+    /// These requests, each up to this many tokens (batch mode, one prompt).
+    Requests(&'a [usize]),
+}
+
+impl CacheDemand<'_> {
+    /// Blocks that could ever be in use at once with at most `max_num_seqs` sequences running.
+    fn useful_blocks(self, block_size: usize, max_num_seqs: usize) -> usize {
+        let blocks = |tokens: usize| tokens.div_ceil(block_size);
+        let useful = match self {
+            CacheDemand::AnyUpTo(tokens) => max_num_seqs.saturating_mul(blocks(tokens)),
+            CacheDemand::Requests(lengths) => {
+                let mut per_request: Vec<usize> = lengths.iter().map(|&t| blocks(t)).collect();
+                per_request.sort_unstable_by(|a, b| b.cmp(a));
+                per_request
+                    .iter()
+                    .take(max_num_seqs)
+                    .fold(0usize, |sum, &b| sum.saturating_add(b))
+            }
+        };
+        useful.max(1)
+    }
+}
+
 impl EngineArgs {
-    /// The engine configuration for a batch whose longest sequence has `longest_tokens` tokens.
+    /// The engine configuration for `demand`.
     pub fn engine_config<B: Backend>(
         &self,
         backend: &B,
         config: &ModelConfig,
         block_size: usize,
         attention: AttentionForm,
-        longest_tokens: usize,
+        demand: CacheDemand<'_>,
     ) -> Result<(EngineConfig, KvCachePlan)> {
-        if !(self.gpu_memory_utilization > 0.0 && self.gpu_memory_utilization <= 1.0) {
-            return Err(Error::InvalidInput(format!(
-                "--gpu-memory-utilization must be in (0, 1], found {}",
-                self.gpu_memory_utilization
-            )));
-        }
-        if block_size == 0 {
-            return Err(Error::InvalidInput(
-                "--block-size must be at least 1".into(),
-            ));
-        }
         let budget = match self.kv_cache_memory {
             Some(bytes) => bytes,
             None => {
@@ -71,11 +97,8 @@ impl EngineArgs {
                 (free as f64 * self.gpu_memory_utilization) as u64
             }
         };
-        // Every sequence at its longest: more blocks than that would never be used.
-        let useful = self
-            .max_num_seqs
-            .saturating_mul(longest_tokens.div_ceil(block_size))
-            .max(1);
+        // More blocks than the running sequences can hold at their longest are never used.
+        let useful = demand.useful_blocks(block_size, self.max_num_seqs);
         let plan = KvCachePlan::new(
             config,
             block_size,

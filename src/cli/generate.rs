@@ -2,15 +2,16 @@
 //! continuously batched workload.
 
 use super::batch;
+use super::engine_args::CacheDemand;
 use super::engine_args::EngineArgs;
 use super::loading::{LoadedModel, ModelArgs, ModelTask};
+use super::output_file::OutputFile;
 use clap::Args;
 use mla_rt::backend::Backend;
 use mla_rt::chat::{ChatTemplate, Message};
-use mla_rt::engine::batch_engine::{Engine, EngineConfig, NewToken};
+use mla_rt::engine::batch_engine::{Engine, NewToken};
 use mla_rt::engine::request::Request;
 use mla_rt::engine::sampler::SamplingParams;
-use mla_rt::engine::scheduler::SchedulerConfig;
 use mla_rt::error::{Error, Result};
 use mla_rt::tokenizer::TextTokenizer;
 use std::io::Write;
@@ -143,17 +144,24 @@ pub fn prompt_ids(
     max_pos: usize,
     what: &str,
 ) -> Result<Vec<u32>> {
+    let render = |t: &ChatTemplate, messages: &[Message]| {
+        t.render(messages)
+            .map_err(|e| Error::InvalidInput(format!("{what}: {e}")))
+    };
     let ids = match (prompt, template) {
         (PromptInput::Text(text), None) => tokenizer.encode(&text)?,
         (PromptInput::Text(text), Some(t)) => tokenizer.encode_chat(
-            &t.render(&[Message {
-                role: "user".into(),
-                content: text,
-            }])?,
+            &render(
+                t,
+                &[Message {
+                    role: "user".into(),
+                    content: text,
+                }],
+            )?,
             t.bos_token(),
         )?,
         (PromptInput::Messages(messages), Some(t)) => {
-            tokenizer.encode_chat(&t.render(&messages)?, t.bos_token())?
+            tokenizer.encode_chat(&render(t, &messages)?, t.bos_token())?
         }
         (PromptInput::Messages(_), None) => {
             return Err(Error::InvalidInput(format!(
@@ -175,10 +183,7 @@ pub fn prompt_ids(
     Ok(ids)
 }
 
-pub enum PromptInput {
-    Text(String),
-    Messages(Vec<Message>),
-}
+pub use mla_rt::chat::PromptInput;
 
 pub fn run(args: GenerateArgs) -> Result<()> {
     args.sampling.params().validate()?;
@@ -187,16 +192,25 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             "--max-new-tokens must be at least 1".into(),
         ));
     }
-    args.model.run(GenerateTask(&args))
+    // Batch mode's output is checked (and its temporary created) before any work.
+    let output = match (&args.prompts, &args.output) {
+        (Some(prompts), Some(output)) => {
+            let mut inputs = args.model.input_files()?;
+            inputs.push(prompts.clone());
+            Some(OutputFile::create(output, &inputs)?)
+        }
+        _ => None,
+    };
+    args.model.run(GenerateTask(&args, output))
 }
 
-struct GenerateTask<'a>(&'a GenerateArgs);
+struct GenerateTask<'a>(&'a GenerateArgs, Option<OutputFile>);
 
 impl ModelTask for GenerateTask<'_> {
     type Output = ();
 
     fn run<B: Backend>(self, loaded: LoadedModel<B>) -> Result<()> {
-        let args = self.0;
+        let GenerateTask(args, output) = self;
         if args.profile {
             mla_rt::profile::enable(loaded.backend.sync_fn());
         }
@@ -206,7 +220,7 @@ impl ModelTask for GenerateTask<'_> {
         } else {
             None
         };
-        match (&args.prompts, &args.output) {
+        match (&args.prompts, output) {
             (Some(prompts), Some(output)) => {
                 batch::run(args, &loaded, &tokenizer, template, prompts, output)
             }
@@ -243,18 +257,16 @@ fn stream_one<B: Backend>(
         stop: args.sampling.stop.clone(),
         ignore_eos: false,
     };
-    let block_size = args.model.block_size;
-    let engine_config = EngineConfig {
-        block_size,
-        num_blocks: (prompt_len + max_tokens - 1).div_ceil(block_size.max(1)),
-        prefix_caching: false,
-        scheduler: SchedulerConfig {
-            max_num_seqs: 1,
-            max_batched_tokens: args.engine.max_batched_tokens,
-        },
-        attention: args.model.attention,
-        cuda_graphs: !args.engine.enforce_eager,
-    };
+    // The same engine flags and checks as batch mode, for one sequence without prefix caching.
+    let (mut engine_config, _) = args.engine.engine_config(
+        &loaded.backend,
+        config,
+        args.model.block_size,
+        args.model.attention,
+        CacheDemand::Requests(&[prompt_len + max_tokens - 1]),
+    )?;
+    engine_config.prefix_caching = false;
+    engine_config.scheduler.max_num_seqs = 1;
     let mut engine = Engine::new(
         &loaded.model,
         &loaded.backend,

@@ -57,8 +57,9 @@ pub struct ModelArgs {
     #[arg(long, value_enum, default_value_t = AttentionForm::Auto)]
     pub attention: AttentionForm,
 
-    /// Tokens per block of the paged latent KV cache.
-    #[arg(long, default_value_t = DEFAULT_BLOCK_SIZE, value_name = "TOKENS")]
+    /// Tokens per block of the paged latent KV cache, 1 to 1024.
+    #[arg(long, default_value_t = DEFAULT_BLOCK_SIZE, value_name = "TOKENS",
+          value_parser = super::block_size)]
     pub block_size: usize,
 }
 
@@ -145,15 +146,18 @@ pub trait ModelTask {
 }
 
 impl ModelArgs {
+    /// The files of the model folder, which no `--output` may replace.
+    pub fn input_files(&self) -> Result<Vec<PathBuf>> {
+        let dir = model_dir(self.model.as_deref())?;
+        Ok(std::fs::read_dir(&dir)
+            .map(|entries| entries.filter_map(|e| Some(e.ok()?.path())).collect())
+            .unwrap_or_default())
+    }
+
     /// Loads the model onto the device `--device` names and runs `task` with it.
     pub fn run<T: ModelTask>(&self, task: T) -> Result<T::Output> {
         let dir = model_dir(self.model.as_deref())?;
         let config = load_config(&dir)?;
-        if self.block_size == 0 {
-            return Err(Error::InvalidInput(
-                "--block-size must be at least 1".into(),
-            ));
-        }
         match self.device {
             DeviceSpec::Cpu => {
                 let checkpoint = Checkpoint::open(&dir)?;

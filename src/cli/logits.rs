@@ -1,11 +1,12 @@
 //! `mla logits`: logits of every input token, prefill then token-by-token decode.
 
 use super::loading::{LoadedModel, ModelArgs, ModelTask};
+use super::output_file::OutputFile;
 use clap::Args;
 use mla_rt::backend::Backend;
 use mla_rt::engine::session::Session;
 use mla_rt::error::{Error, Result};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Debug, Args)]
 pub struct LogitsArgs {
@@ -40,16 +41,17 @@ pub fn run(args: LogitsArgs) -> Result<()> {
             "--prefill must be between 1 and the {n} token ids, found {prefill}"
         )));
     }
-    args.model.run(LogitsTask(&args))
+    let output = OutputFile::create(&args.output, &args.model.input_files()?)?;
+    args.model.run(LogitsTask(&args, output))
 }
 
-struct LogitsTask<'a>(&'a LogitsArgs);
+struct LogitsTask<'a>(&'a LogitsArgs, OutputFile);
 
 impl ModelTask for LogitsTask<'_> {
     type Output = ();
 
     fn run<B: Backend>(self, loaded: LoadedModel<B>) -> Result<()> {
-        let args = self.0;
+        let LogitsTask(args, mut output) = self;
         let (n, prefill) = (
             args.token_ids.len(),
             args.prefill.unwrap_or(args.token_ids.len()),
@@ -87,26 +89,11 @@ impl ModelTask for LogitsTask<'_> {
             path: args.output.clone(),
             source,
         })?;
-        write_atomically(&args.output, json.as_bytes())?;
-        super::output::note!(
-            "wrote {n} × {} logits to {}",
-            config.vocab_size(),
-            args.output.display()
-        );
+        output.write(json.as_bytes())?;
+        output.write(b"\n")?;
+        let shown = output.shown().display().to_string();
+        output.commit()?;
+        super::output::note!("wrote {n} × {} logits to {shown}", config.vocab_size());
         Ok(())
     }
-}
-
-/// Writes through a temporary file in the same folder and renames it, so a failure never
-/// leaves a half-written output behind.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| Error::InvalidInput(format!("{}: not a file path", path.display())))?;
-    let tmp = path.with_file_name(format!(".{}.partial", file_name.to_string_lossy()));
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
 }

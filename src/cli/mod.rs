@@ -5,9 +5,11 @@ mod bench;
 pub mod engine_args;
 pub mod generate;
 mod info;
+mod interrupt;
 pub mod loading;
 pub mod logits;
 pub mod output;
+pub mod output_file;
 mod perplexity;
 
 use clap::{Parser, Subcommand};
@@ -50,11 +52,6 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> Result<()> {
     if let Some(threads) = cli.threads {
-        if threads == 0 {
-            return Err(mla_rt::Error::InvalidInput(
-                "--threads must be at least 1".into(),
-            ));
-        }
         // Only fails if a pool already exists, which cannot happen before the first command.
         let _ = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -71,7 +68,7 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 /// A count that must be at least 1 (`--stride`, `--reps`): 0 is refused, not bent to 1.
-fn at_least_one(text: &str) -> std::result::Result<usize, String> {
+pub(crate) fn at_least_one(text: &str) -> std::result::Result<usize, String> {
     match text.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
         Ok(n) => Ok(n),
@@ -83,6 +80,15 @@ fn at_least_one(text: &str) -> std::result::Result<usize, String> {
 fn threads(text: &str) -> std::result::Result<usize, String> {
     match at_least_one(text)? {
         n if n > 1024 => Err(format!("{n} threads: at most 1024")),
+        n => Ok(n),
+    }
+}
+
+/// `--block-size`: 1 to [`MAX_BLOCK_SIZE`] tokens.
+pub(crate) fn block_size(text: &str) -> std::result::Result<usize, String> {
+    use mla_rt::kv::MAX_BLOCK_SIZE;
+    match at_least_one(text)? {
+        n if n > MAX_BLOCK_SIZE => Err(format!("{n} tokens: at most {MAX_BLOCK_SIZE}")),
         n => Ok(n),
     }
 }

@@ -8,8 +8,13 @@ use std::io::Write;
 
 /// Writes `text` to stdout and flushes it.
 pub fn say(text: &str) -> Result<()> {
+    say_bytes(text.as_bytes())
+}
+
+/// [`say`] for bytes.
+pub fn say_bytes(bytes: &[u8]) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
+    out.write_all(bytes)
         .and_then(|()| out.flush())
         .map_err(Error::stdout)
 }

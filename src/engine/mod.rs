@@ -6,6 +6,7 @@ pub mod logits;
 pub mod memory;
 pub mod perplexity;
 pub mod request;
+pub mod request_line;
 pub mod sampler;
 pub mod scheduler;
 pub mod session;

@@ -11,6 +11,10 @@ pub type BlockId = u32;
 /// Default tokens per cache block (FlashMLA's page size).
 pub const DEFAULT_BLOCK_SIZE: usize = 64;
 
+/// Most tokens per cache block: a block is the unit the cache is allocated in, so a larger one
+/// would mostly sit empty.
+pub const MAX_BLOCK_SIZE: usize = 1024;
+
 /// The cache slot of the token at `position` of a sequence with `table`.
 pub fn slot(table: &[BlockId], position: usize, block_size: usize) -> u32 {
     table[position / block_size] * block_size as u32 + (position % block_size) as u32

@@ -115,7 +115,7 @@ impl ModelTask for EngineTask {
             config,
             self.block_size,
             self.attention,
-            config.max_position_embeddings(),
+            crate::cli::engine_args::CacheDemand::AnyUpTo(config.max_position_embeddings()),
         )?;
         tracing::info!("{}", plan.summary());
         let mut engine = Engine::new(
