@@ -93,14 +93,110 @@ impl ChatTemplate {
                 ))
             },
         );
+        env.set_fuel(Some(TEMPLATE_FUEL));
         let template = env.template_from_str(&self.source).map_err(err)?;
-        template
-            .render(minijinja::context! {
+        let mut out = BoundedText::default();
+        let rendered = template.render_to_write(
+            minijinja::context! {
                 messages => messages,
                 bos_token => &self.bos_token,
                 eos_token => &self.eos_token,
                 add_generation_prompt => true,
-            })
-            .map_err(err)
+            },
+            &mut out,
+        );
+        match rendered {
+            _ if out.overflowed => Err(Error::Tokenizer {
+                path: self.path.clone(),
+                message: format!(
+                    "chat_template: the rendered prompt passed {} MiB",
+                    MAX_RENDERED_BYTES >> 20
+                ),
+            }),
+            Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => Err(Error::Tokenizer {
+                path: self.path.clone(),
+                message: format!(
+                    "chat_template: rendering took more than {TEMPLATE_FUEL} template steps"
+                ),
+            }),
+            Err(e) => Err(err(e)),
+            Ok(_) => String::from_utf8(out.bytes).map_err(|_| Error::Tokenizer {
+                path: self.path.clone(),
+                message: "chat_template: the rendered prompt is not UTF-8".into(),
+            }),
+        }
+    }
+}
+
+/// Template instructions one rendering may run: a chat of thousands of messages takes a small
+/// share; nested loops over huge ranges run out.
+const TEMPLATE_FUEL: u64 = 20_000_000;
+
+/// Most bytes a rendered prompt may have (far more text than any context holds).
+const MAX_RENDERED_BYTES: usize = 64 << 20;
+
+/// The rendered text, refusing writes past [`MAX_RENDERED_BYTES`].
+#[derive(Default)]
+struct BoundedText {
+    bytes: Vec<u8>,
+    overflowed: bool,
+}
+
+impl std::io::Write for BoundedText {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > MAX_RENDERED_BYTES {
+            self.overflowed = true;
+            return Err(std::io::Error::other("rendered prompt too long"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template(source: &str) -> (tempfile::TempDir, ChatTemplate) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = serde_json::json!({ "chat_template": source, "bos_token": "<s>" });
+        std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).unwrap();
+        let template = ChatTemplate::load(dir.path()).unwrap();
+        (dir, template)
+    }
+
+    fn user(text: &str) -> Vec<Message> {
+        vec![Message {
+            role: "user".into(),
+            content: text.into(),
+        }]
+    }
+
+    #[test]
+    fn a_template_renders_the_messages() {
+        let (_dir, t) =
+            template("{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}");
+        assert_eq!(t.render(&user("hi")).unwrap(), "<s>hi");
+    }
+
+    #[test]
+    fn endless_and_huge_templates_stop_with_an_error_naming_the_file() {
+        let start = std::time::Instant::now();
+        let (_dir, t) = template(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        );
+        let err = t.render(&user("hi")).unwrap_err().to_string();
+        assert!(
+            err.contains("tokenizer_config.json") && err.contains("template steps"),
+            "{err}"
+        );
+        let (_dir, t) = template("{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}");
+        let err = t.render(&user("hi")).unwrap_err().to_string();
+        assert!(err.contains("passed 64 MiB"), "{err}");
+        assert!(start.elapsed().as_secs() < 60, "{:?}", start.elapsed());
     }
 }

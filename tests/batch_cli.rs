@@ -205,3 +205,39 @@ fn bad_request_files_name_the_line() {
         "{stderr}"
     );
 }
+
+#[test]
+fn an_endless_chat_template_names_the_request_line() {
+    let model = chat_model();
+    let path = model.path().join("tokenizer_config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["chat_template"] =
+        json!("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let prompts = work.path().join("p.jsonl");
+    let output = work.path().join("o.jsonl");
+    std::fs::write(
+        &prompts,
+        "{\"id\": 1, \"prompt\": \"hi\"}\n{\"id\": 2, \"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n",
+    )
+    .unwrap();
+    let out = mla(&[
+        "generate",
+        "--model",
+        s(model.path()),
+        "--prompts",
+        s(&prompts),
+        "--output",
+        s(&output),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.lines().count() == 1
+            && stderr.contains("p.jsonl:2:")
+            && stderr.contains("tokenizer_config.json")
+            && stderr.contains("template steps"),
+        "{stderr}"
+    );
+}
