@@ -272,10 +272,17 @@ __device__ void argmax_rows(const T* x, uint32_t* out, int cols) {
     const T* row = x + (size_t)blockIdx.x * cols;
     float v = -INFINITY;
     int i = 0x7fffffff;
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) better(v, i, to_f32(row[c]), c);
+    int bad = 0;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        const float x = to_f32(row[c]);
+        bad |= !(x < INFINITY);
+        better(v, i, x, c);
+    }
+    bad = __syncthreads_or(bad);
     block_best(v, i);
-    // A row of NaN or -inf only: the first column, as the host's argmax.
-    if (threadIdx.x == 0) out[blockIdx.x] = i == 0x7fffffff ? 0 : i;
+    // A row holding a NaN or +inf: NON_FINITE_ROW; a row of -inf only: the first column, as
+    // the host's argmax.
+    if (threadIdx.x == 0) out[blockIdx.x] = bad ? 0xffffffffu : (i == 0x7fffffff ? 0 : i);
 }
 
 // Key of a float whose unsigned order is the float's total order (Rust's `total_cmp`, the
@@ -304,6 +311,10 @@ __device__ void top_k_rows(const T* x, int cols, int k, float* values, uint32_t*
     __shared__ uint32_t cand_key[TOP_K_MAX], cand_id[TOP_K_MAX];
     const T* row = x + (size_t)blockIdx.x * cols;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    // A row holding a NaN or +inf reports NaN as its first value (the host checks it).
+    int bad = 0;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) bad |= !(to_f32(row[c]) < INFINITY);
+    bad = __syncthreads_or(bad);
     if (threadIdx.x == 0) {
         prefix = 0;
         prefix_mask = 0;
@@ -385,7 +396,7 @@ __device__ void top_k_rows(const T* x, int cols, int k, float* values, uint32_t*
         int rank = 0;
         for (int j = 0; j < k; j++)
             rank += cand_key[j] > cand_key[i] || (cand_key[j] == cand_key[i] && cand_id[j] < cand_id[i]);
-        values[(size_t)blockIdx.x * k + rank] = cand_value[i];
+        values[(size_t)blockIdx.x * k + rank] = bad && rank == 0 ? __uint_as_float(0x7fc00000u) : cand_value[i];
         ids[(size_t)blockIdx.x * k + rank] = cand_id[i];
     }
 }

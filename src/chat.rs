@@ -96,7 +96,7 @@ impl ChatTemplate {
         env.set_fuel(Some(TEMPLATE_FUEL));
         let template = env.template_from_str(&self.source).map_err(err)?;
         let mut out = BoundedText::default();
-        let rendered = template.render_to_write(
+        let rendered = template.render_captured_to(
             minijinja::context! {
                 messages => messages,
                 bos_token => &self.bos_token,

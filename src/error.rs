@@ -71,6 +71,11 @@ pub enum Error {
     #[error("standard output was closed")]
     ClosedOutput,
 
+    /// A model produced NaN or infinite values; the message names where (request and position,
+    /// or the tensor).
+    #[error("non-finite values: {0}")]
+    NonFinite(String),
+
     /// SIGINT or SIGTERM stopped the work part-way; `what` says what was kept. The program exits
     /// with 128 + `signal`, as a shell reports a process the signal killed.
     #[error("{what}")]

@@ -6,7 +6,7 @@ mod common;
 use common::{assert_close, Rng};
 use mla_rt::backend::cpu::CpuBackend;
 use mla_rt::backend::cuda::{CudaBackend, GpuFloat};
-use mla_rt::backend::Backend;
+use mla_rt::backend::{Backend, NON_FINITE_ROW};
 use mla_rt::weights::HostTensor;
 
 fn random<T: GpuFloat>(rng: &mut Rng, rows: usize, cols: usize) -> HostTensor {
@@ -78,6 +78,30 @@ where
         .unwrap();
     assert_eq!(got, want, "{s} argmax_rows");
     assert_eq!(got[2], 7, "{s} argmax_rows: ties go to the lowest index");
+    // A row holding a NaN or +inf is marked, on the device as on the host; -inf is a mask.
+    let mut logits = random::<T>(&mut rng, 4, 102_400);
+    logits.data[102_400 + 50_000] = f32::NAN;
+    logits.data[2 * 102_400 + 3] = f32::NEG_INFINITY;
+    logits.data[3 * 102_400 + 102_399] = f32::INFINITY;
+    let on_gpu = gpu.upload_weight(logits.clone()).unwrap();
+    let got = gpu.argmax_rows(&on_gpu).unwrap();
+    assert_eq!(got, CpuBackend.argmax_rows(&logits).unwrap(), "{s}");
+    assert_eq!(
+        got.iter().map(|&i| i == NON_FINITE_ROW).collect::<Vec<_>>(),
+        [false, true, false, true],
+        "{s} argmax_rows of non-finite rows"
+    );
+    for rows in [
+        gpu.top_k_rows(&on_gpu, 8).unwrap(),
+        CpuBackend.top_k_rows(&logits, 8).unwrap(),
+    ] {
+        let first_is_nan: Vec<bool> = rows.iter().map(|r| r[0].1.is_nan()).collect();
+        assert_eq!(
+            first_is_nan,
+            [false, true, false, true],
+            "{s} top_k_rows of non-finite rows"
+        );
+    }
     // Top-k candidates for sampling, in the host's order (ties to the lower id), with rows where
     // the k-th value is shared by many columns (the constant row, and bf16's coarse values).
     let mut logits = random::<T>(&mut rng, 4, 50_000);

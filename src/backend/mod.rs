@@ -249,8 +249,19 @@ pub fn host_argmax_rows(x: &HostTensor) -> Vec<u32> {
     let cols = x.shape.last().copied().unwrap_or(0).max(1);
     x.data
         .chunks_exact(cols)
-        .map(crate::ops::sampling::argmax)
+        .map(|row| match row_is_finite(row) {
+            true => crate::ops::sampling::argmax(row),
+            false => NON_FINITE_ROW,
+        })
         .collect()
+}
+
+/// [`Backend::argmax_rows`]'s id for a row of logits holding a NaN or +∞.
+pub const NON_FINITE_ROW: u32 = u32::MAX;
+
+/// Whether a row of logits holds no NaN and no +∞ (−∞ masks a token and is fine).
+pub fn row_is_finite(row: &[f32]) -> bool {
+    row.iter().all(|&x| x < f32::INFINITY)
 }
 
 /// [`Backend::top_k_rows`] of rows already on the host.
@@ -258,7 +269,13 @@ pub fn host_top_k_rows(x: &HostTensor, k: usize) -> Vec<Vec<(u32, f32)>> {
     let cols = x.shape.last().copied().unwrap_or(0).max(1);
     x.data
         .chunks_exact(cols)
-        .map(|row| crate::ops::sampling::sorted_candidates(row, k))
+        .map(|row| {
+            let mut candidates = crate::ops::sampling::sorted_candidates(row, k);
+            if let (false, Some(first)) = (row_is_finite(row), candidates.first_mut()) {
+                first.1 = f32::NAN;
+            }
+            candidates
+        })
         .collect()
 }
 
@@ -373,10 +390,11 @@ pub trait Backend {
     ) -> Result<Self::RoutedExperts>;
     fn to_host(&self, x: &Self::Tensor) -> Result<HostTensor>;
     /// Index of the largest value of each row (ties: the lowest index), as greedy sampling
-    /// picks it.
+    /// picks it; [`NON_FINITE_ROW`] for a row holding a NaN or +∞.
     fn argmax_rows(&self, x: &Self::Tensor) -> Result<Vec<u32>>;
     /// The `k` largest `(column, value)` of each row, largest first, ties by the lower column:
-    /// what top-k sampling needs, without bringing whole rows of logits back.
+    /// what top-k sampling needs, without bringing whole rows of logits back. A row holding a
+    /// NaN or +∞ has NaN as its first value.
     fn top_k_rows(&self, x: &Self::Tensor, k: usize) -> Result<Vec<Vec<(u32, f32)>>> {
         Ok(host_top_k_rows(&self.to_host(x)?, k))
     }

@@ -18,9 +18,14 @@ pub struct InfoArgs {
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
 
-    /// Bytes per cached value for the KV cache figures (2 for bf16/f16, 4 for f32).
-    #[arg(long, default_value_t = 2, value_name = "BYTES")]
+    /// Bytes per cached value for the KV cache figures (2 for bf16/f16, 4 for f32), 1 to 8.
+    #[arg(long, default_value_t = 2, value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(1..=8))]
     pub cache_dtype_bytes: u64,
+
+    /// Also read every weight and fail on the first tensor holding a NaN or an infinity.
+    #[arg(long)]
+    pub verify: bool,
 
     /// Also describe this device and how many cached tokens fit in its free memory after the
     /// weights (cpu, or cuda[:N]).
@@ -176,10 +181,16 @@ pub fn run(args: InfoArgs) -> Result<()> {
         bytes(mha),
         mha as f64 / cached as f64
     ));
+    if args.verify {
+        let tensors = checkpoint.verify_finite()?;
+        out.line(format_args!(
+            "verified:     every value of the {tensors} tensors is finite"
+        ));
+    }
     if let Some(DeviceSpec::Cuda(ordinal)) = args.device {
         let device = CudaDevice::open(ordinal)?;
         let free = device.free_memory()? as u64;
-        let weights = p.total * args.cache_dtype_bytes;
+        let weights = p.total.saturating_mul(args.cache_dtype_bytes);
         let left = free.saturating_sub(weights);
         let per_token = bytes(cached).max(1);
         out.line(format_args!(

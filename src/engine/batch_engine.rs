@@ -389,6 +389,17 @@ impl<'m, B: Backend> Engine<'m, B> {
         self.stats.forward_secs += forward_start.elapsed().as_secs_f64();
 
         let vocab = self.model.config.vocab_size();
+        if let Some(i) = (0..plan.scheduled.len())
+            .find(|&i| !choice.row_is_finite(i) || !whole_row_is_finite(&whole_rows, i, vocab))
+        {
+            let s = &plan.scheduled[i];
+            let seq = &self.scheduler.running[s.running_index];
+            return Err(Error::NonFinite(format!(
+                "request {}: the logits at position {} are not finite (NaN or infinity)",
+                seq.request.id,
+                seq.computed + s.num_tokens - 1
+            )));
+        }
         let now = Instant::now();
         let mut done = Vec::new();
         let eos = match self.tokenizer {
@@ -549,6 +560,28 @@ enum Choice {
         /// top-k (empty when there are none).
         totals: Vec<Option<f64>>,
     },
+}
+
+impl Choice {
+    /// Whether row `i`'s logits were finite, as the backend marks them (see
+    /// [`Backend::argmax_rows`] and [`Backend::top_k_rows`]).
+    fn row_is_finite(&self, i: usize) -> bool {
+        match self {
+            Choice::Greedy(ids) => ids[i] != crate::backend::NON_FINITE_ROW,
+            Choice::Candidates { rows, totals } => {
+                rows[i]
+                    .first()
+                    .is_none_or(|&(_, v)| crate::backend::row_is_finite(&[v]))
+                    && totals.get(i).copied().flatten().is_none_or(f64::is_finite)
+            }
+        }
+    }
+}
+
+/// Whether row `i` of the whole rows brought back (if any) is finite.
+fn whole_row_is_finite(rows: &Option<Vec<f32>>, i: usize, vocab: usize) -> bool {
+    rows.as_deref()
+        .is_none_or(|all| crate::backend::row_is_finite(&all[i * vocab..(i + 1) * vocab]))
 }
 
 /// A step of no tokens yet, with room for `seqs` sequences.

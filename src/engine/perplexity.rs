@@ -78,7 +78,14 @@ pub fn sliding_window<B: Backend>(
         let first = prev_end.max(begin + 1);
         for (j, &target) in ids.iter().enumerate().take(end).skip(first) {
             let row = j - 1 - begin;
-            result.nll_sum += nll(&logits.data[row * vocab..(row + 1) * vocab], target);
+            let logits = &logits.data[row * vocab..(row + 1) * vocab];
+            if !crate::backend::row_is_finite(logits) {
+                return Err(Error::NonFinite(format!(
+                    "the logits at token {} of the text are not finite (NaN or infinity)",
+                    j - 1
+                )));
+            }
+            result.nll_sum += nll(logits, target);
             result.tokens_evaluated += 1;
         }
         prev_end = end;

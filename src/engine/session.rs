@@ -77,6 +77,15 @@ impl<'m, B: Backend> Session<'m, B> {
             let row = self.feed(&[t], LogitRows::All)?;
             logits.extend(self.backend.to_host(&row)?.data);
         }
+        let vocab = self.model.config.vocab_size().max(1);
+        if let Some(p) = logits
+            .chunks(vocab)
+            .position(|row| !crate::backend::row_is_finite(row))
+        {
+            return Err(Error::NonFinite(format!(
+                "the logits at position {p} are not finite (NaN or infinity)"
+            )));
+        }
         Ok(logits)
     }
 

@@ -193,6 +193,24 @@ impl Checkpoint {
             .map(|(n, e)| (n.as_str(), e.info.shape.iter().product()))
     }
 
+    /// Reads every tensor (in name order) and fails on the first holding a NaN or an infinity,
+    /// naming the tensor and the element; returns how many tensors were read.
+    pub fn verify_finite(&self) -> Result<usize> {
+        let mut names: Vec<&String> = self.tensors.keys().collect();
+        names.sort();
+        for name in &names {
+            let shape = self.tensors[*name].info.shape.clone();
+            let tensor = self.load(name, &shape)?;
+            if let Some((i, v)) = tensor.data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                return Err(Error::NonFinite(format!(
+                    "tensor {name} (shape {shape:?}) holds {v} at element {i}, in {}",
+                    self.dir.display()
+                )));
+            }
+        }
+        Ok(names.len())
+    }
+
     /// Dtype names present in the checkpoint, e.g. `["BF16"]`.
     pub fn dtypes(&self) -> Vec<String> {
         let mut d: Vec<String> = self
