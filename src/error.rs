@@ -171,8 +171,9 @@ impl Error {
 
 /// Reads and parses a JSON file, with errors that name the file.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T> {
+    crate::util::files::require_regular_file(path)?;
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|source| Error::Json {
+    serde_json::from_str(crate::util::files::without_bom(&text)).map_err(|source| Error::Json {
         path: path.to_path_buf(),
         source,
     })

@@ -18,22 +18,27 @@ impl TextTokenizer {
     /// `add_bos_token` (default true, as in DeepSeek's files) and a BOS id is known.
     pub fn load(dir: &Path, config: &ModelConfig) -> Result<Self> {
         let path = dir.join("tokenizer.json");
-        if !path.is_file() {
-            return Err(Error::Tokenizer {
-                path,
-                message: "file not found".into(),
-            });
-        }
+        crate::util::files::require_regular_file(&path)?;
         let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::Tokenizer {
             path: path.clone(),
             message: e.to_string(),
         })?;
         let config_path = dir.join("tokenizer_config.json");
-        let tok_config: Value = if config_path.is_file() {
+        let tok_config: Value = if crate::util::files::exists_in_any_form(&config_path) {
             crate::error::read_json(&config_path)?
         } else {
-            Value::Null
+            Value::Object(Default::default())
         };
+        let bad_key = |key: &str, want: &str| Error::Tokenizer {
+            path: config_path.clone(),
+            message: format!("key `{key}`: expected {want}"),
+        };
+        if !tok_config.is_object() {
+            return Err(Error::Tokenizer {
+                path: config_path.clone(),
+                message: "expected a JSON object".into(),
+            });
+        }
         let token_id = |key: &str| -> Option<u32> {
             let token = match tok_config.get(key)? {
                 Value::String(s) => s.as_str(),
@@ -42,10 +47,19 @@ impl TextTokenizer {
             };
             inner.token_to_id(token)
         };
-        let add_bos = tok_config
-            .get("add_bos_token")
-            .and_then(Value::as_bool)
-            .unwrap_or(true);
+        let add_bos = match tok_config.get("add_bos_token") {
+            None | Some(Value::Null) => true,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(bad_key("add_bos_token", "true or false")),
+        };
+        for key in ["bos_token", "eos_token"] {
+            if !matches!(
+                tok_config.get(key),
+                None | Some(Value::Null | Value::String(_) | Value::Object(_))
+            ) {
+                return Err(bad_key(key, "a string or {\"content\": ...}"));
+            }
+        }
         let bos = if add_bos {
             config.bos_token_id().or_else(|| token_id("bos_token"))
         } else {

@@ -29,7 +29,8 @@ pub struct GenerateArgs {
         long,
         value_name = "TEXT",
         required_unless_present = "prompts",
-        conflicts_with = "prompts"
+        conflicts_with = "prompts",
+        value_parser = super::Utf8Text
     )]
     pub prompt: Option<String>,
 

@@ -90,19 +90,19 @@ pub fn model_dir(explicit: Option<&Path>) -> Result<PathBuf> {
 
 /// The config of a model folder, with a clear error when the folder or file is missing.
 pub fn load_config(dir: &Path) -> Result<ModelConfig> {
-    if !dir.is_dir() {
+    let problem = match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => None,
+        Ok(_) => Some("is a file, not a model folder (--model takes the folder of config.json)"),
+        Err(_) => Some("model folder not found"),
+    };
+    if let Some(problem) = problem {
         return Err(Error::io(
             dir,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "model folder not found"),
+            std::io::Error::new(std::io::ErrorKind::NotFound, problem),
         ));
     }
     let path = dir.join("config.json");
-    if !path.is_file() {
-        return Err(Error::io(
-            &path,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
-        ));
-    }
+    mla_rt::util::files::require_regular_file(&path)?;
     ModelConfig::from_file(&path)
 }
 

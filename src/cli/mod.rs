@@ -93,6 +93,34 @@ pub(crate) fn block_size(text: &str) -> std::result::Result<usize, String> {
     }
 }
 
+/// Text that must be UTF-8, refused with the flag and the byte where it is not (clap's own
+/// message names neither).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Utf8Text;
+
+impl clap::builder::TypedValueParser for Utf8Text {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> std::result::Result<String, clap::Error> {
+        use std::os::unix::ffi::OsStrExt;
+        std::str::from_utf8(value.as_bytes())
+            .map(str::to_string)
+            .map_err(|e| {
+                let flag = arg.and_then(|a| a.get_long()).unwrap_or("argument");
+                clap::Error::raw(
+                    clap::error::ErrorKind::InvalidUtf8,
+                    format!("--{flag}: invalid UTF-8 at byte {}\n", e.valid_up_to() + 1),
+                )
+                .with_cmd(cmd)
+            })
+    }
+}
+
 /// A string that must not be empty (`--stop ""` would stop before any output).
 fn non_empty(text: &str) -> std::result::Result<String, String> {
     match text.is_empty() {

@@ -28,7 +28,18 @@ pub struct PerplexityArgs {
 }
 
 pub fn run(args: PerplexityArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&args.file).map_err(|e| Error::io(&args.file, e))?;
+    mla_rt::util::files::require_regular_file(&args.file)?;
+    let bytes = std::fs::read(&args.file).map_err(|e| Error::io(&args.file, e))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+        Error::InvalidInput(format!(
+            "{}:{line}: invalid UTF-8 at byte {} of the file",
+            args.file.display(),
+            at + 1
+        ))
+    })?;
+    let text = mla_rt::util::files::without_bom(&text).to_string();
     args.model.run(PerplexityTask { args: &args, text })
 }
 

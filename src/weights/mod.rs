@@ -95,7 +95,8 @@ impl Checkpoint {
     pub fn open(dir: &Path) -> Result<Self> {
         let index_path = dir.join("model.safetensors.index.json");
         let single = dir.join("model.safetensors");
-        let files: Vec<(PathBuf, Option<Vec<String>>)> = if index_path.is_file() {
+        use crate::util::files::{exists_in_any_form, require_regular_file};
+        let files: Vec<(PathBuf, Option<Vec<String>>)> = if exists_in_any_form(&index_path) {
             let index: ShardIndex = read_json(&index_path)?;
             let mut by_file: BTreeMap<String, Vec<String>> = BTreeMap::new();
             for (tensor, file) in index.weight_map {
@@ -119,7 +120,8 @@ impl Checkpoint {
                 .into_iter()
                 .map(|(file, names)| (dir.join(file), Some(names)))
                 .collect()
-        } else if single.is_file() {
+        } else if exists_in_any_form(&single) {
+            require_regular_file(&single)?;
             vec![(single, None)]
         } else {
             return Err(Error::checkpoint(
@@ -137,9 +139,13 @@ impl Checkpoint {
             let shard_id = checkpoint.shards.len();
             let shard = open_shard(&path)?;
             let (_, metadata) = SafeTensors::read_metadata(&shard.mmap).map_err(|e| {
+                let header = &shard.mmap[8..shard.data_start];
                 Error::checkpoint(
                     &path,
-                    format!("not a valid safetensors file (truncated or corrupt): {e}"),
+                    match tensor_size_mismatch(header) {
+                        Some(mismatch) => mismatch,
+                        None => format!("not a valid safetensors file (truncated or corrupt): {e}"),
+                    },
                 )
             })?;
             let data_len = shard.mmap.len() - shard.data_start;
@@ -279,6 +285,7 @@ impl Checkpoint {
 }
 
 fn open_shard(path: &Path) -> Result<Shard> {
+    crate::util::files::require_regular_file(path)?;
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     // SAFETY: the file is opened read-only and the map is never written; a checkpoint that another
     // process truncates while we run is outside what a reader of weights can defend against.
@@ -304,6 +311,43 @@ fn open_shard(path: &Path) -> Result<Shard> {
         mmap,
         data_start,
     })
+}
+
+/// The first tensor of a safetensors header whose dtype and shape disagree with the bytes its
+/// offsets span, described (the safetensors crate's error does not name it).
+fn tensor_size_mismatch(header: &[u8]) -> Option<String> {
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(header).ok()?;
+    header
+        .iter()
+        .filter(|(name, _)| name.as_str() != "__metadata__")
+        .find_map(|(name, info)| {
+            let dtype = info.get("dtype")?.as_str()?;
+            let element = match dtype {
+                "F64" | "I64" | "U64" => 8,
+                "F32" | "I32" | "U32" => 4,
+                "F16" | "BF16" | "I16" | "U16" => 2,
+                "F8_E4M3" | "F8_E5M2" | "I8" | "U8" | "BOOL" => 1,
+                _ => return None,
+            };
+            let shape: Vec<u64> = info
+                .get("shape")?
+                .as_array()?
+                .iter()
+                .map(|d| d.as_u64())
+                .collect::<Option<_>>()?;
+            let offsets = info.get("data_offsets")?.as_array()?;
+            let (begin, end) = (offsets.first()?.as_u64()?, offsets.get(1)?.as_u64()?);
+            let want = shape
+                .iter()
+                .try_fold(element, |n: u64, &d| n.checked_mul(d))?;
+            (end.checked_sub(begin) != Some(want)).then(|| {
+                format!(
+                    "tensor {name}: {dtype} of shape {shape:?} takes {want} bytes, but its \
+                     data_offsets [{begin}, {end}] span {}",
+                    end as i128 - begin as i128
+                )
+            })
+        })
 }
 
 #[cfg(test)]
