@@ -193,6 +193,16 @@ fn counts_and_strings_out_of_range_are_refused() {
             ],
             "max_position_embeddings",
         ),
+        (
+            vec![
+                "bench",
+                "--preset",
+                "deepseek-v2-lite",
+                "--batch",
+                "18446744073709551615",
+            ],
+            "--batch",
+        ),
     ]
     .into_iter()
     .chain(

@@ -29,7 +29,7 @@ pub struct BenchArgs {
     pub layers: Option<usize>,
 
     /// Sequences per test (comma-separated); `max`: the largest batch whose caches (in whole
-    /// blocks) fit the memory budget at each depth, each model its own, run up to 1024.
+    /// blocks) fit the memory budget at each depth, each model its own. At most 4096.
     #[arg(long, value_delimiter = ',', default_value = "1", value_name = "B")]
     pub batch: Vec<BatchSize>,
 
