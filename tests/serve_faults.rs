@@ -160,6 +160,11 @@ fn a_full_queue_answers_429_and_a_gone_client_frees_its_blocks() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(server.metric("mla:request_aborted_total"), 1.0);
+    // Every block back in the pool; each request the engine took (the gone stream, the one that
+    // waited; not the one refused with 429) ended once.
+    assert_eq!(server.metric("mla:kv_cache_blocks_used"), 0.0);
+    assert!(server.metric("mla:kv_cache_blocks_total") > 0.0);
+    assert_eq!(server.metric("mla:request_accepted_total"), 2.0);
 }
 
 #[test]

@@ -190,6 +190,7 @@ impl Looper<'_> {
                 }
                 match engine.add_request(s.request) {
                     Ok(index) => {
+                        self.shared.metrics.accepted();
                         self.by_index.insert(index, s.id);
                         self.live.insert(
                             s.id,
@@ -286,7 +287,8 @@ impl Looper<'_> {
         self.shared.metrics.set_load(Load {
             running,
             waiting,
-            kv_cache_usage: used as f64 / total.max(1) as f64,
+            blocks_used: used,
+            blocks_total: total,
             preemptions: engine.preemptions(),
             prefix_queried_tokens: prefix.queried_tokens,
             prefix_hit_tokens: prefix.hit_tokens,

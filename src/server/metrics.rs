@@ -62,8 +62,10 @@ impl Histogram {
 pub struct Load {
     pub running: usize,
     pub waiting: usize,
-    /// Cache blocks in use over all blocks.
-    pub kv_cache_usage: f64,
+    /// Cache blocks held by a sequence (free blocks and unused prefix-cached ones excluded),
+    /// and all blocks of the pool.
+    pub blocks_used: usize,
+    pub blocks_total: usize,
     pub preemptions: usize,
     pub prefix_queried_tokens: u64,
     pub prefix_hit_tokens: u64,
@@ -76,6 +78,8 @@ struct Inner {
     finished_stop: u64,
     finished_length: u64,
     aborted: u64,
+    /// Requests the engine took; each ends once, as finished or aborted.
+    accepted: u64,
     ttft: Histogram,
     itl: Histogram,
     e2e: Histogram,
@@ -92,6 +96,7 @@ impl Default for Metrics {
             finished_stop: 0,
             finished_length: 0,
             aborted: 0,
+            accepted: 0,
             ttft: Histogram::new(TTFT_BUCKETS),
             itl: Histogram::new(ITL_BUCKETS),
             e2e: Histogram::new(E2E_BUCKETS),
@@ -131,6 +136,11 @@ impl Metrics {
         m.e2e.observe(o.latency());
     }
 
+    /// A request (one choice) the engine took into its queue.
+    pub fn accepted(&self) {
+        self.lock().accepted += 1;
+    }
+
     /// A request aborted before it finished (its client went away, or the server stopped).
     pub fn aborted(&self) {
         self.lock().aborted += 1;
@@ -156,7 +166,17 @@ impl Metrics {
         gauge(
             "mla:kv_cache_usage_perc",
             "Fraction of KV cache blocks in use (1 = full).",
-            l.kv_cache_usage,
+            l.blocks_used as f64 / l.blocks_total.max(1) as f64,
+        );
+        gauge(
+            "mla:kv_cache_blocks_used",
+            "KV cache blocks held by a request (0 when every block is free or only prefix-cached).",
+            l.blocks_used as f64,
+        );
+        gauge(
+            "mla:kv_cache_blocks_total",
+            "KV cache blocks in the pool.",
+            l.blocks_total as f64,
         );
         let hit_rate = match l.prefix_queried_tokens {
             0 => 0.0,
@@ -212,6 +232,11 @@ impl Metrics {
             "Requests aborted before they finished.",
             &[("", m.aborted)],
         );
+        counter(
+            "mla:request_accepted_total",
+            "Requests (each choice) the engine took; each ends once, as a success or an abort.",
+            &[("", m.accepted)],
+        );
         m.ttft.render(
             &mut out,
             "mla:time_to_first_token_seconds",
@@ -246,13 +271,19 @@ mod tests {
         let m = Metrics::default();
         m.set_load(Load {
             running: 3,
-            kv_cache_usage: 0.25,
+            blocks_used: 2,
+            blocks_total: 8,
             ..Load::default()
         });
+        m.accepted();
+        m.accepted();
         m.aborted();
         let text = m.render();
         assert!(text.contains("mla:num_requests_running 3\n"), "{text}");
         assert!(text.contains("mla:kv_cache_usage_perc 0.25\n"), "{text}");
+        assert!(text.contains("mla:kv_cache_blocks_used 2\n"), "{text}");
+        assert!(text.contains("mla:kv_cache_blocks_total 8\n"), "{text}");
+        assert!(text.contains("mla:request_accepted_total 2\n"), "{text}");
         assert!(text.contains("mla:request_aborted_total 1\n"), "{text}");
         assert!(text.contains("mla:time_to_first_token_seconds_bucket{le=\"+Inf\"} 0\n"));
         // Every sample line is `name{labels} value` with a numeric value.
