@@ -34,7 +34,7 @@ pub enum Error {
     #[error("{}: {message}", path.display())]
     Checkpoint { path: PathBuf, message: String },
 
-    #[error("unsupported dtype {dtype} in tensor {tensor} (supported: F32, BF16, F16)")]
+    #[error("unsupported dtype {dtype} in tensor {tensor} (supported: F32, BF16, F16, and block-scaled F8_E4M3)")]
     UnsupportedDtype { dtype: String, tensor: String },
 
     #[error("tensor {name} is missing from the checkpoint in {}", dir.display())]

@@ -168,6 +168,12 @@ pub fn run(args: InfoArgs) -> Result<()> {
         human(in_files),
         checkpoint.dtypes().join(", ")
     ));
+    if let Some(b) = mla_rt::config::quantization::fp8_blocks_of_file(&dir.join("config.json"))? {
+        out.line(format_args!(
+            "quantization: fp8 e4m3 weights with one scale per {} × {} block; dequantized at load (f32 on the CPU, bf16 on a GPU)",
+            b.rows, b.cols
+        ));
+    }
     let (cached, mha) = kv_values_per_token_per_layer(&c);
     let layers = c.num_hidden_layers() as u64;
     let bytes = |values: u64| values * layers * args.cache_dtype_bytes;

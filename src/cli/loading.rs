@@ -122,7 +122,7 @@ impl DType {
                 if checkpoint
                     .dtypes()
                     .iter()
-                    .any(|d| d == "BF16" || d == "F16") =>
+                    .any(|d| d == "BF16" || d == "F16" || d == "F8_E4M3") =>
             {
                 DType::Bf16
             }

@@ -8,6 +8,7 @@ mod deepseek;
 mod json_keys;
 mod llama;
 pub mod presets;
+pub mod quantization;
 mod rope;
 
 pub use deepseek::{DeepSeekConfig, MhaReplacement, MoeConfig, ScoringFunc, TopkMethod};
@@ -57,6 +58,9 @@ impl ModelConfig {
             .as_object()
             .ok_or_else(|| crate::Error::config(path, "(top level)", "expected a JSON object"))?;
         let keys = Keys::new(path, map, "");
+        // Checked here so a format the loader cannot read fails first; the checkpoint reader
+        // reads the block size itself.
+        quantization::fp8_blocks(&keys)?;
         let architecture = match keys.opt_str("model_type")? {
             Some("deepseek_v2") => Architecture::DeepseekV2,
             Some("deepseek_v3") => Architecture::DeepseekV3,

@@ -1,6 +1,7 @@
 //! Memory-mapped safetensors checkpoints (single file or sharded through
 //! `model.safetensors.index.json`), read into f32 host tensors.
 
+use crate::config::quantization::Fp8Blocks;
 use crate::error::{read_json, Error, Result};
 use half::{bf16, f16};
 use memmap2::Mmap;
@@ -10,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+pub mod fp8;
 pub mod random;
 pub use random::RandomWeights;
 
@@ -83,6 +85,8 @@ pub struct Checkpoint {
     dir: PathBuf,
     shards: Vec<Shard>,
     tensors: HashMap<String, Entry>,
+    /// The block-scaled FP8 format config.json declares, for `F8_E4M3` tensors.
+    fp8_blocks: Option<Fp8Blocks>,
 }
 
 #[derive(serde::Deserialize)]
@@ -130,10 +134,15 @@ impl Checkpoint {
             ));
         };
 
+        let config = dir.join("config.json");
         let mut checkpoint = Checkpoint {
             dir: dir.to_path_buf(),
             shards: Vec::new(),
             tensors: HashMap::new(),
+            fp8_blocks: match crate::util::files::exists_in_any_form(&config) {
+                true => crate::config::quantization::fp8_blocks_of_file(&config)?,
+                false => None,
+            },
         };
         for (path, expected_names) in files {
             let shard_id = checkpoint.shards.len();
@@ -246,6 +255,9 @@ impl Checkpoint {
         let (begin, end) = entry.info.data_offsets;
         let bytes = &shard.mmap[shard.data_start + begin..shard.data_start + end];
         let count: usize = shape.iter().product();
+        if entry.info.dtype == Dtype::F8_E4M3 {
+            return self.load_fp8(name, shape, bytes, &shard.path);
+        }
         let width = match entry.info.dtype {
             Dtype::F32 => 4,
             Dtype::BF16 | Dtype::F16 => 2,
@@ -281,6 +293,61 @@ impl Checkpoint {
                 .collect(),
         };
         Ok(HostTensor::new(shape.to_vec(), data))
+    }
+}
+
+impl Checkpoint {
+    /// A block-scaled `F8_E4M3` matrix, dequantized with its `{name}_scale_inv` (see
+    /// [`fp8::dequantize`]); the scale grid must be the one the config's blocks give.
+    fn load_fp8(
+        &self,
+        name: &str,
+        shape: &[usize],
+        bytes: &[u8],
+        file: &Path,
+    ) -> Result<HostTensor> {
+        let err = |message: String| Error::checkpoint(file, message);
+        let Some(blocks) = self.fp8_blocks else {
+            return Err(err(format!(
+                "tensor {name} is F8_E4M3, but config.json has no quantization_config \
+                 (block-scaled fp8)"
+            )));
+        };
+        let &[rows, cols] = shape else {
+            return Err(err(format!(
+                "tensor {name} is F8_E4M3 with shape {shape:?}; block-scaled FP8 tensors are \
+                 matrices"
+            )));
+        };
+        if bytes.len() != rows * cols {
+            return Err(err(format!(
+                "tensor {name} holds {} bytes, its shape {shape:?} needs {}",
+                bytes.len(),
+                rows * cols
+            )));
+        }
+        let scale_name = format!("{name}_scale_inv");
+        let grid = fp8::scale_grid(rows, cols, blocks);
+        match self.shape(&scale_name) {
+            None => {
+                return Err(err(format!(
+                    "tensor {name} is F8_E4M3, but its block scales {scale_name} are missing"
+                )))
+            }
+            Some(found) if found != grid => {
+                return Err(err(format!(
+                    "tensor {scale_name} has shape {found:?}, but {name} ({rows} × {cols} in \
+                     blocks of {} × {}) needs {grid:?}",
+                    blocks.rows, blocks.cols
+                )))
+            }
+            Some(_) => {}
+        }
+        let scales = self.load(&scale_name, &grid)?;
+        Ok(HostTensor::new(
+            shape.to_vec(),
+            fp8::dequantize(bytes, cols, &scales.data, blocks),
+        ))
     }
 }
 

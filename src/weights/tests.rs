@@ -71,7 +71,7 @@ fn errors_name_the_tensor_and_file() {
         "model.safetensors",
         &[
             ("w", Dtype::F32, vec![2, 3], f32_bytes(&[0.0; 6])),
-            ("scales", Dtype::F8_E4M3, vec![4], vec![0u8; 4]),
+            ("scales", Dtype::I8, vec![4], vec![0u8; 4]),
         ],
     );
     let ck = Checkpoint::open(dir.path()).unwrap();
@@ -81,7 +81,7 @@ fn errors_name_the_tensor_and_file() {
     assert!(missing.starts_with("tensor nope is missing"), "{missing}");
     let dtype = ck.load("scales", &[4]).unwrap_err().to_string();
     assert!(
-        dtype.starts_with("unsupported dtype F8_E4M3 in tensor scales"),
+        dtype.starts_with("unsupported dtype I8 in tensor scales"),
         "{dtype}"
     );
 }
@@ -145,5 +145,108 @@ fn index_shards_outside_the_folder_are_refused() {
                 && err.contains("model.embed.weight"),
             "{file:?}: {err}"
         );
+    }
+}
+
+/// A 130 × 3 F8_E4M3 matrix `w` of ones in 128 × 128 blocks (a 2 × 1 scale grid: the second row
+/// of blocks holds two rows), with `scales` as `w_scale_inv` and `quantization` in config.json.
+fn fp8_checkpoint(scales: &[(Vec<usize>, Vec<f32>)], quantization: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let one = fp8::f32_to_e4m3(1.0);
+    let mut tensors = vec![(
+        "w".to_string(),
+        Dtype::F8_E4M3,
+        vec![130, 3],
+        vec![one; 390],
+    )];
+    for (i, (shape, values)) in scales.iter().enumerate() {
+        let name = if i == 0 { "w_scale_inv" } else { "other" };
+        tensors.push((
+            name.to_string(),
+            Dtype::F32,
+            shape.clone(),
+            f32_bytes(values),
+        ));
+    }
+    let views: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.as_str(), *d, s.clone(), b.clone()))
+        .collect();
+    write(dir.path(), "model.safetensors", &views);
+    std::fs::write(
+        dir.path().join("config.json"),
+        format!("{{\"model_type\": \"deepseek_v3\", {quantization}}}"),
+    )
+    .unwrap();
+    dir
+}
+
+const FP8_CONFIG: &str = r#""quantization_config": {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}"#;
+
+#[test]
+fn fp8_matrices_are_dequantized_by_block_from_the_top_left() {
+    let dir = fp8_checkpoint(&[(vec![2, 1], vec![0.5, 3.0])], FP8_CONFIG);
+    let ck = Checkpoint::open(dir.path()).unwrap();
+    let w = ck.load("w", &[130, 3]).unwrap().data;
+    assert!(w[..128 * 3].iter().all(|&v| v == 0.5));
+    assert!(
+        w[128 * 3..].iter().all(|&v| v == 3.0),
+        "the partial last block"
+    );
+}
+
+#[test]
+fn fp8_scale_errors_name_both_tensors() {
+    let wrong = fp8_checkpoint(&[(vec![1, 1], vec![1.0])], FP8_CONFIG);
+    let err = Checkpoint::open(wrong.path())
+        .unwrap()
+        .load("w", &[130, 3])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tensor w_scale_inv has shape [1, 1], but w (130 × 3 in blocks of 128 × 128) needs [2, 1]"),
+        "{err}"
+    );
+    let missing = fp8_checkpoint(&[], FP8_CONFIG);
+    let err = Checkpoint::open(missing.path())
+        .unwrap()
+        .load("w", &[130, 3])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tensor w is F8_E4M3, but its block scales w_scale_inv are missing"),
+        "{err}"
+    );
+    let unquantized = fp8_checkpoint(&[(vec![2, 1], vec![1.0, 1.0])], "\"x\": 1");
+    let err = Checkpoint::open(unquantized.path())
+        .unwrap()
+        .load("w", &[130, 3])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no quantization_config"), "{err}");
+    for (config, key) in [
+        (
+            r#""quantization_config": {"quant_method": "awq"}"#,
+            "quant_method",
+        ),
+        (
+            r#""quantization_config": {"quant_method": "fp8", "fmt": "e5m2", "weight_block_size": [128, 128]}"#,
+            "fmt",
+        ),
+        (
+            r#""quantization_config": {"quant_method": "fp8"}"#,
+            "weight_block_size",
+        ),
+        (
+            r#""quantization_config": {"quant_method": "fp8", "weight_block_size": [0, 128]}"#,
+            "weight_block_size",
+        ),
+    ] {
+        let dir = fp8_checkpoint(&[(vec![2, 1], vec![1.0, 1.0])], config);
+        let err = Checkpoint::open(dir.path())
+            .err()
+            .expect(config)
+            .to_string();
+        assert!(err.contains(&format!("quantization_config.{key}")), "{err}");
     }
 }
