@@ -187,6 +187,12 @@ pub fn run(args: InfoArgs) -> Result<()> {
         bytes(mha),
         mha as f64 / cached as f64
     ));
+    let (fp8, mha_fp8) = fp8_cache_bytes(&c);
+    out.line(format_args!(
+        "FP8 cache:    {fp8} bytes/token/layer = {} bytes/token ({:.2}× the tokens of bf16); MHA in FP8 {mha_fp8} bytes/token/layer (layouts of docs/kernels.md; not selectable yet)",
+        fp8 * layers,
+        (2 * cached) as f64 / fp8 as f64,
+    ));
     if args.verify {
         let tensors = checkpoint.verify_finite()?;
         out.line(format_args!(
@@ -220,6 +226,44 @@ pub fn run(args: InfoArgs) -> Result<()> {
         ));
     }
     out.say()
+}
+
+/// Bytes per token and layer of the FP8 cache: the model's own layout, and an MHA cache of the
+/// same heads in FP8.
+fn fp8_cache_bytes(c: &ModelConfig) -> (u64, u64) {
+    use mla_rt::kv::fp8_layout::{MhaFp8Layout, MlaFp8Layout};
+    let (own, mha) = match c {
+        ModelConfig::DeepSeek(d) => (
+            match d.mha_replacement {
+                Some(m) => MhaFp8Layout {
+                    kv_heads: m.kv_heads,
+                    head_dim: m.head_dim,
+                }
+                .bytes_per_token(),
+                None => MlaFp8Layout {
+                    latent: d.kv_lora_rank,
+                    rope: d.qk_rope_head_dim,
+                }
+                .bytes_per_token(),
+            },
+            MhaFp8Layout {
+                kv_heads: d.num_attention_heads,
+                head_dim: d.v_head_dim,
+            },
+        ),
+        ModelConfig::Llama(l) => (
+            MhaFp8Layout {
+                kv_heads: l.num_key_value_heads,
+                head_dim: l.head_dim,
+            }
+            .bytes_per_token(),
+            MhaFp8Layout {
+                kv_heads: l.num_attention_heads,
+                head_dim: l.head_dim,
+            },
+        ),
+    };
+    (own as u64, mha.bytes_per_token() as u64)
 }
 
 const GIB: f64 = (1u64 << 30) as f64;

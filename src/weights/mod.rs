@@ -201,10 +201,13 @@ impl Checkpoint {
         self.tensors.get(name).map(|e| e.info.shape.as_slice())
     }
 
-    /// Names and element counts of every tensor, for parameter counting.
+    /// Names and element counts of every tensor, for parameter counting (an FP8 checkpoint's
+    /// block scales are not parameters).
     pub fn tensor_sizes(&self) -> impl Iterator<Item = (&str, usize)> {
+        let fp8 = self.fp8_blocks.is_some();
         self.tensors
             .iter()
+            .filter(move |(n, _)| !(fp8 && n.ends_with("_scale_inv")))
             .map(|(n, e)| (n.as_str(), e.info.shape.iter().product()))
     }
 

@@ -152,7 +152,7 @@ fn index_shards_outside_the_folder_are_refused() {
 /// of blocks holds two rows), with `scales` as `w_scale_inv` and `quantization` in config.json.
 fn fp8_checkpoint(scales: &[(Vec<usize>, Vec<f32>)], quantization: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let one = fp8::f32_to_e4m3(1.0);
+    let one = crate::util::e4m3::f32_to_e4m3(1.0);
     let mut tensors = vec![(
         "w".to_string(),
         Dtype::F8_E4M3,
