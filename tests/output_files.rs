@@ -105,6 +105,22 @@ fn a_fifo_and_stdout_are_written_directly() {
     );
     assert_logits_json(&String::from_utf8(out.stdout).unwrap());
     assert!(String::from_utf8_lossy(&out.stderr).contains("<stdout>"));
+    // /dev/stdout (a link through /proc to the pipe `output()` reads) and /dev/null.
+    let out = logits_to(Path::new("/dev/stdout"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_logits_json(&String::from_utf8(out.stdout).unwrap());
+    let out = logits_to(Path::new("/dev/null"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let null = std::fs::metadata("/dev/null").unwrap().file_type();
+    assert!(std::os::unix::fs::FileTypeExt::is_char_device(&null));
 }
 
 trait FifoLike {

@@ -49,8 +49,8 @@ impl OutputFile {
                 sink: Sink::Stdout,
             });
         }
-        let target = follow_links(path)?;
-        let existing = match std::fs::metadata(&target) {
+        // The kernel follows the links, /proc's magic ones included (`/dev/stdout` to a pipe).
+        let existing = match std::fs::metadata(path) {
             Ok(meta) => Some(meta),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(Error::io(path, e)),
@@ -79,10 +79,12 @@ impl OutputFile {
             Some(meta) if !meta.is_file() => Sink::Direct(
                 OpenOptions::new()
                     .write(true)
-                    .open(&target)
+                    .open(path)
                     .map_err(|e| Error::io(path, e))?,
             ),
             existing => {
+                // A regular file is replaced where it lies, its links left as they are.
+                let target = follow_links(path)?;
                 let name = target.file_name().ok_or_else(|| {
                     Error::InvalidInput(format!("{}: not a file path", path.display()))
                 })?;
