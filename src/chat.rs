@@ -76,6 +76,23 @@ impl ChatTemplate {
 
     /// The prompt text for `messages`, ending with the assistant's turn opened.
     pub fn render(&self, messages: &[Message]) -> Result<String> {
+        // minijinja 2.24 panics on some templates (`'%(é)s' | format(1)` slices its format string
+        // inside a character): a panic of the template engine is this template's error.
+        let render = std::panic::AssertUnwindSafe(|| self.render_unguarded(messages));
+        std::panic::catch_unwind(render).unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("a panic");
+            Err(Error::Tokenizer {
+                path: self.path.clone(),
+                message: format!("chat_template: the template engine failed: {what}"),
+            })
+        })
+    }
+
+    fn render_unguarded(&self, messages: &[Message]) -> Result<String> {
         let err = |e: minijinja::Error| Error::Tokenizer {
             path: self.path.clone(),
             message: format!("chat_template: {e}"),

@@ -12,7 +12,9 @@ pub fn check_weights_fit_host(config: &ModelConfig, what: &str) -> Result<()> {
 }
 
 fn check_weights_fit(config: &ModelConfig, what: &str, free: Option<u64>) -> Result<()> {
-    let bytes = crate::model::params::count_params(config).total * 4;
+    let bytes = crate::model::params::count_params(config)
+        .total
+        .saturating_mul(4);
     match free {
         Some(free) if bytes > free => Err(Error::InvalidInput(format!(
             "{what}: {:.1} GiB of f32 weights do not fit in the {:.1} GiB of free memory (try fewer layers, or a GPU)",

@@ -20,48 +20,51 @@ pub fn count_params(config: &ModelConfig) -> ParamCounts {
 }
 
 fn count_deepseek(c: &DeepSeekConfig) -> ParamCounts {
-    let (h, n) = (c.hidden_size as u64, c.num_attention_heads as u64);
+    let (h, n) = (c.hidden_size as u128, c.num_attention_heads as u128);
     let (dqk, dn, dv, r, dr) = (
-        c.qk_head_dim() as u64,
-        c.qk_nope_head_dim as u64,
-        c.v_head_dim as u64,
-        c.kv_lora_rank as u64,
-        c.qk_rope_head_dim as u64,
+        c.qk_head_dim() as u128,
+        c.qk_nope_head_dim as u128,
+        c.v_head_dim as u128,
+        c.kv_lora_rank as u128,
+        c.qk_rope_head_dim as u128,
     );
     let q = match c.q_lora_rank {
         None => n * dqk * h,
         Some(rq) => {
-            let rq = rq as u64;
+            let rq = rq as u128;
             rq * h + rq + n * dqk * rq
         }
     };
     let attention = match c.mha_replacement {
         Some(m) => {
-            let (q, kv) = (n * m.head_dim as u64, m.kv_heads as u64 * m.head_dim as u64);
+            let (q, kv) = (
+                n * m.head_dim as u128,
+                m.kv_heads as u128 * m.head_dim as u128,
+            );
             h * (q + 2 * kv) + q * h
         }
         None => q + (r + dr) * h + r + n * (dn + dv) * r + h * n * dv,
     };
     let norms = 2 * h;
-    let dense_mlp = 3 * h * c.intermediate_size as u64;
-    let (mut total, mut activated) = (0u64, 0u64);
+    let dense_mlp = 3 * h * c.intermediate_size as u128;
+    let (mut total, mut activated) = (0u128, 0u128);
     for layer in 0..c.num_hidden_layers {
         let common = attention + norms;
         total += common;
         activated += common;
         match &c.moe {
             Some(moe) if c.is_moe_layer(layer) => {
-                let e = moe.n_routed_experts as u64;
-                let expert = 3 * h * moe.moe_intermediate_size as u64;
+                let e = moe.n_routed_experts as u128;
+                let expert = 3 * h * moe.moe_intermediate_size as u128;
                 let router = e * h
                     + if moe.scoring_func == ScoringFunc::Sigmoid {
                         e
                     } else {
                         0
                     };
-                let shared = expert * moe.n_shared_experts as u64;
+                let shared = expert * moe.n_shared_experts as u128;
                 total += router + shared + e * expert;
-                activated += router + shared + moe.num_experts_per_tok as u64 * expert;
+                activated += router + shared + moe.num_experts_per_tok as u128 * expert;
             }
             _ => {
                 total += dense_mlp;
@@ -69,36 +72,43 @@ fn count_deepseek(c: &DeepSeekConfig) -> ParamCounts {
             }
         }
     }
-    let embedding = c.vocab_size as u64 * h;
+    let embedding = c.vocab_size as u128 * h;
     let head = if c.tie_word_embeddings { 0 } else { embedding };
     total += embedding + head + h;
     activated += embedding + head + h;
     ParamCounts {
-        total,
-        activated,
-        embedding,
+        total: saturate(total),
+        activated: saturate(activated),
+        embedding: saturate(embedding),
     }
 }
 
 fn count_llama(c: &LlamaConfig) -> ParamCounts {
-    let (h, hd) = (c.hidden_size as u64, c.head_dim as u64);
+    let (h, hd) = (c.hidden_size as u128, c.head_dim as u128);
     let (q, kv) = (
-        c.num_attention_heads as u64 * hd,
-        c.num_key_value_heads as u64 * hd,
+        c.num_attention_heads as u128 * hd,
+        c.num_key_value_heads as u128 * hd,
     );
-    let inter = c.intermediate_size as u64;
-    let bias = |on: bool, n: u64| if on { n } else { 0 };
+    let inter = c.intermediate_size as u128;
+    let bias = |on: bool, n: u128| if on { n } else { 0 };
     let attention = h * (q + 2 * kv) + q * h + bias(c.qkv_bias, q + 2 * kv) + bias(c.o_bias, h);
     let mlp = 3 * h * inter + bias(c.mlp_bias, 2 * inter + h);
-    let layers = c.num_hidden_layers as u64 * (attention + mlp + 2 * h);
-    let embedding = c.vocab_size as u64 * h;
+    let layers = c.num_hidden_layers as u128 * (attention + mlp + 2 * h);
+    let embedding = c.vocab_size as u128 * h;
     let head = if c.tie_word_embeddings { 0 } else { embedding };
     let total = layers + embedding + head + h;
     ParamCounts {
-        total,
-        activated: total,
-        embedding,
+        total: saturate(total),
+        activated: saturate(total),
+        embedding: saturate(embedding),
     }
+}
+
+/// The counts are summed in u128, where no config within the limits of `config` can overflow
+/// (each dimension is at most 2^20, layers 2^10, expert counts 2^64: every term stays under
+/// 2^120); a count past u64 reads as u64::MAX.
+fn saturate(count: u128) -> u64 {
+    u64::try_from(count).unwrap_or(u64::MAX)
 }
 
 /// Values cached per token and layer, and what a plain MHA cache of the same heads would hold
