@@ -46,6 +46,7 @@ fn main() {
             },
             attention: AttentionForm::Auto,
             cuda_graphs: false,
+            cache_dtype: Default::default(),
         };
         let mut engine = Engine::new(&bench.model, &CpuBackend, None, config).unwrap();
         for i in 0..requests {

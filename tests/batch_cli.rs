@@ -241,3 +241,32 @@ fn an_endless_chat_template_names_the_request_line() {
         "{stderr}"
     );
 }
+
+#[test]
+fn an_fp8_cache_runs_batches_and_says_so() {
+    let work = tempfile::tempdir().unwrap();
+    let prompts = work.path().join("p.jsonl");
+    let output = work.path().join("o.jsonl");
+    std::fs::write(
+        &prompts,
+        "{\"id\": 1, \"prompt\": \"the ship\", \"max_tokens\": 4}\n{\"id\": 2, \"prompt\": \"a story\", \"max_tokens\": 4}\n",
+    )
+    .unwrap();
+    let model = fixtures_dir().join("v2-lite");
+    let out = mla(&[
+        "generate",
+        "--model",
+        s(&model),
+        "--prompts",
+        s(&prompts),
+        "--output",
+        s(&output),
+        "--kv-cache-dtype",
+        "fp8",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(" GiB, fp8); an MHA cache"), "{stderr}");
+    let results = std::fs::read_to_string(&output).unwrap();
+    assert_eq!(results.lines().count(), 2);
+}

@@ -75,6 +75,7 @@ fn check(name: &str) {
             scheduler: SchedulerConfig::default(),
             attention: AttentionForm::Auto,
             cuda_graphs: false,
+            cache_dtype: Default::default(),
         };
         let mut engine = Engine::new(&model, &CpuBackend, Some(&tokenizer), config).unwrap();
         let request = Request {

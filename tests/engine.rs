@@ -1,5 +1,6 @@
 //! The batching engine on the CPU backend: every request's output in a crowded batch (chunked
-//! prefill, preemption under a tiny cache, prefix caching) equals its output when run alone.
+//! prefill, preemption under a tiny cache, prefix caching) equals its output when run alone,
+//! with the f32 cache and with the FP8 one.
 
 mod common;
 
@@ -10,6 +11,7 @@ use mla_rt::engine::batch_engine::{Engine, EngineConfig};
 use mla_rt::engine::request::{FinishReason, Request, RequestOutput};
 use mla_rt::engine::sampler::SamplingParams;
 use mla_rt::engine::scheduler::SchedulerConfig;
+use mla_rt::kv::cache_dtype::KvCacheDtype;
 use mla_rt::model::AttentionForm;
 use mla_rt::model::Model;
 use mla_rt::tokenizer::TextTokenizer;
@@ -44,6 +46,7 @@ fn config(
         // was batched, chunked or recomputed: the outputs must then be identical, not just close.
         attention: AttentionForm::Absorbed,
         cuda_graphs: false,
+        cache_dtype: Default::default(),
     }
 }
 
@@ -105,34 +108,38 @@ fn random_requests(n: usize, seed: u64, shared_prefix: &[u32]) -> Vec<Request> {
 fn batched_outputs_equal_outputs_alone_under_preemption() {
     let (model, tok) = load("v2-lite");
     let requests = random_requests(50, 1, &[]);
-    let alone: Vec<RequestOutput> = requests
-        .iter()
-        .map(|r| {
-            run(
-                &model,
-                &tok,
-                config(64, 4, 1, 512, false),
-                std::slice::from_ref(r),
-            )
-            .0
-            .remove(0)
-        })
-        .collect();
-    // 24 blocks of 4 tokens for 50 requests of up to 63 tokens; 32 tokens per step.
-    let (batched, preemptions, _) = run(&model, &tok, config(24, 4, 16, 32, false), &requests);
-    assert!(preemptions > 0, "the cache was meant to be too small");
-    assert_eq!(batched.len(), requests.len());
-    for (a, b) in alone.iter().zip(&batched) {
-        assert_eq!(a.id, b.id);
-        assert_eq!(
-            a.output_tokens, b.output_tokens,
-            "request {} differs in a batch",
-            a.id
+    // The FP8 cache quantizes each token's row on its own: batching changes nothing there either.
+    for dtype in [KvCacheDtype::Auto, KvCacheDtype::Fp8] {
+        let config = |blocks, seqs, tokens| EngineConfig {
+            cache_dtype: dtype,
+            ..config(blocks, 4, seqs, tokens, false)
+        };
+        let alone: Vec<RequestOutput> = requests
+            .iter()
+            .map(|r| {
+                run(&model, &tok, config(64, 1, 512), std::slice::from_ref(r))
+                    .0
+                    .remove(0)
+            })
+            .collect();
+        // 24 blocks of 4 tokens for 50 requests of up to 63 tokens; 32 tokens per step.
+        let (batched, preemptions, _) = run(&model, &tok, config(24, 16, 32), &requests);
+        assert!(preemptions > 0, "the cache was meant to be too small");
+        assert_eq!(batched.len(), requests.len());
+        for (a, b) in alone.iter().zip(&batched) {
+            assert_eq!(a.id, b.id);
+            assert_eq!(
+                a.output_tokens, b.output_tokens,
+                "{dtype:?}: request {} differs in a batch",
+                a.id
+            );
+            assert_eq!(a.finish_reason, b.finish_reason);
+            assert_eq!(a.text, b.text);
+        }
+        eprintln!(
+            "{dtype:?}: 50 requests, {preemptions} preemptions, all outputs identical to running alone"
         );
-        assert_eq!(a.finish_reason, b.finish_reason);
-        assert_eq!(a.text, b.text);
     }
-    eprintln!("50 requests, {preemptions} preemptions, all outputs identical to running alone");
 }
 
 #[test]
@@ -140,18 +147,28 @@ fn prefix_caching_reuses_blocks_and_changes_nothing() {
     let (model, tok) = load("v3");
     let prefix: Vec<u32> = (0..24).map(|i| 2 + (i * 7) % 300).collect();
     let requests = random_requests(20, 2, &prefix);
-    let (without, _, rate) = run(&model, &tok, config(128, 4, 8, 64, false), &requests);
-    assert_eq!(rate, 0.0);
-    let (with, _, rate) = run(&model, &tok, config(128, 4, 8, 64, true), &requests);
-    for (a, b) in without.iter().zip(&with) {
-        assert_eq!(a.output_tokens, b.output_tokens, "request {}", a.id);
+    for dtype in [KvCacheDtype::Auto, KvCacheDtype::Fp8] {
+        let config = |caching| EngineConfig {
+            cache_dtype: dtype,
+            ..config(128, 4, 8, 64, caching)
+        };
+        let (without, _, rate) = run(&model, &tok, config(false), &requests);
+        assert_eq!(rate, 0.0);
+        let (with, _, rate) = run(&model, &tok, config(true), &requests);
+        for (a, b) in without.iter().zip(&with) {
+            assert_eq!(
+                a.output_tokens, b.output_tokens,
+                "{dtype:?}: request {}",
+                a.id
+            );
+        }
+        assert!(
+            with.iter().skip(8).all(|o| o.cached_prompt_tokens >= 24),
+            "later requests reuse the shared prefix"
+        );
+        assert!(rate > 0.2, "prefix cache hit rate {rate}");
+        eprintln!("{dtype:?}: prefix cache hit rate {:.1}%", rate * 100.0);
     }
-    assert!(
-        with.iter().skip(8).all(|o| o.cached_prompt_tokens >= 24),
-        "later requests reuse the shared prefix"
-    );
-    assert!(rate > 0.2, "prefix cache hit rate {rate}");
-    eprintln!("prefix cache hit rate {:.1}%", rate * 100.0);
 }
 
 #[test]

@@ -178,6 +178,7 @@ fn tokenizer_and_greedy_generation_match_transformers() {
             scheduler: SchedulerConfig::default(),
             attention: AttentionForm::Auto,
             cuda_graphs: false,
+            cache_dtype: Default::default(),
         };
         let mut engine = Engine::new(&model, &CpuBackend, Some(&tokenizer), config).unwrap();
         let request = Request {
@@ -212,7 +213,7 @@ fn sliding_window_perplexity_matches_transformers() {
                 context: reference.context,
                 stride: reference.stride,
             },
-            (16, AttentionForm::Auto),
+            (16, AttentionForm::Auto, Default::default()),
             |_, _| {},
         )
         .unwrap();
@@ -234,6 +235,70 @@ fn sliding_window_perplexity_matches_transformers() {
             "{}: perplexity {:.4}, mean NLL relative error {err:.1e}",
             dir.display(),
             result.ppl()
+        );
+    }
+}
+
+/// Top-1 agreement and relative L2 errors (sorted) of every fixture's token-by-token logits
+/// with a cache of `dtype` against transformers' float64 ones.
+fn cache_quality(dtype: mla_rt::kv::cache_dtype::KvCacheDtype) -> (usize, usize, Vec<f64>) {
+    let (mut agree, mut positions, mut errors) = (0usize, 0usize, Vec::new());
+    let top = |x: &mut dyn Iterator<Item = f64>| {
+        x.enumerate()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(i, _)| i)
+    };
+    for (dir, expected) in fixtures() {
+        let model = load(&dir);
+        let vocab = model.config.vocab_size();
+        let ids = &expected.token_ids;
+        let mut session = Session::with_cache_dtype(
+            &model,
+            &CpuBackend,
+            ids.len(),
+            4,
+            AttentionForm::Auto,
+            dtype,
+        )
+        .unwrap();
+        // BOS alone, then token by token: every position reads its context from the cache.
+        let logits = session.logits(ids, 1).unwrap();
+        for (got, want) in logits.chunks(vocab).zip(&expected.decode_logits) {
+            let err = rel_l2(got, want);
+            assert!(err.is_finite(), "{}", dir.display());
+            errors.push(err);
+            agree += (top(&mut got.iter().map(|&v| v as f64)) == top(&mut want.iter().copied()))
+                as usize;
+            positions += 1;
+        }
+    }
+    errors.sort_by(f64::total_cmp);
+    (agree, positions, errors)
+}
+
+/// The quality `--kv-cache-dtype` costs against transformers, on every fixture (the README's
+/// table). The fixtures' random weights give flat logits, so a small error can move the top
+/// token: the bounds are what FP8 reaches with room, far from what a wrong scale would give.
+#[test]
+fn bf16_and_fp8_caches_keep_the_top_token() {
+    use mla_rt::kv::cache_dtype::KvCacheDtype;
+    for (dtype, min_agree, max_median) in [
+        (KvCacheDtype::Bf16, 97, 5e-3),
+        (KvCacheDtype::Fp8, 85, 5e-2),
+    ] {
+        let (agree, positions, errors) = cache_quality(dtype);
+        let median = errors[errors.len() / 2];
+        eprintln!(
+            "{dtype:?} cache: top-1 agreement {agree}/{positions}, relative L2 median {median:.2e}, worst {:.2e}",
+            errors[errors.len() - 1]
+        );
+        assert!(
+            agree * 100 >= positions * min_agree,
+            "{dtype:?}: top-1 agreement {agree}/{positions}"
+        );
+        assert!(
+            median <= max_median,
+            "{dtype:?}: median relative L2 {median:e}"
         );
     }
 }

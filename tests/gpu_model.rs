@@ -237,6 +237,7 @@ fn generate<B: Backend>(
         },
         attention: AttentionForm::Auto,
         cuda_graphs,
+        cache_dtype: Default::default(),
     };
     let mut engine = Engine::new(model, backend, None, config).unwrap();
     for (i, (prompt, sampling)) in prompts.iter().enumerate() {

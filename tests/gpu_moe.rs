@@ -345,6 +345,7 @@ fn run_engine(
         },
         attention: AttentionForm::Auto,
         cuda_graphs,
+        cache_dtype: Default::default(),
     };
     let mut engine = Engine::new(model, gpu, None, engine_config).unwrap();
     if capture_first {

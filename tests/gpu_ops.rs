@@ -27,6 +27,20 @@ where
         .with_poisoned_outputs();
     let mut rng = Rng::new(5);
     let s = T::SUFFIX;
+    // The FP8 cache is the CPU's only, for now: the GPU refuses it by name.
+    let fp8 = mla_rt::kv::cache_dtype::CacheRows::Fp8(mla_rt::kv::cache_dtype::Fp8Layout::Mla(
+        mla_rt::kv::fp8_layout::MlaFp8Layout {
+            latent: 512,
+            rope: 64,
+        },
+    ));
+    let refused = gpu
+        .alloc_cache_rows(1, 2, 64, fp8)
+        .err()
+        .expect("no FP8 cache yet");
+    assert!(refused
+        .to_string()
+        .contains("fp8 KV cache is not supported on this device yet"));
     for (m, k, n) in [(1, 333, 129), (37, 333, 129), (300, 64, 1000)] {
         let (x, w) = (random::<T>(&mut rng, m, k), random::<T>(&mut rng, n, k));
         let want = CpuBackend.matmul(&x, &w).unwrap();

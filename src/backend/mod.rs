@@ -8,6 +8,7 @@ pub mod cuda;
 
 use crate::config::MoeConfig;
 use crate::error::{Error, Result};
+use crate::kv::cache_dtype::CacheRows;
 use crate::ops::rope::RopeTable;
 use crate::weights::HostTensor;
 
@@ -476,6 +477,25 @@ pub trait Backend {
         block_size: usize,
         width: usize,
     ) -> Result<Self::KvCache>;
+    /// A cache whose rows are `rows` (`--kv-cache-dtype`); [`CacheRows::Native`] is
+    /// [`Self::alloc_kv_cache`]. A backend refuses the formats it cannot attend over yet.
+    fn alloc_cache_rows(
+        &self,
+        layers: usize,
+        num_blocks: usize,
+        block_size: usize,
+        rows: CacheRows,
+    ) -> Result<Self::KvCache> {
+        match rows {
+            CacheRows::Native { width } => {
+                self.alloc_kv_cache(layers, num_blocks, block_size, width)
+            }
+            other => Err(Error::InvalidInput(format!(
+                "a {} KV cache is not supported on this device yet (it is on --device cpu)",
+                other.describe(self.cache_value_bytes())
+            ))),
+        }
+    }
     /// Copies whole cache blocks `(from, to)` in every layer (copy-on-write of shared blocks).
     fn copy_blocks(&self, cache: &mut Self::KvCache, pairs: &[(u32, u32)]) -> Result<()>;
     /// Stores columns `[offset, offset + cache width)` of row `i` of `x` at cache slot

@@ -12,6 +12,7 @@ pub mod serve;
 use mla_rt::backend::{AttentionBatch, Backend, SeqChunk};
 use mla_rt::config::ModelConfig;
 use mla_rt::error::{Error, Result};
+use mla_rt::kv::cache_dtype::{CacheRows, KvCacheDtype};
 use mla_rt::kv::{slot, BlockManager, SeqBlocks};
 use mla_rt::model::params::decode_step_weight_params;
 use mla_rt::model::{AttentionForm, LogitRows, Model, Step};
@@ -58,6 +59,8 @@ pub struct BenchConfig {
     pub memory_budget: u64,
     /// Bytes per cached value on this backend.
     pub cache_value_bytes: u64,
+    /// What the cache stores (`--kv-cache-dtype`).
+    pub cache_dtype: KvCacheDtype,
 }
 
 /// Most sequences a test runs (`--batch max` included: its `max batch` column still reports
@@ -151,15 +154,16 @@ fn profiled<B: Backend>(backend: &B, f: impl FnOnce() -> Result<()>) -> Result<(
     Ok(split(&ops, secs))
 }
 
-/// Sequences of `total` tokens whose caches, allocated in whole blocks, fit `budget` bytes.
+/// Sequences of `total` tokens whose caches of `rows`, allocated in whole blocks, fit `budget`
+/// bytes (`native_bytes`: the backend's activation size).
 pub fn sequences_that_fit(
     c: &ModelConfig,
     block_size: usize,
-    value_bytes: u64,
+    (rows, native_bytes): (&CacheRows, u64),
     budget: u64,
     total: usize,
 ) -> u64 {
-    let per_token = (c.cache_width() * c.num_hidden_layers()) as u64 * value_bytes;
+    let per_token = rows.bytes_per_token(native_bytes) * c.num_hidden_layers() as u64;
     let seq_bytes = (total.div_ceil(block_size) as u64)
         .saturating_mul(block_size as u64)
         .saturating_mul(per_token);
@@ -183,15 +187,16 @@ pub fn run<B: Backend>(
 ) -> Result<Vec<BenchRow>> {
     let c = &model.config;
     let bs = config.block_size;
-    let kv_bytes_per_token =
-        (c.cache_width() * c.num_hidden_layers()) as u64 * config.cache_value_bytes;
+    let native = config.cache_value_bytes;
+    let cache_rows = CacheRows::resolve(config.cache_dtype, c, native)?;
+    let kv_bytes_per_token = cache_rows.bytes_per_token(native) * c.num_hidden_layers() as u64;
     let vocab = c.vocab_size();
     let mut rows = Vec::new();
     for &depth in &config.depths {
         let total = depth + config.prompt + config.gen;
         let per_seq = total.div_ceil(bs);
         let max_batch =
-            sequences_that_fit(c, bs, config.cache_value_bytes, config.memory_budget, total);
+            sequences_that_fit(c, bs, (&cache_rows, native), config.memory_budget, total);
         for &size in &config.batches {
             let batch = match size {
                 BatchSize::Fixed(n) => n,
@@ -201,12 +206,8 @@ pub fn run<B: Backend>(
                 BatchSize::Max => max_batch.min(MAX_BENCH_BATCH as u64) as usize,
             };
             let mut blocks = BlockManager::new(batch * per_seq, bs, false);
-            let mut cache = backend.alloc_kv_cache(
-                c.num_hidden_layers(),
-                batch * per_seq,
-                bs,
-                c.cache_width(),
-            )?;
+            let mut cache =
+                backend.alloc_cache_rows(c.num_hidden_layers(), batch * per_seq, bs, cache_rows)?;
             let mut seqs = vec![SeqBlocks::default(); batch];
             for seq in &mut seqs {
                 blocks.reserve(seq, 0, total)?;
@@ -340,4 +341,31 @@ pub fn run<B: Backend>(
         }
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mla_rt::config::presets::preset_config;
+
+    #[test]
+    fn an_fp8_cache_fits_1_7_times_the_sequences_of_bf16() {
+        // One layer of V2-Lite in 1 MB, 14 tokens in 7 blocks of 2: MLA caches 1,152 bytes per
+        // token in bf16 and 656 in FP8 (FlashMLA's layout); its MHA twin 8,192 and
+        // 2·16·(128 + 4) = 4,224.
+        let fits = |name: &str, dtype| {
+            let c = preset_config(name, Some(1)).unwrap();
+            let rows = CacheRows::resolve(dtype, &c, 2).unwrap();
+            (
+                rows.bytes_per_token(2),
+                sequences_that_fit(&c, 2, (&rows, 2), 1_000_000, 14),
+            )
+        };
+        let mla_bf16 = fits("deepseek-v2-lite", KvCacheDtype::Bf16);
+        let mla_fp8 = fits("deepseek-v2-lite", KvCacheDtype::Fp8);
+        let mha_fp8 = fits("deepseek-v2-lite-mha", KvCacheDtype::Fp8);
+        assert_eq!((mla_bf16, mla_fp8), ((1152, 62), (656, 108)));
+        assert_eq!(mha_fp8, (4224, 16));
+        assert!(mla_fp8.1 as f64 >= 1.7 * mla_bf16.1 as f64);
+    }
 }

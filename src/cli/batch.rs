@@ -191,6 +191,7 @@ pub fn run<B: Backend>(
         config,
         args.model.block_size,
         args.model.attention,
+        args.model.kv_cache_dtype,
         CacheDemand::Requests(&lengths),
     )?;
     super::output::note!("{}", plan.summary());

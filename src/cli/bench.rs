@@ -10,6 +10,7 @@ use mla_rt::backend::Backend;
 use mla_rt::config::presets::{preset_config, PRESETS};
 use mla_rt::engine::memory::parse_bytes;
 use mla_rt::error::{Error, Result};
+use mla_rt::kv::cache_dtype::{CacheRows, KvCacheDtype};
 use mla_rt::model::Model;
 use mla_rt::weights::RandomWeights;
 
@@ -57,6 +58,11 @@ pub struct BenchArgs {
     /// Tokens per cache block.
     #[arg(long, default_value_t = 64, value_name = "TOKENS", value_parser = super::block_size)]
     pub block_size: usize,
+
+    /// KV cache type: auto (the backend's), f32, bf16 or fp8 (as for `generate`; the
+    /// KV bytes/token and max-batch columns follow it).
+    #[arg(long, value_enum, default_value_t = KvCacheDtype::Auto)]
+    pub kv_cache_dtype: KvCacheDtype,
 
     /// Print the first preset's ratios against each other preset.
     #[arg(long)]
@@ -453,11 +459,12 @@ fn bench_on<B: Backend>(args: &BenchArgs, backend: B) -> Result<()> {
             if let (Some(budget), true) =
                 (args.kv_cache_memory, args.batch.contains(&BatchSize::Max))
             {
-                let value_bytes = backend.cache_value_bytes();
+                let native = backend.cache_value_bytes();
+                let rows = CacheRows::resolve(args.kv_cache_dtype, config, native)?;
                 let fits = crate::bench::sequences_that_fit(
                     config,
                     args.block_size,
-                    value_bytes,
+                    (&rows, native),
                     budget,
                     total,
                 );
@@ -489,6 +496,7 @@ fn bench_on<B: Backend>(args: &BenchArgs, backend: B) -> Result<()> {
             copy_bytes_per_s: backend.copy_bandwidth(),
             memory_budget: budget,
             cache_value_bytes: backend.cache_value_bytes(),
+            cache_dtype: args.kv_cache_dtype,
         };
         rows.extend(run(&name, &model, &backend, &bench, |r| {
             super::output::note!(

@@ -7,6 +7,7 @@ use mla_rt::engine::batch_engine::EngineConfig;
 use mla_rt::engine::memory::{parse_bytes, KvCachePlan};
 use mla_rt::engine::scheduler::SchedulerConfig;
 use mla_rt::error::{Error, Result};
+use mla_rt::kv::cache_dtype::{CacheRows, KvCacheDtype};
 use mla_rt::model::AttentionForm;
 
 #[derive(Debug, Clone, Args)]
@@ -84,6 +85,7 @@ impl EngineArgs {
         config: &ModelConfig,
         block_size: usize,
         attention: AttentionForm,
+        cache_dtype: KvCacheDtype,
         demand: CacheDemand<'_>,
     ) -> Result<(EngineConfig, KvCachePlan)> {
         let budget = match self.kv_cache_memory {
@@ -99,13 +101,9 @@ impl EngineArgs {
         };
         // More blocks than the running sequences can hold at their longest are never used.
         let useful = demand.useful_blocks(block_size, self.max_num_seqs);
-        let plan = KvCachePlan::new(
-            config,
-            block_size,
-            backend.cache_value_bytes(),
-            budget,
-            useful,
-        )?;
+        let native = backend.cache_value_bytes();
+        let rows = CacheRows::resolve(cache_dtype, config, native)?;
+        let plan = KvCachePlan::new(config, block_size, &rows, native, budget, useful)?;
         let engine = EngineConfig {
             block_size,
             num_blocks: plan.num_blocks,
@@ -116,6 +114,7 @@ impl EngineArgs {
             },
             attention,
             cuda_graphs: !self.enforce_eager,
+            cache_dtype,
         };
         Ok((engine, plan))
     }

@@ -264,6 +264,7 @@ fn stream_one<B: Backend>(
         config,
         args.model.block_size,
         args.model.attention,
+        args.model.kv_cache_dtype,
         CacheDemand::Requests(&[prompt_len + max_tokens - 1]),
     )?;
     engine_config.prefix_caching = false;

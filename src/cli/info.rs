@@ -189,7 +189,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
     ));
     let (fp8, mha_fp8) = fp8_cache_bytes(&c);
     out.line(format_args!(
-        "FP8 cache:    {fp8} bytes/token/layer = {} bytes/token ({:.2}× the tokens of bf16); MHA in FP8 {mha_fp8} bytes/token/layer (layouts of docs/kernels.md; not selectable yet)",
+        "FP8 cache:    {fp8} bytes/token/layer = {} bytes/token ({:.2}× the tokens of bf16); MHA in FP8 {mha_fp8} bytes/token/layer (--kv-cache-dtype fp8; CPU only for now)",
         fp8 * layers,
         (2 * cached) as f64 / fp8 as f64,
     ));

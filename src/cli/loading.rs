@@ -6,6 +6,7 @@ use mla_rt::backend::cuda::CudaBackend;
 use mla_rt::backend::Backend;
 use mla_rt::config::ModelConfig;
 use mla_rt::error::{Error, Result};
+use mla_rt::kv::cache_dtype::KvCacheDtype;
 use mla_rt::kv::DEFAULT_BLOCK_SIZE;
 use mla_rt::model::AttentionForm;
 use mla_rt::model::Model;
@@ -56,6 +57,12 @@ pub struct ModelArgs {
     /// chunks over long contexts, materialised for prefill), materialised or absorbed.
     #[arg(long, value_enum, default_value_t = AttentionForm::Auto)]
     pub attention: AttentionForm,
+
+    /// KV cache type: auto (f32 on the CPU, the model's dtype on a GPU), f32, bf16, or fp8
+    /// (e4m3 with scales: FlashMLA's 656-byte layout for MLA, per-head scales for MHA/GQA;
+    /// CPU only for now).
+    #[arg(long, value_enum, default_value_t = KvCacheDtype::Auto)]
+    pub kv_cache_dtype: KvCacheDtype,
 
     /// Tokens per block of the paged latent KV cache, 1 to 1024.
     #[arg(long, default_value_t = DEFAULT_BLOCK_SIZE, value_name = "TOKENS",

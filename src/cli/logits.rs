@@ -73,12 +73,13 @@ impl ModelTask for LogitsTask<'_> {
                 config.max_position_embeddings()
             )));
         }
-        let mut session = Session::new(
+        let mut session = Session::with_cache_dtype(
             &loaded.model,
             &loaded.backend,
             n,
             args.model.block_size,
             args.model.attention,
+            args.model.kv_cache_dtype,
         )?;
         let logits = session.logits(&args.token_ids, prefill)?;
         let file = LogitsFile {

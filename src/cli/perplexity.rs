@@ -71,7 +71,11 @@ impl ModelTask for PerplexityTask<'_> {
             &loaded.backend,
             &ids,
             Windows { context, stride },
-            (args.model.block_size, args.model.attention),
+            (
+                args.model.block_size,
+                args.model.attention,
+                args.model.kv_cache_dtype,
+            ),
             |done, so_far| {
                 progress.set_position(done as u64);
                 progress.set_message(format!("PPL so far {:.4}", so_far.ppl()));

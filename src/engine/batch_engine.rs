@@ -9,6 +9,7 @@ use crate::backend::{host_argmax_rows, host_softmax_totals, host_top_k_rows};
 use crate::backend::{AttentionBatch, Backend, DeviceCounters, GraphCapture, SeqChunk};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::kv::cache_dtype::{CacheRows, KvCacheDtype};
 use crate::kv::{slot, BlockManager, PrefixCacheStats};
 use crate::model::Model;
 use crate::model::{AttentionForm, LogitRows, Step};
@@ -26,6 +27,8 @@ pub struct EngineConfig {
     /// Replay decode steps from CUDA graphs where the backend has them (`--enforce-eager`
     /// turns this off).
     pub cuda_graphs: bool,
+    /// What the cache stores (`--kv-cache-dtype`).
+    pub cache_dtype: KvCacheDtype,
 }
 
 /// Where step time goes.
@@ -114,11 +117,12 @@ impl<'m, B: Backend> Engine<'m, B> {
                 crate::backend::decode_batch_sizes(config.scheduler.max_num_seqs),
             )
         });
-        let cache = backend.alloc_kv_cache(
+        let rows = CacheRows::resolve(config.cache_dtype, c, backend.cache_value_bytes())?;
+        let cache = backend.alloc_cache_rows(
             c.num_hidden_layers(),
             config.num_blocks + padding.is_some() as usize,
             config.block_size,
-            c.cache_width(),
+            rows,
         )?;
         Ok(Engine {
             model,

@@ -2,7 +2,7 @@
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::model::params::kv_values_per_token_per_layer;
+use crate::kv::cache_dtype::CacheRows;
 use crate::util::host_memory::available_host_bytes;
 
 /// Refuses, before loading anything, a model whose f32 weights would not fit in the host memory
@@ -60,22 +60,27 @@ pub struct KvCachePlan {
     pub num_blocks: usize,
     pub block_size: usize,
     pub bytes: u64,
-    /// Tokens an MHA cache (K and V of every query head) of the same bytes would hold.
+    /// Tokens an MHA cache (K and V of every query head, in the same dtype) of the same bytes
+    /// would hold.
     pub mha_tokens: u64,
+    /// `f32`, `bf16` or `fp8`.
+    pub dtype: &'static str,
 }
 
 impl KvCachePlan {
-    /// Blocks that fit `budget` bytes at `bytes_per_value`, but no more than `max_useful`.
+    /// Blocks of `rows` (on a backend whose activations take `native_bytes`) that fit `budget`
+    /// bytes, but no more than `max_useful`.
     pub fn new(
         config: &ModelConfig,
         block_size: usize,
-        bytes_per_value: u64,
+        rows: &CacheRows,
+        native_bytes: u64,
         budget: u64,
         max_useful: usize,
     ) -> Result<Self> {
         let layers = config.num_hidden_layers() as u64;
-        let (cached, mha) = kv_values_per_token_per_layer(config);
-        let block_bytes = cached * block_size as u64 * layers * bytes_per_value;
+        let row_bytes = rows.bytes_per_token(native_bytes);
+        let block_bytes = row_bytes * block_size as u64 * layers;
         let num_blocks = ((budget / block_bytes) as usize).min(max_useful);
         if num_blocks == 0 {
             return Err(Error::InvalidInput(format!(
@@ -87,7 +92,8 @@ impl KvCachePlan {
             num_blocks,
             block_size,
             bytes,
-            mha_tokens: bytes / (mha * layers * bytes_per_value),
+            mha_tokens: bytes / (rows.mha_bytes_per_token(config, native_bytes) * layers).max(1),
+            dtype: rows.describe(native_bytes),
         })
     }
 
@@ -98,11 +104,12 @@ impl KvCachePlan {
     /// `KV cache: 12,800 blocks × 64 tokens = 819,200 tokens (9.4 GiB); an MHA cache of this model would hold 91,022`.
     pub fn summary(&self) -> String {
         format!(
-            "KV cache: {} blocks × {} tokens = {} tokens ({:.2} GiB); an MHA cache of this model would hold {}",
+            "KV cache: {} blocks × {} tokens = {} tokens ({:.2} GiB, {}); an MHA cache of this model would hold {}",
             thousands(self.num_blocks as u64),
             self.block_size,
             thousands(self.tokens()),
             self.bytes as f64 / (1u64 << 30) as f64,
+            self.dtype,
             thousands(self.mha_tokens)
         )
     }
@@ -148,6 +155,27 @@ mod tests {
         );
         check_weights_fit(&v3, "v3", Some(64 << 30)).unwrap();
         check_weights_fit(&v3, "v3", None).unwrap();
+    }
+
+    #[test]
+    fn an_fp8_cache_holds_1_75_times_the_tokens_of_bf16() {
+        use crate::kv::cache_dtype::{CacheRows, KvCacheDtype};
+        let plan = |name: &str, dtype| {
+            let c = crate::config::presets::preset_config(name, None).unwrap();
+            let rows = CacheRows::resolve(dtype, &c, 2).unwrap();
+            KvCachePlan::new(&c, 64, &rows, 2, 60 << 30, usize::MAX).unwrap()
+        };
+        let bf16 = plan("deepseek-v2-lite", KvCacheDtype::Auto);
+        let fp8 = plan("deepseek-v2-lite", KvCacheDtype::Fp8);
+        let mha_fp8 = plan("deepseek-v2-lite-mha", KvCacheDtype::Fp8);
+        assert_eq!((bf16.dtype, fp8.dtype), ("bf16", "fp8"));
+        // 1,152 bytes per token and layer against 656.
+        let ratio = fp8.tokens() as f64 / bf16.tokens() as f64;
+        assert!((ratio - 1152.0 / 656.0).abs() < 1e-3, "{ratio}");
+        // MLA in FP8 against its MHA twin in FP8: the same bytes (up to a block), the twin's rows.
+        assert!((fp8.mha_tokens as i64 - mha_fp8.tokens() as i64).abs() < 128);
+        // 656 bytes against 2·16·(128 + 4): 6.4×.
+        assert!(fp8.tokens() > 6 * mha_fp8.tokens(), "{fp8:?} {mha_fp8:?}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use super::session::Session;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::kv::cache_dtype::KvCacheDtype;
 use crate::model::{AttentionForm, LogitRows, Model};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -45,7 +46,7 @@ pub fn sliding_window<B: Backend>(
     backend: &B,
     ids: &[u32],
     Windows { context, stride }: Windows,
-    (block_size, form): (usize, AttentionForm),
+    (block_size, form, cache_dtype): (usize, AttentionForm, KvCacheDtype),
     mut on_window: impl FnMut(usize, &Perplexity),
 ) -> Result<Perplexity> {
     if context < 2 || stride == 0 || stride > context {
@@ -72,7 +73,8 @@ pub fn sliding_window<B: Backend>(
     let mut prev_end = 0;
     for begin in (0..ids.len()).step_by(stride) {
         let end = (begin + context).min(ids.len());
-        let mut session = Session::new(model, backend, end - begin, block_size, form)?;
+        let mut session =
+            Session::with_cache_dtype(model, backend, end - begin, block_size, form, cache_dtype)?;
         let logits = backend.to_host(&session.feed(&ids[begin..end], LogitRows::All)?)?;
         // Target j is predicted by the row of the token before it.
         let first = prev_end.max(begin + 1);

@@ -2,6 +2,7 @@
 
 use crate::backend::{AttentionBatch, Backend, SeqChunk};
 use crate::error::{Error, Result};
+use crate::kv::cache_dtype::{CacheRows, KvCacheDtype};
 use crate::kv::{slot, BlockManager, SeqBlocks};
 use crate::model::Model;
 use crate::model::{AttentionForm, LogitRows, Step};
@@ -26,17 +27,33 @@ impl<'m, B: Backend> Session<'m, B> {
         block_size: usize,
         form: AttentionForm,
     ) -> Result<Self> {
+        Self::with_cache_dtype(
+            model,
+            backend,
+            max_tokens,
+            block_size,
+            form,
+            KvCacheDtype::Auto,
+        )
+    }
+
+    /// [`Self::new`] with a cache of `cache_dtype` (`--kv-cache-dtype`).
+    pub fn with_cache_dtype(
+        model: &'m Model<B>,
+        backend: &'m B,
+        max_tokens: usize,
+        block_size: usize,
+        form: AttentionForm,
+        cache_dtype: KvCacheDtype,
+    ) -> Result<Self> {
         if block_size == 0 {
             return Err(Error::InvalidInput("block size must be at least 1".into()));
         }
         let num_blocks = max_tokens.max(1).div_ceil(block_size);
         let c = &model.config;
-        let cache = backend.alloc_kv_cache(
-            c.num_hidden_layers(),
-            num_blocks,
-            block_size,
-            c.cache_width(),
-        )?;
+        let rows = CacheRows::resolve(cache_dtype, c, backend.cache_value_bytes())?;
+        let cache =
+            backend.alloc_cache_rows(c.num_hidden_layers(), num_blocks, block_size, rows)?;
         Ok(Session {
             model,
             backend,

@@ -2,6 +2,7 @@
 //! a sequence owns, and where each of its tokens lives.
 
 pub mod block_manager;
+pub mod cache_dtype;
 pub mod fp8_layout;
 
 pub use block_manager::{BlockManager, PrefixCacheStats, SeqBlocks};

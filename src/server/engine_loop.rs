@@ -96,6 +96,7 @@ pub struct EngineTask {
     pub engine: EngineArgs,
     pub block_size: usize,
     pub attention: AttentionForm,
+    pub cache_dtype: mla_rt::kv::cache_dtype::KvCacheDtype,
 }
 
 /// A request in the engine: its index there, its choice and where its events go.
@@ -115,6 +116,7 @@ impl ModelTask for EngineTask {
             config,
             self.block_size,
             self.attention,
+            self.cache_dtype,
             crate::cli::engine_args::CacheDemand::AnyUpTo(config.max_position_embeddings()),
         )?;
         tracing::info!("{}", plan.summary());

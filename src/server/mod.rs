@@ -113,6 +113,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         engine: args.engine.clone(),
         block_size: args.model.block_size,
         attention: args.model.attention,
+        cache_dtype: args.model.kv_cache_dtype,
     };
     let model_args = args.model.clone();
     let engine_shared = shared.clone();

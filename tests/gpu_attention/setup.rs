@@ -247,6 +247,7 @@ pub fn absorbed_lse(
 ) -> Vec<f64> {
     let (n, r, dq) = (dims.heads, dims.kv_lora_rank, dims.qk_head());
     let width = cache.width;
+    let layer0 = cache.all_rows(0);
     let mut lse = Vec::new();
     let mut token = 0;
     for seq in &batch.seqs {
@@ -260,7 +261,7 @@ pub fn absorbed_lse(
                         let slot = seq.block_table[p / batch.block_size] as usize
                             * batch.block_size
                             + p % batch.block_size;
-                        let row = &cache.layers[0][slot * width..][..width];
+                        let row = &layer0[slot * width..][..width];
                         let dot = lat.iter().chain(pe).zip(row);
                         dims.softmax_scale as f64
                             * dot.map(|(&a, &b)| a as f64 * b as f64).sum::<f64>()

@@ -1,46 +1,11 @@
-//! MLA attention over the paged latent cache, in its two forms, on the host.
+//! Attention over the paged cache on the host: MLA in its two forms, and MHA/GQA. Each
+//! sequence's context is read once per call as f32 rows ([`CpuKvCache::context`]).
 
+use super::kv_cache::CpuKvCache;
 use super::matmul::{axpy, dot, matmul_nt};
 use crate::backend::{AttentionBatch, MhaDims, MlaDims};
 use crate::error::Result;
 use rayon::prelude::*;
-
-/// Per layer, `[num_blocks, block_size, width]` floats. Fresh blocks hold NaN so that a read of
-/// a slot nobody wrote poisons the result instead of passing silently.
-pub struct CpuKvCache {
-    pub num_blocks: usize,
-    pub block_size: usize,
-    pub width: usize,
-    pub layers: Vec<Vec<f32>>,
-}
-
-impl CpuKvCache {
-    pub fn new(layers: usize, num_blocks: usize, block_size: usize, width: usize) -> Self {
-        CpuKvCache {
-            num_blocks,
-            block_size,
-            width,
-            layers: (0..layers)
-                .map(|_| vec![f32::NAN; num_blocks * block_size * width])
-                .collect(),
-        }
-    }
-
-    pub fn slots(&self) -> usize {
-        self.num_blocks * self.block_size
-    }
-
-    /// The cached row of the token at `position` of a sequence with `block_table`.
-    fn row<'a>(&self, layer: &'a [f32], block_table: &[u32], position: usize) -> &'a [f32] {
-        let slot = block_table[position / self.block_size] as usize * self.block_size
-            + position % self.block_size;
-        &layer[slot * self.width..(slot + 1) * self.width]
-    }
-
-    pub fn check_batch(&self, batch: &AttentionBatch) -> Result<()> {
-        batch.check_blocks(self.num_blocks, self.block_size)
-    }
-}
 
 /// One query row's job: which sequence, its position, and its output row.
 fn query_rows(batch: &AttentionBatch) -> Vec<(usize, usize)> {
@@ -51,6 +16,15 @@ fn query_rows(batch: &AttentionBatch) -> Vec<(usize, usize)> {
         .flat_map(|(s, seq)| {
             (seq.context_len - seq.query_len..seq.context_len).map(move |p| (s, p))
         })
+        .collect()
+}
+
+/// Each sequence's context as f32 rows.
+fn contexts(cache: &CpuKvCache, layer: usize, batch: &AttentionBatch) -> Vec<Vec<f32>> {
+    batch
+        .seqs
+        .iter()
+        .map(|seq| cache.context(layer, &seq.block_table, seq.context_len))
         .collect()
 }
 
@@ -74,7 +48,6 @@ pub fn materialised(
     dims: &MlaDims,
 ) -> Result<Vec<f32>> {
     cache.check_batch(batch)?;
-    let layer_data = &cache.layers[layer];
     let (n, r, dq, dn, dv) = (
         dims.heads,
         dims.kv_lora_rank,
@@ -88,10 +61,10 @@ pub fn materialised(
         .seqs
         .iter()
         .map(|seq| {
+            let rows = cache.context(layer, &seq.block_table, seq.context_len);
             let mut latent = Vec::with_capacity(seq.context_len * r);
             let mut k_pe = Vec::with_capacity(seq.context_len * dims.qk_rope);
-            for p in 0..seq.context_len {
-                let row = cache.row(layer_data, &seq.block_table, p);
+            for row in rows.chunks_exact(cache.width) {
                 latent.extend_from_slice(&row[..r]);
                 k_pe.extend_from_slice(&row[r..]);
             }
@@ -129,26 +102,24 @@ pub fn absorbed(
     dims: &MlaDims,
 ) -> Result<Vec<f32>> {
     cache.check_batch(batch)?;
-    let layer_data = &cache.layers[layer];
     let (n, r, dq, dn) = (dims.heads, dims.kv_lora_rank, dims.qk_head(), dims.qk_nope);
+    let contexts = contexts(cache, layer, batch);
+    let width = cache.width;
     let rows = query_rows(batch);
     let mut out = vec![0.0f32; rows.len() * n * r];
     out.par_chunks_mut(r).enumerate().for_each(|(job, o)| {
         let (t, h) = (job / n, job % n);
         let (s, pos) = rows[t];
-        let table = &batch.seqs[s].block_table;
+        let row = |j: usize| &contexts[s][j * width..(j + 1) * width];
         let ql = &q_lat[(t * n + h) * r..(t * n + h + 1) * r];
         let q_pe = &q[(t * n + h) * dq + dn..(t * n + h + 1) * dq];
         // One shared 576-wide key per token; its first r_kv values are also the value.
         let mut scores: Vec<f32> = (0..=pos)
-            .map(|j| {
-                let row = cache.row(layer_data, table, j);
-                dims.softmax_scale * (dot(ql, &row[..r]) + dot(q_pe, &row[r..]))
-            })
+            .map(|j| dims.softmax_scale * (dot(ql, &row(j)[..r]) + dot(q_pe, &row(j)[r..])))
             .collect();
         softmax_in_place(&mut scores);
         for (j, p) in scores.iter().enumerate() {
-            axpy(o, *p, &cache.row(layer_data, table, j)[..r]);
+            axpy(o, *p, &row(j)[..r]);
         }
     });
     Ok(out)
@@ -165,8 +136,9 @@ pub fn mha(
     dims: &MhaDims,
 ) -> Result<Vec<f32>> {
     cache.check_batch(batch)?;
-    let layer_data = &cache.layers[layer];
     let (n, d) = (dims.heads, dims.head_dim);
+    let contexts = contexts(cache, layer, batch);
+    let width = cache.width;
     let group = n / dims.kv_heads;
     let v_offset = dims.kv_heads * d;
     let rows = query_rows(batch);
@@ -174,22 +146,18 @@ pub fn mha(
     out.par_chunks_mut(d).enumerate().for_each(|(job, o)| {
         let (t, h) = (job / n, job % n);
         let (s, pos) = rows[t];
-        let table = &batch.seqs[s].block_table;
+        let row = |j: usize| &contexts[s][j * width..(j + 1) * width];
         let qh = &q[t * q_stride + h * d..t * q_stride + (h + 1) * d];
         let k = (h / group) * d;
         let first = dims
             .sliding_window
             .map_or(0, |w| (pos + 1).saturating_sub(w));
         let mut scores: Vec<f32> = (first..=pos)
-            .map(|j| dims.softmax_scale * dot(qh, &cache.row(layer_data, table, j)[k..k + d]))
+            .map(|j| dims.softmax_scale * dot(qh, &row(j)[k..k + d]))
             .collect();
         softmax_in_place(&mut scores);
         for (j, p) in (first..=pos).zip(&scores) {
-            axpy(
-                o,
-                *p,
-                &cache.row(layer_data, table, j)[v_offset + k..v_offset + k + d],
-            );
+            axpy(o, *p, &row(j)[v_offset + k..v_offset + k + d]);
         }
     });
     Ok(out)

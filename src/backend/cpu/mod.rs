@@ -1,13 +1,15 @@
 //! The reference backend: f32 on the host, multi-threaded with rayon.
 
 mod attention;
+mod kv_cache;
 pub mod matmul;
 
-pub use attention::CpuKvCache;
+pub use kv_cache::CpuKvCache;
 
 use super::{AttentionBatch, Backend, MhaDims, MlaDims, MlpWeights, MoeWeights};
 use crate::config::MoeConfig;
 use crate::error::{Error, Result};
+use crate::kv::cache_dtype::CacheRows;
 use crate::ops::rope::{rotate, RopeTable};
 use crate::ops::routing::route;
 use crate::weights::HostTensor;
@@ -300,7 +302,20 @@ impl Backend for CpuBackend {
         block_size: usize,
         width: usize,
     ) -> Result<CpuKvCache> {
-        let bytes = layers as u128 * num_blocks as u128 * block_size as u128 * width as u128 * 4;
+        self.alloc_cache_rows(layers, num_blocks, block_size, CacheRows::Native { width })
+    }
+
+    fn alloc_cache_rows(
+        &self,
+        layers: usize,
+        num_blocks: usize,
+        block_size: usize,
+        rows: CacheRows,
+    ) -> Result<CpuKvCache> {
+        let bytes = layers as u128
+            * num_blocks as u128
+            * block_size as u128
+            * rows.bytes_per_token(4) as u128;
         let ram = crate::util::host_memory::available_host_bytes();
         if ram.is_some_and(|ram| bytes > ram as u128) {
             return Err(Error::InvalidInput(format!(
@@ -308,11 +323,10 @@ impl Backend for CpuBackend {
                 ram.unwrap_or(0)
             )));
         }
-        Ok(CpuKvCache::new(layers, num_blocks, block_size, width))
+        Ok(CpuKvCache::new(layers, num_blocks, block_size, rows))
     }
 
     fn copy_blocks(&self, cache: &mut CpuKvCache, pairs: &[(u32, u32)]) -> Result<()> {
-        let block = cache.block_size * cache.width;
         for &(from, to) in pairs {
             if from as usize >= cache.num_blocks || to as usize >= cache.num_blocks {
                 return Err(op_err(
@@ -320,12 +334,7 @@ impl Backend for CpuBackend {
                     format!("block {from} → {to} of {}", cache.num_blocks),
                 ));
             }
-            for layer in &mut cache.layers {
-                layer.copy_within(
-                    from as usize * block..(from as usize + 1) * block,
-                    to as usize * block,
-                );
-            }
+            cache.copy_block(from as usize, to as usize);
         }
         Ok(())
     }
@@ -340,7 +349,7 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         let (m, cols) = dims2("write_kv_cache", x)?;
         let width = cache.width;
-        if offset + width > cols || slots.len() != m || layer >= cache.layers.len() {
+        if offset + width > cols || slots.len() != m || layer >= cache.num_layers() {
             return Err(op_err(
                 "write_kv_cache",
                 format!(
@@ -351,7 +360,6 @@ impl Backend for CpuBackend {
             ));
         }
         let capacity = cache.slots();
-        let data = &mut cache.layers[layer];
         for (row, &slot) in x.data.chunks_exact(cols).zip(slots) {
             let slot = slot as usize;
             if slot >= capacity {
@@ -360,7 +368,7 @@ impl Backend for CpuBackend {
                     format!("slot {slot} of {capacity}"),
                 ));
             }
-            data[slot * width..(slot + 1) * width].copy_from_slice(&row[offset..offset + width]);
+            cache.write_row(layer, slot, &row[offset..offset + width]);
         }
         Ok(())
     }

@@ -474,9 +474,10 @@ pub(super) mod test_support {
         kv_b: &HostTensor,
     ) -> (Vec<f32>, HostTensor) {
         let w = dims.latent_width();
+        let layer0 = cache.all_rows(0);
         let context: Vec<f32> = slots
             .iter()
-            .flat_map(|&s| cache.layers[0][s as usize * w..(s as usize + 1) * w].to_vec())
+            .flat_map(|&s| layer0[s as usize * w..(s as usize + 1) * w].to_vec())
             .collect();
         let latent: Vec<f32> = context
             .chunks_exact(w)
@@ -568,6 +569,7 @@ mod tests {
                 want,
             } = mha_case(&mut rng, case, SHAPES, BLOCK);
             let width = cache.width;
+            let layer0 = cache.all_rows(0);
             let plan = HostPlan::paged(&batch, cache.num_blocks, BLOCK).unwrap();
             for split in [1, 3, 64] {
                 let got = emulate(
@@ -576,7 +578,7 @@ mod tests {
                     split,
                     |s| match s {
                         Source::Q => &q.data,
-                        _ => &cache.layers[0],
+                        _ => &layer0,
                     },
                 );
                 assert_close(&got, &want.data, 1e-5, &format!("{dims:?}, split {split}"));
@@ -607,10 +609,11 @@ mod tests {
             .mla_attention_absorbed(&q_lat, &q, &cache, 0, &batch, &dims)
             .unwrap();
         let plan = HostPlan::paged(&batch, cache.num_blocks, BLOCK).unwrap();
+        let layer0 = cache.all_rows(0);
         let got = emulate(&plan, &absorbed_layout(&dims), 5, |s| match s {
             Source::QLat => &q_lat.data,
             Source::Q => &q.data,
-            _ => &cache.layers[0],
+            _ => &layer0,
         });
         assert_close(&got, &want.data, 1e-5, "absorbed");
 

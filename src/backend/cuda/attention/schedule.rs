@@ -359,6 +359,7 @@ mod tests {
             kv_b,
         } = mla_inputs(&mut rng, SHAPES, BLOCK, &dims);
         let plan = HostPlan::paged(&batch, cache.num_blocks, BLOCK).unwrap();
+        let layer0 = cache.all_rows(0);
         let l = absorbed_layout(&dims);
         assert!(supports(&l, 232_448) && values_in_keys(&l));
         let want = CpuBackend
@@ -368,7 +369,7 @@ mod tests {
             let got = emulate(&batch, &plan, &l, target, runs, |s| match s {
                 Source::QLat => &q_lat.data,
                 Source::Q => &q.data,
-                _ => &cache.layers[0],
+                _ => &layer0,
             });
             assert_close(
                 &got,
@@ -401,11 +402,12 @@ mod tests {
                 want,
             } = mha_case(&mut rng, case, SHAPES, BLOCK);
             let plan = HostPlan::paged(&batch, cache.num_blocks, BLOCK).unwrap();
+            let layer0 = cache.all_rows(0);
             let l = mha_layout(&dims, q.shape[1], cache.width);
             assert!(supports(&l, 232_448));
             let got = emulate(&batch, &plan, &l, 40, 1, |s| match s {
                 Source::Q => &q.data,
-                _ => &cache.layers[0],
+                _ => &layer0,
             });
             let what = format!("MHA {dims:?}");
             assert_close(&got, &want.data, 2e-5, &what);
