@@ -2,6 +2,7 @@
 //! minijinja the way transformers renders it (trim_blocks, lstrip_blocks, Python string methods).
 
 use crate::error::{read_json, Error, Result};
+use crate::template_limits::{MAX_RENDERED_BYTES, TEMPLATE_FUEL};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -110,7 +111,7 @@ impl ChatTemplate {
                 ))
             },
         );
-        env.set_fuel(Some(TEMPLATE_FUEL));
+        crate::template_limits::bound(&mut env);
         let template = env.template_from_str(&self.source).map_err(err)?;
         let mut out = BoundedText::default();
         let rendered = template.render_captured_to(
@@ -144,13 +145,6 @@ impl ChatTemplate {
         }
     }
 }
-
-/// Template instructions one rendering may run: a chat of thousands of messages takes a small
-/// share; nested loops over huge ranges run out.
-const TEMPLATE_FUEL: u64 = 20_000_000;
-
-/// Most bytes a rendered prompt may have (far more text than any context holds).
-const MAX_RENDERED_BYTES: usize = 64 << 20;
 
 /// The rendered text, refusing writes past [`MAX_RENDERED_BYTES`].
 #[derive(Default)]
@@ -214,6 +208,28 @@ mod tests {
         let (_dir, t) = template("{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}");
         let err = t.render(&user("hi")).unwrap_err().to_string();
         assert!(err.contains("passed 64 MiB"), "{err}");
+        // One step that would build a huge value: each refused before it is built.
+        for (source, want) in [
+            ("{{ 444444444444 * [1] }}", "444444444444 items"),
+            (
+                "{{ '%99999999999s' | format(3) }}",
+                "format width 99999999999",
+            ),
+            (
+                "{{ ('x' * 99999999) | join('yy') | join('zz') }}",
+                "join would make",
+            ),
+            ("{{ messages | map(attribute='content') | join(', ') }}", ""),
+        ] {
+            let (_dir, t) = template(source);
+            match (t.render(&user("hi")), want) {
+                (Ok(text), "") => assert_eq!(text, "hi"),
+                (Err(e), want) if !want.is_empty() => {
+                    assert!(e.to_string().contains(want), "{source}: {e}")
+                }
+                (other, _) => panic!("{source}: {other:?}"),
+            }
+        }
         assert!(start.elapsed().as_secs() < 60, "{:?}", start.elapsed());
     }
 }

@@ -13,6 +13,7 @@ pub mod model;
 pub mod openai_request;
 pub mod ops;
 pub mod profile;
+pub mod template_limits;
 pub mod tokenizer;
 pub mod util;
 pub mod weights;

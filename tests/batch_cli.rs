@@ -2,20 +2,21 @@
 
 mod common;
 
-use common::fixtures_dir;
+use common::{fixtures_dir, mla, s};
 use serde_json::{json, Value};
-use std::path::Path;
-use std::process::{Command, Output};
+use std::path::{Path, PathBuf};
+use std::process::Output;
 
-fn mla(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mla"))
-        .args(args)
-        .output()
-        .expect("run mla")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+/// Batch mode on `model` with `requests` as the JSONL file (in a fresh folder, returned with the
+/// run and the output's path) and `extra` flags.
+fn batch(model: &Path, requests: &str, extra: &[&str]) -> (Output, tempfile::TempDir, PathBuf) {
+    let work = tempfile::tempdir().unwrap();
+    let (prompts, output) = (work.path().join("p.jsonl"), work.path().join("o.jsonl"));
+    std::fs::write(&prompts, requests).unwrap();
+    let mut args = vec!["generate", "--model", s(model), "--prompts", s(&prompts)];
+    args.extend(["--output", s(&output)]);
+    args.extend(extra);
+    (mla(&args), work, output)
 }
 
 /// A DeepSeek-style chat template, as published DeepSeek-V2-Chat checkpoints write it.
@@ -214,23 +215,11 @@ fn an_endless_chat_template_names_the_request_line() {
     config["chat_template"] =
         json!("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}");
     std::fs::write(&path, config.to_string()).unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let prompts = work.path().join("p.jsonl");
-    let output = work.path().join("o.jsonl");
-    std::fs::write(
-        &prompts,
+    let (out, _work, _) = batch(
+        model.path(),
         "{\"id\": 1, \"prompt\": \"hi\"}\n{\"id\": 2, \"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n",
-    )
-    .unwrap();
-    let out = mla(&[
-        "generate",
-        "--model",
-        s(model.path()),
-        "--prompts",
-        s(&prompts),
-        "--output",
-        s(&output),
-    ]);
+        &[],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -244,26 +233,11 @@ fn an_endless_chat_template_names_the_request_line() {
 
 #[test]
 fn an_fp8_cache_runs_batches_and_says_so() {
-    let work = tempfile::tempdir().unwrap();
-    let prompts = work.path().join("p.jsonl");
-    let output = work.path().join("o.jsonl");
-    std::fs::write(
-        &prompts,
+    let (out, _work, output) = batch(
+        &fixtures_dir().join("v2-lite"),
         "{\"id\": 1, \"prompt\": \"the ship\", \"max_tokens\": 4}\n{\"id\": 2, \"prompt\": \"a story\", \"max_tokens\": 4}\n",
-    )
-    .unwrap();
-    let model = fixtures_dir().join("v2-lite");
-    let out = mla(&[
-        "generate",
-        "--model",
-        s(&model),
-        "--prompts",
-        s(&prompts),
-        "--output",
-        s(&output),
-        "--kv-cache-dtype",
-        "fp8",
-    ]);
+        &["--kv-cache-dtype", "fp8"],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains(" GiB, fp8); an MHA cache"), "{stderr}");

@@ -3,17 +3,9 @@
 
 mod common;
 
-use common::{fixtures_dir, random_weights, rel_l2, tiny_config, write_model};
+use common::{fixtures_dir, mla, random_weights, rel_l2, s, tiny_config, write_model};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn mla(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mla"))
-        .args(args)
-        .output()
-        .expect("run mla")
-}
 
 fn fixture(name: &str) -> PathBuf {
     fixtures_dir().join(name)
@@ -237,10 +229,6 @@ fn broken_copy(name: &str) -> tempfile::TempDir {
         std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
     }
     dir
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// The one-line error of `mla logits` on the model in `dir` (nothing may be written).

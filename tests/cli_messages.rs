@@ -3,17 +3,10 @@
 
 mod common;
 
-use common::fixtures_dir;
+use common::{fixtures_dir, mla};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn mla<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mla"))
-        .args(args)
-        .output()
-        .expect("run mla")
-}
 
 /// A copy of the v2-lite fixture in `work/name`, with `change` applied to it.
 fn model_copy(work: &Path, name: &str, change: impl FnOnce(&Path)) -> PathBuf {

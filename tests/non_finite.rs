@@ -3,20 +3,8 @@
 
 mod common;
 
-use common::fixtures_dir;
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn mla(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mla"))
-        .args(args)
-        .output()
-        .expect("run mla")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use common::{fixtures_dir, mla, s};
+use std::process::Output;
 
 /// The v2-lite fixture with NaN in every element of `token`'s embedding row.
 fn poisoned_model(token: usize) -> tempfile::TempDir {

@@ -4,22 +4,11 @@
 
 mod common;
 
-use common::fixtures_dir;
+use common::{fixtures_dir, mla, s};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn mla(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mla"))
-        .args(args)
-        .output()
-        .expect("run mla")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn model() -> PathBuf {
     fixtures_dir().join("v2-lite")

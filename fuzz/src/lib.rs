@@ -27,21 +27,3 @@ pub fn panics_unwind() {
     ONCE.call_once(|| drop(std::panic::take_hook()));
 }
 
-/// Inputs of the chat_template target that hit an open finding (docs/testing.md, "Fuzzing"),
-/// skipped so that the run explores the rest. Each makes minijinja do unbounded work in one
-/// template instruction, which neither the fuel nor the output limit sees:
-/// - a string joined more than once (`messages | map(attribute='role') | join(s) | join(s)`)
-///   grows by the separator's length at each join, to gigabytes (out of memory);
-/// - a format width of 7 digits or more (`'%99999999999s' | format(3)`) allocates that many
-///   bytes at once (an abort where the allocation fails);
-/// - a list repeated a huge number of times and printed (`{{ 444444444444 * [1] }}`) is written
-///   item by item after the output limit has refused the rest (a hang).
-///
-/// The last two are skipped as any number of 7 digits or more.
-pub fn chat_template_known_open(data: &[u8]) -> bool {
-    let joins = data.windows(5).filter(|w| w == b"join(").count();
-    let long_number = data
-        .split(|b| !b.is_ascii_digit())
-        .any(|digits| digits.len() >= 7);
-    joins >= 2 || long_number
-}

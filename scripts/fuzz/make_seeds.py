@@ -130,6 +130,10 @@ def seeds_chat():
     # What the fuzzer found: minijinja's `format` filter panicked on a key holding a character
     # of more than one byte (tests/fuzz_replay.rs: a_template_engine_panic_is_the_templates_error).
     put(t, "err-raw-format-key-multibyte", b"ms.co)elsd }}{{ '%(add_generation_\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xffprompt' | format(3) }}bugor\x9c\x90n\x04\x84\xdf\x92 }")
+    # Single steps that would build a huge value, refused by src/template_limits.rs.
+    put(t, "err-raw-huge-list-printed", "{{ 444444444444 * [1] }}")
+    put(t, "err-raw-huge-format-width", "{{ '%99999999999s' | format(3) }}")
+    put(t, "err-raw-chained-joins", "{{ messages | map(attribute='content') | join('x' * 5000) | join('y' * 5000) }}")
 
 
 def seeds_request_line():

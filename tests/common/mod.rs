@@ -342,3 +342,16 @@ pub fn fixtures_dir() -> PathBuf {
     // copied elsewhere find the fixtures of the tree they run in.
     Path::new("tests").join("fixtures")
 }
+
+/// Runs the `mla` binary with `args` and waits for it.
+pub fn mla<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_mla"))
+        .args(args)
+        .output()
+        .expect("run mla")
+}
+
+/// A path as the `&str` an argument list takes.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
