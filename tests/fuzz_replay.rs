@@ -184,7 +184,7 @@ fn openai_body_seeds_and_mutations() {
 
 /// Found by the config_json target (fuzz/seeds/config_json/ok-limits-*): a config within every
 /// dimension limit whose parameter count passes u64 (Llama-family, 2^20 wide, 4,096 heads,
-/// 1,024 layers; DeepSeek with 2^64 − 1 experts) made the count overflow: a panic in debug
+/// 1,024 layers; DeepSeek with 2^20 experts of 2^20 × 2^20) made the count overflow: a panic in debug
 /// builds, wrapped numbers in `mla info` and a wrong host-memory check in release. The count
 /// now saturates.
 #[test]

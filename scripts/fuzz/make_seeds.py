@@ -90,8 +90,8 @@ def seeds_config():
     with open("tests/fixtures/v3/config.json") as f:
         c = json.load(f)
     c.update(hidden_size=1 << 20, num_hidden_layers=1024, first_k_dense_replace=0,
-             moe_intermediate_size=1 << 20, n_routed_experts=(1 << 64) - 1, n_group=1, topk_group=1,
-             n_shared_experts=(1 << 64) - 1, num_experts_per_tok=(1 << 64) - 1)
+             moe_intermediate_size=1 << 20, n_routed_experts=1 << 20, n_group=1, topk_group=1,
+             n_shared_experts=1 << 20, num_experts_per_tok=1 << 20)
     put(t, "ok-limits-deepseek", json.dumps(c))
     put(t, "err-not-object", "[1, 2]")
     put(t, "err-unknown-type", '{"model_type": "gpt2"}')

@@ -33,12 +33,20 @@ impl<'a> Keys<'a> {
         self.map.get(key).filter(|v| !v.is_null())
     }
 
+    /// A non-negative integer, at most [`dim_limit`] (every size of a config is bounded).
     pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
-                self.err(key, format!("expected a non-negative integer, found {v}"))
-            }),
+            Some(v) => {
+                let n = v.as_u64().ok_or_else(|| {
+                    self.err(key, format!("expected a non-negative integer, found {v}"))
+                })?;
+                let limit = dim_limit(key);
+                if n > limit as u64 {
+                    return Err(self.err(key, format!("must be at most {limit}, found {n}")));
+                }
+                Ok(Some(n as usize))
+            }
         }
     }
 
@@ -99,6 +107,8 @@ impl<'a> Keys<'a> {
 
     /// A token id or a list of token ids (`eos_token_id` may be either).
     pub fn token_ids(&self, key: &str) -> Result<Vec<u32>> {
+        // An id past u32 is refused, not wrapped onto another token.
+        let id = |v: &Value| v.as_u64().and_then(|n| u32::try_from(n).ok());
         let bad = |v: &Value| {
             self.err(
                 key,
@@ -107,11 +117,10 @@ impl<'a> Keys<'a> {
         };
         match self.get(key) {
             None => Ok(Vec::new()),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|v| v.as_u64().map(|n| n as u32).ok_or_else(|| bad(v)))
-                .collect(),
-            Some(v) => v.as_u64().map(|n| vec![n as u32]).ok_or_else(|| bad(v)),
+            Some(Value::Array(items)) => {
+                items.iter().map(|v| id(v).ok_or_else(|| bad(v))).collect()
+            }
+            Some(v) => id(v).map(|n| vec![n]).ok_or_else(|| bad(v)),
         }
     }
 
@@ -169,6 +178,10 @@ pub fn dim_limit(key: &str) -> usize {
     match key {
         "num_hidden_layers" => 1024,
         "num_attention_heads" | "num_key_value_heads" => 4096,
+        // Context lengths beyond a million tokens exist; 2^24 bounds them.
+        "max_position_embeddings" | "original_max_position_embeddings" | "sliding_window" => {
+            1 << 24
+        }
         _ => 1 << 20,
     }
 }

@@ -136,6 +136,27 @@ fn inconsistent_configs_name_key_and_value() {
             "at most 1048576",
         ),
         (
+            with(v2_lite(), "n_routed_experts", json!(1u64 << 40)),
+            "n_routed_experts",
+            "at most 1048576",
+        ),
+        (
+            with(v2_lite(), "first_k_dense_replace", json!(u64::MAX)),
+            "first_k_dense_replace",
+            "at most 1048576",
+        ),
+        (
+            with(v2_lite(), "max_position_embeddings", json!(1u64 << 30)),
+            "max_position_embeddings",
+            "at most 16777216",
+        ),
+        // An id past u32 would wrap onto token 5.
+        (
+            with(v2_lite(), "eos_token_id", json!(4_294_967_301u64)),
+            "eos_token_id",
+            "4294967301",
+        ),
+        (
             with(v2_lite(), "hidden_size", json!("big")),
             "hidden_size",
             "big",
