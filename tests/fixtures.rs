@@ -302,3 +302,40 @@ fn bf16_and_fp8_caches_keep_the_top_token() {
         );
     }
 }
+
+/// `--quantization fp8` rounds a checkpoint's weights as DeepSeek's FP8 checkpoints store them:
+/// v2-lite and v3-halfsplit quantized online in 32 × 16 blocks give the logits transformers
+/// computes for v2-fp8 and v3-fp8 (the same bases quantized by `make_fp8_fixtures.py`).
+#[test]
+fn online_fp8_weights_match_the_fp8_fixtures() {
+    use mla_rt::config::quantization::Fp8Blocks;
+    use mla_rt::weights::online_fp8::OnlineFp8;
+    for (base, quantized) in [("v2-lite", "v2-fp8"), ("v3-halfsplit", "v3-fp8")] {
+        let dir = common::fixtures_dir().join(quantized);
+        let expected: Expected =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
+                .unwrap();
+        let description = std::fs::read_to_string(dir.join("expected.json")).unwrap();
+        assert!(
+            description.contains(&format!("{base} with")),
+            "{quantized} comes from {base}"
+        );
+        let base_dir = common::fixtures_dir().join(base);
+        let config = ModelConfig::from_file(&base_dir.join("config.json")).unwrap();
+        let checkpoint = Checkpoint::open(&base_dir).unwrap();
+        let source = OnlineFp8 {
+            inner: &checkpoint,
+            blocks: Fp8Blocks { rows: 32, cols: 16 },
+        };
+        let model = Model::load(config, &source, &CpuBackend).unwrap();
+        let ids = &expected.token_ids;
+        let vocab = model.config.vocab_size();
+        let mut session =
+            Session::new(&model, &CpuBackend, ids.len(), 64, AttentionForm::Auto).unwrap();
+        let logits = session.logits(ids, ids.len()).unwrap();
+        for (p, (got, want)) in logits.chunks(vocab).zip(&expected.logits).enumerate() {
+            let err = rel_l2(got, want);
+            assert!(err <= TOLERANCE, "{base} online fp8, position {p}: {err:e}");
+        }
+    }
+}

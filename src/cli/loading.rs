@@ -4,12 +4,14 @@ use clap::Args;
 use mla_rt::backend::cpu::CpuBackend;
 use mla_rt::backend::cuda::CudaBackend;
 use mla_rt::backend::Backend;
+use mla_rt::config::quantization::Fp8Blocks;
 use mla_rt::config::ModelConfig;
 use mla_rt::error::{Error, Result};
 use mla_rt::kv::cache_dtype::KvCacheDtype;
 use mla_rt::kv::DEFAULT_BLOCK_SIZE;
 use mla_rt::model::AttentionForm;
 use mla_rt::model::Model;
+use mla_rt::weights::online_fp8::{OnlineFp8, Quantization};
 use mla_rt::weights::Checkpoint;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -57,6 +59,12 @@ pub struct ModelArgs {
     /// chunks over long contexts, materialised for prefill), materialised or absorbed.
     #[arg(long, value_enum, default_value_t = AttentionForm::Auto)]
     pub attention: AttentionForm,
+
+    /// Weights: none (the checkpoint's), or fp8 (linear weights rounded at load to
+    /// float8_e4m3 with a scale per 128 × 128 block, DeepSeek-V3's FP8 format; computed
+    /// dequantized: an FP8 GEMM is still to come).
+    #[arg(long, value_enum, default_value_t = Quantization::None)]
+    pub quantization: Quantization,
 
     /// KV cache type: auto (f32 on the CPU, the model's dtype on a GPU), f32, bf16, or fp8
     /// (e4m3 with scales: FlashMLA's 656-byte layout for MLA, per-head scales for MHA/GQA;
@@ -172,18 +180,33 @@ impl ModelArgs {
                     &config,
                     &dir.display().to_string(),
                 )?;
-                task.run(load_on(dir, config, &checkpoint, CpuBackend)?)
+                task.run(load_on(
+                    dir,
+                    config,
+                    (&checkpoint, self.quantization),
+                    CpuBackend,
+                )?)
             }
             DeviceSpec::Cuda(ordinal) => {
                 let checkpoint = Checkpoint::open(&dir)?;
                 match self.dtype.resolve(&checkpoint) {
                     DType::Bf16 => {
                         let backend = CudaBackend::<half::bf16>::open(ordinal)?;
-                        task.run(load_on(dir, config, &checkpoint, backend)?)
+                        task.run(load_on(
+                            dir,
+                            config,
+                            (&checkpoint, self.quantization),
+                            backend,
+                        )?)
                     }
                     _ => {
                         let backend = CudaBackend::<f32>::open(ordinal)?;
-                        task.run(load_on(dir, config, &checkpoint, backend)?)
+                        task.run(load_on(
+                            dir,
+                            config,
+                            (&checkpoint, self.quantization),
+                            backend,
+                        )?)
                     }
                 }
             }
@@ -194,10 +217,22 @@ impl ModelArgs {
 fn load_on<B: Backend>(
     dir: PathBuf,
     config: ModelConfig,
-    checkpoint: &Checkpoint,
+    (checkpoint, quantization): (&Checkpoint, Quantization),
     backend: B,
 ) -> Result<LoadedModel<B>> {
-    let model = Model::load(config, checkpoint, &backend)?;
+    let model = match quantization {
+        Quantization::None => Model::load(config, checkpoint, &backend)?,
+        Quantization::Fp8 => {
+            let source = OnlineFp8 {
+                inner: checkpoint,
+                blocks: Fp8Blocks {
+                    rows: 128,
+                    cols: 128,
+                },
+            };
+            Model::load(config, &source, &backend)?
+        }
+    };
     Ok(LoadedModel {
         dir,
         backend,

@@ -12,6 +12,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 pub mod fp8;
+pub mod online_fp8;
 pub mod random;
 pub use random::RandomWeights;
 

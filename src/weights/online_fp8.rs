@@ -1,0 +1,112 @@
+//! `--quantization fp8`: a bf16/f16/f32 checkpoint's linear weights rounded at load to the
+//! format of DeepSeek's FP8 checkpoints — `float8_e4m3fn` with one scale per block (block amax /
+//! 448, as DeepSeek's reference quantizer and `scripts/fixtures/make_fp8_fixtures.py`) — and
+//! handed out dequantized, so every backend computes with exactly the FP8 weights' values.
+
+use super::{HostTensor, TensorSource};
+use crate::config::quantization::Fp8Blocks;
+use crate::error::Result;
+use crate::util::e4m3::{decode_table, f32_to_e4m3, E4M3_MAX};
+
+/// The tensors an FP8 checkpoint stores in FP8: the linear layers' weight matrices, per-expert
+/// (`…_proj.weight`, `kv_a_proj_with_mqa.weight`) or fused (`experts.gate_up_proj`,
+/// `experts.down_proj`, one matrix per expert); not the embedding, the head, the norms or the
+/// router.
+pub fn is_fp8_linear(name: &str) -> bool {
+    name.ends_with("_proj.weight")
+        || name.ends_with("_proj_with_mqa.weight")
+        || name.ends_with("experts.gate_up_proj")
+        || name.ends_with("experts.down_proj")
+}
+
+/// Rounds the `rows × cols` matrix `w` to FP8 in `blocks` and back, in place.
+pub fn round_to_fp8(w: &mut [f32], cols: usize, blocks: Fp8Blocks) {
+    let table = decode_table();
+    let rows = w.len() / cols.max(1);
+    for r0 in (0..rows).step_by(blocks.rows) {
+        for c0 in (0..cols).step_by(blocks.cols) {
+            let (r1, c1) = ((r0 + blocks.rows).min(rows), (c0 + blocks.cols).min(cols));
+            let amax = (r0..r1)
+                .flat_map(|r| w[r * cols + c0..r * cols + c1].iter())
+                .fold(0.0f32, |m, v| m.max(v.abs()));
+            // The scale as an FP8 checkpoint stores it (f32), the quotient in f64 as the
+            // reference quantizer divides.
+            let scale = if amax > 0.0 {
+                (amax as f64 / E4M3_MAX as f64) as f32
+            } else {
+                1.0
+            };
+            for r in r0..r1 {
+                for v in &mut w[r * cols + c0..r * cols + c1] {
+                    let code = f32_to_e4m3((*v as f64 / scale as f64) as f32);
+                    *v = table[code as usize] * scale;
+                }
+            }
+        }
+    }
+}
+
+/// `--quantization`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Quantization {
+    /// The checkpoint's weights as they are (an FP8 checkpoint is dequantized at load).
+    #[default]
+    None,
+    /// Linear weights rounded to FP8 in 128 × 128 blocks at load (DeepSeek-V3's format).
+    Fp8,
+}
+
+/// A [`TensorSource`] whose FP8-able weights come out rounded through FP8.
+pub struct OnlineFp8<'a, S: TensorSource> {
+    pub inner: &'a S,
+    pub blocks: Fp8Blocks,
+}
+
+impl<S: TensorSource> TensorSource for OnlineFp8<'_, S> {
+    fn load(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
+        let mut t = self.inner.load(name, shape)?;
+        if is_fp8_linear(name) && shape.len() >= 2 {
+            let cols = shape[shape.len() - 1];
+            let matrix = shape[shape.len() - 2] * cols;
+            for m in t.data.chunks_mut(matrix.max(1)) {
+                round_to_fp8(m, cols, self.blocks);
+            }
+        }
+        Ok(t)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.inner.contains(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_round_by_block_and_only_the_linear_ones() {
+        assert!(is_fp8_linear(
+            "model.layers.0.self_attn.kv_a_proj_with_mqa.weight"
+        ));
+        assert!(is_fp8_linear("model.layers.0.self_attn.o_proj.weight"));
+        assert!(is_fp8_linear("model.layers.1.mlp.experts.gate_up_proj"));
+        assert!(!is_fp8_linear("model.layers.1.mlp.gate.weight"));
+        assert!(!is_fp8_linear("lm_head.weight"));
+        // Two blocks of 2 × 2: each scaled by its own amax (2.2 and 300).
+        let original = [1.0f32, 1.1, 100.0, 0.001, 2.0, 2.2, 300.0, 0.002];
+        let mut w = original;
+        round_to_fp8(&mut w, 4, Fp8Blocks { rows: 2, cols: 2 });
+        for i in [0, 1, 2, 4, 5, 6] {
+            let err = (w[i] - original[i]).abs() / original[i];
+            assert!(err <= 1.0 / 16.0, "{i}: {} → {}", original[i], w[i]);
+        }
+        // The amax maps to 448, which e4m3 holds exactly.
+        assert!(
+            (w[6] - 300.0).abs() < 1e-4 && (w[5] - 2.2).abs() < 1e-6,
+            "{w:?}"
+        );
+        // 0.001 lies below the second block's smallest step (300 / 448 · 2⁻⁹).
+        assert!((w[3] - 0.001).abs() > 1e-4, "{}", w[3]);
+    }
+}
