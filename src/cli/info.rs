@@ -8,6 +8,7 @@ use mla_rt::config::{
     DeepSeekConfig, LlamaConfig, ModelConfig, RopeConfig, RopeScaling, TopkMethod,
 };
 use mla_rt::error::Result;
+use mla_rt::kv::cache_dtype::{CacheRows, Fp8Layout, KvCacheDtype};
 use mla_rt::model::params::{count_params, kv_values_per_token_per_layer};
 use mla_rt::weights::Checkpoint;
 use std::path::PathBuf;
@@ -22,6 +23,11 @@ pub struct InfoArgs {
     #[arg(long, default_value_t = 2, value_name = "BYTES",
           value_parser = clap::value_parser!(u64).range(1..=8))]
     pub cache_dtype_bytes: u64,
+
+    /// With --device: count the tokens that fit in this cache type (auto, f32, bf16, fp8)
+    /// instead of at --cache-dtype-bytes per value.
+    #[arg(long, value_enum, value_name = "DTYPE")]
+    pub kv_cache_dtype: Option<KvCacheDtype>,
 
     /// Also read every weight and fail on the first tensor holding a NaN or an infinity.
     #[arg(long)]
@@ -187,7 +193,8 @@ pub fn run(args: InfoArgs) -> Result<()> {
         bytes(mha),
         mha as f64 / cached as f64
     ));
-    let (fp8, mha_fp8) = fp8_cache_bytes(&c);
+    let fp8 = Fp8Layout::for_model(&c).bytes_per_token() as u64;
+    let mha_fp8 = Fp8Layout::mha_twin(&c).bytes_per_token();
     out.line(format_args!(
         "FP8 cache:    {fp8} bytes/token/layer = {} bytes/token ({:.2}× the tokens of bf16); MHA in FP8 {mha_fp8} bytes/token/layer (--kv-cache-dtype fp8; CPU only for now)",
         fp8 * layers,
@@ -204,7 +211,18 @@ pub fn run(args: InfoArgs) -> Result<()> {
         let free = device.free_memory()? as u64;
         let weights = p.total.saturating_mul(args.cache_dtype_bytes);
         let left = free.saturating_sub(weights);
-        let per_token = bytes(cached).max(1);
+        // The cache as `--kv-cache-dtype` stores it (its own bytes), else at
+        // `--cache-dtype-bytes` per value.
+        let (per_token, mha_per_token) = match args.kv_cache_dtype {
+            Some(dtype) => {
+                let rows = CacheRows::resolve(dtype, &c, args.cache_dtype_bytes)?;
+                (
+                    rows.bytes_per_token(args.cache_dtype_bytes) * layers,
+                    rows.mha_bytes_per_token(&c, args.cache_dtype_bytes) * layers,
+                )
+            }
+            None => (bytes(cached), bytes(mha)),
+        };
         out.line(format_args!(
             "device:       cuda:{ordinal} {} (compute {}.{}), {:.1} GiB, {:.1} GiB free; after {:.1} GiB of weights, {} tokens of KV cache fit ({} with an MHA cache)",
             device.info.name,
@@ -213,8 +231,8 @@ pub fn run(args: InfoArgs) -> Result<()> {
             device.info.total_memory as f64 / GIB,
             free as f64 / GIB,
             weights as f64 / GIB,
-            left / per_token,
-            left / bytes(mha).max(1)
+            left / per_token.max(1),
+            left / mha_per_token.max(1)
         ));
         out.line(format_args!(
             "profiling:    {}",
@@ -226,44 +244,6 @@ pub fn run(args: InfoArgs) -> Result<()> {
         ));
     }
     out.say()
-}
-
-/// Bytes per token and layer of the FP8 cache: the model's own layout, and an MHA cache of the
-/// same heads in FP8.
-fn fp8_cache_bytes(c: &ModelConfig) -> (u64, u64) {
-    use mla_rt::kv::fp8_layout::{MhaFp8Layout, MlaFp8Layout};
-    let (own, mha) = match c {
-        ModelConfig::DeepSeek(d) => (
-            match d.mha_replacement {
-                Some(m) => MhaFp8Layout {
-                    kv_heads: m.kv_heads,
-                    head_dim: m.head_dim,
-                }
-                .bytes_per_token(),
-                None => MlaFp8Layout {
-                    latent: d.kv_lora_rank,
-                    rope: d.qk_rope_head_dim,
-                }
-                .bytes_per_token(),
-            },
-            MhaFp8Layout {
-                kv_heads: d.num_attention_heads,
-                head_dim: d.v_head_dim,
-            },
-        ),
-        ModelConfig::Llama(l) => (
-            MhaFp8Layout {
-                kv_heads: l.num_key_value_heads,
-                head_dim: l.head_dim,
-            }
-            .bytes_per_token(),
-            MhaFp8Layout {
-                kv_heads: l.num_attention_heads,
-                head_dim: l.head_dim,
-            },
-        ),
-    };
-    (own as u64, mha.bytes_per_token() as u64)
 }
 
 const GIB: f64 = (1u64 << 30) as f64;
