@@ -309,3 +309,28 @@ fn generated_weights_match_the_host() {
         assert_eq!(got.data, want.data, "{name}");
     }
 }
+
+/// `mla info --device cuda --kv-cache-dtype`: the tokens that fit follow the cache's bytes
+/// (demo-mla: 960 bytes per token in bf16, 600 in FP8).
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn info_counts_the_tokens_of_the_chosen_cache_dtype() {
+    let fit = |dtype: &str| -> u64 {
+        let out = common::mla(&["info", "--device", "cuda", "--kv-cache-dtype", dtype]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = text.lines().find(|l| l.starts_with("device:")).unwrap();
+        let before = line.split(" tokens of KV cache fit").next().unwrap();
+        before.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let (bf16, fp8) = (fit("bf16"), fit("fp8"));
+    assert!(bf16 > 0);
+    assert!(
+        (fp8 as f64 - bf16 as f64 * 1.6).abs() <= 2.0,
+        "{bf16} {fp8}"
+    );
+}
