@@ -2,22 +2,8 @@
 
 mod common;
 
-use common::{fixtures_dir, mla, s};
+use common::{batch, fixtures_dir, mla, s};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
-use std::process::Output;
-
-/// Batch mode on `model` with `requests` as the JSONL file (in a fresh folder, returned with the
-/// run and the output's path) and `extra` flags.
-fn batch(model: &Path, requests: &str, extra: &[&str]) -> (Output, tempfile::TempDir, PathBuf) {
-    let work = tempfile::tempdir().unwrap();
-    let (prompts, output) = (work.path().join("p.jsonl"), work.path().join("o.jsonl"));
-    std::fs::write(&prompts, requests).unwrap();
-    let mut args = vec!["generate", "--model", s(model), "--prompts", s(&prompts)];
-    args.extend(["--output", s(&output)]);
-    args.extend(extra);
-    (mla(&args), work, output)
-}
 
 /// A DeepSeek-style chat template, as published DeepSeek-V2-Chat checkpoints write it.
 const TEMPLATE: &str = "{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ 'User: ' + message['content'] + '\n\n' }}{% elif message['role'] == 'assistant' %}{{ 'Assistant: ' + message['content'] + eos_token }}{% elif message['role'] == 'system' %}{{ message['content'] + '\n\n' }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}";

@@ -82,19 +82,8 @@ fn a_nan_weight_stops_every_command_with_the_position() {
     assert_one_error(&out, &["not finite", "request prompt", "position"]);
 
     // Sampled rows take the top-k and row-total path.
-    let prompts = work.path().join("p.jsonl");
     let line = serde_json::json!({"id": 1, "prompt": text, "temperature": 0.8, "top_k": 5});
-    std::fs::write(&prompts, line.to_string()).unwrap();
-    let results = work.path().join("out.jsonl");
-    let out = mla(&[
-        "generate",
-        "--model",
-        s(model.path()),
-        "--prompts",
-        s(&prompts),
-        "--output",
-        s(&results),
-    ]);
+    let (out, _batch_dir, _) = common::batch(model.path(), &line.to_string(), &[]);
     assert_one_error(&out, &["not finite", "position"]);
 
     let file = work.path().join("text.txt");

@@ -165,6 +165,12 @@ impl InOrderWriter {
     }
 }
 
+/// Why a run ended before every request finished.
+enum Stop {
+    Signal(i32),
+    Failed(Error),
+}
+
 pub fn run<B: Backend>(
     args: &GenerateArgs,
     loaded: &LoadedModel<B>,
@@ -229,16 +235,13 @@ pub fn run<B: Backend>(
     let mut stopped = None;
     while engine.has_unfinished() {
         if let Some(signal) = interrupt.received() {
-            stopped = Some(Error::Interrupted {
-                signal,
-                what: String::new(),
-            });
+            stopped = Some(Stop::Signal(signal));
             break;
         }
         let step = match engine.step() {
             Ok(step) => step,
             Err(e) => {
-                stopped = Some(e);
+                stopped = Some(Stop::Failed(e));
                 break;
             }
         };
@@ -260,14 +263,14 @@ pub fn run<B: Backend>(
     let elapsed = start.elapsed().as_secs_f64();
     let written = writer.finish()?;
     match stopped {
-        Some(Error::Interrupted { signal, .. }) => Err(Error::Interrupted {
+        Some(Stop::Signal(signal)) => Err(Error::Interrupted {
             signal,
             what: format!(
                 "interrupted by {}: {written} of {total} requests finished; their results are in {shown}",
                 signal_name(signal)
             ),
         }),
-        Some(e) => {
+        Some(Stop::Failed(e)) => {
             super::output::note!(
                 "{written} of {total} requests finished before the error; their results are in {shown}"
             );

@@ -12,7 +12,7 @@ use mla_rt::kv::DEFAULT_BLOCK_SIZE;
 use mla_rt::model::AttentionForm;
 use mla_rt::model::Model;
 use mla_rt::weights::online_fp8::{OnlineFp8, Quantization};
-use mla_rt::weights::Checkpoint;
+use mla_rt::weights::{Checkpoint, TensorSource};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -220,19 +220,21 @@ fn load_on<B: Backend>(
     (checkpoint, quantization): (&Checkpoint, Quantization),
     backend: B,
 ) -> Result<LoadedModel<B>> {
-    let model = match quantization {
-        Quantization::None => Model::load(config, checkpoint, &backend)?,
+    let online;
+    let source: &dyn TensorSource = match quantization {
+        Quantization::None => checkpoint,
         Quantization::Fp8 => {
-            let source = OnlineFp8 {
+            online = OnlineFp8 {
                 inner: checkpoint,
                 blocks: Fp8Blocks {
                     rows: 128,
                     cols: 128,
                 },
             };
-            Model::load(config, &source, &backend)?
+            &online
         }
     };
+    let model = Model::load(config, source, &backend)?;
     Ok(LoadedModel {
         dir,
         backend,

@@ -392,28 +392,16 @@ fn tensor_size_mismatch(header: &[u8]) -> Option<String> {
         .iter()
         .filter(|(name, _)| name.as_str() != "__metadata__")
         .find_map(|(name, info)| {
-            let dtype = info.get("dtype")?.as_str()?;
-            let element = match dtype {
-                "F64" | "I64" | "U64" => 8,
-                "F32" | "I32" | "U32" => 4,
-                "F16" | "BF16" | "I16" | "U16" => 2,
-                "F8_E4M3" | "F8_E5M2" | "I8" | "U8" | "BOOL" => 1,
-                _ => return None,
-            };
-            let shape: Vec<u64> = info
-                .get("shape")?
-                .as_array()?
-                .iter()
-                .map(|d| d.as_u64())
-                .collect::<Option<_>>()?;
-            let offsets = info.get("data_offsets")?.as_array()?;
-            let (begin, end) = (offsets.first()?.as_u64()?, offsets.get(1)?.as_u64()?);
+            let info: TensorInfo = serde_json::from_value(info.clone()).ok()?;
+            let (dtype, shape) = (info.dtype, &info.shape);
+            let (begin, end) = (info.data_offsets.0 as u64, info.data_offsets.1 as u64);
             let want = shape
                 .iter()
-                .try_fold(element, |n: u64, &d| n.checked_mul(d))?;
+                .try_fold(dtype.bitsize() as u64, |n: u64, &d| n.checked_mul(d as u64))?
+                .div_ceil(8);
             (end.checked_sub(begin) != Some(want)).then(|| {
                 format!(
-                    "tensor {name}: {dtype} of shape {shape:?} takes {want} bytes, but its \
+                    "tensor {name}: {dtype:?} of shape {shape:?} takes {want} bytes, but its \
                      data_offsets [{begin}, {end}] span {}",
                     end as i128 - begin as i128
                 )

@@ -355,3 +355,19 @@ pub fn mla<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> std::process::Output {
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// Batch mode on `model` with `requests` as the JSONL file (in a fresh folder, returned with the
+/// run and the output's path) and `extra` flags.
+pub fn batch(
+    model: &Path,
+    requests: &str,
+    extra: &[&str],
+) -> (std::process::Output, tempfile::TempDir, PathBuf) {
+    let work = tempfile::tempdir().unwrap();
+    let (prompts, output) = (work.path().join("p.jsonl"), work.path().join("o.jsonl"));
+    std::fs::write(&prompts, requests).unwrap();
+    let mut args = vec!["generate", "--model", s(model), "--prompts", s(&prompts)];
+    args.extend(["--output", s(&output)]);
+    args.extend(extra);
+    (mla(&args), work, output)
+}
