@@ -37,6 +37,7 @@ struct uint2 {
     unsigned x, y;
 } __attribute__((aligned(8)));
 inline uint2 make_uint2(unsigned x, unsigned y) { return uint2{x, y}; }
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
 struct float4 {
     float x, y, z, w;
 } __attribute__((aligned(16)));

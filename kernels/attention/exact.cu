@@ -2,9 +2,11 @@
 // split), an online softmax over 32 tokens at a time (a lane scoring each), then a combine of the
 // splits by their log-sum-exp. A score is q1·k1 + q2·k2 over segments that may live in different
 // buffers, so MHA/GQA, MLA absorbed and MLA materialised need no concatenation. The GPU-side
-// reference of the tensor-core kernels. docs/kernels.md, "The exact paged attention kernel".
+// reference of the tensor-core kernels; its FP8 build reads FP8 cache rows (fp8.cuh).
+// docs/kernels.md, "The exact paged attention kernel".
 // mla: no-spills
 #include "common.cuh"
+#include "fp8.cuh"
 #include "attention/params.cuh"
 
 #define WARPS_PER_BLOCK 4
@@ -12,8 +14,21 @@
 #define MAX_VALUE_PER_LANE 16
 #define MAX_QUERY 1024
 
+// Where the keys and values are: `base` rows of T as segment `s` says, or (`rows` not null) FP8
+// rows, whose value index is the segment's offset + head·head_stride + i.
+template <typename T> struct CachedRows {
+    const uint8_t* rows;
+    Fp8RowFormat format;
+
+    __device__ __forceinline__ float at(const T* base, const KeySegment& s, size_t slot, int head, int i) const {
+        const int c = s.offset + head * s.head_stride + i;
+        if (rows != nullptr) return fp8_value(rows + slot * format.row_bytes, format, c);
+        return to_f32(base[slot * s.width + c]);
+    }
+};
+
 // Writes, per (split, row, head), the split's normalised output and its LSE (natural log).
-template <typename T> __device__ void paged_attention(const ExactParams<T>& params) {
+template <typename T> __device__ void paged_attention(const ExactParams<T>& params, const CachedRows<T>& cached) {
     __shared__ float query[WARPS_PER_BLOCK][MAX_QUERY];
     __shared__ float tile_weight[WARPS_PER_BLOCK][32];
     __shared__ size_t tile_slot[WARPS_PER_BLOCK][32];
@@ -53,11 +68,10 @@ template <typename T> __device__ void paged_attention(const ExactParams<T>& para
         size_t slot = 0;
         if (lane < count) {
             slot = cache_slot(table, tile + lane, params.block_size);
-            const T* key1 = params.k1 + slot * params.s1.width + params.s1.offset + kv_head * params.s1.head_stride;
-            const T* key2 = params.k2 + slot * params.s2.width + params.s2.offset + kv_head * params.s2.head_stride;
             score = 0.0f;
-            for (int i = 0; i < params.s1.len; i++) score += q[i] * to_f32(key1[i]);
-            for (int i = 0; i < params.s2.len; i++) score += q[params.s1.len + i] * to_f32(key2[i]);
+            for (int i = 0; i < params.s1.len; i++) score += q[i] * cached.at(params.k1, params.s1, slot, kv_head, i);
+            for (int i = 0; i < params.s2.len; i++)
+                score += q[params.s1.len + i] * cached.at(params.k2, params.s2, slot, kv_head, i);
         }
         // fmaxf drops a NaN score, but its weight below stays NaN and shows in the output.
         const float new_max = fmaxf(running_max, warp_max(score));
@@ -71,12 +85,12 @@ template <typename T> __device__ void paged_attention(const ExactParams<T>& para
 #pragma unroll
         for (int i = 0; i < MAX_VALUE_PER_LANE; i++) acc[i] *= rescale;
         for (int j = 0; j < count; j++) {
-            const T* value = params.v + tile_slot[warp][j] * params.sv.width + params.sv.offset + kv_head * params.sv.head_stride;
+            const size_t value_slot = tile_slot[warp][j];
             const float w = tile_weight[warp][j];
 #pragma unroll
             for (int i = 0; i < MAX_VALUE_PER_LANE; i++) {
                 const int c = lane + 32 * i;
-                if (c < params.sv.len) acc[i] += w * to_f32(value[c]);
+                if (c < params.sv.len) acc[i] += w * cached.at(params.v, params.sv, value_slot, kv_head, c);
             }
         }
         __syncwarp();  // every lane has read the tile before the next one overwrites it
@@ -115,7 +129,10 @@ template <typename T> __device__ void combine_splits(const ExactCombineParams<T>
 
 #define ENTRY_POINTS(NAME, T)                                                                               \
     extern "C" __global__ void paged_attention_##NAME(const __grid_constant__ ExactParams<T> params) {      \
-        paged_attention(params);                                                                            \
+        paged_attention(params, CachedRows<T>{nullptr, Fp8RowFormat{}});                                    \
+    }                                                                                                       \
+    extern "C" __global__ void paged_attention_fp8_##NAME(const __grid_constant__ ExactFp8Params<T> params) { \
+        paged_attention(params.exact, CachedRows<T>{params.rows, params.format});                           \
     }                                                                                                       \
     extern "C" __global__ void combine_splits_##NAME(const __grid_constant__ ExactCombineParams<T> params) { \
         combine_splits(params);                                                                             \

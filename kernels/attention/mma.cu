@@ -24,18 +24,60 @@ __device__ __forceinline__ TokenPage tile_token_page(int tile, int kv_end, const
     return token_page(table, tile + tile_row(), kv_end, block_size);
 }
 
+// Where a tile's keys and values are: bf16 rows in k1, k2 and v (the segments' buffers), or FP8
+// rows (fp8.cuh), dequantized to bf16 on their way into shared memory.
+struct TileKeys {
+    const bf16* k1;
+    const bf16* k2;
+    const bf16* v;
+    const uint8_t* rows;
+    Fp8RowFormat format;
+};
+
+__device__ __forceinline__ TileKeys bf16_keys(const AttentionParams& p) {
+    return TileKeys{p.k1, p.k2, p.v, nullptr, Fp8RowFormat{}};
+}
+
+__device__ __forceinline__ TileKeys fp8_keys(const Fp8AttentionParams& p) {
+    return TileKeys{nullptr, nullptr, nullptr, p.rows, p.format};
+}
+
+// Values [col, col + 8) of a key (k1's, then k2's) or value row in an FP8 row (zeros if !valid):
+// plain loads, converted and stored by this thread (the FP8 builds have no cp.async copies).
+__device__ __forceinline__ void fp8_row_piece(bf16* dst, const uint8_t* row, const Fp8RowFormat& f, int c, bool valid) {
+    *reinterpret_cast<uint4*>(dst) = valid ? fp8_piece(row, f, c) : make_uint4(0u, 0u, 0u, 0u);
+}
+
 // Starts the copies of a tile of keys (and values) into one stage, `token` from tile_token_page:
 // thread i copies every eighth 16-byte piece of row i / 8. Tokens at or past kv_end become
-// zeros, read from nowhere.
-template <int DQ, int DV, bool V_IN_K>
-__device__ __forceinline__ void load_tile(bf16* stage, TokenPage token, int block_size, const bf16* k1,
-                                          const KeySegment& s1, const bf16* k2, const KeySegment& s2, const bf16* v,
-                                          const KeySegment& sv, int kv_head) {
+// zeros, read from nowhere. FP8 rows are read, dequantized and stored at once instead.
+template <int DQ, int DV, bool V_IN_K, bool FP8>
+__device__ __forceinline__ void load_tile(bf16* stage, TokenPage token, int block_size, const TileKeys& keys,
+                                          const KeySegment& s1, const KeySegment& s2, const KeySegment& sv, int kv_head) {
     typedef MmaShape<DQ, DV, V_IN_K, 2> S;  // the layout of one stage, whatever their number
     constexpr int THREADS_PER_ROW = MMA_WARPS * 32 / KV_TILE;
     const int j = tile_row(), first = threadIdx.x % THREADS_PER_ROW;
     const bool valid = token.row >= 0;
     const size_t row = valid ? token_slot(token, block_size) : 0;
+    if (FP8) {
+        const uint8_t* fp8_row = keys.rows + row * keys.format.row_bytes;
+        // Three pieces in flight at a time: fully unrolled, the latent build spills at 2 CTAs per SM.
+#pragma unroll 3
+        for (int piece = first; piece < DQ / 8; piece += THREADS_PER_ROW) {
+            const int col = piece * 8;
+            const int c = col < s1.len ? s1.offset + kv_head * s1.head_stride + col
+                                       : s2.offset + kv_head * s2.head_stride + col - s1.len;
+            fp8_row_piece(stage + j * S::K_LD + col, fp8_row, keys.format, c, valid);
+        }
+        if (!V_IN_K) {
+#pragma unroll
+            for (int piece = first; piece < DV / 8; piece += THREADS_PER_ROW)
+                fp8_row_piece(stage + S::K_TILE + j * S::V_LD + piece * 8, fp8_row, keys.format,
+                              sv.offset + kv_head * sv.head_stride + piece * 8, valid);
+        }
+        return;
+    }
+    const bf16 *k1 = keys.k1, *k2 = keys.k2, *v = keys.v;
     const bf16* k1_row = k1 + row * s1.width + s1.offset + kv_head * s1.head_stride;
     const bf16* k2_row = k2 + row * s2.width + s2.offset + kv_head * s2.head_stride - s1.len;
     bf16* k_dst = stage + j * S::K_LD;
@@ -107,7 +149,8 @@ __device__ __forceinline__ uint32_t query_pair(const QueryRow& r, int c, int len
     return r.valid ? v : 0u;
 }
 
-template <typename Shared> __device__ __forceinline__ void attention_mma(const AttentionParams& params) {
+template <typename Shared, bool FP8>
+__device__ __forceinline__ void attention_mma(const AttentionParams& params, const TileKeys& keys) {
     typedef typename Shared::Shape S;
     constexpr int DQ = S::DQ, DV = S::DV, STAGES = S::STAGES;
     constexpr bool V_IN_K = S::V_IN_K;
@@ -152,7 +195,7 @@ template <typename Shared> __device__ __forceinline__ void attention_mma(const A
 #pragma unroll
     for (int ahead = 0; ahead < STAGES - 1; ahead++) {
         if (ahead < tiles)
-            load_tile<DQ, DV, V_IN_K>(stages + ahead * S::STAGE, token, params.block_size, params.k1, params.s1, params.k2, params.s2, params.v, params.sv, kv_head);
+            load_tile<DQ, DV, V_IN_K, FP8>(stages + ahead * S::STAGE, token, params.block_size, keys, params.s1, params.s2, params.sv, kv_head);
         async_commit();
         token = tile_token_page(kv_begin + (ahead + 1) * KV_TILE, kv_end, table, params.block_size);
     }
@@ -171,8 +214,8 @@ template <typename Shared> __device__ __forceinline__ void attention_mma(const A
         __syncthreads();  // this tile has landed for every thread; nobody reads the previous one
         const int ahead = step + STAGES - 1;
         if (ahead < tiles) {
-            load_tile<DQ, DV, V_IN_K>(stages + (ahead % STAGES) * S::STAGE, token, params.block_size, params.k1, params.s1, params.k2, params.s2, params.v, params.sv,
-                                      kv_head);
+            load_tile<DQ, DV, V_IN_K, FP8>(stages + (ahead % STAGES) * S::STAGE, token, params.block_size, keys, params.s1, params.s2,
+                                           params.sv, kv_head);
             token = tile_token_page(kv_begin + (ahead + 1) * KV_TILE, kv_end, table, params.block_size);
         }
         async_commit();
@@ -225,11 +268,19 @@ template <typename Shared> __device__ __forceinline__ void attention_mma(const A
 #define MLA_ATTENTION_MMA(NAME, CTAS)                                                                  \
     extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32, CTAS)                                 \
         NAME(const __grid_constant__ AttentionParams params) {                                         \
-        attention_mma<NAME##_shared>(params);                                                          \
+        attention_mma<NAME##_shared, false>(params, bf16_keys(params));                                \
+    }
+// The same over FP8 cache rows.
+#define MLA_ATTENTION_MMA_FP8(NAME, CTAS)                                                              \
+    extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32, CTAS)                                 \
+        NAME(const __grid_constant__ Fp8AttentionParams params) {                                      \
+        attention_mma<NAME##_shared, true>(params.attention, fp8_keys(params));                        \
     }
 MLA_ATTENTION_MMA(attention_mma_latent576_bf16, 2)
 MLA_ATTENTION_MMA(attention_mma_head128_bf16, 2)
 MLA_ATTENTION_MMA(attention_mma_head192_bf16, 2)
+MLA_ATTENTION_MMA_FP8(attention_mma_fp8_latent576_bf16, 2)
+MLA_ATTENTION_MMA_FP8(attention_mma_fp8_head128_bf16, 2)
 #if defined(MLA_EXPERIMENTAL_KERNELS)
 MLA_ATTENTION_MMA(attention_mma_deep_latent576_bf16, 1)
 #endif
@@ -242,11 +293,10 @@ MLA_ATTENTION_MMA(attention_mma_deep_latent576_bf16, 1)
 // agree on its running max through shared memory (each adds up its own half of the row sum).
 // Three stages of 32 tokens in flight, one CTA per SM (189 KiB of shared memory).
 
-extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32, 1)
-attention_mma_wide_latent576_bf16(const __grid_constant__ AttentionParams params) {
+template <typename Shared, bool FP8>
+__device__ __forceinline__ void attention_mma_wide(const AttentionParams& params, const TileKeys& keys) {
     constexpr int DQ = 576, DV = 512, HALF_DV = DV / 2, O_TILES = HALF_DV / 8;
-    typedef attention_mma_wide_latent576_bf16_shared Shared;
-    typedef Shared::Shape S;
+    typedef typename Shared::Shape S;
     Shared& shared = dynamic_shared<Shared>();
     bf16 *q_s = shared.q, *stages = shared.stages, *p_s = shared.p;
     float *half_max = shared.half_max, *half_sum = shared.half_sum;
@@ -271,9 +321,9 @@ attention_mma_wide_latent576_bf16(const __grid_constant__ AttentionParams params
     // "all but the newest group" is always the tile about to be read.
     for (int i = 0; i < WIDE_STAGES - 1; i++) {
         if (i < tiles)
-            load_tile<DQ, DV, true>(stages + i * S::K_TILE,
-                                    tile_token_page(kv_begin + i * KV_TILE, kv_end, table, params.block_size), params.block_size,
-                                    params.k1, params.s1, params.k2, params.s2, params.v, params.sv, kv_head);
+            load_tile<DQ, DV, true, FP8>(stages + i * S::K_TILE,
+                                         tile_token_page(kv_begin + i * KV_TILE, kv_end, table, params.block_size),
+                                         params.block_size, keys, params.s1, params.s2, params.sv, kv_head);
         async_commit();
     }
     TokenPage token = tile_token_page(kv_begin + (WIDE_STAGES - 1) * KV_TILE, kv_end, table, params.block_size);
@@ -293,8 +343,8 @@ attention_mma_wide_latent576_bf16(const __grid_constant__ AttentionParams params
         async_wait<WIDE_STAGES - 2>();
         __syncthreads();  // this tile has landed for every thread; the oldest stage is free
         if (step + WIDE_STAGES - 1 < tiles) {
-            load_tile<DQ, DV, true>(stages + ((step + WIDE_STAGES - 1) % WIDE_STAGES) * S::K_TILE, token, params.block_size,
-                                    params.k1, params.s1, params.k2, params.s2, params.v, params.sv, kv_head);
+            load_tile<DQ, DV, true, FP8>(stages + ((step + WIDE_STAGES - 1) % WIDE_STAGES) * S::K_TILE, token,
+                                         params.block_size, keys, params.s1, params.s2, params.sv, kv_head);
             token = tile_token_page(tile + WIDE_STAGES * KV_TILE, kv_end, table, params.block_size);
         }
         async_commit();
@@ -332,4 +382,14 @@ attention_mma_wide_latent576_bf16(const __grid_constant__ AttentionParams params
     store_run<O_TILES, DV>(&o[0][0], quad[run], (size_t)blockIdx.x * WIDE_RUNS + run, g, half * HALF_DV, rows.m_lo,
                            rows.m_hi, sum_lo, sum_hi, half == 0 && t == 0, params.out, params.partial_o, params.lse_out, params.partial_lse);
     combine_if_last<WIDE_RUNS>(quad, params.groups, params.split_counts, params.partial_o, params.partial_lse, params.out, params.lse_out, DV);
+}
+
+extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32, 1)
+attention_mma_wide_latent576_bf16(const __grid_constant__ AttentionParams params) {
+    attention_mma_wide<attention_mma_wide_latent576_bf16_shared, false>(params, bf16_keys(params));
+}
+
+extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32, 1)
+attention_mma_wide_fp8_latent576_bf16(const __grid_constant__ Fp8AttentionParams params) {
+    attention_mma_wide<attention_mma_wide_fp8_latent576_bf16_shared, true>(params.attention, fp8_keys(params));
 }

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "common.cuh"
+#include "fp8.cuh"
 
 #define ROWS 16                // query rows of a run (one mma M tile)
 #define KV_TILE 32             // cached tokens of a tile of the 16-row kernels
@@ -67,6 +68,16 @@ static_assert(offsetof(AttentionParams, s1) == 120 && offsetof(AttentionParams, 
 static_assert(offsetof(AttentionParams, q1_stride) == 168 && offsetof(AttentionParams, units) == 204,
               "mirrored in params.rs");
 
+// The 16- and 64-row mma.sync kernels over FP8 cache rows (fp8.cuh): `attention`'s key and value
+// pointers unused, its segments' offsets and head strides counted in the rows' values.
+struct Fp8AttentionParams {
+    AttentionParams attention;
+    const uint8_t* rows;
+    Fp8RowFormat format;
+};
+static_assert(sizeof(Fp8AttentionParams) == 240 && offsetof(Fp8AttentionParams, format) == 216,
+              "mirrored in params.rs");
+
 // Byte offsets of the WMMA kernel's shared-memory parts (q at 0), which depend on the layout's
 // widths: the host computes them with the total (kernel_choice.rs), the kernel only reads them.
 struct WmmaShared {
@@ -116,6 +127,16 @@ template <typename T> struct ExactParams {
 };
 static_assert(sizeof(ExactParams<float>) == 184 && offsetof(ExactParams<float>, s1) == 96, "mirrored in params.rs");
 static_assert(offsetof(ExactParams<float>, q1_stride) == 144 && offsetof(ExactParams<float>, scale) == 176,
+              "mirrored in params.rs");
+
+// The exact kernel over FP8 cache rows (fp8.cuh): `exact`'s key and value pointers unused, its
+// segments' offsets and head strides counted in the rows' values.
+template <typename T> struct ExactFp8Params {
+    ExactParams<T> exact;
+    const uint8_t* rows;
+    Fp8RowFormat format;
+};
+static_assert(sizeof(ExactFp8Params<float>) == 216 && offsetof(ExactFp8Params<float>, format) == 192,
               "mirrored in params.rs");
 
 // The exact kernel's combine: `jobs` (row, head) outputs of dv values from `splits` splits.

@@ -23,7 +23,38 @@ pub enum Fp8Layout {
     Mha(MhaFp8Layout),
 }
 
+/// Where an FP8 row keeps what (the GPU kernels' `Fp8RowFormat`, kernels/fp8.cuh): `codes`
+/// e4m3 values, one f32 scale per `group` of them from byte `scales_at`, then the rest of the
+/// row's values as bf16 from byte `tail_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fp8RowParts {
+    pub row_bytes: usize,
+    pub codes: usize,
+    pub group: usize,
+    pub scales_at: usize,
+    pub tail_at: usize,
+}
+
 impl Fp8Layout {
+    pub fn parts(&self) -> Fp8RowParts {
+        match self {
+            Fp8Layout::Mla(l) => Fp8RowParts {
+                row_bytes: l.bytes_per_token(),
+                codes: l.latent,
+                group: super::fp8_layout::MLA_TILE,
+                scales_at: l.latent,
+                tail_at: l.latent + 4 * l.tiles(),
+            },
+            Fp8Layout::Mha(l) => Fp8RowParts {
+                row_bytes: l.bytes_per_token(),
+                codes: 2 * l.kv_heads * l.head_dim,
+                group: l.head_dim,
+                scales_at: 2 * l.kv_heads * l.head_dim,
+                tail_at: l.bytes_per_token(),
+            },
+        }
+    }
+
     pub fn bytes_per_token(&self) -> usize {
         match self {
             Fp8Layout::Mla(l) => l.bytes_per_token(),

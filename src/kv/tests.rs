@@ -90,3 +90,48 @@ fn appending_to_a_shared_partial_block_copies_it_first() {
     assert!(m.reserve(&mut a, 6, 7).unwrap().is_empty());
     m.check_invariants().unwrap();
 }
+
+/// The row parts the GPU kernels index by (kernels/fp8.cuh) read back every value the quantizer
+/// wrote: codes times their group's scale, then the bf16 tail.
+#[test]
+fn fp8_row_parts_address_what_the_quantizer_wrote() {
+    use cache_dtype::Fp8Layout;
+    use fp8_layout::{MhaFp8Layout, MlaFp8Layout};
+    let layouts = [
+        Fp8Layout::Mla(MlaFp8Layout {
+            latent: 200,
+            rope: 8,
+        }),
+        Fp8Layout::Mla(MlaFp8Layout {
+            latent: 512,
+            rope: 64,
+        }),
+        Fp8Layout::Mha(MhaFp8Layout {
+            kv_heads: 3,
+            head_dim: 24,
+        }),
+    ];
+    for layout in layouts {
+        let width = layout.width();
+        let values: Vec<f32> = (0..width)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0 - 1.0) * (1 + i / 60) as f32)
+            .collect();
+        let mut bytes = vec![0u8; layout.bytes_per_token()];
+        layout.quantize(&values, &mut bytes);
+        let mut want = vec![0.0f32; width];
+        layout.dequantize(&bytes, &mut want);
+        let p = layout.parts();
+        assert_eq!(p.row_bytes, bytes.len());
+        for (c, &w) in want.iter().enumerate() {
+            let got = if c < p.codes {
+                let at = p.scales_at + 4 * (c / p.group);
+                let scale = f32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+                crate::util::e4m3::e4m3_to_f32(bytes[c]) * scale
+            } else {
+                let at = p.tail_at + 2 * (c - p.codes);
+                half::bf16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+            };
+            assert_eq!(got, w, "{layout:?} value {c}");
+        }
+    }
+}

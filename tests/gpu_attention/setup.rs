@@ -12,6 +12,7 @@ use mla_rt::backend::cuda::attention::layout::AttentionLayout;
 use mla_rt::backend::cuda::NarrowAttention;
 use mla_rt::backend::cuda::{AttentionTuning, CudaBackend, GpuFloat, SplitCombine, WideAttention};
 use mla_rt::backend::{AttentionBatch, Backend, MlaDims, SeqChunk};
+use mla_rt::kv::cache_dtype::CacheRows;
 use mla_rt::weights::HostTensor;
 
 pub fn random(rng: &mut Rng, rows: usize, cols: usize) -> HostTensor {
@@ -77,11 +78,31 @@ pub fn caches<T: GpuFloat>(
 where
     cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
 {
+    let rows = CacheRows::Native { width };
+    caches_of(rng, gpu, batch, num_blocks, rows, mean)
+}
+
+/// [`caches`] with rows of `rows` on both sides (the CPU's f32 for native rows).
+pub fn caches_of<T: GpuFloat>(
+    rng: &mut Rng,
+    gpu: &CudaBackend<T>,
+    batch: &AttentionBatch,
+    num_blocks: usize,
+    rows: CacheRows,
+    mean: f32,
+) -> (
+    <CpuBackend as Backend>::KvCache,
+    <CudaBackend<T> as Backend>::KvCache,
+)
+where
+    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
+{
     let block = batch.block_size;
     let mut cpu_cache = CpuBackend
-        .alloc_kv_cache(1, num_blocks, block, width)
+        .alloc_cache_rows(1, num_blocks, block, rows)
         .unwrap();
-    let mut gpu_cache = gpu.alloc_kv_cache(1, num_blocks, block, width).unwrap();
+    let mut gpu_cache = gpu.alloc_cache_rows(1, num_blocks, block, rows).unwrap();
+    let width = gpu_cache.width;
     for seq in &batch.seqs {
         let rows = stored::<T>(biased(rng, seq.context_len, width, mean));
         let slots: Vec<u32> = (0..seq.context_len)

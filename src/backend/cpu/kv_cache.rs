@@ -78,6 +78,12 @@ impl CpuKvCache {
         }
     }
 
+    /// The stored bytes of every slot of `layer` (`[slots, row bytes]`), for tests that compare
+    /// them with a GPU's.
+    pub fn layer_bytes(&self, layer: usize) -> &[u8] {
+        &self.layers[layer]
+    }
+
     /// Every slot's row of `layer`, as f32 (`[slots, width]`), for tests that read the cache
     /// as the GPU lays it out.
     pub fn all_rows(&self, layer: usize) -> Vec<f32> {

@@ -8,6 +8,7 @@ use super::{CudaDevice, GpuFloat, GpuTensor};
 use crate::backend::{AttentionBatch, Backend, MhaDims, MlaDims, MlpWeights, MoeWeights};
 use crate::config::MoeConfig;
 use crate::error::{Error, Result};
+use crate::kv::cache_dtype::{CacheRows, Fp8Layout};
 use crate::ops::rope::RopeTable;
 use crate::weights::HostTensor;
 use cudarc::cublas::{CudaBlas, Gemm};
@@ -44,18 +45,29 @@ pub struct CudaHeadWeight<T> {
     pub data: CudaSlice<T>,
 }
 
-/// Every layer's paged cache in one allocation: `[layers][num_blocks][block_size][width]`.
+/// Every layer's paged cache in one allocation: `[layers][num_blocks][block_size]` rows of
+/// `width` values, each `stride` elements of `T` of storage: the values themselves, or (`fp8`)
+/// the bytes of an FP8 row.
 pub struct CudaKvCache<T> {
     pub layers: usize,
     pub num_blocks: usize,
     pub block_size: usize,
+    /// Values per row.
     pub width: usize,
+    /// Elements of `T` per row.
+    pub stride: usize,
+    pub fp8: Option<Fp8Layout>,
     pub data: CudaSlice<T>,
 }
 
 impl<T> CudaKvCache<T> {
     pub(super) fn layer_slots(&self) -> usize {
         self.num_blocks * self.block_size
+    }
+
+    /// Elements of `T` per layer.
+    pub(super) fn layer_len(&self) -> usize {
+        self.layer_slots() * self.stride
     }
 
     pub(super) fn check_layer(&self, layer: usize) -> Result<()> {
@@ -66,6 +78,29 @@ impl<T> CudaKvCache<T> {
             });
         }
         Ok(())
+    }
+}
+
+impl<T: GpuFloat> CudaBackend<T>
+where
+    CudaBlas: Gemm<T>,
+{
+    /// Uninitialised storage for `rows` cache rows of `stride` elements, if the GPU has room.
+    fn cache_storage(&self, rows: usize, stride: usize) -> Result<CudaSlice<T>> {
+        let len = rows * stride;
+        let bytes = len * std::mem::size_of::<T>();
+        let free = self.device.free_memory()?;
+        if bytes > free {
+            return Err(Error::InvalidInput(format!(
+                "a KV cache of {rows} rows (every layer's blocks) needs {bytes} bytes, more than the {free} bytes free on {}",
+                self.device.info.name
+            )));
+        }
+        // SAFETY: the caller fills it before anything reads it.
+        unsafe { self.device.stream.alloc::<T>(len.max(1)) }.map_err(super::driver_err(format!(
+            "allocating a KV cache of {bytes} bytes on {}",
+            self.device.info.name
+        )))
     }
 }
 
@@ -488,28 +523,63 @@ where
         block_size: usize,
         width: usize,
     ) -> Result<CudaKvCache<T>> {
-        let len = layers * num_blocks * block_size * width;
-        let bytes = len * std::mem::size_of::<T>();
-        let free = self.device.free_memory()?;
-        if bytes > free {
-            return Err(Error::InvalidInput(format!(
-                "a KV cache of {num_blocks} blocks × {block_size} tokens × {layers} layers needs {bytes} bytes, more than the {free} bytes free on {}",
-                self.device.info.name
-            )));
-        }
+        let mut data = self.cache_storage(layers * num_blocks * block_size, width)?;
         // Fresh slots hold NaN so that attention reading a slot nobody wrote shows.
-        let t = self.device.tensor::<T>(1, len, Some(f32::NAN))?;
+        self.device.fill(&mut data, f32::NAN)?;
         Ok(CudaKvCache {
             layers,
             num_blocks,
             block_size,
             width,
-            data: t.data,
+            stride: width,
+            fp8: None,
+            data,
+        })
+    }
+
+    fn alloc_cache_rows(
+        &self,
+        layers: usize,
+        num_blocks: usize,
+        block_size: usize,
+        rows: CacheRows,
+    ) -> Result<CudaKvCache<T>> {
+        let layout = match rows {
+            CacheRows::Native { width } => {
+                return self.alloc_kv_cache(layers, num_blocks, block_size, width)
+            }
+            CacheRows::Bf16 { .. } => {
+                return Err(Error::InvalidInput(
+                    "--kv-cache-dtype bf16 needs bf16 activations on a GPU (--dtype bf16)".into(),
+                ))
+            }
+            CacheRows::Fp8(layout) => layout,
+        };
+        let parts = layout.parts();
+        // The kernels read scales as aligned f32 and the tail as aligned bf16 (fp8.cuh).
+        if parts.row_bytes % 4 != 0 || parts.scales_at % 4 != 0 || parts.tail_at % 2 != 0 {
+            return Err(Error::InvalidInput(format!(
+                "an FP8 KV cache on a GPU needs rows of a multiple of 4 bytes; {layout:?} has {}",
+                parts.row_bytes
+            )));
+        }
+        let stride = parts.row_bytes / std::mem::size_of::<T>();
+        let data = self.cache_storage(layers * num_blocks * block_size, stride)?;
+        // Fresh slots are all-ones bytes: NaN codes, scales and tail, as on the CPU.
+        self.device.fill_bytes(&data, 0xff)?;
+        Ok(CudaKvCache {
+            layers,
+            num_blocks,
+            block_size,
+            width: layout.width(),
+            stride,
+            fp8: Some(layout),
+            data,
         })
     }
 
     fn copy_blocks(&self, cache: &mut CudaKvCache<T>, pairs: &[(u32, u32)]) -> Result<()> {
-        let block_elems = cache.block_size * cache.width;
+        let block_elems = cache.block_size * cache.stride;
         self.device
             .copy_blocks(&mut cache.data, cache.layers, block_elems, pairs)
     }
@@ -535,12 +605,22 @@ where
         }
         // Every layer writes the step's slots (into its own part of the cache): copied once.
         let on_device = self.device.step_values(("cache slots", 0), slots)?;
-        let width = cache.width;
-        let mut layer_view = cache
-            .data
-            .slice_mut(layer * per_layer * width..(layer + 1) * per_layer * width);
-        self.device
-            .write_kv_cache(&mut layer_view, width, x, offset, slots, &on_device)
+        let (width, len, fp8) = (cache.width, cache.layer_len(), cache.fp8);
+        let mut layer_view = cache.data.slice_mut(layer * len..(layer + 1) * len);
+        match fp8 {
+            None => {
+                self.device
+                    .write_kv_cache(&mut layer_view, width, x, offset, slots, &on_device)
+            }
+            Some(layout) => self.device.write_kv_cache_fp8(
+                &mut layer_view,
+                layout,
+                x,
+                offset,
+                slots,
+                &on_device,
+            ),
+        }
     }
 
     fn mha_attention(

@@ -27,15 +27,15 @@ pub(super) enum Order {
 /// One kernel argument by value: a scalar, a device address or a small `#[repr(C)]` struct.
 #[derive(Clone, Copy)]
 #[repr(C, align(8))]
-pub(super) struct Arg([u8; 16]);
+pub(super) struct Arg([u8; 32]);
 
 impl Arg {
-    /// `value`'s bytes; `T` must be the kernel parameter's type (at most 16 bytes, alignment
+    /// `value`'s bytes; `T` must be the kernel parameter's type (at most 32 bytes, alignment
     /// at most 8).
     fn bytes<T: Copy>(value: T) -> Arg {
-        const { assert!(size_of::<T>() <= 16 && align_of::<T>() <= 8) };
-        let mut arg = Arg([0; 16]);
-        // SAFETY: `T` fits the 16 bytes (asserted above) and is Copy, so a bitwise copy is a
+        const { assert!(size_of::<T>() <= 32 && align_of::<T>() <= 8) };
+        let mut arg = Arg([0; 32]);
+        // SAFETY: `T` fits the 32 bytes (asserted above) and is Copy, so a bitwise copy is a
         // valid value of it in storage aligned to 8.
         unsafe { std::ptr::write(arg.0.as_mut_ptr() as *mut T, value) };
         arg
@@ -57,6 +57,12 @@ macro_rules! scalar_args {
     )*};
 }
 scalar_args!(i32, u32, f32, i64, u64);
+
+impl KernelArg for super::attention::params::Fp8RowFormat {
+    fn to_arg(&self, _: &CudaStream) -> Arg {
+        Arg::bytes(*self)
+    }
+}
 
 /// Device buffers go in as their addresses: the guard `device_ptr` returns records nothing, as
 /// the context tracks no events (device.rs), so it need not live through the launch.

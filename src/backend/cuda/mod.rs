@@ -11,6 +11,7 @@ mod decode_graphs;
 mod device;
 mod elementwise;
 mod error;
+mod fp8_cache;
 mod graph;
 pub mod kernels;
 mod launch;

@@ -355,6 +355,24 @@ impl CudaDevice {
         Ok(())
     }
 
+    /// Sets every byte of `x` to `byte`.
+    pub fn fill_bytes<T>(&self, x: &CudaSlice<T>, byte: u8) -> Result<()> {
+        let bytes = x.len() * std::mem::size_of::<T>();
+        // SAFETY: the range is `x`'s own memory, written in stream order.
+        unsafe {
+            cudarc::driver::result::memset_d8_async(
+                self.address(x),
+                byte,
+                bytes,
+                self.stream.cu_stream(),
+            )
+        }
+        .map_err(driver_err(format!(
+            "setting {bytes} bytes on {}",
+            self.info.name
+        )))
+    }
+
     /// A `[rows, cols]` tensor whose contents are set by `value` (NaN to catch unwritten
     /// elements) or left as allocated (`None`), for outputs every element of which a kernel
     /// writes.

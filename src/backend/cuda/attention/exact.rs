@@ -2,7 +2,7 @@
 //! paged attention kernel for any [`AttentionLayout`].
 
 use super::layout::{exact_splits, AttentionLayout, HostPlan, Segment, Source};
-use super::params::{ExactCombineParams, ExactParams, KeySegment};
+use super::params::{ExactCombineParams, ExactFp8Params, ExactParams, Fp8RowFormat, KeySegment};
 use crate::backend::cuda::launch::Order;
 use crate::backend::cuda::StepValues;
 use crate::backend::cuda::{kernels, tuning};
@@ -84,6 +84,37 @@ pub(super) fn check_segment(
     Ok(())
 }
 
+/// Checks, for kernel `op`, the key and value segments of `l` over `rows` buffer rows of
+/// `kv_heads` heads, in buffers of `len(source)` values of `T`; segments of an FP8 cache are
+/// counted in its rows' values, and its rows in bytes.
+pub(super) fn check_keys<T>(
+    op: &'static str,
+    l: &AttentionLayout,
+    rows: usize,
+    kv_heads: usize,
+    len: impl Fn(Source) -> usize,
+) -> Result<()> {
+    for (what, s) in [("k1", &l.k1), ("k2", &l.k2), ("v", &l.v)] {
+        let Some(p) = l.cache_fp8.filter(|_| s.source == Source::Cache) else {
+            check_segment(op, what, s, len(s.source), rows, kv_heads)?;
+            continue;
+        };
+        let values = p.codes + (p.row_bytes - p.tail_at) / 2;
+        let last = s.offset + kv_heads.saturating_sub(1) * s.head_stride + s.len;
+        let bytes = len(s.source) * size_of::<T>();
+        if (s.len > 0 && last > values) || rows * p.row_bytes > bytes {
+            return Err(Error::Op {
+                op,
+                message: format!(
+                    "{what}: {kv_heads} heads of {} from value {} (stride {}) in FP8 rows of {values} values × {rows} rows of {} bytes, buffer of {bytes} bytes",
+                    s.len, s.offset, s.head_stride, p.row_bytes
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 impl CudaDevice {
     /// The plan on the device (in the step buffers of entry `entry`), with KV splits for `heads`
     /// query heads sized to fill this GPU over contexts of up to `capacity` tokens.
@@ -132,30 +163,9 @@ impl CudaDevice {
         );
         check_segment("paged_attention", "q1", &l.q1, q1.len(), plan.rows, l.heads)?;
         check_segment("paged_attention", "q2", &l.q2, q2.len(), plan.rows, l.heads)?;
-        check_segment(
-            "paged_attention",
-            "k1",
-            &l.k1,
-            k1.len(),
-            plan.rows_read,
-            kv_heads,
-        )?;
-        check_segment(
-            "paged_attention",
-            "k2",
-            &l.k2,
-            k2.len(),
-            plan.rows_read,
-            kv_heads,
-        )?;
-        check_segment(
-            "paged_attention",
-            "v",
-            &l.v,
-            v.len(),
-            plan.rows_read,
-            kv_heads,
-        )?;
+        check_keys::<T>("paged_attention", l, plan.rows_read, kv_heads, |source| {
+            buffer(source).len()
+        })?;
         let ok = l.group > 0
             && l.heads % l.group == 0
             && l.q1.len == l.k1.len
@@ -219,10 +229,23 @@ impl CudaDevice {
             shared_mem_bytes: 0,
         };
         // SAFETY: launch's contract. The checks above bound every query, key and value element
-        // the kernel reads by its buffer, the plan's tables only name rows below `rows_read`,
-        // and the partial buffers hold one entry per (split, row, head).
-        let kernel = kernels::PAGED_ATTENTION.of::<T>();
-        unsafe { self.launch_params(kernel, cfg, Order::Serial, &params) }?;
+        // the kernel reads by its buffer (FP8 rows too), the plan's tables only name rows below
+        // `rows_read`, and the partial buffers hold one entry per (split, row, head).
+        match l.cache_fp8 {
+            None => {
+                let kernel = kernels::PAGED_ATTENTION.of::<T>();
+                unsafe { self.launch_params(kernel, cfg, Order::Serial, &params) }
+            }
+            Some(parts) => {
+                let params = ExactFp8Params {
+                    exact: params,
+                    rows: self.address(&buffer(Source::Cache)),
+                    format: Fp8RowFormat::from(parts),
+                };
+                let kernel = kernels::PAGED_ATTENTION_FP8.of::<T>();
+                unsafe { self.launch_params(kernel, cfg, Order::Serial, &params) }
+            }
+        }?;
 
         let params = ExactCombineParams {
             out: self.address(&out.data),

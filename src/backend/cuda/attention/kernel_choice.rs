@@ -13,6 +13,7 @@ use super::tensor_map::{keys_are_rows, TILE_TOKENS};
 use crate::backend::cuda::kernels::{self, Kernel};
 use crate::backend::cuda::tuning;
 use crate::backend::AttentionBatch;
+use crate::kv::cache_dtype::Fp8RowParts;
 
 /// Whether the values are the first `v.len` columns of the key tile (MLA absorbed).
 pub(super) fn values_in_keys(l: &AttentionLayout) -> bool {
@@ -138,6 +139,8 @@ pub enum ParamsKind {
     Attention,
     /// WmmaParams, with the shared-memory plan of the layout.
     Wmma(WmmaShared),
+    /// Fp8AttentionParams: the cache's FP8 rows too.
+    Fp8,
     /// TmaAttentionParams: the cache rows' tensor map too.
     #[cfg(feature = "experimental-kernels")]
     Tma,
@@ -328,6 +331,16 @@ pub(super) fn kernel_choice(
     let (dq, dv) = (l.k1.len + l.k2.len, l.v.len);
     let latent = (dq, dv, v_in_k) == (576, 512, true);
     let wide_shape = latent && l.group >= WIDE_RUNS * ROWS;
+    // The 16-row builds read each query pair (values c, c + 1, c even) with one 4-byte load.
+    let query_pairs = aligned(&l.q1, 2) && aligned(&l.q2, 2);
+    if let Some(parts) = l.cache_fp8 {
+        return fp8_kernel(
+            parts,
+            (dq, dv, v_in_k),
+            wide_shape && wide != WideAttention::Off,
+        )
+        .filter(|k| query_pairs && k.shared_bytes <= max_shared);
+    }
     let mut candidates: Vec<AttentionKernel> = Vec::with_capacity(3);
     if wide_shape && wide == WideAttention::Wgmma {
         candidates.push(AttentionKernel::of(
@@ -345,8 +358,6 @@ pub(super) fn kernel_choice(
     }
     #[cfg(feature = "experimental-kernels")]
     candidates.extend(experimental_wide(l, latent, wide_shape, wide));
-    // The 16-row builds read each query pair (values c, c + 1, c even) with one 4-byte load.
-    let query_pairs = aligned(&l.q1, 2) && aligned(&l.q2, 2);
     let mma = |deep: bool| {
         MMA_BUILDS
             .iter()
@@ -379,6 +390,35 @@ pub(super) fn kernel_choice(
     candidates
         .into_iter()
         .find(|k| k.shared_bytes <= max_shared)
+}
+
+/// The FP8 build of the mma.sync kernel for keys and values of shape (dq, dv, v_in_k) over FP8
+/// rows `parts`, the 64-row one if `wide`: the latent (576/512) and 128-wide heads, where each
+/// piece of 8 values is one aligned load (fp8.cuh); other shapes take the exact kernel.
+fn fp8_kernel(
+    parts: Fp8RowParts,
+    shape: (usize, usize, bool),
+    wide: bool,
+) -> Option<AttentionKernel> {
+    let pieces = parts.codes % 8 == 0
+        && parts.group % 8 == 0
+        && parts.row_bytes % 16 == 0
+        && parts.tail_at % 16 == 0;
+    let fp8 = |handle, runs, ctas| AttentionKernel {
+        params: ParamsKind::Fp8,
+        ..AttentionKernel::of(handle, runs, ctas)
+    };
+    match shape {
+        _ if !pieces => None,
+        (576, 512, true) if wide => Some(fp8(
+            kernels::ATTENTION_MMA_WIDE_FP8_LATENT576_BF16,
+            WIDE_RUNS,
+            1,
+        )),
+        (576, 512, true) => Some(fp8(kernels::ATTENTION_MMA_FP8_LATENT576_BF16, 1, 2)),
+        (128, 128, false) => Some(fp8(kernels::ATTENTION_MMA_FP8_HEAD128_BF16, 1, 2)),
+        _ => None,
+    }
 }
 
 /// The experimental 64-row kernels `wide` asks for. The seesaw kernel also serves fewer heads

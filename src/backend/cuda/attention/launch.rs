@@ -2,7 +2,7 @@
 //! over a step's split-KV schedule (schedule.rs), which lives on the device with the buffers of
 //! its splits.
 
-use super::exact::{check_segment, AttentionPlan};
+use super::exact::{check_keys, check_segment, AttentionPlan};
 use super::kernel_choice::WideAttention;
 #[cfg(feature = "experimental-kernels")]
 use super::kernel_choice::LAST_CTA_MAX_SPLITS;
@@ -10,6 +10,7 @@ use super::kernel_choice::{kernel_choice, values_in_keys, wide_pays, ParamsKind}
 use super::kernel_choice::{AttentionKernel, AttentionTuning, NarrowAttention, SplitCombine};
 use super::layout::{AttentionLayout, Segment, Source};
 use super::params::{AttentionParams, CombineParams, KeySegment, WmmaParams};
+use super::params::{Fp8AttentionParams, Fp8RowFormat};
 use super::schedule::{decode_split_bound, is_decode, schedule, RowGroup, WorkItem, ROWS};
 use crate::backend::cuda::kernels;
 use crate::backend::cuda::launch::Order;
@@ -274,9 +275,13 @@ impl CudaDevice {
         };
         check("q1", &l.q1, t, l.heads)?;
         check("q2", &l.q2, t, l.heads)?;
-        check("k1", &l.k1, plan.rows_read(), kv_heads)?;
-        check("k2", &l.k2, plan.rows_read(), kv_heads)?;
-        check("v", &l.v, plan.rows_read(), kv_heads)?;
+        check_keys::<T>(
+            "tensor_core_attention",
+            l,
+            plan.rows_read(),
+            kv_heads,
+            |source| buffer(source).len(),
+        )?;
 
         let lse = match want_lse {
             true => Some(self.tensor::<f32>(1, t * l.heads, None)?.data),
@@ -347,6 +352,19 @@ impl CudaDevice {
                     shared,
                 };
                 // SAFETY: as above; `shared` is the layout's plan, within `shared_bytes`.
+                unsafe { self.launch_params(handle, cfg, dependent, &params) }
+            }
+            ParamsKind::Fp8 => {
+                let parts = l.cache_fp8.ok_or_else(|| Error::Op {
+                    op: "tensor_core_attention",
+                    message: format!("{} reads FP8 rows, but {l:?} has none", kernel.handle.name),
+                })?;
+                let params = Fp8AttentionParams {
+                    attention: params,
+                    rows: address(&l.k1),
+                    format: Fp8RowFormat::from(parts),
+                };
+                // SAFETY: as above; the checks bound every FP8 row it reads by the cache buffer.
                 unsafe { self.launch_params(handle, cfg, dependent, &params) }
             }
             #[cfg(feature = "experimental-kernels")]

@@ -6,6 +6,7 @@
 use crate::backend::cuda::tuning;
 use crate::backend::{AttentionBatch, MhaDims, MlaDims};
 use crate::error::Result;
+use crate::kv::cache_dtype::{Fp8Layout, Fp8RowParts};
 
 /// The buffer a segment reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +47,19 @@ pub struct AttentionLayout {
     /// Attend to at most this many of the most recent tokens (0: all).
     pub window: usize,
     pub scale: f32,
+    /// The cache's FP8 rows, where its rows are FP8: the cache segments then count values of
+    /// those rows (their widths unused).
+    pub cache_fp8: Option<Fp8RowParts>,
+}
+
+impl AttentionLayout {
+    /// The layout over a cache of FP8 rows `fp8` (None: rows of values).
+    pub fn with_cache_rows(self, fp8: Option<Fp8Layout>) -> Self {
+        AttentionLayout {
+            cache_fp8: fp8.map(|l| l.parts()),
+            ..self
+        }
+    }
 }
 
 const fn seg(
@@ -78,6 +92,7 @@ pub fn mha_layout(dims: &MhaDims, q_cols: usize, cache_width: usize) -> Attentio
         group: dims.heads / kvh.max(1),
         window: dims.sliding_window.unwrap_or(0),
         scale: dims.softmax_scale,
+        cache_fp8: None,
     }
 }
 
@@ -96,6 +111,7 @@ pub fn absorbed_layout(dims: &MlaDims) -> AttentionLayout {
         group: n,
         window: 0,
         scale: dims.softmax_scale,
+        cache_fp8: None,
     }
 }
 
@@ -121,6 +137,7 @@ pub fn materialised_layout(dims: &MlaDims) -> AttentionLayout {
         group: 1,
         window: 0,
         scale: dims.softmax_scale,
+        cache_fp8: None,
     }
 }
 

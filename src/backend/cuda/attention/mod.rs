@@ -90,7 +90,7 @@ where
                 format!("{dims:?} with cache width {}", cache.width),
             ));
         }
-        let layout = mha_layout(dims, q.cols, cache.width);
+        let layout = mha_layout(dims, q.cols, cache.width).with_cache_rows(cache.fp8);
         let prepared = self.prepared(batch, PlanKind::Paged, cache, &layout)?;
         let mut out = self.output(prepared.host.rows(), dims.heads * d)?;
         self.attend(&mut out, &prepared, &layout, false, |source| match source {
@@ -210,7 +210,7 @@ where
                 ),
             ));
         }
-        let layout = absorbed_layout(dims);
+        let layout = absorbed_layout(dims).with_cache_rows(cache.fp8);
         let prepared = self.prepared(batch, PlanKind::Paged, cache, &layout)?;
         let rows = prepared.host.rows();
         let mut out = self.output(rows, n * r)?;
@@ -360,13 +360,17 @@ where
         let prepared = self.prepared(batch, PlanKind::Contiguous, cache, &layout)?;
         let slots = &prepared.slots;
         let mut context = self.output(slots.len(), cache.width)?;
-        self.device.gather_rows(
-            &mut context,
-            &layer_view(cache, layer),
-            cache.width,
-            slots,
-            "context slots",
-        )?;
+        let rows = layer_view(cache, layer);
+        match cache.fp8 {
+            None => {
+                self.device
+                    .gather_rows(&mut context, &rows, cache.width, slots, "context slots")?
+            }
+            Some(fp8) => {
+                self.device
+                    .gather_fp8_rows(&mut context, &rows, fp8, slots, "context slots")?
+            }
+        }
         let latent = Layout {
             rows: context.rows,
             cols: dims.kv_lora_rank,
@@ -383,11 +387,11 @@ where
     }
 }
 
-/// Layer `layer` of the cache as one `[num_blocks · block_size, width]` buffer.
+/// Layer `layer` of the cache as one `[num_blocks · block_size, stride]` buffer.
 pub(super) fn layer_view<T>(
     cache: &CudaKvCache<T>,
     layer: usize,
 ) -> cudarc::driver::CudaView<'_, T> {
-    let len = cache.layer_slots() * cache.width;
+    let len = cache.layer_len();
     cache.data.slice(layer * len..(layer + 1) * len)
 }

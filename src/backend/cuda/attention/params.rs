@@ -6,6 +6,7 @@
 use super::layout::Segment;
 use super::schedule::{RowGroup, WorkItem, ROWS};
 use crate::backend::cuda::launch::KernelParams;
+use crate::kv::cache_dtype::Fp8RowParts;
 use std::mem::{offset_of, size_of};
 
 /// Where a key or value segment lives in its buffer: row `i` starts at
@@ -139,6 +140,50 @@ pub struct ExactCombineParams {
     pub dv: i32,
 }
 
+/// Where an FP8 cache row keeps what (kernels/fp8.cuh), in bytes and values.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fp8RowFormat {
+    pub row_bytes: i32,
+    pub codes: i32,
+    pub group: i32,
+    pub scales_at: i32,
+    pub tail_at: i32,
+}
+
+impl From<Fp8RowParts> for Fp8RowFormat {
+    fn from(p: Fp8RowParts) -> Self {
+        let i = |x: usize| x as i32;
+        Fp8RowFormat {
+            row_bytes: i(p.row_bytes),
+            codes: i(p.codes),
+            group: i(p.group),
+            scales_at: i(p.scales_at),
+            tail_at: i(p.tail_at),
+        }
+    }
+}
+
+/// paged_attention_fp8's params: [`ExactParams`] (its key and value addresses unused) and the
+/// FP8 rows.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct ExactFp8Params {
+    pub exact: ExactParams,
+    pub rows: u64,
+    pub format: Fp8RowFormat,
+}
+
+/// The FP8 builds of the mma.sync kernels: [`AttentionParams`] (its key and value addresses
+/// unused) and the FP8 rows.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Fp8AttentionParams {
+    pub attention: AttentionParams,
+    pub rows: u64,
+    pub format: Fp8RowFormat,
+}
+
 /// attention_wgmma_seesaw_tma_latent576_bf16's params: [`AttentionParams`] and the tensor map
 /// of the cache rows (128-byte aligned, as the bulk copies need).
 #[cfg(feature = "experimental-kernels")]
@@ -165,6 +210,10 @@ const _: () = {
     assert!(offset_of!(ExactParams, q1_stride) == 144);
     assert!(offset_of!(ExactParams, scale) == 176);
     assert!(size_of::<ExactCombineParams>() == 40 && offset_of!(ExactCombineParams, dv) == 32);
+    assert!(size_of::<Fp8RowFormat>() == 20);
+    assert!(size_of::<ExactFp8Params>() == 216 && offset_of!(ExactFp8Params, format) == 192);
+    assert!(size_of::<Fp8AttentionParams>() == 240);
+    assert!(offset_of!(Fp8AttentionParams, format) == 216);
 };
 #[cfg(feature = "experimental-kernels")]
 const _: () = {
@@ -183,6 +232,10 @@ unsafe impl KernelParams for CombineParams {}
 unsafe impl KernelParams for ExactParams {}
 // SAFETY: as above.
 unsafe impl KernelParams for ExactCombineParams {}
+// SAFETY: as above.
+unsafe impl KernelParams for ExactFp8Params {}
+// SAFETY: as above.
+unsafe impl KernelParams for Fp8AttentionParams {}
 // SAFETY: as above (seesaw.cu asserts this one).
 #[cfg(feature = "experimental-kernels")]
 unsafe impl KernelParams for TmaAttentionParams {}
