@@ -58,6 +58,8 @@ fn bench_reports_throughput_cache_size_and_mla_vs_gqa_ratios() {
             2 * 4 * 128 * 4
         };
         assert_eq!(kv, expected_kv, "{row}");
+        // One cache dtype: bare preset labels, the resolved dtype in its own field.
+        assert_eq!(row["kv_cache_dtype"], "f32", "{row}");
         // 6 tokens take one whole 64-token block.
         assert_eq!(max_batch, (1u64 << 30) / (64 * kv), "{row}");
         let shares =
@@ -214,4 +216,110 @@ fn batch_max_runs_each_model_at_its_largest_batch_and_compares_those() {
     let out = mla(&["bench", "--preset", "llama2-7b", "--batch", "0"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("max"), "{err}");
+}
+
+#[test]
+fn kv_cache_dtype_list_runs_every_preset_at_every_dtype_against_the_first_pair() {
+    // Issue #26: MLA-fp8 against MLA-bf16, MHA-fp8 and MHA-bf16 in one table. One layer of
+    // V2-Lite, 300 KB, 14 tokens in 7 blocks of 2: MLA caches 656 bytes/token in FP8 and 1,152
+    // in bf16 (32 and 18 sequences), its MHA twin 4,224 and 8,192 (5 and 2).
+    let out = mla(&[
+        "bench",
+        "--preset",
+        "deepseek-v2-lite,deepseek-v2-lite-mha",
+        "--kv-cache-dtype",
+        "fp8,bf16",
+        "--layers",
+        "1",
+        "--batch",
+        "max",
+        "--depth",
+        "8",
+        "--prompt",
+        "4",
+        "--gen",
+        "2",
+        "--reps",
+        "1",
+        "--kv-cache-memory",
+        "300KB",
+        "--block-size",
+        "2",
+        "--compare",
+        "--format",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let pairs = [
+        ("deepseek-v2-lite fp8", "fp8", 656, 32),
+        ("deepseek-v2-lite bf16", "bf16", 1152, 18),
+        ("deepseek-v2-lite-mha fp8", "fp8", 4224, 5),
+        ("deepseek-v2-lite-mha bf16", "bf16", 8192, 2),
+    ];
+    assert_eq!(rows.len(), pairs.len() * 2, "4 pairs × (pp, tg)");
+    // Preset-major, in the order given: the first row is the first (preset, dtype) pair.
+    for (pair, (label, dtype, kv, max_batch)) in rows.chunks(2).zip(pairs) {
+        for row in pair {
+            assert_eq!(row["model"], label, "{row}");
+            assert_eq!(row["kv_cache_dtype"], dtype, "{row}");
+            assert_eq!(row["kv_bytes_per_token"].as_u64(), Some(kv), "{row}");
+            assert_eq!(row["max_batch"].as_u64(), Some(max_batch), "{row}");
+            assert_eq!(row["batch"].as_u64(), Some(max_batch), "{row}");
+        }
+    }
+    let compare = report["compare"].as_array().unwrap();
+    assert_eq!(compare.len(), 3 * 2, "3 other pairs × (pp, tg)");
+    for c in compare {
+        assert_eq!(c["baseline"], "deepseek-v2-lite fp8", "{c}");
+        let (_, _, kv, max_batch) = pairs.iter().find(|p| c["other"] == p.0).unwrap();
+        let ratio = |k: &str| c[k].as_f64().unwrap();
+        assert!((ratio("kv_ratio") - *kv as f64 / 656.0).abs() < 1e-9, "{c}");
+        assert!(
+            (ratio("max_batch_ratio") - 32.0 / *max_batch as f64).abs() < 1e-9,
+            "{c}"
+        );
+        assert_eq!(c["batch"], format!("max (32 vs {max_batch})"), "{c}");
+    }
+    // The issue's target: MLA in FP8 fits at least 1.7× the sequences of MLA in bf16.
+    let fp8_vs_bf16 = compare
+        .iter()
+        .find(|c| c["other"] == "deepseek-v2-lite bf16")
+        .unwrap();
+    assert!(fp8_vs_bf16["max_batch_ratio"].as_f64().unwrap() >= 1.7);
+}
+
+#[test]
+fn kv_cache_dtype_list_refuses_a_cache_listed_twice() {
+    for (dtypes, message) in [
+        ("fp8,fp8", "--kv-cache-dtype lists fp8 twice"),
+        // On the CPU `auto` is the f32 cache.
+        (
+            "auto,bf16,f32",
+            "--kv-cache-dtype auto and f32 are the same f32 cache",
+        ),
+    ] {
+        let out = mla(&[
+            "bench",
+            "--preset",
+            "deepseek-v2-lite",
+            "--layers",
+            "1",
+            "--kv-cache-dtype",
+            dtypes,
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && out.stdout.is_empty()
+                && err.trim().lines().count() == 1
+                && err.contains(message),
+            "{dtypes}: {err}"
+        );
+    }
 }

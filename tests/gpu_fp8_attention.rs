@@ -143,6 +143,11 @@ where
             gpu.upload_weight(q.clone()).unwrap(),
             gpu.upload_weight(q_lat.clone()).unwrap(),
         );
+        // The same step over rows of T first: what the backend prepared for that step must not
+        // serve the FP8 cache's (its kernels differ).
+        let (_, native) = caches(&mut rng, &gpu, &batch, num_blocks, dims.latent_width(), 0.0);
+        gpu.mla_attention_absorbed(&gq_lat, &gq, &native, 0, &batch, &dims)
+            .unwrap();
         let want = CpuBackend
             .mla_attention_absorbed(&q_lat, &q, &cpu_cache, 0, &batch, &dims)
             .unwrap();

@@ -27,20 +27,21 @@ where
         .with_poisoned_outputs();
     let mut rng = Rng::new(5);
     let s = T::SUFFIX;
-    // The FP8 cache is the CPU's only, for now: the GPU refuses it by name.
-    let fp8 = mla_rt::kv::cache_dtype::CacheRows::Fp8(mla_rt::kv::cache_dtype::Fp8Layout::Mla(
-        mla_rt::kv::fp8_layout::MlaFp8Layout {
-            latent: 512,
-            rope: 64,
-        },
-    ));
-    let refused = gpu
-        .alloc_cache_rows(1, 2, 64, fp8)
-        .err()
-        .expect("no FP8 cache yet");
-    assert!(refused
-        .to_string()
-        .contains("fp8 KV cache is not supported on this device yet"));
+    // A bf16 cache under f32 activations, and FP8 rows the kernels cannot address (14 bytes:
+    // scales off a 4-byte boundary), are refused by name.
+    use mla_rt::kv::cache_dtype::{CacheRows, Fp8Layout};
+    let refused = |rows| {
+        gpu.alloc_cache_rows(1, 2, 64, rows)
+            .err()
+            .unwrap()
+            .to_string()
+    };
+    assert!(refused(CacheRows::Bf16 { width: 576 }).contains("needs bf16 activations"));
+    let odd = Fp8Layout::Mha(mla_rt::kv::fp8_layout::MhaFp8Layout {
+        kv_heads: 1,
+        head_dim: 3,
+    });
+    assert!(refused(CacheRows::Fp8(odd)).contains("multiple of 4 bytes"));
     for (m, k, n) in [(1, 333, 129), (37, 333, 129), (300, 64, 1000)] {
         let (x, w) = (random::<T>(&mut rng, m, k), random::<T>(&mut rng, n, k));
         let want = CpuBackend.matmul(&x, &w).unwrap();

@@ -81,12 +81,15 @@ gpu_tests() {
 }
 
 # The CLI end to end: text generated on the GPU (f32) must equal the CPU's, greedy for both demo
-# models and sampled without a top-k (candidates + row totals on the device) for the MLA one.
+# models and sampled without a top-k (candidates + row totals on the device) for the MLA one, and
+# greedy for both with FP8 caches on both devices.
 cli_check() {
-  for run in "models/demo-mla greedy" "models/demo-mha greedy" "models/demo-mla sampled"; do
+  for run in "models/demo-mla greedy" "models/demo-mha greedy" "models/demo-mla sampled" \
+      "models/demo-mla fp8-cache" "models/demo-mha fp8-cache"; do
     read -r model mode <<< "$run"
     args=(generate --model "$model" --prompt "It is a truth universally acknowledged" --max-new-tokens 48)
     [[ $mode == sampled ]] && args+=(--temperature 1.0 --seed 3)
+    [[ $mode == fp8-cache ]] && args+=(--kv-cache-dtype fp8)
     cpu=$(timeout 120 "$out/mla" "${args[@]}" --device cpu 2>/dev/null || echo "cpu failed")
     t0=$(date +%s.%N)
     gpu=$(timeout 120 "$out/mla" "${args[@]}" --device cuda --dtype f32 2> "$out/generate.log" || { cat "$out/generate.log"; echo "gpu failed"; })
@@ -134,6 +137,11 @@ attention_benches() {
   bench_step attention "mla bench attention" 150 \
     "$out/mla" bench attention --batch 1,32,128 --context 1024,4096,16384,32768 --reps 5 \
     --kernel where-pays,wgmma,mma,16-row
+  # The same over FP8 pages (656-byte rows) against bf16 ones: the FP8 builds' GB/s over the
+  # bytes they read, as a fraction of the copy (the FP8 issue's target: ≥ 0.8 where bf16 is).
+  bench_step attention-fp8 "mla bench attention --kv-cache-dtype bf16,fp8" 90 \
+    "$out/mla" bench attention --batch 1,32,128 --context 4096,32768 --reps 5 \
+    --kv-cache-dtype bf16,fp8 --materialised false
   # The wgmma kernel's alternatives side by side with it on every V3 shape (a step of its own,
   # so that a failure of a new one leaves the table above whole): P in registers (rs), a CTA
   # per SM serving several units in turn (persistent), and the warpgroups offset so that one's
@@ -194,6 +202,12 @@ model_benches() {
   bench_step bench "mla bench (V2-Lite vs MHA, 4 layers)" 240 \
     "$out/mla" bench --device cuda --preset deepseek-v2-lite,deepseek-v2-lite-mha \
     --layers 4 --batch 1,32 --prompt 512 --gen 32 --depth 0,4096 --reps 2 --compare
+  # MLA-fp8 against MLA-bf16 and MHA at both cache types: decode tokens/s with each cache and
+  # the largest batch in the same 8 GiB (the FP8 issue's target: MLA fp8 ≥ 1.7× MLA bf16's).
+  bench_step bench-fp8 "mla bench --kv-cache-dtype fp8,bf16 (V2-Lite vs MHA, 4 layers, max batch in 8 GiB @ d4096)" 150 \
+    "$out/mla" bench --device cuda --preset deepseek-v2-lite,deepseek-v2-lite-mha --layers 4 \
+    --batch 1,max --depth 4096 --kv-cache-memory 8GiB --prompt 0 --gen 16 --reps 2 \
+    --kv-cache-dtype fp8,bf16 --compare
   # The same V2-Lite decode launched eagerly: against the first step's rows, what CUDA graphs
   # bring (its tg rows replay graphs).
   bench_step bench-eager "mla bench --enforce-eager (V2-Lite, 4 layers)" 120 \

@@ -1,7 +1,8 @@
 //! `mla bench attention`: the absorbed MLA decode kernel on DeepSeek shapes (one query token per
-//! sequence, bf16), its achieved bandwidth and TFLOPS against a device-to-device copy measured
-//! in the same run, and the materialised path (latents → per-head K/V with cuBLAS, then
-//! attention over them) on the shapes where its K/V fit.
+//! sequence, bf16), over a bf16 or an FP8 cache (656-byte rows), its achieved bandwidth (over
+//! the bytes it must read) and TFLOPS against a device-to-device copy measured in the same run,
+//! and the materialised path (latents → per-head K/V with cuBLAS, then attention over them) on
+//! the shapes where its K/V fit.
 
 use super::kernels::{time_calls, time_ms, uniform};
 use half::bf16;
@@ -10,7 +11,9 @@ use mla_rt::backend::cuda::{
     driver_err, AttentionTuning, CudaBackend, NarrowAttention, SplitCombine, WideAttention,
 };
 use mla_rt::backend::{AttentionBatch, Backend, MlaDims, SeqChunk};
+use mla_rt::config::presets::preset_config;
 use mla_rt::error::Result;
+use mla_rt::kv::cache_dtype::{CacheRows, KvCacheDtype};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttentionRow {
@@ -23,6 +26,8 @@ pub struct AttentionRow {
     pub kernel: String,
     /// CTAs the split-KV schedule aimed for, in waves of the CTAs the GPU holds at once.
     pub waves: f32,
+    /// The cache's type: bf16 or fp8.
+    pub cache: &'static str,
     pub ctas: usize,
     pub splits: usize,
     pub batch: usize,
@@ -72,6 +77,8 @@ pub struct AttentionShapes<'a> {
     pub reps: usize,
     /// Whether to time the materialised path too.
     pub materialised: bool,
+    /// Cache types (bf16 or fp8), a row each.
+    pub caches: &'a [KvCacheDtype],
 }
 
 /// Times every (heads, batch, context) shape of `shapes` once per kernel choice, and the
@@ -83,14 +90,23 @@ pub fn run(
 ) -> Result<(f64, Vec<AttentionRow>)> {
     let copy = copy_gb_per_s(gpu)?;
     let reps = shapes.reps;
+    // The cache layouts depend on the latent widths alone, the same in V2-Lite and V3.
+    let config = preset_config("deepseek-v2-lite", Some(1))?;
     let mut rows = Vec::new();
     for &h in shapes.heads {
         let dims = MlaDims::deepseek(h, 192f32.powf(-0.5));
         for &batch in shapes.batches {
-            for &context in shapes.contexts {
+            for (&context, &dtype) in shapes
+                .contexts
+                .iter()
+                .flat_map(|c| shapes.caches.iter().map(move |d| (c, d)))
+            {
                 let per_seq = context.div_ceil(BLOCK);
-                let mut cache = gpu.alloc_kv_cache(1, batch * per_seq, BLOCK, 576)?;
-                gpu.device.fill(&mut cache.data, 0.01)?;
+                let cache_rows = CacheRows::resolve(dtype, &config, 2)?;
+                let cache = gpu.alloc_cache_rows(1, batch * per_seq, BLOCK, cache_rows)?;
+                // Finite values: 0x3838 is 4.4e-5 in bf16; as FP8, codes of 1.0 with that scale.
+                gpu.device.fill_bytes(&cache.data, 0x38)?;
+                let row_bytes = cache_rows.bytes_per_token(2) as usize;
                 let attention = AttentionBatch {
                     block_size: BLOCK,
                     seqs: (0..batch)
@@ -104,7 +120,7 @@ pub fn run(
                 let q_lat = gpu.upload_weight(uniform(batch, h * 512, 1))?;
                 let q = gpu.upload_weight(uniform(batch, h * 192, 2))?;
                 let tokens = batch * context;
-                let bytes = tokens * 576 * 2 + batch * h * (576 + 512) * 2;
+                let bytes = tokens * row_bytes + batch * h * (576 + 512) * 2;
                 let flops = 2.0 * h as f64 * tokens as f64 * (576.0 + 512.0);
                 let materialised_micros =
                     if shapes.materialised && tokens * h * 256 * 2 <= MATERIALISED_LIMIT_BYTES {
@@ -131,11 +147,9 @@ pub fn run(
                 // kernel, most shapes no deep build, one split per group or too many no
                 // in-kernel combine) are timed once.
                 let mut timed: Vec<(String, f32)> = Vec::new();
+                let layout = absorbed_layout(&dims).with_cache_rows(cache.fp8);
                 for tuning in tunings {
-                    let schedule = gpu
-                        .device
-                        .split_plan(&attention, &absorbed_layout(&dims), tuning)?
-                        .shape;
+                    let schedule = gpu.device.split_plan(&attention, &layout, tuning)?.shape;
                     let kernel = match schedule.combine() {
                         #[cfg(feature = "experimental-kernels")]
                         SplitCombine::LastCta => {
@@ -160,6 +174,7 @@ pub fn run(
                         heads: h,
                         kernel,
                         waves: tuning.waves,
+                        cache: cache_rows.describe(2),
                         ctas: schedule.ctas(),
                         splits: schedule.max_splits(),
                         batch,
@@ -182,9 +197,10 @@ pub fn run(
 
 pub fn render(device: &str, copy: f64, rows: &[AttentionRow]) -> String {
     let mut s = format!(
-        "absorbed MLA decode on {device} (bf16, 1 query token, 64-token pages); copy: {copy:.0} GB/s\n\n\
-         | heads | batch | context | kernel | waves | CTAs | splits | µs | host µs | GB/s | of copy | TFLOPS | materialised µs | speed-up |\n\
-         |---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "absorbed MLA decode on {device} (bf16, 1 query token, 64-token pages); copy: {copy:.0} GB/s; \
+         GB/s over the cache rows and queries read, the output written\n\n\
+         | heads | batch | context | cache | kernel | waves | CTAs | splits | µs | host µs | GB/s | of copy | TFLOPS | materialised µs | speed-up |\n\
+         |---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     for r in rows {
         let (materialised, speedup) = match r.materialised_micros {
@@ -193,10 +209,11 @@ pub fn render(device: &str, copy: f64, rows: &[AttentionRow]) -> String {
         };
         s +=
             &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.0} | {:.2} | {:.1} | {materialised} | {speedup} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.0} | {:.2} | {:.1} | {materialised} | {speedup} |\n",
             r.heads,
             r.batch,
             r.context,
+            r.cache,
             r.kernel,
             r.waves,
             r.ctas,

@@ -70,7 +70,10 @@ pub const MAX_BENCH_BATCH: usize = 4096;
 /// One measured configuration.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct BenchRow {
+    /// The preset, followed by the cache dtype when several are benched (`model_label`).
     pub model: String,
+    /// The cache dtype the row ran with, resolved: `f32`, `bf16` or `fp8`.
+    pub kv_cache_dtype: &'static str,
     /// `pp512` (prefill of 512 tokens per sequence) or `tg128` (128 decode steps).
     pub test: String,
     pub batch: usize,
@@ -168,6 +171,57 @@ pub fn sequences_that_fit(
         .saturating_mul(block_size as u64)
         .saturating_mul(per_token);
     budget / seq_bytes.max(1)
+}
+
+/// The cache dtypes of `--kv-cache-dtype`, in the order given, each with the name it resolves to
+/// on a backend of `native_bytes` activations (`CacheRows::describe`). Refuses an empty list and
+/// two entries giving the same cache (`fp8,fp8`, or `auto,f32` on the CPU), so that every
+/// (preset, dtype) pair has its own row label.
+pub fn cache_dtypes(
+    dtypes: &[KvCacheDtype],
+    config: &ModelConfig,
+    native_bytes: u64,
+) -> Result<Vec<(KvCacheDtype, &'static str)>> {
+    use clap::ValueEnum;
+    let flag = |d: &KvCacheDtype| {
+        d.to_possible_value()
+            .map_or("?".into(), |v| v.get_name().to_string())
+    };
+    if dtypes.is_empty() {
+        return Err(Error::InvalidInput(
+            "--kv-cache-dtype needs at least one dtype".into(),
+        ));
+    }
+    let mut out: Vec<(KvCacheDtype, &'static str)> = Vec::new();
+    for &dtype in dtypes {
+        let name = CacheRows::resolve(dtype, config, native_bytes)?.describe(native_bytes);
+        match out.iter().find(|(d, n)| *d == dtype || *n == name) {
+            Some((d, _)) if *d == dtype => {
+                return Err(Error::InvalidInput(format!(
+                    "--kv-cache-dtype lists {} twice; list each dtype once",
+                    flag(&dtype)
+                )))
+            }
+            Some((d, _)) => {
+                return Err(Error::InvalidInput(format!(
+                    "--kv-cache-dtype {} and {} are the same {name} cache on this device; list one",
+                    flag(d),
+                    flag(&dtype)
+                )))
+            }
+            None => out.push((dtype, name)),
+        }
+    }
+    Ok(out)
+}
+
+/// A row's model label: the bare preset when one cache dtype is benched (the output of a
+/// single `--kv-cache-dtype` is unchanged), else `<preset> <dtype>`.
+pub fn model_label(preset: &str, dtype_name: &str, several: bool) -> String {
+    match several {
+        true => format!("{preset} {dtype_name}"),
+        false => preset.to_string(),
+    }
 }
 
 /// `--batch max` where not one sequence fits.
@@ -310,6 +364,7 @@ pub fn run<B: Backend>(
                 let (mean, std) = mean_std(&samples);
                 let row = BenchRow {
                     model: name.to_string(),
+                    kv_cache_dtype: cache_rows.describe(native),
                     test,
                     batch,
                     at_max: size == BatchSize::Max,

@@ -168,6 +168,7 @@ mod tests {
     fn row(model: &str, test: &str, batch: usize, depth: usize, tps: f64) -> BenchRow {
         BenchRow {
             model: model.into(),
+            kv_cache_dtype: "f32",
             test: test.into(),
             batch,
             at_max: false,

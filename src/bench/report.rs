@@ -9,7 +9,8 @@ pub enum Format {
     Csv,
 }
 
-/// The first model's figures against each other model's, for the same test, batch and depth.
+/// The first row's model (its first (preset, cache dtype) pair) against each other model, for
+/// the same test, batch and depth.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Comparison {
     pub test: String,
@@ -76,11 +77,11 @@ pub fn render(rows: &[BenchRow], comparisons: Option<&[Comparison]>, format: For
         }
         Format::Csv => {
             let mut s = String::from(
-                "model,test,batch,depth,tokens_per_s,std,kv_bytes_per_token,max_batch,attention_share,ffn_share,other_share,graphs_per_step,launches_per_step,waits_per_step,roofline\n",
+                "model,test,batch,depth,tokens_per_s,std,kv_bytes_per_token,max_batch,attention_share,ffn_share,other_share,graphs_per_step,launches_per_step,waits_per_step,roofline,kv_cache_dtype\n",
             );
             for r in rows {
                 s += &format!(
-                    "{},{},{},{},{:.3},{:.3},{},{},{:.4},{:.4},{:.4},{},{},{},{}\n",
+                    "{},{},{},{},{:.3},{:.3},{},{},{:.4},{:.4},{:.4},{},{},{},{},{}\n",
                     r.model,
                     r.test,
                     r.batch,
@@ -98,7 +99,8 @@ pub fn render(rows: &[BenchRow], comparisons: Option<&[Comparison]>, format: For
                         .map_or(String::new(), |v| format!("{v:.1}")),
                     r.waits_per_step
                         .map_or(String::new(), |v| format!("{v:.1}")),
-                    r.roofline.map_or(String::new(), |v| format!("{v:.3}"))
+                    r.roofline.map_or(String::new(), |v| format!("{v:.3}")),
+                    r.kv_cache_dtype
                 );
             }
             s

@@ -59,12 +59,20 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 64, value_name = "TOKENS", value_parser = super::block_size)]
     pub block_size: usize,
 
-    /// KV cache type: auto (the backend's), f32, bf16 or fp8 (as for `generate`; the
-    /// KV bytes/token and max-batch columns follow it).
-    #[arg(long, value_enum, default_value_t = KvCacheDtype::Auto)]
-    pub kv_cache_dtype: KvCacheDtype,
+    /// KV cache types, comma-separated: auto (the backend's), f32, bf16 or fp8 (as for
+    /// `generate`; the KV bytes/token and max-batch columns follow it). Every preset runs at
+    /// each; with more than one, rows are labelled `<preset> <dtype>`. Each at most once.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "auto",
+        value_name = "DTYPES"
+    )]
+    pub kv_cache_dtype: Vec<KvCacheDtype>,
 
-    /// Print the first preset's ratios against each other preset.
+    /// Print the ratios of the first preset at the first cache dtype against every other
+    /// (preset, cache dtype) pair.
     #[arg(long)]
     pub compare: bool,
 
@@ -184,6 +192,17 @@ pub struct AttentionBenchArgs {
     /// only the absorbed kernel's launches (for a profiler).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub materialised: bool,
+
+    /// Cache types, a row each: bf16 (auto) or fp8 (FlashMLA's 656-byte rows, read by the FP8
+    /// builds of the kernels); GB/s count the bytes each actually reads.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "bf16",
+        value_name = "D"
+    )]
+    pub kv_cache_dtype: Vec<KvCacheDtype>,
 }
 
 /// `--combine` of `mla bench attention`.
@@ -274,6 +293,11 @@ fn bench_attention(args: &AttentionBenchArgs) -> Result<()> {
             "--combine needs at least one choice".into(),
         ));
     }
+    if args.kv_cache_dtype.is_empty() || args.kv_cache_dtype.contains(&KvCacheDtype::F32) {
+        return Err(Error::InvalidInput(
+            "--kv-cache-dtype of `bench attention` takes bf16 and fp8".into(),
+        ));
+    }
     if args.heads.contains(&0) || args.batch.contains(&0) || args.context.contains(&0) {
         return Err(Error::InvalidInput(
             "--heads, --batch and --context must be positive".into(),
@@ -291,6 +315,7 @@ fn bench_attention(args: &AttentionBenchArgs) -> Result<()> {
         contexts: &args.context,
         reps: args.reps,
         materialised: args.materialised,
+        caches: &args.kv_cache_dtype,
     };
     let (copy, rows) = crate::bench::attention::run(&gpu, &shapes, |r| {
         super::output::note!(
@@ -433,6 +458,16 @@ fn bench_on<B: Backend>(args: &BenchArgs, backend: B) -> Result<()> {
         .iter()
         .map(|name| Ok((name.clone(), preset_config(name, args.layers)?)))
         .collect::<Result<Vec<_>>>()?;
+    let native = backend.cache_value_bytes();
+    // Each dtype with its resolved name; the names are distinct (`cache_dtypes`), so are the
+    // labels of the (preset, dtype) pairs.
+    let Some((_, first)) = configs.first() else {
+        return Err(Error::InvalidInput(
+            "--preset needs at least one preset".into(),
+        ));
+    };
+    let dtypes = crate::bench::cache_dtypes(&args.kv_cache_dtype, first, native)?;
+    let label = |name: &str, dtype: &str| crate::bench::model_label(name, dtype, dtypes.len() > 1);
     // The plot's path is checked before the runs, not after them.
     let plot = args
         .plot
@@ -456,11 +491,14 @@ fn bench_on<B: Backend>(args: &BenchArgs, backend: B) -> Result<()> {
                         config.max_position_embeddings()
                     ))
                 })?;
-            if let (Some(budget), true) =
-                (args.kv_cache_memory, args.batch.contains(&BatchSize::Max))
-            {
-                let native = backend.cache_value_bytes();
-                let rows = CacheRows::resolve(args.kv_cache_dtype, config, native)?;
+            let Some(budget) = args.kv_cache_memory else {
+                continue;
+            };
+            if !args.batch.contains(&BatchSize::Max) {
+                continue;
+            }
+            for &(dtype, dtype_name) in &dtypes {
+                let rows = CacheRows::resolve(dtype, config, native)?;
                 let fits = crate::bench::sequences_that_fit(
                     config,
                     args.block_size,
@@ -469,12 +507,15 @@ fn bench_on<B: Backend>(args: &BenchArgs, backend: B) -> Result<()> {
                     total,
                 );
                 if fits == 0 {
-                    return Err(crate::bench::no_sequence_fits(name, total, budget));
+                    let model = label(name, dtype_name);
+                    return Err(crate::bench::no_sequence_fits(&model, total, budget));
                 }
             }
         }
     }
     let mut rows = Vec::new();
+    // Preset-major, so each preset's weights are made once; the first row is the first
+    // (preset, dtype) pair, `compare`'s baseline.
     for (name, config) in configs {
         if args.device == DeviceSpec::Cpu {
             mla_rt::engine::memory::check_weights_fit_host(&config, &name)?;
@@ -485,28 +526,33 @@ fn bench_on<B: Backend>(args: &BenchArgs, backend: B) -> Result<()> {
             Some(b) => b,
             None => (backend.free_memory().unwrap_or(0) as f64 * 0.9) as u64,
         };
-        let bench = BenchConfig {
-            batches: args.batch.clone(),
-            prompt: args.prompt,
-            gen: args.gen,
-            depths: args.depth.clone(),
-            reps: args.reps,
-            block_size: args.block_size,
-            cuda_graphs: !args.enforce_eager,
-            copy_bytes_per_s: backend.copy_bandwidth(),
-            memory_budget: budget,
-            cache_value_bytes: backend.cache_value_bytes(),
-            cache_dtype: args.kv_cache_dtype,
-        };
-        rows.extend(run(&name, &model, &backend, &bench, |r| {
-            super::output::note!(
-                "{name}: {} batch {} depth {}: {:.2} tokens/s",
-                r.test,
-                r.batch,
-                r.depth,
-                r.tokens_per_s
-            )
-        })?);
+        // Measured once per preset (a GPU times copies), shared by its dtypes.
+        let copy_bytes_per_s = backend.copy_bandwidth();
+        for &(dtype, dtype_name) in &dtypes {
+            let model_label = label(&name, dtype_name);
+            let bench = BenchConfig {
+                batches: args.batch.clone(),
+                prompt: args.prompt,
+                gen: args.gen,
+                depths: args.depth.clone(),
+                reps: args.reps,
+                block_size: args.block_size,
+                cuda_graphs: !args.enforce_eager,
+                copy_bytes_per_s,
+                memory_budget: budget,
+                cache_value_bytes: native,
+                cache_dtype: dtype,
+            };
+            rows.extend(run(&model_label, &model, &backend, &bench, |r| {
+                super::output::note!(
+                    "{model_label}: {} batch {} depth {}: {:.2} tokens/s",
+                    r.test,
+                    r.batch,
+                    r.depth,
+                    r.tokens_per_s
+                )
+            })?);
+        }
     }
     if let Some(mut plot) = plot {
         plot.write(crate::bench::plot::svg(&rows).as_bytes())?;

@@ -211,3 +211,48 @@ fn the_wide_kernel_only_where_contexts_are_long_and_plenty() {
         }
     }
 }
+
+/// Layouts over FP8 rows get the FP8 builds (the 64-row one only where 64-row kernels are
+/// asked for, Hopper included: the wgmma kernels read bf16 only) or the exact kernel.
+#[test]
+fn fp8_rows_get_the_fp8_builds_or_none() {
+    use crate::kv::cache_dtype::Fp8Layout;
+    use crate::kv::fp8_layout::{MhaFp8Layout, MlaFp8Layout};
+    let latent = Some(Fp8Layout::Mla(MlaFp8Layout {
+        latent: 512,
+        rope: 64,
+    }));
+    let name = |l: &AttentionLayout, wide| {
+        kernel_choice(l, H100_SHARED, wide, NarrowAttention::Shallow).map(|k| k.handle.name)
+    };
+    let v2 = absorbed_layout(&deepseek(16)).with_cache_rows(latent);
+    let v3 = absorbed_layout(&deepseek(128)).with_cache_rows(latent);
+    for wide in [WideAttention::Off, WideAttention::Mma, WideAttention::Wgmma] {
+        assert_eq!(name(&v2, wide), Some("attention_mma_fp8_latent576_bf16"));
+    }
+    assert_eq!(
+        name(&v3, WideAttention::Off),
+        Some("attention_mma_fp8_latent576_bf16")
+    );
+    for wide in [WideAttention::Mma, WideAttention::Wgmma] {
+        assert_eq!(
+            name(&v3, wide),
+            Some("attention_mma_wide_fp8_latent576_bf16")
+        );
+    }
+    let mha_fp8 = |d: usize| {
+        let rows = Fp8Layout::Mha(MhaFp8Layout {
+            kv_heads: 8,
+            head_dim: d,
+        });
+        mha(d, 8).with_cache_rows(Some(rows))
+    };
+    assert_eq!(
+        name(&mha_fp8(128), WideAttention::Off),
+        Some("attention_mma_fp8_head128_bf16")
+    );
+    // Other head widths have no FP8 build: the exact kernel serves them.
+    assert_eq!(name(&mha_fp8(64), WideAttention::Off), None);
+    assert_eq!(name(&mha_fp8(132), WideAttention::Off), None);
+    assert!(kernel_for(&v3, H100_SHARED, true).is_some_and(|k| k.params == ParamsKind::Fp8));
+}

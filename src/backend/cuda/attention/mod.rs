@@ -27,6 +27,7 @@ use super::blas::Layout;
 use super::{GpuFloat, GpuTensor};
 use crate::backend::{AttentionBatch, MhaDims, MlaDims};
 use crate::error::Result;
+use crate::kv::cache_dtype::Fp8RowParts;
 use cudarc::cublas::{CudaBlas, Gemm};
 use exact::AttentionPlan;
 use kernel_choice::AttentionTuning;
@@ -62,6 +63,8 @@ struct PreparedKey {
     window: usize,
     tensor_cores: bool,
     tuning: AttentionTuning,
+    /// The cache's FP8 rows (their kernels differ from bf16 rows').
+    cache_fp8: Option<Fp8RowParts>,
 }
 
 /// The step the cached preparations belong to.
@@ -279,6 +282,7 @@ where
             window: layout.window,
             tensor_cores,
             tuning: self.tc_tuning.get(),
+            cache_fp8: layout.cache_fp8,
         };
         let mut cached = self.prepared.borrow_mut();
         if cached.as_ref().is_none_or(|c| c.batch != *batch) {
