@@ -85,14 +85,21 @@ impl<T: GpuFloat> CudaBackend<T>
 where
     CudaBlas: Gemm<T>,
 {
-    /// Uninitialised storage for `rows` cache rows of `stride` elements, if the GPU has room.
-    fn cache_storage(&self, rows: usize, stride: usize) -> Result<CudaSlice<T>> {
-        let len = rows * stride;
+    /// Uninitialised storage for `layers` × `num_blocks` × `block_size` cache rows of `stride`
+    /// elements, if the GPU has room.
+    fn cache_storage(
+        &self,
+        layers: usize,
+        num_blocks: usize,
+        block_size: usize,
+        stride: usize,
+    ) -> Result<CudaSlice<T>> {
+        let len = layers * num_blocks * block_size * stride;
         let bytes = len * std::mem::size_of::<T>();
         let free = self.device.free_memory()?;
         if bytes > free {
             return Err(Error::InvalidInput(format!(
-                "a KV cache of {rows} rows (every layer's blocks) needs {bytes} bytes, more than the {free} bytes free on {}",
+                "a KV cache of {num_blocks} blocks × {block_size} tokens × {layers} layers needs {bytes} bytes, more than the {free} bytes free on {}",
                 self.device.info.name
             )));
         }
@@ -523,7 +530,7 @@ where
         block_size: usize,
         width: usize,
     ) -> Result<CudaKvCache<T>> {
-        let mut data = self.cache_storage(layers * num_blocks * block_size, width)?;
+        let mut data = self.cache_storage(layers, num_blocks, block_size, width)?;
         // Fresh slots hold NaN so that attention reading a slot nobody wrote shows.
         self.device.fill(&mut data, f32::NAN)?;
         Ok(CudaKvCache {
@@ -564,7 +571,7 @@ where
             )));
         }
         let stride = parts.row_bytes / std::mem::size_of::<T>();
-        let data = self.cache_storage(layers * num_blocks * block_size, stride)?;
+        let data = self.cache_storage(layers, num_blocks, block_size, stride)?;
         // Fresh slots are all-ones bytes: NaN codes, scales and tail, as on the CPU.
         self.device.fill_bytes(&data, 0xff)?;
         Ok(CudaKvCache {

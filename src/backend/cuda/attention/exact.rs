@@ -243,6 +243,7 @@ impl CudaDevice {
                     format: Fp8RowFormat::from(parts),
                 };
                 let kernel = kernels::PAGED_ATTENTION_FP8.of::<T>();
+                // SAFETY: as above; `rows` is the cache buffer the checks measured in bytes.
                 unsafe { self.launch_params(kernel, cfg, Order::Serial, &params) }
             }
         }?;
