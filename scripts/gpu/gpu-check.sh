@@ -82,14 +82,15 @@ gpu_tests() {
 
 # The CLI end to end: text generated on the GPU (f32) must equal the CPU's, greedy for both demo
 # models and sampled without a top-k (candidates + row totals on the device) for the MLA one, and
-# greedy for both with FP8 caches on both devices.
+# greedy for both with FP8 caches on both devices, and for the MLA one with FP8 weights too.
 cli_check() {
   for run in "models/demo-mla greedy" "models/demo-mha greedy" "models/demo-mla sampled" \
-      "models/demo-mla fp8-cache" "models/demo-mha fp8-cache"; do
+      "models/demo-mla fp8-cache" "models/demo-mha fp8-cache" "models/demo-mla fp8-weights+cache"; do
     read -r model mode <<< "$run"
     args=(generate --model "$model" --prompt "It is a truth universally acknowledged" --max-new-tokens 48)
     [[ $mode == sampled ]] && args+=(--temperature 1.0 --seed 3)
-    [[ $mode == fp8-cache ]] && args+=(--kv-cache-dtype fp8)
+    [[ $mode == fp8-* ]] && args+=(--kv-cache-dtype fp8)
+    [[ $mode == fp8-weights* ]] && args+=(--quantization fp8)
     cpu=$(timeout 120 "$out/mla" "${args[@]}" --device cpu 2>/dev/null || echo "cpu failed")
     t0=$(date +%s.%N)
     gpu=$(timeout 120 "$out/mla" "${args[@]}" --device cuda --dtype f32 2> "$out/generate.log" || { cat "$out/generate.log"; echo "gpu failed"; })
