@@ -22,8 +22,9 @@ pub mod schedule;
 #[cfg(feature = "experimental-kernels")]
 pub mod tensor_map;
 
-use super::backend::{op_err, CudaBackend, CudaKvCache};
+use super::backend::{op_err, CudaBackend};
 use super::blas::Layout;
+use super::CudaKvCache;
 use super::{GpuFloat, GpuTensor};
 use crate::backend::{AttentionBatch, MhaDims, MlaDims};
 use crate::error::Result;
