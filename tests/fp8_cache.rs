@@ -4,36 +4,9 @@
 
 mod common;
 
+use mla_rt::kv::cache_dtype::Fp8Layout;
 use mla_rt::kv::fp8_layout::{MhaFp8Layout, MlaFp8Layout};
 use serde_json::Value;
-
-enum Layout {
-    Mla(MlaFp8Layout),
-    Mha(MhaFp8Layout),
-}
-
-impl Layout {
-    fn bytes_per_token(&self) -> usize {
-        match self {
-            Layout::Mla(l) => l.bytes_per_token(),
-            Layout::Mha(l) => l.bytes_per_token(),
-        }
-    }
-
-    fn quantize(&self, values: &[f32], out: &mut [u8]) {
-        match self {
-            Layout::Mla(l) => l.quantize(values, out),
-            Layout::Mha(l) => l.quantize(values, out),
-        }
-    }
-
-    fn dequantize(&self, bytes: &[u8], out: &mut [f32]) {
-        match self {
-            Layout::Mla(l) => l.dequantize(bytes, out),
-            Layout::Mha(l) => l.dequantize(bytes, out),
-        }
-    }
-}
 
 #[test]
 fn cache_rows_match_pytorchs_bytes() {
@@ -44,11 +17,11 @@ fn cache_rows_match_pytorchs_bytes() {
     for case in cases {
         let n = |key: &str| case[key].as_u64().unwrap() as usize;
         let layout = match case["kind"].as_str().unwrap() {
-            "mla" => Layout::Mla(MlaFp8Layout {
+            "mla" => Fp8Layout::Mla(MlaFp8Layout {
                 latent: n("latent"),
                 rope: n("rope"),
             }),
-            _ => Layout::Mha(MhaFp8Layout {
+            _ => Fp8Layout::Mha(MhaFp8Layout {
                 kv_heads: n("kv_heads"),
                 head_dim: n("head_dim"),
             }),

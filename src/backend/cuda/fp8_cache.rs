@@ -3,18 +3,15 @@
 //! rows' bytes read back for tests.
 
 use super::attention::params::Fp8RowFormat;
+use super::backend::op_err;
 use super::kernels;
 use super::launch::Order;
 use super::{CudaDevice, CudaKvCache, GpuFloat, GpuTensor, StepValues};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::kv::cache_dtype::Fp8Layout;
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
 
 const THREADS: u32 = 128;
-
-fn op_err(op: &'static str, message: String) -> Error {
-    Error::Op { op, message }
-}
 
 fn rows_config(rows: usize) -> LaunchConfig {
     LaunchConfig {
