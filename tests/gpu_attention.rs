@@ -51,8 +51,8 @@ where
             rng.normals(heads * 256 * 512, 0.05),
         ));
         let (gq, gq_lat) = (
-            gpu.upload_weight(q.clone()).unwrap(),
-            gpu.upload_weight(q_lat.clone()).unwrap(),
+            gpu.device.upload(&q.clone()).unwrap(),
+            gpu.device.upload(&q_lat.clone()).unwrap(),
         );
         let want = CpuBackend
             .mla_attention_absorbed(&q_lat, &q, &cpu_cache, 0, &batch, &dims)
@@ -137,8 +137,8 @@ where
         .mla_attention_absorbed(&q_lat, &q, &cpu_cache, 0, &batch, &dims)
         .unwrap();
     let (gq_lat, gq) = (
-        gpu.upload_weight(q_lat.clone()).unwrap(),
-        gpu.upload_weight(q.clone()).unwrap(),
+        gpu.device.upload(&q_lat.clone()).unwrap(),
+        gpu.device.upload(&q.clone()).unwrap(),
     );
     let (got, lse) = gpu
         .mla_attention_absorbed_lse(&gq_lat, &gq, &gpu_cache, 0, &batch, &dims)
@@ -429,7 +429,7 @@ where
         let want = CpuBackend
             .mha_attention(&q, &cpu_cache, 0, &batch, &dims)
             .unwrap();
-        let q = gpu.upload_weight(q).unwrap();
+        let q = gpu.device.upload(&q).unwrap();
         for_each_combine(&gpu, |combine| {
             let got = gpu.mha_attention(&q, &gpu_cache, 0, &batch, &dims).unwrap();
             let what = format!(

@@ -100,7 +100,7 @@ where
         CpuBackend
             .write_kv_cache(&mut cpu, 0, &rows, 0, &slots)
             .unwrap();
-        let on_gpu = gpu.upload_weight(rows).unwrap();
+        let on_gpu = gpu.device.upload(&rows).unwrap();
         gpu.write_kv_cache(&mut gpu_cache, 0, &on_gpu, 0, &slots)
             .unwrap();
         let got = gpu.device.fp8_cache_bytes(&gpu_cache, 0).unwrap();
@@ -140,8 +140,8 @@ where
             rng.normals(heads * 256 * 512, 0.05),
         ));
         let (gq, gq_lat) = (
-            gpu.upload_weight(q.clone()).unwrap(),
-            gpu.upload_weight(q_lat.clone()).unwrap(),
+            gpu.device.upload(&q.clone()).unwrap(),
+            gpu.device.upload(&q_lat.clone()).unwrap(),
         );
         // The same step over rows of T first: what the backend prepared for that step must not
         // serve the FP8 cache's (its kernels differ).
@@ -232,7 +232,7 @@ where
             let name = kernel_name(&gpu, &batch, &layout, AttentionTuning::default());
             assert!(name.contains("fp8_head128"), "{dims:?}: {name}");
         }
-        let q = gpu.upload_weight(q).unwrap();
+        let q = gpu.device.upload(&q).unwrap();
         let got = gpu.mha_attention(&q, &gpu_cache, 0, &batch, &dims).unwrap();
         let what = format!(
             "{} FP8 MHA {heads}/{kv_heads} heads × {head_dim}, window {window:?}",

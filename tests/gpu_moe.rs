@@ -198,7 +198,7 @@ where
         let want = CpuBackend
             .moe(&x, &weights(&CpuBackend, &host), &moe)
             .unwrap();
-        let (w, x_gpu) = (weights(&gpu, &host), gpu.upload_weight(x).unwrap());
+        let (w, x_gpu) = (weights(&gpu, &host), gpu.device.upload(&x).unwrap());
         let what = |path: &str| format!("{} {}: {path}", T::SUFFIX, c.name);
         let mut outputs = Vec::new();
         let paths = [
@@ -275,7 +275,8 @@ fn an_moe_layer_launches_a_few_kernels_and_never_waits() {
         let moe = config(&c);
         let w = weights(&gpu, &host_moe::<half::bf16>(&mut rng, &c));
         let x = gpu
-            .upload_weight(inputs::<half::bf16>(&mut rng, &c))
+            .device
+            .upload(&inputs::<half::bf16>(&mut rng, &c))
             .unwrap();
         for (path, max_launches, waits) in
             [(MoePath::Grouped, 12, 0), (MoePath::PerExpert, u64::MAX, 2)]
@@ -488,12 +489,12 @@ fn the_moe_layer_replays_in_a_cuda_graph() {
     let eager: Vec<Vec<f32>> = inputs
         .iter()
         .map(|x| {
-            let x = gpu.upload_weight(x.clone()).unwrap();
+            let x = gpu.device.upload(&x.clone()).unwrap();
             gpu.to_host(&gpu.moe(&x, &w, &moe).unwrap()).unwrap().data
         })
         .collect();
     // Static input and output buffers: the graph reads and writes these addresses.
-    let mut x = gpu.upload_weight(inputs[0].clone()).unwrap();
+    let mut x = gpu.device.upload(&inputs[0].clone()).unwrap();
     let mut out = gpu
         .device
         .tensor::<half::bf16>(c.tokens, c.hidden, Some(0.0))

@@ -47,7 +47,7 @@ where
         let want = CpuBackend.matmul(&x, &w).unwrap();
         let got = gpu
             .matmul(
-                &gpu.upload_weight(x).unwrap(),
+                &gpu.device.upload(&x).unwrap(),
                 &gpu.upload_weight(w).unwrap(),
             )
             .unwrap();
@@ -74,7 +74,7 @@ where
         .unwrap();
     let gw = gpu.upload_head_weight(heads, out, input, w.data).unwrap();
     let got = gpu
-        .head_matmul(&gpu.upload_weight(x.clone()).unwrap(), stride, offset, &gw)
+        .head_matmul(&gpu.device.upload(&x.clone()).unwrap(), stride, offset, &gw)
         .unwrap();
     assert_close(
         &format!("{s} head_matmul"),
@@ -89,7 +89,7 @@ where
     logits.data[2 * 102_400 + 99_999] = 50.0;
     let want = CpuBackend.argmax_rows(&logits).unwrap();
     let got = gpu
-        .argmax_rows(&gpu.upload_weight(logits).unwrap())
+        .argmax_rows(&gpu.device.upload(&logits).unwrap())
         .unwrap();
     assert_eq!(got, want, "{s} argmax_rows");
     assert_eq!(got[2], 7, "{s} argmax_rows: ties go to the lowest index");
@@ -98,7 +98,7 @@ where
     logits.data[102_400 + 50_000] = f32::NAN;
     logits.data[2 * 102_400 + 3] = f32::NEG_INFINITY;
     logits.data[3 * 102_400 + 102_399] = f32::INFINITY;
-    let on_gpu = gpu.upload_weight(logits.clone()).unwrap();
+    let on_gpu = gpu.device.upload(&logits.clone()).unwrap();
     let got = gpu.argmax_rows(&on_gpu).unwrap();
     assert_eq!(got, CpuBackend.argmax_rows(&logits).unwrap(), "{s}");
     assert_eq!(
@@ -125,7 +125,7 @@ where
     for (c, v) in logits.data[3 * 50_000..].iter_mut().enumerate() {
         *v = if c % 5_000 == 17 { 1.0 } else { 0.5 };
     }
-    let on_gpu = gpu.upload_weight(logits.clone()).unwrap();
+    let on_gpu = gpu.device.upload(&logits.clone()).unwrap();
     for k in [1, 7, 40, 64] {
         let want = CpuBackend.top_k_rows(&logits, k).unwrap();
         let got = gpu.top_k_rows(&on_gpu, k).unwrap();
@@ -158,7 +158,7 @@ where
     let rows = [5, 0, 5, 6, 2];
     let want = CpuBackend.select_rows(&x, &rows).unwrap();
     let got = gpu
-        .select_rows(&gpu.upload_weight(x).unwrap(), &rows)
+        .select_rows(&gpu.device.upload(&x).unwrap(), &rows)
         .unwrap();
     assert_close(
         &format!("{s} select_rows"),
@@ -252,7 +252,7 @@ where
         let got = gpu
             .device
             .moe_route(
-                &gpu.upload_weight(logits.clone()).unwrap(),
+                &gpu.device.upload::<T>(&logits).unwrap(),
                 bias.as_deref(),
                 config,
             )
@@ -306,7 +306,7 @@ fn generated_weights_match_the_host() {
         let fill = source.random_fill(name, &shape).unwrap();
         let got = gpu.generate_weight(&shape, &fill).unwrap().unwrap();
         let want = source.load(name, &shape).unwrap();
-        let got = gpu.to_host(&got).unwrap();
+        let got = gpu.to_host(got.dense("test").unwrap()).unwrap();
         assert_eq!(got.data, want.data, "{name}");
     }
 }

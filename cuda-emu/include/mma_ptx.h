@@ -20,23 +20,42 @@ inline uint32_t pack(const __nv_bfloat16& lo, const __nv_bfloat16& hi) {
     memcpy(&b, &hi, 2);
     return (uint32_t)a | ((uint32_t)b << 16);
 }
+
+// The value of an e4m3fn byte (S.1111.111 is NaN).
+inline float e4m3(uint32_t byte) {
+    const int e = (byte >> 3) & 0xf, m = byte & 7;
+    const float v = e == 0 ? ldexpf((float)m, -9) : ldexpf(1.0f + m / 8.0f, e - 7);
+    return (byte & 0x7f) == 0x7f ? NAN : (byte & 0x80 ? -v : v);
+}
 }  // namespace ptx
 
-// out = C + A·B for a warp's m16n8k16, from the values gathered out of its lanes' registers:
-// each value summed as the device's lane would, its C then k = 0 … 15. Not instrumented by
+// out = C + A·B for a warp's m16n8kK, from the values gathered out of its lanes' registers:
+// each value summed as the device's lane would, its C then k = 0 … K − 1. Not instrumented by
 // AddressSanitizer, whose checks would cost more than the products: it touches only the
 // caller's arrays, which the gathering (instrumented) filled.
-__attribute__((no_sanitize_address)) inline void mma_16816_products(float (&out)[32][4], const float (&c)[32][4],
-                                                                    const float (&a)[16][16], const float (&b)[16][8]) {
+template <int K>
+__attribute__((no_sanitize_address)) inline void mma_products(float (&out)[32][4], const float (&c)[32][4],
+                                                              const float (&a)[16][K], const float (&b)[K][8]) {
     for (int lane = 0; lane < 32; lane++) {
         const int g = lane / 4, t = lane % 4;
         for (int e = 0; e < 4; e++) {
             const int row = g + 8 * (e / 2), col = 2 * t + e % 2;
             float sum = c[lane][e];
-            for (int k = 0; k < 16; k++) sum += a[row][k] * b[k][col];
+            for (int k = 0; k < K; k++) sum += a[row][k] * b[k][col];
             out[lane][e] = sum;
         }
     }
+}
+
+// Hands every lane its D (the first lane's job, after the products).
+inline void scatter_d(const LaneEntry* lanes, const float (&out)[32][4]) {
+    for (int lane = 0; lane < 32; lane++)
+        for (int e = 0; e < 4; e++) reinterpret_cast<float*>(lanes[lane].value)[e] = out[lane][e];
+}
+
+inline void gather_c(const LaneEntry* lanes, float (&c)[32][4]) {
+    for (int lane = 0; lane < 32; lane++)
+        for (int e = 0; e < 4; e++) c[lane][e] = reinterpret_cast<const float*>(lanes[lane].value)[e];
 }
 
 // The first lane out of the exchange computes the whole warp's D (claim_warp_op).
@@ -57,11 +76,33 @@ inline void mma_bf16_16816(float d[4], const uint32_t a[4], uint32_t b0, uint32_
             const uint32_t* regs = static_cast<const uint32_t*>(lanes[n * 4 + (k % 8) / 2].second);
             b_f[k][n] = ptx::element(regs[k >= 8], k % 2);
         }
-    for (int lane = 0; lane < 32; lane++)
-        for (int e = 0; e < 4; e++) c_f[lane][e] = reinterpret_cast<const float*>(lanes[lane].value)[e];
-    mma_16816_products(out, c_f, a_f, b_f);
-    for (int lane = 0; lane < 32; lane++)
-        for (int e = 0; e < 4; e++) reinterpret_cast<float*>(lanes[lane].value)[e] = out[lane][e];
+    gather_c(lanes, c_f);
+    mma_products<16>(out, c_f, a_f, b_f);
+    scatter_d(lanes, out);
+}
+
+// As mma_bf16_16816, for e4m3 bytes (4 per register along k): the products of two e4m3 values
+// are exact in f32, summed in k order as above.
+inline void mma_e4m3_16832(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    const uint32_t b[2] = {b0, b1};
+    const LaneEntry* lanes = warp_exchange(reinterpret_cast<uintptr_t>(d), a, b);
+    if (!claim_warp_op()) return;
+    // A(row, k) sits in lane (row % 8)·4 + (k % 16)/4, register (row ≥ 8) + 2·(k ≥ 16), byte k % 4;
+    // B(k, n) in lane n·4 + (k % 16)/4, register (k ≥ 16), byte k % 4.
+    float a_f[16][32], b_f[32][8], c_f[32][4], out[32][4];
+    for (int row = 0; row < 16; row++)
+        for (int k = 0; k < 32; k++) {
+            const uint32_t* regs = static_cast<const uint32_t*>(lanes[(row % 8) * 4 + (k % 16) / 4].first);
+            a_f[row][k] = ptx::e4m3((regs[(row >= 8) + 2 * (k >= 16)] >> (8 * (k % 4))) & 0xff);
+        }
+    for (int k = 0; k < 32; k++)
+        for (int n = 0; n < 8; n++) {
+            const uint32_t* regs = static_cast<const uint32_t*>(lanes[n * 4 + (k % 16) / 4].second);
+            b_f[k][n] = ptx::e4m3((regs[k >= 16] >> (8 * (k % 4))) & 0xff);
+        }
+    gather_c(lanes, c_f);
+    mma_products<32>(out, c_f, a_f, b_f);
+    scatter_d(lanes, out);
 }
 
 // As one instruction: the first lane out of the exchange gathers every lane's registers while

@@ -23,6 +23,25 @@ __device__ __forceinline__ void mma_bf16_16816(float d[4], const uint32_t a[4], 
 #endif
 }
 
+// d += a·b for e4m3 (float8_e4m3fn) operands, f32 accumulators: m16n8k32, compute capability
+// 8.9+ (an older build traps; the host never launches it there). Each register holds 4 bytes
+// along k, lowest first:
+//   A (16×32, row-major): a[0] = (g, 4t..4t+3), a[1] = (g+8, 4t..), a[2] = (g, 4t+16..), a[3] = (g+8, 4t+16..)
+//   B (32×8, k × n):      b[0] = (k 4t..4t+3, n g), b[1] = (k 4t+16.., n g)
+//   C (16×8, f32):        as mma_bf16_16816's
+__device__ __forceinline__ void mma_e4m3_16832(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+#if defined(MLA_CUDA_EMU)
+    emu::mma_e4m3_16832(d, a, b0, b1);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+    asm("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#elif defined(__CUDA_ARCH__)
+    (void)d, (void)a, (void)b0, (void)b1;
+    __trap();
+#endif
+}
+
 // Four 8×8 bf16 matrices from shared memory: lane l gives the address of row l % 8 of matrix
 // l / 8 (16-byte aligned); r[m] receives (row g, columns 2t, 2t+1) of matrix m, or with `TRANS`
 // (rows 2t, 2t+1, column g).

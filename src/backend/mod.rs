@@ -10,6 +10,7 @@ use crate::config::MoeConfig;
 use crate::error::{Error, Result};
 use crate::kv::cache_dtype::CacheRows;
 use crate::ops::rope::RopeTable;
+use crate::weights::fp8::Fp8Matrix;
 use crate::weights::HostTensor;
 
 /// Widths of one MLA layer, as the attention ops need them.
@@ -365,6 +366,11 @@ pub trait Backend {
     }
 
     fn upload_weight(&self, host: HostTensor) -> Result<Self::Weight>;
+    /// A block-scaled FP8 weight matrix: kept in FP8 where this backend multiplies by it so
+    /// (the GPU's FP8 GEMM), else dequantized to its exact values and uploaded as any weight.
+    fn upload_fp8_weight(&self, w: Fp8Matrix) -> Result<Self::Weight> {
+        self.upload_weight(w.dequantize())
+    }
     /// A generated weight made where it lives, or `None` when this backend takes it from the
     /// host ([`crate::weights::TensorSource::load`]) instead.
     fn generate_weight(

@@ -117,8 +117,8 @@ pub fn run(
                         })
                         .collect(),
                 };
-                let q_lat = gpu.upload_weight(uniform(batch, h * 512, 1))?;
-                let q = gpu.upload_weight(uniform(batch, h * 192, 2))?;
+                let q_lat = gpu.device.upload(&uniform(batch, h * 512, 1))?;
+                let q = gpu.device.upload(&uniform(batch, h * 192, 2))?;
                 let tokens = batch * context;
                 let bytes = tokens * row_bytes + batch * h * (576 + 512) * 2;
                 let flops = 2.0 * h as f64 * tokens as f64 * (576.0 + 512.0);

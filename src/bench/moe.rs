@@ -85,7 +85,7 @@ fn generated<T: GpuFloat>(
     gpu: &CudaBackend<T>,
     shape: [usize; 2],
     base: &mut u64,
-) -> Result<mla_rt::backend::cuda::GpuTensor<T>>
+) -> Result<mla_rt::backend::cuda::CudaWeight<T>>
 where
     CudaBlas: Gemm<T>,
 {
@@ -152,7 +152,7 @@ where
         let fixed_bytes =
             moe.n_routed_experts as u64 * h as u64 * e + moe.n_shared_experts as u64 * expert_bytes;
         for &n in tokens {
-            let x = gpu.upload_weight(uniform(n, h, n as u64))?;
+            let x = gpu.device.upload(&uniform(n, h, n as u64))?;
             let mut hit = vec![false; moe.n_routed_experts];
             for r in gpu.moe_routes(&x, &w, moe)?.iter().flatten() {
                 hit[r.expert] = true;

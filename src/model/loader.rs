@@ -22,6 +22,9 @@ impl<B: Backend> Loader<'_, B> {
                 return Ok(w);
             }
         }
+        if let Some(m) = self.checkpoint.load_fp8(name, shape)? {
+            return self.backend.upload_fp8_weight(m);
+        }
         self.backend.upload_weight(self.host(name, shape)?)
     }
 

@@ -1,12 +1,69 @@
 //! The block dequantization of DeepSeek's FP8 checkpoints:
 //! `w[r][c] = e4m3[r][c] · scale_inv[r / block_rows][c / block_cols]`.
 
+use super::HostTensor;
 use crate::config::quantization::Fp8Blocks;
-use crate::util::e4m3::decode_table;
+use crate::util::e4m3::{decode_table, f32_to_e4m3, E4M3_MAX};
 
 /// The scale grid a `rows × cols` tensor has in `blocks`: `[⌈rows/br⌉, ⌈cols/bc⌉]`.
 pub fn scale_grid(rows: usize, cols: usize, blocks: Fp8Blocks) -> [usize; 2] {
     [rows.div_ceil(blocks.rows), cols.div_ceil(blocks.cols)]
+}
+
+/// A block-scaled FP8 matrix as DeepSeek's checkpoints store it: `rows × cols` e4m3fn codes
+/// (row-major) and one f32 scale per block ([`scale_grid`], row-major).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fp8Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub codes: Vec<u8>,
+    pub scales: Vec<f32>,
+    pub blocks: Fp8Blocks,
+}
+
+impl Fp8Matrix {
+    /// The matrix's values in f32, exactly (what the CPU computes with).
+    pub fn dequantize(&self) -> HostTensor {
+        let data = dequantize(&self.codes, self.cols, &self.scales, self.blocks);
+        HostTensor::new(vec![self.rows, self.cols], data)
+    }
+
+    /// `w` (`rows × cols`) in FP8 with one scale per block: block amax / 448 (1 for an all-zero
+    /// block), the quotient in f64 as DeepSeek's reference quantizer divides, then each value's
+    /// nearest e4m3fn code of `w / scale` (also divided in f64).
+    pub fn quantize(w: &[f32], rows: usize, cols: usize, blocks: Fp8Blocks) -> Fp8Matrix {
+        debug_assert_eq!(w.len(), rows * cols);
+        let [grid_rows, grid_cols] = scale_grid(rows, cols, blocks);
+        let mut scales = vec![1.0f32; grid_rows * grid_cols];
+        let mut codes = vec![0u8; rows * cols];
+        for (br, r0) in (0..rows).step_by(blocks.rows).enumerate() {
+            for (bc, c0) in (0..cols).step_by(blocks.cols).enumerate() {
+                let (r1, c1) = ((r0 + blocks.rows).min(rows), (c0 + blocks.cols).min(cols));
+                let amax = (r0..r1)
+                    .flat_map(|r| w[r * cols + c0..r * cols + c1].iter())
+                    .fold(0.0f32, |m, v| m.max(v.abs()));
+                let scale = if amax > 0.0 {
+                    (amax as f64 / E4M3_MAX as f64) as f32
+                } else {
+                    1.0
+                };
+                scales[br * grid_cols + bc] = scale;
+                for r in r0..r1 {
+                    for c in c0..c1 {
+                        codes[r * cols + c] =
+                            f32_to_e4m3((w[r * cols + c] as f64 / scale as f64) as f32);
+                    }
+                }
+            }
+        }
+        Fp8Matrix {
+            rows,
+            cols,
+            codes,
+            scales,
+            blocks,
+        }
+    }
 }
 
 /// Dequantizes a `rows × cols` e4m3fn tensor with its block scales (row-major, [`scale_grid`]).
@@ -28,7 +85,6 @@ pub fn dequantize(bytes: &[u8], cols: usize, scales: &[f32], blocks: Fp8Blocks) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::util::e4m3::f32_to_e4m3;
 
     #[test]
     fn blocks_count_from_the_top_left_with_partial_last_blocks() {

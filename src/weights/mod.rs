@@ -47,6 +47,12 @@ pub trait TensorSource {
     /// Tensor `name` as f32, which must have exactly `shape`.
     fn load(&self, name: &str, shape: &[usize]) -> Result<HostTensor>;
     fn contains(&self, name: &str) -> bool;
+    /// Tensor `name` as a block-scaled FP8 matrix, where the source holds it so (an FP8
+    /// checkpoint's `F8_E4M3` weight with its `_scale_inv`, or `--quantization fp8`); `None`
+    /// for any other tensor, which [`Self::load`] reads.
+    fn load_fp8(&self, _name: &str, _shape: &[usize]) -> Result<Option<fp8::Fp8Matrix>> {
+        Ok(None)
+    }
     /// For generated weights: how tensor `name` is filled, so that a backend can generate it
     /// in place instead of receiving it from the host.
     fn random_fill(&self, _name: &str, _shape: &[usize]) -> Option<random::RandomFill> {
@@ -61,6 +67,10 @@ impl TensorSource for Checkpoint {
 
     fn contains(&self, name: &str) -> bool {
         Checkpoint::contains(self, name)
+    }
+
+    fn load_fp8(&self, name: &str, shape: &[usize]) -> Result<Option<fp8::Fp8Matrix>> {
+        Checkpoint::load_fp8_matrix(self, name, shape)
     }
 }
 
@@ -260,7 +270,9 @@ impl Checkpoint {
         let bytes = &shard.mmap[shard.data_start + begin..shard.data_start + end];
         let count: usize = shape.iter().product();
         if entry.info.dtype == Dtype::F8_E4M3 {
-            return self.load_fp8(name, shape, bytes, &shard.path);
+            return Ok(self
+                .fp8_matrix(name, shape, bytes, &shard.path)?
+                .dequantize());
         }
         let width = match entry.info.dtype {
             Dtype::F32 => 4,
@@ -301,15 +313,36 @@ impl Checkpoint {
 }
 
 impl Checkpoint {
-    /// A block-scaled `F8_E4M3` matrix, dequantized with its `{name}_scale_inv` (see
-    /// [`fp8::dequantize`]); the scale grid must be the one the config's blocks give.
-    fn load_fp8(
+    /// Tensor `name` as stored, if it is `F8_E4M3` (with its block scales); `None` for
+    /// another dtype. Shapes are checked as [`Self::load`] checks them.
+    pub fn load_fp8_matrix(&self, name: &str, shape: &[usize]) -> Result<Option<fp8::Fp8Matrix>> {
+        match self.tensors.get(name) {
+            Some(entry) if entry.info.dtype == Dtype::F8_E4M3 => {
+                if entry.info.shape != shape {
+                    return Err(Error::ShapeMismatch {
+                        name: name.to_string(),
+                        expected: shape.to_vec(),
+                        found: entry.info.shape.clone(),
+                    });
+                }
+                let shard = &self.shards[entry.shard];
+                let (begin, end) = entry.info.data_offsets;
+                let bytes = &shard.mmap[shard.data_start + begin..shard.data_start + end];
+                self.fp8_matrix(name, shape, bytes, &shard.path).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// A block-scaled `F8_E4M3` matrix with its `{name}_scale_inv` (see [`fp8::dequantize`]);
+    /// the scale grid must be the one the config's blocks give.
+    fn fp8_matrix(
         &self,
         name: &str,
         shape: &[usize],
         bytes: &[u8],
         file: &Path,
-    ) -> Result<HostTensor> {
+    ) -> Result<fp8::Fp8Matrix> {
         let err = |message: String| Error::checkpoint(file, message);
         let Some(blocks) = self.fp8_blocks else {
             return Err(err(format!(
@@ -348,10 +381,13 @@ impl Checkpoint {
             Some(_) => {}
         }
         let scales = self.load(&scale_name, &grid)?;
-        Ok(HostTensor::new(
-            shape.to_vec(),
-            fp8::dequantize(bytes, cols, &scales.data, blocks),
-        ))
+        Ok(fp8::Fp8Matrix {
+            rows,
+            cols,
+            codes: bytes.to_vec(),
+            scales: scales.data,
+            blocks,
+        })
     }
 }
 

@@ -3,10 +3,10 @@
 //! 448, as DeepSeek's reference quantizer and `scripts/fixtures/make_fp8_fixtures.py`) — and
 //! handed out dequantized, so every backend computes with exactly the FP8 weights' values.
 
+use super::fp8::Fp8Matrix;
 use super::{HostTensor, TensorSource};
 use crate::config::quantization::Fp8Blocks;
 use crate::error::Result;
-use crate::util::e4m3::{decode_table, f32_to_e4m3, E4M3_MAX};
 
 /// The tensors an FP8 checkpoint stores in FP8: the linear layers' weight matrices, per-expert
 /// (`…_proj.weight`, `kv_a_proj_with_mqa.weight`) or fused (`experts.gate_up_proj`,
@@ -21,29 +21,9 @@ pub fn is_fp8_linear(name: &str) -> bool {
 
 /// Rounds the `rows × cols` matrix `w` to FP8 in `blocks` and back, in place.
 pub fn round_to_fp8(w: &mut [f32], cols: usize, blocks: Fp8Blocks) {
-    let table = decode_table();
     let rows = w.len() / cols.max(1);
-    for r0 in (0..rows).step_by(blocks.rows) {
-        for c0 in (0..cols).step_by(blocks.cols) {
-            let (r1, c1) = ((r0 + blocks.rows).min(rows), (c0 + blocks.cols).min(cols));
-            let amax = (r0..r1)
-                .flat_map(|r| w[r * cols + c0..r * cols + c1].iter())
-                .fold(0.0f32, |m, v| m.max(v.abs()));
-            // The scale as an FP8 checkpoint stores it (f32), the quotient in f64 as the
-            // reference quantizer divides.
-            let scale = if amax > 0.0 {
-                (amax as f64 / E4M3_MAX as f64) as f32
-            } else {
-                1.0
-            };
-            for r in r0..r1 {
-                for v in &mut w[r * cols + c0..r * cols + c1] {
-                    let code = f32_to_e4m3((*v as f64 / scale as f64) as f32);
-                    *v = table[code as usize] * scale;
-                }
-            }
-        }
-    }
+    let rounded = Fp8Matrix::quantize(w, rows, cols, blocks).dequantize();
+    w.copy_from_slice(&rounded.data);
 }
 
 /// `--quantization`.
@@ -63,9 +43,17 @@ pub struct OnlineFp8<'a, S: TensorSource> {
 }
 
 impl<S: TensorSource> TensorSource for OnlineFp8<'_, S> {
+    /// A matrix comes out as [`Self::load_fp8`]'s values (an FP8 checkpoint's own, not rounded
+    /// twice); a fused stack of expert matrices is rounded matrix by matrix.
     fn load(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
+        if shape.len() == 2 {
+            return match self.load_fp8(name, shape)? {
+                Some(m) => Ok(m.dequantize()),
+                None => self.inner.load(name, shape),
+            };
+        }
         let mut t = self.inner.load(name, shape)?;
-        if is_fp8_linear(name) && shape.len() >= 2 {
+        if is_fp8_linear(name) && shape.len() > 2 {
             let cols = shape[shape.len() - 1];
             let matrix = shape[shape.len() - 2] * cols;
             for m in t.data.chunks_mut(matrix.max(1)) {
@@ -73,6 +61,19 @@ impl<S: TensorSource> TensorSource for OnlineFp8<'_, S> {
             }
         }
         Ok(t)
+    }
+
+    fn load_fp8(&self, name: &str, shape: &[usize]) -> Result<Option<Fp8Matrix>> {
+        if let Some(m) = self.inner.load_fp8(name, shape)? {
+            return Ok(Some(m));
+        }
+        match (is_fp8_linear(name), shape) {
+            (true, &[rows, cols]) => {
+                let t = self.inner.load(name, shape)?;
+                Ok(Some(Fp8Matrix::quantize(&t.data, rows, cols, self.blocks)))
+            }
+            _ => Ok(None),
+        }
     }
 
     fn contains(&self, name: &str) -> bool {

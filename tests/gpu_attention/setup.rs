@@ -111,7 +111,7 @@ where
         CpuBackend
             .write_kv_cache(&mut cpu_cache, 0, &rows, 0, &slots)
             .unwrap();
-        let rows_gpu = gpu.upload_weight(rows).unwrap();
+        let rows_gpu = gpu.device.upload(&rows).unwrap();
         gpu.write_kv_cache(&mut gpu_cache, 0, &rows_gpu, 0, &slots)
             .unwrap();
     }

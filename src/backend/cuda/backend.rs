@@ -3,6 +3,7 @@
 
 use super::attention::kernel_choice::AttentionTuning;
 use super::blas::{Blas, Layout};
+use super::fp8_gemm::CudaWeight;
 use super::kv_cache::CudaKvCache;
 use super::moe_grouped::{CudaExperts, MoePath};
 use super::{CudaDevice, GpuFloat, GpuTensor};
@@ -11,6 +12,7 @@ use crate::config::MoeConfig;
 use crate::error::{Error, Result};
 use crate::kv::cache_dtype::CacheRows;
 use crate::ops::rope::RopeTable;
+use crate::weights::fp8::Fp8Matrix;
 use crate::weights::HostTensor;
 use cudarc::cublas::{CudaBlas, Gemm};
 use cudarc::driver::CudaSlice;
@@ -25,7 +27,7 @@ pub struct CudaBackend<T> {
     blas: Blas,
     /// Fill every output with NaN before its kernel runs, so that an element a kernel forgets
     /// to write shows up in the tests instead of passing with stale memory.
-    poison_outputs: bool,
+    pub(super) poison_outputs: bool,
     /// Most bytes of gathered and expanded context the materialised form holds at once.
     pub(super) materialised_bytes: std::cell::Cell<usize>,
     /// Which 64-row kernel MLA decode with 64+ heads per token takes (the one that pays, by
@@ -50,16 +52,16 @@ pub(super) fn op_err(op: &'static str, message: String) -> Error {
     Error::Op { op, message }
 }
 
-/// `x·wᵀ` needs as many columns in `x` as in `w`.
-fn check_matmul<T>(op: &'static str, x: &GpuTensor<T>, w: &GpuTensor<T>) -> Result<()> {
-    if x.cols == w.cols {
+/// `x·wᵀ` needs as many columns in `x` as in `w` (`[w_rows, w_cols]`).
+fn check_matmul<T>(op: &'static str, x: &GpuTensor<T>, w_rows: usize, w_cols: usize) -> Result<()> {
+    if x.cols == w_cols {
         return Ok(());
     }
     Err(op_err(
         op,
         format!(
-            "x is [{}, {}] but w is [{}, {}]",
-            x.rows, x.cols, w.rows, w.cols
+            "x is [{}, {}] but w is [{w_rows}, {w_cols}]",
+            x.rows, x.cols
         ),
     ))
 }
@@ -134,7 +136,7 @@ where
         x: &GpuTensor<T>,
         w: &GpuTensor<T>,
     ) -> Result<GpuTensor<f32>> {
-        check_matmul("router", x, w)?;
+        check_matmul("router", x, w.rows, w.cols)?;
         let mut out =
             self.device
                 .tensor(x.rows, w.rows, self.poison_outputs.then_some(f32::NAN))?;
@@ -151,13 +153,17 @@ where
         Ok(out)
     }
 
-    /// `x · wᵀ` for an `x` given as a buffer and its layout.
+    /// `x · wᵀ` for an `x` given as a buffer and its layout: cuBLAS, or the FP8 GEMM.
     pub(super) fn matmul_layout(
         &self,
         x: &cudarc::driver::CudaView<'_, T>,
         x_layout: Layout,
-        w: &GpuTensor<T>,
+        w: &CudaWeight<T>,
     ) -> Result<GpuTensor<T>> {
+        let w = match w {
+            CudaWeight::Dense(w) => w,
+            CudaWeight::Fp8(w) => return self.fp8_matmul(x, x_layout, w, None),
+        };
         let mut out = self.output(x_layout.rows, w.rows)?;
         if x_layout.rows > 0 && w.rows > 0 {
             self.blas
@@ -172,7 +178,7 @@ where
     CudaBlas: Gemm<T>,
 {
     type Tensor = GpuTensor<T>;
-    type Weight = GpuTensor<T>;
+    type Weight = CudaWeight<T>;
     type HeadWeight = CudaHeadWeight<T>;
     type KvCache = CudaKvCache<T>;
     type RoutedExperts = CudaExperts<T>;
@@ -248,21 +254,26 @@ where
         Some(self.device.counters.snapshot())
     }
 
-    fn upload_weight(&self, host: HostTensor) -> Result<GpuTensor<T>> {
-        self.device.upload(&host)
+    fn upload_weight(&self, host: HostTensor) -> Result<CudaWeight<T>> {
+        self.device.upload(&host).map(CudaWeight::Dense)
+    }
+
+    fn upload_fp8_weight(&self, w: Fp8Matrix) -> Result<CudaWeight<T>> {
+        self.fp8_weight(w)
     }
 
     fn generate_weight(
         &self,
         shape: &[usize],
         fill: &crate::weights::random::RandomFill,
-    ) -> Result<Option<GpuTensor<T>>> {
+    ) -> Result<Option<CudaWeight<T>>> {
         let (rows, cols) = match *shape {
             [n] => (1, n),
             [r, c] => (r, c),
             _ => return Ok(None),
         };
-        self.device.random_tensor(rows, cols, fill).map(Some)
+        let t = self.device.random_tensor(rows, cols, fill)?;
+        Ok(Some(CudaWeight::Dense(t)))
     }
 
     fn upload_head_weight(
@@ -323,7 +334,8 @@ where
         ))
     }
 
-    fn embedding(&self, table: &GpuTensor<T>, ids: &[u32]) -> Result<GpuTensor<T>> {
+    fn embedding(&self, table: &CudaWeight<T>, ids: &[u32]) -> Result<GpuTensor<T>> {
+        let table = table.dense("embedding")?;
         let mut out = self.output(ids.len(), table.cols)?;
         if !ids.is_empty() {
             self.device.embedding(&mut out, table, ids)?;
@@ -331,8 +343,8 @@ where
         Ok(out)
     }
 
-    fn matmul(&self, x: &GpuTensor<T>, w: &GpuTensor<T>) -> Result<GpuTensor<T>> {
-        check_matmul("matmul", x, w)?;
+    fn matmul(&self, x: &GpuTensor<T>, w: &CudaWeight<T>) -> Result<GpuTensor<T>> {
+        check_matmul("matmul", x, w.rows(), w.cols())?;
         self.matmul_layout(&x.data.slice(..), rows_layout(x), w)
     }
 
@@ -384,7 +396,8 @@ where
         Ok(out)
     }
 
-    fn rms_norm(&self, x: &GpuTensor<T>, weight: &GpuTensor<T>, eps: f32) -> Result<GpuTensor<T>> {
+    fn rms_norm(&self, x: &GpuTensor<T>, weight: &CudaWeight<T>, eps: f32) -> Result<GpuTensor<T>> {
+        let weight = weight.dense("rms_norm")?;
         let mut out = self.output(x.rows, x.cols)?;
         if x.rows > 0 {
             self.device.rms_norm(&mut out, x, weight, eps)?;
@@ -392,8 +405,8 @@ where
         Ok(out)
     }
 
-    fn add_bias(&self, x: &mut GpuTensor<T>, bias: &GpuTensor<T>) -> Result<()> {
-        self.device.add_bias(x, bias)
+    fn add_bias(&self, x: &mut GpuTensor<T>, bias: &CudaWeight<T>) -> Result<()> {
+        self.device.add_bias(x, bias.dense("add_bias")?)
     }
 
     fn add_assign(&self, x: &mut GpuTensor<T>, y: &GpuTensor<T>) -> Result<()> {
@@ -404,9 +417,10 @@ where
         &self,
         x: &mut GpuTensor<T>,
         y: &GpuTensor<T>,
-        weight: &GpuTensor<T>,
+        weight: &CudaWeight<T>,
         eps: f32,
     ) -> Result<GpuTensor<T>> {
+        let weight = weight.dense("add_rms_norm")?;
         let mut out = self.output(x.rows, x.cols)?;
         self.device.add_rms_norm(x, y, &mut out, weight, eps)?;
         Ok(out)
@@ -447,10 +461,11 @@ where
     fn latent_epilogue(
         &self,
         ckv: &mut GpuTensor<T>,
-        norm: &GpuTensor<T>,
+        norm: &CudaWeight<T>,
         eps: f32,
         table: &RopeTable,
     ) -> Result<()> {
+        let norm = norm.dense("latent_epilogue")?;
         if ckv.rows == 0 {
             return Ok(());
         }
@@ -513,7 +528,7 @@ where
         cache: &CudaKvCache<T>,
         layer: usize,
         batch: &AttentionBatch,
-        kv_b: &GpuTensor<T>,
+        kv_b: &CudaWeight<T>,
         dims: &MlaDims,
     ) -> Result<GpuTensor<T>> {
         self.materialised(q, cache, layer, batch, kv_b, dims)
@@ -533,6 +548,11 @@ where
     }
 
     fn mlp(&self, x: &GpuTensor<T>, w: &MlpWeights<Self>) -> Result<GpuTensor<T>> {
+        if let (CudaWeight::Fp8(gate), CudaWeight::Fp8(up), None) = (&w.gate, &w.up, &w.biases) {
+            check_matmul("mlp", x, gate.rows, gate.cols)?;
+            let h = self.fp8_matmul(&x.data.slice(..), rows_layout(x), gate, Some(up))?;
+            return self.matmul(&h, &w.down);
+        }
         let mut gate = self.matmul(x, &w.gate)?;
         let mut up = self.matmul(x, &w.up)?;
         if let Some([g, u, _]) = &w.biases {

@@ -159,7 +159,7 @@ where
         w: &MoeWeights<Self>,
         config: &MoeConfig,
     ) -> Result<Vec<Vec<Route>>> {
-        let logits = self.router_logits(x, &w.router)?;
+        let logits = self.router_logits(x, w.router.dense("router")?)?;
         self.device
             .moe_route(&logits, w.score_bias.as_deref(), config)
     }
@@ -186,20 +186,24 @@ where
         w: &MoeWeights<Self>,
         config: &MoeConfig,
     ) -> Result<GpuTensor<T>> {
-        let logits = self.router_logits(x, &w.router)?;
+        let logits = self.router_logits(x, w.router.dense("router")?)?;
         let (ids, weights) =
             self.device
                 .moe_route_on_device(&logits, &w.experts.score_bias, config)?;
-        let routes =
-            self.device
-                .fetch_routes(&ids, &weights, config.num_experts_per_tok, w.router.rows)?;
-        let mut assigned: Vec<(Vec<u32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); w.router.rows];
+        let routes = self.device.fetch_routes(
+            &ids,
+            &weights,
+            config.num_experts_per_tok,
+            w.router.rows(),
+        )?;
+        let mut assigned: Vec<(Vec<u32>, Vec<f32>)> =
+            vec![(Vec::new(), Vec::new()); w.router.rows()];
         for (t, token_routes) in routes.iter().take(x.rows).enumerate() {
             for choice in token_routes {
                 let (tokens, weights) = assigned.get_mut(choice.expert).ok_or_else(|| {
                     op_err(
                         "moe",
-                        format!("expert {} of {}", choice.expert, w.router.rows),
+                        format!("expert {} of {}", choice.expert, w.router.rows()),
                     )
                 })?;
                 // Tokens arrive in order: a repeat would be this token naming one expert twice.

@@ -6,6 +6,8 @@
 //! reference the tests and `mla bench moe` compare against.
 
 use super::backend::{op_err, CudaBackend};
+use super::blas::Layout;
+use super::fp8_gemm::{fp8_kernels, CudaWeight, Fp8GemmParams, FP8_BLOCK};
 use super::kernels::{self, Kernel};
 use super::launch::{KernelParams, Order};
 use super::{GpuFloat, GpuTensor};
@@ -38,9 +40,12 @@ where
     CudaBlas: Gemm<T>,
 {
     pub per_expert: Vec<MlpWeights<CudaBackend<T>>>,
+    /// Addresses of each expert's matrices in `T`, or of its FP8 codes.
     gate: CudaSlice<u64>,
     up: CudaSlice<u64>,
     down: CudaSlice<u64>,
+    /// Addresses of each expert's FP8 block scales (gate, up, down), where they are FP8.
+    fp8_scales: Option<[CudaSlice<u64>; 3]>,
     hidden: usize,
     inter: usize,
     /// The routing bias on the device (zeros where the layer has none).
@@ -161,6 +166,15 @@ fn gemm_choice<T: GpuFloat>(
     }
 }
 
+/// Where the align put each route: what both grouped GEMMs read.
+struct Routing<'a> {
+    sorted_routes: &'a CudaSlice<u32>,
+    block_expert: &'a CudaSlice<i32>,
+    route_weights: &'a CudaSlice<f32>,
+    top_k: usize,
+    block_rows: usize,
+}
+
 /// Rows of the sorted-route buffer: every route, plus a partly filled block for each expert that
 /// has any (at most `min(experts, routes)`), in whole blocks.
 fn padded_rows(routes: usize, experts: usize, block_rows: usize) -> usize {
@@ -180,12 +194,12 @@ where
     ) -> Result<CudaExperts<T>> {
         let (inter, hidden) = experts
             .first()
-            .map_or((0, 0), |e| (e.gate.rows, e.gate.cols));
+            .map_or((0, 0), |e| (e.gate.rows(), e.gate.cols()));
         for (i, e) in experts.iter().enumerate() {
             let shapes = [
-                (e.gate.rows, e.gate.cols),
-                (e.up.rows, e.up.cols),
-                (e.down.rows, e.down.cols),
+                (e.gate.rows(), e.gate.cols()),
+                (e.up.rows(), e.up.cols()),
+                (e.down.rows(), e.down.cols()),
             ];
             if shapes != [(inter, hidden), (inter, hidden), (hidden, inter)] || e.biases.is_some() {
                 return Err(op_err(
@@ -197,21 +211,49 @@ where
                 ));
             }
         }
-        let table = |pick: fn(&MlpWeights<Self>) -> &GpuTensor<T>| {
+        let is_fp8 = |w: &CudaWeight<T>| matches!(w, CudaWeight::Fp8(_));
+        let fp8 = experts.iter().filter(|e| is_fp8(&e.gate)).count();
+        if experts
+            .iter()
+            .any(|e| is_fp8(&e.up) != is_fp8(&e.gate) || is_fp8(&e.down) != is_fp8(&e.gate))
+            || (fp8 != 0 && fp8 != experts.len())
+        {
+            return Err(op_err(
+                "moe",
+                format!(
+                    "{fp8} of {} experts hold FP8 weights: all or none must",
+                    experts.len()
+                ),
+            ));
+        }
+        let table = |pick: fn(&MlpWeights<Self>) -> &CudaWeight<T>, scales: bool| {
             let addresses: Vec<u64> = experts
                 .iter()
-                .map(|e| self.device.address(&pick(e).data))
+                .map(|e| match (pick(e), scales) {
+                    (CudaWeight::Dense(t), _) => self.device.address(&t.data),
+                    (CudaWeight::Fp8(w), false) => self.device.address(w.codes()),
+                    (CudaWeight::Fp8(w), true) => self.device.address(w.scales()),
+                })
                 .collect();
             self.device.upload_values(&addresses)
+        };
+        let fp8_scales = match fp8 {
+            0 => None,
+            _ => Some([
+                table(|e| &e.gate, true)?,
+                table(|e| &e.up, true)?,
+                table(|e| &e.down, true)?,
+            ]),
         };
         let bias = match score_bias {
             Some(b) => b.to_vec(),
             None => vec![0.0; experts.len()],
         };
         Ok(CudaExperts {
-            gate: table(|e| &e.gate)?,
-            up: table(|e| &e.up)?,
-            down: table(|e| &e.down)?,
+            gate: table(|e| &e.gate, false)?,
+            up: table(|e| &e.up, false)?,
+            down: table(|e| &e.down, false)?,
+            fp8_scales,
             hidden,
             inter,
             score_bias: self.device.upload_values(&bias)?,
@@ -249,15 +291,20 @@ where
                 None => self.device.tensor(tokens, x.cols, Some(0.0)),
             };
         }
-        let logits = self.router_logits(x, &w.router)?;
+        let logits = self.router_logits(x, w.router.dense("router")?)?;
         let (ids, weights) = self
             .device
             .moe_route_on_device(&logits, &e.score_bias, config)?;
         let routes = tokens * k;
         let wgmma = self.device.info.hopper() && self.moe_path.get() == MoePath::Grouped;
         let choice = gemm_choice::<T>(e.hidden, e.inter, routes, experts, wgmma);
-        let rows = padded_rows(routes, experts, choice.block_rows);
-        let max_blocks = rows / choice.block_rows;
+        let (_, _, fp8_block_rows) = fp8_kernels(routes >= 32 * experts);
+        let block_rows = match e.fp8_scales {
+            Some(_) => fp8_block_rows,
+            None => choice.block_rows,
+        };
+        let rows = padded_rows(routes, experts, block_rows);
+        let max_blocks = rows / block_rows;
         let dev = &self.device;
         let sorted_routes = dev.uninit::<u32>(rows, "sorted routes")?;
         let block_expert = dev.uninit::<i32>(max_blocks, "block experts")?;
@@ -269,7 +316,7 @@ where
             route_row: dev.address(&route_row),
             routes: routes as i32,
             experts: experts as i32,
-            block_rows: choice.block_rows as i32,
+            block_rows: block_rows as i32,
             max_blocks: max_blocks as i32,
         };
         let one_cta = LaunchConfig {
@@ -284,9 +331,64 @@ where
 
         let h = self.output(rows, e.inter)?;
         let y = self.output(rows, e.hidden)?;
+        let routing = Routing {
+            sorted_routes: &sorted_routes,
+            block_expert: &block_expert,
+            route_weights: &weights,
+            top_k: k,
+            block_rows,
+        };
+        match &e.fp8_scales {
+            Some(scales) => self.fp8_expert_gemms(x, e, scales, &routing, &h, &y)?,
+            None => self.expert_gemms(x, e, choice, &routing, &h, &y)?,
+        }
+        let out = self.output(tokens, e.hidden)?;
+        let combine = MoeCombineParams {
+            y: dev.address(&y.data),
+            shared: shared.as_ref().map_or(0, |s| dev.address(&s.data)),
+            route_row: dev.address(&route_row),
+            out: dev.address(&out.data),
+            tokens: tokens as i32,
+            top_k: k as i32,
+            hidden: e.hidden as i32,
+            pad: 0,
+        };
+        let per_token = LaunchConfig {
+            grid_dim: (tokens as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: launch_params' contract. Block t reads its k route rows (each < rows or
+        // NO_ROUTE, skipped), row t of `shared` ([tokens, hidden]) and writes row t of `out`.
+        unsafe {
+            dev.launch_params(
+                kernels::MOE_COMBINE.of::<T>(),
+                per_token,
+                Order::Serial,
+                &combine,
+            )
+        }?;
+        Ok(out)
+    }
+
+    /// The bf16/f32 grouped GEMMs: gate+up into `h`, down into `y` (`[rows, hidden]`).
+    fn expert_gemms(
+        &self,
+        x: &GpuTensor<T>,
+        e: &CudaExperts<T>,
+        choice: GemmChoice,
+        routing: &Routing<'_>,
+        h: &GpuTensor<T>,
+        y: &GpuTensor<T>,
+    ) -> Result<()> {
+        let dev = &self.device;
         let gemm = |kernel: Kernel, p: MoeGemmParams, n: usize| {
             let cfg = LaunchConfig {
-                grid_dim: (n.div_ceil(GEMM_COLUMNS) as u32, max_blocks as u32, 1),
+                grid_dim: (
+                    n.div_ceil(GEMM_COLUMNS) as u32,
+                    (h.rows / routing.block_rows) as u32,
+                    1,
+                ),
                 block_dim: (choice.threads, 1, 1),
                 // The wgmma kernels' tiles (their MoeWgmmaShared); none for the others.
                 shared_mem_bytes: kernel.shared_bytes as u32,
@@ -298,10 +400,10 @@ where
             unsafe { dev.launch_params(kernel, cfg, Order::Serial, &p) }
         };
         let common = MoeGemmParams {
-            sorted_routes: dev.address(&sorted_routes),
-            block_expert: dev.address(&block_expert),
-            route_weights: dev.address(&weights),
-            top_k: k as i32,
+            sorted_routes: dev.address(routing.sorted_routes),
+            block_expert: dev.address(routing.block_expert),
+            route_weights: dev.address(routing.route_weights),
+            top_k: routing.top_k as i32,
             ..Default::default()
         };
         gemm(
@@ -330,33 +432,66 @@ where
             },
             e.hidden,
         )?;
-        let out = self.output(tokens, e.hidden)?;
-        let combine = MoeCombineParams {
-            y: dev.address(&y.data),
-            shared: shared.as_ref().map_or(0, |s| dev.address(&s.data)),
-            route_row: dev.address(&route_row),
-            out: dev.address(&out.data),
-            tokens: tokens as i32,
-            top_k: k as i32,
-            hidden: e.hidden as i32,
-            pad: 0,
+        Ok(())
+    }
+
+    /// The FP8 grouped GEMMs: x quantized per token, gate+up into `h`; h quantized per row
+    /// (rows of used blocks), down into `y`.
+    fn fp8_expert_gemms(
+        &self,
+        x: &GpuTensor<T>,
+        e: &CudaExperts<T>,
+        [gate_scales, up_scales, down_scales]: &[CudaSlice<u64>; 3],
+        routing: &Routing<'_>,
+        h: &GpuTensor<T>,
+        y: &GpuTensor<T>,
+    ) -> Result<()> {
+        let dev = &self.device;
+        let row_blocks = h.rows / routing.block_rows;
+        let (down_kernel, gate_up_kernel, _) = fp8_kernels(routing.block_rows > 16);
+        let layout = |t: &GpuTensor<T>| Layout {
+            rows: t.rows,
+            cols: t.cols,
+            ld: t.cols,
         };
-        let per_token = LaunchConfig {
-            grid_dim: (tokens as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
+        let common = Fp8GemmParams {
+            sorted_routes: dev.address(routing.sorted_routes),
+            block_expert: dev.address(routing.block_expert),
+            route_weights: dev.address(routing.route_weights),
+            top_k: routing.top_k as i32,
+            rows: h.rows as i32,
+            ..Default::default()
         };
-        // SAFETY: launch_params' contract. Block t reads its k route rows (each < rows or
-        // NO_ROUTE, skipped), row t of `shared` ([tokens, hidden]) and writes row t of `out`.
-        unsafe {
-            dev.launch_params(
-                kernels::MOE_COMBINE.of::<T>(),
-                per_token,
-                Order::Serial,
-                &combine,
-            )
-        }?;
-        Ok(out)
+        let a = self.quantize_fp8(&x.data.slice(..), layout(x), None)?;
+        let gate_up = Fp8GemmParams {
+            a: dev.address(&a.codes),
+            a_scales: dev.address(&a.scales),
+            w1: dev.address(&e.gate),
+            w2: dev.address(&e.up),
+            s1: dev.address(gate_scales),
+            s2: dev.address(up_scales),
+            out: dev.address(&h.data),
+            k_dim: e.hidden as i32,
+            n: e.inter as i32,
+            k_blocks: e.hidden.div_ceil(FP8_BLOCK) as i32,
+            gather: 1,
+            ..common
+        };
+        self.launch_fp8_gemm(gate_up_kernel, &gate_up, row_blocks)?;
+        let used = Some((routing.block_expert, routing.block_rows));
+        let a = self.quantize_fp8(&h.data.slice(..), layout(h), used)?;
+        let down = Fp8GemmParams {
+            a: dev.address(&a.codes),
+            a_scales: dev.address(&a.scales),
+            w1: dev.address(&e.down),
+            s1: dev.address(down_scales),
+            out: dev.address(&y.data),
+            k_dim: e.inter as i32,
+            n: e.hidden as i32,
+            k_blocks: e.inter.div_ceil(FP8_BLOCK) as i32,
+            ..common
+        };
+        self.launch_fp8_gemm(down_kernel, &down, row_blocks)
     }
 }
 

@@ -110,7 +110,7 @@ where
         cache: &CudaKvCache<T>,
         layer: usize,
         batch: &AttentionBatch,
-        kv_b: &GpuTensor<T>,
+        kv_b: &super::CudaWeight<T>,
         dims: &MlaDims,
     ) -> Result<GpuTensor<T>> {
         cache.check_layer(layer)?;
@@ -121,12 +121,14 @@ where
             dims.v_head,
             dims.qk_rope,
         );
-        if cache.width != r + dr || kv_b.rows != n * (dn + dv) || kv_b.cols != r {
+        if cache.width != r + dr || kv_b.rows() != n * (dn + dv) || kv_b.cols() != r {
             return Err(op_err(
                 "mla_attention_materialised",
                 format!(
                     "{dims:?} with cache width {} and kv_b [{}, {}]",
-                    cache.width, kv_b.rows, kv_b.cols
+                    cache.width,
+                    kv_b.rows(),
+                    kv_b.cols()
                 ),
             ));
         }
@@ -358,7 +360,7 @@ where
         cache: &CudaKvCache<T>,
         layer: usize,
         batch: &AttentionBatch,
-        kv_b: &GpuTensor<T>,
+        kv_b: &super::CudaWeight<T>,
         dims: &MlaDims,
     ) -> Result<GpuTensor<T>> {
         let layout = materialised_layout(dims);

@@ -1,0 +1,173 @@
+//! The GPU's FP8 GEMM (block-scaled FP8 weights kept as FP8, activations quantized per row per
+//! 128 columns) against its host reference `mla_rt::ops::fp8_matmul`: the quantized activations
+//! bit for bit, products within bf16 rounding, on shapes with partial row, column and k blocks;
+//! the fused gate+up of an MLP; the shapes that stay dense. Outputs are poisoned with NaN first.
+//! Needs an NVIDIA GPU (compute capability 8.9+ for the FP8 builds): ignored elsewhere.
+
+mod common;
+
+use common::{rel_l2, Rng};
+use mla_rt::backend::cpu::CpuBackend;
+use mla_rt::backend::cuda::{CudaBackend, CudaWeight};
+use mla_rt::backend::{Backend, MlpWeights};
+use mla_rt::config::quantization::Fp8Blocks;
+use mla_rt::ops::fp8_matmul::{fp8_matmul, quantize_rows};
+use mla_rt::weights::fp8::Fp8Matrix;
+use mla_rt::weights::HostTensor;
+
+type Bf16 = half::bf16;
+
+const BLOCKS: Fp8Blocks = Fp8Blocks {
+    rows: 128,
+    cols: 128,
+};
+
+fn gpu() -> CudaBackend<Bf16> {
+    let gpu = CudaBackend::<Bf16>::open(0)
+        .expect("an NVIDIA GPU with kernels in this build")
+        .with_poisoned_outputs();
+    assert!(
+        gpu.multiplies_fp8(),
+        "the FP8 GEMM needs compute capability 8.9+"
+    );
+    gpu
+}
+
+/// bf16 values, one large outlier per row (the per-128 scales must absorb it).
+fn activations(rng: &mut Rng, rows: usize, cols: usize) -> HostTensor {
+    let mut data = rng.normals(rows * cols, 1.0);
+    for (r, row) in data.chunks_exact_mut(cols).enumerate() {
+        row[(r * 37) % cols] = 40.0;
+    }
+    let data = data
+        .into_iter()
+        .map(|v| Bf16::from_f32(v).to_f32())
+        .collect();
+    HostTensor::new(vec![rows, cols], data)
+}
+
+fn weight(rng: &mut Rng, rows: usize, cols: usize) -> Fp8Matrix {
+    Fp8Matrix::quantize(&rng.normals(rows * cols, 0.05), rows, cols, BLOCKS)
+}
+
+/// Every row of `got` within `tolerance` of `want` (row-major, `cols` wide).
+fn assert_rows_close(what: &str, got: &[f32], want: &[f64], cols: usize, tolerance: f64) {
+    let worst = got
+        .chunks_exact(cols)
+        .zip(want.chunks_exact(cols))
+        .map(|(g, w)| rel_l2(g, w))
+        .fold(0.0f64, f64::max);
+    assert!(
+        worst <= tolerance,
+        "{what}: worst row {worst:.3e} > {tolerance:e}"
+    );
+    eprintln!("{what}: worst row {worst:.2e}");
+}
+
+fn bf16_round(v: f64) -> f64 {
+    Bf16::from_f64(v).to_f64()
+}
+
+/// Dense projections: 1 and 5 rows (16-row build), 70 (64-row build); k with a partial 128
+/// block (208, 576) or none; n with a partial 64-column CTA and a partial 128-row scale block.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn fp8_matmul_matches_its_reference() {
+    let gpu = gpu();
+    let mut rng = Rng::new(26);
+    for (m, k, n) in [(1, 256, 192), (5, 208, 200), (70, 576, 130), (64, 2048, 64)] {
+        let what = format!("fp8 matmul {m}×{k}×{n}");
+        let x = activations(&mut rng, m, k);
+        let w = weight(&mut rng, n, k);
+        let x_gpu = gpu.device.upload::<Bf16>(&x).unwrap();
+        assert_eq!(
+            gpu.quantized_rows(&x_gpu).unwrap(),
+            quantize_rows(&x.data, k),
+            "{what}: quantized activations"
+        );
+        let w_gpu = gpu.upload_fp8_weight(w.clone()).unwrap();
+        assert!(matches!(w_gpu, CudaWeight::Fp8(_)), "{what}: kept as FP8");
+        let got = gpu.to_host(&gpu.matmul(&x_gpu, &w_gpu).unwrap()).unwrap();
+        let want: Vec<f64> = fp8_matmul(&quantize_rows(&x.data, k), &w)
+            .into_iter()
+            .map(bf16_round)
+            .collect();
+        assert_rows_close(&what, &got.data, &want, n, 4e-3);
+        // Against the CPU engine's exact product (dequantized weights, unquantized x): the
+        // activations' quantization is the whole difference.
+        let exact = CpuBackend.matmul(&x, &w.dequantize()).unwrap();
+        let exact: Vec<f64> = exact.data.iter().map(|&v| v as f64).collect();
+        assert_rows_close(
+            &format!("{what} vs unquantized x"),
+            &got.data,
+            &exact,
+            n,
+            6e-2,
+        );
+    }
+}
+
+/// A SwiGLU MLP of FP8 weights: gate and up in one fused GEMM, its output quantized again for
+/// down.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn fp8_mlp_matches_its_reference() {
+    let gpu = gpu();
+    let mut rng = Rng::new(7);
+    for (m, hidden, inter) in [(3, 256, 176), (80, 192, 320)] {
+        let what = format!("fp8 mlp {m}×{hidden}→{inter}");
+        let x = activations(&mut rng, m, hidden);
+        let [gate, up, down] = [
+            weight(&mut rng, inter, hidden),
+            weight(&mut rng, inter, hidden),
+            weight(&mut rng, hidden, inter),
+        ];
+        let upload = |w: &Fp8Matrix| gpu.upload_fp8_weight(w.clone()).unwrap();
+        let mlp = MlpWeights {
+            gate: upload(&gate),
+            up: upload(&up),
+            down: upload(&down),
+            biases: None,
+        };
+        let x_gpu = gpu.device.upload::<Bf16>(&x).unwrap();
+        let got = gpu.to_host(&gpu.mlp(&x_gpu, &mlp).unwrap()).unwrap();
+        let xq = quantize_rows(&x.data, hidden);
+        let (g, u) = (fp8_matmul(&xq, &gate), fp8_matmul(&xq, &up));
+        let h: Vec<f32> = g
+            .iter()
+            .zip(&u)
+            .map(|(&g, &u)| bf16_round(g / (1.0 + (-g).exp()) * u) as f32)
+            .collect();
+        let want = fp8_matmul(&quantize_rows(&h, inter), &down);
+        assert_rows_close(&what, &got.data, &want, hidden, 1e-2);
+    }
+}
+
+/// What the FP8 GEMM does not take stays dense, with the FP8 weight's exact values: rows that
+/// are not whole 16-byte pieces, blocks other than 128 × 128, and f32 activations.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn other_fp8_weights_are_dequantized_at_load() {
+    let gpu = gpu();
+    let mut rng = Rng::new(3);
+    let odd = Fp8Matrix::quantize(&rng.normals(40 * 100, 0.05), 40, 100, BLOCKS);
+    let small_blocks = Fp8Blocks { rows: 64, cols: 64 };
+    let other = Fp8Matrix::quantize(&rng.normals(40 * 128, 0.05), 40, 128, small_blocks);
+    for (what, w) in [("100 columns", odd), ("64 × 64 blocks", other)] {
+        let x = activations(&mut rng, 3, w.cols);
+        let w_gpu = gpu.upload_fp8_weight(w.clone()).unwrap();
+        assert!(matches!(w_gpu, CudaWeight::Dense(_)), "{what}");
+        let x_gpu = gpu.device.upload::<Bf16>(&x).unwrap();
+        let got = gpu.to_host(&gpu.matmul(&x_gpu, &w_gpu).unwrap()).unwrap();
+        let want = CpuBackend.matmul(&x, &w.dequantize()).unwrap();
+        let want: Vec<f64> = want.data.iter().map(|&v| v as f64).collect();
+        assert_rows_close(what, &got.data, &want, w.rows, 1e-2);
+    }
+    let f32_gpu = CudaBackend::<f32>::open(0).unwrap();
+    let w = weight(&mut rng, 64, 128);
+    assert!(!f32_gpu.multiplies_fp8());
+    assert!(matches!(
+        f32_gpu.upload_fp8_weight(w).unwrap(),
+        CudaWeight::Dense(_)
+    ));
+}
