@@ -171,3 +171,118 @@ fn other_fp8_weights_are_dequantized_at_load() {
         CudaWeight::Dense(_)
     ));
 }
+
+/// Routed experts of FP8 weights on the grouped path (16-row blocks for a decode token over 64
+/// experts, 64-row blocks for 80 tokens over 4) against the per-expert path, which runs the
+/// dense FP8 GEMMs on each expert's rows, and the CPU's layer over the dequantized weights.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn fp8_experts_match_the_per_expert_path() {
+    use mla_rt::backend::cuda::MoePath;
+    use mla_rt::backend::MoeWeights;
+    use mla_rt::config::{MoeConfig, ScoringFunc, TopkMethod};
+    let gpu = gpu();
+    let mut rng = Rng::new(11);
+    for (tokens, experts, k, hidden, inter) in [(1, 64, 6, 256, 176), (80, 4, 2, 256, 192)] {
+        let what = format!("{tokens} tokens, k {k} of {experts}, {hidden}→{inter}");
+        let config = MoeConfig {
+            n_routed_experts: experts,
+            n_shared_experts: 1,
+            num_experts_per_tok: k,
+            moe_intermediate_size: inter,
+            first_k_dense_replace: 0,
+            moe_layer_freq: 1,
+            routed_scaling_factor: 1.0,
+            topk_method: TopkMethod::Greedy,
+            n_group: 1,
+            topk_group: 1,
+            norm_topk_prob: false,
+            scoring_func: ScoringFunc::Softmax,
+        };
+        let mut mlp = || {
+            [
+                weight(&mut rng, inter, hidden),
+                weight(&mut rng, inter, hidden),
+                weight(&mut rng, hidden, inter),
+            ]
+        };
+        let routed: Vec<_> = (0..experts).map(|_| mlp()).collect();
+        let shared = mlp();
+        let router = HostTensor::new(vec![experts, hidden], rng.normals(experts * hidden, 0.5));
+        let router = HostTensor::new(
+            router.shape,
+            router
+                .data
+                .iter()
+                .map(|&v| Bf16::from_f32(v).to_f32())
+                .collect(),
+        );
+        fn layer<B: Backend>(
+            b: &B,
+            routed: &[[Fp8Matrix; 3]],
+            shared: &[Fp8Matrix; 3],
+            router: &HostTensor,
+        ) -> MoeWeights<B> {
+            let mlp = |[g, u, d]: &[Fp8Matrix; 3]| MlpWeights {
+                gate: b.upload_fp8_weight(g.clone()).unwrap(),
+                up: b.upload_fp8_weight(u.clone()).unwrap(),
+                down: b.upload_fp8_weight(d.clone()).unwrap(),
+                biases: None,
+            };
+            MoeWeights {
+                router: b.upload_weight(router.clone()).unwrap(),
+                experts: b
+                    .routed_experts(routed.iter().map(mlp).collect(), None)
+                    .unwrap(),
+                score_bias: None,
+                shared: Some(mlp(shared)),
+            }
+        }
+        let x = activations(&mut rng, tokens, hidden);
+        let want = CpuBackend
+            .moe(&x, &layer(&CpuBackend, &routed, &shared, &router), &config)
+            .unwrap();
+        let want: Vec<f64> = want.data.iter().map(|&v| v as f64).collect();
+        let w = layer(&gpu, &routed, &shared, &router);
+        let x_gpu = gpu.device.upload::<Bf16>(&x).unwrap();
+        let run = |path| {
+            gpu.set_moe_path(path);
+            let y = gpu.to_host(&gpu.moe(&x_gpu, &w, &config).unwrap()).unwrap();
+            y.data
+        };
+        let (grouped, again, per_expert) = (
+            run(MoePath::Grouped),
+            run(MoePath::Grouped),
+            run(MoePath::PerExpert),
+        );
+        assert_eq!(grouped, again, "{what}: run to run");
+        // Router, routing, align, two quantizations, two grouped GEMMs, combine; the shared
+        // MLP's two quantizations and two GEMMs. No wait for the device.
+        let plain = CudaBackend::<Bf16>::open(0).unwrap();
+        let w = layer(&plain, &routed, &shared, &router);
+        let x_plain = plain.device.upload::<Bf16>(&x).unwrap();
+        let before = plain.counters().unwrap();
+        plain.moe(&x_plain, &w, &config).unwrap();
+        let used = plain.counters().unwrap().since(&before);
+        assert!(
+            used.kernel_launches <= 12 && used.host_waits == 0,
+            "{what}: {}",
+            used.per_step(1)
+        );
+        let per_expert: Vec<f64> = per_expert.iter().map(|&v| v as f64).collect();
+        assert_rows_close(
+            &format!("{what}: grouped vs per-expert"),
+            &grouped,
+            &per_expert,
+            hidden,
+            1e-2,
+        );
+        assert_rows_close(
+            &format!("{what}: grouped vs CPU"),
+            &grouped,
+            &want,
+            hidden,
+            8e-2,
+        );
+    }
+}
