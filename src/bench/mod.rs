@@ -2,6 +2,7 @@
 //! KV cache bytes per token and the largest batch that fits a memory budget at each depth.
 
 pub mod attention;
+pub mod gemm;
 pub mod http_client;
 pub mod kernels;
 pub mod moe;

@@ -1,5 +1,5 @@
 //! `mla bench moe`: one MoE layer at DeepSeek-V2-Lite and V3 shapes (random bf16 weights made
-//! on the device) for batches of decode tokens, on the grouped path and on the per-expert path:
+//! on the device, or random FP8 ones in 128 × 128 blocks) for batches of decode tokens, on the grouped path and on the per-expert path:
 //! the bytes of weights the layer must read (router, shared experts and every routed expert at
 //! least one token chose) over its time, against a device-to-device copy measured in the same
 //! run, with the kernel launches and device→host waits of one call.
@@ -67,6 +67,8 @@ fn moe_of(preset: &str) -> Result<(usize, MoeConfig)> {
 pub struct MoeRow {
     pub shape: String,
     pub tokens: usize,
+    /// `bf16` or `fp8` (the experts' and shared MLP's weights; the router stays in `T`).
+    pub weights: &'static str,
     pub path: MoePath,
     pub micros: f64,
     /// Routed experts at least one token chose.
@@ -98,18 +100,30 @@ where
         .ok_or_else(|| Error::InvalidInput("the CUDA backend generates weights".into()))
 }
 
-/// Random weights of one MoE layer of `shape`, made on the device.
-fn layer<T: GpuFloat>(gpu: &CudaBackend<T>, shape: &MoeShape) -> Result<MoeWeights<CudaBackend<T>>>
+/// Random weights of one MoE layer of `shape`, made on the device (`fp8`: made on the host as
+/// FP8 and kept so where the GPU multiplies FP8).
+fn layer<T: GpuFloat>(
+    gpu: &CudaBackend<T>,
+    shape: &MoeShape,
+    fp8: bool,
+) -> Result<MoeWeights<CudaBackend<T>>>
 where
     CudaBlas: Gemm<T>,
 {
     let (h, moe) = (shape.hidden, &shape.moe);
     let mut base = 0;
+    let mut matrix = |rows: usize, cols: usize| match fp8 {
+        true => {
+            base += 1;
+            gpu.upload_fp8_weight(super::gemm::random_fp8(rows, cols, base))
+        }
+        false => generated(gpu, [rows, cols], &mut base),
+    };
     let mut mlp = |inter: usize| -> Result<MlpWeights<CudaBackend<T>>> {
         Ok(MlpWeights {
-            gate: generated(gpu, [inter, h], &mut base)?,
-            up: generated(gpu, [inter, h], &mut base)?,
-            down: generated(gpu, [h, inter], &mut base)?,
+            gate: matrix(inter, h)?,
+            up: matrix(inter, h)?,
+            down: matrix(h, inter)?,
             biases: None,
         })
     };
@@ -135,6 +149,7 @@ pub fn run<T: GpuFloat>(
     tokens: &[usize],
     reps: usize,
     copy_bytes: usize,
+    fp8_weights: &[bool],
 ) -> Result<(Vec<MoeRow>, f64)>
 where
     CudaBlas: Gemm<T>,
@@ -143,14 +158,38 @@ where
     let copy = gpu.device.copy_bandwidth(copy_bytes, reps)? / 1e3;
     let e = std::mem::size_of::<T>() as u64;
     let mut rows = Vec::new();
-    for shape in shapes {
+    for (shape, &fp8) in shapes
+        .iter()
+        .flat_map(|s| fp8_weights.iter().map(move |f| (s, f)))
+    {
         let (h, moe) = (shape.hidden, &shape.moe);
-        crate::cli::output::note!("moe {}: generating one layer's weights", shape.name);
-        let w = layer(gpu, shape)?;
+        let weights = if fp8 { "fp8" } else { "bf16" };
+        crate::cli::output::note!(
+            "moe {}: generating one layer's {weights} weights",
+            shape.name
+        );
+        let w = layer(gpu, shape, fp8)?;
+        if fp8 && !gpu.multiplies_fp8() {
+            return Err(Error::InvalidInput(format!(
+                "{} keeps no FP8 weights (bf16 on compute capability 8.9+ does)",
+                gpu.name()
+            )));
+        }
         let inter = moe.moe_intermediate_size as u64;
-        let expert_bytes = 3 * h as u64 * inter * e;
-        let fixed_bytes =
-            moe.n_routed_experts as u64 * h as u64 * e + moe.n_shared_experts as u64 * expert_bytes;
+        // An FP8 matrix: a byte per value and an f32 per 128 × 128 block.
+        let matrix_bytes = |n: u64, k: u64| match fp8 {
+            true => n * k + 4 * n.div_ceil(128) * k.div_ceil(128),
+            false => n * k * e,
+        };
+        let expert_bytes = 2 * matrix_bytes(inter, h as u64) + matrix_bytes(h as u64, inter);
+        let shared_bytes = 2 * matrix_bytes(inter * moe.n_shared_experts as u64, h as u64)
+            + matrix_bytes(h as u64, inter * moe.n_shared_experts as u64);
+        let fixed_bytes = moe.n_routed_experts as u64 * h as u64 * e
+            + if moe.n_shared_experts > 0 {
+                shared_bytes
+            } else {
+                0
+            };
         for &n in tokens {
             let x = gpu.device.upload(&uniform(n, h, n as u64))?;
             let mut hit = vec![false; moe.n_routed_experts];
@@ -159,7 +198,12 @@ where
             }
             let experts_read = hit.iter().filter(|&&h| h).count();
             let weight_bytes = fixed_bytes + experts_read as u64 * expert_bytes;
-            for path in [MoePath::Grouped, MoePath::GroupedMma, MoePath::PerExpert] {
+            // FP8 experts have one grouped GEMM (mma.sync) on every GPU.
+            let paths: &[MoePath] = match fp8 {
+                true => &[MoePath::Grouped, MoePath::PerExpert],
+                false => &[MoePath::Grouped, MoePath::GroupedMma, MoePath::PerExpert],
+            };
+            for &path in paths {
                 gpu.set_moe_path(path);
                 let before = gpu.counters().unwrap_or_default();
                 gpu.moe(&x, &w, moe)?;
@@ -169,6 +213,7 @@ where
                 rows.push(MoeRow {
                     shape: shape.name.clone(),
                     tokens: n,
+                    weights,
                     path,
                     micros: t.gpu_ms * 1e3,
                     experts_read,
@@ -179,7 +224,7 @@ where
                     host_waits: used.host_waits,
                 });
                 crate::cli::output::note!(
-                    "moe {} {n} tokens {path:?}: {:.1} µs",
+                    "moe {} {n} tokens {weights} {path:?}: {:.1} µs",
                     shape.name,
                     t.gpu_ms * 1e3
                 );
@@ -194,14 +239,15 @@ where
 pub fn render(device: &str, reps: usize, copy_gb_per_s: f64, rows: &[MoeRow]) -> String {
     let mut s = format!(
         "one MoE layer on {device}, mean of {reps} calls (CUDA events); copy ceiling {copy_gb_per_s:.0} GB/s\n\n\
-         | shape | tokens | path | µs | experts read | MB of weights | GB/s | of copy | launches | waits |\n\
-         |---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n"
+         | shape | tokens | weights | path | µs | experts read | MB of weights | GB/s | of copy | launches | waits |\n\
+         |---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     for r in rows {
         s += &format!(
-            "| {} | {} | {} | {:.1} | {} | {:.1} | {:.0} | {:.2} | {} | {} |\n",
+            "| {} | {} | {} | {} | {:.1} | {} | {:.1} | {:.0} | {:.2} | {} | {} |\n",
             r.shape,
             r.tokens,
+            r.weights,
             match r.path {
                 MoePath::Grouped => "grouped",
                 MoePath::GroupedMma => "grouped, mma.sync only",

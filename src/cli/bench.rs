@@ -119,6 +119,10 @@ pub enum BenchSuite {
     /// per-expert path: weight bytes read over time as a fraction of copy bandwidth, with the
     /// launches and device→host waits of a call (needs --device cuda).
     Moe(MoeBenchArgs),
+    /// One projection x·wᵀ with bf16 weights (cuBLAS) and FP8 weights (the FP8 GEMM, quantizing
+    /// x included) at V2-Lite and V3 shapes: TFLOPS, and weight bytes per second against a
+    /// device-to-device copy (needs --device cuda, compute capability 8.9+).
+    Gemm(GemmBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -384,9 +388,26 @@ pub struct MoeBenchArgs {
     )]
     pub tokens: Vec<usize>,
 
+    /// Weights of the experts and shared MLP: bf16, fp8 (128 × 128 blocks, multiplied as FP8
+    /// on compute capability 8.9+), or both in turn.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "bf16",
+        value_name = "DTYPE"
+    )]
+    pub weights: Vec<WeightDtype>,
+
     /// Timed calls per row (after one warm-up).
     #[arg(long, default_value_t = 20, value_name = "N", value_parser = super::at_least_one)]
     pub reps: usize,
+}
+
+/// `mla bench moe --weights`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WeightDtype {
+    Bf16,
+    Fp8,
 }
 
 fn bench_moe(args: &MoeBenchArgs) -> Result<()> {
@@ -404,8 +425,65 @@ fn bench_moe(args: &MoeBenchArgs) -> Result<()> {
     let gpu = CudaBackend::<half::bf16>::open(ordinal)?;
     // Past any L2 (50 MB on an H100), small enough for cuda-emu's 8 GiB.
     let copy_bytes = 512 << 20;
-    let (rows, copy) = crate::bench::moe::run(&gpu, &shapes, &args.tokens, args.reps, copy_bytes)?;
+    let fp8: Vec<bool> = args
+        .weights
+        .iter()
+        .map(|&w| w == WeightDtype::Fp8)
+        .collect();
+    let (rows, copy) =
+        crate::bench::moe::run(&gpu, &shapes, &args.tokens, args.reps, copy_bytes, &fp8)?;
     super::output::say(&crate::bench::moe::render(
+        &gpu.name(),
+        args.reps,
+        copy,
+        &rows,
+    ))?;
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct GemmBenchArgs {
+    #[command(flatten)]
+    pub gpu: GpuArg,
+
+    /// Projection shapes: v2-lite (q_proj, o_proj, an expert's gate and down), v3 (q_b_proj,
+    /// o_proj, an expert's gate and down), tiny (a quick run on cuda-emu).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "v2-lite,v3",
+        value_name = "SHAPE"
+    )]
+    pub shape: Vec<String>,
+
+    /// Rows of x per call (decode batches, then a prefill chunk).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,64,4096",
+        value_name = "N"
+    )]
+    pub tokens: Vec<usize>,
+
+    /// Timed calls per row (after one warm-up).
+    #[arg(long, default_value_t = 20, value_name = "N", value_parser = super::at_least_one)]
+    pub reps: usize,
+}
+
+fn bench_gemm(args: &GemmBenchArgs) -> Result<()> {
+    let ordinal = args.gpu.ordinal("gemm")?;
+    if args.tokens.contains(&0) {
+        return Err(Error::InvalidInput(
+            "every --tokens value must be positive".into(),
+        ));
+    }
+    let mut shapes = Vec::new();
+    for s in &args.shape {
+        shapes.extend(crate::bench::gemm::shapes(s)?);
+    }
+    let gpu = CudaBackend::<half::bf16>::open(ordinal)?;
+    let (rows, copy) = crate::bench::gemm::run(&gpu, &shapes, &args.tokens, args.reps, 512 << 20)?;
+    super::output::say(&crate::bench::gemm::render(
         &gpu.name(),
         args.reps,
         copy,
@@ -433,6 +511,7 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
         Some(BenchSuite::Attention(a)) => return bench_attention(a),
         Some(BenchSuite::Serve(s)) => return crate::bench::serve::run(s),
         Some(BenchSuite::Moe(m)) => return bench_moe(m),
+        Some(BenchSuite::Gemm(g)) => return bench_gemm(g),
         None => {}
     }
     if args.prompt == 0 && args.gen == 0 {
