@@ -159,6 +159,7 @@ __device__ void fp8_gemm_mma(const Fp8GemmParams<T>& p) {
         }
 
     float acc[MATRICES][MT][NT][4] = {}, part[MATRICES][MT][NT][4] = {};
+    float ws[MATRICES] = {}, as[MT][2] = {};  // the current k block's weight and activation scales
     const int k_steps = (p.k_dim + F8_BK - 1) / F8_BK;
     for (int s = 0; s < STAGES - 1; s++) {
         if (s < k_steps) load_stage(s, s * F8_BK);
@@ -170,6 +171,20 @@ __device__ void fp8_gemm_mma(const Fp8GemmParams<T>& p) {
         if (ks + STAGES - 1 < k_steps) load_stage((ks + STAGES - 1) % STAGES, (ks + STAGES - 1) * F8_BK);
         async_commit();
         const int stage = ks % STAGES;
+        // The scales of this 128-wide k block, loaded as it starts, so that their latency
+        // passes under its mma work instead of stalling the promotion.
+        if (!(ks & 1)) {
+            const int kb = ks / 2;
+#pragma unroll
+            for (int m = 0; m < MATRICES; m++) ws[m] = w_scales[m][(col0 / FP8_BLOCK) * p.k_blocks + kb];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int half = 0; half < 2; half++) {
+                    const int ar = a_rows[mt][half];
+                    as[mt][half] = ar >= 0 ? p.a_scales[(size_t)ar * p.k_blocks + kb] : 0.0f;
+                }
+        }
 #pragma unroll
         for (int kk = 0; kk < F8_BK; kk += 32) {
             uint32_t a[MT][4];
@@ -196,16 +211,10 @@ __device__ void fp8_gemm_mma(const Fp8GemmParams<T>& p) {
         }
         // The end of a 128-wide k block (or of k): its sums times its scales join the output.
         if ((ks & 1) || ks == k_steps - 1) {
-            const int kb = ks / 2;
-            float ws[MATRICES];
-#pragma unroll
-            for (int m = 0; m < MATRICES; m++) ws[m] = w_scales[m][(col0 / FP8_BLOCK) * p.k_blocks + kb];
 #pragma unroll
             for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-                for (int half = 0; half < 2; half++) {
-                    const int ar = a_rows[mt][half];
-                    const float as = ar >= 0 ? p.a_scales[(size_t)ar * p.k_blocks + kb] : 0.0f;
+                for (int half = 0; half < 2; half++)
 #pragma unroll
                     for (int m = 0; m < MATRICES; m++)
 #pragma unroll
@@ -213,10 +222,9 @@ __device__ void fp8_gemm_mma(const Fp8GemmParams<T>& p) {
 #pragma unroll
                             for (int j = 0; j < 2; j++) {
                                 float& s = part[m][mt][nt][half * 2 + j];
-                                acc[m][mt][nt][half * 2 + j] += s * (as * ws[m]);
+                                acc[m][mt][nt][half * 2 + j] += s * (as[mt][half] * ws[m]);
                                 s = 0.0f;
                             }
-                }
         }
     }
     async_wait<0>();

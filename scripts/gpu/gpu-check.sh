@@ -199,6 +199,13 @@ model_benches() {
   # against the copy bandwidth (the MoE issue's target: ≥ 0.7 of copy at 64+ decode tokens).
   bench_step moe "mla bench moe (V2-Lite, V3; grouped vs per-expert)" 120 \
     "$out/mla" bench moe --device cuda --shape v2-lite,v3 --tokens 1,8,64,128,512 --reps 10
+  # FP8 weights (the FP8 issue): V2-Lite's MoE layer with bf16 and FP8 experts (half the bytes:
+  # the layer's time should follow), and single projections on cuBLAS bf16 against the FP8 GEMM
+  # (TFLOPS, and weight bytes over time against the copy).
+  bench_step moe-fp8 "mla bench moe --weights bf16,fp8 (V2-Lite)" 90 \
+    "$out/mla" bench moe --device cuda --shape v2-lite --tokens 1,8,64,128,512 --reps 10 --weights bf16,fp8
+  bench_step gemm "mla bench gemm (bf16 vs FP8 weights; V2-Lite, V3)" 90 \
+    "$out/mla" bench gemm --device cuda --tokens 1,64,4096 --reps 10
   # MLA against MHA on the first layers of DeepSeek-V2-Lite (random weights, bf16).
   bench_step bench "mla bench (V2-Lite vs MHA, 4 layers)" 240 \
     "$out/mla" bench --device cuda --preset deepseek-v2-lite,deepseek-v2-lite-mha \
@@ -209,6 +216,11 @@ model_benches() {
     "$out/mla" bench --device cuda --preset deepseek-v2-lite,deepseek-v2-lite-mha --layers 4 \
     --batch 1,max --depth 4096 --kv-cache-memory 8GiB --prompt 0 --gen 16 --reps 2 \
     --kv-cache-dtype fp8,bf16 --compare
+  # The same decode with FP8 weights (kept FP8, the FP8 GEMM) and both caches: with the step
+  # above, bf16 + bf16, bf16 + fp8 cache, fp8 + fp8 and fp8 + bf16 cache (the FP8 issue's rows).
+  bench_step bench-fp8-weights "mla bench --quantization fp8 --kv-cache-dtype fp8,bf16 (V2-Lite, 4 layers, d4096)" 150 \
+    "$out/mla" bench --device cuda --preset deepseek-v2-lite --layers 4 --quantization fp8 \
+    --batch 1,32 --depth 4096 --prompt 0 --gen 16 --reps 2 --kv-cache-dtype fp8,bf16
   # The same V2-Lite decode launched eagerly: against the first step's rows, what CUDA graphs
   # bring (its tg rows replay graphs).
   bench_step bench-eager "mla bench --enforce-eager (V2-Lite, 4 layers)" 120 \

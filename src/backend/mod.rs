@@ -371,6 +371,10 @@ pub trait Backend {
     fn upload_fp8_weight(&self, w: Fp8Matrix) -> Result<Self::Weight> {
         self.upload_weight(w.dequantize())
     }
+    /// Whether [`Self::upload_fp8_weight`] keeps 128 × 128-block FP8 weights as FP8.
+    fn keeps_fp8_weights(&self) -> bool {
+        false
+    }
     /// A generated weight made where it lives, or `None` when this backend takes it from the
     /// host ([`crate::weights::TensorSource::load`]) instead.
     fn generate_weight(

@@ -15,7 +15,7 @@ use mla_rt::config::ModelConfig;
 use mla_rt::error::{Error, Result};
 use mla_rt::kv::cache_dtype::{CacheRows, KvCacheDtype};
 use mla_rt::kv::{slot, BlockManager, SeqBlocks};
-use mla_rt::model::params::decode_step_weight_params;
+use mla_rt::model::params::decode_step_weight_bytes;
 use mla_rt::model::{AttentionForm, LogitRows, Model, Step};
 use std::time::Instant;
 
@@ -60,6 +60,8 @@ pub struct BenchConfig {
     pub memory_budget: u64,
     /// Bytes per cached value on this backend.
     pub cache_value_bytes: u64,
+    /// Whether the backend keeps the linear weights in FP8 (a byte per weight in the roofline).
+    pub fp8_weights: bool,
     /// What the cache stores (`--kv-cache-dtype`).
     pub cache_dtype: KvCacheDtype,
 }
@@ -382,8 +384,12 @@ pub fn run<B: Backend>(
                     waits_per_step: per_step.map(|p| p.2),
                     roofline: match per_step {
                         Some(_) => config.copy_bytes_per_s.map(|bandwidth| {
-                            let weights = decode_step_weight_params(c, batch)
-                                * config.cache_value_bytes as f64;
+                            let weights = decode_step_weight_bytes(
+                                c,
+                                batch,
+                                config.cache_value_bytes,
+                                config.fp8_weights,
+                            );
                             let context = (depth + config.prompt) as f64 + config.gen as f64 / 2.0;
                             let kv = batch as f64 * context * kv_bytes_per_token as f64;
                             (weights + kv) / bandwidth / (batch as f64 / mean)

@@ -176,7 +176,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
     ));
     if let Some(b) = mla_rt::config::quantization::fp8_blocks_of_file(&dir.join("config.json"))? {
         out.line(format_args!(
-            "quantization: fp8 e4m3 weights with one scale per {} × {} block; dequantized at load (f32 on the CPU, bf16 on a GPU)",
+            "quantization: fp8 e4m3 weights with one scale per {} × {} block; on the CPU dequantized to f32 at load; on a GPU of compute capability 8.9+ with bf16 activations kept as FP8 (128 × 128 blocks) and multiplied by activations quantized per token per 128 channels, else dequantized to bf16",
             b.rows, b.cols
         ));
     }
@@ -196,7 +196,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
     let fp8 = Fp8Layout::for_model(&c).bytes_per_token() as u64;
     let mha_fp8 = Fp8Layout::mha_twin(&c).bytes_per_token();
     out.line(format_args!(
-        "FP8 cache:    {fp8} bytes/token/layer = {} bytes/token ({:.2}× the tokens of bf16); MHA in FP8 {mha_fp8} bytes/token/layer (--kv-cache-dtype fp8; CPU only for now)",
+        "FP8 cache:    {fp8} bytes/token/layer = {} bytes/token ({:.2}× the tokens of bf16); MHA in FP8 {mha_fp8} bytes/token/layer (--kv-cache-dtype fp8)",
         fp8 * layers,
         (2 * cached) as f64 / fp8 as f64,
     ));

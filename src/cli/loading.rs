@@ -61,14 +61,14 @@ pub struct ModelArgs {
     pub attention: AttentionForm,
 
     /// Weights: none (the checkpoint's), or fp8 (linear weights rounded at load to
-    /// float8_e4m3 with a scale per 128 × 128 block, DeepSeek-V3's FP8 format; computed
-    /// dequantized: an FP8 GEMM is still to come).
+    /// float8_e4m3 with a scale per 128 × 128 block, DeepSeek-V3's FP8 format; the CPU computes
+    /// with their exact values, a GPU of compute capability 8.9+ in bf16 multiplies them as FP8
+    /// by activations quantized per token per 128 channels).
     #[arg(long, value_enum, default_value_t = Quantization::None)]
     pub quantization: Quantization,
 
     /// KV cache type: auto (f32 on the CPU, the model's dtype on a GPU), f32, bf16, or fp8
-    /// (e4m3 with scales: FlashMLA's 656-byte layout for MLA, per-head scales for MHA/GQA;
-    /// CPU only for now).
+    /// (e4m3 with scales: FlashMLA's 656-byte layout for MLA, per-head scales for MHA/GQA).
     #[arg(long, value_enum, default_value_t = KvCacheDtype::Auto)]
     pub kv_cache_dtype: KvCacheDtype,
 

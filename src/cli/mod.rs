@@ -2,6 +2,7 @@
 
 mod batch;
 mod bench;
+mod bench_suites;
 pub mod engine_args;
 pub mod generate;
 mod info;

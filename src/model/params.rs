@@ -10,6 +10,8 @@ pub struct ParamCounts {
     /// The input embedding table, which a token only indexes (DeepSeek's activated figures
     /// leave it out).
     pub embedding: u64,
+    /// The output head (0 when tied to the embedding).
+    pub head: u64,
 }
 
 pub fn count_params(config: &ModelConfig) -> ParamCounts {
@@ -80,6 +82,7 @@ fn count_deepseek(c: &DeepSeekConfig) -> ParamCounts {
         total: saturate(total),
         activated: saturate(activated),
         embedding: saturate(embedding),
+        head: saturate(head),
     }
 }
 
@@ -101,6 +104,7 @@ fn count_llama(c: &LlamaConfig) -> ParamCounts {
         total: saturate(total),
         activated: saturate(total),
         embedding: saturate(embedding),
+        head: saturate(head),
     }
 }
 
@@ -147,6 +151,26 @@ pub fn decode_step_weight_params(config: &ModelConfig, batch: usize) -> f64 {
         .filter(|&l| c.is_moe_layer(l))
         .count() as f64;
     all - moe_layers * (e - chosen) * expert
+}
+
+/// Bytes of the weights one decode step of `batch` sequences reads
+/// ([`decode_step_weight_params`]) at `value_bytes` per weight, or with `fp8` linear layers at a
+/// byte per weight (the head stays at `value_bytes`; the norms and routers, a few thousandths
+/// of a percent, are counted with the linear layers).
+pub fn decode_step_weight_bytes(
+    config: &ModelConfig,
+    batch: usize,
+    value_bytes: u64,
+    fp8: bool,
+) -> f64 {
+    let params = decode_step_weight_params(config, batch);
+    match fp8 {
+        true => {
+            let head = count_params(config).head as f64;
+            params - head + head * value_bytes as f64
+        }
+        false => params * value_bytes as f64,
+    }
 }
 
 #[cfg(test)]

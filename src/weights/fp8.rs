@@ -32,30 +32,38 @@ impl Fp8Matrix {
     /// block), the quotient in f64 as DeepSeek's reference quantizer divides, then each value's
     /// nearest e4m3fn code of `w / scale` (also divided in f64).
     pub fn quantize(w: &[f32], rows: usize, cols: usize, blocks: Fp8Blocks) -> Fp8Matrix {
+        use rayon::prelude::*;
         debug_assert_eq!(w.len(), rows * cols);
         let [grid_rows, grid_cols] = scale_grid(rows, cols, blocks);
         let mut scales = vec![1.0f32; grid_rows * grid_cols];
         let mut codes = vec![0u8; rows * cols];
-        for (br, r0) in (0..rows).step_by(blocks.rows).enumerate() {
-            for (bc, c0) in (0..cols).step_by(blocks.cols).enumerate() {
-                let (r1, c1) = ((r0 + blocks.rows).min(rows), (c0 + blocks.cols).min(cols));
-                let amax = (r0..r1)
-                    .flat_map(|r| w[r * cols + c0..r * cols + c1].iter())
-                    .fold(0.0f32, |m, v| m.max(v.abs()));
-                let scale = if amax > 0.0 {
-                    (amax as f64 / E4M3_MAX as f64) as f32
-                } else {
-                    1.0
-                };
-                scales[br * grid_cols + bc] = scale;
-                for r in r0..r1 {
-                    for c in c0..c1 {
-                        codes[r * cols + c] =
-                            f32_to_e4m3((w[r * cols + c] as f64 / scale as f64) as f32);
+        // One row of blocks at a time, spread over the cores (billions of weights at load).
+        let band = (blocks.rows * cols).max(1);
+        codes
+            .par_chunks_mut(band)
+            .zip(scales.par_chunks_mut(grid_cols.max(1)))
+            .zip(w.par_chunks(band))
+            .for_each(|((codes, scales), w)| {
+                let band_rows = w.len() / cols.max(1);
+                for (bc, c0) in (0..cols).step_by(blocks.cols).enumerate() {
+                    let c1 = (c0 + blocks.cols).min(cols);
+                    let amax = (0..band_rows)
+                        .flat_map(|r| w[r * cols + c0..r * cols + c1].iter())
+                        .fold(0.0f32, |m, v| m.max(v.abs()));
+                    let scale = if amax > 0.0 {
+                        (amax as f64 / E4M3_MAX as f64) as f32
+                    } else {
+                        1.0
+                    };
+                    scales[bc] = scale;
+                    for r in 0..band_rows {
+                        for c in c0..c1 {
+                            let q = (w[r * cols + c] as f64 / scale as f64) as f32;
+                            codes[r * cols + c] = f32_to_e4m3(q);
+                        }
                     }
                 }
-            }
-        }
+            });
         Fp8Matrix {
             rows,
             cols,

@@ -79,6 +79,14 @@ impl<S: TensorSource> TensorSource for OnlineFp8<'_, S> {
     fn contains(&self, name: &str) -> bool {
         self.inner.contains(name)
     }
+
+    /// Generated weights stay generated in place, but for the matrices made FP8 here.
+    fn random_fill(&self, name: &str, shape: &[usize]) -> Option<super::random::RandomFill> {
+        match is_fp8_linear(name) && shape.len() >= 2 {
+            true => None,
+            false => self.inner.random_fill(name, shape),
+        }
+    }
 }
 
 #[cfg(test)]

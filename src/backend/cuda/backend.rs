@@ -262,6 +262,10 @@ where
         self.fp8_weight(w)
     }
 
+    fn keeps_fp8_weights(&self) -> bool {
+        self.multiplies_fp8()
+    }
+
     fn generate_weight(
         &self,
         shape: &[usize],
