@@ -252,8 +252,8 @@ impl Checkpoint {
         d
     }
 
-    /// Reads tensor `name` as f32, checking it has exactly `shape`.
-    pub fn load(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
+    /// Tensor `name`'s entry, stored bytes and file, checking it has exactly `shape`.
+    fn stored(&self, name: &str, shape: &[usize]) -> Result<(&Entry, &[u8], &Path)> {
         let entry = self.tensors.get(name).ok_or_else(|| Error::MissingTensor {
             name: name.to_string(),
             dir: self.dir.clone(),
@@ -268,11 +268,15 @@ impl Checkpoint {
         let shard = &self.shards[entry.shard];
         let (begin, end) = entry.info.data_offsets;
         let bytes = &shard.mmap[shard.data_start + begin..shard.data_start + end];
+        Ok((entry, bytes, &shard.path))
+    }
+
+    /// Reads tensor `name` as f32, checking it has exactly `shape`.
+    pub fn load(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
+        let (entry, bytes, path) = self.stored(name, shape)?;
         let count: usize = shape.iter().product();
         if entry.info.dtype == Dtype::F8_E4M3 {
-            return Ok(self
-                .fp8_matrix(name, shape, bytes, &shard.path)?
-                .dequantize());
+            return Ok(self.fp8_matrix(name, shape, bytes, path)?.dequantize());
         }
         let width = match entry.info.dtype {
             Dtype::F32 => 4,
@@ -286,7 +290,7 @@ impl Checkpoint {
         };
         if bytes.len() != count * width {
             return Err(Error::checkpoint(
-                &shard.path,
+                path,
                 format!(
                     "tensor {name} holds {} bytes, its shape {shape:?} needs {}",
                     bytes.len(),
@@ -318,17 +322,8 @@ impl Checkpoint {
     pub fn load_fp8_matrix(&self, name: &str, shape: &[usize]) -> Result<Option<fp8::Fp8Matrix>> {
         match self.tensors.get(name) {
             Some(entry) if entry.info.dtype == Dtype::F8_E4M3 => {
-                if entry.info.shape != shape {
-                    return Err(Error::ShapeMismatch {
-                        name: name.to_string(),
-                        expected: shape.to_vec(),
-                        found: entry.info.shape.clone(),
-                    });
-                }
-                let shard = &self.shards[entry.shard];
-                let (begin, end) = entry.info.data_offsets;
-                let bytes = &shard.mmap[shard.data_start + begin..shard.data_start + end];
-                self.fp8_matrix(name, shape, bytes, &shard.path).map(Some)
+                let (_, bytes, path) = self.stored(name, shape)?;
+                self.fp8_matrix(name, shape, bytes, path).map(Some)
             }
             _ => Ok(None),
         }
