@@ -145,8 +145,8 @@ pub(super) struct Fp8Activations {
     pub scales: CudaSlice<f32>,
 }
 
-/// The GEMM builds for `rows` rows (or row blocks of that many rows per expert):
-/// `(plain, gate+up, block rows)`.
+/// The GEMM builds of 64-row blocks (`wide`: 64+ rows, or 32+ rows per expert) or of 16-row
+/// ones: `(plain, gate+up, block rows)`.
 pub(super) fn fp8_kernels(wide: bool) -> (Kernel, Kernel, usize) {
     match wide {
         true => (
