@@ -1,7 +1,8 @@
 //! The GPU's FP8 GEMM (block-scaled FP8 weights kept as FP8, activations quantized per row per
 //! 128 columns) against its host reference `mla_rt::ops::fp8_matmul`: the quantized activations
 //! bit for bit, products within bf16 rounding, on shapes with partial row, column and k blocks;
-//! the fused gate+up of an MLP; the shapes that stay dense. Outputs are poisoned with NaN first.
+//! the fused gate+up of an MLP; grouped FP8 experts; the shapes that stay dense; the ops that
+//! take no FP8 weight. Outputs are poisoned with NaN first.
 //! Needs an NVIDIA GPU (compute capability 8.9+ for the FP8 builds): ignored elsewhere.
 
 mod common;
@@ -285,4 +286,27 @@ fn fp8_experts_match_the_per_expert_path() {
             8e-2,
         );
     }
+}
+
+/// An op that takes no FP8 weight (a norm, the embedding, a bias) refuses one by name rather
+/// than reading its codes as values.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn ops_that_take_no_fp8_weight_refuse_one() {
+    let gpu = gpu();
+    let mut rng = Rng::new(5);
+    let w = gpu.upload_fp8_weight(weight(&mut rng, 64, 128)).unwrap();
+    let mut x = gpu
+        .device
+        .upload::<Bf16>(&activations(&mut rng, 2, 128))
+        .unwrap();
+    let norm = gpu.rms_norm(&x, &w, 1e-6).err().unwrap().to_string();
+    assert!(
+        norm.contains("rms_norm") && norm.contains("takes no FP8 weight"),
+        "{norm}"
+    );
+    let embedding = gpu.embedding(&w, &[1]).err().unwrap().to_string();
+    assert!(embedding.contains("embedding"), "{embedding}");
+    let bias = gpu.add_bias(&mut x, &w).err().unwrap().to_string();
+    assert!(bias.contains("add_bias"), "{bias}");
 }
