@@ -45,10 +45,23 @@ template <typename T> struct Fp8GemmParams {
     const int32_t* block_expert;
     const float* route_weights;
     T* out;  // [rows, n]
-    int rows, k_dim, n, k_blocks, top_k, gather;
+    // Split k (dense only): CTA z sums k blocks [z·k_split, (z + 1)·k_split) and stores its
+    // f32 sums to partial[z][matrix][row][col] for fp8_split_reduce; null: one CTA per tile
+    // (k_split = k_blocks) writes `out` itself.
+    float* partial;
+    int rows, k_dim, n, k_blocks, top_k, gather, k_split, pad;
 };
-static_assert(sizeof(Fp8GemmParams<float>) == 104 && offsetof(Fp8GemmParams<float>, rows) == 80,
+static_assert(sizeof(Fp8GemmParams<float>) == 120 && offsetof(Fp8GemmParams<float>, rows) == 88,
               "mirrored in fp8_gemm.rs");
+
+// out[r][c] = the epilogue of Σ_z partial[z][·][r][c], summed in z order (the same bits every
+// run): silu(gate)·up with `gate_up`, else the sum.
+struct Fp8ReduceParams {
+    const float* partial;
+    bf16* out;
+    int rows, n, splits, gate_up;
+};
+static_assert(sizeof(Fp8ReduceParams) == 32, "mirrored in fp8_gemm.rs");
 
 // --- Activation quantization ---------------------------------------------------------------
 
@@ -160,17 +173,19 @@ __device__ void fp8_gemm_mma(const Fp8GemmParams<T>& p) {
 
     float acc[MATRICES][MT][NT][4] = {}, part[MATRICES][MT][NT][4] = {};
     float ws[MATRICES] = {}, as[MT][2] = {};  // the current k block's weight and activation scales
-    const int k_steps = (p.k_dim + F8_BK - 1) / F8_BK;
+    // This CTA's k steps: two per 128-wide block of its split.
+    const int ks0 = blockIdx.z * p.k_split * 2;
+    const int ks1 = min(ks0 + p.k_split * 2, (p.k_dim + F8_BK - 1) / F8_BK);
     for (int s = 0; s < STAGES - 1; s++) {
-        if (s < k_steps) load_stage(s, s * F8_BK);
+        if (ks0 + s < ks1) load_stage(s, (ks0 + s) * F8_BK);
         async_commit();
     }
-    for (int ks = 0; ks < k_steps; ks++) {
+    for (int ks = ks0; ks < ks1; ks++) {
         async_wait<STAGES - 2>();
         __syncthreads();  // stage ks is in; every warp is done with stage ks - 1, refilled next
-        if (ks + STAGES - 1 < k_steps) load_stage((ks + STAGES - 1) % STAGES, (ks + STAGES - 1) * F8_BK);
+        if (ks + STAGES - 1 < ks1) load_stage((ks - ks0 + STAGES - 1) % STAGES, (ks + STAGES - 1) * F8_BK);
         async_commit();
-        const int stage = ks % STAGES;
+        const int stage = (ks - ks0) % STAGES;
         // The scales of this 128-wide k block, loaded as it starts, so that their latency
         // passes under its mma work instead of stalling the promotion.
         if (!(ks & 1)) {
@@ -210,7 +225,7 @@ __device__ void fp8_gemm_mma(const Fp8GemmParams<T>& p) {
             }
         }
         // The end of a 128-wide k block (or of k): its sums times its scales join the output.
-        if ((ks & 1) || ks == k_steps - 1) {
+        if ((ks & 1) || ks == ks1 - 1) {
 #pragma unroll
             for (int mt = 0; mt < MT; mt++)
 #pragma unroll
@@ -241,6 +256,12 @@ __device__ void fp8_gemm_mma(const Fp8GemmParams<T>& p) {
                 for (int j = 0; j < 2; j++) {
                     const float v1 = acc[0][mt][nt][half * 2 + j], v2 = acc[MATRICES - 1][mt][nt][half * 2 + j];
                     if (col + j >= p.n || (!p.block_expert && row >= p.rows)) continue;
+                    if (p.partial) {
+                        float* sums = p.partial + ((size_t)blockIdx.z * MATRICES * p.rows + row) * p.n + col + j;
+                        sums[0] = v1;
+                        if (GATE_UP) sums[(size_t)p.rows * p.n] = v2;
+                        continue;
+                    }
                     if (!GATE_UP && p.block_expert && route == NO_ROUTE) continue;
                     // Grouped gate+up writes its padding rows too (silu(0)·0 = 0): the down
                     // GEMM's quantization reads every row of a used block.
@@ -252,7 +273,7 @@ __device__ void fp8_gemm_mma(const Fp8GemmParams<T>& p) {
     }
 }
 
-// Grid: (⌈n / F8_BN⌉, row blocks); 128 threads; bf16 activations only (f32 runs keep the
+// Grid: (⌈n / F8_BN⌉, row blocks, k splits); 128 threads; bf16 activations only (f32 runs keep the
 // weights dequantized, as the exact path). 16-row blocks for decode, 64 for prefill; dense and
 // grouped launches share each build (`block_expert` tells them apart).
 #define FP8_GEMM_ENTRY(NAME, GATE_UP, BM, WARPS_M, WARPS_N)                                              \
@@ -263,3 +284,15 @@ FP8_GEMM_ENTRY(fp8_gemm_mma16_bf16, false, 16, 1, 4)
 FP8_GEMM_ENTRY(fp8_gemm_mma64_bf16, false, 64, 2, 2)
 FP8_GEMM_ENTRY(fp8_gate_up_mma16_bf16, true, 16, 1, 4)
 FP8_GEMM_ENTRY(fp8_gate_up_mma64_bf16, true, 64, 2, 2)
+
+// One CTA per row, threads over its columns.
+extern "C" __global__ void fp8_split_reduce_bf16(const __grid_constant__ Fp8ReduceParams p) {
+    const int row = blockIdx.x, matrices = p.gate_up ? 2 : 1;
+    for (int col = threadIdx.x; col < p.n; col += blockDim.x) {
+        float v[2] = {0.0f, 0.0f};
+        for (int z = 0; z < p.splits; z++)
+            for (int m = 0; m < matrices; m++)
+                v[m] += p.partial[(((size_t)z * matrices + m) * p.rows + row) * p.n + col];
+        p.out[(size_t)row * p.n + col] = from_f32<bf16>(p.gate_up ? silu(v[0]) * v[1] : v[0]);
+    }
+}

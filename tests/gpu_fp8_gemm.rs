@@ -69,14 +69,24 @@ fn bf16_round(v: f64) -> f64 {
     Bf16::from_f64(v).to_f64()
 }
 
-/// Dense projections: 1 and 5 rows (16-row build), 70 (64-row build); k with a partial 128
-/// block (208, 576) or none; n with a partial 64-column CTA and a partial 128-row scale block.
+/// Dense projections: 1, 3 and 5 rows (16-row build), 64 and 70 (64-row build); k with a
+/// partial 128 block (208, 576) or none; n with a partial 64-column CTA and a partial 128-row
+/// scale block. With fewer tiles than SMs k is split (2 to 16 ways here), but for one k block
+/// (128 × 200) and for 8,500 columns (133 tiles).
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn fp8_matmul_matches_its_reference() {
     let gpu = gpu();
     let mut rng = Rng::new(26);
-    for (m, k, n) in [(1, 256, 192), (5, 208, 200), (70, 576, 130), (64, 2048, 64)] {
+    let shapes = [
+        (1, 256, 192),
+        (5, 208, 200),
+        (70, 576, 130),
+        (64, 2048, 64),
+        (3, 128, 200),
+        (2, 256, 8500),
+    ];
+    for (m, k, n) in shapes {
         let what = format!("fp8 matmul {m}×{k}×{n}");
         let x = activations(&mut rng, m, k);
         let w = weight(&mut rng, n, k);
@@ -258,7 +268,8 @@ fn fp8_experts_match_the_per_expert_path() {
         );
         assert_eq!(grouped, again, "{what}: run to run");
         // Router, routing, align, two quantizations, two grouped GEMMs, combine; the shared
-        // MLP's two quantizations and two GEMMs. No wait for the device.
+        // MLP's two quantizations and two GEMMs, each with its split-k reduce where split. No
+        // wait for the device.
         let plain = CudaBackend::<Bf16>::open(0).unwrap();
         let w = layer(&plain, &routed, &shared, &router);
         let x_plain = plain.device.upload::<Bf16>(&x).unwrap();
@@ -266,7 +277,7 @@ fn fp8_experts_match_the_per_expert_path() {
         plain.moe(&x_plain, &w, &config).unwrap();
         let used = plain.counters().unwrap().since(&before);
         assert!(
-            used.kernel_launches <= 12 && used.host_waits == 0,
+            used.kernel_launches <= 14 && used.host_waits == 0,
             "{what}: {}",
             used.per_step(1)
         );

@@ -120,23 +120,39 @@ pub(super) struct Fp8GemmParams {
     pub block_expert: u64,
     pub route_weights: u64,
     pub out: u64,
+    pub partial: u64,
     pub rows: i32,
     pub k_dim: i32,
     pub n: i32,
     pub k_blocks: i32,
     pub top_k: i32,
     pub gather: i32,
+    pub k_split: i32,
+    pub pad: i32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+struct Fp8ReduceParams {
+    partial: u64,
+    out: u64,
+    rows: i32,
+    n: i32,
+    splits: i32,
+    gate_up: i32,
 }
 
 const _: () = {
     assert!(size_of::<Fp8QuantizeParams>() == 56);
-    assert!(size_of::<Fp8GemmParams>() == 104 && offset_of!(Fp8GemmParams, rows) == 80);
+    assert!(size_of::<Fp8GemmParams>() == 120 && offset_of!(Fp8GemmParams, rows) == 88);
+    assert!(size_of::<Fp8ReduceParams>() == 32);
 };
 
 // SAFETY: each mirrors its struct in kernels/fp8_gemm.cu (sizes and offsets asserted on both
 // sides); the addresses are filled from live buffers by the functions below and moe_grouped.rs.
 unsafe impl KernelParams for Fp8QuantizeParams {}
 unsafe impl KernelParams for Fp8GemmParams {}
+unsafe impl KernelParams for Fp8ReduceParams {}
 
 /// Activations as the FP8 GEMM reads them: `rows × cols` e4m3 codes and one scale per row per
 /// 128 columns.
@@ -160,6 +176,19 @@ pub(super) fn fp8_kernels(wide: bool) -> (Kernel, Kernel, usize) {
             16,
         ),
     }
+}
+
+/// How many k splits a dense FP8 GEMM of `ctas` tiles over `k_blocks` 128-wide blocks takes on
+/// `multiprocessors` SMs: none where the tiles fill the GPU, else enough for
+/// [`super::tuning::FP8_SPLIT_CTAS_PER_SM`] CTAs per SM, at most one block each. Returns
+/// `(splits, blocks per split)`.
+pub(super) fn k_splits(ctas: usize, k_blocks: usize, multiprocessors: usize) -> (usize, usize) {
+    let wanted = super::tuning::FP8_SPLIT_CTAS_PER_SM * multiprocessors;
+    if ctas >= multiprocessors || k_blocks <= 1 {
+        return (1, k_blocks);
+    }
+    let per_split = k_blocks.div_ceil(wanted.div_ceil(ctas).min(k_blocks));
+    (k_blocks.div_ceil(per_split), per_split)
 }
 
 impl<T: GpuFloat> CudaBackend<T>
@@ -263,26 +292,29 @@ where
         })
     }
 
-    /// Launches one FP8 GEMM over `row_blocks` blocks of rows and ⌈n / 64⌉ column blocks.
+    /// Launches one FP8 GEMM over `row_blocks` blocks of rows, ⌈n / 64⌉ column blocks and
+    /// ⌈k_blocks / k_split⌉ k splits.
     pub(super) fn launch_fp8_gemm(
         &self,
         kernel: Kernel,
         p: &Fp8GemmParams,
         row_blocks: usize,
     ) -> Result<()> {
+        let splits = (p.k_blocks.max(1) as usize).div_ceil(p.k_split.max(1) as usize);
         let cfg = LaunchConfig {
             grid_dim: (
                 (p.n as usize).div_ceil(GEMM_COLUMNS) as u32,
                 row_blocks as u32,
-                1,
+                splits as u32,
             ),
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
         // SAFETY: launch_params' contract. Every caller fills `p` from live buffers: a
         // ([a rows, k_dim] codes, [a rows, k_blocks] scales), weight tables whose entries are
-        // [n, k_dim] codes and [⌈n/128⌉, k_blocks] scales, and out sized for every row a CTA
-        // writes (dense: `rows`; grouped: row_blocks · block rows).
+        // [n, k_dim] codes and [⌈n/128⌉, k_blocks] scales, and out (or, split, partial:
+        // [splits, matrices, rows, n] f32) sized for every row a CTA writes (dense: `rows`;
+        // grouped: row_blocks · block rows, never split).
         unsafe { self.device.launch_params(kernel, cfg, Order::Serial, p) }
     }
 
@@ -315,7 +347,22 @@ where
         }
         let a = self.quantize_fp8(x, layout, None)?;
         let (plain, gate_up, block_rows) = fp8_kernels(layout.rows >= WIDE_ROWS);
+        let row_blocks = layout.rows.div_ceil(block_rows);
+        let ctas = w.rows.div_ceil(GEMM_COLUMNS) * row_blocks;
+        let (splits, k_split) = k_splits(ctas, w.k_blocks(), self.device.info.multiprocessors);
+        let matrices = if up.is_some() { 2 } else { 1 };
         let dev = &self.device;
+        let partial = match splits {
+            1 => None,
+            _ => {
+                let sums =
+                    dev.uninit::<f32>(splits * matrices * layout.rows * w.rows, "split sums")?;
+                if self.poison_outputs {
+                    dev.fill_bytes(&sums, 0xff)?;
+                }
+                Some(sums)
+            }
+        };
         let p = Fp8GemmParams {
             a: dev.address(&a.codes),
             a_scales: dev.address(&a.scales),
@@ -324,14 +371,55 @@ where
             w2: up.map_or(0, |u| dev.address(&u.code_table)),
             s2: up.map_or(0, |u| dev.address(&u.scale_table)),
             out: dev.address(&out.data),
+            partial: partial.as_ref().map_or(0, |p| dev.address(p)),
             rows: layout.rows as i32,
             k_dim: w.cols as i32,
             n: w.rows as i32,
             k_blocks: w.k_blocks() as i32,
+            k_split: k_split as i32,
             ..Default::default()
         };
         let kernel = if up.is_some() { gate_up } else { plain };
-        self.launch_fp8_gemm(kernel, &p, layout.rows.div_ceil(block_rows))?;
+        self.launch_fp8_gemm(kernel, &p, row_blocks)?;
+        if let Some(sums) = &partial {
+            let reduce = Fp8ReduceParams {
+                partial: dev.address(sums),
+                out: dev.address(&out.data),
+                rows: layout.rows as i32,
+                n: w.rows as i32,
+                splits: splits as i32,
+                gate_up: up.is_some() as i32,
+            };
+            let cfg = LaunchConfig {
+                grid_dim: (layout.rows as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: launch_params' contract. Block r reads row r of every split's sums
+            // ([splits, matrices, rows, n], all written by the GEMM above) and writes row r of
+            // out ([rows, n]).
+            unsafe {
+                dev.launch_params(kernels::FP8_SPLIT_REDUCE_BF16, cfg, Order::Serial, &reduce)
+            }?;
+        }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn k_splits_fill_the_gpu_only_where_the_tiles_do_not() {
+        // V2-Lite's o_proj at one token: 32 tiles on 132 SMs, 16 k blocks: 8 splits of 2.
+        assert_eq!(k_splits(32, 16, 132), (8, 2));
+        // 576 × 2048 (kv_a): 9 tiles, every k block its own split.
+        assert_eq!(k_splits(9, 16, 132), (16, 1));
+        // Enough tiles already (prefill, or V3's q_b_proj at 384 tiles): no split.
+        assert_eq!(k_splits(384, 12, 132), (1, 12));
+        assert_eq!(k_splits(4, 1, 132), (1, 1));
+        // Splits of equal whole blocks, none empty: 11 blocks in 4 of 3 → 4 splits (3, 3, 3, 2).
+        assert_eq!(k_splits(66, 11, 132), (4, 3));
     }
 }

@@ -462,6 +462,8 @@ where
             rows: h.rows as i32,
             ..Default::default()
         };
+        // Never split: grouped launches have a CTA per expert block and column block.
+        let blocks = |k: usize| k.div_ceil(FP8_BLOCK) as i32;
         let a = self.quantize_fp8(&x.data.slice(..), layout(x), None)?;
         let gate_up = Fp8GemmParams {
             a: dev.address(&a.codes),
@@ -473,7 +475,8 @@ where
             out: dev.address(&h.data),
             k_dim: e.hidden as i32,
             n: e.inter as i32,
-            k_blocks: e.hidden.div_ceil(FP8_BLOCK) as i32,
+            k_blocks: blocks(e.hidden),
+            k_split: blocks(e.hidden),
             gather: 1,
             ..common
         };
@@ -488,7 +491,8 @@ where
             out: dev.address(&y.data),
             k_dim: e.inter as i32,
             n: e.hidden as i32,
-            k_blocks: e.inter.div_ceil(FP8_BLOCK) as i32,
+            k_blocks: blocks(e.inter),
+            k_split: blocks(e.inter),
             ..common
         };
         self.launch_fp8_gemm(down_kernel, &down, row_blocks)

@@ -30,3 +30,7 @@ pub const EXACT_SPLIT_GRANULE: usize = 64;
 /// Bound on the context the materialised MLA form expands at once (K and V of a group of
 /// sequences), in bytes.
 pub const MATERIALISED_BYTES: usize = 2 << 30;
+
+/// CTAs per SM a dense FP8 GEMM aims for by splitting k where its tiles are fewer than the SMs
+/// (decode's few rows): an estimate, awaiting `mla bench gemm` on a GPU.
+pub const FP8_SPLIT_CTAS_PER_SM: usize = 2;
