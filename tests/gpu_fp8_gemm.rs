@@ -1,17 +1,18 @@
 //! The GPU's FP8 GEMM (block-scaled FP8 weights kept as FP8, activations quantized per row per
 //! 128 columns) against its host reference `mla_rt::ops::fp8_matmul`: the quantized activations
 //! bit for bit, products within bf16 rounding, on shapes with partial row, column and k blocks;
-//! the fused gate+up of an MLP; grouped FP8 experts; the shapes that stay dense; the ops that
-//! take no FP8 weight. Outputs are poisoned with NaN first.
+//! the fused gate+up of an MLP; grouped FP8 experts, eagerly and replayed from a CUDA graph; the
+//! shapes that stay dense; the ops that take no FP8 weight. Outputs are poisoned with NaN first.
 //! Needs an NVIDIA GPU (compute capability 8.9+ for the FP8 builds): ignored elsewhere.
 
 mod common;
 
 use common::{rel_l2, Rng};
 use mla_rt::backend::cpu::CpuBackend;
-use mla_rt::backend::cuda::{CudaBackend, CudaWeight};
-use mla_rt::backend::{Backend, MlpWeights};
+use mla_rt::backend::cuda::{CudaBackend, CudaWeight, MoePath};
+use mla_rt::backend::{Backend, MlpWeights, MoeWeights};
 use mla_rt::config::quantization::Fp8Blocks;
+use mla_rt::config::{MoeConfig, ScoringFunc, TopkMethod};
 use mla_rt::ops::fp8_matmul::{fp8_matmul, quantize_rows};
 use mla_rt::weights::fp8::Fp8Matrix;
 use mla_rt::weights::HostTensor;
@@ -183,82 +184,89 @@ fn other_fp8_weights_are_dequantized_at_load() {
     ));
 }
 
+/// A layer of FP8 experts: `experts` routed experts of `hidden → inter` and one shared MLP
+/// alike, greedy top-`k` softmax routing.
+struct Fp8Moe {
+    config: MoeConfig,
+    routed: Vec<[Fp8Matrix; 3]>,
+    shared: [Fp8Matrix; 3],
+    router: HostTensor,
+}
+
+fn fp8_moe(rng: &mut Rng, experts: usize, k: usize, hidden: usize, inter: usize) -> Fp8Moe {
+    let config = MoeConfig {
+        n_routed_experts: experts,
+        n_shared_experts: 1,
+        num_experts_per_tok: k,
+        moe_intermediate_size: inter,
+        first_k_dense_replace: 0,
+        moe_layer_freq: 1,
+        routed_scaling_factor: 1.0,
+        topk_method: TopkMethod::Greedy,
+        n_group: 1,
+        topk_group: 1,
+        norm_topk_prob: false,
+        scoring_func: ScoringFunc::Softmax,
+    };
+    let mut mlp = || {
+        [
+            weight(rng, inter, hidden),
+            weight(rng, inter, hidden),
+            weight(rng, hidden, inter),
+        ]
+    };
+    let routed = (0..experts).map(|_| mlp()).collect();
+    let shared = mlp();
+    let router = rng.normals(experts * hidden, 0.5);
+    let router = router.iter().map(|&v| Bf16::from_f32(v).to_f32()).collect();
+    Fp8Moe {
+        config,
+        routed,
+        shared,
+        router: HostTensor::new(vec![experts, hidden], router),
+    }
+}
+
+/// The layer's weights on backend `b` (FP8 where `b` keeps FP8 weights).
+fn moe_weights<B: Backend>(b: &B, m: &Fp8Moe) -> MoeWeights<B> {
+    let mlp = |[g, u, d]: &[Fp8Matrix; 3]| MlpWeights {
+        gate: b.upload_fp8_weight(g.clone()).unwrap(),
+        up: b.upload_fp8_weight(u.clone()).unwrap(),
+        down: b.upload_fp8_weight(d.clone()).unwrap(),
+        biases: None,
+    };
+    MoeWeights {
+        router: b.upload_weight(m.router.clone()).unwrap(),
+        experts: b
+            .routed_experts(m.routed.iter().map(mlp).collect(), None)
+            .unwrap(),
+        score_bias: None,
+        shared: Some(mlp(&m.shared)),
+    }
+}
+
 /// Routed experts of FP8 weights on the grouped path (16-row blocks for a decode token over 64
 /// experts, 64-row blocks for 80 tokens over 4) against the per-expert path, which runs the
 /// dense FP8 GEMMs on each expert's rows, and the CPU's layer over the dequantized weights.
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn fp8_experts_match_the_per_expert_path() {
-    use mla_rt::backend::cuda::MoePath;
-    use mla_rt::backend::MoeWeights;
-    use mla_rt::config::{MoeConfig, ScoringFunc, TopkMethod};
     let gpu = gpu();
     let mut rng = Rng::new(11);
     for (tokens, experts, k, hidden, inter) in [(1, 64, 6, 256, 176), (80, 4, 2, 256, 192)] {
         let what = format!("{tokens} tokens, k {k} of {experts}, {hidden}→{inter}");
-        let config = MoeConfig {
-            n_routed_experts: experts,
-            n_shared_experts: 1,
-            num_experts_per_tok: k,
-            moe_intermediate_size: inter,
-            first_k_dense_replace: 0,
-            moe_layer_freq: 1,
-            routed_scaling_factor: 1.0,
-            topk_method: TopkMethod::Greedy,
-            n_group: 1,
-            topk_group: 1,
-            norm_topk_prob: false,
-            scoring_func: ScoringFunc::Softmax,
-        };
-        let mut mlp = || {
-            [
-                weight(&mut rng, inter, hidden),
-                weight(&mut rng, inter, hidden),
-                weight(&mut rng, hidden, inter),
-            ]
-        };
-        let routed: Vec<_> = (0..experts).map(|_| mlp()).collect();
-        let shared = mlp();
-        let router = HostTensor::new(vec![experts, hidden], rng.normals(experts * hidden, 0.5));
-        let router = HostTensor::new(
-            router.shape,
-            router
-                .data
-                .iter()
-                .map(|&v| Bf16::from_f32(v).to_f32())
-                .collect(),
-        );
-        fn layer<B: Backend>(
-            b: &B,
-            routed: &[[Fp8Matrix; 3]],
-            shared: &[Fp8Matrix; 3],
-            router: &HostTensor,
-        ) -> MoeWeights<B> {
-            let mlp = |[g, u, d]: &[Fp8Matrix; 3]| MlpWeights {
-                gate: b.upload_fp8_weight(g.clone()).unwrap(),
-                up: b.upload_fp8_weight(u.clone()).unwrap(),
-                down: b.upload_fp8_weight(d.clone()).unwrap(),
-                biases: None,
-            };
-            MoeWeights {
-                router: b.upload_weight(router.clone()).unwrap(),
-                experts: b
-                    .routed_experts(routed.iter().map(mlp).collect(), None)
-                    .unwrap(),
-                score_bias: None,
-                shared: Some(mlp(shared)),
-            }
-        }
+        let layer = fp8_moe(&mut rng, experts, k, hidden, inter);
+        let config = &layer.config;
         let x = activations(&mut rng, tokens, hidden);
         let want = CpuBackend
-            .moe(&x, &layer(&CpuBackend, &routed, &shared, &router), &config)
+            .moe(&x, &moe_weights(&CpuBackend, &layer), config)
             .unwrap();
         let want: Vec<f64> = want.data.iter().map(|&v| v as f64).collect();
-        let w = layer(&gpu, &routed, &shared, &router);
+        let w = moe_weights(&gpu, &layer);
         let x_gpu = gpu.device.upload::<Bf16>(&x).unwrap();
         let run = |path| {
             gpu.set_moe_path(path);
-            let y = gpu.to_host(&gpu.moe(&x_gpu, &w, &config).unwrap()).unwrap();
+            let y = gpu.to_host(&gpu.moe(&x_gpu, &w, config).unwrap()).unwrap();
             y.data
         };
         let (grouped, again, per_expert) = (
@@ -266,15 +274,16 @@ fn fp8_experts_match_the_per_expert_path() {
             run(MoePath::Grouped),
             run(MoePath::PerExpert),
         );
+        gpu.set_moe_path(MoePath::Grouped);
         assert_eq!(grouped, again, "{what}: run to run");
         // Router, routing, align, two quantizations, two grouped GEMMs, combine; the shared
         // MLP's two quantizations and two GEMMs, each with its split-k reduce where split. No
         // wait for the device.
         let plain = CudaBackend::<Bf16>::open(0).unwrap();
-        let w = layer(&plain, &routed, &shared, &router);
+        let w = moe_weights(&plain, &layer);
         let x_plain = plain.device.upload::<Bf16>(&x).unwrap();
         let before = plain.counters().unwrap();
-        plain.moe(&x_plain, &w, &config).unwrap();
+        plain.moe(&x_plain, &w, config).unwrap();
         let used = plain.counters().unwrap().since(&before);
         assert!(
             used.kernel_launches <= 14 && used.host_waits == 0,
@@ -296,6 +305,48 @@ fn fp8_experts_match_the_per_expert_path() {
             hidden,
             8e-2,
         );
+    }
+}
+
+/// The FP8 MoE layer (grouped experts, the shared MLP's split GEMMs) captured in a CUDA graph,
+/// as decode steps are: replayed over two inputs written into the captured buffer, it gives
+/// the eager bits, with one graph launch and no kernel launched one by one.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn fp8_experts_replay_from_a_cuda_graph() {
+    let gpu = gpu();
+    let mut rng = Rng::new(19);
+    let layer = fp8_moe(&mut rng, 64, 6, 256, 176);
+    let w = moe_weights(&gpu, &layer);
+    let inputs: Vec<HostTensor> = (0..2).map(|_| activations(&mut rng, 3, 256)).collect();
+    let eager: Vec<Vec<f32>> = inputs
+        .iter()
+        .map(|x| {
+            let x = gpu.device.upload::<Bf16>(x).unwrap();
+            let y = gpu.moe(&x, &w, &layer.config).unwrap();
+            gpu.to_host(&y).unwrap().data
+        })
+        .collect();
+    let mut x = gpu.device.upload::<Bf16>(&inputs[0]).unwrap();
+    let mut out = gpu.device.tensor::<Bf16>(3, 256, Some(0.0)).unwrap();
+    let graph = gpu
+        .device
+        .capture(|| {
+            let y = gpu.moe(&x, &w, &layer.config)?;
+            gpu.device
+                .stream
+                .memcpy_dtod(&y.data, &mut out.data)
+                .map_err(mla_rt::backend::cuda::driver_err("copying the output"))
+        })
+        .unwrap();
+    for (i, host) in inputs.iter().enumerate() {
+        let values: Vec<Bf16> = host.data.iter().map(|&v| Bf16::from_f32(v)).collect();
+        gpu.device.stream.memcpy_htod(&values, &mut x.data).unwrap();
+        let before = gpu.counters().unwrap();
+        graph.launch().unwrap();
+        let used = gpu.counters().unwrap().since(&before);
+        assert_eq!((used.graph_launches, used.kernel_launches), (1, 0));
+        assert_eq!(gpu.to_host(&out).unwrap().data, eager[i], "input {i}");
     }
 }
 
