@@ -19,10 +19,7 @@ use mla_rt::weights::HostTensor;
 
 type Bf16 = half::bf16;
 
-const BLOCKS: Fp8Blocks = Fp8Blocks {
-    rows: 128,
-    cols: 128,
-};
+const BLOCKS: Fp8Blocks = Fp8Blocks::DEEPSEEK;
 
 fn gpu() -> CudaBackend<Bf16> {
     let gpu = CudaBackend::<Bf16>::open(0)

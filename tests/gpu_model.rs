@@ -76,13 +76,9 @@ fn load<B: Backend>(dir: &Path, backend: &B, weights: Weights) -> Model<B> {
     match weights {
         Weights::AsStored => Model::load(config, &checkpoint, backend).unwrap(),
         Weights::Fp8 => {
-            let blocks = Fp8Blocks {
-                rows: 128,
-                cols: 128,
-            };
             let source = OnlineFp8 {
                 inner: &checkpoint,
-                blocks,
+                blocks: Fp8Blocks::DEEPSEEK,
             };
             Model::load(config, &source, backend).unwrap()
         }

@@ -84,10 +84,7 @@ pub fn random_fp8(rows: usize, cols: usize, seed: u64) -> Fp8Matrix {
             }
         })
         .collect();
-    let blocks = Fp8Blocks {
-        rows: 128,
-        cols: 128,
-    };
+    let blocks = Fp8Blocks::DEEPSEEK;
     let [grid_rows, grid_cols] = mla_rt::weights::fp8::scale_grid(rows, cols, blocks);
     Fp8Matrix {
         rows,

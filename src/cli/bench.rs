@@ -235,10 +235,7 @@ fn bench_on<B: Backend>(args: &BenchArgs, backend: B) -> Result<()> {
         let random = RandomWeights { seed: args.seed };
         let online = OnlineFp8 {
             inner: &random,
-            blocks: Fp8Blocks {
-                rows: 128,
-                cols: 128,
-            },
+            blocks: Fp8Blocks::DEEPSEEK,
         };
         let (source, name): (&dyn TensorSource, String) = match args.quantization {
             Quantization::None => (&random, name),

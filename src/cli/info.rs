@@ -175,9 +175,9 @@ pub fn run(args: InfoArgs) -> Result<()> {
         checkpoint.dtypes().join(", ")
     ));
     if let Some(b) = mla_rt::config::quantization::fp8_blocks_of_file(&dir.join("config.json"))? {
-        let gpu = match (b.rows, b.cols) {
-            (128, 128) => "on a GPU of compute capability 8.9+ with bf16 activations kept as FP8 and multiplied by activations quantized per token per 128 channels, else dequantized to bf16",
-            _ => "on a GPU dequantized to bf16 (the FP8 GEMM takes 128 × 128 blocks)",
+        let gpu = match b == mla_rt::config::quantization::Fp8Blocks::DEEPSEEK {
+            true => "on a GPU of compute capability 8.9+ with bf16 activations kept as FP8 and multiplied by activations quantized per token per 128 channels, else dequantized to bf16",
+            false => "on a GPU dequantized to bf16 (the FP8 GEMM takes 128 × 128 blocks)",
         };
         out.line(format_args!(
             "quantization: fp8 e4m3 weights with one scale per {} × {} block; on the CPU dequantized to f32 at load; {gpu}",

@@ -226,10 +226,7 @@ fn load_on<B: Backend>(
         Quantization::Fp8 => {
             online = OnlineFp8 {
                 inner: checkpoint,
-                blocks: Fp8Blocks {
-                    rows: 128,
-                    cols: 128,
-                },
+                blocks: Fp8Blocks::DEEPSEEK,
             };
             &online
         }

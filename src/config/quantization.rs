@@ -15,6 +15,15 @@ pub struct Fp8Blocks {
     pub cols: usize,
 }
 
+impl Fp8Blocks {
+    /// DeepSeek-V3/R1's 128 × 128 blocks: what `--quantization fp8` makes and the GPU's FP8
+    /// GEMM multiplies.
+    pub const DEEPSEEK: Fp8Blocks = Fp8Blocks {
+        rows: 128,
+        cols: 128,
+    };
+}
+
 /// The block-scaled FP8 format `keys` (a config.json) declares, if any.
 pub fn fp8_blocks(keys: &Keys) -> Result<Option<Fp8Blocks>> {
     let Some(q) = keys.object("quantization_config")? else {

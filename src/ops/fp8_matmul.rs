@@ -101,15 +101,7 @@ mod tests {
         assert_eq!(q.codes[150], f32_to_e4m3(-448.0));
         assert!(q.codes[cols..].iter().all(|&c| c == 0));
         // One weight row of ones: the product is the sum of the quantized row, near the exact.
-        let w = Fp8Matrix::quantize(
-            &vec![1.0; cols],
-            1,
-            cols,
-            Fp8Blocks {
-                rows: 128,
-                cols: 128,
-            },
-        );
+        let w = Fp8Matrix::quantize(&vec![1.0; cols], 1, cols, Fp8Blocks::DEEPSEEK);
         let y = fp8_matmul(&q, &w);
         let exact: f64 = x[..cols].iter().map(|&v| v as f64).sum();
         assert!(

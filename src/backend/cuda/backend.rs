@@ -66,7 +66,8 @@ fn check_matmul<T>(op: &'static str, x: &GpuTensor<T>, w_rows: usize, w_cols: us
     ))
 }
 
-fn rows_layout<T>(x: &GpuTensor<T>) -> Layout {
+/// `x`'s rows, packed.
+pub(super) fn rows_layout<T>(x: &GpuTensor<T>) -> Layout {
     Layout {
         rows: x.rows,
         cols: x.cols,

@@ -4,11 +4,12 @@
 //! rows not of whole 16-byte pieces) an FP8 weight is dequantized to `T` at load, as before.
 //! `crate::ops::fp8_matmul` is the CPU reference of the arithmetic.
 
-use super::backend::{op_err, CudaBackend};
+use super::backend::{op_err, rows_layout, CudaBackend};
 use super::blas::Layout;
 use super::kernels::{self, Kernel};
 use super::launch::{KernelParams, Order};
 use super::{GpuFloat, GpuTensor};
+use crate::config::quantization::Fp8Blocks;
 use crate::error::Result;
 use crate::ops::fp8_matmul::Fp8Rows;
 use crate::weights::fp8::Fp8Matrix;
@@ -203,7 +204,7 @@ where
     /// `m` on the device: as FP8 where [`Self::multiplies_fp8`] and the kernels take its shape
     /// (128 × 128 blocks, rows of whole 16-byte pieces), else dequantized to `T`.
     pub(super) fn fp8_weight(&self, m: Fp8Matrix) -> Result<CudaWeight<T>> {
-        let blocks_fit = m.blocks.rows == FP8_BLOCK && m.blocks.cols == FP8_BLOCK;
+        let blocks_fit = m.blocks == Fp8Blocks::DEEPSEEK;
         if !self.multiplies_fp8() || !blocks_fit || m.cols % 16 != 0 || m.rows == 0 {
             return self.device.upload(&m.dequantize()).map(CudaWeight::Dense);
         }
@@ -274,12 +275,7 @@ where
 
     /// The rows of `x` as the FP8 GEMM quantizes them, read back (for tests).
     pub fn quantized_rows(&self, x: &GpuTensor<T>) -> Result<Fp8Rows> {
-        let layout = Layout {
-            rows: x.rows,
-            cols: x.cols,
-            ld: x.cols,
-        };
-        let a = self.quantize_fp8(&x.data.slice(..), layout, None)?;
+        let a = self.quantize_fp8(&x.data.slice(..), rows_layout(x), None)?;
         let mut codes: Vec<u8> = self.device.fetch(&a.codes, "FP8 activations")?;
         let mut scales: Vec<f32> = self.device.fetch(&a.scales, "FP8 activation scales")?;
         codes.truncate(x.rows * x.cols);

@@ -5,8 +5,7 @@
 //! (`routes + min(experts, routes)·(block − 1)` rows). The per-expert path (moe.rs) stays as the
 //! reference the tests and `mla bench moe` compare against.
 
-use super::backend::{op_err, CudaBackend};
-use super::blas::Layout;
+use super::backend::{op_err, rows_layout, CudaBackend};
 use super::fp8_gemm::{fp8_kernels, CudaWeight, Fp8GemmParams, FP8_BLOCK};
 use super::kernels::{self, Kernel};
 use super::launch::{KernelParams, Order};
@@ -172,7 +171,20 @@ struct Routing<'a> {
     block_expert: &'a CudaSlice<i32>,
     route_weights: &'a CudaSlice<f32>,
     top_k: usize,
-    block_rows: usize,
+    /// The GEMMs and the row block the align padded to.
+    choice: GemmChoice,
+}
+
+/// FP8 experts: the FP8 GEMM's 64-row builds from 32 rows per expert on average, else its
+/// 16-row ones (as [`gemm_choice`] picks for bf16).
+fn fp8_choice(routes: usize, experts: usize) -> GemmChoice {
+    let (down, gate_up, block_rows) = fp8_kernels(routes >= 32 * experts);
+    GemmChoice {
+        gate_up,
+        down,
+        block_rows,
+        threads: 128,
+    }
 }
 
 /// Rows of the sorted-route buffer: every route, plus a partly filled block for each expert that
@@ -297,12 +309,11 @@ where
             .moe_route_on_device(&logits, &e.score_bias, config)?;
         let routes = tokens * k;
         let wgmma = self.device.info.hopper() && self.moe_path.get() == MoePath::Grouped;
-        let choice = gemm_choice::<T>(e.hidden, e.inter, routes, experts, wgmma);
-        let (_, _, fp8_block_rows) = fp8_kernels(routes >= 32 * experts);
-        let block_rows = match e.fp8_scales {
-            Some(_) => fp8_block_rows,
-            None => choice.block_rows,
+        let choice = match e.fp8_scales {
+            Some(_) => fp8_choice(routes, experts),
+            None => gemm_choice::<T>(e.hidden, e.inter, routes, experts, wgmma),
         };
+        let block_rows = choice.block_rows;
         let rows = padded_rows(routes, experts, block_rows);
         let max_blocks = rows / block_rows;
         let dev = &self.device;
@@ -336,11 +347,11 @@ where
             block_expert: &block_expert,
             route_weights: &weights,
             top_k: k,
-            block_rows,
+            choice,
         };
         match &e.fp8_scales {
             Some(scales) => self.fp8_expert_gemms(x, e, scales, &routing, &h, &y)?,
-            None => self.expert_gemms(x, e, choice, &routing, &h, &y)?,
+            None => self.expert_gemms(x, e, &routing, &h, &y)?,
         }
         let out = self.output(tokens, e.hidden)?;
         let combine = MoeCombineParams {
@@ -376,17 +387,16 @@ where
         &self,
         x: &GpuTensor<T>,
         e: &CudaExperts<T>,
-        choice: GemmChoice,
         routing: &Routing<'_>,
         h: &GpuTensor<T>,
         y: &GpuTensor<T>,
     ) -> Result<()> {
-        let dev = &self.device;
+        let (dev, choice) = (&self.device, routing.choice);
         let gemm = |kernel: Kernel, p: MoeGemmParams, n: usize| {
             let cfg = LaunchConfig {
                 grid_dim: (
                     n.div_ceil(GEMM_COLUMNS) as u32,
-                    (h.rows / routing.block_rows) as u32,
+                    (h.rows / choice.block_rows) as u32,
                     1,
                 ),
                 block_dim: (choice.threads, 1, 1),
@@ -446,14 +456,8 @@ where
         h: &GpuTensor<T>,
         y: &GpuTensor<T>,
     ) -> Result<()> {
-        let dev = &self.device;
-        let row_blocks = h.rows / routing.block_rows;
-        let (down_kernel, gate_up_kernel, _) = fp8_kernels(routing.block_rows > 16);
-        let layout = |t: &GpuTensor<T>| Layout {
-            rows: t.rows,
-            cols: t.cols,
-            ld: t.cols,
-        };
+        let (dev, choice) = (&self.device, routing.choice);
+        let row_blocks = h.rows / choice.block_rows;
         let common = Fp8GemmParams {
             sorted_routes: dev.address(routing.sorted_routes),
             block_expert: dev.address(routing.block_expert),
@@ -464,7 +468,7 @@ where
         };
         // Never split: grouped launches have a CTA per expert block and column block.
         let blocks = |k: usize| k.div_ceil(FP8_BLOCK) as i32;
-        let a = self.quantize_fp8(&x.data.slice(..), layout(x), None)?;
+        let a = self.quantize_fp8(&x.data.slice(..), rows_layout(x), None)?;
         let gate_up = Fp8GemmParams {
             a: dev.address(&a.codes),
             a_scales: dev.address(&a.scales),
@@ -480,9 +484,9 @@ where
             gather: 1,
             ..common
         };
-        self.launch_fp8_gemm(gate_up_kernel, &gate_up, row_blocks)?;
-        let used = Some((routing.block_expert, routing.block_rows));
-        let a = self.quantize_fp8(&h.data.slice(..), layout(h), used)?;
+        self.launch_fp8_gemm(choice.gate_up, &gate_up, row_blocks)?;
+        let used = Some((routing.block_expert, choice.block_rows));
+        let a = self.quantize_fp8(&h.data.slice(..), rows_layout(h), used)?;
         let down = Fp8GemmParams {
             a: dev.address(&a.codes),
             a_scales: dev.address(&a.scales),
@@ -495,7 +499,7 @@ where
             k_split: blocks(e.inter),
             ..common
         };
-        self.launch_fp8_gemm(down_kernel, &down, row_blocks)
+        self.launch_fp8_gemm(choice.down, &down, row_blocks)
     }
 }
 
@@ -536,6 +540,17 @@ mod tests {
         assert_eq!(
             gemm_choice::<f32>(2048, 1408, 6, 64, true).down,
             kernels::MOE_DOWN_SIMT.f32
+        );
+        // FP8 experts: the FP8 GEMM's builds, by the same rows per expert.
+        let fp8_decode = fp8_choice(6 * 64, 64);
+        assert_eq!(
+            (fp8_decode.down, fp8_decode.block_rows),
+            (kernels::FP8_GEMM_MMA16_BF16, 16)
+        );
+        let fp8_prefill = fp8_choice(6 * 512, 64);
+        assert_eq!(
+            (fp8_prefill.gate_up, fp8_prefill.block_rows),
+            (kernels::FP8_GATE_UP_MMA64_BF16, 64)
         );
     }
 }
