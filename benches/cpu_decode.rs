@@ -37,7 +37,7 @@ fn main() {
     for _ in 0..3 {
         let mut session = Session::new(
             &model,
-            &CpuBackend,
+            &CpuBackend::EXACT,
             prompt.len() + decode_tokens,
             64,
             AttentionForm::Auto,

@@ -48,7 +48,7 @@ fn main() {
             cuda_graphs: false,
             cache_dtype: Default::default(),
         };
-        let mut engine = Engine::new(&bench.model, &CpuBackend, None, config).unwrap();
+        let mut engine = Engine::new(&bench.model, &CpuBackend::EXACT, None, config).unwrap();
         for i in 0..requests {
             engine.add_request(make(i)).unwrap();
         }

@@ -56,12 +56,12 @@ static_assert(sizeof(Fp8GemmParams<float>) == 120 && offsetof(Fp8GemmParams<floa
 
 // out[r][c] = the epilogue of Σ_z partial[z][·][r][c], summed in z order (the same bits every
 // run): silu(gate)·up with `gate_up`, else the sum.
-struct Fp8ReduceParams {
+template <typename T> struct Fp8ReduceParams {
     const float* partial;
-    bf16* out;
+    T* out;
     int rows, n, splits, gate_up;
 };
-static_assert(sizeof(Fp8ReduceParams) == 32, "mirrored in fp8_gemm.rs");
+static_assert(sizeof(Fp8ReduceParams<float>) == 32, "mirrored in fp8_gemm.rs");
 
 // --- Activation quantization ---------------------------------------------------------------
 
@@ -85,10 +85,13 @@ template <typename T> __device__ void quantize_rows_fp8(const Fp8QuantizeParams<
     }
 }
 
-extern "C" __global__ void __launch_bounds__(QUANTIZE_THREADS)
-    quantize_rows_fp8_bf16(const __grid_constant__ Fp8QuantizeParams<bf16> p) {
-    quantize_rows_fp8<bf16>(p);
-}
+#define FP8_QUANTIZE_ENTRY(T, SUFFIX)                                                   \
+    extern "C" __global__ void __launch_bounds__(QUANTIZE_THREADS)                     \
+        quantize_rows_fp8_##SUFFIX(const __grid_constant__ Fp8QuantizeParams<T> p) { \
+        quantize_rows_fp8<T>(p);                                                       \
+    }
+FP8_QUANTIZE_ENTRY(float, f32)
+FP8_QUANTIZE_ENTRY(bf16, bf16)
 
 // --- The GEMM ------------------------------------------------------------------------------
 
@@ -273,26 +276,37 @@ __device__ void fp8_gemm_mma(const Fp8GemmParams<T>& p) {
     }
 }
 
-// Grid: (⌈n / F8_BN⌉, row blocks, k splits); 128 threads; bf16 activations only (f32 runs keep the
-// weights dequantized, as the exact path). 16-row blocks for decode, 64 for prefill; dense and
-// grouped launches share each build (`block_expert` tells them apart).
-#define FP8_GEMM_ENTRY(NAME, GATE_UP, BM, WARPS_M, WARPS_N)                                              \
-    extern "C" __global__ void __launch_bounds__(128) NAME(const __grid_constant__ Fp8GemmParams<bf16> p) { \
-        fp8_gemm_mma<bf16, GATE_UP, BM, WARPS_M, WARPS_N>(p);                                            \
+// Grid: (⌈n / F8_BN⌉, row blocks, k splits); 128 threads. 16-row blocks for decode, 64 for
+// prefill; dense and grouped launches share each build (`block_expert` tells them apart). The
+// f32 builds serve `--fp8-activations dynamic` in f32 (the FP8 products are the same; only the
+// activations read and the outputs stored are f32).
+#define FP8_GEMM_ENTRY(NAME, T, GATE_UP, BM, WARPS_M, WARPS_N)                                        \
+    extern "C" __global__ void __launch_bounds__(128) NAME(const __grid_constant__ Fp8GemmParams<T> p) { \
+        fp8_gemm_mma<T, GATE_UP, BM, WARPS_M, WARPS_N>(p);                                            \
     }
-FP8_GEMM_ENTRY(fp8_gemm_mma16_bf16, false, 16, 1, 4)
-FP8_GEMM_ENTRY(fp8_gemm_mma64_bf16, false, 64, 2, 2)
-FP8_GEMM_ENTRY(fp8_gate_up_mma16_bf16, true, 16, 1, 4)
-FP8_GEMM_ENTRY(fp8_gate_up_mma64_bf16, true, 64, 2, 2)
+#define FP8_GEMM_ENTRIES(T, SUFFIX)                                        \
+    FP8_GEMM_ENTRY(fp8_gemm_mma16_##SUFFIX, T, false, 16, 1, 4)            \
+    FP8_GEMM_ENTRY(fp8_gemm_mma64_##SUFFIX, T, false, 64, 2, 2)            \
+    FP8_GEMM_ENTRY(fp8_gate_up_mma16_##SUFFIX, T, true, 16, 1, 4)          \
+    FP8_GEMM_ENTRY(fp8_gate_up_mma64_##SUFFIX, T, true, 64, 2, 2)
+FP8_GEMM_ENTRIES(float, f32)
+FP8_GEMM_ENTRIES(bf16, bf16)
 
 // One CTA per row, threads over its columns.
-extern "C" __global__ void fp8_split_reduce_bf16(const __grid_constant__ Fp8ReduceParams p) {
+template <typename T> __device__ void fp8_split_reduce(const Fp8ReduceParams<T>& p) {
     const int row = blockIdx.x, matrices = p.gate_up ? 2 : 1;
     for (int col = threadIdx.x; col < p.n; col += blockDim.x) {
         float v[2] = {0.0f, 0.0f};
         for (int z = 0; z < p.splits; z++)
             for (int m = 0; m < matrices; m++)
                 v[m] += p.partial[(((size_t)z * matrices + m) * p.rows + row) * p.n + col];
-        p.out[(size_t)row * p.n + col] = from_f32<bf16>(p.gate_up ? silu(v[0]) * v[1] : v[0]);
+        p.out[(size_t)row * p.n + col] = from_f32<T>(p.gate_up ? silu(v[0]) * v[1] : v[0]);
     }
+}
+
+extern "C" __global__ void fp8_split_reduce_f32(const __grid_constant__ Fp8ReduceParams<float> p) {
+    fp8_split_reduce<float>(p);
+}
+extern "C" __global__ void fp8_split_reduce_bf16(const __grid_constant__ Fp8ReduceParams<bf16> p) {
+    fp8_split_reduce<bf16>(p);
 }

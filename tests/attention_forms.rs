@@ -15,7 +15,7 @@ use std::path::Path;
 
 fn load(dir: &Path) -> Model<CpuBackend> {
     let config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
-    Model::load(config, &Checkpoint::open(dir).unwrap(), &CpuBackend).unwrap()
+    Model::load(config, &Checkpoint::open(dir).unwrap(), &CpuBackend::EXACT).unwrap()
 }
 
 fn logits(
@@ -25,7 +25,8 @@ fn logits(
     block_size: usize,
     form: AttentionForm,
 ) -> Vec<f32> {
-    let mut session = Session::new(model, &CpuBackend, tokens.len(), block_size, form).unwrap();
+    let mut session =
+        Session::new(model, &CpuBackend::EXACT, tokens.len(), block_size, form).unwrap();
     session.logits(tokens, prefill).unwrap()
 }
 
@@ -160,7 +161,7 @@ fn attention_reads_only_the_pages_of_its_block_table() {
         vec![dims.heads * (dims.qk_nope + dims.v_head), dims.kv_lora_rank],
         rng.normals(3 * 14 * 16, 0.3),
     );
-    let w_uk = CpuBackend
+    let w_uk = CpuBackend::EXACT
         .upload_head_weight(
             3,
             16,
@@ -169,13 +170,13 @@ fn attention_reads_only_the_pages_of_its_block_table() {
         )
         .unwrap();
     let run = |table: Vec<u32>, num_blocks: usize| {
-        let mut cache = CpuBackend
+        let mut cache = CpuBackend::EXACT
             .alloc_kv_cache(1, num_blocks, block_size, width)
             .unwrap();
         let slots: Vec<u32> = (0..len)
             .map(|p| table[p / block_size] * block_size as u32 + (p % block_size) as u32)
             .collect();
-        CpuBackend
+        CpuBackend::EXACT
             .write_kv_cache(&mut cache, 0, &latent, 0, &slots)
             .unwrap();
         let batch = AttentionBatch {
@@ -186,13 +187,13 @@ fn attention_reads_only_the_pages_of_its_block_table() {
                 query_len: len,
             }],
         };
-        let m = CpuBackend
-            .mla_attention_materialised(&q, &cache, 0, &batch, &kv_b, &dims)
+        let m = CpuBackend::EXACT
+            .mla_attention_materialised(&q, &cache, 0, &batch, &kv_b.clone().into(), &dims)
             .unwrap();
-        let q_lat = CpuBackend
+        let q_lat = CpuBackend::EXACT
             .head_matmul(&q, dims.qk_head(), 0, &w_uk)
             .unwrap();
-        let a = CpuBackend
+        let a = CpuBackend::EXACT
             .mla_attention_absorbed(&q_lat, &q, &cache, 0, &batch, &dims)
             .unwrap();
         (m.data, a.data)

@@ -41,15 +41,21 @@ fn check(name: &str) {
         serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
             .unwrap();
     let config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
-    let model = Model::load(config, &Checkpoint::open(&dir).unwrap(), &CpuBackend).unwrap();
+    let model = Model::load(config, &Checkpoint::open(&dir).unwrap(), &CpuBackend::EXACT).unwrap();
     let tokenizer = TextTokenizer::load(&dir, &model.config).unwrap();
     let vocab = model.config.vocab_size();
 
     // Logits of the first positions, prefilled and decoded token by token.
     let ids = &reference.token_ids[..reference.positions];
     for prefill in [ids.len(), 1] {
-        let mut session =
-            Session::new(&model, &CpuBackend, ids.len(), 16, AttentionForm::Auto).unwrap();
+        let mut session = Session::new(
+            &model,
+            &CpuBackend::EXACT,
+            ids.len(),
+            16,
+            AttentionForm::Auto,
+        )
+        .unwrap();
         let logits = session.logits(ids, prefill).unwrap();
         for (p, (got, want)) in logits.chunks(vocab).zip(&reference.logits).enumerate() {
             let err = rel_l2(got, want);
@@ -77,7 +83,7 @@ fn check(name: &str) {
             cuda_graphs: false,
             cache_dtype: Default::default(),
         };
-        let mut engine = Engine::new(&model, &CpuBackend, Some(&tokenizer), config).unwrap();
+        let mut engine = Engine::new(&model, &CpuBackend::EXACT, Some(&tokenizer), config).unwrap();
         let request = Request {
             id: g.prompt.clone(),
             prompt,

@@ -22,7 +22,7 @@ fn load(name: &str) -> (Model<CpuBackend>, TextTokenizer) {
     let config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
     let tokenizer = TextTokenizer::load(&dir, &config).unwrap();
     (
-        Model::load(config, &Checkpoint::open(&dir).unwrap(), &CpuBackend).unwrap(),
+        Model::load(config, &Checkpoint::open(&dir).unwrap(), &CpuBackend::EXACT).unwrap(),
         tokenizer,
     )
 }
@@ -56,7 +56,7 @@ fn run(
     config: EngineConfig,
     requests: &[Request],
 ) -> (Vec<RequestOutput>, usize, f64) {
-    let mut engine = Engine::new(model, &CpuBackend, Some(tok), config).unwrap();
+    let mut engine = Engine::new(model, &CpuBackend::EXACT, Some(tok), config).unwrap();
     for r in requests {
         engine.add_request(r.clone()).unwrap();
     }
@@ -227,8 +227,13 @@ fn stop_conditions() {
 #[test]
 fn requests_that_cannot_fit_are_refused_up_front() {
     let (model, tok) = load("v2-lite");
-    let mut engine =
-        Engine::new(&model, &CpuBackend, Some(&tok), config(4, 4, 4, 64, false)).unwrap();
+    let mut engine = Engine::new(
+        &model,
+        &CpuBackend::EXACT,
+        Some(&tok),
+        config(4, 4, 4, 64, false),
+    )
+    .unwrap();
     let request = Request {
         id: "big".into(),
         prompt: vec![5; 20],
@@ -346,8 +351,13 @@ fn an_aborted_request_frees_its_blocks_and_leaves_the_others_alone() {
     let (model, tok) = load("v2-lite");
     let requests = random_requests(6, 3, &[]);
     let (alone, _, _) = run(&model, &tok, config(64, 4, 8, 64, false), &requests);
-    let mut engine =
-        Engine::new(&model, &CpuBackend, Some(&tok), config(64, 4, 8, 64, false)).unwrap();
+    let mut engine = Engine::new(
+        &model,
+        &CpuBackend::EXACT,
+        Some(&tok),
+        config(64, 4, 8, 64, false),
+    )
+    .unwrap();
     let indices: Vec<usize> = requests
         .iter()
         .map(|r| engine.add_request(r.clone()).unwrap())

@@ -66,7 +66,7 @@ fn fixtures() -> Vec<(PathBuf, Expected)> {
 
 fn load(dir: &Path) -> Model<CpuBackend> {
     let config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
-    Model::load(config, &Checkpoint::open(dir).unwrap(), &CpuBackend).unwrap()
+    Model::load(config, &Checkpoint::open(dir).unwrap(), &CpuBackend::EXACT).unwrap()
 }
 
 fn check(
@@ -80,7 +80,8 @@ fn check(
     let model = load(dir);
     let vocab = model.config.vocab_size();
     let ids = &expected.token_ids;
-    let mut session = Session::new(&model, &CpuBackend, ids.len(), block_size, form).unwrap();
+    let mut session =
+        Session::new(&model, &CpuBackend::EXACT, ids.len(), block_size, form).unwrap();
     let logits = session.logits(ids, prefill).unwrap();
     assert_eq!(logits.len(), ids.len() * vocab);
     let mut worst = 0.0f64;
@@ -180,7 +181,7 @@ fn tokenizer_and_greedy_generation_match_transformers() {
             cuda_graphs: false,
             cache_dtype: Default::default(),
         };
-        let mut engine = Engine::new(&model, &CpuBackend, Some(&tokenizer), config).unwrap();
+        let mut engine = Engine::new(&model, &CpuBackend::EXACT, Some(&tokenizer), config).unwrap();
         let request = Request {
             id: "greedy".into(),
             prompt,
@@ -207,7 +208,7 @@ fn sliding_window_perplexity_matches_transformers() {
         let reference = &expected.perplexity;
         let result = mla_rt::engine::perplexity::sliding_window(
             &model,
-            &CpuBackend,
+            &CpuBackend::EXACT,
             &reference.ids,
             mla_rt::engine::perplexity::Windows {
                 context: reference.context,
@@ -254,7 +255,7 @@ fn cache_quality(dtype: mla_rt::kv::cache_dtype::KvCacheDtype) -> (usize, usize,
         let ids = &expected.token_ids;
         let mut session = Session::with_cache_dtype(
             &model,
-            &CpuBackend,
+            &CpuBackend::EXACT,
             ids.len(),
             4,
             AttentionForm::Auto,
@@ -327,11 +328,17 @@ fn online_fp8_weights_match_the_fp8_fixtures() {
             inner: &checkpoint,
             blocks: Fp8Blocks { rows: 32, cols: 16 },
         };
-        let model = Model::load(config, &source, &CpuBackend).unwrap();
+        let model = Model::load(config, &source, &CpuBackend::EXACT).unwrap();
         let ids = &expected.token_ids;
         let vocab = model.config.vocab_size();
-        let mut session =
-            Session::new(&model, &CpuBackend, ids.len(), 64, AttentionForm::Auto).unwrap();
+        let mut session = Session::new(
+            &model,
+            &CpuBackend::EXACT,
+            ids.len(),
+            64,
+            AttentionForm::Auto,
+        )
+        .unwrap();
         let logits = session.logits(ids, ids.len()).unwrap();
         for (p, (got, want)) in logits.chunks(vocab).zip(&expected.logits).enumerate() {
             let err = rel_l2(got, want);

@@ -54,7 +54,7 @@ where
             gpu.device.upload(&q.clone()).unwrap(),
             gpu.device.upload(&q_lat.clone()).unwrap(),
         );
-        let want = CpuBackend
+        let want = CpuBackend::EXACT
             .mla_attention_absorbed(&q_lat, &q, &cpu_cache, 0, &batch, &dims)
             .unwrap();
         for_each_latent_kernel(&gpu, heads, |tuning| {
@@ -65,8 +65,8 @@ where
             assert_close(&what, &gpu.to_host(&got).unwrap(), &want, tolerance);
         });
 
-        let want = CpuBackend
-            .mla_attention_materialised(&q, &cpu_cache, 0, &batch, &kv_b, &dims)
+        let want = CpuBackend::EXACT
+            .mla_attention_materialised(&q, &cpu_cache, 0, &batch, &kv_b.clone().into(), &dims)
             .unwrap();
         let g_kv_b = gpu.upload_weight(kv_b).unwrap();
         for_each_combine(&gpu, |combine| {
@@ -133,7 +133,7 @@ where
     let t = batch.num_query_tokens();
     let q = stored::<T>(biased(rng, t, heads * dims.qk_head(), -bias));
     let q_lat = stored::<T>(biased(rng, t, heads * dims.kv_lora_rank, -bias));
-    let want = CpuBackend
+    let want = CpuBackend::EXACT
         .mla_attention_absorbed(&q_lat, &q, &cpu_cache, 0, &batch, &dims)
         .unwrap();
     let (gq_lat, gq) = (
@@ -426,7 +426,7 @@ where
             batch.num_query_tokens(),
             heads * head_dim + width,
         ));
-        let want = CpuBackend
+        let want = CpuBackend::EXACT
             .mha_attention(&q, &cpu_cache, 0, &batch, &dims)
             .unwrap();
         let q = gpu.device.upload(&q).unwrap();

@@ -85,7 +85,7 @@ where
 
         // Outliers, a zero row and tiny values, at three slots of a fresh cache.
         let width = layout.width();
-        let mut cpu = CpuBackend
+        let mut cpu = CpuBackend::EXACT
             .alloc_cache_rows(1, 1, 4, CacheRows::Fp8(layout))
             .unwrap();
         let mut gpu_cache = gpu
@@ -97,7 +97,7 @@ where
         values[2 * width..].iter_mut().for_each(|v| *v = 0.0);
         let rows = stored::<T>(HostTensor::new(vec![3, width], values));
         let slots = [2, 0, 3];
-        CpuBackend
+        CpuBackend::EXACT
             .write_kv_cache(&mut cpu, 0, &rows, 0, &slots)
             .unwrap();
         let on_gpu = gpu.device.upload(&rows).unwrap();
@@ -148,7 +148,7 @@ where
         let (_, native) = caches(&mut rng, &gpu, &batch, num_blocks, dims.latent_width(), 0.0);
         gpu.mla_attention_absorbed(&gq_lat, &gq, &native, 0, &batch, &dims)
             .unwrap();
-        let want = CpuBackend
+        let want = CpuBackend::EXACT
             .mla_attention_absorbed(&q_lat, &q, &cpu_cache, 0, &batch, &dims)
             .unwrap();
         // The 16-row FP8 build, and from 64 heads the 64-row one.
@@ -172,8 +172,8 @@ where
         }
         gpu.set_attention_tuning(AttentionTuning::default());
 
-        let want = CpuBackend
-            .mla_attention_materialised(&q, &cpu_cache, 0, &batch, &kv_b, &dims)
+        let want = CpuBackend::EXACT
+            .mla_attention_materialised(&q, &cpu_cache, 0, &batch, &kv_b.clone().into(), &dims)
             .unwrap();
         let g_kv_b = gpu.upload_weight(kv_b).unwrap();
         let got = gpu
@@ -224,7 +224,7 @@ where
             batch.num_query_tokens(),
             heads * head_dim + width,
         ));
-        let want = CpuBackend
+        let want = CpuBackend::EXACT
             .mha_attention(&q, &cpu_cache, 0, &batch, &dims)
             .unwrap();
         if T::BF16 && head_dim == 128 {

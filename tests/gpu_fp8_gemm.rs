@@ -104,7 +104,9 @@ fn fp8_matmul_matches_its_reference() {
         assert_rows_close(&what, &got.data, &want, n, 4e-3);
         // Against the CPU engine's exact product (dequantized weights, unquantized x): the
         // activations' quantization is the whole difference.
-        let exact = CpuBackend.matmul(&x, &w.dequantize()).unwrap();
+        let exact = CpuBackend::EXACT
+            .matmul(&x, &w.dequantize().into())
+            .unwrap();
         let exact: Vec<f64> = exact.data.iter().map(|&v| v as f64).collect();
         assert_rows_close(
             &format!("{what} vs unquantized x"),
@@ -168,7 +170,9 @@ fn other_fp8_weights_are_dequantized_at_load() {
         assert!(matches!(w_gpu, CudaWeight::Dense(_)), "{what}");
         let x_gpu = gpu.device.upload::<Bf16>(&x).unwrap();
         let got = gpu.to_host(&gpu.matmul(&x_gpu, &w_gpu).unwrap()).unwrap();
-        let want = CpuBackend.matmul(&x, &w.dequantize()).unwrap();
+        let want = CpuBackend::EXACT
+            .matmul(&x, &w.dequantize().into())
+            .unwrap();
         let want: Vec<f64> = want.data.iter().map(|&v| v as f64).collect();
         assert_rows_close(what, &got.data, &want, w.rows, 1e-2);
     }
@@ -255,8 +259,8 @@ fn fp8_experts_match_the_per_expert_path() {
         let layer = fp8_moe(&mut rng, experts, k, hidden, inter);
         let config = &layer.config;
         let x = activations(&mut rng, tokens, hidden);
-        let want = CpuBackend
-            .moe(&x, &moe_weights(&CpuBackend, &layer), config)
+        let want = CpuBackend::EXACT
+            .moe(&x, &moe_weights(&CpuBackend::EXACT, &layer), config)
             .unwrap();
         let want: Vec<f64> = want.data.iter().map(|&v| v as f64).collect();
         let w = moe_weights(&gpu, &layer);

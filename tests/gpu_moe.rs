@@ -195,8 +195,8 @@ where
         let moe = config(&c);
         let host = host_moe::<T>(&mut rng, &c);
         let x = inputs::<T>(&mut rng, &c);
-        let want = CpuBackend
-            .moe(&x, &weights(&CpuBackend, &host), &moe)
+        let want = CpuBackend::EXACT
+            .moe(&x, &weights(&CpuBackend::EXACT, &host), &moe)
             .unwrap();
         let (w, x_gpu) = (weights(&gpu, &host), gpu.device.upload(&x).unwrap());
         let what = |path: &str| format!("{} {}: {path}", T::SUFFIX, c.name);

@@ -44,7 +44,7 @@ where
     assert!(refused(CacheRows::Fp8(odd)).contains("multiple of 4 bytes"));
     for (m, k, n) in [(1, 333, 129), (37, 333, 129), (300, 64, 1000)] {
         let (x, w) = (random::<T>(&mut rng, m, k), random::<T>(&mut rng, n, k));
-        let want = CpuBackend.matmul(&x, &w).unwrap();
+        let want = CpuBackend::EXACT.matmul(&x, &w.clone().into()).unwrap();
         let got = gpu
             .matmul(
                 &gpu.device.upload(&x).unwrap(),
@@ -62,12 +62,12 @@ where
     let (heads, stride, offset, input, out) = (3, 200, 72, 128, 50);
     let x = random::<T>(&mut rng, 7, heads * stride);
     let w = random::<T>(&mut rng, heads * out, input);
-    let want = CpuBackend
+    let want = CpuBackend::EXACT
         .head_matmul(
             &x,
             stride,
             offset,
-            &CpuBackend
+            &CpuBackend::EXACT
                 .upload_head_weight(heads, out, input, w.data.clone())
                 .unwrap(),
         )
@@ -87,7 +87,7 @@ where
     let mut logits = random::<T>(&mut rng, 4, 102_400);
     logits.data[2 * 102_400 + 7] = 50.0;
     logits.data[2 * 102_400 + 99_999] = 50.0;
-    let want = CpuBackend.argmax_rows(&logits).unwrap();
+    let want = CpuBackend::EXACT.argmax_rows(&logits).unwrap();
     let got = gpu
         .argmax_rows(&gpu.device.upload(&logits).unwrap())
         .unwrap();
@@ -100,7 +100,7 @@ where
     logits.data[3 * 102_400 + 102_399] = f32::INFINITY;
     let on_gpu = gpu.device.upload(&logits.clone()).unwrap();
     let got = gpu.argmax_rows(&on_gpu).unwrap();
-    assert_eq!(got, CpuBackend.argmax_rows(&logits).unwrap(), "{s}");
+    assert_eq!(got, CpuBackend::EXACT.argmax_rows(&logits).unwrap(), "{s}");
     assert_eq!(
         got.iter().map(|&i| i == NON_FINITE_ROW).collect::<Vec<_>>(),
         [false, true, false, true],
@@ -108,7 +108,7 @@ where
     );
     for rows in [
         gpu.top_k_rows(&on_gpu, 8).unwrap(),
-        CpuBackend.top_k_rows(&logits, 8).unwrap(),
+        CpuBackend::EXACT.top_k_rows(&logits, 8).unwrap(),
     ] {
         let first_is_nan: Vec<bool> = rows.iter().map(|r| r[0].1.is_nan()).collect();
         assert_eq!(
@@ -127,7 +127,7 @@ where
     }
     let on_gpu = gpu.device.upload(&logits.clone()).unwrap();
     for k in [1, 7, 40, 64] {
-        let want = CpuBackend.top_k_rows(&logits, k).unwrap();
+        let want = CpuBackend::EXACT.top_k_rows(&logits, k).unwrap();
         let got = gpu.top_k_rows(&on_gpu, k).unwrap();
         assert_eq!(got, want, "{s} top_k_rows, k = {k}");
     }
@@ -140,7 +140,9 @@ where
     );
     // Each row's total weight at its temperature, for sampling without a top-k.
     let temperatures = [0.7, 1.0, 2.5, 0.3];
-    let want = CpuBackend.softmax_totals(&logits, &temperatures).unwrap();
+    let want = CpuBackend::EXACT
+        .softmax_totals(&logits, &temperatures)
+        .unwrap();
     let got = gpu.softmax_totals(&on_gpu, &temperatures).unwrap();
     for (g, w) in got.iter().zip(&want) {
         assert!(
@@ -156,7 +158,7 @@ where
     assert_eq!(totals_got, got, "{s} top_k_and_totals");
 
     let rows = [5, 0, 5, 6, 2];
-    let want = CpuBackend.select_rows(&x, &rows).unwrap();
+    let want = CpuBackend::EXACT.select_rows(&x, &rows).unwrap();
     let got = gpu
         .select_rows(&gpu.device.upload(&x).unwrap(), &rows)
         .unwrap();

@@ -36,7 +36,7 @@ pub fn v2_lite_shaped(layers: usize) -> BenchModel {
     let model = Model::load(
         model_config,
         &Checkpoint::open(dir.path()).unwrap(),
-        &CpuBackend,
+        &CpuBackend::EXACT,
     )
     .unwrap();
     BenchModel { dir, model, params }

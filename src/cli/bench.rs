@@ -152,7 +152,7 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
         ));
     }
     match (args.device, args.dtype) {
-        (DeviceSpec::Cpu, _) => bench_on(&args, CpuBackend),
+        (DeviceSpec::Cpu, _) => bench_on(&args, CpuBackend::EXACT),
         (DeviceSpec::Cuda(ordinal), DType::F32) => {
             bench_on(&args, CudaBackend::<f32>::open(ordinal)?)
         }

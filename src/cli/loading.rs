@@ -4,7 +4,7 @@ use clap::Args;
 use mla_rt::backend::cpu::CpuBackend;
 use mla_rt::backend::cuda::CudaBackend;
 use mla_rt::backend::Backend;
-use mla_rt::config::quantization::Fp8Blocks;
+use mla_rt::config::quantization::{Fp8Activations, Fp8Blocks};
 use mla_rt::config::ModelConfig;
 use mla_rt::error::{Error, Result};
 use mla_rt::kv::cache_dtype::KvCacheDtype;
@@ -66,6 +66,14 @@ pub struct ModelArgs {
     /// by activations quantized per token per 128 channels).
     #[arg(long, value_enum, default_value_t = Quantization::None)]
     pub quantization: Quantization,
+
+    /// How activations meet FP8 weights (an FP8 checkpoint's, or --quantization fp8's): auto
+    /// (dynamic on a GPU of compute capability 8.9+ in bf16, else exact), exact (times the
+    /// weights' exact values, as transformers computes) or dynamic (quantized per token per 128
+    /// channels to e4m3 and multiplied FP8 by FP8, as DeepSeek's inference code does; on the
+    /// CPU and in f32, what the GPU's FP8 GEMM computes).
+    #[arg(long, value_enum, default_value_t = Fp8Activations::Auto)]
+    pub fp8_activations: Fp8Activations,
 
     /// KV cache type: auto (f32 on the CPU, the model's dtype on a GPU), f32, bf16, or fp8
     /// (e4m3 with scales: FlashMLA's 656-byte layout for MLA, per-head scales for MHA/GQA).
@@ -184,7 +192,7 @@ impl ModelArgs {
                     dir,
                     config,
                     (&checkpoint, self.quantization),
-                    CpuBackend,
+                    CpuBackend::new(self.fp8_activations),
                 )?)
             }
             DeviceSpec::Cuda(ordinal) => {
@@ -192,6 +200,7 @@ impl ModelArgs {
                 match self.dtype.resolve(&checkpoint) {
                     DType::Bf16 => {
                         let backend = CudaBackend::<half::bf16>::open(ordinal)?;
+                        backend.set_fp8_activations(self.fp8_activations)?;
                         task.run(load_on(
                             dir,
                             config,
@@ -201,6 +210,7 @@ impl ModelArgs {
                     }
                     _ => {
                         let backend = CudaBackend::<f32>::open(ordinal)?;
+                        backend.set_fp8_activations(self.fp8_activations)?;
                         task.run(load_on(
                             dir,
                             config,

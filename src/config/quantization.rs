@@ -24,6 +24,21 @@ impl Fp8Blocks {
     };
 }
 
+/// How activations meet an FP8 weight (`--fp8-activations`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Fp8Activations {
+    /// `dynamic` where a GPU multiplies FP8 natively (compute capability 8.9+, bf16), else
+    /// `exact`.
+    #[default]
+    Auto,
+    /// Activations times the weights' exact values (dequantized at load): what transformers
+    /// computes, the CPU engine's oracle.
+    Exact,
+    /// Activations quantized per token per 128 channels (e4m3, scale amax / 448) and multiplied
+    /// FP8 by FP8 with both scales, as DeepSeek's inference code and the GPU's FP8 GEMM do.
+    Dynamic,
+}
+
 /// The block-scaled FP8 format `keys` (a config.json) declares, if any.
 pub fn fp8_blocks(keys: &Keys) -> Result<Option<Fp8Blocks>> {
     let Some(q) = keys.object("quantization_config")? else {

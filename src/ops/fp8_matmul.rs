@@ -20,6 +20,22 @@ pub struct Fp8Rows {
     pub scales: Vec<f32>,
 }
 
+impl Fp8Rows {
+    /// The quantized values, `code · scale` in f32: what the CPU engine multiplies under
+    /// `--fp8-activations dynamic`.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let table = decode_table();
+        let k_blocks = self.cols.div_ceil(ACTIVATION_BLOCK);
+        let mut out = Vec::with_capacity(self.codes.len());
+        for (r, row) in self.codes.chunks_exact(self.cols.max(1)).enumerate() {
+            for (c, &code) in row.iter().enumerate() {
+                out.push(table[code as usize] * self.scales[r * k_blocks + c / ACTIVATION_BLOCK]);
+            }
+        }
+        out
+    }
+}
+
 /// Quantizes the rows of `x` (`cols` values each) as the GPU does, bit for bit.
 pub fn quantize_rows(x: &[f32], cols: usize) -> Fp8Rows {
     let rows = x.len() / cols.max(1);

@@ -28,6 +28,15 @@ impl Fp8Matrix {
         HostTensor::new(vec![self.rows, self.cols], data)
     }
 
+    /// Whether the FP8 GEMM takes this matrix (128 × 128 blocks, rows of whole 16-byte pieces):
+    /// only such weights meet quantized activations under [`Fp8Activations::Dynamic`]; others
+    /// multiply by their exact values on every backend.
+    ///
+    /// [`Fp8Activations::Dynamic`]: crate::config::quantization::Fp8Activations::Dynamic
+    pub fn fits_fp8_gemm(&self) -> bool {
+        self.blocks == Fp8Blocks::DEEPSEEK && self.cols % 16 == 0 && self.rows > 0
+    }
+
     /// `w` (`rows × cols`) in FP8 with one scale per block: block amax / 448 (1 for an all-zero
     /// block), the quotient in f64 as DeepSeek's reference quantizer divides, then each value's
     /// nearest e4m3fn code of `w / scale` (also divided in f64).

@@ -98,7 +98,7 @@ where
     cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
 {
     let block = batch.block_size;
-    let mut cpu_cache = CpuBackend
+    let mut cpu_cache = CpuBackend::EXACT
         .alloc_cache_rows(1, num_blocks, block, rows)
         .unwrap();
     let mut gpu_cache = gpu.alloc_cache_rows(1, num_blocks, block, rows).unwrap();
@@ -108,7 +108,7 @@ where
         let slots: Vec<u32> = (0..seq.context_len)
             .map(|p| seq.block_table[p / block] * block as u32 + (p % block) as u32)
             .collect();
-        CpuBackend
+        CpuBackend::EXACT
             .write_kv_cache(&mut cpu_cache, 0, &rows, 0, &slots)
             .unwrap();
         let rows_gpu = gpu.device.upload(&rows).unwrap();

@@ -182,17 +182,17 @@ mod tests {
         let q_lat = HostTensor::new(vec![t, 2 * 136], values(t * 2 * 136, 1));
         let q = HostTensor::new(vec![t, 2 * 12], values(t * 2 * 12, 2));
         let absorbed = |c: &CpuKvCache| {
-            CpuBackend
+            CpuBackend::EXACT
                 .mla_attention_absorbed(&q_lat, &q, c, 0, &batch, &dims)
                 .unwrap()
                 .data
         };
         assert_eq!(absorbed(&fp8), absorbed(&f32s));
-        let kv_b = CpuBackend
+        let kv_b = CpuBackend::EXACT
             .upload_weight(HostTensor::new(vec![2 * 16, 136], values(32 * 136, 3)))
             .unwrap();
         let materialised = |c: &CpuKvCache| {
-            CpuBackend
+            CpuBackend::EXACT
                 .mla_attention_materialised(&q, c, 0, &batch, &kv_b, &dims)
                 .unwrap()
                 .data
@@ -216,7 +216,7 @@ mod tests {
         let (fp8, f32s, batch) = caches(CacheRows::Fp8(layout), 32);
         let q = HostTensor::new(vec![t, 32], values(t * 32, 4));
         let mha = |c: &CpuKvCache| {
-            CpuBackend
+            CpuBackend::EXACT
                 .mha_attention(&q, c, 0, &batch, &dims)
                 .unwrap()
                 .data

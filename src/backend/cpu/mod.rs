@@ -3,21 +3,47 @@
 mod attention;
 mod kv_cache;
 pub mod matmul;
+mod weight;
 
 pub use kv_cache::CpuKvCache;
+pub use weight::CpuWeight;
 
 use super::{AttentionBatch, Backend, MhaDims, MlaDims, MlpWeights, MoeWeights};
+use crate::config::quantization::Fp8Activations;
 use crate::config::MoeConfig;
 use crate::error::{Error, Result};
 use crate::kv::cache_dtype::CacheRows;
 use crate::ops::rope::{rotate, RopeTable};
 use crate::ops::routing::route;
+use crate::weights::fp8::Fp8Matrix;
 use crate::weights::HostTensor;
-use matmul::{axpy, matmul_nt};
+use matmul::axpy;
 use rayon::prelude::*;
 
-#[derive(Debug, Default, Clone, Copy)]
-pub struct CpuBackend;
+/// The reference backend. FP8 weights multiply by their exact values ([`Self::EXACT`], the
+/// default: the transformers oracle), or by activations quantized as the GPU's FP8 GEMM
+/// quantizes them ([`Self::DYNAMIC_FP8`]: the oracle of the GPU's FP8 paths).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CpuBackend {
+    quantizes_fp8_activations: bool,
+}
+
+impl CpuBackend {
+    pub const EXACT: CpuBackend = CpuBackend {
+        quantizes_fp8_activations: false,
+    };
+    pub const DYNAMIC_FP8: CpuBackend = CpuBackend {
+        quantizes_fp8_activations: true,
+    };
+
+    /// The backend `--fp8-activations` asks for (`auto` is exact here: the CPU has no FP8 GEMM).
+    pub fn new(fp8_activations: Fp8Activations) -> CpuBackend {
+        match fp8_activations {
+            Fp8Activations::Dynamic => CpuBackend::DYNAMIC_FP8,
+            Fp8Activations::Auto | Fp8Activations::Exact => CpuBackend::EXACT,
+        }
+    }
+}
 
 /// `heads` row-major `[out, input]` matrices back to back.
 pub struct CpuHeadWeight {
@@ -56,13 +82,17 @@ fn silu(x: f32) -> f32 {
 
 impl Backend for CpuBackend {
     type Tensor = HostTensor;
-    type Weight = HostTensor;
+    type Weight = CpuWeight;
     type HeadWeight = CpuHeadWeight;
     type KvCache = CpuKvCache;
     type RoutedExperts = Vec<MlpWeights<Self>>;
 
     fn name(&self) -> String {
-        format!("cpu ({} threads)", rayon::current_num_threads())
+        let fp8 = match self.quantizes_fp8_activations {
+            true => ", FP8 activations",
+            false => "",
+        };
+        format!("cpu ({} threads{fp8})", rayon::current_num_threads())
     }
 
     fn free_memory(&self) -> Option<u64> {
@@ -77,8 +107,15 @@ impl Backend for CpuBackend {
         None
     }
 
-    fn upload_weight(&self, host: HostTensor) -> Result<HostTensor> {
-        Ok(host)
+    fn upload_weight(&self, host: HostTensor) -> Result<CpuWeight> {
+        Ok(host.into())
+    }
+
+    fn upload_fp8_weight(&self, w: Fp8Matrix) -> Result<CpuWeight> {
+        Ok(CpuWeight {
+            quantizes_input: self.quantizes_fp8_activations && w.fits_fp8_gemm(),
+            values: w.dequantize(),
+        })
     }
 
     fn upload_head_weight(
@@ -119,7 +156,7 @@ impl Backend for CpuBackend {
         Ok(crate::backend::host_argmax_rows(x))
     }
 
-    fn embedding(&self, table: &HostTensor, ids: &[u32]) -> Result<HostTensor> {
+    fn embedding(&self, table: &CpuWeight, ids: &[u32]) -> Result<HostTensor> {
         let (vocab, hidden) = dims2("embedding", table)?;
         let mut data = Vec::with_capacity(ids.len() * hidden);
         for &id in ids {
@@ -134,7 +171,7 @@ impl Backend for CpuBackend {
         Ok(HostTensor::new(vec![ids.len(), hidden], data))
     }
 
-    fn matmul(&self, x: &HostTensor, w: &HostTensor) -> Result<HostTensor> {
+    fn matmul(&self, x: &HostTensor, w: &CpuWeight) -> Result<HostTensor> {
         let (m, k) = dims2("matmul", x)?;
         let (n, kw) = dims2("matmul", w)?;
         if k != kw {
@@ -143,10 +180,7 @@ impl Backend for CpuBackend {
                 format!("x is [{m}, {k}] but w is [{n}, {kw}]"),
             ));
         }
-        Ok(HostTensor::new(
-            vec![m, n],
-            matmul_nt(&x.data, &w.data, m, k, n),
-        ))
+        Ok(HostTensor::new(vec![m, n], w.product(&x.data, m, k, n)))
     }
 
     fn head_matmul(
@@ -180,7 +214,7 @@ impl Backend for CpuBackend {
         Ok(HostTensor::new(vec![m, w.heads * n_out], y))
     }
 
-    fn rms_norm(&self, x: &HostTensor, weight: &HostTensor, eps: f32) -> Result<HostTensor> {
+    fn rms_norm(&self, x: &HostTensor, weight: &CpuWeight, eps: f32) -> Result<HostTensor> {
         let (_, cols) = dims2("rms_norm", x)?;
         if weight.data.len() != cols {
             return Err(op_err(
@@ -195,7 +229,7 @@ impl Backend for CpuBackend {
         Ok(y)
     }
 
-    fn add_bias(&self, x: &mut HostTensor, bias: &HostTensor) -> Result<()> {
+    fn add_bias(&self, x: &mut HostTensor, bias: &CpuWeight) -> Result<()> {
         let (_, cols) = dims2("add_bias", x)?;
         if bias.data.len() != cols {
             return Err(op_err(
@@ -267,7 +301,7 @@ impl Backend for CpuBackend {
     fn latent_epilogue(
         &self,
         ckv: &mut HostTensor,
-        norm: &HostTensor,
+        norm: &CpuWeight,
         eps: f32,
         table: &RopeTable,
     ) -> Result<()> {
@@ -407,7 +441,7 @@ impl Backend for CpuBackend {
         cache: &CpuKvCache,
         layer: usize,
         batch: &AttentionBatch,
-        kv_b: &HostTensor,
+        kv_b: &CpuWeight,
         dims: &MlaDims,
     ) -> Result<HostTensor> {
         let t = batch.num_query_tokens();

@@ -8,6 +8,7 @@ use super::kv_cache::CudaKvCache;
 use super::moe_grouped::{CudaExperts, MoePath};
 use super::{CudaDevice, GpuFloat, GpuTensor};
 use crate::backend::{AttentionBatch, Backend, MhaDims, MlaDims, MlpWeights, MoeWeights};
+use crate::config::quantization::Fp8Activations;
 use crate::config::MoeConfig;
 use crate::error::{Error, Result};
 use crate::kv::cache_dtype::CacheRows;
@@ -37,6 +38,8 @@ pub struct CudaBackend<T> {
     pub(super) prepared: RefCell<Option<super::attention::PreparedStep>>,
     /// Which kernels run the routed experts.
     pub(super) moe_path: std::cell::Cell<MoePath>,
+    /// Whether FP8 weights uploaded now stay FP8 (see `set_fp8_activations`).
+    pub(super) fp8_activations: std::cell::Cell<bool>,
     _element: PhantomData<T>,
 }
 
@@ -89,7 +92,7 @@ where
         )?;
         // Ranges cost next to nothing unless a tool such as nsys is attached.
         crate::profile::enable_nvtx();
-        Ok(CudaBackend {
+        let backend = CudaBackend {
             device,
             blas,
             poison_outputs: false,
@@ -97,9 +100,12 @@ where
             tc_tuning: std::cell::Cell::new(AttentionTuning::default()),
             prepared: RefCell::new(None),
             moe_path: std::cell::Cell::new(MoePath::default()),
+            fp8_activations: std::cell::Cell::new(false),
             decode_graphs: RefCell::default(),
             _element: PhantomData,
-        })
+        };
+        backend.set_fp8_activations(Fp8Activations::Auto)?;
+        Ok(backend)
     }
 
     /// Poisons every op output with NaN before it is written (for tests).

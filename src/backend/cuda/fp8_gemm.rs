@@ -9,8 +9,8 @@ use super::blas::Layout;
 use super::kernels::{self, Kernel};
 use super::launch::{KernelParams, Order};
 use super::{GpuFloat, GpuTensor};
-use crate::config::quantization::Fp8Blocks;
-use crate::error::Result;
+use crate::config::quantization::Fp8Activations;
+use crate::error::{Error, Result};
 use crate::ops::fp8_matmul::Fp8Rows;
 use crate::weights::fp8::Fp8Matrix;
 use cudarc::cublas::{CudaBlas, Gemm};
@@ -157,23 +157,23 @@ unsafe impl KernelParams for Fp8ReduceParams {}
 
 /// Activations as the FP8 GEMM reads them: `rows × cols` e4m3 codes and one scale per row per
 /// 128 columns.
-pub(super) struct Fp8Activations {
+pub(super) struct QuantizedActivations {
     pub codes: CudaSlice<u8>,
     pub scales: CudaSlice<f32>,
 }
 
 /// The GEMM builds of 64-row blocks (`wide`: 64+ rows, or 32+ rows per expert) or of 16-row
 /// ones: `(plain, gate+up, block rows)`.
-pub(super) fn fp8_kernels(wide: bool) -> (Kernel, Kernel, usize) {
+pub(super) fn fp8_kernels<T: GpuFloat>(wide: bool) -> (Kernel, Kernel, usize) {
     match wide {
         true => (
-            kernels::FP8_GEMM_MMA64_BF16,
-            kernels::FP8_GATE_UP_MMA64_BF16,
+            kernels::FP8_GEMM_MMA64.of::<T>(),
+            kernels::FP8_GATE_UP_MMA64.of::<T>(),
             64,
         ),
         false => (
-            kernels::FP8_GEMM_MMA16_BF16,
-            kernels::FP8_GATE_UP_MMA16_BF16,
+            kernels::FP8_GEMM_MMA16.of::<T>(),
+            kernels::FP8_GATE_UP_MMA16.of::<T>(),
             16,
         ),
     }
@@ -196,16 +196,37 @@ impl<T: GpuFloat> CudaBackend<T>
 where
     CudaBlas: Gemm<T>,
 {
-    /// Whether FP8 weights stay FP8 here: bf16 activations on compute capability 8.9+.
+    /// Whether FP8 weights uploaded now stay FP8 and meet quantized activations: by default
+    /// ([`Fp8Activations::Auto`]) bf16 activations on compute capability 8.9+.
     pub fn multiplies_fp8(&self) -> bool {
-        T::BF16 && self.device.info.compute_capability >= (8, 9)
+        self.fp8_activations.get()
+    }
+
+    /// How FP8 weights uploaded from now on are multiplied (`--fp8-activations`): `dynamic`
+    /// keeps them FP8 for the FP8 GEMM (in f32 too, to compare with the CPU's `dynamic`),
+    /// `exact` dequantizes them at load. `dynamic` needs compute capability 8.9+.
+    pub fn set_fp8_activations(&self, mode: Fp8Activations) -> Result<()> {
+        let (major, minor) = self.device.info.compute_capability;
+        let native = (major, minor) >= (8, 9);
+        let on = match mode {
+            Fp8Activations::Auto => T::BF16 && native,
+            Fp8Activations::Exact => false,
+            Fp8Activations::Dynamic if native => true,
+            Fp8Activations::Dynamic => {
+                return Err(Error::InvalidInput(format!(
+                    "--fp8-activations dynamic needs an FP8 GEMM, on compute capability 8.9 or \
+                     newer; this GPU is {major}.{minor}"
+                )))
+            }
+        };
+        self.fp8_activations.set(on);
+        Ok(())
     }
 
     /// `m` on the device: as FP8 where [`Self::multiplies_fp8`] and the kernels take its shape
     /// (128 × 128 blocks, rows of whole 16-byte pieces), else dequantized to `T`.
     pub(super) fn fp8_weight(&self, m: Fp8Matrix) -> Result<CudaWeight<T>> {
-        let blocks_fit = m.blocks == Fp8Blocks::DEEPSEEK;
-        if !self.multiplies_fp8() || !blocks_fit || m.cols % 16 != 0 || m.rows == 0 {
+        if !self.multiplies_fp8() || !m.fits_fp8_gemm() {
             return self.device.upload(&m.dequantize()).map(CudaWeight::Dense);
         }
         let codes = self.device.upload_values(&m.codes)?;
@@ -227,7 +248,7 @@ where
         x: &CudaView<'_, T>,
         layout: Layout,
         used_blocks: Option<(&CudaSlice<i32>, usize)>,
-    ) -> Result<Fp8Activations> {
+    ) -> Result<QuantizedActivations> {
         let k_blocks = layout.cols.div_ceil(FP8_BLOCK);
         let dev = &self.device;
         let codes = dev.uninit::<u8>(layout.rows * layout.cols, "FP8 activations")?;
@@ -237,7 +258,7 @@ where
             dev.fill_bytes(&scales, 0xff)?;
         }
         if layout.rows == 0 {
-            return Ok(Fp8Activations { codes, scales });
+            return Ok(QuantizedActivations { codes, scales });
         }
         if layout.ld < layout.cols || x.len() < (layout.rows - 1) * layout.ld + layout.cols {
             return Err(op_err(
@@ -269,8 +290,8 @@ where
         // SAFETY: launch_params' contract. Block r reads row r of x (cols values from r·ld,
         // inside x: checked above) and writes row r of codes and scales, both sized for rows;
         // with block_expert, it reads entry r / block_rows (the caller's buffer covers them).
-        unsafe { dev.launch_params(kernels::QUANTIZE_ROWS_FP8_BF16, cfg, Order::Serial, &p) }?;
-        Ok(Fp8Activations { codes, scales })
+        unsafe { dev.launch_params(kernels::QUANTIZE_ROWS_FP8.of::<T>(), cfg, Order::Serial, &p) }?;
+        Ok(QuantizedActivations { codes, scales })
     }
 
     /// The rows of `x` as the FP8 GEMM quantizes them, read back (for tests).
@@ -342,7 +363,7 @@ where
             return Ok(out);
         }
         let a = self.quantize_fp8(x, layout, None)?;
-        let (plain, gate_up, block_rows) = fp8_kernels(layout.rows >= WIDE_ROWS);
+        let (plain, gate_up, block_rows) = fp8_kernels::<T>(layout.rows >= WIDE_ROWS);
         let row_blocks = layout.rows.div_ceil(block_rows);
         let ctas = w.rows.div_ceil(GEMM_COLUMNS) * row_blocks;
         let (splits, k_split) = k_splits(ctas, w.k_blocks(), self.device.info.multiprocessors);
@@ -395,7 +416,12 @@ where
             // ([splits, matrices, rows, n], all written by the GEMM above) and writes row r of
             // out ([rows, n]).
             unsafe {
-                dev.launch_params(kernels::FP8_SPLIT_REDUCE_BF16, cfg, Order::Serial, &reduce)
+                dev.launch_params(
+                    kernels::FP8_SPLIT_REDUCE.of::<T>(),
+                    cfg,
+                    Order::Serial,
+                    &reduce,
+                )
             }?;
         }
         Ok(out)

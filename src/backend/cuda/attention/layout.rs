@@ -394,7 +394,7 @@ pub(super) mod test_support {
                 })
                 .collect(),
         };
-        let mut cache = CpuBackend
+        let mut cache = CpuBackend::EXACT
             .alloc_kv_cache(1, num_blocks, block, width)
             .unwrap();
         for seq in &batch.seqs {
@@ -402,7 +402,7 @@ pub(super) mod test_support {
             let slots: Vec<u32> = (0..seq.context_len)
                 .map(|p| seq.block_table[p / block] * block as u32 + (p % block) as u32)
                 .collect();
-            CpuBackend
+            CpuBackend::EXACT
                 .write_kv_cache(&mut cache, 0, &rows, 0, &slots)
                 .unwrap();
         }
@@ -470,7 +470,7 @@ pub(super) mod test_support {
         let width = 2 * kv_heads * d;
         let (batch, cache) = paged(rng, shapes, block, width);
         let q = random(rng, batch.num_query_tokens(), heads * d + width);
-        let want = CpuBackend
+        let want = CpuBackend::EXACT
             .mha_attention(&q, &cache, 0, &batch, &dims)
             .unwrap();
         MhaCase {
@@ -501,7 +501,12 @@ pub(super) mod test_support {
             .flat_map(|row| row[..dims.kv_lora_rank].to_vec())
             .collect();
         let latent = HostTensor::new(vec![slots.len(), dims.kv_lora_rank], latent);
-        (context, CpuBackend.matmul(&latent, kv_b).unwrap())
+        (
+            context,
+            CpuBackend::EXACT
+                .matmul(&latent, &kv_b.clone().into())
+                .unwrap(),
+        )
     }
 
     pub fn assert_close(got: &[f32], want: &[f32], tolerance: f32, what: &str) {
@@ -622,7 +627,7 @@ mod tests {
             kv_b,
         } = mla_inputs(&mut rng, SHAPES, BLOCK, &dims);
 
-        let want = CpuBackend
+        let want = CpuBackend::EXACT
             .mla_attention_absorbed(&q_lat, &q, &cache, 0, &batch, &dims)
             .unwrap();
         let plan = HostPlan::paged(&batch, cache.num_blocks, BLOCK).unwrap();
@@ -635,8 +640,8 @@ mod tests {
         assert_close(&got, &want.data, 1e-5, "absorbed");
 
         // Materialised: gather the context rows, expand them with kv_b as the GPU does.
-        let want = CpuBackend
-            .mla_attention_materialised(&q, &cache, 0, &batch, &kv_b, &dims)
+        let want = CpuBackend::EXACT
+            .mla_attention_materialised(&q, &cache, 0, &batch, &kv_b.clone().into(), &dims)
             .unwrap();
         let (plan, slots) = HostPlan::contiguous(&batch, cache.num_blocks, BLOCK).unwrap();
         let (context, expanded) = materialise(&cache, &slots, &dims, &kv_b);

@@ -362,7 +362,7 @@ mod tests {
         let layer0 = cache.all_rows(0);
         let l = absorbed_layout(&dims);
         assert!(supports(&l, 232_448) && values_in_keys(&l));
-        let want = CpuBackend
+        let want = CpuBackend::EXACT
             .mla_attention_absorbed(&q_lat, &q, &cache, 0, &batch, &dims)
             .unwrap();
         for (target, runs) in [(1, 1), (10, 1), (264, 1), (10, 4), (264, 4)] {
@@ -383,8 +383,8 @@ mod tests {
         let (context, expanded) = materialise(&cache, &slots, &dims, &kv_b);
         let l = materialised_layout(&dims);
         assert!(supports(&l, 232_448) && !values_in_keys(&l));
-        let want = CpuBackend
-            .mla_attention_materialised(&q, &cache, 0, &batch, &kv_b, &dims)
+        let want = CpuBackend::EXACT
+            .mla_attention_materialised(&q, &cache, 0, &batch, &kv_b.clone().into(), &dims)
             .unwrap();
         let got = emulate(&batch, &plan, &l, 50, 1, |s| match s {
             Source::Context => &context,
