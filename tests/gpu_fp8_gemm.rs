@@ -2,7 +2,8 @@
 //! 128 columns) against its host reference `mla_rt::ops::fp8_matmul`: the quantized activations
 //! bit for bit, products within bf16 rounding, on shapes with partial row, column and k blocks;
 //! the fused gate+up of an MLP; grouped FP8 experts, eagerly and replayed from a CUDA graph; the
-//! shapes that stay dense; the ops that take no FP8 weight. Outputs are poisoned with NaN first.
+//! shapes that stay dense; `--fp8-activations` (exact stays dense, dynamic in f32 equals the CPU's
+//! dynamic product); the ops that take no FP8 weight. Outputs are poisoned with NaN first.
 //! Needs an NVIDIA GPU (compute capability 8.9+ for the FP8 builds): ignored elsewhere.
 
 mod common;
@@ -11,7 +12,7 @@ use common::{rel_l2, Rng};
 use mla_rt::backend::cpu::CpuBackend;
 use mla_rt::backend::cuda::{CudaBackend, CudaWeight, MoePath};
 use mla_rt::backend::{Backend, MlpWeights, MoeWeights};
-use mla_rt::config::quantization::Fp8Blocks;
+use mla_rt::config::quantization::{Fp8Activations, Fp8Blocks};
 use mla_rt::config::{MoeConfig, ScoringFunc, TopkMethod};
 use mla_rt::ops::fp8_matmul::{fp8_matmul, quantize_rows};
 use mla_rt::weights::fp8::Fp8Matrix;
@@ -183,6 +184,75 @@ fn other_fp8_weights_are_dequantized_at_load() {
         f32_gpu.upload_fp8_weight(w).unwrap(),
         CudaWeight::Dense(_)
     ));
+}
+
+fn mlp_of<B: Backend>(gate: B::Weight, up: B::Weight, down: B::Weight) -> MlpWeights<B> {
+    MlpWeights {
+        gate,
+        up,
+        down,
+        biases: None,
+    }
+}
+
+/// `--fp8-activations`: `exact` keeps even a bf16 GPU's FP8 weights dense; `dynamic` in f32
+/// runs the f32 builds of the FP8 GEMM (split and unsplit, 16- and 64-row), the fused MLP and
+/// the grouped experts, each equal to the CPU's `dynamic` product to f32 rounding (the CPU
+/// dequantizes the codes it quantized and multiplies in f32).
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn fp8_activations_choose_the_product() {
+    let exact = gpu();
+    exact.set_fp8_activations(Fp8Activations::Exact).unwrap();
+    let mut rng = Rng::new(17);
+    assert!(matches!(
+        exact.upload_fp8_weight(weight(&mut rng, 64, 128)).unwrap(),
+        CudaWeight::Dense(_)
+    ));
+    let f32_gpu = CudaBackend::<f32>::open(0).unwrap().with_poisoned_outputs();
+    f32_gpu
+        .set_fp8_activations(Fp8Activations::Dynamic)
+        .unwrap();
+    let cpu = CpuBackend::DYNAMIC_FP8;
+    let upload = |w: &Fp8Matrix| {
+        let got = f32_gpu.upload_fp8_weight(w.clone()).unwrap();
+        assert!(matches!(got, CudaWeight::Fp8(_)));
+        (got, cpu.upload_fp8_weight(w.clone()).unwrap())
+    };
+    let as_f64 = |t: HostTensor| t.data.iter().map(|&v| v as f64).collect::<Vec<_>>();
+    for (m, k, n) in [(1, 256, 192), (70, 576, 130), (2, 256, 8500)] {
+        let what = format!("f32 fp8 matmul {m}×{k}×{n}");
+        let x = activations(&mut rng, m, k);
+        let (w_gpu, w_cpu) = upload(&weight(&mut rng, n, k));
+        let x_gpu = f32_gpu.device.upload::<f32>(&x).unwrap();
+        let got = f32_gpu
+            .to_host(&f32_gpu.matmul(&x_gpu, &w_gpu).unwrap())
+            .unwrap();
+        let want = as_f64(cpu.matmul(&x, &w_cpu).unwrap());
+        assert_rows_close(&what, &got.data, &want, n, 1e-6);
+    }
+    let (m, hidden, inter) = (5, 256, 176);
+    let x = activations(&mut rng, m, hidden);
+    let [(gate, gate_cpu), (up, up_cpu), (down, down_cpu)] = [
+        upload(&weight(&mut rng, inter, hidden)),
+        upload(&weight(&mut rng, inter, hidden)),
+        upload(&weight(&mut rng, hidden, inter)),
+    ];
+    let x_gpu = f32_gpu.device.upload::<f32>(&x).unwrap();
+    let got = f32_gpu.mlp(&x_gpu, &mlp_of(gate, up, down)).unwrap();
+    let want = as_f64(cpu.mlp(&x, &mlp_of(gate_cpu, up_cpu, down_cpu)).unwrap());
+    let got = f32_gpu.to_host(&got).unwrap();
+    assert_rows_close("f32 fp8 mlp", &got.data, &want, hidden, 1e-5);
+    let layer = fp8_moe(&mut rng, 16, 4, hidden, inter);
+    let x = activations(&mut rng, 40, hidden);
+    let want = cpu
+        .moe(&x, &moe_weights(&cpu, &layer), &layer.config)
+        .unwrap();
+    let x_gpu = f32_gpu.device.upload::<f32>(&x).unwrap();
+    let w = moe_weights(&f32_gpu, &layer);
+    let got = f32_gpu.moe(&x_gpu, &w, &layer.config).unwrap();
+    let got = f32_gpu.to_host(&got).unwrap();
+    assert_rows_close("f32 fp8 experts", &got.data, &as_f64(want), hidden, 1e-5);
 }
 
 /// A layer of FP8 experts: `experts` routed experts of `hidden → inter` and one shared MLP
