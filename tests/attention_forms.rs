@@ -5,6 +5,7 @@ mod common;
 
 use common::{fuse_experts, random_weights, rel_l2, tiny_config, write_model};
 use mla_rt::backend::cpu::CpuBackend;
+use mla_rt::backend::Backend;
 use mla_rt::config::ModelConfig;
 use mla_rt::engine::session::Session;
 use mla_rt::model::AttentionForm;
@@ -117,6 +118,43 @@ fn fused_expert_layout_equals_per_expert_layout() {
     let a = logits(&per_expert, &ids, 12, 64, AttentionForm::Auto);
     let b = logits(&fused, &ids, 12, 64, AttentionForm::Auto);
     assert_eq!(a, b);
+}
+
+/// `--quantization fp8` rounds fused experts as the per-expert layout (gate and up apart) and
+/// hands them out as FP8 weights: with activations quantized before FP8 weights
+/// (`CpuBackend::DYNAMIC_FP8`), an expert loaded dequantized would give other logits.
+#[test]
+fn fused_experts_become_the_same_fp8_weights() {
+    use mla_rt::config::quantization::Fp8Blocks;
+    use mla_rt::weights::online_fp8::OnlineFp8;
+    let config = tiny_config("deepseek_v3", json!({}));
+    let weights = random_weights(&config, 3);
+    let mut fused = weights.clone();
+    fuse_experts(&mut fused, &config);
+    let ids = tokens(12, 97);
+    let mut runs = Vec::new();
+    for backend in [CpuBackend::EXACT, CpuBackend::DYNAMIC_FP8] {
+        let mut layouts = [&weights, &fused].map(|w| {
+            let dir = write_model(&config, w);
+            let checkpoint = Checkpoint::open(dir.path()).unwrap();
+            let source = OnlineFp8 {
+                inner: &checkpoint,
+                blocks: Fp8Blocks::DEEPSEEK,
+            };
+            let model_config = ModelConfig::from_file(&dir.path().join("config.json")).unwrap();
+            let model = Model::load(model_config, &source, &backend).unwrap();
+            let mut session =
+                Session::new(&model, &backend, ids.len(), 64, AttentionForm::Auto).unwrap();
+            session.logits(&ids, 12).unwrap()
+        });
+        assert!(
+            layouts[0] == layouts[1],
+            "{}: the layouts differ",
+            backend.name()
+        );
+        runs.push(std::mem::take(&mut layouts[0]));
+    }
+    assert!(runs[0] != runs[1], "dynamic quantized no activation");
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! `--quantization fp8` and `--kv-cache-dtype fp8` from the command line: each changes the
-//! logits a little (rounding weights or cache rows through FP8) and keeps them close.
+//! `--quantization fp8`, `--kv-cache-dtype fp8` and `--fp8-activations` from the command line:
+//! each changes the logits a little (rounding weights, cache rows or activations through FP8)
+//! and keeps them close.
 
 mod common;
 
@@ -42,4 +43,24 @@ fn fp8_weights_and_cache_stay_close_to_f32() {
         assert!(worst > 1e-4, "{flags:?} changed nothing");
         assert!(worst < 0.5, "{flags:?}: worst relative L2 {worst}");
     }
+}
+
+/// `--fp8-activations dynamic` on the CPU quantizes activations before FP8 weights, as the GPU's
+/// FP8 GEMM does: the logits move a little from the exact product; `exact` is the CPU's default.
+#[test]
+fn fp8_activations_choose_the_cpu_product() {
+    let exact = logits(&["--quantization", "fp8"]);
+    assert_eq!(
+        logits(&["--quantization", "fp8", "--fp8-activations", "exact"]),
+        exact
+    );
+    let dynamic = logits(&["--quantization", "fp8", "--fp8-activations", "dynamic"]);
+    let worst = dynamic
+        .iter()
+        .zip(&exact)
+        .map(|(d, e)| rel_l2(d, &e.iter().map(|&v| v as f64).collect::<Vec<_>>()))
+        .fold(0.0, f64::max);
+    assert!(worst > 1e-4 && worst < 0.2, "worst relative L2 {worst}");
+    // Without FP8 weights there is nothing to quantize.
+    assert_eq!(logits(&["--fp8-activations", "dynamic"]), logits(&[]));
 }

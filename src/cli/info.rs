@@ -176,7 +176,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
     ));
     if let Some(b) = mla_rt::config::quantization::fp8_blocks_of_file(&dir.join("config.json"))? {
         let gpu = match b == mla_rt::config::quantization::Fp8Blocks::DEEPSEEK {
-            true => "on a GPU of compute capability 8.9+ with bf16 activations kept as FP8 and multiplied by activations quantized per token per 128 channels, else dequantized to bf16",
+            true => "on a GPU of compute capability 8.9+ with bf16 activations kept as FP8 and multiplied by activations quantized per token per 128 channels, else dequantized to bf16 (--fp8-activations chooses)",
             false => "on a GPU dequantized to bf16 (the FP8 GEMM takes 128 × 128 blocks)",
         };
         out.line(format_args!(

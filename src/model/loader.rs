@@ -2,7 +2,7 @@
 //! implies, SwiGLU MLPs, and routed experts in either checkpoint layout.
 
 use crate::backend::{Backend, MlpWeights};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::weights::{HostTensor, TensorSource};
 
 /// Reads tensors by name with the shapes the config implies.
@@ -43,7 +43,8 @@ impl<B: Backend> Loader<'_, B> {
         })
     }
 
-    /// Routed experts in the published per-expert layout or transformers 5's fused layout.
+    /// Routed experts in the published per-expert layout or transformers 5's fused layout (whose
+    /// stacks a source may give as FP8 matrices: `--quantization fp8`).
     pub fn experts(
         &self,
         prefix: &str,
@@ -57,8 +58,42 @@ impl<B: Backend> Loader<'_, B> {
                 .map(|e| self.mlp(&format!("{prefix}.{e}"), hidden, inter))
                 .collect();
         }
+        let fused_down = format!("{prefix}.down_proj");
+        let fp8 = (
+            self.checkpoint
+                .load_fp8_stack(&fused, &[count, 2 * inter, hidden])?,
+            self.checkpoint
+                .load_fp8_stack(&fused_down, &[count, hidden, inter])?,
+        );
+        if let (Some(gate_up), Some(down)) = fp8 {
+            if gate_up.len() != 2 * count || down.len() != count {
+                return Err(Error::Op {
+                    op: "load experts",
+                    message: format!(
+                        "{fused}: {} FP8 matrices and {fused_down}: {} for {count} experts",
+                        gate_up.len(),
+                        down.len()
+                    ),
+                });
+            }
+            let mut halves = gate_up.into_iter();
+            return down
+                .into_iter()
+                .zip(std::iter::from_fn(|| {
+                    Some((halves.next()?, halves.next()?))
+                }))
+                .map(|(down, (gate, up))| {
+                    Ok(MlpWeights {
+                        gate: self.backend.upload_fp8_weight(gate)?,
+                        up: self.backend.upload_fp8_weight(up)?,
+                        down: self.backend.upload_fp8_weight(down)?,
+                        biases: None,
+                    })
+                })
+                .collect();
+        }
         let gate_up = self.host(&fused, &[count, 2 * inter, hidden])?;
-        let down = self.host(&format!("{prefix}.down_proj"), &[count, hidden, inter])?;
+        let down = self.host(&fused_down, &[count, hidden, inter])?;
         let matrix = inter * hidden;
         (0..count)
             .map(|e| {

@@ -53,6 +53,13 @@ pub trait TensorSource {
     fn load_fp8(&self, _name: &str, _shape: &[usize]) -> Result<Option<fp8::Fp8Matrix>> {
         Ok(None)
     }
+    /// A fused stack of expert matrices `name` (`[experts, rows, cols]`, transformers 5's
+    /// `experts.gate_up_proj` and `experts.down_proj`) as block-scaled FP8 matrices, where the
+    /// source makes them so (`--quantization fp8`): each expert's matrix cut into
+    /// [`online_fp8::fused_parts`] equal row ranges (gate and up apart), expert by expert.
+    fn load_fp8_stack(&self, _name: &str, _shape: &[usize]) -> Result<Option<Vec<fp8::Fp8Matrix>>> {
+        Ok(None)
+    }
     /// For generated weights: how tensor `name` is filled, so that a backend can generate it
     /// in place instead of receiving it from the host.
     fn random_fill(&self, _name: &str, _shape: &[usize]) -> Option<random::RandomFill> {

@@ -19,6 +19,16 @@ pub fn is_fp8_linear(name: &str) -> bool {
         || name.ends_with("experts.down_proj")
 }
 
+/// How many matrices each expert's slice of fused stack `name` holds: gate and up for
+/// `experts.gate_up_proj`, one otherwise. Each is rounded on its own, as in the per-expert
+/// layout, so that both layouts give the same FP8 weights.
+pub fn fused_parts(name: &str) -> usize {
+    match name.ends_with("experts.gate_up_proj") {
+        true => 2,
+        false => 1,
+    }
+}
+
 /// Rounds the `rows × cols` matrix `w` to FP8 in `blocks` and back, in place.
 pub fn round_to_fp8(w: &mut [f32], cols: usize, blocks: Fp8Blocks) {
     let rows = w.len() / cols.max(1);
@@ -44,7 +54,7 @@ pub struct OnlineFp8<'a, S: TensorSource> {
 
 impl<S: TensorSource> TensorSource for OnlineFp8<'_, S> {
     /// A matrix comes out as [`Self::load_fp8`]'s values (an FP8 checkpoint's own, not rounded
-    /// twice); a fused stack of expert matrices is rounded matrix by matrix.
+    /// twice); a fused stack of expert matrices is rounded matrix by matrix, gate and up apart.
     fn load(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
         if shape.len() == 2 {
             return match self.load_fp8(name, shape)? {
@@ -55,12 +65,29 @@ impl<S: TensorSource> TensorSource for OnlineFp8<'_, S> {
         let mut t = self.inner.load(name, shape)?;
         if is_fp8_linear(name) && shape.len() > 2 {
             let cols = shape[shape.len() - 1];
-            let matrix = shape[shape.len() - 2] * cols;
-            for m in t.data.chunks_mut(matrix.max(1)) {
+            let part = shape[shape.len() - 2] / fused_parts(name) * cols;
+            for m in t.data.chunks_mut(part.max(1)) {
                 round_to_fp8(m, cols, self.blocks);
             }
         }
         Ok(t)
+    }
+
+    fn load_fp8_stack(&self, name: &str, shape: &[usize]) -> Result<Option<Vec<Fp8Matrix>>> {
+        let (parts, &[_, rows, cols]) = (fused_parts(name), shape) else {
+            return Ok(None);
+        };
+        if !is_fp8_linear(name) || rows % parts != 0 {
+            return Ok(None);
+        }
+        let t = self.inner.load(name, shape)?;
+        let rows = rows / parts;
+        Ok(Some(
+            t.data
+                .chunks(rows * cols)
+                .map(|m| Fp8Matrix::quantize(m, rows, cols, self.blocks))
+                .collect(),
+        ))
     }
 
     fn load_fp8(&self, name: &str, shape: &[usize]) -> Result<Option<Fp8Matrix>> {
