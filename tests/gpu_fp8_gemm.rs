@@ -64,6 +64,26 @@ fn assert_rows_close(what: &str, got: &[f32], want: &[f64], cols: usize, toleran
     eprintln!("{what}: worst row {worst:.2e}");
 }
 
+/// Rows within 1e-5 of `want`, but for a tenth at most within 2e-2: a second quantization (the
+/// MLP's hidden rows) sees values the devices summed in different orders, and one that lies at
+/// a code midpoint rounds to the neighbouring code on one of them (a step of 6% of that value,
+/// ~1e-3 of its row's output), as the same product computed twice in different orders may.
+fn assert_rows_close_but_flips(what: &str, got: &[f32], want: &[f64], cols: usize) {
+    let errors: Vec<f64> = got
+        .chunks_exact(cols)
+        .zip(want.chunks_exact(cols))
+        .map(|(g, w)| rel_l2(g, w))
+        .collect();
+    let flipped = errors.iter().filter(|&&e| !(e <= 1e-5)).count();
+    let worst = errors.iter().cloned().fold(0.0f64, f64::max);
+    assert!(
+        worst <= 2e-2 && flipped * 10 <= errors.len(),
+        "{what}: {flipped} of {} rows over 1e-5, worst {worst:.3e}",
+        errors.len()
+    );
+    eprintln!("{what}: worst row {worst:.2e}, {flipped} rows over 1e-5");
+}
+
 fn bf16_round(v: f64) -> f64 {
     Bf16::from_f64(v).to_f64()
 }
@@ -198,7 +218,8 @@ fn mlp_of<B: Backend>(gate: B::Weight, up: B::Weight, down: B::Weight) -> MlpWei
 /// `--fp8-activations`: `exact` keeps even a bf16 GPU's FP8 weights dense; `dynamic` in f32
 /// runs the f32 builds of the FP8 GEMM (split and unsplit, 16- and 64-row), the fused MLP and
 /// the grouped experts, each equal to the CPU's `dynamic` product to f32 rounding (the CPU
-/// dequantizes the codes it quantized and multiplies in f32).
+/// dequantizes the codes it quantized and multiplies in f32), but for codes a second
+/// quantization may tip.
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn fp8_activations_choose_the_product() {
@@ -242,7 +263,7 @@ fn fp8_activations_choose_the_product() {
     let got = f32_gpu.mlp(&x_gpu, &mlp_of(gate, up, down)).unwrap();
     let want = as_f64(cpu.mlp(&x, &mlp_of(gate_cpu, up_cpu, down_cpu)).unwrap());
     let got = f32_gpu.to_host(&got).unwrap();
-    assert_rows_close("f32 fp8 mlp", &got.data, &want, hidden, 1e-5);
+    assert_rows_close_but_flips("f32 fp8 mlp", &got.data, &want, hidden);
     let layer = fp8_moe(&mut rng, 16, 4, hidden, inter);
     let x = activations(&mut rng, 40, hidden);
     let want = cpu
@@ -252,7 +273,7 @@ fn fp8_activations_choose_the_product() {
     let w = moe_weights(&f32_gpu, &layer);
     let got = f32_gpu.moe(&x_gpu, &w, &layer.config).unwrap();
     let got = f32_gpu.to_host(&got).unwrap();
-    assert_rows_close("f32 fp8 experts", &got.data, &as_f64(want), hidden, 1e-5);
+    assert_rows_close_but_flips("f32 fp8 experts", &got.data, &as_f64(want), hidden);
 }
 
 /// A layer of FP8 experts: `experts` routed experts of `hidden → inter` and one shared MLP

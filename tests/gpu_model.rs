@@ -306,12 +306,17 @@ fn fp8_cache_models_match_the_cpu_bf16() {
 
 /// FP8 weights multiplied as FP8 on the GPU (activations quantized per token per 128 columns,
 /// as DeepSeek's inference code does) against the CPU quantizing its activations the same way
-/// (`--fp8-activations dynamic`), in f32: the top-1 ≥ 99%. Measured on cuda-emu: medians
-/// 2–6e-7 (demo-mha 5e-5, where a few activations land on the neighbouring code), top-1 100%.
+/// (`--fp8-activations dynamic`), in f32: the top-1 ≥ 99%. The two agree to f32 rounding
+/// until an activation that lies at a code midpoint rounds to the neighbouring code on one
+/// device; from there each later quantization tips more, as in any two summation orders (the
+/// CPU's own two MLA forms over 256 demo-mla tokens: worst position 1.9e-1, against 2e-6 without
+/// FP8 activations). So the bounds allow flips (median 1e-2, top-1 over the positions whose
+/// lead exceeds 1e-2); the GEMMs themselves are held to 1e-6 in gpu_fp8_gemm. Measured on
+/// cuda-emu: medians 2–6e-7 (demo-mha 5e-5, where codes tipped), top-1 100%.
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn fp8_weight_models_match_the_cpu_f32() {
-    compare_models::<f32>(1e-4, Within::Median, 0.99, KvCacheDtype::Auto, Weights::Fp8);
+    compare_models::<f32>(1e-2, Within::Median, 0.99, KvCacheDtype::Auto, Weights::Fp8);
 }
 
 /// The same in bf16, without and with FP8 caches. Here the devices' activations differ by bf16
