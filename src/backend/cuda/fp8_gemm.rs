@@ -179,6 +179,22 @@ pub(super) fn fp8_kernels<T: GpuFloat>(wide: bool) -> (Kernel, Kernel, usize) {
     }
 }
 
+/// Whether FP8 weights go to the FP8 GEMM under `mode`, for bf16 (else f32) activations on a
+/// GPU of `compute_capability`; `dynamic` where there is no FP8 GEMM is refused.
+fn fp8_gemm_runs(mode: Fp8Activations, bf16: bool, compute_capability: (i32, i32)) -> Result<bool> {
+    let native = compute_capability >= (8, 9);
+    match mode {
+        Fp8Activations::Auto => Ok(bf16 && native),
+        Fp8Activations::Exact => Ok(false),
+        Fp8Activations::Dynamic if native => Ok(true),
+        Fp8Activations::Dynamic => Err(Error::InvalidInput(format!(
+            "--fp8-activations dynamic needs an FP8 GEMM, on compute capability 8.9 or newer; \
+             this GPU is {}.{}",
+            compute_capability.0, compute_capability.1
+        ))),
+    }
+}
+
 /// How many k splits a dense FP8 GEMM of `ctas` tiles over `k_blocks` 128-wide blocks takes on
 /// `multiprocessors` SMs: none where the tiles fill the GPU, else enough for
 /// [`super::tuning::FP8_SPLIT_CTAS_PER_SM`] CTAs per SM, at most one block each. Returns
@@ -206,19 +222,7 @@ where
     /// keeps them FP8 for the FP8 GEMM (in f32 too, to compare with the CPU's `dynamic`),
     /// `exact` dequantizes them at load. `dynamic` needs compute capability 8.9+.
     pub fn set_fp8_activations(&self, mode: Fp8Activations) -> Result<()> {
-        let (major, minor) = self.device.info.compute_capability;
-        let native = (major, minor) >= (8, 9);
-        let on = match mode {
-            Fp8Activations::Auto => T::BF16 && native,
-            Fp8Activations::Exact => false,
-            Fp8Activations::Dynamic if native => true,
-            Fp8Activations::Dynamic => {
-                return Err(Error::InvalidInput(format!(
-                    "--fp8-activations dynamic needs an FP8 GEMM, on compute capability 8.9 or \
-                     newer; this GPU is {major}.{minor}"
-                )))
-            }
-        };
+        let on = fp8_gemm_runs(mode, T::BF16, self.device.info.compute_capability)?;
         self.fp8_activations.set(on);
         Ok(())
     }
@@ -431,6 +435,24 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fp8_activations_resolve_by_dtype_and_compute_capability() {
+        use Fp8Activations::*;
+        assert!(fp8_gemm_runs(Auto, true, (8, 9)).unwrap());
+        assert!(fp8_gemm_runs(Auto, true, (9, 0)).unwrap());
+        assert!(!fp8_gemm_runs(Auto, false, (9, 0)).unwrap());
+        assert!(!fp8_gemm_runs(Auto, true, (8, 6)).unwrap());
+        assert!(!fp8_gemm_runs(Exact, true, (9, 0)).unwrap());
+        assert!(fp8_gemm_runs(Dynamic, false, (9, 0)).unwrap());
+        let refused = fp8_gemm_runs(Dynamic, true, (8, 0))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("compute capability 8.9") && refused.contains("8.0"),
+            "{refused}"
+        );
+    }
 
     #[test]
     fn k_splits_fill_the_gpu_only_where_the_tiles_do_not() {
