@@ -18,21 +18,26 @@ void async_commit() { me()->copies.commit(); }
 void async_wait(int pending) { me()->copies.wait(pending, land); }
 
 // Lane 0 of each warp records a digest of the shared operands at the issue; compared at the wait.
-static uint64_t issue_digest(int n, uint64_t a, bool a_shared, uint64_t b, bool b_mn_major) {
+static uint64_t issue_digest(int n, uint64_t a, bool a_shared, uint64_t b, bool b_mn_major, bool fp8) {
     if (lane_id() != 0) return 0;
     static thread_local WgmmaOperands operands;  // read and digested without a switch between
-    read_wgmma_operands(operands, n, a, a_shared, b, b_mn_major);
+    read_wgmma_operands(operands, n, a, a_shared, b, b_mn_major, fp8);
     return wgmma_operand_digest(operands);
 }
 
 void wgmma_issue(float* d, int n, uint64_t a, uint64_t b, bool b_mn_major) {
-    const uint64_t digest = issue_digest(n, a, true, b, b_mn_major);
-    me()->mmas.open.push_back(PendingMma{d, n, a, b, b_mn_major, nullptr, digest});
+    const uint64_t digest = issue_digest(n, a, true, b, b_mn_major, false);
+    me()->mmas.open.push_back(PendingMma{d, n, a, b, b_mn_major, nullptr, digest, false, false});
+}
+
+void wgmma_issue_e4m3(float* d, int n, uint64_t a, uint64_t b, bool accumulate) {
+    const uint64_t digest = issue_digest(n, a, true, b, false, true);
+    me()->mmas.open.push_back(PendingMma{d, n, a, b, false, nullptr, digest, true, !accumulate});
 }
 
 void wgmma_issue_rs(float* d, int n, const uint32_t* a_regs, uint64_t b, bool b_mn_major) {
-    const uint64_t digest = issue_digest(n, 0, false, b, b_mn_major);
-    me()->mmas.open.push_back(PendingMma{d, n, 0, b, b_mn_major, a_regs, digest});
+    const uint64_t digest = issue_digest(n, 0, false, b, b_mn_major, false);
+    me()->mmas.open.push_back(PendingMma{d, n, 0, b, b_mn_major, a_regs, digest, false, false});
 }
 
 void wgmma_commit() { me()->mmas.commit(); }
@@ -48,7 +53,7 @@ void wgmma_wait(int pending) {
         w.mma_count = 0;
         self->mmas.for_each_due(pending, [&w](const PendingMma& m) {
             if (w.mma_count == w.mma_operands.size()) w.mma_operands.emplace_back();
-            read_wgmma_operands(w.mma_operands[w.mma_count++], m.n, m.a, m.a_regs == nullptr, m.b, m.b_mn_major);
+            read_wgmma_operands(w.mma_operands[w.mma_count++], m.n, m.a, m.a_regs == nullptr, m.b, m.b_mn_major, m.fp8);
         });
     }
     const char* lanes_differ = "the lanes of a warp complete different wgmmas at one wgmma.wait_group";
@@ -56,11 +61,13 @@ void wgmma_wait(int pending) {
     self->mmas.wait(pending, [&](const PendingMma& m) {
         const WgmmaOperands* o = i < w.mma_count ? &w.mma_operands[i++] : nullptr;
         if (o == nullptr || o->n != m.n || o->a != m.a || o->b != m.b || o->a_shared != (m.a_regs == nullptr) ||
-            o->b_mn_major != m.b_mn_major)
+            o->b_mn_major != m.b_mn_major || o->fp8 != m.fp8)
             kernel_error(lanes_differ);
         if (self->lane == 0 && wgmma_operand_digest(*o) != m.digest)
             kernel_error("a wgmma's shared-memory operands differ between its issue and its wait: changed while it ran, "
                          "or read before the copies that fill them landed");
+        if (m.zero_d)  // scale-d 0: the products replace the accumulators (n / 2 per thread)
+            for (int i = 0; i < m.n / 2; i++) m.d[i] = 0.0f;
         if (m.a_regs != nullptr) wgmma_compute_rs(m.d, m.a_regs, *o);
         else wgmma_compute(m.d, *o);
     });

@@ -26,6 +26,8 @@ struct PendingMma {
     bool b_mn_major;
     const uint32_t* a_regs;  // A in registers (nullptr: A in shared memory, descriptor a)
     uint64_t digest;         // of the shared operands at the issue (lane 0 of each warp)
+    bool fp8;                // e4m3 operands, k = 32 (else bf16, k = 16)
+    bool zero_d;             // scale-d 0: D = A·B, the accumulators' old values dropped
 };
 
 // A thread's asynchronous operations of one kind: the open group and the committed ones, oldest

@@ -10,10 +10,8 @@
 // mla: no-spills
 #include "common.cuh"
 #include "fp8.cuh"
-#include "moe_gemm.cuh"
+#include "fp8_gemm.cuh"
 #include "ptx/mma.cuh"
-
-#define FP8_BLOCK 128  // the scale blocks' side, in weights and activations
 
 // --- The seam with src/backend/cuda/fp8_gemm.rs (#[repr(C)] mirrors, sizes asserted) ----------
 
@@ -29,30 +27,6 @@ template <typename T> struct Fp8QuantizeParams {
     int rows, cols, ld, k_blocks, block_rows, pad;
 };
 static_assert(sizeof(Fp8QuantizeParams<float>) == 56, "mirrored in fp8_gemm.rs");
-
-// out = (a · w1ᵀ) over FP8 operands. Dense (block_expert null): row r of out is row r of `a`,
-// times expert 0 (w1[0], s1[0]). Grouped: as MoeGemmParams — row i of block b is `a`'s row
-// (the route's token with `gather`) times expert block_expert[b]; gate+up (w2 set) stores
-// silu(a·w1ᵀ) ⊙ (a·w2ᵀ), down stores route_weights[route] · (a·w1ᵀ).
-template <typename T> struct Fp8GemmParams {
-    const uint8_t* a;       // [a rows, k_dim] e4m3
-    const float* a_scales;  // [a rows, k_blocks]
-    const uint64_t* w1;     // [experts] addresses of uint8_t[n, k_dim]
-    const uint64_t* w2;
-    const uint64_t* s1;  // [experts] addresses of f32[⌈n / 128⌉, k_blocks]
-    const uint64_t* s2;
-    const uint32_t* sorted_routes;
-    const int32_t* block_expert;
-    const float* route_weights;
-    T* out;  // [rows, n]
-    // Split k (dense only): CTA z sums k blocks [z·k_split, (z + 1)·k_split) and stores its
-    // f32 sums to partial[z][matrix][row][col] for fp8_split_reduce; null: one CTA per tile
-    // (k_split = k_blocks) writes `out` itself.
-    float* partial;
-    int rows, k_dim, n, k_blocks, top_k, gather, k_split, pad;
-};
-static_assert(sizeof(Fp8GemmParams<float>) == 120 && offsetof(Fp8GemmParams<float>, rows) == 88,
-              "mirrored in fp8_gemm.rs");
 
 // out[r][c] = the epilogue of Σ_z partial[z][·][r][c], summed in z order (the same bits every
 // run): silu(gate)·up with `gate_up`, else the sum.
@@ -103,13 +77,6 @@ template <int BM, int STAGES> struct alignas(16) Fp8Tiles {
     uint8_t a[STAGES][BM][F8_LD];
     uint8_t w[STAGES][2][F8_BN][F8_LD];
 };
-
-// The A row of output row `row` (null: none, zeros) and the route it serves (grouped).
-template <typename T> __device__ __forceinline__ int fp8_a_row(const Fp8GemmParams<T>& p, int row, uint32_t route) {
-    if (!p.block_expert) return row < p.rows ? row : -1;
-    if (route == NO_ROUTE) return -1;
-    return p.gather ? (int)(route / p.top_k) : row;
-}
 
 // A CTA of WARPS_M × WARPS_N warps computes BM rows × F8_BN columns (of w1, and w2 for gate+up)
 // over k in F8_BK stages, STAGES in flight by cp.async; each warp an (BM / WARPS_M) ×
@@ -256,21 +223,9 @@ __device__ void fp8_gemm_mma(const Fp8GemmParams<T>& p) {
             for (int nt = 0; nt < NT; nt++) {
                 const int col = col0 + wn + nt * 8 + 2 * t;
 #pragma unroll
-                for (int j = 0; j < 2; j++) {
-                    const float v1 = acc[0][mt][nt][half * 2 + j], v2 = acc[MATRICES - 1][mt][nt][half * 2 + j];
-                    if (col + j >= p.n || (!p.block_expert && row >= p.rows)) continue;
-                    if (p.partial) {
-                        float* sums = p.partial + ((size_t)blockIdx.z * MATRICES * p.rows + row) * p.n + col + j;
-                        sums[0] = v1;
-                        if (GATE_UP) sums[(size_t)p.rows * p.n] = v2;
-                        continue;
-                    }
-                    if (!GATE_UP && p.block_expert && route == NO_ROUTE) continue;
-                    // Grouped gate+up writes its padding rows too (silu(0)·0 = 0): the down
-                    // GEMM's quantization reads every row of a used block.
-                    const float v = GATE_UP ? silu(v1) * v2 : p.block_expert ? v1 * p.route_weights[route] : v1;
-                    p.out[(size_t)row * p.n + col + j] = from_f32<T>(v);
-                }
+                for (int j = 0; j < 2; j++)
+                    fp8_store<T, GATE_UP>(p, row, route, col + j, acc[0][mt][nt][half * 2 + j],
+                                          acc[MATRICES - 1][mt][nt][half * 2 + j]);
             }
         }
     }

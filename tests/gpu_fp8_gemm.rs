@@ -88,10 +88,10 @@ fn bf16_round(v: f64) -> f64 {
     Bf16::from_f64(v).to_f64()
 }
 
-/// Dense projections: 1, 3 and 5 rows (16-row build), 64 and 70 (64-row build); k with a
-/// partial 128 block (208, 576) or none; n with a partial 64-column CTA and a partial 128-row
-/// scale block. With fewer tiles than SMs k is split (2 to 16 ways here), but for one k block
-/// (128 × 200) and for 8,500 columns (133 tiles).
+/// Dense projections: 1, 3 and 5 rows (16-row build), 64 and 70 (64-row build: on a Hopper GPU
+/// the wgmma one, and the mma.sync one); k with a partial 128 block (208, 576) or none; n with a
+/// partial 64-column CTA and a partial 128-row scale block. With fewer tiles than SMs k is split
+/// (2 to 16 ways here), but for one k block (128 × 200) and for 8,500 columns (133 tiles).
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn fp8_matmul_matches_its_reference() {
@@ -123,6 +123,13 @@ fn fp8_matmul_matches_its_reference() {
             .map(bf16_round)
             .collect();
         assert_rows_close(&what, &got.data, &want, n, 4e-3);
+        // 64+ rows on a Hopper GPU took the wgmma build: the mma.sync one too.
+        if m >= 64 && gpu.device.info.hopper() {
+            gpu.set_fp8_wgmma(false);
+            let mma = gpu.to_host(&gpu.matmul(&x_gpu, &w_gpu).unwrap()).unwrap();
+            gpu.set_fp8_wgmma(true);
+            assert_rows_close(&format!("{what} mma.sync"), &mma.data, &want, n, 4e-3);
+        }
         // Against the CPU engine's exact product (dequantized weights, unquantized x): the
         // activations' quantization is the whole difference.
         let exact = CpuBackend::EXACT
@@ -163,6 +170,9 @@ fn fp8_mlp_matches_its_reference() {
         };
         let x_gpu = gpu.device.upload::<Bf16>(&x).unwrap();
         let got = gpu.to_host(&gpu.mlp(&x_gpu, &mlp).unwrap()).unwrap();
+        gpu.set_fp8_wgmma(false);
+        let mma = gpu.to_host(&gpu.mlp(&x_gpu, &mlp).unwrap()).unwrap();
+        gpu.set_fp8_wgmma(true);
         let xq = quantize_rows(&x.data, hidden);
         let (g, u) = (fp8_matmul(&xq, &gate), fp8_matmul(&xq, &up));
         let h: Vec<f32> = g
@@ -172,6 +182,7 @@ fn fp8_mlp_matches_its_reference() {
             .collect();
         let want = fp8_matmul(&quantize_rows(&h, inter), &down);
         assert_rows_close(&what, &got.data, &want, hidden, 1e-2);
+        assert_rows_close(&format!("{what} mma.sync"), &mma.data, &want, hidden, 1e-2);
     }
 }
 
@@ -338,8 +349,9 @@ fn moe_weights<B: Backend>(b: &B, m: &Fp8Moe) -> MoeWeights<B> {
 }
 
 /// Routed experts of FP8 weights on the grouped path (16-row blocks for a decode token over 64
-/// experts, 64-row blocks for 80 tokens over 4) against the per-expert path, which runs the
-/// dense FP8 GEMMs on each expert's rows, and the CPU's layer over the dequantized weights.
+/// experts, 64-row blocks for 80 tokens over 4: on a Hopper GPU the wgmma builds, checked against
+/// the mma.sync ones) against the per-expert path, which runs the dense FP8 GEMMs on each
+/// expert's rows, and the CPU's layer over the dequantized weights.
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn fp8_experts_match_the_per_expert_path() {
@@ -361,13 +373,23 @@ fn fp8_experts_match_the_per_expert_path() {
             let y = gpu.to_host(&gpu.moe(&x_gpu, &w, config).unwrap()).unwrap();
             y.data
         };
-        let (grouped, again, per_expert) = (
+        let (grouped, again, per_expert, mma) = (
             run(MoePath::Grouped),
             run(MoePath::Grouped),
             run(MoePath::PerExpert),
+            run(MoePath::GroupedMma),
         );
         gpu.set_moe_path(MoePath::Grouped);
         assert_eq!(grouped, again, "{what}: run to run");
+        // 64-row blocks on a Hopper GPU: the wgmma builds, and GroupedMma's mma.sync ones.
+        let mma: Vec<f64> = mma.iter().map(|&v| v as f64).collect();
+        assert_rows_close(
+            &format!("{what}: grouped vs grouped mma.sync"),
+            &grouped,
+            &mma,
+            hidden,
+            1e-2,
+        );
         // Router, routing, align, two quantizations, two grouped GEMMs, combine; the shared
         // MLP's two quantizations and two GEMMs, each with its split-k reduce where split. No
         // wait for the device.

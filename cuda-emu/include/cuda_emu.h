@@ -93,6 +93,8 @@ void async_copy16(void* dst, const void* src, bool valid);
 void async_commit();
 void async_wait(int pending);  // all but the newest `pending` committed groups
 void wgmma_issue(float* d, int n, uint64_t a, uint64_t b, bool b_mn_major);
+// The same for e4m3 operands, k = 32, both K-major; without `accumulate` (scale-d 0) D = A·B.
+void wgmma_issue_e4m3(float* d, int n, uint64_t a, uint64_t b, bool accumulate);
 // The same with A [64 × 16] in registers: `a_regs`, this thread's four of them (mma.sync's A
 // fragment for its warp's 16 rows), read at the wait like the shared operands.
 void wgmma_issue_rs(float* d, int n, const uint32_t* a_regs, uint64_t b, bool b_mn_major);

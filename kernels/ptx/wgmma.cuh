@@ -1,5 +1,5 @@
-// Warpgroup-level tensor-core primitives of sm_90a (wgmma.mma_async, bf16 in, f32 accumulate,
-// both operands in shared memory, or A in registers) as functions, for kernels built only for
+// Warpgroup-level tensor-core primitives of sm_90a (wgmma.mma_async, bf16 or e4m3 in, f32
+// accumulate, both operands in shared memory, or A in registers) as functions, for kernels built only for
 // sm_90a; under cuda-emu (MLA_CUDA_EMU) each has a CPU implementation (cuda-emu/include/wgmma_ptx.h).
 // Operand and accumulator layouts: at wgmma_desc. docs/kernels.md, "The Hopper wgmma kernel".
 #pragma once
@@ -141,6 +141,22 @@ __device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t a, uint
                    "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
                    "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
                  : "l"(a), "l"(b), "r"(1));
+#endif
+}
+
+// D[64×64] = A[64×32]·B[32×64] (+ D where `accumulate`) of e4m3 values, A and B K-major in
+// shared memory (8-bit operands must be: a row of the swizzle atom holds 128 k). Products are
+// exact; the sums are the tensor cores' (fp8_gemm_wgmma.cu promotes them every 128 k).
+__device__ __forceinline__ void wgmma_m64n64k32_e4m3(float (&d)[32], uint64_t a, uint64_t b, bool accumulate) {
+#if defined(MLA_CUDA_EMU)
+    emu::wgmma_issue_e4m3(d, 64, a, b, accumulate);
+#elif defined(__CUDA_ARCH__)
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 {"
+                 "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31"
+                 "}, %32, %33, p, 1, 1;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "l"(a), "l"(b), "r"((int)accumulate));
 #endif
 }
 

@@ -136,11 +136,19 @@ where
         for &m in tokens {
             let x = gpu.device.upload(&uniform(m, k, m as u64))?;
             let mut bf16_ms = 0.0;
-            for (weights, w, bytes) in [
-                ("bf16", &bf16, (2 * n * k) as f64),
-                ("fp8", &fp8, fp8_bytes),
-            ] {
+            // On a Hopper GPU, 64+ rows take the wgmma build; its mma.sync build (f16 rates
+            // there) is timed too, as `fp8 mma.sync`.
+            let mut variants = vec![
+                ("bf16", &bf16, (2 * n * k) as f64, true),
+                ("fp8", &fp8, fp8_bytes, true),
+            ];
+            if gpu.device.info.hopper() && m >= 64 {
+                variants.push(("fp8 mma.sync", &fp8, fp8_bytes, false));
+            }
+            for (weights, w, bytes, wgmma) in variants {
+                gpu.set_fp8_wgmma(wgmma);
                 let t = time_calls(&gpu.device, reps, || gpu.matmul(&x, w).map(|_| ()))?;
+                gpu.set_fp8_wgmma(true);
                 if weights == "bf16" {
                     bf16_ms = t.gpu_ms;
                 }

@@ -40,6 +40,8 @@ pub struct CudaBackend<T> {
     pub(super) moe_path: std::cell::Cell<MoePath>,
     /// Whether FP8 weights uploaded now stay FP8 (see `set_fp8_activations`).
     pub(super) fp8_activations: std::cell::Cell<bool>,
+    /// Whether 64-row FP8 GEMMs may take the wgmma builds (see `set_fp8_wgmma`).
+    pub(super) fp8_wgmma: std::cell::Cell<bool>,
     _element: PhantomData<T>,
 }
 
@@ -101,6 +103,7 @@ where
             prepared: RefCell::new(None),
             moe_path: std::cell::Cell::new(MoePath::default()),
             fp8_activations: std::cell::Cell::new(false),
+            fp8_wgmma: std::cell::Cell::new(true),
             decode_graphs: RefCell::default(),
             _element: PhantomData,
         };

@@ -163,9 +163,15 @@ pub(super) struct QuantizedActivations {
 }
 
 /// The GEMM builds of 64-row blocks (`wide`: 64+ rows, or 32+ rows per expert) or of 16-row
-/// ones: `(plain, gate+up, block rows)`.
-pub(super) fn fp8_kernels<T: GpuFloat>(wide: bool) -> (Kernel, Kernel, usize) {
+/// ones: `(plain, gate+up, block rows)`. Wide bf16 ones run on wgmma where `wgmma` (a Hopper
+/// GPU, which has no FP8 mma.sync).
+pub(super) fn fp8_kernels<T: GpuFloat>(wide: bool, wgmma: bool) -> (Kernel, Kernel, usize) {
     match wide {
+        true if wgmma && T::BF16 => (
+            kernels::FP8_GEMM_WGMMA_BF16,
+            kernels::FP8_GATE_UP_WGMMA_BF16,
+            64,
+        ),
         true => (
             kernels::FP8_GEMM_MMA64.of::<T>(),
             kernels::FP8_GATE_UP_MMA64.of::<T>(),
@@ -216,6 +222,18 @@ where
     /// ([`Fp8Activations::Auto`]) bf16 activations on compute capability 8.9+.
     pub fn multiplies_fp8(&self) -> bool {
         self.fp8_activations.get()
+    }
+
+    /// Whether 64-row FP8 GEMMs run on wgmma: on a Hopper GPU, unless [`Self::set_fp8_wgmma`]
+    /// turned them off.
+    pub(super) fn fp8_wgmma(&self) -> bool {
+        self.device.info.hopper() && self.fp8_wgmma.get()
+    }
+
+    /// Whether 64-row FP8 GEMMs take the wgmma builds on a Hopper GPU (the default) or the
+    /// mma.sync ones (tests check both; `mla bench gemm` compares them).
+    pub fn set_fp8_wgmma(&self, on: bool) {
+        self.fp8_wgmma.set(on);
     }
 
     /// How FP8 weights uploaded from now on are multiplied (`--fp8-activations`): `dynamic`
@@ -329,7 +347,8 @@ where
                 splits as u32,
             ),
             block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
+            // The wgmma builds' stages (MoeWgmmaShared); the mma.sync builds' are static.
+            shared_mem_bytes: kernel.shared_bytes as u32,
         };
         // SAFETY: launch_params' contract. Every caller fills `p` from live buffers: a
         // ([a rows, k_dim] codes, [a rows, k_blocks] scales), weight tables whose entries are
@@ -367,7 +386,8 @@ where
             return Ok(out);
         }
         let a = self.quantize_fp8(x, layout, None)?;
-        let (plain, gate_up, block_rows) = fp8_kernels::<T>(layout.rows >= WIDE_ROWS);
+        let (plain, gate_up, block_rows) =
+            fp8_kernels::<T>(layout.rows >= WIDE_ROWS, self.fp8_wgmma());
         let row_blocks = layout.rows.div_ceil(block_rows);
         let ctas = w.rows.div_ceil(GEMM_COLUMNS) * row_blocks;
         let (splits, k_split) = k_splits(ctas, w.k_blocks(), self.device.info.multiprocessors);

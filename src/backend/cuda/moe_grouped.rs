@@ -175,10 +175,10 @@ struct Routing<'a> {
     choice: GemmChoice,
 }
 
-/// FP8 experts: the FP8 GEMM's 64-row builds from 32 rows per expert on average, else its
-/// 16-row ones (as [`gemm_choice`] picks for bf16).
-fn fp8_choice<T: GpuFloat>(routes: usize, experts: usize) -> GemmChoice {
-    let (down, gate_up, block_rows) = fp8_kernels::<T>(routes >= 32 * experts);
+/// FP8 experts: the FP8 GEMM's 64-row builds from 32 rows per expert on average (on wgmma where
+/// `wgmma`), else its 16-row ones (as [`gemm_choice`] picks for bf16).
+fn fp8_choice<T: GpuFloat>(routes: usize, experts: usize, wgmma: bool) -> GemmChoice {
+    let (down, gate_up, block_rows) = fp8_kernels::<T>(routes >= 32 * experts, wgmma);
     GemmChoice {
         gate_up,
         down,
@@ -310,7 +310,7 @@ where
         let routes = tokens * k;
         let wgmma = self.device.info.hopper() && self.moe_path.get() == MoePath::Grouped;
         let choice = match e.fp8_scales {
-            Some(_) => fp8_choice::<T>(routes, experts),
+            Some(_) => fp8_choice::<T>(routes, experts, wgmma && self.fp8_wgmma()),
             None => gemm_choice::<T>(e.hidden, e.inter, routes, experts, wgmma),
         };
         let block_rows = choice.block_rows;
@@ -542,15 +542,23 @@ mod tests {
             kernels::MOE_DOWN_SIMT.f32
         );
         // FP8 experts: the FP8 GEMM's builds, by the same rows per expert.
-        let fp8_decode = fp8_choice::<half::bf16>(6 * 64, 64);
+        let fp8_decode = fp8_choice::<half::bf16>(6 * 64, 64, true);
         assert_eq!(
             (fp8_decode.down, fp8_decode.block_rows),
             (kernels::FP8_GEMM_MMA16.bf16, 16)
         );
-        let fp8_prefill = fp8_choice::<half::bf16>(6 * 512, 64);
+        let fp8_prefill = fp8_choice::<half::bf16>(6 * 512, 64, false);
         assert_eq!(
             (fp8_prefill.gate_up, fp8_prefill.block_rows),
             (kernels::FP8_GATE_UP_MMA64.bf16, 64)
         );
+        let fp8_hopper = fp8_choice::<half::bf16>(6 * 512, 64, true);
+        assert_eq!(
+            (fp8_hopper.down, fp8_hopper.block_rows),
+            (kernels::FP8_GEMM_WGMMA_BF16, 64)
+        );
+        // f32 (`--fp8-activations dynamic`) keeps the mma.sync builds.
+        let fp8_f32 = fp8_choice::<f32>(6 * 512, 64, true);
+        assert_eq!(fp8_f32.gate_up, kernels::FP8_GATE_UP_MMA64.f32);
     }
 }
