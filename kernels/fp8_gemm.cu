@@ -6,7 +6,7 @@
 // also keeps the tensor cores' narrower FP8 accumulation to 128 products). One kernel body
 // serves a dense projection and the grouped expert GEMMs of moe_grouped.cu (gate+up with
 // SiLU-and-mul, down with the route weight). src/ops/fp8_matmul.rs is the CPU reference.
-// docs/kernels.md, "FP8 weights on the GPU".
+// docs/2026-12-07-fp8-weights-deep-dive.md.
 // mla: no-spills
 #include "common.cuh"
 #include "fp8.cuh"

@@ -7,7 +7,7 @@
 // then promoted with the block's activation and weight scales, as fp8_gemm.cu does; two stages in
 // flight by cp.async (MoeWgmmaShared: 48 KiB for gate+up). Same params, rows, split k and
 // epilogue as the mma.sync builds (fp8_gemm.cuh), so the two are interchangeable.
-// docs/kernels.md, "FP8 weights on the GPU".
+// docs/2026-12-07-fp8-weights-deep-dive.md.
 // mla: no-spills
 // mla: sm_90a
 #include "common.cuh"
