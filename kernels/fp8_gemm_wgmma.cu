@@ -5,7 +5,7 @@
 // 128-byte swizzle atom, one scale block — four wgmma m64n64k32 e4m3 into fresh sums (the first
 // with scale-d 0), which are
 // then promoted with the block's activation and weight scales, as fp8_gemm.cu does; two stages in
-// flight by cp.async (MoeWgmmaShared: 48 KiB for gate+up). Same params, rows, split k and
+// flight by cp.async (MoeWgmmaShared: 32 KiB, 48 for gate+up). Same params, rows, split k and
 // epilogue as the mma.sync builds (fp8_gemm.cuh), so the two are interchangeable.
 // docs/2026-12-07-fp8-weights-deep-dive.md.
 // mla: no-spills
