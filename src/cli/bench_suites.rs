@@ -293,28 +293,36 @@ pub enum WeightDtype {
     Fp8,
 }
 
-pub(crate) fn bench_moe(args: &MoeBenchArgs) -> Result<()> {
-    let ordinal = args.gpu.ordinal("moe")?;
-    if args.tokens.contains(&0) {
+/// Bytes of the device-to-device copy the MoE and GEMM suites measure their ceiling with: past
+/// any L2 (50 MB on an H100), small enough for cuda-emu's 8 GiB.
+const COPY_BYTES: usize = 512 << 20;
+
+/// `--tokens` of the MoE and GEMM suites: every value positive.
+fn check_tokens(tokens: &[usize]) -> Result<()> {
+    if tokens.contains(&0) {
         return Err(Error::InvalidInput(
             "every --tokens value must be positive".into(),
         ));
     }
+    Ok(())
+}
+
+pub(crate) fn bench_moe(args: &MoeBenchArgs) -> Result<()> {
+    let ordinal = args.gpu.ordinal("moe")?;
+    check_tokens(&args.tokens)?;
     let shapes = args
         .shape
         .iter()
         .map(|s| crate::bench::moe::shape(s))
         .collect::<Result<Vec<_>>>()?;
     let gpu = CudaBackend::<half::bf16>::open(ordinal)?;
-    // Past any L2 (50 MB on an H100), small enough for cuda-emu's 8 GiB.
-    let copy_bytes = 512 << 20;
     let fp8: Vec<bool> = args
         .weights
         .iter()
         .map(|&w| w == WeightDtype::Fp8)
         .collect();
     let (rows, copy) =
-        crate::bench::moe::run(&gpu, &shapes, &args.tokens, args.reps, copy_bytes, &fp8)?;
+        crate::bench::moe::run(&gpu, &shapes, &args.tokens, args.reps, COPY_BYTES, &fp8)?;
     super::output::say(&crate::bench::moe::render(
         &gpu.name(),
         args.reps,
@@ -355,17 +363,13 @@ pub struct GemmBenchArgs {
 
 pub(crate) fn bench_gemm(args: &GemmBenchArgs) -> Result<()> {
     let ordinal = args.gpu.ordinal("gemm")?;
-    if args.tokens.contains(&0) {
-        return Err(Error::InvalidInput(
-            "every --tokens value must be positive".into(),
-        ));
-    }
+    check_tokens(&args.tokens)?;
     let mut shapes = Vec::new();
     for s in &args.shape {
         shapes.extend(crate::bench::gemm::shapes(s)?);
     }
     let gpu = CudaBackend::<half::bf16>::open(ordinal)?;
-    let (rows, copy) = crate::bench::gemm::run(&gpu, &shapes, &args.tokens, args.reps, 512 << 20)?;
+    let (rows, copy) = crate::bench::gemm::run(&gpu, &shapes, &args.tokens, args.reps, COPY_BYTES)?;
     super::output::say(&crate::bench::gemm::render(
         &gpu.name(),
         args.reps,
