@@ -92,10 +92,7 @@ __device__ void fp8_gemm_mma(const Fp8GemmParams<T>& p) {
     const int expert = p.block_expert ? p.block_expert[blockIdx.y] : 0;
     if (expert < 0) return;  // past the padded total
     const int row0 = blockIdx.y * BM, col0 = blockIdx.x * F8_BN;
-    const uint8_t* w[2] = {reinterpret_cast<const uint8_t*>(p.w1[expert]),
-                           GATE_UP ? reinterpret_cast<const uint8_t*>(p.w2[expert]) : nullptr};
-    const float* w_scales[2] = {reinterpret_cast<const float*>(p.s1[expert]),
-                                GATE_UP ? reinterpret_cast<const float*>(p.s2[expert]) : nullptr};
+    const Fp8ExpertWeights weights = fp8_expert_weights<T, GATE_UP>(p, expert);
 
     // Copy plan: 16-byte chunks, 4 per row of a stage.
     constexpr int CHUNKS_A = BM * 4, CHUNKS_W = F8_BN * 4;
@@ -105,7 +102,7 @@ __device__ void fp8_gemm_mma(const Fp8GemmParams<T>& p) {
         const int c = threadIdx.x + i * THREADS, row = row0 + c / 4;
         a_src[i] = nullptr;
         if (c < CHUNKS_A) {
-            const int a = fp8_a_row(p, row, p.block_expert ? p.sorted_routes[row] : 0);
+            const int a = fp8_a_row(p, row);
             if (a >= 0) a_src[i] = p.a + (size_t)a * p.k_dim;
         }
     }
@@ -123,8 +120,8 @@ __device__ void fp8_gemm_mma(const Fp8GemmParams<T>& p) {
             for (int c = threadIdx.x; c < CHUNKS_W; c += THREADS) {
                 const int n = col0 + c / 4, k = k0 + (c % 4) * 16;
                 const bool valid = n < p.n && k < p.k_dim;
-                async_copy16(&tiles.w[stage][m][c / 4][(c % 4) * 16], valid ? w[m] + (size_t)n * p.k_dim + k : w[m],
-                             valid);
+                const uint8_t* w = weights.codes[m];
+                async_copy16(&tiles.w[stage][m][c / 4][(c % 4) * 16], valid ? w + (size_t)n * p.k_dim + k : w, valid);
             }
         }
     };
@@ -138,7 +135,7 @@ __device__ void fp8_gemm_mma(const Fp8GemmParams<T>& p) {
 #pragma unroll
         for (int half = 0; half < 2; half++) {
             const int row = row0 + wm + mt * 16 + g + half * 8;
-            a_rows[mt][half] = fp8_a_row(p, row, p.block_expert ? p.sorted_routes[row] : 0);
+            a_rows[mt][half] = fp8_a_row(p, row);
         }
 
     float acc[MATRICES][MT][NT][4] = {}, part[MATRICES][MT][NT][4] = {};
@@ -161,7 +158,7 @@ __device__ void fp8_gemm_mma(const Fp8GemmParams<T>& p) {
         if (!(ks & 1)) {
             const int kb = ks / 2;
 #pragma unroll
-            for (int m = 0; m < MATRICES; m++) ws[m] = w_scales[m][(col0 / FP8_BLOCK) * p.k_blocks + kb];
+            for (int m = 0; m < MATRICES; m++) ws[m] = weights.scales[m][(col0 / FP8_BLOCK) * p.k_blocks + kb];
 #pragma unroll
             for (int mt = 0; mt < MT; mt++)
 #pragma unroll

@@ -31,11 +31,27 @@ template <typename T> struct Fp8GemmParams {
 static_assert(sizeof(Fp8GemmParams<float>) == 120 && offsetof(Fp8GemmParams<float>, rows) == 88,
               "mirrored in fp8_gemm.rs");
 
-// The A row of output row `row` (null: none, zeros) and the route it serves (grouped).
-template <typename T> __device__ __forceinline__ int fp8_a_row(const Fp8GemmParams<T>& p, int row, uint32_t route) {
+// The A row of output row `row` (-1: none, zeros): dense, the row itself; grouped, from the
+// route the row serves.
+template <typename T> __device__ __forceinline__ int fp8_a_row(const Fp8GemmParams<T>& p, int row) {
     if (!p.block_expert) return row < p.rows ? row : -1;
+    const uint32_t route = p.sorted_routes[row];
     if (route == NO_ROUTE) return -1;
     return p.gather ? (int)(route / p.top_k) : row;
+}
+
+// The weights of expert `expert` (0 for a dense launch): w1's codes and scales, and w2's for
+// gate+up (null otherwise).
+struct Fp8ExpertWeights {
+    const uint8_t* codes[2];
+    const float* scales[2];
+};
+template <typename T, bool GATE_UP>
+__device__ __forceinline__ Fp8ExpertWeights fp8_expert_weights(const Fp8GemmParams<T>& p, int expert) {
+    return {{reinterpret_cast<const uint8_t*>(p.w1[expert]),
+             GATE_UP ? reinterpret_cast<const uint8_t*>(p.w2[expert]) : nullptr},
+            {reinterpret_cast<const float*>(p.s1[expert]),
+             GATE_UP ? reinterpret_cast<const float*>(p.s2[expert]) : nullptr}};
 }
 
 // Stores output element (row, col) from its f32 sums `v1` (and `v2`, up, for gate+up); `route`:

@@ -29,10 +29,7 @@ template <typename T, bool GATE_UP> __device__ __forceinline__ void fp8_gemm_wgm
     const int expert = p.block_expert ? p.block_expert[blockIdx.y] : 0;
     if (expert < 0) return;  // past the padded total
     const int row0 = blockIdx.y * F8W_ROWS, col0 = blockIdx.x * F8W_COLS;
-    const uint8_t* w[2] = {reinterpret_cast<const uint8_t*>(p.w1[expert]),
-                           GATE_UP ? reinterpret_cast<const uint8_t*>(p.w2[expert]) : nullptr};
-    const float* w_scales[2] = {reinterpret_cast<const float*>(p.s1[expert]),
-                                GATE_UP ? reinterpret_cast<const float*>(p.s2[expert]) : nullptr};
+    const Fp8ExpertWeights weights = fp8_expert_weights<T, GATE_UP>(p, expert);
 
     // Copy plan: thread i copies 16-byte chunk i % 8 of rows i / 8 + 16·r (r < 4) of each
     // operand, into its swizzled place (the bf16 offsets of chunk·8 values are its bytes).
@@ -41,7 +38,7 @@ template <typename T, bool GATE_UP> __device__ __forceinline__ void fp8_gemm_wgm
 #pragma unroll
     for (int r = 0; r < 4; r++) {
         const int row = row0 + threadIdx.x / 8 + 16 * r;
-        const int a = fp8_a_row(p, row, p.block_expert ? p.sorted_routes[row] : 0);
+        const int a = fp8_a_row(p, row);
         a_src[r] = a >= 0 ? p.a + (size_t)a * p.k_dim : nullptr;
     }
     auto load_stage = [&](int stage, int kb) {
@@ -55,8 +52,10 @@ template <typename T, bool GATE_UP> __device__ __forceinline__ void fp8_gemm_wgm
             const int n = col0 + j;
             const bool w_valid = n < p.n && k < p.k_dim;
 #pragma unroll
-            for (int m = 0; m < MATRICES; m++)
-                async_copy16(w_s[stage][m] + at, w_valid ? w[m] + (size_t)n * p.k_dim + k : w[m], w_valid);
+            for (int m = 0; m < MATRICES; m++) {
+                const uint8_t* w = weights.codes[m];
+                async_copy16(w_s[stage][m] + at, w_valid ? w + (size_t)n * p.k_dim + k : w, w_valid);
+            }
         }
     };
 
@@ -67,7 +66,7 @@ template <typename T, bool GATE_UP> __device__ __forceinline__ void fp8_gemm_wgm
 #pragma unroll
     for (int h = 0; h < 2; h++) {
         const int row = row0 + 16 * warp + g + 8 * h;
-        a_rows[h] = fp8_a_row(p, row, p.block_expert ? p.sorted_routes[row] : 0);
+        a_rows[h] = fp8_a_row(p, row);
     }
     float acc[MATRICES][32], part[MATRICES][32];
 #pragma unroll
@@ -85,7 +84,7 @@ template <typename T, bool GATE_UP> __device__ __forceinline__ void fp8_gemm_wgm
         // The block's scales, loaded now so that their latency passes under the wgmma.
         float ws[MATRICES], as[2];
 #pragma unroll
-        for (int m = 0; m < MATRICES; m++) ws[m] = w_scales[m][(col0 / FP8_BLOCK) * p.k_blocks + kb];
+        for (int m = 0; m < MATRICES; m++) ws[m] = weights.scales[m][(col0 / FP8_BLOCK) * p.k_blocks + kb];
 #pragma unroll
         for (int h = 0; h < 2; h++) as[h] = a_rows[h] >= 0 ? p.a_scales[(size_t)a_rows[h] * p.k_blocks + kb] : 0.0f;
         async_wait<1>();
