@@ -29,13 +29,6 @@ pub fn fused_parts(name: &str) -> usize {
     }
 }
 
-/// Rounds the `rows × cols` matrix `w` to FP8 in `blocks` and back, in place.
-pub fn round_to_fp8(w: &mut [f32], cols: usize, blocks: Fp8Blocks) {
-    let rows = w.len() / cols.max(1);
-    let rounded = Fp8Matrix::quantize(w, rows, cols, blocks).dequantize();
-    w.copy_from_slice(&rounded.data);
-}
-
 /// `--quantization`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Quantization {
@@ -54,7 +47,8 @@ pub struct OnlineFp8<'a, S: TensorSource> {
 
 impl<S: TensorSource> TensorSource for OnlineFp8<'_, S> {
     /// A matrix comes out as [`Self::load_fp8`]'s values (an FP8 checkpoint's own, not rounded
-    /// twice); a fused stack of expert matrices is rounded matrix by matrix, gate and up apart.
+    /// twice), a fused stack of expert matrices as [`Self::load_fp8_stack`]'s (gate and up
+    /// apart).
     fn load(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
         if shape.len() == 2 {
             return match self.load_fp8(name, shape)? {
@@ -62,15 +56,13 @@ impl<S: TensorSource> TensorSource for OnlineFp8<'_, S> {
                 None => self.inner.load(name, shape),
             };
         }
-        let mut t = self.inner.load(name, shape)?;
-        if is_fp8_linear(name) && shape.len() > 2 {
-            let cols = shape[shape.len() - 1];
-            let part = shape[shape.len() - 2] / fused_parts(name) * cols;
-            for m in t.data.chunks_mut(part.max(1)) {
-                round_to_fp8(m, cols, self.blocks);
+        match self.load_fp8_stack(name, shape)? {
+            Some(stack) => {
+                let data = stack.iter().flat_map(|m| m.dequantize().data).collect();
+                Ok(HostTensor::new(shape.to_vec(), data))
             }
+            None => self.inner.load(name, shape),
         }
-        Ok(t)
     }
 
     fn load_fp8_stack(&self, name: &str, shape: &[usize]) -> Result<Option<Vec<Fp8Matrix>>> {
@@ -131,8 +123,9 @@ mod tests {
         assert!(!is_fp8_linear("lm_head.weight"));
         // Two blocks of 2 × 2: each scaled by its own amax (2.2 and 300).
         let original = [1.0f32, 1.1, 100.0, 0.001, 2.0, 2.2, 300.0, 0.002];
-        let mut w = original;
-        round_to_fp8(&mut w, 4, Fp8Blocks { rows: 2, cols: 2 });
+        let w = Fp8Matrix::quantize(&original, 2, 4, Fp8Blocks { rows: 2, cols: 2 })
+            .dequantize()
+            .data;
         for i in [0, 1, 2, 4, 5, 6] {
             let err = (w[i] - original[i]).abs() / original[i];
             assert!(err <= 1.0 / 16.0, "{i}: {} → {}", original[i], w[i]);
